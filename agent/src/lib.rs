@@ -1,0 +1,1 @@
+//! berth-agent (skeleton; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! berth-apiserver (skeleton; see ARCHITECTURE.md).

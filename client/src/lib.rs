@@ -1,0 +1,1 @@
+//! berth-client (skeleton; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! berth-controllers (skeleton; see ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! berth-scheduler (skeleton; see ARCHITECTURE.md).

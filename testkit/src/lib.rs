@@ -1,0 +1,1 @@
+//! berth-testkit (skeleton; see ARCHITECTURE.md).
