@@ -1,1 +1,2 @@
-//! berth-apiserver (skeleton; see ARCHITECTURE.md).
+//! berth-apiserver (being built; see ARCHITECTURE.md).
+pub mod raft;
