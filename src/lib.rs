@@ -4,4 +4,5 @@
 //! `run` functions of the component crates, or to the kubectl-like CLI in [`cli`].
 
 pub mod cli;
+pub mod demo;
 pub use cli::main;
