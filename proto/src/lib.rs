@@ -15,7 +15,10 @@
 //! the same types again ([`object::DynObject`]) and re-validates before anything is stored.
 
 pub mod object;
+pub mod quantity;
+pub mod selector;
 pub mod types;
+pub mod validate;
 
 pub use object::{DynObject, Kind, Resource};
 
