@@ -1,1 +1,18 @@
-//! berth-scheduler (skeleton; see ARCHITECTURE.md).
+//! berth-scheduler: places unbound pods on nodes.
+//!
+//! Two layers, as in the Kubernetes scheduler framework and Nomad:
+//! - the pure core: a [`Snapshot`] (nodes + what is bound on each) -> [`plugins::filter`]
+//!   (Ready, not cordoned, nodeSelector, taints/tolerations, host ports, cpu/memory/pod count)
+//!   -> [`plugins::score`] (PreferNoSchedule, most-allocated bin-packing, spread tie-break)
+//!   -> a [`Decision`] per pod. [`schedule_batch`] accounts for earlier decisions of the same
+//!   batch. "Does not fit" is [`Outcome::Unschedulable`] with a kubectl-style reason.
+//! - the shell (added with the client runtime): a leader-only loop that watches unbound pods
+//!   and nodes, schedules in batches and binds through one Batch write per batch with
+//!   resourceVersion preconditions.
+
+pub mod plugins;
+pub mod schedule;
+pub mod snapshot;
+
+pub use schedule::{fit_error, schedule_batch, schedule_one, Decision, Outcome};
+pub use snapshot::{NodeInfo, Snapshot};

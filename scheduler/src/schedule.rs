@@ -1,0 +1,110 @@
+//! The pure scheduling step: filter -> score -> pick, for one pod or a batch.
+
+use std::collections::BTreeMap;
+
+use berth_proto::types::Pod;
+
+use crate::plugins::{filter, requests, score, Reason};
+use crate::snapshot::Snapshot;
+
+/// What happened to one pod. "Does not fit" is an outcome, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Bind to this node.
+    Bind { node: String },
+    /// No node fits; `reason` is kubectl-style ("0/3 nodes are available: ...").
+    Unschedulable { reason: String },
+}
+
+/// The outcome for one pod of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The pod's resourceVersion the decision was made on (the bind's CAS precondition).
+    pub resource_version: u64,
+    pub outcome: Outcome,
+}
+
+/// Summarise per-node rejections like the Kubernetes scheduler's FitError: count each reason,
+/// most frequent first (ties by wording), e.g.
+/// `0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.`
+pub fn fit_error(num_nodes: usize, reasons: &BTreeMap<Reason, usize>) -> String {
+    let mut items: Vec<(usize, String)> =
+        reasons.iter().map(|(r, n)| (*n, r.to_string())).collect();
+    items.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut msg = format!("0/{num_nodes} nodes are available");
+    if items.is_empty() {
+        msg.push('.');
+    } else {
+        let parts: Vec<String> = items.iter().map(|(n, r)| format!("{n} {r}")).collect();
+        msg.push_str(": ");
+        msg.push_str(&parts.join(", "));
+        msg.push('.');
+    }
+    msg
+}
+
+/// Choose a node for `pod` (index into `snapshot.nodes`) or explain why none fits.
+fn pick(snapshot: &Snapshot, pod: &Pod) -> Result<usize, String> {
+    let req = requests(pod);
+    let mut best: Option<(crate::plugins::Score, usize)> = None;
+    let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+    for (i, info) in snapshot.nodes.iter().enumerate() {
+        match filter(pod, req, info) {
+            Ok(()) => {
+                let s = score(pod, req, info);
+                // Strictly greater: among equal scores the first node in name order wins.
+                if best.as_ref().is_none_or(|(b, _)| s > *b) {
+                    best = Some((s, i));
+                }
+            }
+            Err(rs) => {
+                for r in rs {
+                    *reasons.entry(r).or_default() += 1;
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, i)) => Ok(i),
+        None => Err(fit_error(snapshot.nodes.len(), &reasons)),
+    }
+}
+
+/// Schedule one pod against a snapshot.
+pub fn schedule_one(snapshot: &Snapshot, pod: &Pod) -> Outcome {
+    match pick(snapshot, pod) {
+        Ok(i) => Outcome::Bind {
+            node: snapshot.nodes[i].name().to_string(),
+        },
+        Err(reason) => Outcome::Unschedulable { reason },
+    }
+}
+
+/// Schedule pods in order; each decision is assumed on the (copied) snapshot so later pods of
+/// the batch see the resources and ports taken by earlier ones.
+pub fn schedule_batch(snapshot: &Snapshot, pods: &[Pod]) -> Vec<Decision> {
+    let mut snap = snapshot.clone();
+    pods.iter()
+        .map(|pod| {
+            let outcome = match pick(&snap, pod) {
+                Ok(i) => {
+                    snap.nodes[i].assume(pod);
+                    Outcome::Bind {
+                        node: snap.nodes[i].name().to_string(),
+                    }
+                }
+                Err(reason) => Outcome::Unschedulable { reason },
+            };
+            Decision {
+                namespace: pod.metadata.namespace.clone(),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+                resource_version: pod.metadata.resource_version,
+                outcome,
+            }
+        })
+        .collect()
+}
