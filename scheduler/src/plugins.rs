@@ -159,11 +159,9 @@ pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
             dims += 1;
         }
     }
-    let binpack = if dims == 0 {
-        0
-    } else {
-        u64::try_from(total / dims).unwrap_or(u64::MAX)
-    };
+    let binpack = total
+        .checked_div(dims)
+        .map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX));
     let same_owner = pod
         .metadata
         .controller_uid()
