@@ -588,6 +588,14 @@ pub struct BlueGreenStatus {
     pub previous_active_selector: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_at: Option<Time>,
+    /// When the current phase began (green creation for Progressing, green fully ready for
+    /// Paused: the clock for progressDeadlineSeconds and autoPromotionSeconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
+    /// Pod-template hash of a green revision that was aborted (kept at zero until the template
+    /// changes again).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub aborted_selector: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
