@@ -1,0 +1,300 @@
+//! An in-memory [`Runtime`] for unit tests: containers "run" on tokio's clock, so paused time
+//! drives exits; behaviours (exit after a delay, ignore SIGTERM) and exec results are scripted
+//! per container name; every call is recorded for assertions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::*;
+
+/// What a fake container does once started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Behavior {
+    /// Exit on its own with this code after this long.
+    pub exit_after: Option<(Duration, i32)>,
+    /// Ignore the stop signal: stop then takes the whole grace period and ends in SIGKILL.
+    pub ignore_stop_signal: bool,
+}
+
+#[derive(Debug)]
+struct FakeContainer {
+    spec: ContainerSpec,
+    behavior: Behavior,
+    state: FakeState,
+    started_instant: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+enum FakeState {
+    Created,
+    Running { started_at: Time },
+    Exited(ExitInfo),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    containers: BTreeMap<String, FakeContainer>,
+    behaviors: HashMap<String, Behavior>,
+    exec_exit: HashMap<String, i32>,
+    missing_images: HashSet<String>,
+    calls: Vec<String>,
+}
+
+/// Cheap to clone; clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeRuntime {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> FakeRuntime {
+        FakeRuntime::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a test already panicked.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Script containers with this name (applies to attempts created afterwards).
+    pub fn set_behavior(&self, container_name: &str, b: Behavior) {
+        self.lock().behaviors.insert(container_name.to_string(), b);
+    }
+
+    /// Exit code of exec (probe) commands in containers with this name (default 0).
+    pub fn set_exec_exit(&self, container_name: &str, code: i32) {
+        self.lock().exec_exit.insert(container_name.to_string(), code);
+    }
+
+    pub fn set_image_missing(&self, image: &str) {
+        self.lock().missing_images.insert(image.to_string());
+    }
+
+    /// Calls so far, e.g. "create web#0", "start fake-1", "stop fake-1".
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Make a running container exit now (a crash).
+    pub fn crash(&self, id: &str, code: i32) {
+        let mut g = self.lock();
+        if let Some(c) = g.containers.get_mut(id) {
+            if let FakeState::Running { started_at } = c.state {
+                c.state = FakeState::Exited(ExitInfo {
+                    started_at: Some(started_at),
+                    finished_at: Some(chrono::Utc::now()),
+                    ..ExitInfo::from_code(code, None)
+                });
+            }
+        }
+    }
+
+    fn settle(c: &mut FakeContainer, now: Instant) {
+        if let (FakeState::Running { started_at }, Some(t0), Some((after, code))) =
+            (&c.state, c.started_instant, c.behavior.exit_after)
+        {
+            if now >= t0 + after {
+                c.state = FakeState::Exited(ExitInfo {
+                    started_at: Some(*started_at),
+                    finished_at: Some(chrono::Utc::now()),
+                    ..ExitInfo::from_code(code, None)
+                });
+            }
+        }
+    }
+
+    fn info(id: &str, c: &FakeContainer) -> ContainerInfo {
+        let state = match &c.state {
+            FakeState::Created => RunState::Created,
+            FakeState::Running { started_at } => RunState::Running {
+                started_at: *started_at,
+            },
+            FakeState::Exited(e) => RunState::Exited(e.clone()),
+        };
+        ContainerInfo {
+            id: id.to_string(),
+            pod_uid: c.spec.pod_uid.clone(),
+            pod_namespace: c.spec.pod_namespace.clone(),
+            pod_name: c.spec.pod_name.clone(),
+            container_name: c.spec.container_name.clone(),
+            attempt: c.spec.attempt,
+            image: c.spec.image.clone(),
+            ports: c.spec.ports.clone(),
+            state,
+        }
+    }
+
+    /// Put a running container in place as if started by an earlier agent (for adoption tests).
+    pub fn insert_running(&self, spec: ContainerSpec) -> String {
+        let mut g = self.lock();
+        g.next_id += 1;
+        let id = format!("fake-{}", g.next_id);
+        let behavior = g
+            .behaviors
+            .get(&spec.container_name)
+            .copied()
+            .unwrap_or_default();
+        g.containers.insert(
+            id.clone(),
+            FakeContainer {
+                spec,
+                behavior,
+                state: FakeState::Running {
+                    started_at: chrono::Utc::now(),
+                },
+                started_instant: Some(Instant::now()),
+            },
+        );
+        id
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn version(&self) -> Result<String, RuntimeError> {
+        Ok("fake://0".to_string())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let mut g = self.lock();
+        g.calls
+            .push(format!("create {}#{}", spec.container_name, spec.attempt));
+        if g.missing_images.contains(&spec.image) {
+            return Err(RuntimeError::ImageNotPresent {
+                image: spec.image.clone(),
+            });
+        }
+        g.next_id += 1;
+        let id = format!("fake-{}", g.next_id);
+        let behavior = g
+            .behaviors
+            .get(&spec.container_name)
+            .copied()
+            .unwrap_or_default();
+        g.containers.insert(
+            id.clone(),
+            FakeContainer {
+                spec: spec.clone(),
+                behavior,
+                state: FakeState::Created,
+                started_instant: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!("start {id}"));
+        let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
+            id: id.to_string(),
+        })?;
+        c.state = FakeState::Running {
+            started_at: chrono::Utc::now(),
+        };
+        c.started_instant = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+        _signal: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let ignore = {
+            let mut g = self.lock();
+            g.calls.push(format!("stop {id}"));
+            let now = Instant::now();
+            let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
+                id: id.to_string(),
+            })?;
+            Self::settle(c, now);
+            if !matches!(c.state, FakeState::Running { .. }) {
+                return Ok(());
+            }
+            c.behavior.ignore_stop_signal
+        };
+        let (code, signal) = if ignore {
+            tokio::time::sleep(grace).await;
+            (137, 9)
+        } else {
+            (143, 15)
+        };
+        let mut g = self.lock();
+        if let Some(c) = g.containers.get_mut(id) {
+            if let FakeState::Running { started_at } = c.state {
+                c.state = FakeState::Exited(ExitInfo {
+                    started_at: Some(started_at),
+                    finished_at: Some(chrono::Utc::now()),
+                    ..ExitInfo::from_code(code, Some(signal))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!("remove {id}"));
+        g.containers.remove(id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        Ok(g
+            .containers
+            .iter_mut()
+            .map(|(id, c)| {
+                Self::settle(c, now);
+                Self::info(id, c)
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
+            id: id.to_string(),
+        })?;
+        Self::settle(c, now);
+        Ok(Self::info(id, c))
+    }
+
+    async fn logs(&self, id: &str, _opts: LogOptions) -> Result<LogStream, RuntimeError> {
+        let c = self.inspect(id).await?;
+        let line = Bytes::from(format!("log of {} attempt {}\n", c.container_name, c.attempt));
+        Ok(Box::pin(futures::stream::iter(vec![Ok(line)])))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        _timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let mut g = self.lock();
+        g.calls.push(format!("exec {id} {}", cmd.join(" ")));
+        let name = g
+            .containers
+            .get(id)
+            .map(|c| c.spec.container_name.clone())
+            .ok_or(RuntimeError::NotFound { id: id.to_string() })?;
+        Ok(ExecOutput {
+            exit_code: g.exec_exit.get(&name).copied().unwrap_or(0),
+            output: Vec::new(),
+        })
+    }
+}

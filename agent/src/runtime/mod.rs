@@ -1,0 +1,339 @@
+//! Container runtimes: the one seam between the agent's loops and whatever actually runs a
+//! workload.
+//!
+//! [`Runtime`] is a small async trait (create, start, stop with grace, remove, list, inspect,
+//! logs, exec) with three implementations:
+//! - [`process::ProcessRuntime`]: host processes in their own process group, state under the data
+//!   dir so a restarted agent re-finds them (pid + kernel start time) and adopts them;
+//! - [`docker::DockerRuntime`]: the Docker Engine through bollard; containers carry labels;
+//! - [`fake::FakeRuntime`]: in-memory, scriptable exits and exec results, for unit tests.
+//!
+//! Every workload carries its identity ([`ContainerSpec::pod_uid`], container name, attempt) so
+//! that listing the runtime is enough to rebuild the agent's view after a restart: the runtime,
+//! not agent memory, is the source of truth for what is running.
+
+pub mod docker;
+pub mod fake;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use berth_proto::types::Time;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+/// Label keys (Docker labels; the process runtime stores the same map in its state file).
+pub const LABEL_POD_UID: &str = "berth.pod-uid";
+pub const LABEL_POD_NAMESPACE: &str = "berth.pod-namespace";
+pub const LABEL_POD_NAME: &str = "berth.pod-name";
+pub const LABEL_CONTAINER: &str = "berth.container-name";
+pub const LABEL_ATTEMPT: &str = "berth.attempt";
+pub const LABEL_HOST_PORTS: &str = "berth.host-ports";
+pub const LABEL_MANAGED: &str = "berth.managed";
+
+/// A container port published on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub name: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    /// "TCP" or "UDP".
+    pub protocol: String,
+}
+
+/// Everything a runtime needs to create one container attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub pod_uid: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub container_name: String,
+    /// 0 for the first start; equals the container's restartCount.
+    pub attempt: u32,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<PortBinding>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    /// Signal sent first on stop (e.g. "SIGTERM").
+    pub stop_signal: Option<String>,
+}
+
+impl ContainerSpec {
+    /// The labels that identify this attempt in the runtime.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::new();
+        l.insert(LABEL_MANAGED.to_string(), "true".to_string());
+        l.insert(LABEL_POD_UID.to_string(), self.pod_uid.clone());
+        l.insert(LABEL_POD_NAMESPACE.to_string(), self.pod_namespace.clone());
+        l.insert(LABEL_POD_NAME.to_string(), self.pod_name.clone());
+        l.insert(LABEL_CONTAINER.to_string(), self.container_name.clone());
+        l.insert(LABEL_ATTEMPT.to_string(), self.attempt.to_string());
+        l.insert(LABEL_HOST_PORTS.to_string(), encode_ports(&self.ports));
+        l
+    }
+}
+
+/// `name/proto:container:host,...`; kept in a label so ports survive an agent restart.
+pub fn encode_ports(ports: &[PortBinding]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{}/{}:{}:{}", p.name, p.protocol, p.container_port, p.host_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn decode_ports(s: &str) -> Vec<PortBinding> {
+    s.split(',')
+        .filter_map(|item| {
+            let (np, rest) = item.split_once(':')?;
+            let (name, protocol) = np.split_once('/')?;
+            let (c, h) = rest.split_once(':')?;
+            Some(PortBinding {
+                name: name.to_string(),
+                protocol: protocol.to_string(),
+                container_port: c.parse().ok()?,
+                host_port: h.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// What the runtime reports about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Runtime id (Docker id, or the process runtime's directory name).
+    pub id: String,
+    pub pod_uid: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub container_name: String,
+    pub attempt: u32,
+    pub image: String,
+    pub ports: Vec<PortBinding>,
+    pub state: RunState,
+}
+
+impl ContainerInfo {
+    /// Rebuild identity from labels; `None` when the labels are not Berth's.
+    pub fn from_labels(
+        id: String,
+        image: String,
+        labels: &BTreeMap<String, String>,
+        state: RunState,
+    ) -> Option<ContainerInfo> {
+        Some(ContainerInfo {
+            id,
+            pod_uid: labels.get(LABEL_POD_UID)?.clone(),
+            pod_namespace: labels.get(LABEL_POD_NAMESPACE).cloned().unwrap_or_default(),
+            pod_name: labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
+            container_name: labels.get(LABEL_CONTAINER)?.clone(),
+            attempt: labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+            image,
+            ports: labels
+                .get(LABEL_HOST_PORTS)
+                .map(|s| decode_ports(s))
+                .unwrap_or_default(),
+            state,
+        })
+    }
+}
+
+/// Lifecycle state of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, never started.
+    Created,
+    Running { started_at: Time },
+    Exited(ExitInfo),
+}
+
+impl RunState {
+    pub fn is_running(&self) -> bool {
+        matches!(self, RunState::Running { .. })
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// "Completed", "Error", "OOMKilled", "Unknown".
+    pub reason: String,
+    pub message: String,
+    pub started_at: Option<Time>,
+    pub finished_at: Option<Time>,
+}
+
+impl ExitInfo {
+    pub fn from_code(exit_code: i32, signal: Option<i32>) -> ExitInfo {
+        ExitInfo {
+            exit_code,
+            signal,
+            reason: if exit_code == 0 { "Completed" } else { "Error" }.to_string(),
+            message: String::new(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// Options for reading logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only the last N lines.
+    pub tail: Option<usize>,
+    /// Keep streaming new output until the container exits or the reader goes away.
+    pub follow: bool,
+}
+
+/// Output and exit code of a command run inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub output: Vec<u8>,
+}
+
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("image {image:?} is not present on this node and Berth never pulls images (there is no registry): build or load it on the node first (e.g. images/build-busybox.sh), or fix the image name")]
+    ImageNotPresent { image: String },
+    #[error("container {id} not found")]
+    NotFound { id: String },
+    #[error("container has no command: the process runtime needs `command` (and optionally `args`) because it has no image entrypoint")]
+    NoCommand,
+    #[error("failed to start {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    #[error("runtime state in {path}: {source}")]
+    State {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A container runtime. Implementations must be safe to call concurrently.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// "docker" or "process" (or "fake").
+    fn name(&self) -> &'static str;
+    /// e.g. "docker://20.10.24" for Node.status.nodeInfo.containerRuntimeVersion.
+    async fn version(&self) -> Result<String, RuntimeError>;
+    /// Create (not start) a container; returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Send `signal` (default SIGTERM), wait up to `grace`, then SIGKILL; returns when stopped.
+    async fn stop(&self, id: &str, grace: Duration, signal: Option<&str>)
+        -> Result<(), RuntimeError>;
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Every Berth-managed container, running or not.
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError>;
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError>;
+}
+
+/// Parse a signal name ("SIGTERM", "TERM", "15").
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let name = if s.starts_with("SIG") {
+        s.to_string()
+    } else {
+        format!("SIG{s}")
+    };
+    nix::sys::signal::Signal::from_str(&name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_round_trip_through_the_label_encoding() {
+        let ports = vec![
+            PortBinding {
+                name: "http".into(),
+                container_port: 8080,
+                host_port: 20001,
+                protocol: "TCP".into(),
+            },
+            PortBinding {
+                name: "".into(),
+                container_port: 53,
+                host_port: 20002,
+                protocol: "UDP".into(),
+            },
+        ];
+        assert_eq!(decode_ports(&encode_ports(&ports)), ports);
+        assert!(decode_ports("").is_empty());
+    }
+
+    #[test]
+    fn signal_names_parse_with_or_without_prefix() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("INT"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+}
+
+/// `PORT` (the first port) and one `PORT_<NAME>` per named port, holding the port the workload
+/// must listen on: the host port for processes (no network namespace), the container port in
+/// Docker (published to the host port by the engine).
+pub fn port_env(ports: &[PortBinding], use_host_port: bool) -> Vec<(String, String)> {
+    let pick = |p: &PortBinding| {
+        if use_host_port {
+            p.host_port
+        } else {
+            p.container_port
+        }
+        .to_string()
+    };
+    let mut env = Vec::new();
+    if let Some(first) = ports.first() {
+        env.push(("PORT".to_string(), pick(first)));
+    }
+    for p in ports.iter().filter(|p| !p.name.is_empty()) {
+        let name: String = p
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.push((format!("PORT_{name}"), pick(p)));
+    }
+    env
+}
