@@ -1,7 +1,14 @@
-//! Semantic validation of typed objects (what serde's schema cannot say).
+//! Semantic validation of typed objects: everything serde's schema cannot say (names, ranges,
+//! cross-field rules like "the selector matches the template").
 //!
-//! Name and label rules (DNS-1123 names, qualified label keys, label values, IANA service
-//! port names) are the building blocks, shared with [`crate::selector`].
+//! Entry points: [`validate`] for a [`DynObject`] of any kind, or the typed functions
+//! ([`validate_deployment`], [`validate_service`], ...; also the [`Validate`] trait). Each
+//! returns *every* problem as a [`FieldError`] (a [`FieldPath`] plus a message), never just the
+//! first, so a user fixes a manifest in one pass. The manifest loader maps each path to a line
+//! of the user's file; the API server runs the same checks before anything is stored.
+//!
+//! The name and label rules (DNS-1123 names, qualified label keys, label values, IANA service
+//! port names) are public building blocks, shared with [`crate::selector`].
 
 /// DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 pub fn check_dns1123_label(s: &str) -> Result<(), String> {
@@ -132,4 +139,1047 @@ pub fn check_port_name(s: &str) -> Result<(), String> {
         return Err("must not begin or end with a hyphen".into());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field paths and errors
+
+/// One step of a [`FieldPath`]: a struct field or map key, or a list index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathSeg {
+    Field(String),
+    Index(usize),
+}
+
+/// Where in an object something is, printed Kubernetes-style:
+/// `spec.template.spec.containers[0].ports[1].containerPort`, with map keys that are not plain
+/// identifiers in brackets: `metadata.labels[app.kubernetes.io/name]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FieldPath(Vec<PathSeg>);
+
+impl FieldPath {
+    pub fn root() -> FieldPath {
+        FieldPath(Vec::new())
+    }
+
+    /// Parse the dotted form (`spec.ports[0].port`); used for paths given as text.
+    pub fn parse(s: &str) -> FieldPath {
+        let mut segs = Vec::new();
+        let mut cur = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '.' => {
+                    if !cur.is_empty() {
+                        segs.push(PathSeg::Field(std::mem::take(&mut cur)));
+                    }
+                }
+                '[' => {
+                    if !cur.is_empty() {
+                        segs.push(PathSeg::Field(std::mem::take(&mut cur)));
+                    }
+                    let mut inner = String::new();
+                    for c in chars.by_ref() {
+                        if c == ']' {
+                            break;
+                        }
+                        inner.push(c);
+                    }
+                    segs.push(match inner.parse::<usize>() {
+                        Ok(i) => PathSeg::Index(i),
+                        Err(_) => PathSeg::Field(inner),
+                    });
+                }
+                c => cur.push(c),
+            }
+        }
+        if !cur.is_empty() {
+            segs.push(PathSeg::Field(cur));
+        }
+        FieldPath(segs)
+    }
+
+    pub fn from_segments(segs: Vec<PathSeg>) -> FieldPath {
+        FieldPath(segs)
+    }
+
+    pub fn child(&self, name: &str) -> FieldPath {
+        let mut v = self.0.clone();
+        v.push(PathSeg::Field(name.to_string()));
+        FieldPath(v)
+    }
+
+    pub fn index(&self, i: usize) -> FieldPath {
+        let mut v = self.0.clone();
+        v.push(PathSeg::Index(i));
+        FieldPath(v)
+    }
+
+    pub fn segments(&self) -> &[PathSeg] {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn parent(&self) -> Option<FieldPath> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(FieldPath(self.0[..self.0.len() - 1].to_vec()))
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                PathSeg::Index(n) => write!(f, "[{n}]")?,
+                PathSeg::Field(s)
+                    if s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                        && s.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') =>
+                {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    f.write_str(s)?;
+                }
+                PathSeg::Field(s) => write!(f, "[{s}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One problem with an object: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: FieldPath,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: FieldPath, message: impl Into<String>) -> FieldError {
+        FieldError {
+            path,
+            message: message.into(),
+        }
+    }
+}
+
+/// Collects errors while walking an object.
+#[derive(Default)]
+struct Errs(Vec<FieldError>);
+
+impl Errs {
+    fn add(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.0.push(FieldError::new(path.clone(), message));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::object::{DynObject, Kind};
+use crate::quantity::ParsedQuantity;
+use crate::selector::Selector;
+use crate::types::*;
+
+/// Validate an object of any kind. Returns every problem found (empty = valid).
+pub fn validate(obj: &DynObject) -> Vec<FieldError> {
+    fn typed<T: crate::Resource + Validate>(obj: &DynObject) -> Vec<FieldError> {
+        match obj.to_typed::<T>() {
+            Ok(t) => t.validate(),
+            Err(e) => vec![FieldError::new(
+                FieldPath::root(),
+                format!("invalid {}: {e}", T::KIND),
+            )],
+        }
+    }
+    match obj.kind {
+        Kind::Deployment => typed::<Deployment>(obj),
+        Kind::ReplicaSet => typed::<ReplicaSet>(obj),
+        Kind::Service => typed::<Service>(obj),
+        Kind::Pod => typed::<Pod>(obj),
+        Kind::Endpoints => typed::<Endpoints>(obj),
+        Kind::Node => typed::<Node>(obj),
+        Kind::Event => typed::<Event>(obj),
+    }
+}
+
+/// Typed validation; implemented for every stored kind.
+pub trait Validate {
+    fn validate(&self) -> Vec<FieldError>;
+}
+
+macro_rules! validate_impl {
+    ($t:ty, $f:ident) => {
+        impl Validate for $t {
+            fn validate(&self) -> Vec<FieldError> {
+                $f(self)
+            }
+        }
+    };
+}
+validate_impl!(Deployment, validate_deployment);
+validate_impl!(ReplicaSet, validate_replica_set);
+validate_impl!(Service, validate_service);
+validate_impl!(Pod, validate_pod);
+validate_impl!(Endpoints, validate_endpoints);
+validate_impl!(Node, validate_node);
+validate_impl!(Event, validate_event);
+
+pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &d.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let spec = root.child("spec");
+    if let Some(r) = d.spec.replicas {
+        non_negative(&mut e, &spec.child("replicas"), i64::from(r));
+    }
+    selector_and_template(&mut e, &d.spec.selector, &d.spec.template, &spec);
+    if let Some(s) = d.spec.min_ready_seconds {
+        non_negative(&mut e, &spec.child("minReadySeconds"), i64::from(s));
+    }
+    if let Some(s) = d.spec.revision_history_limit {
+        non_negative(&mut e, &spec.child("revisionHistoryLimit"), i64::from(s));
+    }
+    if let Some(p) = d.spec.progress_deadline_seconds {
+        let min_ready = d.spec.min_ready_seconds.unwrap_or(0);
+        if p <= 0 {
+            e.add(
+                &spec.child("progressDeadlineSeconds"),
+                format!("must be greater than 0 (got {p})"),
+            );
+        } else if p <= min_ready {
+            e.add(
+                &spec.child("progressDeadlineSeconds"),
+                format!("must be greater than minReadySeconds ({min_ready})"),
+            );
+        }
+    }
+    if let Some(s) = &d.spec.strategy {
+        strategy(&mut e, s, &spec.child("strategy"));
+    }
+    e.0
+}
+
+pub fn validate_replica_set(rs: &ReplicaSet) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &rs.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let spec = root.child("spec");
+    non_negative(&mut e, &spec.child("replicas"), i64::from(rs.spec.replicas));
+    selector_and_template(&mut e, &rs.spec.selector, &rs.spec.template, &spec);
+    if let Some(s) = rs.spec.min_ready_seconds {
+        non_negative(&mut e, &spec.child("minReadySeconds"), i64::from(s));
+    }
+    e.0
+}
+
+pub fn validate_pod(p: &Pod) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &p.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    pod_spec(&mut e, &p.spec, &root.child("spec"));
+    e.0
+}
+
+/// Validate a pod spec on its own (a template's, or a Pod's), rooted at `path`.
+pub fn validate_pod_spec(spec: &PodSpec, path: &FieldPath) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    pod_spec(&mut e, spec, path);
+    e.0
+}
+
+pub fn validate_service(s: &Service) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &s.metadata,
+        &root.child("metadata"),
+        NameRule::Label,
+        true,
+    );
+    let spec = root.child("spec");
+    labels(&mut e, &s.spec.selector, &spec.child("selector"));
+    if let Some(t) = &s.spec.type_ {
+        if !matches!(t.as_str(), "NodePort" | "ClusterIP") {
+            e.add(
+                &spec.child("type"),
+                format!("unsupported service type {t:?}: use NodePort or ClusterIP"),
+            );
+        }
+    }
+    let ports = spec.child("ports");
+    if s.spec.ports.is_empty() {
+        e.add(&ports, "at least one port is required");
+    }
+    let many = s.spec.ports.len() > 1;
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut numbers: HashMap<(i32, &str), usize> = HashMap::new();
+    for (i, p) in s.spec.ports.iter().enumerate() {
+        let pp = ports.index(i);
+        if p.name.is_empty() {
+            if many {
+                e.add(
+                    &pp.child("name"),
+                    "is required when the service has more than one port",
+                );
+            }
+        } else {
+            if let Err(m) = check_port_name(&p.name) {
+                e.add(
+                    &pp.child("name"),
+                    format!("invalid port name {:?}: {m}", p.name),
+                );
+            }
+            if let Some(j) = names.insert(&p.name, i) {
+                e.add(
+                    &pp.child("name"),
+                    format!("duplicate port name {:?} (also ports[{j}])", p.name),
+                );
+            }
+        }
+        port_number(&mut e, &pp.child("port"), p.port);
+        let proto = protocol(&mut e, p.protocol.as_deref(), &pp.child("protocol"));
+        if let Some(j) = numbers.insert((p.port, proto), i) {
+            e.add(
+                &pp.child("port"),
+                format!("duplicate port {}/{proto} (also ports[{j}])", p.port),
+            );
+        }
+        if let Some(t) = &p.target_port {
+            target_port(&mut e, t, &pp.child("targetPort"));
+        }
+        if let Some(n) = p.node_port {
+            // 0 asks the server to allocate; the server checks its own range.
+            if n != 0 {
+                port_number(&mut e, &pp.child("nodePort"), n);
+            }
+        }
+    }
+    e.0
+}
+
+pub fn validate_endpoints(ep: &Endpoints) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &ep.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let subsets = root.child("subsets");
+    for (i, s) in ep.subsets.iter().enumerate() {
+        let sp = subsets.index(i);
+        for (field, addrs) in [
+            ("addresses", &s.addresses),
+            ("notReadyAddresses", &s.not_ready_addresses),
+        ] {
+            for (j, a) in addrs.iter().enumerate() {
+                let ap = sp.child(field).index(j);
+                if a.ip.is_empty() {
+                    e.add(&ap.child("ip"), "is required");
+                } else if a.ip.parse::<std::net::IpAddr>().is_err()
+                    && check_dns1123_subdomain(&a.ip).is_err()
+                {
+                    e.add(
+                        &ap.child("ip"),
+                        format!(
+                            "invalid address {:?}: must be an IP address or a host name",
+                            a.ip
+                        ),
+                    );
+                }
+            }
+        }
+        for (j, p) in s.ports.iter().enumerate() {
+            let pp = sp.child("ports").index(j);
+            port_number(&mut e, &pp.child("port"), p.port);
+            if !p.name.is_empty() {
+                if let Err(m) = check_port_name(&p.name) {
+                    e.add(
+                        &pp.child("name"),
+                        format!("invalid port name {:?}: {m}", p.name),
+                    );
+                }
+            }
+            protocol(&mut e, p.protocol.as_deref(), &pp.child("protocol"));
+        }
+    }
+    e.0
+}
+
+pub fn validate_node(n: &Node) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &n.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let taints = root.child("spec").child("taints");
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, t) in n.spec.taints.iter().enumerate() {
+        let tp = taints.index(i);
+        if let Err(m) = check_qualified_name(&t.key) {
+            e.add(
+                &tp.child("key"),
+                format!("invalid taint key {:?}: {m}", t.key),
+            );
+        }
+        if let Err(m) = check_label_value(&t.value) {
+            e.add(
+                &tp.child("value"),
+                format!("invalid taint value {:?}: {m}", t.value),
+            );
+        }
+        if !matches!(
+            t.effect.as_str(),
+            "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+        ) {
+            e.add(
+                &tp.child("effect"),
+                format!(
+                    "unsupported taint effect {:?}: use NoSchedule, PreferNoSchedule or NoExecute",
+                    t.effect
+                ),
+            );
+        }
+        if let Some(j) = seen.insert((&t.key, &t.effect), i) {
+            e.add(
+                &tp,
+                format!("duplicate taint {}:{} (also taints[{j}])", t.key, t.effect),
+            );
+        }
+    }
+    e.0
+}
+
+pub fn validate_event(ev: &Event) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &ev.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let io = root.child("involvedObject");
+    if ev.involved_object.kind.is_empty() {
+        e.add(&io.child("kind"), "is required");
+    }
+    if ev.involved_object.name.is_empty() {
+        e.add(&io.child("name"), "is required");
+    }
+    if !matches!(ev.type_.as_str(), "" | "Normal" | "Warning") {
+        e.add(
+            &root.child("type"),
+            format!(
+                "unsupported event type {:?}: use Normal or Warning",
+                ev.type_
+            ),
+        );
+    }
+    non_negative(&mut e, &root.child("count"), i64::from(ev.count));
+    e.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pieces
+
+#[derive(Clone, Copy)]
+enum NameRule {
+    Subdomain,
+    Label,
+}
+
+fn meta(e: &mut Errs, m: &ObjectMeta, path: &FieldPath, rule: NameRule, namespaced: bool) {
+    let np = path.child("name");
+    if m.name.is_empty() {
+        e.add(&np, "is required");
+    } else {
+        let r = match rule {
+            NameRule::Subdomain => check_dns1123_subdomain(&m.name),
+            NameRule::Label => check_dns1123_label(&m.name),
+        };
+        if let Err(msg) = r {
+            e.add(&np, format!("invalid name {:?}: {msg}", m.name));
+        }
+    }
+    if namespaced && !m.namespace.is_empty() {
+        if let Err(msg) = check_dns1123_label(&m.namespace) {
+            e.add(
+                &path.child("namespace"),
+                format!("invalid namespace {:?}: {msg}", m.namespace),
+            );
+        }
+    }
+    labels(e, &m.labels, &path.child("labels"));
+    for k in m.annotations.keys() {
+        if let Err(msg) = check_qualified_name(k) {
+            e.add(
+                &path.child("annotations").child(k),
+                format!("invalid annotation key {k:?}: {msg}"),
+            );
+        }
+    }
+}
+
+fn labels(e: &mut Errs, l: &Labels, path: &FieldPath) {
+    for (k, v) in l {
+        let p = path.child(k);
+        if let Err(msg) = check_qualified_name(k) {
+            e.add(&p, format!("invalid label key {k:?}: {msg}"));
+        }
+        if let Err(msg) = check_label_value(v) {
+            e.add(&p, format!("invalid label value {v:?}: {msg}"));
+        }
+    }
+}
+
+fn non_negative(e: &mut Errs, path: &FieldPath, v: i64) {
+    if v < 0 {
+        e.add(
+            path,
+            format!("must be greater than or equal to 0 (got {v})"),
+        );
+    }
+}
+
+fn port_number(e: &mut Errs, path: &FieldPath, p: i32) {
+    if !(1..=65535).contains(&p) {
+        e.add(path, format!("must be between 1 and 65535 (got {p})"));
+    }
+}
+
+/// Check a protocol and return it normalized ("TCP" when unset).
+fn protocol<'a>(e: &mut Errs, p: Option<&'a str>, path: &FieldPath) -> &'a str {
+    match p {
+        None => "TCP",
+        Some(p @ ("TCP" | "UDP")) => p,
+        Some(p) => {
+            e.add(path, format!("unsupported protocol {p:?}: use TCP or UDP"));
+            p
+        }
+    }
+}
+
+fn target_port(e: &mut Errs, t: &IntOrString, path: &FieldPath) {
+    match t {
+        IntOrString::Int(i) => {
+            if !(1..=65535).contains(i) {
+                e.add(path, format!("must be between 1 and 65535 (got {i})"));
+            }
+        }
+        IntOrString::String(s) => {
+            if let Err(m) = check_port_name(s) {
+                e.add(
+                    path,
+                    format!("invalid port name {s:?}: {m} (or give a port number)"),
+                );
+            }
+        }
+    }
+}
+
+fn selector_and_template(
+    e: &mut Errs,
+    sel: &LabelSelector,
+    template: &PodTemplateSpec,
+    spec: &FieldPath,
+) {
+    let sp = spec.child("selector");
+    let tp = spec.child("template");
+    let tm = tp.child("metadata");
+    labels(e, &template.metadata.labels, &tm.child("labels"));
+    if !template.metadata.name.is_empty() {
+        if let Err(m) = check_dns1123_subdomain(&template.metadata.name) {
+            e.add(
+                &tm.child("name"),
+                format!("invalid name {:?}: {m}", template.metadata.name),
+            );
+        }
+    }
+    if sel.match_labels.is_empty() && sel.match_expressions.is_empty() {
+        e.add(
+            &sp,
+            "must not be empty: give matchLabels that match spec.template.metadata.labels",
+        );
+    } else {
+        let before = e.0.len();
+        labels(e, &sel.match_labels, &sp.child("matchLabels"));
+        for (i, x) in sel.match_expressions.iter().enumerate() {
+            if let Err(m) = crate::selector::requirement_from_expression(x) {
+                e.add(&sp.child("matchExpressions").index(i), m);
+            }
+        }
+        if e.0.len() == before {
+            if let Ok(s) = Selector::from_label_selector(sel) {
+                if !s.matches(&template.metadata.labels) {
+                    e.add(
+                        &sp,
+                        format!(
+                            "does not match spec.template.metadata.labels: selector {:?}, labels {:?}",
+                            s.to_string(),
+                            Selector::from_labels(&template.metadata.labels).to_string()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    pod_spec(e, &template.spec, &tp.child("spec"));
+}
+
+fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
+    let ty = s.type_.as_deref().unwrap_or("RollingUpdate");
+    if !matches!(ty, "RollingUpdate" | "Recreate" | "BlueGreen") {
+        e.add(
+            &path.child("type"),
+            format!("unsupported strategy type {ty:?}: use RollingUpdate, Recreate or BlueGreen"),
+        );
+    }
+    if let Some(ru) = &s.rolling_update {
+        let rp = path.child("rollingUpdate");
+        if ty != "RollingUpdate" {
+            e.add(
+                &rp,
+                format!("may only be set when type is RollingUpdate (type is {ty})"),
+            );
+        }
+        // None = not given (defaults to 25%), Some(n) = a valid value.
+        let mut check = |field: &str, v: &Option<IntOrString>| -> Option<i64> {
+            let v = v.as_ref()?;
+            let p = rp.child(field);
+            match int_or_percent(v) {
+                Err(m) => {
+                    e.add(&p, m);
+                    None
+                }
+                Ok((n, pct)) => {
+                    if pct && n > 100 && field == "maxUnavailable" {
+                        e.add(&p, format!("must not be greater than 100% (got {v})"));
+                    }
+                    Some(n)
+                }
+            }
+        };
+        let surge = check("maxSurge", &ru.max_surge);
+        let unavailable = check("maxUnavailable", &ru.max_unavailable);
+        // Both default to 25%, so only an explicit 0 for both deadlocks the rollout.
+        if surge == Some(0) && unavailable == Some(0) {
+            e.add(
+                &rp.child("maxUnavailable"),
+                "may not be 0 when maxSurge is 0: the rollout could never progress",
+            );
+        }
+    }
+    match (&s.blue_green, ty) {
+        (None, "BlueGreen") => e.add(
+            &path.child("blueGreen"),
+            "is required when type is BlueGreen",
+        ),
+        (Some(_), t) if t != "BlueGreen" => e.add(
+            &path.child("blueGreen"),
+            format!("may only be set when type is BlueGreen (type is {t})"),
+        ),
+        (Some(bg), _) => {
+            let bp = path.child("blueGreen");
+            if bg.active_service.is_empty() {
+                e.add(&bp.child("activeService"), "is required");
+            } else if let Err(m) = check_dns1123_label(&bg.active_service) {
+                e.add(
+                    &bp.child("activeService"),
+                    format!("invalid service name {:?}: {m}", bg.active_service),
+                );
+            }
+            if let Some(pv) = &bg.preview_service {
+                if let Err(m) = check_dns1123_label(pv) {
+                    e.add(
+                        &bp.child("previewService"),
+                        format!("invalid service name {pv:?}: {m}"),
+                    );
+                } else if *pv == bg.active_service {
+                    e.add(
+                        &bp.child("previewService"),
+                        format!("must differ from activeService {pv:?}"),
+                    );
+                }
+            }
+            if let Some(v) = bg.auto_promotion_seconds {
+                non_negative(e, &bp.child("autoPromotionSeconds"), v);
+            }
+            if let Some(v) = bg.scale_down_delay_seconds {
+                non_negative(e, &bp.child("scaleDownDelaySeconds"), v);
+            }
+        }
+        (None, _) => {}
+    }
+}
+
+/// `3` or `"25%"` -> (number, is_percent).
+fn int_or_percent(v: &IntOrString) -> Result<(i64, bool), String> {
+    let bad = || {
+        format!(
+            "must be a non-negative integer or a percentage like \"25%\" (got {v:?})",
+            v = v.to_string()
+        )
+    };
+    match v {
+        IntOrString::Int(i) if *i >= 0 => Ok((*i, false)),
+        IntOrString::Int(_) => Err(bad()),
+        IntOrString::String(s) => {
+            let n = s.strip_suffix('%').ok_or_else(bad)?;
+            if n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()) || n.len() > 9 {
+                return Err(bad());
+            }
+            n.parse::<i64>().map(|n| (n, true)).map_err(|_| bad())
+        }
+    }
+}
+
+const KNOWN_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
+    let cp = path.child("containers");
+    if spec.containers.is_empty() {
+        e.add(&cp, "at least one container is required");
+    }
+    if !spec.node_name.is_empty() {
+        if let Err(m) = check_dns1123_subdomain(&spec.node_name) {
+            e.add(
+                &path.child("nodeName"),
+                format!("invalid node name {:?}: {m}", spec.node_name),
+            );
+        }
+    }
+    labels(e, &spec.node_selector, &path.child("nodeSelector"));
+    if let Some(p) = &spec.restart_policy {
+        if !matches!(p.as_str(), "Always" | "OnFailure" | "Never") {
+            e.add(
+                &path.child("restartPolicy"),
+                format!("unsupported restart policy {p:?}: use Always, OnFailure or Never"),
+            );
+        }
+    }
+    if let Some(g) = spec.termination_grace_period_seconds {
+        non_negative(e, &path.child("terminationGracePeriodSeconds"), g);
+    }
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        toleration(e, t, &path.child("tolerations").index(i));
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    // Ports are per pod: two containers cannot both listen on 8080/TCP.
+    let mut port_numbers: HashMap<(i32, &str), (usize, usize)> = HashMap::new();
+    let mut port_names: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let p = cp.index(i);
+        if c.name.is_empty() {
+            e.add(&p.child("name"), "is required");
+        } else {
+            if let Err(m) = check_dns1123_label(&c.name) {
+                e.add(
+                    &p.child("name"),
+                    format!("invalid container name {:?}: {m}", c.name),
+                );
+            }
+            if let Some(j) = names.insert(&c.name, i) {
+                e.add(
+                    &p.child("name"),
+                    format!(
+                        "duplicate container name {:?} (also containers[{j}])",
+                        c.name
+                    ),
+                );
+            }
+        }
+        if c.image.trim().is_empty() {
+            e.add(&p.child("image"), "is required");
+        }
+        if let Some(pp) = &c.image_pull_policy {
+            if !matches!(pp.as_str(), "Always" | "IfNotPresent" | "Never") {
+                e.add(
+                    &p.child("imagePullPolicy"),
+                    format!("unsupported pull policy {pp:?}: use Always, IfNotPresent or Never"),
+                );
+            }
+        }
+        let mut env_names: HashMap<&str, usize> = HashMap::new();
+        for (j, v) in c.env.iter().enumerate() {
+            let ep = p.child("env").index(j);
+            if v.name.is_empty() {
+                e.add(&ep.child("name"), "is required");
+            } else if v.name.contains('=') || v.name.contains('\0') {
+                e.add(
+                    &ep.child("name"),
+                    format!(
+                        "invalid environment variable name {:?}: must not contain '=' or NUL",
+                        v.name
+                    ),
+                );
+            } else if let Some(k) = env_names.insert(&v.name, j) {
+                e.add(
+                    &ep.child("name"),
+                    format!(
+                        "duplicate environment variable {:?} (also env[{k}])",
+                        v.name
+                    ),
+                );
+            }
+        }
+        for (j, port) in c.ports.iter().enumerate() {
+            let pp = p.child("ports").index(j);
+            port_number(e, &pp.child("containerPort"), port.container_port);
+            if let Some(h) = port.host_port {
+                if !(0..=65535).contains(&h) {
+                    e.add(
+                        &pp.child("hostPort"),
+                        format!("must be between 0 and 65535 (got {h}; 0 lets the agent choose)"),
+                    );
+                }
+            }
+            let proto = protocol(e, port.protocol.as_deref(), &pp.child("protocol"));
+            if let Some((ci, pj)) = port_numbers.insert((port.container_port, proto), (i, j)) {
+                e.add(
+                    &pp.child("containerPort"),
+                    format!(
+                        "duplicate port {}/{proto} (also containers[{ci}].ports[{pj}])",
+                        port.container_port
+                    ),
+                );
+            }
+            if !port.name.is_empty() {
+                if let Err(m) = check_port_name(&port.name) {
+                    e.add(
+                        &pp.child("name"),
+                        format!("invalid port name {:?}: {m}", port.name),
+                    );
+                }
+                if let Some((ci, pj)) = port_names.insert(&port.name, (i, j)) {
+                    e.add(
+                        &pp.child("name"),
+                        format!(
+                            "duplicate port name {:?} (also containers[{ci}].ports[{pj}])",
+                            port.name
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(r) = &c.resources {
+            resources(e, r, &p.child("resources"));
+        }
+        for (field, probe_opt) in [
+            ("readinessProbe", &c.readiness_probe),
+            ("livenessProbe", &c.liveness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            if let Some(pr) = probe_opt {
+                probe(e, pr, c, &p.child(field));
+            }
+        }
+    }
+}
+
+fn toleration(e: &mut Errs, t: &Toleration, path: &FieldPath) {
+    let op = t.operator.as_deref().unwrap_or("Equal");
+    match op {
+        "Equal" => {
+            if t.key.is_empty() {
+                e.add(&path.child("key"), "is required when operator is Equal");
+            }
+        }
+        "Exists" => {
+            if !t.value.is_empty() {
+                e.add(
+                    &path.child("value"),
+                    "must be empty when operator is Exists",
+                );
+            }
+        }
+        other => e.add(
+            &path.child("operator"),
+            format!("unsupported operator {other:?}: use Equal or Exists"),
+        ),
+    }
+    if !t.key.is_empty() {
+        if let Err(m) = check_qualified_name(&t.key) {
+            e.add(&path.child("key"), format!("invalid key {:?}: {m}", t.key));
+        }
+    }
+    if !matches!(
+        t.effect.as_str(),
+        "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute"
+    ) {
+        e.add(
+            &path.child("effect"),
+            format!(
+                "unsupported effect {:?}: use NoSchedule, PreferNoSchedule or NoExecute",
+                t.effect
+            ),
+        );
+    }
+    if let Some(s) = t.toleration_seconds {
+        non_negative(e, &path.child("tolerationSeconds"), s);
+    }
+}
+
+fn resources(e: &mut Errs, r: &ResourceRequirements, path: &FieldPath) {
+    let mut parsed: [BTreeMap<&str, ParsedQuantity>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    for (slot, (field, map)) in [("requests", &r.requests), ("limits", &r.limits)]
+        .into_iter()
+        .enumerate()
+    {
+        for (k, q) in map {
+            let p = path.child(field).child(k);
+            if !KNOWN_RESOURCES.contains(&k.as_str()) {
+                e.add(&p, format!("unsupported resource {k:?}: use cpu or memory"));
+                continue;
+            }
+            match q.parsed() {
+                Ok(v) => {
+                    parsed[slot].insert(k.as_str(), v);
+                }
+                Err(err) => e.add(&p, err.to_string()),
+            }
+        }
+    }
+    for (k, req) in &parsed[0] {
+        if let Some(lim) = parsed[1].get(k) {
+            if req > lim {
+                e.add(
+                    &path.child("requests").child(k),
+                    format!(
+                        "must be less than or equal to the {k} limit ({} > {})",
+                        r.requests.get(*k).map(|q| q.0.as_str()).unwrap_or(""),
+                        r.limits.get(*k).map(|q| q.0.as_str()).unwrap_or("")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn probe(e: &mut Errs, p: &Probe, c: &Container, path: &FieldPath) {
+    let handlers = [
+        p.http_get.is_some(),
+        p.tcp_socket.is_some(),
+        p.exec.is_some(),
+    ]
+    .iter()
+    .filter(|h| **h)
+    .count();
+    if handlers != 1 {
+        e.add(
+            path,
+            format!("must specify exactly one of httpGet, tcpSocket or exec (found {handlers})"),
+        );
+    }
+    let check_port = |e: &mut Errs, port: &IntOrString, pp: &FieldPath| match port {
+        IntOrString::Int(i) => {
+            if !(1..=65535).contains(i) {
+                e.add(pp, format!("must be between 1 and 65535 (got {i})"));
+            }
+        }
+        IntOrString::String(s) => {
+            if !c.ports.iter().any(|cp| cp.name == *s) {
+                let known: Vec<&str> = c
+                    .ports
+                    .iter()
+                    .filter(|cp| !cp.name.is_empty())
+                    .map(|cp| cp.name.as_str())
+                    .collect();
+                let hint = if known.is_empty() {
+                    "the container has no named ports".to_string()
+                } else {
+                    format!("named ports: {}", known.join(", "))
+                };
+                e.add(
+                    pp,
+                    format!(
+                        "port name {s:?} does not name a port of container {:?} ({hint})",
+                        c.name
+                    ),
+                );
+            }
+        }
+    };
+    if let Some(h) = &p.http_get {
+        let hp = path.child("httpGet");
+        check_port(e, &h.port, &hp.child("port"));
+        if let Some(s) = &h.scheme {
+            if !matches!(s.as_str(), "HTTP" | "HTTPS") {
+                e.add(
+                    &hp.child("scheme"),
+                    format!("unsupported scheme {s:?}: use HTTP or HTTPS"),
+                );
+            }
+        }
+        if let Some(path_s) = &h.path {
+            if !path_s.is_empty() && !path_s.starts_with('/') {
+                e.add(
+                    &hp.child("path"),
+                    format!("must start with '/' (got {path_s:?})"),
+                );
+            }
+        }
+    }
+    if let Some(t) = &p.tcp_socket {
+        check_port(e, &t.port, &path.child("tcpSocket").child("port"));
+    }
+    if let Some(x) = &p.exec {
+        if x.command.is_empty() {
+            e.add(&path.child("exec").child("command"), "must not be empty");
+        }
+    }
+    if let Some(v) = p.initial_delay_seconds {
+        non_negative(e, &path.child("initialDelaySeconds"), i64::from(v));
+    }
+    for (field, v) in [
+        ("periodSeconds", p.period_seconds),
+        ("timeoutSeconds", p.timeout_seconds),
+        ("successThreshold", p.success_threshold),
+        ("failureThreshold", p.failure_threshold),
+    ] {
+        if let Some(v) = v {
+            if v <= 0 {
+                e.add(
+                    &path.child(field),
+                    format!("must be greater than 0 (got {v})"),
+                );
+            }
+        }
+    }
 }
