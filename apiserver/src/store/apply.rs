@@ -1,0 +1,468 @@
+//! The semantics of each write, as a transaction over the current objects.
+//!
+//! A [`Txn`] reads the committed objects plus its own pending changes, runs ops one by one
+//! (each succeeds whole or changes nothing), assigns each successful mutation the next
+//! revision, and records the watch events. The store then commits `changes` to sled and memory
+//! in one step, or throws them away (dry run). Pure and deterministic: everything that varies
+//! comes in the [`Command`](super::command::Command).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use berth_proto::types::{Labels, ObjectMeta, Service, ServiceSpec, Time};
+use berth_proto::{DynObject, Kind};
+use serde_json::Value;
+
+use super::command::{ApplyOutcome, Op, OpOutput, OpResult};
+use super::error::{normalize_namespace, ObjectKey, StoreError};
+use super::watch::{ChangeType, Event};
+use super::NodePortRange;
+
+pub(super) struct Txn<'a> {
+    base: &'a BTreeMap<ObjectKey, Arc<Value>>,
+    /// Pending writes: Some = put, None = delete.
+    pub changes: BTreeMap<ObjectKey, Option<Arc<Value>>>,
+    pub revision: u64,
+    pub events: Vec<Event>,
+    pub now: Time,
+    pub node_ports: NodePortRange,
+    pub max_object_bytes: usize,
+}
+
+/// The labels of a stored object.
+pub(crate) fn labels_of(v: &Value) -> Labels {
+    v.get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| l.as_object())
+        .map(|l| {
+            l.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn resource_version_of(v: &Value) -> u64 {
+    match v.get("metadata").and_then(|m| m.get("resourceVersion")) {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn set_resource_version(v: &mut Value, rv: u64) {
+    if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+}
+
+fn decode(object: Value) -> Result<DynObject, StoreError> {
+    let obj = DynObject::from_value(object).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if obj.name().is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{}: metadata.name is required",
+            obj.kind
+        )));
+    }
+    Ok(obj)
+}
+
+fn key_of(obj: &DynObject) -> ObjectKey {
+    ObjectKey::new(obj.kind, obj.namespace(), obj.name())
+}
+
+fn precondition(key: &ObjectKey, expected: u64, current: &Value) -> Result<(), StoreError> {
+    let actual = resource_version_of(current);
+    if expected != 0 && expected != actual {
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// `value` without metadata.resourceVersion, for "did anything change" comparisons.
+fn without_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(
+        base: &'a BTreeMap<ObjectKey, Arc<Value>>,
+        revision: u64,
+        now: Time,
+        node_ports: NodePortRange,
+        max_object_bytes: usize,
+    ) -> Txn<'a> {
+        Txn {
+            base,
+            changes: BTreeMap::new(),
+            revision,
+            events: Vec::new(),
+            now,
+            node_ports,
+            max_object_bytes,
+        }
+    }
+
+    fn get(&self, key: &ObjectKey) -> Option<Arc<Value>> {
+        match self.changes.get(key) {
+            Some(v) => v.clone(),
+            None => self.base.get(key).cloned(),
+        }
+    }
+
+    pub fn run(&mut self, op: Op) -> OpResult {
+        match op {
+            Op::Create { object, uid } => self.create(object, &uid),
+            Op::Update { object } => self.update(object),
+            Op::UpdateStatus { object } => self.update_status(object),
+            Op::Apply { object, uid } => self.apply(object, &uid),
+            Op::Delete {
+                key,
+                resource_version,
+            } => self.delete(key, resource_version),
+        }
+    }
+
+    /// Record a successful mutation at the next revision.
+    fn commit(
+        &mut self,
+        key: ObjectKey,
+        mut object: Value,
+        prev: Option<&Value>,
+        change: ChangeType,
+    ) -> Result<Value, StoreError> {
+        let revision = self.revision + 1;
+        set_resource_version(&mut object, revision);
+        if change != ChangeType::Deleted {
+            let size = serde_json::to_vec(&object).map(|b| b.len()).unwrap_or(0);
+            if size > self.max_object_bytes {
+                return Err(StoreError::TooLarge {
+                    what: key.to_string(),
+                    size,
+                    limit: self.max_object_bytes,
+                });
+            }
+        }
+        self.revision = revision;
+        let object = Arc::new(object);
+        self.events.push(Event {
+            revision,
+            change,
+            kind: key.kind,
+            namespace: key.namespace.clone(),
+            object: object.clone(),
+            prev_labels: prev.map(labels_of),
+            labels: labels_of(&object),
+        });
+        let out = (*object).clone();
+        let stored = (change != ChangeType::Deleted).then_some(object);
+        self.changes.insert(key, stored);
+        Ok(out)
+    }
+
+    fn create(&mut self, object: Value, uid: &str) -> OpResult {
+        let mut obj = decode(object)?;
+        let key = key_of(&obj);
+        if self.get(&key).is_some() {
+            return Err(StoreError::AlreadyExists { key });
+        }
+        let mut meta = obj.meta();
+        meta.namespace = key.namespace.clone();
+        meta.uid = uid.to_string();
+        meta.creation_timestamp = Some(self.now);
+        meta.deletion_timestamp = None;
+        meta.generation = 1;
+        meta.resource_version = 0;
+        obj.set_meta(&meta);
+        if obj.kind == Kind::Service {
+            self.assign_node_ports(&key, &mut obj.value, None)?;
+        }
+        let object = self.commit(key, obj.value, None, ChangeType::Added)?;
+        Ok(OpOutput {
+            object,
+            outcome: None,
+        })
+    }
+
+    /// Finish a write to an existing object: node ports, generation, no-op detection.
+    /// Returns None when nothing changed.
+    fn finish_change(
+        &mut self,
+        key: &ObjectKey,
+        mut new: DynObject,
+        existing: &Value,
+    ) -> Result<Option<Value>, StoreError> {
+        if new.kind == Kind::Service {
+            self.assign_node_ports(key, &mut new.value, Some(existing))?;
+        }
+        let old = DynObject {
+            kind: key.kind,
+            value: existing.clone(),
+        };
+        let mut meta = new.meta();
+        meta.generation = old.meta().generation;
+        if new.spec_part() != old.spec_part() {
+            meta.generation += 1;
+        }
+        meta.resource_version = resource_version_of(existing);
+        new.set_meta(&meta);
+        if without_rv(&new.value) == without_rv(existing) {
+            return Ok(None);
+        }
+        self.commit(key.clone(), new.value, Some(existing), ChangeType::Modified)
+            .map(Some)
+    }
+
+    fn update(&mut self, object: Value) -> OpResult {
+        let mut obj = decode(object)?;
+        let key = key_of(&obj);
+        let existing = self
+            .get(&key)
+            .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+        let req_meta = obj.meta();
+        precondition(&key, req_meta.resource_version, &existing)?;
+        let old_meta = DynObject {
+            kind: key.kind,
+            value: (*existing).clone(),
+        }
+        .meta();
+        // The request owns labels, annotations, owner references and the spec; identity,
+        // timestamps and status stay as stored.
+        let meta = ObjectMeta {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            labels: req_meta.labels,
+            annotations: req_meta.annotations,
+            owner_references: req_meta.owner_references,
+            ..old_meta
+        };
+        obj.set_meta(&meta);
+        keep_status(&mut obj.value, &existing);
+        let object = self
+            .finish_change(&key, obj, &existing)?
+            .unwrap_or_else(|| (*existing).clone());
+        Ok(OpOutput {
+            object,
+            outcome: None,
+        })
+    }
+
+    fn update_status(&mut self, object: Value) -> OpResult {
+        let obj = decode(object)?;
+        let key = key_of(&obj);
+        if !key.kind.has_status() {
+            return Err(StoreError::Invalid(format!(
+                "{} has no status; use Update",
+                key.kind
+            )));
+        }
+        let existing = self
+            .get(&key)
+            .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+        precondition(&key, obj.meta().resource_version, &existing)?;
+        let mut new = (*existing).clone();
+        match (new.as_object_mut(), obj.status()) {
+            (Some(m), Some(s)) => {
+                m.insert("status".into(), s.clone());
+            }
+            (Some(m), None) => {
+                m.remove("status");
+            }
+            _ => {}
+        }
+        let new = DynObject::from_value(new).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let object = self
+            .finish_change(&key, new, &existing)?
+            .unwrap_or_else(|| (*existing).clone());
+        Ok(OpOutput {
+            object,
+            outcome: None,
+        })
+    }
+
+    fn apply(&mut self, object: Value, uid: &str) -> OpResult {
+        let obj = decode(object)?;
+        let key = key_of(&obj);
+        let Some(existing) = self.get(&key) else {
+            let out = self.create(obj.value, uid)?;
+            return Ok(OpOutput {
+                outcome: Some(ApplyOutcome::Created),
+                ..out
+            });
+        };
+        let req_meta = obj.meta();
+        precondition(&key, req_meta.resource_version, &existing)?;
+        // Replace the user-owned part wholesale; keep metadata identity and status; merge the
+        // labels and annotations given into the stored ones (loops may have added their own).
+        let mut new = (*existing).clone();
+        if let (Some(n), Some(req)) = (new.as_object_mut(), obj.value.as_object()) {
+            n.retain(|k, _| matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"));
+            for (k, v) in req {
+                if !matches!(k.as_str(), "metadata" | "status") {
+                    n.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let mut new = DynObject::from_value(new).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut meta = new.meta();
+        meta.labels.extend(req_meta.labels);
+        meta.annotations.extend(req_meta.annotations);
+        if !req_meta.owner_references.is_empty() {
+            meta.owner_references = req_meta.owner_references;
+        }
+        new.set_meta(&meta);
+        let (object, outcome) = match self.finish_change(&key, new, &existing)? {
+            Some(o) => (o, ApplyOutcome::Configured),
+            None => ((*existing).clone(), ApplyOutcome::Unchanged),
+        };
+        Ok(OpOutput {
+            object,
+            outcome: Some(outcome),
+        })
+    }
+
+    fn delete(&mut self, key: ObjectKey, resource_version: u64) -> OpResult {
+        let key = ObjectKey {
+            namespace: normalize_namespace(key.kind, &key.namespace),
+            ..key
+        };
+        let existing = self
+            .get(&key)
+            .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+        precondition(&key, resource_version, &existing)?;
+        let object = self.commit(
+            key,
+            (*existing).clone(),
+            Some(&existing),
+            ChangeType::Deleted,
+        )?;
+        Ok(OpOutput {
+            object,
+            outcome: None,
+        })
+    }
+
+    /// Every Service visible to this transaction except `skip`.
+    fn other_services(&self, skip: &ObjectKey) -> Vec<(ObjectKey, Arc<Value>)> {
+        let from = ObjectKey {
+            kind: Kind::Service,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let mut out: BTreeMap<ObjectKey, Option<Arc<Value>>> = self
+            .base
+            .range(from.clone()..)
+            .take_while(|(k, _)| k.kind == Kind::Service)
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        for (k, v) in self.changes.range(from..) {
+            if k.kind != Kind::Service {
+                break;
+            }
+            out.insert(k.clone(), v.clone());
+        }
+        out.into_iter()
+            .filter(|(k, _)| k != skip)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect()
+    }
+
+    /// Validate given nodePorts and allocate missing ones (keeping an existing Service's
+    /// allocation across updates).
+    fn assign_node_ports(
+        &self,
+        key: &ObjectKey,
+        value: &mut Value,
+        existing: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let range = self.node_ports;
+        let mut used: BTreeMap<i32, ObjectKey> = BTreeMap::new();
+        for (k, v) in self.other_services(key) {
+            if let Ok(s) = serde_json::from_value::<Service>((*v).clone()) {
+                for p in s.spec.ports {
+                    if let Some(np) = p.node_port {
+                        used.insert(np, k.clone());
+                    }
+                }
+            }
+        }
+        let mut spec: ServiceSpec = serde_json::from_value(value["spec"].clone())
+            .map_err(|e| StoreError::Invalid(format!("{key}: invalid spec: {e}")))?;
+        let old_ports = existing
+            .and_then(|e| serde_json::from_value::<Service>(e.clone()).ok())
+            .map(|s| s.spec.ports)
+            .unwrap_or_default();
+        let mut mine: BTreeSet<i32> = BTreeSet::new();
+        for p in &spec.ports {
+            let Some(np) = p.node_port else { continue };
+            if !range.contains(np) {
+                return Err(StoreError::NodePort(format!(
+                    "{key}: nodePort {np} of port {} is outside the node-port range {range}; \
+                     pick one in range or omit it to have one allocated",
+                    p.port
+                )));
+            }
+            if let Some(owner) = used.get(&np) {
+                return Err(StoreError::NodePort(format!(
+                    "{key}: nodePort {np} of port {} is already allocated to {owner}; \
+                     pick another or omit it to have one allocated",
+                    p.port
+                )));
+            }
+            if !mine.insert(np) {
+                return Err(StoreError::NodePort(format!(
+                    "{key}: nodePort {np} is given for more than one port"
+                )));
+            }
+        }
+        for p in spec.ports.iter_mut().filter(|p| p.node_port.is_none()) {
+            // Keep the previous allocation of the same port (by name, else by number).
+            let prev = old_ports
+                .iter()
+                .find(|o| {
+                    if p.name.is_empty() {
+                        o.name.is_empty() && o.port == p.port
+                    } else {
+                        o.name == p.name
+                    }
+                })
+                .and_then(|o| o.node_port)
+                .filter(|np| range.contains(*np) && !used.contains_key(np) && !mine.contains(np));
+            let np = match prev {
+                Some(np) => np,
+                None => (i32::from(range.start)..=i32::from(range.end))
+                    .find(|np| !used.contains_key(np) && !mine.contains(np))
+                    .ok_or_else(|| StoreError::NodePortsExhausted {
+                        range: range.to_string(),
+                    })?,
+            };
+            mine.insert(np);
+            p.node_port = Some(np);
+        }
+        value["spec"] = serde_json::to_value(&spec)
+            .map_err(|e| StoreError::Invalid(format!("{key}: invalid spec: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Replace `new`'s status with `existing`'s (absent if it had none).
+fn keep_status(new: &mut Value, existing: &Value) {
+    if let Some(n) = new.as_object_mut() {
+        match existing.get("status") {
+            Some(s) => {
+                n.insert("status".into(), s.clone());
+            }
+            None => {
+                n.remove("status");
+            }
+        }
+    }
+}

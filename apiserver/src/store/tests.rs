@@ -1,0 +1,684 @@
+//! State-machine tests: commands applied directly, as raft would after commit.
+
+use super::*;
+use crate::raft::StateMachine;
+use serde_json::json;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    db: sled::Db,
+    store: Store,
+    index: u64,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(StoreConfig::default())
+}
+
+fn fixture_with(config: StoreConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let store = Store::open(&db, config).unwrap();
+    Fixture {
+        _dir: dir,
+        db,
+        store,
+        index: 0,
+    }
+}
+
+fn now() -> berth_proto::types::Time {
+    chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+impl Fixture {
+    fn run_with(&mut self, ops: Vec<Op>, node_ports: NodePortRange) -> Vec<OpResult> {
+        self.index += 1;
+        let cmd = Command {
+            ops,
+            now: now(),
+            node_ports,
+        };
+        let reply = self.store.apply(self.index, &cmd.encode());
+        Reply::decode(&reply).unwrap().results
+    }
+    fn run(&mut self, op: Op) -> OpResult {
+        self.run_with(vec![op], NodePortRange::default()).remove(0)
+    }
+    fn create(&mut self, v: Value) -> OpResult {
+        self.run(Op::Create {
+            object: v,
+            uid: format!("uid-{}", self.index + 1),
+        })
+    }
+    fn apply_obj(&mut self, v: Value) -> OpResult {
+        self.run(Op::Apply {
+            object: v,
+            uid: format!("uid-{}", self.index + 1),
+        })
+    }
+}
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "containers": [{ "name": "c", "image": "nginx" }] }
+    })
+}
+
+fn service(name: &str, ports: Value) -> Value {
+    json!({
+        "kind": "Service",
+        "metadata": { "name": name },
+        "spec": { "selector": { "app": name }, "ports": ports }
+    })
+}
+
+fn rv(v: &Value) -> u64 {
+    apply::resource_version_of(v)
+}
+
+fn key(kind: Kind, ns: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(kind, ns, name)
+}
+
+#[test]
+fn create_assigns_identity_revision_and_default_namespace() {
+    let mut f = fixture();
+    let out = f.create(pod("a", json!({}))).unwrap().object;
+    assert_eq!(out["metadata"]["namespace"], "default");
+    assert_eq!(out["metadata"]["uid"], "uid-1");
+    assert_eq!(out["metadata"]["generation"], 1);
+    assert_eq!(out["metadata"]["creationTimestamp"], "2026-01-02T03:04:05Z");
+    assert_eq!(out["apiVersion"], "v1");
+    assert_eq!(rv(&out), 1);
+    assert_eq!(f.store.revision(), 1);
+    assert_eq!(f.store.applied_index(), 1);
+    let node = f
+        .create(json!({"kind": "Node", "metadata": {"name": "n1", "namespace": "x"}}))
+        .unwrap()
+        .object;
+    assert!(node["metadata"].get("namespace").is_none());
+    assert_eq!(rv(&node), 2);
+    assert_eq!(*f.store.get(&key(Kind::Node, "", "n1")).unwrap(), node);
+}
+
+#[test]
+fn create_of_existing_object_is_already_exists_and_does_not_bump_revision() {
+    let mut f = fixture();
+    f.create(pod("a", json!({}))).unwrap();
+    let err = f.create(pod("a", json!({}))).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::AlreadyExists {
+            key: key(Kind::Pod, "default", "a")
+        }
+    );
+    assert_eq!(f.store.revision(), 1);
+    assert_eq!(
+        f.store.applied_index(),
+        2,
+        "failed ops still advance the applied index"
+    );
+}
+
+#[test]
+fn invalid_objects_are_rejected_with_the_schema_error() {
+    let mut f = fixture();
+    let mut bad = pod("a", json!({}));
+    bad["spec"]["containerz"] = json!([]);
+    let err = f.create(bad).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("containerz")),
+        "{err}"
+    );
+    let err = f.create(pod("", json!({}))).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(m) if m.contains("metadata.name")),
+        "{err}"
+    );
+    assert_eq!(f.store.revision(), 0);
+}
+
+#[test]
+fn update_with_stale_resource_version_conflicts() {
+    let mut f = fixture();
+    let created = f.create(pod("a", json!({}))).unwrap().object;
+    let mut u = created.clone();
+    u["metadata"]["labels"] = json!({"x": "1"});
+    let updated = f.run(Op::Update { object: u.clone() }).unwrap().object;
+    assert_eq!(rv(&updated), 2);
+    // `u` still carries resourceVersion 1.
+    u["metadata"]["labels"] = json!({"x": "2"});
+    let err = f.run(Op::Update { object: u.clone() }).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            key: key(Kind::Pod, "default", "a"),
+            expected: 1,
+            actual: 2
+        }
+    );
+    assert!(err
+        .to_string()
+        .contains("expected resourceVersion 1, actual 2"));
+    // 0 = unconditional.
+    u["metadata"]["resourceVersion"] = json!("0");
+    let forced = f.run(Op::Update { object: u }).unwrap().object;
+    assert_eq!(forced["metadata"]["labels"]["x"], "2");
+}
+
+#[test]
+fn update_keeps_status_and_identity_and_bumps_generation_only_on_spec_change() {
+    let mut f = fixture();
+    let mut p = pod("a", json!({}));
+    p["status"] = json!({"phase": "Running"});
+    let created = f.create(p).unwrap().object;
+
+    let mut u = created.clone();
+    u["status"] = json!({"phase": "Failed"});
+    u["metadata"]["uid"] = json!("forged");
+    u["metadata"]["labels"] = json!({"a": "b"});
+    let out = f.run(Op::Update { object: u }).unwrap().object;
+    assert_eq!(out["status"]["phase"], "Running");
+    assert_eq!(out["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(
+        out["metadata"]["generation"], 1,
+        "label change is not a spec change"
+    );
+
+    let mut u = out.clone();
+    u["spec"]["containers"][0]["image"] = json!("nginx:2");
+    let out = f.run(Op::Update { object: u }).unwrap().object;
+    assert_eq!(out["metadata"]["generation"], 2);
+    assert_eq!(rv(&out), 3);
+}
+
+#[test]
+fn update_with_identical_content_changes_nothing() {
+    let mut f = fixture();
+    let created = f.create(pod("a", json!({}))).unwrap().object;
+    let out = f
+        .run(Op::Update {
+            object: created.clone(),
+        })
+        .unwrap()
+        .object;
+    assert_eq!(out, created);
+    assert_eq!(f.store.revision(), 1);
+}
+
+#[test]
+fn update_status_changes_only_status() {
+    let mut f = fixture();
+    let created = f.create(pod("a", json!({"app": "x"}))).unwrap().object;
+    let mut u = created.clone();
+    u["status"] = json!({"phase": "Running"});
+    u["metadata"]["labels"] = json!({"app": "changed"});
+    u["spec"]["containers"][0]["image"] = json!("other");
+    let out = f
+        .run(Op::UpdateStatus { object: u.clone() })
+        .unwrap()
+        .object;
+    assert_eq!(out["status"]["phase"], "Running");
+    assert_eq!(out["metadata"]["labels"]["app"], "x");
+    assert_eq!(out["spec"]["containers"][0]["image"], "nginx");
+    assert_eq!(out["metadata"]["generation"], 1);
+    // Same precondition as Update.
+    let err = f.run(Op::UpdateStatus { object: u }).unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict {
+            expected: 1,
+            actual: 2,
+            ..
+        }
+    ));
+    let ep = json!({"kind": "Endpoints", "metadata": {"name": "e"}});
+    f.create(ep.clone()).unwrap();
+    assert!(matches!(
+        f.run(Op::UpdateStatus { object: ep }),
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[test]
+fn apply_reports_created_configured_and_unchanged() {
+    let mut f = fixture();
+    let p = pod("a", json!({"app": "web"}));
+    let out = f.apply_obj(p.clone()).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Created));
+    assert_eq!(rv(&out.object), 1);
+
+    let out = f.apply_obj(p.clone()).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Unchanged));
+    assert_eq!(rv(&out.object), 1);
+    assert_eq!(
+        f.store.revision(),
+        1,
+        "unchanged apply must not bump the revision"
+    );
+
+    let mut p2 = p.clone();
+    p2["spec"]["containers"][0]["image"] = json!("nginx:2");
+    let out = f.apply_obj(p2).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Configured));
+    assert_eq!(out.object["metadata"]["generation"], 2);
+    assert_eq!(rv(&out.object), 2);
+}
+
+#[test]
+fn apply_keeps_status_and_merges_labels() {
+    let mut f = fixture();
+    let created = f
+        .create(pod("a", json!({"app": "web", "hash": "123"})))
+        .unwrap()
+        .object;
+    let mut s = created.clone();
+    s["status"] = json!({"phase": "Running"});
+    f.run(Op::UpdateStatus { object: s }).unwrap();
+
+    let mut p = pod("a", json!({"app": "web2"}));
+    p["status"] = json!({"phase": "Failed"});
+    let out = f.apply_obj(p).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Configured));
+    assert_eq!(out.object["status"]["phase"], "Running");
+    assert_eq!(
+        out.object["metadata"]["labels"],
+        json!({"app": "web2", "hash": "123"})
+    );
+    assert_eq!(out.object["metadata"]["uid"], created["metadata"]["uid"]);
+    assert_eq!(out.object["metadata"]["generation"], 1);
+}
+
+#[test]
+fn delete_returns_the_object_and_honours_the_precondition() {
+    let mut f = fixture();
+    f.create(pod("a", json!({}))).unwrap();
+    let k = key(Kind::Pod, "", "a");
+    let err = f
+        .run(Op::Delete {
+            key: k.clone(),
+            resource_version: 7,
+        })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict {
+            expected: 7,
+            actual: 1,
+            ..
+        }
+    ));
+    let out = f
+        .run(Op::Delete {
+            key: k.clone(),
+            resource_version: 1,
+        })
+        .unwrap()
+        .object;
+    assert_eq!(out["metadata"]["name"], "a");
+    assert_eq!(rv(&out), 2, "deleted object carries the deletion revision");
+    assert!(matches!(f.store.get(&k), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        f.run(Op::Delete {
+            key: k,
+            resource_version: 0
+        }),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn batch_ops_succeed_or_fail_independently_with_one_revision_each() {
+    let mut f = fixture();
+    let results = f.run_with(
+        vec![
+            Op::Create {
+                object: pod("a", json!({})),
+                uid: "1".into(),
+            },
+            Op::Create {
+                object: pod("a", json!({})),
+                uid: "2".into(),
+            },
+            Op::Create {
+                object: pod("b", json!({})),
+                uid: "3".into(),
+            },
+        ],
+        NodePortRange::default(),
+    );
+    assert_eq!(rv(&results[0].as_ref().unwrap().object), 1);
+    assert!(matches!(results[1], Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(rv(&results[2].as_ref().unwrap().object), 2);
+    assert_eq!(f.store.revision(), 2);
+}
+
+#[test]
+fn list_filters_by_kind_namespace_and_selector() {
+    let mut f = fixture();
+    f.create(pod("a", json!({"app": "web", "tier": "front"})))
+        .unwrap();
+    f.create(pod("b", json!({"app": "db"}))).unwrap();
+    let mut c = pod("c", json!({"app": "web"}));
+    c["metadata"]["namespace"] = json!("other");
+    f.create(c).unwrap();
+    f.create(service("web", json!([{"port": 80}]))).unwrap();
+
+    let names = |sel: &str, ns: Option<&str>| -> Vec<String> {
+        let (items, rev) = f
+            .store
+            .list(Kind::Pod, ns, &Selector::parse(sel).unwrap())
+            .unwrap();
+        assert_eq!(rev, 4);
+        items
+            .iter()
+            .map(|v| v["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("", None), vec!["a", "b", "c"]);
+    assert_eq!(names("", Some("default")), vec!["a", "b"]);
+    assert_eq!(names("app=web", None), vec!["a", "c"]);
+    assert_eq!(names("app in (web,db),!tier", Some("")), vec!["b"]);
+}
+
+#[test]
+fn node_ports_are_allocated_uniquely_and_kept_across_updates() {
+    let mut f = fixture();
+    let range = NodePortRange {
+        start: 31000,
+        end: 31002,
+    };
+    let a = f
+        .run_with(
+            vec![Op::Create {
+                object: service(
+                    "a",
+                    json!([{"name": "http", "port": 80}, {"name": "m", "port": 9090}]),
+                ),
+                uid: "1".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap()
+        .object;
+    assert_eq!(a["spec"]["ports"][0]["nodePort"], 31000);
+    assert_eq!(a["spec"]["ports"][1]["nodePort"], 31001);
+
+    // Re-applying the manifest (no nodePort) keeps the allocation: unchanged.
+    let out = f
+        .run_with(
+            vec![Op::Apply {
+                object: service(
+                    "a",
+                    json!([{"name": "http", "port": 80}, {"name": "m", "port": 9090}]),
+                ),
+                uid: "x".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Unchanged));
+
+    // A taken port is refused with the owner named.
+    let err = f
+        .run_with(
+            vec![Op::Create {
+                object: service("b", json!([{"port": 80, "nodePort": 31001}])),
+                uid: "2".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NodePort(m) if m.contains("already allocated to Service \"a\"")),
+        "{err}"
+    );
+    // Out of range.
+    let err = f
+        .run_with(
+            vec![Op::Create {
+                object: service("b", json!([{"port": 80, "nodePort": 80}])),
+                uid: "2".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NodePort(m) if m.contains("outside the node-port range 31000-31002")),
+        "{err}"
+    );
+    // The last free port, then exhaustion.
+    let b = f
+        .run_with(
+            vec![Op::Create {
+                object: service("b", json!([{"port": 80}])),
+                uid: "2".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap()
+        .object;
+    assert_eq!(b["spec"]["ports"][0]["nodePort"], 31002);
+    let err = f
+        .run_with(
+            vec![Op::Create {
+                object: service("c", json!([{"port": 80}])),
+                uid: "3".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NodePortsExhausted { .. }));
+    // Deleting a frees its ports.
+    f.run(Op::Delete {
+        key: key(Kind::Service, "", "a"),
+        resource_version: 0,
+    })
+    .unwrap();
+    let c = f
+        .run_with(
+            vec![Op::Create {
+                object: service("c", json!([{"port": 80}])),
+                uid: "3".into(),
+            }],
+            range,
+        )
+        .remove(0)
+        .unwrap()
+        .object;
+    assert_eq!(c["spec"]["ports"][0]["nodePort"], 31000);
+}
+
+#[test]
+fn objects_over_the_size_limit_are_rejected() {
+    let mut f = fixture_with(StoreConfig {
+        max_object_bytes: 1000,
+        ..StoreConfig::default()
+    });
+    let mut p = pod("big", json!({}));
+    p["metadata"]["annotations"] = json!({"blob": "x".repeat(2000)});
+    let err = f.create(p).unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { limit: 1000, .. }),
+        "{err}"
+    );
+    assert_eq!(f.store.revision(), 0);
+}
+
+#[test]
+fn already_applied_entries_are_skipped_on_replay() {
+    let mut f = fixture();
+    f.create(pod("a", json!({}))).unwrap();
+    let cmd = Command {
+        ops: vec![Op::Create {
+            object: pod("b", json!({})),
+            uid: "u".into(),
+        }],
+        now: now(),
+        node_ports: NodePortRange::default(),
+    };
+    assert!(f.store.apply(1, &cmd.encode()).is_empty());
+    assert!(f.store.get(&key(Kind::Pod, "", "b")).is_err());
+    assert_eq!(f.store.revision(), 1);
+}
+
+#[test]
+fn undecodable_entry_advances_applied_index_with_an_error_reply() {
+    let f = fixture();
+    let reply = Reply::decode(&f.store.apply(1, b"not json")).unwrap();
+    assert!(matches!(reply.results[0], Err(StoreError::BadCommand(_))));
+    assert_eq!(f.store.applied_index(), 1);
+    assert_eq!(f.store.revision(), 0);
+}
+
+#[test]
+fn state_survives_reopen_from_sled() {
+    let mut f = fixture();
+    f.create(pod("a", json!({"app": "web"}))).unwrap();
+    f.create(pod("b", json!({}))).unwrap();
+    f.run(Op::Delete {
+        key: key(Kind::Pod, "", "b"),
+        resource_version: 0,
+    })
+    .unwrap();
+    let reopened = Store::open(&f.db, StoreConfig::default()).unwrap();
+    assert_eq!(reopened.revision(), 3);
+    assert_eq!(reopened.applied_index(), 3);
+    assert_eq!(
+        reopened.get(&key(Kind::Pod, "", "a")).unwrap(),
+        f.store.get(&key(Kind::Pod, "", "a")).unwrap()
+    );
+    assert!(reopened.get(&key(Kind::Pod, "", "b")).is_err());
+    // History is not persisted: older revisions are expired after a restart.
+    assert_eq!(reopened.oldest_watchable_revision(), 3);
+    assert!(matches!(
+        reopened.watch(1, WatchFilter::default()),
+        Err(StoreError::Expired {
+            requested: 1,
+            oldest: 3
+        })
+    ));
+}
+
+#[test]
+fn snapshot_restore_replaces_state_and_expires_watchers() {
+    let mut src = fixture();
+    src.create(pod("a", json!({}))).unwrap();
+    src.create(pod("b", json!({}))).unwrap();
+    let snap = src.store.snapshot().unwrap();
+
+    let mut dst = fixture();
+    dst.create(pod("stale", json!({}))).unwrap();
+    let (_, mut w) = dst.store.watch(1, WatchFilter::default()).unwrap();
+    dst.store.restore(10, &snap).unwrap();
+    assert_eq!(dst.store.applied_index(), 10);
+    assert_eq!(dst.store.revision(), 2);
+    assert!(dst.store.get(&key(Kind::Pod, "", "stale")).is_err());
+    assert_eq!(
+        dst.store.get(&key(Kind::Pod, "", "b")).unwrap(),
+        src.store.get(&key(Kind::Pod, "", "b")).unwrap()
+    );
+    assert!(matches!(w.poll(10), Err(StoreError::Expired { .. })));
+    // Durable too.
+    let reopened = Store::open(&dst.db, StoreConfig::default()).unwrap();
+    assert_eq!(reopened.applied_index(), 10);
+    assert!(reopened.get(&key(Kind::Pod, "", "stale")).is_err());
+    assert!(reopened.get(&key(Kind::Pod, "", "a")).is_ok());
+}
+
+#[test]
+fn watch_sees_every_change_once_with_selector_transitions() {
+    let mut f = fixture();
+    let filter = WatchFilter {
+        kind: Some(Kind::Pod),
+        namespace: None,
+        selector: Selector::parse("app=web").unwrap(),
+    };
+    let (initial, mut w) = f.store.watch(0, filter).unwrap();
+    assert!(initial.is_empty());
+    let a = f.create(pod("a", json!({"app": "web"}))).unwrap().object;
+    f.create(pod("b", json!({"app": "db"}))).unwrap();
+    let mut a2 = a.clone();
+    a2["metadata"]["labels"] = json!({"app": "db"});
+    let a2 = f.run(Op::Update { object: a2 }).unwrap().object;
+    let mut a3 = a2.clone();
+    a3["metadata"]["labels"] = json!({"app": "web"});
+    f.run(Op::Update { object: a3 }).unwrap();
+    f.run(Op::Delete {
+        key: key(Kind::Pod, "", "a"),
+        resource_version: 0,
+    })
+    .unwrap();
+    let got: Vec<(WatchEventType, u64)> = w
+        .poll(100)
+        .unwrap()
+        .iter()
+        .map(|e| (e.event_type, e.revision))
+        .collect();
+    use WatchEventType::*;
+    assert_eq!(
+        got,
+        vec![(Added, 1), (Deleted, 3), (Added, 4), (Deleted, 5)]
+    );
+    assert_eq!(w.revision(), 5);
+}
+
+#[test]
+fn watch_from_zero_after_restart_lists_current_objects_as_added() {
+    let mut f = fixture();
+    f.create(pod("a", json!({}))).unwrap();
+    f.create(pod("b", json!({}))).unwrap();
+    let reopened = Store::open(&f.db, StoreConfig::default()).unwrap();
+    let (initial, w) = reopened.watch(0, WatchFilter::default()).unwrap();
+    let names: Vec<&str> = initial
+        .iter()
+        .map(|e| {
+            e.object.as_ref().unwrap()["metadata"]["name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, vec!["a", "b"]);
+    assert_eq!(w.revision(), 2);
+}
+
+#[test]
+fn dry_run_reports_the_result_without_committing() {
+    let f = fixture();
+    let reply = f.store.dry_run(Command {
+        ops: vec![Op::Create {
+            object: pod("a", json!({})),
+            uid: "u".into(),
+        }],
+        now: now(),
+        node_ports: NodePortRange::default(),
+    });
+    assert_eq!(
+        reply.results[0].as_ref().unwrap().object["metadata"]["name"],
+        "a"
+    );
+    assert_eq!(f.store.revision(), 0);
+    assert!(f.store.get(&key(Kind::Pod, "", "a")).is_err());
+}
+
+#[test]
+fn node_port_range_parses_and_rejects_nonsense() {
+    assert_eq!(
+        "30000-32767".parse::<NodePortRange>().unwrap(),
+        NodePortRange::default()
+    );
+    for bad in ["", "30000", "b-c", "5-4", "0-10", "1-70000"] {
+        assert!(bad.parse::<NodePortRange>().is_err(), "{bad}");
+    }
+}
