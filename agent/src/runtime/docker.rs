@@ -1,0 +1,366 @@
+//! The Docker runtime: containers in the Docker Engine through bollard.
+//!
+//! Each attempt is one container named `berth_<ns>_<pod>_<container>_<attempt>_<uid8>` and
+//! labelled with its identity (see [`ContainerSpec::labels`]), so `list` rebuilds the agent's
+//! view from the engine alone. Images are never pulled (there is no registry): `create` checks
+//! the image exists locally first and fails fast with [`RuntimeError::ImageNotPresent`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+use super::*;
+
+/// Docker Engine runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+fn parse_time(s: &Option<String>) -> Option<Time> {
+    let s = s.as_deref()?;
+    if s.starts_with("0001-") {
+        return None; // Docker's zero time
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+impl DockerRuntime {
+    /// Connect to the local engine (DOCKER_HOST or the default socket) and agree on an API
+    /// version, so older engines work too.
+    pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+        docker.ping().await?;
+        Ok(DockerRuntime { docker })
+    }
+
+    /// Does a Docker engine answer on the default socket (within `timeout`)?
+    pub async fn available(timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, Self::connect()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn container_name(spec: &ContainerSpec) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .collect()
+        };
+        let uid8: String = spec.pod_uid.chars().take(8).collect();
+        format!(
+            "berth_{}_{}_{}_{}_{}",
+            clean(&spec.pod_namespace),
+            clean(&spec.pod_name),
+            clean(&spec.container_name),
+            spec.attempt,
+            clean(&uid8)
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn version(&self) -> Result<String, RuntimeError> {
+        let v = self.docker.version().await?;
+        Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {
+                return Err(RuntimeError::ImageNotPresent {
+                    image: spec.image.clone(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut exposed = HashMap::new();
+        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
+            exposed.insert(key.clone(), HashMap::new());
+            bindings.insert(
+                key,
+                Some(vec![DockerPortBinding {
+                    host_ip: Some("0.0.0.0".to_string()),
+                    host_port: Some(p.host_port.to_string()),
+                }]),
+            );
+        }
+        let mut env: Vec<String> = port_env(&spec.ports, false)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(env),
+            working_dir: spec.working_dir.clone(),
+            labels: Some(spec.labels().into_iter().collect()),
+            exposed_ports: Some(exposed),
+            stop_signal: spec.stop_signal.clone(),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                memory: spec.memory_limit_bytes.map(|m| m as i64),
+                nano_cpus: spec.cpu_limit_millis.map(|m| (m as i64) * 1_000_000),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = Self::container_name(spec);
+        // A leftover with the same name (e.g. a create whose start never ran) is replaced.
+        let _ = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let resp = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await?;
+        Ok(resp.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await?;
+        Ok(())
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+        signal: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let t = grace.as_secs().min(i32::MAX as u64) as i32;
+        let r = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    signal: signal.map(str::to_string),
+                    t: Some(t),
+                }),
+            )
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) if not_found(&e) => Err(RuntimeError::NotFound { id: id.to_string() }),
+            Err(e) => {
+                // Last resort so a stop never leaves the container running.
+                let _ = self
+                    .docker
+                    .kill_container(id, Some(KillContainerOptions { signal: "SIGKILL".into() }))
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![format!("{LABEL_MANAGED}=true")]);
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            match self.inspect(&id).await {
+                Ok(i) => out.push(i),
+                Err(RuntimeError::NotFound { .. }) => {} // removed meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let c = match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if not_found(&e) => {
+                return Err(RuntimeError::NotFound { id: id.to_string() })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = c.config.unwrap_or_default();
+        let labels: std::collections::BTreeMap<String, String> =
+            config.labels.unwrap_or_default().into_iter().collect();
+        let st = c.state.unwrap_or_default();
+        use bollard::models::ContainerStateStatusEnum as S;
+        let started_at = parse_time(&st.started_at);
+        let state = match st.status {
+            Some(S::RUNNING) | Some(S::PAUSED) | Some(S::RESTARTING) => RunState::Running {
+                started_at: started_at.unwrap_or_else(chrono::Utc::now),
+            },
+            Some(S::CREATED) | Some(S::EMPTY) | None => RunState::Created,
+            Some(S::EXITED) | Some(S::DEAD) | Some(S::REMOVING) => {
+                let code = st.exit_code.unwrap_or(0) as i32;
+                let oom = st.oom_killed.unwrap_or(false);
+                RunState::Exited(ExitInfo {
+                    exit_code: code,
+                    signal: (code > 128).then_some(code - 128),
+                    reason: if oom {
+                        "OOMKilled".to_string()
+                    } else if code == 0 {
+                        "Completed".to_string()
+                    } else {
+                        "Error".to_string()
+                    },
+                    message: st.error.unwrap_or_default(),
+                    started_at,
+                    finished_at: parse_time(&st.finished_at),
+                })
+            }
+        };
+        ContainerInfo::from_labels(
+            c.id.unwrap_or_else(|| id.to_string()),
+            config.image.unwrap_or_default(),
+            &labels,
+            state,
+        )
+        .ok_or_else(|| RuntimeError::Other(format!("container {id} has no Berth labels")))
+    }
+
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
+        // Check existence first so a missing container is a clear error, not an empty stream.
+        self.inspect(id).await?;
+        let s = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                follow: opts.follow,
+                stdout: true,
+                stderr: true,
+                tail: opts
+                    .tail
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "all".to_string()),
+                ..Default::default()
+            }),
+        );
+        Ok(Box::pin(s.map(|item| {
+            item.map(|o| match o {
+                LogOutput::StdOut { message }
+                | LogOutput::StdErr { message }
+                | LogOutput::Console { message }
+                | LogOutput::StdIn { message } => message,
+            })
+            .map_err(RuntimeError::from)
+        })))
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let run = async {
+            let exec = self
+                .docker
+                .create_exec(
+                    id,
+                    CreateExecOptions {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(cmd.to_vec()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut output = Vec::new();
+            if let StartExecResults::Attached { output: mut out, .. } =
+                self.docker.start_exec(&exec.id, None).await?
+            {
+                while let Some(item) = out.next().await {
+                    output.extend_from_slice(&item?.into_bytes());
+                }
+            }
+            let info = self.docker.inspect_exec(&exec.id).await?;
+            Ok::<_, RuntimeError>(ExecOutput {
+                exit_code: info.exit_code.unwrap_or(-1) as i32,
+                output,
+            })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| RuntimeError::Timeout { op: "exec", after: timeout })?
+    }
+}

@@ -1,0 +1,184 @@
+//! Component tests of the Docker runtime against the real engine, with `berth-busybox:latest`
+//! (built FROM scratch by images/build-busybox.sh). Skipped, loudly, when no engine answers.
+
+use std::time::Duration;
+
+use berth_agent::probe::{check, Check, ProbeResult, ProbeTarget};
+use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::runtime::{ContainerSpec, LogOptions, PortBinding, RunState, Runtime, RuntimeError};
+use futures::StreamExt;
+
+/// Force-removes the containers a test created, even when it panics.
+struct Cleanup(Vec<String>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+async fn docker_or_skip(test: &str) -> Option<DockerRuntime> {
+    match tokio::time::timeout(Duration::from_secs(5), DockerRuntime::connect()).await {
+        Ok(Ok(d)) => Some(d),
+        Ok(Err(e)) => {
+            eprintln!("SKIPPED {test}: Docker engine not reachable: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("SKIPPED {test}: Docker engine did not answer within 5s");
+            None
+        }
+    }
+}
+
+fn build_busybox() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run build-busybox.sh");
+    assert!(
+        out.status.success(),
+        "build-busybox.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[tokio::test]
+async fn busybox_httpd_container_serves_probes_logs_and_stops() {
+    let Some(rt) = docker_or_skip("busybox_httpd_container_serves_probes_logs_and_stops").await
+    else {
+        return;
+    };
+    build_busybox();
+    let host_port = free_port();
+    let spec = ContainerSpec {
+        pod_uid: uid(),
+        pod_namespace: "default".into(),
+        pod_name: "web".into(),
+        container_name: "httpd".into(),
+        attempt: 0,
+        image: "berth-busybox:latest".into(),
+        command: vec!["/bin/busybox".into()],
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "/bin/busybox mkdir -p /www && echo hello > /www/index.html && echo serving on $PORT_HTTP && exec /bin/busybox httpd -f -p 8080 -h /www".into(),
+        ],
+        ports: vec![PortBinding {
+            name: "http".into(),
+            container_port: 8080,
+            host_port,
+            protocol: "TCP".into(),
+        }],
+        memory_limit_bytes: Some(64 * 1024 * 1024),
+        cpu_limit_millis: Some(500),
+        ..Default::default()
+    };
+    let id = rt.create(&spec).await.expect("create");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    rt.start(&id).await.expect("start");
+
+    let info = rt.inspect(&id).await.expect("inspect");
+    assert_eq!(info.pod_uid, spec.pod_uid);
+    assert_eq!(info.container_name, "httpd");
+    assert_eq!(info.ports, spec.ports, "host ports are kept in labels");
+    assert!(rt.list().await.expect("list").iter().any(|c| c.id == id));
+
+    let target = ProbeTarget { host: "127.0.0.1".into(), port: host_port };
+    let http = Check::Http { target, path: "/index.html".into() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match check(&http, Duration::from_secs(2), &rt, &id).await {
+            ProbeResult::Success => break,
+            ProbeResult::Failure(why) => {
+                assert!(tokio::time::Instant::now() < deadline, "httpd never answered: {why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let missing = Check::Http {
+        target: ProbeTarget { host: "127.0.0.1".into(), port: host_port },
+        path: "/nope".into(),
+    };
+    assert!(matches!(check(&missing, Duration::from_secs(2), &rt, &id).await, ProbeResult::Failure(_)));
+    let exec_ok = Check::Exec { command: vec!["/bin/busybox".into(), "test".into(), "-f".into(), "/www/index.html".into()] };
+    assert_eq!(check(&exec_ok, Duration::from_secs(10), &rt, &id).await, ProbeResult::Success);
+    let exec_bad = Check::Exec { command: vec!["/bin/busybox".into(), "false".into()] };
+    assert!(matches!(check(&exec_bad, Duration::from_secs(10), &rt, &id).await, ProbeResult::Failure(_)));
+
+    let mut logs = rt.logs(&id, LogOptions { tail: None, follow: false }).await.expect("logs");
+    let mut text = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        text.extend_from_slice(&chunk.expect("chunk"));
+    }
+    assert!(String::from_utf8_lossy(&text).contains("serving on 8080"), "{}", String::from_utf8_lossy(&text));
+
+    rt.stop(&id, Duration::from_secs(2), None).await.expect("stop");
+    match rt.inspect(&id).await.expect("inspect").state {
+        RunState::Exited(e) => assert!(e.finished_at.is_some(), "{e:?}"),
+        other => panic!("expected exited, got {other:?}"),
+    }
+    rt.remove(&id).await.expect("remove");
+    assert!(matches!(rt.inspect(&id).await, Err(RuntimeError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn missing_image_fails_fast_without_pulling() {
+    let Some(rt) = docker_or_skip("missing_image_fails_fast_without_pulling").await else {
+        return;
+    };
+    let spec = ContainerSpec {
+        pod_uid: uid(),
+        pod_namespace: "default".into(),
+        pod_name: "ghost".into(),
+        container_name: "c".into(),
+        image: "berth-test-no-such-image:1".into(),
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let err = rt.create(&spec).await.expect_err("must fail");
+    assert!(matches!(err, RuntimeError::ImageNotPresent { .. }), "{err}");
+    assert!(err.to_string().contains("never pulls"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn crashed_container_reports_exit_code() {
+    let Some(rt) = docker_or_skip("crashed_container_reports_exit_code").await else {
+        return;
+    };
+    build_busybox();
+    let spec = ContainerSpec {
+        pod_uid: uid(),
+        pod_namespace: "default".into(),
+        pod_name: "crash".into(),
+        container_name: "c".into(),
+        image: "berth-busybox:latest".into(),
+        args: vec!["sh".into(), "-c".into(), "exit 7".into()],
+        ..Default::default()
+    };
+    let id = rt.create(&spec).await.expect("create");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    rt.start(&id).await.expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let RunState::Exited(e) = rt.inspect(&id).await.expect("inspect").state {
+            assert_eq!(e.exit_code, 7);
+            assert_eq!(e.reason, "Error");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
