@@ -1,0 +1,209 @@
+//! Pure translation of a Service and its Endpoints into the proxy's desired state.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use berth_proto::types::{EndpointSubset, Endpoints, Service, ServicePort};
+
+use super::{ServiceBackends, LOOPBACK};
+
+/// One [`ServiceBackends`] per port of `service` that has a valid nodePort, listening on
+/// `node_addr` and 127.0.0.1, with the ready addresses of `endpoints` (None or empty: no
+/// backends, so connections are closed at once rather than hung).
+pub fn service_backends(
+    service: &Service,
+    endpoints: Option<&Endpoints>,
+    node_addr: IpAddr,
+) -> Vec<ServiceBackends> {
+    let single_port = service.spec.ports.len() == 1;
+    service
+        .spec
+        .ports
+        .iter()
+        .filter_map(|port| {
+            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok())?;
+            if node_port == 0 {
+                return None;
+            }
+            let mut backends = BTreeSet::new();
+            for subset in endpoints.map(|e| e.subsets.as_slice()).unwrap_or_default() {
+                let Some(target) = subset_port(subset, port, single_port) else {
+                    continue;
+                };
+                for address in &subset.addresses {
+                    if let Ok(ip) = address.ip.parse::<IpAddr>() {
+                        backends.insert(SocketAddr::new(ip, target));
+                    }
+                }
+            }
+            let mut listen_addrs = vec![node_addr];
+            if node_addr != LOOPBACK {
+                listen_addrs.push(LOOPBACK);
+            }
+            Some(ServiceBackends {
+                namespace: service.metadata.namespace.clone(),
+                name: service.metadata.name.clone(),
+                port_name: port.name.clone(),
+                node_port,
+                listen_addrs,
+                backends: backends.into_iter().collect(),
+            })
+        })
+        .collect()
+}
+
+/// The endpoint port that serves `port` in `subset`: the one with the same name; for a
+/// single-port Service also a subset's only port whatever its name.
+fn subset_port(subset: &EndpointSubset, port: &ServicePort, single_port: bool) -> Option<u16> {
+    let by_name = subset.ports.iter().find(|p| p.name == port.name);
+    let chosen = match by_name {
+        Some(p) => Some(p),
+        None if single_port && subset.ports.len() == 1 => subset.ports.first(),
+        None => None,
+    }?;
+    u16::try_from(chosen.port).ok().filter(|p| *p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::types::{EndpointAddress, EndpointPort, ObjectMeta, ServiceSpec};
+
+    fn service(ports: &[(&str, Option<i32>)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            spec: ServiceSpec {
+                ports: ports
+                    .iter()
+                    .map(|(name, node_port)| ServicePort {
+                        name: (*name).into(),
+                        port: 80,
+                        node_port: *node_port,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn subset(ready: &[&str], not_ready: &[&str], ports: &[(&str, i32)]) -> EndpointSubset {
+        let addr = |ip: &&str| EndpointAddress {
+            ip: (*ip).into(),
+            ..Default::default()
+        };
+        EndpointSubset {
+            addresses: ready.iter().map(addr).collect(),
+            not_ready_addresses: not_ready.iter().map(addr).collect(),
+            ports: ports
+                .iter()
+                .map(|(name, port)| EndpointPort {
+                    name: (*name).into(),
+                    port: *port,
+                    protocol: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn endpoints(subsets: Vec<EndpointSubset>) -> Endpoints {
+        Endpoints {
+            subsets,
+            ..Default::default()
+        }
+    }
+
+    fn node() -> IpAddr {
+        "10.0.0.5".parse().expect("ip")
+    }
+
+    #[test]
+    fn ready_addresses_become_backends_and_not_ready_are_left_out() {
+        let svc = service(&[("http", Some(30080))]);
+        let eps = endpoints(vec![
+            subset(&["10.0.0.1"], &["10.0.0.9"], &[("http", 31001)]),
+            subset(&["10.0.0.2"], &[], &[("http", 31002)]),
+        ]);
+        let out = service_backends(&svc, Some(&eps), node());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].node_port, 30080);
+        assert_eq!(out[0].port_name, "http");
+        assert_eq!(
+            out[0].backends,
+            vec![
+                "10.0.0.1:31001".parse().expect("addr"),
+                "10.0.0.2:31002".parse().expect("addr")
+            ]
+        );
+        assert_eq!(out[0].listen_addrs, vec![node(), LOOPBACK]);
+    }
+
+    #[test]
+    fn ports_without_node_port_are_skipped_and_ports_match_by_name() {
+        let svc = service(&[
+            ("http", Some(30080)),
+            ("admin", None),
+            ("metrics", Some(30090)),
+        ]);
+        let eps = endpoints(vec![subset(
+            &["10.0.0.1"],
+            &[],
+            &[("metrics", 9100), ("http", 8080), ("admin", 9000)],
+        )]);
+        let out = service_backends(&svc, Some(&eps), node());
+        let got: Vec<(String, u16, Vec<SocketAddr>)> = out
+            .into_iter()
+            .map(|s| (s.port_name, s.node_port, s.backends))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "http".to_string(),
+                    30080,
+                    vec!["10.0.0.1:8080".parse().expect("addr")]
+                ),
+                (
+                    "metrics".to_string(),
+                    30090,
+                    vec!["10.0.0.1:9100".parse().expect("addr")]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn single_port_service_accepts_an_unnamed_endpoint_port() {
+        let svc = service(&[("http", Some(30080))]);
+        let eps = endpoints(vec![subset(&["10.0.0.1"], &[], &[("", 31001)])]);
+        let out = service_backends(&svc, Some(&eps), node());
+        assert_eq!(
+            out[0].backends,
+            vec!["10.0.0.1:31001".parse().expect("addr")]
+        );
+    }
+
+    #[test]
+    fn missing_endpoints_give_an_empty_backend_set_not_no_listener() {
+        let svc = service(&[("", Some(30080))]);
+        let out = service_backends(&svc, None, node());
+        assert_eq!(out.len(), 1);
+        assert!(out[0].backends.is_empty());
+    }
+
+    #[test]
+    fn loopback_node_listens_once_and_bad_addresses_are_ignored() {
+        let svc = service(&[("", Some(30080))]);
+        let eps = endpoints(vec![subset(&["not-an-ip", "127.0.0.1"], &[], &[("", 0)])]);
+        let out = service_backends(&svc, Some(&eps), LOOPBACK);
+        assert_eq!(out[0].listen_addrs, vec![LOOPBACK]);
+        assert!(out[0].backends.is_empty(), "port 0 is not a backend");
+        let svc = service(&[("", Some(70000))]);
+        assert!(service_backends(&svc, None, LOOPBACK).is_empty());
+    }
+}
