@@ -1,0 +1,197 @@
+//! The client's error type and the ONE place that maps gRPC statuses to it.
+//!
+//! The API server maps its store errors to gRPC codes (NotFound, AlreadyExists,
+//! Aborted = resourceVersion conflict, InvalidArgument/FailedPrecondition = invalid,
+//! OutOfRange = watch revision compacted, Unavailable = not leader or down); [`from_status`]
+//! is the inverse, so every caller matches on [`ClientError`] variants, never on codes.
+
+use tonic::{Code, Status};
+
+/// Metadata key a follower may set on an `Unavailable` reply to name the current leader.
+pub const LEADER_HINT_KEY: &str = "berth-leader";
+
+/// What went wrong with a request to the Berth API.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// A compare-and-swap on resourceVersion lost: someone else wrote the object first.
+    #[error("conflict: {message}")]
+    Conflict {
+        expected: u64,
+        actual: u64,
+        message: String,
+    },
+    /// The server rejected the object or the request (validation, failed precondition).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A watch asked for a revision older than the server keeps; relist and watch again.
+    #[error("watch revision expired: {0}")]
+    Expired(String),
+    /// No server could serve the request before the deadline.
+    #[error("cannot reach any Berth server (tried {tried})")]
+    Unavailable { tried: String },
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The server's reply could not be decoded (a version mismatch or a server bug).
+    #[error("cannot decode server reply: {0}")]
+    Decode(String),
+    /// The endpoint list was unusable (empty, or an address that is not host:port).
+    #[error("bad server address: {0}")]
+    Config(String),
+    #[error("server error ({code:?}): {message}")]
+    Other { code: Code, message: String },
+}
+
+impl ClientError {
+    /// Errors that a retry against another server (or later) may fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Unavailable { .. })
+    }
+}
+
+/// Map a gRPC status from the server to a [`ClientError`].
+pub fn from_status(status: &Status) -> ClientError {
+    let message = status.message().to_string();
+    match status.code() {
+        Code::NotFound => ClientError::NotFound(message),
+        Code::AlreadyExists => ClientError::AlreadyExists(message),
+        Code::Aborted => {
+            let (expected, actual) = parse_conflict(&message).unwrap_or((0, 0));
+            ClientError::Conflict {
+                expected,
+                actual,
+                message,
+            }
+        }
+        Code::InvalidArgument | Code::FailedPrecondition => ClientError::Invalid(message),
+        Code::OutOfRange => ClientError::Expired(message),
+        Code::Unavailable => ClientError::Unavailable { tried: message },
+        Code::PermissionDenied | Code::Unauthenticated => ClientError::PermissionDenied(message),
+        code => ClientError::Other { code, message },
+    }
+}
+
+/// Should the failover loop try another server after this status?
+///
+/// Unavailable covers "not leader", "no leader yet" and connection failures (tonic maps
+/// connect errors to Unavailable); a per-attempt timeout surfaces as Cancelled with a
+/// `TimeoutExpired` source; a connection torn down mid-request can surface as Unknown with a
+/// transport error in its source chain.
+pub(crate) fn is_retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Cancelled | Code::Unknown => has_transport_cause(status),
+        _ => false,
+    }
+}
+
+fn has_transport_cause(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::TimeoutExpired>().is_some()
+            || err.downcast_ref::<tonic::transport::Error>().is_some()
+            || err.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    status.message().contains("Timeout expired") || status.message().contains("transport error")
+}
+
+/// The leader address a follower named in its reply, if any.
+pub(crate) fn leader_hint(status: &Status) -> Option<String> {
+    let v = status
+        .metadata()
+        .get(LEADER_HINT_KEY)?
+        .to_str()
+        .ok()?
+        .trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Parse the server's "expected resourceVersion X, actual Y" conflict message.
+fn parse_conflict(message: &str) -> Option<(u64, u64)> {
+    let after = |key: &str| -> Option<u64> {
+        let i = message.find(key)? + key.len();
+        let digits: String = message[i..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    Some((after("expected resourceVersion")?, after("actual")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aborted_maps_to_conflict_with_versions() {
+        let e = from_status(&Status::aborted(
+            "deployment default/web: expected resourceVersion 12, actual 15",
+        ));
+        match e {
+            ClientError::Conflict {
+                expected, actual, ..
+            } => assert_eq!((expected, actual), (12, 15)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn codes_map_to_variants() {
+        assert!(matches!(
+            from_status(&Status::not_found("x")),
+            ClientError::NotFound(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::already_exists("x")),
+            ClientError::AlreadyExists(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::invalid_argument("x")),
+            ClientError::Invalid(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::failed_precondition("x")),
+            ClientError::Invalid(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::out_of_range("x")),
+            ClientError::Expired(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::permission_denied("x")),
+            ClientError::PermissionDenied(_)
+        ));
+        assert!(matches!(
+            from_status(&Status::internal("x")),
+            ClientError::Other {
+                code: Code::Internal,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unavailable_is_retryable_but_not_found_is_not() {
+        assert!(is_retryable(&Status::unavailable("not leader")));
+        assert!(!is_retryable(&Status::not_found("x")));
+        assert!(!is_retryable(&Status::cancelled("client went away")));
+    }
+
+    #[test]
+    fn leader_hint_is_read_from_metadata() {
+        let mut s = Status::unavailable("not leader");
+        s.metadata_mut()
+            .insert(LEADER_HINT_KEY, "127.0.0.1:7441".parse().expect("ascii"));
+        assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:7441"));
+        assert_eq!(leader_hint(&Status::unavailable("x")), None);
+    }
+}
