@@ -1,0 +1,625 @@
+//! The Deployment controller's pure core: `plan(deployment, its replica sets, now) -> Plan`.
+//!
+//! A Deployment owns one ReplicaSet per revision of its pod template, told apart by the
+//! `pod-template-hash` label (a stable hash of the template) and numbered by the
+//! `deployment.kubernetes.io/revision` annotation. Each pass moves the ReplicaSet sizes one step
+//! toward the strategy's goal (RollingUpdate within maxSurge/maxUnavailable, Recreate, or
+//! BlueGreen, see [`bluegreen`]), prunes revisions beyond `revisionHistoryLimit`, and computes
+//! the Deployment's status and conditions. The shell applies the plan with resourceVersion
+//! preconditions; the next event re-plans from what actually happened (level-triggered).
+
+pub mod bluegreen;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_proto::types::*;
+
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// Written by `berth rollout promote`, cleared by the controller once acted on.
+pub const PROMOTE_ANNOTATION: &str = "berth.io/promote";
+/// Written by `berth rollout abort`, cleared by the controller once acted on.
+pub const ABORT_ANNOTATION: &str = "berth.io/abort";
+
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
+pub const DEFAULT_REVISION_HISTORY_LIMIT: usize = 10;
+
+/// One change the shell must make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateReplicaSet(Box<ReplicaSet>),
+    /// Set `spec.replicas` (and the revision annotation when `revision` is given).
+    UpdateReplicaSet {
+        name: String,
+        replicas: i32,
+        revision: Option<i64>,
+    },
+    DeleteReplicaSet {
+        name: String,
+    },
+    /// Set the Service's `pod-template-hash` selector to `hash` in one write.
+    PointService {
+        service: String,
+        hash: String,
+    },
+    /// Remove an annotation from the Deployment (a consumed promote/abort request).
+    RemoveAnnotation {
+        key: String,
+    },
+    Event {
+        type_: String,
+        reason: String,
+        message: String,
+    },
+}
+
+impl Action {
+    fn event(type_: &str, reason: &str, message: impl Into<String>) -> Action {
+        Action::Event {
+            type_: type_.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of one planning pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// The status to write (the shell skips the write when it equals the stored one).
+    pub status: DeploymentStatus,
+    /// Re-plan after this long even without events (deadlines, timers).
+    pub requeue_after: Option<Duration>,
+}
+
+/// A stable, short, label-safe hash of a pod template (FNV-1a over its canonical JSON).
+pub fn template_hash(t: &PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(t).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Kubernetes' alphabet: no vowels (no words), no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut out = String::with_capacity(10);
+    for _ in 0..10 {
+        out.push(ALPHABET[(h % ALPHABET.len() as u64) as usize] as char);
+        h /= ALPHABET.len() as u64;
+    }
+    out
+}
+
+pub fn rs_hash(rs: &ReplicaSet) -> &str {
+    rs.metadata
+        .labels
+        .get(TEMPLATE_HASH_LABEL)
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+pub fn revision(rs: &ReplicaSet) -> i64 {
+    rs.metadata
+        .annotations
+        .get(REVISION_ANNOTATION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rs_status(rs: &ReplicaSet) -> ReplicaSetStatus {
+    rs.status.clone().unwrap_or_default()
+}
+
+pub fn desired_replicas(d: &Deployment) -> i32 {
+    d.spec.replicas.unwrap_or(1).max(0)
+}
+
+/// The strategy type with its default.
+pub fn strategy_type(d: &Deployment) -> &str {
+    d.spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("RollingUpdate")
+}
+
+/// (maxSurge, maxUnavailable) resolved against the replica count, Kubernetes-style: surge
+/// rounds up, unavailable rounds down, and both zero means maxUnavailable 1.
+pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
+    let replicas = i64::from(desired_replicas(d));
+    if strategy_type(d) != "RollingUpdate" {
+        return (0, 0);
+    }
+    let ru = d
+        .spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.clone())
+        .unwrap_or_default();
+    let quarter = IntOrString::String("25%".into());
+    let surge = ru
+        .max_surge
+        .as_ref()
+        .unwrap_or(&quarter)
+        .scaled_value(replicas, true)
+        .unwrap_or(0)
+        .max(0);
+    let unavailable = ru
+        .max_unavailable
+        .as_ref()
+        .unwrap_or(&quarter)
+        .scaled_value(replicas, false)
+        .unwrap_or(0)
+        .clamp(0, replicas);
+    let clamp = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (clamp(surge), clamp(unavailable))
+    }
+}
+
+/// The ReplicaSet for revision `revision` of the Deployment's current template.
+pub fn new_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i64) -> ReplicaSet {
+    let mut template = d.spec.template.clone();
+    template
+        .metadata
+        .labels
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    let mut selector = d.spec.selector.clone();
+    selector
+        .match_labels
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    let mut labels = d.spec.template.metadata.labels.clone();
+    labels.insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: format!("{}-{}", d.metadata.name, hash),
+            namespace: d.metadata.namespace.clone(),
+            labels,
+            annotations: BTreeMap::from([(REVISION_ANNOTATION.into(), revision.to_string())]),
+            owner_references: vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: d.metadata.name.clone(),
+                uid: d.metadata.uid.clone(),
+                controller: true,
+            }],
+            ..Default::default()
+        },
+        spec: ReplicaSetSpec {
+            replicas,
+            selector,
+            template,
+            min_ready_seconds: d.spec.min_ready_seconds,
+        },
+        ..Default::default()
+    }
+}
+
+/// Working view of one ReplicaSet during planning: its planned size and observed counts.
+#[derive(Debug, Clone)]
+struct Rs {
+    name: String,
+    hash: String,
+    revision: i64,
+    created: Option<Time>,
+    /// Planned spec.replicas (starts as the stored one).
+    replicas: i32,
+    original: i32,
+    /// Pods that exist (status.replicas), ready, available.
+    pods: i32,
+    ready: i32,
+    available: i32,
+    new: bool,
+}
+
+impl Rs {
+    fn from(rs: &ReplicaSet) -> Rs {
+        let st = rs_status(rs);
+        Rs {
+            name: rs.metadata.name.clone(),
+            hash: rs_hash(rs).to_string(),
+            revision: revision(rs),
+            created: rs.metadata.creation_timestamp,
+            replicas: rs.spec.replicas,
+            original: rs.spec.replicas,
+            pods: st.replicas,
+            ready: st.ready_replicas,
+            available: st.available_replicas,
+            new: false,
+        }
+    }
+}
+
+/// Plan one pass for `d` given the ReplicaSets it controls.
+pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
+    let hash = template_hash(&d.spec.template);
+    let replicas = desired_replicas(d);
+    let mut actions = Vec::new();
+
+    let mut sets: Vec<Rs> = owned.iter().map(Rs::from).collect();
+    // Oldest first: scale-downs take from the oldest revisions.
+    sets.sort_by(|a, b| {
+        a.revision
+            .cmp(&b.revision)
+            .then(a.created.cmp(&b.created))
+            .then(a.name.cmp(&b.name))
+    });
+    let max_revision = sets.iter().map(|s| s.revision).max().unwrap_or(0);
+    let mut new_idx = sets.iter().position(|s| s.hash == hash);
+
+    // A template that matches an older revision (rollback) becomes the newest revision again.
+    if let Some(i) = new_idx {
+        if sets[i].revision < max_revision {
+            sets[i].revision = max_revision + 1;
+            actions.push(Action::UpdateReplicaSet {
+                name: sets[i].name.clone(),
+                replicas: sets[i].replicas,
+                revision: Some(max_revision + 1),
+            });
+        }
+    }
+
+    let mut requeue_after = None;
+    let mut bg_status = None;
+    if d.spec.paused {
+        // Paused: keep everything as it is; only status is refreshed.
+    } else {
+        let strategy = strategy_type(d).to_string();
+        // The new revision is created at the size the strategy allows right now.
+        if new_idx.is_none() {
+            let initial = match strategy.as_str() {
+                "Recreate" => {
+                    if sets.iter().any(|s| s.replicas > 0 || s.pods > 0) {
+                        None
+                    } else {
+                        Some(replicas)
+                    }
+                }
+                "BlueGreen" => Some(replicas),
+                _ => {
+                    let (surge, _) = surge_and_unavailable(d);
+                    let total: i32 = sets.iter().map(|s| s.replicas).sum();
+                    Some((replicas + surge - total).clamp(0, replicas))
+                }
+            };
+            if let Some(initial) = initial {
+                let rs = new_replica_set(d, &hash, initial, max_revision + 1);
+                actions.push(Action::CreateReplicaSet(Box::new(rs.clone())));
+                let mut w = Rs::from(&rs);
+                w.created = Some(now);
+                w.original = initial;
+                w.new = true;
+                sets.push(w);
+                new_idx = Some(sets.len() - 1);
+            }
+        }
+        match strategy.as_str() {
+            "Recreate" => recreate(&mut sets, new_idx, replicas),
+            "BlueGreen" => {
+                let out = bluegreen::plan(d, &hash, &mut sets_view(&mut sets), now);
+                actions.extend(out.actions);
+                requeue_after = out.requeue_after;
+                bg_status = Some(out.status);
+            }
+            _ => rolling(d, &mut sets, new_idx, replicas),
+        }
+        for s in &sets {
+            if !s.new && s.replicas != s.original {
+                // Merge with an earlier revision bump of the same set.
+                if let Some(Action::UpdateReplicaSet { replicas, .. }) = actions
+                    .iter_mut()
+                    .find(|a| matches!(a, Action::UpdateReplicaSet { name, .. } if *name == s.name))
+                {
+                    *replicas = s.replicas;
+                } else {
+                    actions.push(Action::UpdateReplicaSet {
+                        name: s.name.clone(),
+                        replicas: s.replicas,
+                        revision: None,
+                    });
+                }
+            }
+        }
+        if let Some(Action::CreateReplicaSet(rs)) = actions
+            .iter_mut()
+            .find(|a| matches!(a, Action::CreateReplicaSet(_)))
+        {
+            if let Some(s) = sets.iter().find(|s| s.new) {
+                rs.spec.replicas = s.replicas;
+            }
+        }
+    }
+
+    // Revision history: delete the oldest fully scaled-down revisions beyond the limit.
+    let limit = d
+        .spec
+        .revision_history_limit
+        .map(|l| usize::try_from(l).unwrap_or(0))
+        .unwrap_or(DEFAULT_REVISION_HISTORY_LIMIT);
+    let keep: Vec<&str> = protected_hashes(d, &hash);
+    let idle: Vec<&Rs> = sets
+        .iter()
+        .filter(|s| !s.new && s.hash != hash && !keep.contains(&s.hash.as_str()))
+        .filter(|s| s.replicas == 0 && s.pods == 0)
+        .collect();
+    if idle.len() > limit {
+        for s in &idle[..idle.len() - limit] {
+            actions.push(Action::DeleteReplicaSet {
+                name: s.name.clone(),
+            });
+        }
+    }
+
+    let (status, deadline_requeue) = compute_status(d, &sets, &hash, &actions, bg_status, now);
+    let requeue_after = match (requeue_after, deadline_requeue) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Plan {
+        actions,
+        status,
+        requeue_after,
+    }
+}
+
+/// Hashes blue-green still needs even at zero replicas (never pruned).
+fn protected_hashes<'a>(d: &'a Deployment, _current: &str) -> Vec<&'a str> {
+    d.status
+        .as_ref()
+        .and_then(|s| s.blue_green.as_ref())
+        .map(|bg| {
+            vec![
+                bg.active_selector.as_str(),
+                bg.previous_active_selector.as_str(),
+            ]
+        })
+        .unwrap_or_default()
+}
+
+fn sets_view(sets: &mut [Rs]) -> Vec<bluegreen::SetView<'_>> {
+    sets.iter_mut()
+        .map(|s| bluegreen::SetView {
+            hash: &s.hash,
+            replicas: &mut s.replicas,
+            available: s.available,
+        })
+        .collect()
+}
+
+fn recreate(sets: &mut [Rs], new_idx: Option<usize>, replicas: i32) {
+    let old_running = sets
+        .iter()
+        .enumerate()
+        .any(|(i, s)| Some(i) != new_idx && (s.replicas > 0 || s.pods > 0));
+    if old_running {
+        for (i, s) in sets.iter_mut().enumerate() {
+            if Some(i) != new_idx {
+                s.replicas = 0;
+            }
+        }
+        return;
+    }
+    if let Some(i) = new_idx {
+        sets[i].replicas = replicas;
+    }
+}
+
+/// One RollingUpdate step, as Kubernetes' `rolloutRolling`: scale the new revision up within
+/// maxSurge; if it did not change, scale old revisions down within maxUnavailable (first the
+/// unhealthy pods, then healthy ones).
+fn rolling(d: &Deployment, sets: &mut [Rs], new_idx: Option<usize>, replicas: i32) {
+    let (surge, max_unavailable) = surge_and_unavailable(d);
+    let Some(ni) = new_idx else { return };
+    // Scale the new revision.
+    let cur = sets[ni].replicas;
+    let target = if cur > replicas {
+        replicas
+    } else {
+        let total: i32 = sets.iter().map(|s| s.replicas).sum();
+        let room = (replicas + surge - total).max(0);
+        cur + room.min(replicas - cur)
+    };
+    if target != cur {
+        sets[ni].replicas = target;
+        if !sets[ni].new {
+            return;
+        }
+    }
+    // Scale old revisions down.
+    let old_total: i32 = sets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != ni)
+        .map(|(_, s)| s.replicas)
+        .sum();
+    if old_total == 0 {
+        return;
+    }
+    let all: i32 = sets.iter().map(|s| s.replicas).sum();
+    let min_available = replicas - max_unavailable;
+    let new_unavailable = (sets[ni].replicas - sets[ni].available).max(0);
+    let max_scaled_down = all - min_available - new_unavailable;
+    if max_scaled_down <= 0 {
+        return;
+    }
+    // Unhealthy old pods go first: removing them costs no availability.
+    let mut scaled = 0;
+    for (i, s) in sets.iter_mut().enumerate() {
+        if i == ni || scaled >= max_scaled_down || s.replicas == 0 {
+            continue;
+        }
+        let unhealthy = (s.replicas - s.available.min(s.replicas)).max(0);
+        let n = unhealthy.min(max_scaled_down - scaled);
+        s.replicas -= n;
+        scaled += n;
+    }
+    // Then healthy ones, keeping minAvailable.
+    let available: i32 = sets.iter().map(|s| s.available.min(s.replicas)).sum();
+    let can = available - min_available;
+    let mut done = 0;
+    for (i, s) in sets.iter_mut().enumerate() {
+        if i == ni || done >= can || s.replicas == 0 {
+            continue;
+        }
+        let n = s.replicas.min(can - done);
+        s.replicas -= n;
+        done += n;
+    }
+}
+
+fn compute_status(
+    d: &Deployment,
+    sets: &[Rs],
+    hash: &str,
+    actions: &[Action],
+    blue_green: Option<BlueGreenStatus>,
+    now: Time,
+) -> (DeploymentStatus, Option<Duration>) {
+    let replicas = desired_replicas(d);
+    let old = d.status.clone().unwrap_or_default();
+    let new_rs = sets.iter().find(|s| s.hash == hash);
+    let mut st = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: sets.iter().map(|s| s.pods).sum(),
+        updated_replicas: new_rs.map(|s| s.pods).unwrap_or(0),
+        ready_replicas: sets.iter().map(|s| s.ready).sum(),
+        available_replicas: sets.iter().map(|s| s.available).sum(),
+        unavailable_replicas: 0,
+        conditions: old.conditions.clone(),
+        blue_green,
+    };
+    let spec_total: i32 = sets.iter().map(|s| s.replicas).sum();
+    st.unavailable_replicas = (spec_total.max(replicas) - st.available_replicas).max(0);
+
+    let (_, max_unavailable) = surge_and_unavailable(d);
+    let min_available = replicas - max_unavailable;
+    // Blue-green serves from the active revision only.
+    let serving_available = match &st.blue_green {
+        Some(bg) => sets
+            .iter()
+            .find(|s| s.hash == bg.active_selector)
+            .map(|s| s.available)
+            .unwrap_or(0),
+        None => st.available_replicas,
+    };
+    let available_ok = serving_available >= min_available;
+    set_condition(
+        &mut st.conditions,
+        Condition::new(
+            "Available",
+            available_ok,
+            if available_ok {
+                "MinimumReplicasAvailable"
+            } else {
+                "MinimumReplicasUnavailable"
+            },
+            if available_ok {
+                "Deployment has minimum availability."
+            } else {
+                "Deployment does not have minimum availability."
+            },
+            now,
+        ),
+    );
+
+    let rs_name = new_rs
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| format!("{}-{}", d.metadata.name, hash));
+    let deadline = d
+        .spec
+        .progress_deadline_seconds
+        .map(i64::from)
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
+    let complete = match &st.blue_green {
+        Some(bg) => bg.phase == "Healthy",
+        None => {
+            st.updated_replicas == replicas
+                && st.replicas == replicas
+                && st.available_replicas == replicas
+                && new_rs.is_some_and(|s| s.replicas == replicas)
+        }
+    };
+    let progressed = actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::CreateReplicaSet(_) | Action::UpdateReplicaSet { .. }
+        )
+    }) || old.updated_replicas != st.updated_replicas
+        || old.ready_replicas != st.ready_replicas
+        || old.available_replicas != st.available_replicas
+        || old.replicas != st.replicas
+        || old.observed_generation != st.observed_generation;
+    let existing = condition(&old.conditions, "Progressing").cloned();
+    let mut requeue = None;
+    if d.spec.paused {
+        set_condition(
+            &mut st.conditions,
+            Condition {
+                type_: "Progressing".into(),
+                status: "Unknown".into(),
+                reason: "DeploymentPaused".into(),
+                message: "Deployment is paused".into(),
+                last_transition_time: Some(now),
+                last_update_time: Some(now),
+            },
+        );
+    } else if complete {
+        let mut c = Condition::new(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            &format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            now,
+        );
+        if let Some(e) = &existing {
+            if e.reason == c.reason {
+                c.last_update_time = e.last_update_time;
+            }
+        }
+        set_condition(&mut st.conditions, c);
+    } else if progressed
+        || existing
+            .as_ref()
+            .is_none_or(|e| e.reason == "NewReplicaSetAvailable" || e.reason == "DeploymentPaused")
+    {
+        set_condition(
+            &mut st.conditions,
+            Condition::new(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                &format!("ReplicaSet \"{rs_name}\" is progressing."),
+                now,
+            ),
+        );
+        requeue = Some(Duration::from_secs(
+            u64::try_from(deadline).unwrap_or(0) + 1,
+        ));
+    } else if let Some(e) = existing.filter(|e| e.reason != "ProgressDeadlineExceeded") {
+        let since = e.last_update_time.unwrap_or(now);
+        let elapsed = (now - since).num_milliseconds();
+        if elapsed > deadline * 1000 {
+            set_condition(
+                &mut st.conditions,
+                Condition::new(
+                    "Progressing",
+                    false,
+                    "ProgressDeadlineExceeded",
+                    &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                    now,
+                ),
+            );
+        } else {
+            let left = deadline * 1000 - elapsed + 1;
+            requeue = Some(Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+        }
+    }
+    (st, requeue)
+}
+
+#[cfg(test)]
+mod tests;

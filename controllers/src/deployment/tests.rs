@@ -1,0 +1,554 @@
+//! Tables for single planning passes and a proptest simulation of whole rollouts.
+
+use berth_proto::types::*;
+use berth_testkit::builders::at;
+use berth_testkit::DeploymentBuilder;
+use proptest::prelude::*;
+
+use super::bluegreen::{step, Inputs, State};
+use super::*;
+
+/// The cluster as the controller sees it: ReplicaSets with spec and observed counts.
+#[derive(Debug, Clone, Default)]
+struct World {
+    sets: Vec<ReplicaSet>,
+    services: BTreeMap<String, String>,
+    removed_annotations: Vec<String>,
+    events: Vec<String>,
+}
+
+impl World {
+    fn apply(&mut self, plan: &Plan, now: Time) {
+        for a in &plan.actions {
+            match a {
+                Action::CreateReplicaSet(rs) => {
+                    let mut rs = (**rs).clone();
+                    rs.metadata.uid = format!("uid-{}", rs.metadata.name);
+                    rs.metadata.creation_timestamp = Some(now);
+                    rs.status = Some(ReplicaSetStatus::default());
+                    self.sets.push(rs);
+                }
+                Action::UpdateReplicaSet {
+                    name,
+                    replicas,
+                    revision,
+                } => {
+                    let rs = self.get_mut(name);
+                    rs.spec.replicas = *replicas;
+                    if let Some(r) = revision {
+                        rs.metadata
+                            .annotations
+                            .insert(REVISION_ANNOTATION.into(), r.to_string());
+                    }
+                }
+                Action::DeleteReplicaSet { name } => self.sets.retain(|s| s.metadata.name != *name),
+                Action::PointService { service, hash } => {
+                    self.services.insert(service.clone(), hash.clone());
+                }
+                Action::RemoveAnnotation { key } => self.removed_annotations.push(key.clone()),
+                Action::Event { reason, .. } => self.events.push(reason.clone()),
+            }
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> &mut ReplicaSet {
+        self.sets
+            .iter_mut()
+            .find(|s| s.metadata.name == name)
+            .expect("replica set exists")
+    }
+
+    /// The ReplicaSet controller and agents: pods follow spec at once; `gain` more become
+    /// available per set (scale-downs remove unavailable pods first).
+    fn settle(&mut self, gain: i32) {
+        for rs in &mut self.sets {
+            let st = rs.status.get_or_insert_with(Default::default);
+            st.replicas = rs.spec.replicas;
+            st.available_replicas = (st.available_replicas + gain).min(st.replicas);
+            st.ready_replicas = st.available_replicas;
+        }
+    }
+
+    fn by_hash(&self, hash: &str) -> Option<&ReplicaSet> {
+        self.sets.iter().find(|s| rs_hash(s) == hash)
+    }
+}
+
+fn run(d: &mut Deployment, w: &mut World, now: Time) -> Plan {
+    let p = plan(d, &w.sets, now);
+    w.apply(&p, now);
+    for k in &w.removed_annotations {
+        d.metadata.annotations.remove(k);
+    }
+    d.status = Some(p.status.clone());
+    p
+}
+
+fn replicas_of(w: &World, hash: &str) -> i32 {
+    w.by_hash(hash).map(|s| s.spec.replicas).unwrap_or(-1)
+}
+
+#[test]
+fn template_hash_is_stable_and_sensitive() {
+    let a = DeploymentBuilder::new("web").image("web:1").build();
+    let b = DeploymentBuilder::new("web").image("web:2").build();
+    assert_eq!(
+        template_hash(&a.spec.template),
+        template_hash(&a.clone().spec.template)
+    );
+    assert_ne!(
+        template_hash(&a.spec.template),
+        template_hash(&b.spec.template)
+    );
+    assert_eq!(template_hash(&a.spec.template).len(), 10);
+}
+
+#[test]
+fn surge_and_unavailable_follow_kubernetes_rounding() {
+    let cases = [
+        (10, None, (3, 2)), // defaults 25%/25%: surge rounds up, unavailable down
+        (1, None, (1, 0)),
+        (4, Some(("1", "0")), (1, 0)),
+        (4, Some(("0", "0")), (0, 1)),
+        (10, Some(("50%", "10%")), (5, 1)),
+    ];
+    for (replicas, ru, want) in cases {
+        let mut b = DeploymentBuilder::new("web").replicas(replicas);
+        if let Some((s, u)) = ru {
+            b = b.rolling(s, u);
+        }
+        assert_eq!(surge_and_unavailable(&b.build()), want, "{replicas} {ru:?}");
+    }
+}
+
+#[test]
+fn new_deployment_creates_first_revision_at_full_size() {
+    let d = DeploymentBuilder::new("web").replicas(3).build();
+    let p = plan(&d, &[], at(0));
+    let [Action::CreateReplicaSet(rs)] = p.actions.as_slice() else {
+        panic!("{:?}", p.actions)
+    };
+    let hash = template_hash(&d.spec.template);
+    assert_eq!(rs.metadata.name, format!("web-{hash}"));
+    assert_eq!(rs.spec.replicas, 3);
+    assert_eq!(rs.metadata.annotations[REVISION_ANNOTATION], "1");
+    assert_eq!(rs.spec.template.metadata.labels[TEMPLATE_HASH_LABEL], hash);
+    assert_eq!(rs.spec.selector.match_labels[TEMPLATE_HASH_LABEL], hash);
+    assert_eq!(rs.metadata.owner_references[0].uid, d.metadata.uid);
+    assert!(rs.metadata.owner_references[0].controller);
+}
+
+#[test]
+fn rolling_update_surges_one_then_scales_old_down_as_new_becomes_available() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(3)
+        .rolling("1", "0")
+        .build();
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(3);
+    run(&mut d, &mut w, at(1));
+    let old = template_hash(&d.spec.template);
+
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let new = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(2));
+    assert_eq!((replicas_of(&w, &old), replicas_of(&w, &new)), (3, 1));
+    // Nothing available yet on the new side: old must not shrink (maxUnavailable 0).
+    w.settle(0);
+    run(&mut d, &mut w, at(3));
+    assert_eq!((replicas_of(&w, &old), replicas_of(&w, &new)), (3, 1));
+    w.settle(1);
+    run(&mut d, &mut w, at(4));
+    assert_eq!((replicas_of(&w, &old), replicas_of(&w, &new)), (2, 1));
+    run(&mut d, &mut w, at(5));
+    assert_eq!((replicas_of(&w, &old), replicas_of(&w, &new)), (2, 2));
+}
+
+#[test]
+fn recreate_scales_old_to_zero_before_creating_new() {
+    let mut d = DeploymentBuilder::new("web").replicas(2).recreate().build();
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let new = template_hash(&d.spec.template);
+    let p = run(&mut d, &mut w, at(1));
+    assert!(!p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateReplicaSet(_))));
+    assert_eq!(w.sets[0].spec.replicas, 0);
+    // Old pods still exist: wait.
+    let p = plan(&d, &w.sets, at(2));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    w.settle(0);
+    run(&mut d, &mut w, at(3));
+    assert_eq!(replicas_of(&w, &new), 2);
+}
+
+#[test]
+fn revision_history_limit_prunes_oldest_idle_revisions() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(1)
+        .revision_history_limit(2)
+        .build();
+    let mut w = World::default();
+    for i in 1..=5 {
+        d.spec.template.spec.containers[0].image = format!("app:{i}");
+        for t in 0..20 {
+            run(&mut d, &mut w, at(i * 100 + t));
+            w.settle(1);
+        }
+    }
+    let mut revs: Vec<i64> = w.sets.iter().map(revision).collect();
+    revs.sort();
+    assert_eq!(revs, vec![3, 4, 5]);
+}
+
+#[test]
+fn rollback_to_old_template_reuses_its_replica_set_as_newest_revision() {
+    let mut d = DeploymentBuilder::new("web").replicas(1).build();
+    let mut w = World::default();
+    let v1 = template_hash(&d.spec.template);
+    for i in 0..10 {
+        run(&mut d, &mut w, at(i));
+        w.settle(1);
+    }
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    for i in 10..20 {
+        run(&mut d, &mut w, at(i));
+        w.settle(1);
+    }
+    d.spec.template.spec.containers[0].image = "app:1".into();
+    for i in 20..30 {
+        run(&mut d, &mut w, at(i));
+        w.settle(1);
+    }
+    assert_eq!(w.sets.len(), 2);
+    let rs = w.by_hash(&v1).expect("v1 set");
+    assert_eq!(revision(rs), 3);
+    assert_eq!(rs.spec.replicas, 1);
+}
+
+#[test]
+fn status_reports_complete_rollout() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(2)
+        .generation(4)
+        .build();
+    let mut w = World::default();
+    for i in 0..5 {
+        run(&mut d, &mut w, at(i));
+        w.settle(2);
+    }
+    let st = d.status.clone().expect("status");
+    assert_eq!(
+        (
+            st.observed_generation,
+            st.replicas,
+            st.updated_replicas,
+            st.ready_replicas,
+            st.available_replicas,
+            st.unavailable_replicas
+        ),
+        (4, 2, 2, 2, 2, 0)
+    );
+    let prog = condition(&st.conditions, "Progressing").expect("progressing");
+    assert_eq!(
+        (prog.status.as_str(), prog.reason.as_str()),
+        ("True", "NewReplicaSetAvailable")
+    );
+    assert!(condition(&st.conditions, "Available")
+        .expect("available")
+        .is_true());
+}
+
+#[test]
+fn progress_deadline_exceeded_when_no_progress() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(2)
+        .progress_deadline_seconds(10)
+        .build();
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(0); // pods exist but never become available
+    let p = run(&mut d, &mut w, at(1));
+    assert!(p.requeue_after.is_some());
+    run(&mut d, &mut w, at(5));
+    let c = condition(&d.status.as_ref().expect("st").conditions, "Progressing")
+        .expect("cond")
+        .clone();
+    assert_eq!(c.reason, "ReplicaSetUpdated");
+    run(&mut d, &mut w, at(12));
+    let c = condition(&d.status.as_ref().expect("st").conditions, "Progressing")
+        .expect("cond")
+        .clone();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
+    );
+    let avail = condition(&d.status.as_ref().expect("st").conditions, "Available").expect("a");
+    assert_eq!(avail.reason, "MinimumReplicasUnavailable");
+    // Progress resumes: the condition recovers.
+    w.settle(1);
+    run(&mut d, &mut w, at(13));
+    let c = condition(&d.status.as_ref().expect("st").conditions, "Progressing").expect("c");
+    assert!(c.is_true());
+}
+
+#[test]
+fn paused_deployment_changes_nothing() {
+    let mut d = DeploymentBuilder::new("web").replicas(2).build();
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.paused = true;
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let p = plan(&d, &w.sets, at(1));
+    assert!(p.actions.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blue-green
+
+fn bg_deploy(auto: bool) -> Deployment {
+    DeploymentBuilder::new("web")
+        .replicas(2)
+        .blue_green("web-active", Some("web-preview"))
+        .blue_green_with(|bg| {
+            bg.auto_promotion_enabled = Some(auto);
+            bg.scale_down_delay_seconds = Some(30);
+        })
+        .progress_deadline_seconds(60)
+        .build()
+}
+
+fn phase(d: &Deployment) -> String {
+    d.status
+        .as_ref()
+        .and_then(|s| s.blue_green.as_ref())
+        .map(|b| b.phase.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn blue_green_promote_then_undo_switches_active_service_back_instantly() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let blue = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(0));
+    assert_eq!(w.services["web-active"], blue);
+    w.settle(2);
+    run(&mut d, &mut w, at(1));
+    assert_eq!(phase(&d), "Healthy");
+
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let green = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(10));
+    assert_eq!(phase(&d), "Progressing");
+    assert_eq!((replicas_of(&w, &blue), replicas_of(&w, &green)), (2, 2));
+    assert_eq!(w.services["web-active"], blue);
+    assert_eq!(w.services["web-preview"], green);
+    w.settle(2);
+    run(&mut d, &mut w, at(11));
+    assert_eq!(phase(&d), "Paused", "manual promotion awaited");
+    assert_eq!(w.services["web-active"], blue);
+
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run(&mut d, &mut w, at(20));
+    assert_eq!(phase(&d), "Promoting");
+    assert_eq!(w.services["web-active"], green);
+    assert!(w
+        .removed_annotations
+        .contains(&PROMOTE_ANNOTATION.to_string()));
+    assert!(!d.metadata.annotations.contains_key(PROMOTE_ANNOTATION));
+    assert_eq!(replicas_of(&w, &blue), 2, "blue kept for the delay");
+
+    // Undo within the delay: the template goes back to blue's.
+    d.spec.template.spec.containers[0].image = "app:1".into();
+    run(&mut d, &mut w, at(25));
+    assert_eq!(w.services["web-active"], blue);
+    assert_eq!(phase(&d), "Promoting");
+    assert!(w.events.contains(&"RolledBack".to_string()));
+
+    // After the delay the other revision is scaled down.
+    run(&mut d, &mut w, at(56));
+    assert_eq!(phase(&d), "Healthy");
+    assert_eq!((replicas_of(&w, &blue), replicas_of(&w, &green)), (2, 0));
+}
+
+#[test]
+fn blue_green_auto_promotes_when_green_ready() {
+    let mut d = bg_deploy(true);
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let green = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(1));
+    w.settle(2);
+    run(&mut d, &mut w, at(2));
+    assert_eq!(w.services["web-active"], green);
+    assert_eq!(phase(&d), "Promoting");
+}
+
+#[test]
+fn blue_green_auto_promotion_seconds_waits() {
+    let mut d = bg_deploy(true);
+    if let Some(bg) = d.spec.strategy.as_mut().and_then(|s| s.blue_green.as_mut()) {
+        bg.auto_promotion_seconds = Some(10);
+    }
+    let mut w = World::default();
+    let blue = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let green = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(1));
+    w.settle(2);
+    let p = run(&mut d, &mut w, at(2));
+    assert_eq!(phase(&d), "Paused");
+    assert!(p.requeue_after.is_some_and(|r| r.as_secs() <= 10));
+    run(&mut d, &mut w, at(8));
+    assert_eq!(w.services["web-active"], blue);
+    run(&mut d, &mut w, at(13));
+    assert_eq!(w.services["web-active"], green);
+}
+
+#[test]
+fn blue_green_abort_drops_green_and_keeps_blue() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let blue = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let green = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(1));
+    d.metadata
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "true".into());
+    run(&mut d, &mut w, at(2));
+    assert_eq!(phase(&d), "Degraded");
+    assert_eq!(w.services["web-active"], blue);
+    assert_eq!(w.services["web-preview"], blue);
+    assert_eq!(replicas_of(&w, &green), 0);
+    // Stays aborted while the template is unchanged.
+    run(&mut d, &mut w, at(3));
+    assert_eq!(replicas_of(&w, &green), 0);
+    assert_eq!(phase(&d), "Degraded");
+}
+
+#[test]
+fn blue_green_green_not_ready_past_deadline_aborts_with_event() {
+    let mut d = bg_deploy(true);
+    let mut w = World::default();
+    let blue = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    run(&mut d, &mut w, at(1));
+    w.settle(0);
+    run(&mut d, &mut w, at(30));
+    assert_eq!(phase(&d), "Progressing");
+    run(&mut d, &mut w, at(62));
+    assert_eq!(phase(&d), "Degraded");
+    assert_eq!(w.services["web-active"], blue);
+    assert!(w.events.contains(&"ProgressDeadlineExceeded".to_string()));
+}
+
+#[test]
+fn blue_green_step_is_pure_and_stable_when_nothing_changes() {
+    let ready = |_: &str| true;
+    let inp = Inputs {
+        current: "a",
+        ready: &ready,
+        promote_requested: false,
+        abort_requested: false,
+        auto_promotion_enabled: false,
+        auto_promotion_seconds: 0,
+        scale_down_delay_seconds: 30,
+        progress_deadline_seconds: 600,
+        now: at(0),
+    };
+    let s = State::Healthy { active: "a".into() };
+    assert_eq!(step(&s, &inp), (s.clone(), vec![]));
+    let (s2, _) = step(&State::Initial, &inp);
+    assert_eq!(s2, s);
+    let encoded = State::Paused {
+        active: "a".into(),
+        green: "b".into(),
+        since: at(3),
+    };
+    let bg = encoded.encode(true, None);
+    assert_eq!(State::decode(Some(&bg), at(9)), encoded);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+fn arb_bound() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0i32..4).prop_map(|i| i.to_string()),
+        prop::sample::select(vec!["0%", "10%", "25%", "50%", "100%"]).prop_map(String::from),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn rolling_update_never_exceeds_max_surge_or_max_unavailable(
+        replicas in 1i32..12,
+        surge in arb_bound(),
+        unavailable in arb_bound(),
+        gains in prop::collection::vec(0i32..3, 1..30),
+    ) {
+        let mut d = DeploymentBuilder::new("web")
+            .replicas(replicas)
+            .rolling(&surge, &unavailable)
+            .build();
+        let (max_surge, max_unavailable) = surge_and_unavailable(&d);
+        let mut w = World::default();
+        // A settled first revision.
+        for i in 0..(replicas as i64 + 5) * 3 {
+            run(&mut d, &mut w, at(i));
+            w.settle(replicas);
+        }
+        d.spec.template.spec.containers[0].image = "app:2".into();
+        let new = template_hash(&d.spec.template);
+        let mut t = 1000;
+        for round in 0..400 {
+            t += 1;
+            run(&mut d, &mut w, at(t));
+            let total: i32 = w.sets.iter().map(|s| s.spec.replicas).sum();
+            prop_assert!(total <= replicas + max_surge, "total {} > {} + {}", total, replicas, max_surge);
+            // Available pods that survive the planned sizes (scale-downs remove unavailable
+            // pods first).
+            let available: i32 = w
+                .sets
+                .iter()
+                .map(|s| s.status.as_ref().map(|st| st.available_replicas).unwrap_or(0).min(s.spec.replicas))
+                .sum();
+            prop_assert!(available >= replicas - max_unavailable,
+                "available {} < {} - {}", available, replicas, max_unavailable);
+            // Pods become available at the generated pace, and always eventually.
+            let g = gains[round % gains.len()].max(i32::from(round % 3 == 0));
+            w.settle(g);
+            let done = w.sets.iter().all(|s| {
+                let st = s.status.clone().unwrap_or_default();
+                if rs_hash(s) == new {
+                    s.spec.replicas == replicas && st.available_replicas == replicas
+                } else {
+                    s.spec.replicas == 0 && st.replicas == 0
+                }
+            });
+            if done {
+                break;
+            }
+        }
+        prop_assert_eq!(replicas_of(&w, &new), replicas, "rollout did not finish");
+        prop_assert!(w.sets.iter().filter(|s| rs_hash(s) != new).all(|s| s.spec.replicas == 0));
+    }
+}
