@@ -11,3 +11,7 @@
 //! - [`gc`]: objects whose owners are gone are deleted.
 
 pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod nodelifecycle;
+pub mod replicaset;

@@ -1,0 +1,271 @@
+//! The Endpoints controller's pure core: `plan(service, pods) -> Endpoints`.
+//!
+//! An endpoint is `node address : host port`: the pod's `status.hostIP` and the host port the
+//! agent published for the container port the Service's targetPort names (by number or by
+//! port name). Pods with the same resolved ports share a subset; ready pods go to `addresses`,
+//! the others to `notReadyAddresses`.
+
+use std::collections::BTreeMap;
+
+use berth_proto::types::*;
+
+/// Resolve one Service port to the host port `pod` published for it.
+pub fn resolve_host_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
+    let st = pod.status.as_ref()?;
+    let target = sp
+        .target_port
+        .clone()
+        .unwrap_or(IntOrString::Int(i64::from(sp.port)));
+    let container_port = match &target {
+        IntOrString::Int(n) => i32::try_from(*n).ok()?,
+        IntOrString::String(name) => {
+            if let Some(hp) = st.host_ports.iter().find(|h| h.name == *name) {
+                return Some(hp.host_port);
+            }
+            // The name may be declared in the spec while the status mapping carries no name.
+            pod.spec
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter())
+                .find(|p| p.name == *name)?
+                .container_port
+        }
+    };
+    st.host_ports
+        .iter()
+        .find(|h| h.container_port == container_port)
+        .map(|h| h.host_port)
+        .filter(|p| *p > 0)
+}
+
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    !svc.spec.selector.is_empty()
+        && pod.metadata.namespace == svc.metadata.namespace
+        && svc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+}
+
+type PortKey = Vec<(String, i32, Option<String>)>;
+
+/// The Endpoints object for `svc` (same name and namespace, owned by the Service), or `None`
+/// for a Service without a selector (its Endpoints are managed by hand).
+pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
+    if svc.spec.selector.is_empty() {
+        return None;
+    }
+    let mut subsets: BTreeMap<PortKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
+    for pod in pods.iter().filter(|p| selects(svc, p)) {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(st) = pod.status.as_ref() else {
+            continue;
+        };
+        if st.host_ip.is_empty() || matches!(st.phase.as_str(), "Succeeded" | "Failed") {
+            continue;
+        }
+        let ports: PortKey = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|sp| {
+                resolve_host_port(pod, sp).map(|hp| (sp.name.clone(), hp, sp.protocol.clone()))
+            })
+            .collect();
+        if ports.is_empty() && !svc.spec.ports.is_empty() {
+            continue;
+        }
+        let addr = EndpointAddress {
+            ip: st.host_ip.clone(),
+            node_name: pod.spec.node_name.clone(),
+            target_ref: Some(ObjectReference {
+                kind: "Pod".into(),
+                namespace: pod.metadata.namespace.clone(),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        };
+        let entry = subsets.entry(ports).or_default();
+        if pod.is_ready() {
+            entry.0.push(addr);
+        } else {
+            entry.1.push(addr);
+        }
+    }
+    let key = |a: &EndpointAddress| {
+        (
+            a.ip.clone(),
+            a.target_ref
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+        )
+    };
+    let subsets = subsets
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by_key(key);
+            not_ready.sort_by_key(key);
+            EndpointSubset {
+                addresses: ready,
+                not_ready_addresses: not_ready,
+                ports: ports
+                    .into_iter()
+                    .map(|(name, port, protocol)| EndpointPort {
+                        name,
+                        port,
+                        protocol,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Some(Endpoints {
+        metadata: ObjectMeta {
+            name: svc.metadata.name.clone(),
+            namespace: svc.metadata.namespace.clone(),
+            labels: svc.metadata.labels.clone(),
+            owner_references: vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name: svc.metadata.name.clone(),
+                uid: svc.metadata.uid.clone(),
+                controller: true,
+            }],
+            ..Default::default()
+        },
+        subsets,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_testkit::{PodBuilder, ServiceBuilder};
+
+    fn ips(s: &EndpointSubset) -> Vec<String> {
+        s.addresses.iter().map(|a| a.ip.clone()).collect()
+    }
+
+    #[test]
+    fn endpoints_are_node_address_and_published_host_port() {
+        let svc = ServiceBuilder::new("web").port("http", 80, 8080).build();
+        let pods = vec![
+            PodBuilder::new("a")
+                .label("app", "web")
+                .node("n1")
+                .host_ip("10.0.0.1")
+                .published("", 8080, 31001)
+                .ready()
+                .build(),
+            PodBuilder::new("b")
+                .label("app", "web")
+                .node("n2")
+                .host_ip("10.0.0.2")
+                .published("", 8080, 31002)
+                .not_ready()
+                .build(),
+            PodBuilder::new("other")
+                .label("app", "db")
+                .node("n2")
+                .host_ip("10.0.0.2")
+                .published("", 8080, 31003)
+                .ready()
+                .build(),
+        ];
+        let ep = plan(&svc, &pods).expect("endpoints");
+        assert_eq!(ep.metadata.name, "web");
+        assert_eq!(ep.metadata.owner_references[0].uid, svc.metadata.uid);
+        assert_eq!(ep.subsets.len(), 2);
+        let s1 = ep
+            .subsets
+            .iter()
+            .find(|s| s.ports[0].port == 31001)
+            .expect("31001");
+        assert_eq!(ips(s1), vec!["10.0.0.1"]);
+        assert_eq!(s1.ports[0].name, "http");
+        let s2 = ep
+            .subsets
+            .iter()
+            .find(|s| s.ports[0].port == 31002)
+            .expect("31002");
+        assert!(s2.addresses.is_empty());
+        assert_eq!(s2.not_ready_addresses[0].ip, "10.0.0.2");
+    }
+
+    #[test]
+    fn pods_with_the_same_ports_share_a_subset() {
+        let svc = ServiceBuilder::new("web").port("", 80, 8080).build();
+        let pods: Vec<Pod> = ["10.0.0.2", "10.0.0.1"]
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                PodBuilder::new(&format!("p{i}"))
+                    .label("app", "web")
+                    .host_ip(ip)
+                    .published("", 8080, 30000)
+                    .ready()
+                    .build()
+            })
+            .collect();
+        let ep = plan(&svc, &pods).expect("endpoints");
+        assert_eq!(ep.subsets.len(), 1);
+        assert_eq!(ips(&ep.subsets[0]), vec!["10.0.0.1", "10.0.0.2"]);
+    }
+
+    #[test]
+    fn target_port_resolves_by_name() {
+        let svc = ServiceBuilder::new("web")
+            .named_port("http", 80, "web")
+            .build();
+        let by_status = PodBuilder::new("a")
+            .label("app", "web")
+            .host_ip("h")
+            .published("web", 9000, 31000)
+            .ready()
+            .build();
+        let by_spec = PodBuilder::new("b")
+            .label("app", "web")
+            .host_ip("h")
+            .port("web", 9001)
+            .published("", 9001, 31001)
+            .ready()
+            .build();
+        let unmatched = PodBuilder::new("c")
+            .label("app", "web")
+            .host_ip("h")
+            .published("metrics", 9100, 31100)
+            .ready()
+            .build();
+        let ep = plan(&svc, &[by_status, by_spec, unmatched]).expect("endpoints");
+        let mut ports: Vec<i32> = ep.subsets.iter().map(|s| s.ports[0].port).collect();
+        ports.sort();
+        assert_eq!(ports, vec![31000, 31001]);
+    }
+
+    #[test]
+    fn pods_without_host_ip_or_terminating_are_left_out() {
+        let svc = ServiceBuilder::new("web").port("", 80, 8080).build();
+        let pods = vec![
+            PodBuilder::new("pending")
+                .label("app", "web")
+                .published("", 8080, 1)
+                .build(),
+            PodBuilder::new("bye")
+                .label("app", "web")
+                .host_ip("h")
+                .published("", 8080, 2)
+                .ready()
+                .deleting(berth_testkit::builders::at(1))
+                .build(),
+        ];
+        assert!(plan(&svc, &pods).expect("endpoints").subsets.is_empty());
+        let no_selector = ServiceBuilder::new("ext").selector(&[]).build();
+        assert!(plan(&no_selector, &pods).is_none());
+    }
+}

@@ -1,0 +1,376 @@
+//! The node lifecycle controller's pure core: `plan(nodes, pods, now, config) -> Plan`.
+//!
+//! An agent heartbeats by writing `status.lastHeartbeatTime`. When that is older than the
+//! grace period the node is marked Ready=Unknown and tainted
+//! `node.kubernetes.io/unreachable:NoExecute` (new pods stay away: the scheduler filters
+//! untolerated NoExecute taints). After the eviction timeout (or a pod's own
+//! `tolerationSeconds` for that taint) the node's pods are deleted, and their ReplicaSets
+//! replace them on healthy nodes. A node that heartbeats again loses the taint.
+//! A node whose agent reports Ready=False gets `node.kubernetes.io/not-ready:NoExecute`
+//! the same way.
+
+use std::time::Duration;
+
+use berth_proto::types::*;
+
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Heartbeat age beyond which a node is considered lost.
+    pub grace_period: Duration,
+    /// How long pods stay on a lost node before they are deleted.
+    pub eviction_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grace_period: Duration::from_secs(6),
+            eviction_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this node (spec taints and/or status conditions changed).
+    UpdateNode(Box<Node>),
+    /// Delete a pod of a lost node (resourceVersion precondition).
+    EvictPod {
+        namespace: String,
+        name: String,
+        resource_version: u64,
+        node: String,
+    },
+    Event {
+        node: String,
+        reason: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub requeue_after: Option<Duration>,
+}
+
+fn dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn to_std(d: chrono::Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.num_milliseconds().max(0) + 1).unwrap_or(0))
+}
+
+fn last_heartbeat(n: &Node) -> Option<Time> {
+    let st = n.status.as_ref();
+    st.and_then(|s| s.last_heartbeat_time)
+        .or_else(|| {
+            st.and_then(|s| condition(&s.conditions, "Ready"))
+                .and_then(|c| c.last_update_time.or(c.last_transition_time))
+        })
+        .or(n.metadata.creation_timestamp)
+}
+
+/// The NoExecute taint key that applies to a node's state, if any.
+fn wanted_taint(ready: Option<&Condition>) -> Option<&'static str> {
+    match ready.map(|c| c.status.as_str()) {
+        Some("True") => None,
+        Some("False") => Some(NOT_READY_TAINT),
+        _ => Some(UNREACHABLE_TAINT),
+    }
+}
+
+/// How long `pod` may stay on a node tainted `key:NoExecute`: `None` = forever.
+fn toleration_for(pod: &Pod, key: &str, default: Duration) -> Option<Duration> {
+    let taint = Taint {
+        key: key.into(),
+        value: String::new(),
+        effect: "NoExecute".into(),
+    };
+    match pod
+        .spec
+        .tolerations
+        .iter()
+        .find(|t| tolerates(t, &taint))
+    {
+        Some(t) => t
+            .toleration_seconds
+            .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
+        None => Some(default),
+    }
+}
+
+/// Kubernetes' `ToleratesTaint` (kept local: controllers do not depend on the scheduler).
+fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if !t.effect.is_empty() && t.effect != taint.effect {
+        return false;
+    }
+    if !t.key.is_empty() && t.key != taint.key {
+        return false;
+    }
+    match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.key == taint.key && t.value == taint.value,
+    }
+}
+
+fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
+    let mut out = Plan::default();
+    for node in nodes {
+        let name = &node.metadata.name;
+        let mut updated = node.clone();
+        let st = updated.status.get_or_insert_with(Default::default);
+        let ready = condition(&st.conditions, "Ready").cloned();
+        let stale_at = last_heartbeat(node).map(|t| t + dur(cfg.grace_period));
+        let stale = stale_at.is_none_or(|t| now > t);
+        let mut effective = ready.clone();
+        if stale && ready.as_ref().is_none_or(|c| c.status != "Unknown") {
+            let c = Condition {
+                type_: "Ready".into(),
+                status: "Unknown".into(),
+                reason: "NodeStatusUnknown".into(),
+                message: "Agent stopped posting node status.".into(),
+                last_transition_time: Some(now),
+                last_update_time: Some(now),
+            };
+            set_condition(&mut st.conditions, c.clone());
+            effective = Some(c);
+            out.actions.push(Action::Event {
+                node: name.clone(),
+                reason: "NodeNotReady".into(),
+                message: format!(
+                    "Node {name} status is now: NodeNotReady (no heartbeat for {}s)",
+                    cfg.grace_period.as_secs()
+                ),
+            });
+        } else if let Some(t) = stale_at.filter(|_| !stale) {
+            out.requeue_after = min_requeue(out.requeue_after, to_std(t - now));
+        }
+        let want = wanted_taint(effective.as_ref());
+        updated.spec.taints.retain(|t| {
+            t.effect != "NoExecute"
+                || !(t.key == UNREACHABLE_TAINT || t.key == NOT_READY_TAINT)
+                || Some(t.key.as_str()) == want
+        });
+        if let Some(key) = want {
+            if !updated
+                .spec
+                .taints
+                .iter()
+                .any(|t| t.key == key && t.effect == "NoExecute")
+            {
+                updated.spec.taints.push(Taint {
+                    key: key.into(),
+                    value: String::new(),
+                    effect: "NoExecute".into(),
+                });
+            }
+        }
+        if updated != *node {
+            out.actions.push(Action::UpdateNode(Box::new(updated)));
+        }
+        // Evict after the toleration, counted from when the node went bad.
+        let Some(key) = want else { continue };
+        let since = effective
+            .as_ref()
+            .and_then(|c| c.last_transition_time)
+            .unwrap_or(now);
+        for pod in pods
+            .iter()
+            .filter(|p| p.spec.node_name == *name && p.metadata.deletion_timestamp.is_none())
+        {
+            let Some(tol) = toleration_for(pod, key, cfg.eviction_timeout) else {
+                continue;
+            };
+            let at = since + dur(tol);
+            if now >= at {
+                out.actions.push(Action::EvictPod {
+                    namespace: pod.metadata.namespace.clone(),
+                    name: pod.metadata.name.clone(),
+                    resource_version: pod.metadata.resource_version,
+                    node: name.clone(),
+                });
+            } else {
+                out.requeue_after = min_requeue(out.requeue_after, to_std(at - now));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_testkit::builders::at;
+    use berth_testkit::{NodeBuilder, PodBuilder};
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    fn updated(p: &Plan) -> Vec<&Node> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::UpdateNode(n) => Some(n.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn evicted(p: &Plan) -> Vec<&str> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::EvictPod { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fresh_heartbeat_changes_nothing_and_requeues_at_grace_expiry() {
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let p = plan(&[n], &[], at(2), &cfg());
+        assert!(p.actions.is_empty());
+        assert_eq!(p.requeue_after, Some(Duration::from_millis(4001)));
+    }
+
+    #[test]
+    fn missed_heartbeat_marks_unknown_and_taints_unreachable() {
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let pods = [PodBuilder::new("p").node("n1").ready().build()];
+        let p = plan(&[n], &pods, at(7), &cfg());
+        let nodes = updated(&p);
+        assert_eq!(nodes.len(), 1);
+        let c = condition(&nodes[0].status.as_ref().expect("st").conditions, "Ready").expect("c");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "NodeStatusUnknown")
+        );
+        assert!(nodes[0]
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == UNREACHABLE_TAINT && t.effect == "NoExecute"));
+        assert!(evicted(&p).is_empty(), "eviction waits for the toleration");
+        assert_eq!(p.requeue_after, Some(Duration::from_millis(4001)));
+    }
+
+    #[test]
+    fn pods_on_lost_node_are_evicted_after_toleration() {
+        let n = plan(
+            &[NodeBuilder::new("n1").ready_at(at(0)).build()],
+            &[],
+            at(7),
+            &cfg(),
+        );
+        let lost = updated(&n)[0].clone();
+        let pods = [
+            PodBuilder::new("a").node("n1").build(),
+            PodBuilder::new("b").node("n2").build(),
+            PodBuilder::new("tolerant")
+                .node("n1")
+                .toleration(UNREACHABLE_TAINT, "", "NoExecute")
+                .build(),
+        ];
+        let early = plan(std::slice::from_ref(&lost), &pods, at(10), &cfg());
+        assert!(evicted(&early).is_empty());
+        assert!(updated(&early).is_empty(), "already marked");
+        let late = plan(&[lost], &pods, at(11), &cfg());
+        assert_eq!(evicted(&late), vec!["a"]);
+    }
+
+    #[test]
+    fn toleration_seconds_delays_eviction() {
+        let n = plan(
+            &[NodeBuilder::new("n1").ready_at(at(0)).build()],
+            &[],
+            at(7),
+            &cfg(),
+        );
+        let lost = updated(&n)[0].clone();
+        let mut pod = PodBuilder::new("slow")
+            .node("n1")
+            .toleration(UNREACHABLE_TAINT, "", "NoExecute")
+            .build();
+        pod.spec.tolerations[0].toleration_seconds = Some(60);
+        assert!(evicted(&plan(
+            std::slice::from_ref(&lost),
+            std::slice::from_ref(&pod),
+            at(20),
+            &cfg()
+        ))
+        .is_empty());
+        assert_eq!(
+            evicted(&plan(&[lost], &[pod], at(68), &cfg())),
+            vec!["slow"]
+        );
+    }
+
+    #[test]
+    fn recovered_node_loses_the_taint() {
+        let n = plan(
+            &[NodeBuilder::new("n1").ready_at(at(0)).build()],
+            &[],
+            at(7),
+            &cfg(),
+        );
+        let mut back = updated(&n)[0].clone();
+        // The agent heartbeats again and reports Ready=True.
+        let st = back.status.as_mut().expect("st");
+        st.last_heartbeat_time = Some(at(20));
+        set_condition(
+            &mut st.conditions,
+            Condition::new("Ready", true, "AgentReady", "", at(20)),
+        );
+        let p = plan(
+            &[back],
+            &[PodBuilder::new("a").node("n1").build()],
+            at(21),
+            &cfg(),
+        );
+        let nodes = updated(&p);
+        assert_eq!(nodes.len(), 1);
+        assert!(nodes[0].spec.taints.is_empty());
+        assert!(evicted(&p).is_empty());
+    }
+
+    #[test]
+    fn agent_reported_not_ready_taints_not_ready() {
+        let n = NodeBuilder::new("n1").not_ready().heartbeat(at(10)).build();
+        let p = plan(&[n], &[], at(11), &cfg());
+        let nodes = updated(&p);
+        assert!(nodes[0]
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == NOT_READY_TAINT));
+    }
+
+    #[test]
+    fn durations_are_configurable() {
+        let c = Config {
+            grace_period: Duration::from_secs(1),
+            eviction_timeout: Duration::from_secs(0),
+        };
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let marked = plan(&[n], &[], at(2), &c);
+        let lost = updated(&marked)[0].clone();
+        let p = plan(
+            &[lost],
+            &[PodBuilder::new("a").node("n1").build()],
+            at(2),
+            &c,
+        );
+        assert_eq!(evicted(&p), vec!["a"]);
+    }
+}
