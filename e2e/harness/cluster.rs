@@ -1,0 +1,559 @@
+//! A 3-host Berth cluster built from the real binary: [`Cluster`].
+//!
+//! Host i (0-based) runs server i (`berth server --data-dir .. --listen IP:7000`, `--init` on
+//! host 0, `--join` host 0's address on the others) and, when asked for, agent i
+//! (`berth agent --server A0,A1,A2 --name node{i+1} --address IP --runtime process`). The CLI
+//! and the HTTP clients run in the root namespace, as a user outside the cluster would.
+//!
+//! Everything waits on conditions with deadlines ([`wait_until`]); faults are `kill9`,
+//! `restart`, `partition`/`heal` (iptables in the namespace) and `cut_node`. Dropping the
+//! cluster kills every process it started (and whatever they spawned in the namespaces),
+//! removes the namespaces and bridge, and, when the test failed, prints the tail of every log
+//! and keeps the temp dir for inspection.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use berth_proto::pb::api_client::ApiClient;
+use berth_proto::pb::{ClusterStatusRequest, ClusterStatusResponse};
+use serde::de::DeserializeOwned;
+
+use super::net::{netns_available, Net};
+use super::proc::{berth_bin, Proc};
+
+/// Port every server listens on (each host has its own address).
+pub const API_PORT: u16 = 7000;
+
+/// Held by every running cluster so that tests run one at a time even under `cargo test`
+/// (nextest runs them one at a time through the `e2e` test group anyway).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Take the suite-wide lock (tests that build hosts without a [`Cluster`]).
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Poll `f` every 100 ms until it returns `Ok` or `limit` passes; panics naming `what` and the
+/// last reason. Returns the value and how long it took.
+pub fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return (v, start.elapsed()),
+            Err(why) => {
+                if start.elapsed() > limit {
+                    panic!("timed out after {limit:?} waiting for {what}; last observation: {why}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Outcome of one CLI invocation.
+#[derive(Debug, Clone)]
+pub struct CliOut {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOut {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl std::fmt::Display for CliOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// The CLI as a user runs it: from the root namespace, servers from `BERTH_SERVER`, a private
+/// `HOME` (no user config leaks in). Cloneable and usable from any non-runtime thread.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub servers: String,
+    home: PathBuf,
+    rt: tokio::runtime::Handle,
+}
+
+impl Cli {
+    /// Run `berth ARGS` (30 s deadline; a hung CLI is reported as exit `None`).
+    pub fn run(&self, args: &[&str]) -> CliOut {
+        let mut cmd = tokio::process::Command::new(berth_bin());
+        cmd.args(args)
+            .env("BERTH_SERVER", &self.servers)
+            .env("HOME", &self.home)
+            .env_remove("BERTH_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let line = args.join(" ");
+        self.rt.block_on(async move {
+            match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+                Ok(Ok(out)) => CliOut {
+                    code: out.status.code(),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                },
+                Ok(Err(e)) => panic!("cannot run berth {line}: {e}"),
+                Err(_) => CliOut {
+                    code: None,
+                    stdout: String::new(),
+                    stderr: format!("e2e: `berth {line}` did not finish within 30s"),
+                },
+            }
+        })
+    }
+}
+
+/// Which parts of the cluster a test needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Opts {
+    pub agents: bool,
+}
+
+pub struct Cluster {
+    // Field order is drop order: processes first, then the network, then the rest.
+    pub servers: Vec<Proc>,
+    pub agents: Vec<Proc>,
+    pub net: Net,
+    pub rt: tokio::runtime::Runtime,
+    dir: Option<tempfile::TempDir>,
+    name: String,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Build the hosts and start the cluster for test `id`, or return `None` (after saying so)
+    /// when network namespaces cannot be used here. In CI (`CI=true`) that is a failure.
+    pub fn start(name: &str, id: u8, opts: Opts) -> Option<Cluster> {
+        let serial = serial();
+        if let Err(why) = netns_available() {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("e2e test {name} cannot run: {why}");
+            }
+            eprintln!("SKIPPED e2e test {name}: {why}");
+            return None;
+        }
+        let net = Net::create(id, 3).unwrap_or_else(|e| panic!("building hosts for {name}: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("berth-e2e-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let mut c = Cluster {
+            servers: Vec::new(),
+            agents: Vec::new(),
+            net,
+            rt,
+            dir: Some(dir),
+            name: name.to_string(),
+            _serial: serial,
+        };
+        c.start_servers();
+        if opts.agents {
+            c.start_agents();
+        }
+        Some(c)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.as_ref().expect("temp dir").path().to_path_buf()
+    }
+
+    pub fn ip(&self, i: usize) -> Ipv4Addr {
+        self.net.hosts[i].ip
+    }
+
+    /// `IP:7000` of server `i`.
+    pub fn api_addr(&self, i: usize) -> String {
+        format!("{}:{API_PORT}", self.ip(i))
+    }
+
+    /// Every server address, comma-separated (what the CLI and the agents are given).
+    pub fn all_api_addrs(&self) -> String {
+        (0..self.net.hosts.len())
+            .map(|i| self.api_addr(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_servers(&mut self) {
+        let dir = self.dir();
+        for i in 0..self.net.hosts.len() {
+            let data = dir.join(format!("h{}", i + 1)).join("server");
+            std::fs::create_dir_all(&data).expect("server data dir");
+            let mut args = vec![
+                "server".to_string(),
+                "--data-dir".to_string(),
+                data.display().to_string(),
+                "--listen".to_string(),
+                self.api_addr(i),
+            ];
+            if i == 0 {
+                args.push("--init".to_string());
+            } else {
+                args.push("--join".to_string());
+                args.push(self.api_addr(0));
+            }
+            let mut p = Proc::new(
+                &format!("server{}", i + 1),
+                &self.net.hosts[i].ns,
+                args,
+                dir.join(format!("server{}.log", i + 1)),
+            );
+            p.start();
+            self.servers.push(p);
+            let want = i + 1;
+            wait_until(
+                &format!("server{} to be a member of a {want}-member cluster", i + 1),
+                Duration::from_secs(30),
+                || {
+                    let st = self.status(i)?;
+                    if st.leader_id == 0 {
+                        return Err(format!("server{} has no leader yet", i + 1));
+                    }
+                    if st.members.len() < want {
+                        return Err(format!("{} members: {:?}", st.members.len(), st.members));
+                    }
+                    Ok(())
+                },
+            );
+        }
+        let n = self.servers.len();
+        wait_until(
+            "all servers to agree on one leader",
+            Duration::from_secs(20),
+            || self.agreed_leader(&(0..n).collect::<Vec<_>>()),
+        );
+    }
+
+    fn start_agents(&mut self) {
+        let dir = self.dir();
+        let servers = self.all_api_addrs();
+        for i in 0..self.net.hosts.len() {
+            let data = dir.join(format!("h{}", i + 1)).join("agent");
+            std::fs::create_dir_all(&data).expect("agent data dir");
+            let args = vec![
+                "agent".to_string(),
+                "--server".to_string(),
+                servers.clone(),
+                "--name".to_string(),
+                format!("node{}", i + 1),
+                "--address".to_string(),
+                self.ip(i).to_string(),
+                "--data-dir".to_string(),
+                data.display().to_string(),
+                "--runtime".to_string(),
+                "process".to_string(),
+            ];
+            let mut p = Proc::new(
+                &format!("agent{}", i + 1),
+                &self.net.hosts[i].ns,
+                args,
+                dir.join(format!("agent{}.log", i + 1)),
+            );
+            p.start();
+            self.agents.push(p);
+        }
+        let n = self.agents.len();
+        wait_until(&format!("{n} nodes Ready"), Duration::from_secs(30), || {
+            let nodes: Vec<berth_proto::types::Node> = self.get_list("nodes")?;
+            let ready: Vec<String> = nodes
+                .iter()
+                .filter(|n| node_ready(n))
+                .map(|n| n.metadata.name.clone())
+                .collect();
+            if ready.len() == n {
+                Ok(())
+            } else {
+                Err(format!("ready nodes: {ready:?} of {}", nodes.len()))
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Raft view
+
+    /// ClusterStatus answered by server `i` itself (2 s deadline).
+    pub fn status(&self, i: usize) -> Result<ClusterStatusResponse, String> {
+        let addr = format!("http://{}", self.api_addr(i));
+        self.rt.block_on(async move {
+            let call = async {
+                let mut c = ApiClient::connect(addr.clone())
+                    .await
+                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                c.cluster_status(ClusterStatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| format!("ClusterStatus on {addr}: {e}"))
+            };
+            tokio::time::timeout(Duration::from_secs(2), call)
+                .await
+                .map_err(|_| format!("ClusterStatus on {addr}: no answer within 2s"))?
+        })
+    }
+
+    /// Host index of the member with raft id `id`, from a status's member list.
+    fn host_of(&self, st: &ClusterStatusResponse, id: u64) -> Option<usize> {
+        let m = st.members.iter().find(|m| m.id == id)?;
+        (0..self.net.hosts.len()).find(|&i| m.address == self.api_addr(i))
+    }
+
+    /// The leader all of `among` agree on (host index), or why there is none.
+    pub fn agreed_leader(&self, among: &[usize]) -> Result<usize, String> {
+        let mut leader = None;
+        for &i in among {
+            let st = self.status(i)?;
+            if st.leader_id == 0 {
+                return Err(format!("server{} sees no leader", i + 1));
+            }
+            let h = self.host_of(&st, st.leader_id).ok_or_else(|| {
+                format!("leader id {} not in members {:?}", st.leader_id, st.members)
+            })?;
+            match leader {
+                None => leader = Some(h),
+                Some(l) if l != h => {
+                    return Err(format!(
+                        "servers disagree on the leader: server{} vs server{}",
+                        l + 1,
+                        h + 1
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        leader.ok_or_else(|| "no servers asked".to_string())
+    }
+
+    /// Current leader as seen by every running server.
+    pub fn leader(&mut self) -> usize {
+        let running: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].is_running())
+            .collect();
+        wait_until("a leader", Duration::from_secs(20), || {
+            self.agreed_leader(&running)
+        })
+        .0
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Faults
+
+    pub fn kill9_server(&mut self, i: usize) {
+        self.servers[i].kill9();
+    }
+
+    /// Start a killed server again from its data dir (without --init/--join: it recovers).
+    pub fn restart_server(&mut self, i: usize) {
+        self.servers[i].args.retain(|a| a != "--init");
+        if let Some(p) = self.servers[i].args.iter().position(|a| a == "--join") {
+            self.servers[i].args.drain(p..p + 2);
+        }
+        self.servers[i].start();
+    }
+
+    pub fn kill9_agent(&mut self, i: usize) {
+        self.agents[i].kill9();
+    }
+
+    pub fn restart_agent(&mut self, i: usize) {
+        self.agents[i].start();
+    }
+
+    pub fn partition(&self, i: usize) {
+        self.net.partition(i);
+    }
+
+    pub fn heal(&self, i: usize) {
+        self.net.heal(i);
+    }
+
+    /// Lose node `i` as a machine failure would: its network is cut (server and agent stop
+    /// being reachable, its workloads stop answering from outside).
+    pub fn cut_node(&self, i: usize) {
+        self.net.partition(i);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The CLI, as a user runs it (root namespace, all servers given)
+
+    /// A CLI handle (usable from other threads) given every server.
+    pub fn cli_handle(&self) -> Cli {
+        self.cli_handle_for(&self.all_api_addrs())
+    }
+
+    /// A CLI handle given only `servers` (comma-separated `HOST:PORT`).
+    pub fn cli_handle_for(&self, servers: &str) -> Cli {
+        let home = self.dir().join("home");
+        let _ = std::fs::create_dir_all(&home);
+        Cli {
+            servers: servers.to_string(),
+            home,
+            rt: self.rt.handle().clone(),
+        }
+    }
+
+    /// Run `berth ARGS` with `BERTH_SERVER` set to every server (30 s deadline).
+    pub fn cli(&self, args: &[&str]) -> CliOut {
+        self.cli_handle().run(args)
+    }
+
+    /// Run the CLI and panic (with its output) unless it succeeds; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.ok(), "`berth {}` failed: {out}", args.join(" "));
+        out.stdout
+    }
+
+    /// Write `text` to a file in the temp dir; returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> String {
+        let p = self.dir().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p.display().to_string()
+    }
+
+    /// `berth get KIND -o json`, decoded as a list of `T`.
+    pub fn get_list<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, String> {
+        let out = self.cli(&["get", kind, "-o", "json"]);
+        if !out.ok() {
+            return Err(format!("berth get {kind}: {out}"));
+        }
+        decode_list(&out.stdout).map_err(|e| format!("berth get {kind} -o json: {e}"))
+    }
+
+    /// `berth get KIND NAME -o json`; `Ok(None)` when the CLI says it does not exist.
+    pub fn get_one<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>, String> {
+        let out = self.cli(&["get", kind, name, "-o", "json"]);
+        if !out.ok() {
+            if out.stderr.to_ascii_lowercase().contains("not found") {
+                return Ok(None);
+            }
+            return Err(format!("berth get {kind} {name}: {out}"));
+        }
+        serde_json::from_str(&out.stdout)
+            .map(Some)
+            .map_err(|e| format!("berth get {kind} {name} -o json: {e}: {}", out.stdout))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // HTTP, from the root namespace
+
+    /// `GET path` on `ip:port` (a node's proxy); returns status and body.
+    pub fn http_get(&self, ip: Ipv4Addr, port: u16, path: &str) -> Result<(u16, String), String> {
+        let addr = SocketAddr::from((ip, port));
+        let path = path.to_string();
+        self.rt
+            .block_on(async move { http_get(addr, &path, Duration::from_secs(3)).await })
+    }
+}
+
+/// Is the Node's Ready condition True?
+pub fn node_ready(n: &berth_proto::types::Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| berth_proto::types::condition(&s.conditions, "Ready"))
+        .is_some_and(|c| c.is_true())
+}
+
+/// Decode `get -o json` output: a kubectl-style `{"items": [...]}`, a bare array, or one object.
+pub fn decode_list<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))?;
+    let items = match v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(mut o) if o.contains_key("items") => match o.remove("items") {
+            Some(serde_json::Value::Array(a)) => a,
+            Some(serde_json::Value::Null) | None => Vec::new(),
+            Some(other) => return Err(format!("items is not a list: {other}")),
+        },
+        other => vec![other],
+    };
+    items
+        .into_iter()
+        .map(|i| serde_json::from_value(i.clone()).map_err(|e| format!("{e}: {i}")))
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET over a fresh TCP connection (`Connection: close`).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let call = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write to {addr}: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("no HTTP status from {addr}: {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
+        Ok((status, body))
+    };
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| format!("GET {path} on {addr}: no answer within {limit:?}"))?
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n===== e2e test {} failed: process logs (tails) =====",
+                self.name
+            );
+            for p in self.servers.iter().chain(self.agents.iter()) {
+                eprintln!(
+                    "----- {} ({}) -----\n{}",
+                    p.name,
+                    p.log.display(),
+                    p.tail(40)
+                );
+            }
+            if let Some(d) = self.dir.take() {
+                eprintln!("===== logs and data kept in {} =====", d.keep().display());
+            }
+        }
+        for p in self.servers.iter_mut().chain(self.agents.iter_mut()) {
+            p.kill9();
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! One `berth` process (server or agent) running inside a host's namespace.
+//!
+//! Started as `ip netns exec NS <berth binary> ARGS...` (ip execs the binary, so the child's pid
+//! is berth's own and SIGKILL reaches it directly). stdout and stderr are appended to one log
+//! file, across restarts, with a marker line per start; [`Proc::tail`] is printed when a test
+//! fails.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The berth binary under test (built by cargo for this test target).
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    /// The program run in the namespace (the berth binary unless [`Proc::with_program`]).
+    program: String,
+    pub ns: String,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Proc {
+    pub fn new(name: &str, ns: &str, args: Vec<String>, log: PathBuf) -> Proc {
+        Proc {
+            name: name.to_string(),
+            program: berth_bin().to_string(),
+            ns: ns.to_string(),
+            args,
+            log,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Run `program` instead of the berth binary (harness self-tests).
+    pub fn with_program(mut self, program: &str) -> Proc {
+        self.program = program.to_string();
+        self
+    }
+
+    /// Start (or restart) the process with its current `args`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open process log");
+        let _ = writeln!(
+            log,
+            "===== e2e: start #{} of {}: {} {}",
+            self.starts,
+            self.name,
+            self.program,
+            self.args.join(" ")
+        );
+        let err = log.try_clone().expect("clone log handle");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, &self.program])
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL the process and reap it (no-op when not running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
+                let _ = writeln!(log, "===== e2e: killed {} with SIGKILL", self.name);
+            }
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if the process has not exited within `grace`.
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Is the process still alive? (Reaps it and logs its exit status if it died.)
+    pub fn is_running(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return false;
+        };
+        match c.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
+                    let _ = writeln!(log, "===== e2e: {} exited on its own: {status}", self.name);
+                }
+                self.child = None;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The last `n` lines of the log.
+    pub fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
