@@ -1,1 +1,292 @@
-fn main() {}
+//! proxy-bench: the Berth Service proxy against its anchors, in one run on loopback.
+//!
+//! Same backend (nginx with one worker if installed, else the built-in Rust HTTP server on a
+//! one-worker runtime), same `wrk` settings, three targets: direct to the backend (the limit),
+//! through HAProxy (TCP mode, `nbthread 1`, config shaped like shared/anchors/haproxy.cfg) and
+//! through the Berth proxy (in-process, on a one-worker tokio runtime for fairness). Both
+//! keep-alive and `Connection: close` (a new connection per request). Prints req/s and p99 for
+//! each and the ratios vs HAProxy and vs direct.
+//!
+//! Tools come from Debian: `apt-get install -y wrk haproxy nginx` (bench/setup.sh). A missing
+//! tool is reported and its rows skipped; without wrk nothing can be measured (exit code 2).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use berth_agent::proxy::{Proxy, ProxyConfig, ProxyHandle, ServiceBackends, ServiceMetrics};
+use berth_bench::http_backend;
+use berth_bench::procs::{self, ChildGuard};
+use berth_bench::runtime_thread::RuntimeThread;
+use berth_bench::wrk::{self, WrkResult, WrkSettings};
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "proxy-bench",
+    about = "Berth Service proxy vs direct vs HAProxy (wrk, loopback)"
+)]
+struct Args {
+    /// Seconds per measured wrk run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// wrk connections (-c).
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// wrk threads (-t).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Seconds of unmeasured warm-up against each target before its run (0: none).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Backend server: nginx when installed (auto), or the built-in Rust server.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Worker threads of the Berth proxy's runtime (HAProxy runs with nbthread 1).
+    #[arg(long, default_value_t = 1)]
+    proxy_workers: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendChoice {
+    Auto,
+    Nginx,
+    Rust,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("proxy-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Tools {
+    wrk: Option<PathBuf>,
+    haproxy: Option<PathBuf>,
+    nginx: Option<PathBuf>,
+}
+
+fn run(args: &Args) -> Result<ExitCode> {
+    let tools = Tools {
+        wrk: procs::find_tool("wrk"),
+        haproxy: procs::find_tool("haproxy"),
+        nginx: procs::find_tool("nginx"),
+    };
+    for (name, path, consequence) in [
+        ("wrk", &tools.wrk, "nothing can be measured"),
+        ("haproxy", &tools.haproxy, "the HAProxy rows are skipped"),
+        (
+            "nginx",
+            &tools.nginx,
+            "the built-in Rust HTTP server is the backend",
+        ),
+    ] {
+        match path {
+            Some(p) => println!("tool {name:8} {}", p.display()),
+            None => println!(
+                "tool {name:8} MISSING: {consequence} (install: apt-get update && apt-get install -y {name}, or bench/setup.sh)"
+            ),
+        }
+    }
+    let Some(wrk_path) = tools.wrk.clone() else {
+        eprintln!("proxy-bench: wrk is not installed; install it with `apt-get install -y wrk`");
+        return Ok(ExitCode::from(2));
+    };
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+
+    // The backend, shared by all three targets.
+    let mut _nginx: Option<ChildGuard> = None;
+    let mut _rust_backend = None;
+    let use_nginx = match args.backend {
+        BackendChoice::Auto => tools.nginx.is_some(),
+        BackendChoice::Nginx => {
+            if tools.nginx.is_none() {
+                anyhow::bail!(
+                    "--backend nginx, but nginx is not installed (apt-get install -y nginx)"
+                );
+            }
+            true
+        }
+        BackendChoice::Rust => false,
+    };
+    let (backend, backend_desc) = match (&tools.nginx, use_nginx) {
+        (Some(nginx), true) => {
+            let addr = SocketAddr::new(LOCALHOST, procs::free_port()?);
+            _nginx = Some(procs::start_nginx(nginx, dir.path(), addr)?);
+            (addr, "nginx, 1 worker process".to_string())
+        }
+        _ => {
+            let b = http_backend::start(1)?;
+            let addr = b.addr;
+            _rust_backend = Some(b);
+            (
+                addr,
+                "built-in Rust HTTP/1.1 server, 1-worker tokio runtime".to_string(),
+            )
+        }
+    };
+
+    let mut _haproxy: Option<ChildGuard> = None;
+    let haproxy_addr = match &tools.haproxy {
+        Some(h) => {
+            let addr = SocketAddr::new(LOCALHOST, procs::free_port()?);
+            _haproxy = Some(procs::start_haproxy(h, dir.path(), addr, &[backend])?);
+            Some(addr)
+        }
+        None => None,
+    };
+
+    let (berth_addr, berth_handle, _berth_rt) = start_berth(backend, args.proxy_workers)?;
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "backend: {backend_desc} on {backend}; HAProxy: TCP mode, nbthread 1; Berth proxy: in-process, {} worker thread(s); {cpus} CPUs",
+        args.proxy_workers
+    );
+
+    let targets: [(&str, Option<SocketAddr>); 3] = [
+        ("direct", Some(backend)),
+        ("haproxy", haproxy_addr),
+        ("berth", Some(berth_addr)),
+    ];
+    let mut rows = Vec::new();
+    for close in [false, true] {
+        let settings = WrkSettings {
+            threads: args.threads,
+            connections: args.connections,
+            duration: Duration::from_secs(args.duration),
+            close,
+        };
+        println!("running: {}", settings.display("http://127.0.0.1:PORT/"));
+        let mut results: Vec<(&str, Option<Result<WrkResult>>)> = Vec::new();
+        for (name, addr) in targets {
+            let Some(addr) = addr else {
+                results.push((name, None));
+                continue;
+            };
+            let url = format!("http://{addr}/");
+            if args.warmup > 0 {
+                let warm = WrkSettings {
+                    duration: Duration::from_secs(args.warmup),
+                    ..settings.clone()
+                };
+                let _ = wrk::run(&wrk_path, &warm, &url);
+            }
+            results.push((name, Some(wrk::run(&wrk_path, &settings, &url))));
+        }
+        rows.push((if close { "close" } else { "keep-alive" }, results));
+    }
+
+    print_table(&rows);
+    if let Some(m) = berth_metrics(&berth_handle) {
+        println!(
+            "berth proxy counters: connections {} (active {}), bytes in {} / out {}, no-backend {}, connect errors {}, failed {}",
+            m.connections_total,
+            m.connections_active,
+            m.bytes_in,
+            m.bytes_out,
+            m.no_backend_errors,
+            m.connect_errors,
+            m.failed_connections
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Runs the Berth proxy on its own runtime and configures one Service to `backend`.
+fn start_berth(
+    backend: SocketAddr,
+    workers: usize,
+) -> Result<(SocketAddr, ProxyHandle, RuntimeThread)> {
+    let (proxy, handle) = Proxy::new(ProxyConfig::default());
+    let rt = RuntimeThread::start("berth-proxy", workers, move |stop| async move {
+        let task = tokio::spawn(proxy.run(stop.clone()));
+        let _ = task.await;
+    })?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut last_err = None;
+    for _ in 0..5 {
+        let port = procs::free_port()?;
+        let svc = ServiceBackends {
+            namespace: "bench".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            node_port: port,
+            listen_addrs: vec![LOCALHOST],
+            backends: vec![backend],
+        };
+        match control.block_on(handle.set_services(vec![svc])) {
+            Ok(()) => return Ok((SocketAddr::new(LOCALHOST, port), handle, rt)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "could not start the Berth proxy: {}",
+        last_err.map_or_else(|| "unknown".to_string(), |e| e.to_string())
+    ))
+}
+
+fn berth_metrics(handle: &ProxyHandle) -> Option<ServiceMetrics> {
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    control.block_on(handle.metrics()).ok()?.into_iter().next()
+}
+
+type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<WrkResult>>)>)>;
+
+fn print_table(rows: &Rows<'_>) {
+    println!();
+    println!(
+        "{:<11} {:<8} {:>10} {:>10} {:>7} {:>13} {:>12} {:>13}",
+        "mode", "target", "req/s", "p99", "errors", "req/s÷HAProxy", "req/s÷direct", "p99÷HAProxy"
+    );
+    for (mode, results) in rows {
+        let ok = |name: &str| {
+            results.iter().find_map(|(n, r)| match r {
+                Some(Ok(r)) if *n == name => Some(r.clone()),
+                _ => None,
+            })
+        };
+        let direct = ok("direct");
+        let haproxy = ok("haproxy");
+        for (name, r) in results {
+            match r {
+                None => println!(
+                    "{mode:<11} {name:<8} missing: {name} is not installed (apt-get install -y {name})"
+                ),
+                Some(Err(e)) => println!("{mode:<11} {name:<8} FAILED: {e:#}"),
+                Some(Ok(r)) => {
+                    let ratio = |base: &Option<WrkResult>, f: fn(&WrkResult) -> f64| {
+                        base.as_ref()
+                            .map_or("n/a".to_string(), |b| format!("{:.2}x", f(r) / f(b)))
+                    };
+                    println!(
+                        "{:<11} {:<8} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>13}",
+                        mode,
+                        name,
+                        r.requests_per_sec,
+                        format!("{:.2}ms", r.p99.as_secs_f64() * 1e3),
+                        r.errors,
+                        ratio(&haproxy, |w| w.requests_per_sec),
+                        ratio(&direct, |w| w.requests_per_sec),
+                        ratio(&haproxy, |w| w.p99.as_secs_f64()),
+                    );
+                }
+            }
+        }
+    }
+    println!();
+}
