@@ -315,7 +315,11 @@ impl Cluster {
     /// Host index of the member with raft id `id`, from a status's member list.
     fn host_of(&self, st: &ClusterStatusResponse, id: u64) -> Option<usize> {
         let m = st.members.iter().find(|m| m.id == id)?;
-        (0..self.net.hosts.len()).find(|&i| m.address == self.api_addr(i))
+        let addr = m
+            .address
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        (0..self.net.hosts.len()).find(|&i| addr == self.api_addr(i))
     }
 
     /// The leader all of `among` agree on (host index), or why there is none.

@@ -15,6 +15,19 @@ pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
 
+/// `$PATH` with the berth binary's directory first, as on a machine where berth is installed
+/// (the example manifests run `berth demo-server` on the process runtime).
+pub fn path_with_berth() -> String {
+    let dir = std::path::Path::new(berth_bin())
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    match std::env::var("PATH") {
+        Ok(p) if !p.is_empty() => format!("{dir}:{p}"),
+        _ => format!("{dir}:/usr/local/bin:/usr/bin:/bin"),
+    }
+}
+
 #[derive(Debug)]
 pub struct Proc {
     pub name: String,
@@ -67,6 +80,7 @@ impl Proc {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns, &self.program])
             .args(&self.args)
+            .env("PATH", path_with_berth())
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_string()),
