@@ -3,8 +3,17 @@
 //! Main parts:
 //! - [`raft`]: consensus (raft-rs driven by one task), log and snapshots in sled.
 //! - [`store`]: the revisioned object store, the raft state machine, with the watch hub.
+//! - [`service`]: the gRPC `Api` service (validation, forwarding to the leader, watches).
+//! - [`status`]: the one mapping of errors to gRPC codes.
+//! - [`server`]: the process: [`ServerArgs`], [`run`], [`start`] / [`ServerHandle`].
 //!
-//! Data flow of a write: gRPC request -> validate -> raft propose -> commit -> `Store::apply`
-//! on every member -> watch events. Reads go through `read_index` then the local store.
+//! Data flow of a write: gRPC request -> validate -> raft propose (forwarded to the leader by
+//! followers) -> commit -> `Store::apply` on every member -> watch events. Reads go through
+//! `read_index` then the local store.
 pub mod raft;
+pub mod server;
+pub mod service;
+pub mod status;
 pub mod store;
+
+pub use server::{run, start, ServerArgs, ServerError, ServerHandle};

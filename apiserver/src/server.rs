@@ -1,0 +1,426 @@
+//! The server process: data dir, sled, raft member, Api + Raft gRPC services on one port.
+//!
+//! [`run`] is what `berth server` calls; [`start`] returns a [`ServerHandle`] (bound address,
+//! raft handle, store) for tests and `berth dev`.
+//!
+//! Start-up: create the data dir (0700) -> open sled `DIR/db` -> bind the listener (so
+//! `--listen 127.0.0.1:0` works and the address is known) -> decide the member id:
+//! - the data dir already has an id: restart (`--init` / `--join` are ignored);
+//! - `--init`: id 1, new single-member cluster;
+//! - `--join HOST:PORT`: ask that server's `Join` rpc (forwarded to the leader), which adds
+//!   this address as a member and returns our id; the id is persisted BEFORE raft starts.
+//!
+//! Shutdown: cancel -> watch streams end -> tonic drains connections -> the raft task stops
+//! -> sled is flushed and dropped (so the same process can reopen the data dir).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::pb::{self, api_client::ApiClient, api_server::ApiServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::raft::{Bootstrap, RaftConfig, RaftError, RaftHandle, RaftNode};
+use crate::service::{ApiConfig, ApiService, MAX_REQUEST_BYTES};
+use crate::store::{NodePortRange, Store, StoreConfig, StoreError};
+
+/// Flags of `berth server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Where this member keeps its state (default ~/.berth/server).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve the API and raft traffic on (port 0 = any free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7440")]
+    pub listen: String,
+    /// Address other members and clients reach this server at (default: the bound address).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Create a new cluster with this server as its first member.
+    #[arg(long, conflicts_with = "join")]
+    pub init: bool,
+    /// Join the cluster that the server at HOST:PORT belongs to.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// Range Service node ports are allocated from.
+    #[arg(long, value_name = "LOW-HIGH", default_value = "30000-32767")]
+    pub node_port_range: NodePortRange,
+    /// Snapshot the store and compact the raft log after this many applied entries.
+    #[arg(long, value_name = "ENTRIES", default_value_t = 10_000)]
+    pub snapshot_threshold: u64,
+    /// Interval of watch BOOKMARK events, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5_000, hide = true)]
+    pub watch_bookmark_ms: u64,
+    /// Raft tick in milliseconds (election timeout is 10-20 ticks).
+    #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
+    pub raft_tick_ms: u64,
+}
+
+impl ServerArgs {
+    /// Defaults as the CLI would give them, for a data dir.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerArgs {
+        ServerArgs {
+            data_dir: Some(data_dir.into()),
+            listen: "127.0.0.1:7440".to_string(),
+            advertise: None,
+            init: false,
+            join: None,
+            node_port_range: NodePortRange::default(),
+            snapshot_threshold: 10_000,
+            watch_bookmark_ms: 5_000,
+            raft_tick_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot determine the default data dir: HOME is not set; pass --data-dir")]
+    NoHome,
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database in {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "data dir {0} holds no cluster state: pass --init to create a cluster, or --join HOST:PORT \
+         to join one"
+    )]
+    NoClusterState(PathBuf),
+    #[error("joining the cluster via {target} failed: {message}")]
+    Join { target: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error("serving gRPC failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// A running server. Drop without `shutdown()` leaves tasks running until the runtime ends.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    advertise: String,
+    raft: RaftHandle,
+    store: Arc<Store>,
+    db: sled::Db,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), ServerError>>,
+    watch_tasks: tokio_util::task::TaskTracker,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The address this member advertises to the cluster.
+    pub fn advertise_addr(&self) -> &str {
+        &self.advertise
+    }
+    pub fn id(&self) -> u64 {
+        self.raft.id()
+    }
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+    /// The current leader id (None during elections); leader-only loops follow this.
+    pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.raft.leader_watch()
+    }
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// Wait until a server task ends on its own (an error, or the token was cancelled).
+    pub async fn wait(&mut self) -> Result<(), ServerError> {
+        match self.tasks.join_next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(ServerError::Task(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop serving, stop raft, flush and close the database.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        self.watch_tasks.close();
+        let mut first_err = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+                Ok(Some(Ok(Ok(())))) => {}
+                Ok(Some(Ok(Err(e)))) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(Some(Err(e))) => {
+                    first_err.get_or_insert(ServerError::Task(e.to_string()));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("server tasks did not stop in time; aborting them");
+                    self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.watch_tasks.wait()).await;
+        if let Err(e) = self.store.flush() {
+            first_err.get_or_insert(e.into());
+        }
+        if let Err(e) = self.db.flush_async().await {
+            tracing::warn!(error = %e, "flushing the database failed");
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn data_dir(args: &ServerArgs) -> Result<PathBuf, ServerError> {
+    match &args.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let home = std::env::var_os("HOME").ok_or(ServerError::NoHome)?;
+            Ok(PathBuf::from(home).join(".berth").join("server"))
+        }
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Open sled, retrying briefly while a previous instance in this process releases its lock.
+async fn open_db(path: &Path) -> Result<sled::Db, ServerError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("lock"))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(source) => {
+                return Err(ServerError::Db {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+const SERVER_META_TREE: &str = "server_meta";
+const MEMBER_ID_KEY: &[u8] = b"member_id";
+
+fn stored_id(db: &sled::Db, path: &Path) -> Result<Option<u64>, ServerError> {
+    let dberr = |source| ServerError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tree = db.open_tree(SERVER_META_TREE).map_err(dberr)?;
+    Ok(tree
+        .get(MEMBER_ID_KEY)
+        .map_err(dberr)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+fn store_id(db: &sled::Db, path: &Path, id: u64) -> Result<(), ServerError> {
+    let dberr = |source| ServerError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tree = db.open_tree(SERVER_META_TREE).map_err(dberr)?;
+    tree.insert(MEMBER_ID_KEY, &id.to_be_bytes())
+        .map_err(dberr)?;
+    tree.flush().map_err(dberr)?;
+    Ok(())
+}
+
+/// Ask the cluster at `target` to add `advertise` as a member; retried for a while because the
+/// target may be starting or electing a leader.
+async fn join_cluster(target: &str, advertise: &str) -> Result<pb::JoinResponse, ServerError> {
+    let err = |message: String| ServerError::Join {
+        target: target.to_string(),
+        message,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let mut client = ApiClient::connect(format!("http://{target}"))
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
+            client
+                .join(pb::JoinRequest {
+                    address: advertise.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| (s.code(), s.message().to_string()))
+                .map_err(|(code, msg)| match code {
+                    tonic::Code::InvalidArgument => format!("fatal: {msg}"),
+                    _ => msg,
+                })
+        };
+        match attempt.await {
+            Ok(r) => return Ok(r),
+            Err(m) if m.starts_with("fatal: ") => return Err(err(m)),
+            Err(m) => last = m,
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(err(last))
+}
+
+/// Start a server and return once it is serving.
+pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
+    let dir = data_dir(&args)?;
+    create_private_dir(&dir)?;
+    let db_path = dir.join("db");
+    let db = open_db(&db_path).await?;
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: args.listen.clone(),
+        source,
+    })?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+
+    let (id, bootstrap) = match stored_id(&db, &db_path)? {
+        Some(id) => {
+            tracing::info!(id, data_dir = %dir.display(), "restarting raft member from its data dir");
+            (id, Bootstrap::Join { peers: Vec::new() })
+        }
+        None if args.init => {
+            store_id(&db, &db_path, 1)?;
+            (1, Bootstrap::NewCluster)
+        }
+        None => match &args.join {
+            Some(target) => {
+                let resp = join_cluster(target, &advertise).await?;
+                store_id(&db, &db_path, resp.id)?;
+                tracing::info!(id = resp.id, via = %target, "joined the cluster");
+                let peers = resp
+                    .members
+                    .iter()
+                    .filter(|m| m.id != resp.id)
+                    .map(|m| (m.id, m.address.clone()))
+                    .collect();
+                (resp.id, Bootstrap::Join { peers })
+            }
+            None => return Err(ServerError::NoClusterState(dir)),
+        },
+    };
+
+    let store = Arc::new(Store::open(&db, StoreConfig::default())?);
+    let mut raft_cfg = RaftConfig::new(id, advertise.clone(), db.clone());
+    raft_cfg.bootstrap = bootstrap;
+    raft_cfg.compaction_threshold = args.snapshot_threshold.max(1);
+    raft_cfg.snapshot_catchup_entries = (args.snapshot_threshold / 2).min(1_000);
+    raft_cfg.tick = Duration::from_millis(args.raft_tick_ms.max(1));
+    let (node, raft) = RaftNode::new(raft_cfg, store.clone())?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move { node.run(token).await.map_err(ServerError::from) });
+    }
+    let api = ApiService::new(
+        store.clone(),
+        raft.clone(),
+        ApiConfig {
+            node_ports: args.node_port_range,
+            bookmark_interval: Duration::from_millis(args.watch_bookmark_ms.max(10)),
+        },
+        shutdown.clone(),
+    );
+    let watch_tasks = api.watch_tasks();
+    let router = tonic::transport::Server::builder()
+        .add_service(raft.raft_service())
+        .add_service(
+            ApiServer::new(api)
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(usize::MAX),
+        );
+    {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    token.cancelled_owned(),
+                )
+                .await
+                .map_err(ServerError::from)
+        });
+    }
+    tracing::info!(id, %addr, advertise = %advertise, "berth server listening");
+    Ok(ServerHandle {
+        addr,
+        advertise,
+        raft,
+        store,
+        db,
+        shutdown,
+        tasks,
+        watch_tasks,
+    })
+}
+
+/// Run a server until `shutdown` is cancelled (or a server task fails).
+pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let mut handle = start(args).await?;
+    let res = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = handle.wait() => r,
+    };
+    let stopped = handle.shutdown().await;
+    res.and(stopped)
+}

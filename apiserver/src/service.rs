@@ -1,0 +1,699 @@
+//! The gRPC `Api` service (berth.v1.Api): requests in, raft proposals and store reads out.
+//!
+//! Writes: decode + validate the object (an invalid object never reaches raft), build a
+//! [`Command`] (uid and timestamp chosen here), `propose` it. A follower forwards the original
+//! request to the leader over a cached client, marked with `berth-forwarded` so it is never
+//! forwarded twice (a forwarded request that meets a non-leader answers UNAVAILABLE with the
+//! leader's address in `berth-leader`, and the client retries). While no leader is known
+//! (election), writes wait up to [`LEADER_WAIT`].
+//!
+//! Reads: `read_index` (linearizable, also on followers) then the local store. Watches are
+//! served from the local store's history; each stream is one task in a `TaskTracker` that ends
+//! on client disconnect, error or server shutdown, and sends a BOOKMARK every
+//! `bookmark_interval`. Error codes: see [`crate::status`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::pb::{self, api_client::ApiClient, api_server::Api};
+use berth_proto::selector::Selector;
+use berth_proto::{DynObject, Kind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::raft::{MemberInfo, RaftError, RaftHandle};
+use crate::status::{from_raft, from_store, invalid};
+use crate::store::{
+    ApplyOutcome, Command, NodePortRange, ObjectKey, Op, OpResult, Reply, Store, StoreError,
+    WatchEvent, WatchEventType, WatchFilter,
+};
+
+/// gRPC request size limit (objects are limited further by the store).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// How long a write waits for a leader to be elected before answering UNAVAILABLE.
+pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// Marks a request a follower forwarded to the leader.
+pub const FORWARDED_METADATA: &str = "berth-forwarded";
+/// Events sent per wake-up of a watch stream.
+const WATCH_BATCH: usize = 256;
+
+/// Settings of the Api service.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub node_ports: NodePortRange,
+    pub bookmark_interval: Duration,
+}
+
+/// The `Api` implementation. Construct with [`ApiService::new`], mount with
+/// `pb::api_server::ApiServer::new(svc)`.
+pub struct ApiService {
+    store: Arc<Store>,
+    raft: RaftHandle,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+    watches: TaskTracker,
+    leaders: Mutex<HashMap<String, ApiClient<Channel>>>,
+}
+
+/// Where a write goes when this member cannot propose it.
+enum Route {
+    Leader(ApiClient<Channel>),
+    Fail(Status),
+}
+
+impl From<Status> for Route {
+    fn from(s: Status) -> Route {
+        Route::Fail(s)
+    }
+}
+
+fn forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED_METADATA)
+}
+
+fn mark_forwarded<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert(
+        FORWARDED_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    r
+}
+
+fn to_json(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse_kind(s: &str) -> Result<Kind, Status> {
+    Kind::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "unknown kind {s:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, \
+             Node, Event)"
+        ))
+    })
+}
+
+fn parse_key(key: Option<pb::ObjectKey>) -> Result<ObjectKey, Status> {
+    let key = key.ok_or_else(|| invalid("request has no key"))?;
+    let kind = parse_kind(&key.kind)?;
+    if key.name.is_empty() {
+        return Err(invalid(format!("{kind}: a name is required")));
+    }
+    Ok(ObjectKey::new(kind, &key.namespace, &key.name))
+}
+
+fn parse_selector(s: &str) -> Result<Selector, Status> {
+    Selector::parse(s).map_err(|e| invalid(e.to_string()))
+}
+
+fn pb_members(members: &[MemberInfo], leader: Option<u64>) -> Vec<pb::Member> {
+    members
+        .iter()
+        .map(|m| pb::Member {
+            id: m.id,
+            address: m.address.clone(),
+            is_leader: leader == Some(m.id),
+            matched: m.matched.unwrap_or(0),
+            reachable: m.reachable.unwrap_or(false),
+        })
+        .collect()
+}
+
+fn pb_event(ev: &WatchEvent) -> pb::WatchEvent {
+    let t = match ev.event_type {
+        WatchEventType::Added => pb::EventType::Added,
+        WatchEventType::Modified => pb::EventType::Modified,
+        WatchEventType::Deleted => pb::EventType::Deleted,
+        WatchEventType::Bookmark => pb::EventType::Bookmark,
+    };
+    pb::WatchEvent {
+        r#type: t as i32,
+        object: ev.object.as_deref().map(to_json).unwrap_or_default(),
+        revision: ev.revision,
+    }
+}
+
+fn one(results: Vec<OpResult>) -> Result<crate::store::OpOutput, Status> {
+    match results.into_iter().next() {
+        Some(Ok(out)) => Ok(out),
+        Some(Err(e)) => Err(from_store(&e)),
+        None => Err(Status::internal("the store returned no result")),
+    }
+}
+
+impl ApiService {
+    pub fn new(
+        store: Arc<Store>,
+        raft: RaftHandle,
+        config: ApiConfig,
+        shutdown: CancellationToken,
+    ) -> ApiService {
+        ApiService {
+            store,
+            raft,
+            config,
+            shutdown,
+            watches: TaskTracker::new(),
+            leaders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tracker of watch-stream tasks (closed and awaited on shutdown).
+    pub fn watch_tasks(&self) -> TaskTracker {
+        self.watches.clone()
+    }
+
+    /// Decode, schema-check, validate and size-check an object from a request.
+    fn decode_object(&self, bytes: &[u8]) -> Result<DynObject, Status> {
+        let limit = self.store.config().max_object_bytes;
+        if bytes.len() > limit {
+            return Err(from_store(&StoreError::TooLarge {
+                what: "the object".to_string(),
+                size: bytes.len(),
+                limit,
+            }));
+        }
+        let obj = DynObject::from_json(bytes).map_err(|e| invalid(e.to_string()))?;
+        let errors = berth_proto::validate::validate(&obj);
+        if !errors.is_empty() {
+            let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(invalid(format!(
+                "invalid {} {:?}: {}",
+                obj.kind,
+                obj.name(),
+                list.join("; ")
+            )));
+        }
+        Ok(obj)
+    }
+
+    fn client_for(&self, addr: &str) -> Result<ApiClient<Channel>, Status> {
+        let mut cache = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3));
+        let client = ApiClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(MAX_REQUEST_BYTES);
+        cache.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Wait (bounded by `deadline`) until some leader is known.
+    async fn wait_for_leader(&self, deadline: Instant) -> bool {
+        let mut w = self.raft.leader_watch();
+        loop {
+            if w.borrow_and_update().is_some() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, w.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// What to do on NotLeader: forward (if the leader is known and we may), wait, or fail.
+    async fn on_not_leader(
+        &self,
+        err: RaftError,
+        is_forwarded: bool,
+        deadline: Instant,
+    ) -> Result<(), Route> {
+        if let RaftError::NotLeader {
+            leader_id,
+            leader_addr: Some(addr),
+        } = &err
+        {
+            if *leader_id != Some(self.raft.id()) {
+                if is_forwarded {
+                    return Err(Route::Fail(from_raft(&err)));
+                }
+                return Err(Route::Leader(self.client_for(addr)?));
+            }
+        }
+        if Instant::now() >= deadline || !self.wait_for_leader(deadline).await {
+            return Err(Route::Fail(from_raft(&err)));
+        }
+        // A leader appeared (maybe us): short pause so its address is in the member list.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+
+    /// Propose `ops` as one raft entry (or dry-run them locally).
+    async fn write(
+        &self,
+        ops: Vec<Op>,
+        dry_run: bool,
+        is_forwarded: bool,
+    ) -> Result<Vec<OpResult>, Route> {
+        let cmd = Command {
+            ops,
+            now: chrono::Utc::now(),
+            node_ports: self.config.node_ports,
+        };
+        if dry_run {
+            return Ok(self.store.dry_run(cmd).results);
+        }
+        let data = cmd.encode();
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.raft.propose(data.clone()).await {
+                Ok(bytes) => {
+                    return Reply::decode(&bytes)
+                        .map(|r| r.results)
+                        .map_err(|e| Route::Fail(from_store(&e)));
+                }
+                Err(e @ RaftError::NotLeader { .. }) => {
+                    self.on_not_leader(e, is_forwarded, deadline).await?;
+                }
+                // Lost to a leadership change before it was committed: safe to retry.
+                Err(RaftError::Dropped) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(Route::Fail(from_raft(&e))),
+            }
+        }
+    }
+
+    /// Membership changes: run on the leader, waiting out elections like writes.
+    async fn on_leader<T, F, Fut>(&self, is_forwarded: bool, f: F) -> Result<T, Route>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RaftError>>,
+    {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e @ RaftError::NotLeader { .. }) => {
+                    self.on_not_leader(e, is_forwarded, deadline).await?;
+                }
+                Err(RaftError::ConfChangeInProgress) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Route::Fail(from_raft(&e))),
+            }
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            match self.raft.read_index().await {
+                Ok(()) => return Ok(()),
+                // No leader to confirm the read with yet: wait for an election.
+                Err(e @ (RaftError::NotLeader { .. } | RaftError::Dropped)) => {
+                    if Instant::now() >= deadline || !self.wait_for_leader(deadline).await {
+                        return Err(from_raft(&e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(from_raft(&e)),
+            }
+        }
+    }
+
+    fn new_uid() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn op_create(&self, bytes: &[u8]) -> Result<Op, Status> {
+        Ok(Op::Create {
+            object: self.decode_object(bytes)?.value,
+            uid: Self::new_uid(),
+        })
+    }
+    fn op_update(&self, bytes: &[u8]) -> Result<Op, Status> {
+        Ok(Op::Update {
+            object: self.decode_object(bytes)?.value,
+        })
+    }
+    fn op_update_status(&self, bytes: &[u8]) -> Result<Op, Status> {
+        Ok(Op::UpdateStatus {
+            object: self.decode_object(bytes)?.value,
+        })
+    }
+    fn op_apply(&self, bytes: &[u8]) -> Result<Op, Status> {
+        Ok(Op::Apply {
+            object: self.decode_object(bytes)?.value,
+            uid: Self::new_uid(),
+        })
+    }
+    fn op_delete(&self, r: &pb::DeleteRequest) -> Result<Op, Status> {
+        Ok(Op::Delete {
+            key: parse_key(r.key.clone())?,
+            resource_version: r.resource_version,
+        })
+    }
+
+    fn op_of_batch(&self, op: &pb::BatchOp) -> Result<Op, Status> {
+        use pb::batch_op::Op as B;
+        match &op.op {
+            Some(B::Create(r)) => self.op_create(&r.object),
+            Some(B::Update(r)) => self.op_update(&r.object),
+            Some(B::UpdateStatus(r)) => self.op_update_status(&r.object),
+            Some(B::Delete(r)) => self.op_delete(r),
+            Some(B::Apply(r)) => self.op_apply(&r.object),
+            None => Err(invalid("batch op has no operation")),
+        }
+    }
+}
+
+/// Run one write rpc: build the op, propose, or forward the original request to the leader.
+macro_rules! write_rpc {
+    ($self:ident, $req:ident, $method:ident, |$r:ident| $op:expr, $dry:expr, |$out:ident| $resp:expr) => {{
+        let is_fwd = forwarded(&$req);
+        let $r = $req.into_inner();
+        let op = $op?;
+        match $self.write(vec![op], $dry, is_fwd).await {
+            Ok(results) => {
+                let $out = one(results)?;
+                Ok(Response::new($resp))
+            }
+            Err(Route::Fail(s)) => Err(s),
+            Err(Route::Leader(mut client)) => client.$method(mark_forwarded($r)).await,
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl Api for ApiService {
+    async fn create(
+        &self,
+        req: Request<pb::CreateRequest>,
+    ) -> Result<Response<pb::ObjectResponse>, Status> {
+        write_rpc!(
+            self,
+            req,
+            create,
+            |r| self.op_create(&r.object),
+            r.dry_run,
+            |out| {
+                pb::ObjectResponse {
+                    object: to_json(&out.object),
+                }
+            }
+        )
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::ObjectResponse>, Status> {
+        write_rpc!(
+            self,
+            req,
+            update,
+            |r| self.op_update(&r.object),
+            r.dry_run,
+            |out| {
+                pb::ObjectResponse {
+                    object: to_json(&out.object),
+                }
+            }
+        )
+    }
+
+    async fn update_status(
+        &self,
+        req: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::ObjectResponse>, Status> {
+        write_rpc!(
+            self,
+            req,
+            update_status,
+            |r| self.op_update_status(&r.object),
+            r.dry_run,
+            |out| pb::ObjectResponse {
+                object: to_json(&out.object),
+            }
+        )
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        write_rpc!(
+            self,
+            req,
+            apply,
+            |r| self.op_apply(&r.object),
+            r.dry_run,
+            |out| {
+                let outcome = match out.outcome {
+                    Some(ApplyOutcome::Created) | None => pb::ApplyOutcome::Created,
+                    Some(ApplyOutcome::Configured) => pb::ApplyOutcome::Configured,
+                    Some(ApplyOutcome::Unchanged) => pb::ApplyOutcome::Unchanged,
+                };
+                pb::ApplyResponse {
+                    object: to_json(&out.object),
+                    outcome: outcome as i32,
+                }
+            }
+        )
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::ObjectResponse>, Status> {
+        write_rpc!(self, req, delete, |r| self.op_delete(&r), false, |out| {
+            pb::ObjectResponse {
+                object: to_json(&out.object),
+            }
+        })
+    }
+
+    async fn batch(
+        &self,
+        req: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchResponse>, Status> {
+        let is_fwd = forwarded(&req);
+        let r = req.into_inner();
+        // Ops that fail validation get their error without reaching raft; the rest are
+        // proposed together as one entry.
+        let prepared: Vec<Result<Op, Status>> = r.ops.iter().map(|o| self.op_of_batch(o)).collect();
+        let valid: Vec<Op> = prepared
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
+        let mut committed = if valid.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            match self.write(valid, false, is_fwd).await {
+                Ok(results) => results.into_iter(),
+                Err(Route::Fail(s)) => return Err(s),
+                Err(Route::Leader(mut client)) => return client.batch(mark_forwarded(r)).await,
+            }
+        };
+        let results = prepared
+            .into_iter()
+            .map(|p| {
+                let res = match p {
+                    Err(s) => Err(s),
+                    Ok(_) => match committed.next() {
+                        Some(Ok(out)) => Ok(out),
+                        Some(Err(e)) => Err(from_store(&e)),
+                        None => Err(Status::internal("the store returned too few results")),
+                    },
+                };
+                match res {
+                    Ok(out) => pb::BatchResult {
+                        code: 0,
+                        message: String::new(),
+                        object: to_json(&out.object),
+                    },
+                    Err(s) => pb::BatchResult {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                        object: Vec::new(),
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchResponse { results }))
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::ObjectResponse>, Status> {
+        let key = parse_key(req.into_inner().key)?;
+        self.read_barrier().await?;
+        let obj = self.store.get(&key).map_err(|e| from_store(&e))?;
+        Ok(Response::new(pb::ObjectResponse {
+            object: to_json(&obj),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let kind = parse_kind(&r.kind)?;
+        let selector = parse_selector(&r.label_selector)?;
+        self.read_barrier().await?;
+        let ns = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
+        let (items, revision) = self
+            .store
+            .list(kind, ns, &selector)
+            .map_err(|e| from_store(&e))?;
+        Ok(Response::new(pb::ListResponse {
+            objects: items.iter().map(|v| to_json(v)).collect(),
+            revision,
+        }))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        let kind = if r.kind.is_empty() {
+            None
+        } else {
+            Some(parse_kind(&r.kind)?)
+        };
+        let filter = WatchFilter {
+            kind,
+            namespace: (!r.namespace.is_empty()).then(|| match kind {
+                Some(k) => crate::store::normalize_namespace(k, &r.namespace),
+                None => r.namespace.clone(),
+            }),
+            selector: parse_selector(&r.label_selector)?,
+        };
+        let (initial, mut watcher) = self
+            .store
+            .watch(r.from_revision, filter)
+            .map_err(|e| from_store(&e))?;
+        let (tx, rx) = mpsc::channel(64);
+        let shutdown = self.shutdown.clone();
+        let interval = self.config.bookmark_interval;
+        self.watches.spawn(async move {
+            // Send one item unless the client is gone or the server is stopping.
+            let send = |item: Result<pb::WatchEvent, Status>| {
+                let tx = tx.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    tokio::select! {
+                        r = tx.send(item) => r.is_ok(),
+                        _ = shutdown.cancelled() => false,
+                    }
+                }
+            };
+            for ev in &initial {
+                if !send(Ok(pb_event(ev))).await {
+                    return;
+                }
+            }
+            let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "server shutting down; resume the watch from the last revision on \
+                             another server",
+                        )));
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    r = watcher.next(WATCH_BATCH) => match r {
+                        Ok(evs) => {
+                            for ev in &evs {
+                                if !send(Ok(pb_event(ev))).await {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = send(Err(from_store(&e))).await;
+                            return;
+                        }
+                    },
+                    _ = tick.tick() => {
+                        if !send(Ok(pb_event(&watcher.bookmark()))).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let s = self.raft.status();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            id: s.id,
+            leader_id: s.leader_id.unwrap_or(0),
+            term: s.term,
+            commit_index: s.commit,
+            applied_index: s.applied,
+            revision: self.store.revision(),
+            members: pb_members(&s.members, s.leader_id),
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let is_fwd = forwarded(&req);
+        let r = req.into_inner();
+        if r.address.parse::<std::net::SocketAddr>().is_err()
+            && r.address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(invalid(format!(
+                "join address {:?} is not HOST:PORT",
+                r.address
+            )));
+        }
+        let address = r.address.clone();
+        match self
+            .on_leader(is_fwd, || self.raft.add_member(address.clone()))
+            .await
+        {
+            Ok((id, members)) => Ok(Response::new(pb::JoinResponse {
+                id,
+                members: pb_members(&members, self.raft.leader_id()),
+            })),
+            Err(Route::Fail(s)) => Err(s),
+            Err(Route::Leader(mut client)) => client.join(mark_forwarded(r)).await,
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let is_fwd = forwarded(&req);
+        let r = req.into_inner();
+        let id = r.id;
+        match self.on_leader(is_fwd, || self.raft.remove_member(id)).await {
+            Ok(_) => Ok(Response::new(pb::Empty {})),
+            Err(Route::Fail(s)) => Err(s),
+            Err(Route::Leader(mut client)) => client.remove_member(mark_forwarded(r)).await,
+        }
+    }
+}
