@@ -223,6 +223,20 @@ impl FieldPath {
         self.0.is_empty()
     }
 
+    /// The rest of this path after `prefix`, if it starts with `prefix`.
+    pub fn strip_prefix(&self, prefix: &FieldPath) -> Option<FieldPath> {
+        self.0
+            .strip_prefix(prefix.0.as_slice())
+            .map(|rest| FieldPath(rest.to_vec()))
+    }
+
+    /// This path followed by `rest`.
+    pub fn join(&self, rest: &FieldPath) -> FieldPath {
+        let mut v = self.0.clone();
+        v.extend(rest.0.iter().cloned());
+        FieldPath(v)
+    }
+
     pub fn parent(&self) -> Option<FieldPath> {
         if self.0.is_empty() {
             return None;
