@@ -640,8 +640,18 @@ impl SchemaError {
             }
         }
         if let Some(rest) = msg.strip_prefix("invalid type: ") {
-            if let Some((_, expected)) = rest.rsplit_once(", expected ") {
+            if let Some((found, expected)) = rest.rsplit_once(", expected ") {
                 let word = expected_word(expected);
+                // `value: true` or `version: 1.10` in YAML are not strings; say how to fix it.
+                let scalar = ["integer", "floating point", "boolean"]
+                    .iter()
+                    .any(|f| found.starts_with(f));
+                if word == "string" && scalar {
+                    return SchemaError::other(
+                        "expected string (put the value in quotes)",
+                        placeholder(word),
+                    );
+                }
                 return SchemaError::other(format!("expected {word}"), placeholder(word));
             }
         }
@@ -747,6 +757,8 @@ enum Frame {
         path: FieldPath,
         map: Map<String, Value>,
         key: Option<String>,
+        /// Mappings merged in with `<<: *base`; explicit keys win over them.
+        merges: Vec<Map<String, Value>>,
         anchor: usize,
         nodes_at_start: usize,
     },
@@ -760,6 +772,8 @@ struct DocBuilder {
     nodes: usize,
     root: Option<Value>,
     start_line: usize,
+    /// Line of the event being handled.
+    line: usize,
     error: Option<(usize, String)>,
 }
 
@@ -860,6 +874,7 @@ impl DocBuilder {
 
     fn event(&mut self, ev: YamlEvent<'_>, span: Span) {
         let line = span.start.line().max(1);
+        self.line = line;
         match ev {
             YamlEvent::Scalar(text, style, anchor, tag) => {
                 if !self.count(1, line) {
@@ -930,6 +945,7 @@ impl DocBuilder {
                             path,
                             map: Map::new(),
                             key: None,
+                            merges: Vec::new(),
                             anchor,
                             nodes_at_start,
                         }
@@ -944,11 +960,20 @@ impl DocBuilder {
                         ..
                     }) => (Value::Array(items), anchor, nodes_at_start),
                     Some(Frame::Map {
-                        map,
+                        mut map,
+                        merges,
                         anchor,
                         nodes_at_start,
                         ..
-                    }) => (Value::Object(map), anchor, nodes_at_start),
+                    }) => {
+                        // YAML merge keys: earlier merged mappings win over later ones.
+                        for m in merges {
+                            for (k, v) in m {
+                                map.entry(k).or_insert(v);
+                            }
+                        }
+                        (Value::Object(map), anchor, nodes_at_start)
+                    }
                     None => return,
                 };
                 if anchor > 0 {
@@ -966,6 +991,12 @@ impl DocBuilder {
     }
 
     fn key(&mut self, k: String, line: usize) {
+        if k == "<<" {
+            if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
+                *key = Some(k);
+            }
+            return;
+        }
         let dup = matches!(self.stack.last(), Some(Frame::Map { map, .. }) if map.contains_key(&k));
         if dup {
             self.fail(line, format!("duplicate key {k:?} in the same mapping"));
@@ -991,14 +1022,44 @@ impl DocBuilder {
     }
 
     fn push(&mut self, v: Value) {
-        match self.stack.last_mut() {
-            None => self.root = Some(v),
-            Some(Frame::Seq { items, .. }) => items.push(v),
-            Some(Frame::Map { map, key, .. }) => {
-                if let Some(k) = key.take() {
-                    map.insert(k, v);
-                }
+        let bad_merge = match self.stack.last_mut() {
+            None => {
+                self.root = Some(v);
+                false
             }
+            Some(Frame::Seq { items, .. }) => {
+                items.push(v);
+                false
+            }
+            Some(Frame::Map {
+                map, key, merges, ..
+            }) => match key.take() {
+                Some(k) if k == "<<" => match v {
+                    Value::Object(m) => {
+                        merges.push(m);
+                        false
+                    }
+                    Value::Array(items) if items.iter().all(Value::is_object) => {
+                        merges.extend(items.into_iter().filter_map(|i| match i {
+                            Value::Object(m) => Some(m),
+                            _ => None,
+                        }));
+                        false
+                    }
+                    _ => true,
+                },
+                Some(k) => {
+                    map.insert(k, v);
+                    false
+                }
+                None => false,
+            },
+        };
+        if bad_merge {
+            self.fail(
+                self.line,
+                "the merge key << needs a mapping or a list of mappings".into(),
+            );
         }
     }
 }

@@ -59,6 +59,14 @@ fn wrong_type_reports_file_line_and_path() {
         errors(&text),
         vec!["app.yaml:17: spec.template.spec.containers[0].image: expected string"]
     );
+    let text = GOOD_DEPLOYMENT.replace(
+        "          image: nginx:1.27\n",
+        "          image: nginx:1.27\n          env: [{name: DEBUG, value: true}]\n",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["app.yaml:18: spec.template.spec.containers[0].env[0].value: expected string (put the value in quotes)"]
+    );
     let text = GOOD_DEPLOYMENT.replace("replicas: 2", "replicas: 3000000000");
     assert_eq!(
         errors(&text),
@@ -533,4 +541,31 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn merge_keys_fill_in_without_overriding() {
+    let text = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports:
+    - &base {name: http, port: 80, protocol: TCP}
+    - <<: *base
+      name: admin
+      port: 81
+";
+    let objs = parse_manifest("app.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let s: Service = objs[0].to_typed().unwrap();
+    assert_eq!(s.spec.ports[1].name, "admin");
+    assert_eq!(s.spec.ports[1].port, 81);
+    assert_eq!(s.spec.ports[1].protocol.as_deref(), Some("TCP"));
+
+    let bad = text.replace("<<: *base", "<<: 3");
+    assert_eq!(
+        errors(&bad),
+        vec!["app.yaml:8: the merge key << needs a mapping or a list of mappings"]
+    );
 }
