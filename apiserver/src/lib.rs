@@ -15,5 +15,7 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use server::{run, start, ServerArgs, ServerError, ServerHandle};
