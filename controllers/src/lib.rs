@@ -15,3 +15,6 @@ pub mod endpoints;
 pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod run;
+
+pub use run::{run_controllers, run_while_leader, Config, Error};

@@ -91,12 +91,7 @@ fn toleration_for(pod: &Pod, key: &str, default: Duration) -> Option<Duration> {
         value: String::new(),
         effect: "NoExecute".into(),
     };
-    match pod
-        .spec
-        .tolerations
-        .iter()
-        .find(|t| tolerates(t, &taint))
-    {
+    match pod.spec.tolerations.iter().find(|t| tolerates(t, &taint)) {
         Some(t) => t
             .toleration_seconds
             .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),

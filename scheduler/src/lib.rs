@@ -16,3 +16,6 @@ pub mod snapshot;
 
 pub use schedule::{fit_error, schedule_batch, schedule_one, Decision, Outcome};
 pub use snapshot::{NodeInfo, Snapshot};
+pub mod run;
+
+pub use run::{run, Config};

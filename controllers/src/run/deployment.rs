@@ -1,0 +1,175 @@
+//! Deployment shell: Deployments (and the ReplicaSets they own) -> `deployment::plan` ->
+//! writes. The status (which carries the blue-green state) is written first, so a decision is
+//! recorded before it is acted on; every later action is re-derived from that state on the
+//! next pass if it fails.
+
+use std::sync::Arc;
+
+use berth_client::runtime::reflector::{self, Store};
+use berth_client::runtime::watcher;
+use berth_client::{Action, Client, ClientError, Controller};
+use berth_proto::types::*;
+use berth_proto::Kind;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{error_policy, events, requeue, Config, Error};
+use crate::deployment::{self, Action as Step, TEMPLATE_HASH_LABEL};
+
+struct Ctx {
+    client: Client,
+    replica_sets: Store<ReplicaSet>,
+}
+
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
+    let (replica_sets, writer) = reflector::store::<ReplicaSet>();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        replica_sets,
+    });
+    Controller::<Deployment>::new(client, watcher::Config::default())
+        .owns_with_store::<ReplicaSet>(watcher::Config::default(), writer)
+        .with_config(config.controller())
+        .shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .await;
+}
+
+async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = d.metadata.namespace.clone();
+    let owned: Vec<ReplicaSet> = ctx
+        .replica_sets
+        .filter(|rs| rs.metadata.controller_uid() == Some(d.metadata.uid.as_str()))
+        .iter()
+        .map(|rs| rs.as_ref().clone())
+        .collect();
+    let plan = deployment::plan(&d, &owned, Utc::now());
+    let client = &ctx.client;
+    let mut current = d.as_ref().clone();
+
+    if current.status.as_ref() != Some(&plan.status) {
+        current.status = Some(plan.status.clone());
+        current = client.update_status(&current).await.map_err(Error::new(
+            "update status of",
+            Kind::Deployment,
+            &ns,
+            &d.metadata.name,
+        ))?;
+    }
+
+    let mut remove_annotations = Vec::new();
+    for step in plan.actions {
+        match step {
+            Step::CreateReplicaSet(rs) => match client.create(rs.as_ref()).await {
+                Ok(_) => {
+                    tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas, "created replica set")
+                }
+                Err(ClientError::AlreadyExists(_)) => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        "create",
+                        Kind::ReplicaSet,
+                        &ns,
+                        &rs.metadata.name,
+                    )(e))
+                }
+            },
+            Step::UpdateReplicaSet {
+                name,
+                replicas,
+                revision,
+            } => {
+                let Some(mut rs) = owned.iter().find(|r| r.metadata.name == name).cloned() else {
+                    continue;
+                };
+                rs.spec.replicas = replicas;
+                if let Some(r) = revision {
+                    rs.metadata
+                        .annotations
+                        .insert(deployment::REVISION_ANNOTATION.into(), r.to_string());
+                }
+                client.update(&rs).await.map_err(Error::new(
+                    "scale",
+                    Kind::ReplicaSet,
+                    &ns,
+                    &name,
+                ))?;
+                tracing::info!(deployment = %d.metadata.name, replicaset = %name, replicas, "scaled replica set");
+            }
+            Step::DeleteReplicaSet { name } => {
+                let rv = owned
+                    .iter()
+                    .find(|r| r.metadata.name == name)
+                    .map(|r| r.metadata.resource_version);
+                match client.delete(Kind::ReplicaSet, &ns, &name, rv).await {
+                    Ok(_) | Err(ClientError::NotFound(_)) => {}
+                    Err(e) => return Err(Error::new("delete", Kind::ReplicaSet, &ns, &name)(e)),
+                }
+            }
+            Step::PointService { service, hash } => {
+                point_service(client, &ns, &service, &hash).await?;
+            }
+            Step::RemoveAnnotation { key } => remove_annotations.push(key),
+            Step::Event {
+                type_,
+                reason,
+                message,
+            } => {
+                events::record(
+                    client,
+                    events::reference("Deployment", &d.metadata),
+                    &type_,
+                    &reason,
+                    &message,
+                    "deployment-controller",
+                )
+                .await;
+            }
+        }
+    }
+    if !remove_annotations.is_empty() {
+        for k in &remove_annotations {
+            current.metadata.annotations.remove(k);
+        }
+        client.update(&current).await.map_err(Error::new(
+            "clear request annotations of",
+            Kind::Deployment,
+            &ns,
+            &d.metadata.name,
+        ))?;
+    }
+    Ok(requeue(plan.requeue_after))
+}
+
+/// Set the Service's `pod-template-hash` selector in one write (a no-op when already set).
+async fn point_service(client: &Client, ns: &str, name: &str, hash: &str) -> Result<(), Error> {
+    let mut svc: Service = match client.get(ns, name).await {
+        Ok(s) => s,
+        Err(ClientError::NotFound(_)) => {
+            tracing::warn!(service = %name, namespace = %ns, "blue-green service not found; create it to route traffic");
+            return Ok(());
+        }
+        Err(e) => return Err(Error::new("read", Kind::Service, ns, name)(e)),
+    };
+    if svc
+        .spec
+        .selector
+        .get(TEMPLATE_HASH_LABEL)
+        .map(String::as_str)
+        == Some(hash)
+    {
+        return Ok(());
+    }
+    svc.spec
+        .selector
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    client
+        .update(&svc)
+        .await
+        .map_err(Error::new("re-point", Kind::Service, ns, name))?;
+    tracing::info!(service = %name, namespace = %ns, %hash, "service now selects revision");
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Endpoints shell: Services (re-queued when a Pod they select changes) ->
+//! `endpoints::plan` -> create or update the Service's Endpoints when they differ.
+
+use std::sync::Arc;
+
+use berth_client::runtime::reflector::{self, Store};
+use berth_client::runtime::watcher;
+use berth_client::{Action, Client, Controller, ObjectRef};
+use berth_proto::types::*;
+use berth_proto::Kind;
+use tokio_util::sync::CancellationToken;
+
+use super::{error_policy, Config, Error};
+use crate::endpoints;
+
+struct Ctx {
+    client: Client,
+    pods: Store<Pod>,
+    endpoints: Store<Endpoints>,
+}
+
+fn selects(svc: &Service, pod: &Pod) -> bool {
+    !svc.spec.selector.is_empty()
+        && svc.metadata.namespace == pod.metadata.namespace
+        && svc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+}
+
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (eps, ep_writer) = reflector::store::<Endpoints>();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pods,
+        endpoints: eps,
+    });
+    let controller = Controller::<Service>::new(client, watcher::Config::default());
+    let services = controller.store();
+    controller
+        .owns_with_store::<Endpoints>(watcher::Config::default(), ep_writer)
+        .watches_with_store::<Pod, _>(watcher::Config::default(), pod_writer, move |pod| {
+            services
+                .filter(|s| selects(s, pod))
+                .iter()
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect()
+        })
+        .with_config(config.controller())
+        .shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .await;
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = svc.metadata.namespace.clone();
+    let name = svc.metadata.name.clone();
+    let pods: Vec<Pod> = ctx
+        .pods
+        .in_namespace(&ns)
+        .iter()
+        .map(|p| p.as_ref().clone())
+        .collect();
+    let Some(mut desired) = endpoints::plan(&svc, &pods) else {
+        return Ok(Action::await_change());
+    };
+    match ctx.endpoints.get(&ObjectRef::new(&ns, &name)) {
+        // AlreadyExists (the cache has not seen it yet) requeues; the next pass updates it.
+        None => {
+            ctx.client.create(&desired).await.map_err(Error::new(
+                "create",
+                Kind::Endpoints,
+                &ns,
+                &name,
+            ))?;
+        }
+        Some(existing) => {
+            if existing.subsets == desired.subsets
+                && existing.metadata.owner_references == desired.metadata.owner_references
+            {
+                return Ok(Action::await_change());
+            }
+            desired.metadata.resource_version = existing.metadata.resource_version;
+            ctx.client.update(&desired).await.map_err(Error::new(
+                "update",
+                Kind::Endpoints,
+                &ns,
+                &name,
+            ))?;
+        }
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,114 @@
+//! Garbage collection shell: caches of every owner/dependent kind; after a change (and a
+//! short delay to gather more) orphans found by `gc::plan` are confirmed with a live read of
+//! their owner and deleted with a resourceVersion precondition.
+
+use std::collections::HashSet;
+
+use berth_client::runtime::reflector::{self, Store};
+use berth_client::runtime::watcher::{self, Backoff};
+use berth_client::{Client, ClientError, Object};
+use berth_proto::types::*;
+use berth_proto::{Kind, Resource};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Config;
+use crate::gc::{self, Item};
+
+fn watch<T: Resource + Object>(client: &Client) -> (Store<T>, BoxStream<'static, ()>) {
+    let (store, writer) = reflector::store::<T>();
+    let events = reflector::reflector(
+        writer,
+        watcher::watcher_with(
+            watcher::ApiSource::<T>::new(client.clone(), watcher::Config::default()),
+            Backoff::default(),
+        ),
+    )
+    .map(|_| ())
+    .boxed();
+    (store, events)
+}
+
+fn items<T: Resource + Object>(store: &Store<T>, out: &mut Vec<Item>, live: &mut HashSet<String>) {
+    for o in store.state() {
+        let m = o.meta();
+        live.insert(m.uid.clone());
+        if !m.owner_references.is_empty() {
+            out.push(Item {
+                kind: T::KIND,
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                uid: m.uid.clone(),
+                resource_version: m.resource_version,
+                owners: m.owner_references.clone(),
+            });
+        }
+    }
+}
+
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
+    let (deployments, e1) = watch::<Deployment>(&client);
+    let (replica_sets, e2) = watch::<ReplicaSet>(&client);
+    let (pods, e3) = watch::<Pod>(&client);
+    let (services, e4) = watch::<Service>(&client);
+    let (endpoints, e5) = watch::<Endpoints>(&client);
+    let mut events = stream::select_all([e1, e2, e3, e4, e5]);
+    let mut dirty = false;
+    loop {
+        let ready = deployments.is_ready()
+            && replica_sets.is_ready()
+            && pods.is_ready()
+            && services.is_ready()
+            && endpoints.is_ready();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(()) = events.next() => dirty = true,
+            _ = tokio::time::sleep(config.gc_delay), if dirty && ready => {
+                dirty = false;
+                let mut all = Vec::new();
+                let mut live = HashSet::new();
+                items(&deployments, &mut all, &mut live);
+                items(&replica_sets, &mut all, &mut live);
+                items(&pods, &mut all, &mut live);
+                items(&services, &mut all, &mut live);
+                items(&endpoints, &mut all, &mut live);
+                for orphan in gc::plan(&all, &live) {
+                    if collect(&client, orphan).await.is_err() {
+                        dirty = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Delete `item` unless a live read finds one of its owners.
+async fn collect(client: &Client, item: &Item) -> Result<(), ClientError> {
+    for owner in &item.owners {
+        let Some(kind) = Kind::parse(&owner.kind) else {
+            continue;
+        };
+        match client.get_dyn(kind, &item.namespace, &owner.name).await {
+            Ok(o) if o.meta().uid == owner.uid => return Ok(()),
+            Ok(_) | Err(ClientError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match client
+        .delete(
+            item.kind,
+            &item.namespace,
+            &item.name,
+            Some(item.resource_version),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(kind = %item.kind, namespace = %item.namespace, name = %item.name, "garbage-collected orphan");
+            Ok(())
+        }
+        Err(ClientError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

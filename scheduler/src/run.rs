@@ -1,0 +1,333 @@
+//! The scheduler shell: a leader-only loop around the pure core.
+//!
+//! It keeps reflector caches of Pods and Nodes. Any change marks the loop dirty; after a short
+//! batching window it builds a [`Snapshot`], schedules every unbound pod with
+//! [`schedule_batch`], and writes the results in ONE Batch request (one raft entry):
+//! - a bind is an Update of the pod with `spec.nodeName` set, conditioned on the
+//!   resourceVersion the decision was made on (a pod changed meanwhile is simply retried);
+//! - an unschedulable pod gets `PodScheduled=False` (reason `Unschedulable`, the kubectl-style
+//!   message) and a `FailedScheduling` Event, written only when the message changes.
+//!   It is retried on the next change of any pod or node.
+//!
+//! Bound pods whose status does not say `PodScheduled=True` yet get it in the next batch (the
+//! store keeps status and spec writes apart, and one raft entry cannot chain two CAS writes of
+//! the same object). Binds the cache has not seen yet are remembered as "assumed" so the next
+//! pass neither double-books their resources nor binds them again.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use berth_client::runtime::reflector::{self, Store};
+use berth_client::runtime::watcher::{self, Backoff};
+use berth_client::{BatchOp, Client, ClientError, DynObject};
+use berth_proto::types::*;
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::schedule::{schedule_batch, Outcome};
+use crate::snapshot::Snapshot;
+
+/// Tuning of the scheduling loop.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long to gather changes before a pass (more pods per raft entry).
+    pub batch_window: Duration,
+    /// Most pods per pass (and per Batch request).
+    pub max_batch: usize,
+    /// How long a bind the cache has not reflected yet is trusted.
+    pub assume_ttl: Duration,
+    /// Re-run a pass this often even without changes (a safety net, not the trigger).
+    pub resync: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            batch_window: Duration::from_millis(5),
+            max_batch: 2_000,
+            assume_ttl: Duration::from_secs(30),
+            resync: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("scheduling batch request failed: {0}")]
+    Batch(#[source] ClientError),
+}
+
+struct Assumed {
+    node: String,
+    /// The pod's resourceVersion after the bind; the cache is caught up once it reaches it.
+    bound_rv: u64,
+    pod: Pod,
+    at: Instant,
+}
+
+/// The scheduler's working state between passes.
+struct Scheduler {
+    client: Client,
+    config: Config,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    assumed: HashMap<String, Assumed>,
+}
+
+fn needs_scheduling(p: &Pod) -> bool {
+    p.spec.node_name.is_empty()
+        && p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().map(|s| s.phase.as_str()),
+            Some("Succeeded") | Some("Failed")
+        )
+}
+
+fn pod_scheduled(p: &Pod) -> Option<&Condition> {
+    p.status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "PodScheduled"))
+}
+
+/// Bound, not yet started by its agent, and not yet marked PodScheduled=True.
+fn needs_scheduled_condition(p: &Pod) -> bool {
+    !p.spec.node_name.is_empty()
+        && p.metadata.deletion_timestamp.is_none()
+        && matches!(
+            p.status.as_ref().map(|s| s.phase.as_str()),
+            None | Some("") | Some("Pending")
+        )
+        && !pod_scheduled(p).is_some_and(|c| c.is_true())
+}
+
+fn with_condition(p: &Pod, c: Condition) -> Pod {
+    let mut p = p.clone();
+    let st = p.status.get_or_insert_with(Default::default);
+    if st.phase.is_empty() {
+        st.phase = "Pending".into();
+    }
+    set_condition(&mut st.conditions, c);
+    p
+}
+
+fn failed_scheduling_event(p: &Pod, message: &str, now: Time) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            // One event per pod and distinct message.
+            name: format!("{}.{:x}", p.metadata.name, fnv(message)),
+            namespace: p.metadata.namespace.clone(),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            kind: "Pod".into(),
+            namespace: p.metadata.namespace.clone(),
+            name: p.metadata.name.clone(),
+            uid: p.metadata.uid.clone(),
+        },
+        reason: "FailedScheduling".into(),
+        message: message.into(),
+        type_: "Warning".into(),
+        source: EventSource {
+            component: "scheduler".into(),
+            host: String::new(),
+        },
+        first_timestamp: Some(now),
+        last_timestamp: Some(now),
+        count: 1,
+        ..Default::default()
+    }
+}
+
+fn fnv(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+impl Scheduler {
+    /// Forget assumptions the cache has caught up with (or that expired).
+    fn prune_assumed(&mut self) {
+        let pods = &self.pods;
+        let ttl = self.config.assume_ttl;
+        self.assumed.retain(|uid, a| {
+            let key = berth_client::ObjectRef::new(&a.pod.metadata.namespace, &a.pod.metadata.name);
+            match pods.get(&key) {
+                Some(p) if p.metadata.uid == *uid => {
+                    p.metadata.resource_version < a.bound_rv && a.at.elapsed() < ttl
+                }
+                _ => false,
+            }
+        });
+    }
+
+    /// One pass: returns how many writes it made.
+    async fn pass(&mut self) -> Result<usize, Error> {
+        self.prune_assumed();
+        let now = Utc::now();
+        let all_pods = self.pods.state();
+        let mut occupying: Vec<Pod> = Vec::with_capacity(all_pods.len());
+        let mut pending: Vec<Pod> = Vec::new();
+        let mut ops: Vec<BatchOp> = Vec::new();
+        let mut kinds: Vec<(String, Option<(String, Pod)>)> = Vec::new();
+        for p in &all_pods {
+            if let Some(a) = self.assumed.get(&p.metadata.uid) {
+                let mut bound = p.as_ref().clone();
+                bound.spec.node_name = a.node.clone();
+                occupying.push(bound);
+                continue;
+            }
+            if needs_scheduling(p) {
+                if pending.len() < self.config.max_batch {
+                    pending.push(p.as_ref().clone());
+                }
+            } else {
+                if needs_scheduled_condition(p) && ops.len() < self.config.max_batch {
+                    let c = Condition::new("PodScheduled", true, "", "", now);
+                    ops.push(BatchOp::UpdateStatus(DynObject::from_typed(
+                        &with_condition(p, c),
+                    )));
+                    kinds.push((p.metadata.name.clone(), None));
+                }
+                occupying.push(p.as_ref().clone());
+            }
+        }
+        if pending.is_empty() && ops.is_empty() {
+            return Ok(0);
+        }
+        // Oldest first: fairness across passes.
+        pending.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let snapshot = Snapshot::new(self.nodes.state(), occupying.iter());
+        let decisions = schedule_batch(&snapshot, &pending);
+        for (d, pod) in decisions.iter().zip(&pending) {
+            match &d.outcome {
+                Outcome::Bind { node } => {
+                    let mut bound = pod.clone();
+                    bound.spec.node_name = node.clone();
+                    ops.push(BatchOp::Update(DynObject::from_typed(&bound)));
+                    kinds.push((pod.metadata.uid.clone(), Some((node.clone(), bound))));
+                }
+                Outcome::Unschedulable { reason } => {
+                    let same =
+                        pod_scheduled(pod).is_some_and(|c| !c.is_true() && c.message == *reason);
+                    if same {
+                        continue;
+                    }
+                    let c = Condition::new("PodScheduled", false, "Unschedulable", reason, now);
+                    ops.push(BatchOp::UpdateStatus(DynObject::from_typed(
+                        &with_condition(pod, c),
+                    )));
+                    kinds.push((pod.metadata.name.clone(), None));
+                    ops.push(BatchOp::Create(DynObject::from_typed(
+                        &failed_scheduling_event(pod, reason, now),
+                    )));
+                    kinds.push((pod.metadata.name.clone(), None));
+                    tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace, %reason, "pod unschedulable");
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let n = ops.len();
+        let results = self.client.batch(ops).await.map_err(Error::Batch)?;
+        for (res, (id, bind)) in results.into_iter().zip(kinds) {
+            match (res, bind) {
+                (Ok(obj), Some((node, pod))) => {
+                    let bound_rv = obj.map(|o| o.meta().resource_version).unwrap_or(u64::MAX);
+                    self.assumed.insert(
+                        id,
+                        Assumed {
+                            node,
+                            bound_rv,
+                            pod,
+                            at: Instant::now(),
+                        },
+                    );
+                }
+                (Err(e), Some(_)) => {
+                    tracing::debug!(pod_uid = %id, error = %e, "bind lost a race; will retry")
+                }
+                (Err(ClientError::AlreadyExists(_)), None) => {}
+                (Err(e), None) => tracing::debug!(pod = %id, error = %e, "status write failed"),
+                (Ok(_), None) => {}
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Run the scheduler until `shutdown`. Meant to run only on the Raft leader (see the
+/// controllers crate's `run_while_leader`); every write is CAS, so a brief overlap on failover
+/// cannot double-bind.
+pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let mut pod_events = reflector::reflector(
+        pod_writer,
+        watcher::watcher_with(
+            watcher::ApiSource::<Pod>::new(client.clone(), watcher::Config::default()),
+            Backoff::default(),
+        ),
+    )
+    .boxed();
+    let mut node_events = reflector::reflector(
+        node_writer,
+        watcher::watcher_with(
+            watcher::ApiSource::<Node>::new(client.clone(), watcher::Config::default()),
+            Backoff::default(),
+        ),
+    )
+    .boxed();
+    let mut s = Scheduler {
+        client,
+        config: config.clone(),
+        pods,
+        nodes,
+        assumed: HashMap::new(),
+    };
+    let mut dirty = true;
+    let mut failures = 0u32;
+    let mut next_pass = tokio::time::Instant::now();
+    let mut resync = tokio::time::interval(config.resync);
+    loop {
+        let ready = s.pods.is_ready() && s.nodes.is_ready();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(ev) = pod_events.next() => {
+                if let Err(e) = ev { tracing::warn!(error = %e, "pod watch failed; retrying"); }
+                dirty = true;
+            }
+            Some(ev) = node_events.next() => {
+                if let Err(e) = ev { tracing::warn!(error = %e, "node watch failed; retrying"); }
+                dirty = true;
+            }
+            _ = resync.tick() => dirty = true,
+            _ = tokio::time::sleep_until(next_pass.max(tokio::time::Instant::now() + config.batch_window)), if dirty && ready => {
+                dirty = false;
+                match s.pass().await {
+                    Ok(_) => {
+                        failures = 0;
+                        next_pass = tokio::time::Instant::now();
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let delay = Duration::from_millis(50u64 << failures.min(6));
+                        tracing::warn!(error = %e, ?delay, "scheduling pass failed; retrying");
+                        next_pass = tokio::time::Instant::now() + delay;
+                        dirty = true;
+                    }
+                }
+            }
+        }
+    }
+}
