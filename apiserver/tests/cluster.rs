@@ -1,0 +1,322 @@
+//! In-process 3-member clusters: failover, restart + catch-up (log and snapshot), and watches
+//! that survive the loss of the member they were opened on.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_apiserver::testing::{wait_until, TestCluster};
+use berth_proto::pb::{self, api_client::ApiClient};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(30);
+
+fn pod(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "c", "image": "nginx" }] }
+    }))
+    .unwrap()
+}
+
+fn rv(b: &[u8]) -> u64 {
+    let v: Value = serde_json::from_slice(b).unwrap();
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Create a pod through any running member, retrying across members (and treating an
+/// AlreadyExists after a retry as success: the first attempt committed). Returns its revision.
+async fn create_anywhere(cluster: &TestCluster, name: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut retried = false;
+    loop {
+        for i in 0..cluster.len() {
+            if !cluster.is_running(i) {
+                continue;
+            }
+            let Ok(mut c) = cluster.client(i).await else {
+                continue;
+            };
+            let req = pb::CreateRequest {
+                object: pod(name),
+                dry_run: false,
+            };
+            match tokio::time::timeout(Duration::from_secs(12), c.create(req)).await {
+                Ok(Ok(r)) => return rv(&r.into_inner().object),
+                Ok(Err(s)) if s.code() == Code::AlreadyExists && retried => {
+                    let got = c
+                        .get(pb::GetRequest {
+                            key: Some(pb::ObjectKey {
+                                kind: "Pod".into(),
+                                namespace: String::new(),
+                                name: name.into(),
+                            }),
+                        })
+                        .await
+                        .unwrap();
+                    return rv(&got.into_inner().object);
+                }
+                Ok(Err(s)) => {
+                    assert!(
+                        matches!(
+                            s.code(),
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Unknown
+                                | Code::Cancelled
+                        ),
+                        "unexpected error creating {name}: {s:?}"
+                    );
+                }
+                Err(_) => {}
+            }
+            retried = true;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not create {name} on any member"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get_on(c: &mut ApiClient<Channel>, name: &str) -> Result<Vec<u8>, tonic::Status> {
+    c.get(pb::GetRequest {
+        key: Some(pb::ObjectKey {
+            kind: "Pod".into(),
+            namespace: String::new(),
+            name: name.into(),
+        }),
+    })
+    .await
+    .map(|r| r.into_inner().object)
+}
+
+async fn revision_of(cluster: &TestCluster, i: usize) -> u64 {
+    cluster.server(i).unwrap().store().revision()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_on_survivors_after_the_leader_is_stopped() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let follower = (leader + 1) % 3;
+    // A write through a follower is forwarded to the leader.
+    let mut fc = cluster.client(follower).await.unwrap();
+    let r = fc
+        .create(pb::CreateRequest {
+            object: pod("before"),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let before_rv = rv(&r.into_inner().object);
+    let status = fc
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.members.len(), 3);
+
+    cluster.stop(leader).await.unwrap();
+    let new_leader = cluster.wait_for_leader(T).await.unwrap();
+    assert_ne!(new_leader, leader);
+    let after_rv = create_anywhere(&cluster, "after").await;
+    assert!(after_rv > before_rv);
+    // Both survivors serve both objects (linearizable reads via read_index).
+    for i in (0..3).filter(|i| *i != leader) {
+        let mut c = cluster.client(i).await.unwrap();
+        get_on(&mut c, "before").await.unwrap();
+        get_on(&mut c, "after").await.unwrap();
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_restarts_from_its_data_dir_and_catches_up() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let victim = (leader + 1) % 3;
+    create_anywhere(&cluster, "p0").await;
+    cluster.stop(victim).await.unwrap();
+    let mut last = 0;
+    for i in 1..=10 {
+        last = create_anywhere(&cluster, &format!("p{i}")).await;
+    }
+    cluster.restart(victim).await.unwrap();
+    wait_until(T, "the restarted member to catch up", || async {
+        (revision_of(&cluster, victim).await >= last).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut c = cluster.client(victim).await.unwrap();
+    get_on(&mut c, "p10").await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_catches_up_through_a_snapshot() {
+    let mut cluster = TestCluster::start_with(3, |a| a.snapshot_threshold = 8)
+        .await
+        .unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let victim = (leader + 1) % 3;
+    let p0 = create_anywhere(&cluster, "p0").await;
+    wait_until(T, "the victim to apply p0", || async {
+        (revision_of(&cluster, victim).await >= p0).then_some(())
+    })
+    .await
+    .unwrap();
+    let at_stop = revision_of(&cluster, victim).await;
+    cluster.stop(victim).await.unwrap();
+    let mut last = 0;
+    for i in 1..=40 {
+        last = create_anywhere(&cluster, &format!("p{i}")).await;
+    }
+    // Delete one while the member is away: the snapshot must not resurrect it.
+    let mut c = cluster
+        .client(cluster.wait_for_leader(T).await.unwrap())
+        .await
+        .unwrap();
+    let deleted = c
+        .delete(pb::DeleteRequest {
+            key: Some(pb::ObjectKey {
+                kind: "Pod".into(),
+                namespace: String::new(),
+                name: "p0".into(),
+            }),
+            resource_version: 0,
+        })
+        .await
+        .unwrap();
+    last = last.max(rv(&deleted.into_inner().object));
+    cluster.restart(victim).await.unwrap();
+    wait_until(T, "the restarted member to catch up", || async {
+        (revision_of(&cluster, victim).await >= last).then_some(())
+    })
+    .await
+    .unwrap();
+    let store = cluster.server(victim).unwrap().store().clone();
+    // A snapshot restore restarts the watch history at the snapshot's revision; replaying the
+    // log would have kept it at the revision the member stopped at.
+    assert!(
+        store.oldest_watchable_revision() > at_stop,
+        "expected catch-up through a snapshot (history starts at {}, stopped at {at_stop})",
+        store.oldest_watchable_revision()
+    );
+    let (pods, _) = store
+        .list(
+            berth_proto::Kind::Pod,
+            None,
+            &berth_proto::selector::Selector::everything(),
+        )
+        .unwrap();
+    assert_eq!(pods.len(), 40);
+    let mut c = cluster.client(victim).await.unwrap();
+    assert_eq!(
+        get_on(&mut c, "p0").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let first = create_anywhere(&cluster, "w0").await;
+
+    // Watch on the leader, which is about to be stopped.
+    let mut c = cluster.client(leader).await.unwrap();
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            kind: "Pod".into(),
+            namespace: String::new(),
+            label_selector: String::new(),
+            from_revision: first,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut last_seen = first;
+    for i in 1..=5 {
+        create_anywhere(&cluster, &format!("w{i}")).await;
+    }
+    // Read what arrives until caught up with w5, then kill the member mid-stream.
+    while seen.len() < 5 {
+        let ev = tokio::time::timeout(T, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ev.r#type() != pb::EventType::Bookmark {
+            seen.push(ev.revision);
+        }
+        last_seen = ev.revision.max(last_seen);
+    }
+    cluster.stop(leader).await.unwrap();
+    // The stream ends (error or close) rather than hanging.
+    let end = tokio::time::timeout(T, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => {
+                    if ev.r#type() != pb::EventType::Bookmark {
+                        seen.push(ev.revision);
+                    }
+                    last_seen = ev.revision.max(last_seen);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "the watch stream did not end after its server stopped"
+    );
+
+    // More writes on the survivors, then resume on one of them from the last revision seen.
+    let mut last = 0;
+    for i in 6..=10 {
+        last = create_anywhere(&cluster, &format!("w{i}")).await;
+    }
+    let survivor = (0..3).find(|i| cluster.is_running(*i)).unwrap();
+    let mut c = cluster.client(survivor).await.unwrap();
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            kind: "Pod".into(),
+            namespace: String::new(),
+            label_selector: String::new(),
+            from_revision: last_seen,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while seen.last().copied().unwrap_or(0) < last {
+        let ev = tokio::time::timeout(T, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ev.r#type() != pb::EventType::Bookmark {
+            seen.push(ev.revision);
+        }
+    }
+    let unique: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a revision was delivered twice: {seen:?}"
+    );
+    let expected: Vec<u64> = (first + 1..=last).collect();
+    assert_eq!(seen, expected, "every revision exactly once, in order");
+    cluster.shutdown().await.unwrap();
+}
