@@ -162,7 +162,7 @@ impl Selector {
     pub fn parse(input: &str) -> Result<Selector, SelectorError> {
         Parser {
             input,
-            tokens: lex(input)?,
+            tokens: lex(input),
             next: 0,
         }
         .parse()
@@ -299,7 +299,7 @@ fn is_special(c: char) -> bool {
     matches!(c, '=' | '!' | '(' | ')' | ',') || c.is_whitespace()
 }
 
-fn lex(input: &str) -> Result<Vec<(usize, Tok)>, SelectorError> {
+fn lex(input: &str) -> Vec<(usize, Tok)> {
     let mut out = Vec::new();
     let mut it = input.char_indices().peekable();
     while let Some(&(pos, c)) = it.peek() {
@@ -357,7 +357,7 @@ fn lex(input: &str) -> Result<Vec<(usize, Tok)>, SelectorError> {
         out.push((pos, tok));
     }
     out.push((input.len(), Tok::End));
-    Ok(out)
+    out
 }
 
 struct Parser<'a> {
@@ -420,15 +420,13 @@ impl Parser<'_> {
     }
 
     fn requirement(&mut self) -> Result<Requirement, SelectorError> {
-        let (start, t) = self.peek();
-        if *t == Tok::Bang {
+        if *self.peek().1 == Tok::Bang {
             self.bump();
             let (pos, key) = self.ident("a label key after '!'")?;
             return Requirement::new(&key, Operator::DoesNotExist, Vec::<String>::new())
                 .map_err(|m| self.err(pos, m));
         }
         let (kpos, key) = self.ident("a label key")?;
-        let _ = start;
         let (opos, op) = self.peek();
         let op = op.clone();
         let (op, values) = match op {

@@ -268,3 +268,56 @@ fn selector_from_labels_and_requirements() {
     assert!(Requirement::new("k", Operator::In, Vec::<String>::new()).is_err());
     assert!(Selector::everything().matches(&Labels::new()));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn requirement() -> impl Strategy<Value = Requirement> {
+        let key = "([a-z]{1,8}\\.)?[a-z][a-z0-9]{0,6}(/[a-z][a-z0-9_.-]{0,6}[a-z0-9])?";
+        let value = "[A-Za-z0-9]([A-Za-z0-9_.-]{0,6}[A-Za-z0-9])?";
+        let op = prop::sample::select(vec![
+            Operator::Equals,
+            Operator::NotEquals,
+            Operator::In,
+            Operator::NotIn,
+            Operator::Exists,
+            Operator::DoesNotExist,
+        ]);
+        (key, op, prop::collection::vec(value, 1..4)).prop_map(|(k, op, vals)| {
+            let vals = match op {
+                Operator::Equals | Operator::NotEquals => vals[..1].to_vec(),
+                Operator::In | Operator::NotIn => vals,
+                Operator::Exists | Operator::DoesNotExist => vec![],
+            };
+            Requirement::new(&k, op, vals).unwrap()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn selector_display_parses_back_to_the_same_selector(
+            reqs in prop::collection::vec(requirement(), 0..5)
+        ) {
+            let s = Selector::from_requirements(reqs);
+            let back = Selector::parse(&s.to_string()).unwrap();
+            prop_assert_eq!(back, s);
+        }
+
+        #[test]
+        fn selector_parse_never_panics(s in "\\PC{0,60}") {
+            let _ = Selector::parse(&s);
+        }
+
+        #[test]
+        fn quantity_formatting_round_trips(m in 0u64..1 << 50, b in 0u64..1 << 62) {
+            prop_assert_eq!(Quantity::parse(&format_cpu(m)).unwrap().millis(), m);
+            prop_assert_eq!(Quantity::parse(&format_memory(b)).unwrap().value(), b);
+        }
+
+        #[test]
+        fn quantity_parse_never_panics(s in "[-+0-9.eEkMGTPKiumn]{0,30}") {
+            let _ = Quantity::parse(&s);
+        }
+    }
+}
