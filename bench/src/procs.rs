@@ -62,7 +62,8 @@ impl Drop for ChildGuard {
     }
 }
 
-fn spawn(name: &str, program: &Path, args: &[&str], log: PathBuf) -> Result<ChildGuard> {
+/// Starts `program` with its stdout and stderr in `log`; killed when the guard drops.
+pub fn spawn_logged(name: &str, program: &Path, args: &[&str], log: PathBuf) -> Result<ChildGuard> {
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(program)
@@ -110,7 +111,7 @@ http {{
     let path = path.display().to_string();
     let prefix = format!("{d}/");
     let error_log = format!("{d}/nginx-error.log");
-    let mut g = spawn(
+    let mut g = spawn_logged(
         "nginx",
         nginx,
         &["-c", &path, "-p", &prefix, "-e", &error_log],
@@ -153,7 +154,7 @@ pub fn start_haproxy(
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, haproxy_config(listen, backends))?;
     let path = path.display().to_string();
-    let mut g = spawn(
+    let mut g = spawn_logged(
         "haproxy",
         haproxy,
         &["-f", &path, "-db"],
