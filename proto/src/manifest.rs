@@ -881,6 +881,10 @@ impl DocBuilder {
                     return;
                 }
                 if self.expecting_key() {
+                    if anchor > 0 {
+                        self.anchors
+                            .insert(anchor, (Value::String(text.to_string()), 1));
+                    }
                     self.key(text.into_owned(), line);
                     return;
                 }

@@ -569,3 +569,42 @@ spec:
         vec!["app.yaml:8: the merge key << needs a mapping or a list of mappings"]
     );
 }
+
+#[test]
+fn int_or_string_quantity_and_timestamp_errors_are_explained() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  creationTimestamp: yesterday\nspec:\n  ports:\n    - port: 80\n      targetPort: [8080]\n";
+    assert_eq!(
+        errors(svc),
+        vec![
+            "app.yaml:5: metadata.creationTimestamp: invalid timestamp (input contains invalid characters): use RFC 3339, like 2024-01-02T15:04:05Z",
+            "app.yaml:9: spec.ports[0].targetPort: expected integer or string",
+        ]
+    );
+    let text = GOOD_DEPLOYMENT.replace(
+        "          image: nginx:1.27\n",
+        "          image: nginx:1.27\n          resources:\n            limits: {cpu: [1]}\n",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["app.yaml:19: spec.template.spec.containers[0].resources.limits.cpu: expected a quantity: a string like \"500m\" or \"128Mi\", or a number"]
+    );
+}
+
+#[test]
+fn anchored_keys_and_tags_resolve() {
+    let text = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  labels: {&k app: web, version: !!str 1.10}
+  annotations: {*k : x}
+spec:
+  ports: [{port: !!int 80}]
+";
+    let objs = parse_manifest("app.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let s: Service = objs[0].to_typed().unwrap();
+    assert_eq!(s.metadata.labels["version"], "1.10");
+    assert_eq!(s.metadata.annotations["app"], "x");
+    assert_eq!(s.spec.ports[0].port, 80);
+}
