@@ -5,4 +5,5 @@
 
 pub mod cli;
 pub mod demo;
+pub mod roles;
 pub use cli::main;
