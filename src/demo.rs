@@ -160,7 +160,10 @@ async fn respond(method: &str, path: &str, st: &State) -> (&'static str, String)
     match path {
         "/healthz" | "/readyz" => {
             if st.args.fail_readiness {
-                ("503 Service Unavailable", "not ready (--fail-readiness)\n".into())
+                (
+                    "503 Service Unavailable",
+                    "not ready (--fail-readiness)\n".into(),
+                )
             } else {
                 ("200 OK", "ok\n".into())
             }
@@ -251,7 +254,10 @@ mod tests {
                     s.read_to_string(&mut out).await.expect("read");
                     return out;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "server never came up");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "server never came up"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
