@@ -265,16 +265,11 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
     cluster.stop(leader).await.unwrap();
     // The stream ends (error or close) rather than hanging.
     let end = tokio::time::timeout(T, async {
-        loop {
-            match stream.message().await {
-                Ok(Some(ev)) => {
-                    if ev.r#type() != pb::EventType::Bookmark {
-                        seen.push(ev.revision);
-                    }
-                    last_seen = ev.revision.max(last_seen);
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(ev)) = stream.message().await {
+            if ev.r#type() != pb::EventType::Bookmark {
+                seen.push(ev.revision);
             }
+            last_seen = ev.revision.max(last_seen);
         }
     })
     .await;
