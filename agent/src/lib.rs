@@ -1,5 +1,10 @@
 //! berth-agent: the node agent that makes pods real.
+pub mod api;
 pub mod backoff;
+pub mod events;
+pub mod hostports;
+pub mod podsync;
 pub mod probe;
+pub mod prober;
 pub mod proxy;
 pub mod runtime;

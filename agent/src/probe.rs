@@ -157,7 +157,9 @@ pub async fn check(
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
                 Ok(Ok(_)) => ProbeResult::Success,
                 Ok(Err(e)) => ProbeResult::Failure(format!("dial tcp {addr}: {e}")),
-                Err(_) => ProbeResult::Failure(format!("dial tcp {addr}: timed out after {timeout:?}")),
+                Err(_) => {
+                    ProbeResult::Failure(format!("dial tcp {addr}: timed out after {timeout:?}"))
+                }
             }
         }
         Check::Exec { command } => match runtime.exec(container_id, command, timeout).await {
@@ -238,7 +240,10 @@ mod tests {
         let mut p = ProbeState::new(&probe(0, 1, 2, 3), now);
         assert_eq!(p.status(), ProbeStatus::Unknown);
         assert_eq!(p.observe(&ProbeResult::Success, now), None);
-        assert_eq!(p.observe(&ProbeResult::Success, now), Some(ProbeStatus::Success));
+        assert_eq!(
+            p.observe(&ProbeResult::Success, now),
+            Some(ProbeStatus::Success)
+        );
         let fail = ProbeResult::Failure("x".into());
         assert_eq!(p.observe(&fail, now), None);
         assert_eq!(p.observe(&fail, now), None);
@@ -248,7 +253,10 @@ mod tests {
         assert_eq!(p.observe(&fail, now), None);
         assert_eq!(p.observe(&fail, now), Some(ProbeStatus::Failure));
         assert_eq!(p.observe(&ProbeResult::Success, now), None);
-        assert_eq!(p.observe(&ProbeResult::Success, now), Some(ProbeStatus::Success));
+        assert_eq!(
+            p.observe(&ProbeResult::Success, now),
+            Some(ProbeStatus::Success)
+        );
     }
 
     #[test]
@@ -260,7 +268,9 @@ mod tests {
     }
 
     async fn serve_once(status: &'static str) -> u16 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = l.local_addr().expect("addr").port();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
@@ -278,10 +288,18 @@ mod tests {
     async fn http_check_accepts_2xx_3xx_and_rejects_errors_and_closed_ports() {
         let rt = FakeRuntime::new();
         let t = Duration::from_secs(5);
-        for (status, ok) in [("200 OK", true), ("302 Found", true), ("500 Oops", false), ("404 NF", false)] {
+        for (status, ok) in [
+            ("200 OK", true),
+            ("302 Found", true),
+            ("500 Oops", false),
+            ("404 NF", false),
+        ] {
             let port = serve_once(status).await;
             let c = Check::Http {
-                target: ProbeTarget { host: "127.0.0.1".into(), port },
+                target: ProbeTarget {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
                 path: "/healthz".into(),
             };
             let r = check(&c, t, &rt, "x").await;
@@ -291,13 +309,33 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         drop(l);
-        let target = ProbeTarget { host: "127.0.0.1".into(), port };
+        let target = ProbeTarget {
+            host: "127.0.0.1".into(),
+            port,
+        };
         assert!(matches!(
-            check(&Check::Tcp { target: target.clone() }, t, &rt, "x").await,
+            check(
+                &Check::Tcp {
+                    target: target.clone()
+                },
+                t,
+                &rt,
+                "x"
+            )
+            .await,
             ProbeResult::Failure(_)
         ));
         assert!(matches!(
-            check(&Check::Http { target, path: "/".into() }, t, &rt, "x").await,
+            check(
+                &Check::Http {
+                    target,
+                    path: "/".into()
+                },
+                t,
+                &rt,
+                "x"
+            )
+            .await,
             ProbeResult::Failure(_)
         ));
     }
@@ -306,7 +344,10 @@ mod tests {
     async fn tcp_check_succeeds_on_a_listening_port() {
         let rt = FakeRuntime::new();
         let port = serve_once("200 OK").await;
-        let target = ProbeTarget { host: "127.0.0.1".into(), port };
+        let target = ProbeTarget {
+            host: "127.0.0.1".into(),
+            port,
+        };
         assert_eq!(
             check(&Check::Tcp { target }, Duration::from_secs(5), &rt, "x").await,
             ProbeResult::Success
@@ -318,11 +359,19 @@ mod tests {
         use crate::runtime::{ContainerSpec, Runtime};
         let rt = FakeRuntime::new();
         let id = rt
-            .create(&ContainerSpec { container_name: "c".into(), ..Default::default() })
+            .create(&ContainerSpec {
+                container_name: "c".into(),
+                ..Default::default()
+            })
             .await
             .expect("create");
-        let c = Check::Exec { command: vec!["true".into()] };
-        assert_eq!(check(&c, Duration::from_secs(1), &rt, &id).await, ProbeResult::Success);
+        let c = Check::Exec {
+            command: vec!["true".into()],
+        };
+        assert_eq!(
+            check(&c, Duration::from_secs(1), &rt, &id).await,
+            ProbeResult::Success
+        );
         rt.set_exec_exit("c", 1);
         assert!(matches!(
             check(&c, Duration::from_secs(1), &rt, &id).await,

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use berth_agent::probe::{check, Check, ProbeResult, ProbeTarget};
 use berth_agent::runtime::docker::DockerRuntime;
-use berth_agent::runtime::{ContainerSpec, LogOptions, PortBinding, RunState, Runtime, RuntimeError};
+use berth_agent::runtime::{
+    ContainerSpec, LogOptions, PortBinding, RunState, Runtime, RuntimeError,
+};
 use futures::StreamExt;
 
 /// Force-removes the containers a test created, even when it panics.
@@ -13,7 +15,9 @@ struct Cleanup(Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for id in &self.0 {
-            let _ = std::process::Command::new("docker").args(["rm", "-f", id]).output();
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
         }
     }
 }
@@ -95,42 +99,90 @@ async fn busybox_httpd_container_serves_probes_logs_and_stops() {
     assert_eq!(info.ports, spec.ports, "host ports are kept in labels");
     assert!(rt.list().await.expect("list").iter().any(|c| c.id == id));
 
-    let target = ProbeTarget { host: "127.0.0.1".into(), port: host_port };
-    let http = Check::Http { target, path: "/index.html".into() };
+    let target = ProbeTarget {
+        host: "127.0.0.1".into(),
+        port: host_port,
+    };
+    let http = Check::Http {
+        target,
+        path: "/index.html".into(),
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match check(&http, Duration::from_secs(2), &rt, &id).await {
             ProbeResult::Success => break,
             ProbeResult::Failure(why) => {
-                assert!(tokio::time::Instant::now() < deadline, "httpd never answered: {why}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "httpd never answered: {why}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
     let missing = Check::Http {
-        target: ProbeTarget { host: "127.0.0.1".into(), port: host_port },
+        target: ProbeTarget {
+            host: "127.0.0.1".into(),
+            port: host_port,
+        },
         path: "/nope".into(),
     };
-    assert!(matches!(check(&missing, Duration::from_secs(2), &rt, &id).await, ProbeResult::Failure(_)));
-    let exec_ok = Check::Exec { command: vec!["/bin/busybox".into(), "test".into(), "-f".into(), "/www/index.html".into()] };
-    assert_eq!(check(&exec_ok, Duration::from_secs(10), &rt, &id).await, ProbeResult::Success);
-    let exec_bad = Check::Exec { command: vec!["/bin/busybox".into(), "false".into()] };
-    assert!(matches!(check(&exec_bad, Duration::from_secs(10), &rt, &id).await, ProbeResult::Failure(_)));
+    assert!(matches!(
+        check(&missing, Duration::from_secs(2), &rt, &id).await,
+        ProbeResult::Failure(_)
+    ));
+    let exec_ok = Check::Exec {
+        command: vec![
+            "/bin/busybox".into(),
+            "test".into(),
+            "-f".into(),
+            "/www/index.html".into(),
+        ],
+    };
+    assert_eq!(
+        check(&exec_ok, Duration::from_secs(10), &rt, &id).await,
+        ProbeResult::Success
+    );
+    let exec_bad = Check::Exec {
+        command: vec!["/bin/busybox".into(), "false".into()],
+    };
+    assert!(matches!(
+        check(&exec_bad, Duration::from_secs(10), &rt, &id).await,
+        ProbeResult::Failure(_)
+    ));
 
-    let mut logs = rt.logs(&id, LogOptions { tail: None, follow: false }).await.expect("logs");
+    let mut logs = rt
+        .logs(
+            &id,
+            LogOptions {
+                tail: None,
+                follow: false,
+            },
+        )
+        .await
+        .expect("logs");
     let mut text = Vec::new();
     while let Some(chunk) = logs.next().await {
         text.extend_from_slice(&chunk.expect("chunk"));
     }
-    assert!(String::from_utf8_lossy(&text).contains("serving on 8080"), "{}", String::from_utf8_lossy(&text));
+    assert!(
+        String::from_utf8_lossy(&text).contains("serving on 8080"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
 
-    rt.stop(&id, Duration::from_secs(2), None).await.expect("stop");
+    rt.stop(&id, Duration::from_secs(2), None)
+        .await
+        .expect("stop");
     match rt.inspect(&id).await.expect("inspect").state {
         RunState::Exited(e) => assert!(e.finished_at.is_some(), "{e:?}"),
         other => panic!("expected exited, got {other:?}"),
     }
     rt.remove(&id).await.expect("remove");
-    assert!(matches!(rt.inspect(&id).await, Err(RuntimeError::NotFound { .. })));
+    assert!(matches!(
+        rt.inspect(&id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]

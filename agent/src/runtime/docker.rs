@@ -12,8 +12,8 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -29,7 +29,10 @@ pub struct DockerRuntime {
 fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
     )
 }
 
@@ -47,7 +50,9 @@ impl DockerRuntime {
     /// Connect to the local engine (DOCKER_HOST or the default socket) and agree on an API
     /// version, so older engines work too.
     pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
-        let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
+        let docker = Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
         docker.ping().await?;
         Ok(DockerRuntime { docker })
     }
@@ -67,7 +72,13 @@ impl DockerRuntime {
     fn container_name(spec: &ContainerSpec) -> String {
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         };
         let uid8: String = spec.pod_uid.chars().take(8).collect();
@@ -199,7 +210,12 @@ impl Runtime for DockerRuntime {
                 // Last resort so a stop never leaves the container running.
                 let _ = self
                     .docker
-                    .kill_container(id, Some(KillContainerOptions { signal: "SIGKILL".into() }))
+                    .kill_container(
+                        id,
+                        Some(KillContainerOptions {
+                            signal: "SIGKILL".into(),
+                        }),
+                    )
                     .await;
                 Err(e.into())
             }
@@ -255,9 +271,7 @@ impl Runtime for DockerRuntime {
             .await
         {
             Ok(c) => c,
-            Err(e) if not_found(&e) => {
-                return Err(RuntimeError::NotFound { id: id.to_string() })
-            }
+            Err(e) if not_found(&e) => return Err(RuntimeError::NotFound { id: id.to_string() }),
             Err(e) => return Err(e.into()),
         };
         let config = c.config.unwrap_or_default();
@@ -346,8 +360,9 @@ impl Runtime for DockerRuntime {
                 )
                 .await?;
             let mut output = Vec::new();
-            if let StartExecResults::Attached { output: mut out, .. } =
-                self.docker.start_exec(&exec.id, None).await?
+            if let StartExecResults::Attached {
+                output: mut out, ..
+            } = self.docker.start_exec(&exec.id, None).await?
             {
                 while let Some(item) = out.next().await {
                     output.extend_from_slice(&item?.into_bytes());
@@ -361,6 +376,9 @@ impl Runtime for DockerRuntime {
         };
         tokio::time::timeout(timeout, run)
             .await
-            .map_err(|_| RuntimeError::Timeout { op: "exec", after: timeout })?
+            .map_err(|_| RuntimeError::Timeout {
+                op: "exec",
+                after: timeout,
+            })?
     }
 }

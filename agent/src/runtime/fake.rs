@@ -68,7 +68,9 @@ impl FakeRuntime {
 
     /// Exit code of exec (probe) commands in containers with this name (default 0).
     pub fn set_exec_exit(&self, container_name: &str, code: i32) {
-        self.lock().exec_exit.insert(container_name.to_string(), code);
+        self.lock()
+            .exec_exit
+            .insert(container_name.to_string(), code);
     }
 
     pub fn set_image_missing(&self, image: &str) {
@@ -125,6 +127,7 @@ impl FakeRuntime {
             attempt: c.spec.attempt,
             image: c.spec.image.clone(),
             ports: c.spec.ports.clone(),
+            grace_seconds: c.spec.grace_seconds,
             state,
         }
     }
@@ -195,9 +198,10 @@ impl Runtime for FakeRuntime {
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let mut g = self.lock();
         g.calls.push(format!("start {id}"));
-        let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
-            id: id.to_string(),
-        })?;
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or(RuntimeError::NotFound { id: id.to_string() })?;
         c.state = FakeState::Running {
             started_at: chrono::Utc::now(),
         };
@@ -215,9 +219,10 @@ impl Runtime for FakeRuntime {
             let mut g = self.lock();
             g.calls.push(format!("stop {id}"));
             let now = Instant::now();
-            let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
-                id: id.to_string(),
-            })?;
+            let c = g
+                .containers
+                .get_mut(id)
+                .ok_or(RuntimeError::NotFound { id: id.to_string() })?;
             Self::settle(c, now);
             if !matches!(c.state, FakeState::Running { .. }) {
                 return Ok(());
@@ -253,8 +258,7 @@ impl Runtime for FakeRuntime {
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let mut g = self.lock();
         let now = Instant::now();
-        Ok(g
-            .containers
+        Ok(g.containers
             .iter_mut()
             .map(|(id, c)| {
                 Self::settle(c, now);
@@ -266,16 +270,20 @@ impl Runtime for FakeRuntime {
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
         let mut g = self.lock();
         let now = Instant::now();
-        let c = g.containers.get_mut(id).ok_or(RuntimeError::NotFound {
-            id: id.to_string(),
-        })?;
+        let c = g
+            .containers
+            .get_mut(id)
+            .ok_or(RuntimeError::NotFound { id: id.to_string() })?;
         Self::settle(c, now);
         Ok(Self::info(id, c))
     }
 
     async fn logs(&self, id: &str, _opts: LogOptions) -> Result<LogStream, RuntimeError> {
         let c = self.inspect(id).await?;
-        let line = Bytes::from(format!("log of {} attempt {}\n", c.container_name, c.attempt));
+        let line = Bytes::from(format!(
+            "log of {} attempt {}\n",
+            c.container_name, c.attempt
+        ));
         Ok(Box::pin(futures::stream::iter(vec![Ok(line)])))
     }
 
@@ -296,5 +304,12 @@ impl Runtime for FakeRuntime {
             exit_code: g.exec_exit.get(&name).copied().unwrap_or(0),
             output: Vec::new(),
         })
+    }
+}
+
+impl FakeRuntime {
+    /// Ids of all containers (any state).
+    pub async fn list_ids(&self) -> Vec<String> {
+        self.lock().containers.keys().cloned().collect()
     }
 }

@@ -33,6 +33,7 @@ pub const LABEL_CONTAINER: &str = "berth.container-name";
 pub const LABEL_ATTEMPT: &str = "berth.attempt";
 pub const LABEL_HOST_PORTS: &str = "berth.host-ports";
 pub const LABEL_MANAGED: &str = "berth.managed";
+pub const LABEL_GRACE: &str = "berth.grace-seconds";
 
 /// A container port published on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +64,8 @@ pub struct ContainerSpec {
     pub cpu_limit_millis: Option<u64>,
     /// Signal sent first on stop (e.g. "SIGTERM").
     pub stop_signal: Option<String>,
+    /// The pod's terminationGracePeriodSeconds, kept so an orphan is stopped as gracefully.
+    pub grace_seconds: Option<u64>,
 }
 
 impl ContainerSpec {
@@ -76,6 +79,9 @@ impl ContainerSpec {
         l.insert(LABEL_CONTAINER.to_string(), self.container_name.clone());
         l.insert(LABEL_ATTEMPT.to_string(), self.attempt.to_string());
         l.insert(LABEL_HOST_PORTS.to_string(), encode_ports(&self.ports));
+        if let Some(g) = self.grace_seconds {
+            l.insert(LABEL_GRACE.to_string(), g.to_string());
+        }
         l
     }
 }
@@ -84,7 +90,12 @@ impl ContainerSpec {
 pub fn encode_ports(ports: &[PortBinding]) -> String {
     ports
         .iter()
-        .map(|p| format!("{}/{}:{}:{}", p.name, p.protocol, p.container_port, p.host_port))
+        .map(|p| {
+            format!(
+                "{}/{}:{}:{}",
+                p.name, p.protocol, p.container_port, p.host_port
+            )
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -117,6 +128,7 @@ pub struct ContainerInfo {
     pub attempt: u32,
     pub image: String,
     pub ports: Vec<PortBinding>,
+    pub grace_seconds: Option<u64>,
     pub state: RunState,
 }
 
@@ -140,6 +152,7 @@ impl ContainerInfo {
                 .get(LABEL_HOST_PORTS)
                 .map(|s| decode_ports(s))
                 .unwrap_or_default(),
+            grace_seconds: labels.get(LABEL_GRACE).and_then(|g| g.parse().ok()),
             state,
         })
     }
@@ -150,7 +163,9 @@ impl ContainerInfo {
 pub enum RunState {
     /// Created, never started.
     Created,
-    Running { started_at: Time },
+    Running {
+        started_at: Time,
+    },
     Exited(ExitInfo),
 }
 
@@ -242,8 +257,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Send `signal` (default SIGTERM), wait up to `grace`, then SIGKILL; returns when stopped.
-    async fn stop(&self, id: &str, grace: Duration, signal: Option<&str>)
-        -> Result<(), RuntimeError>;
+    async fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+        signal: Option<&str>,
+    ) -> Result<(), RuntimeError>;
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Every Berth-managed container, running or not.
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
@@ -269,6 +288,39 @@ pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
         format!("SIG{s}")
     };
     nix::sys::signal::Signal::from_str(&name).ok()
+}
+
+/// `PORT` (the first port) and one `PORT_<NAME>` per named port, holding the port the workload
+/// must listen on: the host port for processes (no network namespace), the container port in
+/// Docker (published to the host port by the engine).
+pub fn port_env(ports: &[PortBinding], use_host_port: bool) -> Vec<(String, String)> {
+    let pick = |p: &PortBinding| {
+        if use_host_port {
+            p.host_port
+        } else {
+            p.container_port
+        }
+        .to_string()
+    };
+    let mut env = Vec::new();
+    if let Some(first) = ports.first() {
+        env.push(("PORT".to_string(), pick(first)));
+    }
+    for p in ports.iter().filter(|p| !p.name.is_empty()) {
+        let name: String = p
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        env.push((format!("PORT_{name}"), pick(p)));
+    }
+    env
 }
 
 #[cfg(test)]
@@ -303,37 +355,4 @@ mod tests {
         assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("NOPE"), None);
     }
-}
-
-/// `PORT` (the first port) and one `PORT_<NAME>` per named port, holding the port the workload
-/// must listen on: the host port for processes (no network namespace), the container port in
-/// Docker (published to the host port by the engine).
-pub fn port_env(ports: &[PortBinding], use_host_port: bool) -> Vec<(String, String)> {
-    let pick = |p: &PortBinding| {
-        if use_host_port {
-            p.host_port
-        } else {
-            p.container_port
-        }
-        .to_string()
-    };
-    let mut env = Vec::new();
-    if let Some(first) = ports.first() {
-        env.push(("PORT".to_string(), pick(first)));
-    }
-    for p in ports.iter().filter(|p| !p.name.is_empty()) {
-        let name: String = p
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        env.push((format!("PORT_{name}"), pick(p)));
-    }
-    env
 }

@@ -162,7 +162,10 @@ impl ProcessRuntime {
                             s.exit = Some(rec);
                         }
                     })?;
-                    let e = st.exit.clone().ok_or_else(|| RuntimeError::Other("exit not recorded".into()))?;
+                    let e = st
+                        .exit
+                        .clone()
+                        .ok_or_else(|| RuntimeError::Other("exit not recorded".into()))?;
                     return Ok((st.clone(), RunState::Exited(exit_info(&e, st.started_at))));
                 }
             }
@@ -180,6 +183,7 @@ impl ProcessRuntime {
             attempt: st.spec.attempt,
             image: st.spec.image.clone(),
             ports: st.spec.ports.clone(),
+            grace_seconds: st.spec.grace_seconds,
             state,
         }
     }
@@ -256,7 +260,13 @@ fn process_alive(pid: i32, ticks: Option<u64>) -> bool {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -522,12 +532,14 @@ impl Runtime for ProcessRuntime {
                 if f.done {
                     return None;
                 }
-                let running = f
-                    .rt
-                    .observe(&f.id)
-                    .map(|(_, s)| s.is_running())
-                    .unwrap_or(false);
-                let len = tokio::fs::metadata(&f.log).await.map(|m| m.len()).unwrap_or(0);
+                let running =
+                    f.rt.observe(&f.id)
+                        .map(|(_, s)| s.is_running())
+                        .unwrap_or(false);
+                let len = tokio::fs::metadata(&f.log)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 if len < f.offset {
                     f.offset = 0; // rotated (truncated)
                 }
@@ -654,7 +666,10 @@ mod tests {
             if let RunState::Exited(e) = rt.inspect(id).await.expect("inspect").state {
                 return e;
             }
-            assert!(tokio::time::Instant::now() < deadline, "container never exited");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "container never exited"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -681,7 +696,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = ProcessRuntime::new(dir.path()).expect("runtime");
         let id = rt
-            .create(&spec("c", "echo port=$PORT http=$PORT_HTTP g=$GREETING; pwd; exit 3"))
+            .create(&spec(
+                "c",
+                "echo port=$PORT http=$PORT_HTTP g=$GREETING; pwd; exit 3",
+            ))
             .await
             .expect("create");
         rt.start(&id).await.expect("start");
@@ -698,7 +716,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = ProcessRuntime::new(dir.path()).expect("runtime");
         let id = rt
-            .create(&spec("c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"))
+            .create(&spec(
+                "c",
+                "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+            ))
             .await
             .expect("create");
         rt.start(&id).await.expect("start");
@@ -712,7 +733,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let t0 = std::time::Instant::now();
-        rt.stop(&id, Duration::from_millis(500), None).await.expect("stop");
+        rt.stop(&id, Duration::from_millis(500), None)
+            .await
+            .expect("stop");
         assert!(t0.elapsed() >= Duration::from_millis(500));
         let e = wait_exited(&rt, &id).await;
         assert_eq!(e.signal, Some(9));
@@ -731,7 +754,9 @@ mod tests {
         assert!(listed[0].state.is_running(), "{:?}", listed[0].state);
         assert_eq!(listed[0].pod_uid, "0123456789abcdef");
         assert_eq!(listed[0].ports[0].host_port, 23456);
-        rt2.stop(&id, Duration::from_secs(5), None).await.expect("stop");
+        rt2.stop(&id, Duration::from_secs(5), None)
+            .await
+            .expect("stop");
         assert!(!rt2.inspect(&id).await.expect("inspect").state.is_running());
         rt2.remove(&id).await.expect("remove");
         assert!(rt2.list().await.expect("list").is_empty());
@@ -742,21 +767,36 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = ProcessRuntime::new(dir.path()).expect("runtime");
         let id = rt
-            .create(&spec("c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"))
+            .create(&spec(
+                "c",
+                "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done",
+            ))
             .await
             .expect("create");
         rt.start(&id).await.expect("start");
         let all = collect(
-            rt.logs(&id, LogOptions { tail: None, follow: true })
-                .await
-                .expect("logs"),
+            rt.logs(
+                &id,
+                LogOptions {
+                    tail: None,
+                    follow: true,
+                },
+            )
+            .await
+            .expect("logs"),
         )
         .await;
         assert_eq!(all, "line1\nline2\nline3\nline4\nline5\n");
         let tail = collect(
-            rt.logs(&id, LogOptions { tail: Some(2), follow: false })
-                .await
-                .expect("logs"),
+            rt.logs(
+                &id,
+                LogOptions {
+                    tail: Some(2),
+                    follow: false,
+                },
+            )
+            .await
+            .expect("logs"),
         )
         .await;
         assert_eq!(tail, "line4\nline5\n");
@@ -768,17 +808,29 @@ mod tests {
         let rt = ProcessRuntime::new(dir.path()).expect("runtime");
         let id = rt.create(&spec("c", "sleep 5")).await.expect("create");
         let ok = rt
-            .exec(&id, &["sh".into(), "-c".into(), "test \"$GREETING\" = hi".into()], Duration::from_secs(5))
+            .exec(
+                &id,
+                &["sh".into(), "-c".into(), "test \"$GREETING\" = hi".into()],
+                Duration::from_secs(5),
+            )
             .await
             .expect("exec");
         assert_eq!(ok.exit_code, 0);
         let bad = rt
-            .exec(&id, &["sh".into(), "-c".into(), "exit 4".into()], Duration::from_secs(5))
+            .exec(
+                &id,
+                &["sh".into(), "-c".into(), "exit 4".into()],
+                Duration::from_secs(5),
+            )
             .await
             .expect("exec");
         assert_eq!(bad.exit_code, 4);
         let slow = rt
-            .exec(&id, &["sleep".into(), "5".into()], Duration::from_millis(100))
+            .exec(
+                &id,
+                &["sleep".into(), "5".into()],
+                Duration::from_millis(100),
+            )
             .await;
         assert!(matches!(slow, Err(RuntimeError::Timeout { .. })));
     }

@@ -1,0 +1,1067 @@
+//! The pod sync reconciler: makes the runtime match the pods bound to this node.
+//!
+//! Level-triggered (STYLE.md): every round re-reads *desired* (the [`PodCache`]: pods with
+//! `spec.nodeName == this node`) and *observed* (`Runtime::list`, every Berth-labelled
+//! workload), then
+//! 1. [`record_exits`] folds newly seen exits into the crash-loop memory (pure),
+//! 2. [`plan`] computes the actions (pure): start, restart after backoff, kill on
+//!    liveness/startup failure, stop orphans gracefully, remove old attempts,
+//! 3. the shell ([`PodSync`]) executes them, keeps the prober in step, and writes each pod's
+//!    status ([`pod_status`], pure) and events when they change.
+//!
+//! Nothing local is trusted across an agent restart: restart counts are the attempt numbers in
+//! the workloads' labels, host ports come from labels and pod status, backoff is re-derived
+//! from the last exit time. Until the pod cache has had its first full list, no workload is
+//! treated as an orphan, so an agent restarted while the API is down kills nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::types::{
+    Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodStatus, Time,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{ApiError, NodeApi, PodCache};
+use crate::backoff::{BackoffPolicy, CrashLoop};
+use crate::events::{EventSink, PodRef};
+use crate::hostports::{self, HostPorts};
+use crate::prober::{ProbeView, Probed, Prober};
+use crate::runtime::{ContainerInfo, ContainerSpec, ExitInfo, RunState, Runtime, RuntimeError};
+
+/// Default terminationGracePeriodSeconds.
+pub const DEFAULT_GRACE_SECONDS: u64 = 30;
+
+/// One container of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub pod_uid: String,
+    pub container: String,
+}
+
+impl Key {
+    pub fn new(pod_uid: &str, container: &str) -> Key {
+        Key {
+            pod_uid: pod_uid.to_string(),
+            container: container.to_string(),
+        }
+    }
+}
+
+/// Why a container could not be created/started, and when to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateError {
+    pub reason: String,
+    pub message: String,
+    pub retry_at: Instant,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crash {
+    pub backoff: CrashLoop,
+    /// Runtime id of the last exit already counted.
+    pub seen_exit: Option<String>,
+}
+
+/// What the agent remembers between rounds (all of it re-derivable after a restart).
+#[derive(Debug, Clone, Default)]
+pub struct Memo {
+    pub crash: BTreeMap<Key, Crash>,
+    pub create_errors: BTreeMap<Key, CreateError>,
+    /// Attempt for which a BackOff event was already emitted.
+    pub backoff_events: BTreeMap<Key, u32>,
+}
+
+/// An effect for the shell to carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create and start `attempt` of a container.
+    Start {
+        pod_uid: String,
+        container: String,
+        attempt: u32,
+    },
+    /// Stop a running container of a desired pod because a probe failed (it is restarted later).
+    Kill {
+        id: String,
+        key: Key,
+        grace: Duration,
+        message: String,
+    },
+    /// Stop and remove a workload whose pod is gone.
+    StopOrphan { id: String, grace: Duration },
+    /// Remove a stopped workload (old attempts, stopped orphans, never-started leftovers).
+    Remove { id: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Run again no later than this (a backoff or retry expiring).
+    pub requeue: Option<Duration>,
+}
+
+impl Plan {
+    fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+}
+
+/// Is a pod still wanted on this node?
+pub fn is_desired(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+}
+
+fn restart_policy(p: &Pod) -> &str {
+    p.spec.restart_policy.as_deref().unwrap_or("Always")
+}
+
+fn should_restart(p: &Pod, e: &ExitInfo) -> bool {
+    match restart_policy(p) {
+        "Never" => false,
+        "OnFailure" => e.exit_code != 0,
+        _ => true,
+    }
+}
+
+fn grace_of(p: &Pod) -> Duration {
+    Duration::from_secs(
+        p.spec
+            .termination_grace_period_seconds
+            .map(|g| g.max(0) as u64)
+            .unwrap_or(DEFAULT_GRACE_SECONDS),
+    )
+}
+
+/// Attempts of each container, newest first.
+pub fn by_key(observed: &[ContainerInfo]) -> BTreeMap<Key, Vec<&ContainerInfo>> {
+    let mut m: BTreeMap<Key, Vec<&ContainerInfo>> = BTreeMap::new();
+    for c in observed {
+        m.entry(Key::new(&c.pod_uid, &c.container_name))
+            .or_default()
+            .push(c);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+    }
+    m
+}
+
+/// Count exits not seen before into each container's crash loop.
+pub fn record_exits(
+    memo: &mut Memo,
+    observed: &[ContainerInfo],
+    policy: &BackoffPolicy,
+    now: Instant,
+    wall: Time,
+) {
+    for (key, attempts) in by_key(observed) {
+        let Some(latest) = attempts.first() else {
+            continue;
+        };
+        let RunState::Exited(e) = &latest.state else {
+            continue;
+        };
+        let entry = memo.crash.entry(key).or_insert_with(|| Crash {
+            // A fresh agent: earlier attempts all crashed as far as we can tell.
+            backoff: CrashLoop {
+                crashes: latest.attempt,
+                not_before: None,
+            },
+            seen_exit: None,
+        });
+        if entry.seen_exit.as_deref() == Some(latest.id.as_str()) {
+            continue;
+        }
+        let ran_for = match (e.started_at, e.finished_at) {
+            (Some(s), Some(f)) => (f - s).to_std().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let since_exit = e
+            .finished_at
+            .and_then(|f| (wall - f).to_std().ok())
+            .unwrap_or_default();
+        let exit_at = now.checked_sub(since_exit).unwrap_or(now);
+        entry.backoff.record_exit(policy, ran_for, exit_at);
+        entry.seen_exit = Some(latest.id.clone());
+    }
+}
+
+/// The pure planning step.
+pub fn plan(
+    desired: &[Pod],
+    observed: &[ContainerInfo],
+    memo: &Memo,
+    view: &dyn Fn(&str, &Container) -> ProbeView,
+    stopping: &HashSet<String>,
+    now: Instant,
+) -> Plan {
+    let mut out = Plan::default();
+    let attempts = by_key(observed);
+    let wanted: BTreeSet<&str> = desired
+        .iter()
+        .filter(|p| is_desired(p))
+        .map(|p| p.metadata.uid.as_str())
+        .collect();
+    let mut handled: BTreeSet<&Key> = BTreeSet::new();
+
+    for pod in desired.iter().filter(|p| is_desired(p)) {
+        let uid = pod.metadata.uid.as_str();
+        for c in &pod.spec.containers {
+            let key = Key::new(uid, &c.name);
+            let list: &[&ContainerInfo] = attempts.get(&key).map(|v| v.as_slice()).unwrap_or(&[]);
+            if let Some((k, _)) = attempts.get_key_value(&key) {
+                handled.insert(k);
+            }
+            // Keep the newest two attempts (the previous one serves `logs --previous`).
+            for old in list.iter().skip(2) {
+                if stopping.contains(&old.id) {
+                    continue;
+                }
+                if old.state.is_running() {
+                    out.actions.push(Action::StopOrphan {
+                        id: old.id.clone(),
+                        grace: grace_of(pod),
+                    });
+                } else {
+                    out.actions.push(Action::Remove { id: old.id.clone() });
+                }
+            }
+            let retry_wait = memo
+                .create_errors
+                .get(&key)
+                .and_then(|e| e.retry_at.checked_duration_since(now))
+                .filter(|d| !d.is_zero());
+            let Some(latest) = list.first() else {
+                match retry_wait {
+                    Some(d) => out.requeue_in(d),
+                    None => out.actions.push(Action::Start {
+                        pod_uid: uid.to_string(),
+                        container: c.name.clone(),
+                        attempt: 0,
+                    }),
+                }
+                continue;
+            };
+            if stopping.contains(&latest.id) {
+                continue;
+            }
+            match &latest.state {
+                RunState::Running { .. } => {
+                    let v = view(&latest.id, c);
+                    let why = v
+                        .startup_failed
+                        .map(|m| {
+                            format!(
+                                "Container {} failed startup probe, will be restarted: {m}",
+                                c.name
+                            )
+                        })
+                        .or_else(|| {
+                            v.liveness_failed.map(|m| {
+                                format!(
+                                    "Container {} failed liveness probe, will be restarted: {m}",
+                                    c.name
+                                )
+                            })
+                        });
+                    if let Some(message) = why {
+                        out.actions.push(Action::Kill {
+                            id: latest.id.clone(),
+                            key: key.clone(),
+                            grace: grace_of(pod),
+                            message,
+                        });
+                    }
+                }
+                RunState::Created => {
+                    // Created by an agent that died before starting it: start over cleanly.
+                    out.actions.push(Action::Remove {
+                        id: latest.id.clone(),
+                    });
+                    if retry_wait.is_none() {
+                        out.actions.push(Action::Start {
+                            pod_uid: uid.to_string(),
+                            container: c.name.clone(),
+                            attempt: latest.attempt,
+                        });
+                    }
+                }
+                RunState::Exited(e) => {
+                    if !should_restart(pod, e) {
+                        continue;
+                    }
+                    if let Some(d) = retry_wait {
+                        out.requeue_in(d);
+                        continue;
+                    }
+                    match memo.crash.get(&key).and_then(|c| c.backoff.remaining(now)) {
+                        Some(d) => out.requeue_in(d),
+                        None => out.actions.push(Action::Start {
+                            pod_uid: uid.to_string(),
+                            container: c.name.clone(),
+                            attempt: latest.attempt + 1,
+                        }),
+                    }
+                }
+            }
+        }
+    }
+
+    // Everything else is an orphan: its pod is gone, deleted, or no longer has that container.
+    for (key, list) in &attempts {
+        if handled.contains(key) && wanted.contains(key.pod_uid.as_str()) {
+            continue;
+        }
+        for c in list {
+            if stopping.contains(&c.id) {
+                continue;
+            }
+            if c.state.is_running() {
+                out.actions.push(Action::StopOrphan {
+                    id: c.id.clone(),
+                    grace: Duration::from_secs(c.grace_seconds.unwrap_or(DEFAULT_GRACE_SECONDS)),
+                });
+            } else {
+                out.actions.push(Action::Remove { id: c.id.clone() });
+            }
+        }
+    }
+    out
+}
+
+fn terminated(e: &ExitInfo) -> ContainerStateTerminated {
+    ContainerStateTerminated {
+        exit_code: e.exit_code,
+        signal: e.signal,
+        reason: e.reason.clone(),
+        message: e.message.clone(),
+        started_at: e.started_at,
+        finished_at: e.finished_at,
+    }
+}
+
+fn waiting(reason: &str, message: String) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: reason.to_string(),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Set a condition; an unchanged (status, reason, message) keeps the old one byte-for-byte so
+/// that an unchanged pod produces an identical status (and no write).
+fn put_condition(
+    conds: &mut Vec<Condition>,
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    wall: Time,
+) {
+    let status = if ok { "True" } else { "False" };
+    if let Some(o) = old.iter().find(|c| c.type_ == type_) {
+        if o.status == status && o.reason == reason {
+            conds.push(o.clone());
+            return;
+        }
+    }
+    conds.push(Condition::new(type_, ok, reason, "", wall));
+}
+
+/// Inputs of [`pod_status`] that are not the pod itself.
+pub struct StatusInputs<'a> {
+    pub observed: &'a [ContainerInfo],
+    pub memo: &'a Memo,
+    pub view: &'a dyn Fn(&str, &Container) -> ProbeView,
+    pub policy: &'a BackoffPolicy,
+    pub host_ip: &'a str,
+    pub runtime: &'a str,
+    pub ports: &'a [crate::runtime::PortBinding],
+    pub now: Instant,
+    pub wall: Time,
+}
+
+/// The status this pod should have (pure).
+pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
+    let uid = pod.metadata.uid.as_str();
+    let old = pod.status.clone().unwrap_or_default();
+    let attempts = by_key(inp.observed);
+    let mut statuses = Vec::new();
+    let (mut all_ready, mut any_started, mut all_terminal, mut all_succeeded) =
+        (true, false, true, true);
+    for c in &pod.spec.containers {
+        let key = Key::new(uid, &c.name);
+        let list: &[&ContainerInfo] = attempts.get(&key).map(|v| v.as_slice()).unwrap_or(&[]);
+        let latest = list.first();
+        let prev = list.get(1);
+        let prev_state = prev.and_then(|p| match &p.state {
+            RunState::Exited(e) => Some(ContainerState {
+                terminated: Some(terminated(e)),
+                ..Default::default()
+            }),
+            _ => None,
+        });
+        let create_err = inp.memo.create_errors.get(&key);
+        let mut cs = ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            restart_count: latest.map(|l| l.attempt as i32).unwrap_or(0),
+            container_id: latest
+                .map(|l| format!("{}://{}", inp.runtime, l.id))
+                .unwrap_or_default(),
+            started: Some(false),
+            ..Default::default()
+        };
+        let mut terminal = false;
+        match latest.map(|l| &l.state) {
+            None | Some(RunState::Created) => {
+                cs.state = match create_err {
+                    Some(e) => waiting(&e.reason, e.message.clone()),
+                    None => waiting("ContainerCreating", String::new()),
+                };
+                cs.last_state = prev_state;
+            }
+            Some(RunState::Running { started_at }) => {
+                any_started = true;
+                let v = latest.map(|l| (inp.view)(&l.id, c)).unwrap_or_default();
+                cs.state = ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(*started_at),
+                    }),
+                    ..Default::default()
+                };
+                cs.ready = v.ready;
+                cs.started = Some(v.started);
+                cs.last_state = prev_state;
+            }
+            Some(RunState::Exited(e)) => {
+                any_started = true;
+                if should_restart(pod, e) {
+                    let crashes = inp
+                        .memo
+                        .crash
+                        .get(&key)
+                        .map(|c| c.backoff.crashes)
+                        .unwrap_or(1);
+                    let backing_off = inp
+                        .memo
+                        .crash
+                        .get(&key)
+                        .and_then(|c| c.backoff.remaining(inp.now))
+                        .is_some();
+                    cs.state = match create_err {
+                        Some(ce) => waiting(&ce.reason, ce.message.clone()),
+                        None if backing_off => waiting(
+                            "CrashLoopBackOff",
+                            format!(
+                                "back-off {} restarting failed container={} pod={}",
+                                humanize(inp.policy.delay(crashes)),
+                                c.name,
+                                pod.metadata.name
+                            ),
+                        ),
+                        None => waiting("ContainerCreating", String::new()),
+                    };
+                    cs.last_state = Some(ContainerState {
+                        terminated: Some(terminated(e)),
+                        ..Default::default()
+                    });
+                } else {
+                    terminal = true;
+                    all_succeeded &= e.exit_code == 0;
+                    cs.state = ContainerState {
+                        terminated: Some(terminated(e)),
+                        ..Default::default()
+                    };
+                    cs.last_state = prev_state;
+                }
+            }
+        }
+        all_ready &= cs.ready;
+        all_terminal &= terminal;
+        statuses.push(cs);
+    }
+    let phase = if !pod.spec.containers.is_empty() && all_terminal {
+        if all_succeeded {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if any_started {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let ready = all_ready && !pod.spec.containers.is_empty() && phase == "Running";
+    let ready_reason = if ready { "" } else { "ContainersNotReady" };
+    let mut conditions = Vec::new();
+    put_condition(
+        &mut conditions,
+        &old.conditions,
+        "PodScheduled",
+        true,
+        "",
+        inp.wall,
+    );
+    put_condition(
+        &mut conditions,
+        &old.conditions,
+        "Initialized",
+        true,
+        "",
+        inp.wall,
+    );
+    put_condition(
+        &mut conditions,
+        &old.conditions,
+        "ContainersReady",
+        ready,
+        ready_reason,
+        inp.wall,
+    );
+    put_condition(
+        &mut conditions,
+        &old.conditions,
+        "Ready",
+        ready,
+        ready_reason,
+        inp.wall,
+    );
+    PodStatus {
+        phase: phase.to_string(),
+        conditions,
+        host_ip: inp.host_ip.to_string(),
+        start_time: old.start_time.or(Some(inp.wall)),
+        container_statuses: statuses,
+        host_ports: hostports::to_status(&pod.spec, inp.ports),
+        reason: String::new(),
+        message: String::new(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Build the runtime spec of one container attempt.
+pub fn container_spec(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    ports: &[crate::runtime::PortBinding],
+) -> ContainerSpec {
+    let limits = berth_proto::quantity::container_limits(c);
+    ContainerSpec {
+        pod_uid: pod.metadata.uid.clone(),
+        pod_namespace: pod.metadata.namespace.clone(),
+        pod_name: pod.metadata.name.clone(),
+        container_name: c.name.clone(),
+        attempt,
+        image: c.image.clone(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone(),
+        env: c
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        ports: ports.to_vec(),
+        memory_limit_bytes: limits.memory.filter(|m| *m > 0),
+        cpu_limit_millis: limits.milli_cpu.filter(|m| *m > 0),
+        stop_signal: None,
+        grace_seconds: Some(grace_of(pod).as_secs()),
+    }
+}
+
+/// Settings of the pod sync loop.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub node_name: String,
+    pub node_address: String,
+    pub backoff: BackoffPolicy,
+    /// Retry delay after a create failure (e.g. a missing image).
+    pub create_retry: Duration,
+    /// Upper bound between two rounds.
+    pub resync: Duration,
+}
+
+impl SyncConfig {
+    pub fn new(node_name: &str, node_address: &str) -> SyncConfig {
+        SyncConfig {
+            node_name: node_name.to_string(),
+            node_address: node_address.to_string(),
+            backoff: BackoffPolicy::default(),
+            create_retry: Duration::from_secs(10),
+            resync: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The shell around [`plan`]: owns the memo, host ports and prober; one task.
+pub struct PodSync {
+    cfg: SyncConfig,
+    runtime: Arc<dyn Runtime>,
+    api: Arc<dyn NodeApi>,
+    pods: PodCache,
+    memo: Memo,
+    ports: HostPorts,
+    prober: Prober,
+    events: EventSink,
+    kick: Arc<Notify>,
+    stopping: Arc<Mutex<HashSet<String>>>,
+    stops: TaskTracker,
+    last_written: BTreeMap<String, PodStatus>,
+}
+
+fn pod_ref(p: &Pod) -> PodRef {
+    PodRef {
+        namespace: p.metadata.namespace.clone(),
+        name: p.metadata.name.clone(),
+        uid: p.metadata.uid.clone(),
+    }
+}
+
+impl PodSync {
+    pub fn new(
+        cfg: SyncConfig,
+        runtime: Arc<dyn Runtime>,
+        api: Arc<dyn NodeApi>,
+        pods: PodCache,
+        ports: HostPorts,
+        events: EventSink,
+        shutdown: &CancellationToken,
+    ) -> PodSync {
+        let kick = pods.notifier();
+        let prober = Prober::new(
+            runtime.clone(),
+            kick.clone(),
+            events.clone(),
+            shutdown.child_token(),
+        );
+        PodSync {
+            cfg,
+            runtime,
+            api,
+            pods,
+            memo: Memo::default(),
+            ports,
+            prober,
+            events,
+            kick,
+            stopping: Arc::new(Mutex::new(HashSet::new())),
+            stops: TaskTracker::new(),
+            last_written: BTreeMap::new(),
+        }
+    }
+
+    /// Run rounds until shutdown. Workloads are left running on shutdown: the next agent adopts
+    /// them.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let requeue = self.sync_once().await;
+            let wait = requeue
+                .map(|r| r.min(self.cfg.resync))
+                .unwrap_or(self.cfg.resync)
+                .max(Duration::from_millis(10));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.kick.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.stops.close();
+        // Stops in flight (liveness kills, orphans) get a moment; the next agent redoes the rest.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stops.wait()).await;
+    }
+
+    fn stopping(&self) -> HashSet<String> {
+        self.stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One reconcile round; returns when the next one is due at the latest.
+    pub async fn sync_once(&mut self) -> Option<Duration> {
+        let observed = match self.runtime.list().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the runtime failed; retrying");
+                return Some(Duration::from_secs(2));
+            }
+        };
+        let Some(all) = self.pods.snapshot() else {
+            // Not synced with the API yet: adopt nothing, kill nothing.
+            return Some(self.cfg.resync);
+        };
+        let desired: Vec<Pod> = all
+            .into_iter()
+            .filter(|p| p.spec.node_name == self.cfg.node_name)
+            .collect();
+        let now = Instant::now();
+        let wall = chrono::Utc::now();
+        self.rederive_ports(&desired, &observed);
+        record_exits(&mut self.memo, &observed, &self.cfg.backoff, now, wall);
+        let stopping = self.stopping();
+        let prober = &self.prober;
+        let view = |id: &str, c: &Container| prober.view(id, c);
+        let p = plan(&desired, &observed, &self.memo, &view, &stopping, now);
+        let mut changed = false;
+        for a in p.actions.clone() {
+            changed = true;
+            self.execute(a, &desired).await;
+        }
+        let observed = if changed {
+            self.runtime.list().await.unwrap_or(observed)
+        } else {
+            observed
+        };
+        self.sync_prober(&desired, &observed);
+        self.write_statuses(&desired, &observed).await;
+        self.backoff_events(&desired, &observed);
+        self.cleanup(&desired, &observed);
+        self.events.flush(self.api.as_ref()).await;
+        p.requeue
+    }
+
+    fn rederive_ports(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let attempts = by_key(observed);
+        for pod in desired {
+            let uid = &pod.metadata.uid;
+            if self.ports.get(uid).is_some() {
+                continue;
+            }
+            let mut from_workloads = Vec::new();
+            for c in &pod.spec.containers {
+                if let Some(l) = attempts
+                    .get(&Key::new(uid, &c.name))
+                    .and_then(|v| v.first())
+                {
+                    from_workloads.extend(l.ports.iter().cloned());
+                }
+            }
+            let from_status = pod
+                .status
+                .as_ref()
+                .map(|s| hostports::from_status(&pod.spec, &s.host_ports))
+                .unwrap_or_default();
+            let b = if from_workloads.is_empty() {
+                from_status
+            } else {
+                from_workloads
+            };
+            self.ports.reserve(uid, &b);
+        }
+        // Orphans still hold their ports until they are gone.
+        for c in observed.iter().filter(|c| c.state.is_running()) {
+            if self.ports.get(&c.pod_uid).is_none()
+                && !desired.iter().any(|p| p.metadata.uid == c.pod_uid)
+            {
+                self.ports.reserve(&c.pod_uid, &c.ports);
+            }
+        }
+    }
+
+    async fn execute(&mut self, a: Action, desired: &[Pod]) {
+        match a {
+            Action::Start {
+                pod_uid,
+                container,
+                attempt,
+            } => {
+                let Some(pod) = desired.iter().find(|p| p.metadata.uid == pod_uid) else {
+                    return;
+                };
+                let Some(c) = pod.spec.containers.iter().find(|c| c.name == container) else {
+                    return;
+                };
+                self.start(pod, c, attempt).await;
+            }
+            Action::Kill {
+                id,
+                key,
+                grace,
+                message,
+            } => {
+                if let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) {
+                    self.events.normal(&pod_ref(pod), "Killing", message);
+                }
+                self.spawn_stop(id, grace, false);
+            }
+            Action::StopOrphan { id, grace } => self.spawn_stop(id, grace, true),
+            Action::Remove { id } => {
+                if let Err(e) = self.runtime.remove(&id).await {
+                    tracing::warn!(container = %id, error = %e, "removing container");
+                }
+            }
+        }
+    }
+
+    fn spawn_stop(&self, id: String, grace: Duration, remove: bool) {
+        self.stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+        let rt = self.runtime.clone();
+        let stopping = self.stopping.clone();
+        let kick = self.kick.clone();
+        self.stops.spawn(async move {
+            if let Err(e) = rt.stop(&id, grace, None).await {
+                tracing::warn!(container = %id, error = %e, "stopping container");
+            }
+            if remove {
+                if let Err(e) = rt.remove(&id).await {
+                    tracing::warn!(container = %id, error = %e, "removing container");
+                }
+            }
+            stopping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            kick.notify_one();
+        });
+    }
+
+    async fn start(&mut self, pod: &Pod, c: &Container, attempt: u32) {
+        let key = Key::new(&pod.metadata.uid, &c.name);
+        let pref = pod_ref(pod);
+        let now = Instant::now();
+        let bindings = match self
+            .ports
+            .allocate(&pod.metadata.uid, &pod.metadata.name, &pod.spec)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                self.create_failed(&key, &pref, "HostPortUnavailable", e.to_string(), now);
+                return;
+            }
+        };
+        let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
+        let spec = container_spec(pod, c, attempt, ports);
+        let id = match self.runtime.create(&spec).await {
+            Ok(id) => id,
+            Err(e @ RuntimeError::ImageNotPresent { .. }) => {
+                self.create_failed(&key, &pref, "ErrImageNeverPull", e.to_string(), now);
+                return;
+            }
+            Err(e) => {
+                self.create_failed(&key, &pref, "CreateContainerError", e.to_string(), now);
+                return;
+            }
+        };
+        if self.runtime.name() == "docker" {
+            self.events.normal(
+                &pref,
+                "Pulled",
+                format!("Container image {:?} already present on machine", c.image),
+            );
+        }
+        self.events
+            .normal(&pref, "Created", format!("Created container {}", c.name));
+        match self.runtime.start(&id).await {
+            Ok(()) => {
+                self.memo.create_errors.remove(&key);
+                self.events
+                    .normal(&pref, "Started", format!("Started container {}", c.name));
+            }
+            Err(e) => {
+                let _ = self.runtime.remove(&id).await;
+                self.create_failed(&key, &pref, "RunContainerError", e.to_string(), now);
+            }
+        }
+    }
+
+    fn create_failed(
+        &mut self,
+        key: &Key,
+        pref: &PodRef,
+        reason: &str,
+        message: String,
+        now: Instant,
+    ) {
+        let repeat = self
+            .memo
+            .create_errors
+            .get(key)
+            .is_some_and(|e| e.reason == reason && e.message == message);
+        if !repeat {
+            self.events.warning(
+                pref,
+                "Failed",
+                format!("Error: {reason}: container {}: {message}", key.container),
+            );
+        }
+        self.memo.create_errors.insert(
+            key.clone(),
+            CreateError {
+                reason: reason.to_string(),
+                message,
+                retry_at: now + self.cfg.create_retry,
+            },
+        );
+    }
+
+    fn sync_prober(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let mut running = Vec::new();
+        let stopping = self.stopping();
+        for c in observed
+            .iter()
+            .filter(|c| c.state.is_running() && !stopping.contains(&c.id))
+        {
+            let Some(pod) = desired.iter().find(|p| p.metadata.uid == c.pod_uid) else {
+                continue;
+            };
+            let Some(spec) = pod
+                .spec
+                .containers
+                .iter()
+                .find(|s| s.name == c.container_name)
+            else {
+                continue;
+            };
+            running.push(Probed {
+                id: c.id.clone(),
+                pod: pod_ref(pod),
+                container: spec.clone(),
+                ports: c.ports.clone(),
+            });
+        }
+        self.prober.sync(running);
+    }
+
+    async fn write_statuses(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let wall = chrono::Utc::now();
+        let now = Instant::now();
+        for pod in desired.iter().filter(|p| is_desired(p)) {
+            let uid = pod.metadata.uid.clone();
+            let mine: Vec<ContainerInfo> = observed
+                .iter()
+                .filter(|c| c.pod_uid == uid)
+                .cloned()
+                .collect();
+            let ports = self.ports.get(&uid).map(|p| p.to_vec()).unwrap_or_default();
+            let prober = &self.prober;
+            let view = |id: &str, c: &Container| prober.view(id, c);
+            let inputs = StatusInputs {
+                observed: &mine,
+                memo: &self.memo,
+                view: &view,
+                policy: &self.cfg.backoff,
+                host_ip: &self.cfg.node_address,
+                runtime: self.runtime.name(),
+                ports: &ports,
+                now,
+                wall,
+            };
+            // Compute against the last status we wrote when the cache has not caught up yet.
+            let mut base = pod.clone();
+            if let Some(w) = self.last_written.get(&uid) {
+                if pod.status.as_ref() != Some(w) {
+                    base.status = Some(w.clone());
+                }
+            }
+            let status = pod_status(&base, &inputs);
+            if pod.status.as_ref() == Some(&status) {
+                self.last_written.insert(uid, status);
+                continue;
+            }
+            if self.last_written.get(&uid) == Some(&status) {
+                continue;
+            }
+            let mut update = pod.clone();
+            update.status = Some(status.clone());
+            update.metadata.resource_version = 0;
+            match self.api.update_pod_status(&update).await {
+                Ok(_) => {
+                    self.last_written.insert(uid, status);
+                }
+                Err(ApiError::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(pod = %pod.metadata.name, error = %e, "writing pod status");
+                }
+            }
+        }
+    }
+
+    fn backoff_events(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let now = Instant::now();
+        let attempts = by_key(observed);
+        for pod in desired.iter().filter(|p| is_desired(p)) {
+            for c in &pod.spec.containers {
+                let key = Key::new(&pod.metadata.uid, &c.name);
+                let Some(latest) = attempts.get(&key).and_then(|v| v.first()) else {
+                    continue;
+                };
+                let backing_off = matches!(latest.state, RunState::Exited(_))
+                    && self
+                        .memo
+                        .crash
+                        .get(&key)
+                        .and_then(|c| c.backoff.remaining(now))
+                        .is_some();
+                if backing_off && self.memo.backoff_events.get(&key) != Some(&latest.attempt) {
+                    self.memo.backoff_events.insert(key.clone(), latest.attempt);
+                    self.events.warning(
+                        &pod_ref(pod),
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            c.name, pod.metadata.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let live: BTreeSet<&str> = desired
+            .iter()
+            .filter(|p| is_desired(p))
+            .map(|p| p.metadata.uid.as_str())
+            .chain(observed.iter().map(|c| c.pod_uid.as_str()))
+            .collect();
+        for uid in self.ports.pods() {
+            if !live.contains(uid.as_str()) {
+                self.ports.release(&uid);
+            }
+        }
+        let wanted: BTreeSet<&str> = desired.iter().map(|p| p.metadata.uid.as_str()).collect();
+        self.memo
+            .crash
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.memo
+            .create_errors
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.memo
+            .backoff_events
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.last_written.retain(|k, _| wanted.contains(k.as_str()));
+    }
+
+    /// Host ports currently allocated to a pod.
+    pub fn ports_of(&self, uid: &str) -> Option<Vec<crate::runtime::PortBinding>> {
+        self.ports.get(uid).map(|p| p.to_vec())
+    }
+}
+
+#[cfg(test)]
+#[path = "podsync_tests.rs"]
+mod tests;

@@ -1,0 +1,702 @@
+//! Tests of the pod sync reconciler: the pure plan/status functions table by table, and the
+//! shell driven round by round with the fake runtime, an in-memory API and paused time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::types::{Container, ExecAction, ObjectMeta, Pod, PodSpec, Probe};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::api::{MemoryApi, PodCache};
+use crate::events::EventSink;
+use crate::hostports::HostPorts;
+use crate::prober::ProbeView;
+use crate::runtime::fake::{Behavior, FakeRuntime};
+use crate::runtime::{ContainerInfo, ExitInfo, RunState};
+
+fn pod(name: &str, containers: &[&str]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            ..Default::default()
+        },
+        spec: PodSpec {
+            node_name: "n1".into(),
+            containers: containers
+                .iter()
+                .map(|c| Container {
+                    name: c.to_string(),
+                    image: "img".into(),
+                    command: vec!["run".into()],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn info(p: &Pod, c: &str, attempt: u32, state: RunState) -> ContainerInfo {
+    ContainerInfo {
+        id: format!("{}-{c}-{attempt}", p.metadata.name),
+        pod_uid: p.metadata.uid.clone(),
+        pod_namespace: "default".into(),
+        pod_name: p.metadata.name.clone(),
+        container_name: c.into(),
+        attempt,
+        image: "img".into(),
+        ports: vec![],
+        grace_seconds: Some(7),
+        state,
+    }
+}
+
+fn running() -> RunState {
+    RunState::Running {
+        started_at: chrono::Utc::now(),
+    }
+}
+
+/// A fixed wall-clock instant: exits happen at it and rounds are planned at it.
+fn wall0() -> berth_proto::types::Time {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+}
+
+fn exited(code: i32) -> RunState {
+    let now = wall0();
+    RunState::Exited(ExitInfo {
+        started_at: Some(now - chrono::Duration::seconds(1)),
+        finished_at: Some(now),
+        ..ExitInfo::from_code(code, None)
+    })
+}
+
+fn default_view(_: &str, c: &Container) -> ProbeView {
+    ProbeView::initial(c)
+}
+
+fn plan_of(desired: &[Pod], observed: &[ContainerInfo], memo: &Memo, now: Instant) -> Plan {
+    plan(desired, observed, memo, &default_view, &HashSet::new(), now)
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_pod_starts_every_container_at_attempt_zero() {
+    let p = pod("a", &["web", "side"]);
+    let out = plan_of(&[p], &[], &Memo::default(), Instant::now());
+    assert_eq!(
+        out.actions,
+        vec![
+            Action::Start {
+                pod_uid: "uid-a".into(),
+                container: "web".into(),
+                attempt: 0
+            },
+            Action::Start {
+                pod_uid: "uid-a".into(),
+                container: "side".into(),
+                attempt: 0
+            },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_containers_of_desired_pods_are_left_alone() {
+    let p = pod("a", &["web"]);
+    let obs = vec![info(&p, "web", 3, running())];
+    assert_eq!(
+        plan_of(&[p], &obs, &Memo::default(), Instant::now()),
+        Plan::default()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashed_container_waits_its_backoff_then_restarts_as_the_next_attempt() {
+    let p = pod("a", &["web"]);
+    let obs = vec![info(&p, "web", 0, exited(1))];
+    let mut memo = Memo::default();
+    let t0 = Instant::now();
+    record_exits(&mut memo, &obs, &BackoffPolicy::default(), t0, wall0());
+    let out = plan_of(std::slice::from_ref(&p), &obs, &memo, t0);
+    assert!(out.actions.is_empty());
+    assert_eq!(out.requeue, Some(Duration::from_secs(10)));
+    let later = plan_of(
+        std::slice::from_ref(&p),
+        &obs,
+        &memo,
+        t0 + Duration::from_secs(10),
+    );
+    assert_eq!(
+        later.actions,
+        vec![Action::Start {
+            pod_uid: "uid-a".into(),
+            container: "web".into(),
+            attempt: 1
+        }]
+    );
+    // The same exit is counted once, however many rounds see it.
+    record_exits(&mut memo, &obs, &BackoffPolicy::default(), t0, wall0());
+    assert_eq!(memo.crash[&Key::new("uid-a", "web")].backoff.crashes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_agent_derives_backoff_from_the_attempt_number() {
+    let p = pod("a", &["web"]);
+    let obs = vec![info(&p, "web", 3, exited(1)), info(&p, "web", 2, exited(1))];
+    let mut memo = Memo::default();
+    let t0 = Instant::now();
+    record_exits(&mut memo, &obs, &BackoffPolicy::default(), t0, wall0());
+    // Fourth consecutive crash: 10 * 2^3 = 80 s.
+    assert_eq!(
+        plan_of(&[p], &obs, &memo, t0).requeue,
+        Some(Duration::from_secs(80))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn liveness_failure_kills_the_running_container_with_the_pod_grace() {
+    let mut p = pod("a", &["web"]);
+    p.spec.termination_grace_period_seconds = Some(5);
+    let obs = vec![info(&p, "web", 0, running())];
+    let failing = |_: &str, _: &Container| ProbeView {
+        started: true,
+        ready: false,
+        liveness_failed: Some("HTTP probe failed with statuscode: 500".into()),
+        startup_failed: None,
+    };
+    let out = plan(
+        &[p],
+        &obs,
+        &Memo::default(),
+        &failing,
+        &HashSet::new(),
+        Instant::now(),
+    );
+    match out.actions.as_slice() {
+        [Action::Kill {
+            id, grace, message, ..
+        }] => {
+            assert_eq!(id, "a-web-0");
+            assert_eq!(*grace, Duration::from_secs(5));
+            assert!(message.contains("failed liveness probe"), "{message}");
+        }
+        other => panic!("expected one kill, got {other:?}"),
+    }
+    // While the kill is in flight nothing else is planned for that container.
+    let stopping: HashSet<String> = ["a-web-0".to_string()].into();
+    let p2 = pod("a", &["web"]);
+    assert!(plan(
+        &[p2],
+        &obs,
+        &Memo::default(),
+        &failing,
+        &stopping,
+        Instant::now()
+    )
+    .actions
+    .is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphans_are_stopped_with_their_recorded_grace_and_exited_ones_removed() {
+    let gone = pod("gone", &["web"]);
+    let obs = vec![
+        info(&gone, "web", 0, running()),
+        info(&gone, "web", 1, exited(0)),
+    ];
+    let out = plan_of(&[], &obs, &Memo::default(), Instant::now());
+    assert_eq!(
+        out.actions,
+        vec![
+            Action::Remove {
+                id: "gone-web-1".into()
+            },
+            Action::StopOrphan {
+                id: "gone-web-0".into(),
+                grace: Duration::from_secs(7)
+            },
+        ]
+    );
+    // A pod being deleted counts as gone.
+    let mut deleting = gone.clone();
+    deleting.metadata.deletion_timestamp = Some(chrono::Utc::now());
+    let out = plan_of(&[deleting], &obs[..1], &Memo::default(), Instant::now());
+    assert!(matches!(
+        out.actions.as_slice(),
+        [Action::StopOrphan { .. }]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_newest_two_attempts_are_kept() {
+    let p = pod("a", &["web"]);
+    let obs = vec![
+        info(&p, "web", 0, exited(1)),
+        info(&p, "web", 1, exited(1)),
+        info(&p, "web", 2, running()),
+    ];
+    assert_eq!(
+        plan_of(&[p], &obs, &Memo::default(), Instant::now()).actions,
+        vec![Action::Remove {
+            id: "a-web-0".into()
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_policy_decides_whether_an_exit_is_restarted() {
+    let now = Instant::now();
+    for (policy, code, restarts) in [
+        ("Always", 0, true),
+        ("Always", 1, true),
+        ("OnFailure", 0, false),
+        ("OnFailure", 2, true),
+        ("Never", 1, false),
+    ] {
+        let mut p = pod("a", &["web"]);
+        p.spec.restart_policy = Some(policy.into());
+        let obs = vec![info(&p, "web", 0, exited(code))];
+        let out = plan_of(&[p], &obs, &Memo::default(), now);
+        assert_eq!(!out.actions.is_empty(), restarts, "{policy} exit {code}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn create_errors_are_retried_only_after_the_retry_delay() {
+    let p = pod("a", &["web"]);
+    let now = Instant::now();
+    let mut memo = Memo::default();
+    memo.create_errors.insert(
+        Key::new("uid-a", "web"),
+        CreateError {
+            reason: "ErrImageNeverPull".into(),
+            message: "m".into(),
+            retry_at: now + Duration::from_secs(10),
+        },
+    );
+    let out = plan_of(std::slice::from_ref(&p), &[], &memo, now);
+    assert!(out.actions.is_empty());
+    assert_eq!(out.requeue, Some(Duration::from_secs(10)));
+    assert_eq!(
+        plan_of(&[p], &[], &memo, now + Duration::from_secs(10))
+            .actions
+            .len(),
+        1
+    );
+}
+
+fn status_of(
+    p: &Pod,
+    obs: &[ContainerInfo],
+    memo: &Memo,
+    view: &dyn Fn(&str, &Container) -> ProbeView,
+) -> PodStatus {
+    pod_status(
+        p,
+        &StatusInputs {
+            observed: obs,
+            memo,
+            view,
+            policy: &BackoffPolicy::default(),
+            host_ip: "10.0.0.1",
+            runtime: "fake",
+            ports: &[],
+            now: Instant::now(),
+            wall: chrono::Utc::now(),
+        },
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_loop_status_has_reason_restart_count_and_last_exit() {
+    let p = pod("a", &["web"]);
+    let obs = vec![info(&p, "web", 2, exited(3)), info(&p, "web", 1, exited(3))];
+    let mut memo = Memo::default();
+    record_exits(
+        &mut memo,
+        &obs,
+        &BackoffPolicy::default(),
+        Instant::now(),
+        wall0(),
+    );
+    let s = status_of(&p, &obs, &memo, &default_view);
+    assert_eq!(s.phase, "Running");
+    let cs = &s.container_statuses[0];
+    assert_eq!(cs.restart_count, 2);
+    let w = cs.state.waiting.as_ref().expect("waiting");
+    assert_eq!(w.reason, "CrashLoopBackOff");
+    assert!(w.message.contains("back-off 40s"), "{}", w.message);
+    assert_eq!(
+        cs.last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .map(|t| t.exit_code),
+        Some(3)
+    );
+    assert!(!p.is_ready());
+    assert_eq!(s.host_ip, "10.0.0.1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pod_is_ready_only_when_every_container_passes_readiness() {
+    let mut p = pod("a", &["web", "side"]);
+    p.spec.containers[0].readiness_probe = Some(Probe::default());
+    let obs = vec![
+        info(&p, "web", 0, running()),
+        info(&p, "side", 0, running()),
+    ];
+    let not_yet = status_of(&p, &obs, &Memo::default(), &default_view);
+    assert_eq!(not_yet.phase, "Running");
+    assert!(!not_yet.container_statuses[0].ready);
+    assert!(
+        not_yet.container_statuses[1].ready,
+        "no readiness probe: ready when running"
+    );
+    let ready_cond = |s: &PodStatus| {
+        berth_proto::types::condition(&s.conditions, "Ready").map(|c| c.status.clone())
+    };
+    assert_eq!(ready_cond(&not_yet).as_deref(), Some("False"));
+    let passing = |_: &str, _: &Container| ProbeView {
+        started: true,
+        ready: true,
+        ..Default::default()
+    };
+    let ready = status_of(&p, &obs, &Memo::default(), &passing);
+    assert_eq!(ready_cond(&ready).as_deref(), Some("True"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_inputs_give_an_identical_status() {
+    let p = pod("a", &["web"]);
+    let obs = vec![info(&p, "web", 0, running())];
+    let s1 = status_of(&p, &obs, &Memo::default(), &default_view);
+    let mut p2 = p.clone();
+    p2.status = Some(s1.clone());
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(status_of(&p2, &obs, &Memo::default(), &default_view), s1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminal_pods_succeed_or_fail_by_exit_codes() {
+    let mut p = pod("a", &["a", "b"]);
+    p.spec.restart_policy = Some("Never".into());
+    let ok = vec![info(&p, "a", 0, exited(0)), info(&p, "b", 0, exited(0))];
+    assert_eq!(
+        status_of(&p, &ok, &Memo::default(), &default_view).phase,
+        "Succeeded"
+    );
+    let bad = vec![info(&p, "a", 0, exited(0)), info(&p, "b", 0, exited(1))];
+    assert_eq!(
+        status_of(&p, &bad, &Memo::default(), &default_view).phase,
+        "Failed"
+    );
+    assert_eq!(
+        status_of(&p, &[], &Memo::default(), &default_view).phase,
+        "Pending"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shell, round by round, with the fake runtime and paused time.
+
+struct Harness {
+    rt: FakeRuntime,
+    api: MemoryApi,
+    cache: PodCache,
+    sync: PodSync,
+    _shutdown: CancellationToken,
+}
+
+fn harness(rt: FakeRuntime) -> Harness {
+    let api = MemoryApi::new();
+    let cache = PodCache::new();
+    let shutdown = CancellationToken::new();
+    let sync = PodSync::new(
+        SyncConfig::new("n1", "10.0.0.1"),
+        Arc::new(rt.clone()),
+        Arc::new(api.clone()),
+        cache.clone(),
+        HostPorts::new(30000..=30099).without_host_check(),
+        EventSink::new("n1"),
+        &shutdown,
+    );
+    Harness {
+        rt,
+        api,
+        cache,
+        sync,
+        _shutdown: shutdown,
+    }
+}
+
+fn starts(rt: &FakeRuntime) -> Vec<String> {
+    rt.calls()
+        .into_iter()
+        .filter(|c| c.starts_with("create "))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_loop_restarts_after_10_20_40_seconds() {
+    let rt = FakeRuntime::new();
+    rt.set_behavior(
+        "web",
+        Behavior {
+            exit_after: Some((Duration::from_secs(1), 1)),
+            ignore_stop_signal: false,
+        },
+    );
+    let mut h = harness(rt);
+    let p = pod("a", &["web"]);
+    h.cache.replace_all([p.clone()]);
+    let t0 = Instant::now();
+    let mut start_times = Vec::new();
+    let mut seen = 0;
+    while t0.elapsed() < Duration::from_secs(80) {
+        h.sync.sync_once().await;
+        let s = starts(&h.rt);
+        if s.len() > seen {
+            seen = s.len();
+            start_times.push(t0.elapsed().as_secs());
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+    }
+    // Runs 1 s, then waits 10, 20, 40 s before each restart.
+    assert_eq!(start_times, vec![0, 11, 32, 73], "{:?}", starts(&h.rt));
+    let last = h.api.last_status("uid-a").expect("status written");
+    let cs = &last.status.expect("status").container_statuses[0];
+    assert_eq!(cs.restart_count, 3);
+    let reasons = h.api.event_reasons();
+    assert!(reasons.iter().any(|r| r == "BackOff"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "Started"), "{reasons:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
+    let rt = FakeRuntime::new();
+    let p = pod("a", &["web"]);
+    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 4, &[]));
+    let mut h = harness(rt);
+    h.cache.replace_all([p]);
+    for _ in 0..3 {
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert!(starts(&h.rt).is_empty(), "{:?}", h.rt.calls());
+    assert!(
+        !h.rt.calls().iter().any(|c| c.starts_with("stop")),
+        "{:?}",
+        h.rt.calls()
+    );
+    let st = h
+        .api
+        .last_status("uid-a")
+        .expect("status")
+        .status
+        .expect("status");
+    assert_eq!(st.container_statuses[0].restart_count, 4);
+    assert_eq!(
+        st.container_statuses[0].container_id,
+        format!("fake://{id}")
+    );
+    assert!(st.container_statuses[0].state.running.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_the_first_pod_list_nothing_is_started_or_killed() {
+    let rt = FakeRuntime::new();
+    let p = pod("a", &["web"]);
+    rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    let mut h = harness(rt);
+    h.sync.sync_once().await;
+    assert!(!h
+        .rt
+        .calls()
+        .iter()
+        .any(|c| c.starts_with("stop") || c.starts_with("create")));
+    // Once the (empty) list arrives the workload is an orphan and is stopped.
+    h.cache.replace_all([]);
+    h.sync.sync_once().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !h.rt.list_ids().await.is_empty() {
+        assert!(Instant::now() < deadline, "{:?}", h.rt.calls());
+        tokio::time::advance(Duration::from_millis(100)).await;
+        h.sync.sync_once().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphan_stop_waits_the_grace_period_then_kills() {
+    let rt = FakeRuntime::new();
+    rt.set_behavior(
+        "web",
+        Behavior {
+            exit_after: None,
+            ignore_stop_signal: true,
+        },
+    );
+    let mut p = pod("a", &["web"]);
+    p.spec.termination_grace_period_seconds = Some(20);
+    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    let mut h = harness(rt);
+    h.cache.replace_all([]);
+    let t0 = Instant::now();
+    h.sync.sync_once().await;
+    // Let the spawned stop task send its signal before the clock moves.
+    tokio::task::yield_now().await;
+    assert!(h.rt.calls().iter().any(|c| c.starts_with("stop")));
+    tokio::time::advance(Duration::from_secs(19)).await;
+    assert_eq!(
+        h.rt.list_ids().await,
+        vec![id.clone()],
+        "still in its grace period"
+    );
+    let deadline = t0 + Duration::from_secs(30);
+    while !h.rt.list_ids().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            h.rt.calls(),
+            h.rt.list().await
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_liveness_probe_kills_and_restarts_the_container() {
+    let rt = FakeRuntime::new();
+    rt.set_exec_exit("web", 1);
+    let mut p = pod("a", &["web"]);
+    p.spec.termination_grace_period_seconds = Some(1);
+    p.spec.containers[0].liveness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: vec!["check".into()],
+        }),
+        period_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    });
+    let mut h = harness(rt);
+    h.cache.replace_all([p]);
+    let t0 = Instant::now();
+    while starts(&h.rt).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", h.rt.calls());
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_millis(250)).await;
+    }
+    // Three failures 2 s apart (t=0, 2, 4), kill, then the 10 s crash backoff.
+    assert!(
+        t0.elapsed() >= Duration::from_secs(14),
+        "{:?}",
+        t0.elapsed()
+    );
+    let reasons = h.api.event_reasons();
+    assert!(
+        reasons.iter().filter(|r| *r == "Unhealthy").count() >= 3,
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "Killing"), "{reasons:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_image_gives_err_image_never_pull_and_one_warning() {
+    let rt = FakeRuntime::new();
+    rt.set_image_missing("ghost:1");
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].image = "ghost:1".into();
+    let mut h = harness(rt);
+    h.cache.replace_all([p]);
+    for _ in 0..30 {
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let st = h
+        .api
+        .last_status("uid-a")
+        .expect("status")
+        .status
+        .expect("status");
+    assert_eq!(st.phase, "Pending");
+    let w = st.container_statuses[0]
+        .state
+        .waiting
+        .clone()
+        .expect("waiting");
+    assert_eq!(w.reason, "ErrImageNeverPull");
+    assert!(w.message.contains("ghost:1"), "{}", w.message);
+    let failed = h
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == "Failed")
+        .count();
+    assert_eq!(failed, 1, "one warning, not one per retry");
+    // It was retried (every 10 s), never hung.
+    assert!(starts(&h.rt).len() >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn workloads_keep_running_while_the_api_is_down_and_status_catches_up() {
+    let rt = FakeRuntime::new();
+    let mut h = harness(rt);
+    h.api.set_down(true);
+    h.cache.replace_all([pod("a", &["web"])]);
+    for _ in 0..3 {
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(starts(&h.rt).len(), 1);
+    assert!(h.api.statuses().is_empty());
+    h.api.set_down(false);
+    h.sync.sync_once().await;
+    let st = h
+        .api
+        .last_status("uid-a")
+        .expect("status after recovery")
+        .status
+        .expect("status");
+    assert!(st.container_statuses[0].state.running.is_some());
+    assert!(
+        h.api.event_reasons().iter().any(|r| r == "Started"),
+        "buffered events are sent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_ports_are_allocated_recorded_and_freed() {
+    let rt = FakeRuntime::new();
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].ports = vec![berth_proto::types::ContainerPort {
+        name: "http".into(),
+        container_port: 8080,
+        protocol: None,
+        host_port: None,
+    }];
+    let mut h = harness(rt);
+    h.cache.replace_all([p.clone()]);
+    h.sync.sync_once().await;
+    let st = h
+        .api
+        .last_status("uid-a")
+        .expect("status")
+        .status
+        .expect("status");
+    assert_eq!(st.host_ports.len(), 1);
+    assert_eq!(st.host_ports[0].host_port, 30000);
+    assert_eq!(h.sync.ports_of("uid-a").expect("ports")[0].host_port, 30000);
+    h.cache.replace_all([]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.sync.ports_of("uid-a").is_some() {
+        assert!(Instant::now() < deadline);
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_millis(200)).await;
+    }
+}
