@@ -1,6 +1,346 @@
-//! The kubectl-like CLI (skeleton; filled in by the CLI work).
+//! The `berth` command line: clap parsing, tracing and signal setup, and dispatch.
+//!
+//! Adding a subcommand = one [`Command`] variant + one `async fn run(&Ctx, Args, &mut Io)`
+//! in its module under `src/cli/`, plus one arm in [`run`].
+//!
+//! Roles (`server`, `agent`) run until Ctrl-C/SIGTERM; everything else is a kubectl-like
+//! client command that talks to the API through [`berth_client::Client`]. Output goes to
+//! [`Io`] (stdout/stderr in the binary, buffers in tests); any failure returns an error that
+//! `main` prints as `error: ...` with exit status 1.
 
-pub fn main() -> std::process::ExitCode {
-    eprintln!("berth: not yet implemented");
-    std::process::ExitCode::FAILURE
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod scale;
+pub mod table;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use berth_client::{Client, ClientConfig, ClientError, Kind};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Berth: a Kubernetes-style container orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// API servers, HOST:PORT[,HOST:PORT..] (else $BERTH_SERVER, the config file, or
+    /// 127.0.0.1:7440).
+    #[arg(long, global = true, value_name = "HOST:PORT[,..]")]
+    pub server: Option<String>,
+    /// CLI config file (default ~/.berth/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// How long a request may keep retrying across servers (e.g. during a leader
+    /// election): 15s, 500ms, 1m. Nothing listening at all fails at once.
+    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an API server (a Raft member; runs the scheduler and controllers while leader)
+    /// until Ctrl-C/SIGTERM.
+    Server(berth_apiserver::ServerArgs),
+    /// Create or update objects from manifests: berth apply -f FILE|DIR|- [--dry-run]
+    Apply(apply::ApplyArgs),
+    /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
+    Get(get::GetArgs),
+    /// Show one object in detail, with its conditions and events.
+    Describe(describe::DescribeArgs),
+    /// Delete objects by file or by KIND NAME...
+    Delete(delete::DeleteArgs),
+    /// Set a deployment's replica count.
+    Scale(scale::ScaleArgs),
+    /// Cluster membership and health.
+    Cluster(cluster::ClusterArgs),
+    /// Print the client version.
+    Version,
+}
+
+impl Command {
+    /// Long-running roles log at info by default; client commands only warn.
+    pub fn is_role(&self) -> bool {
+        matches!(self, Command::Server(_))
+    }
+}
+
+/// Where a command writes.
+pub struct Io<'a> {
+    pub out: &'a mut (dyn Write + Send),
+    pub err: &'a mut (dyn Write + Send),
+}
+
+/// What every client command needs: the resolved servers and a client for them.
+pub struct Ctx {
+    pub servers: Vec<String>,
+    pub client_config: ClientConfig,
+    /// Cancelled on Ctrl-C (ends `get -w`).
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    pub fn from_global(g: &GlobalArgs, shutdown: CancellationToken) -> anyhow::Result<Ctx> {
+        let env = std::env::var("BERTH_SERVER").ok();
+        let default_cfg = config::default_config_path();
+        let servers = config::resolve_servers(
+            g.server.as_deref(),
+            env.as_deref(),
+            g.config.as_deref(),
+            default_cfg.as_deref(),
+        )?;
+        Ok(Ctx {
+            servers,
+            client_config: ClientConfig {
+                deadline: g.timeout,
+                max_refused_rounds: Some(3),
+                ..ClientConfig::default()
+            },
+            shutdown,
+        })
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.servers, self.client_config.clone())?)
+    }
+}
+
+/// Parse "5s", "250ms", "2m", "1h" or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 5s, 500ms, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse a kind as users type it (`deploy`, `svc`, `pods`, ...), with a helpful error.
+pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    Kind::parse(s).ok_or_else(|| {
+        anyhow!(
+            "unknown resource type {s:?}; known types: deployments (deploy), replicasets (rs), \
+             services (svc), pods (po), endpoints (ep), nodes (no), events (ev)"
+        )
+    })
+}
+
+/// Split `KIND NAME...` or `KIND/NAME ...` into (kind, names).
+pub fn parse_kind_and_names(args: &[String]) -> anyhow::Result<(Kind, Vec<String>)> {
+    let Some(first) = args.first() else {
+        return Err(anyhow!(
+            "missing resource type, e.g. `deploy` or `deploy/web`"
+        ));
+    };
+    if let Some((k, name)) = first.split_once('/') {
+        let kind = parse_kind(k)?;
+        let mut names = vec![name.to_string()];
+        for a in &args[1..] {
+            match a.split_once('/') {
+                Some((k2, n)) if parse_kind(k2)? == kind => names.push(n.to_string()),
+                Some(_) => return Err(anyhow!("mixed resource types in {args:?}")),
+                None => {
+                    return Err(anyhow!(
+                        "{a:?}: when the first argument is KIND/NAME, all must be KIND/NAME"
+                    ))
+                }
+            }
+        }
+        return Ok((kind, names));
+    }
+    Ok((parse_kind(first)?, args[1..].to_vec()))
+}
+
+/// Run a parsed command. Client commands get a [`Ctx`]; roles get the shutdown token.
+pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let ctx = || Ctx::from_global(&cli.global, shutdown.clone());
+    match cli.command {
+        Command::Server(args) => crate::roles::run_server(args, shutdown).await,
+        Command::Apply(a) => apply::run(&ctx()?, a, io).await,
+        Command::Get(a) => get::run(&ctx()?, a, io).await,
+        Command::Describe(a) => describe::run(&ctx()?, a, io).await,
+        Command::Delete(a) => delete::run(&ctx()?, a, io).await,
+        Command::Scale(a) => scale::run(&ctx()?, a, io).await,
+        Command::Cluster(a) => cluster::run(&ctx()?, a, io).await,
+        Command::Version => {
+            writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
+            Ok(())
+        }
+    }
+}
+
+/// The user-facing message for a failure, with a hint when no server answered.
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut msg = format!("{err:#}");
+    if err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ClientError>(),
+            Some(ClientError::Unavailable { .. })
+        )
+    }) {
+        msg.push_str(". Start one with 'berth dev' or pass --server.");
+    }
+    msg
+}
+
+fn init_tracing(role: bool) {
+    let default = if role { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Logs go to stderr so command output on stdout stays clean for pipes.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Cancel `token` on Ctrl-C or SIGTERM.
+async fn watch_signals(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.command.is_role());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(watch_signals(shutdown.clone()));
+        let mut stdout = std::io::stdout();
+        let mut stderr = std::io::stderr();
+        let mut io = Io {
+            out: &mut stdout,
+            err: &mut stderr,
+        };
+        let r = run(cli, &mut io, shutdown).await;
+        signals.abort();
+        r
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_kind_names_parse() {
+        for (s, k) in [
+            ("deploy", Kind::Deployment),
+            ("svc", Kind::Service),
+            ("po", Kind::Pod),
+            ("ep", Kind::Endpoints),
+            ("no", Kind::Node),
+            ("rs", Kind::ReplicaSet),
+            ("ev", Kind::Event),
+            ("Deployments", Kind::Deployment),
+        ] {
+            assert_eq!(parse_kind(s).expect(s), k);
+        }
+        let err = parse_kind("deploymnt").expect_err("typo");
+        assert!(err.to_string().contains("known types"), "{err}");
+    }
+
+    #[test]
+    fn kind_slash_name_and_kind_name_forms_are_equivalent() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_kind_and_names(&v(&["deploy/web", "deploy/api"])).expect("ok"),
+            (Kind::Deployment, vec!["web".into(), "api".into()])
+        );
+        assert_eq!(
+            parse_kind_and_names(&v(&["svc", "web"])).expect("ok"),
+            (Kind::Service, vec!["web".into()])
+        );
+        assert!(parse_kind_and_names(&v(&["deploy/web", "svc/web"])).is_err());
+        assert!(parse_kind_and_names(&v(&[])).is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5x").is_err());
+    }
+
+    #[test]
+    fn unavailable_errors_get_a_hint() {
+        let e = anyhow::Error::new(ClientError::Unavailable {
+            tried: "127.0.0.1:7440: connection refused".into(),
+        });
+        assert_eq!(
+            error_message(&e),
+            "cannot reach any Berth server (tried 127.0.0.1:7440: connection refused). \
+             Start one with 'berth dev' or pass --server."
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -38,6 +38,10 @@ pub struct ClientConfig {
     /// First backoff after a full round of failures; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Give up before the deadline once this many consecutive rounds found every server
+    /// refusing connections (nothing listening: a CLI should say so at once). None = keep
+    /// retrying until the deadline (long-running components).
+    pub max_refused_rounds: Option<u32>,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +52,7 @@ impl Default for ClientConfig {
             deadline: Duration::from_secs(15),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
+            max_refused_rounds: None,
         }
     }
 }
@@ -171,6 +176,18 @@ fn make_server(addr: &str, config: &ClientConfig) -> Result<Server, ClientError>
         endpoint,
         channel: None,
     })
+}
+
+/// Did the attempt fail to connect at all (as opposed to a server answering "not leader")?
+fn is_connect_error(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The innermost cause of a failed attempt, short enough for a one-line error message.
@@ -298,8 +315,10 @@ impl Client {
                 .collect::<Vec<_>>()
                 .join("; "),
         };
+        let mut refused_rounds = 0u32;
         loop {
             let round = self.server_count();
+            let mut all_refused = true;
             for _ in 0..round {
                 let (i, addr, channel) = self.pick();
                 let result = tokio::time::timeout_at(deadline, f(ApiClient::new(channel))).await;
@@ -315,13 +334,18 @@ impl Client {
                     return Err(from_status(&status));
                 }
                 tracing::debug!(server = %addr, error = %status, "request failed; trying another server");
+                all_refused &= is_connect_error(&status);
                 record(&mut failures, &addr, failure_reason(&status));
                 match leader_hint(&status) {
                     Some(hint) if self.prefer_hint(&hint, i) => {}
                     _ => self.mark_failed(i),
                 }
             }
-            if Instant::now() + backoff >= deadline {
+            refused_rounds = if all_refused { refused_rounds + 1 } else { 0 };
+            let gave_up = config
+                .max_refused_rounds
+                .is_some_and(|max| refused_rounds >= max);
+            if gave_up || Instant::now() + backoff >= deadline {
                 return Err(unavailable(&failures));
             }
             tokio::time::sleep(backoff).await;
@@ -778,6 +802,30 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn refused_connections_fail_fast_when_configured() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        drop(l);
+        let c = Client::new(
+            &[addr],
+            ClientConfig {
+                deadline: Duration::from_secs(30),
+                max_refused_rounds: Some(3),
+                ..ClientConfig::default()
+            },
+        )
+        .expect("client");
+        let start = std::time::Instant::now();
+        let err = c.list_dyn(Kind::Pod, None, "").await.expect_err("refused");
+        assert!(matches!(err, ClientError::Unavailable { .. }), "{err:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -1,0 +1,115 @@
+//! `berth delete -f FILE|DIR|-` or `berth delete KIND NAME..` (or KIND/NAME..).
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail};
+use berth_client::{ClientError, Kind};
+use clap::Args;
+
+use super::get::{not_found, NsArgs};
+use super::{parse_kind_and_names, table, Ctx, Io};
+
+#[derive(Debug, Clone, Args)]
+pub struct DeleteArgs {
+    /// Manifest files or directories (or - for stdin) naming the objects to delete.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// KIND NAME.. or KIND/NAME..
+    #[arg(value_name = "KIND [NAME]..")]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub ns: NsArgs,
+    /// Succeed even if an object does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+/// kubectl's confirmation line: `deployment.apps "web" deleted`.
+pub fn deleted_line(kind: Kind, name: &str) -> String {
+    format!("{} {name:?} deleted", table::kind_resource(kind))
+}
+
+pub async fn run(ctx: &Ctx, a: DeleteArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let targets: Vec<(Kind, String, String)> = if !a.files.is_empty() {
+        if !a.args.is_empty() {
+            bail!("give either -f FILE or KIND NAME.., not both");
+        }
+        let objs = berth_proto::manifest::load_paths(&a.files).map_err(|errs| {
+            anyhow!(
+                "{errs}\n{} problem(s) found; nothing was deleted",
+                errs.len()
+            )
+        })?;
+        objs.iter()
+            .map(|o| {
+                let ns = if !o.kind.namespaced() {
+                    String::new()
+                } else if o.namespace().is_empty() {
+                    a.ns.namespace().to_string()
+                } else {
+                    o.namespace().to_string()
+                };
+                (o.kind, ns, o.name().to_string())
+            })
+            .collect()
+    } else {
+        let (kind, names) = parse_kind_and_names(&a.args)?;
+        if names.is_empty() {
+            bail!(
+                "which {}? name them, e.g. berth delete {} NAME, or use -f FILE",
+                kind.plural(),
+                kind.as_str().to_lowercase()
+            );
+        }
+        names
+            .into_iter()
+            .map(|n| (kind, a.ns.namespace().to_string(), n))
+            .collect()
+    };
+    let client = ctx.client()?;
+    let mut failed = 0;
+    for (kind, ns, name) in &targets {
+        match client.delete(*kind, ns, name, None).await {
+            Ok(_) => writeln!(io.out, "{}", deleted_line(*kind, name))?,
+            Err(ClientError::NotFound(_)) if a.ignore_not_found => {}
+            Err(ClientError::NotFound(_)) => {
+                failed += 1;
+                writeln!(
+                    io.err,
+                    "Error from server (NotFound): {}",
+                    not_found(*kind, name)
+                )?;
+            }
+            Err(e @ ClientError::Unavailable { .. }) => return Err(e.into()),
+            Err(e) => {
+                failed += 1;
+                writeln!(
+                    io.err,
+                    "error: cannot delete {}: {e}",
+                    table::kind_ref(*kind, name)
+                )?;
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} deletions failed", targets.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_line_matches_kubectl() {
+        assert_eq!(
+            deleted_line(Kind::Deployment, "web"),
+            "deployment.apps \"web\" deleted"
+        );
+        assert_eq!(
+            deleted_line(Kind::Service, "web"),
+            "service \"web\" deleted"
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! `berth get KIND [NAME..] [-n NS | -A] [-l SELECTOR] [-o yaml|json|wide|name] [-w]`
+
+use anyhow::{anyhow, Context};
+use berth_client::runtime::watcher::{self, DynSource, Event};
+use berth_client::{ClientError, DynObject, Kind};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+
+use super::table::{self, RowOptions};
+use super::{parse_kind_and_names, Ctx, Io};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+    Wide,
+    Name,
+}
+
+/// Namespace selection shared by commands.
+#[derive(Debug, Clone, Args)]
+pub struct NsArgs {
+    /// Namespace (default "default").
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+}
+
+impl NsArgs {
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The namespace to list in for `kind` (None = all).
+    pub fn list_scope(&self, kind: Kind) -> Option<String> {
+        if self.all_namespaces || !kind.namespaced() {
+            None
+        } else {
+            Some(self.namespace().to_string())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// KIND [NAME..] or KIND/NAME..
+    #[arg(required = true, value_name = "KIND [NAME]..")]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub ns: NsArgs,
+    /// Label selector, e.g. app=web,tier!=db
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// After listing, keep printing changes until Ctrl-C.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+/// `kubectl get` error text for a missing object.
+pub fn not_found(kind: Kind, name: &str) -> String {
+    format!(
+        "{} {name:?} not found",
+        table::kind_resource(kind).replacen(&kind.as_str().to_ascii_lowercase(), kind.plural(), 1)
+    )
+}
+
+/// Objects as YAML documents that `berth apply -f` accepts back.
+pub fn to_yaml(objs: &[DynObject]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for (i, o) in objs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(&o.value)?);
+    }
+    Ok(out)
+}
+
+/// One object as JSON, or several as a kubectl-style `List`.
+pub fn to_json(objs: &[DynObject], single: bool) -> anyhow::Result<String> {
+    let v = if single && objs.len() == 1 {
+        objs[0].value.clone()
+    } else {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": objs.iter().map(|o| o.value.clone()).collect::<Vec<_>>(),
+        })
+    };
+    Ok(format!("{}\n", serde_json::to_string_pretty(&v)?))
+}
+
+/// Render `objs` in the requested format.
+pub fn render(
+    kind: Kind,
+    objs: &[DynObject],
+    output: Option<OutputFormat>,
+    all_namespaces: bool,
+    single: bool,
+) -> anyhow::Result<String> {
+    Ok(match output {
+        Some(OutputFormat::Yaml) => to_yaml(objs)?,
+        Some(OutputFormat::Json) => to_json(objs, single)?,
+        Some(OutputFormat::Name) => objs
+            .iter()
+            .map(|o| format!("{}\n", table::kind_ref(kind, o.name())))
+            .collect(),
+        Some(OutputFormat::Wide) | None => {
+            let opts = RowOptions {
+                wide: output == Some(OutputFormat::Wide),
+                all_namespaces,
+            };
+            table::rows(kind, objs, chrono::Utc::now(), opts)
+                .map_err(|e| anyhow!("cannot show {kind}: {e}"))?
+                .render()
+        }
+    })
+}
+
+pub async fn run(ctx: &Ctx, a: GetArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
+    let (kind, names) = parse_kind_and_names(&a.args)?;
+    let client = ctx.client()?;
+    let selector = a.selector.clone().unwrap_or_default();
+    if a.watch {
+        return watch(ctx, kind, &names, &a, io).await;
+    }
+    let mut objs = Vec::new();
+    let mut missing = 0;
+    if names.is_empty() {
+        let scope = a.ns.list_scope(kind);
+        let (list, _) = client
+            .list_dyn(kind, scope.as_deref(), &selector)
+            .await
+            .with_context(|| format!("cannot list {}", kind.plural()))?;
+        objs = list;
+        if objs.is_empty() && !matches!(a.output, Some(OutputFormat::Json | OutputFormat::Yaml)) {
+            match scope {
+                Some(ns) => writeln!(io.err, "No resources found in {ns} namespace.")?,
+                None => writeln!(io.err, "No resources found.")?,
+            }
+            return Ok(());
+        }
+    } else {
+        for name in &names {
+            match client.get_dyn(kind, a.ns.namespace(), name).await {
+                Ok(o) => objs.push(o),
+                Err(ClientError::NotFound(_)) => {
+                    missing += 1;
+                    writeln!(
+                        io.err,
+                        "Error from server (NotFound): {}",
+                        not_found(kind, name)
+                    )?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot get {kind} {name:?}")),
+            }
+        }
+    }
+    if !objs.is_empty() {
+        let single = names.len() == 1;
+        io.out
+            .write_all(render(kind, &objs, a.output, a.ns.all_namespaces, single)?.as_bytes())?;
+    }
+    if missing > 0 {
+        return Err(anyhow!(
+            "{missing} of {} {} not found",
+            names.len(),
+            kind.plural()
+        ));
+    }
+    Ok(())
+}
+
+/// `get -w`: print the current state, then every change, until Ctrl-C.
+async fn watch(
+    ctx: &Ctx,
+    kind: Kind,
+    names: &[String],
+    a: &GetArgs,
+    io: &mut Io<'_>,
+) -> anyhow::Result<()> {
+    let client = ctx.client()?;
+    let config = watcher::Config {
+        namespace: a.ns.list_scope(kind),
+        label_selector: a.selector.clone().unwrap_or_default(),
+    };
+    let src = DynSource::new(client, kind, config);
+    let mut events = Box::pin(watcher::watcher_with(src, watcher::Backoff::default()));
+    let wanted = |o: &DynObject| names.is_empty() || names.iter().any(|n| n == o.name());
+    let opts = RowOptions {
+        wide: a.output == Some(OutputFormat::Wide),
+        all_namespaces: a.ns.all_namespaces,
+    };
+    let mut widths: Option<Vec<usize>> = None;
+    loop {
+        let ev = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            ev = events.next() => ev,
+        };
+        let objs: Vec<DynObject> = match ev {
+            None => return Ok(()),
+            Some(Err(e)) => {
+                writeln!(io.err, "warning: watch interrupted ({e}); retrying")?;
+                continue;
+            }
+            Some(Ok(Event::Applied(o))) | Some(Ok(Event::Deleted(o))) => vec![o],
+            Some(Ok(Event::Restarted(all))) => all,
+        };
+        let objs: Vec<DynObject> = objs.into_iter().filter(|o| wanted(o)).collect();
+        if objs.is_empty() {
+            continue;
+        }
+        let text = match a.output {
+            Some(OutputFormat::Yaml) => format!("---\n{}", to_yaml(&objs)?),
+            Some(OutputFormat::Json) => objs
+                .iter()
+                .map(|o| serde_json::to_string(&o.value).map(|s| s + "\n"))
+                .collect::<Result<String, _>>()?,
+            Some(OutputFormat::Name) => render(kind, &objs, a.output, false, false)?,
+            Some(OutputFormat::Wide) | None => {
+                let t = table::rows(kind, &objs, chrono::Utc::now(), opts)
+                    .map_err(|e| anyhow!("cannot show {kind}: {e}"))?;
+                match &widths {
+                    Some(w) => t.render_rows_with(w),
+                    None => {
+                        // Leave some slack so later rows with longer values stay aligned.
+                        widths = Some(t.widths_at_least(8));
+                        let w = widths.as_deref().unwrap_or_default();
+                        let header = table::Table {
+                            headers: t.headers.clone(),
+                            rows: vec![t.headers.clone()],
+                        };
+                        let head = header.render_rows_with(w);
+                        head + &t.render_rows_with(w)
+                    }
+                }
+            }
+        };
+        io.out.write_all(text.as_bytes())?;
+        io.out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::types::{Deployment, ObjectMeta};
+
+    #[test]
+    fn not_found_message_uses_plural_resource() {
+        assert_eq!(
+            not_found(Kind::Deployment, "web"),
+            "deployments.apps \"web\" not found"
+        );
+        assert_eq!(not_found(Kind::Pod, "x"), "pods \"x\" not found");
+    }
+
+    #[test]
+    fn yaml_of_several_objects_is_multi_document() {
+        let d = |n: &str| {
+            DynObject::from_typed(&Deployment {
+                metadata: ObjectMeta {
+                    name: n.into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+        };
+        let y = to_yaml(&[d("a"), d("b")]).expect("yaml");
+        assert_eq!(y.matches("---\n").count(), 1);
+        assert!(y.starts_with("apiVersion: apps/v1\n"), "{y}");
+        let names = render(
+            Kind::Deployment,
+            &[d("a"), d("b")],
+            Some(OutputFormat::Name),
+            false,
+            false,
+        )
+        .expect("names");
+        assert_eq!(names, "deployment.apps/a\ndeployment.apps/b\n");
+    }
+}

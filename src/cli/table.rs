@@ -1,0 +1,864 @@
+//! kubectl-style tables: pure functions from objects (and `now`) to aligned text.
+//!
+//! Each kind has a column set (`wide` adds columns); [`rows`] turns any list of
+//! [`DynObject`]s of one kind into a [`Table`], and [`Table::render`] pads columns with
+//! three spaces like kubectl's tabwriter.
+
+use berth_proto::types::*;
+use berth_proto::{DynObject, Kind, Resource};
+use chrono::{DateTime, Utc};
+
+/// Headers plus rows of cells; rendering aligns columns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Column widths over headers and rows.
+    fn widths(&self) -> Vec<usize> {
+        let mut w: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate() {
+                if i < w.len() {
+                    w[i] = w[i].max(c.chars().count());
+                }
+            }
+        }
+        w
+    }
+
+    fn line(cells: &[String], widths: &[usize]) -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let pad = widths.get(i).copied().unwrap_or(0) + 3;
+                s.push_str(c);
+                s.extend(std::iter::repeat_n(
+                    ' ',
+                    pad.saturating_sub(c.chars().count()),
+                ));
+            }
+        }
+        s.trim_end().to_string()
+    }
+
+    /// The whole table, header first, each line ending in '\n'.
+    pub fn render(&self) -> String {
+        let widths = self.widths();
+        let mut out = Self::line(&self.headers, &widths);
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&Self::line(r, &widths));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Rows only, aligned to the given widths (for `get -w` updates after the header).
+    pub fn render_rows_with(&self, widths: &[usize]) -> String {
+        let mut out = String::new();
+        for r in &self.rows {
+            out.push_str(&Self::line(r, widths));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Column widths, at least `min` per column (keeps `-w` output roughly aligned).
+    pub fn widths_at_least(&self, min: usize) -> Vec<usize> {
+        self.widths().into_iter().map(|w| w.max(min)).collect()
+    }
+
+    /// Prefix every row with its namespace (for `-A`).
+    fn with_namespace(mut self, namespaces: &[String]) -> Table {
+        self.headers.insert(0, "NAMESPACE".to_string());
+        for (r, ns) in self.rows.iter_mut().zip(namespaces) {
+            r.insert(0, ns.clone());
+        }
+        self
+    }
+}
+
+/// Options that change the columns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowOptions {
+    pub wide: bool,
+    pub all_namespaces: bool,
+}
+
+/// kubectl's HumanDuration: "45s", "5m10s", "3h", "2d4h", "400d", "3y20d".
+pub fn human_duration(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    if secs < -1 {
+        return "<invalid>".to_string();
+    }
+    if secs < 0 {
+        return "0s".to_string();
+    }
+    let (mins, hours) = (secs / 60, secs / 3600);
+    if secs < 60 * 2 {
+        format!("{secs}s")
+    } else if mins < 10 {
+        if secs % 60 == 0 {
+            format!("{mins}m")
+        } else {
+            format!("{mins}m{}s", secs % 60)
+        }
+    } else if mins < 60 * 3 {
+        format!("{mins}m")
+    } else if hours < 8 {
+        if mins % 60 == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{}m", mins % 60)
+        }
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        if hours % 24 == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{}h", hours / 24, hours % 24)
+        }
+    } else if hours < 24 * 365 * 2 {
+        format!("{}d", hours / 24)
+    } else if hours < 24 * 365 * 8 {
+        let days = hours / 24;
+        if days % 365 == 0 {
+            format!("{}y", days / 365)
+        } else {
+            format!("{}y{}d", days / 365, days % 365)
+        }
+    } else {
+        format!("{}y", hours / 24 / 365)
+    }
+}
+
+/// Age of a timestamp as of `now`, "<unknown>" if absent.
+pub fn age(t: Option<&DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match t {
+        Some(t) => human_duration(now - *t),
+        None => "<unknown>".to_string(),
+    }
+}
+
+/// kubectl's resource reference: `deployment.apps/web`, `service/web`.
+pub fn kind_ref(kind: Kind, name: &str) -> String {
+    format!("{}/{name}", kind_resource(kind))
+}
+
+/// `deployment.apps`, `service`, ...
+pub fn kind_resource(kind: Kind) -> String {
+    let lower = kind.as_str().to_ascii_lowercase();
+    match kind.api_version().split_once('/') {
+        Some((group, _)) => format!("{lower}.{group}"),
+        None => lower,
+    }
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s
+    }
+}
+
+fn labels_string(l: &Labels) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn selector_string(sel: &LabelSelector) -> String {
+    let mut parts = vec![labels_string(&sel.match_labels)];
+    for e in &sel.match_expressions {
+        parts.push(match e.operator.as_str() {
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            op => format!("{} {} ({})", e.key, op.to_lowercase(), e.values.join(",")),
+        });
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(",")
+}
+
+fn containers_images(spec: &PodSpec) -> (String, String) {
+    let names = spec.containers.iter().map(|c| c.name.as_str());
+    let images = spec.containers.iter().map(|c| c.image.as_str());
+    (
+        names.collect::<Vec<_>>().join(","),
+        images.collect::<Vec<_>>().join(","),
+    )
+}
+
+// ----------------------------------------------------------------------------------------
+// Per-kind rows
+
+pub fn deployment_table(items: &[Deployment], now: DateTime<Utc>, wide: bool) -> Table {
+    let mut t = if wide {
+        Table::new(&[
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+        ])
+    } else {
+        Table::new(&["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"])
+    };
+    for d in items {
+        let st = d.status.clone().unwrap_or_default();
+        let desired = d.spec.replicas.unwrap_or(1);
+        let mut row = vec![
+            d.metadata.name.clone(),
+            format!("{}/{}", st.ready_replicas, desired),
+            st.updated_replicas.to_string(),
+            st.available_replicas.to_string(),
+            age(d.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            let (c, i) = containers_images(&d.spec.template.spec);
+            row.extend([c, i, or_none(selector_string(&d.spec.selector))]);
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+pub fn replicaset_table(items: &[ReplicaSet], now: DateTime<Utc>, wide: bool) -> Table {
+    let mut t = if wide {
+        Table::new(&[
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+        ])
+    } else {
+        Table::new(&["NAME", "DESIRED", "CURRENT", "READY", "AGE"])
+    };
+    for r in items {
+        let st = r.status.clone().unwrap_or_default();
+        let mut row = vec![
+            r.metadata.name.clone(),
+            r.spec.replicas.to_string(),
+            st.replicas.to_string(),
+            st.ready_replicas.to_string(),
+            age(r.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            let (c, i) = containers_images(&r.spec.template.spec);
+            row.extend([c, i, or_none(selector_string(&r.spec.selector))]);
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+/// kubectl's pod STATUS column: Terminating, a container's waiting/terminated reason, or
+/// the phase.
+pub fn pod_status(p: &Pod) -> String {
+    if p.metadata.deletion_timestamp.is_some() {
+        return "Terminating".to_string();
+    }
+    let Some(st) = &p.status else {
+        return "Pending".to_string();
+    };
+    if !st.reason.is_empty() {
+        return st.reason.clone();
+    }
+    for cs in &st.container_statuses {
+        if let Some(w) = &cs.state.waiting {
+            if !w.reason.is_empty() {
+                return w.reason.clone();
+            }
+        }
+        if let Some(t) = &cs.state.terminated {
+            if !t.reason.is_empty() {
+                return t.reason.clone();
+            }
+            return match t.signal {
+                Some(sig) if sig != 0 => format!("Signal:{sig}"),
+                _ => format!("ExitCode:{}", t.exit_code),
+            };
+        }
+    }
+    if st.phase.is_empty() {
+        "Pending".to_string()
+    } else {
+        st.phase.clone()
+    }
+}
+
+/// `host:port[,host:port]` of a pod's published ports.
+pub fn pod_addresses(p: &Pod) -> String {
+    let Some(st) = &p.status else {
+        return "<none>".to_string();
+    };
+    if st.host_ports.is_empty() {
+        return or_none(st.host_ip.clone());
+    }
+    let host = if st.host_ip.is_empty() {
+        "?"
+    } else {
+        st.host_ip.as_str()
+    };
+    st.host_ports
+        .iter()
+        .map(|hp| format!("{host}:{}", hp.host_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn pod_table(items: &[Pod], now: DateTime<Utc>, wide: bool) -> Table {
+    let mut t = if wide {
+        Table::new(&[
+            "NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE", "IP:PORTS",
+        ])
+    } else {
+        Table::new(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"])
+    };
+    for p in items {
+        let statuses = p
+            .status
+            .as_ref()
+            .map(|s| s.container_statuses.as_slice())
+            .unwrap_or_default();
+        let ready = statuses.iter().filter(|c| c.ready).count();
+        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let mut row = vec![
+            p.metadata.name.clone(),
+            format!("{ready}/{}", p.spec.containers.len()),
+            pod_status(p),
+            restarts.to_string(),
+            age(p.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            row.push(or_none(p.spec.node_name.clone()));
+            row.push(pod_addresses(p));
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+/// kubectl's PORT(S): `80:30080/TCP,443:30443/TCP`.
+pub fn service_ports(s: &Service) -> String {
+    or_none(
+        s.spec
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = p.protocol.as_deref().unwrap_or("TCP");
+                match p.node_port {
+                    Some(np) => format!("{}:{np}/{proto}", p.port),
+                    None => format!("{}/{proto}", p.port),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table {
+    let mut t = if wide {
+        Table::new(&["NAME", "TYPE", "PORT(S)", "AGE", "SELECTOR"])
+    } else {
+        Table::new(&["NAME", "TYPE", "PORT(S)", "AGE"])
+    };
+    for s in items {
+        let mut row = vec![
+            s.metadata.name.clone(),
+            s.spec
+                .type_
+                .clone()
+                .unwrap_or_else(|| "NodePort".to_string()),
+            service_ports(s),
+            age(s.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            row.push(or_none(labels_string(&s.spec.selector)));
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+/// kubectl's ENDPOINTS: up to three `ip:port`, then `+ N more...`.
+pub fn endpoints_string(e: &Endpoints) -> String {
+    let mut all = Vec::new();
+    for s in &e.subsets {
+        for a in &s.addresses {
+            if s.ports.is_empty() {
+                all.push(a.ip.clone());
+            }
+            for p in &s.ports {
+                all.push(format!("{}:{}", a.ip, p.port));
+            }
+        }
+    }
+    match all.len() {
+        0 => "<none>".to_string(),
+        n if n <= 3 => all.join(","),
+        n => format!("{} + {} more...", all[..3].join(","), n - 3),
+    }
+}
+
+pub fn endpoints_table(items: &[Endpoints], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "ENDPOINTS", "AGE"]);
+    for e in items {
+        t.rows.push(vec![
+            e.metadata.name.clone(),
+            endpoints_string(e),
+            age(e.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+pub fn node_status(n: &Node) -> String {
+    let ready = n
+        .status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "Ready"));
+    let mut s = match ready {
+        Some(c) if c.is_true() => "Ready".to_string(),
+        Some(c) if c.status == "False" => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if n.spec.unschedulable {
+        s.push_str(",SchedulingDisabled");
+    }
+    s
+}
+
+fn node_roles(n: &Node) -> String {
+    let mut roles: Vec<&str> = n
+        .metadata
+        .labels
+        .keys()
+        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+        .filter(|r| !r.is_empty())
+        .collect();
+    roles.sort();
+    or_none(roles.join(","))
+}
+
+fn node_resource(n: &Node, name: &str) -> String {
+    let Some(st) = &n.status else {
+        return "<none>".to_string();
+    };
+    st.allocatable
+        .get(name)
+        .or_else(|| st.capacity.get(name))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "<none>".to_string())
+}
+
+pub fn node_table(items: &[Node], now: DateTime<Utc>, wide: bool) -> Table {
+    let mut t = if wide {
+        Table::new(&[
+            "NAME", "STATUS", "ROLES", "AGE", "VERSION", "ADDRESS", "CPU", "MEMORY",
+        ])
+    } else {
+        Table::new(&["NAME", "STATUS", "ROLES", "AGE", "VERSION"])
+    };
+    for n in items {
+        let version = n
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.kubelet_version.clone())
+            .unwrap_or_default();
+        let mut row = vec![
+            n.metadata.name.clone(),
+            node_status(n),
+            node_roles(n),
+            age(n.metadata.creation_timestamp.as_ref(), now),
+            or_none(version),
+        ];
+        if wide {
+            row.push(n.address().unwrap_or("<none>").to_string());
+            row.push(node_resource(n, "cpu"));
+            row.push(node_resource(n, "memory"));
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+/// When an event last happened (falls back to first seen, then creation).
+pub fn event_time(e: &Event) -> Option<DateTime<Utc>> {
+    e.last_timestamp
+        .or(e.first_timestamp)
+        .or(e.metadata.creation_timestamp)
+}
+
+/// Events sorted oldest first, as kubectl does.
+pub fn event_table(items: &[Event], now: DateTime<Utc>) -> Table {
+    let mut sorted: Vec<&Event> = items.iter().collect();
+    sorted.sort_by_key(|e| event_time(e));
+    let mut t = Table::new(&["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]);
+    for e in sorted {
+        let obj = match Kind::parse(&e.involved_object.kind) {
+            Some(k) => format!("{}/{}", k.as_str().to_lowercase(), e.involved_object.name),
+            None => format!(
+                "{}/{}",
+                e.involved_object.kind.to_lowercase(),
+                e.involved_object.name
+            ),
+        };
+        t.rows.push(vec![
+            age(event_time(e).as_ref(), now),
+            e.type_.clone(),
+            e.reason.clone(),
+            obj,
+            e.message.clone(),
+        ]);
+    }
+    t
+}
+
+fn typed<T: Resource>(objs: &[DynObject]) -> Result<Vec<T>, String> {
+    objs.iter()
+        .map(|o| {
+            o.to_typed::<T>()
+                .map_err(|e| format!("{} {}: {e}", T::KIND, o.name()))
+        })
+        .collect()
+}
+
+/// The table for `objs` (all of `kind`). Events are sorted by time; the others keep the
+/// server's order.
+pub fn rows(
+    kind: Kind,
+    objs: &[DynObject],
+    now: DateTime<Utc>,
+    opts: RowOptions,
+) -> Result<Table, String> {
+    let wide = opts.wide;
+    let ns_of = |objs: &[DynObject]| -> Vec<String> {
+        objs.iter().map(|o| o.namespace().to_string()).collect()
+    };
+    let (table, namespaces) = match kind {
+        Kind::Event => {
+            let mut evs = typed::<Event>(objs)?;
+            evs.sort_by_key(event_time);
+            let ns = evs.iter().map(|e| e.metadata.namespace.clone()).collect();
+            (event_table(&evs, now), ns)
+        }
+        Kind::Deployment => (deployment_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::ReplicaSet => (replicaset_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::Pod => (pod_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::Service => (service_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::Endpoints => (endpoints_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::Node => (node_table(&typed(objs)?, now, wide), ns_of(objs)),
+    };
+    Ok(if opts.all_namespaces && kind.namespaced() {
+        table.with_namespace(&namespaces)
+    } else {
+        table
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0)
+            .single()
+            .expect("valid")
+    }
+
+    fn meta(name: &str, created_secs_ago: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            creation_timestamp: Some(t0() - chrono::Duration::seconds(created_secs_ago)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn human_duration_matches_kubectl() {
+        let cases = [
+            (0, "0s"),
+            (45, "45s"),
+            (119, "119s"),
+            (120, "2m"),
+            (310, "5m10s"),
+            (600, "10m"),
+            (3 * 3600 + 5 * 60, "3h5m"),
+            (10 * 3600, "10h"),
+            (50 * 3600, "2d2h"),
+            (30 * 86400, "30d"),
+            (3 * 365 * 86400 + 20 * 86400, "3y20d"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(
+                human_duration(chrono::Duration::seconds(secs)),
+                want,
+                "{secs}"
+            );
+        }
+        assert_eq!(human_duration(chrono::Duration::seconds(-5)), "<invalid>");
+    }
+
+    #[test]
+    fn deployment_table_is_aligned_like_kubectl() {
+        let mk = |name: &str, replicas, ready, age| Deployment {
+            metadata: meta(name, age),
+            spec: DeploymentSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            },
+            status: Some(DeploymentStatus {
+                ready_replicas: ready,
+                updated_replicas: ready,
+                available_replicas: ready,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = deployment_table(
+            &[mk("web", 3, 3, 300), mk("api-backend", 10, 7, 90000)],
+            t0(),
+            false,
+        );
+        assert_eq!(
+            t.render(),
+            "\
+NAME          READY   UP-TO-DATE   AVAILABLE   AGE
+web           3/3     3            3           5m
+api-backend   7/10    7            7           25h
+"
+        );
+    }
+
+    fn pod(name: &str) -> Pod {
+        Pod {
+            metadata: meta(name, 65),
+            spec: PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: "demo".into(),
+                    ..Default::default()
+                }],
+                node_name: "node-1".into(),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: "Running".into(),
+                host_ip: "10.0.0.5".into(),
+                container_statuses: vec![ContainerStatus {
+                    name: "app".into(),
+                    ready: true,
+                    restart_count: 2,
+                    ..Default::default()
+                }],
+                host_ports: vec![HostPortMapping {
+                    container_name: "app".into(),
+                    container_port: 8080,
+                    host_port: 31001,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_table_wide_shows_node_and_published_ports() {
+        let mut crashing = pod("web-2");
+        if let Some(st) = crashing.status.as_mut() {
+            st.container_statuses[0].ready = false;
+            st.container_statuses[0].state.waiting = Some(ContainerStateWaiting {
+                reason: "CrashLoopBackOff".into(),
+                message: String::new(),
+            });
+        }
+        let t = pod_table(&[pod("web-1"), crashing], t0(), true);
+        assert_eq!(
+            t.render(),
+            "\
+NAME    READY   STATUS             RESTARTS   AGE   NODE     IP:PORTS
+web-1   1/1     Running            2          65s   node-1   10.0.0.5:31001
+web-2   0/1     CrashLoopBackOff   2          65s   node-1   10.0.0.5:31001
+"
+        );
+    }
+
+    #[test]
+    fn pod_status_prefers_terminating_then_container_reasons() {
+        let mut p = pod("x");
+        p.metadata.deletion_timestamp = Some(t0());
+        assert_eq!(pod_status(&p), "Terminating");
+        let mut p = pod("x");
+        p.status = None;
+        assert_eq!(pod_status(&p), "Pending");
+        let mut p = pod("x");
+        if let Some(st) = p.status.as_mut() {
+            st.container_statuses[0].state.terminated = Some(ContainerStateTerminated {
+                exit_code: 3,
+                ..Default::default()
+            });
+        }
+        assert_eq!(pod_status(&p), "ExitCode:3");
+    }
+
+    #[test]
+    fn service_ports_show_node_ports() {
+        let s = Service {
+            metadata: meta("web", 10),
+            spec: ServiceSpec {
+                ports: vec![
+                    ServicePort {
+                        port: 80,
+                        node_port: Some(30080),
+                        ..Default::default()
+                    },
+                    ServicePort {
+                        port: 53,
+                        protocol: Some("UDP".into()),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = service_table(&[s], t0(), false);
+        assert_eq!(
+            t.render(),
+            "\
+NAME   TYPE       PORT(S)               AGE
+web    NodePort   80:30080/TCP,53/UDP   10s
+"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_truncated_after_three() {
+        let addr = |ip: &str| EndpointAddress {
+            ip: ip.into(),
+            ..Default::default()
+        };
+        let e = Endpoints {
+            metadata: meta("web", 10),
+            subsets: vec![EndpointSubset {
+                addresses: vec![addr("a"), addr("b"), addr("c"), addr("d")],
+                ports: vec![EndpointPort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(endpoints_string(&e), "a:80,b:80,c:80 + 1 more...");
+        assert_eq!(endpoints_string(&Endpoints::default()), "<none>");
+    }
+
+    #[test]
+    fn node_table_shows_readiness_and_cordon() {
+        let n = Node {
+            metadata: meta("node-1", 4 * 3600),
+            spec: NodeSpec {
+                unschedulable: true,
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                conditions: vec![Condition::new("Ready", true, "", "", t0())],
+                node_info: Some(NodeSystemInfo {
+                    kubelet_version: "berth-0.1.0".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            node_table(&[n], t0(), false).render(),
+            "\
+NAME     STATUS                     ROLES    AGE   VERSION
+node-1   Ready,SchedulingDisabled   <none>   4h    berth-0.1.0
+"
+        );
+    }
+
+    #[test]
+    fn events_are_sorted_oldest_first_with_object_refs() {
+        let ev = |name: &str, secs_ago: i64, reason: &str| Event {
+            metadata: meta(name, secs_ago),
+            involved_object: ObjectReference {
+                kind: "Pod".into(),
+                name: "web-1".into(),
+                ..Default::default()
+            },
+            reason: reason.into(),
+            message: "m".into(),
+            type_: "Normal".into(),
+            last_timestamp: Some(t0() - chrono::Duration::seconds(secs_ago)),
+            ..Default::default()
+        };
+        let objs: Vec<DynObject> = [ev("e1", 5, "Started"), ev("e2", 30, "Scheduled")]
+            .iter()
+            .map(DynObject::from_typed)
+            .collect();
+        let t = rows(Kind::Event, &objs, t0(), RowOptions::default()).expect("rows");
+        assert_eq!(
+            t.render(),
+            "\
+LAST SEEN   TYPE     REASON      OBJECT      MESSAGE
+30s         Normal   Scheduled   pod/web-1   m
+5s          Normal   Started     pod/web-1   m
+"
+        );
+    }
+
+    #[test]
+    fn all_namespaces_adds_namespace_column() {
+        let objs = vec![DynObject::from_typed(&pod("web-1"))];
+        let t = rows(
+            Kind::Pod,
+            &objs,
+            t0(),
+            RowOptions {
+                wide: false,
+                all_namespaces: true,
+            },
+        )
+        .expect("rows");
+        assert_eq!(t.headers[0], "NAMESPACE");
+        assert_eq!(t.rows[0][0], "default");
+    }
+
+    #[test]
+    fn kind_refs_use_api_group() {
+        assert_eq!(kind_ref(Kind::Deployment, "web"), "deployment.apps/web");
+        assert_eq!(kind_ref(Kind::Service, "web"), "service/web");
+        assert_eq!(kind_resource(Kind::ReplicaSet), "replicaset.apps");
+    }
+}

@@ -1,0 +1,222 @@
+//! The CLI end to end against a real API server started in-process on 127.0.0.1:0: apply,
+//! get (tables, -o yaml round trip), describe, scale, delete, cluster status, and the
+//! "no server" error. Commands run through the library entry point `berth::cli::run` with
+//! captured output, exactly as the binary runs them.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use berth::cli::{self, Cli, Io};
+use berth_apiserver::testing::TestCluster;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+struct Out {
+    ok: bool,
+    out: String,
+    err: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok={} stdout:\n{}\nstderr:\n{}",
+            self.ok, self.out, self.err
+        )
+    }
+}
+
+async fn berth(server: &str, args: &[&str]) -> Out {
+    let argv = ["berth", "--server", server]
+        .into_iter()
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let r = {
+        let mut io = Io {
+            out: &mut out,
+            err: &mut err,
+        };
+        cli::run(cli, &mut io, CancellationToken::new()).await
+    };
+    let mut err = String::from_utf8(err).unwrap();
+    if let Err(e) = &r {
+        err.push_str(&format!("error: {}\n", cli::error_message(e)));
+    }
+    Out {
+        ok: r.is_ok(),
+        out: String::from_utf8(out).unwrap(),
+        err,
+    }
+}
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: app
+          image: demo:v1
+          ports:
+            - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+    - port: 80
+      targetPort: 8080
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = server.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let app = write(dir.path(), "app.yaml", APP);
+
+    let r = berth(s, &["apply", "-f", &app]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out, "deployment.apps/web created\nservice/web created\n");
+
+    let r = berth(s, &["apply", "-f", &app]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.out,
+        "deployment.apps/web unchanged\nservice/web unchanged\n"
+    );
+
+    // Tables.
+    let r = berth(s, &["get", "deploy"]).await;
+    assert!(r.ok, "{r:?}");
+    let lines: Vec<&str> = r.out.lines().collect();
+    assert_eq!(lines[0], "NAME   READY   UP-TO-DATE   AVAILABLE   AGE");
+    assert!(
+        lines[1].starts_with("web    0/2     0            0           "),
+        "{r:?}"
+    );
+    let r = berth(s, &["get", "svc", "web"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.contains("web    NodePort   80:3"), "{r:?}");
+    let r = berth(s, &["get", "deploy", "-A", "-o", "name"]).await;
+    assert_eq!(r.out, "deployment.apps/web\n", "{r:?}");
+
+    // -o yaml applies back unchanged.
+    let r = berth(s, &["get", "deploy", "web", "-o", "yaml"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.contains("resourceVersion:"), "{r:?}");
+    let exported = write(dir.path(), "exported.yaml", &r.out);
+    let r = berth(s, &["apply", "-f", &exported]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out, "deployment.apps/web unchanged\n");
+
+    // A bad manifest: every error is reported and nothing is sent.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: bad}\n  template:\n    metadata:\n      labels: {app: bad}\n    spec:\n      contaners: []\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: also-bad\nspec:\n  ports: []\n",
+    );
+    let r = berth(s, &["apply", "-f", &bad]).await;
+    assert!(!r.ok, "{r:?}");
+    assert!(r.err.contains("bad.yaml:13"), "{r:?}");
+    assert!(r.err.contains("nothing was applied"), "{r:?}");
+    let r = berth(s, &["get", "svc", "also-bad"]).await;
+    assert!(!r.ok);
+    assert!(r.err.contains("services \"also-bad\" not found"), "{r:?}");
+
+    // Dry run stores nothing.
+    let other = write(
+        dir.path(),
+        "other.yaml",
+        &APP.replace("name: web\n  labels", "name: web2\n  labels"),
+    );
+    let r = berth(s, &["apply", "--dry-run", "-f", &other]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out
+            .starts_with("deployment.apps/web2 created (server dry run)\n"),
+        "{r:?}"
+    );
+    let r = berth(s, &["get", "deploy", "web2"]).await;
+    assert!(!r.ok, "{r:?}");
+
+    // Scale is a CAS update of spec.replicas.
+    let r = berth(s, &["scale", "deploy", "web", "--replicas", "5"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out, "deployment.apps/web scaled\n");
+    let r = berth(s, &["get", "deploy/web", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(v["spec"]["replicas"], 5);
+
+    let r = berth(s, &["describe", "deploy", "web"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.contains("Replicas:           5 desired"), "{r:?}");
+    assert!(r.out.contains("Image:            demo:v1"), "{r:?}");
+
+    let r = berth(s, &["cluster", "status"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.starts_with("Leader:    1 ("), "{r:?}");
+    let member = r.out.lines().last().unwrap_or_default();
+    assert!(member.starts_with("1 "), "{r:?}");
+    assert!(
+        member.contains(" leader ") && member.contains(" healthy "),
+        "{r:?}"
+    );
+
+    // Delete by name, then by file (the deployment is already gone).
+    let r = berth(s, &["delete", "deploy", "web"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out, "deployment.apps \"web\" deleted\n");
+    let r = berth(s, &["delete", "-f", &app]).await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.out, "service \"web\" deleted\n");
+    assert!(
+        r.err.contains("deployments.apps \"web\" not found"),
+        "{r:?}"
+    );
+    let r = berth(s, &["get", "deploy,svc"]).await;
+    assert!(!r.ok, "{r:?}");
+    let r = berth(s, &["get", "svc"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.err, "No resources found in default namespace.\n");
+
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_server_gives_a_clear_error_quickly() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let start = std::time::Instant::now();
+    let r = berth(&addr, &["get", "pods"]).await;
+    assert!(!r.ok);
+    assert!(
+        r.err.contains(&format!(
+            "error: cannot list pods: cannot reach any Berth server (tried {addr}: connection refused). Start one with 'berth dev' or pass --server."
+        )),
+        "{r:?}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+}
