@@ -115,7 +115,7 @@ pub fn parse_manifest(file: &str, text: &str) -> Result<Vec<DynObject>, Manifest
 /// [`parse_manifest`], keeping each object's source line.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestErrors> {
     let mut errors = Vec::new();
-    let docs = parse_into(file, text, &mut errors);
+    let docs = parse_into(file, text, &mut Seen::new(), &mut errors);
     if errors.is_empty() {
         Ok(docs)
     } else {
@@ -144,7 +144,7 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestErrors
         if p.as_os_str() == "-" {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => docs.extend(parse_into("<stdin>", &text, &mut errors)),
+                Ok(_) => docs.extend(parse_into("<stdin>", &text, &mut Seen::new(), &mut errors)),
                 Err(e) => errors.push(file_error("<stdin>", format!("cannot read: {e}"))),
             }
             continue;
@@ -193,7 +193,7 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn load_file(p: &Path, docs: &mut Vec<Document>, errors: &mut Vec<ManifestError>) {
     let name = p.display().to_string();
     match std::fs::read_to_string(p) {
-        Ok(text) => docs.extend(parse_into(&name, &text, errors)),
+        Ok(text) => docs.extend(parse_into(&name, &text, &mut Seen::new(), errors)),
         Err(e) => errors.push(ManifestError {
             file: name,
             line: 0,
@@ -206,9 +206,18 @@ fn load_file(p: &Path, docs: &mut Vec<Document>, errors: &mut Vec<ManifestError>
 // ---------------------------------------------------------------------------------------------
 // One file
 
-fn parse_into(file: &str, text: &str, errors: &mut Vec<ManifestError>) -> Vec<Document> {
+/// Objects already loaded from this file (kind, namespace, name) -> where: one object defined
+/// twice in a file is a mistake. Across files it is allowed (a directory may hold versions of
+/// an app that are applied one after the other, as in kubectl).
+type Seen = HashMap<(Kind, String, String), usize>;
+
+fn parse_into(
+    file: &str,
+    text: &str,
+    seen: &mut Seen,
+    errors: &mut Vec<ManifestError>,
+) -> Vec<Document> {
     let mut out = Vec::new();
-    let mut seen: HashMap<(Kind, String, String), usize> = HashMap::new();
     let (raw_docs, syntax_error) = read_yaml(text);
     for raw in raw_docs {
         if let Some((line, message)) = raw.error {
@@ -253,11 +262,11 @@ fn parse_into(file: &str, text: &str, errors: &mut Vec<ManifestError>) -> Vec<Do
                     obj.namespace().to_string(),
                     obj.name().to_string(),
                 );
-                if let Some(first) = seen.get(&key) {
+                if let Some(first_line) = seen.get(&key) {
                     push(
                         FieldPath::root().child("metadata").child("name"),
                         format!(
-                            "duplicate {} {:?}: already defined by the document at line {first}",
+                            "duplicate {} {:?}: already defined by the document at line {first_line}",
                             obj.kind,
                             obj.name()
                         ),

@@ -467,6 +467,17 @@ fn load_paths_reads_files_and_directories_in_order() {
         lines[1]
     );
 
+    // The same object in two files is allowed (applied in order), unlike within one file.
+    let other = tempfile::tempdir().unwrap();
+    let again = other.path().join("again.yaml");
+    std::fs::write(&again, svc.replace("NAME", "a")).unwrap();
+    assert_eq!(
+        load_paths(&[dir.path().join("a.yml"), again])
+            .unwrap()
+            .len(),
+        2
+    );
+
     let empty = tempfile::tempdir().unwrap();
     let err = load_paths(&[empty.path().to_path_buf()]).unwrap_err();
     assert_eq!(
