@@ -166,6 +166,26 @@ impl TestCluster {
         .await
     }
 
+    /// Start one more member that joins through member `via` (which forwards the join to the
+    /// leader if it is a follower). Returns the new member's index.
+    pub async fn add_member(&mut self, via: usize) -> Result<usize, ServerError> {
+        let i = self.members.len();
+        let mut args = self.members[0].args.clone();
+        args.data_dir = Some(self._dir.path().join(format!("member-{i}")));
+        args.listen = "127.0.0.1:0".to_string();
+        args.init = false;
+        args.join = Some(self.addr(via).to_string());
+        let handle = start(args.clone()).await?;
+        let addr = handle.addr();
+        args.listen = addr.to_string();
+        self.members.push(Member {
+            args,
+            addr,
+            handle: Some(handle),
+        });
+        Ok(i)
+    }
+
     /// Gracefully stop member `i`, keeping its data dir.
     pub async fn stop(&mut self, i: usize) -> Result<(), ServerError> {
         match self.members[i].handle.take() {

@@ -488,3 +488,25 @@ async fn server_refuses_an_empty_data_dir_without_init_or_join() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[tokio::test]
+async fn dry_run_validates_and_answers_without_storing() {
+    let (cluster, mut c) = one_server().await;
+    let r = c
+        .create(pb::CreateRequest {
+            object: pod("a", json!({})),
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(parse(&r.object)["metadata"]["name"], "a");
+    let err = c
+        .get(pb::GetRequest {
+            key: key("Pod", "a"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    cluster.shutdown().await.unwrap();
+}

@@ -315,3 +315,51 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
     assert_eq!(seen, expected, "every revision exactly once, in order");
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_joins_through_a_follower_and_can_be_removed() {
+    let mut cluster = TestCluster::start(2).await.unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let follower = 1 - leader;
+    let rev = create_anywhere(&cluster, "x").await;
+    let new = cluster.add_member(follower).await.unwrap();
+    wait_until(T, "the new member to catch up", || async {
+        (revision_of(&cluster, new).await >= rev).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut c = cluster.client(new).await.unwrap();
+    let status = c
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.members.len(), 3);
+    let new_id = status.id;
+    get_on(&mut c, "x").await.unwrap();
+
+    // Remove it again, asking a follower (forwarded to the leader).
+    let mut fc = cluster.client(follower).await.unwrap();
+    fc.remove_member(pb::RemoveMemberRequest { id: new_id })
+        .await
+        .unwrap();
+    wait_until(T, "the member list to shrink", || {
+        let mut fc = fc.clone();
+        async move {
+            let s = fc
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (s.members.len() == 2 && s.members.iter().all(|m| m.id != new_id)).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let err = fc
+        .remove_member(pb::RemoveMemberRequest { id: 999 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    cluster.shutdown().await.unwrap();
+}
