@@ -181,7 +181,10 @@ impl DynObject {
             Some(k) => *k,
             None => return Err(DecodeError::UnknownKind(kind_s.to_string())),
         };
-        let av = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let av = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         if av.is_empty() {
             value["apiVersion"] = kind.api_version().into();
         } else if av != kind.api_version() {
@@ -262,5 +265,6 @@ fn normalize<T: Resource>(
 ) -> Result<serde_json::Value, DecodeError> {
     let typed: T =
         serde_json::from_value(value).map_err(|source| DecodeError::Schema { kind, source })?;
-    serde_json::to_value(typed.with_type_meta()).map_err(|source| DecodeError::Schema { kind, source })
+    serde_json::to_value(typed.with_type_meta())
+        .map_err(|source| DecodeError::Schema { kind, source })
 }
