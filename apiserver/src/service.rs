@@ -600,6 +600,11 @@ impl Api for ApiService {
                     return;
                 }
             }
+            // After a synthesized initial list, say which revision it is consistent at so the
+            // client resumes from there (the objects' own revisions may be older).
+            if !initial.is_empty() && !send(Ok(pb_event(&watcher.bookmark()))).await {
+                return;
+            }
             let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

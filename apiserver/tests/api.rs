@@ -462,6 +462,29 @@ async fn watch_resumes_from_a_revision_and_expires_after_restart() {
     assert_eq!(err.code(), Code::OutOfRange);
     assert!(err.message().starts_with("Expired"), "{}", err.message());
     assert!(err.message().contains("relist"), "{}", err.message());
+    // From revision 0 the current objects arrive as ADDED, then a bookmark at the revision
+    // they are consistent at.
+    let mut s = c
+        .watch(pb::WatchRequest {
+            kind: "Pod".into(),
+            namespace: String::new(),
+            label_selector: String::new(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut added = Vec::new();
+    let bookmark = loop {
+        let ev = next_event(&mut s).await.unwrap().unwrap();
+        match ev.r#type() {
+            pb::EventType::Added => added.push(parse(&ev.object)["metadata"]["name"].clone()),
+            pb::EventType::Bookmark => break ev.revision,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(added, vec![json!("a"), json!("b")]);
+    assert_eq!(bookmark, rv(&b));
     // The state itself survived the restart.
     let got = c
         .get(pb::GetRequest {
