@@ -3,6 +3,8 @@ pub mod api;
 pub mod backoff;
 pub mod events;
 pub mod hostports;
+pub mod logs;
+pub mod node;
 pub mod podsync;
 pub mod probe;
 pub mod prober;

@@ -1,0 +1,601 @@
+//! The agent's logs API: a tiny HTTP/1.1 server (`--listen`) and its client, [`fetch`].
+//!
+//! `GET /containerLogs/{namespace}/{pod}[/{container}]?tail=N&follow=true&previous=true`
+//! answers `200` with the raw log bytes (streamed until the container exits when following,
+//! `Connection: close` frames the body), or an error status with a one-line explanation.
+//! The container is found by its labels in the runtime (pod uid from the pod cache when the
+//! pod still exists); `previous` is the attempt before the newest. The CLI's `berth logs POD`
+//! looks up the pod's node, reads `status.agentEndpoint`, and calls [`fetch`].
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::PodCache;
+use crate::runtime::{ContainerInfo, LogOptions, Runtime, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    #[error("cannot reach the agent's logs API at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading logs from {endpoint}: {source}")]
+    Io {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{message}")]
+    Server { status: u16, message: String },
+    #[error("malformed reply from the agent at {endpoint}")]
+    Protocol { endpoint: String },
+    #[error("cannot listen for the logs API on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a logs request asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogRequest {
+    pub namespace: String,
+    pub pod: String,
+    /// Empty: the pod's only container.
+    pub container: String,
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub previous: bool,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+}
+
+/// Parse a request target like `/containerLogs/default/web-1/app?tail=10&follow=true`.
+pub fn parse_target(target: &str) -> Result<LogRequest, String> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (ns, pod, container) = match parts.as_slice() {
+        ["containerLogs", ns, pod] => (*ns, *pod, ""),
+        ["containerLogs", ns, pod, c] => (*ns, *pod, *c),
+        _ => {
+            return Err(format!(
+                "unknown path {path:?}: use /containerLogs/NAMESPACE/POD[/CONTAINER]"
+            ))
+        }
+    };
+    if !valid_name(ns) || !valid_name(pod) || !(container.is_empty() || valid_name(container)) {
+        return Err(format!("invalid names in {path:?}"));
+    }
+    let mut req = LogRequest {
+        namespace: ns.to_string(),
+        pod: pod.to_string(),
+        container: container.to_string(),
+        ..Default::default()
+    };
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        match k {
+            "follow" => req.follow = v == "true" || v == "1",
+            "previous" => req.previous = v == "true" || v == "1",
+            "tail" => {
+                req.tail = Some(
+                    v.parse()
+                        .map_err(|_| format!("tail={v:?} is not a number of lines"))?,
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?}: use tail, follow, previous"
+                ))
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// Pick the runtime container a request means (pure).
+pub fn select_container<'a>(
+    all: &'a [ContainerInfo],
+    req: &LogRequest,
+    pod_uid: Option<&str>,
+) -> Result<&'a ContainerInfo, (u16, String)> {
+    let mut mine: Vec<&ContainerInfo> = all
+        .iter()
+        .filter(|c| match pod_uid {
+            Some(uid) => c.pod_uid == uid,
+            None => c.pod_namespace == req.namespace && c.pod_name == req.pod,
+        })
+        .collect();
+    if mine.is_empty() {
+        return Err((
+            404,
+            format!(
+                "pod {}/{} has no containers on this node",
+                req.namespace, req.pod
+            ),
+        ));
+    }
+    let container = if req.container.is_empty() {
+        let mut names: Vec<&str> = mine.iter().map(|c| c.container_name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() > 1 {
+            return Err((
+                400,
+                format!(
+                    "pod {}/{} has several containers ({}): choose one with -c",
+                    req.namespace,
+                    req.pod,
+                    names.join(", ")
+                ),
+            ));
+        }
+        names[0].to_string()
+    } else {
+        req.container.clone()
+    };
+    mine.retain(|c| c.container_name == container);
+    mine.sort_by_key(|c| std::cmp::Reverse(c.attempt));
+    let pick = if req.previous {
+        mine.get(1)
+    } else {
+        mine.first()
+    };
+    pick.copied().ok_or_else(|| {
+        if req.previous {
+            (
+                404,
+                format!(
+                    "previous terminated container {container:?} in pod {}/{} not found",
+                    req.namespace, req.pod
+                ),
+            )
+        } else {
+            (
+                404,
+                format!(
+                    "container {container:?} not found in pod {}/{}",
+                    req.namespace, req.pod
+                ),
+            )
+        }
+    })
+}
+
+/// The logs server.
+pub struct LogServer {
+    listener: TcpListener,
+    runtime: Arc<dyn Runtime>,
+    pods: PodCache,
+}
+
+impl LogServer {
+    pub async fn bind(
+        addr: &str,
+        runtime: Arc<dyn Runtime>,
+        pods: PodCache,
+    ) -> Result<LogServer, LogsError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| LogsError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(LogServer {
+            listener,
+            runtime,
+            pods,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let conns = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = self.listener.accept() => a,
+            };
+            let (sock, _) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "logs API accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let rt = self.runtime.clone();
+            let pods = self.pods.clone();
+            let stop = shutdown.clone();
+            conns.spawn(async move {
+                if let Err(e) = serve(sock, rt, pods, stop).await {
+                    tracing::debug!(error = %e, "logs API connection");
+                }
+            });
+        }
+        conns.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+    }
+}
+
+async fn read_head(sock: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > 8192 {
+            return Ok(None);
+        }
+        let n = sock.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).to_string()))
+}
+
+async fn respond_error(sock: &mut TcpStream, status: u16, msg: &str) -> std::io::Result<()> {
+    let reason = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let body = format!("{msg}\n");
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    runtime: Arc<dyn Runtime>,
+    pods: PodCache,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(Duration::from_secs(10), read_head(&mut sock)).await {
+        Ok(Ok(Some(h))) => h,
+        _ => return Ok(()),
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return respond_error(&mut sock, 405, "only GET is supported").await;
+    }
+    let req = match parse_target(target) {
+        Ok(r) => r,
+        Err(msg) => return respond_error(&mut sock, 400, &msg).await,
+    };
+    let all = match runtime.list().await {
+        Ok(a) => a,
+        Err(e) => return respond_error(&mut sock, 500, &e.to_string()).await,
+    };
+    let uid = pods.find(&req.namespace, &req.pod).map(|p| p.metadata.uid);
+    let c = match select_container(&all, &req, uid.as_deref()) {
+        Ok(c) => c.clone(),
+        Err((status, msg)) => return respond_error(&mut sock, status, &msg).await,
+    };
+    let opts = LogOptions {
+        tail: req.tail,
+        follow: req.follow && !req.previous,
+    };
+    let mut stream = match runtime.logs(&c.id, opts).await {
+        Ok(s) => s,
+        Err(RuntimeError::NotFound { .. }) => {
+            return respond_error(&mut sock, 404, "container was removed").await
+        }
+        Err(e) => return respond_error(&mut sock, 500, &e.to_string()).await,
+    };
+    sock.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = stream.next() => n,
+        };
+        match next {
+            Some(Ok(b)) => sock.write_all(&b).await?,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "log stream");
+                break;
+            }
+            None => break,
+        }
+    }
+    sock.shutdown().await
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, LogsError>> + Send>>;
+
+/// Read logs from an agent (`endpoint` = its Node's `status.agentEndpoint`, host:port). An
+/// empty `container` means the pod's only container. The stream ends when the log ends (or,
+/// with `follow`, when the container exits).
+pub async fn fetch(
+    endpoint: &str,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    follow: bool,
+    tail: Option<usize>,
+    previous: bool,
+) -> Result<ByteStream, LogsError> {
+    let ep = endpoint.to_string();
+    let mut sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| LogsError::Connect {
+            endpoint: ep.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out after 5s"),
+        })?
+        .map_err(|source| LogsError::Connect {
+            endpoint: ep.clone(),
+            source,
+        })?;
+    let mut path = format!("/containerLogs/{namespace}/{pod}");
+    if !container.is_empty() {
+        path.push('/');
+        path.push_str(container);
+    }
+    let mut q = Vec::new();
+    if follow {
+        q.push("follow=true".to_string());
+    }
+    if previous {
+        q.push("previous=true".to_string());
+    }
+    if let Some(t) = tail {
+        q.push(format!("tail={t}"));
+    }
+    if !q.is_empty() {
+        path.push('?');
+        path.push_str(&q.join("&"));
+    }
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    let io_err = |source| LogsError::Io {
+        endpoint: ep.clone(),
+        source,
+    };
+    sock.write_all(req.as_bytes()).await.map_err(io_err)?;
+    // Read the head.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let split = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 16384 {
+            return Err(LogsError::Protocol { endpoint: ep });
+        }
+        let n = sock.read(&mut chunk).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(LogsError::Protocol { endpoint: ep });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let rest = buf[split..].to_vec();
+    let status: u16 = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| LogsError::Protocol {
+            endpoint: ep.clone(),
+        })?;
+    if status != 200 {
+        let mut body = rest;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            (&mut sock).take(64 * 1024).read_to_end(&mut body),
+        )
+        .await;
+        return Err(LogsError::Server {
+            status,
+            message: String::from_utf8_lossy(&body).trim().to_string(),
+        });
+    }
+    let first = futures::stream::iter(if rest.is_empty() {
+        vec![]
+    } else {
+        vec![Ok(Bytes::from(rest))]
+    });
+    let body = read_chunks(sock, ep);
+    Ok(Box::pin(first.chain(body)))
+}
+
+fn read_chunks<R: AsyncRead + Unpin + Send + 'static>(
+    r: R,
+    endpoint: String,
+) -> impl Stream<Item = Result<Bytes, LogsError>> + Send {
+    futures::stream::unfold(Some((r, endpoint)), |state| async move {
+        let (mut r, endpoint) = state?;
+        let mut buf = vec![0u8; 16 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some((r, endpoint))))
+            }
+            Err(source) => Some((Err(LogsError::Io { endpoint, source }), None)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RunState;
+
+    fn info(pod: &str, c: &str, attempt: u32) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("{pod}-{c}-{attempt}"),
+            pod_uid: format!("uid-{pod}"),
+            pod_namespace: "default".into(),
+            pod_name: pod.into(),
+            container_name: c.into(),
+            attempt,
+            image: String::new(),
+            ports: vec![],
+            grace_seconds: None,
+            state: RunState::Created,
+        }
+    }
+
+    #[test]
+    fn targets_parse_with_options_and_reject_junk() {
+        let r = parse_target("/containerLogs/default/web/app?tail=5&follow=true&previous=1")
+            .expect("ok");
+        assert_eq!(
+            r,
+            LogRequest {
+                namespace: "default".into(),
+                pod: "web".into(),
+                container: "app".into(),
+                follow: true,
+                tail: Some(5),
+                previous: true
+            }
+        );
+        assert_eq!(
+            parse_target("/containerLogs/ns/p").expect("ok").container,
+            ""
+        );
+        assert!(parse_target("/other").is_err());
+        assert!(parse_target("/containerLogs/ns/p?tail=x").is_err());
+        assert!(parse_target("/containerLogs/ns/p%20x").is_err());
+    }
+
+    #[test]
+    fn selection_picks_newest_or_previous_attempt_and_explains_ambiguity() {
+        let all = vec![
+            info("web", "app", 0),
+            info("web", "app", 1),
+            info("web", "side", 0),
+            info("db", "db", 0),
+        ];
+        let mut req = LogRequest {
+            namespace: "default".into(),
+            pod: "web".into(),
+            container: "app".into(),
+            ..Default::default()
+        };
+        assert_eq!(select_container(&all, &req, None).expect("ok").attempt, 1);
+        req.previous = true;
+        assert_eq!(
+            select_container(&all, &req, Some("uid-web"))
+                .expect("ok")
+                .attempt,
+            0
+        );
+        req.container = "side".into();
+        assert_eq!(select_container(&all, &req, None).expect_err("none").0, 404);
+        req.container.clear();
+        req.previous = false;
+        let (code, msg) = select_container(&all, &req, None).expect_err("ambiguous");
+        assert_eq!(code, 400);
+        assert!(msg.contains("app, side"), "{msg}");
+        let db = LogRequest {
+            namespace: "default".into(),
+            pod: "db".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            select_container(&all, &db, None)
+                .expect("only one")
+                .container_name,
+            "db"
+        );
+        let ghost = LogRequest {
+            namespace: "default".into(),
+            pod: "ghost".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            select_container(&all, &ghost, None).expect_err("no pod").0,
+            404
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_streams_logs_from_the_server_and_reports_errors() {
+        use crate::runtime::fake::FakeRuntime;
+        use crate::runtime::{ContainerSpec, Runtime};
+        let rt = FakeRuntime::new();
+        let spec = ContainerSpec {
+            pod_uid: "u1".into(),
+            pod_namespace: "default".into(),
+            pod_name: "web".into(),
+            container_name: "app".into(),
+            ..Default::default()
+        };
+        rt.create(&spec).await.expect("create");
+        rt.create(&ContainerSpec {
+            attempt: 1,
+            ..spec.clone()
+        })
+        .await
+        .expect("create");
+        let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("addr").to_string();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone()));
+        let collect = |s: ByteStream| async move {
+            let parts: Vec<_> = s.collect().await;
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend_from_slice(&p.expect("chunk"));
+            }
+            String::from_utf8_lossy(&out).to_string()
+        };
+        let cur = fetch(&addr, "default", "web", "", false, None, false)
+            .await
+            .expect("fetch");
+        assert_eq!(collect(cur).await, "log of app attempt 1\n");
+        let prev = fetch(&addr, "default", "web", "app", false, Some(10), true)
+            .await
+            .expect("fetch");
+        assert_eq!(collect(prev).await, "log of app attempt 0\n");
+        match fetch(&addr, "default", "nope", "", false, None, false).await {
+            Err(LogsError::Server {
+                status: 404,
+                message,
+            }) => assert!(message.contains("default/nope"), "{message}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+        stop.cancel();
+        task.await.expect("join");
+        assert!(matches!(
+            fetch(&addr, "default", "web", "", false, None, false).await,
+            Err(LogsError::Connect { .. })
+        ));
+    }
+}
