@@ -149,7 +149,13 @@ pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
         } else if let Some(t) = stale_at.filter(|_| !stale) {
             out.requeue_after = min_requeue(out.requeue_after, to_std(t - now));
         }
-        let want = wanted_taint(effective.as_ref());
+        // A node still registering (no Ready condition yet, heartbeat within grace) is left
+        // alone.
+        let want = if effective.is_none() && !stale {
+            None
+        } else {
+            wanted_taint(effective.as_ref())
+        };
         updated.spec.taints.retain(|t| {
             t.effect != "NoExecute"
                 || !(t.key == UNREACHABLE_TAINT || t.key == NOT_READY_TAINT)
@@ -349,6 +355,16 @@ mod tests {
             .taints
             .iter()
             .any(|t| t.key == NOT_READY_TAINT));
+    }
+
+    #[test]
+    fn registering_node_without_conditions_is_left_alone_within_grace() {
+        let mut n = NodeBuilder::new("n1").build();
+        n.metadata.creation_timestamp = Some(at(0));
+        assert!(plan(std::slice::from_ref(&n), &[], at(1), &cfg())
+            .actions
+            .is_empty());
+        assert!(!updated(&plan(&[n], &[], at(7), &cfg())).is_empty());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Two layers, as in the Kubernetes scheduler framework and Nomad:
 //! - the pure core: a [`Snapshot`] (nodes + what is bound on each) -> [`plugins::filter`]
 //!   (Ready, not cordoned, nodeSelector, taints/tolerations, host ports, cpu/memory/pod count)
-//!   -> [`plugins::score`] (PreferNoSchedule, most-allocated bin-packing, spread tie-break)
+//!   -> [`plugins::score`] (PreferNoSchedule, most-allocated bin-packing in 10% buckets,
+//!   spread tie-break)
 //!   -> a [`Decision`] per pod. [`schedule_batch`] accounts for earlier decisions of the same
 //!   batch. "Does not fit" is [`Outcome::Unschedulable`] with a kubectl-style reason.
 //! - the shell (added with the client runtime): a leader-only loop that watches unbound pods

@@ -125,18 +125,27 @@ pub fn requests(pod: &Pod) -> Resources {
     pod_requests(&pod.spec)
 }
 
+/// Utilisation is compared in buckets of this many percent: nodes whose fill differs by less
+/// are "otherwise equal" for bin-packing, so the spread tie-break decides between them. Without
+/// it, any request at all would make the first node strictly fuller and pile every replica of
+/// a Deployment onto it; with it, small pods spread and large ones still pack.
+pub const BINPACK_BUCKET_PERCENT: u64 = 10;
+
 /// A node's score for a pod that passed the filters; higher is better. Compared
 /// lexicographically: untolerated PreferNoSchedule taints first (fewer wins), then
-/// most-allocated bin-packing, then spread (fewer pods of the same owner wins).
+/// most-allocated bin-packing by bucket, then spread (fewer pods of the same owner wins), then
+/// the exact fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Score {
     /// Negated count of untolerated PreferNoSchedule taints.
     pub taints: i64,
-    /// Most-allocated fraction after placing the pod, in 1/10000 (averaged over resources the
-    /// node states).
+    /// Most-allocated bucket after placing the pod (see [`BINPACK_BUCKET_PERCENT`]).
     pub binpack: u64,
     /// Negated count of pods with the same controller already on the node.
     pub spread: i64,
+    /// Most-allocated fraction after placing the pod, in 1/10000 (averaged over the resources
+    /// the node states).
+    pub fill: u64,
 }
 
 pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
@@ -159,7 +168,7 @@ pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
             dims += 1;
         }
     }
-    let binpack = total
+    let fill = total
         .checked_div(dims)
         .map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX));
     let same_owner = pod
@@ -170,7 +179,8 @@ pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
         .unwrap_or(0);
     Score {
         taints: -prefer_no,
-        binpack,
+        binpack: fill / (BINPACK_BUCKET_PERCENT * 100),
         spread: -i64::from(same_owner),
+        fill,
     }
 }

@@ -77,6 +77,38 @@ fn spread_breaks_ties_between_equal_nodes() {
 }
 
 #[test]
+fn small_replicas_spread_while_large_ones_pack() {
+    let nodes = || {
+        vec![
+            NodeBuilder::new("a").cpu("4").memory("8Gi").ready().build(),
+            NodeBuilder::new("b").cpu("4").memory("8Gi").ready().build(),
+        ]
+    };
+    let pods = |cpu: &str| -> Vec<Pod> {
+        (0..2)
+            .map(|i| {
+                PodBuilder::new(&format!("p{i}"))
+                    .cpu(cpu)
+                    .owner("ReplicaSet", "rs", "rs1")
+                    .build()
+            })
+            .collect()
+    };
+    // 100m of 4 cpus stays in the same fill bucket: spread decides.
+    let d = schedule_batch(&snap(nodes(), &[]), &pods("100m"));
+    assert_eq!(
+        (d[0].outcome.clone(), d[1].outcome.clone()),
+        (bind("a"), bind("b"))
+    );
+    // 1.5 cpus moves the node to a fuller bucket: bin-packing decides.
+    let d = schedule_batch(&snap(nodes(), &[]), &pods("1500m"));
+    assert_eq!(
+        (d[0].outcome.clone(), d[1].outcome.clone()),
+        (bind("a"), bind("a"))
+    );
+}
+
+#[test]
 fn unschedulable_reason_counts_reasons_like_kubectl() {
     let nodes = vec![
         NodeBuilder::new("a").cpu("1").memory("1Gi").ready().build(),

@@ -3,9 +3,13 @@
 //! - [`builders`]: fluent fixture builders for the object schema (`NodeBuilder`, `PodBuilder`,
 //!   `DeploymentBuilder`, `ServiceBuilder`) so a test states only what matters to it:
 //!   `NodeBuilder::new("n1").cpu("4").memory("8Gi").ready().build()`.
+//! - [`hollow`]: hollow nodes, fake agents without a runtime that register a Node, heartbeat,
+//!   and mark pods bound to them Ready with a host IP and host ports.
 //!
 //! Builders produce plain `berth_proto::types` values; nothing here does I/O.
 
 pub mod builders;
+pub mod hollow;
 
 pub use builders::{DeploymentBuilder, NodeBuilder, PodBuilder, ServiceBuilder};
+pub use hollow::{HollowConfig, HollowNode};

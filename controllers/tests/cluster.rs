@@ -1,0 +1,428 @@
+//! In-process cluster tests: a real API server on 127.0.0.1:0, the scheduler and every
+//! controller running against it, and hollow nodes (fake agents) that heartbeat and mark bound
+//! pods Ready. Each test waits on conditions with deadlines.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use berth_apiserver::testing::{wait_until, TestCluster};
+use berth_client::{Client, ClientConfig};
+use berth_controllers::deployment::{template_hash, PROMOTE_ANNOTATION, TEMPLATE_HASH_LABEL};
+use berth_controllers::run::NodeLifecycleConfig;
+use berth_proto::types::*;
+use berth_testkit::{DeploymentBuilder, HollowConfig, HollowNode, ServiceBuilder};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(40);
+
+struct Env {
+    cluster: Option<TestCluster>,
+    client: Client,
+    nodes: Vec<HollowNode>,
+    shutdown: CancellationToken,
+    loops: tokio::task::JoinSet<()>,
+}
+
+impl Env {
+    async fn start(nodes: usize, lifecycle: NodeLifecycleConfig) -> Result<Env> {
+        let cluster = TestCluster::start(1)
+            .await
+            .context("starting the API server")?;
+        let client = Client::new(&[cluster.addr(0).to_string()], ClientConfig::default())?;
+        let shutdown = CancellationToken::new();
+        let mut loops = tokio::task::JoinSet::new();
+        let config = berth_controllers::Config {
+            node_lifecycle: lifecycle,
+            gc_delay: Duration::from_millis(50),
+            ..Default::default()
+        };
+        loops.spawn(berth_controllers::run_controllers(
+            client.clone(),
+            config,
+            shutdown.clone(),
+        ));
+        loops.spawn(berth_scheduler::run(
+            client.clone(),
+            berth_scheduler::Config::default(),
+            shutdown.clone(),
+        ));
+        let mut hollow = Vec::new();
+        for i in 0..nodes {
+            let cfg = HollowConfig {
+                cpu: "4".into(),
+                address: format!("127.0.0.{}", i + 1),
+                heartbeat: Duration::from_millis(300),
+                ..Default::default()
+            };
+            hollow.push(HollowNode::start(client.clone(), &format!("node-{i}"), cfg).await?);
+        }
+        Ok(Env {
+            cluster: Some(cluster),
+            client,
+            nodes: hollow,
+            shutdown,
+            loops,
+        })
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        for n in &mut self.nodes {
+            n.stop().await;
+        }
+        self.shutdown.cancel();
+        while self.loops.join_next().await.is_some() {}
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    async fn pods(&self) -> Result<Vec<Pod>> {
+        Ok(self.client.list::<Pod>(Some("default"), "").await?.0)
+    }
+
+    async fn deployment(&self, name: &str) -> Result<Deployment> {
+        Ok(self.client.get("default", name).await?)
+    }
+
+    /// Read-modify-write a Deployment, retrying when a controller's status write wins the CAS
+    /// (as `kubectl edit` would ask the user to).
+    async fn edit_deployment(&self, name: &str, f: impl Fn(&mut Deployment)) -> Result<Deployment> {
+        for _ in 0..50 {
+            let mut d = self.deployment(name).await?;
+            f(&mut d);
+            match self.client.update(&d).await {
+                Ok(d) => return Ok(d),
+                Err(berth_client::ClientError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow!("deployment {name} kept changing under the edit"))
+    }
+
+    /// Wait until `name` has `replicas` updated, ready, available pods and no others.
+    async fn wait_rolled_out(&self, name: &str, replicas: i32) -> Result<()> {
+        wait_until(
+            DEADLINE,
+            &format!("deployment {name} rolled out"),
+            || async {
+                let d = self.deployment(name).await.ok()?;
+                let st = d.status?;
+                (st.observed_generation == d.metadata.generation
+                    && st.replicas == replicas
+                    && st.updated_replicas == replicas
+                    && st.available_replicas == replicas)
+                    .then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow!(e))
+    }
+}
+
+fn ready_pods_per_node(pods: &[Pod]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in pods.iter().filter(|p| p.is_ready()) {
+        *m.entry(p.spec.node_name.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_deployment_is_scheduled_ready_and_spread_with_endpoints() -> Result<()> {
+    let env = Env::start(3, NodeLifecycleConfig::default()).await?;
+    let svc = ServiceBuilder::new("web").port("http", 80, 8080).build();
+    env.client.create(&svc).await?;
+    let d = DeploymentBuilder::new("web")
+        .replicas(6)
+        .port("http", 8080)
+        .cpu("100m")
+        .build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 6).await?;
+
+    let pods = env.pods().await?;
+    assert_eq!(pods.len(), 6);
+    let per_node = ready_pods_per_node(&pods);
+    assert_eq!(per_node.len(), 3, "spread over every node: {per_node:?}");
+    for p in &pods {
+        let st = p.status.as_ref().expect("status");
+        assert!(
+            condition(&st.conditions, "PodScheduled").is_some_and(|c| c.is_true())
+                || st.phase == "Running",
+            "{} bound",
+            p.metadata.name
+        );
+        assert!(p
+            .metadata
+            .name
+            .starts_with(&format!("web-{}-", template_hash(&d.spec.template))));
+    }
+    // Endpoints: one ready address per pod at node address : host port.
+    wait_until(DEADLINE, "endpoints for web", || async {
+        let ep: Endpoints = env.client.get("default", "web").await.ok()?;
+        let n: usize = ep.subsets.iter().map(|s| s.addresses.len()).sum();
+        (n == 6).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let d = env.deployment("web").await?;
+    let st = d.status.expect("status");
+    assert!(condition(&st.conditions, "Available")
+        .expect("Available")
+        .is_true());
+
+    // Deleting the Deployment garbage-collects its ReplicaSets and Pods; the Service's
+    // Endpoints go with the Service.
+    env.client
+        .delete(berth_proto::Kind::Deployment, "default", "web", None)
+        .await?;
+    env.client
+        .delete(berth_proto::Kind::Service, "default", "web", None)
+        .await?;
+    wait_until(DEADLINE, "garbage collection", || async {
+        let pods = env.pods().await.ok()?;
+        let rs = env
+            .client
+            .list::<ReplicaSet>(Some("default"), "")
+            .await
+            .ok()?
+            .0;
+        let eps = env
+            .client
+            .list::<Endpoints>(Some("default"), "")
+            .await
+            .ok()?
+            .0;
+        (pods.is_empty() && rs.is_empty() && eps.is_empty()).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pod_reports_reason_and_schedules_when_capacity_appears() -> Result<()> {
+    let mut env = Env::start(1, NodeLifecycleConfig::default()).await?;
+    let d = DeploymentBuilder::new("big").replicas(1).cpu("6").build();
+    env.client.create(&d).await?;
+    let msg = wait_until(DEADLINE, "PodScheduled=False", || async {
+        let pods = env.pods().await.ok()?;
+        let p = pods.first()?;
+        let c = condition(&p.status.as_ref()?.conditions, "PodScheduled")?;
+        (!c.is_true()).then(|| c.message.clone())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    assert_eq!(msg, "0/1 nodes are available: 1 Insufficient cpu.");
+    let events = env.client.list::<Event>(Some("default"), "").await?.0;
+    assert!(events
+        .iter()
+        .any(|e| e.reason == "FailedScheduling" && e.message == msg));
+    let big = HollowConfig {
+        cpu: "8".into(),
+        address: "127.0.0.9".into(),
+        heartbeat: Duration::from_millis(300),
+        ..Default::default()
+    };
+    env.nodes
+        .push(HollowNode::start(env.client.clone(), "big-node", big).await?);
+    env.wait_rolled_out("big", 1).await?;
+    assert_eq!(env.pods().await?[0].spec.node_name, "big-node");
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_stays_within_max_surge_and_max_unavailable() -> Result<()> {
+    let env = Env::start(3, NodeLifecycleConfig::default()).await?;
+    let d = DeploymentBuilder::new("api")
+        .replicas(4)
+        .rolling("1", "1")
+        .build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("api", 4).await?;
+
+    let d = env
+        .edit_deployment("api", |d| {
+            d.spec.template.spec.containers[0].image = "app:2".into()
+        })
+        .await?;
+    let new_hash = template_hash(&d.spec.template);
+    // Sample the pods until the rollout completes: never more than replicas + maxSurge pods,
+    // never fewer than replicas - maxUnavailable ready ones.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut samples = 0;
+    loop {
+        let pods = env.pods().await?;
+        let ready = pods.iter().filter(|p| p.is_ready()).count();
+        assert!(
+            pods.len() <= 5,
+            "{} pods exceed replicas + maxSurge",
+            pods.len()
+        );
+        assert!(
+            ready >= 3,
+            "{ready} ready pods below replicas - maxUnavailable"
+        );
+        samples += 1;
+        let done = pods.len() == 4
+            && pods.iter().all(|p| {
+                p.is_ready() && p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&new_hash)
+            });
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(samples > 1);
+    env.wait_rolled_out("api", 4).await?;
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_node_pods_are_replaced_on_healthy_nodes() -> Result<()> {
+    let lifecycle = NodeLifecycleConfig {
+        grace_period: Duration::from_secs(2),
+        eviction_timeout: Duration::from_secs(1),
+    };
+    let mut env = Env::start(3, lifecycle).await?;
+    let d = DeploymentBuilder::new("web").replicas(3).build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 3).await?;
+    let pods = env.pods().await?;
+    let victim = pods[0].spec.node_name.clone();
+    let idx = env
+        .nodes
+        .iter()
+        .position(|n| n.name == victim)
+        .expect("victim node");
+    let started = tokio::time::Instant::now();
+    env.nodes[idx].stop().await;
+
+    wait_until(DEADLINE, "replacement pods ready elsewhere", || async {
+        let pods = env.pods().await.ok()?;
+        let ready: Vec<&Pod> = pods.iter().filter(|p| p.is_ready()).collect();
+        (ready.len() == 3 && ready.iter().all(|p| p.spec.node_name != victim)).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "replacement took {took:?}");
+    let node: Node = env.client.get("", &victim).await?;
+    assert!(node
+        .spec
+        .taints
+        .iter()
+        .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()> {
+    let env = Env::start(2, NodeLifecycleConfig::default()).await?;
+    let active = ServiceBuilder::new("shop-active")
+        .selector(&[("app", "shop")])
+        .port("http", 80, 8080)
+        .build();
+    let preview = ServiceBuilder::new("shop-preview")
+        .selector(&[("app", "shop")])
+        .port("http", 80, 8080)
+        .build();
+    env.client.create(&active).await?;
+    env.client.create(&preview).await?;
+    let d = DeploymentBuilder::new("shop")
+        .replicas(2)
+        .port("http", 8080)
+        .blue_green("shop-active", Some("shop-preview"))
+        .blue_green_with(|bg| {
+            bg.auto_promotion_enabled = Some(false);
+            bg.scale_down_delay_seconds = Some(30);
+        })
+        .build();
+    let blue = template_hash(&d.spec.template);
+    env.client.create(&d).await?;
+
+    let selector_of = |name: &'static str| {
+        let client = env.client.clone();
+        async move {
+            let s: Service = client.get("default", name).await.ok()?;
+            s.spec.selector.get(TEMPLATE_HASH_LABEL).cloned()
+        }
+    };
+    let phase = |d: &Deployment| {
+        d.status
+            .as_ref()
+            .and_then(|s| s.blue_green.as_ref())
+            .map(|b| b.phase.clone())
+            .unwrap_or_default()
+    };
+    wait_until(DEADLINE, "blue healthy", || async {
+        let d = env.deployment("shop").await.ok()?;
+        (phase(&d) == "Healthy" && selector_of("shop-active").await? == blue).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+
+    let d = env
+        .edit_deployment("shop", |d| {
+            d.spec.template.spec.containers[0].image = "app:2".into()
+        })
+        .await?;
+    let green = template_hash(&d.spec.template);
+    wait_until(DEADLINE, "green paused awaiting promotion", || async {
+        let d = env.deployment("shop").await.ok()?;
+        (phase(&d) == "Paused" && selector_of("shop-preview").await? == green).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    assert_eq!(selector_of("shop-active").await, Some(blue.clone()));
+    // Green's endpoints are up beside blue's.
+    let eps: Endpoints = env.client.get("default", "shop-preview").await?;
+    assert_eq!(
+        eps.subsets.iter().map(|s| s.addresses.len()).sum::<usize>(),
+        2
+    );
+
+    // `berth rollout promote`: the annotation.
+    env.edit_deployment("shop", |d| {
+        d.metadata
+            .annotations
+            .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    })
+    .await?;
+    wait_until(DEADLINE, "active service on green", || async {
+        (selector_of("shop-active").await? == green).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    wait_until(DEADLINE, "promote annotation cleared", || async {
+        let d = env.deployment("shop").await.ok()?;
+        (!d.metadata.annotations.contains_key(PROMOTE_ANNOTATION)).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+
+    // `berth rollout undo` within the scale-down delay: the template goes back to blue's and
+    // the active Service switches back at once (blue is still running).
+    env.edit_deployment("shop", |d| {
+        d.spec.template.spec.containers[0].image = "app:1".into()
+    })
+    .await?;
+    let t = tokio::time::Instant::now();
+    wait_until(DEADLINE, "active service back on blue", || async {
+        (selector_of("shop-active").await? == blue).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "undo took {:?}",
+        t.elapsed()
+    );
+    env.stop().await
+}
