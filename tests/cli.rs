@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use berth::cli::{self, Cli, Io};
 use berth_apiserver::testing::TestCluster;
@@ -121,6 +123,12 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     assert!(r.out.contains("web    NodePort   80:3"), "{r:?}");
     let r = berth(s, &["get", "deploy", "-A", "-o", "name"]).await;
     assert_eq!(r.out, "deployment.apps/web\n", "{r:?}");
+    let r = berth(s, &["get", "deploy,svc"]).await;
+    assert!(r.ok, "{r:?}");
+    let lines: Vec<&str> = r.out.lines().collect();
+    assert!(lines[1].starts_with("deployment.apps/web "), "{r:?}");
+    assert_eq!(lines[2], "");
+    assert!(lines[4].starts_with("service/web "), "{r:?}");
 
     // -o yaml applies back unchanged.
     let r = berth(s, &["get", "deploy", "web", "-o", "yaml"]).await;
@@ -196,11 +204,92 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
         "{r:?}"
     );
     let r = berth(s, &["get", "deploy,svc"]).await;
-    assert!(!r.ok, "{r:?}");
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.err, "No resources found.\n");
     let r = berth(s, &["get", "svc"]).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.err, "No resources found in default namespace.\n");
 
+    cluster.shutdown().await.unwrap();
+}
+
+/// A writer the test can read while a command is still writing to it.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_prints_rows_as_objects_change_until_cancelled() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let app = write(dir.path(), "app.yaml", APP);
+    let r = berth(&server, &["apply", "-f", &app]).await;
+    assert!(r.ok, "{r:?}");
+
+    let out = Shared::default();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
+        async move {
+            let cli =
+                Cli::try_parse_from(["berth", "--server", &server, "get", "deploy", "-w"]).unwrap();
+            let mut err = Vec::new();
+            let mut io = Io {
+                out: &mut out,
+                err: &mut err,
+            };
+            cli::run(cli, &mut io, token).await
+        }
+    });
+    let wait_for = |what: &'static str, needle: &'static str| {
+        let out = out.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !out.text().contains(needle) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {what} in:\n{}", out.text()));
+        }
+    };
+    wait_for("initial row", "0/2").await;
+    let r = berth(&server, &["scale", "deploy", "web", "--replicas", "3"]).await;
+    assert!(r.ok, "{r:?}");
+    wait_for("updated row", "0/3").await;
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("get -w stops on cancel")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    let text = out.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("NAME "), "{text}");
+    assert!(
+        lines[1].starts_with("web ") && lines[1].contains("0/2"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("web ") && lines[2].contains("0/3"),
+        "{text}"
+    );
     cluster.shutdown().await.unwrap();
 }
 

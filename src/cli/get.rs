@@ -121,7 +121,83 @@ pub fn render(
     })
 }
 
+/// `deploy,svc` -> the kinds, when the first argument lists several.
+pub fn split_kinds(args: &[String]) -> anyhow::Result<Option<Vec<Kind>>> {
+    let Some(first) = args.first() else {
+        return Ok(None);
+    };
+    if !first.contains(',') || first.contains('/') {
+        return Ok(None);
+    }
+    if args.len() > 1 {
+        return Err(anyhow!(
+            "names need a single resource type: use e.g. `berth get deploy web`"
+        ));
+    }
+    let kinds = first
+        .split(',')
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| super::parse_kind(k.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(kinds))
+}
+
+/// `get KIND1,KIND2`: one table per kind (names as KIND/NAME), or all objects together for
+/// -o yaml|json|name.
+async fn run_many(ctx: &Ctx, kinds: &[Kind], a: &GetArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
+    if a.watch {
+        return Err(anyhow!("-w needs a single resource type"));
+    }
+    let client = ctx.client()?;
+    let selector = a.selector.clone().unwrap_or_default();
+    let mut all = Vec::new();
+    let mut tables = Vec::new();
+    for &kind in kinds {
+        let scope = a.ns.list_scope(kind);
+        let (list, _) = client
+            .list_dyn(kind, scope.as_deref(), &selector)
+            .await
+            .with_context(|| format!("cannot list {}", kind.plural()))?;
+        if list.is_empty() {
+            continue;
+        }
+        if matches!(a.output, None | Some(OutputFormat::Wide)) {
+            let opts = RowOptions {
+                wide: a.output == Some(OutputFormat::Wide),
+                all_namespaces: a.ns.all_namespaces,
+            };
+            let mut t = table::rows(kind, &list, chrono::Utc::now(), opts)
+                .map_err(|e| anyhow!("cannot show {kind}: {e}"))?;
+            if let Some(col) = t.headers.iter().position(|h| h == "NAME") {
+                for r in &mut t.rows {
+                    r[col] = table::kind_ref(kind, &r[col]);
+                }
+            }
+            tables.push(t.render());
+        }
+        all.extend(list);
+    }
+    if all.is_empty() && !matches!(a.output, Some(OutputFormat::Json | OutputFormat::Yaml)) {
+        writeln!(io.err, "No resources found.")?;
+        return Ok(());
+    }
+    let text = match a.output {
+        Some(OutputFormat::Yaml) => to_yaml(&all)?,
+        Some(OutputFormat::Json) => to_json(&all, false)?,
+        Some(OutputFormat::Name) => all
+            .iter()
+            .map(|o| format!("{}\n", table::kind_ref(o.kind, o.name())))
+            .collect(),
+        Some(OutputFormat::Wide) | None => tables.join("\n"),
+    };
+    io.out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 pub async fn run(ctx: &Ctx, a: GetArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
+    if let Some(kinds) = split_kinds(&a.args)? {
+        return run_many(ctx, &kinds, &a, io).await;
+    }
     let (kind, names) = parse_kind_and_names(&a.args)?;
     let client = ctx.client()?;
     let selector = a.selector.clone().unwrap_or_default();
@@ -228,14 +304,10 @@ async fn watch(
                     Some(w) => t.render_rows_with(w),
                     None => {
                         // Leave some slack so later rows with longer values stay aligned.
-                        widths = Some(t.widths_at_least(8));
-                        let w = widths.as_deref().unwrap_or_default();
-                        let header = table::Table {
-                            headers: t.headers.clone(),
-                            rows: vec![t.headers.clone()],
-                        };
-                        let head = header.render_rows_with(w);
-                        head + &t.render_rows_with(w)
+                        let w = t.widths_at_least(8);
+                        let text = t.render_header_with(&w) + &t.render_rows_with(&w);
+                        widths = Some(w);
+                        text
                     }
                 }
             }

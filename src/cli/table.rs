@@ -65,6 +65,13 @@ impl Table {
         out
     }
 
+    /// The header line only, aligned to the given widths.
+    pub fn render_header_with(&self, widths: &[usize]) -> String {
+        let mut out = Self::line(&self.headers, widths);
+        out.push('\n');
+        out
+    }
+
     /// Rows only, aligned to the given widths (for `get -w` updates after the header).
     pub fn render_rows_with(&self, widths: &[usize]) -> String {
         let mut out = String::new();
