@@ -213,6 +213,38 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     cluster.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_reports_server_rejections_and_goes_on_with_the_other_objects() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n    - port: 80\n      nodePort: 30999\n"
+        )
+    };
+    // Valid files, but the second Service asks for a node port the first one took.
+    let text = format!(
+        "{}---\n{}---\n{}",
+        svc("one"),
+        svc("two"),
+        svc("three").replace("30999", "30998")
+    );
+    let f = write(dir.path(), "svcs.yaml", &text);
+    let r = berth(&server, &["apply", "-f", &f]).await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.out, "service/one created\nservice/three created\n");
+    assert!(
+        r.err.contains("svcs.yaml:10: service/two: invalid:"),
+        "{r:?}"
+    );
+    assert!(
+        r.err.contains("1 of 3 objects could not be applied"),
+        "{r:?}"
+    );
+    cluster.shutdown().await.unwrap();
+}
+
 /// A writer the test can read while a command is still writing to it.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
-use berth_client::Outcome;
+use anyhow::anyhow;
+use berth_client::{ClientError, Outcome};
 use clap::Args;
 
 use super::{table, Ctx, Io};
@@ -49,6 +49,8 @@ pub async fn run(ctx: &Ctx, a: ApplyArgs, io: &mut Io<'_>) -> anyhow::Result<()>
     }
     let default_ns = a.namespace.as_deref().unwrap_or("default");
     let client = ctx.client()?;
+    let total = docs.len();
+    let mut failed = 0;
     for doc in docs {
         let mut obj = doc.object;
         if obj.kind.namespaced() && obj.namespace().is_empty() {
@@ -56,19 +58,29 @@ pub async fn run(ctx: &Ctx, a: ApplyArgs, io: &mut Io<'_>) -> anyhow::Result<()>
             meta.namespace = default_ns.to_string();
             obj.set_meta(&meta);
         }
-        let (applied, outcome) = client.apply_dyn(&obj, a.dry_run).await.with_context(|| {
-            format!(
-                "{}:{}: cannot apply {}",
-                doc.file,
-                doc.line,
-                table::kind_ref(obj.kind, obj.name())
-            )
-        })?;
-        writeln!(
-            io.out,
-            "{}",
-            outcome_line(applied.kind, applied.name(), outcome, a.dry_run)
-        )?;
+        match client.apply_dyn(&obj, a.dry_run).await {
+            Ok((applied, outcome)) => writeln!(
+                io.out,
+                "{}",
+                outcome_line(applied.kind, applied.name(), outcome, a.dry_run)
+            )?,
+            // No server: nothing else will work either.
+            Err(e @ ClientError::Unavailable { .. }) => return Err(e.into()),
+            // Like kubectl: report, go on with the other objects, fail at the end.
+            Err(e) => {
+                failed += 1;
+                writeln!(
+                    io.err,
+                    "error: {}:{}: {}: {e}",
+                    doc.file,
+                    doc.line,
+                    table::kind_ref(obj.kind, obj.name())
+                )?;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(anyhow!("{failed} of {total} objects could not be applied"));
     }
     Ok(())
 }
