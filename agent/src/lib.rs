@@ -1,4 +1,5 @@
 //! berth-agent: the node agent that makes pods real.
+pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod events;
@@ -10,3 +11,5 @@ pub mod probe;
 pub mod prober;
 pub mod proxy;
 pub mod runtime;
+
+pub use agent::{run, start, AgentArgs, AgentError, AgentHandle, RuntimeKind};

@@ -548,6 +548,9 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
 }
 
 fn humanize(d: Duration) -> String {
+    if d < Duration::from_secs(60) && d.subsec_millis() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     let s = d.as_secs();
     if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
@@ -720,9 +723,11 @@ impl PodSync {
         self.rederive_ports(&desired, &observed);
         record_exits(&mut self.memo, &observed, &self.cfg.backoff, now, wall);
         let stopping = self.stopping();
-        let prober = &self.prober;
-        let view = |id: &str, c: &Container| prober.view(id, c);
-        let p = plan(&desired, &observed, &self.memo, &view, &stopping, now);
+        let p = {
+            let prober = &self.prober;
+            let view = |id: &str, c: &Container| prober.view(id, c);
+            plan(&desired, &observed, &self.memo, &view, &stopping, now)
+        };
         let mut changed = false;
         for a in p.actions.clone() {
             changed = true;
@@ -957,19 +962,6 @@ impl PodSync {
                 .cloned()
                 .collect();
             let ports = self.ports.get(&uid).map(|p| p.to_vec()).unwrap_or_default();
-            let prober = &self.prober;
-            let view = |id: &str, c: &Container| prober.view(id, c);
-            let inputs = StatusInputs {
-                observed: &mine,
-                memo: &self.memo,
-                view: &view,
-                policy: &self.cfg.backoff,
-                host_ip: &self.cfg.node_address,
-                runtime: self.runtime.name(),
-                ports: &ports,
-                now,
-                wall,
-            };
             // Compute against the last status we wrote when the cache has not caught up yet.
             let mut base = pod.clone();
             if let Some(w) = self.last_written.get(&uid) {
@@ -977,7 +969,22 @@ impl PodSync {
                     base.status = Some(w.clone());
                 }
             }
-            let status = pod_status(&base, &inputs);
+            let status = {
+                let prober = &self.prober;
+                let view = |id: &str, c: &Container| prober.view(id, c);
+                let inputs = StatusInputs {
+                    observed: &mine,
+                    memo: &self.memo,
+                    view: &view,
+                    policy: &self.cfg.backoff,
+                    host_ip: &self.cfg.node_address,
+                    runtime: self.runtime.name(),
+                    ports: &ports,
+                    now,
+                    wall,
+                };
+                pod_status(&base, &inputs)
+            };
             if pod.status.as_ref() == Some(&status) {
                 self.last_written.insert(uid, status);
                 continue;
@@ -993,6 +1000,11 @@ impl PodSync {
                     self.last_written.insert(uid, status);
                 }
                 Err(ApiError::NotFound) => {}
+                Err(e @ ApiError::Unavailable(_)) => {
+                    // Retried next round; do not stall this one on every pod.
+                    tracing::debug!(error = %e, "API unavailable; pod status writes deferred");
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(pod = %pod.metadata.name, error = %e, "writing pod status");
                 }

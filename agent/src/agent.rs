@@ -1,0 +1,394 @@
+//! Wiring: flags -> runtime, API client, pod cache feeder, pod sync, node heartbeat, logs API
+//! and the Service proxy, each one task in a [`TaskTracker`], all stopped by one
+//! [`CancellationToken`]. Stopping the agent never stops workloads: the next agent adopts them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_client::runtime::watcher::{self, Event as WatchEvent};
+use berth_client::{Client, ClientConfig, ClientError};
+use berth_proto::types::{Endpoints, Event, Node, Pod, Service};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{ApiError, NodeApi, PodCache};
+use crate::backoff::BackoffPolicy;
+use crate::events::EventSink;
+use crate::hostports::{self, HostPorts};
+use crate::logs::{LogServer, LogsError};
+use crate::node::{self, Heartbeat, NodeConfig};
+use crate::podsync::{PodSync, SyncConfig};
+use crate::proxy::{self, Proxy, ProxyConfig, ProxyHandle};
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    Docker,
+    Process,
+}
+
+/// `berth agent` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// API servers, HOST:PORT[,HOST:PORT...]; any member works, the client fails over.
+    #[arg(long, env = "BERTH_SERVER", value_delimiter = ',', default_value = berth_client::DEFAULT_SERVER)]
+    pub server: Vec<String>,
+    /// Node name (default: this host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address other nodes and the proxy reach this node's workloads at.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Where the agent keeps process-runtime state and logs (default: ~/.berth/agent).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Container runtime (default: docker when a Docker engine answers, else process).
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// Advertised capacity, e.g. cpu=4,memory=8Gi (default: this host's CPUs and memory).
+    #[arg(long)]
+    pub capacity: Option<String>,
+    /// Node label KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Host ports handed out to container ports.
+    #[arg(long, default_value = "20000-29999")]
+    pub host_port_range: String,
+    /// Listen address of the agent's logs API (default: ADDRESS:10250).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Do not run the Service proxy on this node.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// First crash-loop restart delay in milliseconds (doubles up to 5 min).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub restart_backoff_ms: u64,
+    /// Node heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 2_000, hide = true)]
+    pub heartbeat_ms: u64,
+}
+
+impl Default for AgentArgs {
+    fn default() -> Self {
+        AgentArgs {
+            server: vec![berth_client::DEFAULT_SERVER.to_string()],
+            name: None,
+            address: "127.0.0.1".to_string(),
+            data_dir: None,
+            runtime: None,
+            capacity: None,
+            labels: Vec::new(),
+            host_port_range: "20000-29999".to_string(),
+            listen: None,
+            no_proxy: false,
+            restart_backoff_ms: 10_000,
+            heartbeat_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid flags: {0}")]
+    Args(String),
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--runtime docker: the Docker engine is not reachable ({0}); start Docker or use --runtime process")]
+    DockerUnavailable(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Logs(#[from] LogsError),
+    #[error("API client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    pub node_name: String,
+    /// Where the logs API listens (also published as the Node's `status.agentEndpoint`).
+    pub agent_endpoint: String,
+    pub runtime: &'static str,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl AgentHandle {
+    /// Stop all agent loops (workloads keep running) and wait for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Wait until the agent is told to stop (by the token given to [`start`]).
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Run the agent until `shutdown`.
+pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), AgentError> {
+    start(args, shutdown).await?.wait().await;
+    Ok(())
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".berth")
+        .join("agent")
+}
+
+/// Start the agent's loops and return at once (the API may still be unreachable).
+pub async fn start(
+    args: AgentArgs,
+    shutdown: CancellationToken,
+) -> Result<AgentHandle, AgentError> {
+    let shutdown = shutdown.child_token();
+    let node_name = args.name.clone().unwrap_or_else(node::hostname);
+    let address: IpAddr = args.address.parse().map_err(|_| {
+        AgentError::Args(format!(
+            "--address {:?} is not an IP address (e.g. 10.0.0.5)",
+            args.address
+        ))
+    })?;
+    let range = hostports::parse_range(&args.host_port_range)
+        .map_err(|e| AgentError::Args(e.to_string()))?;
+    let capacity = match &args.capacity {
+        Some(c) => node::parse_capacity(c).map_err(|e| AgentError::Args(e.to_string()))?,
+        None => node::host_capacity(),
+    };
+    let labels: BTreeMap<String, String> =
+        node::parse_labels(&args.labels).map_err(|e| AgentError::Args(e.to_string()))?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|source| AgentError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+
+    let runtime: Arc<dyn Runtime> = match args.runtime {
+        Some(RuntimeKind::Docker) => match DockerRuntime::connect().await {
+            Ok(d) => Arc::new(d),
+            Err(e) => return Err(AgentError::DockerUnavailable(e.to_string())),
+        },
+        Some(RuntimeKind::Process) => Arc::new(ProcessRuntime::new(&data_dir)?),
+        None => {
+            match tokio::time::timeout(Duration::from_secs(3), DockerRuntime::connect()).await {
+                Ok(Ok(d)) => Arc::new(d),
+                _ => Arc::new(ProcessRuntime::new(&data_dir)?),
+            }
+        }
+    };
+    tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
+
+    let client = Client::new(
+        &args.server,
+        ClientConfig {
+            // Short: the agent retries every round anyway and must not stall its loops.
+            deadline: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(3),
+            ..ClientConfig::default()
+        },
+    )?;
+    let api: Arc<dyn NodeApi> = Arc::new(ClientApi {
+        client: client.clone(),
+    });
+    let pods = PodCache::new();
+    let tasks = TaskTracker::new();
+
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| SocketAddr::new(address, 10250).to_string());
+    let logs = LogServer::bind(&listen, runtime.clone(), pods.clone()).await?;
+    let bound = logs
+        .local_addr()
+        .ok_or_else(|| AgentError::Args(format!("--listen {listen}: no local address")))?;
+    let agent_endpoint = if bound.ip().is_unspecified() {
+        SocketAddr::new(address, bound.port()).to_string()
+    } else {
+        bound.to_string()
+    };
+    tasks.spawn(logs.run(shutdown.clone()));
+
+    tasks.spawn(feed_pods(
+        client.clone(),
+        node_name.clone(),
+        pods.clone(),
+        shutdown.clone(),
+    ));
+
+    let events = EventSink::new(&node_name);
+    let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
+    sync_cfg.backoff = BackoffPolicy {
+        base: Duration::from_millis(args.restart_backoff_ms.max(1)),
+        ..BackoffPolicy::default()
+    };
+    let sync = PodSync::new(
+        sync_cfg,
+        runtime.clone(),
+        api.clone(),
+        pods.clone(),
+        HostPorts::new(range),
+        events,
+        &shutdown,
+    );
+    tasks.spawn(sync.run(shutdown.clone()));
+
+    let hb = Heartbeat {
+        cfg: NodeConfig {
+            name: node_name.clone(),
+            address: address.to_string(),
+            labels,
+            capacity,
+            agent_endpoint: agent_endpoint.clone(),
+            heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
+        },
+        api,
+        runtime: runtime.clone(),
+    };
+    tasks.spawn(hb.run(shutdown.clone()));
+
+    if !args.no_proxy {
+        let (proxy, handle) = Proxy::new(ProxyConfig::default());
+        tasks.spawn(proxy.run(shutdown.clone()));
+        tasks.spawn(feed_proxy(client, handle, address, shutdown.clone()));
+    }
+
+    Ok(AgentHandle {
+        node_name,
+        agent_endpoint,
+        runtime: runtime.name(),
+        data_dir,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Keep the pod cache equal to the pods bound to `node` (list + watch, relist on expiry).
+async fn feed_pods(client: Client, node: String, cache: PodCache, shutdown: CancellationToken) {
+    let mut w = watcher::watcher::<Pod>(client, watcher::Config::default());
+    let mut failing = false;
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = w.next() => ev,
+        };
+        match ev {
+            Some(Ok(ev)) => {
+                failing = false;
+                match ev {
+                    WatchEvent::Restarted(all) => {
+                        cache.replace_all(all.into_iter().filter(|p| p.spec.node_name == node))
+                    }
+                    WatchEvent::Applied(p) if p.spec.node_name == node => cache.upsert(p),
+                    WatchEvent::Applied(p) | WatchEvent::Deleted(p) => {
+                        cache.remove(&p.metadata.uid)
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "watching pods failed; retrying (workloads keep running)");
+                }
+                failing = true;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Feed the proxy every Service with its Endpoints, on every change of either.
+async fn feed_proxy(
+    client: Client,
+    proxy: ProxyHandle,
+    node_addr: IpAddr,
+    shutdown: CancellationToken,
+) {
+    let mut services = watcher::watcher::<Service>(client.clone(), watcher::Config::default());
+    let mut endpoints = watcher::watcher::<Endpoints>(client, watcher::Config::default());
+    let mut svc: BTreeMap<(String, String), Service> = BTreeMap::new();
+    let mut eps: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
+    let key = |m: &berth_proto::types::ObjectMeta| (m.namespace.clone(), m.name.clone());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = services.next() => match ev {
+                Some(Ok(WatchEvent::Restarted(all))) => svc = all.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                Some(Ok(WatchEvent::Applied(s))) => { svc.insert(key(&s.metadata), s); }
+                Some(Ok(WatchEvent::Deleted(s))) => { svc.remove(&key(&s.metadata)); }
+                Some(Err(e)) => { tracing::debug!(error = %e, "watching services"); continue; }
+                None => return,
+            },
+            ev = endpoints.next() => match ev {
+                Some(Ok(WatchEvent::Restarted(all))) => eps = all.into_iter().map(|e| (key(&e.metadata), e)).collect(),
+                Some(Ok(WatchEvent::Applied(e))) => { eps.insert(key(&e.metadata), e); }
+                Some(Ok(WatchEvent::Deleted(e))) => { eps.remove(&key(&e.metadata)); }
+                Some(Err(e)) => { tracing::debug!(error = %e, "watching endpoints"); continue; }
+                None => return,
+            },
+        }
+        let all: Vec<_> = svc
+            .iter()
+            .flat_map(|(k, s)| proxy::service_backends(s, eps.get(k), node_addr))
+            .collect();
+        if let Err(e) = proxy.set_services(all).await {
+            tracing::warn!(error = %e, "programming the proxy");
+        }
+    }
+}
+
+/// [`NodeApi`] over the gRPC client.
+pub struct ClientApi {
+    pub client: Client,
+}
+
+fn map_err(e: ClientError) -> ApiError {
+    match e {
+        ClientError::NotFound(_) => ApiError::NotFound,
+        ClientError::Conflict { .. } | ClientError::AlreadyExists(_) => ApiError::Conflict,
+        ClientError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+        other => ApiError::Other(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeApi for ClientApi {
+    async fn update_pod_status(&self, pod: &Pod) -> Result<Pod, ApiError> {
+        self.client.update_status(pod).await.map_err(map_err)
+    }
+    async fn create_event(&self, ev: &Event) -> Result<(), ApiError> {
+        self.client.create(ev).await.map(|_| ()).map_err(map_err)
+    }
+    async fn get_node(&self, name: &str) -> Result<Option<Node>, ApiError> {
+        match self.client.get::<Node>("", name).await {
+            Ok(n) => Ok(Some(n)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+    async fn create_node(&self, node: &Node) -> Result<Node, ApiError> {
+        self.client.create(node).await.map_err(map_err)
+    }
+    async fn update_node(&self, node: &Node) -> Result<Node, ApiError> {
+        self.client.update(node).await.map_err(map_err)
+    }
+    async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError> {
+        self.client.update_status(node).await.map_err(map_err)
+    }
+}

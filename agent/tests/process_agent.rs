@@ -1,0 +1,380 @@
+//! Component tests of the whole agent on the process runtime against a real in-process API
+//! server (1 member on 127.0.0.1:0): pods become Ready with host ports and logs, crashes reach
+//! CrashLoopBackOff, a failing liveness probe restarts, and a restarted agent adopts running
+//! workloads with zero restarts and cleans up workloads of deleted pods.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use berth_agent::{AgentArgs, AgentHandle, RuntimeKind};
+use berth_apiserver::testing::TestCluster;
+use berth_client::{Client, ClientConfig};
+use berth_proto::types::{
+    Container, ContainerPort, Event, HttpGetAction, IntOrString, Node, ObjectMeta, Pod, PodSpec,
+    Probe,
+};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(40);
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn port_range(seed: u16) -> String {
+    // Distinct ranges per test so parallel tests never contend for the same host ports.
+    let start = 40000 + seed * 100;
+    format!("{start}-{}", start + 99)
+}
+
+async fn start_agent(server: &str, name: &str, dir: &std::path::Path, seed: u16) -> AgentHandle {
+    let args = AgentArgs {
+        server: vec![server.to_string()],
+        name: Some(name.to_string()),
+        address: "127.0.0.1".into(),
+        data_dir: Some(dir.to_path_buf()),
+        runtime: Some(RuntimeKind::Process),
+        capacity: Some("cpu=2,memory=2Gi".into()),
+        labels: vec!["zone=test".into()],
+        host_port_range: port_range(seed),
+        listen: Some("127.0.0.1:0".into()),
+        no_proxy: true,
+        restart_backoff_ms: 300,
+        heartbeat_ms: 500,
+    };
+    berth_agent::start(args, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+fn pod(name: &str, node: &str, script: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        },
+        spec: PodSpec {
+            node_name: node.into(),
+            termination_grace_period_seconds: Some(2),
+            containers: vec![Container {
+                name: "main".into(),
+                image: "none".into(),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn http_pod(name: &str, node: &str, probe_path: &str, liveness: bool) -> Pod {
+    let mut p = pod(
+        name,
+        node,
+        "echo hello from $PORT_HTTP; exec python3 -m http.server --bind 127.0.0.1 $PORT",
+    );
+    let c = &mut p.spec.containers[0];
+    c.ports = vec![ContainerPort {
+        name: "http".into(),
+        container_port: 8080,
+        protocol: None,
+        host_port: None,
+    }];
+    let probe = Probe {
+        http_get: Some(HttpGetAction {
+            path: Some(probe_path.into()),
+            port: IntOrString::String("http".into()),
+            host: None,
+            scheme: None,
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(2),
+        ..Default::default()
+    };
+    if liveness {
+        c.liveness_probe = Some(Probe {
+            initial_delay_seconds: Some(1),
+            ..probe
+        });
+    } else {
+        c.readiness_probe = Some(probe);
+    }
+    p
+}
+
+fn python_available() -> bool {
+    std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+async fn get_pod(c: &Client, name: &str) -> Option<Pod> {
+    c.get::<Pod>("default", name).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
+    if !python_available() {
+        eprintln!("SKIPPED process_pod_becomes_ready...: python3 not found (the workload is python3 -m http.server)");
+        return;
+    }
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, "node-a", dir.path(), 1).await;
+
+    let node: Node = wait_for("node registered and Ready", || async {
+        client
+            .get::<Node>("", "node-a")
+            .await
+            .ok()
+            .filter(|n| n.is_ready())
+    })
+    .await;
+    let st = node.status.as_ref().unwrap();
+    assert_eq!(node.address(), Some("127.0.0.1"));
+    assert_eq!(st.agent_endpoint, agent.agent_endpoint);
+    assert_eq!(st.capacity["cpu"].0, "2");
+    assert_eq!(node.metadata.labels["zone"], "test");
+    assert!(st
+        .node_info
+        .as_ref()
+        .unwrap()
+        .container_runtime_version
+        .starts_with("process://"));
+
+    client
+        .create(&http_pod("web", "node-a", "/", false))
+        .await
+        .unwrap();
+    let ready = wait_for("pod Ready", || async {
+        get_pod(&client, "web").await.filter(|p| p.is_ready())
+    })
+    .await;
+    let st = ready.status.unwrap();
+    assert_eq!(st.phase, "Running");
+    assert_eq!(st.host_ip, "127.0.0.1");
+    assert_eq!(st.host_ports.len(), 1);
+    let hp = st.host_ports[0].host_port;
+    assert!((40100..40200).contains(&hp), "{hp}");
+    assert_eq!(st.container_statuses[0].restart_count, 0);
+    // The workload really listens on the host port.
+    tokio::net::TcpStream::connect(("127.0.0.1", hp as u16))
+        .await
+        .unwrap();
+
+    let mut logs = berth_agent::logs::fetch(
+        &agent.agent_endpoint,
+        "default",
+        "web",
+        "",
+        false,
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let mut text = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains(&format!("hello from {hp}")), "{text}");
+
+    let (events, _) = client.list::<Event>(Some("default"), "").await.unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(reasons.contains(&"Started"), "{reasons:?}");
+
+    // Deleting the pod stops the workload and frees its port.
+    client
+        .delete(berth_proto::Kind::Pod, "default", "web", None)
+        .await
+        .unwrap();
+    wait_for("workload stopped after pod deletion", || async {
+        std::net::TcpStream::connect(("127.0.0.1", hp as u16))
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, "node-b", dir.path(), 2).await;
+    client
+        .create(&pod("crash", "node-b", "echo crashing; exit 3"))
+        .await
+        .unwrap();
+    let p = wait_for("CrashLoopBackOff after restarts", || async {
+        get_pod(&client, "crash").await.filter(|p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.container_statuses.first().is_some_and(|c| {
+                    c.restart_count >= 2
+                        && c.state
+                            .waiting
+                            .as_ref()
+                            .is_some_and(|w| w.reason == "CrashLoopBackOff")
+                })
+            })
+        })
+    })
+    .await;
+    let cs = &p.status.unwrap().container_statuses[0];
+    let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(last.exit_code, 3);
+    assert_eq!(last.reason, "Error");
+    let msg = &cs.state.waiting.as_ref().unwrap().message;
+    assert!(
+        msg.contains("back-off") && msg.contains("container=main"),
+        "{msg}"
+    );
+    let (events, _) = client.list::<Event>(Some("default"), "").await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.reason == "BackOff" && e.type_ == "Warning"));
+    // Previous logs are served from the attempt before the newest.
+    let mut prev = berth_agent::logs::fetch(
+        &agent.agent_endpoint,
+        "default",
+        "crash",
+        "main",
+        false,
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+    let mut text = Vec::new();
+    while let Some(chunk) = prev.next().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8_lossy(&text), "crashing\n");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_liveness_probe_restarts_the_process() {
+    if !python_available() {
+        eprintln!("SKIPPED failing_liveness_probe_restarts_the_process: python3 not found");
+        return;
+    }
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, "node-c", dir.path(), 3).await;
+    client
+        .create(&http_pod("sick", "node-c", "/missing", true))
+        .await
+        .unwrap();
+    wait_for("restart after liveness failure", || async {
+        get_pod(&client, "sick").await.filter(|p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.container_statuses
+                    .first()
+                    .is_some_and(|c| c.restart_count >= 1)
+            })
+        })
+    })
+    .await;
+    let (events, _) = client.list::<Event>(Some("default"), "").await.unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(reasons.contains(&"Unhealthy"), "{reasons:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "Killing" && e.message.contains("liveness")),
+        "{reasons:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_adopts_running_process_with_zero_restarts() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = start_agent(&server, "node-d", dir.path(), 4).await;
+    client
+        .create(&pod("keep", "node-d", "echo up; exec sleep 300"))
+        .await
+        .unwrap();
+    let before = wait_for("running", || async {
+        get_pod(&client, "keep").await.and_then(|p| {
+            let cs = p.status?.container_statuses.first()?.clone();
+            cs.state.running.is_some().then_some(cs)
+        })
+    })
+    .await;
+    // The agent goes away (its loops stop; the workload does not).
+    first.stop().await;
+    let second = start_agent(&server, "node-d", dir.path(), 4).await;
+    // Give the new agent several sync rounds and heartbeats.
+    let hb0 = client
+        .get::<Node>("", "node-d")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_heartbeat_time;
+    wait_for("new agent heartbeats", || async {
+        let n = client.get::<Node>("", "node-d").await.ok()?;
+        (n.status?.last_heartbeat_time > hb0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = get_pod(&client, "keep")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses[0]
+        .clone();
+    assert_eq!(after.restart_count, 0);
+    assert_eq!(
+        after.container_id, before.container_id,
+        "same workload, adopted"
+    );
+    assert_eq!(after.state.running, before.state.running);
+    // The adopting agent still owns it: deleting the pod stops the process.
+    client
+        .delete(berth_proto::Kind::Pod, "default", "keep", None)
+        .await
+        .unwrap();
+    let containers = dir.path().join("containers");
+    wait_for("workload cleaned up", || async {
+        std::fs::read_dir(&containers)
+            .ok()?
+            .next()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    second.stop().await;
+}
