@@ -426,3 +426,114 @@ async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()
     );
     env.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_mid_rollout_finishes_without_duplicate_pods() -> Result<()> {
+    let mut cluster = TestCluster::start(3).await.context("starting 3 servers")?;
+    let addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
+    let client = Client::new(&addrs, ClientConfig::default())?;
+    // Every member runs the loops only while it leads, as `berth server` does.
+    let mut member_tokens = Vec::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let server = cluster.server(i).expect("running");
+        let token = CancellationToken::new();
+        let c = client.clone();
+        loops.spawn(berth_controllers::run_while_leader(
+            server.leader_watch(),
+            server.id(),
+            token.clone(),
+            move |tok| {
+                let c = c.clone();
+                async move {
+                    tokio::join!(
+                        berth_controllers::run_controllers(
+                            c.clone(),
+                            berth_controllers::Config::default(),
+                            tok.clone()
+                        ),
+                        berth_scheduler::run(c, berth_scheduler::Config::default(), tok),
+                    );
+                }
+            },
+        ));
+        member_tokens.push(token);
+    }
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let cfg = HollowConfig {
+            address: format!("127.0.0.{}", i + 1),
+            heartbeat: Duration::from_millis(300),
+            ..Default::default()
+        };
+        nodes.push(HollowNode::start(client.clone(), &format!("node-{i}"), cfg).await?);
+    }
+    let env = Env {
+        cluster: None,
+        client: client.clone(),
+        nodes,
+        shutdown: CancellationToken::new(),
+        loops: tokio::task::JoinSet::new(),
+    };
+    let d = DeploymentBuilder::new("web")
+        .replicas(4)
+        .rolling("1", "0")
+        .build();
+    client.create(&d).await?;
+    env.wait_rolled_out("web", 4).await?;
+
+    let d = env
+        .edit_deployment("web", |d| {
+            d.spec.template.spec.containers[0].image = "app:2".into()
+        })
+        .await?;
+    let new_hash = template_hash(&d.spec.template);
+    wait_until(DEADLINE, "the rollout to start", || async {
+        let pods = env.pods().await.ok()?;
+        pods.iter()
+            .any(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&new_hash))
+            .then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let leader = cluster.leader().context("a leader")?;
+    member_tokens[leader].cancel();
+    cluster.stop(leader).await?;
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok(pods) = env.pods().await {
+            assert!(
+                pods.len() <= 5,
+                "{} pods exceed replicas + maxSurge",
+                pods.len()
+            );
+            let done = pods.len() == 4
+                && pods.iter().all(|p| {
+                    p.is_ready() && p.metadata.labels.get(TEMPLATE_HASH_LABEL) == Some(&new_hash)
+                });
+            if done {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not finish after failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.wait_rolled_out("web", 4).await?;
+    let rs = client.list::<ReplicaSet>(Some("default"), "").await?.0;
+    assert_eq!(rs.len(), 2, "one ReplicaSet per revision");
+
+    let Env { mut nodes, .. } = env;
+    for n in &mut nodes {
+        n.stop().await;
+    }
+    for t in &member_tokens {
+        t.cancel();
+    }
+    while loops.join_next().await.is_some() {}
+    cluster.shutdown().await?;
+    Ok(())
+}
