@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::runtime_thread::RuntimeThread;
+use crate::runtime_thread::{Flavor, RuntimeThread};
 
 const KEEP_ALIVE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
@@ -26,25 +26,29 @@ pub fn start(workers: usize) -> Result<HttpBackend> {
         std::net::TcpListener::bind("127.0.0.1:0").context("binding the HTTP backend")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    let rt = RuntimeThread::start("http-backend", workers, move |stop| async move {
-        let listener = match TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("http backend: {e}");
-                return;
-            }
-        };
-        let conns = TaskTracker::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                r = listener.accept() => if let Ok((s, _)) = r {
-                    conns.spawn(serve(s));
+    let rt = RuntimeThread::start(
+        "http-backend",
+        Flavor::MultiThread(workers),
+        move |stop| async move {
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("http backend: {e}");
+                    return;
+                }
+            };
+            let conns = TaskTracker::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => if let Ok((s, _)) = r {
+                        conns.spawn(serve(s));
+                    }
                 }
             }
-        }
-        conns.close();
-    })?;
+            conns.close();
+        },
+    )?;
     Ok(HttpBackend { addr, _rt: rt })
 }
 

@@ -8,21 +8,37 @@ use std::thread::JoinHandle;
 use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
+/// Which tokio scheduler runs the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `new_current_thread`: everything on the one OS thread.
+    CurrentThread,
+    /// `new_multi_thread` with this many workers.
+    MultiThread(usize),
+}
+
 pub struct RuntimeThread {
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RuntimeThread {
-    /// Runs `body(stop)` on a new `workers`-thread runtime until it returns; `stop` is
-    /// cancelled when the `RuntimeThread` is dropped (which waits for the thread).
-    pub fn start<F, Fut>(name: &str, workers: usize, body: F) -> Result<Self>
+    /// Runs `body(stop)` on a new runtime of `flavor` until it returns; `stop` is cancelled
+    /// when the `RuntimeThread` is dropped (which waits for the thread).
+    pub fn start<F, Fut>(name: &str, flavor: Flavor, body: F) -> Result<Self>
     where
         F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
     {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
+        let mut builder = match flavor {
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+            Flavor::MultiThread(workers) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers.max(1));
+                b
+            }
+        };
+        let rt = builder
             .thread_name(format!("{name}-worker"))
             .enable_all()
             .build()

@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{conn, ProxyConfig, ServiceShared};
+use super::conn::{self, ConnEnv};
+use super::ServiceShared;
 
 /// Binds with SO_REUSEADDR (a restarted agent gets its ports back despite TIME_WAIT) and an
 /// explicit backlog (bursts of new connections are queued, not refused).
@@ -28,10 +29,9 @@ pub(crate) fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ServiceShared>,
-    config: Arc<ProxyConfig>,
+    env: Arc<ConnEnv>,
     conns: TaskTracker,
     stop: CancellationToken,
-    conn_stop: CancellationToken,
 ) {
     loop {
         tokio::select! {
@@ -39,12 +39,7 @@ pub(crate) async fn accept_loop(
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((client, _peer)) => {
-                    conns.spawn(conn::serve(
-                        client,
-                        shared.clone(),
-                        config.clone(),
-                        conn_stop.clone(),
-                    ));
+                    conns.spawn(conn::serve(client, shared.clone(), env.clone()));
                 }
                 Err(e) if is_per_connection(&e) => {
                     tracing::debug!(error = %e, "accept: connection aborted before accept");

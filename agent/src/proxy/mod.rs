@@ -68,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use balancer::{Backend, BackendSet};
+use conn::ConnEnv;
 pub use endpoints::service_backends;
 use metrics::ServiceCounters;
 pub use metrics::{render_prometheus, BackendMetrics, ServiceMetrics};
@@ -318,23 +319,21 @@ struct ServiceEntry {
 
 /// The proxy worker. Create with [`Proxy::new`], run with [`Proxy::run`].
 pub struct Proxy {
-    config: Arc<ProxyConfig>,
+    /// Config, copy-buffer pool and the connection kill switch, shared with every connection.
+    env: Arc<ConnEnv>,
     commands: mpsc::Receiver<Command>,
     services: BTreeMap<ServiceKey, ServiceEntry>,
     conns: TaskTracker,
-    /// Cancelled when shutdown grace ends: cuts every connection.
-    conn_stop: CancellationToken,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> (Proxy, ProxyHandle) {
         let (tx, rx) = mpsc::channel(16);
         let proxy = Proxy {
-            config: Arc::new(config),
+            env: Arc::new(ConnEnv::new(config)),
             commands: rx,
             services: BTreeMap::new(),
             conns: TaskTracker::new(),
-            conn_stop: CancellationToken::new(),
         };
         (proxy, ProxyHandle { commands: tx })
     }
@@ -342,7 +341,7 @@ impl Proxy {
     /// Runs until `shutdown` is cancelled, then closes the listeners, gives established
     /// connections `shutdown_grace` to finish, and cuts the rest.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut retry = tokio::time::interval(self.config.bind_retry_interval);
+        let mut retry = tokio::time::interval(self.env.config.bind_retry_interval);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut handles_gone = false;
         loop {
@@ -382,7 +381,7 @@ impl Proxy {
             }
         }
         self.conns.close();
-        if tokio::time::timeout(self.config.shutdown_grace, self.conns.wait())
+        if tokio::time::timeout(self.env.config.shutdown_grace, self.conns.wait())
             .await
             .is_err()
         {
@@ -390,7 +389,7 @@ impl Proxy {
                 remaining = self.conns.len(),
                 "shutdown grace over; closing remaining proxied connections"
             );
-            self.conn_stop.cancel();
+            self.env.stop.cancel();
             self.conns.wait().await;
         }
     }
@@ -484,7 +483,7 @@ impl Proxy {
             if let Some(entry) = self.services.remove(&key) {
                 let now = tokio::time::Instant::now();
                 for b in entry.shared.backends.load().backends.iter() {
-                    b.mark_removed(now + self.config.drain_timeout);
+                    b.mark_removed(now + self.env.config.drain_timeout);
                 }
                 entry.shared.backends.store(Arc::new(BackendSet::default()));
                 if let Some(listener) = entry.listener {
@@ -519,7 +518,7 @@ impl Proxy {
                 listener: None,
                 draining: HashMap::new(),
             });
-            swap_backends(entry, &svc.backends, self.config.drain_timeout);
+            swap_backends(entry, &svc.backends, self.env.config.drain_timeout);
             entry.spec = svc;
         }
         failures.extend(self.bind_missing());
@@ -537,7 +536,7 @@ impl Proxy {
             let mut sockets = Vec::with_capacity(addrs.len());
             let mut error = None;
             for addr in &addrs {
-                match listener::bind(*addr, self.config.listen_backlog) {
+                match listener::bind(*addr, self.env.config.listen_backlog) {
                     Ok(l) => sockets.push(l),
                     Err(source) => {
                         error = Some(ServiceProblem::Bind {
@@ -565,10 +564,9 @@ impl Proxy {
                     tokio::spawn(listener::accept_loop(
                         socket,
                         entry.shared.clone(),
-                        self.config.clone(),
+                        self.env.clone(),
                         self.conns.clone(),
                         stop.clone(),
-                        self.conn_stop.clone(),
                     ))
                 })
                 .collect();

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use berth_agent::proxy::{Proxy, ProxyConfig, ProxyHandle, ServiceBackends, ServiceMetrics};
 use berth_bench::http_backend;
 use berth_bench::procs::{self, ChildGuard};
-use berth_bench::runtime_thread::RuntimeThread;
+use berth_bench::runtime_thread::{Flavor, RuntimeThread};
 use berth_bench::wrk::{self, WrkResult, WrkSettings};
 use clap::{Parser, ValueEnum};
 
@@ -44,9 +44,57 @@ struct Args {
     /// Backend server: nginx when installed (auto), or the built-in Rust server.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// Worker threads of the Berth proxy's runtime (HAProxy runs with nbthread 1).
+    /// Worker threads of the Berth proxy's multi-thread runtime (HAProxy runs with
+    /// nbthread 1); 0 runs it on a current-thread runtime instead.
     #[arg(long, default_value_t = 1)]
     proxy_workers: usize,
+    /// Measured runs per target and mode; the table shows the median (by req/s and by p99).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Print every run, not only the medians.
+    #[arg(long)]
+    verbose: bool,
+    /// Which connection modes to run.
+    #[arg(long, value_enum, default_value_t = ModeChoice::Both)]
+    mode: ModeChoice,
+    /// Run only these targets (direct, haproxy, berth); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeChoice {
+    Both,
+    KeepAlive,
+    Close,
+}
+
+/// Median req/s and median p99 over the successful runs (the first error if none succeeded).
+fn median(runs: Vec<Result<WrkResult>>) -> Result<WrkResult> {
+    let mut ok = Vec::new();
+    let mut first_err = None;
+    for r in runs {
+        match r {
+            Ok(r) => ok.push(r),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if ok.is_empty() {
+        return Err(first_err.unwrap_or_else(|| anyhow::anyhow!("no run")));
+    }
+    let mid = ok.len() / 2;
+    let mut rps: Vec<f64> = ok.iter().map(|r| r.requests_per_sec).collect();
+    rps.sort_by(f64::total_cmp);
+    let mut p99: Vec<Duration> = ok.iter().map(|r| r.p99).collect();
+    p99.sort();
+    Ok(WrkResult {
+        requests_per_sec: rps[mid],
+        p99: p99[mid],
+        errors: ok.iter().map(|r| r.errors).sum(),
+        requests: ok.iter().map(|r| r.requests).sum(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -146,41 +194,81 @@ fn run(args: &Args) -> Result<ExitCode> {
     let (berth_addr, berth_handle, _berth_rt) = start_berth(backend, args.proxy_workers)?;
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let berth_rt = match args.proxy_workers {
+        0 => "current-thread runtime".to_string(),
+        n => format!("{n}-worker multi-thread runtime"),
+    };
     println!(
-        "backend: {backend_desc} on {backend}; HAProxy: TCP mode, nbthread 1; Berth proxy: in-process, {} worker thread(s); {cpus} CPUs",
-        args.proxy_workers
+        "backend: {backend_desc} on {backend}; HAProxy: TCP mode, nbthread 1; Berth proxy: in-process, {berth_rt}; {cpus} CPUs"
     );
 
-    let targets: [(&str, Option<SocketAddr>); 3] = [
+    let targets: Vec<(&str, Option<SocketAddr>)> = [
         ("direct", Some(backend)),
         ("haproxy", haproxy_addr),
         ("berth", Some(berth_addr)),
-    ];
+    ]
+    .into_iter()
+    .filter(|(name, _)| args.only.is_empty() || args.only.iter().any(|o| o == name))
+    .collect();
+    let modes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|close| match args.mode {
+            ModeChoice::Both => true,
+            ModeChoice::KeepAlive => !close,
+            ModeChoice::Close => *close,
+        })
+        .collect();
     let mut rows = Vec::new();
-    for close in [false, true] {
+    for close in modes {
         let settings = WrkSettings {
             threads: args.threads,
             connections: args.connections,
             duration: Duration::from_secs(args.duration),
             close,
         };
-        println!("running: {}", settings.display("http://127.0.0.1:PORT/"));
-        let mut results: Vec<(&str, Option<Result<WrkResult>>)> = Vec::new();
-        for (name, addr) in targets {
-            let Some(addr) = addr else {
-                results.push((name, None));
-                continue;
-            };
-            let url = format!("http://{addr}/");
-            if args.warmup > 0 {
-                let warm = WrkSettings {
-                    duration: Duration::from_secs(args.warmup),
-                    ..settings.clone()
+        println!(
+            "running: {} ({} round(s), target order rotated per round)",
+            settings.display("http://127.0.0.1:PORT/"),
+            args.rounds
+        );
+        let mut runs: Vec<(&str, Option<Vec<Result<WrkResult>>>)> = targets
+            .iter()
+            .map(|(name, addr)| (*name, addr.map(|_| Vec::new())))
+            .collect();
+        for round in 0..args.rounds.max(1) {
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let (name, Some(addr)) = targets[i] else {
+                    continue;
                 };
-                let _ = wrk::run(&wrk_path, &warm, &url);
+                let url = format!("http://{addr}/");
+                if args.warmup > 0 {
+                    let warm = WrkSettings {
+                        duration: Duration::from_secs(args.warmup),
+                        ..settings.clone()
+                    };
+                    let _ = wrk::run(&wrk_path, &warm, &url);
+                }
+                let r = wrk::run(&wrk_path, &settings, &url);
+                if args.verbose {
+                    match &r {
+                        Ok(r) => println!(
+                            "  round {round} {name:8} {:>9.0} req/s  p99 {:.2}ms",
+                            r.requests_per_sec,
+                            r.p99.as_secs_f64() * 1e3
+                        ),
+                        Err(e) => println!("  round {round} {name:8} failed: {e:#}"),
+                    }
+                }
+                if let Some(v) = runs[i].1.as_mut() {
+                    v.push(r);
+                }
             }
-            results.push((name, Some(wrk::run(&wrk_path, &settings, &url))));
         }
+        let results = runs
+            .into_iter()
+            .map(|(name, v)| (name, v.map(median)))
+            .collect();
         rows.push((if close { "close" } else { "keep-alive" }, results));
     }
 
@@ -208,7 +296,11 @@ fn start_berth(
     workers: usize,
 ) -> Result<(SocketAddr, ProxyHandle, RuntimeThread)> {
     let (proxy, handle) = Proxy::new(ProxyConfig::default());
-    let rt = RuntimeThread::start("berth-proxy", workers, move |stop| async move {
+    let flavor = match workers {
+        0 => Flavor::CurrentThread,
+        n => Flavor::MultiThread(n),
+    };
+    let rt = RuntimeThread::start("berth-proxy", flavor, move |stop| async move {
         let task = tokio::spawn(proxy.run(stop.clone()));
         let _ = task.await;
     })?;
@@ -237,12 +329,22 @@ fn start_berth(
     ))
 }
 
+/// The proxy's counters once its connections have wound down (up to 5 s after the last run).
 fn berth_metrics(handle: &ProxyHandle) -> Option<ServiceMetrics> {
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
-    control.block_on(handle.metrics()).ok()?.into_iter().next()
+    control.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = handle.metrics().await.ok()?.into_iter().next()?;
+            if m.connections_active == 0 || tokio::time::Instant::now() > deadline {
+                return Some(m);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<WrkResult>>)>)>;
