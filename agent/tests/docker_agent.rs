@@ -1,0 +1,270 @@
+//! The whole agent on the Docker runtime against a real in-process API server: a busybox
+//! httpd pod (image built FROM scratch by images/build-busybox.sh) becomes Ready through its
+//! readiness probe on an allocated host port, a restarted agent adopts it with zero restarts,
+//! a crashing container reaches CrashLoopBackOff, a missing image gives ErrImageNeverPull with
+//! a Warning event (no pull attempt), and deleting pods removes their containers.
+//! Skipped, loudly, when no Docker engine answers. Containers are removed even on failure.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use berth_agent::runtime::docker::DockerRuntime;
+use berth_agent::{AgentArgs, AgentHandle, RuntimeKind};
+use berth_apiserver::testing::TestCluster;
+use berth_client::{Client, ClientConfig};
+use berth_proto::types::{
+    Container, ContainerPort, Event, HttpGetAction, IntOrString, ObjectMeta, Pod, PodSpec, Probe,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(45);
+const IMAGE: &str = "berth-busybox:latest";
+
+/// Removes every container of the test's namespace, even when the test panics.
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=berth.pod-namespace={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_agent(server: &str, dir: &std::path::Path) -> AgentHandle {
+    let args = AgentArgs {
+        server: vec![server.to_string()],
+        name: Some("docker-node".into()),
+        address: "127.0.0.1".into(),
+        data_dir: Some(dir.to_path_buf()),
+        runtime: Some(RuntimeKind::Docker),
+        capacity: Some("cpu=2,memory=2Gi".into()),
+        host_port_range: "41000-41099".into(),
+        listen: Some("127.0.0.1:0".into()),
+        no_proxy: true,
+        restart_backoff_ms: 300,
+        heartbeat_ms: 500,
+        ..AgentArgs::default()
+    };
+    berth_agent::start(args, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+fn pod(ns: &str, name: &str, image: &str, script: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: name.into(),
+            namespace: ns.into(),
+            ..Default::default()
+        },
+        spec: PodSpec {
+            node_name: "docker-node".into(),
+            termination_grace_period_seconds: Some(2),
+            containers: vec![Container {
+                name: "main".into(),
+                image: image.into(),
+                command: vec!["/bin/busybox".into()],
+                args: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn status_of(c: &Client, ns: &str, name: &str) -> Option<berth_proto::types::PodStatus> {
+    c.get::<Pod>(ns, name).await.ok()?.status
+}
+
+async fn containers_of_namespace(ns: &str) -> usize {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.pod-namespace={ns}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        eprintln!(
+            "SKIPPED docker_pods_run_probe_restart_adopt_and_clean_up: Docker engine not reachable"
+        );
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ns = format!("dt{}", std::process::id());
+    let _cleanup = Cleanup(ns.clone());
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, dir.path()).await;
+    assert_eq!(agent.runtime, "docker");
+
+    // 1. An httpd pod becomes Ready through its readiness probe, on an allocated host port.
+    let mut web = pod(
+        &ns,
+        "web",
+        IMAGE,
+        "/bin/busybox mkdir -p /www && echo hello > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www",
+    );
+    web.spec.containers[0].ports = vec![ContainerPort {
+        name: "http".into(),
+        container_port: 8080,
+        protocol: None,
+        host_port: None,
+    }];
+    web.spec.containers[0].readiness_probe = Some(Probe {
+        http_get: Some(HttpGetAction {
+            path: Some("/index.html".into()),
+            port: IntOrString::String("http".into()),
+            host: None,
+            scheme: None,
+        }),
+        period_seconds: Some(1),
+        ..Default::default()
+    });
+    client.create(&web).await.unwrap();
+    // 2. A crashing container and 3. a missing image, side by side.
+    client
+        .create(&pod(&ns, "crash", IMAGE, "echo bye; exit 2"))
+        .await
+        .unwrap();
+    client
+        .create(&pod(&ns, "ghost", "berth-no-such-image:9", "true"))
+        .await
+        .unwrap();
+
+    let st = wait_for("web Ready", || async {
+        let s = status_of(&client, &ns, "web").await?;
+        berth_proto::types::condition(&s.conditions, "Ready")
+            .is_some_and(|c| c.is_true())
+            .then_some(s)
+    })
+    .await;
+    let hp = st.host_ports[0].host_port as u16;
+    assert!((41000..41100).contains(&hp));
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", hp))
+        .await
+        .unwrap();
+    sock.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    sock.read_to_string(&mut body).await.unwrap();
+    assert!(body.contains("hello"), "{body}");
+    let web_id = st.container_statuses[0].container_id.clone();
+    assert!(web_id.starts_with("docker://"), "{web_id}");
+
+    let crash = wait_for("crash in CrashLoopBackOff", || async {
+        let s = status_of(&client, &ns, "crash").await?;
+        let c = s.container_statuses.first()?.clone();
+        (c.restart_count >= 1
+            && c.state
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.reason == "CrashLoopBackOff"))
+        .then_some(c)
+    })
+    .await;
+    assert_eq!(crash.last_state.unwrap().terminated.unwrap().exit_code, 2);
+
+    let ghost = wait_for("ghost ErrImageNeverPull", || async {
+        let s = status_of(&client, &ns, "ghost").await?;
+        let w = s.container_statuses.first()?.state.waiting.clone()?;
+        (w.reason == "ErrImageNeverPull").then_some(w)
+    })
+    .await;
+    assert!(
+        ghost.message.contains("berth-no-such-image:9"),
+        "{}",
+        ghost.message
+    );
+    let (events, _) = client.list::<Event>(Some(&ns), "").await.unwrap();
+    assert!(
+        events.iter().any(|e| e.reason == "Failed"
+            && e.type_ == "Warning"
+            && e.involved_object.name == "ghost"),
+        "{:?}",
+        events
+            .iter()
+            .map(|e| (&e.reason, &e.involved_object.name))
+            .collect::<Vec<_>>()
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.reason == "Pulled" && e.involved_object.name == "web"));
+
+    // 4. Agent restart: the new agent adopts the running container, zero restarts.
+    agent.stop().await;
+    let agent = start_agent(&server, dir.path()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = status_of(&client, &ns, "web").await.unwrap();
+    assert_eq!(after.container_statuses[0].container_id, web_id);
+    assert_eq!(after.container_statuses[0].restart_count, 0);
+    assert!(after.container_statuses[0].ready);
+
+    // 5. Deleting the pods removes their containers.
+    for name in ["web", "crash", "ghost"] {
+        client
+            .delete(berth_proto::Kind::Pod, &ns, name, None)
+            .await
+            .unwrap();
+    }
+    wait_for("containers removed", || async {
+        (containers_of_namespace(&ns).await == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
