@@ -31,44 +31,73 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about, propagate_version = true)]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
+    #[command(flatten, next_help_heading = "Connection")]
+    pub conn: ConnArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
+/// Connection flags. Accepted before the subcommand (`berth --server X get pods`) and after
+/// it (`berth get pods --server X`; this one wins). Not clap-global, because `berth agent`
+/// has a `--server` of its own.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnArgs {
     /// API servers, HOST:PORT[,HOST:PORT..] (else $BERTH_SERVER, the config file, or
     /// 127.0.0.1:7440).
-    #[arg(long, global = true, value_name = "HOST:PORT[,..]")]
+    #[arg(long, value_name = "HOST:PORT[,..]")]
     pub server: Option<String>,
     /// CLI config file (default ~/.berth/config).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// How long a request may keep retrying across servers (e.g. during a leader
-    /// election): 15s, 500ms, 1m. Nothing listening at all fails at once.
-    #[arg(long, global = true, default_value = "15s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// election), e.g. 15s, 500ms, 1m [default: 15s]. Nothing listening fails at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
+
+impl ConnArgs {
+    /// These flags, falling back to `outer` for the ones not given.
+    pub fn or(&self, outer: &ConnArgs) -> ConnArgs {
+        ConnArgs {
+            server: self.server.clone().or_else(|| outer.server.clone()),
+            config: self.config.clone().or_else(|| outer.config.clone()),
+            timeout: self.timeout.or(outer.timeout),
+        }
+    }
+}
+
+/// A client command's own flags plus the connection flags.
+#[derive(Debug, Clone, Args)]
+pub struct WithConn<A: Args> {
+    #[command(flatten)]
+    pub args: A,
+    #[command(flatten, next_help_heading = "Connection")]
+    pub conn: ConnArgs,
+}
+
+/// The default of `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an API server (a Raft member; runs the scheduler and controllers while leader)
     /// until Ctrl-C/SIGTERM.
     Server(berth_apiserver::ServerArgs),
+    /// Run a node agent (runtime, probes, Service proxy) until Ctrl-C/SIGTERM; workloads
+    /// keep running when it stops.
+    Agent(berth_agent::AgentArgs),
     /// Create or update objects from manifests: berth apply -f FILE|DIR|- [--dry-run]
-    Apply(apply::ApplyArgs),
+    Apply(WithConn<apply::ApplyArgs>),
     /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
-    Get(get::GetArgs),
+    Get(WithConn<get::GetArgs>),
     /// Show one object in detail, with its conditions and events.
-    Describe(describe::DescribeArgs),
+    Describe(WithConn<describe::DescribeArgs>),
     /// Delete objects by file or by KIND NAME...
-    Delete(delete::DeleteArgs),
+    Delete(WithConn<delete::DeleteArgs>),
     /// Set a deployment's replica count.
-    Scale(scale::ScaleArgs),
+    Scale(WithConn<scale::ScaleArgs>),
     /// Cluster membership and health.
-    Cluster(cluster::ClusterArgs),
+    Cluster(WithConn<cluster::ClusterArgs>),
     /// Print the client version.
     Version,
 }
@@ -76,7 +105,7 @@ pub enum Command {
 impl Command {
     /// Long-running roles log at info by default; client commands only warn.
     pub fn is_role(&self) -> bool {
-        matches!(self, Command::Server(_))
+        matches!(self, Command::Server(_) | Command::Agent(_))
     }
 }
 
@@ -95,7 +124,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn from_global(g: &GlobalArgs, shutdown: CancellationToken) -> anyhow::Result<Ctx> {
+    pub fn new(g: &ConnArgs, shutdown: CancellationToken) -> anyhow::Result<Ctx> {
         let env = std::env::var("BERTH_SERVER").ok();
         let default_cfg = config::default_config_path();
         let servers = config::resolve_servers(
@@ -107,7 +136,7 @@ impl Ctx {
         Ok(Ctx {
             servers,
             client_config: ClientConfig {
-                deadline: g.timeout,
+                deadline: g.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 max_refused_rounds: Some(3),
                 ..ClientConfig::default()
             },
@@ -178,15 +207,17 @@ pub fn parse_kind_and_names(args: &[String]) -> anyhow::Result<(Kind, Vec<String
 
 /// Run a parsed command. Client commands get a [`Ctx`]; roles get the shutdown token.
 pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let ctx = || Ctx::from_global(&cli.global, shutdown.clone());
+    let outer = cli.conn;
+    let ctx = |c: &ConnArgs| Ctx::new(&c.or(&outer), shutdown.clone());
     match cli.command {
         Command::Server(args) => crate::roles::run_server(args, shutdown).await,
-        Command::Apply(a) => apply::run(&ctx()?, a, io).await,
-        Command::Get(a) => get::run(&ctx()?, a, io).await,
-        Command::Describe(a) => describe::run(&ctx()?, a, io).await,
-        Command::Delete(a) => delete::run(&ctx()?, a, io).await,
-        Command::Scale(a) => scale::run(&ctx()?, a, io).await,
-        Command::Cluster(a) => cluster::run(&ctx()?, a, io).await,
+        Command::Agent(args) => Ok(berth_agent::run(args, shutdown).await?),
+        Command::Apply(c) => apply::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Get(c) => get::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Describe(c) => describe::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
             Ok(())
@@ -336,6 +367,39 @@ mod tests {
             "cannot reach any Berth server (tried 127.0.0.1:7440: connection refused). \
              Start one with 'berth dev' or pass --server."
         );
+    }
+
+    #[test]
+    fn connection_flags_work_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["berth", "--server", "a:1", "get", "pods"]).expect("parse");
+        let Command::Get(c) = &cli.command else {
+            panic!("not get")
+        };
+        assert_eq!(c.conn.or(&cli.conn).server.as_deref(), Some("a:1"));
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--server",
+            "a:1",
+            "get",
+            "pods",
+            "--server",
+            "b:2",
+            "--timeout",
+            "2s",
+        ])
+        .expect("parse");
+        let Command::Get(c) = &cli.command else {
+            panic!("not get")
+        };
+        let conn = c.conn.or(&cli.conn);
+        assert_eq!(conn.server.as_deref(), Some("b:2"));
+        assert_eq!(conn.timeout, Some(Duration::from_secs(2)));
+        // The agent keeps its own --server flag.
+        let cli = Cli::try_parse_from(["berth", "agent", "--server", "c:3,d:4"]).expect("parse");
+        let Command::Agent(a) = &cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.server, vec!["c:3", "d:4"]);
     }
 
     #[test]
