@@ -941,11 +941,19 @@ impl PodSync {
             else {
                 continue;
             };
+            let cid = format!("{}://{}", self.runtime.name(), c.id);
+            let reported = pod.status.as_ref().and_then(|s| {
+                s.container_statuses
+                    .iter()
+                    .find(|cs| cs.name == c.container_name && cs.container_id == cid)
+            });
             running.push(Probed {
                 id: c.id.clone(),
                 pod: pod_ref(pod),
                 container: spec.clone(),
                 ports: c.ports.clone(),
+                was_started: reported.is_some_and(|cs| cs.started == Some(true)),
+                was_ready: reported.is_some_and(|cs| cs.ready),
             });
         }
         self.prober.sync(running);

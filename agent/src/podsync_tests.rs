@@ -700,3 +700,48 @@ async fn host_ports_are_allocated_recorded_and_freed() {
         tokio::time::advance(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn adopted_ready_container_stays_ready_across_an_agent_restart() {
+    let rt = FakeRuntime::new();
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].readiness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: vec!["check".into()],
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    });
+    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    // What the previous agent last reported for this very container.
+    let mut reported = p.clone();
+    reported.status = Some(PodStatus {
+        container_statuses: vec![berth_proto::types::ContainerStatus {
+            name: "web".into(),
+            ready: true,
+            started: Some(true),
+            container_id: format!("fake://{id}"),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let mut h = harness(rt);
+    h.cache.replace_all([reported]);
+    for _ in 0..12 {
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let written = h.api.statuses();
+    assert!(!written.is_empty());
+    assert!(
+        written.iter().all(|p| p.is_ready()),
+        "readiness flapped after adoption"
+    );
+
+    // Without that report, a fresh container is not ready until its probe passes.
+    let rt = FakeRuntime::new();
+    let mut h = harness(rt);
+    h.cache.replace_all([p]);
+    h.sync.sync_once().await;
+    assert!(!h.api.statuses()[0].is_ready());
+}

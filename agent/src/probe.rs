@@ -88,6 +88,12 @@ impl ProbeState {
         self.status
     }
 
+    /// Start from a known status instead of `Unknown` (an adopted container whose pod status
+    /// already said it was ready/started, so an agent restart does not flap readiness).
+    pub fn assume(&mut self, status: ProbeStatus) {
+        self.status = status;
+    }
+
     /// When the next check should run.
     pub fn next_due(&self) -> Instant {
         match self.last_run {

@@ -53,6 +53,9 @@ pub struct Probed {
     pub pod: PodRef,
     pub container: Container,
     pub ports: Vec<PortBinding>,
+    /// The pod status already reported this very container started / ready (adoption).
+    pub was_started: bool,
+    pub was_ready: bool,
 }
 
 pub struct Prober {
@@ -121,10 +124,15 @@ impl Prober {
             }
             let tok = self.shutdown.child_token();
             self.workers.insert(r.id.clone(), tok.clone());
+            let mut initial = ProbeView::initial(c);
+            if r.was_started {
+                initial.started = true;
+                initial.ready = r.was_ready || c.readiness_probe.is_none();
+            }
             self.views
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(r.id.clone(), ProbeView::initial(c));
+                .insert(r.id.clone(), initial);
             let w = Worker {
                 runtime: self.runtime.clone(),
                 views: self.views.clone(),
@@ -254,12 +262,23 @@ impl Worker {
         ] {
             let Some(p) = p else { continue };
             match build_check(&c, &self.target.ports, p) {
-                Ok(check) => probes.push(Active {
-                    kind,
-                    state: ProbeState::new(p, started),
-                    check,
-                    last_failure: None,
-                }),
+                Ok(check) => {
+                    let mut state = ProbeState::new(p, started);
+                    let known_good = match kind {
+                        ProbeKind::Startup => self.target.was_started,
+                        ProbeKind::Readiness => self.target.was_started && self.target.was_ready,
+                        ProbeKind::Liveness => false,
+                    };
+                    if known_good {
+                        state.assume(ProbeStatus::Success);
+                    }
+                    probes.push(Active {
+                        kind,
+                        state,
+                        check,
+                        last_failure: None,
+                    })
+                }
                 Err(why) => self.events.warning(
                     &self.target.pod,
                     "Unhealthy",
