@@ -169,7 +169,8 @@ impl Scheduler {
         self.prune_assumed();
         let now = Utc::now();
         let all_pods = self.pods.state();
-        let mut occupying: Vec<Pod> = Vec::with_capacity(all_pods.len());
+        // Pods already bound are read in place; only assumed binds are copied.
+        let mut assumed_bound: Vec<Pod> = Vec::new();
         let mut pending: Vec<Pod> = Vec::new();
         let mut ops: Vec<BatchOp> = Vec::new();
         let mut kinds: Vec<(String, Option<(String, Pod)>)> = Vec::new();
@@ -177,7 +178,7 @@ impl Scheduler {
             if let Some(a) = self.assumed.get(&p.metadata.uid) {
                 let mut bound = p.as_ref().clone();
                 bound.spec.node_name = a.node.clone();
-                occupying.push(bound);
+                assumed_bound.push(bound);
                 continue;
             }
             if needs_scheduling(p) {
@@ -192,7 +193,6 @@ impl Scheduler {
                     )));
                     kinds.push((p.metadata.name.clone(), None));
                 }
-                occupying.push(p.as_ref().clone());
             }
         }
         if pending.is_empty() && ops.is_empty() {
@@ -205,7 +205,11 @@ impl Scheduler {
                 .cmp(&b.metadata.creation_timestamp)
                 .then_with(|| a.metadata.name.cmp(&b.metadata.name))
         });
-        let snapshot = Snapshot::new(self.nodes.state(), occupying.iter());
+        let bound = all_pods
+            .iter()
+            .filter(|p| !needs_scheduling(p) && !self.assumed.contains_key(&p.metadata.uid))
+            .map(|p| p.as_ref());
+        let snapshot = Snapshot::new(self.nodes.state(), bound.chain(assumed_bound.iter()));
         let decisions = schedule_batch(&snapshot, &pending);
         for (d, pod) in decisions.iter().zip(&pending) {
             match &d.outcome {

@@ -289,6 +289,42 @@ fn finished_pods_release_their_resources() {
     assert_eq!(schedule_one(&snap(nodes, &bound), &pod), bind("a"));
 }
 
+#[test]
+fn large_clusters_score_a_rotating_sample_but_find_the_only_fit() {
+    use berth_scheduler::schedule::feasible_nodes_to_find;
+    assert_eq!(feasible_nodes_to_find(3), 3);
+    assert_eq!(feasible_nodes_to_find(100), 100);
+    assert_eq!(feasible_nodes_to_find(1000), 420);
+    assert_eq!(feasible_nodes_to_find(5000), 500);
+    let mut nodes: Vec<Node> = (0..300)
+        .map(|i| {
+            NodeBuilder::new(&format!("n{i:03}"))
+                .cpu("1")
+                .ready()
+                .build()
+        })
+        .collect();
+    nodes.push(NodeBuilder::new("z-big").cpu("16").ready().build());
+    let s = snap(nodes, &[]);
+    // Only one node fits: every node is visited.
+    let big = PodBuilder::new("big").cpu("8").build();
+    assert_eq!(schedule_one(&s, &big), bind("z-big"));
+    // Small pods spread over the rotating sample instead of all landing on one node.
+    let pods: Vec<Pod> = (0..50)
+        .map(|i| PodBuilder::new(&format!("p{i}")).cpu("100m").build())
+        .collect();
+    let decisions = schedule_batch(&s, &pods);
+    let nodes: std::collections::BTreeSet<String> = decisions
+        .iter()
+        .filter_map(|d| match &d.outcome {
+            Outcome::Bind { node } => Some(node.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(decisions.len(), 50);
+    assert!(nodes.len() > 1, "{nodes:?}");
+}
+
 proptest! {
     #[test]
     fn batch_never_overcommits_a_node(
