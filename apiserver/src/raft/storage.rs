@@ -385,10 +385,18 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Make every write so far durable (fsync).
+    /// Make every write so far durable (fsync). Runs `Db::flush` on the blocking pool:
+    /// sled 0.34's `flush_async` can lose its wake-up when several databases flush at once
+    /// (spacejam/sled#1241, #1308) and would hang the raft task.
     pub(crate) async fn flush(db: &sled::Db) -> Result<(), RaftError> {
-        db.flush_async().await?;
-        Ok(())
+        let db = db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(res) => {
+                res?;
+                Ok(())
+            }
+            Err(e) => Err(RaftError::Corrupt(format!("sled flush task failed: {e}"))),
+        }
     }
 
     pub(crate) fn hard_state(&self) -> &HardState {
