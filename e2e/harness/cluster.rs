@@ -482,8 +482,13 @@ pub fn node_ready(n: &berth_proto::types::Node) -> bool {
         .is_some_and(|c| c.is_true())
 }
 
-/// Decode `get -o json` output: a kubectl-style `{"items": [...]}`, a bare array, or one object.
+/// Decode `get -o json` output: a kubectl-style `{"items": [...]}`, a bare array, one object,
+/// or nothing at all (no objects).
 pub fn decode_list<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
+    if text.trim().is_empty() {
+        // Nothing to show: the CLI prints nothing (and says so on stderr), like `kubectl get`.
+        return Ok(Vec::new());
+    }
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{e}: {text}"))?;
     let items = match v {
         serde_json::Value::Array(a) => a,

@@ -58,7 +58,6 @@ fn leader_revision(c: &mut Cluster) -> u64 {
 }
 
 #[test]
-#[ignore = "needs the API server (Raft) and the CLI (apply/get): not landed yet"]
 fn killing_the_raft_leader_loses_no_acknowledged_write_and_writes_resume_within_2s() {
     let Some(mut c) = Cluster::start("leader-kill", 2, Opts { agents: false }) else {
         return;
@@ -217,7 +216,6 @@ fn killing_the_raft_leader_loses_no_acknowledged_write_and_writes_resume_within_
 }
 
 #[test]
-#[ignore = "needs the API server (Raft) and the CLI (apply/get): not landed yet"]
 fn a_partitioned_minority_server_does_not_stop_the_majority_and_catches_up_on_heal() {
     let Some(mut c) = Cluster::start("partition", 4, Opts { agents: false }) else {
         return;
@@ -293,7 +291,6 @@ fn a_partitioned_minority_server_does_not_stop_the_majority_and_catches_up_on_he
 }
 
 #[test]
-#[ignore = "needs the API server (Raft, watch) and the CLI (apply/get): not landed yet"]
 fn rolling_restart_of_every_server_loses_nothing_and_a_watch_continues() {
     let Some(mut c) = Cluster::start("rolling", 7, Opts { agents: false }) else {
         return;
@@ -403,7 +400,6 @@ fn reported_line(stderr: &str, file: &str) -> Option<usize> {
 }
 
 #[test]
-#[ignore = "needs the API server and the CLI (apply validation): not landed yet"]
 fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
     let Some(mut c) = Cluster::start("bad-input", 8, Opts { agents: false }) else {
         return;
@@ -414,6 +410,7 @@ fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
     let invalid = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\nspec:\n  replicas: 1\n selector:\n    matchLabels:\n      app: broken\n";
     let path = c.write_file("invalid-yaml.yaml", invalid);
     let out = c.cli(&["apply", "-f", &path]);
+    eprintln!("invalid YAML -> {}", out.stderr.trim());
     assert!(!out.ok(), "invalid YAML was accepted: {out}");
     let line = reported_line(&out.stderr, "invalid-yaml.yaml")
         .unwrap_or_else(|| panic!("error does not name invalid-yaml.yaml:LINE: {out}"));
@@ -426,6 +423,7 @@ fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
     let typo = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: typo\nspec:\n  replicas: 1\n  replicaz: 3\n  selector:\n    matchLabels:\n      app: typo\n  template:\n    metadata:\n      labels:\n        app: typo\n    spec:\n      containers:\n        - name: web\n          image: berth-demo:latest\n";
     let path = c.write_file("unknown-field.yaml", typo);
     let out = c.cli(&["apply", "-f", &path]);
+    eprintln!("unknown field -> {}", out.stderr.trim());
     assert!(!out.ok(), "unknown field was accepted: {out}");
     assert!(
         out.stderr.contains("unknown-field.yaml:7"),
@@ -440,6 +438,7 @@ fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
     let multi = "apiVersion: v1\nkind: Service\nmetadata:\n  name: valid-first\nspec:\n  selector:\n    app: x\n  ports:\n    - port: 80\n      targetPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: wrong-type\nspec:\n  selector:\n    app: x\n  ports:\n    - port: eighty\n      targetPort: 8080\n";
     let path = c.write_file("multi.yaml", multi);
     let out = c.cli(&["apply", "-f", &path]);
+    eprintln!("wrong type -> {}", out.stderr.trim());
     assert!(!out.ok(), "a wrong type was accepted: {out}");
     assert!(
         out.stderr.contains("multi.yaml:20"),
@@ -457,6 +456,7 @@ fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
     );
     let path = c.write_file("oversize.yaml", &big);
     let out = c.cli(&["apply", "-f", &path]);
+    eprintln!("oversize -> {}", out.stderr.trim());
     assert!(!out.ok(), "an oversize object was accepted: {}", out.stderr);
     let msg = out.stderr.to_ascii_lowercase();
     assert!(

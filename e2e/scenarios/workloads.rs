@@ -125,12 +125,22 @@ fn hello_runs_every_replica_ready_and_answers_through_every_nodes_proxy() {
         "hello: every node's proxy answers ({:?} after apply); pods that answered: {answered_by:?}",
         t.elapsed()
     );
-    let out = c.cli_ok(&["get", "deployment", "hello", "-o", "json"]);
-    let d: serde_json::Value = serde_json::from_str(&out).expect("deployment json");
-    assert_eq!(
-        d["status"]["readyReplicas"], 3,
-        "deployment status: {}",
-        d["status"]
+    wait_until(
+        "Deployment hello to report 3 ready replicas",
+        Duration::from_secs(10),
+        || {
+            let out = c.cli(&["get", "deployment", "hello", "-o", "json"]);
+            if !out.ok() {
+                return Err(out.to_string());
+            }
+            let d: serde_json::Value =
+                serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {}", out.stdout))?;
+            if d["status"]["readyReplicas"] == 3 {
+                Ok(())
+            } else {
+                Err(format!("status: {}", d["status"]))
+            }
+        },
     );
 }
 
