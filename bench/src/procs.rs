@@ -25,6 +25,25 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// CPU time used so far by the threads of process `pid` whose name starts with `prefix`
+/// (all threads when `None`), from the scheduler's nanosecond accounting
+/// (`/proc/PID/task/TID/schedstat`). `None` when /proc cannot be read.
+pub fn cpu_time(pid: u32, prefix: Option<&str>) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        if let Some(prefix) = prefix {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct ChildGuard {
     name: String,
@@ -33,6 +52,10 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until `addr` accepts connections; fails with the process's log if it exits.
     pub fn wait_ready(&mut self, addr: SocketAddr, deadline: Duration) -> Result<()> {
         let end = Instant::now() + deadline;
@@ -183,6 +206,24 @@ mod tests {
         ] {
             assert!(cfg.contains(needle), "missing {needle}:\n{cfg}");
         }
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_time(pid, None).expect("schedstat readable");
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let after = cpu_time(pid, None).expect("schedstat readable");
+        assert!(after > before, "{before:?} -> {after:?}");
+        assert_eq!(
+            cpu_time(pid, Some("no-thread-has-this-name")),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]

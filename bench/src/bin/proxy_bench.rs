@@ -69,8 +69,22 @@ enum ModeChoice {
     Close,
 }
 
-/// Median req/s and median p99 over the successful runs (the first error if none succeeded).
-fn median(runs: Vec<Result<WrkResult>>) -> Result<WrkResult> {
+/// One measured run: wrk's figures and the proxy's CPU time per request.
+#[derive(Debug, Clone)]
+struct Measured {
+    wrk: WrkResult,
+    cpu_per_req: Option<Duration>,
+}
+
+fn fmt_cpu(c: Option<Duration>) -> String {
+    c.map_or("-".to_string(), |c| {
+        format!("{:.1}us", c.as_secs_f64() * 1e6)
+    })
+}
+
+/// Median req/s, median p99 and median CPU/request over the successful runs (the first
+/// error if none succeeded).
+fn median(runs: Vec<Result<Measured>>) -> Result<Measured> {
     let mut ok = Vec::new();
     let mut first_err = None;
     for r in runs {
@@ -85,15 +99,20 @@ fn median(runs: Vec<Result<WrkResult>>) -> Result<WrkResult> {
         return Err(first_err.unwrap_or_else(|| anyhow::anyhow!("no run")));
     }
     let mid = ok.len() / 2;
-    let mut rps: Vec<f64> = ok.iter().map(|r| r.requests_per_sec).collect();
+    let mut rps: Vec<f64> = ok.iter().map(|r| r.wrk.requests_per_sec).collect();
     rps.sort_by(f64::total_cmp);
-    let mut p99: Vec<Duration> = ok.iter().map(|r| r.p99).collect();
+    let mut p99: Vec<Duration> = ok.iter().map(|r| r.wrk.p99).collect();
     p99.sort();
-    Ok(WrkResult {
-        requests_per_sec: rps[mid],
-        p99: p99[mid],
-        errors: ok.iter().map(|r| r.errors).sum(),
-        requests: ok.iter().map(|r| r.requests).sum(),
+    let mut cpu: Vec<Duration> = ok.iter().filter_map(|r| r.cpu_per_req).collect();
+    cpu.sort();
+    Ok(Measured {
+        wrk: WrkResult {
+            requests_per_sec: rps[mid],
+            p99: p99[mid],
+            errors: ok.iter().map(|r| r.wrk.errors).sum(),
+            requests: ok.iter().map(|r| r.wrk.requests).sum(),
+        },
+        cpu_per_req: cpu.get(cpu.len() / 2).copied(),
     })
 }
 
@@ -202,6 +221,16 @@ fn run(args: &Args) -> Result<ExitCode> {
         "backend: {backend_desc} on {backend}; HAProxy: TCP mode, nbthread 1; Berth proxy: in-process, {berth_rt}; {cpus} CPUs"
     );
 
+    // Whose CPU time is charged to each target: the proxy process or thread (not the backend).
+    let self_pid = std::process::id();
+    let haproxy_pid = _haproxy.as_ref().map(ChildGuard::pid);
+    let cpu_of = move |name: &str| -> Option<Duration> {
+        match name {
+            "haproxy" => procs::cpu_time(haproxy_pid?, None),
+            "berth" => procs::cpu_time(self_pid, Some("berth-proxy")),
+            _ => None,
+        }
+    };
     let targets: Vec<(&str, Option<SocketAddr>)> = [
         ("direct", Some(backend)),
         ("haproxy", haproxy_addr),
@@ -231,7 +260,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             settings.display("http://127.0.0.1:PORT/"),
             args.rounds
         );
-        let mut runs: Vec<(&str, Option<Vec<Result<WrkResult>>>)> = targets
+        let mut runs: Vec<(&str, Option<Vec<Result<Measured>>>)> = targets
             .iter()
             .map(|(name, addr)| (*name, addr.map(|_| Vec::new())))
             .collect();
@@ -249,13 +278,23 @@ fn run(args: &Args) -> Result<ExitCode> {
                     };
                     let _ = wrk::run(&wrk_path, &warm, &url);
                 }
-                let r = wrk::run(&wrk_path, &settings, &url);
+                let cpu_before = cpu_of(name);
+                let r = wrk::run(&wrk_path, &settings, &url).map(|wrk| {
+                    let cpu = cpu_before
+                        .zip(cpu_of(name))
+                        .map(|(b, a)| a.saturating_sub(b));
+                    let cpu_per_req = cpu
+                        .filter(|_| wrk.requests > 0)
+                        .map(|c| c / u32::try_from(wrk.requests).unwrap_or(u32::MAX));
+                    Measured { wrk, cpu_per_req }
+                });
                 if args.verbose {
                     match &r {
-                        Ok(r) => println!(
-                            "  round {round} {name:8} {:>9.0} req/s  p99 {:.2}ms",
-                            r.requests_per_sec,
-                            r.p99.as_secs_f64() * 1e3
+                        Ok(m) => println!(
+                            "  round {round} {name:8} {:>9.0} req/s  p99 {:.2}ms  cpu/req {}",
+                            m.wrk.requests_per_sec,
+                            m.wrk.p99.as_secs_f64() * 1e3,
+                            fmt_cpu(m.cpu_per_req)
                         ),
                         Err(e) => println!("  round {round} {name:8} failed: {e:#}"),
                     }
@@ -347,13 +386,22 @@ fn berth_metrics(handle: &ProxyHandle) -> Option<ServiceMetrics> {
     })
 }
 
-type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<WrkResult>>)>)>;
+type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<Measured>>)>)>;
 
 fn print_table(rows: &Rows<'_>) {
     println!();
     println!(
-        "{:<11} {:<8} {:>10} {:>10} {:>7} {:>13} {:>12} {:>13}",
-        "mode", "target", "req/s", "p99", "errors", "req/s÷HAProxy", "req/s÷direct", "p99÷HAProxy"
+        "{:<11} {:<8} {:>10} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
+        "mode",
+        "target",
+        "req/s",
+        "p99",
+        "errors",
+        "req/s÷HAProxy",
+        "req/s÷direct",
+        "p99÷HAProxy",
+        "proxy CPU/req",
+        "CPU÷HAProxy"
     );
     for (mode, results) in rows {
         let ok = |name: &str| {
@@ -370,25 +418,33 @@ fn print_table(rows: &Rows<'_>) {
                     "{mode:<11} {name:<8} missing: {name} is not installed (apt-get install -y {name})"
                 ),
                 Some(Err(e)) => println!("{mode:<11} {name:<8} FAILED: {e:#}"),
-                Some(Ok(r)) => {
-                    let ratio = |base: &Option<WrkResult>, f: fn(&WrkResult) -> f64| {
+                Some(Ok(m)) => {
+                    let ratio = |base: &Option<Measured>, f: fn(&Measured) -> Option<f64>| {
                         base.as_ref()
-                            .map_or("n/a".to_string(), |b| format!("{:.2}x", f(r) / f(b)))
+                            .and_then(|b| Some(f(m)? / f(b)?))
+                            .map_or("n/a".to_string(), |x| format!("{x:.2}x"))
                     };
                     println!(
-                        "{:<11} {:<8} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>13}",
+                        "{:<11} {:<8} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
                         mode,
                         name,
-                        r.requests_per_sec,
-                        format!("{:.2}ms", r.p99.as_secs_f64() * 1e3),
-                        r.errors,
-                        ratio(&haproxy, |w| w.requests_per_sec),
-                        ratio(&direct, |w| w.requests_per_sec),
-                        ratio(&haproxy, |w| w.p99.as_secs_f64()),
+                        m.wrk.requests_per_sec,
+                        format!("{:.2}ms", m.wrk.p99.as_secs_f64() * 1e3),
+                        m.wrk.errors,
+                        ratio(&haproxy, |w| Some(w.wrk.requests_per_sec)),
+                        ratio(&direct, |w| Some(w.wrk.requests_per_sec)),
+                        ratio(&haproxy, |w| Some(w.wrk.p99.as_secs_f64())),
+                        fmt_cpu(m.cpu_per_req),
+                        ratio(&haproxy, |w| w.cpu_per_req.map(|c| c.as_secs_f64())),
                     );
                 }
             }
         }
     }
+    println!(
+        "ratios: req/s and p99 of the target divided by HAProxy's / direct's (req/s: higher is \
+         better; p99 and CPU: lower is better); proxy CPU/req = CPU time of the proxy process \
+         (HAProxy) or of the Berth proxy's runtime threads during the run, per request"
+    );
     println!();
 }
