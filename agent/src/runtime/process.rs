@@ -341,10 +341,7 @@ impl Runtime for ProcessRuntime {
         cmd.args(rest)
             .current_dir(&cwd)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            )
+            .env("PATH", workload_path())
             .env("HOME", &st.workdir)
             .envs(port_env(&spec.ports, true))
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -634,6 +631,22 @@ pub fn tail_lines(b: &[u8], n: usize) -> &[u8] {
         }
     }
     b
+}
+
+/// `$PATH` for workloads: the agent's own directory first, so `command: ["berth", ...]`
+/// (the built-in demo server) runs the same binary as the agent wherever it is installed.
+fn workload_path() -> std::ffi::OsString {
+    let base = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    match own_dir {
+        Some(dir) => {
+            let paths = std::iter::once(dir).chain(std::env::split_paths(&base));
+            std::env::join_paths(paths).unwrap_or(base)
+        }
+        None => base,
+    }
 }
 
 #[cfg(test)]
