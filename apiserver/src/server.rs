@@ -22,7 +22,6 @@ use berth_proto::pb::{self, api_client::ApiClient, api_server::ApiServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::raft::{Bootstrap, RaftConfig, RaftError, RaftHandle, RaftNode};
@@ -56,6 +55,9 @@ pub struct ServerArgs {
     /// Interval of watch BOOKMARK events, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5_000, hide = true)]
     pub watch_bookmark_ms: u64,
+    /// Changes kept in memory for watch resumption; older revisions answer Expired.
+    #[arg(long, value_name = "EVENTS", default_value_t = crate::store::DEFAULT_HISTORY_LEN, hide = true)]
+    pub watch_history: usize,
     /// Raft tick in milliseconds (election timeout is 10-20 ticks).
     #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
     pub raft_tick_ms: u64,
@@ -73,6 +75,7 @@ impl ServerArgs {
             node_port_range: NodePortRange::default(),
             snapshot_threshold: 10_000,
             watch_bookmark_ms: 5_000,
+            watch_history: crate::store::DEFAULT_HISTORY_LEN,
             raft_tick_ms: 100,
         }
     }
@@ -358,7 +361,13 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         },
     };
 
-    let store = Arc::new(Store::open(&db, StoreConfig::default())?);
+    let store = Arc::new(Store::open(
+        &db,
+        StoreConfig {
+            history_len: args.watch_history.max(1),
+            ..StoreConfig::default()
+        },
+    )?);
     let mut raft_cfg = RaftConfig::new(id, advertise.clone(), db.clone());
     raft_cfg.bootstrap = bootstrap;
     raft_cfg.compaction_threshold = args.snapshot_threshold.max(1);
@@ -389,14 +398,15 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(usize::MAX),
         );
+    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms per request).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     {
         let token = shutdown.clone();
         tasks.spawn(async move {
             router
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    token.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                 .await
                 .map_err(ServerError::from)
         });

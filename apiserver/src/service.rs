@@ -42,6 +42,8 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(10);
 pub const FORWARDED_METADATA: &str = "berth-forwarded";
 /// Events sent per wake-up of a watch stream.
 const WATCH_BATCH: usize = 256;
+/// Events buffered per watch stream between the watcher and the transport.
+const WATCH_BUFFER: usize = 16;
 
 /// Settings of the Api service.
 #[derive(Debug, Clone)]
@@ -580,7 +582,9 @@ impl Api for ApiService {
             .store
             .watch(r.from_revision, filter)
             .map_err(|e| from_store(&e))?;
-        let (tx, rx) = mpsc::channel(64);
+        // Small: a slow client holds at most this many events (<= 1.5 MiB each) in memory
+        // here; beyond that its cursor falls behind and it is expired from the history.
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let shutdown = self.shutdown.clone();
         let interval = self.config.bookmark_interval;
         self.watches.spawn(async move {

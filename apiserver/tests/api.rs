@@ -533,3 +533,51 @@ async fn dry_run_validates_and_answers_without_storing() {
     assert_eq!(err.code(), Code::NotFound);
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_never_blocks_writes_and_is_expired() {
+    let cluster = TestCluster::start_with(1, |a| a.watch_history = 20)
+        .await
+        .unwrap();
+    let mut c = cluster.client(0).await.unwrap();
+    let mut s = c
+        .watch(pb::WatchRequest {
+            kind: "Pod".into(),
+            namespace: String::new(),
+            label_selector: String::new(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Big objects so the stream's buffers fill long before the writes are done.
+    let blob = "x".repeat(64 * 1024);
+    let writes = async {
+        for i in 0..120 {
+            let mut p: Value = parse(&pod(&format!("p{i}"), json!({})));
+            p["metadata"]["annotations"] = json!({ "blob": blob });
+            create(&mut c, serde_json::to_vec(&p).unwrap())
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(T, writes)
+        .await
+        .expect("writes completed while the watcher was not reading");
+    // Reading now: whatever was buffered, then the stream says Expired.
+    let err = loop {
+        match next_event(&mut s).await {
+            Ok(Some(ev)) => {
+                assert!(
+                    ev.revision < 120,
+                    "the watcher kept up with every change; it should have been expired"
+                );
+            }
+            Ok(None) => panic!("stream closed without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("relist"), "{}", err.message());
+    cluster.shutdown().await.unwrap();
+}

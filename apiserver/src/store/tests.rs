@@ -682,3 +682,95 @@ fn node_port_range_parses_and_rejects_nonsense() {
         assert!(bad.parse::<NodePortRange>().is_err(), "{bad}");
     }
 }
+
+mod properties {
+    //! A watcher's events, replayed into a cache, always equal a fresh list with the same
+    //! selector; revisions arrive strictly increasing.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Apply { name: u8, app: u8 },
+        Relabel { name: u8, app: u8 },
+        Delete { name: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..6, 0u8..3).prop_map(|(name, app)| Step::Apply { name, app }),
+            (0u8..6, 0u8..3).prop_map(|(name, app)| Step::Relabel { name, app }),
+            (0u8..6).prop_map(|name| Step::Delete { name }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn watch_events_replayed_into_a_cache_equal_the_list(
+            steps in proptest::collection::vec(step(), 1..40),
+            start_at in 0usize..10,
+            sel in prop_oneof![Just("app=a0"), Just("app!=a1"), Just(""), Just("app in (a0,a2)")],
+        ) {
+            let mut f = fixture();
+            let selector = Selector::parse(sel).unwrap();
+            let mut watcher = None;
+            let mut cache: BTreeMap<String, Value> = BTreeMap::new();
+            let mut last_rev = 0;
+            for (i, s) in steps.iter().enumerate() {
+                if i == start_at.min(steps.len() - 1) {
+                    // Start from a consistent list, like a reflector.
+                    let (items, rev) = f.store.list(Kind::Pod, None, &selector).unwrap();
+                    for it in items {
+                        cache.insert(it["metadata"]["name"].as_str().unwrap().to_string(), (*it).clone());
+                    }
+                    last_rev = rev;
+                    let filter = WatchFilter { kind: Some(Kind::Pod), namespace: None, selector: selector.clone() };
+                    watcher = Some(f.store.watch(rev, filter).unwrap().1);
+                }
+                let name = |n: u8| format!("p{n}");
+                match s {
+                    Step::Apply { name: n, app } => {
+                        let _ = f.apply_obj(pod(&name(*n), json!({"app": format!("a{app}")})));
+                    }
+                    Step::Relabel { name: n, app } => {
+                        if let Ok(cur) = f.store.get(&key(Kind::Pod, "", &name(*n))) {
+                            let mut u = (*cur).clone();
+                            u["metadata"]["labels"] = json!({"app": format!("a{app}")});
+                            f.run(Op::Update { object: u }).unwrap();
+                        }
+                    }
+                    Step::Delete { name: n } => {
+                        let _ = f.run(Op::Delete { key: key(Kind::Pod, "", &name(*n)), resource_version: 0 });
+                    }
+                }
+            }
+            let mut w = watcher.unwrap();
+            for ev in w.poll(usize::MAX).unwrap() {
+                prop_assert!(ev.revision > last_rev, "revisions strictly increase");
+                last_rev = ev.revision;
+                let obj = ev.object.unwrap();
+                let n = obj["metadata"]["name"].as_str().unwrap().to_string();
+                match ev.event_type {
+                    WatchEventType::Added => {
+                        prop_assert!(cache.insert(n, (*obj).clone()).is_none(), "ADDED for a cached object");
+                    }
+                    WatchEventType::Modified => {
+                        prop_assert!(cache.insert(n, (*obj).clone()).is_some(), "MODIFIED for an unknown object");
+                    }
+                    WatchEventType::Deleted => {
+                        prop_assert!(cache.remove(&n).is_some(), "DELETED for an unknown object");
+                    }
+                    WatchEventType::Bookmark => {}
+                }
+            }
+            let (items, _) = f.store.list(Kind::Pod, None, &selector).unwrap();
+            let listed: BTreeMap<String, Value> = items
+                .iter()
+                .map(|v| (v["metadata"]["name"].as_str().unwrap().to_string(), (**v).clone()))
+                .collect();
+            prop_assert_eq!(cache, listed);
+        }
+    }
+}
