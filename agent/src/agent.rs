@@ -122,6 +122,7 @@ pub struct AgentHandle {
     pub data_dir: PathBuf,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    rt: Arc<dyn Runtime>,
 }
 
 impl AgentHandle {
@@ -130,6 +131,32 @@ impl AgentHandle {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Stop the agent's loops, then every workload on this node gracefully (each with its
+    /// pod's grace period, all at once). `berth dev` does this on Ctrl-C; `berth agent` leaves
+    /// workloads running instead, so that a restarted agent adopts them.
+    pub async fn stop_workloads(self) {
+        let rt = self.rt.clone();
+        self.stop().await;
+        let running = match rt.list().await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list workloads to stop them");
+                return;
+            }
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for c in running.into_iter().filter(|c| c.state.is_running()) {
+            let rt = rt.clone();
+            stops.spawn(async move {
+                let grace = Duration::from_secs(c.grace_seconds.unwrap_or(30));
+                if let Err(e) = rt.stop(&c.id, grace, None).await {
+                    tracing::warn!(pod = %c.pod_name, container = %c.container_name, error = %e, "stopping workload failed");
+                }
+            });
+        }
+        while stops.join_next().await.is_some() {}
     }
 
     /// Wait until the agent is told to stop (by the token given to [`start`]).
@@ -183,7 +210,7 @@ pub async fn start(
 
     let runtime: Arc<dyn Runtime> = match args.runtime {
         Some(RuntimeKind::Docker) => match DockerRuntime::connect().await {
-            Ok(d) => Arc::new(d),
+            Ok(d) => Arc::new(d.for_node(&node_name)),
             Err(e) => return Err(AgentError::DockerUnavailable(e.to_string())),
         },
         Some(RuntimeKind::Process) => Arc::new(ProcessRuntime::new(&data_dir)?),
@@ -277,6 +304,7 @@ pub async fn start(
         data_dir,
         shutdown,
         tasks,
+        rt: runtime,
     })
 }
 

@@ -563,6 +563,7 @@ fn humanize(d: Duration) -> String {
 
 /// Build the runtime spec of one container attempt.
 pub fn container_spec(
+    node: &str,
     pod: &Pod,
     c: &Container,
     attempt: u32,
@@ -570,6 +571,7 @@ pub fn container_spec(
 ) -> ContainerSpec {
     let limits = berth_proto::quantity::container_limits(c);
     ContainerSpec {
+        node_name: node.to_string(),
         pod_uid: pod.metadata.uid.clone(),
         pod_namespace: pod.metadata.namespace.clone(),
         pod_name: pod.metadata.name.clone(),
@@ -859,7 +861,7 @@ impl PodSync {
             }
         };
         let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
-        let spec = container_spec(pod, c, attempt, ports);
+        let spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
         let id = match self.runtime.create(&spec).await {
             Ok(id) => id,
             Err(e @ RuntimeError::ImageNotPresent { .. }) => {

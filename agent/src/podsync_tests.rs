@@ -481,7 +481,7 @@ async fn crash_loop_restarts_after_10_20_40_seconds() {
 async fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
     let rt = FakeRuntime::new();
     let p = pod("a", &["web"]);
-    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 4, &[]));
+    let id = rt.insert_running(container_spec("n1", &p, &p.spec.containers[0], 4, &[]));
     let mut h = harness(rt);
     h.cache.replace_all([p]);
     for _ in 0..3 {
@@ -512,7 +512,7 @@ async fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
 async fn before_the_first_pod_list_nothing_is_started_or_killed() {
     let rt = FakeRuntime::new();
     let p = pod("a", &["web"]);
-    rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    rt.insert_running(container_spec("n1", &p, &p.spec.containers[0], 0, &[]));
     let mut h = harness(rt);
     h.sync.sync_once().await;
     assert!(!h
@@ -543,7 +543,7 @@ async fn orphan_stop_waits_the_grace_period_then_kills() {
     );
     let mut p = pod("a", &["web"]);
     p.spec.termination_grace_period_seconds = Some(20);
-    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    let id = rt.insert_running(container_spec("n1", &p, &p.spec.containers[0], 0, &[]));
     let mut h = harness(rt);
     h.cache.replace_all([]);
     let t0 = Instant::now();
@@ -712,7 +712,7 @@ async fn adopted_ready_container_stays_ready_across_an_agent_restart() {
         period_seconds: Some(5),
         ..Default::default()
     });
-    let id = rt.insert_running(container_spec(&p, &p.spec.containers[0], 0, &[]));
+    let id = rt.insert_running(container_spec("n1", &p, &p.spec.containers[0], 0, &[]));
     // What the previous agent last reported for this very container.
     let mut reported = p.clone();
     reported.status = Some(PodStatus {

@@ -234,3 +234,36 @@ async fn crashed_container_reports_exit_code() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn runtimes_scoped_to_different_nodes_do_not_see_each_others_containers() {
+    let Some(rt) =
+        docker_or_skip("runtimes_scoped_to_different_nodes_do_not_see_each_others_containers")
+            .await
+    else {
+        return;
+    };
+    build_busybox();
+    let node = format!("scope-{}", std::process::id());
+    let spec = ContainerSpec {
+        node_name: node.clone(),
+        pod_uid: uid(),
+        pod_namespace: "default".into(),
+        pod_name: "scoped".into(),
+        container_name: "c".into(),
+        image: "berth-busybox:latest".into(),
+        args: vec!["sleep".into(), "30".into()],
+        ..Default::default()
+    };
+    let id = rt.create(&spec).await.expect("create");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let mine = rt.clone().for_node(&node).list().await.expect("list");
+    assert!(mine.iter().any(|c| c.id == id));
+    let other = rt
+        .clone()
+        .for_node("someone-else")
+        .list()
+        .await
+        .expect("list");
+    assert!(!other.iter().any(|c| c.id == id));
+}

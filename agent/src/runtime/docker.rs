@@ -24,6 +24,8 @@ use super::*;
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// Only list containers labelled with this node (see [`LABEL_NODE`]).
+    node: Option<String>,
 }
 
 fn not_found(e: &bollard::errors::Error) -> bool {
@@ -54,7 +56,14 @@ impl DockerRuntime {
             .negotiate_version()
             .await?;
         docker.ping().await?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, node: None })
+    }
+
+    /// Scope listing to one node's containers, so agents sharing an engine never adopt or
+    /// clean up each other's workloads.
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
     }
 
     /// Does a Docker engine answer on the default socket (within `timeout`)?
@@ -242,7 +251,11 @@ impl Runtime for DockerRuntime {
 
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let mut filters = HashMap::new();
-        filters.insert("label".to_string(), vec![format!("{LABEL_MANAGED}=true")]);
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(n) = &self.node {
+            labels.push(format!("{LABEL_NODE}={n}"));
+        }
+        filters.insert("label".to_string(), labels);
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {

@@ -34,6 +34,9 @@ pub const LABEL_ATTEMPT: &str = "berth.attempt";
 pub const LABEL_HOST_PORTS: &str = "berth.host-ports";
 pub const LABEL_MANAGED: &str = "berth.managed";
 pub const LABEL_GRACE: &str = "berth.grace-seconds";
+/// The node (agent) that owns the workload: agents sharing one Docker engine (tests, several
+/// agents on one host) only ever see and touch their own.
+pub const LABEL_NODE: &str = "berth.node";
 
 /// A container port published on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +51,8 @@ pub struct PortBinding {
 /// Everything a runtime needs to create one container attempt.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// Owning node; empty = unscoped.
+    pub node_name: String,
     pub pod_uid: String,
     pub pod_namespace: String,
     pub pod_name: String,
@@ -73,6 +78,9 @@ impl ContainerSpec {
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut l = BTreeMap::new();
         l.insert(LABEL_MANAGED.to_string(), "true".to_string());
+        if !self.node_name.is_empty() {
+            l.insert(LABEL_NODE.to_string(), self.node_name.clone());
+        }
         l.insert(LABEL_POD_UID.to_string(), self.pod_uid.clone());
         l.insert(LABEL_POD_NAMESPACE.to_string(), self.pod_namespace.clone());
         l.insert(LABEL_POD_NAME.to_string(), self.pod_name.clone());
