@@ -14,6 +14,8 @@ pub mod config;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod node;
+pub mod rollout;
 pub mod scale;
 pub mod table;
 
@@ -96,6 +98,14 @@ pub enum Command {
     Delete(WithConn<delete::DeleteArgs>),
     /// Set a deployment's replica count.
     Scale(WithConn<scale::ScaleArgs>),
+    /// Manage a deployment's rollout: status, history, undo, restart, promote, abort.
+    Rollout(WithConn<rollout::RolloutArgs>),
+    /// Mark nodes unschedulable.
+    Cordon(WithConn<node::CordonArgs>),
+    /// Mark nodes schedulable again.
+    Uncordon(WithConn<node::CordonArgs>),
+    /// Cordon a node and delete its pods so their controllers recreate them elsewhere.
+    Drain(WithConn<node::DrainArgs>),
     /// Cluster membership and health.
     Cluster(WithConn<cluster::ClusterArgs>),
     /// Print the client version.
@@ -217,6 +227,10 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Describe(c) => describe::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Rollout(c) => rollout::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Cordon(c) => node::cordon(&ctx(&c.conn)?, c.args, io).await,
+        Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,
+        Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;

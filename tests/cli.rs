@@ -245,6 +245,106 @@ async fn apply_reports_server_rejections_and_goes_on_with_the_other_objects() {
     cluster.shutdown().await.unwrap();
 }
 
+const BLUE_GREEN: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: bg
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: bg}
+  strategy:
+    type: BlueGreen
+    blueGreen:
+      activeService: bg
+  template:
+    metadata:
+      labels: {app: bg}
+    spec:
+      containers:
+        - name: app
+          image: demo:v1
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_requests_and_cordon_write_what_the_controllers_read() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = server.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let r = berth(s, &["apply", "-f", &write(dir.path(), "app.yaml", APP)]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(
+        s,
+        &["apply", "-f", &write(dir.path(), "bg.yaml", BLUE_GREEN)],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let json = |r: &Out| -> serde_json::Value { serde_json::from_str(&r.out).unwrap() };
+
+    // No controller runs here: the status shows the spec is not yet observed.
+    let r = berth(s, &["rollout", "status", "deploy/web", "--watch=false"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.out,
+        "Waiting for deployment spec update to be observed...\n"
+    );
+
+    let r = berth(s, &["rollout", "promote", "deploy/web"]).await;
+    assert!(!r.ok);
+    assert!(
+        r.err.contains("promote and abort apply to BlueGreen"),
+        "{r:?}"
+    );
+    let r = berth(s, &["rollout", "promote", "deploy/bg"]).await;
+    assert_eq!(r.out, "deployment.apps/bg promoted\n", "{r:?}");
+    let r = berth(s, &["rollout", "abort", "deploy", "bg"]).await;
+    assert_eq!(r.out, "deployment.apps/bg aborted\n", "{r:?}");
+    let v = json(&berth(s, &["get", "deploy/bg", "-o", "json"]).await);
+    assert_eq!(v["metadata"]["annotations"]["berth.io/promote"], "true");
+    assert_eq!(v["metadata"]["annotations"]["berth.io/abort"], "true");
+
+    let r = berth(s, &["rollout", "restart", "deploy/web"]).await;
+    assert_eq!(r.out, "deployment.apps/web restarted\n", "{r:?}");
+    let v = json(&berth(s, &["get", "deploy/web", "-o", "json"]).await);
+    assert!(
+        v["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+
+    let r = berth(s, &["rollout", "history", "deploy/web"]).await;
+    assert_eq!(
+        r.out, "deployment.apps/web\nNo rollout history found.\n",
+        "{r:?}"
+    );
+    let r = berth(s, &["rollout", "undo", "deploy/web"]).await;
+    assert!(r.err.contains("no previous revision"), "{r:?}");
+
+    let r = berth(s, &["cordon", "node-1"]).await;
+    assert_eq!(r.out, "node/node-1 cordoned\n", "{r:?}");
+    let r = berth(s, &["cordon", "node-1"]).await;
+    assert_eq!(r.out, "node/node-1 already cordoned\n", "{r:?}");
+    let r = berth(s, &["get", "nodes"]).await;
+    assert!(
+        r.out.contains("node-1   Unknown,SchedulingDisabled"),
+        "{r:?}"
+    );
+    let r = berth(s, &["drain", "node-1"]).await;
+    assert_eq!(
+        r.out, "node/node-1 already cordoned\nnode/node-1 drained\n",
+        "{r:?}"
+    );
+    let r = berth(s, &["uncordon", "node-1"]).await;
+    assert_eq!(r.out, "node/node-1 uncordoned\n", "{r:?}");
+    cluster.shutdown().await.unwrap();
+}
+
 /// A writer the test can read while a command is still writing to it.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
