@@ -120,7 +120,7 @@ pub enum ServerError {
     Task(String),
 }
 
-/// A running server. Drop without `shutdown()` leaves tasks running until the runtime ends.
+/// A running server. Dropping it without `shutdown()` aborts its tasks (no graceful stop).
 pub struct ServerHandle {
     addr: SocketAddr,
     advertise: String,
@@ -374,6 +374,15 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     raft_cfg.snapshot_catchup_entries = (args.snapshot_threshold / 2).min(1_000);
     raft_cfg.tick = Duration::from_millis(args.raft_tick_ms.max(1));
     let (node, raft) = RaftNode::new(raft_cfg, store.clone())?;
+    if let Some(known) = raft.member_address(id).filter(|a| *a != advertise) {
+        tracing::warn!(
+            id,
+            known = %known,
+            advertise = %advertise,
+            "the cluster knows this member by another address; peers keep dialing the old one \
+             (restart with --listen/--advertise {known})"
+        );
+    }
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -678,6 +678,19 @@ impl Api for ApiService {
                 r.address
             )));
         }
+        if let Some(m) = self
+            .raft
+            .status()
+            .members
+            .iter()
+            .find(|m| m.address == r.address)
+        {
+            return Err(Status::already_exists(format!(
+                "{} is already cluster member {}: restart that member from its data dir, or \
+                 remove member {} first to join with an empty one",
+                r.address, m.id, m.id
+            )));
+        }
         let address = r.address.clone();
         match self
             .on_leader(is_fwd, || self.raft.add_member(address.clone()))

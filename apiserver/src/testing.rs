@@ -46,8 +46,8 @@ struct Member {
     handle: Option<ServerHandle>,
 }
 
-/// N servers in this process. Dropping it without [`TestCluster::shutdown`] leaks tasks until
-/// the test's runtime ends (fine in tests, but shut down to release data dirs cleanly).
+/// N servers in this process. Dropping it without [`TestCluster::shutdown`] aborts the
+/// servers' tasks; shut down to stop them gracefully.
 pub struct TestCluster {
     _dir: tempfile::TempDir,
     members: Vec<Member>,

@@ -337,6 +337,11 @@ async fn a_server_joins_through_a_follower_and_can_be_removed() {
     assert_eq!(status.members.len(), 3);
     let new_id = status.id;
     get_on(&mut c, "x").await.unwrap();
+    // The same address cannot join twice.
+    let again = fc_join(&cluster, follower, cluster.addr(new))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
 
     // Remove it again, asking a follower (forwarded to the leader).
     let mut fc = cluster.client(follower).await.unwrap();
@@ -362,4 +367,17 @@ async fn a_server_joins_through_a_follower_and_can_be_removed() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     cluster.shutdown().await.unwrap();
+}
+
+async fn fc_join(
+    cluster: &TestCluster,
+    via: usize,
+    addr: std::net::SocketAddr,
+) -> Result<pb::JoinResponse, tonic::Status> {
+    let mut c = cluster.client(via).await.unwrap();
+    c.join(pb::JoinRequest {
+        address: addr.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner())
 }
