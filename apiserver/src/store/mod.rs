@@ -498,7 +498,11 @@ impl StateMachine for Store {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, String> {
-        self.snapshot_bytes().map_err(|e| e.to_string())
+        let data = self.snapshot_bytes().map_err(|e| e.to_string())?;
+        // The raft layer compacts its log after a snapshot: the state it stands for must be
+        // durable first, or a crash could lose entries that no longer exist in the log.
+        self.flush().map_err(|e| e.to_string())?;
+        Ok(data)
     }
 
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
