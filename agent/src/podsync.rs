@@ -22,6 +22,7 @@ use berth_proto::types::{
     Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodStatus, Time,
 };
+use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -594,6 +595,12 @@ pub fn container_spec(
     }
 }
 
+enum StartOutcome {
+    Started,
+    CreateFailed(RuntimeError),
+    StartFailed(RuntimeError),
+}
+
 /// Settings of the pod sync loop.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -730,11 +737,19 @@ impl PodSync {
             let view = |id: &str, c: &Container| prober.view(id, c);
             plan(&desired, &observed, &self.memo, &view, &stopping, now)
         };
-        let mut changed = false;
+        let changed = !p.actions.is_empty();
+        let mut starts = Vec::new();
         for a in p.actions.clone() {
-            changed = true;
-            self.execute(a, &desired).await;
+            match a {
+                Action::Start {
+                    pod_uid,
+                    container,
+                    attempt,
+                } => starts.push((pod_uid, container, attempt)),
+                other => self.execute(other, &desired).await,
+            }
         }
+        self.start_all(starts, &desired).await;
         let observed = if changed {
             self.runtime.list().await.unwrap_or(observed)
         } else {
@@ -793,13 +808,8 @@ impl PodSync {
                 container,
                 attempt,
             } => {
-                let Some(pod) = desired.iter().find(|p| p.metadata.uid == pod_uid) else {
-                    return;
-                };
-                let Some(c) = pod.spec.containers.iter().find(|c| c.name == container) else {
-                    return;
-                };
-                self.start(pod, c, attempt).await;
+                self.start_all(vec![(pod_uid, container, attempt)], desired)
+                    .await
             }
             Action::Kill {
                 id,
@@ -846,51 +856,88 @@ impl PodSync {
         });
     }
 
-    async fn start(&mut self, pod: &Pod, c: &Container, attempt: u32) {
-        let key = Key::new(&pod.metadata.uid, &c.name);
-        let pref = pod_ref(pod);
+    /// Start containers: ports and specs are prepared in order, the runtime calls run
+    /// concurrently (bounded; Docker create+start takes a while), results are applied in order.
+    async fn start_all(&mut self, starts: Vec<(String, String, u32)>, desired: &[Pod]) {
+        const CONCURRENCY: usize = 8;
         let now = Instant::now();
-        let bindings = match self
-            .ports
-            .allocate(&pod.metadata.uid, &pod.metadata.name, &pod.spec)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                self.create_failed(&key, &pref, "HostPortUnavailable", e.to_string(), now);
-                return;
-            }
-        };
-        let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
-        let spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
-        let id = match self.runtime.create(&spec).await {
-            Ok(id) => id,
-            Err(e @ RuntimeError::ImageNotPresent { .. }) => {
-                self.create_failed(&key, &pref, "ErrImageNeverPull", e.to_string(), now);
-                return;
-            }
-            Err(e) => {
-                self.create_failed(&key, &pref, "CreateContainerError", e.to_string(), now);
-                return;
-            }
-        };
-        if self.runtime.name() == "docker" {
-            self.events.normal(
-                &pref,
-                "Pulled",
-                format!("Container image {:?} already present on machine", c.image),
-            );
+        let mut prepared = Vec::new();
+        for (pod_uid, container, attempt) in starts {
+            let Some(pod) = desired.iter().find(|p| p.metadata.uid == pod_uid) else {
+                continue;
+            };
+            let Some(c) = pod.spec.containers.iter().find(|c| c.name == container) else {
+                continue;
+            };
+            let key = Key::new(&pod.metadata.uid, &c.name);
+            let pref = pod_ref(pod);
+            let bindings =
+                match self
+                    .ports
+                    .allocate(&pod.metadata.uid, &pod.metadata.name, &pod.spec)
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.create_failed(&key, &pref, "HostPortUnavailable", e.to_string(), now);
+                        continue;
+                    }
+                };
+            let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
+            let spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
+            prepared.push((key, pref, spec));
         }
-        self.events
-            .normal(&pref, "Created", format!("Created container {}", c.name));
-        match self.runtime.start(&id).await {
-            Ok(()) => {
-                self.memo.create_errors.remove(&key);
-                self.events
-                    .normal(&pref, "Started", format!("Started container {}", c.name));
-            }
-            Err(e) => {
-                let _ = self.runtime.remove(&id).await;
-                self.create_failed(&key, &pref, "RunContainerError", e.to_string(), now);
+        let rt = self.runtime.clone();
+        let results: Vec<_> = futures::stream::iter(prepared)
+            .map(|(key, pref, spec)| {
+                let rt = rt.clone();
+                async move {
+                    let outcome = match rt.create(&spec).await {
+                        Err(e) => StartOutcome::CreateFailed(e),
+                        Ok(id) => match rt.start(&id).await {
+                            Ok(()) => StartOutcome::Started,
+                            Err(e) => {
+                                let _ = rt.remove(&id).await;
+                                StartOutcome::StartFailed(e)
+                            }
+                        },
+                    };
+                    (key, pref, spec, outcome)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, pref, spec, outcome) in results {
+            let name = &spec.container_name;
+            match outcome {
+                StartOutcome::CreateFailed(e @ RuntimeError::ImageNotPresent { .. }) => {
+                    self.create_failed(&key, &pref, "ErrImageNeverPull", e.to_string(), now)
+                }
+                StartOutcome::CreateFailed(e) => {
+                    self.create_failed(&key, &pref, "CreateContainerError", e.to_string(), now)
+                }
+                StartOutcome::StartFailed(e) => {
+                    self.events
+                        .normal(&pref, "Created", format!("Created container {name}"));
+                    self.create_failed(&key, &pref, "RunContainerError", e.to_string(), now)
+                }
+                StartOutcome::Started => {
+                    if self.runtime.name() == "docker" {
+                        self.events.normal(
+                            &pref,
+                            "Pulled",
+                            format!(
+                                "Container image {:?} already present on machine",
+                                spec.image
+                            ),
+                        );
+                    }
+                    self.events
+                        .normal(&pref, "Created", format!("Created container {name}"));
+                    self.events
+                        .normal(&pref, "Started", format!("Started container {name}"));
+                    self.memo.create_errors.remove(&key);
+                }
             }
         }
     }
