@@ -168,10 +168,22 @@ async fn applied_deployment_is_scheduled_ready_and_spread_with_endpoints() -> Re
     .await
     .map_err(|e| anyhow!(e))?;
     let d = env.deployment("web").await?;
-    let st = d.status.expect("status");
+    let st = d.status.clone().expect("status");
     assert!(condition(&st.conditions, "Available")
         .expect("Available")
         .is_true());
+    // Settled means quiet: no controller keeps rewriting the Deployment or its ReplicaSet.
+    let rs_rv = |rs: &[ReplicaSet]| rs.iter().map(|r| r.metadata.resource_version).sum::<u64>();
+    let before = rs_rv(&env.client.list::<ReplicaSet>(Some("default"), "").await?.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        env.deployment("web").await?.metadata.resource_version,
+        d.metadata.resource_version
+    );
+    assert_eq!(
+        rs_rv(&env.client.list::<ReplicaSet>(Some("default"), "").await?.0),
+        before
+    );
 
     // Deleting the Deployment garbage-collects its ReplicaSets and Pods; the Service's
     // Endpoints go with the Service.

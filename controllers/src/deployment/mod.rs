@@ -471,6 +471,17 @@ fn rolling(d: &Deployment, sets: &mut [Rs], new_idx: Option<usize>, replicas: i3
     }
 }
 
+/// Set a condition unless one with the same status, reason and message is already there (so
+/// an unchanged world writes an unchanged status and does not wake every watcher).
+fn set_stable(conds: &mut Vec<Condition>, new: Condition) {
+    let same = condition(conds, &new.type_).is_some_and(|c| {
+        c.status == new.status && c.reason == new.reason && c.message == new.message
+    });
+    if !same {
+        set_condition(conds, new);
+    }
+}
+
 fn compute_status(
     d: &Deployment,
     sets: &[Rs],
@@ -507,7 +518,7 @@ fn compute_status(
         None => st.available_replicas,
     };
     let available_ok = serving_available >= min_available;
-    set_condition(
+    set_stable(
         &mut st.conditions,
         Condition::new(
             "Available",
@@ -555,8 +566,9 @@ fn compute_status(
         || old.observed_generation != st.observed_generation;
     let existing = condition(&old.conditions, "Progressing").cloned();
     let mut requeue = None;
+    let bg_phase = st.blue_green.as_ref().map(|b| b.phase.as_str());
     if d.spec.paused {
-        set_condition(
+        set_stable(
             &mut st.conditions,
             Condition {
                 type_: "Progressing".into(),
@@ -566,6 +578,29 @@ fn compute_status(
                 last_transition_time: Some(now),
                 last_update_time: Some(now),
             },
+        );
+    } else if bg_phase == Some("Paused") {
+        // Waiting for a promotion is not a lack of progress: no deadline runs.
+        set_stable(
+            &mut st.conditions,
+            Condition::new(
+                "Progressing",
+                true,
+                "RolloutPaused",
+                &format!("ReplicaSet \"{rs_name}\" is ready and awaits promotion."),
+                now,
+            ),
+        );
+    } else if bg_phase == Some("Degraded") {
+        set_stable(
+            &mut st.conditions,
+            Condition::new(
+                "Progressing",
+                false,
+                "RolloutAborted",
+                &format!("Rollout of ReplicaSet \"{rs_name}\" was aborted; the active revision keeps serving."),
+                now,
+            ),
         );
     } else if complete {
         let mut c = Condition::new(
@@ -582,9 +617,12 @@ fn compute_status(
         }
         set_condition(&mut st.conditions, c);
     } else if progressed
-        || existing
-            .as_ref()
-            .is_none_or(|e| e.reason == "NewReplicaSetAvailable" || e.reason == "DeploymentPaused")
+        || existing.as_ref().is_none_or(|e| {
+            matches!(
+                e.reason.as_str(),
+                "NewReplicaSetAvailable" | "DeploymentPaused" | "RolloutPaused" | "RolloutAborted"
+            )
+        })
     {
         set_condition(
             &mut st.conditions,

@@ -298,6 +298,47 @@ fn progress_deadline_exceeded_when_no_progress() {
 }
 
 #[test]
+fn settled_deployment_plans_an_identical_status() {
+    // Otherwise every pass would write status, wake every watcher and re-run itself.
+    for mut d in [
+        DeploymentBuilder::new("web").replicas(2).build(),
+        DeploymentBuilder::new("web").replicas(2).paused().build(),
+        bg_deploy(false),
+    ] {
+        let mut w = World::default();
+        for i in 0..10 {
+            run(&mut d, &mut w, at(i));
+            w.settle(2);
+        }
+        let p = plan(&d, &w.sets, at(100));
+        assert_eq!(Some(&p.status), d.status.as_ref());
+        assert!(p
+            .actions
+            .iter()
+            .all(|a| matches!(a, Action::PointService { .. })));
+    }
+}
+
+#[test]
+fn blue_green_paused_has_no_progress_deadline() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    run(&mut d, &mut w, at(1));
+    w.settle(2);
+    run(&mut d, &mut w, at(2));
+    assert_eq!(phase(&d), "Paused");
+    run(&mut d, &mut w, at(5000));
+    let c = condition(&d.status.as_ref().expect("st").conditions, "Progressing").expect("c");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "RolloutPaused")
+    );
+}
+
+#[test]
 fn paused_deployment_changes_nothing() {
     let mut d = DeploymentBuilder::new("web").replicas(2).build();
     let mut w = World::default();
