@@ -14,6 +14,7 @@ pub mod config;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
 pub mod node;
 pub mod rollout;
 pub mod scale;
@@ -88,6 +89,11 @@ pub enum Command {
     /// Run a node agent (runtime, probes, Service proxy) until Ctrl-C/SIGTERM; workloads
     /// keep running when it stops.
     Agent(berth_agent::AgentArgs),
+    /// Run a whole single-node cluster in this process (API server, control loops, agent);
+    /// Ctrl-C stops its workloads; running it again resumes.
+    Dev(crate::roles::DevArgs),
+    /// A tiny built-in HTTP workload (version, pod name, /healthz) for demos and tests.
+    DemoServer(crate::demo::DemoArgs),
     /// Create or update objects from manifests: berth apply -f FILE|DIR|- [--dry-run]
     Apply(WithConn<apply::ApplyArgs>),
     /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
@@ -98,6 +104,8 @@ pub enum Command {
     Delete(WithConn<delete::DeleteArgs>),
     /// Set a deployment's replica count.
     Scale(WithConn<scale::ScaleArgs>),
+    /// Print a container's log: berth logs POD|deploy/NAME [-c C] [-f] [--tail N] [-p]
+    Logs(WithConn<logs::LogsArgs>),
     /// Manage a deployment's rollout: status, history, undo, restart, promote, abort.
     Rollout(WithConn<rollout::RolloutArgs>),
     /// Mark nodes unschedulable.
@@ -115,7 +123,10 @@ pub enum Command {
 impl Command {
     /// Long-running roles log at info by default; client commands only warn.
     pub fn is_role(&self) -> bool {
-        matches!(self, Command::Server(_) | Command::Agent(_))
+        matches!(
+            self,
+            Command::Server(_) | Command::Agent(_) | Command::Dev(_) | Command::DemoServer(_)
+        )
     }
 }
 
@@ -222,11 +233,14 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
     match cli.command {
         Command::Server(args) => crate::roles::run_server(args, shutdown).await,
         Command::Agent(args) => Ok(berth_agent::run(args, shutdown).await?),
+        Command::Dev(args) => crate::roles::run_dev(args, shutdown).await,
+        Command::DemoServer(args) => crate::demo::run(args, shutdown).await,
         Command::Apply(c) => apply::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Get(c) => get::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Describe(c) => describe::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Logs(c) => logs::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Rollout(c) => rollout::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Cordon(c) => node::cordon(&ctx(&c.conn)?, c.args, io).await,
         Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,
@@ -261,6 +275,7 @@ fn init_tracing(role: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

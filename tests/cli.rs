@@ -345,6 +345,56 @@ async fn rollout_requests_and_cordon_write_what_the_controllers_read() {
     cluster.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_streams_a_pods_output_from_its_nodes_agent() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = server.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = berth_agent::start(
+        berth_agent::AgentArgs {
+            server: vec![server.clone()],
+            name: Some("cli-node".into()),
+            data_dir: Some(dir.path().join("agent")),
+            runtime: Some(berth_agent::RuntimeKind::Process),
+            capacity: Some("cpu=2,memory=2Gi".into()),
+            host_port_range: "47700-47799".into(),
+            listen: Some("127.0.0.1:0".into()),
+            no_proxy: true,
+            heartbeat_ms: 500,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: talker\nspec:\n  nodeName: cli-node\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n    - name: main\n      image: none\n      command: [sh, -c, 'echo hello-from-logs; exec sleep 10']\n";
+    let r = berth(s, &["apply", "-f", &write(dir.path(), "pod.yaml", pod)]).await;
+    assert!(r.ok, "{r:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let last = loop {
+        let r = berth(s, &["logs", "talker"]).await;
+        if r.ok && r.out.contains("hello-from-logs") {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no logs: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last.out, "hello-from-logs\n");
+    let r = berth(s, &["logs", "pod/talker", "--tail", "1"]).await;
+    assert_eq!(r.out, "hello-from-logs\n", "{r:?}");
+    let r = berth(s, &["logs", "nobody"]).await;
+    assert!(r.err.contains("pods \"nobody\" not found"), "{r:?}");
+
+    // A stopped agent leaves workloads running by design: delete the pod so the agent stops
+    // it (and the workload only sleeps 10 s, never restarted, in case it is not reached).
+    let r = berth(s, &["delete", "pod", "talker"]).await;
+    assert!(r.ok, "{r:?}");
+    agent.stop().await;
+    cluster.shutdown().await.unwrap();
+}
+
 /// A writer the test can read while a command is still writing to it.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);
