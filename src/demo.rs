@@ -27,7 +27,7 @@ pub struct DemoArgs {
     pub bind: String,
     /// Version reported in every answer (e.g. v1, v2 for blue-green demos).
     #[arg(long = "app-version", env = "VERSION", default_value = "v1")]
-    pub version: String,
+    pub app_version: String,
     /// Name reported in every answer (defaults to $POD_NAME, else $HOSTNAME).
     #[arg(long, env = "POD_NAME")]
     pub name: Option<String>,
@@ -61,7 +61,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .unwrap_or_else(|| "demo".to_string());
     eprintln!(
         "demo-server {} ({}) listening on {}",
-        args.version,
+        args.app_version,
         name,
         listener.local_addr()?
     );
@@ -140,7 +140,7 @@ async fn serve(stream: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         let resp = format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Berth-Version: {}\r\n{}\r\n{body}",
             body.len(),
-            st.args.version,
+            st.args.app_version,
             if close { "Connection: close\r\n" } else { "" },
         );
         reader.get_mut().write_all(resp.as_bytes()).await?;
@@ -169,10 +169,10 @@ async fn respond(method: &str, path: &str, st: &State) -> (&'static str, String)
             }
         }
         "/livez" => ("200 OK", "ok\n".into()),
-        "/version" => ("200 OK", format!("{}\n", st.args.version)),
+        "/version" => ("200 OK", format!("{}\n", st.args.app_version)),
         "/crash" => ("200 OK", "crashing\n".into()),
         _ => {
-            let mut body = format!("hello from {} version {}\n", st.name, st.args.version);
+            let mut body = format!("hello from {} version {}\n", st.name, st.args.app_version);
             for up in &st.args.upstream {
                 body.push_str(&format!("  {up} -> {}", call_upstream(up).await));
             }
@@ -235,7 +235,7 @@ mod tests {
         let args = DemoArgs {
             port,
             bind: "127.0.0.1".into(),
-            version: "v7".into(),
+            app_version: "v7".into(),
             name: Some("pod-a".into()),
             fail_readiness: true,
             crash_after: None,

@@ -77,3 +77,105 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
 pub fn default_dev_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".berth").join("dev"))
 }
+
+/// Flags of `berth dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where the cluster keeps its state (default ~/.berth/dev); starting again resumes it.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API server.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7440")]
+    pub listen: String,
+    /// How the node runs containers: plain host processes (default) or the Docker engine.
+    #[arg(long, value_enum, default_value = "process")]
+    pub runtime: berth_agent::RuntimeKind,
+    /// Name of the single node (default: this host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Do not write the CLI config file (~/.berth/config).
+    #[arg(long)]
+    pub no_config: bool,
+}
+
+/// `berth dev`: a single-member API server (embedded sled, the store of the real thing), the
+/// control loops, and an agent, in one process. Ctrl-C stops the workloads gracefully and
+/// exits; starting again resumes the cluster's state from the data dir.
+pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = match args.data_dir.clone() {
+        Some(d) => d,
+        None => default_dev_dir().context(
+            "HOME is not set: pass --data-dir to choose where berth dev keeps its state",
+        )?,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let resumed = dir.join("server").exists();
+    let mut server_args = ServerArgs::new(dir.join("server"));
+    server_args.listen = args.listen.clone();
+    server_args.init = true;
+    let mut server = berth_apiserver::start(server_args)
+        .await
+        .with_context(|| format!("starting the API server on {}", args.listen))?;
+    let addr = server.advertise_addr().to_string();
+    let loops_token = shutdown.child_token();
+    let loops = spawn_leader_loops(&server, loops_token.clone())?;
+
+    let agent_token = shutdown.child_token();
+    let agent_args = berth_agent::AgentArgs {
+        server: vec![addr.clone()],
+        name: args.name.clone(),
+        address: "127.0.0.1".to_string(),
+        data_dir: Some(dir.join("agent")),
+        runtime: Some(args.runtime),
+        listen: Some("127.0.0.1:0".to_string()),
+        ..berth_agent::AgentArgs::default()
+    };
+    let agent = berth_agent::start(agent_args, agent_token.clone())
+        .await
+        .context("starting the node agent")?;
+
+    let config_note = if args.no_config {
+        format!("(config not written: pass --server {addr} or set BERTH_SERVER={addr})")
+    } else {
+        match crate::cli::config::default_config_path() {
+            Some(path) => {
+                let cfg = crate::cli::config::CliConfig {
+                    servers: vec![addr.clone()],
+                };
+                cfg.save(&path)?;
+                format!("CLI config written to {} (no flags needed)", path.display())
+            }
+            None => format!("HOME is not set: pass --server {addr} to the CLI"),
+        }
+    };
+    println!(
+        "berth dev is running{}\n\
+         \n  API server   {addr}\
+         \n  node         {} (runtime: {})\
+         \n  data         {}\
+         \n  {config_note}\
+         \n\nTry:\
+         \n  berth apply -f manifests/hello.yaml\
+         \n  berth get pods\
+         \n  curl http://127.0.0.1:30080/\
+         \n\nCtrl-C stops the workloads and the cluster; `berth dev` again resumes it.",
+        if resumed { " (resumed)" } else { "" },
+        agent.node_name,
+        agent.runtime,
+        dir.display(),
+    );
+
+    let res = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = server.wait() => r,
+    };
+    eprintln!("berth dev: stopping workloads gracefully...");
+    agent.stop_workloads().await;
+    agent_token.cancel();
+    loops_token.cancel();
+    let _ = loops.await;
+    let stopped = server.shutdown().await;
+    res.and(stopped)?;
+    eprintln!("berth dev: stopped");
+    Ok(())
+}
