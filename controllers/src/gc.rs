@@ -1,7 +1,9 @@
 //! Garbage collection's pure core: objects whose owners are all gone are deleted.
 //!
 //! Deleting a Deployment orphans its ReplicaSets (collected), which orphans their Pods
-//! (collected on the next pass); deleting a Service orphans its Endpoints. The shell confirms
+//! (collected on the next pass); deleting a Service orphans its Endpoints. Pods bound to a
+//! Node that no longer exists are collected too (their ReplicaSet replaces them), as the
+//! Kubernetes pod GC does. The shell confirms
 //! with a live read of the owner before deleting, since a cache may not have seen an owner that
 //! was created a moment ago.
 
@@ -29,9 +31,35 @@ pub fn plan<'a>(items: &'a [Item], live_uids: &HashSet<String>) -> Vec<&'a Item>
         .collect()
 }
 
+/// The items (pods, with `node` their spec.nodeName) bound to a node that does not exist.
+pub fn pods_on_missing_nodes<'a>(
+    pods: &'a [(Item, String)],
+    nodes: &HashSet<String>,
+) -> Vec<&'a Item> {
+    pods.iter()
+        .filter(|(_, node)| !node.is_empty() && !nodes.contains(node))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_bound_to_deleted_nodes_are_collected() {
+        let pods = vec![
+            (item(Kind::Pod, "on-live", "p1", None), "n1".to_string()),
+            (item(Kind::Pod, "on-gone", "p2", None), "n9".to_string()),
+            (item(Kind::Pod, "unbound", "p3", None), String::new()),
+        ];
+        let nodes: HashSet<String> = ["n1".to_string()].into();
+        let names: Vec<&str> = pods_on_missing_nodes(&pods, &nodes)
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["on-gone"]);
+    }
 
     fn item(kind: Kind, name: &str, uid: &str, owner: Option<&str>) -> Item {
         Item {

@@ -335,6 +335,36 @@ async fn lost_node_pods_are_replaced_on_healthy_nodes() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_deleted_node_are_replaced_at_once() -> Result<()> {
+    let mut env = Env::start(2, NodeLifecycleConfig::default()).await?;
+    let d = DeploymentBuilder::new("web").replicas(4).build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 4).await?;
+    env.nodes[0].stop().await;
+    env.client
+        .delete(berth_proto::Kind::Node, "", "node-0", None)
+        .await?;
+    let t = tokio::time::Instant::now();
+    wait_until(DEADLINE, "pods all on node-1", || async {
+        let pods = env.pods().await.ok()?;
+        (pods.len() == 4
+            && pods
+                .iter()
+                .all(|p| p.spec.node_name == "node-1" && p.is_ready()))
+        .then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    // Well before the heartbeat grace period plus eviction timeout (10 s) could act.
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()> {
     let env = Env::start(2, NodeLifecycleConfig::default()).await?;
     let active = ServiceBuilder::new("shop-active")

@@ -29,19 +29,24 @@ fn watch<T: Resource + Object>(client: &Client) -> (Store<T>, BoxStream<'static,
     (store, events)
 }
 
+fn item_of<T: Resource>(o: &T) -> Item {
+    let m = o.meta();
+    Item {
+        kind: T::KIND,
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version,
+        owners: m.owner_references.clone(),
+    }
+}
+
 fn items<T: Resource + Object>(store: &Store<T>, out: &mut Vec<Item>, live: &mut HashSet<String>) {
     for o in store.state() {
-        let m = o.meta();
-        live.insert(m.uid.clone());
-        if !m.owner_references.is_empty() {
-            out.push(Item {
-                kind: T::KIND,
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
-                uid: m.uid.clone(),
-                resource_version: m.resource_version,
-                owners: m.owner_references.clone(),
-            });
+        let item = item_of(o.as_ref());
+        live.insert(item.uid.clone());
+        if !item.owners.is_empty() {
+            out.push(item);
         }
     }
 }
@@ -52,14 +57,16 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (pods, e3) = watch::<Pod>(&client);
     let (services, e4) = watch::<Service>(&client);
     let (endpoints, e5) = watch::<Endpoints>(&client);
-    let mut events = stream::select_all([e1, e2, e3, e4, e5]);
+    let (nodes, e6) = watch::<Node>(&client);
+    let mut events = stream::select_all([e1, e2, e3, e4, e5, e6]);
     let mut dirty = false;
     loop {
         let ready = deployments.is_ready()
             && replica_sets.is_ready()
             && pods.is_ready()
             && services.is_ready()
-            && endpoints.is_ready();
+            && endpoints.is_ready()
+            && nodes.is_ready();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -78,8 +85,53 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
                         dirty = true;
                     }
                 }
+                let node_names: HashSet<String> =
+                    nodes.state().iter().map(|n| n.metadata.name.clone()).collect();
+                let bound: Vec<(Item, String)> = pods
+                    .state()
+                    .iter()
+                    .map(|p| (item_of(p.as_ref()), p.spec.node_name.clone()))
+                    .collect();
+                for pod in gc::pods_on_missing_nodes(&bound, &node_names) {
+                    if collect_pod_of_missing_node(&client, pod, &bound).await.is_err() {
+                        dirty = true;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Delete a pod bound to a node the cache does not know, once a live read confirms the node
+/// is gone.
+async fn collect_pod_of_missing_node(
+    client: &Client,
+    pod: &Item,
+    bound: &[(Item, String)],
+) -> Result<(), ClientError> {
+    let Some((_, node)) = bound.iter().find(|(i, _)| i.uid == pod.uid) else {
+        return Ok(());
+    };
+    match client.get::<Node>("", node).await {
+        Ok(_) => return Ok(()),
+        Err(ClientError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match client
+        .delete(
+            Kind::Pod,
+            &pod.namespace,
+            &pod.name,
+            Some(pod.resource_version),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(pod = %pod.name, namespace = %pod.namespace, %node, "deleted pod bound to a missing node");
+            Ok(())
+        }
+        Err(ClientError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
