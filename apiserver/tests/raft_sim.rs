@@ -311,3 +311,54 @@ async fn group_commit_serves_concurrent_proposers() {
     assert_eq!(log.len() as u64, n);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_hands_over_before_removing_itself() {
+    let mut c = SimCluster::start(3, Opts::default()).await;
+    let all = [1, 2, 3];
+    let old = c.wait_leader(&all).await;
+    let to = match c.handle(old).remove_member(old).await {
+        Err(RaftError::LeaderRemovingItself { id, to }) => {
+            assert_eq!(id, old);
+            to
+        }
+        other => panic!("expected LeaderRemovingItself, got {other:?}"),
+    };
+    let mut watch = c.handle(to).leader_watch();
+    tokio::time::timeout(DEADLINE, watch.wait_for(|l| *l == Some(to)))
+        .await
+        .unwrap()
+        .unwrap();
+    let new = c.wait_leader(&all).await;
+    assert_eq!(new, to);
+    let left = c.handle(new).remove_member(old).await.unwrap();
+    assert_eq!(left.len(), 2);
+    c.stop(old).await;
+    let rest: Vec<u64> = all.into_iter().filter(|id| *id != old).collect();
+    c.write(&rest, "after-leader-left").await;
+    c.wait_converged(&rest).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leadership_moves_the_leader() {
+    let c = SimCluster::start(3, Opts::default()).await;
+    let all = [1, 2, 3];
+    let old = c.wait_leader(&all).await;
+    let target = all.into_iter().find(|id| *id != old).unwrap();
+    let mut watch = c.handle(target).leader_watch();
+    assert_eq!(
+        c.handle(old)
+            .transfer_leadership(Some(target))
+            .await
+            .unwrap(),
+        target
+    );
+    tokio::time::timeout(DEADLINE, watch.wait_for(|l| *l == Some(target)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.wait_leader(&all).await, target);
+    c.write(&all, "after-transfer").await;
+    c.shutdown().await;
+}

@@ -35,6 +35,10 @@ pub(crate) enum Command {
         id: u64,
         reply: Reply<Vec<MemberInfo>>,
     },
+    TransferLeader {
+        to: Option<u64>,
+        reply: Reply<u64>,
+    },
     /// Messages from peer `from` (whose address is `from_addr` if it told us).
     Step {
         from: u64,
@@ -145,10 +149,21 @@ impl RaftHandle {
             .await
     }
 
-    /// Remove member `id` (leader only). Returns the remaining member list.
+    /// Remove member `id` (leader only). Returns the remaining member list. The leader does
+    /// not remove itself: it hands leadership to the most up-to-date member and answers
+    /// `LeaderRemovingItself`; retry on the new leader.
     pub async fn remove_member(&self, id: u64) -> Result<Vec<MemberInfo>, RaftError> {
         self.ensure_leader()?;
         self.call(|reply| Command::RemoveMember { id, reply }).await
+    }
+
+    /// Ask the leader (this node) to hand leadership to `to`, or to the most up-to-date
+    /// reachable member if `None` (e.g. before a graceful shutdown). Returns the target; the
+    /// change shows on [`RaftHandle::leader_watch`] within about an election timeout.
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, RaftError> {
+        self.ensure_leader()?;
+        self.call(|reply| Command::TransferLeader { to, reply })
+            .await
     }
 
     /// A snapshot of this node's raft state.

@@ -11,7 +11,8 @@
 //!   `Ready`: persist entries + hard state (one sled flush per Ready = group commit) -> send
 //!   messages -> apply committed entries with [`StateMachine::apply_batch`] -> `advance`.
 //! - [`RaftHandle`]: cheap `Clone`; `propose`, `read_index`, `add_member`/`remove_member`,
-//!   `status`, `leader_watch`, `is_leader`, `member_address`, `raft_service` (the gRPC server).
+//!   `transfer_leadership`, `status`, `leader_watch`, `is_leader`, `member_address`,
+//!   `not_leader_error`, `raft_service` (the gRPC server).
 //! - [`SledStorage`]: `raft::Storage` over sled trees `raft_log` and `raft_meta` in the SAME
 //!   `sled::Db` as the object store (which uses other trees).
 //! - [`Transport`]: how messages leave the node. [`GrpcTransport`] (the default: one task per
@@ -32,7 +33,11 @@
 //!     .serve_with_shutdown(listen, shutdown.cancelled()).await?;
 //! // writes:  raft.propose(bytes).await -> Ok(reply) | Err(NotLeader { leader_addr, .. })
 //! // reads:   raft.read_index().await?; then read the store
+//! // graceful leader shutdown: raft.transfer_leadership(None).await, then cancel
 //! ```
+//! sled note: never call `Db::flush_async` (sled 0.34 can lose the wake-up when several
+//! flushes race, spacejam/sled#1241); the raft task runs `Db::flush` on the blocking pool,
+//! which also makes the state machine's writes durable.
 //! Bootstrapping: `--init` = [`Bootstrap::NewCluster`] (single member, its own address).
 //! `--join` = [`Bootstrap::Join`]: the node starts with an empty log and its given id (the one
 //! `add_member` returned on the leader) and waits for the leader's snapshot + appends; peer
@@ -107,6 +112,12 @@ pub enum RaftError {
     /// raft-rs allows one membership change at a time.
     #[error("another membership change is still in progress; retry when it has completed")]
     ConfChangeInProgress,
+    /// The leader was asked to remove itself; it started handing leadership to member `to`.
+    #[error("member {id} is the leader and cannot remove itself; leadership is moving to member {to}, retry the removal there")]
+    LeaderRemovingItself { id: u64, to: u64 },
+    /// No member can take over leadership (single member, or none reachable and caught up).
+    #[error("no other member can take over leadership now")]
+    NoTransferTarget,
     /// `remove_member` of an id that is not a member.
     #[error("raft member {0} is not part of the cluster")]
     UnknownMember(u64),

@@ -198,6 +198,8 @@ impl RaftNode {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            // Bounds the log a leader cut off from its quorum keeps accepting.
+            max_uncommitted_size: 64 << 20,
             ..Default::default()
         };
         raft_config.validate()?;
@@ -376,6 +378,19 @@ impl RaftNode {
                     let _ = reply.send(Err(RaftError::UnknownMember(id)));
                     return;
                 }
+                if id == self.id {
+                    // raft-rs leaves a removed leader in charge (untested upstream path);
+                    // hand over first and let the caller retry on the new leader.
+                    let res = match self.transfer_target(None) {
+                        Ok(to) => {
+                            self.raw.transfer_leader(to);
+                            Err(RaftError::LeaderRemovingItself { id, to })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(res);
+                    return;
+                }
                 let mut cc = ConfChange::default();
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = id;
@@ -389,6 +404,14 @@ impl RaftNode {
                         let _ = reply.send(Err(self.propose_error(e)));
                     }
                 }
+            }
+            Command::TransferLeader { to, reply } => {
+                let res = self.check_leader().and_then(|()| self.transfer_target(to));
+                if let Ok(to) = res {
+                    tracing::info!(id = self.id, to, "raft: transferring leadership");
+                    self.raw.transfer_leader(to);
+                }
+                let _ = reply.send(res);
             }
             Command::Unreachable(id) => self.raw.report_unreachable(id),
             Command::SnapshotStatus { to, ok } => self.raw.report_snapshot(
@@ -419,6 +442,27 @@ impl RaftNode {
             leader_id,
             leader_addr: leader_id.and_then(|id| self.address_of(id)),
         })
+    }
+
+    /// `to` if it is another voter, else the reachable voter with the highest match.
+    fn transfer_target(&self, to: Option<u64>) -> Result<u64, RaftError> {
+        let voters = &self.raw.store().conf_state().voters;
+        if let Some(to) = to {
+            return if to != self.id && voters.contains(&to) {
+                Ok(to)
+            } else {
+                Err(RaftError::UnknownMember(to))
+            };
+        }
+        let prs = self.raw.raft.prs();
+        voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .filter_map(|id| prs.get(*id).map(|p| (*id, p)))
+            .filter(|(_, p)| p.recent_active)
+            .max_by_key(|(id, p)| (p.matched, std::cmp::Reverse(*id)))
+            .map(|(id, _)| id)
+            .ok_or(RaftError::NoTransferTarget)
     }
 
     fn check_conf_change(&self) -> Result<(), RaftError> {
