@@ -145,3 +145,37 @@ async fn writes_fail_over_and_watch_resumes_when_the_leader_stops() {
     watch_task.abort();
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_the_per_request_timeout() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig {
+            request_timeout: Duration::from_millis(500),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let (_, rev) = client.list::<Pod>(None, "").await.unwrap();
+    let mut stream = client.watch::<Pod>(None, "", rev).await.unwrap();
+    // The point of this test is time passing: an idle stream must survive well beyond the
+    // unary request timeout (which only bounds waiting for response headers).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.create(&pod("late")).await.unwrap();
+    let got = tokio::time::timeout(T, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(ev)) => match ev.change {
+                    berth_client::Change::Added(p) => return p.metadata.name,
+                    _ => continue,
+                },
+                other => panic!("watch ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "late");
+    cluster.shutdown().await.unwrap();
+}
