@@ -582,11 +582,17 @@ pub fn container_spec(
         command: c.command.clone(),
         args: c.args.clone(),
         working_dir: c.working_dir.clone(),
-        env: c
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone()))
-            .collect(),
+        // Like Kubernetes: HOSTNAME is the pod name; POD_NAME/POD_NAMESPACE as the downward
+        // API would give them. The container's own env comes later and wins.
+        env: [
+            ("HOSTNAME", &pod.metadata.name),
+            ("POD_NAME", &pod.metadata.name),
+            ("POD_NAMESPACE", &pod.metadata.namespace),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .chain(c.env.iter().map(|e| (e.name.clone(), e.value.clone())))
+        .collect(),
         ports: ports.to_vec(),
         memory_limit_bytes: limits.memory.filter(|m| *m > 0),
         cpu_limit_millis: limits.milli_cpu.filter(|m| *m > 0),
@@ -1011,6 +1017,7 @@ impl PodSync {
     async fn write_statuses(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
         let wall = chrono::Utc::now();
         let now = Instant::now();
+        let mut updates = Vec::new();
         for pod in desired.iter().filter(|p| is_desired(p)) {
             let uid = pod.metadata.uid.clone();
             let mine: Vec<ContainerInfo> = observed
@@ -1052,18 +1059,29 @@ impl PodSync {
             let mut update = pod.clone();
             update.status = Some(status.clone());
             update.metadata.resource_version = 0;
-            match self.api.update_pod_status(&update).await {
+            updates.push((uid, status, update));
+        }
+        // Each write is a replicated commit: issue them concurrently (bounded).
+        let api = self.api.clone();
+        let results: Vec<_> = futures::stream::iter(updates)
+            .map(|(uid, status, update)| {
+                let api = api.clone();
+                async move {
+                    let r = api.update_pod_status(&update).await;
+                    (uid, status, update.metadata.name, r)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (uid, status, name, r) in results {
+            match r {
                 Ok(_) => {
                     self.last_written.insert(uid, status);
                 }
                 Err(ApiError::NotFound) => {}
-                Err(e @ ApiError::Unavailable(_)) => {
-                    // Retried next round; do not stall this one on every pod.
-                    tracing::debug!(error = %e, "API unavailable; pod status writes deferred");
-                    break;
-                }
                 Err(e) => {
-                    tracing::debug!(pod = %pod.metadata.name, error = %e, "writing pod status");
+                    tracing::debug!(pod = %name, error = %e, "writing pod status (retried next round)")
                 }
             }
         }
