@@ -1,6 +1,6 @@
 //! Pure translation of a Service and its Endpoints into the proxy's desired state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use berth_proto::types::{EndpointSubset, Endpoints, Service, ServicePort};
@@ -48,6 +48,27 @@ pub fn service_backends(
                 listen_addrs,
                 backends: backends.into_iter().collect(),
             })
+        })
+        .collect()
+}
+
+/// The whole desired set for this node: every port with a nodePort of every Service, joined
+/// with the Endpoints object of the same namespace and name. Pass the result to
+/// [`super::ProxyHandle::set_services`] after any change of a Service or an Endpoints.
+pub fn desired_services(
+    services: &[Service],
+    endpoints: &[Endpoints],
+    node_addr: IpAddr,
+) -> Vec<ServiceBackends> {
+    let by_key: HashMap<(&str, &str), &Endpoints> = endpoints
+        .iter()
+        .map(|e| ((e.metadata.namespace.as_str(), e.metadata.name.as_str()), e))
+        .collect();
+    services
+        .iter()
+        .flat_map(|svc| {
+            let key = (svc.metadata.namespace.as_str(), svc.metadata.name.as_str());
+            service_backends(svc, by_key.get(&key).copied(), node_addr)
         })
         .collect()
 }
@@ -174,6 +195,24 @@ mod tests {
                     vec!["10.0.0.1:9100".parse().expect("addr")]
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn desired_services_joins_endpoints_by_namespace_and_name() {
+        let mut other_ns = service(&[("http", Some(30081))]);
+        other_ns.metadata.namespace = "prod".into();
+        let svc = service(&[("http", Some(30080))]);
+        let mut eps = endpoints(vec![subset(&["10.0.0.1"], &[], &[("http", 31001)])]);
+        eps.metadata = svc.metadata.clone();
+        let out = desired_services(&[svc, other_ns], &[eps], node());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].namespace, "default");
+        assert_eq!(out[0].backends.len(), 1);
+        assert_eq!(out[1].namespace, "prod");
+        assert!(
+            out[1].backends.is_empty(),
+            "endpoints of another namespace must not leak"
         );
     }
 

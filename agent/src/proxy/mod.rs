@@ -33,13 +33,14 @@
 //! `handle.set_services(all).await`:
 //!
 //! ```text
-//! let mut all = Vec::new();
-//! for svc in services {                       // every Service in every namespace
-//!     let eps = endpoints.get(&svc.namespace, &svc.name);   // same name as the Service
-//!     all.extend(berth_agent::proxy::service_backends(&svc, eps, node_address));
+//! // services: every Service, endpoints: every Endpoints (all namespaces, from the caches)
+//! let all = berth_agent::proxy::desired_services(&services, &endpoints, node_address);
+//! match handle.set_services(all).await {
+//!     Ok(()) => {}
+//!     Err(ProxyError::Apply { failures }) => warn!(...), // e.g. a node port in use: the rest
+//!                                                     // is applied; binds are retried
+//!     Err(ProxyError::Stopped) => return,             // shutting down
 //! }
-//! handle.set_services(all).await            // Err(Listen{..}) = some node port could not be
-//!                                           // bound (logged; retried by the proxy itself)
 //! ```
 //!
 //! [`service_backends`] yields one [`ServiceBackends`] per Service port that has a nodePort:
@@ -69,7 +70,7 @@ use tokio_util::task::TaskTracker;
 
 use balancer::{Backend, BackendSet};
 use conn::ConnEnv;
-pub use endpoints::service_backends;
+pub use endpoints::{desired_services, service_backends};
 use metrics::ServiceCounters;
 pub use metrics::{render_prometheus, BackendMetrics, ServiceMetrics};
 
