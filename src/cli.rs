@@ -49,7 +49,7 @@ pub struct ConnArgs {
     /// 127.0.0.1:7440).
     #[arg(long, value_name = "HOST:PORT[,..]")]
     pub server: Option<String>,
-    /// CLI config file (default ~/.berth/config).
+    /// CLI config file (else $BERTH_CONFIG, else ~/.berth/config).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// How long a request may keep retrying across servers (e.g. during a leader
@@ -147,11 +147,16 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(g: &ConnArgs, shutdown: CancellationToken) -> anyhow::Result<Ctx> {
         let env = std::env::var("BERTH_SERVER").ok();
+        let config_path = g.config.clone().or_else(|| {
+            std::env::var_os(config::CONFIG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
         let default_cfg = config::default_config_path();
         let servers = config::resolve_servers(
             g.server.as_deref(),
             env.as_deref(),
-            g.config.as_deref(),
+            config_path.as_deref(),
             default_cfg.as_deref(),
         )?;
         Ok(Ctx {

@@ -1,8 +1,8 @@
 //! Which servers the CLI talks to.
 //!
 //! Precedence, highest first: `--server` flag, `BERTH_SERVER` environment variable, the
-//! config file (`--config PATH`, else `~/.berth/config`, YAML `servers: [HOST:PORT, ..]`,
-//! written by `berth dev`), then the default `127.0.0.1:7440`.
+//! config file (`--config PATH`, else `$BERTH_CONFIG`, else `~/.berth/config`; YAML
+//! `servers: [HOST:PORT, ..]`, written by `berth dev`), then the default `127.0.0.1:7440`.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +41,9 @@ impl CliConfig {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
 }
+
+/// Environment variable naming the config file (like `--config`).
+pub const CONFIG_ENV: &str = "BERTH_CONFIG";
 
 /// `~/.berth/config`, if HOME is known.
 pub fn default_config_path() -> Option<PathBuf> {
