@@ -6,6 +6,8 @@
 //! untolerated NoExecute taints). After the eviction timeout (or a pod's own
 //! `tolerationSeconds` for that taint) the node's pods are deleted, and their ReplicaSets
 //! replace them on healthy nodes. A node that heartbeats again loses the taint.
+//! Meanwhile its pods are marked Ready=False at once, so Endpoints stop sending traffic to a
+//! node nobody hears from (eviction only decides when they are replaced).
 //! A node whose agent reports Ready=False gets `node.kubernetes.io/not-ready:NoExecute`
 //! the same way.
 
@@ -37,6 +39,12 @@ impl Default for Config {
 pub enum Action {
     /// Write this node (spec taints and/or status conditions changed).
     UpdateNode(Box<Node>),
+    /// Set Ready=False on a pod of a lost node (resourceVersion precondition).
+    MarkPodNotReady {
+        namespace: String,
+        name: String,
+        resource_version: u64,
+    },
     /// Delete a pod of a lost node (resourceVersion precondition).
     EvictPod {
         namespace: String,
@@ -188,10 +196,27 @@ pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
             .iter()
             .filter(|p| p.spec.node_name == *name && p.metadata.deletion_timestamp.is_none())
         {
+            // Only when the agent is silent: an agent that reports NotReady still manages its
+            // pods' readiness itself.
+            let silent = key == UNREACHABLE_TAINT;
             let Some(tol) = toleration_for(pod, key, cfg.eviction_timeout) else {
+                if silent && pod.is_ready() {
+                    out.actions.push(Action::MarkPodNotReady {
+                        namespace: pod.metadata.namespace.clone(),
+                        name: pod.metadata.name.clone(),
+                        resource_version: pod.metadata.resource_version,
+                    });
+                }
                 continue;
             };
             let at = since + dur(tol);
+            if silent && pod.is_ready() && now < at {
+                out.actions.push(Action::MarkPodNotReady {
+                    namespace: pod.metadata.namespace.clone(),
+                    name: pod.metadata.name.clone(),
+                    resource_version: pod.metadata.resource_version,
+                });
+            }
             if now >= at {
                 out.actions.push(Action::EvictPod {
                     namespace: pod.metadata.namespace.clone(),
@@ -264,6 +289,30 @@ mod tests {
             .any(|t| t.key == UNREACHABLE_TAINT && t.effect == "NoExecute"));
         assert!(evicted(&p).is_empty(), "eviction waits for the toleration");
         assert_eq!(p.requeue_after, Some(Duration::from_millis(4001)));
+    }
+
+    fn marked(p: &Plan) -> Vec<&str> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::MarkPodNotReady { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ready_pods_on_lost_node_are_marked_not_ready_at_once() {
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let pods = [
+            PodBuilder::new("ready").node("n1").ready().build(),
+            PodBuilder::new("starting").node("n1").not_ready().build(),
+            PodBuilder::new("elsewhere").node("n2").ready().build(),
+        ];
+        let p = plan(&[n], &pods, at(7), &cfg());
+        assert_eq!(marked(&p), vec!["ready"]);
+        let fresh = NodeBuilder::new("n1").ready_at(at(6)).build();
+        assert!(marked(&plan(&[fresh], &pods, at(7), &cfg())).is_empty());
     }
 
     #[test]
@@ -348,7 +397,9 @@ mod tests {
     #[test]
     fn agent_reported_not_ready_taints_not_ready() {
         let n = NodeBuilder::new("n1").not_ready().heartbeat(at(10)).build();
-        let p = plan(&[n], &[], at(11), &cfg());
+        let pods = [PodBuilder::new("ready").node("n1").ready().build()];
+        let p = plan(&[n], &pods, at(11), &cfg());
+        assert!(marked(&p).is_empty(), "the agent manages readiness itself");
         let nodes = updated(&p);
         assert!(nodes[0]
             .spec

@@ -80,6 +80,42 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     ))?;
                 }
             }
+            Step::MarkPodNotReady {
+                namespace,
+                name: pod,
+                resource_version,
+            } => {
+                let Some(mut p) = pods
+                    .iter()
+                    .find(|p| p.metadata.name == pod && p.metadata.namespace == namespace)
+                    .cloned()
+                else {
+                    continue;
+                };
+                p.metadata.resource_version = resource_version;
+                let st = p.status.get_or_insert_with(Default::default);
+                set_condition(
+                    &mut st.conditions,
+                    Condition::new(
+                        "Ready",
+                        false,
+                        "NodeLost",
+                        &format!("node {name} stopped posting status"),
+                        Utc::now(),
+                    ),
+                );
+                match client.update_status(&p).await {
+                    Ok(_) | Err(ClientError::NotFound(_)) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(Error::new(
+                            "mark not ready",
+                            Kind::Pod,
+                            &namespace,
+                            &pod,
+                        )(e));
+                    }
+                }
+            }
             Step::EvictPod {
                 namespace,
                 name: pod,
