@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_apiserver::testing::TestCluster;
 use berth_client::runtime::reflector;
 use berth_client::runtime::watcher::{self, Event};
-use berth_client::{Client, ClientConfig, ClientError, ObjectRef};
+use berth_client::{BatchOp, Client, ClientConfig, ClientError, DynObject, Kind, ObjectRef};
 use berth_proto::types::{Container, ObjectMeta, Pod, PodSpec};
 use futures::StreamExt;
 
@@ -177,5 +177,50 @@ async fn a_watch_outlives_the_per_request_timeout() {
     .await
     .unwrap();
     assert_eq!(got, "late");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_returns_one_result_per_op_in_order() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::connect_to(&cluster.addr(0).to_string()).unwrap();
+    let existing = client.create(&pod("existing")).await.unwrap();
+    let mut stale = existing.clone();
+    stale.metadata.resource_version += 100;
+    let results = client
+        .batch(vec![
+            BatchOp::Create(DynObject::from_typed(&pod("fresh"))),
+            BatchOp::Create(DynObject::from_typed(&pod("existing"))),
+            BatchOp::Update(DynObject::from_typed(&stale)),
+            BatchOp::Delete {
+                kind: Kind::Pod,
+                namespace: "default".into(),
+                name: "missing".into(),
+                precondition: None,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    match &results[0] {
+        Ok(Some(o)) => assert_eq!(o.name(), "fresh"),
+        other => panic!("create: {other:?}"),
+    }
+    assert!(
+        matches!(results[1], Err(ClientError::AlreadyExists(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Err(ClientError::Conflict { .. })),
+        "{:?}",
+        results[2]
+    );
+    assert!(
+        matches!(results[3], Err(ClientError::NotFound(_))),
+        "{:?}",
+        results[3]
+    );
+    assert!(client.get::<Pod>("default", "fresh").await.is_ok());
     cluster.shutdown().await.unwrap();
 }
