@@ -11,7 +11,8 @@
 //! removed with the bridge. Partitions are `iptables -j DROP` on `eth0` inside a namespace, so
 //! processes on the same host still reach each other over loopback.
 //!
-//! [`Net::create`] first removes leftovers of an earlier crashed run with the same id (processes
+//! [`Net::create`] takes an exclusive lock for its id (`/tmp/berth-e2e-{id}.lock`, so two runs
+//! of the suite on one machine wait for each other instead of colliding), then removes leftovers of an earlier crashed run with the same id (processes
 //! still running in those namespaces, the namespaces, the bridge, the rule); [`Net`]'s `Drop`
 //! tears everything down again, also when the test panicked.
 
@@ -31,6 +32,37 @@ pub struct Host {
 pub struct Net {
     pub id: u8,
     pub hosts: Vec<Host>,
+    /// Exclusive lock on `/tmp/berth-e2e-{id}.lock` while the hosts exist (released by the
+    /// kernel when this process dies, so a crashed run never blocks the next one).
+    _lock: std::fs::File,
+}
+
+/// Take the per-id lock, so that two runs of the suite on one machine (say, two developers'
+/// `cargo nextest run --workspace`) never build or tear down each other's hosts.
+fn lock_id(id: u8) -> Result<std::fs::File, String> {
+    let path = std::env::temp_dir().join(format!("berth-e2e-{id}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        #[allow(clippy::incompatible_msrv)] // File::try_lock: Rust 1.89; the suite runs on 1.95
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot lock {} (another e2e run on this machine is using hosts #{id}): {e}",
+                    path.display()
+                ))
+            }
+        }
+    }
 }
 
 /// Run a command, returning stdout or an error naming the command and its stderr.
@@ -114,6 +146,13 @@ impl Net {
                 }
             }
         }
+        // A veth whose namespace outlived `ip netns del` (a process still in it) keeps its peer.
+        for i in 1..=9 {
+            let veth = format!("bth{id}v{i}");
+            if sh(&["ip", "link", "show", &veth]).is_ok() {
+                let _ = sh(&["ip", "link", "del", &veth]);
+            }
+        }
         let bridge = format!("berthbr{id}");
         if sh(&["ip", "link", "show", &bridge]).is_ok() {
             let _ = sh(&["ip", "link", "del", &bridge]);
@@ -128,13 +167,15 @@ impl Net {
 
     /// Build the bridge and `n` hosts for test `id`.
     pub fn create(id: u8, n: usize) -> Result<Net, String> {
-        assert!((1..=250).contains(&id) && n <= 200);
+        assert!((1..=250).contains(&id) && n <= 9);
+        let lock = lock_id(id)?;
         Self::cleanup_leftovers(id);
         let bridge = format!("berthbr{id}");
         // From here on, Drop cleans up whatever was created.
         let mut net = Net {
             id,
             hosts: Vec::new(),
+            _lock: lock,
         };
         sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
         sh(&[
