@@ -266,7 +266,22 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
     let mut requeue_after = None;
     let mut bg_status = None;
     if d.spec.paused {
-        // Paused: keep everything as it is; only status is refreshed.
+        // Paused: no rollout step. Scaling still applies when a single revision runs (a
+        // paused rollout keeps its revisions' sizes as they are).
+        if let Some(i) = new_idx {
+            let only = sets
+                .iter()
+                .enumerate()
+                .all(|(j, s)| j == i || s.replicas == 0);
+            if only && sets[i].replicas != replicas && strategy_type(d) != "BlueGreen" {
+                sets[i].replicas = replicas;
+                actions.push(Action::UpdateReplicaSet {
+                    name: sets[i].name.clone(),
+                    replicas,
+                    revision: None,
+                });
+            }
+        }
     } else {
         let strategy = strategy_type(d).to_string();
         // The new revision is created at the size the strategy allows right now.

@@ -339,6 +339,18 @@ fn blue_green_paused_has_no_progress_deadline() {
 }
 
 #[test]
+fn paused_deployment_still_scales_its_single_revision() {
+    let mut d = DeploymentBuilder::new("web").replicas(2).build();
+    let mut w = World::default();
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.paused = true;
+    d.spec.replicas = Some(5);
+    run(&mut d, &mut w, at(1));
+    assert_eq!(w.sets[0].spec.replicas, 5);
+}
+
+#[test]
 fn paused_deployment_changes_nothing() {
     let mut d = DeploymentBuilder::new("web").replicas(2).build();
     let mut w = World::default();
