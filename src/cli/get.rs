@@ -121,11 +121,23 @@ pub fn render(
     })
 }
 
-/// `deploy,svc` -> the kinds, when the first argument lists several.
+/// `deploy,svc` (or `all`) -> the kinds, when the first argument names several.
 pub fn split_kinds(args: &[String]) -> anyhow::Result<Option<Vec<Kind>>> {
     let Some(first) = args.first() else {
         return Ok(None);
     };
+    if first.eq_ignore_ascii_case("all") {
+        if args.len() > 1 {
+            return Err(anyhow!("`get all` takes no names"));
+        }
+        // kubectl's "all": the workload kinds users usually look at.
+        return Ok(Some(vec![
+            Kind::Pod,
+            Kind::Service,
+            Kind::Deployment,
+            Kind::ReplicaSet,
+        ]));
+    }
     if !first.contains(',') || first.contains('/') {
         return Ok(None);
     }
@@ -321,6 +333,22 @@ async fn watch(
 mod tests {
     use super::*;
     use berth_proto::types::{Deployment, ObjectMeta};
+
+    #[test]
+    fn several_kinds_parse_from_a_comma_list_or_all() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            split_kinds(&v(&["deploy,svc"])).expect("ok"),
+            Some(vec![Kind::Deployment, Kind::Service])
+        );
+        assert_eq!(
+            split_kinds(&v(&["all"])).expect("ok").map(|k| k.len()),
+            Some(4)
+        );
+        assert_eq!(split_kinds(&v(&["deploy", "web"])).expect("ok"), None);
+        assert!(split_kinds(&v(&["deploy,svc", "web"])).is_err());
+        assert!(split_kinds(&v(&["deploy,bogus"])).is_err());
+    }
 
     #[test]
     fn not_found_message_uses_plural_resource() {
