@@ -5,7 +5,9 @@
 //! through HAProxy (TCP mode, `nbthread 1`, config shaped like shared/anchors/haproxy.cfg) and
 //! through the Berth proxy (in-process, on a one-worker tokio runtime for fairness). Both
 //! keep-alive and `Connection: close` (a new connection per request). Prints req/s and p99 for
-//! each and the ratios vs HAProxy and vs direct.
+//! each and the ratios vs HAProxy and vs direct, plus the CPU time each proxy spent per request
+//! (scheduler accounting; steadier than req/s on a shared, noisy machine). Finally the proxy's
+//! share of a blue-green switch: how long `set_services` takes to re-point N Service ports.
 //!
 //! Tools come from Debian: `apt-get install -y wrk haproxy nginx` (bench/setup.sh). A missing
 //! tool is reported and its rows skipped; without wrk nothing can be measured (exit code 2).
@@ -60,6 +62,12 @@ struct Args {
     /// Run only these targets (direct, haproxy, berth); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Service ports configured for the backend-switch measurement (0: skip it).
+    #[arg(long, default_value_t = 200)]
+    switch_services: usize,
+    /// Switches (all services blue -> green or back) measured.
+    #[arg(long, default_value_t = 100)]
+    switches: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -324,7 +332,101 @@ fn run(args: &Args) -> Result<ExitCode> {
             m.failed_connections
         );
     }
+    if args.switch_services > 0 {
+        match measure_switch(
+            args.switch_services,
+            args.switches.max(1),
+            args.proxy_workers,
+        ) {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("backend switch: FAILED: {e:#}"),
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The proxy's share of a blue-green switch: how long `set_services` takes to apply a new
+/// backend set for every one of `services` Service ports (each listening on its own node
+/// port) and return; after it returns every new connection goes to the new set (proved by
+/// the component tests).
+fn measure_switch(services: usize, switches: usize, workers: usize) -> Result<String> {
+    let (proxy, handle) = Proxy::new(ProxyConfig::default());
+    let flavor = match workers {
+        0 => Flavor::CurrentThread,
+        n => Flavor::MultiThread(n),
+    };
+    let _rt = RuntimeThread::start("switch-proxy", flavor, move |stop| async move {
+        let _ = tokio::spawn(proxy.run(stop)).await;
+    })?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Backends are never connected to here: only the set changes.
+    let blue = [
+        SocketAddr::new(LOCALHOST, 9),
+        SocketAddr::new(LOCALHOST, 10),
+    ];
+    let green = [
+        SocketAddr::new(LOCALHOST, 11),
+        SocketAddr::new(LOCALHOST, 12),
+    ];
+    let make = |ports: &[u16], set: &[SocketAddr; 2]| -> Vec<ServiceBackends> {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| ServiceBackends {
+                namespace: "bench".into(),
+                name: format!("svc-{i}"),
+                port_name: "http".into(),
+                node_port: *port,
+                listen_addrs: vec![LOCALHOST],
+                backends: set.to_vec(),
+            })
+            .collect()
+    };
+    let mut ports = Vec::new();
+    let mut bound = false;
+    for _ in 0..5 {
+        // Hold all probe sockets at once so the ports are distinct, then release them.
+        let probes: Vec<std::net::TcpListener> = (0..services)
+            .map(|_| std::net::TcpListener::bind((LOCALHOST, 0)))
+            .collect::<std::io::Result<_>>()
+            .context("reserving node ports")?;
+        ports = probes
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?;
+        drop(probes);
+        if control
+            .block_on(handle.set_services(make(&ports, &blue)))
+            .is_ok()
+        {
+            bound = true;
+            break;
+        }
+    }
+    if !bound {
+        anyhow::bail!("could not bind {services} node ports");
+    }
+    let mut times = Vec::with_capacity(switches);
+    for i in 0..switches {
+        let set = if i % 2 == 0 { &green } else { &blue };
+        let desired = make(&ports, set);
+        let start = std::time::Instant::now();
+        control
+            .block_on(handle.set_services(desired))
+            .context("switching backends")?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+    Ok(format!(
+        "backend switch (proxy share): set_services re-pointing {services} service ports \
+         ({switches} switches): p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3,
+        times.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    ))
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
