@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth_apiserver::testing::{wait_until, TestCluster};
 use berth_proto::pb::{self, api_client::ApiClient};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -84,6 +86,38 @@ async fn create_anywhere(cluster: &TestCluster, name: &str) -> u64 {
             "could not create {name} on any member"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Like [`create_anywhere`] over plain addresses (usable from a spawned task).
+async fn create_via(addrs: &[SocketAddr], name: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut retried = false;
+    loop {
+        for addr in addrs {
+            let Ok(mut c) = berth_apiserver::testing::client(*addr).await else {
+                continue;
+            };
+            let req = pb::CreateRequest {
+                object: pod(name),
+                dry_run: false,
+            };
+            match tokio::time::timeout(Duration::from_secs(12), c.create(req)).await {
+                Ok(Ok(r)) => return rv(&r.into_inner().object),
+                Ok(Err(s)) if s.code() == Code::AlreadyExists && retried => {
+                    if let Ok(b) = get_on(&mut c, name).await {
+                        return rv(&b);
+                    }
+                }
+                _ => {}
+            }
+            retried = true;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not create {name} on any member"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -232,8 +266,9 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
     let mut cluster = TestCluster::start(3).await.unwrap();
     let leader = cluster.wait_for_leader(T).await.unwrap();
     let first = create_anywhere(&cluster, "w0").await;
+    let addrs: Vec<SocketAddr> = (0..3).map(|i| cluster.addr(i)).collect();
 
-    // Watch on the leader, which is about to be stopped.
+    // Watch on the leader, which is stopped while a writer keeps writing.
     let mut c = cluster.client(leader).await.unwrap();
     let mut stream = c
         .watch(pb::WatchRequest {
@@ -245,44 +280,51 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
         .await
         .unwrap()
         .into_inner();
+    let stop_writer = CancellationToken::new();
+    let writer = tokio::spawn({
+        let stop = stop_writer.clone();
+        async move {
+            let mut last = 0;
+            let mut i = 1;
+            while !stop.is_cancelled() {
+                last = create_via(&addrs, &format!("w{i}")).await;
+                i += 1;
+            }
+            last
+        }
+    });
+
     let mut seen: Vec<u64> = Vec::new();
     let mut last_seen = first;
-    for i in 1..=5 {
-        create_anywhere(&cluster, &format!("w{i}")).await;
-    }
-    // Read what arrives until caught up with w5, then kill the member mid-stream.
+    let mut record = |ev: pb::WatchEvent, seen: &mut Vec<u64>| {
+        if ev.r#type() != pb::EventType::Bookmark {
+            seen.push(ev.revision);
+        }
+        last_seen = last_seen.max(ev.revision);
+        last_seen
+    };
     while seen.len() < 5 {
         let ev = tokio::time::timeout(T, stream.message())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if ev.r#type() != pb::EventType::Bookmark {
-            seen.push(ev.revision);
-        }
-        last_seen = ev.revision.max(last_seen);
+        record(ev, &mut seen);
     }
     cluster.stop(leader).await.unwrap();
     // The stream ends (error or close) rather than hanging.
-    let end = tokio::time::timeout(T, async {
+    let drained = tokio::time::timeout(T, async {
+        let mut resume_from = 0;
         while let Ok(Some(ev)) = stream.message().await {
-            if ev.r#type() != pb::EventType::Bookmark {
-                seen.push(ev.revision);
-            }
-            last_seen = ev.revision.max(last_seen);
+            resume_from = record(ev, &mut seen);
         }
+        resume_from
     })
-    .await;
-    assert!(
-        end.is_ok(),
-        "the watch stream did not end after its server stopped"
-    );
+    .await
+    .expect("the watch stream ended after its server stopped");
+    let resume_from = drained.max(*seen.last().unwrap());
 
-    // More writes on the survivors, then resume on one of them from the last revision seen.
-    let mut last = 0;
-    for i in 6..=10 {
-        last = create_anywhere(&cluster, &format!("w{i}")).await;
-    }
+    // Resume on a survivor from the last revision seen, while writes continue.
     let survivor = (0..3).find(|i| cluster.is_running(*i)).unwrap();
     let mut c = cluster.client(survivor).await.unwrap();
     let mut stream = c
@@ -290,20 +332,29 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
             kind: "Pod".into(),
             namespace: String::new(),
             label_selector: String::new(),
-            from_revision: last_seen,
+            from_revision: resume_from,
         })
         .await
         .unwrap()
         .into_inner();
+    let target = seen.len() + 10;
+    while seen.len() < target {
+        let ev = tokio::time::timeout(T, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        record(ev, &mut seen);
+    }
+    stop_writer.cancel();
+    let last = writer.await.unwrap();
     while seen.last().copied().unwrap_or(0) < last {
         let ev = tokio::time::timeout(T, stream.message())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        if ev.r#type() != pb::EventType::Bookmark {
-            seen.push(ev.revision);
-        }
+        record(ev, &mut seen);
     }
     let unique: BTreeSet<u64> = seen.iter().copied().collect();
     assert_eq!(
