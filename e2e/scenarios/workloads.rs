@@ -400,11 +400,11 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
     let load = Load::start(&c.rt, targets, 200, Duration::from_secs(30));
     let began = Instant::now();
     wait_until(
-        "1 s of load before promotion",
+        "2 s of load before promotion",
         Duration::from_secs(10),
         || {
             let n = load.completed_since(began);
-            if n >= 200 {
+            if n >= 400 {
                 Ok(())
             } else {
                 Err(format!("{n} requests"))
@@ -419,11 +419,11 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
     }
     let promoted = Instant::now();
     wait_until(
-        "1 s of load after promotion",
+        "3 s of load after promotion",
         Duration::from_secs(10),
         || {
             let n = load.completed_since(promoted);
-            if n >= 200 {
+            if n >= 600 {
                 Ok(())
             } else {
                 Err(format!("{n} requests"))
@@ -437,9 +437,9 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
         wait_answer(&c, i, SHOP_PORT, "v1", Duration::from_secs(10));
     }
     let undone = Instant::now();
-    wait_until("1 s of load after undo", Duration::from_secs(10), || {
+    wait_until("3 s of load after undo", Duration::from_secs(10), || {
         let n = load.completed_since(undone);
-        if n >= 200 {
+        if n >= 600 {
             Ok(())
         } else {
             Err(format!("{n} requests"))
