@@ -35,6 +35,9 @@ use crate::hostports::{self, HostPorts};
 use crate::prober::{ProbeView, Probed, Prober};
 use crate::runtime::{ContainerInfo, ContainerSpec, ExitInfo, RunState, Runtime, RuntimeError};
 
+/// Containers started per round, all at once.
+const START_WAVE: usize = 8;
+
 /// Default terminationGracePeriodSeconds.
 pub const DEFAULT_GRACE_SECONDS: u64 = 30;
 
@@ -755,6 +758,10 @@ impl PodSync {
                 other => self.execute(other, &desired).await,
             }
         }
+        // Start in waves so the statuses of the first ones are written before the rest start
+        // (a Docker engine starts a few containers per second).
+        let more = starts.len() > START_WAVE;
+        starts.truncate(START_WAVE);
         self.start_all(starts, &desired).await;
         let observed = if changed {
             self.runtime.list().await.unwrap_or(observed)
@@ -766,6 +773,9 @@ impl PodSync {
         self.backoff_events(&desired, &observed);
         self.cleanup(&desired, &observed);
         self.events.flush(self.api.as_ref()).await;
+        if more {
+            return Some(Duration::ZERO);
+        }
         p.requeue
     }
 
@@ -865,7 +875,6 @@ impl PodSync {
     /// Start containers: ports and specs are prepared in order, the runtime calls run
     /// concurrently (bounded; Docker create+start takes a while), results are applied in order.
     async fn start_all(&mut self, starts: Vec<(String, String, u32)>, desired: &[Pod]) {
-        const CONCURRENCY: usize = 8;
         let now = Instant::now();
         let mut prepared = Vec::new();
         for (pod_uid, container, attempt) in starts {
@@ -910,7 +919,7 @@ impl PodSync {
                     (key, pref, spec, outcome)
                 }
             })
-            .buffer_unordered(CONCURRENCY)
+            .buffer_unordered(START_WAVE)
             .collect()
             .await;
         for (key, pref, spec, outcome) in results {

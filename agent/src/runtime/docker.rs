@@ -160,27 +160,32 @@ impl Runtime for DockerRuntime {
             ..Default::default()
         };
         let name = Self::container_name(spec);
-        // A leftover with the same name (e.g. a create whose start never ran) is replaced.
-        let _ = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        let resp = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await?;
+        let opts = || {
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            })
+        };
+        let resp = match self.docker.create_container(opts(), body.clone()).await {
+            Ok(r) => r,
+            // A leftover with this name (a create whose start never ran): replace it.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &name,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                self.docker.create_container(opts(), body).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(resp.id)
     }
 
