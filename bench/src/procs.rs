@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// Finds an executable in PATH or in the sbin directories Debian installs daemons to.
+/// `BERTH_BENCH_HIDE=haproxy,nginx` makes tools look missing (to check that path).
 pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let hidden = std::env::var("BERTH_BENCH_HIDE").unwrap_or_default();
+    if hidden.split(',').any(|h| h.trim() == name) {
+        return None;
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))

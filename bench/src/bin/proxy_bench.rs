@@ -225,8 +225,12 @@ fn run(args: &Args) -> Result<ExitCode> {
         0 => "current-thread runtime".to_string(),
         n => format!("{n}-worker multi-thread runtime"),
     };
+    let haproxy_desc = match haproxy_addr {
+        Some(a) => format!("TCP mode, nbthread 1 on {a}"),
+        None => "missing".to_string(),
+    };
     println!(
-        "backend: {backend_desc} on {backend}; HAProxy: TCP mode, nbthread 1; Berth proxy: in-process, {berth_rt}; {cpus} CPUs"
+        "backend: {backend_desc} on {backend}; HAProxy: {haproxy_desc}; Berth proxy: in-process, {berth_rt}; {cpus} CPUs"
     );
 
     // Whose CPU time is charged to each target: the proxy process or thread (not the backend).
