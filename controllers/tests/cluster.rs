@@ -293,6 +293,15 @@ async fn rolling_update_stays_within_max_surge_and_max_unavailable() -> Result<(
     }
     assert!(samples > 1);
     env.wait_rolled_out("api", 4).await?;
+    let events = env.client.list::<Event>(Some("default"), "").await?.0;
+    let new_rs = format!("api-{new_hash}");
+    assert!(
+        events.iter().any(|e| e.reason == "ScalingReplicaSet"
+            && e.message
+                .starts_with(&format!("Scaled up replica set {new_rs} to "))),
+        "{:?}",
+        events.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
     env.stop().await
 }
 

@@ -65,7 +65,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         match step {
             Step::CreateReplicaSet(rs) => match client.create(rs.as_ref()).await {
                 Ok(_) => {
-                    tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas, "created replica set")
+                    tracing::info!(deployment = %d.metadata.name, replicaset = %rs.metadata.name, replicas = rs.spec.replicas, "created replica set");
+                    scaling_event(client, &d, &rs.metadata.name, 0, rs.spec.replicas).await;
                 }
                 Err(ClientError::AlreadyExists(_)) => {}
                 Err(e) => {
@@ -85,6 +86,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 let Some(mut rs) = owned.iter().find(|r| r.metadata.name == name).cloned() else {
                     continue;
                 };
+                let from = rs.spec.replicas;
                 rs.spec.replicas = replicas;
                 if let Some(r) = revision {
                     rs.metadata
@@ -98,6 +100,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     &name,
                 ))?;
                 tracing::info!(deployment = %d.metadata.name, replicaset = %name, replicas, "scaled replica set");
+                scaling_event(client, &d, &name, from, replicas).await;
             }
             Step::DeleteReplicaSet { name } => {
                 let rv = owned
@@ -142,6 +145,23 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ))?;
     }
     Ok(requeue(plan.requeue_after))
+}
+
+/// kubectl's `ScalingReplicaSet` event ("Scaled up replica set web-abc to 3 from 1").
+async fn scaling_event(client: &Client, d: &Deployment, rs: &str, from: i32, to: i32) {
+    if from == to {
+        return;
+    }
+    let dir = if to > from { "up" } else { "down" };
+    events::record(
+        client,
+        events::reference("Deployment", &d.metadata),
+        "Normal",
+        "ScalingReplicaSet",
+        &format!("Scaled {dir} replica set {rs} to {to} from {from}"),
+        "deployment-controller",
+    )
+    .await;
 }
 
 /// Set the Service's `pod-template-hash` selector in one write (a no-op when already set).
