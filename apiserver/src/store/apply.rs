@@ -141,15 +141,13 @@ impl<'a> Txn<'a> {
     ) -> Result<Value, StoreError> {
         let revision = self.revision + 1;
         set_resource_version(&mut object, revision);
-        if change != ChangeType::Deleted {
-            let size = serde_json::to_vec(&object).map(|b| b.len()).unwrap_or(0);
-            if size > self.max_object_bytes {
-                return Err(StoreError::TooLarge {
-                    what: key.to_string(),
-                    size,
-                    limit: self.max_object_bytes,
-                });
-            }
+        let size = serde_json::to_vec(&object).map(|b| b.len()).unwrap_or(0);
+        if change != ChangeType::Deleted && size > self.max_object_bytes {
+            return Err(StoreError::TooLarge {
+                what: key.to_string(),
+                size,
+                limit: self.max_object_bytes,
+            });
         }
         self.revision = revision;
         let object = Arc::new(object);
@@ -161,6 +159,7 @@ impl<'a> Txn<'a> {
             object: object.clone(),
             prev_labels: prev.map(labels_of),
             labels: labels_of(&object),
+            size,
         });
         let out = (*object).clone();
         let stored = (change != ChangeType::Deleted).then_some(object);

@@ -46,6 +46,8 @@ use crate::raft::StateMachine;
 pub const DEFAULT_MAX_OBJECT_BYTES: usize = 1536 * 1024;
 /// Events kept for watch resumption.
 pub const DEFAULT_HISTORY_LEN: usize = 100_000;
+/// Encoded bytes of objects kept for watch resumption (in memory they take a few times more).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
 
 /// An inclusive range of node ports, written `30000-32767`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +98,7 @@ impl FromStr for NodePortRange {
 pub struct StoreConfig {
     pub max_object_bytes: usize,
     pub history_len: usize,
+    pub history_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -103,6 +106,7 @@ impl Default for StoreConfig {
         StoreConfig {
             max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
             history_len: DEFAULT_HISTORY_LEN,
+            history_bytes: DEFAULT_HISTORY_BYTES,
         }
     }
 }
@@ -214,7 +218,11 @@ impl Store {
             })?;
             state.objects.insert(key, Arc::new(value));
         }
-        let hub = Arc::new(watch::Hub::new(config.history_len, state.revision));
+        let hub = Arc::new(watch::Hub::new(
+            config.history_len,
+            config.history_bytes,
+            state.revision,
+        ));
         Ok(Store {
             objects_tree,
             meta_tree,

@@ -6,8 +6,8 @@
 //! events out of the history under a short lock, so:
 //! - apply never blocks on a watcher (there are no per-watcher queues to fill);
 //! - every change is seen exactly once and in order, replay and live alike;
-//! - a watcher that falls more than N events behind (or whose `from_revision` is older than the
-//!   history) gets [`StoreError::Expired`] and must relist.
+//! - a watcher that falls behind the history (bounded by an event count and a byte budget), or
+//!   whose `from_revision` is older than it, gets [`StoreError::Expired`] and must relist.
 //!
 //! History is not persisted: after a restart it starts at the store's revision, and a snapshot
 //! restore starts a new epoch that expires every open watcher.
@@ -43,6 +43,8 @@ pub struct Event {
     pub prev_labels: Option<Labels>,
     /// Labels after the change.
     pub labels: Labels,
+    /// Encoded size of `object`, for the history's byte budget.
+    pub size: usize,
 }
 
 /// What a watcher sees: the event type after selector filtering.
@@ -107,6 +109,8 @@ struct History {
     /// Revision just before the first kept event.
     start: u64,
     events: VecDeque<Arc<Event>>,
+    /// Sum of the kept events' sizes.
+    bytes: usize,
     /// Bumped by a snapshot restore: every watcher of an older epoch is expired.
     epoch: u64,
 }
@@ -114,17 +118,22 @@ struct History {
 /// Shared between the store (writer) and every watcher (readers).
 pub struct Hub {
     capacity: usize,
+    max_bytes: usize,
     history: Mutex<History>,
     latest: watch::Sender<u64>,
 }
 
 impl Hub {
-    pub fn new(capacity: usize, revision: u64) -> Hub {
+    /// A hub keeping at most `capacity` events and about `max_bytes` of encoded objects
+    /// (always at least the newest event).
+    pub fn new(capacity: usize, max_bytes: usize, revision: u64) -> Hub {
         Hub {
             capacity: capacity.max(1),
+            max_bytes,
             history: Mutex::new(History {
                 start: revision,
                 events: VecDeque::new(),
+                bytes: 0,
                 epoch: 0,
             }),
             latest: watch::Sender::new(revision),
@@ -153,13 +162,19 @@ impl Hub {
                         "watch history gap; expiring watchers"
                     );
                     h.events.clear();
+                    h.bytes = 0;
                     h.start = ev.revision - 1;
                     h.epoch += 1;
                 }
+                h.bytes += ev.size;
                 h.events.push_back(Arc::new(ev));
-                if h.events.len() > self.capacity {
-                    h.events.pop_front();
-                    h.start += 1;
+                while h.events.len() > self.capacity
+                    || (h.bytes > self.max_bytes && h.events.len() > 1)
+                {
+                    if let Some(old) = h.events.pop_front() {
+                        h.bytes -= old.size;
+                        h.start += 1;
+                    }
                 }
             }
         }
@@ -172,6 +187,7 @@ impl Hub {
         {
             let mut h = self.lock();
             h.events.clear();
+            h.bytes = 0;
             h.start = revision;
             h.epoch += 1;
         }
@@ -302,6 +318,7 @@ mod tests {
             object: Arc::new(serde_json::json!({ "rev": revision })),
             prev_labels: prev.map(to_labels),
             labels: to_labels(now),
+            size: 100,
         }
     }
 
@@ -344,7 +361,7 @@ mod tests {
 
     #[test]
     fn watcher_replays_history_then_sees_live_events_once() {
-        let hub = Arc::new(Hub::new(100, 0));
+        let hub = Arc::new(Hub::new(100, usize::MAX, 0));
         hub.publish(
             (1..=3)
                 .map(|r| ev(r, ChangeType::Added, None, &[]))
@@ -362,7 +379,7 @@ mod tests {
 
     #[test]
     fn watcher_that_falls_behind_the_history_expires() {
-        let hub = Arc::new(Hub::new(3, 0));
+        let hub = Arc::new(Hub::new(3, usize::MAX, 0));
         let mut w = hub.watch(0, WatchFilter::default()).unwrap();
         hub.publish(
             (1..=5)
@@ -384,8 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn history_is_bounded_by_bytes_too() {
+        let hub = Arc::new(Hub::new(1000, 250, 0));
+        hub.publish(
+            (1..=5)
+                .map(|r| ev(r, ChangeType::Added, None, &[]))
+                .collect(),
+        );
+        // 100 bytes each, 250 allowed: the newest two remain.
+        assert_eq!(hub.oldest(), 3);
+        assert!(hub.watch(3, WatchFilter::default()).is_ok());
+        assert!(hub.watch(2, WatchFilter::default()).is_err());
+    }
+
+    #[test]
     fn reset_expires_open_watchers() {
-        let hub = Arc::new(Hub::new(10, 0));
+        let hub = Arc::new(Hub::new(10, usize::MAX, 0));
         let mut w = hub.watch(0, WatchFilter::default()).unwrap();
         hub.reset(50);
         assert!(matches!(w.poll(10), Err(StoreError::Expired { .. })));
@@ -396,7 +427,7 @@ mod tests {
 
     #[test]
     fn filtered_events_still_advance_the_bookmark_revision() {
-        let hub = Arc::new(Hub::new(10, 0));
+        let hub = Arc::new(Hub::new(10, usize::MAX, 0));
         let mut w = hub.watch(0, filter("app=web")).unwrap();
         hub.publish(vec![ev(1, ChangeType::Added, None, &[("app", "db")])]);
         assert!(w.poll(10).unwrap().is_empty());
@@ -405,7 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn next_wakes_on_publish() {
-        let hub = Arc::new(Hub::new(10, 0));
+        let hub = Arc::new(Hub::new(10, usize::MAX, 0));
         let mut w = hub.watch(0, WatchFilter::default()).unwrap();
         let h2 = hub.clone();
         let t = tokio::spawn(async move { w.next(10).await });
