@@ -262,3 +262,35 @@ async fn grpc_isolated_leader_is_replaced_and_rejoins() {
     c.h(old).read_index().await.unwrap();
     c.shutdown().await;
 }
+
+/// Prints proposals/s over real gRPC with 64 concurrent proposers (not a gate; shows that
+/// many proposals share a Ready, an fsync and an RPC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_group_commit_serves_concurrent_proposers() {
+    let mut c = GrpcCluster::new();
+    c.bootstrap(3).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let h = c.h(leader).clone();
+    let n = 2000u64;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..64u64 {
+        let h = h.clone();
+        tasks.spawn(async move {
+            for i in (w..n).step_by(64) {
+                h.propose(format!("p{i}").into_bytes()).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "raft grpc: {n} proposals in {secs:.2}s = {:.0} proposals/s",
+        n as f64 / secs
+    );
+    let log = c.wait_converged(&[1, 2, 3]).await;
+    assert_eq!(log.len() as u64, n);
+    c.shutdown().await;
+}
