@@ -443,3 +443,41 @@ pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> Result<(), Se
     let stopped = handle.shutdown().await;
     res.and(stopped)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_reject_contradictions() {
+        let cli = Cli::try_parse_from(["berth", "--init"]).unwrap();
+        assert_eq!(cli.server.listen, "127.0.0.1:7440");
+        assert_eq!(cli.server.node_port_range, NodePortRange::default());
+        assert_eq!(cli.server.snapshot_threshold, 10_000);
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--join",
+            "10.0.0.1:7440",
+            "--node-port-range",
+            "31000-31010",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.join.as_deref(), Some("10.0.0.1:7440"));
+        assert_eq!(cli.server.node_port_range.start, 31000);
+        assert!(Cli::try_parse_from(["berth", "--init", "--join", "a:1"]).is_err());
+        let err = Cli::try_parse_from(["berth", "--node-port-range", "9-1"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("node-port range"), "{err}");
+    }
+}
