@@ -816,6 +816,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn logs_rotate_by_copy_truncate_and_reads_span_both_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = ProcessRuntime::new(dir.path())
+            .expect("runtime")
+            .with_max_log_bytes(64);
+        let id = rt
+            .create(&spec(
+                "c",
+                "i=0; while [ $i -lt 20 ]; do echo old-line-$i; i=$((i+1)); done; \
+                 while [ ! -e rotated ]; do sleep 0.02; done; echo new-line; sleep 30",
+            ))
+            .await
+            .expect("create");
+        rt.start(&id).await.expect("start");
+        let log = dir.path().join("containers").join(&id).join(LOG);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("old-line-19\n")
+        {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // list() rotates running containers' logs that grew past the limit.
+        rt.list().await.expect("list");
+        let old = dir.path().join("containers").join(&id).join(LOG_OLD);
+        assert!(std::fs::read_to_string(&old)
+            .expect("rotated")
+            .contains("old-line-0"));
+        std::fs::write(
+            dir.path().join("containers").join(&id).join("work/rotated"),
+            b"",
+        )
+        .expect("signal");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let cur = std::fs::read_to_string(&log).unwrap_or_default();
+            if cur.contains("new-line") {
+                // Truncated in place: the process's appends start again at offset 0.
+                assert!(!cur.contains("old-line"), "{cur:?}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all = collect(rt.logs(&id, LogOptions::default()).await.expect("logs")).await;
+        assert!(
+            all.starts_with("old-line-0\n") && all.ends_with("new-line\n"),
+            "{all:?}"
+        );
+        rt.stop(&id, Duration::from_secs(2), None)
+            .await
+            .expect("stop");
+    }
+
+    #[tokio::test]
     async fn exec_runs_in_the_container_environment() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = ProcessRuntime::new(dir.path()).expect("runtime");
