@@ -71,11 +71,15 @@ impl PodCache {
         self.changed.notify_one();
     }
 
+    /// Forget a pod; wakes the sync loop only if it was known (pods of other nodes pass by).
     pub fn remove(&self, uid: &str) {
-        if let Some(m) = self.lock().as_mut() {
-            m.remove(uid);
+        let removed = self
+            .lock()
+            .as_mut()
+            .is_some_and(|m| m.remove(uid).is_some());
+        if removed {
+            self.changed.notify_one();
         }
-        self.changed.notify_one();
     }
 
     /// `None` until the first full list.
