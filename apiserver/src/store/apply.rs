@@ -310,6 +310,15 @@ impl<'a> Txn<'a> {
                 }
             }
         }
+        // A Pod's binding belongs to the scheduler: re-applying a manifest without
+        // spec.nodeName must not unbind it.
+        if key.kind == Kind::Pod {
+            let bound = existing["spec"]["nodeName"].clone();
+            let requested = new["spec"]["nodeName"].as_str().unwrap_or("");
+            if requested.is_empty() && bound.is_string() {
+                new["spec"]["nodeName"] = bound;
+            }
+        }
         let mut new = DynObject::from_value(new).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut meta = new.meta();
         meta.labels.extend(req_meta.labels);

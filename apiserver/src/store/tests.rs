@@ -295,6 +295,25 @@ fn apply_keeps_status_and_merges_labels() {
 }
 
 #[test]
+fn reapplying_a_pod_manifest_keeps_the_schedulers_binding() {
+    let mut f = fixture();
+    let created = f.create(pod("a", json!({}))).unwrap().object;
+    let mut bound = created.clone();
+    bound["spec"]["nodeName"] = json!("n1");
+    f.run(Op::Update { object: bound }).unwrap();
+    let out = f.apply_obj(pod("a", json!({}))).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Unchanged));
+    assert_eq!(out.object["spec"]["nodeName"], "n1");
+    let mut moved = pod("a", json!({}));
+    moved["spec"]["nodeName"] = json!("n2");
+    let out = f.apply_obj(moved).unwrap();
+    assert_eq!(
+        out.object["spec"]["nodeName"], "n2",
+        "an explicit nodeName is applied"
+    );
+}
+
+#[test]
 fn delete_returns_the_object_and_honours_the_precondition() {
     let mut f = fixture();
     f.create(pod("a", json!({}))).unwrap();
