@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_apiserver::raft::{Bootstrap, Faults, RaftConfig, RaftError, RaftHandle, RaftNode, Role};
-use raft_common::{assert_exactly_once, LogSm, DEADLINE};
+use raft_common::{assert_exactly_once, propose_retry, LogSm, DEADLINE};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -116,15 +116,8 @@ impl GrpcCluster {
     }
 
     async fn write(&self, ids: &[u64], data: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let l = self.wait_leader(ids).await;
-            match self.h(l).propose(data.as_bytes().to_vec()).await {
-                Ok(_) => return,
-                Err(e) => assert!(Instant::now() < deadline, "write {data}: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let handles: Vec<RaftHandle> = ids.iter().map(|i| self.h(*i).clone()).collect();
+        propose_retry(&handles, data).await;
     }
 
     async fn wait_converged(&self, ids: &[u64]) -> Vec<String> {
@@ -269,16 +262,15 @@ async fn grpc_isolated_leader_is_replaced_and_rejoins() {
 async fn grpc_group_commit_serves_concurrent_proposers() {
     let mut c = GrpcCluster::new();
     c.bootstrap(3).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let h = c.h(leader).clone();
+    let handles: Vec<RaftHandle> = [1, 2, 3].iter().map(|i| c.h(*i).clone()).collect();
     let n = 2000u64;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..64u64 {
-        let h = h.clone();
+        let handles = handles.clone();
         tasks.spawn(async move {
             for i in (w..n).step_by(64) {
-                h.propose(format!("p{i}").into_bytes()).await.unwrap();
+                propose_retry(&handles, &format!("p{i}")).await;
             }
         });
     }

@@ -9,20 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use berth_apiserver::raft::{Bootstrap, RaftError, Role};
-use raft_common::{assert_exactly_once, Opts, SimCluster, DEADLINE};
+use raft_common::{assert_exactly_once, propose_retry, Opts, SimCluster, DEADLINE};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_apply_concurrent_writes_in_one_order() {
     let c = SimCluster::start(3, Opts::default()).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let h = c.handle(leader).clone();
+    let handles: Vec<_> = [1, 2, 3].map(|id| c.handle(id).clone()).to_vec();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
-        let h = h.clone();
+        let handles = handles.clone();
         tasks.spawn(async move {
             let data = format!("w{i}");
-            let reply = h.propose(data.clone().into_bytes()).await.unwrap();
+            let reply = propose_retry(&handles, &data).await;
             (data, String::from_utf8(reply).unwrap())
         });
     }
@@ -73,10 +72,7 @@ async fn read_index_on_a_follower_observes_every_acknowledged_write() {
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     for i in 0..20 {
         let data = format!("r{i}");
-        c.handle(leader)
-            .propose(data.clone().into_bytes())
-            .await
-            .unwrap();
+        c.write(&[1, 2, 3], &data).await;
         // Linearizability: after the barrier the follower's state includes the acked write.
         c.handle(follower).read_index().await.unwrap();
         let log = c.members[&follower].sm.log_strings();
@@ -286,16 +282,15 @@ async fn add_and_remove_members_replicate_the_member_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_serves_concurrent_proposers() {
     let c = SimCluster::start(3, Opts::default()).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let h = c.handle(leader).clone();
+    let handles: Vec<_> = [1, 2, 3].map(|id| c.handle(id).clone()).to_vec();
     let n = 2000u64;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..64u64 {
-        let h = h.clone();
+        let handles = handles.clone();
         tasks.spawn(async move {
             for i in (w..n).step_by(64) {
-                h.propose(format!("p{i}").into_bytes()).await.unwrap();
+                propose_retry(&handles, &format!("p{i}")).await;
             }
         });
     }

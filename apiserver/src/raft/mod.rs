@@ -98,10 +98,14 @@ pub enum RaftError {
         leader_id: Option<u64>,
         leader_addr: Option<String>,
     },
-    /// The proposal was lost (leadership changed and its log slot went to another entry, or a
-    /// snapshot replaced the log). Its outcome is "not applied"; the caller may retry.
+    /// The proposal was lost: leadership changed and its log slot went to another entry, or
+    /// raft-rs refused it. It was NOT applied; the caller may retry.
     #[error("the proposal was dropped by a raft leadership change; retry the request")]
     Dropped,
+    /// This member jumped past the proposal by installing a leader's snapshot: the entry
+    /// may or may not be part of it. Like `Timeout`, the outcome of the write is unknown.
+    #[error("this member installed a snapshot past the proposal; whether it was applied is unknown, check before retrying")]
+    OutcomeUnknown,
     /// No answer within the configured request timeout (e.g. no quorum). The outcome of a
     /// write is unknown.
     #[error("raft did not answer within {0:?} (no leader or no quorum?); the outcome is unknown, retry later")]

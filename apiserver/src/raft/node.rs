@@ -7,7 +7,8 @@
 //!
 //! Proposals are tracked by the (index, term) their entry got when proposed: when that index
 //! is applied with the same term the proposer gets the state machine's reply; any other entry
-//! at that index (a new leader overwrote it) or a snapshot past it answers `Dropped`.
+//! at that index (a new leader overwrote it) answers `Dropped` (not applied, safe to retry);
+//! a snapshot installed past it answers `OutcomeUnknown`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -610,7 +611,7 @@ impl RaftNode {
         let done: Vec<u64> = self.pending.range(..=index).map(|(i, _)| *i).collect();
         for i in done {
             if let Some(p) = self.pending.remove(&i) {
-                p.fail(|| RaftError::Dropped);
+                p.fail(|| RaftError::OutcomeUnknown);
             }
         }
         Ok(())

@@ -252,21 +252,8 @@ impl SimCluster {
 
     /// Propose through whoever leads among `ids`, retrying on leader changes.
     pub async fn write(&self, ids: &[u64], data: &str) -> Vec<u8> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let leader = self.wait_leader(ids).await;
-            match self.members[&leader]
-                .handle
-                .propose(data.as_bytes().to_vec())
-                .await
-            {
-                Ok(r) => return r,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "write {data} kept failing: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+        let handles: Vec<RaftHandle> = ids.iter().map(|id| self.handle(*id).clone()).collect();
+        propose_retry(&handles, data).await
     }
 
     /// Wait until all of `ids` applied the same log.
@@ -333,5 +320,23 @@ pub fn assert_exactly_once(log: &[String], acked: &[String]) {
     }
     for a in acked {
         assert!(seen.contains(a), "acknowledged write {a} is missing");
+    }
+}
+
+/// Propose `data` through whichever of `handles` leads, retrying only when the write was
+/// certainly not applied (`NotLeader`, `Dropped`), so exactly-once checks stay valid.
+pub async fn propose_retry(handles: &[RaftHandle], data: &str) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = handles.iter().find(|h| h.is_leader());
+        if let Some(h) = leader {
+            match h.propose(data.as_bytes().to_vec()).await {
+                Ok(r) => return r,
+                Err(RaftError::NotLeader { .. } | RaftError::Dropped) => {}
+                Err(e) => panic!("write {data}: outcome unknown: {e}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "write {data}: no leader took it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
