@@ -1,6 +1,6 @@
 //! Scenarios with agents (process runtime), controllers, the scheduler and the per-node proxy:
 //! 1) apply hello, 3) lose a node, 5) blue-green under load, 6) kill -9 an agent; plus the
-//! multi-tier example (web -> api -> store through Service environment variables).
+//! multi-tier example (web, then api, then store, through Service environment variables).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
