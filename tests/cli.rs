@@ -392,6 +392,38 @@ async fn logs_streams_a_pods_output_from_its_nodes_agent() {
     cluster.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_shows_every_member_and_which_one_is_down() {
+    let mut cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let victim = (leader + 1) % 3;
+    let servers: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
+    let all = servers.join(",");
+    cluster.stop(victim).await.unwrap();
+    let r = berth(&all, &["cluster", "status"]).await;
+    assert!(r.ok, "{r:?}");
+    let rows: Vec<&str> = r.out.lines().skip(7).collect();
+    assert_eq!(rows.len(), 3, "{r:?}");
+    for (i, addr) in servers.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|l| l.contains(addr.as_str()))
+            .unwrap_or_else(|| panic!("no row for {addr}: {r:?}"));
+        if i == victim {
+            assert!(row.contains("unreachable: connection refused"), "{r:?}");
+        } else {
+            assert!(row.contains(" healthy "), "{r:?}");
+        }
+        if i == leader {
+            assert!(row.contains(" leader "), "{r:?}");
+        }
+    }
+    cluster.shutdown().await.unwrap();
+}
+
 /// A writer the test can read while a command is still writing to it.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);

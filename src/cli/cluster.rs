@@ -2,6 +2,7 @@
 //! answer (health as seen from this client).
 
 use anyhow::Context;
+use berth_client::ClientError;
 use berth_proto::pb::ClusterStatusResponse;
 use clap::{Args, Subcommand};
 
@@ -114,10 +115,14 @@ async fn status(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
         let client = client.clone();
         let (id, addr) = (m.id, m.address.clone());
         async move {
-            let r = client
-                .cluster_status_of(&addr)
-                .await
-                .map_err(|e| e.to_string());
+            let r = client.cluster_status_of(&addr).await.map_err(|e| match e {
+                // Just the reason: the row already names the address.
+                ClientError::Unavailable { tried } => tried
+                    .split_once(": ")
+                    .map(|(_, why)| why.to_string())
+                    .unwrap_or(tried),
+                e => e.to_string(),
+            });
             (id, addr, r)
         }
     });
