@@ -428,8 +428,9 @@ impl RaftNode {
 
     fn track(&mut self, index: u64, pending: Pending) {
         if let Some(old) = self.pending.insert(index, pending) {
-            // Cannot happen while we are leader (indexes grow); be safe anyway.
-            old.fail(|| RaftError::Dropped);
+            // We lead again and reuse a slot our earlier term's entry had: that entry left our
+            // log, but another member may still hold it and commit it as a later leader.
+            old.fail(|| RaftError::OutcomeUnknown);
         }
     }
 
