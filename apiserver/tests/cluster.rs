@@ -432,3 +432,46 @@ async fn fc_join(
     .await
     .map(|r| r.into_inner())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_every_member_get_distinct_revisions() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    cluster.wait_for_leader(T).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in 0..3 {
+        for w in 0..2 {
+            let mut c = cluster.client(m).await.unwrap();
+            tasks.spawn(async move {
+                let mut revs = Vec::new();
+                for i in 0..25 {
+                    let r = c
+                        .create(pb::CreateRequest {
+                            object: pod(&format!("m{m}-w{w}-{i}")),
+                            dry_run: false,
+                        })
+                        .await
+                        .unwrap();
+                    revs.push(rv(&r.into_inner().object));
+                }
+                revs
+            });
+        }
+    }
+    let mut all = BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        for rev in r.unwrap() {
+            assert!(all.insert(rev), "revision {rev} given twice");
+        }
+    }
+    assert_eq!(all.len(), 150);
+    assert_eq!(*all.iter().next().unwrap(), 1);
+    assert_eq!(*all.iter().last().unwrap(), 150, "revisions are contiguous");
+    for m in 0..3 {
+        wait_until(T, "every member to apply every write", || async {
+            (revision_of(&cluster, m).await == 150).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    cluster.shutdown().await.unwrap();
+}
