@@ -520,3 +520,42 @@ async fn no_server_gives_a_clear_error_quickly() {
     );
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn the_binary_exits_non_zero_with_the_reason_on_stderr() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["get", "pods", "--server", &addr])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot list pods: cannot reach any Berth server (tried {addr}: connection \
+             refused). Start one with 'berth dev' or pass --server.\n"
+        )
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("berth {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["get", "gadgets"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .starts_with("error: unknown resource type \"gadgets\""));
+}
