@@ -82,6 +82,7 @@ enum Applied {
     Normal(Vec<u8>),
     NoOp,
     ConfChange,
+    ConfChangeRefused(String),
 }
 
 /// The raft member. Create with [`RaftNode::new`], then spawn [`RaftNode::run`].
@@ -634,8 +635,8 @@ impl RaftNode {
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_run(&mut run)?;
-                    self.apply_conf_change(&e)?;
-                    self.resolve(e.index, e.term, Applied::ConfChange);
+                    let outcome = self.apply_conf_change(&e)?;
+                    self.resolve(e.index, e.term, outcome);
                 }
             }
         }
@@ -659,11 +660,30 @@ impl RaftNode {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), RaftError> {
+    /// Apply a committed membership change. A change raft-rs refuses (it would leave the
+    /// cluster without voters) is recorded as applied and reported to its proposer; it must
+    /// not stop the node, because every member would hit the same entry.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<Applied, RaftError> {
         let mut members: Members = self.raw.store().members().clone();
-        let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-            let cc = ConfChange::parse_from_bytes(&e.data)
-                .map_err(|err| RaftError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
+        let corrupt = |err: protobuf::ProtobufError| {
+            RaftError::Corrupt(format!("conf change at {}: {err}", e.index))
+        };
+        let (result, change) = if e.get_entry_type() == EntryType::EntryConfChange {
+            let cc = ConfChange::parse_from_bytes(&e.data).map_err(corrupt)?;
+            (self.raw.apply_conf_change(&cc), Some(cc))
+        } else {
+            let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(corrupt)?;
+            (self.raw.apply_conf_change(&cc), None)
+        };
+        let cs = match result {
+            Ok(cs) => cs,
+            Err(err) => {
+                tracing::error!(id = self.id, index = e.index, error = %err, "raft: refused a committed membership change");
+                self.raw.mut_store().set_applied(e.index)?;
+                return Ok(Applied::ConfChangeRefused(err.to_string()));
+            }
+        };
+        if let Some(cc) = change {
             match cc.get_change_type() {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                     let addr = String::from_utf8_lossy(&cc.context).into_owned();
@@ -677,13 +697,11 @@ impl RaftNode {
                 }
             }
             tracing::info!(id = self.id, index = e.index, change = ?cc.get_change_type(), node = cc.node_id, "raft: membership change applied");
-            self.raw.apply_conf_change(&cc)?
-        } else {
-            let cc = ConfChangeV2::parse_from_bytes(&e.data)
-                .map_err(|err| RaftError::Corrupt(format!("conf change at {}: {err}", e.index)))?;
-            self.raw.apply_conf_change(&cc)?
-        };
-        self.raw.mut_store().apply_conf_change(cs, members, e.index)
+        }
+        self.raw
+            .mut_store()
+            .apply_conf_change(cs, members, e.index)?;
+        Ok(Applied::ConfChange)
     }
 
     fn resolve(&mut self, index: u64, term: u64, outcome: Applied) {
@@ -703,6 +721,12 @@ impl RaftNode {
             }
             (Pending::RemoveMember { reply, .. }, Applied::ConfChange) => {
                 let _ = reply.send(Ok(self.member_infos()));
+            }
+            (Pending::AddMember { reply, .. }, Applied::ConfChangeRefused(why)) => {
+                let _ = reply.send(Err(RaftError::Config(why)));
+            }
+            (Pending::RemoveMember { reply, .. }, Applied::ConfChangeRefused(why)) => {
+                let _ = reply.send(Err(RaftError::Config(why)));
             }
             // raft-rs turns a conf change proposed while another is pending into an empty
             // entry: the change did not happen.
