@@ -385,7 +385,6 @@ async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()
         .port("http", 80, 8080)
         .build();
     env.client.create(&active).await?;
-    env.client.create(&preview).await?;
     let d = DeploymentBuilder::new("shop")
         .replicas(2)
         .port("http", 8080)
@@ -415,6 +414,13 @@ async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()
     wait_until(DEADLINE, "blue healthy", || async {
         let d = env.deployment("shop").await.ok()?;
         (phase(&d) == "Healthy" && selector_of("shop-active").await? == blue).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+    // A Service created after the rollout settled is still pinned to the right revision.
+    env.client.create(&preview).await?;
+    wait_until(DEADLINE, "late preview service pinned to blue", || async {
+        (selector_of("shop-preview").await? == blue).then_some(())
     })
     .await
     .map_err(|e| anyhow!(e))?;

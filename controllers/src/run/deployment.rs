@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use berth_client::runtime::reflector::{self, Store};
 use berth_client::runtime::watcher;
-use berth_client::{Action, Client, ClientError, Controller};
+use berth_client::{Action, Client, ClientError, Controller, ObjectRef};
 use berth_proto::types::*;
 use berth_proto::Kind;
 use chrono::Utc;
@@ -27,12 +27,35 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         client: client.clone(),
         replica_sets,
     });
-    Controller::<Deployment>::new(client, watcher::Config::default())
+    let controller = Controller::<Deployment>::new(client, watcher::Config::default());
+    let deployments = controller.store();
+    controller
         .owns_with_store::<ReplicaSet>(watcher::Config::default(), writer)
+        // A blue-green Service created (or re-applied without its revision pin) after the
+        // Deployment must be pointed at the right revision: re-plan the Deployments naming it.
+        .watches::<Service, _>(watcher::Config::default(), move |svc| {
+            deployments
+                .filter(|d| names_service(d, svc))
+                .iter()
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect()
+        })
         .with_config(config.controller())
         .shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .await;
+}
+
+fn names_service(d: &Deployment, svc: &Service) -> bool {
+    d.metadata.namespace == svc.metadata.namespace
+        && d.spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.blue_green.as_ref())
+            .is_some_and(|bg| {
+                bg.active_service == svc.metadata.name
+                    || bg.preview_service.as_deref() == Some(svc.metadata.name.as_str())
+            })
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
