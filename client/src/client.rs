@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::error::{from_status, is_retryable, leader_hint, ClientError};
+use crate::error::{from_status, is_timeout, leader_hint, retry_class, ClientError, Retry};
 
 /// The default API address, used when nothing else is configured.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7440";
@@ -55,6 +55,13 @@ impl Default for ClientConfig {
             max_refused_rounds: None,
         }
     }
+}
+
+/// Whether retrying a request that got no answer is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
 }
 
 /// How an apply changed the stored object.
@@ -298,7 +305,9 @@ impl Client {
     }
 
     /// Run one RPC with failover; returns the reply and the index of the server that gave it.
-    async fn call_on<R, F, Fut>(&self, f: F) -> Result<(R, usize), ClientError>
+    /// A write whose outcome is unknown (no answer in time) is not retried: it answers
+    /// [`ClientError::Timeout`].
+    async fn call_on<R, F, Fut>(&self, op: Op, f: F) -> Result<(R, usize), ClientError>
     where
         F: Fn(ApiClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
@@ -323,6 +332,13 @@ impl Client {
                 let (i, addr, channel) = self.pick();
                 let result = tokio::time::timeout_at(deadline, f(ApiClient::new(channel))).await;
                 let status = match result {
+                    Err(_elapsed) if op == Op::Write => {
+                        return Err(ClientError::Timeout(format!(
+                            "{addr} did not answer within {:?}; the write may or may not have \
+                             been applied",
+                            config.deadline
+                        )));
+                    }
                     Err(_elapsed) => {
                         record(&mut failures, &addr, "no answer before the deadline".into());
                         return Err(unavailable(&failures));
@@ -330,8 +346,16 @@ impl Client {
                     Ok(Ok(resp)) => return Ok((resp.into_inner(), i)),
                     Ok(Err(status)) => status,
                 };
-                if !is_retryable(&status) {
-                    return Err(from_status(&status));
+                match (retry_class(&status), op) {
+                    (Retry::Always, _) | (Retry::IfIdempotent, Op::Read) => {}
+                    (Retry::IfIdempotent, Op::Write) if is_timeout(&status) => {
+                        return Err(ClientError::Timeout(format!(
+                            "{addr} did not answer within {:?}; the write may or may not have \
+                             been applied",
+                            config.request_timeout
+                        )));
+                    }
+                    _ => return Err(from_status(&status)),
                 }
                 tracing::debug!(server = %addr, error = %status, "request failed; trying another server");
                 all_refused &= is_connect_error(&status);
@@ -353,12 +377,12 @@ impl Client {
         }
     }
 
-    async fn call<R, F, Fut>(&self, f: F) -> Result<R, ClientError>
+    async fn call<R, F, Fut>(&self, op: Op, f: F) -> Result<R, ClientError>
     where
         F: Fn(ApiClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        Ok(self.call_on(f).await?.0)
+        Ok(self.call_on(op, f).await?.0)
     }
 
     // ------------------------------------------------------------------------------------
@@ -374,7 +398,7 @@ impl Client {
             key: Some(key(kind, namespace, name)),
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Read, |mut api| {
                 let req = req.clone();
                 async move { api.get(req).await }
             })
@@ -396,7 +420,7 @@ impl Client {
             label_selector: label_selector.to_string(),
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Read, |mut api| {
                 let req = req.clone();
                 async move { api.list(req).await }
             })
@@ -419,7 +443,7 @@ impl Client {
             dry_run,
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.create(req).await }
             })
@@ -438,7 +462,7 @@ impl Client {
             dry_run,
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.update(req).await }
             })
@@ -453,7 +477,7 @@ impl Client {
             dry_run: false,
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.update_status(req).await }
             })
@@ -472,7 +496,7 @@ impl Client {
             dry_run,
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.apply(req).await }
             })
@@ -499,7 +523,7 @@ impl Client {
             resource_version: precondition.unwrap_or(0),
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.delete(req).await }
             })
@@ -513,25 +537,25 @@ impl Client {
         &self,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Result<Option<DynObject>, ClientError>>, ClientError> {
-        use pb::batch_op::Op;
+        use pb::batch_op::Op as PbOp;
         let req = pb::BatchRequest {
             ops: ops
                 .into_iter()
                 .map(|op| pb::BatchOp {
                     op: Some(match op {
-                        BatchOp::Create(o) => Op::Create(pb::CreateRequest {
+                        BatchOp::Create(o) => PbOp::Create(pb::CreateRequest {
                             object: o.to_json(),
                             dry_run: false,
                         }),
-                        BatchOp::Update(o) => Op::Update(pb::UpdateRequest {
+                        BatchOp::Update(o) => PbOp::Update(pb::UpdateRequest {
                             object: o.to_json(),
                             dry_run: false,
                         }),
-                        BatchOp::UpdateStatus(o) => Op::UpdateStatus(pb::UpdateRequest {
+                        BatchOp::UpdateStatus(o) => PbOp::UpdateStatus(pb::UpdateRequest {
                             object: o.to_json(),
                             dry_run: false,
                         }),
-                        BatchOp::Apply(o) => Op::Apply(pb::ApplyRequest {
+                        BatchOp::Apply(o) => PbOp::Apply(pb::ApplyRequest {
                             object: o.to_json(),
                             dry_run: false,
                         }),
@@ -540,7 +564,7 @@ impl Client {
                             namespace,
                             name,
                             precondition,
-                        } => Op::Delete(pb::DeleteRequest {
+                        } => PbOp::Delete(pb::DeleteRequest {
                             key: Some(key(kind, &namespace, &name)),
                             resource_version: precondition.unwrap_or(0),
                         }),
@@ -549,7 +573,7 @@ impl Client {
                 .collect(),
         };
         let resp = self
-            .call(|mut api| {
+            .call(Op::Write, |mut api| {
                 let req = req.clone();
                 async move { api.batch(req).await }
             })
@@ -598,7 +622,7 @@ impl Client {
             from_revision,
         };
         let (streaming, server) = self
-            .call_on(|mut api| {
+            .call_on(Op::Read, |mut api| {
                 let req = req.clone();
                 async move { api.watch(req).await }
             })
@@ -608,7 +632,7 @@ impl Client {
             .map(move |item| match item {
                 Ok(ev) => decode_event(&ev, decode),
                 Err(status) => {
-                    if is_retryable(&status) {
+                    if retry_class(&status) == Retry::Always {
                         // The server went away under the stream: start elsewhere next time.
                         client.mark_failed(server);
                     }
@@ -628,8 +652,10 @@ impl Client {
 
     /// The cluster as one (any) server sees it, with failover.
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
-        self.call(|mut api| async move { api.cluster_status(pb::ClusterStatusRequest {}).await })
-            .await
+        self.call(Op::Read, |mut api| async move {
+            api.cluster_status(pb::ClusterStatusRequest {}).await
+        })
+        .await
     }
 
     /// Ask one specific server for its view (no failover), e.g. for per-member health.
@@ -801,6 +827,68 @@ mod tests {
                 assert!(tried.contains("refused"), "{tried}");
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Listeners that accept connections and never answer.
+    async fn black_holes(n: usize) -> (Vec<String>, Vec<tokio::task::JoinHandle<()>>) {
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addrs.push(l.local_addr().expect("addr").to_string());
+            tasks.push(tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((sock, _)) = l.accept().await {
+                    held.push(sock);
+                }
+            }));
+        }
+        (addrs, tasks)
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_write_is_not_retried_but_a_read_fails_over() {
+        let (addrs, tasks) = black_holes(2).await;
+        let c = Client::new(
+            &addrs,
+            ClientConfig {
+                request_timeout: Duration::from_millis(300),
+                deadline: Duration::from_secs(2),
+                ..ClientConfig::default()
+            },
+        )
+        .expect("client");
+        let start = std::time::Instant::now();
+        let obj = DynObject::from_typed(&berth_proto::types::Pod::default());
+        let err = c.create_dyn(&obj, false).await.expect_err("no answer");
+        assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("may or may not have been applied"),
+            "{err}"
+        );
+        // Only the first server was tried.
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
+        let err = c
+            .get_dyn(Kind::Pod, "default", "x")
+            .await
+            .expect_err("no answer");
+        match err {
+            ClientError::Unavailable { tried } => {
+                for a in &addrs {
+                    assert!(tried.contains(a.as_str()), "{tried}");
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        for t in tasks {
+            t.abort();
         }
     }
 

@@ -33,6 +33,10 @@ pub enum ClientError {
     /// No server could serve the request before the deadline.
     #[error("cannot reach any Berth server (tried {tried})")]
     Unavailable { tried: String },
+    /// No answer in time: for a write, it may or may not have been applied (re-read to
+    /// find out; CAS preconditions make a blind retry safe).
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The server's reply could not be decoded (a version mismatch or a server bug).
@@ -69,37 +73,62 @@ pub fn from_status(status: &Status) -> ClientError {
         Code::InvalidArgument | Code::FailedPrecondition => ClientError::Invalid(message),
         Code::OutOfRange => ClientError::Expired(message),
         Code::Unavailable => ClientError::Unavailable { tried: message },
+        Code::DeadlineExceeded => ClientError::Timeout(message),
         Code::PermissionDenied | Code::Unauthenticated => ClientError::PermissionDenied(message),
         code => ClientError::Other { code, message },
     }
 }
 
-/// Should the failover loop try another server after this status?
-///
-/// Unavailable covers "not leader", "no leader yet" and connection failures (tonic maps
-/// connect errors to Unavailable); a per-attempt timeout surfaces as Cancelled with a
-/// `TimeoutExpired` source; a connection torn down mid-request can surface as Unknown with a
+/// What the failover loop should do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The request certainly did not take effect (not leader, no leader yet, connection
+    /// refused or torn down): try another server.
+    Always,
+    /// No answer in time (our per-attempt timeout, or the server's DEADLINE_EXCEEDED when a
+    /// raft proposal timed out): the outcome is unknown, so only reads are retried.
+    IfIdempotent,
+    /// A real answer: report it.
+    Never,
+}
+
+/// Classify a failed attempt. Unavailable covers "not leader", "no leader yet" and connect
+/// failures (tonic maps those to Unavailable); a per-attempt timeout surfaces as Cancelled
+/// with a `TimeoutExpired` source; a connection torn down mid-request as Unknown with a
 /// transport error in its source chain.
-pub(crate) fn is_retryable(status: &Status) -> bool {
+pub(crate) fn retry_class(status: &Status) -> Retry {
     match status.code() {
-        Code::Unavailable => true,
-        Code::Cancelled | Code::Unknown => has_transport_cause(status),
-        _ => false,
+        Code::Unavailable => Retry::Always,
+        Code::DeadlineExceeded => Retry::IfIdempotent,
+        Code::Cancelled | Code::Unknown if is_timeout(status) => Retry::IfIdempotent,
+        Code::Cancelled | Code::Unknown if has_transport_cause(status) => Retry::Always,
+        _ => Retry::Never,
     }
+}
+
+/// Did our own per-attempt timeout fire?
+pub(crate) fn is_timeout(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    status.code() == Code::Cancelled && status.message().contains("Timeout expired")
 }
 
 fn has_transport_cause(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.downcast_ref::<tonic::TimeoutExpired>().is_some()
-            || err.downcast_ref::<tonic::transport::Error>().is_some()
+        if err.downcast_ref::<tonic::transport::Error>().is_some()
             || err.downcast_ref::<std::io::Error>().is_some()
         {
             return true;
         }
         source = err.source();
     }
-    status.message().contains("Timeout expired") || status.message().contains("transport error")
+    status.message().contains("transport error")
 }
 
 /// The leader address a follower named in its reply, if any.
@@ -180,10 +209,28 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_is_retryable_but_not_found_is_not() {
-        assert!(is_retryable(&Status::unavailable("not leader")));
-        assert!(!is_retryable(&Status::not_found("x")));
-        assert!(!is_retryable(&Status::cancelled("client went away")));
+    fn unavailable_is_retried_timeouts_only_for_reads_answers_never() {
+        assert_eq!(
+            retry_class(&Status::unavailable("not leader")),
+            Retry::Always
+        );
+        assert_eq!(
+            retry_class(&Status::deadline_exceeded("proposal timed out")),
+            Retry::IfIdempotent
+        );
+        assert_eq!(
+            retry_class(&Status::cancelled("Timeout expired")),
+            Retry::IfIdempotent
+        );
+        assert_eq!(retry_class(&Status::not_found("x")), Retry::Never);
+        assert_eq!(
+            retry_class(&Status::cancelled("client went away")),
+            Retry::Never
+        );
+        assert!(matches!(
+            from_status(&Status::deadline_exceeded("x")),
+            ClientError::Timeout(_)
+        ));
     }
 
     #[test]
