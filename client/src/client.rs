@@ -48,8 +48,10 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            deadline: Duration::from_secs(15),
+            // Longer than the server's own wait for a leader (10 s), so that during an
+            // election the server answers "unavailable, retry" before this fires.
+            request_timeout: Duration::from_secs(12),
+            deadline: Duration::from_secs(30),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_refused_rounds: None,
