@@ -514,3 +514,99 @@ async fn shutdown_closes_listeners_and_cuts_connections_after_grace() {
         Err(ProxyError::Stopped)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_never_reach_the_old_set_after_the_swap_returns() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    let blue = fake_backend("blue").await;
+    let green = fake_backend("green").await;
+    let proxy = start(test_config());
+    let port = set_one(&proxy.handle, "web", &[blue.addr]).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (done, stop) = (done.clone(), stop.clone());
+        clients.spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let (_c, id) = identify(port).await;
+                seen.push((started, Instant::now(), id));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            seen
+        });
+    }
+    let wait_for = |n: usize| {
+        let done = done.clone();
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while done.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "clients made no progress");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // (start of the call, its return, the colour every later connection must see)
+    let mut swaps = Vec::new();
+    for (k, (color, addr)) in [("green", green.addr), ("blue", blue.addr)]
+        .into_iter()
+        .cycle()
+        .take(6)
+        .enumerate()
+    {
+        wait_for(20 * (k + 1)).await;
+        let called = Instant::now();
+        proxy
+            .handle
+            .set_services(vec![svc("web", port, &[addr])])
+            .await
+            .expect("swap");
+        swaps.push((called, Instant::now(), color));
+    }
+    wait_for(20 * 7).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut checked = 0;
+    while let Some(seen) = clients.join_next().await {
+        for (started, greeted, id) in seen.expect("client task") {
+            // The swap in force: the last one that returned before this connection started,
+            // as long as the next one was not called before the greeting arrived (the proxy
+            // may accept a connection any time in between).
+            let Some(k) = swaps
+                .iter()
+                .rposition(|(_, returned, _)| *returned <= started)
+            else {
+                continue;
+            };
+            if swaps
+                .get(k + 1)
+                .is_some_and(|(called, _, _)| *called <= greeted)
+            {
+                continue; // raced with the next swap: either colour is allowed
+            }
+            if id != swaps[k].2 {
+                let t0 = swaps[0].0;
+                let rel = |t: Instant| t.saturating_duration_since(t0).as_micros();
+                let table: Vec<_> = swaps
+                    .iter()
+                    .map(|(c, r, col)| (rel(*c), rel(*r), *col))
+                    .collect();
+                panic!(
+                    "connection over [{}, {}] us saw {id} after swap {k} returned; swaps \
+                     (called, returned, colour): {table:?}",
+                    rel(started),
+                    rel(greeted)
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 60, "too few connections checked: {checked}");
+    proxy.stop().await;
+}
