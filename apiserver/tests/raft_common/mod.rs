@@ -287,6 +287,17 @@ impl SimCluster {
         }
     }
 
+    /// Wait until member `id`'s published status shows what its state machine applied (the
+    /// status trails replies by one loop iteration; the last entry must be a write).
+    pub async fn settle(&self, id: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        let m = &self.members[&id];
+        while m.handle.status().applied != m.sm.applied_index() {
+            assert!(Instant::now() < deadline, "status of {id} never caught up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Every member's applied log must be a prefix of the longest one (no divergence).
     pub fn assert_logs_are_prefixes(&self) {
         let logs: Vec<(u64, Vec<String>)> = self
