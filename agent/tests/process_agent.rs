@@ -378,3 +378,84 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
     .await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status_resyncs() {
+    let mut cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, "node-e", dir.path(), 5).await;
+    // Appends a line every 100 ms, and a crasher that exits after 0.3 s each time.
+    client
+        .create(&pod(
+            "ticker",
+            "node-e",
+            "while :; do echo tick >> ../ticks; sleep 0.1; done",
+        ))
+        .await
+        .unwrap();
+    client
+        .create(&pod("flaky", "node-e", "sleep 0.3; exit 1"))
+        .await
+        .unwrap();
+    let restarts_before = wait_for("both pods started", || async {
+        let t = get_pod(&client, "ticker").await?.status?;
+        let f = get_pod(&client, "flaky").await?.status?;
+        (t.container_statuses.first()?.state.running.is_some()).then_some(())?;
+        Some(f.container_statuses.first()?.restart_count)
+    })
+    .await;
+
+    cluster.stop(0).await.unwrap();
+    let ticks = || {
+        std::fs::read_dir(dir.path().join("containers"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                std::fs::read_to_string(e.path().join("ticks"))
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let t0 = ticks();
+    let flaky_attempts = || {
+        std::fs::read_dir(dir.path().join("containers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("_flaky_"))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .split('_')
+                    .nth(3)
+                    .and_then(|a| a.parse::<u32>().ok())
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let a0 = flaky_attempts();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        ticks() > t0 + 5,
+        "the workload stopped while the API was down"
+    );
+    assert!(
+        flaky_attempts() > a0,
+        "crashed containers are still restarted while the API is down"
+    );
+
+    cluster.restart(0).await.unwrap();
+    let resynced = wait_for("status resynced after the API returned", || async {
+        let f = get_pod(&client, "flaky").await?.status?;
+        let n = f.container_statuses.first()?.restart_count;
+        (n > restarts_before.max(a0 as i32)).then_some(n)
+    })
+    .await;
+    assert!(resynced > 0);
+    let t = get_pod(&client, "ticker").await.unwrap().status.unwrap();
+    assert_eq!(t.container_statuses[0].restart_count, 0);
+    agent.stop().await;
+}
