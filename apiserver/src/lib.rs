@@ -5,11 +5,13 @@
 //! - [`store`]: the revisioned object store, the raft state machine, with the watch hub.
 //! - [`service`]: the gRPC `Api` service (validation, forwarding to the leader, watches).
 //! - [`status`]: the one mapping of errors to gRPC codes.
+//! - [`metrics`]: Prometheus metrics (raft, store, gRPC requests) served at `/metrics`.
 //! - [`server`]: the process: [`ServerArgs`], [`run`], [`start`] / [`ServerHandle`].
 //!
 //! Data flow of a write: gRPC request -> validate -> raft propose (forwarded to the leader by
 //! followers) -> commit -> `Store::apply` on every member -> watch events. Reads go through
 //! `read_index` then the local store.
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod service;

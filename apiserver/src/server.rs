@@ -61,6 +61,9 @@ pub struct ServerArgs {
     /// Raft tick in milliseconds (election timeout is 10-20 ticks).
     #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
     pub raft_tick_ms: u64,
+    /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (default: off).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 impl ServerArgs {
@@ -77,6 +80,7 @@ impl ServerArgs {
             watch_bookmark_ms: 5_000,
             watch_history: crate::store::DEFAULT_HISTORY_LEN,
             raft_tick_ms: 100,
+            metrics_listen: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Metrics(#[from] berth_metrics::http::MetricsError),
 }
 
 /// A running server. Dropping it without `shutdown()` aborts its tasks (no graceful stop).
@@ -130,6 +136,8 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), ServerError>>,
     watch_tasks: tokio_util::task::TaskTracker,
+    metrics: berth_metrics::Registry,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl ServerHandle {
@@ -156,6 +164,14 @@ impl ServerHandle {
     }
     pub fn is_leader(&self) -> bool {
         self.raft.is_leader()
+    }
+    /// This server's metrics (raft, store, gRPC requests).
+    pub fn metrics(&self) -> &berth_metrics::Registry {
+        &self.metrics
+    }
+    /// Where `/metrics` is served, if `--metrics-listen` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Wait until a server task ends on its own (an error, or the token was cancelled).
@@ -400,13 +416,44 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         shutdown.clone(),
     );
     let watch_tasks = api.watch_tasks();
+    let metrics = berth_metrics::Registry::new();
+    crate::metrics::register_server_collector(
+        &metrics,
+        raft.clone(),
+        store.clone(),
+        watch_tasks.clone(),
+    );
+    let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let router = tonic::transport::Server::builder()
         .add_service(raft.raft_service())
-        .add_service(
+        .add_service(crate::metrics::Instrumented::new(
             ApiServer::new(api)
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(usize::MAX),
-        );
+            grpc_metrics,
+        ));
+    let metrics_addr = match &args.metrics_listen {
+        Some(listen) => {
+            let registry = metrics.clone();
+            // The process-wide registry holds the leader loops' metrics (scheduler,
+            // controllers) when they run in this process.
+            let render: berth_metrics::http::RenderFn = Arc::new(move || {
+                let mut families = registry.gather();
+                families.extend(berth_metrics::global().gather());
+                berth_metrics::text::render(&families)
+            });
+            let server = berth_metrics::http::MetricsServer::bind(listen, render).await?;
+            let bound = server.local_addr();
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                server.run(token).await;
+                Ok(())
+            });
+            tracing::info!(addr = ?bound, "serving metrics at /metrics");
+            bound
+        }
+        None => None,
+    };
     // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms per request).
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -430,6 +477,8 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         shutdown,
         tasks,
         watch_tasks,
+        metrics,
+        metrics_addr,
     })
 }
 

@@ -2,6 +2,7 @@
 //! raft task over one bounded channel with a oneshot reply; status is read from shared state
 //! the task publishes after every step.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub(crate) struct Shared {
     pub leader: watch::Sender<Option<u64>>,
     pub request_timeout: Duration,
     pub faults: Faults,
+    /// Proposals made through this handle, and those that failed (metrics).
+    pub proposals: AtomicU64,
+    pub proposals_failed: AtomicU64,
 }
 
 impl Shared {
@@ -77,6 +81,8 @@ impl Shared {
             leader: watch::channel(None).0,
             request_timeout,
             faults,
+            proposals: AtomicU64::new(0),
+            proposals_failed: AtomicU64::new(0),
         }
     }
 
@@ -131,7 +137,23 @@ impl RaftHandle {
             return Err(RaftError::EmptyProposal);
         }
         self.ensure_leader()?;
-        self.call(|reply| Command::Propose { data, reply }).await
+        // Counted once it reaches the raft task as leader (a follower's fast NotLeader, which
+        // only routes the write to the leader, is not a proposal).
+        self.shared.proposals.fetch_add(1, Ordering::Relaxed);
+        let res = self.call(|reply| Command::Propose { data, reply }).await;
+        if res.is_err() {
+            self.shared.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// (proposals this member made as leader, those that failed: dropped by a leadership
+    /// change, timed out, ...) since start.
+    pub fn proposal_counts(&self) -> (u64, u64) {
+        (
+            self.shared.proposals.load(Ordering::Relaxed),
+            self.shared.proposals_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Linearizable read barrier: returns once this node has applied everything that was
