@@ -745,3 +745,37 @@ async fn adopted_ready_container_stays_ready_across_an_agent_restart() {
     h.sync.sync_once().await;
     assert!(!h.api.statuses()[0].is_ready());
 }
+
+#[tokio::test(start_paused = true)]
+async fn startup_probe_gates_readiness_and_its_failure_restarts_the_container() {
+    let rt = FakeRuntime::new();
+    rt.set_exec_exit("web", 1);
+    let mut p = pod("a", &["web"]);
+    p.spec.termination_grace_period_seconds = Some(1);
+    let exec = |cmd: &str| ExecAction { command: vec![cmd.into()] };
+    p.spec.containers[0].startup_probe = Some(Probe {
+        exec: Some(exec("started")),
+        period_seconds: Some(1),
+        failure_threshold: Some(5),
+        ..Default::default()
+    });
+    p.spec.containers[0].readiness_probe = Some(Probe {
+        exec: Some(exec("ready")),
+        period_seconds: Some(1),
+        ..Default::default()
+    });
+    let mut h = harness(rt);
+    h.cache.replace_all([p]);
+    let t0 = Instant::now();
+    while !h.api.event_reasons().iter().any(|r| r == "Killing") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", h.rt.calls());
+        h.sync.sync_once().await;
+        tokio::time::advance(Duration::from_millis(250)).await;
+    }
+    // Five startup failures one second apart; readiness never ran before startup passed.
+    assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert!(!h.rt.calls().iter().any(|c| c.ends_with(" ready")), "{:?}", h.rt.calls());
+    let killing = h.api.events().into_iter().find(|e| e.reason == "Killing").expect("event");
+    assert!(killing.message.contains("failed startup probe"), "{}", killing.message);
+    assert!(h.api.statuses().iter().all(|p| !p.is_ready()));
+}
