@@ -459,3 +459,100 @@ async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status
     assert_eq!(t.container_statuses[0].restart_count, 0);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_programs_its_proxy_from_services_and_endpoints() {
+    use berth_proto::types::{
+        EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
+    };
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = AgentArgs {
+        server: vec![server.clone()],
+        name: Some("node-f".into()),
+        data_dir: Some(dir.path().to_path_buf()),
+        runtime: Some(RuntimeKind::Process),
+        capacity: Some("cpu=1,memory=1Gi".into()),
+        host_port_range: port_range(6),
+        listen: Some("127.0.0.1:0".into()),
+        no_proxy: false,
+        ..AgentArgs::default()
+    };
+    let agent = berth_agent::start(args, CancellationToken::new())
+        .await
+        .unwrap();
+
+    // A backend that answers with a fixed line.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"from-backend\n").await;
+        }
+    });
+    // A free port in the node-port range for the Service.
+    let node_port = (30000..32767u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let meta = ObjectMeta {
+        name: "svc".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    client
+        .create(&Service {
+            metadata: meta.clone(),
+            spec: ServiceSpec {
+                selector: [("app".to_string(), "x".to_string())].into(),
+                ports: vec![ServicePort {
+                    name: "".into(),
+                    port: 80,
+                    target_port: None,
+                    node_port: Some(node_port as i32),
+                    protocol: None,
+                }],
+                type_: None,
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .create(&Endpoints {
+            metadata: meta,
+            subsets: vec![EndpointSubset {
+                addresses: vec![EndpointAddress {
+                    ip: "127.0.0.1".into(),
+                    node_name: String::new(),
+                    target_ref: None,
+                }],
+                not_ready_addresses: vec![],
+                ports: vec![EndpointPort {
+                    name: "".into(),
+                    port: backend_port as i32,
+                    protocol: None,
+                }],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got = wait_for("traffic through the node port", || async {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node_port))
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        (!buf.is_empty()).then_some(buf)
+    })
+    .await;
+    assert_eq!(got, "from-backend\n");
+    agent.stop().await;
+}
