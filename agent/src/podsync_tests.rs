@@ -752,7 +752,9 @@ async fn startup_probe_gates_readiness_and_its_failure_restarts_the_container() 
     rt.set_exec_exit("web", 1);
     let mut p = pod("a", &["web"]);
     p.spec.termination_grace_period_seconds = Some(1);
-    let exec = |cmd: &str| ExecAction { command: vec![cmd.into()] };
+    let exec = |cmd: &str| ExecAction {
+        command: vec![cmd.into()],
+    };
     p.spec.containers[0].startup_probe = Some(Probe {
         exec: Some(exec("started")),
         period_seconds: Some(1),
@@ -774,8 +776,21 @@ async fn startup_probe_gates_readiness_and_its_failure_restarts_the_container() 
     }
     // Five startup failures one second apart; readiness never ran before startup passed.
     assert!(t0.elapsed() >= Duration::from_secs(4), "{:?}", t0.elapsed());
-    assert!(!h.rt.calls().iter().any(|c| c.ends_with(" ready")), "{:?}", h.rt.calls());
-    let killing = h.api.events().into_iter().find(|e| e.reason == "Killing").expect("event");
-    assert!(killing.message.contains("failed startup probe"), "{}", killing.message);
+    assert!(
+        !h.rt.calls().iter().any(|c| c.ends_with(" ready")),
+        "{:?}",
+        h.rt.calls()
+    );
+    let killing = h
+        .api
+        .events()
+        .into_iter()
+        .find(|e| e.reason == "Killing")
+        .expect("event");
+    assert!(
+        killing.message.contains("failed startup probe"),
+        "{}",
+        killing.message
+    );
     assert!(h.api.statuses().iter().all(|p| !p.is_ready()));
 }
