@@ -257,6 +257,7 @@ async fn open_loop<W: Writer>(w: W, key_base: u64, rate: f64, dur: Duration) -> 
 }
 
 fn start_etcd(dir: &Path) -> Result<(Vec<ChildGuard>, Vec<String>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let etcd = find_tool("etcd").context(
         "etcd is not installed: `apt-get install -y etcd-server etcd-client`, or pass --no-etcd",
     )?;
