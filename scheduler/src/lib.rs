@@ -9,8 +9,9 @@
 //!   batch. "Does not fit" is [`Outcome::Unschedulable`] with a kubectl-style reason.
 //! - the shell (added with the client runtime): a leader-only loop that watches unbound pods
 //!   and nodes, schedules in batches and binds through one Batch write per batch with
-//!   resourceVersion preconditions.
+//!   resourceVersion preconditions. [`metrics`]: queue depth, binds, unschedulable pods.
 
+pub mod metrics;
 pub mod plugins;
 pub mod schedule;
 pub mod snapshot;

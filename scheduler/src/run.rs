@@ -73,6 +73,7 @@ struct Scheduler {
     pods: Store<Pod>,
     nodes: Store<Node>,
     assumed: HashMap<String, Assumed>,
+    metrics: crate::metrics::SchedulerMetrics,
 }
 
 fn needs_scheduling(p: &Pod) -> bool {
@@ -174,6 +175,7 @@ impl Scheduler {
         let mut pending: Vec<Pod> = Vec::new();
         let mut ops: Vec<BatchOp> = Vec::new();
         let mut kinds: Vec<(String, Option<(String, Pod)>)> = Vec::new();
+        let mut waiting = 0usize;
         for p in &all_pods {
             if let Some(a) = self.assumed.get(&p.metadata.uid) {
                 let mut bound = p.as_ref().clone();
@@ -182,6 +184,7 @@ impl Scheduler {
                 continue;
             }
             if needs_scheduling(p) {
+                waiting += 1;
                 if pending.len() < self.config.max_batch {
                     pending.push(p.as_ref().clone());
                 }
@@ -195,9 +198,12 @@ impl Scheduler {
                 }
             }
         }
+        self.metrics.pending.set(waiting as f64);
         if pending.is_empty() && ops.is_empty() {
+            self.metrics.unschedulable.set(0.0);
             return Ok(0);
         }
+        let started = Instant::now();
         // Oldest first: fairness across passes.
         pending.sort_by(|a, b| {
             a.metadata
@@ -211,6 +217,11 @@ impl Scheduler {
             .map(|p| p.as_ref());
         let snapshot = Snapshot::new(self.nodes.state(), bound.chain(assumed_bound.iter()));
         let decisions = schedule_batch(&snapshot, &pending);
+        let unschedulable = decisions
+            .iter()
+            .filter(|d| matches!(d.outcome, Outcome::Unschedulable { .. }))
+            .count();
+        self.metrics.unschedulable.set(unschedulable as f64);
         for (d, pod) in decisions.iter().zip(&pending) {
             match &d.outcome {
                 Outcome::Bind { node } => {
@@ -246,6 +257,7 @@ impl Scheduler {
         for (res, (id, bind)) in results.into_iter().zip(kinds) {
             match (res, bind) {
                 (Ok(obj), Some((node, pod))) => {
+                    self.metrics.scheduled.inc();
                     let bound_rv = obj.map(|o| o.meta().resource_version).unwrap_or(u64::MAX);
                     self.assumed.insert(
                         id,
@@ -258,6 +270,7 @@ impl Scheduler {
                     );
                 }
                 (Err(e), Some(_)) => {
+                    self.metrics.bind_conflicts.inc();
                     tracing::debug!(pod_uid = %id, error = %e, "bind lost a race; will retry")
                 }
                 (Err(ClientError::AlreadyExists(_)), None) => {}
@@ -265,6 +278,9 @@ impl Scheduler {
                 (Ok(_), None) => {}
             }
         }
+        self.metrics
+            .pass_duration
+            .observe_duration(started.elapsed());
         Ok(n)
     }
 }
@@ -297,41 +313,44 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         pods,
         nodes,
         assumed: HashMap::new(),
+        metrics: crate::metrics::SchedulerMetrics::global(),
     };
-    let mut dirty = true;
+    // When the next pass runs: set once when the loop turns dirty (a fixed deadline, not a
+    // debounce, so a steady stream of events cannot starve the passes).
+    let mut pass_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut failures = 0u32;
-    let mut next_pass = tokio::time::Instant::now();
     let mut resync = tokio::time::interval(config.resync);
+    let window = config.batch_window;
+    let mark = |pass_at: &mut Option<tokio::time::Instant>| {
+        pass_at.get_or_insert_with(|| tokio::time::Instant::now() + window);
+    };
     loop {
         let ready = s.pods.is_ready() && s.nodes.is_ready();
+        let due = pass_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(ev) = pod_events.next() => {
-                if let Err(e) = ev { tracing::warn!(error = %e, "pod watch failed; retrying"); }
-                dirty = true;
-            }
-            Some(ev) = node_events.next() => {
-                if let Err(e) = ev { tracing::warn!(error = %e, "node watch failed; retrying"); }
-                dirty = true;
-            }
-            _ = resync.tick() => dirty = true,
-            _ = tokio::time::sleep_until(next_pass.max(tokio::time::Instant::now() + config.batch_window)), if dirty && ready => {
-                dirty = false;
+            _ = tokio::time::sleep_until(due), if pass_at.is_some() && ready => {
+                pass_at = None;
                 match s.pass().await {
-                    Ok(_) => {
-                        failures = 0;
-                        next_pass = tokio::time::Instant::now();
-                    }
+                    Ok(_) => failures = 0,
                     Err(e) => {
                         failures = failures.saturating_add(1);
                         let delay = Duration::from_millis(50u64 << failures.min(6));
                         tracing::warn!(error = %e, ?delay, "scheduling pass failed; retrying");
-                        next_pass = tokio::time::Instant::now() + delay;
-                        dirty = true;
+                        pass_at = Some(tokio::time::Instant::now() + delay);
                     }
                 }
             }
+            Some(ev) = pod_events.next() => {
+                if let Err(e) = ev { tracing::warn!(error = %e, "pod watch failed; retrying"); }
+                mark(&mut pass_at);
+            }
+            Some(ev) = node_events.next() => {
+                if let Err(e) = ev { tracing::warn!(error = %e, "node watch failed; retrying"); }
+                mark(&mut pass_at);
+            }
+            _ = resync.tick() => mark(&mut pass_at),
         }
     }
 }

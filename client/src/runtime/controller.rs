@@ -297,11 +297,14 @@ impl<T: Object> Controller<T> {
         // Which key each task works on, so a panicked task still releases its key.
         let mut task_keys: HashMap<tokio::task::Id, ObjectRef> = HashMap::new();
         let mut ready = false;
+        let metrics =
+            super::metrics::ControllerMetrics::global(super::metrics::controller_name::<T>());
 
         loop {
             if !ready {
                 ready = ready_checks.iter().all(|f| f());
             }
+            metrics.queue_depth.set(queue.len() as f64);
             let can_dispatch = ready && running.len() < concurrency;
             tokio::select! {
                 biased;
@@ -312,10 +315,12 @@ impl<T: Object> Controller<T> {
                             task_keys.remove(&id);
                             let action = match result {
                                 Ok(action) => {
+                                    metrics.ok.inc();
                                     queue.forget(&key);
                                     action
                                 }
                                 Err(e) => {
+                                    metrics.errors.inc();
                                     tracing::warn!(object = %key, error = %e, "reconcile failed");
                                     error_policy(obj, &e, ctx.clone())
                                 }
@@ -325,6 +330,7 @@ impl<T: Object> Controller<T> {
                         }
                         Err(join_err) => {
                             if let Some(key) = task_keys.remove(&join_err.id()) {
+                                metrics.panics.inc();
                                 tracing::error!(object = %key, error = %join_err, "reconcile panicked");
                                 queue.add_rate_limited(key.clone());
                                 queue.done(&key);
@@ -348,7 +354,13 @@ impl<T: Object> Controller<T> {
                         Some(obj) => {
                             let fut = reconcile(obj.clone(), ctx.clone());
                             let k = key.clone();
-                            let handle = running.spawn(async move { (k, obj, fut.await) });
+                            let duration = metrics.duration.clone();
+                            let handle = running.spawn(async move {
+                                let started = std::time::Instant::now();
+                                let res = fut.await;
+                                duration.observe_duration(started.elapsed());
+                                (k, obj, res)
+                            });
                             task_keys.insert(handle.id(), key);
                         }
                     }

@@ -15,6 +15,7 @@
 //! from the store when the key is dispatched, so bursts of changes collapse into one run.
 
 pub mod controller;
+mod metrics;
 pub mod queue;
 pub mod reflector;
 pub mod watcher;
