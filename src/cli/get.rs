@@ -283,20 +283,21 @@ async fn watch(
         wide: a.output == Some(OutputFormat::Wide),
         all_namespaces: a.ns.all_namespaces,
     };
-    let mut widths: Option<Vec<usize>> = None;
+    let mut printer = WatchPrinter::default();
     loop {
         let ev = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             ev = events.next() => ev,
         };
-        let objs: Vec<DynObject> = match ev {
+        let (objs, deleted): (Vec<DynObject>, bool) = match ev {
             None => return Ok(()),
             Some(Err(e)) => {
                 writeln!(io.err, "warning: watch interrupted ({e}); retrying")?;
                 continue;
             }
-            Some(Ok(Event::Applied(o))) | Some(Ok(Event::Deleted(o))) => vec![o],
-            Some(Ok(Event::Restarted(all))) => all,
+            Some(Ok(Event::Applied(o))) => (vec![o], false),
+            Some(Ok(Event::Deleted(o))) => (vec![o], true),
+            Some(Ok(Event::Restarted(all))) => (all, false),
         };
         let objs: Vec<DynObject> = objs.into_iter().filter(|o| wanted(o)).collect();
         if objs.is_empty() {
@@ -309,23 +310,68 @@ async fn watch(
                 .map(|o| serde_json::to_string(&o.value).map(|s| s + "\n"))
                 .collect::<Result<String, _>>()?,
             Some(OutputFormat::Name) => render(kind, &objs, a.output, false, false)?,
-            Some(OutputFormat::Wide) | None => {
-                let t = table::rows(kind, &objs, chrono::Utc::now(), opts)
-                    .map_err(|e| anyhow!("cannot show {kind}: {e}"))?;
-                match &widths {
-                    Some(w) => t.render_rows_with(w),
-                    None => {
-                        // Leave some slack so later rows with longer values stay aligned.
-                        let w = t.widths_at_least(8);
-                        let text = t.render_header_with(&w) + &t.render_rows_with(&w);
-                        widths = Some(w);
-                        text
-                    }
-                }
-            }
+            Some(OutputFormat::Wide) | None => printer
+                .print(kind, &objs, deleted, chrono::Utc::now(), opts)
+                .map_err(|e| anyhow!("cannot show {kind}: {e}"))?,
         };
         io.out.write_all(text.as_bytes())?;
         io.out.flush()?;
+    }
+}
+
+/// Table output for `get -w`: the header once, then one row per change, skipping rows
+/// that look exactly like the object's previous one (status-only changes that no column
+/// shows), and marking deletions in the STATUS column (or after the name).
+#[derive(Debug, Default)]
+pub struct WatchPrinter {
+    widths: Option<Vec<usize>>,
+    last: std::collections::HashMap<(String, String), Vec<String>>,
+}
+
+impl WatchPrinter {
+    pub fn print(
+        &mut self,
+        kind: Kind,
+        objs: &[DynObject],
+        deleted: bool,
+        now: chrono::DateTime<chrono::Utc>,
+        opts: RowOptions,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for o in objs {
+            let mut t = table::rows(kind, std::slice::from_ref(o), now, opts)?;
+            let Some(mut row) = t.rows.pop() else {
+                continue;
+            };
+            if deleted {
+                match t.headers.iter().position(|h| h == "STATUS") {
+                    Some(i) => row[i] = "Deleted".to_string(),
+                    None => {
+                        if let Some(i) = t.headers.iter().position(|h| h == "NAME") {
+                            row[i].push_str(" (deleted)");
+                        }
+                    }
+                }
+            }
+            let key = (o.namespace().to_string(), o.name().to_string());
+            if self.last.get(&key) == Some(&row) {
+                continue;
+            }
+            if deleted {
+                self.last.remove(&key);
+            } else {
+                self.last.insert(key, row.clone());
+            }
+            t.rows = vec![row];
+            if self.widths.is_none() {
+                // Leave some slack so later rows with longer values stay aligned.
+                let w = t.widths_at_least(8);
+                out.push_str(&t.render_header_with(&w));
+                self.widths = Some(w);
+            }
+            out.push_str(&t.render_rows_with(self.widths.as_deref().unwrap_or_default()));
+        }
+        Ok(out)
     }
 }
 
@@ -348,6 +394,47 @@ mod tests {
         assert_eq!(split_kinds(&v(&["deploy", "web"])).expect("ok"), None);
         assert!(split_kinds(&v(&["deploy,svc", "web"])).is_err());
         assert!(split_kinds(&v(&["deploy,bogus"])).is_err());
+    }
+
+    #[test]
+    fn watch_rows_skip_repeats_and_mark_deletions() {
+        use berth_proto::types::{Pod, PodStatus};
+        let pod = |phase: &str, rv: u64| {
+            DynObject::from_typed(&Pod {
+                metadata: ObjectMeta {
+                    name: "p".into(),
+                    namespace: "default".into(),
+                    resource_version: rv,
+                    ..Default::default()
+                },
+                status: Some(PodStatus {
+                    phase: phase.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let now = chrono::Utc::now();
+        let opts = RowOptions::default();
+        let mut w = WatchPrinter::default();
+        let first = w
+            .print(Kind::Pod, &[pod("Pending", 1)], false, now, opts)
+            .expect("rows");
+        assert!(first.starts_with("NAME "), "{first}");
+        assert_eq!(first.lines().count(), 2);
+        // Same columns, newer resourceVersion: nothing to show.
+        let same = w
+            .print(Kind::Pod, &[pod("Pending", 2)], false, now, opts)
+            .expect("rows");
+        assert_eq!(same, "");
+        let running = w
+            .print(Kind::Pod, &[pod("Running", 3)], false, now, opts)
+            .expect("rows");
+        assert!(running.contains("Running"), "{running}");
+        let gone = w
+            .print(Kind::Pod, &[pod("Running", 3)], true, now, opts)
+            .expect("rows");
+        assert!(gone.contains("Deleted"), "{gone}");
     }
 
     #[test]
