@@ -801,3 +801,93 @@ impl RaftNode {
         });
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::raft::MemNetwork;
+
+    #[derive(Default)]
+    struct RecordingSm {
+        applied: Mutex<u64>,
+        restored: Mutex<Vec<(u64, Vec<u8>)>>,
+    }
+
+    impl StateMachine for RecordingSm {
+        fn apply(&self, index: u64, _data: &[u8]) -> Vec<u8> {
+            *self.applied.lock().unwrap() = index;
+            vec![]
+        }
+        fn applied_index(&self) -> u64 {
+            *self.applied.lock().unwrap()
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, String> {
+            Ok(vec![])
+        }
+        fn restore(&self, index: u64, data: &[u8]) -> Result<(), String> {
+            *self.applied.lock().unwrap() = index;
+            self.restored.lock().unwrap().push((index, data.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Crash between "snapshot stored in the raft log" and "state machine restored": the
+    /// restart must finish the restore before raft starts (raft would refuse an applied index
+    /// behind its log start).
+    #[tokio::test]
+    async fn restart_finishes_a_snapshot_install_interrupted_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sm = Arc::new(RecordingSm::default());
+        {
+            let mut st = SledStorage::open(db.clone(), sm.clone()).unwrap();
+            st.init_join(2).unwrap();
+            let mut members = Members::default();
+            members.addrs.insert(1, "a".into());
+            members.addrs.insert(2, "b".into());
+            members.max_id = 2;
+            let payload = SnapshotPayload {
+                members,
+                state: Some(b"S".to_vec()),
+            };
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 10;
+            snap.mut_metadata().term = 3;
+            snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+            snap.data = payload.encode().unwrap().into();
+            st.apply_snapshot(&snap, &payload).unwrap();
+            db.flush().unwrap();
+        }
+        let mut cfg = RaftConfig::new(2, "b", db.clone());
+        cfg.bootstrap = Bootstrap::Join { peers: vec![] };
+        let net = MemNetwork::default();
+        let (_node, handle) =
+            RaftNode::with_transport(cfg, sm.clone(), |r| net.transport(2, r)).unwrap();
+        assert_eq!(*sm.restored.lock().unwrap(), vec![(10, b"S".to_vec())]);
+        let st = handle.status();
+        assert_eq!(st.applied, 10);
+        assert_eq!(st.commit, 10);
+        assert_eq!(st.members.len(), 2);
+        assert_eq!(handle.member_address(1).as_deref(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn data_dir_of_another_member_is_refused() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let sm: Arc<dyn StateMachine> = Arc::new(RecordingSm::default());
+        let net = MemNetwork::default();
+        let cfg = RaftConfig::new(1, "a", db.clone());
+        drop(RaftNode::with_transport(cfg, sm.clone(), |r| net.transport(1, r)).unwrap());
+        let cfg = RaftConfig::new(3, "a", db);
+        let err = RaftNode::with_transport(cfg, sm, |r| net.transport(3, r))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("belongs to raft member 1"),
+            "{err}"
+        );
+    }
+}
