@@ -1,15 +1,32 @@
 //! Event recording: loops push Kubernetes-style Events into a bounded buffer; the pod sync loop
 //! flushes it to the API. Recording never blocks on the API, and while the API is unreachable
 //! the oldest events are dropped first (events are best-effort, as in Kubernetes).
+//!
+//! Repeats are aggregated: the same (pod, reason, message) within [`REPEAT_WINDOW`] is only
+//! counted, and the next one after the window carries the count (a readiness probe failing every
+//! second writes one event per window, not one per second).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use berth_proto::types::{Event, EventSource, ObjectMeta, ObjectReference, Time};
 
 use crate::api::NodeApi;
 
 const MAX_BUFFERED: usize = 1000;
+
+/// Identical events closer together than this are counted, not sent.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+
+/// (pod uid, reason, message)
+type SeenKey = (String, String, String);
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    last_sent: tokio::time::Instant,
+    suppressed: i32,
+}
 
 /// Which pod an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +40,7 @@ pub struct PodRef {
 pub struct EventSink {
     node: String,
     buf: Arc<Mutex<VecDeque<Event>>>,
+    seen: Arc<Mutex<HashMap<SeenKey, Seen>>>,
 }
 
 impl EventSink {
@@ -30,6 +48,7 @@ impl EventSink {
         EventSink {
             node: node.to_string(),
             buf: Arc::new(Mutex::new(VecDeque::new())),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -42,6 +61,38 @@ impl EventSink {
     }
 
     pub fn record(&self, pod: &PodRef, reason: &str, message: String, type_: &str, now: Time) {
+        let count = {
+            let t = tokio::time::Instant::now();
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 4 * MAX_BUFFERED {
+                seen.retain(|_, s| t.duration_since(s.last_sent) < REPEAT_WINDOW);
+            }
+            let key = (pod.uid.clone(), reason.to_string(), message.clone());
+            match seen.get_mut(&key) {
+                Some(s) if t.duration_since(s.last_sent) < REPEAT_WINDOW => {
+                    s.suppressed += 1;
+                    return;
+                }
+                Some(s) => {
+                    let count = s.suppressed + 1;
+                    *s = Seen {
+                        last_sent: t,
+                        suppressed: 0,
+                    };
+                    count
+                }
+                None => {
+                    seen.insert(
+                        key,
+                        Seen {
+                            last_sent: t,
+                            suppressed: 0,
+                        },
+                    );
+                    1
+                }
+            }
+        };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let ev = Event {
             metadata: ObjectMeta {
@@ -64,7 +115,7 @@ impl EventSink {
             },
             first_timestamp: Some(now),
             last_timestamp: Some(now),
-            count: 1,
+            count,
             ..Default::default()
         };
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), reason, message = %ev.message, "event");
@@ -93,5 +144,35 @@ impl EventSink {
                 b.pop_front();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MemoryApi;
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_events_are_counted_within_the_window() {
+        let sink = EventSink::new("n1");
+        let api = MemoryApi::new();
+        let pod = PodRef {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        };
+        for _ in 0..10 {
+            sink.warning(&pod, "Unhealthy", "Readiness probe failed: 500".into());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        sink.warning(&pod, "Unhealthy", "Readiness probe failed: refused".into());
+        sink.flush(&api).await;
+        assert_eq!(api.events().len(), 2, "one per distinct message");
+        tokio::time::advance(REPEAT_WINDOW).await;
+        sink.warning(&pod, "Unhealthy", "Readiness probe failed: 500".into());
+        sink.flush(&api).await;
+        let evs = api.events();
+        assert_eq!(evs.len(), 3);
+        assert_eq!(evs[2].count, 10, "9 suppressed repeats + this one");
     }
 }
