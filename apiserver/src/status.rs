@@ -19,6 +19,8 @@
 //! | `RaftError::UnknownMember`              | NOT_FOUND           |                                |
 //! | other `RaftError`                       | INTERNAL            |                                |
 //! | bad request (kind, selector, framing)   | INVALID_ARGUMENT    |                                |
+//!
+//! Every message is cut to [`MAX_STATUS_MESSAGE`] bytes ([`bounded`]).
 
 use tonic::{Code, Status};
 
@@ -46,8 +48,25 @@ pub fn store_code(e: &StoreError) -> Code {
     }
 }
 
+/// Longest status message sent. Messages travel in an HTTP/2 header (`grpc-message`); one
+/// that echoes a huge hostile name or selector would make the client drop the connection
+/// (`too_many_continuations`), so longer ones are cut, saying how much was left out.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `msg`, cut to at most [`MAX_STATUS_MESSAGE`] bytes (on a character boundary) plus a note.
+pub fn bounded(msg: String) -> String {
+    if msg.len() <= MAX_STATUS_MESSAGE {
+        return msg;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes cut)", &msg[..end], msg.len() - end)
+}
+
 pub fn from_store(e: &StoreError) -> Status {
-    let mut s = Status::new(store_code(e), e.to_string());
+    let mut s = Status::new(store_code(e), bounded(e.to_string()));
     if let StoreError::Conflict { actual, .. } = e {
         if let Ok(v) = actual.to_string().parse() {
             s.metadata_mut().insert(ACTUAL_RV_METADATA, v);
@@ -66,7 +85,7 @@ pub fn from_raft(e: &RaftError) -> Status {
         RaftError::UnknownMember(_) => Code::NotFound,
         _ => Code::Internal,
     };
-    let mut s = Status::new(code, e.to_string());
+    let mut s = Status::new(code, bounded(e.to_string()));
     if let RaftError::NotLeader {
         leader_id,
         leader_addr,
@@ -90,7 +109,7 @@ impl From<StoreError> for Status {
 
 /// A malformed request.
 pub fn invalid(msg: impl Into<String>) -> Status {
-    Status::invalid_argument(msg)
+    Status::invalid_argument(bounded(msg.into()))
 }
 
 #[cfg(test)]
@@ -99,6 +118,19 @@ mod tests {
     use super::*;
     use crate::store::ObjectKey;
     use berth_proto::Kind;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary_saying_how_much() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = format!("a{}", "é".repeat(5000));
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_STATUS_MESSAGE + 40, "{}", cut.len());
+        let kept = cut.split("... (").next().unwrap();
+        assert!(long.starts_with(kept));
+        assert!(cut.ends_with(&format!("({} more bytes cut)", long.len() - kept.len())));
+        let s = invalid("x".repeat(1 << 20));
+        assert!(s.message().len() <= MAX_STATUS_MESSAGE + 40);
+    }
 
     #[test]
     fn conflict_maps_to_aborted_with_both_versions() {

@@ -37,6 +37,8 @@ use crate::validate::{FieldError, FieldPath, PathSeg, Validate};
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes a document may have, counting every node an alias expands to.
 pub const MAX_NODES: usize = 100_000;
+/// Most non-empty documents one apply may carry (all files together).
+pub const MAX_DOCUMENTS: usize = 500;
 /// Most schema errors reported per document before giving up on it.
 const MAX_SCHEMA_ERRORS: usize = 50;
 
@@ -166,6 +168,21 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestErrors
         } else {
             load_file(p, &mut docs, &mut errors);
         }
+    }
+    if docs.len() > MAX_DOCUMENTS {
+        errors.push(ManifestError {
+            file: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            line: 0,
+            path: FieldPath::root(),
+            message: format!(
+                "{} documents in total; at most {MAX_DOCUMENTS} objects may be applied at a time: split the manifests into several applies",
+                docs.len()
+            ),
+        });
     }
     if errors.is_empty() {
         Ok(docs)
@@ -790,6 +807,7 @@ struct DocBuilder {
 /// before it are still returned and checked.
 fn read_yaml(text: &str) -> (Vec<RawDoc>, Option<(usize, String)>) {
     let mut docs = Vec::new();
+    let mut counted = 0usize;
     let mut parser = Parser::new_from_str(text);
     let mut b: Option<DocBuilder> = None;
     loop {
@@ -816,7 +834,15 @@ fn read_yaml(text: &str) -> (Vec<RawDoc>, Option<(usize, String)>) {
             }
             YamlEvent::DocumentEnd => {
                 if let Some(d) = b.take() {
-                    docs.push(d.finish());
+                    let line = d.start_line;
+                    let doc = d.finish();
+                    if !doc.value.is_null() || doc.error.is_some() {
+                        counted += 1;
+                        if counted > MAX_DOCUMENTS {
+                            return (docs, Some((line, too_many_documents(counted))));
+                        }
+                    }
+                    docs.push(doc);
                 }
             }
             ev => {
@@ -829,9 +855,20 @@ fn read_yaml(text: &str) -> (Vec<RawDoc>, Option<(usize, String)>) {
         }
     }
     if let Some(d) = b.take() {
-        docs.push(d.finish());
+        let line = d.start_line;
+        let doc = d.finish();
+        if (!doc.value.is_null() || doc.error.is_some()) && counted + 1 > MAX_DOCUMENTS {
+            return (docs, Some((line, too_many_documents(counted + 1))));
+        }
+        docs.push(doc);
     }
     (docs, None)
+}
+
+fn too_many_documents(seen: usize) -> String {
+    format!(
+        "more than {MAX_DOCUMENTS} documents (reached {seen}); apply at most {MAX_DOCUMENTS} objects at a time by splitting the manifests into several files or applies"
+    )
 }
 
 impl DocBuilder {
