@@ -124,14 +124,12 @@ pub fn status_view(d: &Deployment) -> StatusView {
                      traffic (or `berth rollout abort deploy/{name}`)"
                 ))
             }
-            "Aborted" => {
+            // Green was dropped (aborted by request, or not ready within the progress
+            // deadline): traffic stays on the previous revision.
+            "Degraded" | "Aborted" => {
                 return StatusView::Failed(format!(
-                "deployment {name:?} rollout was aborted; traffic stays on the previous revision"
-            ))
-            }
-            "Degraded" => {
-                return StatusView::Failed(format!(
-                    "deployment {name:?} is degraded: the active revision is not fully available"
+                    "deployment {name:?} rollout was aborted: the new revision was dropped and \
+                     traffic stays on the previous one; change the template to try again"
                 ))
             }
             "Progressing" => {
@@ -141,11 +139,19 @@ pub fn status_view(d: &Deployment) -> StatusView {
                     st.available_replicas.min(st.updated_replicas)
                 ))
             }
+            // Traffic is already on the new revision; the previous one is only kept around
+            // for an instant undo.
             "Promoting" => {
-                return StatusView::Waiting(format!(
-                    "Waiting for deployment {name:?} rollout to finish: switching traffic to the \
-                     new revision..."
-                ))
+                let until = st
+                    .blue_green
+                    .as_ref()
+                    .and_then(|b| b.scale_down_at)
+                    .map(|t| format!(" until {}", t.format("%H:%M:%S UTC")))
+                    .unwrap_or_default();
+                return StatusView::Done(format!(
+                    "deployment {name:?} successfully rolled out (the previous revision is kept\
+                     {until} for `berth rollout undo deploy/{name}`)"
+                ));
             }
             _ => {}
         }
