@@ -45,6 +45,16 @@
 //! member list. A data dir that already holds raft state is always recovered as is (id, hard
 //! state, log, members) and `bootstrap` is ignored.
 //!
+//! # What a failed call means
+//! - `NotLeader { leader_id, leader_addr }`: nothing was proposed; forward to the leader.
+//! - `Dropped`: the entry was certainly NOT applied (leadership changed first); retry.
+//! - `Timeout` / `OutcomeUnknown`: the entry may or may not be applied; re-read before retry.
+//! - `ConfChangeInProgress`: one membership change at a time; retry after it completes.
+//! - `LeaderRemovingItself`: the leader hands over first; retry `remove_member` on the new one.
+//!
+//! `RaftStatus::members[].reachable` comes from raft's check-quorum activity, reset once per
+//! election timeout, so a dead member shows `Some(false)` within about a second.
+//!
 //! # Interface contract with the object store (do not change signatures without telling the
 //! other side)
 //! - The store implements [`StateMachine`]; the raft task calls it for every committed normal

@@ -276,6 +276,10 @@ impl RaftNode {
             self.publish_status();
         };
         self.transport.close().await;
+        // Make the last applied entries durable too (the Ready flushes cover the log).
+        if let Err(e) = SledStorage::flush(&self.db).await {
+            tracing::warn!(id = self.id, error = %e, "raft: final flush failed");
+        }
         for (_, p) in std::mem::take(&mut self.pending) {
             p.fail(|| RaftError::Stopped);
         }
