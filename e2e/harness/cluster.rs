@@ -544,6 +544,14 @@ pub async fn http_get(
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var("E2E_KEEP").is_ok_and(|v| v == "1") && !std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!(
+                    "===== E2E_KEEP=1: logs and data kept in {} =====",
+                    d.keep().display()
+                );
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "\n===== e2e test {} failed: process logs (tails) =====",

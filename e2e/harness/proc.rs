@@ -15,6 +15,14 @@ pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
 }
 
+/// Seconds since the epoch (compare with the processes' RFC 3339 log timestamps).
+pub fn unix_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03} (unix time)", d.as_secs(), d.subsec_millis())
+}
+
 /// `$PATH` with the berth binary's directory first, as on a machine where berth is installed
 /// (the example manifests run `berth demo-server` on the process runtime).
 pub fn path_with_berth() -> String {
@@ -99,7 +107,12 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
             if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
-                let _ = writeln!(log, "===== e2e: killed {} with SIGKILL", self.name);
+                let _ = writeln!(
+                    log,
+                    "===== e2e: killed {} with SIGKILL at {}",
+                    self.name,
+                    unix_now()
+                );
             }
         }
     }
