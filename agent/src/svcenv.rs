@@ -1,0 +1,166 @@
+//! Service discovery through the environment, as Kubernetes does it: a container started in
+//! namespace N sees `{SVC}_SERVICE_HOST` / `{SVC}_SERVICE_PORT` (and `{SVC}_SERVICE_PORT_{PORT}`
+//! for named ports) for every Service of N that exists when it starts.
+//!
+//! Berth has no cluster IPs: the host is this node's address and the port the Service's node
+//! port, i.e. the node's own proxy, which forwards to a ready endpoint anywhere in the cluster.
+//! The agent's Service watch (which also programs the proxy) keeps a [`ServiceEnv`] current;
+//! pod sync reads it when it builds a container.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use berth_proto::types::Service;
+
+/// The Services this node knows, shared between the Service watch and pod sync.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceEnv {
+    services: Arc<RwLock<BTreeMap<(String, String), Service>>>,
+}
+
+impl ServiceEnv {
+    pub fn new() -> ServiceEnv {
+        ServiceEnv::default()
+    }
+
+    /// Replace the known Services.
+    pub fn set<'a>(&self, services: impl IntoIterator<Item = &'a Service>) {
+        let map = services
+            .into_iter()
+            .map(|s| {
+                (
+                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
+                    s.clone(),
+                )
+            })
+            .collect();
+        if let Ok(mut g) = self.services.write() {
+            *g = map;
+        }
+    }
+
+    /// The variables for a container in `namespace` on a node reached at `host`.
+    pub fn vars(&self, namespace: &str, host: &str) -> Vec<(String, String)> {
+        match self.services.read() {
+            Ok(g) => service_vars(g.values(), namespace, host),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn env_name(s: &str) -> String {
+    s.to_ascii_uppercase().replace(['-', '.'], "_")
+}
+
+/// Kubernetes-style variables for the Services of `namespace` (pure; sorted by name).
+pub fn service_vars<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    namespace: &str,
+    host: &str,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for svc in services {
+        let ns = if svc.metadata.namespace.is_empty() {
+            "default"
+        } else {
+            svc.metadata.namespace.as_str()
+        };
+        if ns != namespace {
+            continue;
+        }
+        let ports: Vec<_> = svc
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port.filter(|n| *n > 0).map(|n| (p, n)))
+            .collect();
+        let Some((_, first)) = ports.first() else {
+            continue;
+        };
+        let name = env_name(&svc.metadata.name);
+        out.push((format!("{name}_SERVICE_HOST"), host.to_string()));
+        out.push((format!("{name}_SERVICE_PORT"), first.to_string()));
+        for (p, n) in &ports {
+            if !p.name.is_empty() {
+                out.push((
+                    format!("{name}_SERVICE_PORT_{}", env_name(&p.name)),
+                    n.to_string(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_proto::types::{ObjectMeta, ServicePort, ServiceSpec};
+
+    fn svc(ns: &str, name: &str, ports: &[(&str, Option<i32>)]) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: ns.into(),
+                ..Default::default()
+            },
+            spec: ServiceSpec {
+                ports: ports
+                    .iter()
+                    .map(|(n, np)| ServicePort {
+                        name: n.to_string(),
+                        port: 80,
+                        node_port: *np,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn services_of_the_pods_namespace_point_at_this_nodes_proxy() {
+        let all = [
+            svc(
+                "default",
+                "my-api",
+                &[("http", Some(30101)), ("grpc", Some(30102))],
+            ),
+            svc("default", "store", &[("", Some(30200))]),
+            svc("other", "elsewhere", &[("", Some(30300))]),
+            svc("default", "no-port-yet", &[("", None)]),
+        ];
+        let vars = service_vars(&all, "default", "10.0.0.7");
+        let want: Vec<(String, String)> = [
+            ("MY_API_SERVICE_HOST", "10.0.0.7"),
+            ("MY_API_SERVICE_PORT", "30101"),
+            ("MY_API_SERVICE_PORT_GRPC", "30102"),
+            ("MY_API_SERVICE_PORT_HTTP", "30101"),
+            ("STORE_SERVICE_HOST", "10.0.0.7"),
+            ("STORE_SERVICE_PORT", "30200"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(vars, want);
+    }
+
+    #[test]
+    fn shared_env_reflects_the_latest_set() {
+        let env = ServiceEnv::new();
+        assert!(env.vars("default", "127.0.0.1").is_empty());
+        env.set(&[svc("default", "web", &[("", Some(30100))])]);
+        assert_eq!(
+            env.vars("default", "127.0.0.1"),
+            vec![
+                ("WEB_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
+                ("WEB_SERVICE_PORT".to_string(), "30100".to_string())
+            ]
+        );
+        env.set(&[]);
+        assert!(env.vars("default", "127.0.0.1").is_empty());
+    }
+}
