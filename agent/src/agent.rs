@@ -242,7 +242,10 @@ pub async fn start(
         .listen
         .clone()
         .unwrap_or_else(|| SocketAddr::new(address, 10250).to_string());
-    let logs = LogServer::bind(&listen, runtime.clone(), pods.clone()).await?;
+    let metrics = crate::metrics::AgentMetrics::new(pods.clone());
+    let logs = LogServer::bind(&listen, runtime.clone(), pods.clone())
+        .await?
+        .with_metrics(metrics.clone());
     let bound = logs
         .local_addr()
         .ok_or_else(|| AgentError::Args(format!("--listen {listen}: no local address")))?;
@@ -293,6 +296,7 @@ pub async fn start(
 
     if !args.no_proxy {
         let (proxy, handle) = Proxy::new(ProxyConfig::default());
+        metrics.set_proxy(handle.clone());
         tasks.spawn(proxy.run(shutdown.clone()));
         tasks.spawn(feed_proxy(client, handle, address, shutdown.clone()));
     }

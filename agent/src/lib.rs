@@ -6,7 +6,8 @@
 //! level-triggered pod reconciler around the pure [`podsync::plan`] and
 //! [`podsync::pod_status`]; [`prober::Prober`] over the pure [`probe::ProbeState`];
 //! [`backoff`] (CrashLoopBackOff); [`hostports`]; [`node::Heartbeat`]; the logs API in
-//! [`logs`] (server + [`logs::fetch`] client); the Service proxy in [`proxy`].
+//! [`logs`] (server + [`logs::fetch`] client, also serving `/metrics` from [`metrics`]); the
+//! Service proxy in [`proxy`].
 //!
 //! Data flow:
 //!
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod events;
 pub mod hostports;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod podsync;
 pub mod probe;

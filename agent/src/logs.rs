@@ -6,6 +6,10 @@
 //! The container is found by its labels in the runtime (pod uid from the pod cache when the
 //! pod still exists); `previous` is the attempt before the newest. The CLI's `berth logs POD`
 //! looks up the pod's node, reads `status.agentEndpoint`, and calls [`fetch`].
+//!
+//! `GET /metrics` on the same server answers the agent's Prometheus metrics
+//! ([`crate::metrics::AgentMetrics`]) when the server was given them
+//! ([`LogServer::with_metrics`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -184,6 +188,7 @@ pub struct LogServer {
     listener: TcpListener,
     runtime: Arc<dyn Runtime>,
     pods: PodCache,
+    metrics: Option<crate::metrics::AgentMetrics>,
 }
 
 impl LogServer {
@@ -202,7 +207,14 @@ impl LogServer {
             listener,
             runtime,
             pods,
+            metrics: None,
         })
+    }
+
+    /// Also serve `GET /metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::AgentMetrics) -> LogServer {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -227,8 +239,9 @@ impl LogServer {
             let rt = self.runtime.clone();
             let pods = self.pods.clone();
             let stop = shutdown.clone();
+            let metrics = self.metrics.clone();
             conns.spawn(async move {
-                if let Err(e) = serve(sock, rt, pods, stop).await {
+                if let Err(e) = serve(sock, rt, pods, metrics, stop).await {
                     tracing::debug!(error = %e, "logs API connection");
                 }
             });
@@ -275,6 +288,7 @@ async fn serve(
     mut sock: TcpStream,
     runtime: Arc<dyn Runtime>,
     pods: PodCache,
+    metrics: Option<crate::metrics::AgentMetrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let head = match tokio::time::timeout(Duration::from_secs(10), read_head(&mut sock)).await {
@@ -284,6 +298,17 @@ async fn serve(
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if let (Some(m), Some((status, content_type))) =
+        (&metrics, berth_metrics::http::route(method, target))
+    {
+        let body = if status == 200 {
+            m.render().await
+        } else {
+            "only GET is supported\n".to_string()
+        };
+        return berth_metrics::http::respond(&mut sock, status, content_type, body.as_bytes())
+            .await;
+    }
     if method != "GET" {
         return respond_error(&mut sock, 405, "only GET is supported").await;
     }

@@ -284,16 +284,15 @@ pub fn plan(
                     }
                 }
                 RunState::Created => {
-                    // Created by an agent that died before starting it: start over cleanly.
-                    out.actions.push(Action::Remove {
-                        id: latest.id.clone(),
-                    });
-                    if retry_wait.is_none() {
-                        out.actions.push(Action::Start {
+                    // Created by an agent that died before starting it: create the same attempt
+                    // again (runtimes replace a container of the same name).
+                    match retry_wait {
+                        Some(d) => out.requeue_in(d),
+                        None => out.actions.push(Action::Start {
                             pod_uid: uid.to_string(),
                             container: c.name.clone(),
                             attempt: latest.attempt,
-                        });
+                        }),
                     }
                 }
                 RunState::Exited(e) => {

@@ -796,3 +796,20 @@ async fn startup_probe_gates_readiness_and_its_failure_restarts_the_container() 
     );
     assert!(h.api.statuses().iter().all(|p| !p.is_ready()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_created_but_never_started_attempt_is_recreated_with_the_same_attempt_number() {
+    let p = pod("a", &["web"]);
+    let obs = vec![
+        info(&p, "web", 3, RunState::Created),
+        info(&p, "web", 2, exited(1)),
+    ];
+    assert_eq!(
+        plan_of(&[p], &obs, &Memo::default(), Instant::now()).actions,
+        vec![Action::Start {
+            pod_uid: "uid-a".into(),
+            container: "web".into(),
+            attempt: 3
+        }]
+    );
+}

@@ -321,6 +321,7 @@ impl Worker {
                     r = probe::check(&p.check, p.state.timeout, self.runtime.as_ref(), &self.target.id) => r,
                 };
                 if let ProbeResult::Failure(why) = &result {
+                    crate::metrics::probe_failed(p.kind.as_str());
                     self.events.warning(
                         &self.target.pod,
                         "Unhealthy",
