@@ -192,8 +192,15 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
         "{r:?}"
     );
 
-    // Delete by name, then by file (the deployment is already gone).
-    let r = berth(s, &["delete", "deploy", "web"]).await;
+    let r = berth(s, &["get", "deploy", "--show-labels"]).await;
+    assert!(r.out.lines().next().unwrap().ends_with("   LABELS"), "{r:?}");
+    assert!(r.out.contains("   app=web\n"), "{r:?}");
+
+    // Delete by selector, then by file (the deployment is already gone).
+    let r = berth(s, &["delete", "deploy", "-l", "app=nothing"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.err, "No resources found.\n");
+    let r = berth(s, &["delete", "deploy", "-l", "app=web"]).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.out, "deployment.apps \"web\" deleted\n");
     let r = berth(s, &["delete", "-f", &app]).await;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use berth_client::{ClientError, Kind};
 use clap::Args;
 
@@ -19,6 +19,12 @@ pub struct DeleteArgs {
     pub args: Vec<String>,
     #[command(flatten)]
     pub ns: NsArgs,
+    /// Delete every object of KIND matching this label selector.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Delete every object of KIND (in the namespace, or all with -A).
+    #[arg(long)]
+    pub all: bool,
     /// Succeed even if an object does not exist.
     #[arg(long)]
     pub ignore_not_found: bool,
@@ -54,17 +60,39 @@ pub async fn run(ctx: &Ctx, a: DeleteArgs, io: &mut Io<'_>) -> anyhow::Result<()
             .collect()
     } else {
         let (kind, names) = parse_kind_and_names(&a.args)?;
-        if names.is_empty() {
+        let by_selector = a.selector.is_some() || a.all;
+        if names.is_empty() && !by_selector {
             bail!(
-                "which {}? name them, e.g. berth delete {} NAME, or use -f FILE",
+                "which {}? name them, e.g. berth delete {} NAME, select them with -l or --all, \
+                 or use -f FILE",
                 kind.plural(),
                 kind.as_str().to_lowercase()
             );
         }
-        names
-            .into_iter()
-            .map(|n| (kind, a.ns.namespace().to_string(), n))
-            .collect()
+        if !names.is_empty() && by_selector {
+            bail!("give either names or -l/--all, not both");
+        }
+        if by_selector {
+            let client = ctx.client()?;
+            let scope = a.ns.list_scope(kind);
+            let selector = a.selector.clone().unwrap_or_default();
+            let (objs, _) = client
+                .list_dyn(kind, scope.as_deref(), &selector)
+                .await
+                .with_context(|| format!("cannot list {}", kind.plural()))?;
+            if objs.is_empty() {
+                writeln!(io.err, "No resources found.")?;
+                return Ok(());
+            }
+            objs.iter()
+                .map(|o| (kind, o.namespace().to_string(), o.name().to_string()))
+                .collect()
+        } else {
+            names
+                .into_iter()
+                .map(|n| (kind, a.ns.namespace().to_string(), n))
+                .collect()
+        }
     };
     let client = ctx.client()?;
     let mut failed = 0;

@@ -58,6 +58,20 @@ pub struct GetArgs {
     /// After listing, keep printing changes until Ctrl-C.
     #[arg(short = 'w', long)]
     pub watch: bool,
+    /// Add a LABELS column.
+    #[arg(long)]
+    pub show_labels: bool,
+}
+
+impl GetArgs {
+    /// Table options from the flags.
+    pub fn row_options(&self) -> RowOptions {
+        RowOptions {
+            wide: self.output == Some(OutputFormat::Wide),
+            all_namespaces: self.ns.all_namespaces,
+            show_labels: self.show_labels,
+        }
+    }
 }
 
 /// `kubectl get` error text for a missing object.
@@ -99,7 +113,7 @@ pub fn render(
     kind: Kind,
     objs: &[DynObject],
     output: Option<OutputFormat>,
-    all_namespaces: bool,
+    opts: RowOptions,
     single: bool,
 ) -> anyhow::Result<String> {
     Ok(match output {
@@ -112,7 +126,7 @@ pub fn render(
         Some(OutputFormat::Wide) | None => {
             let opts = RowOptions {
                 wide: output == Some(OutputFormat::Wide),
-                all_namespaces,
+                ..opts
             };
             table::rows(kind, objs, chrono::Utc::now(), opts)
                 .map_err(|e| anyhow!("cannot show {kind}: {e}"))?
@@ -174,11 +188,7 @@ async fn run_many(ctx: &Ctx, kinds: &[Kind], a: &GetArgs, io: &mut Io<'_>) -> an
             continue;
         }
         if matches!(a.output, None | Some(OutputFormat::Wide)) {
-            let opts = RowOptions {
-                wide: a.output == Some(OutputFormat::Wide),
-                all_namespaces: a.ns.all_namespaces,
-            };
-            let mut t = table::rows(kind, &list, chrono::Utc::now(), opts)
+            let mut t = table::rows(kind, &list, chrono::Utc::now(), a.row_options())
                 .map_err(|e| anyhow!("cannot show {kind}: {e}"))?;
             if let Some(col) = t.headers.iter().position(|h| h == "NAME") {
                 for r in &mut t.rows {
@@ -251,7 +261,7 @@ pub async fn run(ctx: &Ctx, a: GetArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     if !objs.is_empty() {
         let single = names.len() == 1;
         io.out
-            .write_all(render(kind, &objs, a.output, a.ns.all_namespaces, single)?.as_bytes())?;
+            .write_all(render(kind, &objs, a.output, a.row_options(), single)?.as_bytes())?;
     }
     if missing > 0 {
         return Err(anyhow!(
@@ -279,10 +289,7 @@ async fn watch(
     let src = DynSource::new(client, kind, config);
     let mut events = Box::pin(watcher::watcher_with(src, watcher::Backoff::default()));
     let wanted = |o: &DynObject| names.is_empty() || names.iter().any(|n| n == o.name());
-    let opts = RowOptions {
-        wide: a.output == Some(OutputFormat::Wide),
-        all_namespaces: a.ns.all_namespaces,
-    };
+    let opts = a.row_options();
     let mut printer = WatchPrinter::default();
     loop {
         let ev = tokio::select! {
@@ -309,7 +316,9 @@ async fn watch(
                 .iter()
                 .map(|o| serde_json::to_string(&o.value).map(|s| s + "\n"))
                 .collect::<Result<String, _>>()?,
-            Some(OutputFormat::Name) => render(kind, &objs, a.output, false, false)?,
+            Some(OutputFormat::Name) => {
+                render(kind, &objs, a.output, RowOptions::default(), false)?
+            }
             Some(OutputFormat::Wide) | None => printer
                 .print(kind, &objs, deleted, chrono::Utc::now(), opts)
                 .map_err(|e| anyhow!("cannot show {kind}: {e}"))?,
@@ -465,7 +474,7 @@ mod tests {
             Kind::Deployment,
             &[d("a"), d("b")],
             Some(OutputFormat::Name),
-            false,
+            RowOptions::default(),
             false,
         )
         .expect("names");

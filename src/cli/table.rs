@@ -102,6 +102,8 @@ impl Table {
 pub struct RowOptions {
     pub wide: bool,
     pub all_namespaces: bool,
+    /// Add a LABELS column (not for events).
+    pub show_labels: bool,
 }
 
 /// kubectl's HumanDuration: "45s", "5m10s", "3h", "2d4h", "400d", "3y20d".
@@ -580,6 +582,13 @@ pub fn rows(
         Kind::Endpoints => (endpoints_table(&typed(objs)?, now), ns_of(objs)),
         Kind::Node => (node_table(&typed(objs)?, now, wide), ns_of(objs)),
     };
+    let mut table = table;
+    if opts.show_labels && kind != Kind::Event {
+        table.headers.push("LABELS".to_string());
+        for (row, o) in table.rows.iter_mut().zip(objs) {
+            row.push(or_none(labels_string(&o.meta().labels)));
+        }
+    }
     Ok(if opts.all_namespaces && kind.namespaced() {
         table.with_namespace(&namespaces)
     } else {
@@ -846,20 +855,23 @@ LAST SEEN   TYPE     REASON      OBJECT      MESSAGE
     }
 
     #[test]
-    fn all_namespaces_adds_namespace_column() {
+    fn all_namespaces_and_show_labels_add_columns() {
         let objs = vec![DynObject::from_typed(&pod("web-1"))];
         let t = rows(
             Kind::Pod,
             &objs,
             t0(),
             RowOptions {
-                wide: false,
                 all_namespaces: true,
+                show_labels: true,
+                ..RowOptions::default()
             },
         )
         .expect("rows");
         assert_eq!(t.headers[0], "NAMESPACE");
         assert_eq!(t.rows[0][0], "default");
+        assert_eq!(t.headers.last().map(String::as_str), Some("LABELS"));
+        assert_eq!(t.rows[0].last().map(String::as_str), Some("<none>"));
     }
 
     #[test]
