@@ -194,6 +194,12 @@ impl RaftNode {
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
+            min_election_tick: config.election_tick,
+            max_election_tick: if config.max_election_tick > config.election_tick {
+                config.max_election_tick
+            } else {
+                2 * config.election_tick
+            },
             heartbeat_tick: config.heartbeat_tick,
             applied,
             check_quorum: true,
