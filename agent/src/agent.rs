@@ -265,6 +265,7 @@ pub async fn start(
 
     let events = EventSink::new(&node_name);
     let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
+    let services_env = sync_cfg.services.clone();
     sync_cfg.backoff = BackoffPolicy {
         base: Duration::from_millis(args.restart_backoff_ms.max(1)),
         ..BackoffPolicy::default()
@@ -298,7 +299,13 @@ pub async fn start(
         let (proxy, handle) = Proxy::new(ProxyConfig::default());
         metrics.set_proxy(handle.clone());
         tasks.spawn(proxy.run(shutdown.clone()));
-        tasks.spawn(feed_proxy(client, handle, address, shutdown.clone()));
+        tasks.spawn(feed_proxy(
+            client,
+            handle,
+            address,
+            services_env,
+            shutdown.clone(),
+        ));
     }
 
     Ok(AgentHandle {
@@ -350,6 +357,7 @@ async fn feed_proxy(
     client: Client,
     proxy: ProxyHandle,
     node_addr: IpAddr,
+    services_env: crate::svcenv::ServiceEnv,
     shutdown: CancellationToken,
 ) {
     let mut services = watcher::watcher::<Service>(client.clone(), watcher::Config::default());
@@ -375,6 +383,7 @@ async fn feed_proxy(
                 None => return,
             },
         }
+        services_env.set(svc.values());
         let all: Vec<_> = svc
             .iter()
             .flat_map(|(k, s)| proxy::service_backends(s, eps.get(k), node_addr))

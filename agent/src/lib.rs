@@ -36,5 +36,6 @@ pub mod probe;
 pub mod prober;
 pub mod proxy;
 pub mod runtime;
+pub mod svcenv;
 
 pub use agent::{run, start, AgentArgs, AgentError, AgentHandle, RuntimeKind};

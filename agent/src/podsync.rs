@@ -619,6 +619,8 @@ pub struct SyncConfig {
     pub create_retry: Duration,
     /// Upper bound between two rounds.
     pub resync: Duration,
+    /// Services, for the `{SVC}_SERVICE_HOST/PORT` variables of new containers.
+    pub services: crate::svcenv::ServiceEnv,
 }
 
 impl SyncConfig {
@@ -629,6 +631,7 @@ impl SyncConfig {
             backoff: BackoffPolicy::default(),
             create_retry: Duration::from_secs(10),
             resync: Duration::from_secs(1),
+            services: crate::svcenv::ServiceEnv::new(),
         }
     }
 }
@@ -897,7 +900,14 @@ impl PodSync {
                     }
                 };
             let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
-            let spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
+            let mut spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
+            // Service variables go before the container's own env, which wins on a clash.
+            let svc_vars = self
+                .cfg
+                .services
+                .vars(&pod.metadata.namespace, &self.cfg.node_address);
+            let own = spec.env.len() - c.env.len();
+            spec.env.splice(own..own, svc_vars);
             prepared.push((key, pref, spec));
         }
         let rt = self.runtime.clone();
