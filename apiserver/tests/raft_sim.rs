@@ -390,3 +390,25 @@ async fn single_member_restarts_after_compaction_with_its_state() {
     );
     c.shutdown().await;
 }
+
+/// With the election timeout randomized in [10, 15) ticks (30 ms ticks here), survivors
+/// elect a new leader and commit within a few timeouts of the leader crashing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_leader_is_replaced_within_a_few_election_timeouts() {
+    let mut c = SimCluster::start(3, Opts::default()).await;
+    let all = [1, 2, 3];
+    c.write(&all, "before-crash").await;
+    let old = c.wait_leader(&all).await;
+    c.stop(old).await;
+    let crashed = Instant::now();
+    let rest: Vec<u64> = all.into_iter().filter(|id| *id != old).collect();
+    c.write(&rest, "after-crash").await;
+    let failover = crashed.elapsed();
+    println!("raft sim: writes accepted again {failover:?} after the leader crashed");
+    // 15 ticks = 450 ms is the longest election timeout; allow generous slack for load.
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    c.shutdown().await;
+}
