@@ -211,8 +211,13 @@ impl ServerHandle {
         if let Err(e) = self.store.flush() {
             first_err.get_or_insert(e.into());
         }
-        if let Err(e) = self.db.flush_async().await {
-            tracing::warn!(error = %e, "flushing the database failed");
+        // Db::flush on the blocking pool: sled 0.34's flush_async can hang when several
+        // databases flush at once (sled#1241), e.g. members of an in-process test cluster.
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing the database failed"),
+            Err(e) => tracing::warn!(error = %e, "flushing the database failed"),
         }
         match first_err {
             Some(e) => Err(e),
