@@ -502,7 +502,6 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
 }
 
 #[test]
-#[ignore = "needs the agent to set Kubernetes-style Service env vars (API_SERVICE_HOST/PORT): not landed yet"]
 fn multi_tier_web_reaches_api_and_store_through_service_environment_variables() {
     let Some(c) = Cluster::start("multi-tier", 10, Opts { agents: true }) else {
         return;
