@@ -9,6 +9,7 @@
 //! Binaries: `proxy-bench` (direct vs HAProxy vs the Berth Service proxy, keep-alive and
 //! new-connection-per-request).
 
+pub mod cluster;
 pub mod http_backend;
 pub mod procs;
 pub mod runtime_thread;
