@@ -307,6 +307,8 @@ impl<T: Object> Controller<T> {
             metrics.queue_depth.set(queue.len() as f64);
             let can_dispatch = ready && running.len() < concurrency;
             tokio::select! {
+                // Dispatch before taking more trigger events: a busy watch must not starve
+                // reconciles (dispatch is bounded by `concurrency`, so triggers still run).
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
@@ -338,11 +340,6 @@ impl<T: Object> Controller<T> {
                         }
                     }
                 }
-                Some(keys) = triggers.next() => {
-                    for k in keys {
-                        queue.add(k);
-                    }
-                }
                 Some(key) = queue.next(), if can_dispatch => {
                     match store.get(&key) {
                         // Deleted since it was queued: nothing to reconcile (children are
@@ -363,6 +360,11 @@ impl<T: Object> Controller<T> {
                             });
                             task_keys.insert(handle.id(), key);
                         }
+                    }
+                }
+                Some(keys) = triggers.next() => {
+                    for k in keys {
+                        queue.add(k);
                     }
                 }
             }
@@ -476,7 +478,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn burst_of_changes_collapses_and_reconcile_sees_latest_version() {
+    async fn burst_of_changes_collapses_and_the_last_reconcile_sees_the_latest_version() {
         let main = FakeSource::new(
             vec![ListReply::Ok(vec![rs("a", 1), rs("b", 2)], 2)],
             vec![WatchReply::OkThenHang(vec![
@@ -503,9 +505,10 @@ mod tests {
         task.await.expect("join");
         let seen = ctx.seen.lock().expect("lock").clone();
         let a_runs: Vec<u64> = seen.iter().filter(|(n, _)| n == "a").map(|x| x.1).collect();
-        // The list and the three modifications arrive before the first dispatch, so "a" is
-        // reconciled once, at its latest version.
-        assert_eq!(a_runs, vec![5], "{seen:?}");
+        // Three modifications collapse: "a" runs at most once more after its first
+        // reconcile (never once per event), and its last run sees the latest version.
+        assert!(a_runs.len() <= 2, "{seen:?}");
+        assert_eq!(a_runs.last(), Some(&5), "{seen:?}");
         assert_eq!(seen.iter().filter(|(n, _)| n == "b").count(), 1);
     }
 
