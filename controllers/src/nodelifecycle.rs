@@ -125,6 +125,17 @@ fn min_requeue(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
+/// Is the node lost or not ready at `now` (so its pods matter to [`plan`])? A healthy node's
+/// plan never looks at pods, which lets the shell skip gathering them.
+pub fn node_is_down(node: &Node, now: Time, cfg: &Config) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, "Ready"));
+    let stale = last_heartbeat(node).is_none_or(|t| now > t + dur(cfg.grace_period));
+    stale || ready.is_some_and(|c| !c.is_true())
+}
+
 pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
     let mut out = Plan::default();
     for node in nodes {
@@ -416,6 +427,23 @@ mod tests {
             .actions
             .is_empty());
         assert!(!updated(&plan(&[n], &[], at(7), &cfg())).is_empty());
+    }
+
+    #[test]
+    fn healthy_node_plan_ignores_pods() {
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let pods = [PodBuilder::new("a").node("n1").ready().build()];
+        assert!(!node_is_down(&n, at(3), &cfg()));
+        assert_eq!(
+            plan(std::slice::from_ref(&n), &pods, at(3), &cfg()),
+            plan(std::slice::from_ref(&n), &[], at(3), &cfg())
+        );
+        assert!(node_is_down(&n, at(7), &cfg()));
+        assert!(node_is_down(
+            &NodeBuilder::new("n2").not_ready().heartbeat(at(3)).build(),
+            at(3),
+            &cfg()
+        ));
     }
 
     #[test]

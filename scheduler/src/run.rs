@@ -9,9 +9,10 @@
 //!   message) and a `FailedScheduling` Event, written only when the message changes.
 //!   It is retried on the next change of any pod or node.
 //!
-//! Bound pods whose status does not say `PodScheduled=True` yet get it in the next batch (the
-//! store keeps status and spec writes apart, and one raft entry cannot chain two CAS writes of
-//! the same object). Binds the cache has not seen yet are remembered as "assumed" so the next
+//! A bound pod that still says `PodScheduled=False` from an earlier unschedulable pass gets
+//! `PodScheduled=True` in the next batch (the store keeps status and spec writes apart, and one
+//! raft entry cannot chain two CAS writes of the same object); other pods get it from their
+//! agent's first status write. Binds the cache has not seen yet are remembered as "assumed" so the next
 //! pass neither double-books their resources nor binds them again.
 
 use std::collections::HashMap;
@@ -91,7 +92,10 @@ fn pod_scheduled(p: &Pod) -> Option<&Condition> {
         .and_then(|s| condition(&s.conditions, "PodScheduled"))
 }
 
-/// Bound, not yet started by its agent, and not yet marked PodScheduled=True.
+/// Bound, not yet started by its agent, and still saying PodScheduled=False from an earlier
+/// unschedulable pass. (A pod bound on its first try gets PodScheduled=True from its agent's
+/// first status write; writing it here too would double the raft writes of every bind, since
+/// one entry cannot chain a spec and a status CAS on the same object.)
 fn needs_scheduled_condition(p: &Pod) -> bool {
     !p.spec.node_name.is_empty()
         && p.metadata.deletion_timestamp.is_none()
@@ -99,7 +103,7 @@ fn needs_scheduled_condition(p: &Pod) -> bool {
             p.status.as_ref().map(|s| s.phase.as_str()),
             None | Some("") | Some("Pending")
         )
-        && !pod_scheduled(p).is_some_and(|c| c.is_true())
+        && pod_scheduled(p).is_some_and(|c| !c.is_true())
 }
 
 fn with_condition(p: &Pod, c: Condition) -> Pod {
@@ -253,7 +257,9 @@ impl Scheduler {
             return Ok(0);
         }
         let n = ops.len();
+        let write_started = Instant::now();
         let results = self.client.batch(ops).await.map_err(Error::Batch)?;
+        tracing::debug!(writes = n, pending = pending.len(), took = ?write_started.elapsed(), "scheduling batch written");
         for (res, (id, bind)) in results.into_iter().zip(kinds) {
             match (res, bind) {
                 (Ok(obj), Some((node, pod))) => {

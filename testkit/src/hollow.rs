@@ -181,6 +181,11 @@ async fn ready_pods(
         st.host_ip = c.address.clone();
         st.host_ports = host_ports;
         st.start_time = Some(now);
+        // As a real agent's first status write does.
+        set_condition(
+            &mut st.conditions,
+            Condition::new("PodScheduled", true, "", "", now),
+        );
         set_condition(
             &mut st.conditions,
             Condition::new("Ready", true, "", "", now),

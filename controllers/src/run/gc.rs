@@ -59,7 +59,9 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (endpoints, e5) = watch::<Endpoints>(&client);
     let (nodes, e6) = watch::<Node>(&client);
     let mut events = stream::select_all([e1, e2, e3, e4, e5, e6]);
-    let mut dirty = false;
+    // A fixed deadline once dirty (not a debounce: a steady stream of events must not starve
+    // collection).
+    let mut pass_at: Option<tokio::time::Instant> = None;
     loop {
         let ready = deployments.is_ready()
             && replica_sets.is_ready()
@@ -67,12 +69,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
             && services.is_ready()
             && endpoints.is_ready()
             && nodes.is_ready();
+        let due = pass_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(()) = events.next() => dirty = true,
-            _ = tokio::time::sleep(config.gc_delay), if dirty && ready => {
-                dirty = false;
+            _ = tokio::time::sleep_until(due), if pass_at.is_some() && ready => {
+                pass_at = None;
+                let mut dirty = false;
                 let mut all = Vec::new();
                 let mut live = HashSet::new();
                 items(&deployments, &mut all, &mut live);
@@ -97,6 +100,13 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
                         dirty = true;
                     }
                 }
+                if dirty {
+                    // Something could not be confirmed or deleted: try again later.
+                    pass_at = Some(tokio::time::Instant::now() + config.gc_delay * 5);
+                }
+            }
+            Some(()) = events.next() => {
+                pass_at.get_or_insert_with(|| tokio::time::Instant::now() + config.gc_delay);
             }
         }
     }

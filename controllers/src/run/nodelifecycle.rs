@@ -43,18 +43,19 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let name = node.metadata.name.clone();
-    let pods: Vec<Pod> = ctx
-        .pods
-        .filter(|p| p.spec.node_name == name)
-        .iter()
-        .map(|p| p.as_ref().clone())
-        .collect();
-    let plan = nodelifecycle::plan(
-        std::slice::from_ref(node.as_ref()),
-        &pods,
-        Utc::now(),
-        &ctx.config,
-    );
+    let now = Utc::now();
+    // Scanning every pod for each node event is the expensive part; a healthy node's plan
+    // does not need them.
+    let pods: Vec<Pod> = if nodelifecycle::node_is_down(&node, now, &ctx.config) {
+        ctx.pods
+            .filter(|p| p.spec.node_name == name)
+            .iter()
+            .map(|p| p.as_ref().clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let plan = nodelifecycle::plan(std::slice::from_ref(node.as_ref()), &pods, now, &ctx.config);
     let client = &ctx.client;
     let mut first_error = None;
     for step in plan.actions {
