@@ -445,6 +445,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             let render: berth_metrics::http::RenderFn = Arc::new(move || {
                 let mut families = registry.gather();
                 families.extend(berth_metrics::global().gather());
+                families.sort_by(|a, b| a.name.cmp(&b.name));
                 berth_metrics::text::render(&families)
             });
             let server = berth_metrics::http::MetricsServer::bind(listen, render).await?;
@@ -454,7 +455,9 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
                 server.run(token).await;
                 Ok(())
             });
-            tracing::info!(addr = ?bound, "serving metrics at /metrics");
+            if let Some(a) = bound {
+                tracing::info!(addr = %a, "serving metrics at http://{a}/metrics");
+            }
             bound
         }
         None => None,

@@ -347,6 +347,23 @@ impl WatchPrinter {
         opts: RowOptions,
     ) -> Result<String, String> {
         let mut out = String::new();
+        // Events in time order (the initial list comes in key order), like `get events`.
+        let mut objs: Vec<&DynObject> = objs.iter().collect();
+        if kind == Kind::Event {
+            objs.sort_by_key(|o| {
+                o.to_typed::<berth_proto::types::Event>()
+                    .ok()
+                    .and_then(|e| table::event_time(&e))
+            });
+        }
+        // Size the columns for the whole first batch (the initial list), not its first row.
+        let mut first_widths = match self.widths {
+            None => {
+                let all: Vec<DynObject> = objs.iter().map(|o| (*o).clone()).collect();
+                Some(table::rows(kind, &all, now, opts)?.widths_at_least(8))
+            }
+            Some(_) => None,
+        };
         for o in objs {
             let mut t = table::rows(kind, std::slice::from_ref(o), now, opts)?;
             let Some(mut row) = t.rows.pop() else {
@@ -374,7 +391,7 @@ impl WatchPrinter {
             t.rows = vec![row];
             if self.widths.is_none() {
                 // Leave some slack so later rows with longer values stay aligned.
-                let w = t.widths_at_least(8);
+                let w = first_widths.take().unwrap_or_else(|| t.widths_at_least(8));
                 out.push_str(&t.render_header_with(&w));
                 self.widths = Some(w);
             }
@@ -444,6 +461,65 @@ mod tests {
             .print(Kind::Pod, &[pod("Running", 3)], true, now, opts)
             .expect("rows");
         assert!(gone.contains("Deleted"), "{gone}");
+    }
+
+    #[test]
+    fn watch_events_print_in_time_order_with_columns_sized_for_the_initial_list() {
+        use berth_proto::types::{Event as KEvent, ObjectReference};
+        let now = chrono::Utc::now();
+        let ev = |name: &str, secs_ago: i64, reason: &str| {
+            DynObject::from_typed(&KEvent {
+                metadata: ObjectMeta {
+                    name: name.into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                },
+                involved_object: ObjectReference {
+                    kind: "Deployment".into(),
+                    name: "hello".into(),
+                    ..Default::default()
+                },
+                reason: reason.into(),
+                message: "m".into(),
+                type_: "Normal".into(),
+                last_timestamp: Some(now - chrono::Duration::seconds(secs_ago)),
+                ..Default::default()
+            })
+        };
+        let mut w = WatchPrinter::default();
+        let opts = RowOptions::default();
+        // The initial list arrives in key order, not time order.
+        let first = w
+            .print(
+                Kind::Event,
+                &[ev("a", 5, "Created"), ev("b", 30, "ScalingReplicaSet")],
+                false,
+                now,
+                opts,
+            )
+            .expect("rows");
+        let lines: Vec<&str> = first.lines().collect();
+        assert_eq!(lines.len(), 3, "{first}");
+        assert!(lines[1].starts_with("30s "), "{first}");
+        assert!(lines[2].starts_with("5s "), "{first}");
+        assert!(
+            lines[1].contains("ScalingReplicaSet   deployment/hello"),
+            "{first}"
+        );
+        // A later row with a longer value than any column still has a gap.
+        let later = w
+            .print(
+                Kind::Event,
+                &[ev("c", 0, "AVeryLongReasonThatOverflowsItsColumn")],
+                false,
+                now,
+                opts,
+            )
+            .expect("rows");
+        assert!(
+            later.contains("AVeryLongReasonThatOverflowsItsColumn   deployment/hello"),
+            "{later}"
+        );
     }
 
     #[test]

@@ -44,9 +44,10 @@ impl Table {
             } else {
                 let pad = widths.get(i).copied().unwrap_or(0) + 3;
                 s.push_str(c);
+                // A cell wider than its column (a later `get -w` row) still gets a gap.
                 s.extend(std::iter::repeat_n(
                     ' ',
-                    pad.saturating_sub(c.chars().count()),
+                    pad.saturating_sub(c.chars().count()).max(3),
                 ));
             }
         }
