@@ -1,6 +1,6 @@
 //! Scenarios that need only the three API servers and the CLI (no agents):
-//! 2) kill -9 the Raft leader, 4) partition a minority server, 7) rolling restart of all
-//! servers, 8) bad input.
+//! (2) kill -9 the Raft leader, (4) partition a minority server, (7) rolling restart of all
+//! servers, (8) bad input.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,5 @@
 //! Scenarios with agents (process runtime), controllers, the scheduler and the per-node proxy:
-//! 1) apply hello, 3) lose a node, 5) blue-green under load, 6) kill -9 an agent; plus the
+//! (1) apply hello, (3) lose a node, (5) blue-green under load, (6) kill -9 an agent; plus the
 //! multi-tier example (web, then api, then store, through Service environment variables).
 
 use std::collections::{BTreeMap, BTreeSet};
