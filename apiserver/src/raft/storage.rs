@@ -6,7 +6,13 @@
 //!   (the term prefix lets `term()` answer without decoding the entry).
 //! - `raft_meta`: `node_id`, `hard_state`, `conf_state`, `truncated` (index and term of the
 //!   last entry removed from the log, i.e. `first_index - 1`), `applied`, `members` (JSON),
-//!   `snapshot_meta`, `snapshot_data` (the latest stored snapshot, [`SnapshotPayload`]).
+//!   `snapshot_meta`.
+//! - `raft_snapshot`: `snapshot_data`, the latest stored snapshot ([`SnapshotPayload`]),
+//!   written with `snapshot_meta` in one transaction. It has a tree of its own because sled
+//!   rewrites a whole leaf node every few updates: kept next to `hard_state`/`applied`
+//!   (updated every Ready) a multi-MB snapshot was rewritten several times per second
+//!   (hundreds of MB/s of disk writes). Data dirs from before keep it in `raft_meta`, which
+//!   is read as a fallback and cleared by the next snapshot.
 //!
 //! Writes are not flushed here: the raft task flushes the `Db` once per Ready (group commit).
 //! Only the raft task mutates this storage (through `RawNode::mut_store`).
@@ -18,6 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protobuf::Message as _;
+use sled::transaction::Transactional as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
@@ -25,6 +32,7 @@ use super::{RaftError, StateMachine};
 
 const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
+const SNAP_TREE: &str = "raft_snapshot";
 
 const K_NODE_ID: &[u8] = b"node_id";
 const K_HARD_STATE: &[u8] = b"hard_state";
@@ -105,6 +113,7 @@ impl SnapshotPayload {
 pub struct SledStorage {
     log: sled::Tree,
     meta: sled::Tree,
+    snap: sled::Tree,
     sm: Arc<dyn StateMachine>,
     node_id: Option<u64>,
     hard_state: HardState,
@@ -147,6 +156,7 @@ impl SledStorage {
     pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, RaftError> {
         let log = db.open_tree(LOG_TREE)?;
         let meta = db.open_tree(META_TREE)?;
+        let snap = db.open_tree(SNAP_TREE)?;
         let get_pb = |key: &[u8], what: &str| -> Result<Option<Vec<u8>>, RaftError> {
             let _ = what;
             Ok(meta.get(key)?.map(|v| v.to_vec()))
@@ -182,6 +192,7 @@ impl SledStorage {
         Ok(Self {
             log,
             meta,
+            snap,
             sm,
             node_id,
             hard_state,
@@ -336,10 +347,21 @@ impl SledStorage {
         meta: SnapshotMetadata,
         data: Vec<u8>,
     ) -> Result<(), RaftError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(K_SNAP_META, encode_pb(&meta)?);
-        batch.insert(K_SNAP_DATA, data);
-        self.meta.apply_batch(batch)?;
+        let meta_bytes = encode_pb(&meta)?;
+        (&self.meta, &self.snap)
+            .transaction(|(m, s)| {
+                m.insert(K_SNAP_META, meta_bytes.as_slice())?;
+                // Where data dirs from before the `raft_snapshot` tree kept it.
+                m.remove(K_SNAP_DATA)?;
+                s.insert(K_SNAP_DATA, data.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => RaftError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    RaftError::Corrupt("snapshot write aborted".to_string())
+                }
+            })?;
         self.snapshot_meta = meta;
         Ok(())
     }
@@ -427,7 +449,10 @@ impl SledStorage {
     pub(crate) fn stored_snapshot(&self) -> Result<Snapshot, RaftError> {
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot_meta.clone());
-        if let Some(data) = self.meta.get(K_SNAP_DATA)? {
+        if let Some(data) = match self.snap.get(K_SNAP_DATA)? {
+            Some(data) => Some(data),
+            None => self.meta.get(K_SNAP_DATA)?,
+        } {
             snap.data = data.to_vec().into();
         }
         Ok(snap)
