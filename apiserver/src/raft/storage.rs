@@ -24,9 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use sled::transaction::Transactional as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use sled::transaction::Transactional as _;
 
 use super::{RaftError, StateMachine};
 
