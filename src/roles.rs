@@ -96,10 +96,6 @@ pub struct DevArgs {
     /// Do not write the CLI config file (~/.berth/config).
     #[arg(long)]
     pub no_config: bool,
-    /// Serve the server's Prometheus metrics at http://HOST:PORT/metrics (port 0: any free
-    /// port, printed on start); the agent's are on its API address, also at /metrics.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
-    pub metrics_listen: String,
 }
 
 /// `berth dev`: a single-member API server (embedded sled, the store of the real thing), the
@@ -112,12 +108,13 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
             "HOME is not set: pass --data-dir to choose where berth dev keeps its state",
         )?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // 0700: the dev dir holds the server's store and the agent's state (and, later, keys).
+    berth_agent::agent::create_private_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let resumed = dir.join("server").exists();
     let mut server_args = ServerArgs::new(dir.join("server"));
     server_args.listen = args.listen.clone();
     server_args.init = true;
-    server_args.metrics_listen = Some(args.metrics_listen.clone());
     let mut server = berth_apiserver::start(server_args)
         .await
         .with_context(|| format!("starting the API server on {}", args.listen))?;
@@ -157,7 +154,6 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         "berth dev is running{}\n\
          \n  API server   {addr}\
          \n  node         {} (runtime: {})\
-         \n  metrics      {} (server), http://{}/metrics (agent)\
          \n  data         {}\
          \n  {config_note}\
          \n\nTry:\
@@ -168,11 +164,6 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         if resumed { " (resumed)" } else { "" },
         agent.node_name,
         agent.runtime,
-        server
-            .metrics_addr()
-            .map(|a| format!("http://{a}/metrics"))
-            .unwrap_or_else(|| "off".to_string()),
-        agent.agent_endpoint,
         dir.display(),
     );
 

@@ -203,7 +203,7 @@ pub async fn start(
     let labels: BTreeMap<String, String> =
         node::parse_labels(&args.labels).map_err(|e| AgentError::Args(e.to_string()))?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).map_err(|source| AgentError::DataDir {
+    create_private_dir(&data_dir).map_err(|source| AgentError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
@@ -431,5 +431,38 @@ impl NodeApi for ClientApi {
     }
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError> {
         self.client.update_status(node).await.map_err(map_err)
+    }
+}
+
+/// Create the agent's data dir (and missing parents) readable by its owner only (0700), and
+/// tighten an existing one: it holds container state, logs and, later, the node's key.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod data_dir_tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn agent_data_dir_is_created_0700_and_an_open_one_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/agent");
+        super::create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700, "missing parents too");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
     }
 }
