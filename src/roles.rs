@@ -96,6 +96,10 @@ pub struct DevArgs {
     /// Do not write the CLI config file (~/.berth/config).
     #[arg(long)]
     pub no_config: bool,
+    /// Serve the server's Prometheus metrics at http://HOST:PORT/metrics (port 0: any free
+    /// port, printed on start); the agent's are on its API address, also at /metrics.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    pub metrics_listen: String,
 }
 
 /// `berth dev`: a single-member API server (embedded sled, the store of the real thing), the
@@ -115,6 +119,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let mut server_args = ServerArgs::new(dir.join("server"));
     server_args.listen = args.listen.clone();
     server_args.init = true;
+    server_args.metrics_listen = Some(args.metrics_listen.clone());
     let mut server = berth_apiserver::start(server_args)
         .await
         .with_context(|| format!("starting the API server on {}", args.listen))?;
@@ -154,6 +159,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         "berth dev is running{}\n\
          \n  API server   {addr}\
          \n  node         {} (runtime: {})\
+         \n  metrics      {} (server), http://{}/metrics (agent)\
          \n  data         {}\
          \n  {config_note}\
          \n\nTry:\
@@ -164,6 +170,11 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         if resumed { " (resumed)" } else { "" },
         agent.node_name,
         agent.runtime,
+        server
+            .metrics_addr()
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "off".to_string()),
+        agent.agent_endpoint,
         dir.display(),
     );
 
