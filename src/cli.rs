@@ -54,7 +54,7 @@ pub struct ConnArgs {
     pub config: Option<PathBuf>,
     /// How long a request may keep retrying across servers (e.g. during a leader
     /// election), e.g. 15s, 500ms, 1m [default: 15s]. Nothing listening fails at once.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long = "request-timeout", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
 }
 
@@ -78,7 +78,7 @@ pub struct WithConn<A: Args> {
     pub conn: ConnArgs,
 }
 
-/// The default of `--timeout`.
+/// The default of `--request-timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Subcommand)]
@@ -418,7 +418,7 @@ mod tests {
             "pods",
             "--server",
             "b:2",
-            "--timeout",
+            "--request-timeout",
             "2s",
         ])
         .expect("parse");

@@ -126,7 +126,7 @@ async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     assert!(r.ok, "{r:?}");
     let r = berth(
         s,
-        &["rollout", "status", "deploy/hello", "--wait-timeout", "50s"],
+        &["rollout", "status", "deploy/hello", "--timeout", "50s"],
     )
     .await;
     assert!(r.ok, "{r:?}");
@@ -146,7 +146,7 @@ async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     assert_eq!(r.out, "deployment.apps/hello configured\n", "{r:?}");
     let r = berth(
         s,
-        &["rollout", "status", "deploy/hello", "--wait-timeout", "50s"],
+        &["rollout", "status", "deploy/hello", "--timeout", "50s"],
     )
     .await;
     assert!(r.ok, "{r:?}");
@@ -163,7 +163,7 @@ async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     assert_eq!(r.out, "deployment.apps/hello rolled back\n", "{r:?}");
     let r = berth(
         s,
-        &["rollout", "status", "deploy/hello", "--wait-timeout", "50s"],
+        &["rollout", "status", "deploy/hello", "--timeout", "50s"],
     )
     .await;
     assert!(r.ok, "{r:?}");

@@ -28,7 +28,7 @@ pub struct DrainArgs {
     #[arg(long)]
     pub force: bool,
     /// How long to wait for the deleted pods to disappear (0 = do not wait).
-    #[arg(long = "wait-timeout", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long = "timeout", default_value = "60s", value_parser = parse_duration)]
     pub wait_timeout: Duration,
 }
 

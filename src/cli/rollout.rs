@@ -51,7 +51,7 @@ pub enum RolloutCommand {
         #[arg(long = "watch", default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
         /// Give up after this long (e.g. 5m); 0 = wait forever.
-        #[arg(long = "wait-timeout", default_value = "0", value_parser = parse_duration)]
+        #[arg(long = "timeout", default_value = "0", value_parser = parse_duration)]
         wait_timeout: Duration,
     },
     /// The revisions of a deployment (its ReplicaSets), oldest first.
