@@ -4,7 +4,8 @@
 //! [`Command`] (uid and timestamp chosen here), `propose` it. A follower forwards the original
 //! request to the leader over a cached client, marked with `berth-forwarded` so it is never
 //! forwarded twice (a forwarded request that meets a non-leader answers UNAVAILABLE with the
-//! leader's address in `berth-leader`, and the client retries). While no leader is known
+//! leader's address in `berth-leader`, and the client retries; a forwarded write that succeeds
+//! also names the leader in `berth-leader`, so clients move their writes there). While no leader is known
 //! (election), writes wait up to [`LEADER_WAIT`].
 //!
 //! Reads: `read_index` (linearizable, also on followers) then the local store. Watches are
@@ -28,7 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::raft::{MemberInfo, RaftError, RaftHandle};
-use crate::status::{from_raft, from_store, invalid};
+use crate::status::{from_raft, from_store, invalid, LEADER_METADATA};
 use crate::store::{
     ApplyOutcome, Command, NodePortRange, ObjectKey, Op, OpResult, Reply, Store, StoreError,
     WatchEvent, WatchEventType, WatchFilter,
@@ -65,7 +66,8 @@ pub struct ApiService {
 
 /// Where a write goes when this member cannot propose it.
 enum Route {
-    Leader(ApiClient<Channel>),
+    /// Forward to the leader through this client; the address is echoed to the caller.
+    Leader(ApiClient<Channel>, String),
     Fail(Status),
 }
 
@@ -77,6 +79,21 @@ impl From<Status> for Route {
 
 fn forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(FORWARDED_METADATA)
+}
+
+/// A write this follower forwarded succeeded: name the leader in the reply's `berth-leader`
+/// metadata so the client can send its next writes there directly (one hop and one decode
+/// fewer per write).
+fn with_leader_hint<T>(
+    res: Result<Response<T>, Status>,
+    addr: &str,
+) -> Result<Response<T>, Status> {
+    res.map(|mut resp| {
+        if let Ok(v) = addr.parse() {
+            resp.metadata_mut().insert(LEADER_METADATA, v);
+        }
+        resp
+    })
 }
 
 fn mark_forwarded<T>(msg: T) -> Request<T> {
@@ -240,7 +257,7 @@ impl ApiService {
                 if is_forwarded {
                     return Err(Route::Fail(from_raft(&err)));
                 }
-                return Err(Route::Leader(self.client_for(addr)?));
+                return Err(Route::Leader(self.client_for(addr)?, addr.clone()));
             }
         }
         if Instant::now() >= deadline || !self.wait_for_leader(deadline).await {
@@ -383,7 +400,9 @@ macro_rules! write_rpc {
                 Ok(Response::new($resp))
             }
             Err(Route::Fail(s)) => Err(s),
-            Err(Route::Leader(mut client)) => client.$method(mark_forwarded($r)).await,
+            Err(Route::Leader(mut client, addr)) => {
+                with_leader_hint(client.$method(mark_forwarded($r)).await, &addr)
+            }
         }
     }};
 }
@@ -496,7 +515,9 @@ impl Api for ApiService {
             match self.write(valid, false, is_fwd).await {
                 Ok(results) => results.into_iter(),
                 Err(Route::Fail(s)) => return Err(s),
-                Err(Route::Leader(mut client)) => return client.batch(mark_forwarded(r)).await,
+                Err(Route::Leader(mut client, addr)) => {
+                    return with_leader_hint(client.batch(mark_forwarded(r)).await, &addr)
+                }
             }
         };
         let results = prepared
@@ -701,7 +722,7 @@ impl Api for ApiService {
                 members: pb_members(&members, self.raft.leader_id()),
             })),
             Err(Route::Fail(s)) => Err(s),
-            Err(Route::Leader(mut client)) => client.join(mark_forwarded(r)).await,
+            Err(Route::Leader(mut client, _)) => client.join(mark_forwarded(r)).await,
         }
     }
 
@@ -715,7 +736,7 @@ impl Api for ApiService {
         match self.on_leader(is_fwd, || self.raft.remove_member(id)).await {
             Ok(_) => Ok(Response::new(pb::Empty {})),
             Err(Route::Fail(s)) => Err(s),
-            Err(Route::Leader(mut client)) => client.remove_member(mark_forwarded(r)).await,
+            Err(Route::Leader(mut client, _)) => client.remove_member(mark_forwarded(r)).await,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every request goes through [`Client::call`]: pick the preferred server, send, and on a
 //! retryable failure (not leader, connection refused, per-attempt timeout) move to the next
-//! server, or straight to the leader a follower named in `berth-leader` metadata. After a full
+//! server, or straight to the leader a follower named in `berth-leader` metadata (a follower
+//! also names it on a write it forwarded, so later writes skip that hop). After a full
 //! round of failures it backs off exponentially, until the overall deadline; then it answers
 //! [`ClientError::Unavailable`] naming each server tried and why it failed.
 //!
@@ -21,7 +22,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::error::{from_status, is_timeout, leader_hint, retry_class, ClientError, Retry};
+use crate::error::{
+    from_status, is_timeout, leader_hint, retry_class, success_leader_hint, ClientError, Retry,
+};
 
 /// The default API address, used when nothing else is configured.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7440";
@@ -345,7 +348,16 @@ impl Client {
                         record(&mut failures, &addr, "no answer before the deadline".into());
                         return Err(unavailable(&failures));
                     }
-                    Ok(Ok(resp)) => return Ok((resp.into_inner(), i)),
+                    Ok(Ok(resp)) => {
+                        // A follower forwarded this write and named the leader: send the
+                        // next ones there directly (one hop fewer).
+                        if op == Op::Write {
+                            if let Some(hint) = success_leader_hint(resp.metadata()) {
+                                self.prefer_hint(&hint, i);
+                            }
+                        }
+                        return Ok((resp.into_inner(), i));
+                    }
                     Ok(Err(status)) => status,
                 };
                 match (retry_class(&status), op) {

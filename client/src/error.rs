@@ -142,6 +142,12 @@ pub(crate) fn leader_hint(status: &Status) -> Option<String> {
     (!v.is_empty()).then(|| v.to_string())
 }
 
+/// The leader a follower named on a write it forwarded successfully.
+pub(crate) fn success_leader_hint(md: &tonic::metadata::MetadataMap) -> Option<String> {
+    let v = md.get(LEADER_HINT_KEY)?.to_str().ok()?.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
 /// Parse the server's "expected resourceVersion X, actual Y" conflict message.
 fn parse_conflict(message: &str) -> Option<(u64, u64)> {
     let after = |key: &str| -> Option<u64> {
@@ -231,6 +237,14 @@ mod tests {
             from_status(&Status::deadline_exceeded("x")),
             ClientError::Timeout(_)
         ));
+    }
+
+    #[test]
+    fn leader_named_on_a_forwarded_success_is_read_from_metadata() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(success_leader_hint(&md), None);
+        md.insert(LEADER_HINT_KEY, "127.0.0.1:7441".parse().expect("ascii"));
+        assert_eq!(success_leader_hint(&md).as_deref(), Some("127.0.0.1:7441"));
     }
 
     #[test]
