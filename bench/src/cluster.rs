@@ -96,10 +96,15 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub fn new() -> Result<LocalCluster> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("berth-bench-")
             .tempdir()
             .context("creating a temporary directory")?;
+        if std::env::var_os("BERTH_BENCH_KEEP").is_some() {
+            // Keep the logs and data for a post-mortem.
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         std::fs::create_dir_all(dir.path().join("home"))?;
         Ok(LocalCluster {
             berth: berth_binary()?,

@@ -231,6 +231,11 @@ fn pod(i: usize, args: &Args) -> Result<Pod> {
         "image": args.image,
     });
     match args.workload {
+        // The busybox image has no applet links: its entrypoint is /bin/busybox, which a
+        // container command replaces (Kubernetes semantics), so name busybox explicitly.
+        Workload::Sleep if args.runtime == Runtime::Docker => {
+            container["command"] = serde_json::json!(["/bin/busybox", "sleep", "3600"])
+        }
         Workload::Sleep => container["command"] = serde_json::json!(["sleep", "3600"]),
         Workload::Demo => {
             container["command"] = serde_json::json!(["berth", "demo-server"]);

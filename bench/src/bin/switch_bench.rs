@@ -202,10 +202,37 @@ fn poll_until(
     None
 }
 
-/// Waits until every node answers with `version` on `port` (deadline 120 s).
-async fn wait_all_answer(port: u16, version: &str) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(120);
+type NodeDef = (&'static str, [u8; 4], &'static str);
+
+/// Nodes whose proxy answers with `version` on `port` within `wait` (the others are reported).
+async fn serving_nodes(port: u16, version: &str, wait: Duration) -> Vec<NodeDef> {
+    let end = Instant::now() + wait;
+    let mut out = Vec::new();
     for n in NODES {
+        let addr = SocketAddr::new(node_ip(n.1), port);
+        loop {
+            let v = version.to_string();
+            let ok =
+                tokio::task::spawn_blocking(move || fetch(addr).is_some_and(|b| answers(&b, &v)))
+                    .await
+                    .unwrap_or(false);
+            if ok {
+                out.push(n);
+                break;
+            }
+            if Instant::now() > end {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
+}
+
+/// Waits until every node answers with `version` on `port` (deadline 120 s).
+async fn wait_all_answer(nodes: &[NodeDef], port: u16, version: &str) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(120);
+    for n in nodes.iter().copied() {
         let addr = SocketAddr::new(node_ip(n.1), port);
         loop {
             let v = version.to_string();
@@ -339,7 +366,23 @@ async fn run(args: Args) -> Result<()> {
         client.apply(s).await?;
     }
     client.apply(&d).await?;
-    wait_all_answer(active_np, "v1").await?;
+    let nodes = serving_nodes(active_np, "v1", Duration::from_secs(90)).await;
+    let missing: Vec<&str> = NODES
+        .iter()
+        .filter(|n| !nodes.contains(n))
+        .map(|n| n.0)
+        .collect();
+    if nodes.is_empty() {
+        bail!("no node's proxy answered v1 on nodePort {active_np} within 90 s");
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "switch-bench: nodes {missing:?} do not serve nodePort {active_np} (see their logs: \
+             every agent also binds 127.0.0.1:NODEPORT, all-or-nothing, so on one host only \
+             the first agent's proxy can listen); measuring {:?}",
+            nodes.iter().map(|n| n.0).collect::<Vec<_>>()
+        );
+    }
     eprintln!(
         "switch-bench: v1 serving on nodePort {active_np} of 127.0.0.2-4; {} cycles",
         args.cycles
@@ -355,11 +398,11 @@ async fn run(args: Args) -> Result<()> {
         client.apply(&d).await?;
         wait_paused(&client).await?;
         // Green is ready behind the preview Service on every node before we promote.
-        wait_all_answer(preview_np, &version).await?;
+        wait_all_answer(&nodes, preview_np, &version).await?;
         // Pollers start before the promote and must first see the old version (checked by
         // wait_all_answer for the previous cycle), then record when the new one appears.
         let stop = Arc::new(AtomicBool::new(false));
-        let pollers: Vec<_> = NODES
+        let pollers: Vec<_> = nodes
             .iter()
             .map(|n| {
                 let addr = SocketAddr::new(node_ip(n.1), active_np);
@@ -381,7 +424,7 @@ async fn run(args: Args) -> Result<()> {
             })
         };
         let mut per_node = Vec::new();
-        for (p, n) in pollers.into_iter().zip(NODES) {
+        for (p, n) in pollers.into_iter().zip(nodes.iter()) {
             let seen = tokio::task::spawn_blocking(move || p.join())
                 .await?
                 .map_err(|_| anyhow::anyhow!("poller thread panicked"))?;
@@ -411,14 +454,12 @@ async fn run(args: Args) -> Result<()> {
             endpoints,
         };
         if args.verbose {
+            let nodes_ms: Vec<String> = c.per_node.iter().map(|d| ms(*d)).collect();
             eprintln!(
-                "cycle {k} {version}: request->commit {} ms, commit->all nodes {} ms (n1 {} n2 {} \
-                 n3 {}), service {:?} endpoints {:?}",
+                "cycle {k} {version}: request->commit {} ms, commit->all nodes {} ms (per node \
+                 {nodes_ms:?}), service {:?} endpoints {:?}",
                 ms(c.commit),
                 ms(c.all_nodes),
-                ms(c.per_node[0]),
-                ms(c.per_node[1]),
-                ms(c.per_node[2]),
                 c.service.map(ms),
                 c.endpoints.map(ms)
             );
@@ -442,6 +483,14 @@ async fn run(args: Args) -> Result<()> {
         args.servers, args.cycles, args.poll_ms
     );
     println!("load average (1/5/15 min): before {load_before} | after {load_after}");
+    if !missing.is_empty() {
+        println!(
+            "NOTE: nodes {missing:?} could not serve the nodePort (all agents bind \
+             127.0.0.1:NODEPORT besides their own address; only one can on one host): measured \
+             nodes {:?} only",
+            nodes.iter().map(|n| n.0).collect::<Vec<_>>()
+        );
+    }
     println!(
         "{:<58} {:>8} {:>8} {:>8}",
         "phase (ms)", "p50", "p99", "max"
@@ -469,7 +518,7 @@ async fn run(args: Args) -> Result<()> {
             .filter_map(|c| c.endpoints.map(|e| c.all_nodes.saturating_sub(e)))
             .collect(),
     );
-    for (i, n) in NODES.iter().enumerate() {
+    for (i, n) in nodes.iter().enumerate() {
         row(
             &format!("committed -> node {} on new version", n.0),
             cycles.iter().map(|c| c.per_node[i]).collect(),
