@@ -95,9 +95,19 @@ pub trait StateMachine: Send + Sync + 'static {
     fn applied_index(&self) -> u64;
     /// A full snapshot of the state at `applied_index()`.
     fn snapshot(&self) -> Result<Vec<u8>, String>;
+    /// Capture the current state now (cheaply) and return a job that encodes it like
+    /// [`StateMachine::snapshot`] (and makes the state durable), run off the raft task so a
+    /// large state does not stall it. Default: encode now.
+    fn snapshot_job(&self) -> SnapshotJob {
+        let data = self.snapshot();
+        Box::new(move || data)
+    }
     /// Replace all state with a snapshot taken at `index`.
     fn restore(&self, index: u64, data: &[u8]) -> Result<(), String>;
 }
+
+/// Encodes a state captured by [`StateMachine::snapshot_job`]; runs on the blocking pool.
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
 
 /// Errors of the raft layer.
 #[derive(Debug, thiserror::Error)]

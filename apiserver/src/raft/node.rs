@@ -2,8 +2,9 @@
 //!
 //! Loop: wait for a tick or a command -> drain every command already queued (so proposals from
 //! many callers land in one Ready) -> handle the Ready: send (leader) -> install snapshot ->
-//! apply committed -> append entries + hard state -> ONE sled flush (group commit) -> send
-//! persisted messages -> advance -> apply what the LightReady committed -> maybe compact.
+//! append entries + hard state -> start ONE sled flush (group commit) -> apply committed
+//! while it runs -> wait for the flush -> send persisted messages -> advance -> apply what
+//! the LightReady committed -> maybe compact.
 //!
 //! Proposals are tracked by the (index, term) their entry got when proposed: when that index
 //! is applied with the same term the proposer gets the state machine's reply; any other entry
@@ -85,6 +86,24 @@ enum Applied {
     ConfChangeRefused(String),
 }
 
+/// Start flushing `db` on the blocking pool at once (not on first poll).
+fn start_flush(db: &sled::Db) -> tokio::task::JoinHandle<sled::Result<usize>> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || db.flush())
+}
+
+async fn finish_flush(
+    flush: tokio::task::JoinHandle<sled::Result<usize>>,
+) -> Result<(), RaftError> {
+    match flush.await {
+        Ok(res) => {
+            res?;
+            Ok(())
+        }
+        Err(e) => Err(RaftError::Corrupt(format!("sled flush task failed: {e}"))),
+    }
+}
+
 /// The raft member. Create with [`RaftNode::new`], then spawn [`RaftNode::run`].
 pub struct RaftNode {
     id: u64,
@@ -106,7 +125,12 @@ pub struct RaftNode {
     next_read_id: u64,
     /// Failures noticed inside a Ready, reported to raft after `advance`.
     deferred_unreachable: Vec<(u64, bool)>,
+    /// A snapshot being encoded on the blocking pool (see `maybe_compact`).
+    snapshotting: Option<tokio::task::JoinHandle<Result<SnapshotBuilt, RaftError>>>,
 }
+
+/// Metadata and payload of a snapshot encoded off the raft task.
+type SnapshotBuilt = (raft::eraftpb::SnapshotMetadata, Vec<u8>);
 
 impl RaftNode {
     /// Open (or bootstrap) the member described by `config` with the gRPC transport.
@@ -242,6 +266,7 @@ impl RaftNode {
             reads_waiting_apply: Vec::new(),
             next_read_id: 1,
             deferred_unreachable: Vec::new(),
+            snapshotting: None,
         };
         node.publish_status();
         Ok((node, handle))
@@ -263,6 +288,18 @@ impl RaftNode {
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = ticker.tick() => self.on_tick(),
+                built = async {
+                    match self.snapshotting.as_mut() {
+                        Some(job) => job.await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.snapshotting.is_some() => {
+                    self.snapshotting = None;
+                    if let Err(e) = self.finish_snapshot(built) {
+                        tracing::error!(id = self.id, error = %e, "raft: stopping after a storage failure");
+                        break Err(e);
+                    }
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break Ok(()),
@@ -551,7 +588,6 @@ impl RaftNode {
             must_flush = true;
         }
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed)?;
         if !rd.entries().is_empty() {
             self.raw.mut_store().append(rd.entries())?;
             must_flush = true;
@@ -559,8 +595,12 @@ impl RaftNode {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
-        if must_flush {
-            SledStorage::flush(&self.db).await?;
+        // Start the fsync now and apply the already committed entries while it runs (they
+        // were persisted by earlier Readies and do not depend on this one's entries).
+        let flush = must_flush.then(|| start_flush(&self.db));
+        self.apply_entries(committed)?;
+        if let Some(flush) = flush {
+            finish_flush(flush).await?;
         }
         if !rd.persisted_messages().is_empty() {
             self.send(rd.take_persisted_messages());
@@ -756,16 +796,37 @@ impl RaftNode {
         if applied <= store.snapshot_index() + self.compaction_threshold {
             return Ok(());
         }
-        let snap = store.build_snapshot()?;
-        let meta = snap.get_metadata().clone();
-        let data = snap.data.to_vec();
+        if self.snapshotting.is_some() {
+            return Ok(());
+        }
+        // Capture now (cheap), encode on the blocking pool: encoding a large state here
+        // stalled every proposal for hundreds of ms.
+        let (meta, job) = store.snapshot_job()?;
+        self.snapshotting = Some(tokio::task::spawn_blocking(move || {
+            job().map(|data| (meta, data))
+        }));
+        Ok(())
+    }
+
+    /// Store a snapshot encoded off the task and compact the log behind it.
+    fn finish_snapshot(
+        &mut self,
+        built: Result<Result<SnapshotBuilt, RaftError>, tokio::task::JoinError>,
+    ) -> Result<(), RaftError> {
+        let (meta, data) =
+            built.map_err(|e| RaftError::Corrupt(format!("snapshot task failed: {e}")))??;
+        let index = meta.index;
         let store = self.raw.mut_store();
+        if index <= store.snapshot_index() {
+            // A leader's snapshot was installed meanwhile: ours is older, drop it.
+            return Ok(());
+        }
         store.save_snapshot(meta, data)?;
-        let upto = applied.saturating_sub(self.snapshot_catchup_entries);
+        let upto = index.saturating_sub(self.snapshot_catchup_entries);
         store.compact(upto)?;
         tracing::info!(
             id = self.id,
-            snapshot_index = applied,
+            snapshot_index = index,
             first_index = store.first_index().unwrap_or(0),
             "raft: snapshot taken, log compacted"
         );

@@ -468,6 +468,28 @@ impl SledStorage {
         }
     }
 
+    /// Like [`SledStorage::build_snapshot`], but only captures here: the returned job encodes
+    /// the payload (run it off the raft task) for the returned metadata.
+    pub(crate) fn snapshot_job(&self) -> Result<(SnapshotMetadata, PayloadJob), RaftError> {
+        let mut meta = SnapshotMetadata::default();
+        meta.index = self.applied;
+        meta.term = self.term_of(self.applied)?;
+        meta.set_conf_state(self.conf_state.clone());
+        let members = self.members.clone();
+        let state = self.sm.snapshot_job();
+        Ok((
+            meta,
+            Box::new(move || {
+                let state = state().map_err(RaftError::StateMachine)?;
+                SnapshotPayload {
+                    members,
+                    state: Some(state),
+                }
+                .encode()
+            }),
+        ))
+    }
+
     /// Build a snapshot of the current applied state (conf state and members as applied).
     pub(crate) fn build_snapshot(&self) -> Result<Snapshot, RaftError> {
         let index = self.applied;
@@ -486,6 +508,9 @@ impl SledStorage {
         Ok(snap)
     }
 }
+
+/// Encodes a captured snapshot payload (see [`SledStorage::snapshot_job`]).
+pub(crate) type PayloadJob = Box<dyn FnOnce() -> Result<Vec<u8>, RaftError> + Send>;
 
 fn truncated_bytes((index, term): (u64, u64)) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);

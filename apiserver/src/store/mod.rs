@@ -505,6 +505,33 @@ impl StateMachine for Store {
         read(&self.state).applied
     }
 
+    fn snapshot_job(&self) -> crate::raft::SnapshotJob {
+        let (revision, applied, objects) = {
+            let st = read(&self.state);
+            let objects: Vec<Arc<Value>> = st.objects.values().cloned().collect();
+            (st.revision, st.applied, objects)
+        };
+        let (objects_tree, meta_tree) = (self.objects_tree.clone(), self.meta_tree.clone());
+        Box::new(move || {
+            #[derive(Serialize)]
+            struct SnapshotRef<'a> {
+                revision: u64,
+                applied: u64,
+                objects: Vec<&'a Value>,
+            }
+            let data = serde_json::to_vec(&SnapshotRef {
+                revision,
+                applied,
+                objects: objects.iter().map(|v| &**v).collect(),
+            })
+            .map_err(|e| e.to_string())?;
+            // Durable before the raft layer compacts the log behind it (see `snapshot`).
+            objects_tree.flush().map_err(|e| e.to_string())?;
+            meta_tree.flush().map_err(|e| e.to_string())?;
+            Ok(data)
+        })
+    }
+
     fn snapshot(&self) -> Result<Vec<u8>, String> {
         let data = self.snapshot_bytes().map_err(|e| e.to_string())?;
         // The raft layer compacts its log after a snapshot: the state it stands for must be

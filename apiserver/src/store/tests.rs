@@ -617,6 +617,18 @@ fn snapshot_restore_replaces_state_and_expires_watchers() {
 }
 
 #[test]
+fn snapshot_job_encodes_the_state_captured_when_it_was_made() {
+    let mut f = fixture();
+    f.create(pod("a", json!({}))).unwrap();
+    f.create(pod("b", json!({}))).unwrap();
+    let expected = f.store.snapshot().unwrap();
+    let job = f.store.snapshot_job();
+    // Changes after the capture are not in the snapshot.
+    f.create(pod("c", json!({}))).unwrap();
+    assert_eq!(job().unwrap(), expected);
+}
+
+#[test]
 fn watch_sees_every_change_once_with_selector_transitions() {
     let mut f = fixture();
     let filter = WatchFilter {
