@@ -18,6 +18,8 @@ use berth_proto::types::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 const T: Duration = Duration::from_secs(45);
 const IMAGE: &str = "berth-busybox:latest";
 
@@ -40,24 +42,6 @@ impl Drop for Cleanup {
                     .output();
             }
         }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -186,7 +170,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
         .await
         .unwrap();
 
-    let st = wait_for("web Ready", || async {
+    let st = common::wait_for(T, "web Ready", || async {
         let s = status_of(&client, &ns, "web").await?;
         berth_proto::types::condition(&s.conditions, "Ready")
             .is_some_and(|c| c.is_true())
@@ -207,7 +191,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     let web_id = st.container_statuses[0].container_id.clone();
     assert!(web_id.starts_with("docker://"), "{web_id}");
 
-    let crash = wait_for("crash in CrashLoopBackOff", || async {
+    let crash = common::wait_for(T, "crash in CrashLoopBackOff", || async {
         let s = status_of(&client, &ns, "crash").await?;
         let c = s.container_statuses.first()?.clone();
         (c.restart_count >= 1
@@ -220,7 +204,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     .await;
     assert_eq!(crash.last_state.unwrap().terminated.unwrap().exit_code, 2);
 
-    let ghost = wait_for("ghost ErrImageNeverPull", || async {
+    let ghost = common::wait_for(T, "ghost ErrImageNeverPull", || async {
         let s = status_of(&client, &ns, "ghost").await?;
         let w = s.container_statuses.first()?.state.waiting.clone()?;
         (w.reason == "ErrImageNeverPull").then_some(w)
@@ -262,7 +246,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
             .await
             .unwrap();
     }
-    wait_for("containers removed", || async {
+    common::wait_for(T, "containers removed", || async {
         (containers_of_namespace(&ns).await == 0).then_some(())
     })
     .await;

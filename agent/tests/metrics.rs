@@ -10,11 +10,11 @@ use berth_apiserver::testing::{wait_until, TestCluster};
 use berth_client::{Client, ClientConfig};
 use berth_metrics::text::{find, parse};
 use berth_proto::types::{
-    Container, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, IntOrString, ObjectMeta,
-    Pod, PodSpec, Probe, Service, ServicePort, ServiceSpec, TcpSocketAction,
+    Container, IntOrString, ObjectMeta, Pod, PodSpec, Probe, TcpSocketAction,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const T: Duration = Duration::from_secs(40);
 
@@ -77,64 +77,14 @@ async fn agent_metrics_report_pods_probe_failures_and_proxy_traffic() {
         .unwrap();
 
     // A Service whose one endpoint is a local backend that answers a fixed line.
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_port = backend.local_addr().unwrap().port();
-    let backend_task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = backend.accept().await {
-            let _ = s.write_all(b"from-backend\n").await;
-        }
-    });
+    let (backend_port, backend_task) = common::fixed_line_backend().await;
     let node_port = (30000..32767u16)
         .rev()
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .unwrap();
-    client
-        .create(&Service {
-            metadata: meta("web"),
-            spec: ServiceSpec {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: "".into(),
-                    port: 80,
-                    target_port: None,
-                    node_port: Some(node_port as i32),
-                    protocol: None,
-                }],
-                type_: None,
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    client
-        .create(&Endpoints {
-            metadata: meta("web"),
-            subsets: vec![EndpointSubset {
-                addresses: vec![EndpointAddress {
-                    ip: "127.0.0.1".into(),
-                    node_name: String::new(),
-                    target_ref: None,
-                }],
-                not_ready_addresses: vec![],
-                ports: vec![EndpointPort {
-                    name: "".into(),
-                    port: backend_port as i32,
-                    protocol: None,
-                }],
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::create_node_port_service(&client, meta("web"), "web", node_port, backend_port).await;
     wait_until(T, "a reply through the node port", || async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node_port))
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let buf = common::read_all_from(node_port).await?;
         (buf == "from-backend\n").then_some(())
     })
     .await

@@ -16,25 +16,9 @@ use berth_proto::types::{
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-const T: Duration = Duration::from_secs(40);
+mod common;
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+const T: Duration = Duration::from_secs(40);
 
 fn port_range(seed: u16) -> String {
     // Distinct ranges per test so parallel tests never contend for the same host ports.
@@ -143,7 +127,7 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&server, "node-a", dir.path(), 1).await;
 
-    let node: Node = wait_for("node registered and Ready", || async {
+    let node: Node = common::wait_for(T, "node registered and Ready", || async {
         client
             .get::<Node>("", "node-a")
             .await
@@ -167,7 +151,7 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
         .create(&http_pod("web", "node-a", "/", false))
         .await
         .unwrap();
-    let ready = wait_for("pod Ready", || async {
+    let ready = common::wait_for(T, "pod Ready", || async {
         get_pod(&client, "web").await.filter(|p| p.is_ready())
     })
     .await;
@@ -210,7 +194,7 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
         .delete(berth_proto::Kind::Pod, "default", "web", None)
         .await
         .unwrap();
-    wait_for("workload stopped after pod deletion", || async {
+    common::wait_for(T, "workload stopped after pod deletion", || async {
         std::net::TcpStream::connect(("127.0.0.1", hp as u16))
             .is_err()
             .then_some(())
@@ -230,7 +214,7 @@ async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
         .create(&pod("crash", "node-b", "echo crashing; exit 3"))
         .await
         .unwrap();
-    let p = wait_for("CrashLoopBackOff after restarts", || async {
+    let p = common::wait_for(T, "CrashLoopBackOff after restarts", || async {
         get_pod(&client, "crash").await.filter(|p| {
             p.status.as_ref().is_some_and(|s| {
                 s.container_statuses.first().is_some_and(|c| {
@@ -292,7 +276,7 @@ async fn failing_liveness_probe_restarts_the_process() {
         .create(&http_pod("sick", "node-c", "/missing", true))
         .await
         .unwrap();
-    wait_for("restart after liveness failure", || async {
+    common::wait_for(T, "restart after liveness failure", || async {
         get_pod(&client, "sick").await.filter(|p| {
             p.status.as_ref().is_some_and(|s| {
                 s.container_statuses
@@ -325,7 +309,7 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
         .create(&pod("keep", "node-d", "echo up; exec sleep 300"))
         .await
         .unwrap();
-    let before = wait_for("running", || async {
+    let before = common::wait_for(T, "running", || async {
         get_pod(&client, "keep").await.and_then(|p| {
             let cs = p.status?.container_statuses.first()?.clone();
             cs.state.running.is_some().then_some(cs)
@@ -343,7 +327,7 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
         .status
         .unwrap()
         .last_heartbeat_time;
-    wait_for("new agent heartbeats", || async {
+    common::wait_for(T, "new agent heartbeats", || async {
         let n = client.get::<Node>("", "node-d").await.ok()?;
         (n.status?.last_heartbeat_time > hb0).then_some(())
     })
@@ -368,7 +352,7 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
         .await
         .unwrap();
     let containers = dir.path().join("containers");
-    wait_for("workload cleaned up", || async {
+    common::wait_for(T, "workload cleaned up", || async {
         std::fs::read_dir(&containers)
             .ok()?
             .next()
@@ -399,7 +383,7 @@ async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status
         .create(&pod("flaky", "node-e", "sleep 0.3; exit 1"))
         .await
         .unwrap();
-    let restarts_before = wait_for("both pods started", || async {
+    let restarts_before = common::wait_for(T, "both pods started", || async {
         let t = get_pod(&client, "ticker").await?.status?;
         let f = get_pod(&client, "flaky").await?.status?;
         (t.container_statuses.first()?.state.running.is_some()).then_some(())?;
@@ -448,7 +432,7 @@ async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status
     );
 
     cluster.restart(0).await.unwrap();
-    let resynced = wait_for("status resynced after the API returned", || async {
+    let resynced = common::wait_for(T, "status resynced after the API returned", || async {
         let f = get_pod(&client, "flaky").await?.status?;
         let n = f.container_statuses.first()?.restart_count;
         (n > restarts_before.max(a0 as i32)).then_some(n)
@@ -462,9 +446,6 @@ async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_programs_its_proxy_from_services_and_endpoints() {
-    use berth_proto::types::{
-        EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
-    };
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
     let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
@@ -485,14 +466,7 @@ async fn agent_programs_its_proxy_from_services_and_endpoints() {
         .unwrap();
 
     // A backend that answers with a fixed line.
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_port = backend.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = backend.accept().await {
-            use tokio::io::AsyncWriteExt;
-            let _ = s.write_all(b"from-backend\n").await;
-        }
-    });
+    let (backend_port, _backend_task) = common::fixed_line_backend().await;
     // A free port in the node-port range for the Service.
     let node_port = (30000..32767u16)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -502,54 +476,9 @@ async fn agent_programs_its_proxy_from_services_and_endpoints() {
         namespace: "default".into(),
         ..Default::default()
     };
-    client
-        .create(&Service {
-            metadata: meta.clone(),
-            spec: ServiceSpec {
-                selector: [("app".to_string(), "x".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: "".into(),
-                    port: 80,
-                    target_port: None,
-                    node_port: Some(node_port as i32),
-                    protocol: None,
-                }],
-                type_: None,
-            },
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    client
-        .create(&Endpoints {
-            metadata: meta,
-            subsets: vec![EndpointSubset {
-                addresses: vec![EndpointAddress {
-                    ip: "127.0.0.1".into(),
-                    node_name: String::new(),
-                    target_ref: None,
-                }],
-                not_ready_addresses: vec![],
-                ports: vec![EndpointPort {
-                    name: "".into(),
-                    port: backend_port as i32,
-                    protocol: None,
-                }],
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let got = wait_for("traffic through the node port", || async {
-        use tokio::io::AsyncReadExt;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", node_port))
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+    common::create_node_port_service(&client, meta, "x", node_port, backend_port).await;
+    let got = common::wait_for(T, "traffic through the node port", || async {
+        let buf = common::read_all_from(node_port).await?;
         (!buf.is_empty()).then_some(buf)
     })
     .await;
