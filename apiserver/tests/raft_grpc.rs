@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_apiserver::raft::{Bootstrap, Faults, RaftConfig, RaftError, RaftHandle, RaftNode, Role};
-use raft_common::{assert_exactly_once, propose_retry, LogSm, DEADLINE};
+use raft_common::{assert_exactly_once, propose_concurrently, propose_retry, LogSm, DEADLINE};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -264,20 +264,7 @@ async fn grpc_group_commit_serves_concurrent_proposers() {
     c.bootstrap(3).await;
     let handles: Vec<RaftHandle> = [1, 2, 3].iter().map(|i| c.h(*i).clone()).collect();
     let n = 2000u64;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..64u64 {
-        let handles = handles.clone();
-        tasks.spawn(async move {
-            for i in (w..n).step_by(64) {
-                propose_retry(&handles, &format!("p{i}")).await;
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = propose_concurrently(&handles, n, 64).await;
     println!(
         "raft grpc: {n} proposals in {secs:.2}s = {:.0} proposals/s",
         n as f64 / secs

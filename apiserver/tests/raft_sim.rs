@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use berth_apiserver::raft::{Bootstrap, RaftError, Role};
-use raft_common::{assert_exactly_once, propose_retry, Opts, SimCluster, DEADLINE};
+use raft_common::{
+    assert_exactly_once, propose_concurrently, propose_retry, Opts, SimCluster, DEADLINE,
+};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,20 +287,7 @@ async fn group_commit_serves_concurrent_proposers() {
     let c = SimCluster::start(3, Opts::default()).await;
     let handles: Vec<_> = [1, 2, 3].map(|id| c.handle(id).clone()).to_vec();
     let n = 2000u64;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..64u64 {
-        let handles = handles.clone();
-        tasks.spawn(async move {
-            for i in (w..n).step_by(64) {
-                propose_retry(&handles, &format!("p{i}")).await;
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = propose_concurrently(&handles, n, 64).await;
     println!(
         "raft sim: {n} proposals in {secs:.2}s = {:.0} proposals/s",
         n as f64 / secs

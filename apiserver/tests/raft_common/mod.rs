@@ -351,3 +351,22 @@ pub async fn propose_retry(handles: &[RaftHandle], data: &str) -> Vec<u8> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Proposes `p0`..`p{n-1}` through `handles` from `workers` concurrent tasks (worker `w` takes
+/// every `workers`-th index from `w`), each with [`propose_retry`]; returns the seconds taken.
+pub async fn propose_concurrently(handles: &[RaftHandle], n: u64, workers: u64) -> f64 {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let handles = handles.to_vec();
+        tasks.spawn(async move {
+            for i in (w..n).step_by(workers as usize) {
+                propose_retry(&handles, &format!("p{i}")).await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    start.elapsed().as_secs_f64()
+}
