@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_metrics::http::{read_head, respond};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -251,37 +252,10 @@ impl LogServer {
     }
 }
 
-async fn read_head(sock: &mut TcpStream) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > 8192 {
-            return Ok(None);
-        }
-        let n = sock.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(Some(String::from_utf8_lossy(&buf).to_string()))
-}
-
+/// A plain-text error response (`msg` and a newline), then the write side is shut.
 async fn respond_error(sock: &mut TcpStream, status: u16, msg: &str) -> std::io::Result<()> {
-    let reason = match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Internal Server Error",
-    };
     let body = format!("{msg}\n");
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body.as_bytes()).await?;
-    sock.shutdown().await
+    respond(sock, status, "text/plain; charset=utf-8", body.as_bytes()).await
 }
 
 async fn serve(
@@ -306,8 +280,7 @@ async fn serve(
         } else {
             "only GET is supported\n".to_string()
         };
-        return berth_metrics::http::respond(&mut sock, status, content_type, body.as_bytes())
-            .await;
+        return respond(&mut sock, status, content_type, body.as_bytes()).await;
     }
     if method != "GET" {
         return respond_error(&mut sock, 405, "only GET is supported").await;

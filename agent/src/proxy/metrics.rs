@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use berth_metrics::text::escape_label_value;
+
 use super::ServiceKey;
 
 #[derive(Default)]
@@ -162,28 +164,15 @@ pub fn render_prometheus(services: &[ServiceMetrics]) -> String {
             let _ = writeln!(
                 out,
                 "{name}{{namespace=\"{}\",service=\"{}\",port=\"{}\",node_port=\"{}\"}} {}",
-                escape(&m.namespace),
-                escape(&m.name),
-                escape(&m.port_name),
+                escape_label_value(&m.namespace),
+                escape_label_value(&m.name),
+                escape_label_value(&m.port_name),
                 m.node_port,
                 field(m)
             );
         }
     }
     out
-}
-
-fn escape(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
 }
 
 #[cfg(test)]
