@@ -79,26 +79,7 @@ impl DockerRuntime {
     }
 
     fn container_name(spec: &ContainerSpec) -> String {
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
-        let uid8: String = spec.pod_uid.chars().take(8).collect();
-        format!(
-            "berth_{}_{}_{}_{}_{}",
-            clean(&spec.pod_namespace),
-            clean(&spec.pod_name),
-            clean(&spec.container_name),
-            spec.attempt,
-            clean(&uid8)
-        )
+        format!("berth_{}", spec.instance_name())
     }
 }
 

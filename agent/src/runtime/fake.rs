@@ -45,6 +45,34 @@ struct Inner {
     calls: Vec<String>,
 }
 
+impl Inner {
+    /// Add a container under the next `fake-N` id, scripted by its name's behavior.
+    fn insert(
+        &mut self,
+        spec: ContainerSpec,
+        state: FakeState,
+        started_instant: Option<Instant>,
+    ) -> String {
+        self.next_id += 1;
+        let id = format!("fake-{}", self.next_id);
+        let behavior = self
+            .behaviors
+            .get(&spec.container_name)
+            .copied()
+            .unwrap_or_default();
+        self.containers.insert(
+            id.clone(),
+            FakeContainer {
+                spec,
+                behavior,
+                state,
+                started_instant,
+            },
+        );
+        id
+    }
+}
+
 /// Cheap to clone; clones share state.
 #[derive(Debug, Clone, Default)]
 pub struct FakeRuntime {
@@ -134,26 +162,10 @@ impl FakeRuntime {
 
     /// Put a running container in place as if started by an earlier agent (for adoption tests).
     pub fn insert_running(&self, spec: ContainerSpec) -> String {
-        let mut g = self.lock();
-        g.next_id += 1;
-        let id = format!("fake-{}", g.next_id);
-        let behavior = g
-            .behaviors
-            .get(&spec.container_name)
-            .copied()
-            .unwrap_or_default();
-        g.containers.insert(
-            id.clone(),
-            FakeContainer {
-                spec,
-                behavior,
-                state: FakeState::Running {
-                    started_at: chrono::Utc::now(),
-                },
-                started_instant: Some(Instant::now()),
-            },
-        );
-        id
+        let state = FakeState::Running {
+            started_at: chrono::Utc::now(),
+        };
+        self.lock().insert(spec, state, Some(Instant::now()))
     }
 }
 
@@ -176,23 +188,7 @@ impl Runtime for FakeRuntime {
                 image: spec.image.clone(),
             });
         }
-        g.next_id += 1;
-        let id = format!("fake-{}", g.next_id);
-        let behavior = g
-            .behaviors
-            .get(&spec.container_name)
-            .copied()
-            .unwrap_or_default();
-        g.containers.insert(
-            id.clone(),
-            FakeContainer {
-                spec: spec.clone(),
-                behavior,
-                state: FakeState::Created,
-                started_instant: None,
-            },
-        );
-        Ok(id)
+        Ok(g.insert(spec.clone(), FakeState::Created, None))
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {

@@ -92,6 +92,32 @@ impl ContainerSpec {
         }
         l
     }
+
+    /// `namespace_pod_container_attempt_uid8`, every character other than ASCII letters,
+    /// digits and `-` replaced by `_`: the base of the attempt's Docker container name and
+    /// the process runtime's directory name.
+    pub fn instance_name(&self) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        let uid8: String = self.pod_uid.chars().take(8).collect();
+        format!(
+            "{}_{}_{}_{}_{}",
+            clean(&self.pod_namespace),
+            clean(&self.pod_name),
+            clean(&self.container_name),
+            self.attempt,
+            clean(&uid8)
+        )
+    }
 }
 
 /// `name/proto:container:host,...`; kept in a label so ports survive an agent restart.
@@ -334,6 +360,19 @@ pub fn port_env(ports: &[PortBinding], use_host_port: bool) -> Vec<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_name_joins_the_attempt_fields_and_replaces_unsafe_characters() {
+        let spec = ContainerSpec {
+            pod_uid: "0123456789abcdef".into(),
+            pod_namespace: "team.a".into(),
+            pod_name: "web-1".into(),
+            container_name: "main/app".into(),
+            attempt: 3,
+            ..Default::default()
+        };
+        assert_eq!(spec.instance_name(), "team_a_web-1_main_app_3_01234567");
+    }
 
     #[test]
     fn ports_round_trip_through_the_label_encoding() {

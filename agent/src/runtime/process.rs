@@ -258,18 +258,6 @@ fn process_alive(pid: i32, ticks: Option<u64>) -> bool {
     }
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[async_trait::async_trait]
 impl Runtime for ProcessRuntime {
     fn name(&self) -> &'static str {
@@ -284,15 +272,7 @@ impl Runtime for ProcessRuntime {
         if spec.command.is_empty() && spec.args.is_empty() {
             return Err(RuntimeError::NoCommand);
         }
-        let uid8: String = spec.pod_uid.chars().take(8).collect();
-        let id = format!(
-            "{}_{}_{}_{}_{}",
-            sanitize(&spec.pod_namespace),
-            sanitize(&spec.pod_name),
-            sanitize(&spec.container_name),
-            spec.attempt,
-            sanitize(&uid8)
-        );
+        let id = spec.instance_name();
         let dir = self.dir(&id);
         let workdir = dir.join("work");
         std::fs::create_dir_all(&workdir).map_err(|source| RuntimeError::State {
