@@ -394,12 +394,7 @@ mod tests {
 
     fn rs(name: &str, rv: u64) -> ReplicaSet {
         ReplicaSet {
-            metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                resource_version: rv,
-                ..Default::default()
-            },
+            metadata: meta(name, rv),
             ..Default::default()
         }
     }
@@ -407,9 +402,6 @@ mod tests {
     fn pod_of(name: &str, owner: &str, rv: u64) -> Pod {
         Pod {
             metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                resource_version: rv,
                 owner_references: vec![OwnerReference {
                     api_version: "apps/v1".into(),
                     kind: "ReplicaSet".into(),
@@ -417,7 +409,7 @@ mod tests {
                     uid: "u".into(),
                     controller: true,
                 }],
-                ..Default::default()
+                ..meta(name, rv)
             },
             ..Default::default()
         }

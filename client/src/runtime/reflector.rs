@@ -161,20 +161,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_proto::types::{ObjectMeta, Pod};
+    use crate::runtime::watcher::fake::pod;
+    use berth_proto::types::Pod;
     use std::time::Duration;
-
-    fn pod(name: &str, rv: u64) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                resource_version: rv,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn restarted_replaces_everything_and_marks_ready() {

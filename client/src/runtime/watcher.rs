@@ -373,6 +373,24 @@ pub(crate) mod fake {
         Err(ClientError),
     }
 
+    /// Metadata of a test object named `name` in "default" at revision `rv`.
+    pub fn meta(name: &str, rv: u64) -> berth_proto::types::ObjectMeta {
+        berth_proto::types::ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            resource_version: rv,
+            ..Default::default()
+        }
+    }
+
+    /// A bare Pod named `name` in "default" at revision `rv`.
+    pub fn pod(name: &str, rv: u64) -> berth_proto::types::Pod {
+        berth_proto::types::Pod {
+            metadata: meta(name, rv),
+            ..Default::default()
+        }
+    }
+
     pub struct Script<T> {
         pub lists: VecDeque<ListReply<T>>,
         pub watches: VecDeque<WatchReply<T>>,
@@ -436,19 +454,7 @@ mod tests {
     use super::fake::*;
     use super::*;
     use crate::client::WatchEvent;
-    use berth_proto::types::{ObjectMeta, Pod};
-
-    fn pod(name: &str, rv: u64) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                resource_version: rv,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
+    use berth_proto::types::Pod;
 
     fn ev(rev: u64, change: Change<Pod>) -> Result<WatchEvent<Pod>, ClientError> {
         Ok(WatchEvent {
