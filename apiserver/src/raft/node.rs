@@ -129,8 +129,8 @@ pub struct RaftNode {
     snapshotting: Option<tokio::task::JoinHandle<Result<SnapshotBuilt, RaftError>>>,
 }
 
-/// Metadata and payload of a snapshot encoded off the raft task.
-type SnapshotBuilt = (raft::eraftpb::SnapshotMetadata, Vec<u8>);
+/// Metadata of a snapshot encoded and written off the raft task.
+type SnapshotBuilt = raft::eraftpb::SnapshotMetadata;
 
 impl RaftNode {
     /// Open (or bootstrap) the member described by `config` with the gRPC transport.
@@ -802,9 +802,7 @@ impl RaftNode {
         // Capture now (cheap), encode on the blocking pool: encoding a large state here
         // stalled every proposal for hundreds of ms.
         let (meta, job) = store.snapshot_job()?;
-        self.snapshotting = Some(tokio::task::spawn_blocking(move || {
-            job().map(|data| (meta, data))
-        }));
+        self.snapshotting = Some(tokio::task::spawn_blocking(move || job().map(|()| meta)));
         Ok(())
     }
 
@@ -813,15 +811,14 @@ impl RaftNode {
         &mut self,
         built: Result<Result<SnapshotBuilt, RaftError>, tokio::task::JoinError>,
     ) -> Result<(), RaftError> {
-        let (meta, data) =
+        let meta =
             built.map_err(|e| RaftError::Corrupt(format!("snapshot task failed: {e}")))??;
         let index = meta.index;
         let store = self.raw.mut_store();
-        if index <= store.snapshot_index() {
-            // A leader's snapshot was installed meanwhile: ours is older, drop it.
+        if !store.commit_snapshot(meta)? {
+            // A leader's snapshot was installed meanwhile: ours is older, dropped.
             return Ok(());
         }
-        store.save_snapshot(meta, data)?;
         let upto = index.saturating_sub(self.snapshot_catchup_entries);
         store.compact(upto)?;
         tracing::info!(

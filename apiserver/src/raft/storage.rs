@@ -7,15 +7,17 @@
 //! - `raft_meta`: `node_id`, `hard_state`, `conf_state`, `truncated` (index and term of the
 //!   last entry removed from the log, i.e. `first_index - 1`), `applied`, `members` (JSON),
 //!   `snapshot_meta`.
-//! - `raft_snapshot`: `snapshot_data`, the latest stored snapshot ([`SnapshotPayload`]),
-//!   written with `snapshot_meta` in one transaction. It has a tree of its own because sled
-//!   rewrites a whole leaf node every few updates: kept next to `hard_state`/`applied`
-//!   (updated every Ready) a multi-MB snapshot was rewritten several times per second
-//!   (hundreds of MB/s of disk writes). Data dirs from before keep it in `raft_meta`, which
-//!   is read as a fallback and cleared by the next snapshot.
+//! - `raft_snapshot`: key = index (u64 BE), value = the snapshot payload ([`SnapshotPayload`]);
+//!   the one `snapshot_meta` names is the stored snapshot (others are pruned). A snapshot the
+//!   node takes itself is encoded and written here off the raft task, then named. It has a
+//!   tree of its own because sled rewrites a whole leaf node every few updates: kept next to
+//!   `hard_state`/`applied` (updated every Ready) a multi-MB snapshot was rewritten several
+//!   times per second (hundreds of MB/s of disk writes). Data dirs from before keep it as
+//!   `snapshot_data` in `raft_meta`, read as a fallback and removed by the next snapshot.
 //!
 //! Writes are not flushed here: the raft task flushes the `Db` once per Ready (group commit).
-//! Only the raft task mutates this storage (through `RawNode::mut_store`).
+//! Only the raft task mutates this storage (through `RawNode::mut_store`), except the
+//! snapshot job, which writes its own not-yet-named payload key in `raft_snapshot`.
 
 // rust-protobuf messages are built by assigning fields of a default value.
 #![allow(clippy::field_reassign_with_default)]
@@ -353,7 +355,7 @@ impl SledStorage {
                 m.insert(K_SNAP_META, meta_bytes.as_slice())?;
                 // Where data dirs from before the `raft_snapshot` tree kept it.
                 m.remove(K_SNAP_DATA)?;
-                s.insert(K_SNAP_DATA, data.as_slice())?;
+                s.insert(&u64_key(meta.index), data.as_slice())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -363,7 +365,7 @@ impl SledStorage {
                 }
             })?;
         self.snapshot_meta = meta;
-        Ok(())
+        self.prune_snapshots()
     }
 
     /// Install a snapshot received from the leader: it replaces the whole log.
@@ -449,9 +451,13 @@ impl SledStorage {
     pub(crate) fn stored_snapshot(&self) -> Result<Snapshot, RaftError> {
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot_meta.clone());
-        if let Some(data) = match self.snap.get(K_SNAP_DATA)? {
+        let index = u64_key(self.snapshot_meta.index);
+        if let Some(data) = match self.snap.get(index)? {
             Some(data) => Some(data),
-            None => self.meta.get(K_SNAP_DATA)?,
+            None => match self.snap.get(K_SNAP_DATA)? {
+                Some(data) => Some(data),
+                None => self.meta.get(K_SNAP_DATA)?,
+            },
         } {
             snap.data = data.to_vec().into();
         }
@@ -477,17 +483,52 @@ impl SledStorage {
         meta.set_conf_state(self.conf_state.clone());
         let members = self.members.clone();
         let state = self.sm.snapshot_job();
+        let (snap, key) = (self.snap.clone(), u64_key(meta.index));
         Ok((
             meta,
             Box::new(move || {
                 let state = state().map_err(RaftError::StateMachine)?;
-                SnapshotPayload {
+                let data = SnapshotPayload {
                     members,
                     state: Some(state),
                 }
-                .encode()
+                .encode()?;
+                // Written and made durable here, off the raft task; it becomes THE stored
+                // snapshot only when `commit_snapshot` points `snapshot_meta` at it.
+                snap.insert(key, data)?;
+                snap.flush()?;
+                Ok(())
             }),
         ))
+    }
+
+    /// Make the snapshot a [`SledStorage::snapshot_job`] wrote the stored one, unless a newer
+    /// one was installed meanwhile. Returns whether it was taken.
+    pub(crate) fn commit_snapshot(&mut self, meta: SnapshotMetadata) -> Result<bool, RaftError> {
+        if meta.index <= self.snapshot_meta.index {
+            self.prune_snapshots()?;
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(K_SNAP_META, encode_pb(&meta)?);
+        batch.remove(K_SNAP_DATA);
+        self.meta.apply_batch(batch)?;
+        self.snapshot_meta = meta;
+        self.prune_snapshots()?;
+        Ok(true)
+    }
+
+    /// Drop snapshot payloads other than the stored one's (written after `snapshot_meta`,
+    /// so a recovered state never points at a removed payload).
+    fn prune_snapshots(&self) -> Result<(), RaftError> {
+        let keep = u64_key(self.snapshot_meta.index);
+        for k in self.snap.iter().keys() {
+            let k = k?;
+            if k.as_ref() != keep {
+                self.snap.remove(k)?;
+            }
+        }
+        Ok(())
     }
 
     /// Build a snapshot of the current applied state (conf state and members as applied).
@@ -510,7 +551,7 @@ impl SledStorage {
 }
 
 /// Encodes a captured snapshot payload (see [`SledStorage::snapshot_job`]).
-pub(crate) type PayloadJob = Box<dyn FnOnce() -> Result<Vec<u8>, RaftError> + Send>;
+pub(crate) type PayloadJob = Box<dyn FnOnce() -> Result<(), RaftError> + Send>;
 
 fn truncated_bytes((index, term): (u64, u64)) -> Vec<u8> {
     let mut v = Vec::with_capacity(16);
