@@ -273,6 +273,26 @@ async fn wait_paused(client: &Client) -> Result<()> {
     }
 }
 
+/// Waits until the promotion finished (phase Healthy: blue scaled down), so the next version
+/// starts a fresh rollout instead of changing the template mid-promotion.
+async fn wait_healthy(client: &Client) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let d: Deployment = client.get("default", NAME).await?;
+        let st = d.status.clone().unwrap_or_default();
+        if st.blue_green.as_ref().is_some_and(|b| b.phase == "Healthy") {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!(
+                "deployment {NAME} not Healthy within 120 s: {:?}",
+                st.blue_green
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn promote(client: &Client) -> Result<()> {
     loop {
         let mut d: Deployment = client.get("default", NAME).await?;
@@ -397,8 +417,8 @@ async fn run(args: Args) -> Result<()> {
         let (d, _) = manifests(&version, active_np, preview_np)?;
         client.apply(&d).await?;
         wait_paused(&client).await?;
-        // Green is ready behind the preview Service on every node before we promote.
-        wait_all_answer(&nodes, preview_np, &version).await?;
+        // Paused means green is fully ready (the preview Service is not polled: on one host
+        // its nodePort may be served by another agent than the measured ones).
         // Pollers start before the promote and must first see the old version (checked by
         // wait_all_answer for the previous cycle), then record when the new one appears.
         let stop = Arc::new(AtomicBool::new(false));
@@ -434,6 +454,9 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         watchdog.abort();
+        // Still on the new version with a fresh connection (no flapping back).
+        wait_all_answer(&nodes, active_np, &version).await?;
+        wait_healthy(&client).await?;
         let (mut service, mut endpoints) = (None, None);
         while let Ok((kind, at)) = rx.try_recv() {
             if at < t_req {
