@@ -529,6 +529,19 @@ fn convert_path(p: &serde_path_to_error::Path) -> FieldPath {
     FieldPath::from_segments(segs)
 }
 
+/// The node reached from `value` through `segs`, or None when one of them does not exist.
+fn node_at_mut<'a>(value: &'a mut Value, segs: &[PathSeg]) -> Option<&'a mut Value> {
+    let mut cur = value;
+    for s in segs {
+        cur = match (s, cur) {
+            (PathSeg::Field(f), Value::Object(m)) => m.get_mut(f)?,
+            (PathSeg::Index(i), Value::Array(a)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
 /// Replace the node at `path` with `with`, or remove it from its parent mapping when `with`
 /// is None. Returns false when that is not possible.
 fn replace_at(value: &mut Value, path: &FieldPath, with: Option<Value>) -> bool {
@@ -536,20 +549,9 @@ fn replace_at(value: &mut Value, path: &FieldPath, with: Option<Value>) -> bool 
     let Some((last, parents)) = segs.split_last() else {
         return false;
     };
-    let mut cur = value;
-    for s in parents {
-        cur = match (s, cur) {
-            (PathSeg::Field(f), Value::Object(m)) => match m.get_mut(f) {
-                Some(v) => v,
-                None => return false,
-            },
-            (PathSeg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
-                Some(v) => v,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
+    let Some(cur) = node_at_mut(value, parents) else {
+        return false;
+    };
     match (last, cur, with) {
         (PathSeg::Field(f), Value::Object(m), None) => m.remove(f).is_some(),
         (PathSeg::Field(f), Value::Object(m), Some(v)) => match m.get_mut(f) {
@@ -577,20 +579,12 @@ fn rename_at(value: &mut Value, from: &FieldPath, to: &FieldPath) -> bool {
     else {
         return false;
     };
-    let mut cur = value;
-    for s in &from.segments()[..from.segments().len() - 1] {
-        cur = match (s, cur) {
-            (PathSeg::Field(f), Value::Object(m)) => match m.get_mut(f) {
-                Some(v) => v,
-                None => return false,
-            },
-            (PathSeg::Index(i), Value::Array(a)) => match a.get_mut(*i) {
-                Some(v) => v,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
+    let Some((_, parents)) = from.segments().split_last() else {
+        return false;
+    };
+    let Some(cur) = node_at_mut(value, parents) else {
+        return false;
+    };
     let Value::Object(m) = cur else {
         return false;
     };
