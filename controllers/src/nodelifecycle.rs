@@ -99,25 +99,11 @@ fn toleration_for(pod: &Pod, key: &str, default: Duration) -> Option<Duration> {
         value: String::new(),
         effect: "NoExecute".into(),
     };
-    match pod.spec.tolerations.iter().find(|t| tolerates(t, &taint)) {
+    match pod.spec.tolerations.iter().find(|t| t.tolerates(&taint)) {
         Some(t) => t
             .toleration_seconds
             .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0))),
         None => Some(default),
-    }
-}
-
-/// Kubernetes' `ToleratesTaint` (kept local: controllers do not depend on the scheduler).
-fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    if !t.key.is_empty() && t.key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref() {
-        Some("Exists") => true,
-        _ => t.key == taint.key && t.value == taint.value,
     }
 }
 

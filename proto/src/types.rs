@@ -317,6 +317,24 @@ pub struct Toleration {
     pub toleration_seconds: Option<i64>,
 }
 
+impl Toleration {
+    /// Kubernetes' `ToleratesTaint`: the effects match (an empty effect matches all), the keys
+    /// match (an empty key matches all, with Exists), and with Equal (the default) the values
+    /// match too; an empty key with Equal matches only a taint with an empty key.
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        if !self.effect.is_empty() && self.effect != taint.effect {
+            return false;
+        }
+        if !self.key.is_empty() && self.key != taint.key {
+            return false;
+        }
+        match self.operator.as_deref() {
+            Some("Exists") => true,
+            _ => self.key == taint.key && self.value == taint.value,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSpec {

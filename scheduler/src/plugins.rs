@@ -5,7 +5,7 @@
 //! scheduler framework. Reasons use kubectl's wording so `describe pod` reads familiarly.
 
 use berth_proto::quantity::{pod_requests, Resources};
-use berth_proto::types::{condition, Pod, Taint, Toleration};
+use berth_proto::types::{condition, Pod, Taint};
 
 use crate::snapshot::{pod_host_ports, NodeInfo};
 
@@ -42,24 +42,9 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// Kubernetes' `ToleratesTaint`.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    if !t.key.is_empty() && t.key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref() {
-        Some("Exists") => true,
-        // Equal (the default); an empty key with Equal matches nothing but an empty key.
-        _ => t.key == taint.key && t.value == taint.value,
-    }
-}
-
 /// Is `taint` tolerated by any of the pod's tolerations?
 pub fn tolerated(pod: &Pod, taint: &Taint) -> bool {
-    pod.spec.tolerations.iter().any(|t| tolerates(t, taint))
+    pod.spec.tolerations.iter().any(|t| t.tolerates(taint))
 }
 
 fn node_ready(info: &NodeInfo) -> bool {
