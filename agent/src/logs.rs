@@ -16,13 +16,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_metrics::http::{read_head, respond};
+use berth_metrics::http::{read_head, respond, serve_connections};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api::PodCache;
 use crate::runtime::{ContainerInfo, LogOptions, Runtime, RuntimeError};
@@ -223,32 +222,16 @@ impl LogServer {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let conns = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = self.listener.accept() => a,
-            };
-            let (sock, _) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(error = %e, "logs API accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let rt = self.runtime.clone();
-            let pods = self.pods.clone();
-            let stop = shutdown.clone();
-            let metrics = self.metrics.clone();
-            conns.spawn(async move {
-                if let Err(e) = serve(sock, rt, pods, metrics, stop).await {
-                    tracing::debug!(error = %e, "logs API connection");
-                }
-            });
-        }
-        conns.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+        serve_connections(&self.listener, &shutdown, "logs API", |sock| {
+            serve(
+                sock,
+                self.runtime.clone(),
+                self.pods.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            )
+        })
+        .await;
     }
 }
 

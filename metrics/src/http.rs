@@ -59,30 +59,49 @@ impl MetricsServer {
 
     /// Serve until `shutdown`; open connections get 2 s to finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let conns = TaskTracker::new();
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                a = self.listener.accept() => a,
-            };
-            let sock = match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let render = self.render.clone();
-            conns.spawn(async move {
-                if let Err(e) = serve_conn(sock, render).await {
-                    tracing::debug!(error = %e, "metrics connection");
-                }
-            });
-        }
-        conns.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+        let render = self.render;
+        serve_connections(&self.listener, &shutdown, "metrics", |sock| {
+            serve_conn(sock, render.clone())
+        })
+        .await;
     }
+}
+
+/// Accept connections on `listener` until `shutdown`, each handled by `handle` in its own
+/// task; then give open connections 2 s to finish. Accept errors are retried after 50 ms.
+/// `what` names the server in debug logs (accept and connection errors).
+pub async fn serve_connections<F, Fut>(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    mut handle: F,
+) where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let conns = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let sock = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, server = what, "accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = handle(sock);
+        conns.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, server = what, "connection");
+            }
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
 }
 
 /// Read an HTTP request head (up to the blank line); None if it is too large or the peer
