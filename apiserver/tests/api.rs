@@ -348,6 +348,23 @@ async fn services_get_unique_node_ports_and_taken_ports_are_refused() {
     cluster.shutdown().await.unwrap();
 }
 
+/// Open a watch on Pods in `namespace` ("" = all) matching `selector` from `from_revision`.
+async fn watch_pods(
+    c: &mut ApiClient<Channel>,
+    namespace: &str,
+    selector: &str,
+    from_revision: u64,
+) -> Result<tonic::Streaming<pb::WatchEvent>, tonic::Status> {
+    c.watch(pb::WatchRequest {
+        kind: "Pod".into(),
+        namespace: namespace.into(),
+        label_selector: selector.into(),
+        from_revision,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
 async fn next_event(
     s: &mut tonic::Streaming<pb::WatchEvent>,
 ) -> Result<Option<pb::WatchEvent>, tonic::Status> {
@@ -375,16 +392,7 @@ async fn watch_replays_history_then_streams_live_changes_with_bookmarks() {
     create(&mut c, pod("b", json!({"app": "db"})))
         .await
         .unwrap();
-    let mut s = c
-        .watch(pb::WatchRequest {
-            kind: "Pod".into(),
-            namespace: String::new(),
-            label_selector: "app=web".into(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pods(&mut c, "", "app=web", 0).await.unwrap();
     let ev = next_change(&mut s).await;
     assert_eq!(ev.r#type(), pb::EventType::Added);
     assert_eq!(ev.revision, rv(&a));
@@ -433,16 +441,7 @@ async fn watch_resumes_from_a_revision_and_expires_after_restart() {
     let mut c = cluster.client(0).await.unwrap();
     let a = create(&mut c, pod("a", json!({}))).await.unwrap();
     let b = create(&mut c, pod("b", json!({}))).await.unwrap();
-    let mut s = c
-        .watch(pb::WatchRequest {
-            kind: "Pod".into(),
-            namespace: "default".into(),
-            label_selector: String::new(),
-            from_revision: rv(&a),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pods(&mut c, "default", "", rv(&a)).await.unwrap();
     let ev = next_change(&mut s).await;
     assert_eq!(ev.revision, rv(&b), "replay starts after from_revision");
     drop(s);
@@ -450,30 +449,13 @@ async fn watch_resumes_from_a_revision_and_expires_after_restart() {
     cluster.restart(0).await.unwrap();
     cluster.wait_for_leader(T).await.unwrap();
     let mut c = cluster.client(0).await.unwrap();
-    let err = c
-        .watch(pb::WatchRequest {
-            kind: "Pod".into(),
-            namespace: String::new(),
-            label_selector: String::new(),
-            from_revision: rv(&a),
-        })
-        .await
-        .unwrap_err();
+    let err = watch_pods(&mut c, "", "", rv(&a)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert!(err.message().starts_with("Expired"), "{}", err.message());
     assert!(err.message().contains("relist"), "{}", err.message());
     // From revision 0 the current objects arrive as ADDED, then a bookmark at the revision
     // they are consistent at.
-    let mut s = c
-        .watch(pb::WatchRequest {
-            kind: "Pod".into(),
-            namespace: String::new(),
-            label_selector: String::new(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pods(&mut c, "", "", 0).await.unwrap();
     let mut added = Vec::new();
     let bookmark = loop {
         let ev = next_event(&mut s).await.unwrap().unwrap();
@@ -540,16 +522,7 @@ async fn a_watcher_that_stops_reading_never_blocks_writes_and_is_expired() {
         .await
         .unwrap();
     let mut c = cluster.client(0).await.unwrap();
-    let mut s = c
-        .watch(pb::WatchRequest {
-            kind: "Pod".into(),
-            namespace: String::new(),
-            label_selector: String::new(),
-            from_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = watch_pods(&mut c, "", "", 0).await.unwrap();
     // Big objects so the stream's buffers fill long before the writes are done.
     let blob = "x".repeat(64 * 1024);
     let writes = async {

@@ -53,17 +53,7 @@ async fn create_anywhere(cluster: &TestCluster, name: &str) -> u64 {
             match tokio::time::timeout(Duration::from_secs(12), c.create(req)).await {
                 Ok(Ok(r)) => return rv(&r.into_inner().object),
                 Ok(Err(s)) if s.code() == Code::AlreadyExists && retried => {
-                    let got = c
-                        .get(pb::GetRequest {
-                            key: Some(pb::ObjectKey {
-                                kind: "Pod".into(),
-                                namespace: String::new(),
-                                name: name.into(),
-                            }),
-                        })
-                        .await
-                        .unwrap();
-                    return rv(&got.into_inner().object);
+                    return rv(&get_on(&mut c, name).await.unwrap());
                 }
                 Ok(Err(s)) => {
                     assert!(
