@@ -5,14 +5,11 @@
 
 use std::time::Duration;
 
-use berth_agent::{AgentArgs, RuntimeKind};
-use berth_apiserver::testing::{wait_until, TestCluster};
-use berth_client::{Client, ClientConfig};
+use berth_apiserver::testing::wait_until;
 use berth_metrics::text::{find, parse};
 use berth_proto::types::{
     Container, IntOrString, ObjectMeta, Pod, PodSpec, Probe, TcpSocketAction,
 };
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
@@ -28,24 +25,12 @@ fn meta(name: &str) -> ObjectMeta {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_metrics_report_pods_probe_failures_and_proxy_traffic() {
-    let cluster = TestCluster::start(1).await.unwrap();
-    let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let args = AgentArgs {
-        server: vec![server.clone()],
-        name: Some("node-m".into()),
-        data_dir: Some(dir.path().to_path_buf()),
-        runtime: Some(RuntimeKind::Process),
-        capacity: Some("cpu=1,memory=1Gi".into()),
-        host_port_range: "46000-46099".into(),
-        listen: Some("127.0.0.1:0".into()),
-        no_proxy: false,
-        ..AgentArgs::default()
-    };
-    let agent = berth_agent::start(args, CancellationToken::new())
-        .await
-        .unwrap();
+    let common::ProxyAgent {
+        cluster,
+        client,
+        agent,
+        dir: _dir,
+    } = common::start_proxy_agent("node-m", "46000-46099".into()).await;
     let endpoint = agent.agent_endpoint.clone();
 
     // A running pod whose readiness probe can never pass (nothing listens on port 1).

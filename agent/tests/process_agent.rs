@@ -446,24 +446,12 @@ async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_programs_its_proxy_from_services_and_endpoints() {
-    let cluster = TestCluster::start(1).await.unwrap();
-    let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let args = AgentArgs {
-        server: vec![server.clone()],
-        name: Some("node-f".into()),
-        data_dir: Some(dir.path().to_path_buf()),
-        runtime: Some(RuntimeKind::Process),
-        capacity: Some("cpu=1,memory=1Gi".into()),
-        host_port_range: port_range(6),
-        listen: Some("127.0.0.1:0".into()),
-        no_proxy: false,
-        ..AgentArgs::default()
-    };
-    let agent = berth_agent::start(args, CancellationToken::new())
-        .await
-        .unwrap();
+    let common::ProxyAgent {
+        cluster: _cluster,
+        client,
+        agent,
+        dir: _dir,
+    } = common::start_proxy_agent("node-f", port_range(6)).await;
 
     // A backend that answers with a fixed line.
     let (backend_port, _backend_task) = common::fixed_line_backend().await;

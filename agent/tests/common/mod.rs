@@ -1,16 +1,20 @@
 //! Helpers shared by the agent's component tests (each test file has `mod common;`): polling a
-//! condition with a deadline, and a node-port Service whose one endpoint is a local backend that
+//! condition with a deadline, an agent on the process runtime with its proxy on against a
+//! 1-member API server, and a node-port Service whose one endpoint is a local backend that
 //! answers a fixed line, so a test can send traffic through the agent's proxy.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use berth_client::Client;
+use berth_agent::{AgentArgs, AgentHandle, RuntimeKind};
+use berth_apiserver::testing::TestCluster;
+use berth_client::{Client, ClientConfig};
 use berth_proto::types::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectMeta, Service, ServicePort,
     ServiceSpec,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// The line the backend of [`fixed_line_backend`] writes to every connection.
 pub const BACKEND_LINE: &str = "from-backend\n";
@@ -31,6 +35,44 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A 1-member in-process API server, a client to it, and an agent started against it.
+pub struct ProxyAgent {
+    pub cluster: TestCluster,
+    pub client: Client,
+    pub agent: AgentHandle,
+    /// The agent's data dir (removed when dropped).
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a [`ProxyAgent`]: the agent `name` on the process runtime with cpu=1, memory=1Gi,
+/// host ports from `host_port_range`, its agent API on 127.0.0.1:0 and its Service proxy on.
+pub async fn start_proxy_agent(name: &str, host_port_range: String) -> ProxyAgent {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = AgentArgs {
+        server: vec![server.clone()],
+        name: Some(name.into()),
+        data_dir: Some(dir.path().to_path_buf()),
+        runtime: Some(RuntimeKind::Process),
+        capacity: Some("cpu=1,memory=1Gi".into()),
+        host_port_range,
+        listen: Some("127.0.0.1:0".into()),
+        no_proxy: false,
+        ..AgentArgs::default()
+    };
+    let agent = berth_agent::start(args, CancellationToken::new())
+        .await
+        .unwrap();
+    ProxyAgent {
+        cluster,
+        client,
+        agent,
+        dir,
     }
 }
 
