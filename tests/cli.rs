@@ -193,7 +193,10 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     );
 
     let r = berth(s, &["get", "deploy", "--show-labels"]).await;
-    assert!(r.out.lines().next().unwrap().ends_with("   LABELS"), "{r:?}");
+    assert!(
+        r.out.lines().next().unwrap().ends_with("   LABELS"),
+        "{r:?}"
+    );
     assert!(r.out.contains("   app=web\n"), "{r:?}");
 
     // Delete by selector, then by file (the deployment is already gone).
