@@ -610,3 +610,33 @@ async fn concurrent_clients_never_reach_the_old_set_after_the_swap_returns() {
     assert!(checked >= 60, "too few connections checked: {checked}");
     proxy.stop().await;
 }
+
+/// Several agents on one host (tests, benchmarks) each serve their own node address; only one
+/// of them can also have 127.0.0.1, and the others must not give up their own address for it.
+#[tokio::test]
+async fn a_taken_localhost_port_does_not_stop_serving_the_node_address() {
+    let a = fake_backend("a").await;
+    let port = free_port();
+    let squatter = std::net::TcpListener::bind((LOCALHOST, port)).expect("bind localhost");
+    let node_ip: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let proxy = start(test_config());
+    let mut spec = svc("web", port, &[a.addr]);
+    spec.listen_addrs = vec![node_ip, LOCALHOST];
+    proxy
+        .handle
+        .set_services(vec![spec])
+        .await
+        .expect("the node address alone is enough");
+    let s = timeout(DEADLINE, TcpStream::connect((node_ip, port)))
+        .await
+        .expect("connect within the deadline")
+        .expect("connect to the node address");
+    let mut s = BufReader::new(s);
+    let mut line = String::new();
+    timeout(DEADLINE, s.read_line(&mut line))
+        .await
+        .expect("greeting within the deadline")
+        .expect("read greeting");
+    assert_eq!(line.trim_end(), "a");
+    drop(squatter);
+}

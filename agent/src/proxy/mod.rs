@@ -533,12 +533,26 @@ impl Proxy {
             if entry.listener.is_some() {
                 continue;
             }
-            let addrs = entry.spec.bind_addrs();
+            let mut addrs = entry.spec.bind_addrs();
             let mut sockets = Vec::with_capacity(addrs.len());
             let mut error = None;
+            let localhost = |a: &SocketAddr| {
+                a.ip() == IpAddr::from([127, 0, 0, 1])
+                    || a.ip() == IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            };
+            let has_node_addr = addrs.iter().any(|a| !localhost(a));
+            let mut skipped = Vec::new();
             for addr in &addrs {
                 match listener::bind(*addr, self.env.config.listen_backlog) {
                     Ok(l) => sockets.push(l),
+                    // The loopback listener is a convenience next to the node address: when
+                    // several agents share one host (tests, benchmarks) only one of them can
+                    // have it, and the others must still serve their own address.
+                    Err(source) if localhost(addr) && has_node_addr => {
+                        tracing::warn!(service = %key, %addr, error = %source,
+                            "cannot listen on the loopback address too; serving the node address only");
+                        skipped.push(*addr);
+                    }
                     Err(source) => {
                         error = Some(ServiceProblem::Bind {
                             addr: *addr,
@@ -558,6 +572,7 @@ impl Proxy {
                 });
                 continue;
             }
+            addrs.retain(|a| !skipped.contains(a));
             let stop = CancellationToken::new();
             let tasks = sockets
                 .into_iter()
