@@ -174,7 +174,20 @@ fn retarget(active: &str, inp: &Inputs<'_>, fx: &mut Vec<Effect>) -> State {
 }
 
 /// One transition. Pure: all time and readiness come from `inp`.
+///
+/// Promote and abort requests are addressed to the green shown in preview, so they only act
+/// when `state` already has one (Progressing or Paused). A request seen in any other state is
+/// spent or moot, e.g. the promote that produced the current Promoting state whose clear lost a
+/// write conflict with the next template: it is consumed, never carried to the next green,
+/// which would otherwise go live (or be aborted) without a request of its own.
 pub fn step(state: &State, inp: &Inputs<'_>) -> (State, Vec<Effect>) {
+    let showing_green = matches!(state, State::Progressing { .. } | State::Paused { .. });
+    let outer = inp;
+    let inp = &Inputs {
+        promote_requested: outer.promote_requested && showing_green,
+        abort_requested: outer.abort_requested && showing_green,
+        ..outer.clone()
+    };
     let mut fx = Vec::new();
     let next = match state {
         State::Initial => State::Healthy {
@@ -251,10 +264,11 @@ pub fn step(state: &State, inp: &Inputs<'_>) -> (State, Vec<Effect>) {
     // Requests that the new state has no use for are consumed so they do not linger and fire
     // on a later, unrelated rollout.
     let waiting_for_green = matches!(next, State::Progressing { .. } | State::Paused { .. });
-    if inp.promote_requested && !waiting_for_green && !fx.contains(&Effect::ConsumePromote) {
+    let promote_kept = inp.promote_requested && waiting_for_green;
+    if outer.promote_requested && !promote_kept && !fx.contains(&Effect::ConsumePromote) {
         fx.push(Effect::ConsumePromote);
     }
-    if inp.abort_requested && !fx.contains(&Effect::ConsumeAbort) {
+    if outer.abort_requested && !fx.contains(&Effect::ConsumeAbort) {
         fx.push(Effect::ConsumeAbort);
     }
     (next, fx)

@@ -5,7 +5,7 @@ use berth_testkit::builders::at;
 use berth_testkit::DeploymentBuilder;
 use proptest::prelude::*;
 
-use super::bluegreen::{step, Inputs, State};
+use super::bluegreen::{step, Effect, Inputs, State};
 use super::*;
 
 /// The cluster as the controller sees it: ReplicaSets with spec and observed counts.
@@ -538,6 +538,164 @@ fn blue_green_step_is_pure_and_stable_when_nothing_changes() {
     };
     let bg = encoded.encode(true, None);
     assert_eq!(State::decode(Some(&bg), at(9)), encoded);
+}
+
+/// Inputs for the blue-green table tests below: manual promotion, 3 s scale-down delay.
+fn bg_inputs<'a>(current: &'a str, ready: &'a dyn Fn(&str) -> bool, now: Time) -> Inputs<'a> {
+    Inputs {
+        current,
+        ready,
+        promote_requested: false,
+        abort_requested: false,
+        auto_promotion_enabled: false,
+        auto_promotion_seconds: 0,
+        scale_down_delay_seconds: 3,
+        progress_deadline_seconds: 600,
+        now,
+    }
+}
+
+#[test]
+fn blue_green_new_template_during_promoting_starts_a_new_green_and_pauses() {
+    // v7 was just promoted over v6; v8 arrives 0.1 s later, before the 3 s scale-down.
+    let promoting = State::Promoting {
+        active: "v7".into(),
+        previous: "v6".into(),
+        promoted_at: at(10),
+        scale_down_at: at(13),
+    };
+    let not_ready = |h: &str| h != "v8";
+    let now = at(10) + chrono::Duration::milliseconds(100);
+    let (s, _) = step(&promoting, &bg_inputs("v8", &not_ready, now));
+    assert_eq!(
+        s,
+        State::Progressing {
+            active: "v7".into(),
+            green: "v8".into(),
+            since: now,
+        }
+    );
+    let all_ready = |_: &str| true;
+    let (s, fx) = step(&s, &bg_inputs("v8", &all_ready, at(12)));
+    assert_eq!(
+        s.active(),
+        Some("v7"),
+        "v8 must not go live without a promote"
+    );
+    assert_eq!(s.preview(), Some("v8"));
+    assert!(matches!(s, State::Paused { .. }), "{s:?}");
+    assert!(fx.is_empty(), "{fx:?}");
+    // Still paused after the old delay has run out.
+    let (s, _) = step(&s, &bg_inputs("v8", &all_ready, at(20)));
+    assert!(matches!(s, State::Paused { .. }), "{s:?}");
+}
+
+#[test]
+fn blue_green_promote_request_left_over_from_last_promotion_does_not_promote_next_green() {
+    // The controller promoted v7 but its write clearing the promote annotation lost a
+    // conflict with the v8 apply, so the request for v7 is still set when v8 is seen.
+    let promoting = State::Promoting {
+        active: "v7".into(),
+        previous: "v6".into(),
+        promoted_at: at(10),
+        scale_down_at: at(13),
+    };
+    let not_ready = |h: &str| h != "v8";
+    let now = at(10) + chrono::Duration::milliseconds(100);
+    fn stale(inp: Inputs<'_>) -> Inputs<'_> {
+        Inputs {
+            promote_requested: true,
+            ..inp
+        }
+    }
+    let (s, fx) = step(&promoting, &stale(bg_inputs("v8", &not_ready, now)));
+    assert_eq!(s.active(), Some("v7"));
+    assert!(matches!(s, State::Progressing { .. }), "{s:?}");
+    assert!(
+        fx.contains(&Effect::ConsumePromote),
+        "the spent request is cleared: {fx:?}"
+    );
+    // Had the clear failed again, the request is still not applied to v8.
+    let all_ready = |_: &str| true;
+    let (s, _) = step(&s, &bg_inputs("v8", &all_ready, at(12)));
+    assert!(matches!(s, State::Paused { .. }), "{s:?}");
+    assert_eq!(
+        s.active(),
+        Some("v7"),
+        "v8 must not go live without a promote"
+    );
+    // A promote given while v8 is shown in preview does promote it.
+    let (s, fx) = step(&s, &stale(bg_inputs("v8", &all_ready, at(14))));
+    assert_eq!(s.active(), Some("v8"));
+    assert!(fx.contains(&Effect::ConsumePromote));
+}
+
+#[test]
+fn blue_green_abort_request_left_over_from_degraded_does_not_abort_next_green() {
+    // v7 was aborted; the clear of the abort annotation was lost and v8 is applied.
+    let degraded = State::Degraded {
+        active: "v6".into(),
+        aborted: "v7".into(),
+    };
+    let not_ready = |h: &str| h != "v8";
+    let inp = Inputs {
+        abort_requested: true,
+        ..bg_inputs("v8", &not_ready, at(5))
+    };
+    let (s, fx) = step(&degraded, &inp);
+    assert_eq!(
+        s,
+        State::Progressing {
+            active: "v6".into(),
+            green: "v8".into(),
+            since: at(5),
+        }
+    );
+    assert_eq!(fx, vec![Effect::ConsumeAbort]);
+}
+
+#[test]
+fn blue_green_template_changed_mid_promotion_pauses_before_going_live() {
+    // Plan level: promote v2, then v3 is applied before the scale-down delay, while the
+    // promote annotation for v2 is still on the object (its clear lost a write conflict).
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let blue = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(0));
+    w.settle(2);
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let v2 = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(1));
+    w.settle(2);
+    run(&mut d, &mut w, at(2));
+    assert_eq!(phase(&d), "Paused");
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    let p = plan(&d, &w.sets, at(3));
+    w.apply(&p, at(3));
+    d.status = Some(p.status.clone());
+    assert!(w
+        .removed_annotations
+        .contains(&PROMOTE_ANNOTATION.to_string()));
+    w.removed_annotations.clear(); // the annotation clear is lost
+    assert_eq!(phase(&d), "Promoting");
+    assert_eq!(w.services["web-active"], v2);
+
+    d.spec.template.spec.containers[0].image = "app:3".into();
+    let v3 = template_hash(&d.spec.template);
+    run(&mut d, &mut w, at(3));
+    assert_eq!(phase(&d), "Progressing");
+    assert!(!d.metadata.annotations.contains_key(PROMOTE_ANNOTATION));
+    w.settle(2);
+    run(&mut d, &mut w, at(4));
+    w.settle(2);
+    run(&mut d, &mut w, at(40));
+    assert_eq!(phase(&d), "Paused", "v3 waits for its own promote");
+    assert_eq!(w.services["web-active"], v2);
+    assert_eq!(w.services["web-preview"], v3);
+    assert_eq!(replicas_of(&w, &blue), 0, "the old blue is scaled down");
+    assert_eq!((replicas_of(&w, &v2), replicas_of(&w, &v3)), (2, 2));
 }
 
 // ---------------------------------------------------------------------------------------------
