@@ -5,50 +5,11 @@
 
 use std::path::Path;
 
-use berth::cli::{self, Cli, Io};
 use berth_apiserver::testing::TestCluster;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-struct Out {
-    ok: bool,
-    out: String,
-    err: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ok={} stdout:\n{}\nstderr:\n{}",
-            self.ok, self.out, self.err
-        )
-    }
-}
-
-async fn berth(server: &str, args: &[&str]) -> Out {
-    let argv = ["berth", "--server", server]
-        .into_iter()
-        .chain(args.iter().copied());
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let r = {
-        let mut io = Io {
-            out: &mut out,
-            err: &mut err,
-        };
-        cli::run(cli, &mut io, CancellationToken::new()).await
-    };
-    let mut err = String::from_utf8(err).unwrap();
-    if let Err(e) = &r {
-        err.push_str(&format!("error: {}\n", cli::error_message(e)));
-    }
-    Out {
-        ok: r.is_ok(),
-        out: String::from_utf8(out).unwrap(),
-        err,
-    }
-}
+mod common;
+use common::berth;
 
 fn app(version: &str) -> String {
     format!(

@@ -1,0 +1,47 @@
+//! Helpers shared by the CLI test binaries: run a `berth` command line through the library
+//! entry point with captured stdout/stderr, exactly as the binary runs it.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use berth::cli::{self, Cli, Io};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+pub struct Out {
+    pub ok: bool,
+    pub out: String,
+    pub err: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok={} stdout:\n{}\nstderr:\n{}",
+            self.ok, self.out, self.err
+        )
+    }
+}
+
+pub async fn berth(server: &str, args: &[&str]) -> Out {
+    let argv = ["berth", "--server", server]
+        .into_iter()
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let r = {
+        let mut io = Io {
+            out: &mut out,
+            err: &mut err,
+        };
+        cli::run(cli, &mut io, CancellationToken::new()).await
+    };
+    let mut err = String::from_utf8(err).unwrap();
+    if let Err(e) = &r {
+        err.push_str(&format!("error: {}\n", cli::error_message(e)));
+    }
+    Out {
+        ok: r.is_ok(),
+        out: String::from_utf8(out).unwrap(),
+        err,
+    }
+}
