@@ -328,20 +328,20 @@ impl State {
                 active,
                 green,
                 since,
-            } => {
-                bg.active_selector = active.clone();
-                bg.preview_selector = green.clone();
-                bg.phase = "Progressing".into();
-                bg.phase_since = Some(*since);
             }
-            State::Paused {
+            | State::Paused {
                 active,
                 green,
                 since,
             } => {
                 bg.active_selector = active.clone();
                 bg.preview_selector = green.clone();
-                bg.phase = "Paused".into();
+                bg.phase = if matches!(self, State::Paused { .. }) {
+                    "Paused"
+                } else {
+                    "Progressing"
+                }
+                .into();
                 bg.phase_since = Some(*since);
             }
             State::Promoting {
