@@ -153,17 +153,18 @@ impl Ctx {
                 .map(PathBuf::from)
         });
         let default_cfg = config::default_config_path();
-        let servers = config::resolve_servers(
+        let resolved = config::resolve(
             g.server.as_deref(),
             env.as_deref(),
             config_path.as_deref(),
             default_cfg.as_deref(),
         )?;
         Ok(Ctx {
-            servers,
+            servers: resolved.servers,
             client_config: ClientConfig {
                 deadline: g.timeout.unwrap_or(DEFAULT_TIMEOUT),
                 max_refused_rounds: Some(3),
+                tls: resolved.tls,
                 ..ClientConfig::default()
             },
             shutdown,
@@ -171,6 +172,14 @@ impl Ctx {
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
+        if self.client_config.tls.is_none() {
+            anyhow::bail!(
+                "no credentials: Berth servers require mutual TLS and no config file with a \
+                 certificate was found. `berth dev` writes ~/.berth/config; for a cluster, use \
+                 the admin config `berth server --init` wrote to DATA/admin.yaml: pass \
+                 --config DATA/admin.yaml, set BERTH_CONFIG, or copy it to ~/.berth/config"
+            );
+        }
         Ok(Client::new(&self.servers, self.client_config.clone())?)
     }
 }

@@ -24,6 +24,7 @@ pub fn spawn_leader_loops(
         &[server.advertise_addr().to_string()],
         ClientConfig {
             deadline: Duration::from_secs(30),
+            tls: Some(server.client_tls()),
             ..ClientConfig::default()
         },
     )
@@ -60,6 +61,25 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
         addr = %server.advertise_addr(),
         "berth server is serving"
     );
+    if server.created_pki() {
+        // Printed, never logged: the token is a secret.
+        println!(
+            "New cluster created; this server is member {id} at {addr}.\n\
+             \n  Admin config (CLI):  {admin}\
+             \n      berth --config {admin} get nodes   (or copy it to ~/.berth/config)\
+             \n  Join token (secret; also in {token_file}):\
+             \n      {token}\
+             \n\nJoin servers:  BERTH_TOKEN=<token> berth server --join {addr} --listen HOST:PORT\
+             \nJoin agents:   BERTH_TOKEN=<token> berth agent --server {addr} --address IP",
+            id = server.id(),
+            addr = server.advertise_addr(),
+            admin = server.admin_config_path().display(),
+            token_file = berth_apiserver::pki::pki_dir(server.data_dir())
+                .join("token")
+                .display(),
+            token = server.join_token(),
+        );
+    }
     let loops_token = shutdown.child_token();
     let loops = spawn_leader_loops(&server, loops_token.clone())?;
     let res = tokio::select! {
@@ -130,6 +150,8 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let agent_token = shutdown.child_token();
     let agent_args = berth_agent::AgentArgs {
         server: vec![addr.clone()],
+        // The agent gets its node certificate from this server like any other agent.
+        token: Some(server.join_token()),
         name: args.name.clone(),
         address: "127.0.0.1".to_string(),
         data_dir: Some(dir.join("agent")),
@@ -142,13 +164,20 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         .context("starting the node agent")?;
 
     let config_note = if args.no_config {
-        format!("(config not written: pass --server {addr} or set BERTH_SERVER={addr})")
+        let admin = dir.join("admin.yaml");
+        server
+            .pki()
+            .admin_config(vec![addr.clone()])?
+            .write(&admin)?;
+        format!(
+            "(~/.berth/config not written: pass --config {} to the CLI)",
+            admin.display()
+        )
     } else {
         match crate::cli::config::default_config_path() {
             Some(path) => {
-                let cfg = crate::cli::config::CliConfig {
-                    servers: vec![addr.clone()],
-                };
+                let cfg: crate::cli::config::CliConfig =
+                    server.pki().admin_config(vec![addr.clone()])?.into();
                 cfg.save(&path)?;
                 format!("CLI config written to {} (no flags needed)", path.display())
             }

@@ -72,6 +72,11 @@ pub struct AgentArgs {
     /// Node heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 2_000, hide = true)]
     pub heartbeat_ms: u64,
+    /// The cluster's join token, to get this node's certificate on first start (printed by
+    /// `berth server --init`, in DATA/pki/token on every server). Prefer BERTH_TOKEN: a flag
+    /// is visible to other users in `ps`.
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Default for AgentArgs {
@@ -89,6 +94,7 @@ impl Default for AgentArgs {
             no_proxy: false,
             restart_backoff_ms: 10_000,
             heartbeat_ms: 2_000,
+            token: None,
         }
     }
 }
@@ -111,6 +117,8 @@ pub enum AgentError {
     Logs(#[from] LogsError),
     #[error("API client: {0}")]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialError),
 }
 
 /// A running agent.
@@ -223,12 +231,21 @@ pub async fn start(
     };
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
 
+    let tls = crate::credentials::node_credentials(
+        &data_dir,
+        &args.server,
+        &node_name,
+        &[address.to_string()],
+        args.token.as_deref(),
+    )
+    .await?;
     let client = Client::new(
         &args.server,
         ClientConfig {
             // Short: the agent retries every round anyway and must not stall its loops.
             deadline: Duration::from_secs(3),
             request_timeout: Duration::from_secs(3),
+            tls: Some(tls),
             ..ClientConfig::default()
         },
     )?;

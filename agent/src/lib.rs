@@ -26,6 +26,7 @@
 pub mod agent;
 pub mod api;
 pub mod backoff;
+pub mod credentials;
 pub mod events;
 pub mod hostports;
 pub mod logs;

@@ -11,7 +11,9 @@
 //! Data flow of a write: gRPC request -> validate -> raft propose (forwarded to the leader by
 //! followers) -> commit -> `Store::apply` on every member -> watch events. Reads go through
 //! `read_index` then the local store.
+pub mod authz;
 pub mod metrics;
+pub mod pki;
 pub mod raft;
 pub mod server;
 pub mod service;

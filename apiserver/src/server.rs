@@ -4,11 +4,16 @@
 //! raft handle, store) for tests and `berth dev`.
 //!
 //! Start-up: create the data dir (0700) -> open sled `DIR/db` -> bind the listener (so
-//! `--listen 127.0.0.1:0` works and the address is known) -> decide the member id:
-//! - the data dir already has an id: restart (`--init` / `--join` are ignored);
-//! - `--init`: id 1, new single-member cluster;
-//! - `--join HOST:PORT`: ask that server's `Join` rpc (forwarded to the leader), which adds
-//!   this address as a member and returns our id; the id is persisted BEFORE raft starts.
+//! `--listen 127.0.0.1:0` works and the address is known) -> decide the member id and get
+//! the PKI ([`crate::pki`]):
+//! - the data dir already has an id: restart (`--init` / `--join` are ignored); load the PKI;
+//! - `--init`: id 1, new single-member cluster; a new CA, join token and admin config;
+//! - `--join HOST:PORT --token T`: bootstrap TLS with the token (CA, its key, a server
+//!   certificate), then ask that server's `Join` rpc (forwarded to the leader) over mutual
+//!   TLS, which adds this address as a member and returns our id; the id is persisted BEFORE
+//!   raft starts.
+//!
+//! Everything on the port is mutual TLS (client API, Raft, forwarding); see [`crate::authz`].
 //!
 //! Shutdown: cancel -> watch streams end -> tonic drains connections -> the raft task stops
 //! -> sled is flushed and dropped (so the same process can reopen the data dir).
@@ -24,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::pki::ServerPki;
 use crate::raft::{Bootstrap, RaftConfig, RaftError, RaftHandle, RaftNode};
 use crate::service::{ApiConfig, ApiService, MAX_REQUEST_BYTES};
 use crate::store::{NodePortRange, Store, StoreConfig, StoreError};
@@ -43,9 +49,17 @@ pub struct ServerArgs {
     /// Create a new cluster with this server as its first member.
     #[arg(long, conflicts_with = "join")]
     pub init: bool,
-    /// Join the cluster that the server at HOST:PORT belongs to.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Join the cluster that the server at HOST:PORT belongs to (needs --token).
+    #[arg(long, value_name = "HOST:PORT", requires = "token")]
     pub join: Option<String>,
+    /// The cluster's join token (printed by `--init`, kept in DATA/pki/token). Prefer the
+    /// BERTH_TOKEN environment variable: a flag is visible to other users in `ps`.
+    #[arg(long, value_name = "TOKEN", env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra names or IPs for the server certificate (besides the listen and advertise
+    /// addresses, 127.0.0.1 and localhost), e.g. a load balancer's.
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    pub tls_san: Vec<String>,
     /// Range Service node ports are allocated from.
     #[arg(long, value_name = "LOW-HIGH", default_value = "30000-32767")]
     pub node_port_range: NodePortRange,
@@ -75,6 +89,8 @@ impl ServerArgs {
             advertise: None,
             init: false,
             join: None,
+            token: None,
+            tls_san: Vec::new(),
             node_port_range: NodePortRange::default(),
             snapshot_threshold: 10_000,
             watch_bookmark_ms: 5_000,
@@ -124,6 +140,10 @@ pub enum ServerError {
     Task(String),
     #[error(transparent)]
     Metrics(#[from] berth_metrics::http::MetricsError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("TLS: {0}")]
+    Tls(#[from] berth_tls::TlsError),
 }
 
 /// A running server. Dropping it without `shutdown()` aborts its tasks (no graceful stop).
@@ -138,9 +158,38 @@ pub struct ServerHandle {
     watch_tasks: tokio_util::task::TaskTracker,
     metrics: berth_metrics::Registry,
     metrics_addr: Option<SocketAddr>,
+    pki: ServerPki,
+    data_dir: PathBuf,
+    created_pki: bool,
 }
 
 impl ServerHandle {
+    /// Whether this start created the cluster's CA, token and admin config (`--init` on an
+    /// empty data dir).
+    pub fn created_pki(&self) -> bool {
+        self.created_pki
+    }
+    /// The cluster CA, join token and this server's credential.
+    pub fn pki(&self) -> &ServerPki {
+        &self.pki
+    }
+    /// What in-process clients of this server (the control loops) present: `system:server`.
+    pub fn client_tls(&self) -> berth_tls::ClientTls {
+        self.pki.client_tls()
+    }
+    /// The join token (contains the secret: print it for the user, never log it).
+    pub fn join_token(&self) -> String {
+        self.pki.token.reveal()
+    }
+    /// This member's data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    /// Where `--init` wrote the admin's CLI config (it exists only on the member that
+    /// created the cluster).
+    pub fn admin_config_path(&self) -> PathBuf {
+        crate::pki::admin_config_path(&self.data_dir)
+    }
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -303,7 +352,11 @@ fn store_id(db: &sled::Db, path: &Path, id: u64) -> Result<(), ServerError> {
 
 /// Ask the cluster at `target` to add `advertise` as a member; retried for a while because the
 /// target may be starting or electing a leader.
-async fn join_cluster(target: &str, advertise: &str) -> Result<pb::JoinResponse, ServerError> {
+async fn join_cluster(
+    target: &str,
+    advertise: &str,
+    tls: &berth_tls::ClientTls,
+) -> Result<pb::JoinResponse, ServerError> {
     let err = |message: String| ServerError::Join {
         target: target.to_string(),
         message,
@@ -312,9 +365,17 @@ async fn join_cluster(target: &str, advertise: &str) -> Result<pb::JoinResponse,
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         let attempt = async {
-            let mut client = ApiClient::connect(format!("http://{target}"))
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{target}"))
+                .map_err(|e| format!("fatal: bad address: {e}"))?
+                .tls_config(tls.tonic())
+                .map_err(|e| format!("fatal: TLS settings: {e}"))?
+                .connect_timeout(Duration::from_secs(3));
+            let mut client = ApiClient::new(
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| format!("cannot connect: {}", crate::status::describe_error(&e)))?,
+            );
             client
                 .join(pb::JoinRequest {
                     address: advertise.to_string(),
@@ -323,7 +384,9 @@ async fn join_cluster(target: &str, advertise: &str) -> Result<pb::JoinResponse,
                 .map(|r| r.into_inner())
                 .map_err(|s| (s.code(), s.message().to_string()))
                 .map_err(|(code, msg)| match code {
-                    tonic::Code::InvalidArgument => format!("fatal: {msg}"),
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated => format!("fatal: {msg}"),
                     _ => msg,
                 })
         };
@@ -355,19 +418,30 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         source,
     })?;
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let sans = crate::pki::server_sans(&advertise, &addr.to_string(), &args.tls_san);
 
+    let mut pki = None;
     let (id, bootstrap) = match stored_id(&db, &db_path)? {
         Some(id) => {
             tracing::info!(id, data_dir = %dir.display(), "restarting raft member from its data dir");
+            if !ServerPki::exists(&dir) && args.init && id == 1 {
+                // A cluster made before TLS: its creator makes a CA now.
+                tracing::warn!(data_dir = %dir.display(), "no PKI in the data dir; creating a new cluster CA");
+                pki = Some(init_pki(&dir, &sans, &advertise)?);
+            }
             (id, Bootstrap::Join { peers: Vec::new() })
         }
         None if args.init => {
+            pki = Some(init_pki(&dir, &sans, &advertise)?);
             store_id(&db, &db_path, 1)?;
             (1, Bootstrap::NewCluster)
         }
         None => match &args.join {
             Some(target) => {
-                let resp = join_cluster(target, &advertise).await?;
+                let token = args.token.as_deref().ok_or(crate::pki::PkiError::NoToken)?;
+                let joined = ServerPki::join(&dir, target, token, &sans).await?;
+                let resp = join_cluster(target, &advertise, &joined.client_tls()).await?;
+                pki = Some(joined);
                 store_id(&db, &db_path, resp.id)?;
                 tracing::info!(id = resp.id, via = %target, "joined the cluster");
                 let peers = resp
@@ -380,6 +454,11 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             }
             None => return Err(ServerError::NoClusterState(dir)),
         },
+    };
+    let created_pki = pki.is_some() && id == 1;
+    let pki = match pki {
+        Some(p) => p,
+        None => ServerPki::load(&dir, &sans)?,
     };
 
     let store = Arc::new(Store::open(
@@ -394,6 +473,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     raft_cfg.compaction_threshold = args.snapshot_threshold.max(1);
     raft_cfg.snapshot_catchup_entries = (args.snapshot_threshold / 2).min(1_000);
     raft_cfg.tick = Duration::from_millis(args.raft_tick_ms.max(1));
+    raft_cfg.tls = Some(pki.client_tls());
     let (node, raft) = RaftNode::new(raft_cfg, store.clone())?;
     if let Some(known) = raft.member_address(id).filter(|a| *a != advertise) {
         tracing::warn!(
@@ -418,6 +498,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             node_ports: args.node_port_range,
             bookmark_interval: Duration::from_millis(args.watch_bookmark_ms.max(10)),
         },
+        pki.clone(),
         shutdown.clone(),
     );
     let watch_tasks = api.watch_tasks();
@@ -430,6 +511,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     );
     let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let router = tonic::transport::Server::builder()
+        .tls_config(pki.server_tls_config())?
         .add_service(raft.raft_service())
         .add_service(crate::metrics::Instrumented::new(
             ApiServer::new(api)
@@ -487,7 +569,18 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         watch_tasks,
         metrics,
         metrics_addr,
+        pki,
+        data_dir: dir,
+        created_pki,
     })
+}
+
+/// `--init`: a new CA and token, and the admin's CLI config next to the data.
+fn init_pki(dir: &Path, sans: &[String], advertise: &str) -> Result<ServerPki, ServerError> {
+    let pki = ServerPki::create(dir, sans)?;
+    pki.admin_config(vec![advertise.to_string()])?
+        .write(&crate::pki::admin_config_path(dir))?;
+    Ok(pki)
 }
 
 /// Run a server until `shutdown` is cancelled (or a server task fails).

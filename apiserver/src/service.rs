@@ -12,6 +12,10 @@
 //! served from the local store's history; each stream is one task in a `TaskTracker` that ends
 //! on client disconnect, error or server shutdown, and sends a BOOKMARK every
 //! `bookmark_interval`. Error codes: see [`crate::status`].
+//!
+//! Security: every RPC first authenticates the caller by its client certificate and asks
+//! [`crate::authz`] whether it may do this (before anything is proposed or read);
+//! `Bootstrap` alone is authenticated by the join token instead ([`crate::pki`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,8 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::authz::{authenticate, Caller, Verb, ON_BEHALF_OF_METADATA};
+use crate::pki::ServerPki;
 use crate::raft::{MemberInfo, RaftError, RaftHandle};
 use crate::status::{from_raft, from_store, invalid, LEADER_METADATA};
 use crate::store::{
@@ -62,6 +68,7 @@ pub struct ApiService {
     shutdown: CancellationToken,
     watches: TaskTracker,
     leaders: Mutex<HashMap<String, ApiClient<Channel>>>,
+    pki: ServerPki,
 }
 
 /// Where a write goes when this member cannot propose it.
@@ -96,12 +103,17 @@ fn with_leader_hint<T>(
     })
 }
 
-fn mark_forwarded<T>(msg: T) -> Request<T> {
+/// The request to forward to the leader: marked as forwarded, naming the original caller
+/// (the leader authorizes it as that identity; see [`crate::authz`]).
+fn mark_forwarded<T>(msg: T, caller: &Caller) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert(
         FORWARDED_METADATA,
         tonic::metadata::MetadataValue::from_static("1"),
     );
+    if let Ok(v) = caller.identity.to_string().parse() {
+        r.metadata_mut().insert(ON_BEHALF_OF_METADATA, v);
+    }
     r
 }
 
@@ -171,6 +183,7 @@ impl ApiService {
         store: Arc<Store>,
         raft: RaftHandle,
         config: ApiConfig,
+        pki: ServerPki,
         shutdown: CancellationToken,
     ) -> ApiService {
         ApiService {
@@ -180,6 +193,7 @@ impl ApiService {
             shutdown,
             watches: TaskTracker::new(),
             leaders: Mutex::new(HashMap::new()),
+            pki,
         }
     }
 
@@ -217,8 +231,10 @@ impl ApiService {
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
+            .tls_config(self.pki.client_tls().tonic())
+            .map_err(|e| Status::internal(format!("TLS settings for the leader {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(3));
         let client = ApiClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(usize::MAX)
@@ -346,43 +362,58 @@ impl ApiService {
         uuid::Uuid::new_v4().to_string()
     }
 
-    fn op_create(&self, bytes: &[u8]) -> Result<Op, Status> {
+    /// Decode an object and check that `who` may `verb` it; `Ok((object, bound_node))`.
+    fn authorized_object(
+        &self,
+        who: &Caller,
+        verb: Verb,
+        bytes: &[u8],
+    ) -> Result<(serde_json::Value, Option<String>), Status> {
+        let obj = self.decode_object(bytes)?;
+        let meta = obj.meta();
+        let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
+        Ok((obj.value, bound))
+    }
+
+    fn op_create(&self, who: &Caller, bytes: &[u8]) -> Result<Op, Status> {
+        let (object, _) = self.authorized_object(who, Verb::Create, bytes)?;
         Ok(Op::Create {
-            object: self.decode_object(bytes)?.value,
+            object,
             uid: Self::new_uid(),
         })
     }
-    fn op_update(&self, bytes: &[u8]) -> Result<Op, Status> {
-        Ok(Op::Update {
-            object: self.decode_object(bytes)?.value,
-        })
+    fn op_update(&self, who: &Caller, bytes: &[u8]) -> Result<Op, Status> {
+        let (object, _) = self.authorized_object(who, Verb::Update, bytes)?;
+        Ok(Op::Update { object })
     }
-    fn op_update_status(&self, bytes: &[u8]) -> Result<Op, Status> {
-        Ok(Op::UpdateStatus {
-            object: self.decode_object(bytes)?.value,
-        })
+    fn op_update_status(&self, who: &Caller, bytes: &[u8]) -> Result<Op, Status> {
+        let (object, bound_node) = self.authorized_object(who, Verb::UpdateStatus, bytes)?;
+        Ok(Op::UpdateStatus { object, bound_node })
     }
-    fn op_apply(&self, bytes: &[u8]) -> Result<Op, Status> {
+    fn op_apply(&self, who: &Caller, bytes: &[u8]) -> Result<Op, Status> {
+        let (object, _) = self.authorized_object(who, Verb::Apply, bytes)?;
         Ok(Op::Apply {
-            object: self.decode_object(bytes)?.value,
+            object,
             uid: Self::new_uid(),
         })
     }
-    fn op_delete(&self, r: &pb::DeleteRequest) -> Result<Op, Status> {
+    fn op_delete(&self, who: &Caller, r: &pb::DeleteRequest) -> Result<Op, Status> {
+        let key = parse_key(r.key.clone())?;
+        who.authorize(Verb::Delete, Some(key.kind), &key.namespace, &key.name)?;
         Ok(Op::Delete {
-            key: parse_key(r.key.clone())?,
+            key,
             resource_version: r.resource_version,
         })
     }
 
-    fn op_of_batch(&self, op: &pb::BatchOp) -> Result<Op, Status> {
+    fn op_of_batch(&self, who: &Caller, op: &pb::BatchOp) -> Result<Op, Status> {
         use pb::batch_op::Op as B;
         match &op.op {
-            Some(B::Create(r)) => self.op_create(&r.object),
-            Some(B::Update(r)) => self.op_update(&r.object),
-            Some(B::UpdateStatus(r)) => self.op_update_status(&r.object),
-            Some(B::Delete(r)) => self.op_delete(r),
-            Some(B::Apply(r)) => self.op_apply(&r.object),
+            Some(B::Create(r)) => self.op_create(who, &r.object),
+            Some(B::Update(r)) => self.op_update(who, &r.object),
+            Some(B::UpdateStatus(r)) => self.op_update_status(who, &r.object),
+            Some(B::Delete(r)) => self.op_delete(who, r),
+            Some(B::Apply(r)) => self.op_apply(who, &r.object),
             None => Err(invalid("batch op has no operation")),
         }
     }
@@ -390,7 +421,8 @@ impl ApiService {
 
 /// Run one write rpc: build the op, propose, or forward the original request to the leader.
 macro_rules! write_rpc {
-    ($self:ident, $req:ident, $method:ident, |$r:ident| $op:expr, $dry:expr, |$out:ident| $resp:expr) => {{
+    ($self:ident, $req:ident, $method:ident, |$who:ident, $r:ident| $op:expr, $dry:expr, |$out:ident| $resp:expr) => {{
+        let $who = authenticate(&$req)?;
         let is_fwd = forwarded(&$req);
         let $r = $req.into_inner();
         let op = $op?;
@@ -401,7 +433,7 @@ macro_rules! write_rpc {
             }
             Err(Route::Fail(s)) => Err(s),
             Err(Route::Leader(mut client, addr)) => {
-                with_leader_hint(client.$method(mark_forwarded($r)).await, &addr)
+                with_leader_hint(client.$method(mark_forwarded($r, &$who)).await, &addr)
             }
         }
     }};
@@ -417,7 +449,7 @@ impl Api for ApiService {
             self,
             req,
             create,
-            |r| self.op_create(&r.object),
+            |who, r| self.op_create(&who, &r.object),
             r.dry_run,
             |out| {
                 pb::ObjectResponse {
@@ -435,7 +467,7 @@ impl Api for ApiService {
             self,
             req,
             update,
-            |r| self.op_update(&r.object),
+            |who, r| self.op_update(&who, &r.object),
             r.dry_run,
             |out| {
                 pb::ObjectResponse {
@@ -453,7 +485,7 @@ impl Api for ApiService {
             self,
             req,
             update_status,
-            |r| self.op_update_status(&r.object),
+            |who, r| self.op_update_status(&who, &r.object),
             r.dry_run,
             |out| pb::ObjectResponse {
                 object: to_json(&out.object),
@@ -469,7 +501,7 @@ impl Api for ApiService {
             self,
             req,
             apply,
-            |r| self.op_apply(&r.object),
+            |who, r| self.op_apply(&who, &r.object),
             r.dry_run,
             |out| {
                 let outcome = match out.outcome {
@@ -489,7 +521,7 @@ impl Api for ApiService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::ObjectResponse>, Status> {
-        write_rpc!(self, req, delete, |r| self.op_delete(&r), false, |out| {
+        write_rpc!(self, req, delete, |who, r| self.op_delete(&who, &r), false, |out| {
             pb::ObjectResponse {
                 object: to_json(&out.object),
             }
@@ -500,11 +532,16 @@ impl Api for ApiService {
         &self,
         req: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchResponse>, Status> {
+        let who = authenticate(&req)?;
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
-        // Ops that fail validation get their error without reaching raft; the rest are
-        // proposed together as one entry.
-        let prepared: Vec<Result<Op, Status>> = r.ops.iter().map(|o| self.op_of_batch(o)).collect();
+        // Ops that fail validation or authorization get their error without reaching raft;
+        // the rest are proposed together as one entry.
+        let prepared: Vec<Result<Op, Status>> = r
+            .ops
+            .iter()
+            .map(|o| self.op_of_batch(&who, o))
+            .collect();
         let valid: Vec<Op> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
@@ -516,7 +553,7 @@ impl Api for ApiService {
                 Ok(results) => results.into_iter(),
                 Err(Route::Fail(s)) => return Err(s),
                 Err(Route::Leader(mut client, addr)) => {
-                    return with_leader_hint(client.batch(mark_forwarded(r)).await, &addr)
+                    return with_leader_hint(client.batch(mark_forwarded(r, &who)).await, &addr)
                 }
             }
         };
@@ -552,7 +589,9 @@ impl Api for ApiService {
         &self,
         req: Request<pb::GetRequest>,
     ) -> Result<Response<pb::ObjectResponse>, Status> {
+        let who = authenticate(&req)?;
         let key = parse_key(req.into_inner().key)?;
+        who.authorize(Verb::Get, Some(key.kind), &key.namespace, &key.name)?;
         self.read_barrier().await?;
         let obj = self.store.get(&key).map_err(|e| from_store(&e))?;
         Ok(Response::new(pb::ObjectResponse {
@@ -564,8 +603,10 @@ impl Api for ApiService {
         &self,
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        let who = authenticate(&req)?;
         let r = req.into_inner();
         let kind = parse_kind(&r.kind)?;
+        who.authorize(Verb::List, Some(kind), &r.namespace, "")?;
         let selector = parse_selector(&r.label_selector)?;
         self.read_barrier().await?;
         let ns = (!r.namespace.is_empty()).then_some(r.namespace.as_str());
@@ -585,12 +626,14 @@ impl Api for ApiService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = authenticate(&req)?;
         let r = req.into_inner();
         let kind = if r.kind.is_empty() {
             None
         } else {
             Some(parse_kind(&r.kind)?)
         };
+        who.authorize(Verb::Watch, kind, &r.namespace, "")?;
         let filter = WatchFilter {
             kind,
             namespace: (!r.namespace.is_empty()).then(|| match kind {
@@ -669,8 +712,9 @@ impl Api for ApiService {
 
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        authenticate(&req)?;
         let s = self.raft.status();
         Ok(Response::new(pb::ClusterStatusResponse {
             id: s.id,
@@ -687,6 +731,8 @@ impl Api for ApiService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        let who = authenticate(&req)?;
+        who.authorize_membership("add a cluster member")?;
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
         if r.address.parse::<std::net::SocketAddr>().is_err()
@@ -722,7 +768,7 @@ impl Api for ApiService {
                 members: pb_members(&members, self.raft.leader_id()),
             })),
             Err(Route::Fail(s)) => Err(s),
-            Err(Route::Leader(mut client, _)) => client.join(mark_forwarded(r)).await,
+            Err(Route::Leader(mut client, _)) => client.join(mark_forwarded(r, &who)).await,
         }
     }
 
@@ -730,13 +776,24 @@ impl Api for ApiService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let who = authenticate(&req)?;
+        who.authorize_membership("remove a cluster member")?;
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
         let id = r.id;
         match self.on_leader(is_fwd, || self.raft.remove_member(id)).await {
             Ok(_) => Ok(Response::new(pb::Empty {})),
             Err(Route::Fail(s)) => Err(s),
-            Err(Route::Leader(mut client, _)) => client.remove_member(mark_forwarded(r)).await,
+            Err(Route::Leader(mut client, _)) => {
+                client.remove_member(mark_forwarded(r, &who)).await
+            }
         }
+    }
+
+    async fn bootstrap(
+        &self,
+        req: Request<pb::BootstrapRequest>,
+    ) -> Result<Response<pb::BootstrapResponse>, Status> {
+        crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
     }
 }

@@ -11,6 +11,9 @@
 //! | `StoreError::NodePort`                  | INVALID_ARGUMENT    | port taken / out of range      |
 //! | `StoreError::NodePortsExhausted`        | RESOURCE_EXHAUSTED  |                                |
 //! | `StoreError::Expired`                   | OUT_OF_RANGE        | message starts with "Expired:"; relist |
+//! | `StoreError::Forbidden`                 | PERMISSION_DENIED   | node authorizer, at apply time |
+//! | authorization (`crate::authz`)          | PERMISSION_DENIED   | names the identity and action  |
+//! | no client certificate                   | UNAUTHENTICATED     | says which credential to use   |
 //! | `StoreError::Storage` / `BadCommand`    | INTERNAL            |                                |
 //! | `RaftError::NotLeader`                  | UNAVAILABLE         | metadata `berth-leader` = leader address (if known), `berth-leader-id` |
 //! | `RaftError::Dropped` / `Stopped`        | UNAVAILABLE         | retry (on another server)      |
@@ -44,6 +47,7 @@ pub fn store_code(e: &StoreError) -> Code {
         }
         StoreError::NodePortsExhausted { .. } => Code::ResourceExhausted,
         StoreError::Expired { .. } => Code::OutOfRange,
+        StoreError::Forbidden(_) => Code::PermissionDenied,
         StoreError::Storage(_) | StoreError::BadCommand(_) => Code::Internal,
     }
 }
@@ -105,6 +109,29 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
         from_store(&e)
     }
+}
+
+/// The innermost cause of a failed call (a TLS or connect error rather than tonic's
+/// "transport error"), for one-line messages.
+pub fn describe_transport_failure(status: &Status) -> String {
+    let mut last: Option<String> = None;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        last = Some(err.to_string());
+        source = err.source();
+    }
+    last.unwrap_or_else(|| status.message().to_string())
+}
+
+/// The innermost cause of any error chain, for one-line messages.
+pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        last = err.to_string();
+        source = err.source();
+    }
+    last
 }
 
 /// A malformed request.

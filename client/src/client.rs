@@ -45,6 +45,9 @@ pub struct ClientConfig {
     /// refusing connections (nothing listening: a CLI should say so at once). None = keep
     /// retrying until the deadline (long-running components).
     pub max_refused_rounds: Option<u32>,
+    /// Mutual TLS: the cluster CA to trust and the credential to present. Every Berth server
+    /// requires it; None (plain text) reaches nothing but test servers without TLS.
+    pub tls: Option<berth_tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +61,17 @@ impl Default for ClientConfig {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             max_refused_rounds: None,
+            tls: None,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// The defaults, with mutual TLS.
+    pub fn with_tls(tls: berth_tls::ClientTls) -> ClientConfig {
+        ClientConfig {
+            tls: Some(tls),
+            ..ClientConfig::default()
         }
     }
 }
@@ -174,8 +188,15 @@ fn make_server(addr: &str, config: &ClientConfig) -> Result<Server, ClientError>
             "{addr:?}: expected HOST:PORT, e.g. {DEFAULT_SERVER}"
         )));
     }
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| ClientError::Config(format!("{addr:?}: {e}")))?
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| ClientError::Config(format!("{addr:?}: {e}")))?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| ClientError::Config(format!("TLS settings for {addr}: {e}")))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .tcp_nodelay(true)

@@ -1,8 +1,20 @@
-//! Which servers the CLI talks to.
+//! Which servers the CLI talks to, and the credential it presents.
 //!
-//! Precedence, highest first: `--server` flag, `BERTH_SERVER` environment variable, the
-//! config file (`--config PATH`, else `$BERTH_CONFIG`, else `~/.berth/config`; YAML
-//! `servers: [HOST:PORT, ..]`, written by `berth dev`), then the default `127.0.0.1:7440`.
+//! Servers, highest first: `--server` flag, `BERTH_SERVER` environment variable, the config
+//! file (`--config PATH`, else `$BERTH_CONFIG`, else `~/.berth/config`), then the default
+//! `127.0.0.1:7440`.
+//!
+//! The config file is YAML, like a kubeconfig (mode 0600; `berth dev` writes
+//! `~/.berth/config`, `berth server --init` writes `DATA/admin.yaml`):
+//!
+//! ```yaml
+//! servers: ["10.0.0.1:7440"]
+//! certificateAuthority: "-----BEGIN CERTIFICATE-----..."   # the cluster CA
+//! clientCertificate: "-----BEGIN CERTIFICATE-----..."      # the admin's certificate
+//! clientKey: "-----BEGIN PRIVATE KEY-----..."
+//! ```
+//!
+//! Every server requires mutual TLS, so the credential fields are needed to reach one.
 
 use std::path::{Path, PathBuf};
 
@@ -11,11 +23,39 @@ use serde::{Deserialize, Serialize};
 
 pub use berth_client::DEFAULT_SERVER;
 
-/// The CLI config file. Unknown keys are ignored so newer files still load.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The CLI config file. Unknown keys are ignored so newer files still load. The same shape
+/// as [`berth_tls::AdminConfig`].
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CliConfig {
     #[serde(default)]
     pub servers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+impl std::fmt::Debug for CliConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliConfig")
+            .field("servers", &self.servers)
+            .field("has_credential", &self.client_key.is_some())
+            .finish()
+    }
+}
+
+impl From<berth_tls::AdminConfig> for CliConfig {
+    fn from(a: berth_tls::AdminConfig) -> CliConfig {
+        CliConfig {
+            servers: a.servers,
+            certificate_authority: Some(a.certificate_authority),
+            client_certificate: Some(a.client_certificate),
+            client_key: Some(a.client_key),
+        }
+    }
 }
 
 impl CliConfig {
@@ -31,15 +71,74 @@ impl CliConfig {
         Ok(cfg)
     }
 
-    /// Write the file (creating its directory), e.g. from `berth dev`.
+    /// Write the file (creating its directory, 0700; the file 0600: it holds a private key),
+    /// e.g. from `berth dev`.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            if !dir.exists() {
+                berth_tls::create_private_dir(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
         }
         let text = serde_yaml::to_string(self)?;
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        berth_tls::write_private(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
+
+    /// The credential in the file: all three fields, or none.
+    pub fn tls(&self, path: &Path) -> anyhow::Result<Option<berth_tls::ClientTls>> {
+        match (
+            &self.certificate_authority,
+            &self.client_certificate,
+            &self.client_key,
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(berth_tls::ClientTls::new(
+                ca.clone(),
+                berth_tls::Credential {
+                    cert_pem: cert.clone(),
+                    key_pem: key.clone(),
+                },
+            ))),
+            _ => bail!(
+                "config file {}: certificateAuthority, clientCertificate and clientKey must be \
+                 given together",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// What the CLI connects with.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub servers: Vec<String>,
+    /// The credential from the config file, if any; with it, the file's path.
+    pub tls: Option<berth_tls::ClientTls>,
+    pub config_path: Option<PathBuf>,
+}
+
+/// Resolve servers and credential (see the module docs).
+pub fn resolve(
+    flag: Option<&str>,
+    env: Option<&str>,
+    explicit_config: Option<&Path>,
+    default_config: Option<&Path>,
+) -> anyhow::Result<Resolved> {
+    let servers = resolve_servers(flag, env, explicit_config, default_config)?;
+    let path = match explicit_config {
+        Some(p) => Some(p),
+        None => default_config.filter(|p| p.exists()),
+    };
+    let (tls, config_path) = match path {
+        Some(p) => (CliConfig::load(p)?.tls(p)?, Some(p.to_path_buf())),
+        None => (None, None),
+    };
+    Ok(Resolved {
+        servers,
+        tls,
+        config_path,
+    })
 }
 
 /// Environment variable naming the config file (like `--config`).
@@ -146,8 +245,12 @@ mod tests {
         let p = dir.path().join("sub").join("config");
         let cfg = CliConfig {
             servers: vec!["127.0.0.1:7441".into()],
+            ..CliConfig::default()
         };
         cfg.save(&p).expect("save");
         assert_eq!(CliConfig::load(&p).expect("load"), cfg);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the config holds a private key");
     }
 }

@@ -1,10 +1,12 @@
-//! berth-tls: the cluster's PKI, opt-in groundwork for mutual TLS (nothing uses it by default
-//! yet).
+//! berth-tls: the cluster's PKI and the mutual TLS every Berth connection uses.
 //!
 //! - [`ClusterCa`]: a self-signed cluster CA (rcgen, ECDSA P-256) that issues
 //!   [`Credential`]s: server certificates with SANs for the server's addresses
 //!   ([`ClusterCa::issue_server`]) and client certificates whose subject common name is an
-//!   [`Identity`], `admin` or `system:node:NAME` ([`ClusterCa::issue_client`]).
+//!   [`Identity`], `admin`, `system:server` or `system:node:NAME` ([`ClusterCa::issue_client`]);
+//!   [`ClusterCa::sign_request`] signs a joiner's [`CertRequest`] (its key never leaves it).
+//! - [`pinned`]: the joiner's first connection, trusting only a server whose chain holds the CA
+//!   named by the join token (like k3s' token CA hash).
 //! - [`JoinToken`]: `K10<sha256 of the CA certificate, hex>::<secret>` (k3s style). A joiner
 //!   checks the CA it is shown against the fingerprint; the server checks the secret in
 //!   constant time. Its `Debug` never shows the secret.
@@ -28,6 +30,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+pub mod pinned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -36,6 +40,8 @@ use time::OffsetDateTime;
 pub const CA_COMMON_NAME: &str = "berth-cluster-ca";
 /// Prefix of node identities: `system:node:NAME`.
 pub const NODE_PREFIX: &str = "system:node:";
+/// The identity of API servers (Raft peers, forwarded requests, the control loops).
+pub const SERVER_IDENTITY: &str = "system:server";
 /// Prefix of every join token.
 pub const TOKEN_PREFIX: &str = "K10";
 
@@ -56,6 +62,8 @@ pub enum TlsError {
          check that the token comes from this cluster"
     )]
     WrongCa { actual: String },
+    #[error("{0}")]
+    Bootstrap(String),
     #[error("the system random number generator failed")]
     Random,
     #[error("{path}: {source}")]
@@ -78,6 +86,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 pub enum Identity {
     /// The cluster administrator: may do everything.
     Admin,
+    /// An API server (`system:server`): Raft traffic, forwarded requests, control loops.
+    Server,
     /// An agent: `system:node:NAME`.
     Node(String),
 }
@@ -88,13 +98,18 @@ impl Identity {
         if s == "admin" {
             return Ok(Identity::Admin);
         }
+        if s == SERVER_IDENTITY {
+            return Ok(Identity::Server);
+        }
         match s.strip_prefix(NODE_PREFIX) {
             Some(name) if !name.is_empty() && !name.contains(':') => {
                 Ok(Identity::Node(name.to_string()))
             }
             _ => Err(TlsError::Invalid {
                 what: "identity".into(),
-                reason: format!("{s:?}: expected \"admin\" or \"{NODE_PREFIX}NAME\""),
+                reason: format!(
+                    "{s:?}: expected \"admin\", \"{SERVER_IDENTITY}\" or \"{NODE_PREFIX}NAME\""
+                ),
             }),
         }
     }
@@ -104,6 +119,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Admin => f.write_str("admin"),
+            Identity::Server => f.write_str(SERVER_IDENTITY),
             Identity::Node(n) => write!(f, "{NODE_PREFIX}{n}"),
         }
     }
@@ -261,6 +277,11 @@ impl ClusterCa {
         &self.cert_pem
     }
 
+    /// The CA private key (PEM): handed only to joining servers, over a verified channel.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
@@ -275,7 +296,8 @@ impl ClusterCa {
     }
 
     /// A server certificate for `addresses` (IP addresses become IP SANs, anything else a
-    /// DNS SAN), usable for serving and, for server-to-server (Raft) traffic, as a client.
+    /// DNS SAN), identity `system:server`, usable for serving and, for server-to-server (Raft)
+    /// traffic, as a client.
     pub fn issue_server(&self, addresses: &[String]) -> Result<Credential, TlsError> {
         self.issue_server_with(addresses, Validity::days(CERT_VALIDITY_DAYS))
     }
@@ -291,23 +313,7 @@ impl ClusterCa {
                 reason: "at least one address (IP or DNS name) is required".into(),
             });
         }
-        let mut params = leaf_params("berth-server", validity);
-        for a in addresses {
-            let san = match a.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    SanType::DnsName(a.as_str().try_into().map_err(|e| TlsError::Invalid {
-                        what: "server address".into(),
-                        reason: format!("{a:?}: {e}"),
-                    })?)
-                }
-            };
-            params.subject_alt_names.push(san);
-        }
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let params = cert_params(&Identity::Server, addresses, true, validity)?;
         self.sign(params)
     }
 
@@ -321,9 +327,35 @@ impl ClusterCa {
         identity: &Identity,
         validity: Validity,
     ) -> Result<Credential, TlsError> {
-        let mut params = leaf_params(&identity.to_string(), validity);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let params = cert_params(identity, &[], false, validity)?;
         self.sign(params)
+    }
+
+    /// Sign a joiner's certificate request for `identity`. Only the request's public key is
+    /// used (its signature proves the joiner holds the key); the subject, the SANs
+    /// (`addresses`, for a server) and the usages are the CA's choice, never the joiner's.
+    /// Returns the certificate followed by the CA certificate (the chain to present).
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        addresses: &[String],
+    ) -> Result<String, TlsError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            TlsError::Invalid {
+                what: "certificate request".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let serving = *identity == Identity::Server || !addresses.is_empty();
+        let params = cert_params(
+            identity,
+            addresses,
+            serving,
+            Validity::days(CERT_VALIDITY_DAYS),
+        )?;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem))
     }
 
     fn sign(&self, params: CertificateParams) -> Result<Credential, TlsError> {
@@ -333,6 +365,74 @@ impl ClusterCa {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+/// Parameters of a leaf certificate for `identity`: client auth always, server auth (with
+/// `addresses` as SANs) when `serving`.
+fn cert_params(
+    identity: &Identity,
+    addresses: &[String],
+    serving: bool,
+    validity: Validity,
+) -> Result<CertificateParams, TlsError> {
+    let mut params = leaf_params(&identity.to_string(), validity);
+    for a in addresses {
+        let san = match a.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(a.as_str().try_into().map_err(|e| TlsError::Invalid {
+                what: "certificate address".into(),
+                reason: format!("{a:?} is neither an IP address nor a DNS name: {e}"),
+            })?),
+        };
+        if !params.subject_alt_names.contains(&san) {
+            params.subject_alt_names.push(san);
+        }
+    }
+    params.extended_key_usages = if serving {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
+    Ok(params)
+}
+
+/// A key pair and a certificate request for it, made by a joiner: the request goes to the
+/// server, the key stays here.
+pub struct CertRequest {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+impl fmt::Debug for CertRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertRequest")
+            .field("csr_pem", &self.csr_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CertRequest {
+    pub fn generate() -> Result<CertRequest, TlsError> {
+        let key = KeyPair::generate()?;
+        let params = CertificateParams::default();
+        let csr = params.serialize_request(&key)?;
+        Ok(CertRequest {
+            key_pem: key.serialize_pem(),
+            csr_pem: csr.pem()?,
+        })
+    }
+
+    /// The credential once the server has signed the request.
+    pub fn into_credential(self, cert_pem: String) -> Credential {
+        Credential {
+            cert_pem,
+            key_pem: self.key_pem,
+        }
     }
 }
 
@@ -354,14 +454,14 @@ fn leaf_params(common_name: &str, validity: Validity) -> CertificateParams {
     params
 }
 
-fn fingerprint_of(der: &[u8]) -> [u8; 32] {
+pub(crate) fn fingerprint_of(der: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -384,7 +484,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn first_cert_der(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError> {
+pub(crate) fn first_cert_der(pem: &str, what: &str) -> Result<CertificateDer<'static>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Invalid {
         what: what.into(),
@@ -580,6 +680,74 @@ impl AdminConfig {
     }
 }
 
+/// What a client presents and trusts: the cluster CA and its own credential (admin, server
+/// or node). Cheap to clone; `Debug` hides the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_cert_pem: String,
+    pub credential: Credential,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("identity", &self.identity().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    pub fn new(ca_cert_pem: impl Into<String>, credential: Credential) -> ClientTls {
+        ClientTls {
+            ca_cert_pem: ca_cert_pem.into(),
+            credential,
+        }
+    }
+
+    /// The tonic client TLS settings: trust only the cluster CA, present the credential. The
+    /// server name checked is the host of the URI dialed (an IP address or DNS name that must
+    /// be among the server certificate's SANs).
+    pub fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_cert_pem))
+            .identity(self.credential.tonic_identity())
+            .assume_http2(true)
+    }
+
+    /// The identity the credential's certificate names.
+    pub fn identity(&self) -> Result<Identity, TlsError> {
+        identity_of_cert(&first_cert_der(&self.credential.cert_pem, "certificate")?)
+    }
+
+    /// When the credential's certificate stops being valid.
+    pub fn not_after(&self) -> Result<SystemTime, TlsError> {
+        let der = first_cert_der(&self.credential.cert_pem, "certificate")?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::Invalid {
+                what: "certificate".into(),
+                reason: e.to_string(),
+            })?;
+        let secs = cert.validity().not_after.timestamp().max(0) as u64;
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+}
+
+/// Server side of the API port: present `server` (its chain: certificate then CA), and verify
+/// any client certificate against the CA, but let clients without one finish the handshake so
+/// that a joiner can present its join token (`Bootstrap`). Every other RPC rejects a caller
+/// without a verified certificate (UNAUTHENTICATED). A certificate from another CA, or an
+/// expired one, fails the handshake.
+pub fn api_server_tls_config(
+    ca_cert_pem: &str,
+    server: &Credential,
+) -> tonic::transport::ServerTlsConfig {
+    tonic::transport::ServerTlsConfig::new()
+        .identity(server.tonic_identity())
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca_cert_pem))
+        .client_auth_optional(true)
+        .timeout(Duration::from_secs(10))
+}
+
 /// Server side of mutual TLS: present `server`, require a client certificate issued by the CA
 /// in `ca_cert_pem`.
 pub fn server_tls_config(
@@ -631,7 +799,7 @@ pub fn identity_of_cert(der: &CertificateDer<'_>) -> Result<Identity, TlsError> 
     Identity::parse(cn)
 }
 
-fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     /// Proposals made through this handle, and those that failed (metrics).
     pub proposals: AtomicU64,
     pub proposals_failed: AtomicU64,
+    /// Accept raft traffic only from `system:server` client certificates.
+    pub peers_need_tls: bool,
 }
 
 impl Shared {
@@ -83,6 +85,7 @@ impl Shared {
             faults,
             proposals: AtomicU64::new(0),
             proposals_failed: AtomicU64::new(0),
+            peers_need_tls: false,
         }
     }
 
@@ -292,6 +295,9 @@ impl Raft for RaftService {
         &self,
         request: tonic::Request<RaftBatch>,
     ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        if self.handle.shared.peers_need_tls {
+            crate::authz::authorize_raft_peer(&request)?;
+        }
         let batch = request.into_inner();
         let me = self.handle.shared.id;
         if !self.handle.shared.faults.link_up(batch.from, me) {

@@ -216,6 +216,10 @@ pub struct RaftConfig {
     pub request_timeout: Duration,
     /// Fault injection for tests (no faults by default).
     pub faults: Faults,
+    /// Mutual TLS for peer traffic: what this member presents and trusts when it dials peers;
+    /// when set, its `Raft` service also accepts only `system:server` certificates. `berth
+    /// server` always sets it; None (plain text) is for raft-level tests.
+    pub tls: Option<berth_tls::ClientTls>,
 }
 
 impl RaftConfig {
@@ -235,6 +239,7 @@ impl RaftConfig {
             heartbeat_tick: 1,
             request_timeout: Duration::from_secs(10),
             faults: Faults::default(),
+            tls: None,
         }
     }
 }

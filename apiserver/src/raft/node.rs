@@ -141,8 +141,9 @@ impl RaftNode {
         let id = config.id;
         let addr = config.listen_addr.clone();
         let faults = config.faults.clone();
+        let tls = config.tls.clone();
         Self::with_transport(config, sm, move |reporter| {
-            Arc::new(GrpcTransport::new(id, addr, reporter, faults))
+            Arc::new(GrpcTransport::new(id, addr, reporter, faults).with_tls(tls))
         })
     }
 
@@ -238,11 +239,9 @@ impl RaftNode {
         let raw = RawNode::new(&raft_config, storage, &raft_logger(config.id))?;
 
         let (tx, rx) = mpsc::channel(INBOX);
-        let shared = Arc::new(Shared::new(
-            config.id,
-            config.request_timeout,
-            config.faults.clone(),
-        ));
+        let mut shared = Shared::new(config.id, config.request_timeout, config.faults.clone());
+        shared.peers_need_tls = config.tls.is_some();
+        let shared = Arc::new(shared);
         let transport = make_transport(PeerReporter::new(tx.clone()));
         let handle = RaftHandle {
             shared: shared.clone(),

@@ -176,6 +176,7 @@ pub struct GrpcTransport {
     peers: Mutex<HashMap<u64, PeerQueue>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    tls: Option<berth_tls::ClientTls>,
 }
 
 impl GrpcTransport {
@@ -189,7 +190,14 @@ impl GrpcTransport {
             peers: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            tls: None,
         }
+    }
+
+    /// Dial peers with mutual TLS (https) instead of plain text.
+    pub fn with_tls(mut self, tls: Option<berth_tls::ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn spawn_peer(&self, to: u64, addr: &str) -> PeerQueue {
@@ -202,6 +210,7 @@ impl GrpcTransport {
             addr: addr.to_string(),
             reporter: self.reporter.clone(),
             faults: self.faults.clone(),
+            tls: self.tls.clone(),
         };
         self.tracker.spawn(worker.run(rx, stop.clone()));
         PeerQueue {
@@ -271,6 +280,7 @@ struct PeerWorker {
     addr: String,
     reporter: PeerReporter,
     faults: Faults,
+    tls: Option<berth_tls::ClientTls>,
 }
 
 impl PeerWorker {
@@ -340,15 +350,21 @@ impl PeerWorker {
     }
 
     async fn connect(&self) -> Result<RaftClient<tonic::transport::Channel>, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = if self.addr.contains("://") {
             self.addr.clone()
         } else {
-            format!("http://{}", self.addr)
+            format!("{scheme}://{}", self.addr)
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| format!("bad address {:?}: {e}", self.addr))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic())
+                .map_err(|e| format!("TLS settings for {}: {e}", self.addr))?;
+        }
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         Ok(RaftClient::new(channel)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)

@@ -122,7 +122,9 @@ impl<'a> Txn<'a> {
         match op {
             Op::Create { object, uid } => self.create(object, &uid),
             Op::Update { object } => self.update(object),
-            Op::UpdateStatus { object } => self.update_status(object),
+            Op::UpdateStatus { object, bound_node } => {
+                self.update_status(object, bound_node.as_deref())
+            }
             Op::Apply { object, uid } => self.apply(object, &uid),
             Op::Delete {
                 key,
@@ -254,7 +256,7 @@ impl<'a> Txn<'a> {
         })
     }
 
-    fn update_status(&mut self, object: Value) -> OpResult {
+    fn update_status(&mut self, object: Value, bound_node: Option<&str>) -> OpResult {
         let obj = decode(object)?;
         let key = key_of(&obj);
         if !key.kind.has_status() {
@@ -266,6 +268,21 @@ impl<'a> Txn<'a> {
         let existing = self
             .get(&key)
             .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
+        if let Some(node) = bound_node {
+            let bound = existing["spec"]["nodeName"].as_str().unwrap_or("");
+            if key.kind != Kind::Pod || bound != node {
+                let now = if bound.is_empty() {
+                    "it is not bound to a node".to_string()
+                } else {
+                    format!("it is bound to node {bound}")
+                };
+                return Err(StoreError::Forbidden(format!(
+                    "{}{node} may not update the status of {key}: {now}; a node may only update \
+                     the status of pods bound to it",
+                    berth_tls::NODE_PREFIX
+                )));
+            }
+        }
         precondition(&key, obj.meta().resource_version, &existing)?;
         let mut new = (*existing).clone();
         match (new.as_object_mut(), obj.status()) {

@@ -34,6 +34,10 @@ pub enum Op {
     },
     UpdateStatus {
         object: serde_json::Value,
+        /// Set when a node identity asks: apply only if the stored object is a Pod bound to
+        /// this node (the node authorizer's check, made at apply time so it cannot race).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bound_node: Option<String>,
     },
     /// Server-side apply; `uid` is used if the object is created.
     Apply {

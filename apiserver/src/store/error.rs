@@ -110,6 +110,9 @@ pub enum StoreError {
          ({oldest}); relist and watch from the list's revision"
     )]
     Expired { requested: u64, oldest: u64 },
+    /// The caller may not make this change (checked when the entry is applied).
+    #[error("{0}")]
+    Forbidden(String),
     /// The server's storage failed; the member needs attention.
     #[error("storage error: {0}")]
     Storage(String),

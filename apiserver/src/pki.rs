@@ -1,0 +1,308 @@
+//! A server's PKI on disk, and how it gets one.
+//!
+//! Layout under the data dir (the dir itself is 0700, every key and the token 0600):
+//!
+//! ```text
+//! DATA/pki/ca.crt  ca.key      the cluster CA (every server holds its key, to sign joiners)
+//! DATA/pki/token               the join token, K10<CA sha256>::<secret>
+//! DATA/pki/server.crt .key     this server's certificate (system:server) + the CA, re-issued
+//!                              at every start for the current addresses
+//! DATA/admin.yaml              --init only: the admin's CLI config (servers, CA, admin cert)
+//! ```
+//!
+//! - `--init`: a new CA, token and admin config.
+//! - `--join HOST:PORT --token T`: [`bootstrap`] over a connection pinned to the token's CA
+//!   fingerprint: a CSR for a server certificate, answered with the certificate, the CA and
+//!   its key (only for the SERVER role; agents get just their certificate).
+//! - restart: load what is there.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use berth_proto::pb;
+use berth_tls::{
+    AdminConfig, CertRequest, ClientTls, ClusterCa, Credential, Identity, JoinToken, TlsError,
+};
+
+/// Where a server keeps its PKI.
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// Where `--init` writes the admin's CLI config.
+pub fn admin_config_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.yaml")
+}
+
+const TOKEN_FILE: &str = "token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "{0} holds cluster state but no PKI (pki/ca.crt, pki/ca.key, pki/token): it was made by \
+         a Berth without TLS or the files were removed; restore them, or start over with an \
+         empty data dir"
+    )]
+    Missing(PathBuf),
+    #[error("--join needs --token (or BERTH_TOKEN): the join token printed by `berth server --init` and kept in DATA/pki/token on every server")]
+    NoToken,
+    #[error("the join token is not valid: {0}")]
+    BadToken(TlsError),
+    #[error("bootstrapping TLS with {target} failed: {message}")]
+    Bootstrap { target: String, message: String },
+}
+
+/// A server's CA, token and serving credential.
+#[derive(Clone)]
+pub struct ServerPki {
+    pub ca: std::sync::Arc<ClusterCa>,
+    pub token: JoinToken,
+    /// This server's certificate chain and key (identity `system:server`).
+    pub server: Credential,
+}
+
+impl std::fmt::Debug for ServerPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerPki")
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerPki {
+    /// What this server presents when it dials other servers (Raft, forwarding, joins) and
+    /// what its in-process control loops use.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls::new(self.ca.cert_pem(), self.server.clone())
+    }
+
+    /// The TLS settings of the API port.
+    pub fn server_tls_config(&self) -> tonic::transport::ServerTlsConfig {
+        berth_tls::api_server_tls_config(self.ca.cert_pem(), &self.server)
+    }
+
+    /// A CLI config for the admin identity reaching `servers`.
+    pub fn admin_config(&self, servers: Vec<String>) -> Result<AdminConfig, TlsError> {
+        AdminConfig::new(&self.ca, servers)
+    }
+
+    /// Whether the files of a PKI exist under `data_dir`.
+    pub fn exists(data_dir: &Path) -> bool {
+        let dir = pki_dir(data_dir);
+        ["ca.crt", "ca.key", TOKEN_FILE]
+            .iter()
+            .all(|f| dir.join(f).exists())
+    }
+
+    /// A new cluster: CA, token and a server certificate for `addresses`.
+    pub fn create(data_dir: &Path, addresses: &[String]) -> Result<ServerPki, PkiError> {
+        let dir = pki_dir(data_dir);
+        berth_tls::create_private_dir(&dir)?;
+        let ca = ClusterCa::generate()?;
+        let token = JoinToken::generate(&ca)?;
+        ca.write(&dir)?;
+        write_token(&dir, &token)?;
+        Self::finish(&dir, ca, token, addresses)
+    }
+
+    /// Load the PKI of a restarting server, issuing a fresh server certificate for its
+    /// current `addresses` (they may have changed; this also renews it).
+    pub fn load(data_dir: &Path, addresses: &[String]) -> Result<ServerPki, PkiError> {
+        if !Self::exists(data_dir) {
+            return Err(PkiError::Missing(data_dir.to_path_buf()));
+        }
+        let dir = pki_dir(data_dir);
+        berth_tls::create_private_dir(&dir)?;
+        let ca = ClusterCa::read(&dir)?;
+        let token = read_token(&dir)?;
+        Self::finish(&dir, ca, token, addresses)
+    }
+
+    fn finish(
+        dir: &Path,
+        ca: ClusterCa,
+        token: JoinToken,
+        addresses: &[String],
+    ) -> Result<ServerPki, PkiError> {
+        let leaf = ca.issue_server(addresses)?;
+        let server = Credential {
+            cert_pem: format!("{}{}", leaf.cert_pem, ca.cert_pem()),
+            key_pem: leaf.key_pem,
+        };
+        server.write(dir, "server")?;
+        Ok(ServerPki {
+            ca: std::sync::Arc::new(ca),
+            token,
+            server,
+        })
+    }
+
+    /// Join: get the CA, its key and a server certificate from the cluster at `target`,
+    /// trusting it only through the token's CA fingerprint.
+    pub async fn join(
+        data_dir: &Path,
+        target: &str,
+        token: &str,
+        addresses: &[String],
+    ) -> Result<ServerPki, PkiError> {
+        let token = JoinToken::parse(token).map_err(PkiError::BadToken)?;
+        let csr = CertRequest::generate()?;
+        let resp = bootstrap(
+            target,
+            &token,
+            pb::BootstrapRequest {
+                token: String::new(),
+                role: pb::BootstrapRole::Server as i32,
+                name: String::new(),
+                addresses: addresses.to_vec(),
+                csr_pem: csr.csr_pem.clone(),
+            },
+        )
+        .await?;
+        let ca = ClusterCa::from_pem(&resp.ca_certificate_pem, &resp.ca_key_pem)?;
+        let dir = pki_dir(data_dir);
+        berth_tls::create_private_dir(&dir)?;
+        ca.write(&dir)?;
+        write_token(&dir, &token)?;
+        let server = csr.into_credential(resp.certificate_pem);
+        server.write(&dir, "server")?;
+        Ok(ServerPki {
+            ca: std::sync::Arc::new(ca),
+            token,
+            server,
+        })
+    }
+}
+
+fn write_token(dir: &Path, token: &JoinToken) -> Result<(), TlsError> {
+    berth_tls::write_private(
+        &dir.join(TOKEN_FILE),
+        format!("{}\n", token.reveal()).as_bytes(),
+    )
+}
+
+fn read_token(dir: &Path) -> Result<JoinToken, PkiError> {
+    let path = dir.join(TOKEN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    JoinToken::parse(&text).map_err(PkiError::BadToken)
+}
+
+/// Present `token` to the server at `target` (over a connection that trusts only the CA
+/// named by the token) and return its answer: the signed certificate and the CA.
+pub async fn bootstrap(
+    target: &str,
+    token: &JoinToken,
+    req: pb::BootstrapRequest,
+) -> Result<pb::BootstrapResponse, PkiError> {
+    berth_tls::pinned::bootstrap(&[target.to_string()], token, req)
+        .await
+        .map_err(|e| PkiError::Bootstrap {
+            target: target.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The addresses a server certificate must cover: the advertised and listen hosts,
+/// loopback, and any `--tls-san`. Unspecified listen addresses (0.0.0.0) are left out.
+pub fn server_sans(advertise: &str, listen: &str, extra: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |h: &str| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        if h.is_empty() {
+            return;
+        }
+        if let Ok(ip) = h.parse::<IpAddr>() {
+            if ip.is_unspecified() {
+                return;
+            }
+        }
+        if !out.iter().any(|x| x == h) {
+            out.push(h.to_string());
+        }
+    };
+    for addr in [advertise, listen] {
+        if let Some((h, _)) = addr.rsplit_once(':') {
+            push(h);
+        }
+    }
+    for h in ["127.0.0.1", "localhost"] {
+        push(h);
+    }
+    for h in extra {
+        push(h);
+    }
+    out
+}
+
+/// Validate and authorize a [`pb::BootstrapRequest`] and sign it (the server side of
+/// [`bootstrap`]). The caller is authenticated by the token alone.
+pub fn answer_bootstrap(
+    pki: &ServerPki,
+    req: &pb::BootstrapRequest,
+) -> Result<pb::BootstrapResponse, tonic::Status> {
+    use tonic::Status;
+    let presented = JoinToken::parse(&req.token).map_err(|e| {
+        Status::unauthenticated(format!(
+            "join token refused: {e}; use the token printed by `berth server --init` (also in \
+             DATA/pki/token on every server)"
+        ))
+    })?;
+    pki.token.verify_secret(&presented).map_err(|_| {
+        Status::unauthenticated(
+            "join token refused: it does not match this cluster's token; use the token printed \
+             by `berth server --init` (also in DATA/pki/token on every server)",
+        )
+    })?;
+    if req.addresses.len() > 16 {
+        return Err(Status::invalid_argument(format!(
+            "bootstrap: {} addresses given, at most 16 are allowed",
+            req.addresses.len()
+        )));
+    }
+    for a in &req.addresses {
+        if a.parse::<IpAddr>().is_err()
+            && berth_proto::validate::check_dns1123_subdomain(a).is_err()
+        {
+            return Err(Status::invalid_argument(format!(
+                "bootstrap: address {a:?} is neither an IP address nor a DNS name"
+            )));
+        }
+    }
+    let role = pb::BootstrapRole::try_from(req.role).unwrap_or(pb::BootstrapRole::Unspecified);
+    let identity = match role {
+        pb::BootstrapRole::Node => {
+            if let Err(m) = berth_proto::validate::check_dns1123_subdomain(&req.name) {
+                return Err(Status::invalid_argument(format!(
+                    "bootstrap: node name {:?} is invalid: {m}",
+                    req.name
+                )));
+            }
+            Identity::Node(req.name.clone())
+        }
+        pb::BootstrapRole::Server => Identity::Server,
+        pb::BootstrapRole::Unspecified => {
+            return Err(Status::invalid_argument(
+                "bootstrap: role must be NODE or SERVER",
+            ))
+        }
+    };
+    let cert = pki
+        .ca
+        .sign_request(&req.csr_pem, &identity, &req.addresses)
+        .map_err(|e| Status::invalid_argument(format!("bootstrap: {e}")))?;
+    tracing::info!(identity = %identity, addresses = ?req.addresses, "issued a certificate to a joiner");
+    Ok(pb::BootstrapResponse {
+        certificate_pem: cert,
+        ca_certificate_pem: pki.ca.cert_pem().to_string(),
+        ca_key_pem: if identity == Identity::Server {
+            pki.ca.key_pem().to_string()
+        } else {
+            String::new()
+        },
+    })
+}
