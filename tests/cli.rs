@@ -14,7 +14,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{berth, Out};
+use common::{berth, Out, Target};
 
 const APP: &str = r#"
 apiVersion: apps/v1
@@ -57,7 +57,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let s = server.as_str();
+    let target = Target::new(&cluster, &server);
+    let s = &target;
     let dir = tempfile::tempdir().unwrap();
     let app = write(dir.path(), "app.yaml", APP);
 
@@ -190,6 +191,7 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
 async fn apply_reports_server_rejections_and_goes_on_with_the_other_objects() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
     let svc = |name: &str| {
         format!(
@@ -204,7 +206,7 @@ async fn apply_reports_server_rejections_and_goes_on_with_the_other_objects() {
         svc("three").replace("30999", "30998")
     );
     let f = write(dir.path(), "svcs.yaml", &text);
-    let r = berth(&server, &["apply", "-f", &f]).await;
+    let r = berth(&target, &["apply", "-f", &f]).await;
     assert!(!r.ok, "{r:?}");
     assert_eq!(r.out, "service/one created\nservice/three created\n");
     assert!(
@@ -249,7 +251,8 @@ metadata:
 async fn rollout_requests_and_cordon_write_what_the_controllers_read() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let s = server.as_str();
+    let target = Target::new(&cluster, &server);
+    let s = &target;
     let dir = tempfile::tempdir().unwrap();
     let r = berth(s, &["apply", "-f", &write(dir.path(), "app.yaml", APP)]).await;
     assert!(r.ok, "{r:?}");
@@ -322,11 +325,13 @@ async fn rollout_requests_and_cordon_write_what_the_controllers_read() {
 async fn logs_streams_a_pods_output_from_its_nodes_agent() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let s = server.as_str();
+    let target = Target::new(&cluster, &server);
+    let s = &target;
     let dir = tempfile::tempdir().unwrap();
     let agent = berth_agent::start(
         berth_agent::AgentArgs {
             server: vec![server.clone()],
+            token: Some(cluster.token().to_string()),
             name: Some("cli-node".into()),
             data_dir: Some(dir.path().join("agent")),
             runtime: Some(berth_agent::RuntimeKind::Process),
@@ -375,6 +380,7 @@ async fn cluster_status_shows_every_member_and_which_one_is_down() {
     let victim = (leader + 1) % 3;
     let servers: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
     let all = servers.join(",");
+    let all = Target::new(&cluster, &all);
     cluster.stop(victim).await.unwrap();
     let r = berth(&all, &["cluster", "status"]).await;
     assert!(r.ok, "{r:?}");
@@ -421,18 +427,22 @@ impl Shared {
 async fn get_watch_prints_rows_as_objects_change_until_cancelled() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
     let app = write(dir.path(), "app.yaml", APP);
-    let r = berth(&server, &["apply", "-f", &app]).await;
+    let r = berth(&target, &["apply", "-f", &app]).await;
     assert!(r.ok, "{r:?}");
 
     let out = Shared::default();
     let token = CancellationToken::new();
     let task = tokio::spawn({
         let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
+        let config = target.config.display().to_string();
         async move {
-            let cli =
-                Cli::try_parse_from(["berth", "--server", &server, "get", "deploy", "-w"]).unwrap();
+            let cli = Cli::try_parse_from([
+                "berth", "--server", &server, "--config", &config, "get", "deploy", "-w",
+            ])
+            .unwrap();
             let mut err = Vec::new();
             let mut io = Io {
                 out: &mut out,
@@ -454,7 +464,7 @@ async fn get_watch_prints_rows_as_objects_change_until_cancelled() {
         }
     };
     wait_for("initial row", "0/2").await;
-    let r = berth(&server, &["scale", "deploy", "web", "--replicas", "3"]).await;
+    let r = berth(&target, &["scale", "deploy", "web", "--replicas", "3"]).await;
     assert!(r.ok, "{r:?}");
     wait_for("updated row", "0/3").await;
     token.cancel();
@@ -482,8 +492,9 @@ async fn no_server_gives_a_clear_error_quickly() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
+    let dir = tempfile::tempdir().unwrap();
     let start = std::time::Instant::now();
-    let r = berth(&addr, &["get", "pods"]).await;
+    let r = berth(&Target::nowhere(&addr, dir.path()), &["get", "pods"]).await;
     assert!(!r.ok);
     assert!(
         r.err.contains(&format!(
@@ -499,8 +510,11 @@ fn the_binary_exits_non_zero_with_the_reason_on_stderr() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     drop(l);
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::nowhere(&addr, dir.path());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["get", "pods", "--server", &addr])
+        .args(["get", "pods", "--server", &addr, "--config"])
+        .arg(&target.config)
         .env_remove("RUST_LOG")
         .output()
         .unwrap();

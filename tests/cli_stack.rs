@@ -9,7 +9,7 @@ use berth_apiserver::testing::TestCluster;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::berth;
+use common::{berth, Target};
 
 fn app(version: &str) -> String {
     format!(
@@ -55,7 +55,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let s = server.as_str();
+    let target = Target::new(&cluster, &server);
+    let s = &target;
     let loops_token = CancellationToken::new();
     let loops =
         berth::roles::spawn_leader_loops(cluster.server(0).unwrap(), loops_token.clone()).unwrap();
@@ -64,6 +65,7 @@ async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     let agent = berth_agent::start(
         berth_agent::AgentArgs {
             server: vec![server.clone()],
+            token: Some(cluster.token().to_string()),
             name: Some("stack-node".into()),
             data_dir: Some(dir.path().join("agent")),
             runtime: Some(berth_agent::RuntimeKind::Process),

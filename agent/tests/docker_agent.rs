@@ -45,9 +45,10 @@ impl Drop for Cleanup {
     }
 }
 
-async fn start_agent(server: &str, dir: &std::path::Path) -> AgentHandle {
+async fn start_agent(cluster: &TestCluster, dir: &std::path::Path) -> AgentHandle {
     let args = AgentArgs {
-        server: vec![server.to_string()],
+        server: vec![cluster.addr(0).to_string()],
+        token: Some(cluster.token().to_string()),
         name: Some("docker-node".into()),
         address: "127.0.0.1".into(),
         data_dir: Some(dir.to_path_buf()),
@@ -131,9 +132,9 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     let _cleanup = Cleanup(ns.clone());
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&server, dir.path()).await;
+    let agent = start_agent(&cluster, dir.path()).await;
     assert_eq!(agent.runtime, "docker");
 
     // 1. An httpd pod becomes Ready through its readiness probe, on an allocated host port.
@@ -232,7 +233,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
 
     // 4. Agent restart: the new agent adopts the running container, zero restarts.
     agent.stop().await;
-    let agent = start_agent(&server, dir.path()).await;
+    let agent = start_agent(&cluster, dir.path()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = status_of(&client, &ns, "web").await.unwrap();
     assert_eq!(after.container_statuses[0].container_id, web_id);

@@ -26,9 +26,10 @@ fn port_range(seed: u16) -> String {
     format!("{start}-{}", start + 99)
 }
 
-async fn start_agent(server: &str, name: &str, dir: &std::path::Path, seed: u16) -> AgentHandle {
+async fn start_agent(cluster: &TestCluster, name: &str, dir: &std::path::Path, seed: u16) -> AgentHandle {
     let args = AgentArgs {
-        server: vec![server.to_string()],
+        server: vec![cluster.addr(0).to_string()],
+        token: Some(cluster.token().to_string()),
         name: Some(name.to_string()),
         address: "127.0.0.1".into(),
         data_dir: Some(dir.to_path_buf()),
@@ -123,9 +124,9 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&server, "node-a", dir.path(), 1).await;
+    let agent = start_agent(&cluster, "node-a", dir.path(), 1).await;
 
     let node: Node = common::wait_for(T, "node registered and Ready", || async {
         client
@@ -207,9 +208,9 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
 async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&server, "node-b", dir.path(), 2).await;
+    let agent = start_agent(&cluster, "node-b", dir.path(), 2).await;
     client
         .create(&pod("crash", "node-b", "echo crashing; exit 3"))
         .await
@@ -269,9 +270,9 @@ async fn failing_liveness_probe_restarts_the_process() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&server, "node-c", dir.path(), 3).await;
+    let agent = start_agent(&cluster, "node-c", dir.path(), 3).await;
     client
         .create(&http_pod("sick", "node-c", "/missing", true))
         .await
@@ -302,9 +303,9 @@ async fn failing_liveness_probe_restarts_the_process() {
 async fn restarted_agent_adopts_running_process_with_zero_restarts() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let first = start_agent(&server, "node-d", dir.path(), 4).await;
+    let first = start_agent(&cluster, "node-d", dir.path(), 4).await;
     client
         .create(&pod("keep", "node-d", "echo up; exec sleep 300"))
         .await
@@ -318,7 +319,7 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
     .await;
     // The agent goes away (its loops stop; the workload does not).
     first.stop().await;
-    let second = start_agent(&server, "node-d", dir.path(), 4).await;
+    let second = start_agent(&cluster, "node-d", dir.path(), 4).await;
     // Give the new agent several sync rounds and heartbeats.
     let hb0 = client
         .get::<Node>("", "node-d")
@@ -367,9 +368,9 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
 async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status_resyncs() {
     let mut cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent = start_agent(&server, "node-e", dir.path(), 5).await;
+    let agent = start_agent(&cluster, "node-e", dir.path(), 5).await;
     // Appends a line every 100 ms, and a crasher that exits after 0.3 s each time.
     client
         .create(&pod(

@@ -42,12 +42,13 @@ async fn pod_created_to_ready_latency() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::default()).unwrap();
+    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = "bench-node";
     let agent = berth_agent::start(
         AgentArgs {
             server: vec![server.clone()],
+            token: Some(cluster.token().to_string()),
             name: Some(node.into()),
             data_dir: Some(dir.path().to_path_buf()),
             runtime: Some(if docker {

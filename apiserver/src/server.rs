@@ -620,9 +620,18 @@ mod tests {
             "31000-31010",
             "--data-dir",
             "/tmp/x",
+            "--token",
+            "K10abc::secret",
         ])
         .unwrap();
         assert_eq!(cli.server.join.as_deref(), Some("10.0.0.1:7440"));
+        assert_eq!(cli.server.token.as_deref(), Some("K10abc::secret"));
+        if std::env::var_os("BERTH_TOKEN").is_none() {
+            let err = Cli::try_parse_from(["berth", "--join", "10.0.0.1:7440"])
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("--token"), "{err}");
+        }
         assert_eq!(cli.server.node_port_range.start, 31000);
         assert!(Cli::try_parse_from(["berth", "--init", "--join", "a:1"]).is_err());
         let err = Cli::try_parse_from(["berth", "--node-port-range", "9-1"])

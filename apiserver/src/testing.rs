@@ -33,11 +33,16 @@ where
     }
 }
 
-/// A gRPC client to one server.
-pub async fn client(addr: SocketAddr) -> Result<ApiClient<Channel>, tonic::transport::Error> {
-    Ok(ApiClient::connect(format!("http://{addr}"))
-        .await?
-        .max_decoding_message_size(usize::MAX))
+/// A gRPC client to one server over mutual TLS with `tls` (e.g. [`TestCluster::admin_tls`]).
+pub async fn client(
+    addr: SocketAddr,
+    tls: &berth_tls::ClientTls,
+) -> Result<ApiClient<Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls.tonic())?
+        .connect()
+        .await?;
+    Ok(ApiClient::new(channel).max_decoding_message_size(usize::MAX))
 }
 
 struct Member {
@@ -51,6 +56,9 @@ struct Member {
 pub struct TestCluster {
     _dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// The cluster's join token and admin credential (from member 0's `--init`).
+    token: String,
+    admin: Option<berth_tls::ClientTls>,
 }
 
 impl TestCluster {
@@ -71,6 +79,8 @@ impl TestCluster {
         let mut cluster = TestCluster {
             _dir: dir,
             members: Vec::new(),
+            token: String::new(),
+            admin: None,
         };
         for i in 0..n {
             let mut args = ServerArgs::new(cluster._dir.path().join(format!("member-{i}")));
@@ -80,9 +90,18 @@ impl TestCluster {
                 args.init = true;
             } else {
                 args.join = Some(cluster.members[0].addr.to_string());
+                args.token = Some(cluster.token.clone());
             }
             configure(&mut args);
             let handle = start(args.clone()).await?;
+            if i == 0 {
+                cluster.token = handle.join_token();
+                let admin = berth_tls::AdminConfig::read(&handle.admin_config_path())?;
+                cluster.admin = Some(berth_tls::ClientTls::new(
+                    admin.certificate_authority.clone(),
+                    admin.credential(),
+                ));
+            }
             let addr = handle.addr();
             // Restarts reuse the same address: it is the member's identity in the cluster.
             args.listen = addr.to_string();
@@ -126,9 +145,47 @@ impl TestCluster {
         self.members[i].handle.is_some()
     }
 
-    /// A client to member `i`.
+    /// A client to member `i`, as the admin.
     pub async fn client(&self, i: usize) -> Result<ApiClient<Channel>, tonic::transport::Error> {
-        client(self.addr(i)).await
+        client(self.addr(i), &self.admin_tls()).await
+    }
+
+    /// The admin's CLI config file written by member 0's `--init` (for `berth --config`).
+    pub fn admin_config_path(&self) -> PathBuf {
+        crate::pki::admin_config_path(&self._dir.path().join("member-0"))
+    }
+
+    /// The join token (for agents and extra servers).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The admin's credential (what `berth server --init` wrote to DATA/admin.yaml).
+    pub fn admin_tls(&self) -> berth_tls::ClientTls {
+        self.admin
+            .clone()
+            .unwrap_or_else(|| berth_tls::ClientTls::new(String::new(), berth_tls::Credential {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            }))
+    }
+
+    /// A credential for `identity` signed by the cluster CA (e.g. a node's, to test what it
+    /// may do).
+    pub fn credential_for(
+        &self,
+        identity: &berth_tls::Identity,
+    ) -> Result<berth_tls::ClientTls, berth_tls::TlsError> {
+        let pki = self
+            .members
+            .iter()
+            .find_map(|m| m.handle.as_ref())
+            .map(|h| h.pki().clone())
+            .ok_or_else(|| berth_tls::TlsError::Rejected("no member is running".into()))?;
+        Ok(berth_tls::ClientTls::new(
+            pki.ca.cert_pem(),
+            pki.ca.issue_client(identity)?,
+        ))
     }
 
     /// The index of the member that every running member agrees is the leader.
@@ -175,6 +232,7 @@ impl TestCluster {
         args.listen = "127.0.0.1:0".to_string();
         args.init = false;
         args.join = Some(self.addr(via).to_string());
+        args.token = Some(self.token.clone());
         let handle = start(args.clone()).await?;
         let addr = handle.addr();
         args.listen = addr.to_string();

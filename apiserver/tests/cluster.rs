@@ -80,12 +80,12 @@ async fn create_anywhere(cluster: &TestCluster, name: &str) -> u64 {
 }
 
 /// Like [`create_anywhere`] over plain addresses (usable from a spawned task).
-async fn create_via(addrs: &[SocketAddr], name: &str) -> u64 {
+async fn create_via(addrs: &[SocketAddr], tls: &berth_tls::ClientTls, name: &str) -> u64 {
     let deadline = tokio::time::Instant::now() + T;
     let mut retried = false;
     loop {
         for addr in addrs {
-            let Ok(mut c) = berth_apiserver::testing::client(*addr).await else {
+            let Ok(mut c) = berth_apiserver::testing::client(*addr, tls).await else {
                 continue;
             };
             let req = pb::CreateRequest {
@@ -273,11 +273,12 @@ async fn a_watch_resumed_on_another_member_sees_every_revision_exactly_once() {
     let stop_writer = CancellationToken::new();
     let writer = tokio::spawn({
         let stop = stop_writer.clone();
+        let tls = cluster.admin_tls();
         async move {
             let mut last = 0;
             let mut i = 1;
             while !stop.is_cancelled() {
-                last = create_via(&addrs, &format!("w{i}")).await;
+                last = create_via(&addrs, &tls, &format!("w{i}")).await;
                 i += 1;
             }
             last

@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_apiserver::testing::wait_until;
 use berth_apiserver::ServerArgs;
 use berth_metrics::text::{find, parse, Sample};
-use berth_proto::pb::{self, api_client::ApiClient};
+use berth_proto::pb;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -36,7 +36,9 @@ async fn metrics_endpoint_reports_raft_store_and_grpc_latency_after_writes() {
     args.metrics_listen = Some("127.0.0.1:0".into());
     let server = berth_apiserver::start(args).await.unwrap();
     let metrics_addr = server.metrics_addr().unwrap().to_string();
-    let mut client = ApiClient::connect(format!("http://{}", server.addr()))
+    let admin = berth_tls::AdminConfig::read(&server.admin_config_path()).unwrap();
+    let tls = berth_tls::ClientTls::new(admin.certificate_authority.clone(), admin.credential());
+    let mut client = berth_apiserver::testing::client(server.addr(), &tls)
         .await
         .unwrap();
 

@@ -58,7 +58,7 @@ async fn writes_fail_over_and_watch_resumes_when_the_leader_stops() {
         &addrs,
         ClientConfig {
             deadline: T,
-            ..ClientConfig::default()
+            ..ClientConfig::with_tls(cluster.admin_tls())
         },
     )
     .unwrap();
@@ -153,7 +153,7 @@ async fn a_watch_outlives_the_per_request_timeout() {
         &[cluster.addr(0).to_string()],
         ClientConfig {
             request_timeout: Duration::from_millis(500),
-            ..ClientConfig::default()
+            ..ClientConfig::with_tls(cluster.admin_tls())
         },
     )
     .unwrap();
@@ -183,7 +183,11 @@ async fn a_watch_outlives_the_per_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_returns_one_result_per_op_in_order() {
     let cluster = TestCluster::start(1).await.unwrap();
-    let client = Client::connect_to(&cluster.addr(0).to_string()).unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let existing = client.create(&pod("existing")).await.unwrap();
     let mut stale = existing.clone();
     stale.metadata.resource_version += 100;

@@ -29,7 +29,7 @@ impl Env {
         let cluster = TestCluster::start(1)
             .await
             .context("starting the API server")?;
-        let client = Client::new(&[cluster.addr(0).to_string()], ClientConfig::default())?;
+        let client = Client::new(&[cluster.addr(0).to_string()], ClientConfig::with_tls(cluster.admin_tls()))?;
         let shutdown = CancellationToken::new();
         let mut loops = tokio::task::JoinSet::new();
         let config = berth_controllers::Config {
@@ -487,7 +487,7 @@ async fn blue_green_promote_then_undo_repoints_the_active_service() -> Result<()
 async fn leader_failover_mid_rollout_finishes_without_duplicate_pods() -> Result<()> {
     let mut cluster = TestCluster::start(3).await.context("starting 3 servers")?;
     let addrs: Vec<String> = (0..3).map(|i| cluster.addr(i).to_string()).collect();
-    let client = Client::new(&addrs, ClientConfig::default())?;
+    let client = Client::new(&addrs, ClientConfig::with_tls(cluster.admin_tls()))?;
     // Every member runs the loops only while it leads, as `berth server` does.
     let mut member_tokens = Vec::new();
     let mut loops = tokio::task::JoinSet::new();

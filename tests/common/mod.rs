@@ -22,8 +22,40 @@ impl std::fmt::Debug for Out {
     }
 }
 
-pub async fn berth(server: &str, args: &[&str]) -> Out {
-    let argv = ["berth", "--server", server]
+/// Where a command goes: `--server` and the `--config` file with the admin credential.
+pub struct Target {
+    pub server: String,
+    pub config: std::path::PathBuf,
+}
+
+impl Target {
+    /// `server` (one or more HOST:PORT) of `cluster`, as its admin.
+    pub fn new(cluster: &berth_apiserver::testing::TestCluster, server: &str) -> Target {
+        Target {
+            server: server.to_string(),
+            config: cluster.admin_config_path(),
+        }
+    }
+
+    /// `server` with an admin credential of a throwaway CA written under `dir` (for servers
+    /// that are not there).
+    pub fn nowhere(server: &str, dir: &std::path::Path) -> Target {
+        let ca = berth_tls::ClusterCa::generate().unwrap();
+        let config = dir.join("admin.yaml");
+        berth_tls::AdminConfig::new(&ca, vec![server.to_string()])
+            .unwrap()
+            .write(&config)
+            .unwrap();
+        Target {
+            server: server.to_string(),
+            config,
+        }
+    }
+}
+
+pub async fn berth(t: &Target, args: &[&str]) -> Out {
+    let config = t.config.display().to_string();
+    let argv = ["berth", "--server", &t.server, "--config", &config]
         .into_iter()
         .chain(args.iter().copied());
     let cli = Cli::try_parse_from(argv).unwrap();
