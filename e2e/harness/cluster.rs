@@ -5,6 +5,13 @@
 //! (`berth agent --server A0,A1,A2 --name node{i+1} --address IP --runtime process`). The CLI
 //! and the HTTP clients run in the root namespace, as a user outside the cluster would.
 //!
+//! Security, as an operator sets a cluster up: `--init` writes the CA, the join token
+//! (`h1/server/pki/token`) and the admin's CLI config (`h1/server/admin.yaml`); the joining
+//! servers and the agents get the token through `BERTH_TOKEN` (first start only: restarts reuse
+//! the certificates in their data dirs, without the token); the CLI runs with
+//! `BERTH_CONFIG=h1/server/admin.yaml` and every raw gRPC client ([`api_client`]) speaks mutual
+//! TLS with the admin credential ([`Cluster::admin_tls`]) unless a test chooses another one.
+//!
 //! Everything waits on conditions with deadlines ([`wait_until`]); faults are `kill9`,
 //! `restart`, `partition`/`heal` (iptables in the namespace) and `cut_node`. Dropping the
 //! cluster kills every process it started (and whatever they spawned in the namespaces),
@@ -18,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use berth_proto::pb::api_client::ApiClient;
 use berth_proto::pb::{ClusterStatusRequest, ClusterStatusResponse};
+use berth_tls::{AdminConfig, ClientTls, Credential};
 use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
 
 use super::net::{netns_available, Net};
 use super::proc::{berth_bin, Proc};
@@ -82,16 +91,28 @@ impl std::fmt::Display for CliOut {
     }
 }
 
-/// The CLI as a user runs it: from the root namespace, servers from `BERTH_SERVER`, a private
-/// `HOME` (no user config leaks in). Cloneable and usable from any non-runtime thread.
+/// The CLI as a user runs it: from the root namespace, servers from `BERTH_SERVER`, the
+/// credential from the config file in `BERTH_CONFIG` (the admin config `--init` wrote, unless
+/// a test picks another), a private `HOME` (no user config leaks in). Cloneable and usable
+/// from any non-runtime thread.
 #[derive(Debug, Clone)]
 pub struct Cli {
     pub servers: String,
+    /// `BERTH_CONFIG`; `None` leaves it unset (and `HOME` holds no config either).
+    pub config: Option<PathBuf>,
     home: PathBuf,
     rt: tokio::runtime::Handle,
 }
 
 impl Cli {
+    /// The same CLI with another config file (`None`: none at all).
+    pub fn with_config(&self, config: Option<PathBuf>) -> Cli {
+        Cli {
+            config,
+            ..self.clone()
+        }
+    }
+
     /// Run `berth ARGS` (30 s deadline; a hung CLI is reported as exit `None`).
     pub fn run(&self, args: &[&str]) -> CliOut {
         let mut cmd = tokio::process::Command::new(berth_bin());
@@ -99,24 +120,66 @@ impl Cli {
             .env("BERTH_SERVER", &self.servers)
             .env("HOME", &self.home)
             .env_remove("BERTH_CONFIG")
+            .env_remove("BERTH_TOKEN")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
-        let line = args.join(" ");
-        self.rt.block_on(async move {
-            match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
-                Ok(Ok(out)) => CliOut {
-                    code: out.status.code(),
-                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                },
-                Ok(Err(e)) => panic!("cannot run berth {line}: {e}"),
-                Err(_) => CliOut {
-                    code: None,
-                    stdout: String::new(),
-                    stderr: format!("e2e: `berth {line}` did not finish within 30s"),
-                },
-            }
-        })
+        if let Some(config) = &self.config {
+            cmd.env("BERTH_CONFIG", config);
+        }
+        let line = format!("berth {}", args.join(" "));
+        self.rt
+            .block_on(run_to_end(cmd, &line, Duration::from_secs(30)))
+    }
+}
+
+/// Run `cmd` to its end (at most `limit`; then it is killed and reported as exit `None`).
+async fn run_to_end(mut cmd: tokio::process::Command, line: &str, limit: Duration) -> CliOut {
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(Ok(out)) => CliOut {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Ok(Err(e)) => panic!("cannot run {line}: {e}"),
+        Err(_) => CliOut {
+            code: None,
+            stdout: String::new(),
+            stderr: format!("e2e: `{line}` did not finish within {limit:?}"),
+        },
+    }
+}
+
+/// A gRPC client for the server at `addr` (`IP:PORT`) over mutual TLS: trusting the cluster CA
+/// in `tls` and presenting its credential (2 s connect deadline). The server name checked is
+/// `addr`'s IP (a SAN of every server certificate).
+pub async fn api_client(addr: &str, tls: &ClientTls) -> Result<ApiClient<Channel>, String> {
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .tls_config(tls.tonic())
+        .map_err(|e| format!("TLS settings for {addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| format!("connect {addr}: {}", innermost(&e)))?;
+    Ok(ApiClient::new(channel))
+}
+
+/// The innermost cause of an error (a TLS alert rather than tonic's "transport error").
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
+
+/// A failed call's code, message and (for transport failures) innermost cause, on one line.
+pub fn describe_status(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(cause) => format!("{:?}: {} ({})", s.code(), s.message(), innermost(cause)),
+        None => format!("{:?}: {}", s.code(), s.message()),
     }
 }
 
@@ -132,6 +195,10 @@ pub struct Cluster {
     pub agents: Vec<Proc>,
     pub net: Net,
     pub rt: tokio::runtime::Runtime,
+    /// The admin credential (from `h1/server/admin.yaml`), once server 1 has written it.
+    admin: Option<ClientTls>,
+    /// The join token (from `h1/server/pki/token`), once server 1 has written it.
+    token: Option<String>,
     dir: Option<tempfile::TempDir>,
     name: String,
     _serial: MutexGuard<'static, ()>,
@@ -164,6 +231,8 @@ impl Cluster {
             agents: Vec::new(),
             net,
             rt,
+            admin: None,
+            token: None,
             dir: Some(dir),
             name: name.to_string(),
             _serial: serial,
@@ -183,6 +252,70 @@ impl Cluster {
         self.net.hosts[i].ip
     }
 
+    /// Data dir of server `i` (`h{i+1}/server`).
+    pub fn server_data(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("h{}", i + 1)).join("server")
+    }
+
+    /// Data dir of agent `i` (`h{i+1}/agent`).
+    pub fn agent_data(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("h{}", i + 1)).join("agent")
+    }
+
+    /// The admin's CLI config that `berth server --init` wrote (server 1's `admin.yaml`).
+    pub fn admin_config_path(&self) -> PathBuf {
+        berth_apiserver::pki::admin_config_path(&self.server_data(0))
+    }
+
+    /// The admin credential (CA + admin certificate) from [`Cluster::admin_config_path`].
+    pub fn admin_tls(&self) -> &ClientTls {
+        self.admin
+            .as_ref()
+            .expect("the admin config is read once server 1 has started")
+    }
+
+    /// The cluster's join token, as server 1 keeps it in `pki/token`.
+    pub fn join_token(&self) -> &str {
+        self.token
+            .as_deref()
+            .expect("the join token is read once server 1 has started")
+    }
+
+    /// The credential agent `i` bootstrapped into its data dir (`pki/ca.crt`, `node.crt`,
+    /// `node.key`): what anyone who can read that node's disk holds.
+    pub fn node_tls(&self, i: usize) -> Result<ClientTls, String> {
+        let dir = self.agent_data(i).join("pki");
+        let ca = std::fs::read_to_string(dir.join("ca.crt"))
+            .map_err(|e| format!("{}/ca.crt: {e}", dir.display()))?;
+        let cred = Credential::read(&dir, "node").map_err(|e| e.to_string())?;
+        Ok(ClientTls::new(ca, cred))
+    }
+
+    /// Run `berth ARGS` to its end inside host `i`'s namespace, with `env` added (at most
+    /// `limit`; then it is killed and reported as exit `None`). For processes that are
+    /// expected to exit, e.g. a server refused at join.
+    pub fn run_on_host(
+        &self,
+        i: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+        limit: Duration,
+    ) -> CliOut {
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.net.hosts[i].ns, berth_bin()])
+            .args(args)
+            .env("PATH", super::proc::path_with_berth())
+            .env("RUST_LOG", "info")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_CONFIG")
+            .env_remove("BERTH_SERVER")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let line = format!("berth {} (on host {})", args.join(" "), i + 1);
+        self.rt.block_on(run_to_end(cmd, &line, limit))
+    }
+
     /// `IP:7000` of server `i`.
     pub fn api_addr(&self, i: usize) -> String {
         format!("{}:{API_PORT}", self.ip(i))
@@ -199,7 +332,7 @@ impl Cluster {
     fn start_servers(&mut self) {
         let dir = self.dir();
         for i in 0..self.net.hosts.len() {
-            let data = dir.join(format!("h{}", i + 1)).join("server");
+            let data = self.server_data(i);
             std::fs::create_dir_all(&data).expect("server data dir");
             let mut args = vec![
                 "server".to_string(),
@@ -220,8 +353,15 @@ impl Cluster {
                 args,
                 dir.join(format!("server{}.log", i + 1)),
             );
+            if i > 0 {
+                // As an operator would: the token in the environment, not on the command line.
+                p.set_env("BERTH_TOKEN", self.join_token());
+            }
             p.start();
             self.servers.push(p);
+            if i == 0 {
+                self.read_admin_and_token();
+            }
             let want = i + 1;
             wait_until(
                 &format!("server{} to be a member of a {want}-member cluster", i + 1),
@@ -246,11 +386,41 @@ impl Cluster {
         );
     }
 
+    /// Wait for server 1 (`--init`) to write the admin config and the join token, and read
+    /// them.
+    fn read_admin_and_token(&mut self) {
+        let admin_path = self.admin_config_path();
+        let token_path = berth_apiserver::pki::pki_dir(&self.server_data(0)).join("token");
+        let server1 = &mut self.servers[0];
+        let ((admin, token), _) = wait_until(
+            "server1 (--init) to write admin.yaml and pki/token",
+            Duration::from_secs(30),
+            || {
+                if !server1.is_running() {
+                    panic!("server1 exited during --init:\n{}", server1.tail(40));
+                }
+                let admin = AdminConfig::read(&admin_path).map_err(|e| e.to_string())?;
+                let token = std::fs::read_to_string(&token_path)
+                    .map_err(|e| format!("{}: {e}", token_path.display()))?;
+                let token = token.trim().to_string();
+                if !token.starts_with(berth_tls::TOKEN_PREFIX) || !token.contains("::") {
+                    return Err(format!("{} is not a join token yet", token_path.display()));
+                }
+                Ok((admin, token))
+            },
+        );
+        self.admin = Some(ClientTls::new(
+            admin.certificate_authority.clone(),
+            admin.credential(),
+        ));
+        self.token = Some(token);
+    }
+
     fn start_agents(&mut self) {
         let dir = self.dir();
         let servers = self.all_api_addrs();
         for i in 0..self.net.hosts.len() {
-            let data = dir.join(format!("h{}", i + 1)).join("agent");
+            let data = self.agent_data(i);
             std::fs::create_dir_all(&data).expect("agent data dir");
             let args = vec![
                 "agent".to_string(),
@@ -271,6 +441,7 @@ impl Cluster {
                 args,
                 dir.join(format!("agent{}.log", i + 1)),
             );
+            p.set_env("BERTH_TOKEN", self.join_token());
             p.start();
             self.agents.push(p);
         }
@@ -293,18 +464,17 @@ impl Cluster {
     // ---------------------------------------------------------------------------------------
     // Raft view
 
-    /// ClusterStatus answered by server `i` itself (2 s deadline).
+    /// ClusterStatus answered by server `i` itself (2 s deadline), asked as the admin.
     pub fn status(&self, i: usize) -> Result<ClusterStatusResponse, String> {
-        let addr = format!("http://{}", self.api_addr(i));
+        let addr = self.api_addr(i);
+        let tls = self.admin_tls().clone();
         self.rt.block_on(async move {
             let call = async {
-                let mut c = ApiClient::connect(addr.clone())
-                    .await
-                    .map_err(|e| format!("connect {addr}: {e}"))?;
+                let mut c = api_client(&addr, &tls).await?;
                 c.cluster_status(ClusterStatusRequest {})
                     .await
                     .map(|r| r.into_inner())
-                    .map_err(|e| format!("ClusterStatus on {addr}: {e}"))
+                    .map_err(|e| format!("ClusterStatus on {addr}: {}", describe_status(&e)))
             };
             tokio::time::timeout(Duration::from_secs(2), call)
                 .await
@@ -317,6 +487,7 @@ impl Cluster {
         let m = st.members.iter().find(|m| m.id == id)?;
         let addr = m
             .address
+            .trim_start_matches("https://")
             .trim_start_matches("http://")
             .trim_end_matches('/');
         (0..self.net.hosts.len()).find(|&i| addr == self.api_addr(i))
@@ -366,12 +537,14 @@ impl Cluster {
         self.servers[i].kill9();
     }
 
-    /// Start a killed server again from its data dir (without --init/--join: it recovers).
+    /// Start a killed server again from its data dir (without --init/--join and without the
+    /// token: it recovers, with the PKI it keeps in its data dir).
     pub fn restart_server(&mut self, i: usize) {
         self.servers[i].args.retain(|a| a != "--init");
         if let Some(p) = self.servers[i].args.iter().position(|a| a == "--join") {
             self.servers[i].args.drain(p..p + 2);
         }
+        self.servers[i].remove_env("BERTH_TOKEN");
         self.servers[i].start();
     }
 
@@ -379,7 +552,10 @@ impl Cluster {
         self.agents[i].kill9();
     }
 
+    /// Start a killed agent again, without the token: it reuses the node certificate it
+    /// bootstrapped into its data dir on its first start.
     pub fn restart_agent(&mut self, i: usize) {
+        self.agents[i].remove_env("BERTH_TOKEN");
         self.agents[i].start();
     }
 
@@ -405,18 +581,20 @@ impl Cluster {
         self.cli_handle_for(&self.all_api_addrs())
     }
 
-    /// A CLI handle given only `servers` (comma-separated `HOST:PORT`).
+    /// A CLI handle given only `servers` (comma-separated `HOST:PORT`), with the admin config.
     pub fn cli_handle_for(&self, servers: &str) -> Cli {
         let home = self.dir().join("home");
         let _ = std::fs::create_dir_all(&home);
         Cli {
             servers: servers.to_string(),
+            config: Some(self.admin_config_path()),
             home,
             rt: self.rt.handle().clone(),
         }
     }
 
-    /// Run `berth ARGS` with `BERTH_SERVER` set to every server (30 s deadline).
+    /// Run `berth ARGS` with `BERTH_SERVER` set to every server and `BERTH_CONFIG` to the
+    /// admin config (30 s deadline).
     pub fn cli(&self, args: &[&str]) -> CliOut {
         self.cli_handle().run(args)
     }

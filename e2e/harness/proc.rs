@@ -43,6 +43,9 @@ pub struct Proc {
     program: String,
     pub ns: String,
     pub args: Vec<String>,
+    /// Extra environment variables (e.g. `BERTH_TOKEN`, which keeps the join token out of
+    /// `ps`); changed between restarts like `args`.
+    pub env: Vec<(String, String)>,
     pub log: PathBuf,
     child: Option<Child>,
     starts: u32,
@@ -55,6 +58,7 @@ impl Proc {
             program: berth_bin().to_string(),
             ns: ns.to_string(),
             args,
+            env: Vec::new(),
             log,
             child: None,
             starts: 0,
@@ -67,7 +71,18 @@ impl Proc {
         self
     }
 
-    /// Start (or restart) the process with its current `args`.
+    /// Set (or replace) an environment variable for the next starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.remove_env(key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Drop an environment variable for the next starts.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Start (or restart) the process with its current `args` and `env`.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.starts += 1;
@@ -89,6 +104,11 @@ impl Proc {
             .args(["netns", "exec", &self.ns, &self.program])
             .args(&self.args)
             .env("PATH", path_with_berth())
+            // Nothing of the caller's own Berth setup leaks in; only what the test sets.
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_CONFIG")
+            .env_remove("BERTH_SERVER")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".to_string()),

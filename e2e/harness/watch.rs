@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_proto::pb::api_client::ApiClient;
 use berth_proto::pb::{EventType, WatchRequest};
+use berth_tls::ClientTls;
+
+use super::cluster::api_client;
 
 /// One delivered change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +28,12 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watch `kind` (all namespaces) from `from_revision` (exclusive) across `addrs`.
+    /// Watch `kind` (all namespaces) from `from_revision` (exclusive) across `addrs`, over
+    /// mutual TLS with `tls` (e.g. the admin's).
     pub fn start(
         rt: &tokio::runtime::Runtime,
         addrs: Vec<String>,
+        tls: ClientTls,
         kind: &str,
         from_revision: u64,
     ) -> Watcher {
@@ -41,9 +45,9 @@ impl Watcher {
             let mut last = from_revision;
             let mut idx = 0usize;
             loop {
-                let addr = format!("http://{}", addrs[idx % addrs.len()]);
+                let addr = &addrs[idx % addrs.len()];
                 if let Ok(Ok(mut client)) =
-                    tokio::time::timeout(Duration::from_secs(2), ApiClient::connect(addr)).await
+                    tokio::time::timeout(Duration::from_secs(2), api_client(addr, &tls)).await
                 {
                     let req = WatchRequest {
                         kind: kind.clone(),

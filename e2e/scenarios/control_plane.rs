@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use berth_proto::pb::EventType;
 use berth_proto::types::Service;
 
+use crate::harness::cluster::{api_client, describe_status};
 use crate::harness::watch::Watcher;
 use crate::harness::{seq_service, wait_until, Cluster, Opts};
 
@@ -52,8 +53,12 @@ fn write_seq(c: &Cluster, name: &str) -> Duration {
 /// Every 20 ms, start an Apply of a new probe Service through the next of `addrs` (attempts
 /// overlap, each may take up to 3 s), until one is acknowledged; returns its name and the time
 /// from `since` to that acknowledgement.
-async fn probe_until_write_accepted(addrs: Vec<String>, since: Instant) -> (String, Duration) {
-    use berth_proto::pb::{api_client::ApiClient, ApplyRequest};
+async fn probe_until_write_accepted(
+    addrs: Vec<String>,
+    tls: berth_tls::ClientTls,
+    since: Instant,
+) -> (String, Duration) {
+    use berth_proto::pb::ApplyRequest;
     let deadline = since + Duration::from_secs(15);
     let mut attempts = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -65,6 +70,7 @@ async fn probe_until_write_accepted(addrs: Vec<String>, since: Instant) -> (Stri
                 let addr = addrs[n % addrs.len()].clone();
                 n += 1;
                 let name = format!("probe-{n:04}");
+                let tls = tls.clone();
                 attempts.spawn(async move {
                     let object = serde_json::json!({
                         "apiVersion": "v1",
@@ -73,13 +79,11 @@ async fn probe_until_write_accepted(addrs: Vec<String>, since: Instant) -> (Stri
                         "spec": {"selector": {"app": "probe"}, "ports": [{"port": 80, "targetPort": 8080}]},
                     });
                     let call = async {
-                        let mut client = ApiClient::connect(format!("http://{addr}"))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let mut client = api_client(&addr, &tls).await?;
                         client
                             .apply(ApplyRequest { object: object.to_string().into_bytes(), dry_run: false })
                             .await
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| describe_status(&e))
                     };
                     match tokio::time::timeout(Duration::from_secs(3), call).await {
                         Ok(Ok(_)) => Ok((name, Instant::now())),
@@ -178,8 +182,11 @@ fn killing_the_raft_leader_loses_no_acknowledged_write_and_writes_resume_within_
         .filter(|&i| i != leader)
         .map(|i| c.api_addr(i))
         .collect();
-    let (probe_name, server_recovery) =
-        c.rt.block_on(probe_until_write_accepted(survivor_addrs, killed_at));
+    let (probe_name, server_recovery) = c.rt.block_on(probe_until_write_accepted(
+        survivor_addrs,
+        c.admin_tls().clone(),
+        killed_at,
+    ));
     let waited = wait_until(
         "10 writes acknowledged after the leader was killed",
         Duration::from_secs(30),
@@ -379,7 +386,7 @@ fn rolling_restart_of_every_server_loses_nothing_and_a_watch_continues() {
     };
     let rev0 = leader_revision(&mut c);
     let addrs: Vec<String> = (0..3).map(|i| c.api_addr(i)).collect();
-    let watcher = Watcher::start(&c.rt, addrs, "Service", rev0);
+    let watcher = Watcher::start(&c.rt, addrs, c.admin_tls().clone(), "Service", rev0);
 
     let mut acked = Vec::new();
     let mut k = 0;

@@ -1,6 +1,8 @@
 //! The scenarios: [`control_plane`] needs only servers and the CLI; [`workloads`] also runs
-//! agents, controllers, the scheduler and the per-node proxy.
+//! agents, controllers, the scheduler and the per-node proxy; [`security`] checks joining,
+//! authentication and the node authorizer over the real binaries.
 
 mod control_plane;
 mod harness_selftest;
+mod security;
 mod workloads;
