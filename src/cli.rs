@@ -159,6 +159,9 @@ impl Ctx {
             config_path.as_deref(),
             default_cfg.as_deref(),
         )?;
+        if let Some(tls) = &resolved.tls {
+            Self::check_credential(tls, resolved.config_path.as_deref())?;
+        }
         Ok(Ctx {
             servers: resolved.servers,
             client_config: ClientConfig {
@@ -181,6 +184,30 @@ impl Ctx {
             );
         }
         Ok(Client::new(&self.servers, self.client_config.clone())?)
+    }
+
+    /// Check the credential before dialing: a certificate that its own CA does not vouch for,
+    /// or that has expired, gets a clear error here instead of a closed connection.
+    fn check_credential(
+        tls: &berth_tls::ClientTls,
+        path: Option<&std::path::Path>,
+    ) -> anyhow::Result<()> {
+        let file = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the config file".into());
+        berth_tls::verify_client_cert(
+            &tls.ca_cert_pem,
+            &tls.credential.cert_pem,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "{file}: clientCertificate is not usable with certificateAuthority ({e}); get a \
+                 fresh admin config from the cluster (DATA/admin.yaml of the server that ran \
+                 --init, or ~/.berth/config written by `berth dev`)"
+            )
+        })?;
+        Ok(())
     }
 }
 
@@ -270,13 +297,27 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
 /// The user-facing message for a failure, with a hint when no server answered.
 pub fn error_message(err: &anyhow::Error) -> String {
     let mut msg = format!("{err:#}");
-    if err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<ClientError>(),
-            Some(ClientError::Unavailable { .. })
-        )
-    }) {
-        msg.push_str(". Start one with 'berth dev' or pass --server.");
+    let tried = err
+        .chain()
+        .find_map(|e| match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Unavailable { tried }) => Some(tried.clone()),
+            _ => None,
+        });
+    if let Some(tried) = tried {
+        // A server that refuses our certificate ends the TLS handshake by closing the
+        // connection: the client only sees "connection closed" or "broken pipe".
+        let refused_tls = ["connection closed", "broken pipe", "certificate"]
+            .iter()
+            .any(|s| tried.contains(s));
+        if refused_tls {
+            msg.push_str(
+                ". If the servers are running, they may have refused this client's \
+                 certificate: check that the config file's credential is from this cluster \
+                 (the admin.yaml `berth server --init` wrote)",
+            );
+        } else {
+            msg.push_str(". Start one with 'berth dev' or pass --server.");
+        }
     }
     msg
 }

@@ -151,7 +151,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let agent_args = berth_agent::AgentArgs {
         server: vec![addr.clone()],
         // The agent gets its node certificate from this server like any other agent.
-        token: Some(server.join_token()),
+        token: Some(berth_tls::Secret::new(server.join_token())),
         name: args.name.clone(),
         address: "127.0.0.1".to_string(),
         data_dir: Some(dir.join("agent")),

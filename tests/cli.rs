@@ -331,7 +331,7 @@ async fn logs_streams_a_pods_output_from_its_nodes_agent() {
     let agent = berth_agent::start(
         berth_agent::AgentArgs {
             server: vec![server.clone()],
-            token: Some(cluster.token().to_string()),
+            token: Some(berth_tls::Secret::new(cluster.token())),
             name: Some("cli-node".into()),
             data_dir: Some(dir.path().join("agent")),
             runtime: Some(berth_agent::RuntimeKind::Process),
@@ -545,4 +545,48 @@ fn the_binary_exits_non_zero_with_the_reason_on_stderr() {
     assert!(String::from_utf8(out.stderr)
         .unwrap()
         .starts_with("error: unknown resource type \"gadgets\""));
+}
+
+#[tokio::test]
+async fn a_credential_from_another_ca_or_missing_gets_a_clear_error_before_dialing() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // The cluster's CA with an admin certificate some other CA signed.
+    let mut forged = berth_tls::AdminConfig::read(&cluster.admin_config_path()).unwrap();
+    let other = berth_tls::ClusterCa::generate().unwrap();
+    let cred = other.issue_client(&berth_tls::Identity::Admin).unwrap();
+    forged.client_certificate = cred.cert_pem;
+    forged.client_key = cred.key_pem;
+    let path = dir.path().join("forged.yaml");
+    forged.write(&path).unwrap();
+    let t = Target {
+        server: server.clone(),
+        config: path.clone(),
+    };
+    let r = berth(&t, &["get", "pods"]).await;
+    assert!(!r.ok);
+    assert!(
+        r.err
+            .contains("clientCertificate is not usable with certificateAuthority")
+            && r.err.contains(&path.display().to_string()),
+        "{r:?}"
+    );
+    // Servers only, no credential: says where to get one.
+    let bare = write(
+        dir.path(),
+        "bare.yaml",
+        &format!("servers: [\"{server}\"]\n"),
+    );
+    let t = Target {
+        server,
+        config: bare.into(),
+    };
+    let r = berth(&t, &["get", "pods"]).await;
+    assert!(!r.ok);
+    assert!(
+        r.err.contains("no credentials") && r.err.contains("admin.yaml"),
+        "{r:?}"
+    );
+    cluster.shutdown().await.unwrap();
 }

@@ -65,7 +65,7 @@ async fn rollout_status_history_and_undo_follow_the_real_controllers() {
     let agent = berth_agent::start(
         berth_agent::AgentArgs {
             server: vec![server.clone()],
-            token: Some(cluster.token().to_string()),
+            token: Some(berth_tls::Secret::new(cluster.token())),
             name: Some("stack-node".into()),
             data_dir: Some(dir.path().join("agent")),
             runtime: Some(berth_agent::RuntimeKind::Process),

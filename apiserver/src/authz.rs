@@ -98,7 +98,9 @@ const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes and ev
                          own Node and the status of pods bound to it, and create events";
 
 fn describe(kind: Option<Kind>, namespace: &str, name: &str) -> String {
-    let kind = kind.map(|k| k.to_string()).unwrap_or_else(|| "objects of every kind".into());
+    let kind = kind
+        .map(|k| k.to_string())
+        .unwrap_or_else(|| "objects of every kind".into());
     match (namespace.is_empty(), name.is_empty()) {
         (_, true) => kind,
         (true, false) => format!("{kind} {name}"),
@@ -191,7 +193,11 @@ mod tests {
     fn admin_and_servers_may_do_everything() {
         for identity in [Identity::Admin, Identity::Server] {
             let c = Caller { identity };
-            assert_eq!(c.authorize(Verb::Delete, Some(Kind::Deployment), "default", "web").unwrap(), None);
+            assert_eq!(
+                c.authorize(Verb::Delete, Some(Kind::Deployment), "default", "web")
+                    .unwrap(),
+                None
+            );
             assert_eq!(c.authorize(Verb::Watch, None, "", "").unwrap(), None);
             c.authorize_membership("join").unwrap();
         }
@@ -200,16 +206,31 @@ mod tests {
     #[test]
     fn a_node_reads_what_it_needs_and_writes_only_its_own_objects() {
         let n = node("n1");
-        for k in [Kind::Pod, Kind::Service, Kind::Endpoints, Kind::Node, Kind::Event] {
+        for k in [
+            Kind::Pod,
+            Kind::Service,
+            Kind::Endpoints,
+            Kind::Node,
+            Kind::Event,
+        ] {
             assert!(n.authorize(Verb::List, Some(k), "", "").is_ok(), "{k}");
             assert!(n.authorize(Verb::Watch, Some(k), "", "").is_ok(), "{k}");
         }
-        assert!(n.authorize(Verb::Create, Some(Kind::Node), "", "n1").is_ok());
-        assert!(n.authorize(Verb::Update, Some(Kind::Node), "", "n1").is_ok());
-        assert!(n.authorize(Verb::UpdateStatus, Some(Kind::Node), "", "n1").is_ok());
-        assert!(n.authorize(Verb::Create, Some(Kind::Event), "default", "e1").is_ok());
+        assert!(n
+            .authorize(Verb::Create, Some(Kind::Node), "", "n1")
+            .is_ok());
+        assert!(n
+            .authorize(Verb::Update, Some(Kind::Node), "", "n1")
+            .is_ok());
+        assert!(n
+            .authorize(Verb::UpdateStatus, Some(Kind::Node), "", "n1")
+            .is_ok());
+        assert!(n
+            .authorize(Verb::Create, Some(Kind::Event), "default", "e1")
+            .is_ok());
         assert_eq!(
-            n.authorize(Verb::UpdateStatus, Some(Kind::Pod), "default", "web-1").unwrap(),
+            n.authorize(Verb::UpdateStatus, Some(Kind::Pod), "default", "web-1")
+                .unwrap(),
             Some("n1".to_string()),
             "pod status only if bound to n1 when applied"
         );
@@ -232,13 +253,25 @@ mod tests {
         ];
         for (verb, kind, ns, name) in cases {
             let err = n.authorize(verb, kind, ns, name).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{verb:?} {kind:?}");
-            assert!(err.message().starts_with("system:node:n1 may not "), "{}", err.message());
+            assert_eq!(
+                err.code(),
+                tonic::Code::PermissionDenied,
+                "{verb:?} {kind:?}"
+            );
+            assert!(
+                err.message().starts_with("system:node:n1 may not "),
+                "{}",
+                err.message()
+            );
         }
         let err = n
             .authorize(Verb::Create, Some(Kind::Deployment), "default", "web")
             .unwrap_err();
-        assert!(err.message().contains("create Deployment default/web"), "{}", err.message());
+        assert!(
+            err.message().contains("create Deployment default/web"),
+            "{}",
+            err.message()
+        );
         assert!(n.authorize_membership("join the cluster").is_err());
     }
 }

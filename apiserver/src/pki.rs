@@ -50,7 +50,7 @@ pub enum PkiError {
     NoToken,
     #[error("the join token is not valid: {0}")]
     BadToken(TlsError),
-    #[error("bootstrapping TLS with {target} failed: {message}")]
+    #[error("bootstrapping TLS (joining via {target}) failed: {message}")]
     Bootstrap { target: String, message: String },
 }
 

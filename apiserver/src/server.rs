@@ -54,8 +54,13 @@ pub struct ServerArgs {
     pub join: Option<String>,
     /// The cluster's join token (printed by `--init`, kept in DATA/pki/token). Prefer the
     /// BERTH_TOKEN environment variable: a flag is visible to other users in `ps`.
-    #[arg(long, value_name = "TOKEN", env = "BERTH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "BERTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<berth_tls::Secret>,
     /// Extra names or IPs for the server certificate (besides the listen and advertise
     /// addresses, 127.0.0.1 and localhost), e.g. a load balancer's.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
@@ -370,12 +375,10 @@ async fn join_cluster(
                 .tls_config(tls.tonic())
                 .map_err(|e| format!("fatal: TLS settings: {e}"))?
                 .connect_timeout(Duration::from_secs(3));
-            let mut client = ApiClient::new(
-                endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| format!("cannot connect: {}", crate::status::describe_error(&e)))?,
-            );
+            let mut client =
+                ApiClient::new(endpoint.connect().await.map_err(|e| {
+                    format!("cannot connect: {}", crate::status::describe_error(&e))
+                })?);
             client
                 .join(pb::JoinRequest {
                     address: advertise.to_string(),
@@ -438,8 +441,8 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         }
         None => match &args.join {
             Some(target) => {
-                let token = args.token.as_deref().ok_or(crate::pki::PkiError::NoToken)?;
-                let joined = ServerPki::join(&dir, target, token, &sans).await?;
+                let token = args.token.as_ref().ok_or(crate::pki::PkiError::NoToken)?;
+                let joined = ServerPki::join(&dir, target, token.expose(), &sans).await?;
                 let resp = join_cluster(target, &advertise, &joined.client_tls()).await?;
                 pki = Some(joined);
                 store_id(&db, &db_path, resp.id)?;
@@ -625,7 +628,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.server.join.as_deref(), Some("10.0.0.1:7440"));
-        assert_eq!(cli.server.token.as_deref(), Some("K10abc::secret"));
+        let token = cli.server.token.clone().unwrap();
+        assert_eq!(token.expose(), "K10abc::secret");
+        assert!(
+            !format!("{:?}", cli.server).contains("secret"),
+            "Debug hides the token"
+        );
         if std::env::var_os("BERTH_TOKEN").is_none() {
             let err = Cli::try_parse_from(["berth", "--join", "10.0.0.1:7440"])
                 .err()

@@ -521,11 +521,18 @@ impl Api for ApiService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::ObjectResponse>, Status> {
-        write_rpc!(self, req, delete, |who, r| self.op_delete(&who, &r), false, |out| {
-            pb::ObjectResponse {
-                object: to_json(&out.object),
+        write_rpc!(
+            self,
+            req,
+            delete,
+            |who, r| self.op_delete(&who, &r),
+            false,
+            |out| {
+                pb::ObjectResponse {
+                    object: to_json(&out.object),
+                }
             }
-        })
+        )
     }
 
     async fn batch(
@@ -537,11 +544,8 @@ impl Api for ApiService {
         let r = req.into_inner();
         // Ops that fail validation or authorization get their error without reaching raft;
         // the rest are proposed together as one entry.
-        let prepared: Vec<Result<Op, Status>> = r
-            .ops
-            .iter()
-            .map(|o| self.op_of_batch(&who, o))
-            .collect();
+        let prepared: Vec<Result<Op, Status>> =
+            r.ops.iter().map(|o| self.op_of_batch(&who, o)).collect();
         let valid: Vec<Op> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())

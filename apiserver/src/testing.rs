@@ -90,7 +90,7 @@ impl TestCluster {
                 args.init = true;
             } else {
                 args.join = Some(cluster.members[0].addr.to_string());
-                args.token = Some(cluster.token.clone());
+                args.token = Some(berth_tls::Secret::new(cluster.token.clone()));
             }
             configure(&mut args);
             let handle = start(args.clone()).await?;
@@ -162,12 +162,15 @@ impl TestCluster {
 
     /// The admin's credential (what `berth server --init` wrote to DATA/admin.yaml).
     pub fn admin_tls(&self) -> berth_tls::ClientTls {
-        self.admin
-            .clone()
-            .unwrap_or_else(|| berth_tls::ClientTls::new(String::new(), berth_tls::Credential {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            }))
+        self.admin.clone().unwrap_or_else(|| {
+            berth_tls::ClientTls::new(
+                String::new(),
+                berth_tls::Credential {
+                    cert_pem: String::new(),
+                    key_pem: String::new(),
+                },
+            )
+        })
     }
 
     /// A credential for `identity` signed by the cluster CA (e.g. a node's, to test what it
@@ -232,7 +235,7 @@ impl TestCluster {
         args.listen = "127.0.0.1:0".to_string();
         args.init = false;
         args.join = Some(self.addr(via).to_string());
-        args.token = Some(self.token.clone());
+        args.token = Some(berth_tls::Secret::new(self.token.clone()));
         let handle = start(args.clone()).await?;
         let addr = handle.addr();
         args.listen = addr.to_string();

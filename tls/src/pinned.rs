@@ -20,6 +20,17 @@ use berth_proto::pb::{self, api_client::ApiClient};
 
 use crate::{fingerprint_of, hex, ring_provider, JoinToken, TlsError};
 
+#[derive(Debug)]
+struct NotPinnedCa(String);
+
+impl std::fmt::Display for NotPinnedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPinnedCa {}
+
 /// Accepts a server whose presented chain holds the pinned CA and whose certificate verifies
 /// against it.
 #[derive(Debug)]
@@ -50,12 +61,16 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .iter()
             .find(|c| fingerprint_of(c) == self.fingerprint)
         else {
-            return Err(rustls::Error::General(format!(
-                "the server's certificate chain does not contain the cluster CA named by the \
-                 join token (fingerprint {}): the token is for another cluster, or this is not \
-                 a Berth server",
-                hex(&self.fingerprint)
-            )));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotPinnedCa(
+                    format!(
+                        "the server's certificate chain does not contain the cluster CA named \
+                         by the join token (fingerprint {}): the token is for another cluster, \
+                         or this is not a Berth server",
+                        hex(&self.fingerprint)
+                    ),
+                )))),
+            ));
         };
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -131,7 +146,10 @@ pub fn pinned_channel(
         .rsplit_once(':')
         .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
         .ok_or_else(|| bad(format!("{addr:?} is not HOST:PORT")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let server_name = ServerName::try_from(host.clone())
         .map_err(|e| bad(format!("{host:?}: {e}")))?
         .to_owned();
@@ -173,14 +191,11 @@ pub async fn bootstrap(
                 .trim()
                 .trim_start_matches("https://")
                 .trim_start_matches("http://");
-            let channel = match pinned_channel(
-                server,
-                token.ca_fingerprint(),
-                Duration::from_secs(3),
-            ) {
-                Ok(c) => c,
-                Err(e) => return Err(TlsError::Bootstrap(format!("{server}: {e}"))),
-            };
+            let channel =
+                match pinned_channel(server, token.ca_fingerprint(), Duration::from_secs(3)) {
+                    Ok(c) => c,
+                    Err(e) => return Err(TlsError::Bootstrap(format!("{server}: {e}"))),
+                };
             match ApiClient::new(channel).bootstrap(req.clone()).await {
                 Ok(resp) => {
                     let resp = resp.into_inner();
@@ -189,17 +204,15 @@ pub async fn bootstrap(
                         .map_err(|e| TlsError::Bootstrap(format!("{server}: {e}")))?;
                     return Ok(resp);
                 }
-                Err(s) if matches!(
-                    s.code(),
-                    tonic::Code::Unauthenticated
-                        | tonic::Code::InvalidArgument
-                        | tonic::Code::PermissionDenied
-                ) =>
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unauthenticated
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
+                    ) =>
                 {
-                    return Err(TlsError::Bootstrap(format!(
-                        "{server}: {}",
-                        s.message()
-                    )));
+                    return Err(TlsError::Bootstrap(format!("{server}: {}", s.message())));
                 }
                 Err(s) => {
                     let reason = innermost(&s);

@@ -220,7 +220,10 @@ fn update_status_changes_only_status() {
     u["metadata"]["labels"] = json!({"app": "changed"});
     u["spec"]["containers"][0]["image"] = json!("other");
     let out = f
-        .run(Op::UpdateStatus { object: u.clone(), bound_node: None })
+        .run(Op::UpdateStatus {
+            object: u.clone(),
+            bound_node: None,
+        })
         .unwrap()
         .object;
     assert_eq!(out["status"]["phase"], "Running");
@@ -228,7 +231,12 @@ fn update_status_changes_only_status() {
     assert_eq!(out["spec"]["containers"][0]["image"], "nginx");
     assert_eq!(out["metadata"]["generation"], 1);
     // Same precondition as Update.
-    let err = f.run(Op::UpdateStatus { object: u, bound_node: None }).unwrap_err();
+    let err = f
+        .run(Op::UpdateStatus {
+            object: u,
+            bound_node: None,
+        })
+        .unwrap_err();
     assert!(matches!(
         err,
         StoreError::Conflict {
@@ -240,7 +248,10 @@ fn update_status_changes_only_status() {
     let ep = json!({"kind": "Endpoints", "metadata": {"name": "e"}});
     f.create(ep.clone()).unwrap();
     assert!(matches!(
-        f.run(Op::UpdateStatus { object: ep, bound_node: None }),
+        f.run(Op::UpdateStatus {
+            object: ep,
+            bound_node: None
+        }),
         Err(StoreError::Invalid(_))
     ));
 }
@@ -279,7 +290,11 @@ fn apply_keeps_status_and_merges_labels() {
         .object;
     let mut s = created.clone();
     s["status"] = json!({"phase": "Running"});
-    f.run(Op::UpdateStatus { object: s, bound_node: None }).unwrap();
+    f.run(Op::UpdateStatus {
+        object: s,
+        bound_node: None,
+    })
+    .unwrap();
 
     let mut p = pod("a", json!({"app": "web2"}));
     p["status"] = json!({"phase": "Failed"});

@@ -1,0 +1,568 @@
+//! Security against real servers on 127.0.0.1:0 (mutual TLS, join tokens, the node
+//! authorizer): who gets in, what each identity may do, and that every refusal leaves the
+//! store unchanged.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use berth_apiserver::testing::{client, TestCluster};
+use berth_apiserver::ServerArgs;
+use berth_proto::pb::{self, api_client::ApiClient};
+use berth_tls::{ClientTls, ClusterCa, Identity, JoinToken, Secret, Validity};
+use serde_json::{json, Value};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+fn pod(name: &str, node: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "nginx" }] }
+    })
+}
+
+fn node(name: &str) -> Value {
+    json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": name } })
+}
+
+fn deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "c", "image": "nginx" }] }
+            }
+        }
+    })
+}
+
+fn key(kind: &str, ns: &str, name: &str) -> Option<pb::ObjectKey> {
+    Some(pb::ObjectKey {
+        kind: kind.into(),
+        namespace: ns.into(),
+        name: name.into(),
+    })
+}
+
+async fn revision(c: &mut ApiClient<Channel>) -> u64 {
+    c.cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+async fn create(c: &mut ApiClient<Channel>, v: &Value) -> Result<Value, tonic::Status> {
+    c.create(pb::CreateRequest {
+        object: bytes(v),
+        dry_run: false,
+    })
+    .await
+    .map(|r| serde_json::from_slice(&r.into_inner().object).unwrap())
+}
+
+async fn update_status(c: &mut ApiClient<Channel>, v: &Value) -> Result<Value, tonic::Status> {
+    c.update_status(pb::UpdateRequest {
+        object: bytes(v),
+        dry_run: false,
+    })
+    .await
+    .map(|r| serde_json::from_slice(&r.into_inner().object).unwrap())
+}
+
+fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, who: &str, what: &str) {
+    let s = r.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().starts_with(&format!("{who} may not")) && s.message().contains(what),
+        "the refusal names {who} and {what:?}: {}",
+        s.message()
+    );
+}
+
+async fn as_identity(cluster: &TestCluster, i: usize, id: &Identity) -> ApiClient<Channel> {
+    let tls = cluster.credential_for(id).unwrap();
+    client(cluster.addr(i), &tls).await.unwrap()
+}
+
+/// Pods p1 (bound to n1), p2 (bound to n2) and p0 (unbound), created by the admin.
+async fn seeded() -> (TestCluster, ApiClient<Channel>) {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let mut admin = cluster.client(0).await.unwrap();
+    create(&mut admin, &pod("p1", "n1")).await.unwrap();
+    create(&mut admin, &pod("p2", "n2")).await.unwrap();
+    create(&mut admin, &pod("p0", "")).await.unwrap();
+    (cluster, admin)
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused_everything_but_bootstrap() {
+    let (cluster, mut admin) = seeded().await;
+    let before = revision(&mut admin).await;
+    let ca = cluster.admin_tls().ca_cert_pem;
+    let channel = Endpoint::from_shared(format!("https://{}", cluster.addr(0)))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anon = ApiClient::new(channel);
+    let s = anon
+        .get(pb::GetRequest {
+            key: key("Pod", "default", "p1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert!(
+        s.message().contains("no client certificate"),
+        "{}",
+        s.message()
+    );
+    assert!(
+        s.message().contains("admin.yaml"),
+        "says what to use: {}",
+        s.message()
+    );
+    assert_eq!(
+        create(&mut anon, &pod("x", "")).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let s = anon
+        .watch(pb::WatchRequest {
+            kind: "Pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = anon
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    let s = anon
+        .join(pb::JoinRequest {
+            address: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // Raft traffic without a server certificate is refused too.
+    let mut raft = pb::raft_client::RaftClient::new(
+        Endpoint::from_shared(format!("https://{}", cluster.addr(0)))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let s = raft.send(pb::RaftBatch::default()).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    // Plain text does not even reach the service.
+    let plain = ApiClient::connect(format!("http://{}", cluster.addr(0))).await;
+    if let Ok(mut plain) = plain {
+        assert!(plain
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .is_err());
+    }
+    assert_eq!(revision(&mut admin).await, before, "nothing was written");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn foreign_ca_and_expired_client_certificates_fail_the_handshake() {
+    let (cluster, mut admin) = seeded().await;
+    let before = revision(&mut admin).await;
+    let ca_pem = cluster.admin_tls().ca_cert_pem;
+    let foreign = ClusterCa::generate().unwrap();
+    let intruder = ClientTls::new(
+        ca_pem.clone(),
+        foreign.issue_client(&Identity::Admin).unwrap(),
+    );
+    let r = async {
+        client(cluster.addr(0), &intruder)
+            .await
+            .map_err(|e| e.to_string())?
+            .get(pb::GetRequest {
+                key: key("Pod", "default", "p1"),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(r.is_err(), "a foreign CA's admin is refused: {r:?}");
+
+    // Reissue an expired admin certificate from the cluster's own CA (the test has the key).
+    let pki = cluster.server(0).unwrap().pki().clone();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = pki
+        .ca
+        .issue_client_with(
+            &Identity::Admin,
+            Validity {
+                not_before: now - time::Duration::days(10),
+                not_after: now - time::Duration::days(1),
+            },
+        )
+        .unwrap();
+    let stale = ClientTls::new(ca_pem, expired);
+    let r = async {
+        client(cluster.addr(0), &stale)
+            .await
+            .map_err(|e| e.to_string())?
+            .create(pb::CreateRequest {
+                object: bytes(&pod("late", "")),
+                dry_run: false,
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(r.is_err(), "an expired certificate is refused: {r:?}");
+    assert_eq!(revision(&mut admin).await, before);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_reads_pods_and_updates_only_its_own_node_and_pods() {
+    let (cluster, mut admin) = seeded().await;
+    let n1 = Identity::Node("n1".into());
+    let mut c = as_identity(&cluster, 0, &n1).await;
+
+    // Reads it needs.
+    let pods = c
+        .list(pb::ListRequest {
+            kind: "Pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pods.objects.len(), 3);
+    c.watch(pb::WatchRequest {
+        kind: "Service".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Its own Node: create, then update its status.
+    let mine = create(&mut c, &node("n1")).await.unwrap();
+    let mut ready = mine.clone();
+    ready["status"] = json!({ "conditions": [{ "type": "Ready", "status": "True" }] });
+    update_status(&mut c, &ready).await.unwrap();
+    // The status of a pod bound to it.
+    let mut p1 = pod("p1", "n1");
+    p1["status"] = json!({ "phase": "Running" });
+    let got = update_status(&mut c, &p1).await.unwrap();
+    assert_eq!(got["status"]["phase"], "Running");
+    // Events.
+    create(
+        &mut c,
+        &json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": { "name": "e1", "namespace": "default" },
+            "involvedObject": { "kind": "Pod", "name": "p1", "namespace": "default" },
+            "reason": "Started", "message": "ok", "type": "Normal"
+        }),
+    )
+    .await
+    .unwrap();
+
+    let before = revision(&mut admin).await;
+    let who = "system:node:n1";
+    assert_denied(
+        create(&mut c, &deployment("web")).await,
+        who,
+        "create Deployment default/web",
+    );
+    let mut p2 = pod("p2", "n2");
+    p2["status"] = json!({ "phase": "Failed" });
+    let s = update_status(&mut c, &p2).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().contains("system:node:n1") && s.message().contains("bound to node n2"),
+        "{}",
+        s.message()
+    );
+    // Claiming the pod is bound to n1 does not help: the stored binding decides.
+    let mut lie = pod("p2", "n1");
+    lie["status"] = json!({ "phase": "Failed" });
+    assert_eq!(
+        update_status(&mut c, &lie).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut p0 = pod("p0", "");
+    p0["status"] = json!({ "phase": "Running" });
+    let s = update_status(&mut c, &p0).await.unwrap_err();
+    assert!(
+        s.message().contains("not bound to a node"),
+        "{}",
+        s.message()
+    );
+    assert_denied(create(&mut c, &node("n2")).await, who, "create Node n2");
+    assert_denied(
+        c.update(pb::UpdateRequest {
+            object: bytes(&pod("p1", "n1")),
+            dry_run: false,
+        })
+        .await,
+        who,
+        "update Pod default/p1",
+    );
+    assert_denied(
+        c.delete(pb::DeleteRequest {
+            key: key("Pod", "default", "p1"),
+            resource_version: 0,
+        })
+        .await,
+        who,
+        "delete Pod default/p1",
+    );
+    assert_denied(
+        c.get(pb::GetRequest {
+            key: key("Deployment", "default", "web"),
+        })
+        .await,
+        who,
+        "get Deployment default/web",
+    );
+    assert_denied(
+        c.watch(pb::WatchRequest::default()).await,
+        who,
+        "watch objects of every kind",
+    );
+    assert_denied(
+        c.join(pb::JoinRequest {
+            address: "127.0.0.1:1".into(),
+        })
+        .await,
+        who,
+        "add a cluster member",
+    );
+    // A batch: the allowed op goes through, the forbidden one is refused on its own.
+    let r = c
+        .batch(pb::BatchRequest {
+            ops: vec![pb::BatchOp {
+                op: Some(pb::batch_op::Op::Create(pb::CreateRequest {
+                    object: bytes(&deployment("sneaky")),
+                    dry_run: false,
+                })),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].code, Code::PermissionDenied as i32);
+    let mut raft = pb::raft_client::RaftClient::new(
+        Endpoint::from_shared(format!("https://{}", cluster.addr(0)))
+            .unwrap()
+            .tls_config(cluster.credential_for(&n1).unwrap().tonic())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let s = raft.send(pb::RaftBatch::default()).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("system:node:n1"), "{}", s.message());
+
+    assert_eq!(
+        revision(&mut admin).await,
+        before,
+        "no refused request changed the store"
+    );
+    let p2 = admin
+        .get(pb::GetRequest {
+            key: key("Pod", "default", "p2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p2: Value = serde_json::from_slice(&p2.object).unwrap();
+    assert!(p2["status"]["phase"] != "Failed");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_write_forwarded_by_a_follower_is_authorized_as_the_node() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let follower = (leader + 1) % 3;
+    let mut admin = cluster.client(leader).await.unwrap();
+    create(&mut admin, &pod("p1", "n1")).await.unwrap();
+    create(&mut admin, &pod("p2", "n2")).await.unwrap();
+    let mut c = as_identity(&cluster, follower, &Identity::Node("n1".into())).await;
+    let mut p1 = pod("p1", "n1");
+    p1["status"] = json!({ "phase": "Running" });
+    update_status(&mut c, &p1).await.unwrap();
+    let before = revision(&mut admin).await;
+    let mut p2 = pod("p2", "n2");
+    p2["status"] = json!({ "phase": "Failed" });
+    let s = update_status(&mut c, &p2).await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("bound to node n2"), "{}", s.message());
+    assert_denied(
+        create(&mut c, &deployment("web")).await,
+        "system:node:n1",
+        "create Deployment",
+    );
+    assert_eq!(revision(&mut admin).await, before);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_with_a_wrong_token_cannot_join() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let members = || async {
+        cluster
+            .client(0)
+            .await
+            .unwrap()
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .len()
+    };
+    assert_eq!(members().await, 1);
+    let real = JoinToken::parse(cluster.token()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The right CA, a wrong secret: refused by the server.
+    let (fp, _) = cluster.token().split_once("::").unwrap();
+    let wrong_secret = format!("{fp}::not-the-secret");
+    let mut args = ServerArgs::new(dir.path().join("a"));
+    args.listen = "127.0.0.1:0".into();
+    args.join = Some(cluster.addr(0).to_string());
+    args.token = Some(Secret::new(wrong_secret.clone()));
+    let err = berth_apiserver::start(args)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("join token refused") && err.contains("does not match"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-secret"),
+        "the secret is not echoed: {err}"
+    );
+
+    // Another cluster's token: the joiner refuses the server before sending the secret.
+    let other = ClusterCa::generate().unwrap();
+    let foreign = JoinToken::generate(&other).unwrap();
+    assert_ne!(foreign.ca_fingerprint(), real.ca_fingerprint());
+    let mut args = ServerArgs::new(dir.path().join("b"));
+    args.listen = "127.0.0.1:0".into();
+    args.join = Some(cluster.addr(0).to_string());
+    args.token = Some(Secret::new(foreign.reveal()));
+    let err = berth_apiserver::start(args)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not contain the cluster CA"), "{err}");
+
+    // Garbage: a clear parse error, nothing dialed.
+    let mut args = ServerArgs::new(dir.path().join("c"));
+    args.listen = "127.0.0.1:0".into();
+    args.join = Some(cluster.addr(0).to_string());
+    args.token = Some(Secret::new("hunter2"));
+    let err = berth_apiserver::start(args)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("join token is not valid"), "{err}");
+
+    assert_eq!(members().await, 1, "membership unchanged");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bootstrap_signs_a_node_certificate_for_the_name_asked_and_never_hands_out_the_ca_key() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let token = JoinToken::parse(cluster.token()).unwrap();
+    let csr = berth_tls::CertRequest::generate().unwrap();
+    let resp = berth_tls::pinned::bootstrap(
+        &[cluster.addr(0).to_string()],
+        &token,
+        pb::BootstrapRequest {
+            role: pb::BootstrapRole::Node as i32,
+            name: "worker-7".into(),
+            addresses: vec!["127.0.0.1".into()],
+            csr_pem: csr.csr_pem.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(resp.ca_key_pem.is_empty(), "agents never get the CA key");
+    let tls = ClientTls::new(
+        resp.ca_certificate_pem,
+        csr.into_credential(resp.certificate_pem),
+    );
+    assert_eq!(tls.identity().unwrap(), Identity::Node("worker-7".into()));
+    // The new certificate works as that node.
+    let mut c = client(cluster.addr(0), &tls).await.unwrap();
+    create(&mut c, &node("worker-7")).await.unwrap();
+    assert_denied(
+        create(&mut c, &node("worker-8")).await,
+        "system:node:worker-7",
+        "create Node worker-8",
+    );
+    // A bad node name is refused with the reason.
+    let s = berth_tls::pinned::bootstrap(
+        &[cluster.addr(0).to_string()],
+        &token,
+        pb::BootstrapRequest {
+            role: pb::BootstrapRole::Node as i32,
+            name: "Bad_Name".into(),
+            csr_pem: berth_tls::CertRequest::generate().unwrap().csr_pem,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(s.contains("node name \"Bad_Name\" is invalid"), "{s}");
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_token_and_admin_config_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = TestCluster::start(1).await.unwrap();
+    let dir = cluster.server(0).unwrap().data_dir().to_path_buf();
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.clone()), 0o700);
+    assert_eq!(mode(dir.join("pki")), 0o700);
+    for f in ["pki/ca.key", "pki/server.key", "pki/token", "admin.yaml"] {
+        assert_eq!(mode(dir.join(f)), 0o600, "{f}");
+    }
+    cluster.shutdown().await.unwrap();
+}
