@@ -76,7 +76,7 @@ pub struct AgentArgs {
     /// `berth server --init`, in DATA/pki/token on every server). Prefer BERTH_TOKEN: a flag
     /// is visible to other users in `ps`.
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<berth_tls::Secret>,
 }
 
 impl Default for AgentArgs {
@@ -236,7 +236,7 @@ pub async fn start(
         &args.server,
         &node_name,
         &[address.to_string()],
-        args.token.as_deref(),
+        args.token.as_ref().map(|t| t.expose()),
     )
     .await?;
     let client = Client::new(

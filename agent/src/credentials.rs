@@ -96,7 +96,10 @@ pub async fn node_credentials(
                 CredentialError::Expiring { dir: dir_s }
             });
         }
-        tracing::info!(node = node_name, "stored node certificate unusable; requesting a new one with the join token");
+        tracing::info!(
+            node = node_name,
+            "stored node certificate unusable; requesting a new one with the join token"
+        );
     }
     let token = token.ok_or(CredentialError::NoToken { dir: dir_s })?;
     let csr = CertRequest::generate()?;
@@ -122,4 +125,3 @@ pub async fn node_credentials(
     tracing::info!(node = node_name, "got a node certificate from the cluster");
     Ok(ClientTls::new(resp.ca_certificate_pem, cred))
 }
-

@@ -48,7 +48,7 @@ impl Drop for Cleanup {
 async fn start_agent(cluster: &TestCluster, dir: &std::path::Path) -> AgentHandle {
     let args = AgentArgs {
         server: vec![cluster.addr(0).to_string()],
-        token: Some(cluster.token().to_string()),
+        token: Some(berth_tls::Secret::new(cluster.token())),
         name: Some("docker-node".into()),
         address: "127.0.0.1".into(),
         data_dir: Some(dir.to_path_buf()),
@@ -132,7 +132,11 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     let _cleanup = Cleanup(ns.clone());
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, dir.path()).await;
     assert_eq!(agent.runtime, "docker");

@@ -26,10 +26,15 @@ fn port_range(seed: u16) -> String {
     format!("{start}-{}", start + 99)
 }
 
-async fn start_agent(cluster: &TestCluster, name: &str, dir: &std::path::Path, seed: u16) -> AgentHandle {
+async fn start_agent(
+    cluster: &TestCluster,
+    name: &str,
+    dir: &std::path::Path,
+    seed: u16,
+) -> AgentHandle {
     let args = AgentArgs {
         server: vec![cluster.addr(0).to_string()],
-        token: Some(cluster.token().to_string()),
+        token: Some(berth_tls::Secret::new(cluster.token())),
         name: Some(name.to_string()),
         address: "127.0.0.1".into(),
         data_dir: Some(dir.to_path_buf()),
@@ -124,7 +129,11 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, "node-a", dir.path(), 1).await;
 
@@ -208,7 +217,11 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
 async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, "node-b", dir.path(), 2).await;
     client
@@ -270,7 +283,11 @@ async fn failing_liveness_probe_restarts_the_process() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, "node-c", dir.path(), 3).await;
     client
@@ -303,7 +320,11 @@ async fn failing_liveness_probe_restarts_the_process() {
 async fn restarted_agent_adopts_running_process_with_zero_restarts() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let first = start_agent(&cluster, "node-d", dir.path(), 4).await;
     client
@@ -368,7 +389,11 @@ async fn restarted_agent_adopts_running_process_with_zero_restarts() {
 async fn workloads_keep_running_and_restarting_while_the_api_is_down_then_status_resyncs() {
     let mut cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, "node-e", dir.path(), 5).await;
     // Appends a line every 100 ms, and a crasher that exits after 0.3 s each time.

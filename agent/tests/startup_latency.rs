@@ -42,13 +42,17 @@ async fn pod_created_to_ready_latency() {
     }
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let node = "bench-node";
     let agent = berth_agent::start(
         AgentArgs {
             server: vec![server.clone()],
-            token: Some(cluster.token().to_string()),
+            token: Some(berth_tls::Secret::new(cluster.token())),
             name: Some(node.into()),
             data_dir: Some(dir.path().to_path_buf()),
             runtime: Some(if docker {

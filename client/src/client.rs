@@ -188,7 +188,11 @@ fn make_server(addr: &str, config: &ClientConfig) -> Result<Server, ClientError>
             "{addr:?}: expected HOST:PORT, e.g. {DEFAULT_SERVER}"
         )));
     }
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| ClientError::Config(format!("{addr:?}: {e}")))?;
     if let Some(tls) = &config.tls {

@@ -29,7 +29,10 @@ impl Env {
         let cluster = TestCluster::start(1)
             .await
             .context("starting the API server")?;
-        let client = Client::new(&[cluster.addr(0).to_string()], ClientConfig::with_tls(cluster.admin_tls()))?;
+        let client = Client::new(
+            &[cluster.addr(0).to_string()],
+            ClientConfig::with_tls(cluster.admin_tls()),
+        )?;
         let shutdown = CancellationToken::new();
         let mut loops = tokio::task::JoinSet::new();
         let config = berth_controllers::Config {

@@ -14,7 +14,11 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_and_controller_metrics_count_a_rollout() {
     let cluster = TestCluster::start(1).await.unwrap();
-    let client = Client::new(&[cluster.addr(0).to_string()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(berth_controllers::run_controllers(

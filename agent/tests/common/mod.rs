@@ -52,11 +52,15 @@ pub struct ProxyAgent {
 pub async fn start_proxy_agent(name: &str, host_port_range: String) -> ProxyAgent {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
-    let client = Client::new(&[server.as_str()], ClientConfig::with_tls(cluster.admin_tls())).unwrap();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let args = AgentArgs {
         server: vec![server.clone()],
-        token: Some(cluster.token().to_string()),
+        token: Some(berth_tls::Secret::new(cluster.token())),
         name: Some(name.into()),
         data_dir: Some(dir.path().to_path_buf()),
         runtime: Some(RuntimeKind::Process),
