@@ -820,3 +820,43 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_nodes_status_update_applies_only_to_a_pod_bound_to_that_node_when_applied() {
+    let mut f = fixture();
+    let mut p = pod("a", json!({}));
+    p["spec"]["nodeName"] = json!("n1");
+    let created = f.create(p).unwrap().object;
+    let rev = f.store.revision();
+    let mut s = created.clone();
+    s["status"] = json!({"phase": "Running"});
+    let err = f
+        .run(Op::UpdateStatus {
+            object: s.clone(),
+            bound_node: Some("n2".into()),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Forbidden(m) if m.contains("system:node:n2") && m.contains("bound to node n1")),
+        "{err}"
+    );
+    assert_eq!(f.store.revision(), rev, "refused: nothing changed");
+    let out = f
+        .run(Op::UpdateStatus {
+            object: s,
+            bound_node: Some("n1".into()),
+        })
+        .unwrap()
+        .object;
+    assert_eq!(out["status"]["phase"], "Running");
+    // A Node is never "a pod bound to" anyone.
+    let node = json!({"kind": "Node", "metadata": {"name": "n1"}});
+    f.create(node.clone()).unwrap();
+    assert!(matches!(
+        f.run(Op::UpdateStatus {
+            object: node,
+            bound_node: Some("n1".into()),
+        }),
+        Err(StoreError::Forbidden(_))
+    ));
+}
