@@ -245,7 +245,7 @@ pub async fn start(
             // Short: the agent retries every round anyway and must not stall its loops.
             deadline: Duration::from_secs(3),
             request_timeout: Duration::from_secs(3),
-            tls: Some(tls),
+            tls: Some(tls.clone()),
             ..ClientConfig::default()
         },
     )?;
@@ -260,9 +260,13 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| SocketAddr::new(address, 10250).to_string());
     let metrics = crate::metrics::AgentMetrics::new(pods.clone());
+    // The node certificate (its SAN is --address) serves the logs API over mutual TLS.
+    let logs_tls = berth_tls::mtls_server_config(&tls.ca_cert_pem, &tls.credential)
+        .map_err(crate::credentials::CredentialError::from)?;
     let logs = LogServer::bind(&listen, runtime.clone(), pods.clone())
         .await?
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_tls(logs_tls);
     let bound = logs
         .local_addr()
         .ok_or_else(|| AgentError::Args(format!("--listen {listen}: no local address")))?;

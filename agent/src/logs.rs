@@ -10,6 +10,12 @@
 //! `GET /metrics` on the same server answers the agent's Prometheus metrics
 //! ([`crate::metrics::AgentMetrics`]) when the server was given them
 //! ([`LogServer::with_metrics`]).
+//!
+//! Security ([`LogServer::with_tls`], which `berth agent` always sets): a connection whose
+//! first byte is a TLS handshake is served over mutual TLS with the node's certificate, and
+//! logs are given only to `admin` and `system:server` client certificates of the cluster CA
+//! (403 for others, such as other nodes). Plain-text connections get `/metrics` only, like
+//! the servers' `--metrics-listen`; a plain-text logs request is refused with 403.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,8 +25,9 @@ use std::time::Duration;
 use berth_metrics::http::{read_head, respond, serve_connections};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls as rustls_config;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::PodCache;
@@ -189,6 +196,20 @@ pub struct LogServer {
     runtime: Arc<dyn Runtime>,
     pods: PodCache,
     metrics: Option<crate::metrics::AgentMetrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// A connection the logs API serves: plain TCP or TLS.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// What a connection may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Logs and metrics (an admin or server certificate, or no TLS configured at all).
+    Full,
+    /// Metrics only; logs answer 403 with this reason.
+    MetricsOnly(&'static str),
 }
 
 impl LogServer {
@@ -208,7 +229,14 @@ impl LogServer {
             runtime,
             pods,
             metrics: None,
+            tls: None,
         })
+    }
+
+    /// Serve logs over mutual TLS only (see the module docs).
+    pub fn with_tls(mut self, config: Arc<rustls_config::ServerConfig>) -> LogServer {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// Also serve `GET /metrics`.
@@ -223,26 +251,65 @@ impl LogServer {
 
     pub async fn run(self, shutdown: CancellationToken) {
         serve_connections(&self.listener, &shutdown, "logs API", |sock| {
-            serve(
-                sock,
+            let (runtime, pods, metrics, tls, shutdown) = (
                 self.runtime.clone(),
                 self.pods.clone(),
                 self.metrics.clone(),
+                self.tls.clone(),
                 shutdown.clone(),
-            )
+            );
+            async move {
+                let Some(acceptor) = tls else {
+                    return serve(sock, Access::Full, runtime, pods, metrics, shutdown).await;
+                };
+                let mut first = [0u8; 1];
+                let n = match tokio::time::timeout(Duration::from_secs(10), sock.peek(&mut first))
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                };
+                // 0x16: a TLS handshake record.
+                if n == 0 || first[0] != 0x16 {
+                    let access = Access::MetricsOnly(
+                        "the logs API requires mutual TLS with an admin certificate of the \
+                         cluster CA: use `berth logs`",
+                    );
+                    return serve(sock, access, runtime, pods, metrics, shutdown).await;
+                }
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                };
+                let who = berth_tls::identity_of_peer(tls.get_ref().1.peer_certificates());
+                let access = match who {
+                    Some(berth_tls::Identity::Admin | berth_tls::Identity::Server) => Access::Full,
+                    _ => Access::MetricsOnly(
+                        "only admin and server certificates may read logs from this node",
+                    ),
+                };
+                serve(tls, access, runtime, pods, metrics, shutdown).await
+            }
         })
         .await;
     }
 }
 
 /// A plain-text error response (`msg` and a newline), then the write side is shut.
-async fn respond_error(sock: &mut TcpStream, status: u16, msg: &str) -> std::io::Result<()> {
+async fn respond_error<S: AsyncWrite + Unpin>(
+    sock: &mut S,
+    status: u16,
+    msg: &str,
+) -> std::io::Result<()> {
     let body = format!("{msg}\n");
     respond(sock, status, "text/plain; charset=utf-8", body.as_bytes()).await
 }
 
-async fn serve(
-    mut sock: TcpStream,
+async fn serve<S: Conn>(
+    mut sock: S,
+    access: Access,
     runtime: Arc<dyn Runtime>,
     pods: PodCache,
     metrics: Option<crate::metrics::AgentMetrics>,
@@ -264,6 +331,9 @@ async fn serve(
             "only GET is supported\n".to_string()
         };
         return respond(&mut sock, status, content_type, body.as_bytes()).await;
+    }
+    if let Access::MetricsOnly(why) = access {
+        return respond_error(&mut sock, 403, why).await;
     }
     if method != "GET" {
         return respond_error(&mut sock, 405, "only GET is supported").await;
@@ -316,53 +386,80 @@ async fn serve(
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, LogsError>> + Send>>;
 
 /// Read logs from an agent (`endpoint` = its Node's `status.agentEndpoint`, host:port). An
-/// empty `container` means the pod's only container. The stream ends when the log ends (or,
-/// with `follow`, when the container exits).
+/// empty `req.container` means the pod's only container. The stream ends when the log ends
+/// (or, with `follow`, when the container exits). With `tls` (what `berth agent` serves) the
+/// connection is mutual TLS and the agent's certificate must name the endpoint's host.
 pub async fn fetch(
     endpoint: &str,
-    namespace: &str,
-    pod: &str,
-    container: &str,
-    follow: bool,
-    tail: Option<usize>,
-    previous: bool,
+    req: &LogRequest,
+    tls: Option<&berth_tls::ClientTls>,
 ) -> Result<ByteStream, LogsError> {
     let ep = endpoint.to_string();
-    let mut sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(endpoint))
+    let connect_err = |source| LogsError::Connect {
+        endpoint: ep.clone(),
+        source,
+    };
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(endpoint))
         .await
-        .map_err(|_| LogsError::Connect {
-            endpoint: ep.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out after 5s"),
+        .map_err(|_| {
+            connect_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out after 5s",
+            ))
         })?
-        .map_err(|source| LogsError::Connect {
-            endpoint: ep.clone(),
-            source,
-        })?;
-    let mut path = format!("/containerLogs/{namespace}/{pod}");
-    if !container.is_empty() {
+        .map_err(connect_err)?;
+    let mut sock: Box<dyn Conn> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let invalid =
+                |m: String| connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
+            let config = berth_tls::mtls_client_config(tls).map_err(|e| invalid(e.to_string()))?;
+            let host = endpoint
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                .unwrap_or(endpoint);
+            let name = rustls_config::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| invalid(format!("{host:?}: {e}")))?;
+            let stream = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| {
+                connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS handshake timed out after 5s",
+                ))
+            })?
+            .map_err(connect_err)?;
+            Box::new(stream)
+        }
+    };
+    let mut path = format!("/containerLogs/{}/{}", req.namespace, req.pod);
+    if !req.container.is_empty() {
         path.push('/');
-        path.push_str(container);
+        path.push_str(&req.container);
     }
     let mut q = Vec::new();
-    if follow {
+    if req.follow {
         q.push("follow=true".to_string());
     }
-    if previous {
+    if req.previous {
         q.push("previous=true".to_string());
     }
-    if let Some(t) = tail {
+    if let Some(t) = req.tail {
         q.push(format!("tail={t}"));
     }
     if !q.is_empty() {
         path.push('?');
         path.push_str(&q.join("&"));
     }
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
     let io_err = |source| LogsError::Io {
         endpoint: ep.clone(),
         source,
     };
-    sock.write_all(req.as_bytes()).await.map_err(io_err)?;
+    sock.write_all(head.as_bytes()).await.map_err(io_err)?;
     // Read the head.
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -542,9 +639,13 @@ mod tests {
         })
         .await
         .expect("create");
+        // Served like `berth agent` does: mutual TLS with a certificate for 127.0.0.1.
+        let ca = berth_tls::ClusterCa::generate().expect("ca");
+        let serving = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
         let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
             .await
-            .expect("bind");
+            .expect("bind")
+            .with_tls(berth_tls::mtls_server_config(ca.cert_pem(), &serving).expect("tls"));
         let addr = server.local_addr().expect("addr").to_string();
         let stop = CancellationToken::new();
         let task = tokio::spawn(server.run(stop.clone()));
@@ -556,15 +657,27 @@ mod tests {
             }
             String::from_utf8_lossy(&out).to_string()
         };
-        let cur = fetch(&addr, "default", "web", "", false, None, false)
+        let as_id = |id: berth_tls::Identity| {
+            berth_tls::ClientTls::new(ca.cert_pem(), ca.issue_client(&id).expect("client"))
+        };
+        let admin = as_id(berth_tls::Identity::Admin);
+        let req = |pod: &str, container: &str, tail: Option<usize>, previous: bool| LogRequest {
+            namespace: "default".into(),
+            pod: pod.into(),
+            container: container.into(),
+            follow: false,
+            tail,
+            previous,
+        };
+        let cur = fetch(&addr, &req("web", "", None, false), Some(&admin))
             .await
             .expect("fetch");
         assert_eq!(collect(cur).await, "log of app attempt 1\n");
-        let prev = fetch(&addr, "default", "web", "app", false, Some(10), true)
+        let prev = fetch(&addr, &req("web", "app", Some(10), true), Some(&admin))
             .await
             .expect("fetch");
         assert_eq!(collect(prev).await, "log of app attempt 0\n");
-        match fetch(&addr, "default", "nope", "", false, None, false).await {
+        match fetch(&addr, &req("nope", "", None, false), Some(&admin)).await {
             Err(LogsError::Server {
                 status: 404,
                 message,
@@ -572,10 +685,38 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("expected an error"),
         }
+        // Another node's certificate, and plain text: refused with the reason.
+        let other = as_id(berth_tls::Identity::Node("n2".into()));
+        for tls in [Some(&other), None] {
+            match fetch(&addr, &req("web", "", None, false), tls).await {
+                Err(LogsError::Server {
+                    status: 403,
+                    message,
+                }) => {
+                    assert!(message.contains("logs"), "{message}")
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("logs were served to {tls:?}"),
+            }
+        }
+        // A client of another CA does not get through the handshake.
+        let foreign = berth_tls::ClusterCa::generate().expect("ca");
+        let intruder = berth_tls::ClientTls::new(
+            ca.cert_pem(),
+            foreign
+                .issue_client(&berth_tls::Identity::Admin)
+                .expect("client"),
+        );
+        assert!(
+            fetch(&addr, &req("web", "", None, false), Some(&intruder))
+                .await
+                .is_err(),
+            "a foreign CA's client read logs"
+        );
         stop.cancel();
         task.await.expect("join");
         assert!(matches!(
-            fetch(&addr, "default", "web", "", false, None, false).await,
+            fetch(&addr, &req("web", "", None, false), Some(&admin)).await,
             Err(LogsError::Connect { .. })
         ));
     }

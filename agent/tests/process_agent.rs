@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use berth_agent::logs::LogRequest;
 use berth_agent::{AgentArgs, AgentHandle, RuntimeKind};
 use berth_apiserver::testing::TestCluster;
 use berth_client::{Client, ClientConfig};
@@ -177,17 +178,15 @@ async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
         .await
         .unwrap();
 
-    let mut logs = berth_agent::logs::fetch(
-        &agent.agent_endpoint,
-        "default",
-        "web",
-        "",
-        false,
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    let req = LogRequest {
+        namespace: "default".into(),
+        pod: "web".into(),
+        ..LogRequest::default()
+    };
+    let admin = cluster.admin_tls();
+    let mut logs = berth_agent::logs::fetch(&agent.agent_endpoint, &req, Some(&admin))
+        .await
+        .unwrap();
     let mut text = Vec::new();
     while let Some(chunk) = logs.next().await {
         text.extend_from_slice(&chunk.unwrap());
@@ -256,17 +255,17 @@ async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
         .iter()
         .any(|e| e.reason == "BackOff" && e.type_ == "Warning"));
     // Previous logs are served from the attempt before the newest.
-    let mut prev = berth_agent::logs::fetch(
-        &agent.agent_endpoint,
-        "default",
-        "crash",
-        "main",
-        false,
-        None,
-        true,
-    )
-    .await
-    .unwrap();
+    let req = LogRequest {
+        namespace: "default".into(),
+        pod: "crash".into(),
+        container: "main".into(),
+        previous: true,
+        ..LogRequest::default()
+    };
+    let mut prev =
+        berth_agent::logs::fetch(&agent.agent_endpoint, &req, Some(&cluster.admin_tls()))
+            .await
+            .unwrap();
     let mut text = Vec::new();
     while let Some(chunk) = prev.next().await {
         text.extend_from_slice(&chunk.unwrap());

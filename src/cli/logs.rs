@@ -96,16 +96,16 @@ pub async fn run(ctx: &Ctx, a: LogsArgs, io: &mut Io<'_>) -> anyhow::Result<()> 
             pod.spec.node_name
         );
     }
-    let mut stream = berth_agent::logs::fetch(
-        &endpoint,
-        ns,
-        &pod_name,
-        a.container.as_deref().unwrap_or(""),
-        a.follow,
-        a.tail,
-        a.previous,
-    )
-    .await?;
+    let req = berth_agent::logs::LogRequest {
+        namespace: ns.to_string(),
+        pod: pod_name.clone(),
+        container: a.container.clone().unwrap_or_default(),
+        follow: a.follow,
+        tail: a.tail,
+        previous: a.previous,
+    };
+    let mut stream =
+        berth_agent::logs::fetch(&endpoint, &req, ctx.client_config.tls.as_ref()).await?;
     loop {
         let chunk = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),

@@ -766,6 +766,76 @@ impl ClientTls {
     }
 }
 
+fn parse_chain(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            what: what.into(),
+            reason: format!("{e:?}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Invalid {
+            what: what.into(),
+            reason: "no PEM certificate".into(),
+        });
+    }
+    Ok(chain)
+}
+
+fn parse_key(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+        TlsError::Invalid {
+            what: "private key".into(),
+            reason: format!("{e:?}"),
+        }
+    })
+}
+
+/// A rustls server that presents `server` and requires a client certificate from the CA
+/// (for servers that are not tonic, like the agent's logs API).
+pub fn mtls_server_config(
+    ca_cert_pem: &str,
+    server: &Credential,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(ca_cert_pem)?,
+        ring_provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Rejected(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            parse_chain(&server.cert_pem, "server certificate")?,
+            parse_key(&server.key_pem)?,
+        )
+        .map_err(|e| TlsError::Rejected(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// A rustls client that trusts only the CA and presents the credential.
+pub fn mtls_client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let cfg = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?
+        .with_root_certificates(roots(&tls.ca_cert_pem)?)
+        .with_client_auth_cert(
+            parse_chain(&tls.credential.cert_pem, "client certificate")?,
+            parse_key(&tls.credential.key_pem)?,
+        )
+        .map_err(|e| TlsError::Rejected(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// The identity of a verified peer certificate chain (rustls' `peer_certificates()`).
+pub fn identity_of_peer(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity> {
+    identity_of_cert(certs?.first()?).ok()
+}
+
 /// Server side of the API port: present `server` (its chain: certificate then CA), and verify
 /// any client certificate against the CA, but let clients without one finish the handshake so
 /// that a joiner can present its join token (`Bootstrap`). Every other RPC rejects a caller
