@@ -282,6 +282,7 @@ impl RaftNode {
         {
             let _ = self.raw.campaign();
         }
+        self.warm_peers();
         let result = loop {
             tokio::select! {
                 biased;
@@ -750,7 +751,26 @@ impl RaftNode {
         self.raw
             .mut_store()
             .apply_conf_change(cs, members, e.index)?;
+        self.warm_peers();
         Ok(Applied::ConfChange)
+    }
+
+    /// Open a connection to every peer now, not at the first message: followers never talk
+    /// to each other until an election, and a (TLS) connection made then would slow the vote
+    /// and make split votes likelier.
+    fn warm_peers(&self) {
+        let peers: Vec<(u64, String)> = self
+            .raw
+            .store()
+            .members()
+            .addrs
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        for (id, addr) in peers {
+            self.transport.send(id, &addr, Vec::new());
+        }
     }
 
     fn resolve(&mut self, index: u64, term: u64, outcome: Applied) {

@@ -285,7 +285,12 @@ struct PeerWorker {
 
 impl PeerWorker {
     async fn run(self, mut rx: mpsc::Receiver<Message>, stop: CancellationToken) {
-        let mut client: Option<RaftClient<tonic::transport::Channel>> = None;
+        // Connect at once (best effort): the first vote request of an election should not
+        // wait for a TCP and TLS handshake.
+        let mut client: Option<RaftClient<tonic::transport::Channel>> = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = self.connect() => c.ok(),
+        };
         let mut backoff = BACKOFF_MIN;
         let mut retry_at: Option<Instant> = None;
         loop {
