@@ -369,30 +369,31 @@ async fn join_cluster(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        let attempt = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{target}"))
-                .map_err(|e| format!("fatal: bad address: {e}"))?
-                .tls_config(tls.tonic())
-                .map_err(|e| format!("fatal: TLS settings: {e}"))?
-                .connect_timeout(Duration::from_secs(3));
-            let mut client =
-                ApiClient::new(endpoint.connect().await.map_err(|e| {
-                    format!("cannot connect: {}", crate::status::describe_error(&e))
-                })?);
-            client
-                .join(pb::JoinRequest {
-                    address: advertise.to_string(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| (s.code(), s.message().to_string()))
-                .map_err(|(code, msg)| match code {
-                    tonic::Code::InvalidArgument
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::Unauthenticated => format!("fatal: {msg}"),
-                    _ => msg,
-                })
-        };
+        let attempt =
+            async {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{target}"))
+                    .map_err(|e| format!("fatal: bad address: {e}"))?
+                    .tls_config(tls.tonic())
+                    .map_err(|e| format!("fatal: TLS settings: {e}"))?
+                    .connect_timeout(Duration::from_secs(3));
+                let mut client =
+                    ApiClient::new(endpoint.connect().await.map_err(|e| {
+                        format!("cannot connect: {}", berth_tls::innermost_cause(&e))
+                    })?);
+                client
+                    .join(pb::JoinRequest {
+                        address: advertise.to_string(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| (s.code(), s.message().to_string()))
+                    .map_err(|(code, msg)| match code {
+                        tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated => format!("fatal: {msg}"),
+                        _ => msg,
+                    })
+            };
         match attempt.await {
             Ok(r) => return Ok(r),
             Err(m) if m.starts_with("fatal: ") => return Err(err(m)),

@@ -111,29 +111,6 @@ impl From<StoreError> for Status {
     }
 }
 
-/// The innermost cause of a failed call (a TLS or connect error rather than tonic's
-/// "transport error"), for one-line messages.
-pub fn describe_transport_failure(status: &Status) -> String {
-    let mut last: Option<String> = None;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        last = Some(err.to_string());
-        source = err.source();
-    }
-    last.unwrap_or_else(|| status.message().to_string())
-}
-
-/// The innermost cause of any error chain, for one-line messages.
-pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        last = err.to_string();
-        source = err.source();
-    }
-    last
-}
-
 /// A malformed request.
 pub fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(bounded(msg.into()))

@@ -166,13 +166,7 @@ pub async fn api_client(addr: &str, tls: &ClientTls) -> Result<ApiClient<Channel
 
 /// The innermost cause of an error (a TLS alert rather than tonic's "transport error").
 pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
+    berth_tls::innermost_cause(e)
 }
 
 /// A failed call's code, message and (for transport failures) innermost cause, on one line.

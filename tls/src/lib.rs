@@ -492,6 +492,18 @@ pub(crate) fn first_cert_der(pem: &str, what: &str) -> Result<CertificateDer<'st
     })
 }
 
+/// The innermost cause of an error chain (a TLS alert or "connection refused" rather than
+/// tonic's "transport error"), for one-line messages.
+pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        last = err.to_string();
+        source = err.source();
+    }
+    last
+}
+
 /// A secret given on the command line or in the environment (a join token): `Debug` and
 /// `Display` never show it, so logging the flags cannot leak it.
 #[derive(Clone, PartialEq, Eq)]

@@ -215,7 +215,7 @@ pub async fn bootstrap(
                     return Err(TlsError::Bootstrap(format!("{server}: {}", s.message())));
                 }
                 Err(s) => {
-                    let reason = innermost(&s);
+                    let reason = crate::innermost_cause(&s);
                     if reason.contains("join token") {
                         return Err(TlsError::Bootstrap(format!("{server}: {reason}")));
                     }
@@ -228,14 +228,4 @@ pub async fn bootstrap(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-fn innermost(status: &tonic::Status) -> String {
-    let mut last: Option<String> = None;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        last = Some(err.to_string());
-        source = err.source();
-    }
-    last.unwrap_or_else(|| status.message().to_string())
 }
