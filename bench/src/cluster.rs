@@ -5,14 +5,20 @@
 //! the user's `~/.berth`), starts `berth server` members and `berth agent` nodes (or one
 //! `berth dev`) with their logs in that directory, waits for them to be usable, and kills them
 //! when dropped. Small helpers: [`percentile`], [`load_average`], [`vm_rss_kib`].
+//!
+//! Every gRPC connection is mutual TLS: the member that creates the cluster (`--init`, or
+//! `berth dev`) writes DATA/admin.yaml and DATA/pki/token ([`Credentials`]); the bench's
+//! clients and CLI calls present that admin credential, joining servers and agents get the
+//! join token through `BERTH_TOKEN`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_client::Client;
+use berth_client::{Client, ClientConfig};
 use berth_proto::types::Node;
+use berth_tls::{AdminConfig, ClientTls};
 
 use crate::procs::free_port;
 
@@ -33,6 +39,61 @@ pub fn berth_binary() -> Result<PathBuf> {
         );
     }
     Ok(berth)
+}
+
+/// What `berth server --init` (or `berth dev`'s server) wrote to its data dir DATA:
+/// the admin's CLI config (DATA/admin.yaml) and the cluster's join token (DATA/pki/token).
+#[derive(Clone)]
+pub struct Credentials {
+    /// DATA/admin.yaml, for the CLI's `--config`.
+    pub admin_config: PathBuf,
+    /// The admin credential and the cluster CA, for in-process clients.
+    pub tls: ClientTls,
+    /// The join token (a secret: pass it in `BERTH_TOKEN`, never on a command line).
+    pub token: String,
+}
+
+impl Credentials {
+    /// Reads DATA/admin.yaml and DATA/pki/token of the member that created the cluster.
+    pub fn read(data_dir: &Path) -> Result<Credentials> {
+        let admin_config = data_dir.join("admin.yaml");
+        let admin = AdminConfig::read(&admin_config)
+            .with_context(|| format!("reading {}", admin_config.display()))?;
+        let token_file = data_dir.join("pki").join("token");
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            bail!("{} is empty", token_file.display());
+        }
+        Ok(Credentials {
+            admin_config,
+            tls: ClientTls::new(admin.certificate_authority.clone(), admin.credential()),
+            token,
+        })
+    }
+
+    /// Waits (up to `timeout`) until [`Credentials::read`] succeeds: the files are written
+    /// while the server starts.
+    pub async fn wait(data_dir: &Path, timeout: Duration) -> Result<Credentials> {
+        let end = Instant::now() + timeout;
+        loop {
+            match Credentials::read(data_dir) {
+                Ok(c) => return Ok(c),
+                Err(e) if Instant::now() > end => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// A client of `servers` presenting the admin credential, with default timeouts.
+    pub fn client<S: AsRef<str>>(&self, servers: &[S]) -> Result<Client> {
+        Ok(Client::new(
+            servers,
+            ClientConfig::with_tls(self.tls.clone()),
+        )?)
+    }
 }
 
 /// One child process (server, agent or dev), killed with SIGTERM then SIGKILL on drop.
@@ -91,6 +152,10 @@ pub struct LocalCluster {
     // Declared before `dir` so the processes die before their directory is removed.
     pub members: Vec<Member>,
     pub servers: Vec<String>,
+    /// Data dir of the member that created the cluster (its admin.yaml and pki/token).
+    init_dir: Option<PathBuf>,
+    /// Read from `init_dir` once that member is up.
+    credentials: Option<Credentials>,
     dir: tempfile::TempDir,
 }
 
@@ -110,12 +175,21 @@ impl LocalCluster {
             berth: berth_binary()?,
             members: Vec::new(),
             servers: Vec::new(),
+            init_dir: None,
+            credentials: None,
             dir,
         })
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The admin credential and join token (once the first server or `berth dev` is up).
+    pub fn credentials(&self) -> Result<&Credentials> {
+        self.credentials
+            .as_ref()
+            .context("no cluster yet: start a server or berth dev first")
     }
 
     /// A command for the `berth` binary with HOME in the temp dir and the binary's directory
@@ -133,16 +207,26 @@ impl LocalCluster {
         cmd.env("HOME", self.dir().join("home"))
             .env("PATH", std::env::join_paths(paths).unwrap_or(path))
             .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_CONFIG");
+            .env_remove("BERTH_CONFIG")
+            .env_remove("BERTH_TOKEN");
         cmd
     }
 
-    fn spawn(&mut self, name: &str, args: &[String]) -> Result<usize> {
+    /// Starts `berth ARGS`; with `token`, BERTH_TOKEN is set to the cluster's join token.
+    fn spawn(&mut self, name: &str, args: &[String], token: bool) -> Result<usize> {
+        let token = if token {
+            Some(self.credentials()?.token.clone())
+        } else {
+            None
+        };
         let log = self.dir().join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
-        let child = self
-            .command()
+        let mut cmd = self.command();
+        if let Some(token) = token {
+            cmd.env("BERTH_TOKEN", token);
+        }
+        let child = cmd
             .args(args)
             .env(
                 "RUST_LOG",
@@ -181,8 +265,10 @@ impl LocalCluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let i = self.spawn("dev", &args)?;
+        let i = self.spawn("dev", &args, false)?;
         self.servers.push(listen);
+        // berth dev's server keeps its data (and the admin.yaml its --init wrote) in DATA/server.
+        self.init_dir = Some(data.join("server"));
         self.wait_api(i).await?;
         Ok(i)
     }
@@ -201,14 +287,19 @@ impl LocalCluster {
             "--listen".into(),
             listen.clone(),
         ];
-        match self.servers.first() {
-            None => args.push("--init".into()),
+        let joining = match self.servers.first() {
+            None => {
+                args.push("--init".into());
+                self.init_dir = Some(data.clone());
+                false
+            }
             Some(first) => {
                 args.push("--join".into());
                 args.push(first.clone());
+                true
             }
-        }
-        let i = self.spawn(&format!("server{k}"), &args)?;
+        };
+        let i = self.spawn(&format!("server{k}"), &args, joining)?;
         self.servers.push(listen);
         self.wait_api(i).await?;
         Ok(i)
@@ -242,18 +333,44 @@ impl LocalCluster {
             "--listen".into(),
             listen,
         ];
-        let i = self.spawn(&format!("agent-{name}"), &args)?;
+        let i = self.spawn(&format!("agent-{name}"), &args, true)?;
         self.wait_node_ready(i, name).await?;
         Ok(i)
     }
 
+    /// A client of every server, presenting the admin credential.
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::new(&self.servers, Default::default())?)
+        self.credentials()?.client(&self.servers)
     }
 
     async fn wait_api(&mut self, member: usize) -> Result<()> {
         let end = Instant::now() + Duration::from_secs(60);
-        let client = Client::connect_to(self.servers.last().context("no server")?)?;
+        let server = self.servers.last().context("no server")?.clone();
+        if self.credentials.is_none() {
+            // The creating member writes admin.yaml and pki/token before it serves.
+            let init_dir = self
+                .init_dir
+                .clone()
+                .context("no member created the cluster")?;
+            loop {
+                self.members[member].check_alive()?;
+                match Credentials::read(&init_dir) {
+                    Ok(c) => {
+                        self.credentials = Some(c);
+                        break;
+                    }
+                    Err(e) if Instant::now() > end => {
+                        return Err(e.context(format!(
+                            "{} wrote no credentials within 60 s; log:\n{}",
+                            self.members[member].name,
+                            tail(&self.members[member].log, 30)
+                        )));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        let client = self.credentials()?.client(&[server])?;
         loop {
             self.members[member].check_alive()?;
             if let Ok(st) = client.cluster_status().await {
@@ -298,10 +415,13 @@ impl LocalCluster {
         }
     }
 
-    /// Runs the `berth` CLI against this cluster; fails with its output on a non-zero exit.
+    /// Runs the `berth` CLI against this cluster (admin config, every server); fails with its
+    /// output on a non-zero exit.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = self
             .command()
+            .arg("--config")
+            .arg(&self.credentials()?.admin_config)
             .arg("--server")
             .arg(self.servers.join(","))
             .args(args)

@@ -92,10 +92,23 @@ impl Drop for ChildGuard {
 
 /// Starts `program` with its stdout and stderr in `log`; killed when the guard drops.
 pub fn spawn_logged(name: &str, program: &Path, args: &[&str], log: PathBuf) -> Result<ChildGuard> {
+    spawn_logged_env(name, program, args, &[], log)
+}
+
+/// [`spawn_logged`] with extra environment variables (e.g. a join token in `BERTH_TOKEN`,
+/// which a command line would show to every user in `ps`).
+pub fn spawn_logged_env(
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: PathBuf,
+) -> Result<ChildGuard> {
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -4,6 +4,9 @@
 //! scheduler and the controllers, and hollow nodes registered in bulk (no runtime, no agents:
 //! the node lifecycle grace is raised so silent hollow nodes stay Ready). Deployments ask for
 //! the pods; the clock runs from the first Deployment write until every pod is bound.
+//! Every connection is mutual TLS, as in `berth server`: the scheduler and the controllers
+//! present the server's own `system:server` credential, the bench's writes and its watch the
+//! admin credential the server's `--init` created.
 //!
 //! ```text
 //! cargo run --release -p berth-controllers --example scale_bench -- --nodes 5000 --pods 100000
@@ -162,14 +165,19 @@ async fn main() -> Result<()> {
     server_args.listen = "127.0.0.1:0".into();
     server_args.init = true;
     let server = berth_apiserver::start(server_args).await?;
-    let client = Client::new(
-        &[server.addr().to_string()],
-        ClientConfig {
-            deadline: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(60),
-            ..Default::default()
-        },
-    )?;
+    let addr = server.addr().to_string();
+    let config = |tls| ClientConfig {
+        deadline: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(60),
+        tls: Some(tls),
+        ..Default::default()
+    };
+    // The admin credential (what --init wrote to DATA/admin.yaml), with the cluster CA.
+    let mut admin_tls = server.client_tls();
+    admin_tls.credential = server.pki().admin_config(vec![addr.clone()])?.credential();
+    let client = Client::new(&[&addr], config(admin_tls))?;
+    // What `berth server` gives its control loops.
+    let loops_client = Client::new(&[&addr], config(server.client_tls()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !server.is_leader() {
         if Instant::now() > deadline {
@@ -192,12 +200,12 @@ async fn main() -> Result<()> {
         ..Default::default()
     };
     loops.spawn(berth_controllers::run_controllers(
-        client.clone(),
+        loops_client.clone(),
         config,
         shutdown.clone(),
     ));
     loops.spawn(berth_scheduler::run(
-        client.clone(),
+        loops_client.clone(),
         berth_scheduler::Config::default(),
         shutdown.clone(),
     ));

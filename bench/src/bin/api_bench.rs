@@ -9,6 +9,10 @@
 //!     cargo build --release -p berth -p berth-bench
 //!     target/release/api-bench --clients 64 --seconds 10
 //!
+//! Berth runs as it ships, with mutual TLS on every connection: the clients present the admin
+//! credential `--init` wrote (s1/admin.yaml), the joining members get the join token in
+//! BERTH_TOKEN. etcd runs plain HTTP (its default; no TLS).
+//!
 //! Phases per system: saturation (all clients writing flat out), then "half load" (an open
 //! loop at 50% of that system's measured saturation rate) for p50/p99 at moderate load.
 
@@ -18,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_bench::procs::{find_tool, free_port, spawn_logged, ChildGuard};
-use berth_client::{Change, Client, ClientConfig};
+use berth_bench::cluster::Credentials;
+use berth_bench::procs::{find_tool, free_port, spawn_logged, spawn_logged_env, ChildGuard};
+use berth_client::{Change, Client};
 use berth_proto::types::{Event, ObjectMeta, ObjectReference};
 use berth_proto::Kind;
 use clap::Parser;
@@ -315,7 +320,10 @@ fn start_etcd(dir: &Path) -> Result<(Vec<ChildGuard>, Vec<String>)> {
     Ok((guards, endpoints))
 }
 
-async fn start_berth(bin: &Path, dir: &Path) -> Result<(Vec<ChildGuard>, Vec<String>)> {
+async fn start_berth(
+    bin: &Path,
+    dir: &Path,
+) -> Result<(Vec<ChildGuard>, Vec<String>, Credentials)> {
     if !bin.is_file() {
         bail!(
             "{} not found: build it first with `cargo build --release -p berth`",
@@ -324,6 +332,7 @@ async fn start_berth(bin: &Path, dir: &Path) -> Result<(Vec<ChildGuard>, Vec<Str
     }
     let mut guards = Vec::new();
     let mut endpoints: Vec<String> = Vec::new();
+    let mut creds: Option<Credentials> = None;
     for i in 0..3 {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let data = dir.join(format!("s{}", i + 1)).display().to_string();
@@ -335,17 +344,25 @@ async fn start_berth(bin: &Path, dir: &Path) -> Result<(Vec<ChildGuard>, Vec<Str
             args.push("--join");
             args.push(&first);
         }
-        let mut g = spawn_logged(
+        // Joining members bootstrap their certificate with the token from s1.
+        let token = creds.as_ref().map(|c| c.token.clone());
+        let env: Vec<(&str, &str)> = token.iter().map(|t| ("BERTH_TOKEN", t.as_str())).collect();
+        let mut g = spawn_logged_env(
             &format!("berth-s{}", i + 1),
             bin,
             &args,
+            &env,
             dir.join(format!("s{}.log", i + 1)),
         )?;
         g.wait_ready(addr.parse()?, Duration::from_secs(20))?;
         guards.push(g);
         endpoints.push(addr);
+        if creds.is_none() {
+            creds = Some(Credentials::wait(Path::new(&data), Duration::from_secs(20)).await?);
+        }
+        let creds = creds.as_ref().context("no credentials")?;
         // Wait until the member is in the cluster before adding the next one.
-        let c = Client::new(&endpoints, ClientConfig::default())?;
+        let c = creds.client(&endpoints)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(s) = c.cluster_status().await {
@@ -359,24 +376,23 @@ async fn start_berth(bin: &Path, dir: &Path) -> Result<(Vec<ChildGuard>, Vec<Str
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok((guards, endpoints))
+    let creds = creds.context("no berth member started")?;
+    Ok((guards, endpoints, creds))
 }
 
 async fn fanout(
+    creds: &Credentials,
     endpoints: &[String],
     watchers: usize,
     writes: usize,
     payload: &str,
 ) -> Result<f64> {
-    let c = Client::new(endpoints, ClientConfig::default())?;
+    let c = creds.client(endpoints)?;
     let rev = c.cluster_status().await?.revision;
     let received = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..watchers {
-        let c = Client::new(
-            &[endpoints[i % endpoints.len()].clone()],
-            ClientConfig::default(),
-        )?;
+        let c = creds.client(&[endpoints[i % endpoints.len()].clone()])?;
         let mut stream = c.watch_dyn(Kind::Event, Some("fanout"), "", rev).await?;
         let received = received.clone();
         tasks.spawn(async move {
@@ -445,10 +461,10 @@ async fn main() -> Result<()> {
     let conns = 4.min(args.clients).max(1);
 
     eprintln!(
-        "starting a 3-member Berth cluster ({})",
+        "starting a 3-member Berth cluster ({}, mutual TLS)",
         args.berth_bin.display()
     );
-    let (_berth, berth_eps) = start_berth(&args.berth_bin, dir.path()).await?;
+    let (_berth, berth_eps, creds) = start_berth(&args.berth_bin, dir.path()).await?;
     let berth = BerthWriter {
         clients: Arc::new(
             (0..conns)
@@ -456,7 +472,7 @@ async fn main() -> Result<()> {
                     let mut eps = berth_eps.clone();
                     let n = eps.len();
                     eps.rotate_left(i % n);
-                    Client::new(&eps, ClientConfig::default())
+                    creds.client(&eps)
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -506,7 +522,14 @@ async fn main() -> Result<()> {
         "berth: watch fan-out to {} watchers, {} writes",
         args.watchers, args.fanout_writes
     );
-    let fan = fanout(&berth_eps, args.watchers, args.fanout_writes, &payload).await?;
+    let fan = fanout(
+        &creds,
+        &berth_eps,
+        args.watchers,
+        args.fanout_writes,
+        &payload,
+    )
+    .await?;
 
     println!(
         "\nAPI writes: {} B values, {} clients, {} s per phase, 3 members each, fsync on\n",
