@@ -278,6 +278,18 @@ enum Tok {
 }
 
 impl Tok {
+    /// The text of a word token. `in` and `notin` are operators after a key, but also valid
+    /// label keys and values ("in in (a)" is key `in`, operator `in`), so where a key or
+    /// value is expected they are read as words.
+    fn word(&self) -> Option<String> {
+        match self {
+            Tok::Ident(s) => Some(s.clone()),
+            Tok::In => Some("in".to_string()),
+            Tok::NotIn => Some("notin".to_string()),
+            _ => None,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Tok::Ident(s) => format!("{s:?}"),
@@ -413,9 +425,9 @@ impl Parser<'_> {
 
     fn ident(&mut self, what: &str) -> Result<(usize, String), SelectorError> {
         let (pos, t) = self.bump();
-        match t {
-            Tok::Ident(s) => Ok((pos, s)),
-            other => Err(self.err(pos, format!("expected {what}, found {}", other.describe()))),
+        match t.word() {
+            Some(s) => Ok((pos, s)),
+            None => Err(self.err(pos, format!("expected {what}, found {}", t.describe()))),
         }
     }
 
@@ -434,13 +446,12 @@ impl Parser<'_> {
             Tok::Eq | Tok::DoubleEq | Tok::NotEq => {
                 self.bump();
                 // An empty value is allowed: `tier=` selects objects whose tier label is "".
-                let value = match self.peek().1 {
-                    Tok::Ident(s) => {
-                        let s = s.clone();
+                let value = match self.peek().1.word() {
+                    Some(s) => {
                         self.bump();
                         s
                     }
-                    _ => String::new(),
+                    None => String::new(),
                 };
                 let op = if op == Tok::NotEq {
                     Operator::NotEquals
@@ -463,6 +474,7 @@ impl Parser<'_> {
                     let (vpos, v) = self.bump();
                     match v {
                         Tok::Ident(s) => values.push(s),
+                        Tok::In | Tok::NotIn => values.push(v.word().unwrap_or_default()),
                         Tok::Close if values.is_empty() => {
                             return Err(self.err(vpos, "expected at least one value in '( )'"))
                         }

@@ -321,3 +321,22 @@ mod properties {
         }
     }
 }
+
+/// Found by the round-trip proptest: a label key or value spelled like an operator.
+#[test]
+fn keys_and_values_named_in_or_notin_parse() {
+    for s in [
+        "in in (c)",
+        "notin notin (in,notin)",
+        "in",
+        "!in",
+        "tier=in",
+        "a,in!=notin",
+        "!bhp.s/m942gz,erznh.oz4z1r8/j1h4-34=78_.j4,in in (c),w4 notin (A-1,HD-.I)",
+    ] {
+        let sel =
+            berth_proto::selector::Selector::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        let again = berth_proto::selector::Selector::parse(&sel.to_string()).unwrap();
+        assert_eq!(again, sel, "{s:?}");
+    }
+}
