@@ -103,12 +103,13 @@ pub async fn node_credentials(
     }
     let token = token.ok_or(CredentialError::NoToken { dir: dir_s })?;
     let csr = CertRequest::generate()?;
+    // The token itself is added by `bootstrap`.
     let req = pb::BootstrapRequest {
-        token: token.reveal(),
         role: pb::BootstrapRole::Node as i32,
         name: node_name.to_string(),
         addresses: addresses.to_vec(),
         csr_pem: csr.csr_pem.clone(),
+        ..Default::default()
     };
     let resp = berth_tls::pinned::bootstrap(servers, &token, req)
         .await

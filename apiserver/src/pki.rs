@@ -153,11 +153,10 @@ impl ServerPki {
             target,
             &token,
             pb::BootstrapRequest {
-                token: String::new(),
                 role: pb::BootstrapRole::Server as i32,
-                name: String::new(),
                 addresses: addresses.to_vec(),
                 csr_pem: csr.csr_pem.clone(),
+                ..Default::default()
             },
         )
         .await?;

@@ -371,10 +371,9 @@ async fn join_cluster(
     while tokio::time::Instant::now() < deadline {
         let attempt =
             async {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{target}"))
+                let endpoint = tls
+                    .endpoint(target)
                     .map_err(|e| format!("fatal: bad address: {e}"))?
-                    .tls_config(tls.tonic())
-                    .map_err(|e| format!("fatal: TLS settings: {e}"))?
                     .connect_timeout(Duration::from_secs(3));
                 let mut client =
                     ApiClient::new(endpoint.connect().await.map_err(|e| {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{authenticate, Caller, Verb, ON_BEHALF_OF_METADATA};
@@ -231,10 +231,11 @@ impl ApiService {
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        let endpoint = self
+            .pki
+            .client_tls()
+            .endpoint(addr)
             .map_err(|e| Status::internal(format!("bad leader address {addr:?}: {e}")))?
-            .tls_config(self.pki.client_tls().tonic())
-            .map_err(|e| Status::internal(format!("TLS settings for the leader {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(3));
         let client = ApiClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(usize::MAX)

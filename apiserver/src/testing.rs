@@ -38,10 +38,7 @@ pub async fn client(
     addr: SocketAddr,
     tls: &berth_tls::ClientTls,
 ) -> Result<ApiClient<Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-        .tls_config(tls.tonic())?
-        .connect()
-        .await?;
+    let channel = tls.endpoint(&addr.to_string())?.connect().await?;
     Ok(ApiClient::new(channel).max_decoding_message_size(usize::MAX))
 }
 

@@ -188,19 +188,8 @@ fn make_server(addr: &str, config: &ClientConfig) -> Result<Server, ClientError>
             "{addr:?}: expected HOST:PORT, e.g. {DEFAULT_SERVER}"
         )));
     }
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| ClientError::Config(format!("{addr:?}: {e}")))?;
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint
-            .tls_config(tls.tonic())
-            .map_err(|e| ClientError::Config(format!("TLS settings for {addr}: {e}")))?;
-    }
-    let endpoint = endpoint
+    let endpoint = berth_tls::endpoint(&addr, config.tls.as_ref())
+        .map_err(|e| ClientError::Config(format!("{addr:?}: {e}")))?
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
         .tcp_nodelay(true)

@@ -27,7 +27,7 @@ use berth_proto::pb::api_client::ApiClient;
 use berth_proto::pb::{ClusterStatusRequest, ClusterStatusResponse};
 use berth_tls::{AdminConfig, ClientTls, Credential};
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::net::{netns_available, Net};
 use super::proc::{berth_bin, Proc};
@@ -153,10 +153,9 @@ async fn run_to_end(mut cmd: tokio::process::Command, line: &str, limit: Duratio
 /// in `tls` and presenting its credential (2 s connect deadline). The server name checked is
 /// `addr`'s IP (a SAN of every server certificate).
 pub async fn api_client(addr: &str, tls: &ClientTls) -> Result<ApiClient<Channel>, String> {
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
+    let channel = tls
+        .endpoint(addr)
         .map_err(|e| format!("{addr}: {e}"))?
-        .tls_config(tls.tonic())
-        .map_err(|e| format!("TLS settings for {addr}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await

@@ -760,6 +760,14 @@ impl ClientTls {
             .assume_http2(true)
     }
 
+    /// A tonic endpoint for `addr` (`HOST:PORT`) over mutual TLS with this credential.
+    pub fn endpoint(
+        &self,
+        addr: &str,
+    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        endpoint(addr, Some(self))
+    }
+
     /// The identity the credential's certificate names.
     pub fn identity(&self) -> Result<Identity, TlsError> {
         identity_of_cert(&first_cert_der(&self.credential.cert_pem, "certificate")?)
@@ -775,6 +783,26 @@ impl ClientTls {
             })?;
         let secs = cert.validity().not_after.timestamp().max(0) as u64;
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+}
+
+/// A tonic endpoint for `addr` (`HOST:PORT`, or a full URI): `https` with `tls`, plain `http`
+/// without (raft-level tests only; every Berth server requires TLS). The one place that
+/// turns an address and a credential into an endpoint.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTls>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.tonic()),
+        None => Ok(endpoint),
     }
 }
 

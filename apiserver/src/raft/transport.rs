@@ -355,21 +355,10 @@ impl PeerWorker {
     }
 
     async fn connect(&self) -> Result<RaftClient<tonic::transport::Channel>, String> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let uri = if self.addr.contains("://") {
-            self.addr.clone()
-        } else {
-            format!("{scheme}://{}", self.addr)
-        };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(uri)
+        let endpoint = berth_tls::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| format!("bad address {:?}: {e}", self.addr))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.tonic())
-                .map_err(|e| format!("TLS settings for {}: {e}", self.addr))?;
-        }
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         Ok(RaftClient::new(channel)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
