@@ -50,7 +50,7 @@ impl AdminConfig {
     }
 
     pub fn write(&self, path: &Path) -> Result<(), TlsError> {
-        let text = serde_yaml::to_string(self).map_err(|e| TlsError::Invalid {
+        let text = serde_yaml_ng::to_string(self).map_err(|e| TlsError::Invalid {
             what: "admin config".into(),
             reason: e.to_string(),
         })?;
@@ -59,7 +59,7 @@ impl AdminConfig {
 
     pub fn read(path: &Path) -> Result<AdminConfig, TlsError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        serde_yaml::from_str(&text).map_err(|e| TlsError::Invalid {
+        serde_yaml_ng::from_str(&text).map_err(|e| TlsError::Invalid {
             what: format!("admin config {}", path.display()),
             reason: e.to_string(),
         })
