@@ -170,6 +170,14 @@ fn pb_event(ev: &WatchEvent) -> pb::WatchEvent {
     }
 }
 
+fn pb_outcome(o: ApplyOutcome) -> pb::ApplyOutcome {
+    match o {
+        ApplyOutcome::Created => pb::ApplyOutcome::Created,
+        ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
+        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
+    }
+}
+
 fn one(results: Vec<OpResult>) -> Result<crate::store::OpOutput, Status> {
     match results.into_iter().next() {
         Some(Ok(out)) => Ok(out),
@@ -285,15 +293,27 @@ impl ApiService {
         Ok(())
     }
 
-    /// Propose `ops` as one raft entry (or dry-run them locally).
+    /// Propose `ops` as one raft entry of independent ops (or dry-run them locally).
     async fn write(
         &self,
         ops: Vec<Op>,
         dry_run: bool,
         is_forwarded: bool,
     ) -> Result<Vec<OpResult>, Route> {
+        self.write_cmd(ops, false, dry_run, is_forwarded).await
+    }
+
+    /// Propose `ops` as one raft entry, all-or-nothing when `atomic` (or dry-run them).
+    async fn write_cmd(
+        &self,
+        ops: Vec<Op>,
+        atomic: bool,
+        dry_run: bool,
+        is_forwarded: bool,
+    ) -> Result<Vec<OpResult>, Route> {
         let cmd = Command {
             ops,
+            atomic,
             now: chrono::Utc::now(),
             node_ports: self.config.node_ports,
         };
@@ -505,11 +525,7 @@ impl Api for ApiService {
             |who, r| self.op_apply(&who, &r.object),
             r.dry_run,
             |out| {
-                let outcome = match out.outcome {
-                    Some(ApplyOutcome::Created) | None => pb::ApplyOutcome::Created,
-                    Some(ApplyOutcome::Configured) => pb::ApplyOutcome::Configured,
-                    Some(ApplyOutcome::Unchanged) => pb::ApplyOutcome::Unchanged,
-                };
+                let outcome = pb_outcome(out.outcome.unwrap_or(ApplyOutcome::Created));
                 pb::ApplyResponse {
                     object: to_json(&out.object),
                     outcome: outcome as i32,
@@ -544,33 +560,49 @@ impl Api for ApiService {
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
         // Ops that fail validation or authorization get their error without reaching raft;
-        // the rest are proposed together as one entry.
+        // the rest are proposed together as one entry (none of them if the batch is atomic).
         let prepared: Vec<Result<Op, Status>> =
             r.ops.iter().map(|o| self.op_of_batch(&who, o)).collect();
+        let rejected: Vec<usize> = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_err())
+            .map(|(i, _)| i)
+            .collect();
         let valid: Vec<Op> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        let mut committed = if valid.is_empty() {
-            Vec::new().into_iter()
-        } else {
-            match self.write(valid, false, is_fwd).await {
+        let propose = !valid.is_empty() && !(r.atomic && !rejected.is_empty());
+        let mut committed = if propose {
+            match self.write_cmd(valid, r.atomic, r.dry_run, is_fwd).await {
                 Ok(results) => results.into_iter(),
                 Err(Route::Fail(s)) => return Err(s),
                 Err(Route::Leader(mut client, addr)) => {
                     return with_leader_hint(client.batch(mark_forwarded(r, &who)).await, &addr)
                 }
             }
+        } else {
+            Vec::new().into_iter()
         };
+        let not_applied = StoreError::NotApplied { failed: rejected };
         let results = prepared
             .into_iter()
             .map(|p| {
+                // Err((status, rolled back because another op failed)).
                 let res = match p {
-                    Err(s) => Err(s),
+                    Err(s) => Err((s, false)),
+                    Ok(_) if !propose => Err((from_store(&not_applied), true)),
                     Ok(_) => match committed.next() {
                         Some(Ok(out)) => Ok(out),
-                        Some(Err(e)) => Err(from_store(&e)),
-                        None => Err(Status::internal("the store returned too few results")),
+                        Some(Err(e)) => {
+                            let rolled_back = matches!(e, StoreError::NotApplied { .. });
+                            Err((from_store(&e), rolled_back))
+                        }
+                        None => Err((
+                            Status::internal("the store returned too few results"),
+                            false,
+                        )),
                     },
                 };
                 match res {
@@ -578,11 +610,15 @@ impl Api for ApiService {
                         code: 0,
                         message: String::new(),
                         object: to_json(&out.object),
+                        outcome: out.outcome.map(|o| pb_outcome(o) as i32),
+                        rolled_back: false,
                     },
-                    Err(s) => pb::BatchResult {
+                    Err((s, rolled_back)) => pb::BatchResult {
                         code: s.code() as i32,
                         message: s.message().to_string(),
                         object: Vec::new(),
+                        outcome: None,
+                        rolled_back,
                     },
                 }
             })

@@ -10,6 +10,7 @@
 //! | `StoreError::TooLarge`                  | INVALID_ARGUMENT    | size and limit in the message  |
 //! | `StoreError::NodePort`                  | INVALID_ARGUMENT    | port taken / out of range      |
 //! | `StoreError::NodePortsExhausted`        | RESOURCE_EXHAUSTED  |                                |
+//! | `StoreError::NotApplied`                | FAILED_PRECONDITION | atomic batch: another op failed; `BatchResult.rolled_back` |
 //! | `StoreError::Expired`                   | OUT_OF_RANGE        | message starts with "Expired:"; relist |
 //! | `StoreError::Forbidden`                 | PERMISSION_DENIED   | node authorizer, at apply time |
 //! | authorization (`crate::authz`)          | PERMISSION_DENIED   | names the identity and action  |
@@ -45,6 +46,7 @@ pub fn store_code(e: &StoreError) -> Code {
         StoreError::Invalid(_) | StoreError::TooLarge { .. } | StoreError::NodePort(_) => {
             Code::InvalidArgument
         }
+        StoreError::NotApplied { .. } => Code::FailedPrecondition,
         StoreError::NodePortsExhausted { .. } => Code::ResourceExhausted,
         StoreError::Expired { .. } => Code::OutOfRange,
         StoreError::Forbidden(_) => Code::PermissionDenied,

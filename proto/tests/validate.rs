@@ -49,11 +49,11 @@ spec:
 "#;
 
 fn deployment() -> Deployment {
-    serde_yaml::from_str(DEPLOYMENT).unwrap()
+    serde_yaml_ng::from_str(DEPLOYMENT).unwrap()
 }
 
 fn service() -> Service {
-    serde_yaml::from_str(SERVICE).unwrap()
+    serde_yaml_ng::from_str(SERVICE).unwrap()
 }
 
 fn rendered(errs: Vec<berth_proto::validate::FieldError>) -> Vec<String> {
