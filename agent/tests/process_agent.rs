@@ -110,12 +110,12 @@ fn http_pod(name: &str, node: &str, probe_path: &str, liveness: bool) -> Pod {
     p
 }
 
-fn python_available() -> bool {
-    std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+/// Is `python3` here (the workload of two tests)? Skips outside CI, fails under CI.
+fn python_available(test: &str) -> bool {
+    berth_testkit::skip::require(
+        test,
+        berth_testkit::skip::command_works("python3", &["--version"]),
+    )
 }
 
 async fn get_pod(c: &Client, name: &str) -> Option<Pod> {
@@ -124,8 +124,7 @@ async fn get_pod(c: &Client, name: &str) -> Option<Pod> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_pod_becomes_ready_with_host_port_logs_and_a_registered_node() {
-    if !python_available() {
-        eprintln!("SKIPPED process_pod_becomes_ready...: python3 not found (the workload is python3 -m http.server)");
+    if !python_available("process_pod_becomes_ready_with_host_port_logs_and_a_registered_node") {
         return;
     }
     let cluster = TestCluster::start(1).await.unwrap();
@@ -276,8 +275,7 @@ async fn crashing_process_reaches_crash_loop_back_off_with_last_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_liveness_probe_restarts_the_process() {
-    if !python_available() {
-        eprintln!("SKIPPED failing_liveness_probe_restarts_the_process: python3 not found");
+    if !python_available("failing_liveness_probe_restarts_the_process") {
         return;
     }
     let cluster = TestCluster::start(1).await.unwrap();
