@@ -2,7 +2,7 @@
 //! engine: whether Docker was asked for (`--runtime docker`) or auto-detected (no flag), the
 //! runtime sees only its own node's containers, so agents sharing one engine never adopt or
 //! kill each other's workloads. Fails under CI=true when no engine answers; elsewhere it is
-//! skipped, loudly.
+//! skipped, loudly (berth_testkit::skip).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -28,11 +28,7 @@ async fn docker_or_skip(test: &str) -> Option<DockerRuntime> {
         Ok(Err(e)) => format!("Docker engine not reachable: {e}"),
         Err(_) => "Docker engine did not answer within 5s".to_string(),
     };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {why} (CI=true: Docker tests must run; start the engine)"
-    );
-    eprintln!("SKIPPED {test}: {why}");
+    berth_testkit::skip::skip_or_fail(test, &why);
     None
 }
 
