@@ -10,7 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_proto::types::{Event, EventSource, ObjectMeta, ObjectReference, Time};
+use berth_client::runtime::events::{EventType, Recorder};
+use berth_proto::types::{Event, ObjectReference, Time};
 
 use crate::api::NodeApi;
 
@@ -38,7 +39,7 @@ pub struct PodRef {
 
 #[derive(Clone)]
 pub struct EventSink {
-    node: String,
+    recorder: Recorder,
     buf: Arc<Mutex<VecDeque<Event>>>,
     seen: Arc<Mutex<HashMap<SeenKey, Seen>>>,
 }
@@ -46,7 +47,11 @@ pub struct EventSink {
 impl EventSink {
     pub fn new(node: &str) -> EventSink {
         EventSink {
-            node: node.to_string(),
+            // Repeats are aggregated here (with their count), so the recorder dedups only the
+            // same event sent twice within one second.
+            recorder: Recorder::new("berth-agent")
+                .with_host(node)
+                .with_dedup_window(Duration::from_secs(1)),
             buf: Arc::new(Mutex::new(VecDeque::new())),
             seen: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -93,31 +98,20 @@ impl EventSink {
                 }
             }
         };
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: format!("{}.{}", pod.name, &id[..12]),
-                namespace: pod.namespace.clone(),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                kind: "Pod".to_string(),
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
-                uid: pod.uid.clone(),
-            },
-            reason: reason.to_string(),
-            message,
-            type_: type_.to_string(),
-            source: EventSource {
-                component: "berth-agent".to_string(),
-                host: self.node.clone(),
-            },
-            first_timestamp: Some(now),
-            last_timestamp: Some(now),
-            count,
-            ..Default::default()
+        let object = ObjectReference {
+            kind: "Pod".to_string(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
         };
+        let ev = self.recorder.event(
+            object,
+            EventType::from_name(type_),
+            reason,
+            &message,
+            count,
+            now,
+        );
         tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), reason, message = %ev.message, "event");
         let mut b = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         if b.len() >= MAX_BUFFERED {

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use berth_client::runtime::batch::{run_batched, Batching, Pass};
+use berth_client::runtime::events::{self, EventType, Recorder};
 use berth_client::runtime::reflector::{self, Store};
 use berth_client::runtime::watcher::{self, Backoff};
 use berth_client::{BatchOp, Client, ClientError, DynObject};
@@ -75,6 +77,8 @@ struct Scheduler {
     nodes: Store<Node>,
     assumed: HashMap<String, Assumed>,
     metrics: crate::metrics::SchedulerMetrics,
+    /// Passes failed in a row (their retry delay doubles).
+    failures: u32,
 }
 
 fn needs_scheduling(p: &Pod) -> bool {
@@ -116,41 +120,16 @@ fn with_condition(p: &Pod, c: Condition) -> Pod {
     p
 }
 
+/// The scheduler's `FailedScheduling` Warning Event about `p`.
 fn failed_scheduling_event(p: &Pod, message: &str, now: Time) -> Event {
-    Event {
-        metadata: ObjectMeta {
-            // One event per pod and distinct message.
-            name: format!("{}.{:x}", p.metadata.name, fnv(message)),
-            namespace: p.metadata.namespace.clone(),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            kind: "Pod".into(),
-            namespace: p.metadata.namespace.clone(),
-            name: p.metadata.name.clone(),
-            uid: p.metadata.uid.clone(),
-        },
-        reason: "FailedScheduling".into(),
-        message: message.into(),
-        type_: "Warning".into(),
-        source: EventSource {
-            component: "scheduler".into(),
-            host: String::new(),
-        },
-        first_timestamp: Some(now),
-        last_timestamp: Some(now),
-        count: 1,
-        ..Default::default()
-    }
-}
-
-fn fnv(s: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
+    Recorder::new("scheduler").event(
+        events::reference(p),
+        EventType::Warning,
+        "FailedScheduling",
+        message,
+        1,
+        now,
+    )
 }
 
 impl Scheduler {
@@ -297,7 +276,7 @@ impl Scheduler {
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (nodes, node_writer) = reflector::store::<Node>();
-    let mut pod_events = reflector::reflector(
+    let pod_events = reflector::reflector(
         pod_writer,
         watcher::watcher_with(
             watcher::ApiSource::<Pod>::new(client.clone(), watcher::Config::default()),
@@ -305,7 +284,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         ),
     )
     .boxed();
-    let mut node_events = reflector::reflector(
+    let node_events = reflector::reflector(
         node_writer,
         watcher::watcher_with(
             watcher::ApiSource::<Node>::new(client.clone(), watcher::Config::default()),
@@ -313,50 +292,52 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         ),
     )
     .boxed();
+    let changes = futures::stream::select(
+        pod_events.map(|ev| {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+            }
+        }),
+        node_events.map(|ev| {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "node watch failed; retrying");
+            }
+        }),
+    );
+    let batching = Batching {
+        window: config.batch_window,
+        resync: Some(config.resync),
+        pass_at_start: true,
+    };
     let mut s = Scheduler {
         client,
-        config: config.clone(),
+        config,
         pods,
         nodes,
         assumed: HashMap::new(),
         metrics: crate::metrics::SchedulerMetrics::global(),
+        failures: 0,
     };
-    // When the next pass runs: set once when the loop turns dirty (a fixed deadline, not a
-    // debounce, so a steady stream of events cannot starve the passes).
-    let mut pass_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
-    let mut failures = 0u32;
-    let mut resync = tokio::time::interval(config.resync);
-    let window = config.batch_window;
-    let mark = |pass_at: &mut Option<tokio::time::Instant>| {
-        pass_at.get_or_insert_with(|| tokio::time::Instant::now() + window);
-    };
-    loop {
-        let ready = s.pods.is_ready() && s.nodes.is_ready();
-        let due = pass_at.unwrap_or_else(tokio::time::Instant::now);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(due), if pass_at.is_some() && ready => {
-                pass_at = None;
-                match s.pass().await {
-                    Ok(_) => failures = 0,
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let delay = Duration::from_millis(50u64 << failures.min(6));
-                        tracing::warn!(error = %e, ?delay, "scheduling pass failed; retrying");
-                        pass_at = Some(tokio::time::Instant::now() + delay);
-                    }
-                }
+    run_batched(&mut s, changes, batching, shutdown).await;
+}
+
+impl Pass for Scheduler {
+    fn ready(&self) -> bool {
+        self.pods.is_ready() && self.nodes.is_ready()
+    }
+
+    async fn run(&mut self) -> Option<Duration> {
+        match self.pass().await {
+            Ok(_) => {
+                self.failures = 0;
+                None
             }
-            Some(ev) = pod_events.next() => {
-                if let Err(e) = ev { tracing::warn!(error = %e, "pod watch failed; retrying"); }
-                mark(&mut pass_at);
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = Duration::from_millis(50u64 << self.failures.min(6));
+                tracing::warn!(error = %e, ?delay, "scheduling pass failed; retrying");
+                Some(delay)
             }
-            Some(ev) = node_events.next() => {
-                if let Err(e) = ev { tracing::warn!(error = %e, "node watch failed; retrying"); }
-                mark(&mut pass_at);
-            }
-            _ = resync.tick() => mark(&mut pass_at),
         }
     }
 }

@@ -24,6 +24,15 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// The type named `name`: "Warning" is a warning, anything else normal.
+    pub fn from_name(name: &str) -> EventType {
+        if name == "Warning" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Normal => "Normal",

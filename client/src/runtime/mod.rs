@@ -14,6 +14,7 @@
 //! Loops are level-triggered: events only enqueue keys; `reconcile` reads the latest object
 //! from the store when the key is dispatched, so bursts of changes collapse into one run.
 
+pub mod batch;
 pub mod controller;
 pub mod events;
 mod metrics;

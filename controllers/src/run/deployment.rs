@@ -146,11 +146,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 reason,
                 message,
             } => {
-                let type_ = if type_ == EventType::Warning.as_str() {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
+                let type_ = EventType::from_name(&type_);
                 recorder()
                     .record(
                         client,

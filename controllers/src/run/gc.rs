@@ -3,7 +3,9 @@
 //! their owner and deleted with a resourceVersion precondition.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
+use berth_client::runtime::batch::{run_batched, Batching, Pass};
 use berth_client::runtime::reflector::{self, Store};
 use berth_client::runtime::watcher::{self, Backoff};
 use berth_client::{Client, ClientError, Object};
@@ -51,6 +53,67 @@ fn items<T: Resource + Object>(store: &Store<T>, out: &mut Vec<Item>, live: &mut
     }
 }
 
+/// The caches garbage collection reads, and how it writes.
+struct GcPass {
+    client: Client,
+    config: Config,
+    deployments: Store<Deployment>,
+    replica_sets: Store<ReplicaSet>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    endpoints: Store<Endpoints>,
+    nodes: Store<Node>,
+}
+
+impl Pass for GcPass {
+    fn ready(&self) -> bool {
+        self.deployments.is_ready()
+            && self.replica_sets.is_ready()
+            && self.pods.is_ready()
+            && self.services.is_ready()
+            && self.endpoints.is_ready()
+            && self.nodes.is_ready()
+    }
+
+    async fn run(&mut self) -> Option<Duration> {
+        let mut dirty = false;
+        let mut all = Vec::new();
+        let mut live = HashSet::new();
+        items(&self.deployments, &mut all, &mut live);
+        items(&self.replica_sets, &mut all, &mut live);
+        items(&self.pods, &mut all, &mut live);
+        items(&self.services, &mut all, &mut live);
+        items(&self.endpoints, &mut all, &mut live);
+        for orphan in gc::plan(&all, &live) {
+            if collect(&self.client, orphan).await.is_err() {
+                dirty = true;
+            }
+        }
+        let node_names: HashSet<String> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        let bound: Vec<(Item, String)> = self
+            .pods
+            .state()
+            .iter()
+            .map(|p| (item_of(p.as_ref()), p.spec.node_name.clone()))
+            .collect();
+        for pod in gc::pods_on_missing_nodes(&bound, &node_names) {
+            if collect_pod_of_missing_node(&self.client, pod, &bound)
+                .await
+                .is_err()
+            {
+                dirty = true;
+            }
+        }
+        // Something could not be confirmed or deleted: try again later.
+        dirty.then_some(self.config.gc_delay * 5)
+    }
+}
+
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (deployments, e1) = watch::<Deployment>(&client);
     let (replica_sets, e2) = watch::<ReplicaSet>(&client);
@@ -58,58 +121,23 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (services, e4) = watch::<Service>(&client);
     let (endpoints, e5) = watch::<Endpoints>(&client);
     let (nodes, e6) = watch::<Node>(&client);
-    let mut events = stream::select_all([e1, e2, e3, e4, e5, e6]);
-    // A fixed deadline once dirty (not a debounce: a steady stream of events must not starve
-    // collection).
-    let mut pass_at: Option<tokio::time::Instant> = None;
-    loop {
-        let ready = deployments.is_ready()
-            && replica_sets.is_ready()
-            && pods.is_ready()
-            && services.is_ready()
-            && endpoints.is_ready()
-            && nodes.is_ready();
-        let due = pass_at.unwrap_or_else(tokio::time::Instant::now);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(due), if pass_at.is_some() && ready => {
-                pass_at = None;
-                let mut dirty = false;
-                let mut all = Vec::new();
-                let mut live = HashSet::new();
-                items(&deployments, &mut all, &mut live);
-                items(&replica_sets, &mut all, &mut live);
-                items(&pods, &mut all, &mut live);
-                items(&services, &mut all, &mut live);
-                items(&endpoints, &mut all, &mut live);
-                for orphan in gc::plan(&all, &live) {
-                    if collect(&client, orphan).await.is_err() {
-                        dirty = true;
-                    }
-                }
-                let node_names: HashSet<String> =
-                    nodes.state().iter().map(|n| n.metadata.name.clone()).collect();
-                let bound: Vec<(Item, String)> = pods
-                    .state()
-                    .iter()
-                    .map(|p| (item_of(p.as_ref()), p.spec.node_name.clone()))
-                    .collect();
-                for pod in gc::pods_on_missing_nodes(&bound, &node_names) {
-                    if collect_pod_of_missing_node(&client, pod, &bound).await.is_err() {
-                        dirty = true;
-                    }
-                }
-                if dirty {
-                    // Something could not be confirmed or deleted: try again later.
-                    pass_at = Some(tokio::time::Instant::now() + config.gc_delay * 5);
-                }
-            }
-            Some(()) = events.next() => {
-                pass_at.get_or_insert_with(|| tokio::time::Instant::now() + config.gc_delay);
-            }
-        }
-    }
+    let changes = stream::select_all([e1, e2, e3, e4, e5, e6]);
+    let batching = Batching {
+        window: config.gc_delay,
+        resync: None,
+        pass_at_start: false,
+    };
+    let mut pass = GcPass {
+        client,
+        config,
+        deployments,
+        replica_sets,
+        pods,
+        services,
+        endpoints,
+        nodes,
+    };
+    run_batched(&mut pass, changes, batching, shutdown).await;
 }
 
 /// Delete a pod bound to a node the cache does not know, once a live read confirms the node
