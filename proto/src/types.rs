@@ -651,6 +651,19 @@ pub struct Deployment {
     pub status: Option<DeploymentStatus>,
 }
 
+impl DeploymentSpec {
+    /// `strategy.type` as the enum, RollingUpdate when unset. A stored Deployment passed
+    /// validation, so an unknown spelling (only possible in an object built in code) also reads
+    /// as RollingUpdate; validation reports it for user input.
+    pub fn strategy_type(&self) -> crate::enums::StrategyType {
+        self.strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// One revision of a Deployment's pod template (the pods of one template hash).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

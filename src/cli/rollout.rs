@@ -504,7 +504,14 @@ async fn status(
             ev = next => ev,
         };
         let objs = match ev {
-            None => bail!("timed out waiting for deployment {name:?} to roll out"),
+            None => {
+                return Err(super::TimedOut(format!(
+                    "timed out after {wait_timeout:?} waiting for deployment {name:?} to roll \
+                     out; it is still going: wait longer (--timeout) or see `berth describe \
+                     deploy/{name}`"
+                ))
+                .into())
+            }
             Some(None) => bail!("the watch ended unexpectedly"),
             Some(Some(Err(e))) => {
                 writeln!(io.err, "warning: watch interrupted ({e}); retrying")?;
