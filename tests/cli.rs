@@ -746,3 +746,96 @@ fn apply_reads_manifests_from_stdin() {
     assert!(!r.ok && r.err.contains("not found"), "{r:?}");
     rt.block_on(cluster.shutdown()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_delivers_a_line_written_after_the_call_started() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = berth_agent::start(
+        berth_agent::AgentArgs {
+            server: vec![server.clone()],
+            token: Some(berth_tls::Secret::new(cluster.token())),
+            name: Some("follow-node".into()),
+            data_dir: Some(dir.path().join("agent")),
+            runtime: Some(berth_agent::RuntimeKind::Process),
+            capacity: Some("cpu=2,memory=2Gi".into()),
+            host_port_range: "47800-47899".into(),
+            listen: Some("127.0.0.1:0".into()),
+            no_proxy: true,
+            heartbeat_ms: 500,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // The container writes "second" only once the test creates `go`, i.e. after `logs -f`
+    // has printed "first".
+    let go = dir.path().join("go");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: follower\nspec:\n  nodeName: follow-node\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n    - name: main\n      image: none\n      command: [sh, -c, 'echo first; while [ ! -e {go} ]; do sleep 0.1; done; echo second; exec sleep 30']\n",
+        go = go.display()
+    );
+    let r = berth(
+        &target,
+        &["apply", "-f", &write(dir.path(), "pod.yaml", &pod)],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    // Wait until the container runs and has written its first line.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = berth(&target, &["logs", "follower"]).await;
+        if r.ok && r.out.contains("first") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no logs: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = Shared::default();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
+        let config = target.config.display().to_string();
+        async move {
+            let cli = Cli::try_parse_from([
+                "berth", "--server", &server, "--config", &config, "logs", "-f", "follower",
+            ])
+            .unwrap();
+            let mut err = Vec::new();
+            let mut io = Io {
+                out: &mut out,
+                err: &mut err,
+            };
+            cli::run(cli, &mut io, token).await
+        }
+    });
+    let wait_for = |needle: &'static str| {
+        let out = out.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !out.text().contains(needle) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in:\n{}", out.text()));
+        }
+    };
+    wait_for("first").await;
+    assert!(!out.text().contains("second"));
+    std::fs::write(&go, "").unwrap();
+    wait_for("second").await;
+    assert_eq!(out.text(), "first\nsecond\n");
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("logs -f stops on Ctrl-C")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    agent.stop_workloads().await;
+    cluster.shutdown().await.unwrap();
+}
