@@ -159,8 +159,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         )?,
     };
     // 0700: the dev dir holds the server's store and the agent's state (and, later, keys).
-    berth_agent::agent::create_private_dir(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    berth_tls::create_private_dir(&dir).context("cannot create the berth dev data dir")?;
     let resumed = dir.join("server").exists();
     let mut server_args = ServerArgs::new(dir.join("server"));
     server_args.listen = args.listen.clone();

@@ -103,12 +103,8 @@ impl Default for AgentArgs {
 pub enum AgentError {
     #[error("invalid flags: {0}")]
     Args(String),
-    #[error("cannot use data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot use the data dir (pass --data-dir to choose another): {0}")]
+    DataDir(#[source] berth_tls::TlsError),
     #[error("--runtime docker: the Docker engine is not reachable ({0}); start Docker or use --runtime process")]
     DockerUnavailable(String),
     #[error(transparent)]
@@ -189,6 +185,32 @@ fn default_data_dir() -> PathBuf {
         .join("agent")
 }
 
+/// The container runtime for `--runtime KIND` (None: Docker when an engine answers within 3 s,
+/// else processes). A Docker runtime is always scoped to `node`, whichever way it was chosen,
+/// so agents sharing one engine never adopt or kill each other's containers.
+pub async fn select_runtime(
+    kind: Option<RuntimeKind>,
+    node: &str,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Runtime>, AgentError> {
+    let docker = match kind {
+        Some(RuntimeKind::Process) => None,
+        Some(RuntimeKind::Docker) => Some(
+            DockerRuntime::connect()
+                .await
+                .map_err(|e| AgentError::DockerUnavailable(e.to_string()))?,
+        ),
+        None => tokio::time::timeout(Duration::from_secs(3), DockerRuntime::connect())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    Ok(match docker {
+        Some(d) => Arc::new(d.for_node(node)),
+        None => Arc::new(ProcessRuntime::new(data_dir)?),
+    })
+}
+
 /// Start the agent's loops and return at once (the API may still be unreachable).
 pub async fn start(
     args: AgentArgs,
@@ -211,24 +233,10 @@ pub async fn start(
     let labels: BTreeMap<String, String> =
         node::parse_labels(&args.labels).map_err(|e| AgentError::Args(e.to_string()))?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    create_private_dir(&data_dir).map_err(|source| AgentError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    // 0700: it holds container state, logs and the node's key.
+    berth_tls::create_private_dir(&data_dir).map_err(AgentError::DataDir)?;
 
-    let runtime: Arc<dyn Runtime> = match args.runtime {
-        Some(RuntimeKind::Docker) => match DockerRuntime::connect().await {
-            Ok(d) => Arc::new(d.for_node(&node_name)),
-            Err(e) => return Err(AgentError::DockerUnavailable(e.to_string())),
-        },
-        Some(RuntimeKind::Process) => Arc::new(ProcessRuntime::new(&data_dir)?),
-        None => {
-            match tokio::time::timeout(Duration::from_secs(3), DockerRuntime::connect()).await {
-                Ok(Ok(d)) => Arc::new(d),
-                _ => Arc::new(ProcessRuntime::new(&data_dir)?),
-            }
-        }
-    };
+    let runtime = select_runtime(args.runtime, &node_name, &data_dir).await?;
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
 
     let tls = crate::credentials::node_credentials(
@@ -452,38 +460,5 @@ impl NodeApi for ClientApi {
     }
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError> {
         self.client.update_status(node).await.map_err(map_err)
-    }
-}
-
-/// Create the agent's data dir (and missing parents) readable by its owner only (0700), and
-/// tighten an existing one: it holds container state, logs and, later, the node's key.
-pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-}
-
-#[cfg(test)]
-mod data_dir_tests {
-    #![allow(clippy::unwrap_used)]
-    use std::os::unix::fs::PermissionsExt;
-
-    fn mode(p: &std::path::Path) -> u32 {
-        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn agent_data_dir_is_created_0700_and_an_open_one_is_tightened() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("a/b/agent");
-        super::create_private_dir(&dir).unwrap();
-        assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&tmp.path().join("a")), 0o700, "missing parents too");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        super::create_private_dir(&dir).unwrap();
-        assert_eq!(mode(&dir), 0o700);
     }
 }

@@ -110,6 +110,8 @@ impl ServerArgs {
 pub enum ServerError {
     #[error("cannot determine the default data dir: HOME is not set; pass --data-dir")]
     NoHome,
+    #[error("cannot use the data dir (pass --data-dir to choose another): {0}")]
+    PrivateDataDir(#[source] berth_tls::TlsError),
     #[error("data dir {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -290,20 +292,6 @@ fn data_dir(args: &ServerArgs) -> Result<PathBuf, ServerError> {
     }
 }
 
-fn create_private_dir(path: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| ServerError::DataDir {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
-}
-
 /// Open sled, retrying briefly while a previous instance in this process releases its lock.
 async fn open_db(path: &Path) -> Result<sled::Db, ServerError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -406,7 +394,7 @@ async fn join_cluster(
 /// Start a server and return once it is serving.
 pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     let dir = data_dir(&args)?;
-    create_private_dir(&dir)?;
+    berth_tls::create_private_dir(&dir).map_err(ServerError::PrivateDataDir)?;
     let db_path = dir.join("db");
     let db = open_db(&db_path).await?;
 

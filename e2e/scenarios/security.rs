@@ -282,7 +282,7 @@ fn without_credentials_the_cli_and_raw_clients_are_refused_and_nothing_is_writte
     // UNAUTHENTICATED for writes and reads alike; plain text (no TLS) gets nothing.
     let object = seq_service("uncredentialed-raw");
     let object = serde_json::to_vec(
-        &serde_yaml::from_str::<serde_json::Value>(&object).expect("manifest as JSON"),
+        &serde_yaml_ng::from_str::<serde_json::Value>(&object).expect("manifest as JSON"),
     )
     .expect("json");
     let ca_pem = c.admin_tls().ca_cert_pem.clone();

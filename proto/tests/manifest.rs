@@ -401,7 +401,7 @@ fn typed_to_yaml_and_back_is_unchanged() {
     let objs = [DynObject::from_typed(&d), DynObject::from_typed(&svc)];
     let yaml = objs
         .iter()
-        .map(|o| serde_yaml::to_string(&o.value).unwrap())
+        .map(|o| serde_yaml_ng::to_string(&o.value).unwrap())
         .collect::<Vec<_>>()
         .join("---\n");
     let back = parse_manifest("rt.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

@@ -66,10 +66,11 @@ fn quantity_table_cpu_and_memory() {
 
 #[test]
 fn quantity_yaml_number_is_accepted() {
-    let r: ResourceRequirements = serde_yaml::from_str("requests: {cpu: 1, memory: 0.5}").unwrap();
+    let r: ResourceRequirements =
+        serde_yaml_ng::from_str("requests: {cpu: 1, memory: 0.5}").unwrap();
     assert_eq!(r.requests["cpu"].parsed().unwrap().millis(), 1000);
     assert_eq!(r.requests["memory"].parsed().unwrap().value(), 1);
-    let r: ResourceRequirements = serde_yaml::from_str("requests: {cpu: 0.25}").unwrap();
+    let r: ResourceRequirements = serde_yaml_ng::from_str("requests: {cpu: 0.25}").unwrap();
     assert_eq!(r.requests["cpu"].parsed().unwrap().millis(), 250);
 }
 

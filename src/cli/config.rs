@@ -62,7 +62,7 @@ impl CliConfig {
     pub fn load(path: &Path) -> anyhow::Result<CliConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let cfg: CliConfig = serde_yaml::from_str(&text).with_context(|| {
+        let cfg: CliConfig = serde_yaml_ng::from_str(&text).with_context(|| {
             format!(
                 "config file {} is not valid: expected YAML like `servers: [\"127.0.0.1:7440\"]`",
                 path.display()
@@ -80,7 +80,7 @@ impl CliConfig {
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
         }
-        let text = serde_yaml::to_string(self)?;
+        let text = serde_yaml_ng::to_string(self)?;
         berth_tls::write_private(path, text.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))
     }

@@ -89,7 +89,7 @@ pub fn to_yaml(objs: &[DynObject]) -> anyhow::Result<String> {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(&o.value)?);
+        out.push_str(&serde_yaml_ng::to_string(&o.value)?);
     }
     Ok(out)
 }

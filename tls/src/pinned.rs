@@ -18,7 +18,10 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use berth_proto::pb::{self, api_client::ApiClient};
 
-use crate::{fingerprint_of, hex, ring_provider, JoinToken, TlsError};
+use crate::ca::fingerprint_of;
+use crate::config::ring_provider;
+use crate::token::hex;
+use crate::{JoinToken, TlsError};
 
 #[derive(Debug)]
 struct NotPinnedCa(String);

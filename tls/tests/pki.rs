@@ -167,6 +167,40 @@ fn mode(p: &std::path::Path) -> u32 {
 
 #[cfg(unix)]
 #[test]
+fn private_dirs_are_0700_with_missing_parents_0700_and_existing_parents_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let existing = tmp.path().join("home");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o751)).unwrap();
+
+    let dir = existing.join("a/b/agent");
+    create_private_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(
+        mode(&existing.join("a")),
+        0o700,
+        "a missing parent is created 0700"
+    );
+    assert_eq!(mode(&existing.join("a/b")), 0o700, "every missing parent");
+    assert_eq!(mode(&existing), 0o751, "an existing parent keeps its mode");
+
+    // Again on an existing, too-open directory: tightened, and not an error.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    create_private_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+
+    // A file in the way: the error names the path.
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = create_private_dir(&file.join("sub"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
 fn keys_and_admin_config_are_0600_and_private_dirs_0700() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
