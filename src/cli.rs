@@ -6,7 +6,7 @@
 //! Roles (`server`, `agent`) run until Ctrl-C/SIGTERM; everything else is a kubectl-like
 //! client command that talks to the API through [`berth_client::Client`]. Output goes to
 //! [`Io`] (stdout/stderr in the binary, buffers in tests); any failure returns an error that
-//! `main` prints as `error: ...` with exit status 1.
+//! `main` prints as `error: ...` with the exit status [`exit_code`] picks (see [`exit`]).
 
 pub mod apply;
 pub mod cluster;
@@ -30,9 +30,60 @@ use berth_client::{Client, ClientConfig, ClientError, Kind};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+/// The exit statuses of `berth`, as `--help` and the README list them.
+pub mod exit {
+    /// The command failed; stderr says why. `rollout status`: the rollout failed.
+    pub const FAILURE: u8 = 1;
+    /// The command line was wrong (unknown flag, missing argument).
+    pub const USAGE: u8 = 2;
+    /// A write's outcome is unknown: the leader changed while it was in flight. Every write
+    /// is safe to repeat: run the command again.
+    pub const OUTCOME_UNKNOWN: u8 = 3;
+    /// `rollout status --timeout`: the time ran out while the rollout was still going.
+    pub const TIMED_OUT: u8 = 4;
+
+    /// The `--help` footer.
+    pub const HELP: &str = "Exit status: 0 success; 1 failure (stderr says why; `rollout \
+status`: the rollout failed); 2 bad command line; 3 outcome unknown: the leader changed while \
+a write was in flight, it is safe to run the command again; 4 `rollout status --timeout` ran \
+out while the rollout was still going.";
+}
+
+/// Waiting for something ran out of time (`rollout status --timeout`): exit status
+/// [`exit::TIMED_OUT`].
+#[derive(Debug)]
+pub struct TimedOut(pub String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// The exit status for a failed command (see [`exit`]).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for e in err.chain() {
+        if let Some(ClientError::OutcomeUnknown(_)) = e.downcast_ref::<ClientError>() {
+            return exit::OUTCOME_UNKNOWN;
+        }
+        if e.downcast_ref::<TimedOut>().is_some() {
+            return exit::TIMED_OUT;
+        }
+    }
+    exit::FAILURE
+}
+
 /// Berth: a Kubernetes-style container orchestrator.
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about, propagate_version = true)]
+#[command(
+    name = "berth",
+    version,
+    about,
+    propagate_version = true,
+    after_help = exit::HELP
+)]
 pub struct Cli {
     #[command(flatten, next_help_heading = "Connection")]
     pub conn: ConnArgs,
@@ -94,7 +145,9 @@ pub enum Command {
     Dev(crate::roles::DevArgs),
     /// A tiny built-in HTTP workload (version, pod name, /healthz) for demos and tests.
     DemoServer(crate::demo::DemoArgs),
-    /// Create or update objects from manifests: berth apply -f FILE|DIR|- [--dry-run]
+    /// Create or update objects from manifests, all or nothing: berth apply -f FILE|DIR|-
+    /// [--dry-run]
+    #[command(after_help = apply::HELP)]
     Apply(WithConn<apply::ApplyArgs>),
     /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
     Get(WithConn<get::GetArgs>),
@@ -390,7 +443,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_message(&e));
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -484,6 +537,17 @@ mod tests {
             panic!("not agent")
         };
         assert_eq!(a.server, vec!["c:3", "d:4"]);
+    }
+
+    #[test]
+    fn exit_status_says_outcome_unknown_and_timed_out_apart_from_failure() {
+        let unknown = anyhow::Error::new(ClientError::OutcomeUnknown("x".into()))
+            .context("cannot apply deployment/web");
+        assert_eq!(exit_code(&unknown), exit::OUTCOME_UNKNOWN);
+        assert_eq!(exit_code(&anyhow::Error::new(TimedOut("t".into()))), 4);
+        assert_eq!(exit_code(&anyhow!("anything else")), exit::FAILURE);
+        let help = format!("{}", <Cli as clap::CommandFactory>::command().render_help());
+        assert!(help.contains("3 outcome unknown"), "{help}");
     }
 
     #[test]

@@ -187,36 +187,65 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     cluster.shutdown().await.unwrap();
 }
 
+async fn store_revision(cluster: &TestCluster) -> u64 {
+    let mut c = cluster.client(0).await.unwrap();
+    c.cluster_status(berth_proto::pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_reports_server_rejections_and_goes_on_with_the_other_objects() {
+async fn apply_is_all_or_nothing_and_names_the_file_and_line_the_server_rejected() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
     let target = Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
-    let svc = |name: &str| {
+    let svc = |name: &str, port: u16| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n    - port: 80\n      nodePort: 30999\n"
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n    - port: 80\n      nodePort: {port}\n"
         )
     };
-    // Valid files, but the second Service asks for a node port the first one took.
+    let taken = write(dir.path(), "taken.yaml", &svc("taken", 30999));
+    let r = berth(&target, &["apply", "-f", &taken]).await;
+    assert!(r.ok, "{r:?}");
+    let before = store_revision(&cluster).await;
+    // Three valid documents; the server rejects the third (its node port is taken).
     let text = format!(
         "{}---\n{}---\n{}",
-        svc("one"),
-        svc("two"),
-        svc("three").replace("30999", "30998")
+        svc("one", 30990),
+        svc("two", 30991),
+        svc("three", 30999)
     );
     let f = write(dir.path(), "svcs.yaml", &text);
     let r = berth(&target, &["apply", "-f", &f]).await;
     assert!(!r.ok, "{r:?}");
-    assert_eq!(r.out, "service/one created\nservice/three created\n");
+    assert_eq!(r.out, "", "nothing may be reported as applied: {r:?}");
     assert!(
-        r.err.contains("svcs.yaml:10: service/two: invalid:"),
+        r.err.contains("svcs.yaml:19: service/three: invalid:")
+            && r.err.contains("already allocated to Service \"taken\""),
         "{r:?}"
     );
     assert!(
-        r.err.contains("1 of 3 objects could not be applied"),
+        r.err
+            .contains("nothing was applied: 1 of 3 objects was rejected"),
         "{r:?}"
     );
+    assert_eq!(store_revision(&cluster).await, before, "revision moved");
+    for name in ["one", "two"] {
+        let r = berth(&target, &["get", "svc", name]).await;
+        assert!(!r.ok && r.err.contains("not found"), "{name}: {r:?}");
+    }
+    // Fixed, the same file applies whole.
+    std::fs::write(&f, text.replace("30999", "30992")).unwrap();
+    let r = berth(&target, &["apply", "-f", &f]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.out,
+        "service/one created\nservice/two created\nservice/three created\n"
+    );
+    assert_eq!(store_revision(&cluster).await, before + 3);
     cluster.shutdown().await.unwrap();
 }
 

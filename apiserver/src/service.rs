@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{authenticate, Caller, Verb, ON_BEHALF_OF_METADATA};
 use crate::pki::ServerPki;
 use crate::raft::{MemberInfo, RaftError, RaftHandle};
-use crate::status::{from_raft, from_store, invalid, LEADER_METADATA};
+use crate::status::{from_raft, from_store, invalid, outcome_unknown, LEADER_METADATA};
 use crate::store::{
     ApplyOutcome, Command, NodePortRange, ObjectKey, Op, OpResult, Reply, Store, StoreError,
     WatchEvent, WatchEventType, WatchFilter,
@@ -91,16 +91,48 @@ fn forwarded<T>(req: &Request<T>) -> bool {
 /// A write this follower forwarded succeeded: name the leader in the reply's `berth-leader`
 /// metadata so the client can send its next writes there directly (one hop and one decode
 /// fewer per write).
+///
+/// A forwarded write whose connection to the leader broke after it was sent (the leader
+/// died or stepped down and dropped it) may or may not have been applied: say so, with
+/// `berth-outcome: unknown`, instead of passing on a bare h2 "Unknown" error.
 fn with_leader_hint<T>(
     res: Result<Response<T>, Status>,
     addr: &str,
 ) -> Result<Response<T>, Status> {
+    let res = res.map_err(|s| {
+        if broke_in_flight(&s) {
+            outcome_unknown(Status::unknown(format!(
+                "the connection to the leader {addr} broke while it had this write: {}",
+                berth_tls::innermost_cause(&s)
+            )))
+        } else {
+            s
+        }
+    });
     res.map(|mut resp| {
         if let Ok(v) = addr.parse() {
             resp.metadata_mut().insert(LEADER_METADATA, v);
         }
         resp
     })
+}
+
+/// Did the forwarded call fail on the wire after it was sent (not an answer, not a refused
+/// connection, which tonic reports as UNAVAILABLE)?
+fn broke_in_flight(s: &Status) -> bool {
+    if !matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal) {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::transport::Error>().is_some()
+            || err.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    s.message().starts_with("h2 protocol error") || s.message().contains("transport error")
 }
 
 /// The request to forward to the leader: marked as forwarded, naming the original caller
@@ -167,6 +199,14 @@ fn pb_event(ev: &WatchEvent) -> pb::WatchEvent {
         r#type: t as i32,
         object: ev.object.as_deref().map(to_json).unwrap_or_default(),
         revision: ev.revision,
+    }
+}
+
+fn pb_outcome(o: ApplyOutcome) -> pb::ApplyOutcome {
+    match o {
+        ApplyOutcome::Created => pb::ApplyOutcome::Created,
+        ApplyOutcome::Configured => pb::ApplyOutcome::Configured,
+        ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
     }
 }
 
@@ -285,15 +325,27 @@ impl ApiService {
         Ok(())
     }
 
-    /// Propose `ops` as one raft entry (or dry-run them locally).
+    /// Propose `ops` as one raft entry of independent ops (or dry-run them locally).
     async fn write(
         &self,
         ops: Vec<Op>,
         dry_run: bool,
         is_forwarded: bool,
     ) -> Result<Vec<OpResult>, Route> {
+        self.write_cmd(ops, false, dry_run, is_forwarded).await
+    }
+
+    /// Propose `ops` as one raft entry, all-or-nothing when `atomic` (or dry-run them).
+    async fn write_cmd(
+        &self,
+        ops: Vec<Op>,
+        atomic: bool,
+        dry_run: bool,
+        is_forwarded: bool,
+    ) -> Result<Vec<OpResult>, Route> {
         let cmd = Command {
             ops,
+            atomic,
             now: chrono::Utc::now(),
             node_ports: self.config.node_ports,
         };
@@ -505,11 +557,7 @@ impl Api for ApiService {
             |who, r| self.op_apply(&who, &r.object),
             r.dry_run,
             |out| {
-                let outcome = match out.outcome {
-                    Some(ApplyOutcome::Created) | None => pb::ApplyOutcome::Created,
-                    Some(ApplyOutcome::Configured) => pb::ApplyOutcome::Configured,
-                    Some(ApplyOutcome::Unchanged) => pb::ApplyOutcome::Unchanged,
-                };
+                let outcome = pb_outcome(out.outcome.unwrap_or(ApplyOutcome::Created));
                 pb::ApplyResponse {
                     object: to_json(&out.object),
                     outcome: outcome as i32,
@@ -544,33 +592,49 @@ impl Api for ApiService {
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
         // Ops that fail validation or authorization get their error without reaching raft;
-        // the rest are proposed together as one entry.
+        // the rest are proposed together as one entry (none of them if the batch is atomic).
         let prepared: Vec<Result<Op, Status>> =
             r.ops.iter().map(|o| self.op_of_batch(&who, o)).collect();
+        let rejected: Vec<usize> = prepared
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_err())
+            .map(|(i, _)| i)
+            .collect();
         let valid: Vec<Op> = prepared
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        let mut committed = if valid.is_empty() {
-            Vec::new().into_iter()
-        } else {
-            match self.write(valid, false, is_fwd).await {
+        let propose = !valid.is_empty() && !(r.atomic && !rejected.is_empty());
+        let mut committed = if propose {
+            match self.write_cmd(valid, r.atomic, r.dry_run, is_fwd).await {
                 Ok(results) => results.into_iter(),
                 Err(Route::Fail(s)) => return Err(s),
                 Err(Route::Leader(mut client, addr)) => {
                     return with_leader_hint(client.batch(mark_forwarded(r, &who)).await, &addr)
                 }
             }
+        } else {
+            Vec::new().into_iter()
         };
+        let not_applied = StoreError::NotApplied { failed: rejected };
         let results = prepared
             .into_iter()
             .map(|p| {
+                // Err((status, rolled back because another op failed)).
                 let res = match p {
-                    Err(s) => Err(s),
+                    Err(s) => Err((s, false)),
+                    Ok(_) if !propose => Err((from_store(&not_applied), true)),
                     Ok(_) => match committed.next() {
                         Some(Ok(out)) => Ok(out),
-                        Some(Err(e)) => Err(from_store(&e)),
-                        None => Err(Status::internal("the store returned too few results")),
+                        Some(Err(e)) => {
+                            let rolled_back = matches!(e, StoreError::NotApplied { .. });
+                            Err((from_store(&e), rolled_back))
+                        }
+                        None => Err((
+                            Status::internal("the store returned too few results"),
+                            false,
+                        )),
                     },
                 };
                 match res {
@@ -578,11 +642,15 @@ impl Api for ApiService {
                         code: 0,
                         message: String::new(),
                         object: to_json(&out.object),
+                        outcome: out.outcome.map(|o| pb_outcome(o) as i32),
+                        rolled_back: false,
                     },
-                    Err(s) => pb::BatchResult {
+                    Err((s, rolled_back)) => pb::BatchResult {
                         code: s.code() as i32,
                         message: s.message().to_string(),
                         object: Vec::new(),
+                        outcome: None,
+                        rolled_back,
                     },
                 }
             })
@@ -800,5 +868,39 @@ impl Api for ApiService {
         req: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_write_cut_on_the_wire_is_marked_outcome_unknown() {
+        let cut: Result<Response<()>, Status> = Err(Status::unknown(
+            "h2 protocol error: error reading a body from connection",
+        ));
+        let s = with_leader_hint(cut, "10.0.0.1:7440").unwrap_err();
+        assert_eq!(
+            s.metadata()
+                .get(crate::status::OUTCOME_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("unknown")
+        );
+        assert!(s.message().contains("10.0.0.1:7440"), "{}", s.message());
+        // Answers and refused connections pass through unchanged.
+        for s in [
+            Status::unavailable("tcp connect error"),
+            Status::not_found("pod \"a\" not found"),
+            Status::unknown("some handler error"),
+        ] {
+            let code = s.code();
+            let out = with_leader_hint::<()>(Err(s), "10.0.0.1:7440").unwrap_err();
+            assert_eq!(out.code(), code);
+            assert!(out
+                .metadata()
+                .get(crate::status::OUTCOME_METADATA)
+                .is_none());
+        }
     }
 }

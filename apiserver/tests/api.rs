@@ -299,6 +299,7 @@ async fn batch_results_are_per_op() {
                 create_op("Bad_Name"),
                 create_op("b"),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -314,6 +315,147 @@ async fn batch_results_are_per_op() {
         ]
     );
     assert_eq!(parse(&r.results[3].object)["metadata"]["name"], "b");
+    cluster.shutdown().await.unwrap();
+}
+
+fn apply_op(object: Vec<u8>) -> pb::BatchOp {
+    pb::BatchOp {
+        op: Some(pb::batch_op::Op::Apply(pb::ApplyRequest {
+            object,
+            dry_run: false,
+        })),
+    }
+}
+
+async fn revision(c: &mut ApiClient<Channel>) -> u64 {
+    c.cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+async fn exists(c: &mut ApiClient<Channel>, name: &str) -> bool {
+    match c
+        .get(pb::GetRequest {
+            key: key("Pod", name),
+        })
+        .await
+    {
+        Ok(_) => true,
+        Err(s) if s.code() == Code::NotFound => false,
+        Err(s) => panic!("get {name}: {s:?}"),
+    }
+}
+
+#[tokio::test]
+async fn atomic_batch_whose_third_object_conflicts_changes_nothing() {
+    let (cluster, mut c) = one_server().await;
+    let existing = create(&mut c, pod("c", json!({}))).await.unwrap();
+    let before = revision(&mut c).await;
+    let mut stale: Value = parse(&pod("c", json!({"v": "2"})));
+    stale["metadata"]["resourceVersion"] = json!((rv(&existing) + 7).to_string());
+    let r = c
+        .batch(pb::BatchRequest {
+            ops: vec![
+                apply_op(pod("a", json!({}))),
+                apply_op(pod("b", json!({}))),
+                apply_op(serde_json::to_vec(&stale).unwrap()),
+            ],
+            atomic: true,
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<Code> = r.results.iter().map(|r| Code::from(r.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::Aborted
+        ]
+    );
+    let rolled: Vec<bool> = r.results.iter().map(|r| r.rolled_back).collect();
+    assert_eq!(rolled, vec![true, true, false]);
+    assert!(
+        r.results[0].message.contains("object 3"),
+        "{}",
+        r.results[0].message
+    );
+    assert_eq!(revision(&mut c).await, before, "the revision must not move");
+    assert!(!exists(&mut c, "a").await);
+    assert!(!exists(&mut c, "b").await);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn atomic_batch_with_an_invalid_object_is_not_proposed_at_all() {
+    let (cluster, mut c) = one_server().await;
+    let before = revision(&mut c).await;
+    let r = c
+        .batch(pb::BatchRequest {
+            ops: vec![
+                apply_op(pod("a", json!({}))),
+                apply_op(pod("b", json!({}))),
+                apply_op(pod("Bad_Name", json!({}))),
+            ],
+            atomic: true,
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<Code> = r.results.iter().map(|r| Code::from(r.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Code::FailedPrecondition,
+            Code::FailedPrecondition,
+            Code::InvalidArgument
+        ]
+    );
+    assert!(r.results[0].rolled_back && !r.results[2].rolled_back);
+    assert_eq!(revision(&mut c).await, before);
+    assert!(!exists(&mut c, "a").await);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn atomic_batch_applies_every_object_and_reports_each_outcome() {
+    let (cluster, mut c) = one_server().await;
+    create(&mut c, pod("b", json!({}))).await.unwrap();
+    let before = revision(&mut c).await;
+    let r = c
+        .batch(pb::BatchRequest {
+            ops: vec![apply_op(pod("a", json!({}))), apply_op(pod("b", json!({})))],
+            atomic: true,
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results.iter().all(|r| r.code == 0), "{:?}", r.results);
+    assert_eq!(r.results[0].outcome, Some(pb::ApplyOutcome::Created as i32));
+    assert_eq!(
+        r.results[1].outcome,
+        Some(pb::ApplyOutcome::Unchanged as i32)
+    );
+    assert_eq!(revision(&mut c).await, before + 1);
+    assert!(exists(&mut c, "a").await);
+    // A dry run of the same batch stores nothing.
+    let r = c
+        .batch(pb::BatchRequest {
+            ops: vec![apply_op(pod("d", json!({})))],
+            atomic: true,
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].code, 0);
+    assert!(!exists(&mut c, "d").await);
     cluster.shutdown().await.unwrap();
 }
 

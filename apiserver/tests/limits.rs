@@ -124,6 +124,7 @@ async fn oversized_objects_are_refused_on_every_write_path_and_nothing_changes()
                     })),
                 },
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -172,7 +173,13 @@ async fn requests_over_the_request_limit_are_refused_by_the_transport() {
             })),
         })
         .collect();
-    let err = c.batch(pb::BatchRequest { ops }).await.unwrap_err();
+    let err = c
+        .batch(pb::BatchRequest {
+            ops,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert_eq!(snapshot(&mut c).await, before);
     cluster.shutdown().await.unwrap();

@@ -367,6 +367,7 @@ async fn a_node_reads_pods_and_updates_only_its_own_node_and_pods() {
                     dry_run: false,
                 })),
             }],
+            ..Default::default()
         })
         .await
         .unwrap()

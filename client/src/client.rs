@@ -375,7 +375,18 @@ impl Client {
                     Ok(Err(status)) => status,
                 };
                 match (retry_class(&status), op) {
-                    (Retry::Always, _) | (Retry::IfIdempotent, Op::Read) => {}
+                    (Retry::Always, _)
+                    | (Retry::IfIdempotent, Op::Read)
+                    | (Retry::BrokenInFlight, Op::Read) => {}
+                    (Retry::BrokenInFlight, Op::Write) => {
+                        return Err(match from_status(&status) {
+                            e @ ClientError::OutcomeUnknown(_) => e,
+                            _ => ClientError::OutcomeUnknown(format!(
+                                "{addr}: {}",
+                                failure_reason(&status)
+                            )),
+                        });
+                    }
                     (Retry::IfIdempotent, Op::Write) if is_timeout(&status) => {
                         return Err(ClientError::Timeout(format!(
                             "{addr} did not answer within {:?}; the write may or may not have \
@@ -565,62 +576,50 @@ impl Client {
         &self,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Result<Option<DynObject>, ClientError>>, ClientError> {
-        use pb::batch_op::Op as PbOp;
-        let req = pb::BatchRequest {
-            ops: ops
-                .into_iter()
-                .map(|op| pb::BatchOp {
-                    op: Some(match op {
-                        BatchOp::Create(o) => PbOp::Create(pb::CreateRequest {
-                            object: o.to_json(),
-                            dry_run: false,
-                        }),
-                        BatchOp::Update(o) => PbOp::Update(pb::UpdateRequest {
-                            object: o.to_json(),
-                            dry_run: false,
-                        }),
-                        BatchOp::UpdateStatus(o) => PbOp::UpdateStatus(pb::UpdateRequest {
-                            object: o.to_json(),
-                            dry_run: false,
-                        }),
-                        BatchOp::Apply(o) => PbOp::Apply(pb::ApplyRequest {
-                            object: o.to_json(),
-                            dry_run: false,
-                        }),
-                        BatchOp::Delete {
-                            kind,
-                            namespace,
-                            name,
-                            precondition,
-                        } => PbOp::Delete(pb::DeleteRequest {
-                            key: Some(key(kind, &namespace, &name)),
-                            resource_version: precondition.unwrap_or(0),
-                        }),
-                    }),
-                })
-                .collect(),
-        };
-        let resp = self
-            .call(Op::Write, |mut api| {
-                let req = req.clone();
-                async move { api.batch(req).await }
-            })
-            .await?;
+        let resp = self.send_batch(batch_request(ops, false, false)).await?;
         Ok(resp
             .results
             .into_iter()
-            .map(|r| {
-                if r.code != 0 {
-                    let status = Status::new(tonic::Code::from_i32(r.code), r.message);
-                    return Err(from_status(&status));
-                }
-                if r.object.is_empty() {
-                    Ok(None)
-                } else {
-                    decode_dyn(&r.object).map(Some)
-                }
+            .map(|r| batch_result(r).map(|(o, _)| o))
+            .collect())
+    }
+
+    /// Apply `objects` all or nothing, in ONE raft entry (`berth apply`): if the server rejects
+    /// any of them (validation, authorization, conflict, node port taken...), none is stored
+    /// and every object answers an error: its own, or [`ClientError::NotApplied`] for the
+    /// ones that were fine. `Err` only when the request itself failed.
+    pub async fn apply_all(
+        &self,
+        objects: &[DynObject],
+        dry_run: bool,
+    ) -> Result<Vec<Result<(DynObject, Outcome), ClientError>>, ClientError> {
+        let ops = objects.iter().cloned().map(BatchOp::Apply).collect();
+        let resp = self.send_batch(batch_request(ops, true, dry_run)).await?;
+        if resp.results.len() != objects.len() {
+            return Err(ClientError::Decode(format!(
+                "the server answered {} results for {} objects",
+                resp.results.len(),
+                objects.len()
+            )));
+        }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|r| match batch_result(r)? {
+                (Some(obj), Some(outcome)) => Ok((obj, outcome)),
+                _ => Err(ClientError::Decode(
+                    "the server answered an apply without the object or its outcome".into(),
+                )),
             })
             .collect())
+    }
+
+    async fn send_batch(&self, req: pb::BatchRequest) -> Result<pb::BatchResponse, ClientError> {
+        self.call(Op::Write, |mut api| {
+            let req = req.clone();
+            async move { api.batch(req).await }
+        })
+        .await
     }
 
     /// Watch changes of `kind` with revision > `from_revision`.
@@ -774,6 +773,71 @@ fn key(kind: Kind, namespace: &str, name: &str) -> pb::ObjectKey {
         },
         name: name.to_string(),
     }
+}
+
+/// The request for a [`Client::batch`] or [`Client::apply_all`].
+fn batch_request(ops: Vec<BatchOp>, atomic: bool, dry_run: bool) -> pb::BatchRequest {
+    use pb::batch_op::Op as PbOp;
+    let ops = ops
+        .into_iter()
+        .map(|op| pb::BatchOp {
+            op: Some(match op {
+                BatchOp::Create(o) => PbOp::Create(pb::CreateRequest {
+                    object: o.to_json(),
+                    dry_run: false,
+                }),
+                BatchOp::Update(o) => PbOp::Update(pb::UpdateRequest {
+                    object: o.to_json(),
+                    dry_run: false,
+                }),
+                BatchOp::UpdateStatus(o) => PbOp::UpdateStatus(pb::UpdateRequest {
+                    object: o.to_json(),
+                    dry_run: false,
+                }),
+                BatchOp::Apply(o) => PbOp::Apply(pb::ApplyRequest {
+                    object: o.to_json(),
+                    dry_run: false,
+                }),
+                BatchOp::Delete {
+                    kind,
+                    namespace,
+                    name,
+                    precondition,
+                } => PbOp::Delete(pb::DeleteRequest {
+                    key: Some(key(kind, &namespace, &name)),
+                    resource_version: precondition.unwrap_or(0),
+                }),
+            }),
+        })
+        .collect();
+    pb::BatchRequest {
+        ops,
+        atomic,
+        dry_run,
+    }
+}
+
+/// One op's answer in a batch: the object (None when the server returned none) and, for
+/// an apply, what it did.
+fn batch_result(r: pb::BatchResult) -> Result<(Option<DynObject>, Option<Outcome>), ClientError> {
+    if r.code != 0 {
+        if r.rolled_back {
+            return Err(ClientError::NotApplied(r.message));
+        }
+        let status = Status::new(tonic::Code::from_i32(r.code), r.message);
+        return Err(from_status(&status));
+    }
+    let outcome = r.outcome.map(|o| match pb::ApplyOutcome::try_from(o) {
+        Ok(pb::ApplyOutcome::Configured) => Outcome::Configured,
+        Ok(pb::ApplyOutcome::Unchanged) => Outcome::Unchanged,
+        _ => Outcome::Created,
+    });
+    let object = if r.object.is_empty() {
+        None
+    } else {
+        Some(decode_dyn(&r.object)?)
+    };
+    Ok((object, outcome))
 }
 
 fn decode_dyn(bytes: &[u8]) -> Result<DynObject, ClientError> {

@@ -9,6 +9,9 @@ use tonic::{Code, Status};
 
 /// Metadata key a follower may set on an `Unavailable` reply to name the current leader.
 pub const LEADER_HINT_KEY: &str = "berth-leader";
+/// Metadata key the server sets (to "unknown") on a reply to a write whose outcome it cannot
+/// know: the leader changed while it was in flight.
+pub const OUTCOME_KEY: &str = "berth-outcome";
 
 /// What went wrong with a request to the Berth API.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +40,19 @@ pub enum ClientError {
     /// find out; CAS preconditions make a blind retry safe).
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The connection to the server (or the server's to the leader) broke after the write
+    /// was sent, or the leader changed under it: it may or may not have been applied. Every
+    /// Berth write is safe to repeat (apply is idempotent; a CAS or create fails cleanly if
+    /// the first attempt did land), so the fix is to run the command again. The CLI exits 3.
+    #[error(
+        "outcome unknown: the leader changed while this write was in flight; it is safe to \
+         apply again ({0})"
+    )]
+    OutcomeUnknown(String),
+    /// One object of an all-or-nothing write that was fine itself but was not applied because
+    /// another object of the same write was rejected.
+    #[error("{0}")]
+    NotApplied(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The server's reply could not be decoded (a version mismatch or a server bug).
@@ -59,6 +75,14 @@ impl ClientError {
 /// Map a gRPC status from the server to a [`ClientError`].
 pub fn from_status(status: &Status) -> ClientError {
     let message = status.message().to_string();
+    if status
+        .metadata()
+        .get(OUTCOME_KEY)
+        .and_then(|v| v.to_str().ok())
+        == Some("unknown")
+    {
+        return ClientError::OutcomeUnknown(message);
+    }
     match status.code() {
         Code::NotFound => ClientError::NotFound(message),
         Code::AlreadyExists => ClientError::AlreadyExists(message),
@@ -88,20 +112,29 @@ pub(crate) enum Retry {
     /// No answer in time (our per-attempt timeout, or the server's DEADLINE_EXCEEDED when a
     /// raft proposal timed out): the outcome is unknown, so only reads are retried.
     IfIdempotent,
+    /// The connection broke after the request was sent (or the server's forwarded request to
+    /// the leader did): reads are retried, a write answers [`ClientError::OutcomeUnknown`].
+    BrokenInFlight,
     /// A real answer: report it.
     Never,
 }
 
 /// Classify a failed attempt. Unavailable covers "not leader", "no leader yet" and connect
-/// failures (tonic maps those to Unavailable); a per-attempt timeout surfaces as Cancelled
-/// with a `TimeoutExpired` source; a connection torn down mid-request as Unknown with a
-/// transport error in its source chain.
+/// failures (tonic maps those to Unavailable; an h2 REFUSED_STREAM too: never processed);
+/// a per-attempt timeout surfaces as Cancelled with a `TimeoutExpired` source; a request
+/// hyper dropped before sending it (the connection was already gone) as Cancelled with a
+/// transport cause; a connection torn down while the request was out as Unknown (or
+/// Internal) with an h2/transport error as cause, or, when a follower's forward to the
+/// leader broke, with that error's text in the message. The server marks a write the leader
+/// change left undecided with `berth-outcome: unknown`.
 pub(crate) fn retry_class(status: &Status) -> Retry {
     match status.code() {
+        _ if status.metadata().contains_key(OUTCOME_KEY) => Retry::BrokenInFlight,
         Code::Unavailable => Retry::Always,
         Code::DeadlineExceeded => Retry::IfIdempotent,
         Code::Cancelled | Code::Unknown if is_timeout(status) => Retry::IfIdempotent,
-        Code::Cancelled | Code::Unknown if has_transport_cause(status) => Retry::Always,
+        Code::Cancelled if has_transport_cause(status) => Retry::Always,
+        Code::Unknown | Code::Internal if has_transport_cause(status) => Retry::BrokenInFlight,
         _ => Retry::Never,
     }
 }
@@ -128,7 +161,8 @@ fn has_transport_cause(status: &Status) -> bool {
         }
         source = err.source();
     }
-    status.message().contains("transport error")
+    let m = status.message();
+    m.contains("transport error") || m.contains("h2 protocol error")
 }
 
 /// The leader address a follower named in its reply, if any.
@@ -237,6 +271,27 @@ mod tests {
             from_status(&Status::deadline_exceeded("x")),
             ClientError::Timeout(_)
         ));
+    }
+
+    #[test]
+    fn a_write_cut_in_flight_is_outcome_unknown_not_retried_and_not_h2_unknown() {
+        let mut marked = Status::unknown("the connection to the leader broke");
+        marked
+            .metadata_mut()
+            .insert(OUTCOME_KEY, "unknown".parse().expect("ascii"));
+        assert_eq!(retry_class(&marked), Retry::BrokenInFlight);
+        let e = from_status(&marked);
+        assert!(matches!(e, ClientError::OutcomeUnknown(_)), "{e:?}");
+        assert!(e.to_string().starts_with(
+            "outcome unknown: the leader changed while this write was in flight; it is safe to \
+             apply again"
+        ));
+        let cut = Status::unknown("h2 protocol error: connection reset");
+        assert_eq!(retry_class(&cut), Retry::BrokenInFlight);
+        assert_eq!(
+            retry_class(&Status::unknown("a handler's own error")),
+            Retry::Never
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! errors) -> typed objects -> JSON bytes in a [`pb`] request -> the API server, which decodes
 //! the same types again ([`object::DynObject`]) and re-validates before anything is stored.
 
+pub mod enums;
 pub mod manifest;
 pub mod object;
 pub mod quantity;
@@ -21,6 +22,7 @@ pub mod selector;
 pub mod types;
 pub mod validate;
 
+pub use enums::{BlueGreenPhase, PodPhase, StrategyType, TaintEffect, UnknownValue};
 pub use object::{DynObject, Kind, Resource};
 
 /// Generated gRPC code for `berth.v1`.

@@ -310,7 +310,7 @@ pub struct Toleration {
     pub operator: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
-    /// NoSchedule, PreferNoSchedule, NoExecute; empty matches all.
+    /// A [`crate::enums::TaintEffect`] (NoSchedule, PreferNoSchedule, NoExecute); empty matches all.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub effect: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -489,7 +489,7 @@ pub struct HostPortMapping {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodStatus {
-    /// Pending, Running, Succeeded, Failed, Unknown
+    /// A [`crate::enums::PodPhase`]: Pending, Running, Succeeded, Failed, Unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -597,7 +597,7 @@ pub struct BlueGreenStatus {
     /// Pod-template hash the preview Service selects.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub preview_selector: String,
-    /// Progressing, Paused, Promoting, Healthy, Degraded, Aborted
+    /// A [`crate::enums::BlueGreenPhase`]: Progressing, Paused, Promoting, Healthy, Degraded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -649,6 +649,19 @@ pub struct Deployment {
     pub spec: DeploymentSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DeploymentStatus>,
+}
+
+impl DeploymentSpec {
+    /// `strategy.type` as the enum, RollingUpdate when unset. A stored Deployment passed
+    /// validation, so an unknown spelling (only possible in an object built in code) also reads
+    /// as RollingUpdate; validation reports it for user input.
+    pub fn strategy_type(&self) -> crate::enums::StrategyType {
+        self.strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default()
+    }
 }
 
 /// One revision of a Deployment's pod template (the pods of one template hash).
@@ -805,7 +818,7 @@ pub struct Taint {
     pub key: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
-    /// NoSchedule, PreferNoSchedule, NoExecute
+    /// A [`crate::enums::TaintEffect`]: NoSchedule, PreferNoSchedule, NoExecute.
     pub effect: String,
 }
 

@@ -299,6 +299,7 @@ impl Errs {
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::enums::{StrategyType, TaintEffect};
 use crate::object::{DynObject, Kind};
 use crate::quantity::ParsedQuantity;
 use crate::selector::Selector;
@@ -577,17 +578,8 @@ pub fn validate_node(n: &Node) -> Vec<FieldError> {
                 format!("invalid taint value {:?}: {m}", t.value),
             );
         }
-        if !matches!(
-            t.effect.as_str(),
-            "NoSchedule" | "PreferNoSchedule" | "NoExecute"
-        ) {
-            e.add(
-                &tp.child("effect"),
-                format!(
-                    "unsupported taint effect {:?}: use NoSchedule, PreferNoSchedule or NoExecute",
-                    t.effect
-                ),
-            );
+        if let Err(err) = t.effect.parse::<TaintEffect>() {
+            e.add(&tp.child("effect"), err.to_string());
         }
         if let Some(j) = seen.insert((&t.key, &t.effect), i) {
             e.add(
@@ -777,16 +769,13 @@ fn selector_and_template(
 }
 
 fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
-    let ty = s.type_.as_deref().unwrap_or("RollingUpdate");
-    if !matches!(ty, "RollingUpdate" | "Recreate" | "BlueGreen") {
-        e.add(
-            &path.child("type"),
-            format!("unsupported strategy type {ty:?}: use RollingUpdate, Recreate or BlueGreen"),
-        );
+    let ty = s.type_.as_deref().unwrap_or(StrategyType::default().as_str());
+    if let Err(err) = ty.parse::<StrategyType>() {
+        e.add(&path.child("type"), err.to_string());
     }
     if let Some(ru) = &s.rolling_update {
         let rp = path.child("rollingUpdate");
-        if ty != "RollingUpdate" {
+        if ty != StrategyType::RollingUpdate {
             e.add(
                 &rp,
                 format!("may only be set when type is RollingUpdate (type is {ty})"),
@@ -820,11 +809,11 @@ fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
         }
     }
     match (&s.blue_green, ty) {
-        (None, "BlueGreen") => e.add(
+        (None, t) if t == StrategyType::BlueGreen => e.add(
             &path.child("blueGreen"),
             "is required when type is BlueGreen",
         ),
-        (Some(_), t) if t != "BlueGreen" => e.add(
+        (Some(_), t) if t != StrategyType::BlueGreen => e.add(
             &path.child("blueGreen"),
             format!("may only be set when type is BlueGreen (type is {t})"),
         ),
@@ -1053,17 +1042,13 @@ fn toleration(e: &mut Errs, t: &Toleration, path: &FieldPath) {
             e.add(&path.child("key"), format!("invalid key {:?}: {m}", t.key));
         }
     }
-    if !matches!(
-        t.effect.as_str(),
-        "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute"
-    ) {
-        e.add(
-            &path.child("effect"),
-            format!(
-                "unsupported effect {:?}: use NoSchedule, PreferNoSchedule or NoExecute",
-                t.effect
-            ),
-        );
+    if !t.effect.is_empty() {
+        if let Err(err) = t.effect.parse::<TaintEffect>() {
+            e.add(
+                &path.child("effect"),
+                format!("{err} (or leave it empty to tolerate every effect)"),
+            );
+        }
     }
     if let Some(s) = t.toleration_seconds {
         non_negative(e, &path.child("tolerationSeconds"), s);

@@ -237,7 +237,7 @@ fn deployment_rules_table() {
                     ..Default::default()
                 })
             },
-            vec!["spec.strategy.type: unsupported strategy type \"Canary\": use RollingUpdate, Recreate or BlueGreen".into()],
+            vec!["spec.strategy.type: unsupported deployment strategy type \"Canary\": must be one of RollingUpdate, Recreate, BlueGreen".into()],
         ),
         (
             "rollingUpdate with Recreate",
@@ -445,7 +445,7 @@ fn pod_node_event_replicaset_rules() {
         vec![
             "spec.nodeName: invalid node name \"Node_1\": must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
             "spec.tolerations[0].value: must be empty when operator is Exists",
-            "spec.tolerations[0].effect: unsupported effect \"Sometimes\": use NoSchedule, PreferNoSchedule or NoExecute",
+            "spec.tolerations[0].effect: unsupported taint effect \"Sometimes\": must be one of NoSchedule, PreferNoSchedule, NoExecute (or leave it empty to tolerate every effect)",
         ]
     );
 
@@ -466,7 +466,7 @@ fn pod_node_event_replicaset_rules() {
     };
     assert_eq!(
         rendered(validate_node(&node)),
-        vec!["spec.taints[0].effect: unsupported taint effect \"NoRun\": use NoSchedule, PreferNoSchedule or NoExecute"]
+        vec!["spec.taints[0].effect: unsupported taint effect \"NoRun\": must be one of NoSchedule, PreferNoSchedule, NoExecute"]
     );
 
     let ev = Event {

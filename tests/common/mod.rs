@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Out {
     pub ok: bool,
+    /// The exit status the binary would end with.
+    pub code: u8,
     pub out: String,
     pub err: String,
 }
@@ -16,8 +18,8 @@ impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ok={} stdout:\n{}\nstderr:\n{}",
-            self.ok, self.out, self.err
+            "ok={} exit={} stdout:\n{}\nstderr:\n{}",
+            self.ok, self.code, self.out, self.err
         )
     }
 }
@@ -73,6 +75,7 @@ pub async fn berth(t: &Target, args: &[&str]) -> Out {
     }
     Out {
         ok: r.is_ok(),
+        code: r.as_ref().err().map(cli::exit_code).unwrap_or(0),
         out: String::from_utf8(out).unwrap(),
         err,
     }

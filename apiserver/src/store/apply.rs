@@ -118,6 +118,41 @@ impl<'a> Txn<'a> {
         }
     }
 
+    /// Run the ops of one command. Independent ops each succeed or fail alone; `atomic` ones
+    /// all succeed, or the transaction is put back as it was before the first of them and
+    /// every op answers an error (its own, or [`StoreError::NotApplied`]). Every op runs
+    /// either way, so one answer names every problem.
+    pub fn run_all(&mut self, ops: Vec<Op>, atomic: bool) -> Vec<OpResult> {
+        if !atomic {
+            return ops.into_iter().map(|op| self.run(op)).collect();
+        }
+        let saved = (self.changes.clone(), self.revision, self.events.len());
+        let results: Vec<OpResult> = ops.into_iter().map(|op| self.run(op)).collect();
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        if failed.is_empty() {
+            return results;
+        }
+        let (changes, revision, events) = saved;
+        self.changes = changes;
+        self.revision = revision;
+        self.events.truncate(events);
+        results
+            .into_iter()
+            .map(|r| {
+                r.and_then(|_| {
+                    Err(StoreError::NotApplied {
+                        failed: failed.clone(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     pub fn run(&mut self, op: Op) -> OpResult {
         match op {
             Op::Create { object, uid } => self.create(object, &uid),

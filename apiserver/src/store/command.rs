@@ -11,10 +11,15 @@ use super::error::{ObjectKey, StoreError};
 use super::NodePortRange;
 use berth_proto::types::Time;
 
-/// One raft entry: a batch of independent operations (usually one).
+/// One raft entry: a batch of operations (usually one), independent of each other unless
+/// `atomic` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     pub ops: Vec<Op>,
+    /// All or nothing: if any op fails, none of them is applied (the failed ones answer their
+    /// own error, the others [`StoreError::NotApplied`]). `berth apply` sends its documents so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub atomic: bool,
     /// The proposer's clock, used for creationTimestamp.
     pub now: Time,
     /// The proposer's node-port range, so allocation is the same on every member.

@@ -119,4 +119,22 @@ pub enum StoreError {
     /// A raft entry or request that could not be decoded (version skew or corruption).
     #[error("malformed command: {0}")]
     BadCommand(String),
+    /// This op was fine, but another op of the same all-or-nothing command failed, so none
+    /// of them was applied. `failed` = 0-based positions of the ops that failed.
+    #[error(
+        "not applied: {} of this all-or-nothing write failed, so nothing was applied; fix {} \
+         and write again",
+        describe_positions(.failed),
+        if .failed.len() == 1 { "it" } else { "them" }
+    )]
+    NotApplied { failed: Vec<usize> },
+}
+
+/// "object 3" / "objects 1, 3" (1-based, as a user counts documents).
+fn describe_positions(failed: &[usize]) -> String {
+    let list: Vec<String> = failed.iter().map(|i| (i + 1).to_string()).collect();
+    match list.len() {
+        1 => format!("object {}", list[0]),
+        _ => format!("objects {}", list.join(", ")),
+    }
 }

@@ -341,7 +341,7 @@ impl Store {
             self.config.max_object_bytes,
         );
         Reply {
-            results: cmd.ops.into_iter().map(|op| txn.run(op)).collect(),
+            results: txn.run_all(cmd.ops, cmd.atomic),
         }
     }
 
@@ -371,7 +371,7 @@ impl Store {
                     txn.now = cmd.now;
                     txn.node_ports = cmd.node_ports;
                     Reply {
-                        results: cmd.ops.into_iter().map(|op| txn.run(op)).collect(),
+                        results: txn.run_all(cmd.ops, cmd.atomic),
                     }
                 }
                 Err(e) => {

@@ -40,6 +40,7 @@ impl Fixture {
             ops,
             now: now(),
             node_ports,
+            atomic: false,
         };
         let reply = self.store.apply(self.index, &cmd.encode());
         Reply::decode(&reply).unwrap().results
@@ -561,6 +562,7 @@ fn already_applied_entries_are_skipped_on_replay() {
         }],
         now: now(),
         node_ports: NodePortRange::default(),
+        atomic: false,
     };
     assert!(f.store.apply(1, &cmd.encode()).is_empty());
     assert!(f.store.get(&key(Kind::Pod, "", "b")).is_err());
@@ -709,6 +711,7 @@ fn dry_run_reports_the_result_without_committing() {
         }],
         now: now(),
         node_ports: NodePortRange::default(),
+        atomic: false,
     });
     assert_eq!(
         reply.results[0].as_ref().unwrap().object["metadata"]["name"],
@@ -859,4 +862,135 @@ fn a_nodes_status_update_applies_only_to_a_pod_bound_to_that_node_when_applied()
         }),
         Err(StoreError::Forbidden(_))
     ));
+}
+
+fn atomic_apply(f: &mut Fixture, objects: Vec<Value>) -> Vec<OpResult> {
+    f.index += 1;
+    let cmd = Command {
+        ops: objects
+            .into_iter()
+            .enumerate()
+            .map(|(i, object)| Op::Apply {
+                object,
+                uid: format!("uid-{}-{i}", f.index),
+            })
+            .collect(),
+        now: now(),
+        node_ports: NodePortRange::default(),
+        atomic: true,
+    };
+    Reply::decode(&f.store.apply(f.index, &cmd.encode()))
+        .unwrap()
+        .results
+}
+
+#[test]
+fn atomic_command_whose_third_op_conflicts_applies_nothing() {
+    let mut f = fixture();
+    f.create(pod("c", json!({}))).unwrap();
+    let before = f.store.revision();
+    let mut stale = pod("c", json!({"v": "2"}));
+    stale["metadata"]["resourceVersion"] = json!("999");
+    let results = atomic_apply(
+        &mut f,
+        vec![pod("a", json!({})), pod("b", json!({})), stale],
+    );
+    assert!(
+        matches!(&results[2], Err(StoreError::Conflict { .. })),
+        "{:?}",
+        results[2]
+    );
+    for r in &results[..2] {
+        match r {
+            Err(e @ StoreError::NotApplied { failed }) => {
+                assert_eq!(failed, &vec![2]);
+                assert!(e.to_string().contains("object 3"), "{e}");
+            }
+            other => panic!("expected NotApplied, got {other:?}"),
+        }
+    }
+    assert_eq!(f.store.revision(), before, "revision must not move");
+    assert!(f.store.get(&key(Kind::Pod, "", "a")).is_err());
+    assert!(f.store.get(&key(Kind::Pod, "", "b")).is_err());
+    // The entry still counts as applied, and the store keeps working.
+    assert_eq!(f.store.applied_index(), f.index);
+    f.create(pod("d", json!({}))).unwrap();
+    assert_eq!(f.store.revision(), before + 1);
+}
+
+#[test]
+fn atomic_command_rolls_back_only_itself_within_a_batch_of_entries() {
+    let f = fixture();
+    let entry = |ops: Vec<Op>, atomic: bool| {
+        Command {
+            ops,
+            now: now(),
+            node_ports: NodePortRange::default(),
+            atomic,
+        }
+        .encode()
+    };
+    let create = |name: &str| Op::Create {
+        object: pod(name, json!({})),
+        uid: format!("u-{name}"),
+    };
+    let first = entry(vec![create("x")], false);
+    // "x" exists by then: the second entry fails as a whole, "y" included.
+    let second = entry(vec![create("y"), create("x")], true);
+    let third = entry(vec![create("z")], false);
+    let replies = f
+        .store
+        .apply_batch(&[(1, &first), (2, &second), (3, &third)]);
+    let second = Reply::decode(&replies[1]).unwrap();
+    assert!(matches!(
+        second.results[0],
+        Err(StoreError::NotApplied { .. })
+    ));
+    assert!(matches!(
+        second.results[1],
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(f.store.get(&key(Kind::Pod, "", "x")).is_ok());
+    assert!(f.store.get(&key(Kind::Pod, "", "y")).is_err());
+    let z = f.store.get(&key(Kind::Pod, "", "z")).unwrap();
+    assert_eq!(f.store.revision(), 2);
+    assert_eq!(z["metadata"]["resourceVersion"], "2");
+}
+
+#[test]
+fn atomic_command_that_succeeds_applies_every_op() {
+    let mut f = fixture();
+    let results = atomic_apply(&mut f, vec![pod("a", json!({})), pod("b", json!({}))]);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(f.store.revision(), 2);
+    assert!(f.store.get(&key(Kind::Pod, "", "b")).is_ok());
+}
+
+#[test]
+fn atomic_dry_run_reports_every_error_and_commits_nothing() {
+    let f = fixture();
+    let reply = f.store.dry_run(Command {
+        ops: vec![
+            Op::Create {
+                object: pod("a", json!({})),
+                uid: "u1".into(),
+            },
+            Op::Create {
+                object: pod("a", json!({})),
+                uid: "u2".into(),
+            },
+        ],
+        now: now(),
+        node_ports: NodePortRange::default(),
+        atomic: true,
+    });
+    assert!(matches!(
+        reply.results[0],
+        Err(StoreError::NotApplied { .. })
+    ));
+    assert!(matches!(
+        reply.results[1],
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(f.store.revision(), 0);
 }

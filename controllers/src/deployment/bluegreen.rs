@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use berth_proto::types::*;
+use berth_proto::BlueGreenPhase;
 
 use super::{desired_replicas, Action, ABORT_ANNOTATION, PROMOTE_ANNOTATION};
 
@@ -282,26 +283,26 @@ impl State {
         };
         let active = bg.active_selector.clone();
         let since = bg.phase_since.unwrap_or(now);
-        match bg.phase.as_str() {
-            "Progressing" if !bg.preview_selector.is_empty() && bg.preview_selector != active => {
+        match bg.phase.parse::<BlueGreenPhase>().ok() {
+            Some(BlueGreenPhase::Progressing) if !bg.preview_selector.is_empty() && bg.preview_selector != active => {
                 State::Progressing {
                     active,
                     green: bg.preview_selector.clone(),
                     since,
                 }
             }
-            "Paused" if !bg.preview_selector.is_empty() => State::Paused {
+            Some(BlueGreenPhase::Paused) if !bg.preview_selector.is_empty() => State::Paused {
                 active,
                 green: bg.preview_selector.clone(),
                 since,
             },
-            "Promoting" if !bg.previous_active_selector.is_empty() => State::Promoting {
+            Some(BlueGreenPhase::Promoting) if !bg.previous_active_selector.is_empty() => State::Promoting {
                 active,
                 previous: bg.previous_active_selector.clone(),
                 promoted_at: bg.promoted_at.unwrap_or(now),
                 scale_down_at: bg.scale_down_at.unwrap_or(now),
             },
-            "Degraded" if !bg.aborted_selector.is_empty() => State::Degraded {
+            Some(BlueGreenPhase::Degraded) if !bg.aborted_selector.is_empty() => State::Degraded {
                 active,
                 aborted: bg.aborted_selector.clone(),
             },
@@ -318,9 +319,9 @@ impl State {
                 bg.active_selector = active.clone();
                 bg.preview_selector = active.clone();
                 bg.phase = if active_ready {
-                    "Healthy"
+                    BlueGreenPhase::Healthy
                 } else {
-                    "Progressing"
+                    BlueGreenPhase::Progressing
                 }
                 .into();
             }
@@ -337,9 +338,9 @@ impl State {
                 bg.active_selector = active.clone();
                 bg.preview_selector = green.clone();
                 bg.phase = if matches!(self, State::Paused { .. }) {
-                    "Paused"
+                    BlueGreenPhase::Paused
                 } else {
-                    "Progressing"
+                    BlueGreenPhase::Progressing
                 }
                 .into();
                 bg.phase_since = Some(*since);
@@ -353,7 +354,7 @@ impl State {
                 bg.active_selector = active.clone();
                 bg.preview_selector = active.clone();
                 bg.previous_active_selector = previous.clone();
-                bg.phase = "Promoting".into();
+                bg.phase = BlueGreenPhase::Promoting.into();
                 bg.promoted_at = Some(*promoted_at);
                 bg.scale_down_at = Some(*scale_down_at);
             }
@@ -361,7 +362,7 @@ impl State {
                 bg.active_selector = active.clone();
                 bg.preview_selector = active.clone();
                 bg.aborted_selector = aborted.clone();
-                bg.phase = "Degraded".into();
+                bg.phase = BlueGreenPhase::Degraded.into();
             }
         }
         if bg.phase_since.is_none() {

@@ -14,13 +14,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_proto::types::*;
+use berth_proto::{BlueGreenPhase, StrategyType};
 
-pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
-/// Written by `berth rollout promote`, cleared by the controller once acted on.
-pub const PROMOTE_ANNOTATION: &str = "berth.io/promote";
-/// Written by `berth rollout abort`, cleared by the controller once acted on.
-pub const ABORT_ANNOTATION: &str = "berth.io/abort";
+// The names live in proto (the CLI and bench share them); re-exported for the loop's shell.
+// PROMOTE/ABORT are written by `berth rollout promote|abort` and cleared here once acted on.
+pub use berth_proto::enums::{
+    revision, ABORT_ANNOTATION, PROMOTE_ANNOTATION, REVISION_ANNOTATION, TEMPLATE_HASH_LABEL,
+};
 
 pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i64 = 600;
 pub const DEFAULT_REVISION_HISTORY_LIMIT: usize = 10;
@@ -100,14 +100,6 @@ pub fn rs_hash(rs: &ReplicaSet) -> &str {
         .unwrap_or("")
 }
 
-pub fn revision(rs: &ReplicaSet) -> i64 {
-    rs.metadata
-        .annotations
-        .get(REVISION_ANNOTATION)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
 fn rs_status(rs: &ReplicaSet) -> ReplicaSetStatus {
     rs.status.clone().unwrap_or_default()
 }
@@ -117,19 +109,15 @@ pub fn desired_replicas(d: &Deployment) -> i32 {
 }
 
 /// The strategy type with its default.
-pub fn strategy_type(d: &Deployment) -> &str {
-    d.spec
-        .strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .unwrap_or("RollingUpdate")
+pub fn strategy_type(d: &Deployment) -> StrategyType {
+    d.spec.strategy_type()
 }
 
 /// (maxSurge, maxUnavailable) resolved against the replica count, Kubernetes-style: surge
 /// rounds up, unavailable rounds down, and both zero means maxUnavailable 1.
 pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
     let replicas = i64::from(desired_replicas(d));
-    if strategy_type(d) != "RollingUpdate" {
+    if strategy_type(d) != StrategyType::RollingUpdate {
         return (0, 0);
     }
     let ru = d
@@ -273,7 +261,7 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
                 .iter()
                 .enumerate()
                 .all(|(j, s)| j == i || s.replicas == 0);
-            if only && sets[i].replicas != replicas && strategy_type(d) != "BlueGreen" {
+            if only && sets[i].replicas != replicas && strategy_type(d) != StrategyType::BlueGreen {
                 sets[i].replicas = replicas;
                 actions.push(Action::UpdateReplicaSet {
                     name: sets[i].name.clone(),
@@ -283,19 +271,19 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
             }
         }
     } else {
-        let strategy = strategy_type(d).to_string();
+        let strategy = strategy_type(d);
         // The new revision is created at the size the strategy allows right now.
         if new_idx.is_none() {
-            let initial = match strategy.as_str() {
-                "Recreate" => {
+            let initial = match strategy {
+                StrategyType::Recreate => {
                     if sets.iter().any(|s| s.replicas > 0 || s.pods > 0) {
                         None
                     } else {
                         Some(replicas)
                     }
                 }
-                "BlueGreen" => Some(replicas),
-                _ => {
+                StrategyType::BlueGreen => Some(replicas),
+                StrategyType::RollingUpdate => {
                     let (surge, _) = surge_and_unavailable(d);
                     let total: i32 = sets.iter().map(|s| s.replicas).sum();
                     Some((replicas + surge - total).clamp(0, replicas))
@@ -312,15 +300,15 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
                 new_idx = Some(sets.len() - 1);
             }
         }
-        match strategy.as_str() {
-            "Recreate" => recreate(&mut sets, new_idx, replicas),
-            "BlueGreen" => {
+        match strategy {
+            StrategyType::Recreate => recreate(&mut sets, new_idx, replicas),
+            StrategyType::BlueGreen => {
                 let out = bluegreen::plan(d, &hash, &mut sets_view(&mut sets), now);
                 actions.extend(out.actions);
                 requeue_after = out.requeue_after;
                 bg_status = Some(out.status);
             }
-            _ => rolling(d, &mut sets, new_idx, replicas),
+            StrategyType::RollingUpdate => rolling(d, &mut sets, new_idx, replicas),
         }
         for s in &sets {
             if !s.new && s.replicas != s.original {
@@ -561,7 +549,7 @@ fn compute_status(
         .map(i64::from)
         .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
     let complete = match &st.blue_green {
-        Some(bg) => bg.phase == "Healthy",
+        Some(bg) => bg.phase == BlueGreenPhase::Healthy,
         None => {
             st.updated_replicas == replicas
                 && st.replicas == replicas
@@ -581,7 +569,10 @@ fn compute_status(
         || old.observed_generation != st.observed_generation;
     let existing = condition(&old.conditions, "Progressing").cloned();
     let mut requeue = None;
-    let bg_phase = st.blue_green.as_ref().map(|b| b.phase.as_str());
+    let bg_phase = st
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.phase.parse::<BlueGreenPhase>().ok());
     if d.spec.paused {
         set_stable(
             &mut st.conditions,
@@ -594,7 +585,7 @@ fn compute_status(
                 last_update_time: Some(now),
             },
         );
-    } else if bg_phase == Some("Paused") {
+    } else if bg_phase == Some(BlueGreenPhase::Paused) {
         // Waiting for a promotion is not a lack of progress: no deadline runs.
         set_stable(
             &mut st.conditions,
@@ -606,7 +597,7 @@ fn compute_status(
                 now,
             ),
         );
-    } else if bg_phase == Some("Degraded") {
+    } else if bg_phase == Some(BlueGreenPhase::Degraded) {
         set_stable(
             &mut st.conditions,
             Condition::new(
