@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build and run every cargo-fuzz target for a fixed budget each: fuzz/run.sh BUDGET_SECONDS
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`); .ci/run calls it with 30 s per target.
-# Each target starts from the committed seeds (fuzz/seeds/<target>/, read only) plus whatever
-# earlier runs left in fuzz/corpus/<target>/ (not committed; new inputs are written there).
+# Each target starts from the committed seeds (fuzz/seeds/<target>/) and regression inputs
+# (fuzz/regressions/<target>/), both read only, plus whatever earlier runs left in
+# fuzz/corpus/<target>/ (not committed; new inputs are written there).
 # A crash leaves its input under fuzz/artifacts/<target>/ and run.sh prints it (base64) in the
-# log: minimize it (`cargo fuzz tmin -s none <target> <file>`) and turn it into a regression test
-# in proto/tests/fuzz_regressions.rs.
+# log: minimize it (`cargo fuzz tmin -s none <target> <file>`), fix the bug, and commit the
+# input under fuzz/regressions/<target>/: proto/tests/fuzz_regressions.rs replays every seed and
+# regression input through the targets' entry points (fuzz/entry_points.rs) in the test suite.
 # Exit status: non-zero if a target failed to build or any target crashed (all targets still run).
 set -euo pipefail
 budget="${1:?usage: fuzz/run.sh BUDGET_SECONDS}"
@@ -34,11 +36,11 @@ echo "fuzz/run.sh: build of ${targets[*]} took $(( $(date +%s) - start ))s"
 status=0
 summary=()
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "seeds/$t"
+    mkdir -p "corpus/$t" "seeds/$t" "regressions/$t"
     log="$(mktemp)" since="$(mktemp)" # since: a timestamp, to find the inputs this run wrote
     echo "fuzz/run.sh: running $t for ${budget}s"
     # -rss_limit_mb: an input that makes the loader allocate unboundedly is a finding too.
-    if cargo fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+    if cargo fuzz run "${flags[@]}" "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
         -max_total_time="$budget" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 | tee "$log"; then
         result=ok
     else

@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn exit_status_says_outcome_unknown_and_timed_out_apart_from_failure() {
+        let unknown = anyhow::Error::new(ClientError::OutcomeUnknown("x".into()))
+            .context("cannot apply deployment/web");
+        assert_eq!(exit_code(&unknown), exit::OUTCOME_UNKNOWN);
+        assert_eq!(exit_code(&anyhow::Error::new(TimedOut("t".into()))), 4);
+        assert_eq!(exit_code(&anyhow!("anything else")), exit::FAILURE);
+        let help = format!("{}", <Cli as clap::CommandFactory>::command().render_help());
+        assert!(help.contains("3 outcome unknown"), "{help}");
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

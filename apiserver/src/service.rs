@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{authenticate, Caller, Verb, ON_BEHALF_OF_METADATA};
 use crate::pki::ServerPki;
 use crate::raft::{MemberInfo, RaftError, RaftHandle};
-use crate::status::{from_raft, from_store, invalid, LEADER_METADATA};
+use crate::status::{from_raft, from_store, invalid, outcome_unknown, LEADER_METADATA};
 use crate::store::{
     ApplyOutcome, Command, NodePortRange, ObjectKey, Op, OpResult, Reply, Store, StoreError,
     WatchEvent, WatchEventType, WatchFilter,
@@ -91,16 +91,48 @@ fn forwarded<T>(req: &Request<T>) -> bool {
 /// A write this follower forwarded succeeded: name the leader in the reply's `berth-leader`
 /// metadata so the client can send its next writes there directly (one hop and one decode
 /// fewer per write).
+///
+/// A forwarded write whose connection to the leader broke after it was sent (the leader
+/// died or stepped down and dropped it) may or may not have been applied: say so, with
+/// `berth-outcome: unknown`, instead of passing on a bare h2 "Unknown" error.
 fn with_leader_hint<T>(
     res: Result<Response<T>, Status>,
     addr: &str,
 ) -> Result<Response<T>, Status> {
+    let res = res.map_err(|s| {
+        if broke_in_flight(&s) {
+            outcome_unknown(Status::unknown(format!(
+                "the connection to the leader {addr} broke while it had this write: {}",
+                berth_tls::innermost_cause(&s)
+            )))
+        } else {
+            s
+        }
+    });
     res.map(|mut resp| {
         if let Ok(v) = addr.parse() {
             resp.metadata_mut().insert(LEADER_METADATA, v);
         }
         resp
     })
+}
+
+/// Did the forwarded call fail on the wire after it was sent (not an answer, not a refused
+/// connection, which tonic reports as UNAVAILABLE)?
+fn broke_in_flight(s: &Status) -> bool {
+    if !matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal) {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::transport::Error>().is_some()
+            || err.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    s.message().starts_with("h2 protocol error") || s.message().contains("transport error")
 }
 
 /// The request to forward to the leader: marked as forwarded, naming the original caller
@@ -836,5 +868,39 @@ impl Api for ApiService {
         req: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_write_cut_on_the_wire_is_marked_outcome_unknown() {
+        let cut: Result<Response<()>, Status> = Err(Status::unknown(
+            "h2 protocol error: error reading a body from connection",
+        ));
+        let s = with_leader_hint(cut, "10.0.0.1:7440").unwrap_err();
+        assert_eq!(
+            s.metadata()
+                .get(crate::status::OUTCOME_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("unknown")
+        );
+        assert!(s.message().contains("10.0.0.1:7440"), "{}", s.message());
+        // Answers and refused connections pass through unchanged.
+        for s in [
+            Status::unavailable("tcp connect error"),
+            Status::not_found("pod \"a\" not found"),
+            Status::unknown("some handler error"),
+        ] {
+            let code = s.code();
+            let out = with_leader_hint::<()>(Err(s), "10.0.0.1:7440").unwrap_err();
+            assert_eq!(out.code(), code);
+            assert!(out
+                .metadata()
+                .get(crate::status::OUTCOME_METADATA)
+                .is_none());
+        }
     }
 }

@@ -20,6 +20,8 @@
 //! | `RaftError::Dropped` / `Stopped`        | UNAVAILABLE         | retry (on another server)      |
 //! | `RaftError::ConfChangeInProgress`       | UNAVAILABLE         | retry later                    |
 //! | `RaftError::Timeout`                    | DEADLINE_EXCEEDED   | outcome of a write unknown     |
+//! | `RaftError::OutcomeUnknown`             | INTERNAL            | metadata `berth-outcome: unknown` |
+//! | forwarded write, leader connection broke | UNKNOWN            | metadata `berth-outcome: unknown` |
 //! | `RaftError::UnknownMember`              | NOT_FOUND           |                                |
 //! | other `RaftError`                       | INTERNAL            |                                |
 //! | bad request (kind, selector, framing)   | INVALID_ARGUMENT    |                                |
@@ -35,6 +37,19 @@ use crate::store::StoreError;
 pub const LEADER_METADATA: &str = "berth-leader";
 /// Metadata key carrying the leader's raft id on UNAVAILABLE (not leader).
 pub const LEADER_ID_METADATA: &str = "berth-leader-id";
+/// Metadata key set to "unknown" on the reply to a write whose outcome this server cannot
+/// know (the leader changed while it was in flight); the client reports "outcome unknown".
+pub const OUTCOME_METADATA: &str = "berth-outcome";
+
+/// Mark `s` as the answer to a write whose outcome is unknown.
+pub fn outcome_unknown(mut s: Status) -> Status {
+    s.metadata_mut().insert(
+        OUTCOME_METADATA,
+        tonic::metadata::MetadataValue::from_static("unknown"),
+    );
+    s
+}
+
 /// Metadata key carrying the current resourceVersion on ABORTED (conflict).
 pub const ACTUAL_RV_METADATA: &str = "berth-actual-resource-version";
 
@@ -92,6 +107,9 @@ pub fn from_raft(e: &RaftError) -> Status {
         _ => Code::Internal,
     };
     let mut s = Status::new(code, bounded(e.to_string()));
+    if matches!(e, RaftError::OutcomeUnknown) {
+        s = outcome_unknown(s);
+    }
     if let RaftError::NotLeader {
         leader_id,
         leader_addr,

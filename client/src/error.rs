@@ -274,6 +274,27 @@ mod tests {
     }
 
     #[test]
+    fn a_write_cut_in_flight_is_outcome_unknown_not_retried_and_not_h2_unknown() {
+        let mut marked = Status::unknown("the connection to the leader broke");
+        marked
+            .metadata_mut()
+            .insert(OUTCOME_KEY, "unknown".parse().expect("ascii"));
+        assert_eq!(retry_class(&marked), Retry::BrokenInFlight);
+        let e = from_status(&marked);
+        assert!(matches!(e, ClientError::OutcomeUnknown(_)), "{e:?}");
+        assert!(e.to_string().starts_with(
+            "outcome unknown: the leader changed while this write was in flight; it is safe to \
+             apply again"
+        ));
+        let cut = Status::unknown("h2 protocol error: connection reset");
+        assert_eq!(retry_class(&cut), Retry::BrokenInFlight);
+        assert_eq!(
+            retry_class(&Status::unknown("a handler's own error")),
+            Retry::Never
+        );
+    }
+
+    #[test]
     fn leader_named_on_a_forwarded_success_is_read_from_metadata() {
         let mut md = tonic::metadata::MetadataMap::new();
         assert_eq!(success_leader_hint(&md), None);

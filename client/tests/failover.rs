@@ -228,3 +228,116 @@ async fn batch_returns_one_result_per_op_in_order() {
     assert!(client.get::<Pod>("default", "fresh").await.is_ok());
     cluster.shutdown().await.unwrap();
 }
+
+/// A TCP proxy in front of one server that can lose the answer of the next request: once
+/// `armed`, nothing more goes back to the client; `cut` then closes every connection, as a
+/// leader that dies (or steps down and drops its connections) after taking a write does.
+struct LossyProxy {
+    addr: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl LossyProxy {
+    async fn start(upstream: String) -> LossyProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = tokio_util::sync::CancellationToken::new();
+        let (a, c) = (armed.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (cut_up, cut_down) = (c.clone(), c.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            _ = cut_up.cancelled() => return,
+                            n = cr.read(&mut buf) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+                        };
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let armed = a.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = tokio::select! {
+                            _ = cut_down.cancelled() => return,
+                            n = sr.read(&mut buf) => match n { Ok(0) | Err(_) => return, Ok(n) => n },
+                        };
+                        if !armed.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        LossyProxy { addr, armed, cut }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_lost_in_flight_says_outcome_unknown_and_applying_again_is_safe() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let proxy = LossyProxy::start(cluster.addr(0).to_string()).await;
+    let client = Client::new(
+        &[proxy.addr.clone()],
+        ClientConfig {
+            deadline: T,
+            ..ClientConfig::with_tls(cluster.admin_tls())
+        },
+    )
+    .unwrap();
+    // Connect (TLS, HTTP/2 settings) before losing anything.
+    client.list_dyn(Kind::Pod, None, "").await.unwrap();
+    proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let obj = DynObject::from_typed(&pod("lost-answer"));
+    let write = {
+        let (client, obj) = (client.clone(), obj.clone());
+        tokio::spawn(async move { client.apply_dyn(&obj, false).await })
+    };
+    // The server took the write: only its answer is lost.
+    let direct = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    while direct
+        .get_dyn(Kind::Pod, "default", "lost-answer")
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut.cancel();
+    let err = tokio::time::timeout(T, write)
+        .await
+        .expect("the client must answer once the connection is gone")
+        .unwrap()
+        .expect_err("the answer was lost");
+    assert!(matches!(err, ClientError::OutcomeUnknown(_)), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "outcome unknown: the leader changed while this write was in flight; it is safe to \
+             apply again"
+        ),
+        "{err}"
+    );
+    // As the message says: applying again is safe.
+    let (_, outcome) = direct.apply_dyn(&obj, false).await.unwrap();
+    assert_eq!(outcome, berth_client::Outcome::Unchanged);
+    cluster.shutdown().await.unwrap();
+}

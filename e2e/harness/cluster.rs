@@ -202,11 +202,7 @@ impl Cluster {
     /// when network namespaces cannot be used here. In CI (`CI=true`) that is a failure.
     pub fn start(name: &str, id: u8, opts: Opts) -> Option<Cluster> {
         let serial = serial();
-        if let Err(why) = netns_available() {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("e2e test {name} cannot run: {why}");
-            }
-            eprintln!("SKIPPED e2e test {name}: {why}");
+        if !berth_testkit::skip::require(&format!("e2e test {name}"), netns_available()) {
             return None;
         }
         let net = Net::create(id, 3).unwrap_or_else(|e| panic!("building hosts for {name}: {e}"));

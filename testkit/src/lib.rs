@@ -5,11 +5,14 @@
 //!   `NodeBuilder::new("n1").cpu("4").memory("8Gi").ready().build()`.
 //! - [`hollow`]: hollow nodes, fake agents without a runtime that register a Node, heartbeat,
 //!   and mark pods bound to them Ready with a host IP and host ports.
+//! - [`skip`]: the one "skip here, fail under CI" decision for tests that need something of the
+//!   machine (Docker, python3, network namespaces); every skip prints [`skip::SKIP_PREFIX`].
 //!
-//! Builders produce plain `berth_proto::types` values; nothing here does I/O.
+//! Builders produce plain `berth_proto::types` values and do no I/O.
 
 pub mod builders;
 pub mod hollow;
+pub mod skip;
 
 pub use builders::{DeploymentBuilder, NodeBuilder, PodBuilder, ServiceBuilder};
 pub use hollow::{HollowConfig, HollowNode};
