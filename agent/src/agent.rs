@@ -185,6 +185,32 @@ fn default_data_dir() -> PathBuf {
         .join("agent")
 }
 
+/// The container runtime for `--runtime KIND` (None: Docker when an engine answers within 3 s,
+/// else processes). A Docker runtime is always scoped to `node`, whichever way it was chosen,
+/// so agents sharing one engine never adopt or kill each other's containers.
+pub async fn select_runtime(
+    kind: Option<RuntimeKind>,
+    node: &str,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn Runtime>, AgentError> {
+    let docker = match kind {
+        Some(RuntimeKind::Process) => None,
+        Some(RuntimeKind::Docker) => Some(
+            DockerRuntime::connect()
+                .await
+                .map_err(|e| AgentError::DockerUnavailable(e.to_string()))?,
+        ),
+        None => tokio::time::timeout(Duration::from_secs(3), DockerRuntime::connect())
+            .await
+            .ok()
+            .and_then(Result::ok),
+    };
+    Ok(match docker {
+        Some(d) => Arc::new(d.for_node(node)),
+        None => Arc::new(ProcessRuntime::new(data_dir)?),
+    })
+}
+
 /// Start the agent's loops and return at once (the API may still be unreachable).
 pub async fn start(
     args: AgentArgs,
@@ -210,19 +236,7 @@ pub async fn start(
     // 0700: it holds container state, logs and the node's key.
     berth_tls::create_private_dir(&data_dir).map_err(AgentError::DataDir)?;
 
-    let runtime: Arc<dyn Runtime> = match args.runtime {
-        Some(RuntimeKind::Docker) => match DockerRuntime::connect().await {
-            Ok(d) => Arc::new(d.for_node(&node_name)),
-            Err(e) => return Err(AgentError::DockerUnavailable(e.to_string())),
-        },
-        Some(RuntimeKind::Process) => Arc::new(ProcessRuntime::new(&data_dir)?),
-        None => {
-            match tokio::time::timeout(Duration::from_secs(3), DockerRuntime::connect()).await {
-                Ok(Ok(d)) => Arc::new(d),
-                _ => Arc::new(ProcessRuntime::new(&data_dir)?),
-            }
-        }
-    };
+    let runtime = select_runtime(args.runtime, &node_name, &data_dir).await?;
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
 
     let tls = crate::credentials::node_credentials(

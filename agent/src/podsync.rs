@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth_proto::PodPhase;
 use berth_proto::types::{
     Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodStatus, Time,
@@ -494,16 +495,16 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
     }
     let phase = if !pod.spec.containers.is_empty() && all_terminal {
         if all_succeeded {
-            "Succeeded"
+            PodPhase::Succeeded
         } else {
-            "Failed"
+            PodPhase::Failed
         }
     } else if any_started {
-        "Running"
+        PodPhase::Running
     } else {
-        "Pending"
+        PodPhase::Pending
     };
-    let ready = all_ready && !pod.spec.containers.is_empty() && phase == "Running";
+    let ready = all_ready && !pod.spec.containers.is_empty() && phase == PodPhase::Running;
     let ready_reason = if ready { "" } else { "ContainersNotReady" };
     let mut conditions = Vec::new();
     put_condition(

@@ -65,7 +65,7 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
         let Some(st) = pod.status.as_ref() else {
             continue;
         };
-        if st.host_ip.is_empty() || matches!(st.phase.as_str(), "Succeeded" | "Failed") {
+        if st.host_ip.is_empty() || pod.is_terminal() {
             continue;
         }
         let ports: PortKey = svc

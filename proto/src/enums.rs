@@ -262,6 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_without_a_phase_reads_pending_and_a_foreign_spelling_reads_unknown() {
+        use crate::types::{Pod, PodStatus};
+        let with = |phase: &str| Pod {
+            status: Some(PodStatus {
+                phase: phase.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(Pod::default().phase(), PodPhase::Pending);
+        assert_eq!(with("").phase(), PodPhase::Pending);
+        assert_eq!(with("Running").phase(), PodPhase::Running);
+        assert_eq!(with("Completed").phase(), PodPhase::Unknown);
+        assert!(with("Failed").is_terminal() && with("Succeeded").is_terminal());
+        assert!(!with("Running").is_terminal() && !Pod::default().is_terminal());
+    }
+
+    #[test]
     fn the_revision_annotation_parses_or_reads_zero() {
         let mut rs = crate::types::ReplicaSet::default();
         assert_eq!(revision(&rs), 0);

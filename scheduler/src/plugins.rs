@@ -6,6 +6,7 @@
 
 use berth_proto::quantity::{pod_requests, Resources};
 use berth_proto::types::{condition, Pod, Taint};
+use berth_proto::TaintEffect;
 
 use crate::snapshot::{pod_host_ports, NodeInfo};
 
@@ -76,7 +77,11 @@ pub fn filter(pod: &Pod, requests: Resources, info: &NodeInfo) -> Result<(), Vec
         .spec
         .taints
         .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(|t| {
+            t.effect
+                .parse::<TaintEffect>()
+                .is_ok_and(TaintEffect::forbids_scheduling)
+        })
         .find(|t| !tolerated(pod, t))
     {
         return Err(vec![Reason::UntoleratedTaint(format!(
@@ -139,7 +144,7 @@ pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
         .spec
         .taints
         .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(pod, t))
+        .filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerated(pod, t))
         .count() as i64;
     let used = info.requested.saturating_add(requests);
     let mut total = 0u128;
