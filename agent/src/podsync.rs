@@ -18,11 +18,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_proto::PodPhase;
 use berth_proto::types::{
     Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodStatus, Time,
 };
+use berth_proto::PodPhase;
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
