@@ -129,7 +129,7 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
             "{}",
             init_banner(
                 server.id(),
-                &server.advertise_addr().to_string(),
+                server.advertise_addr(),
                 &server.admin_config_path(),
                 &token_file,
                 token.as_deref()

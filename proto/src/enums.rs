@@ -151,6 +151,8 @@ string_enum! {
     }
 }
 
+// string_enum! declares the enum, so `#[derive(Default)]` with `#[default]` is not available.
+#[allow(clippy::derivable_impls)]
 impl Default for StrategyType {
     fn default() -> StrategyType {
         StrategyType::RollingUpdate
@@ -234,13 +236,17 @@ mod tests {
 
     #[test]
     fn an_unknown_value_names_itself_and_lists_the_allowed_ones() {
-        let err = "noschedule".parse::<TaintEffect>().unwrap_err();
+        let err = "noschedule"
+            .parse::<TaintEffect>()
+            .expect_err("lower case is not an effect");
         assert_eq!(
             err.to_string(),
             "unsupported taint effect \"noschedule\": must be one of NoSchedule, \
              PreferNoSchedule, NoExecute"
         );
-        let err = "Aborted".parse::<BlueGreenPhase>().unwrap_err();
+        let err = "Aborted"
+            .parse::<BlueGreenPhase>()
+            .expect_err("nothing writes Aborted");
         assert!(err
             .to_string()
             .contains("Progressing, Paused, Promoting, Healthy, Degraded"));
