@@ -241,7 +241,9 @@ mod tests {
              PreferNoSchedule, NoExecute"
         );
         let err = "Aborted".parse::<BlueGreenPhase>().unwrap_err();
-        assert!(err.to_string().contains("Progressing, Paused, Promoting, Healthy, Degraded"));
+        assert!(err
+            .to_string()
+            .contains("Progressing, Paused, Promoting, Healthy, Degraded"));
     }
 
     #[test]
