@@ -869,6 +869,23 @@ impl Api for ApiService {
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
     }
+
+    async fn join_token(
+        &self,
+        req: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        let who = authenticate(&req)?;
+        if who.identity != berth_tls::Identity::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} may not read the join token: only the cluster admin may; run `berth token \
+                 show` with the admin config `berth server --init` wrote (DATA/admin.yaml)",
+                who.identity
+            )));
+        }
+        Ok(Response::new(pb::JoinTokenResponse {
+            token: self.pki.token.reveal(),
+        }))
+    }
 }
 
 #[cfg(test)]
