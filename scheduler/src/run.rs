@@ -79,9 +79,7 @@ struct Scheduler {
 }
 
 fn needs_scheduling(p: &Pod) -> bool {
-    p.spec.node_name.is_empty()
-        && p.metadata.deletion_timestamp.is_none()
-        && !p.is_terminal()
+    p.spec.node_name.is_empty() && p.metadata.deletion_timestamp.is_none() && !p.is_terminal()
 }
 
 fn pod_scheduled(p: &Pod) -> Option<&Condition> {
