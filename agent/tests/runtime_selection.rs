@@ -65,7 +65,10 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
         ..Default::default()
     };
     let owner = docker.for_node(&other);
-    let id = owner.create(&spec).await.expect("create the other node's container");
+    let id = owner
+        .create(&spec)
+        .await
+        .expect("create the other node's container");
     let _cleanup = Cleanup(id.clone());
     assert!(
         owner.list().await.unwrap().iter().any(|c| c.id == id),
@@ -75,7 +78,11 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
     let dir = tempfile::tempdir().unwrap();
     for kind in [Some(RuntimeKind::Docker), None] {
         let rt = select_runtime(kind, "this-node", dir.path()).await.unwrap();
-        assert_eq!(rt.name(), "docker", "{kind:?}: Docker answers, so Docker is used");
+        assert_eq!(
+            rt.name(),
+            "docker",
+            "{kind:?}: Docker answers, so Docker is used"
+        );
         let seen = rt.list().await.unwrap();
         assert!(
             !seen.iter().any(|c| c.id == id),

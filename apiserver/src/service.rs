@@ -605,7 +605,7 @@ impl Api for ApiService {
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        let propose = !valid.is_empty() && !(r.atomic && !rejected.is_empty());
+        let propose = !valid.is_empty() && (!r.atomic || rejected.is_empty());
         let mut committed = if propose {
             match self.write_cmd(valid, r.atomic, r.dry_run, is_fwd).await {
                 Ok(results) => results.into_iter(),
@@ -873,6 +873,7 @@ impl Api for ApiService {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

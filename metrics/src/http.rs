@@ -87,10 +87,7 @@ impl MetricsServer {
                     Ok::<_, Infallible>(if is_metrics_path(&req) {
                         metrics_response(req.method(), || render())
                     } else {
-                        text_response(
-                            StatusCode::NOT_FOUND,
-                            "not found: metrics are at /metrics",
-                        )
+                        text_response(StatusCode::NOT_FOUND, "not found: metrics are at /metrics")
                     })
                 }
             });
@@ -303,7 +300,10 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_secs(10), junk.read_to_string(&mut reply))
             .await
             .unwrap();
-        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(
+            reply.is_empty() || reply.starts_with("HTTP/1.1 400"),
+            "{reply}"
+        );
         assert!(scrape(&addr).await.unwrap().contains("hits_total 6\n"));
 
         stop.cancel();
@@ -345,7 +345,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n, 0, "connection closed");
-        println!("shutdown with an idle connection took {:?}", started.elapsed());
+        println!(
+            "shutdown with an idle connection took {:?}",
+            started.elapsed()
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 

@@ -151,6 +151,8 @@ string_enum! {
     }
 }
 
+// Not derived: the enum is declared through `string_enum!`.
+#[allow(clippy::derivable_impls)]
 impl Default for StrategyType {
     fn default() -> StrategyType {
         StrategyType::RollingUpdate
@@ -213,6 +215,7 @@ pub fn revision(rs: &crate::types::ReplicaSet) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -241,7 +244,9 @@ mod tests {
              PreferNoSchedule, NoExecute"
         );
         let err = "Aborted".parse::<BlueGreenPhase>().unwrap_err();
-        assert!(err.to_string().contains("Progressing, Paused, Promoting, Healthy, Degraded"));
+        assert!(err
+            .to_string()
+            .contains("Progressing, Paused, Promoting, Healthy, Degraded"));
     }
 
     #[test]

@@ -769,7 +769,10 @@ fn selector_and_template(
 }
 
 fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
-    let ty = s.type_.as_deref().unwrap_or(StrategyType::default().as_str());
+    let ty = s
+        .type_
+        .as_deref()
+        .unwrap_or(StrategyType::default().as_str());
     if let Err(err) = ty.parse::<StrategyType>() {
         e.add(&path.child("type"), err.to_string());
     }

@@ -39,8 +39,8 @@ use berth_bench::cluster::{load_average, ms, percentile, LocalCluster};
 use berth_client::client::Change;
 use berth_client::{Client, ClientError, Kind};
 use berth_proto::enums::PROMOTE_ANNOTATION;
-use berth_proto::{BlueGreenPhase, StrategyType};
 use berth_proto::types::{Deployment, Service};
+use berth_proto::{BlueGreenPhase, StrategyType};
 use clap::Parser;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -281,7 +281,11 @@ async fn wait_healthy(client: &Client) -> Result<()> {
     loop {
         let d: Deployment = client.get("default", NAME).await?;
         let st = d.status.clone().unwrap_or_default();
-        if st.blue_green.as_ref().is_some_and(|b| b.phase == BlueGreenPhase::Healthy) {
+        if st
+            .blue_green
+            .as_ref()
+            .is_some_and(|b| b.phase == BlueGreenPhase::Healthy)
+        {
             return Ok(());
         }
         if Instant::now() > end {

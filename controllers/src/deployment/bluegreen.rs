@@ -284,7 +284,9 @@ impl State {
         let active = bg.active_selector.clone();
         let since = bg.phase_since.unwrap_or(now);
         match bg.phase.parse::<BlueGreenPhase>().ok() {
-            Some(BlueGreenPhase::Progressing) if !bg.preview_selector.is_empty() && bg.preview_selector != active => {
+            Some(BlueGreenPhase::Progressing)
+                if !bg.preview_selector.is_empty() && bg.preview_selector != active =>
+            {
                 State::Progressing {
                     active,
                     green: bg.preview_selector.clone(),
@@ -296,12 +298,14 @@ impl State {
                 green: bg.preview_selector.clone(),
                 since,
             },
-            Some(BlueGreenPhase::Promoting) if !bg.previous_active_selector.is_empty() => State::Promoting {
-                active,
-                previous: bg.previous_active_selector.clone(),
-                promoted_at: bg.promoted_at.unwrap_or(now),
-                scale_down_at: bg.scale_down_at.unwrap_or(now),
-            },
+            Some(BlueGreenPhase::Promoting) if !bg.previous_active_selector.is_empty() => {
+                State::Promoting {
+                    active,
+                    previous: bg.previous_active_selector.clone(),
+                    promoted_at: bg.promoted_at.unwrap_or(now),
+                    scale_down_at: bg.scale_down_at.unwrap_or(now),
+                }
+            }
             Some(BlueGreenPhase::Degraded) if !bg.aborted_selector.is_empty() => State::Degraded {
                 active,
                 aborted: bg.aborted_selector.clone(),
