@@ -523,6 +523,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// `status.phase` as the enum: Pending while no phase was written yet. A spelling that is
+    /// not a phase (validation refuses it, so only an object built in code has one) reads
+    /// Unknown.
+    pub fn phase(&self) -> crate::enums::PodPhase {
+        use crate::enums::PodPhase;
+        match self.status.as_ref().map(|s| s.phase.as_str()) {
+            None | Some("") => PodPhase::Pending,
+            Some(p) => p.parse().unwrap_or(PodPhase::Unknown),
+        }
+    }
+
+    /// Succeeded or Failed: the pod's containers will not run again.
+    pub fn is_terminal(&self) -> bool {
+        self.phase().is_terminal()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.status
             .as_ref()
