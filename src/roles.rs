@@ -5,14 +5,18 @@
 //! talk to the API like every other loop, are started here: on every server, gated by
 //! `run_while_leader` on the Raft leader id, so exactly one member runs them at a time and they
 //! hand over on failover (every write they make is compare-and-swap, so an old leader's
-//! in-flight writes cannot double-act).
+//! in-flight writes cannot double-act). Each loop is supervised: one that panics or returns is
+//! restarted with backoff while this member keeps leading.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use berth_apiserver::{ServerArgs, ServerHandle};
+use berth_client::runtime::events::Recorder;
+use berth_client::runtime::supervise::Supervisor;
 use berth_client::{Client, ClientConfig};
+use berth_proto::types::ObjectReference;
 use tokio_util::sync::CancellationToken;
 
 /// Start the scheduler and the controllers on `server` whenever it is the Raft leader.
@@ -31,18 +35,44 @@ pub fn spawn_leader_loops(
     .context("creating the control loops' client")?;
     let leader = server.leader_watch();
     let id = server.id();
+    // A loop that panics or returns is restarted on its own (backoff, the
+    // berth_controller_restarts_total metric, a ControllerRestarted Event about this server).
+    let supervisor = Supervisor::new().with_events(
+        client.clone(),
+        Recorder::new("berth-server").with_host(&server.advertise_addr().to_string()),
+        ObjectReference {
+            kind: "Server".to_string(),
+            namespace: String::new(),
+            name: format!("server-{id}"),
+            uid: String::new(),
+        },
+    );
     Ok(tokio::spawn(async move {
         berth_controllers::run::run_while_leader(leader, id, shutdown, move |token| {
             let client = client.clone();
+            let supervisor = supervisor.clone();
             async move {
-                let sched = tokio::spawn(berth_scheduler::run::run(
-                    client.clone(),
-                    berth_scheduler::run::Config::default(),
-                    token.clone(),
-                ));
+                let sched = tokio::spawn({
+                    let (client, supervisor, token) =
+                        (client.clone(), supervisor.clone(), token.clone());
+                    async move {
+                        supervisor
+                            .run("scheduler", token, move |t| {
+                                berth_scheduler::run::run(
+                                    client.clone(),
+                                    berth_scheduler::run::Config::default(),
+                                    t,
+                                )
+                            })
+                            .await
+                    }
+                });
                 berth_controllers::run::run_controllers(
                     client,
-                    berth_controllers::run::Config::default(),
+                    berth_controllers::run::Config {
+                        supervisor,
+                        ..berth_controllers::run::Config::default()
+                    },
                     token,
                 )
                 .await;
@@ -99,7 +129,7 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
             "{}",
             init_banner(
                 server.id(),
-                &server.advertise_addr().to_string(),
+                server.advertise_addr(),
                 &server.admin_config_path(),
                 &token_file,
                 token.as_deref()

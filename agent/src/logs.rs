@@ -664,7 +664,7 @@ mod tests {
             .expect("first chunk within 10 s")
             .expect("a chunk")
             .expect("not an error");
-        assert_eq!(first, Bytes::from_static(b"log of app attempt 1\n"));
+        assert_eq!(first, Bytes::from_static(b"log of app attempt 0\n"));
         // Shutting the agent down ends the follow cleanly, and the server drains.
         stop.cancel();
         let end = tokio::time::timeout(Duration::from_secs(10), logs.next())

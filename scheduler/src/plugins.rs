@@ -5,6 +5,7 @@
 //! scheduler framework. Reasons use kubectl's wording so `describe pod` reads familiarly.
 
 use berth_proto::quantity::{pod_requests, Resources};
+use berth_proto::selector::matches_labels;
 use berth_proto::types::{condition, Pod, Taint};
 use berth_proto::TaintEffect;
 
@@ -65,12 +66,7 @@ pub fn filter(pod: &Pod, requests: Resources, info: &NodeInfo) -> Result<(), Vec
     if node.spec.unschedulable {
         return Err(vec![Reason::Unschedulable]);
     }
-    if !pod
-        .spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
-    {
+    if !matches_labels(&pod.spec.node_selector, &node.metadata.labels) {
         return Err(vec![Reason::NodeSelectorMismatch]);
     }
     if let Some(t) = node

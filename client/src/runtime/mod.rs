@@ -15,9 +15,11 @@
 //! from the store when the key is dispatched, so bursts of changes collapse into one run.
 
 pub mod controller;
+pub mod events;
 mod metrics;
 pub mod queue;
 pub mod reflector;
+pub mod supervise;
 pub mod watcher;
 
 use berth_proto::types::{Deployment, Endpoints, Event, Node, Pod, ReplicaSet, Service};

@@ -13,7 +13,9 @@ use berth_proto::Kind;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{error_policy, events, requeue, Config, Error};
+use berth_client::runtime::events::{self, EventType, Recorder};
+
+use super::{error_policy, requeue, Config, Error};
 use crate::deployment::{self, Action as Step, TEMPLATE_HASH_LABEL};
 
 struct Ctx {
@@ -144,15 +146,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 reason,
                 message,
             } => {
-                events::record(
-                    client,
-                    events::reference("Deployment", &d.metadata),
-                    &type_,
-                    &reason,
-                    &message,
-                    "deployment-controller",
-                )
-                .await;
+                let type_ = if type_ == EventType::Warning.as_str() {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                recorder()
+                    .record(
+                        client,
+                        events::reference(d.as_ref()),
+                        type_,
+                        &reason,
+                        &message,
+                    )
+                    .await;
             }
         }
     }
@@ -170,21 +177,25 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     Ok(requeue(plan.requeue_after))
 }
 
+fn recorder() -> Recorder {
+    Recorder::new("deployment-controller")
+}
+
 /// kubectl's `ScalingReplicaSet` event ("Scaled up replica set web-abc to 3 from 1").
 async fn scaling_event(client: &Client, d: &Deployment, rs: &str, from: i32, to: i32) {
     if from == to {
         return;
     }
     let dir = if to > from { "up" } else { "down" };
-    events::record(
-        client,
-        events::reference("Deployment", &d.metadata),
-        "Normal",
-        "ScalingReplicaSet",
-        &format!("Scaled {dir} replica set {rs} to {to} from {from}"),
-        "deployment-controller",
-    )
-    .await;
+    recorder()
+        .record(
+            client,
+            events::reference(d),
+            EventType::Normal,
+            "ScalingReplicaSet",
+            &format!("Scaled {dir} replica set {rs} to {to} from {from}"),
+        )
+        .await;
 }
 
 /// Set the Service's `pod-template-hash` selector in one write (a no-op when already set).

@@ -7,7 +7,6 @@
 
 mod deployment;
 mod endpoints;
-mod events;
 mod gc;
 mod nodelifecycle;
 mod replicaset;
@@ -15,6 +14,7 @@ mod replicaset;
 use std::future::Future;
 use std::time::Duration;
 
+use berth_client::runtime::supervise::Supervisor;
 use berth_client::{Action, Client, ClientError, ControllerConfig};
 use berth_proto::Kind;
 use tokio::sync::watch;
@@ -31,6 +31,9 @@ pub struct Config {
     pub concurrency: usize,
     /// How long garbage collection gathers changes before a pass.
     pub gc_delay: Duration,
+    /// Restarts each controller loop that panics or returns (with backoff, a metric and an
+    /// Event when it has an event target).
+    pub supervisor: Supervisor,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             node_lifecycle: NodeLifecycleConfig::default(),
             concurrency: 8,
             gc_delay: Duration::from_millis(200),
+            supervisor: Supervisor::new(),
         }
     }
 }
@@ -96,35 +100,46 @@ fn requeue(after: Option<Duration>) -> Action {
     after.map_or_else(Action::await_change, Action::requeue)
 }
 
+/// The names controller loops are supervised under (the `loop` label of
+/// `berth_controller_restarts_total`, and the name in their `ControllerRestarted` Events).
+pub const LOOP_NAMES: [&str; 5] = [
+    "deployment",
+    "replicaset",
+    "endpoints",
+    "node-lifecycle",
+    "gc",
+];
+
 /// Run every controller (Deployment, ReplicaSet, Endpoints, node lifecycle, GC) until
-/// `shutdown`. Meant to run only on the Raft leader (see [`run_while_leader`]).
+/// `shutdown`, each supervised by `config.supervisor`: a loop that panics or returns is
+/// restarted on its own, and the others keep running. Meant to run only on the Raft leader
+/// (see [`run_while_leader`]).
 pub async fn run_controllers(client: Client, config: Config, shutdown: CancellationToken) {
     let mut set = JoinSet::new();
-    set.spawn(deployment::run(
-        client.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    set.spawn(replicaset::run(
-        client.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    set.spawn(endpoints::run(
-        client.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    set.spawn(nodelifecycle::run(
-        client.clone(),
-        config.clone(),
-        shutdown.clone(),
-    ));
-    set.spawn(gc::run(client, config, shutdown.clone()));
+    for name in LOOP_NAMES {
+        let (client, config, shutdown) = (client.clone(), config.clone(), shutdown.clone());
+        set.spawn(async move {
+            let supervisor = config.supervisor.clone();
+            supervisor
+                .run(name, shutdown, move |token| {
+                    let (client, config) = (client.clone(), config.clone());
+                    async move {
+                        match name {
+                            "deployment" => deployment::run(client, config, token).await,
+                            "replicaset" => replicaset::run(client, config, token).await,
+                            "endpoints" => endpoints::run(client, config, token).await,
+                            "node-lifecycle" => nodelifecycle::run(client, config, token).await,
+                            _ => gc::run(client, config, token).await,
+                        }
+                    }
+                })
+                .await
+        });
+    }
     while let Some(r) = set.join_next().await {
         if let Err(e) = r {
-            tracing::error!(error = %e, "a controller task failed");
-            shutdown.cancel();
+            // Only the supervisor itself could fail here; the other loops keep running.
+            tracing::error!(error = %e, "a controller supervisor failed");
         }
     }
 }
@@ -154,9 +169,27 @@ pub async fn run_while_leader<F, Fut>(
                 let _ = handle.await;
             }
         }
+        let ended = async {
+            match running.as_mut() {
+                Some((_, handle)) => {
+                    let _ = handle.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = leader.changed() => if changed.is_err() { break },
+            _ = ended => {
+                // The loops are supervised one by one, so this is not expected; start them
+                // again rather than leave a leader without a control plane.
+                tracing::error!(id = my_id, "control loops ended while leading; starting them again");
+                running = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
     if let Some((token, handle)) = running.take() {

@@ -11,7 +11,9 @@ use berth_proto::Kind;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{error_policy, events, requeue, Config, Error};
+use berth_client::runtime::events::{self, EventType, Recorder};
+
+use super::{error_policy, requeue, Config, Error};
 use crate::nodelifecycle::{self, Action as Step};
 
 struct Ctx {
@@ -138,17 +140,15 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 message,
             } => {
                 tracing::warn!(node = %node_name, %reason, %message, "node lifecycle");
-                let mut r = events::reference("Node", &node.metadata);
-                r.namespace = String::new();
-                events::record(
-                    client,
-                    r,
-                    "Warning",
-                    &reason,
-                    &message,
-                    "node-lifecycle-controller",
-                )
-                .await;
+                Recorder::new("node-lifecycle-controller")
+                    .record(
+                        client,
+                        events::reference(node.as_ref()),
+                        EventType::Warning,
+                        &reason,
+                        &message,
+                    )
+                    .await;
             }
         }
     }
