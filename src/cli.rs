@@ -19,6 +19,7 @@ pub mod node;
 pub mod rollout;
 pub mod scale;
 pub mod table;
+pub mod token;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -169,6 +170,8 @@ pub enum Command {
     Drain(WithConn<node::DrainArgs>),
     /// Cluster membership and health.
     Cluster(WithConn<cluster::ClusterArgs>),
+    /// The join token: berth token show (admin only).
+    Token(WithConn<token::TokenArgs>),
     /// Print the client version.
     Version,
 }
@@ -340,6 +343,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
             Ok(())

@@ -83,6 +83,36 @@ pub fn spawn_leader_loops(
     }))
 }
 
+/// What `berth server --init` prints on stdout. The join token itself only when `token` is
+/// given (stdout is a terminal): under systemd stdout goes to the journal, where a secret
+/// must not land, so otherwise it says where the token is and how to read it.
+fn init_banner(
+    id: u64,
+    addr: &str,
+    admin: &std::path::Path,
+    token_file: &std::path::Path,
+    token: Option<&str>,
+) -> String {
+    let admin = admin.display();
+    let token_file = token_file.display();
+    let token_lines = match token {
+        Some(t) => format!("  Join token (secret; also in {token_file}):\n      {t}"),
+        None => format!(
+            "  Join token (secret; not printed because stdout is not a terminal): in \
+             {token_file} (readable by this user only)\n      read it with: berth --config \
+             {admin} token show   (admin only)"
+        ),
+    };
+    format!(
+        "New cluster created; this server is member {id} at {addr}.\n\
+         \n  Admin config (CLI):  {admin}\
+         \n      berth --config {admin} get nodes   (or copy it to ~/.berth/config)\n\
+         {token_lines}\
+         \n\nJoin servers:  BERTH_TOKEN=<token> berth server --join {addr} --listen HOST:PORT\
+         \nJoin agents:   BERTH_TOKEN=<token> berth agent --server {addr} --address IP"
+    )
+}
+
 /// `berth server`: an API server / Raft member, plus the control loops while it leads.
 pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut server = berth_apiserver::start(args).await?;
@@ -92,22 +122,18 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
         "berth server is serving"
     );
     if server.created_pki() {
-        // Printed, never logged: the token is a secret.
+        let token_file = berth_apiserver::pki::pki_dir(server.data_dir()).join("token");
+        let token =
+            std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| server.join_token());
         println!(
-            "New cluster created; this server is member {id} at {addr}.\n\
-             \n  Admin config (CLI):  {admin}\
-             \n      berth --config {admin} get nodes   (or copy it to ~/.berth/config)\
-             \n  Join token (secret; also in {token_file}):\
-             \n      {token}\
-             \n\nJoin servers:  BERTH_TOKEN=<token> berth server --join {addr} --listen HOST:PORT\
-             \nJoin agents:   BERTH_TOKEN=<token> berth agent --server {addr} --address IP",
-            id = server.id(),
-            addr = server.advertise_addr(),
-            admin = server.admin_config_path().display(),
-            token_file = berth_apiserver::pki::pki_dir(server.data_dir())
-                .join("token")
-                .display(),
-            token = server.join_token(),
+            "{}",
+            init_banner(
+                server.id(),
+                server.advertise_addr(),
+                &server.admin_config_path(),
+                &token_file,
+                token.as_deref()
+            )
         );
     }
     let loops_token = shutdown.child_token();

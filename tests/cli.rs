@@ -619,3 +619,223 @@ async fn a_credential_from_another_ca_or_missing_gets_a_clear_error_before_diali
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_flag_applies_gets_describes_and_deletes_in_that_namespace_only() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = &Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let app = write(dir.path(), "app.yaml", APP);
+    let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out, "deployment.apps/web created\nservice/web created\n");
+    // Not in default.
+    let r = berth(s, &["get", "deploy", "web"]).await;
+    assert!(!r.ok && r.err.contains("not found"), "{r:?}");
+    let r = berth(s, &["get", "deploy", "web", "-n", "team-a", "-o", "name"]).await;
+    assert_eq!(r.out, "deployment.apps/web\n", "{r:?}");
+    let r = berth(s, &["get", "svc", "-A"]).await;
+    assert!(r.ok && r.out.contains("team-a"), "{r:?}");
+    let r = berth(s, &["describe", "deploy", "web", "-n", "team-a"]).await;
+    assert!(r.ok && r.out.contains("team-a"), "{r:?}");
+    let r = berth(s, &["describe", "deploy", "web"]).await;
+    assert!(!r.ok, "{r:?}");
+    let r = berth(s, &["delete", "deploy", "web"]).await;
+    assert!(!r.ok && r.err.contains("not found"), "{r:?}");
+    let r = berth(s, &["delete", "deploy", "web", "-n", "team-a"]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(s, &["get", "deploy", "web", "-n", "team-a"]).await;
+    assert!(!r.ok && r.err.contains("not found"), "{r:?}");
+    let r = berth(s, &["get", "svc", "web", "-n", "team-a", "-o", "name"]).await;
+    assert_eq!(r.out, "service/web\n", "{r:?}");
+    cluster.shutdown().await.unwrap();
+}
+
+/// Write a Deployment's status as the controller would (no controllers run here).
+async fn set_deployment_status(cluster: &TestCluster, name: &str, status: serde_json::Value) {
+    let client = berth_client::Client::new(
+        &[cluster.addr(0).to_string()],
+        berth_client::ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let mut d = client
+        .get_dyn(berth_client::Kind::Deployment, "default", name)
+        .await
+        .unwrap();
+    let generation = d.value["metadata"]["generation"].clone();
+    let mut status = status;
+    status["observedGeneration"] = generation;
+    d.value["status"] = status;
+    client.update_status_dyn(&d).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_exits_1_when_the_rollout_failed_and_4_when_its_timeout_runs_out() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = &Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let r = berth(s, &["apply", "-f", &write(dir.path(), "app.yaml", APP)]).await;
+    assert!(r.ok, "{r:?}");
+    // Still going (0 of 2 updated): the timeout runs out.
+    set_deployment_status(&cluster, "web", serde_json::json!({"replicas": 0})).await;
+    let start = std::time::Instant::now();
+    let r = berth(s, &["rollout", "status", "deploy/web", "--timeout", "1s"]).await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.code, cli::exit::TIMED_OUT, "{r:?}");
+    assert!(r.err.contains("timed out after 1s"), "{r:?}");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "returned before its timeout"
+    );
+    // Past its progress deadline: failed.
+    set_deployment_status(
+        &cluster,
+        "web",
+        serde_json::json!({"conditions": [{
+            "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet web has timed out progressing"
+        }]}),
+    )
+    .await;
+    let r = berth(s, &["rollout", "status", "deploy/web", "--timeout", "30s"]).await;
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.code, cli::exit::FAILURE, "{r:?}");
+    assert!(r.err.contains("exceeded its progress deadline"), "{r:?}");
+    cluster.shutdown().await.unwrap();
+}
+
+#[test]
+fn apply_reads_manifests_from_stdin() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cluster = rt.block_on(TestCluster::start(1)).unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let run = |stdin: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["apply", "-f", "-", "--server", &server, "--config"])
+            .arg(&target.config)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(APP);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "deployment.apps/web created\nservice/web created\n"
+    );
+    // A bad document on stdin is named as <stdin>:LINE, and nothing is applied.
+    let out = run("apiVersion: v1\nkind: Service\nmetadata:\n  name: other\n---\nkind: Gadget\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("<stdin>:6"), "{err}");
+    let r = rt.block_on(berth(&target, &["get", "svc", "other"]));
+    assert!(!r.ok && r.err.contains("not found"), "{r:?}");
+    rt.block_on(cluster.shutdown()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_delivers_a_line_written_after_the_call_started() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = berth_agent::start(
+        berth_agent::AgentArgs {
+            server: vec![server.clone()],
+            token: Some(berth_tls::Secret::new(cluster.token())),
+            name: Some("follow-node".into()),
+            data_dir: Some(dir.path().join("agent")),
+            runtime: Some(berth_agent::RuntimeKind::Process),
+            capacity: Some("cpu=2,memory=2Gi".into()),
+            host_port_range: "47800-47899".into(),
+            listen: Some("127.0.0.1:0".into()),
+            no_proxy: true,
+            heartbeat_ms: 500,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // The container writes "second" only once the test creates `go`, i.e. after `logs -f`
+    // has printed "first".
+    let go = dir.path().join("go");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: follower\nspec:\n  nodeName: follow-node\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n    - name: main\n      image: none\n      command: [sh, -c, 'echo first; while [ ! -e {go} ]; do sleep 0.1; done; echo second; exec sleep 30']\n",
+        go = go.display()
+    );
+    let r = berth(
+        &target,
+        &["apply", "-f", &write(dir.path(), "pod.yaml", &pod)],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    // Wait until the container runs and has written its first line.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let r = berth(&target, &["logs", "follower"]).await;
+        if r.ok && r.out.contains("first") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no logs: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = Shared::default();
+    let token = CancellationToken::new();
+    let task = tokio::spawn({
+        let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
+        let config = target.config.display().to_string();
+        async move {
+            let cli = Cli::try_parse_from([
+                "berth", "--server", &server, "--config", &config, "logs", "-f", "follower",
+            ])
+            .unwrap();
+            let mut err = Vec::new();
+            let mut io = Io {
+                out: &mut out,
+                err: &mut err,
+            };
+            cli::run(cli, &mut io, token).await
+        }
+    });
+    let wait_for = |needle: &'static str| {
+        let out = out.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while !out.text().contains(needle) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in:\n{}", out.text()));
+        }
+    };
+    wait_for("first").await;
+    assert!(!out.text().contains("second"));
+    std::fs::write(&go, "").unwrap();
+    wait_for("second").await;
+    assert_eq!(out.text(), "first\nsecond\n");
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("logs -f stops on Ctrl-C")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    agent.stop_workloads().await;
+    cluster.shutdown().await.unwrap();
+}

@@ -1,8 +1,8 @@
-//! The agent's logs API: a tiny HTTP/1.1 server (`--listen`) and its client, [`fetch`].
+//! The agent's logs API: an HTTP/1.1 server on hyper (`--listen`) and its client, [`fetch`].
 //!
 //! `GET /containerLogs/{namespace}/{pod}[/{container}]?tail=N&follow=true&previous=true`
-//! answers `200` with the raw log bytes (streamed until the container exits when following,
-//! `Connection: close` frames the body), or an error status with a one-line explanation.
+//! answers `200` with the raw log bytes (streamed, chunked, until the container exits when
+//! following or the agent shuts down), or an error status with a one-line explanation.
 //! The container is found by its labels in the runtime (pod uid from the pod cache when the
 //! pod still exists); `previous` is the attempt before the newest. The CLI's `berth logs POD`
 //! looks up the pod's node, reads `status.agentEndpoint`, and calls [`fetch`].
@@ -17,15 +17,22 @@
 //! (403 for others, such as other nodes). Plain-text connections get `/metrics` only, like
 //! the servers' `--metrics-listen`; a plain-text logs request is refused with 403.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_metrics::http::{read_head, respond, serve_connections};
+use berth_metrics::http::{
+    is_metrics_path, metrics_response, serve_connections, serve_http1, text_response, Body,
+};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls as rustls_config;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +56,8 @@ pub enum LogsError {
     },
     #[error("{message}")]
     Server { status: u16, message: String },
-    #[error("malformed reply from the agent at {endpoint}")]
-    Protocol { endpoint: String },
+    #[error("malformed reply from the agent at {endpoint}: {reason}")]
+    Protocol { endpoint: String, reason: String },
     #[error("cannot listen for the logs API on {addr}: {source}")]
     Listen {
         addr: String,
@@ -297,90 +304,114 @@ impl LogServer {
     }
 }
 
-/// A plain-text error response (`msg` and a newline), then the write side is shut.
-async fn respond_error<S: AsyncWrite + Unpin>(
-    sock: &mut S,
-    status: u16,
-    msg: &str,
-) -> std::io::Result<()> {
-    let body = format!("{msg}\n");
-    respond(sock, status, "text/plain; charset=utf-8", body.as_bytes()).await
+/// What one connection serves: its access, and what requests are answered from.
+#[derive(Clone)]
+struct Handler {
+    access: Access,
+    runtime: Arc<dyn Runtime>,
+    pods: PodCache,
+    metrics: Option<crate::metrics::AgentMetrics>,
+    shutdown: CancellationToken,
 }
 
-async fn serve<S: Conn>(
-    mut sock: S,
+/// Serve HTTP/1.1 on one (plain or TLS) connection.
+async fn serve<S: Conn + 'static>(
+    sock: S,
     access: Access,
     runtime: Arc<dyn Runtime>,
     pods: PodCache,
     metrics: Option<crate::metrics::AgentMetrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(Duration::from_secs(10), read_head(&mut sock)).await {
-        Ok(Ok(Some(h))) => h,
-        _ => return Ok(()),
+    let handler = Handler {
+        access,
+        runtime,
+        pods,
+        metrics,
+        shutdown: shutdown.clone(),
     };
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if let (Some(m), Some((status, content_type))) =
-        (&metrics, berth_metrics::http::route(method, target))
-    {
-        let body = if status == 200 {
-            m.render().await
-        } else {
-            "only GET is supported\n".to_string()
-        };
-        return respond(&mut sock, status, content_type, body.as_bytes()).await;
-    }
-    if let Access::MetricsOnly(why) = access {
-        return respond_error(&mut sock, 403, why).await;
-    }
-    if method != "GET" {
-        return respond_error(&mut sock, 405, "only GET is supported").await;
-    }
-    let req = match parse_target(target) {
-        Ok(r) => r,
-        Err(msg) => return respond_error(&mut sock, 400, &msg).await,
-    };
-    let all = match runtime.list().await {
-        Ok(a) => a,
-        Err(e) => return respond_error(&mut sock, 500, &e.to_string()).await,
-    };
-    let uid = pods.find(&req.namespace, &req.pod).map(|p| p.metadata.uid);
-    let c = match select_container(&all, &req, uid.as_deref()) {
-        Ok(c) => c.clone(),
-        Err((status, msg)) => return respond_error(&mut sock, status, &msg).await,
-    };
-    let opts = LogOptions {
-        tail: req.tail,
-        follow: req.follow && !req.previous,
-    };
-    let mut stream = match runtime.logs(&c.id, opts).await {
-        Ok(s) => s,
-        Err(RuntimeError::NotFound { .. }) => {
-            return respond_error(&mut sock, 404, "container was removed").await
-        }
-        Err(e) => return respond_error(&mut sock, 500, &e.to_string()).await,
-    };
-    sock.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
-    )
-    .await?;
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            n = stream.next() => n,
-        };
-        match next {
-            Some(Ok(b)) => sock.write_all(&b).await?,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "log stream");
-                break;
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.respond(req).await) }
+    });
+    serve_http1(sock, service, shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+impl Handler {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(m) = &self.metrics {
+            if is_metrics_path(&req) {
+                let text = match *req.method() {
+                    Method::GET | Method::HEAD => m.render().await,
+                    _ => String::new(),
+                };
+                return metrics_response(req.method(), move || text);
             }
-            None => break,
         }
+        if let Access::MetricsOnly(why) = self.access {
+            return text_response(StatusCode::FORBIDDEN, why);
+        }
+        if req.method() != Method::GET {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
+        }
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let lreq = match parse_target(target) {
+            Ok(r) => r,
+            Err(msg) => return text_response(StatusCode::BAD_REQUEST, &msg),
+        };
+        let all = match self.runtime.list().await {
+            Ok(a) => a,
+            Err(e) => return text_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        let uid = self
+            .pods
+            .find(&lreq.namespace, &lreq.pod)
+            .map(|p| p.metadata.uid);
+        let c = match select_container(&all, &lreq, uid.as_deref()) {
+            Ok(c) => c.clone(),
+            Err((status, msg)) => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return text_response(status, &msg);
+            }
+        };
+        let opts = LogOptions {
+            tail: lreq.tail,
+            follow: lreq.follow && !lreq.previous,
+        };
+        let stream = match self.runtime.logs(&c.id, opts).await {
+            Ok(s) => s,
+            Err(RuntimeError::NotFound { .. }) => {
+                return text_response(StatusCode::NOT_FOUND, "container was removed")
+            }
+            Err(e) => return text_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        // The body ends with the log, at shutdown, or at the first read error (logged: the
+        // status line is already sent).
+        let frames = stream
+            .take_until(self.shutdown.clone().cancelled_owned())
+            .scan((), |_, next| {
+                futures::future::ready(match next {
+                    Ok(b) => Some(Ok::<_, Infallible>(Frame::data(b))),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "log stream");
+                        None
+                    }
+                })
+            });
+        let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
     }
-    sock.shutdown().await
 }
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, LogsError>> + Send>>;
@@ -408,7 +439,7 @@ pub async fn fetch(
             ))
         })?
         .map_err(connect_err)?;
-    let mut sock: Box<dyn Conn> = match tls {
+    let sock: Box<dyn Conn> = match tls {
         None => Box::new(tcp),
         Some(tls) => {
             let invalid =
@@ -454,75 +485,46 @@ pub async fn fetch(
         path.push('?');
         path.push_str(&q.join("&"));
     }
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n");
-    let io_err = |source| LogsError::Io {
+    let protocol = |reason: String| LogsError::Protocol {
         endpoint: ep.clone(),
-        source,
+        reason,
     };
-    sock.write_all(head.as_bytes()).await.map_err(io_err)?;
-    // Read the head.
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let split = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+        .await
+        .map_err(|e| protocol(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "logs API connection");
         }
-        if buf.len() > 16384 {
-            return Err(LogsError::Protocol { endpoint: ep });
-        }
-        let n = sock.read(&mut chunk).await.map_err(io_err)?;
-        if n == 0 {
-            return Err(LogsError::Protocol { endpoint: ep });
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let rest = buf[split..].to_vec();
-    let status: u16 = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| LogsError::Protocol {
-            endpoint: ep.clone(),
-        })?;
-    if status != 200 {
-        let mut body = rest;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            (&mut sock).take(64 * 1024).read_to_end(&mut body),
-        )
-        .await;
+    });
+    let request = Request::get(path.as_str())
+        .header(hyper::header::HOST, endpoint)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| protocol(e.to_string()))?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| protocol(e.to_string()))?;
+    let status = resp.status();
+    if status != StatusCode::OK {
+        // The explanation is one line; cap what an odd server could send.
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect();
+        let message = match tokio::time::timeout(Duration::from_secs(5), body).await {
+            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+            _ => status.to_string(),
+        };
         return Err(LogsError::Server {
-            status,
-            message: String::from_utf8_lossy(&body).trim().to_string(),
+            status: status.as_u16(),
+            message,
         });
     }
-    let first = futures::stream::iter(if rest.is_empty() {
-        vec![]
-    } else {
-        vec![Ok(Bytes::from(rest))]
+    let body = resp.into_body().into_data_stream().map(move |chunk| {
+        chunk.map_err(|e| LogsError::Io {
+            endpoint: ep.clone(),
+            source: std::io::Error::other(e),
+        })
     });
-    let body = read_chunks(sock, ep);
-    Ok(Box::pin(first.chain(body)))
-}
-
-fn read_chunks<R: AsyncRead + Unpin + Send + 'static>(
-    r: R,
-    endpoint: String,
-) -> impl Stream<Item = Result<Bytes, LogsError>> + Send {
-    futures::stream::unfold(Some((r, endpoint)), |state| async move {
-        let (mut r, endpoint) = state?;
-        let mut buf = vec![0u8; 16 * 1024];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some((r, endpoint))))
-            }
-            Err(source) => Some((Err(LogsError::Io { endpoint, source }), None)),
-        }
-    })
+    Ok(Box::pin(body))
 }
 
 #[cfg(test)]
@@ -618,6 +620,61 @@ mod tests {
             select_container(&all, &ghost, None).expect_err("no pod").0,
             404
         );
+    }
+
+    #[tokio::test]
+    async fn following_streams_chunks_as_they_come_and_agent_shutdown_ends_the_stream() {
+        use crate::runtime::fake::FakeRuntime;
+        use crate::runtime::{ContainerSpec, Runtime};
+        let rt = FakeRuntime::new();
+        rt.create(&ContainerSpec {
+            pod_uid: "u1".into(),
+            pod_namespace: "default".into(),
+            pod_name: "web".into(),
+            container_name: "app".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        let ca = berth_tls::ClusterCa::generate().expect("ca");
+        let serving = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
+        let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
+            .await
+            .expect("bind")
+            .with_tls(berth_tls::mtls_server_config(ca.cert_pem(), &serving).expect("tls"));
+        let addr = server.local_addr().expect("addr").to_string();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone()));
+        let admin = berth_tls::ClientTls::new(
+            ca.cert_pem(),
+            ca.issue_client(&berth_tls::Identity::Admin)
+                .expect("client"),
+        );
+        let req = LogRequest {
+            namespace: "default".into(),
+            pod: "web".into(),
+            follow: true,
+            ..Default::default()
+        };
+        let mut logs = fetch(&addr, &req, Some(&admin)).await.expect("fetch");
+        // The container's log never ends on its own: the first chunk arriving proves the
+        // body is streamed, not buffered until the end.
+        let first = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .expect("first chunk within 10 s")
+            .expect("a chunk")
+            .expect("not an error");
+        assert_eq!(first, Bytes::from_static(b"log of app attempt 0\n"));
+        // Shutting the agent down ends the follow cleanly, and the server drains.
+        stop.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(10), logs.next())
+            .await
+            .expect("the stream ends within 10 s of shutdown");
+        assert!(end.is_none(), "a clean end, got {end:?}");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server drained")
+            .expect("join");
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_metrics::{Family, Registry};
+use berth_proto::PodPhase;
 
 use crate::api::PodCache;
 use crate::proxy::{render_prometheus, ProxyHandle};
@@ -48,10 +49,15 @@ impl std::fmt::Debug for AgentMetrics {
 
 fn pod_families(pods: &PodCache) -> Vec<Family> {
     let pods = pods.snapshot().unwrap_or_default();
-    let mut by_phase: BTreeMap<&str, u64> = ["Pending", "Running", "Succeeded", "Failed"]
-        .into_iter()
-        .map(|p| (p, 0))
-        .collect();
+    let mut by_phase: BTreeMap<&str, u64> = [
+        PodPhase::Pending,
+        PodPhase::Running,
+        PodPhase::Succeeded,
+        PodPhase::Failed,
+    ]
+    .into_iter()
+    .map(|p| (p.as_str(), 0))
+    .collect();
     let mut ready = 0u64;
     let mut restarts = Family::counter(
         "berth_agent_container_restarts_total",
@@ -59,11 +65,11 @@ fn pod_families(pods: &PodCache) -> Vec<Family> {
     );
     for p in &pods {
         let Some(st) = &p.status else {
-            *by_phase.entry("Pending").or_default() += 1;
+            *by_phase.entry(PodPhase::Pending.as_str()).or_default() += 1;
             continue;
         };
         let phase = if st.phase.is_empty() {
-            "Pending"
+            PodPhase::Pending.as_str()
         } else {
             st.phase.as_str()
         };

@@ -7,23 +7,28 @@
 //! 2. [`plan`] computes the actions (pure): start, restart after backoff, kill on
 //!    liveness/startup failure, stop orphans gracefully, remove old attempts,
 //! 3. the shell ([`PodSync`]) executes them, keeps the prober in step, and writes each pod's
-//!    status ([`pod_status`], pure) and events when they change.
+//!    status ([`pod_status`], pure) and the events [`backoff_events`] (pure) decides.
+//!
+//! The shell only carries out effects: which workloads are being stopped is in the [`Memo`]
+//! (`stopping`, read by [`plan`]); the stop tasks report back over a channel that the shell
+//! folds in ([`Memo::stop_finished`]) before it plans.
 //!
 //! Nothing local is trusted across an agent restart: restart counts are the attempt numbers in
 //! the workloads' labels, host ports come from labels and pod status, backoff is re-derived
 //! from the last exit time. Until the pod cache has had its first full list, no workload is
 //! treated as an orphan, so an agent restarted while the API is down kills nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::types::{
     Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
     ContainerStateWaiting, ContainerStatus, Pod, PodStatus, Time,
 };
+use berth_proto::PodPhase;
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -79,6 +84,36 @@ pub struct Memo {
     pub create_errors: BTreeMap<Key, CreateError>,
     /// Attempt for which a BackOff event was already emitted.
     pub backoff_events: BTreeMap<Key, u32>,
+    /// Runtime ids of workloads whose stop (probe kill or orphan stop) is in flight: [`plan`]
+    /// leaves them alone until the stop finished.
+    pub stopping: BTreeSet<String>,
+}
+
+impl Memo {
+    /// A Kill or StopOrphan of `id` was handed to a stop task.
+    pub fn stop_started(&mut self, id: &str) {
+        self.stopping.insert(id.to_string());
+    }
+
+    /// The stop task of `id` finished (stopped, or gave up: the next round re-plans).
+    pub fn stop_finished(&mut self, id: &str) {
+        self.stopping.remove(id);
+    }
+
+    /// Remember the BackOff events about to be emitted, so each attempt gets one.
+    pub fn backoff_emitted(&mut self, events: &[BackOffEvent]) {
+        for e in events {
+            self.backoff_events.insert(e.key.clone(), e.attempt);
+        }
+    }
+}
+
+/// A container waiting out its crash-loop backoff whose attempt has had no BackOff event yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackOffEvent {
+    pub key: Key,
+    pub attempt: u32,
+    pub message: String,
 }
 
 /// An effect for the shell to carry out.
@@ -202,9 +237,9 @@ pub fn plan(
     observed: &[ContainerInfo],
     memo: &Memo,
     view: &dyn Fn(&str, &Container) -> ProbeView,
-    stopping: &HashSet<String>,
     now: Instant,
 ) -> Plan {
+    let stopping = &memo.stopping;
     let mut out = Plan::default();
     let attempts = by_key(observed);
     let wanted: BTreeSet<&str> = desired
@@ -332,6 +367,44 @@ pub fn plan(
                 });
             } else {
                 out.actions.push(Action::Remove { id: c.id.clone() });
+            }
+        }
+    }
+    out
+}
+
+/// The BackOff events due (pure): one per attempt of a desired pod's container whose latest
+/// attempt exited and is waiting out its crash-loop backoff, unless `memo` says that attempt
+/// already had one. The caller emits them and records them with [`Memo::backoff_emitted`].
+pub fn backoff_events(
+    desired: &[Pod],
+    observed: &[ContainerInfo],
+    memo: &Memo,
+    now: Instant,
+) -> Vec<BackOffEvent> {
+    let attempts = by_key(observed);
+    let mut out = Vec::new();
+    for pod in desired.iter().filter(|p| is_desired(p)) {
+        for c in &pod.spec.containers {
+            let key = Key::new(&pod.metadata.uid, &c.name);
+            let Some(latest) = attempts.get(&key).and_then(|v| v.first()) else {
+                continue;
+            };
+            let backing_off = matches!(latest.state, RunState::Exited(_))
+                && memo
+                    .crash
+                    .get(&key)
+                    .and_then(|c| c.backoff.remaining(now))
+                    .is_some();
+            if backing_off && memo.backoff_events.get(&key) != Some(&latest.attempt) {
+                out.push(BackOffEvent {
+                    attempt: latest.attempt,
+                    message: format!(
+                        "Back-off restarting failed container {} in pod {}",
+                        c.name, pod.metadata.name
+                    ),
+                    key,
+                });
             }
         }
     }
@@ -494,16 +567,16 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
     }
     let phase = if !pod.spec.containers.is_empty() && all_terminal {
         if all_succeeded {
-            "Succeeded"
+            PodPhase::Succeeded
         } else {
-            "Failed"
+            PodPhase::Failed
         }
     } else if any_started {
-        "Running"
+        PodPhase::Running
     } else {
-        "Pending"
+        PodPhase::Pending
     };
-    let ready = all_ready && !pod.spec.containers.is_empty() && phase == "Running";
+    let ready = all_ready && !pod.spec.containers.is_empty() && phase == PodPhase::Running;
     let ready_reason = if ready { "" } else { "ContainersNotReady" };
     let mut conditions = Vec::new();
     put_condition(
@@ -647,7 +720,9 @@ pub struct PodSync {
     prober: Prober,
     events: EventSink,
     kick: Arc<Notify>,
-    stopping: Arc<Mutex<HashSet<String>>>,
+    /// Stop tasks send the id they finished here; folded into `memo.stopping`.
+    stop_done_tx: mpsc::UnboundedSender<String>,
+    stop_done_rx: mpsc::UnboundedReceiver<String>,
     stops: TaskTracker,
     last_written: BTreeMap<String, PodStatus>,
 }
@@ -671,6 +746,7 @@ impl PodSync {
         shutdown: &CancellationToken,
     ) -> PodSync {
         let kick = pods.notifier();
+        let (stop_done_tx, stop_done_rx) = mpsc::unbounded_channel();
         let prober = Prober::new(
             runtime.clone(),
             kick.clone(),
@@ -687,7 +763,8 @@ impl PodSync {
             prober,
             events,
             kick,
-            stopping: Arc::new(Mutex::new(HashSet::new())),
+            stop_done_tx,
+            stop_done_rx,
             stops: TaskTracker::new(),
             last_written: BTreeMap::new(),
         }
@@ -714,11 +791,11 @@ impl PodSync {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stops.wait()).await;
     }
 
-    fn stopping(&self) -> HashSet<String> {
-        self.stopping
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Fold in the stops that finished since the last look.
+    fn collect_finished_stops(&mut self) {
+        while let Ok(id) = self.stop_done_rx.try_recv() {
+            self.memo.stop_finished(&id);
+        }
     }
 
     /// One reconcile round; returns when the next one is due at the latest.
@@ -742,11 +819,11 @@ impl PodSync {
         let wall = chrono::Utc::now();
         self.rederive_ports(&desired, &observed);
         record_exits(&mut self.memo, &observed, &self.cfg.backoff, now, wall);
-        let stopping = self.stopping();
+        self.collect_finished_stops();
         let p = {
             let prober = &self.prober;
             let view = |id: &str, c: &Container| prober.view(id, c);
-            plan(&desired, &observed, &self.memo, &view, &stopping, now)
+            plan(&desired, &observed, &self.memo, &view, now)
         };
         let changed = !p.actions.is_empty();
         let mut starts = Vec::new();
@@ -770,9 +847,10 @@ impl PodSync {
         } else {
             observed
         };
+        self.collect_finished_stops();
         self.sync_prober(&desired, &observed);
         self.write_statuses(&desired, &observed).await;
-        self.backoff_events(&desired, &observed);
+        self.emit_backoff_events(&desired, &observed);
         self.cleanup(&desired, &observed);
         self.events.flush(self.api.as_ref()).await;
         if more {
@@ -849,13 +927,10 @@ impl PodSync {
         }
     }
 
-    fn spawn_stop(&self, id: String, grace: Duration, remove: bool) {
-        self.stopping
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone());
+    fn spawn_stop(&mut self, id: String, grace: Duration, remove: bool) {
+        self.memo.stop_started(&id);
         let rt = self.runtime.clone();
-        let stopping = self.stopping.clone();
+        let done = self.stop_done_tx.clone();
         let kick = self.kick.clone();
         self.stops.spawn(async move {
             if let Err(e) = rt.stop(&id, grace, None).await {
@@ -866,10 +941,8 @@ impl PodSync {
                     tracing::warn!(container = %id, error = %e, "removing container");
                 }
             }
-            stopping
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            // The receiver lives as long as the PodSync; after it is gone nobody plans.
+            let _ = done.send(id);
             kick.notify_one();
         });
     }
@@ -998,10 +1071,9 @@ impl PodSync {
 
     fn sync_prober(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
         let mut running = Vec::new();
-        let stopping = self.stopping();
         for c in observed
             .iter()
-            .filter(|c| c.state.is_running() && !stopping.contains(&c.id))
+            .filter(|c| c.state.is_running() && !self.memo.stopping.contains(&c.id))
         {
             let Some(pod) = desired.iter().find(|p| p.metadata.uid == c.pod_uid) else {
                 continue;
@@ -1105,33 +1177,12 @@ impl PodSync {
         }
     }
 
-    fn backoff_events(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
-        let now = Instant::now();
-        let attempts = by_key(observed);
-        for pod in desired.iter().filter(|p| is_desired(p)) {
-            for c in &pod.spec.containers {
-                let key = Key::new(&pod.metadata.uid, &c.name);
-                let Some(latest) = attempts.get(&key).and_then(|v| v.first()) else {
-                    continue;
-                };
-                let backing_off = matches!(latest.state, RunState::Exited(_))
-                    && self
-                        .memo
-                        .crash
-                        .get(&key)
-                        .and_then(|c| c.backoff.remaining(now))
-                        .is_some();
-                if backing_off && self.memo.backoff_events.get(&key) != Some(&latest.attempt) {
-                    self.memo.backoff_events.insert(key.clone(), latest.attempt);
-                    self.events.warning(
-                        &pod_ref(pod),
-                        "BackOff",
-                        format!(
-                            "Back-off restarting failed container {} in pod {}",
-                            c.name, pod.metadata.name
-                        ),
-                    );
-                }
+    fn emit_backoff_events(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let due = backoff_events(desired, observed, &self.memo, Instant::now());
+        self.memo.backoff_emitted(&due);
+        for e in due {
+            if let Some(pod) = desired.iter().find(|p| p.metadata.uid == e.key.pod_uid) {
+                self.events.warning(&pod_ref(pod), "BackOff", e.message);
             }
         }
     }

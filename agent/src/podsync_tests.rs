@@ -1,7 +1,6 @@
 //! Tests of the pod sync reconciler: the pure plan/status functions table by table, and the
 //! shell driven round by round with the fake runtime, an in-memory API and paused time.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ fn default_view(_: &str, c: &Container) -> ProbeView {
 }
 
 fn plan_of(desired: &[Pod], observed: &[ContainerInfo], memo: &Memo, now: Instant) -> Plan {
-    plan(desired, observed, memo, &default_view, &HashSet::new(), now)
+    plan(desired, observed, memo, &default_view, now)
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,14 +169,7 @@ async fn liveness_failure_kills_the_running_container_with_the_pod_grace() {
         liveness_failed: Some("HTTP probe failed with statuscode: 500".into()),
         startup_failed: None,
     };
-    let out = plan(
-        &[p],
-        &obs,
-        &Memo::default(),
-        &failing,
-        &HashSet::new(),
-        Instant::now(),
-    );
+    let out = plan(&[p], &obs, &Memo::default(), &failing, Instant::now());
     match out.actions.as_slice() {
         [Action::Kill {
             id, grace, message, ..
@@ -189,18 +181,101 @@ async fn liveness_failure_kills_the_running_container_with_the_pod_grace() {
         other => panic!("expected one kill, got {other:?}"),
     }
     // While the kill is in flight nothing else is planned for that container.
-    let stopping: HashSet<String> = ["a-web-0".to_string()].into();
+    let mut memo = Memo::default();
+    memo.stop_started("a-web-0");
     let p2 = pod("a", &["web"]);
     assert!(plan(
-        &[p2],
+        std::slice::from_ref(&p2),
         &obs,
-        &Memo::default(),
+        &memo,
         &failing,
-        &stopping,
         Instant::now()
     )
     .actions
     .is_empty());
+    // Once the stop task reports back, the failing container is planned again.
+    memo.stop_finished("a-web-0");
+    assert_eq!(
+        plan(&[p2], &obs, &memo, &failing, Instant::now())
+            .actions
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn workloads_being_stopped_are_neither_removed_nor_stopped_again() {
+    let p = pod("a", &["web"]);
+    // Three attempts: the oldest is beyond the two kept; an orphan of a gone pod runs too.
+    let gone = pod("gone", &["db"]);
+    let obs = vec![
+        info(&p, "web", 2, running()),
+        info(&p, "web", 1, exited(1)),
+        info(&p, "web", 0, running()),
+        info(&gone, "db", 0, running()),
+    ];
+    let all = plan_of(
+        std::slice::from_ref(&p),
+        &obs,
+        &Memo::default(),
+        Instant::now(),
+    );
+    assert_eq!(all.actions.len(), 2, "{:?}", all.actions);
+    let mut memo = Memo::default();
+    memo.stop_started("a-web-0");
+    memo.stop_started("gone-db-0");
+    assert_eq!(
+        plan_of(std::slice::from_ref(&p), &obs, &memo, Instant::now()).actions,
+        vec![]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_events_come_once_per_attempt_while_it_waits_out_its_backoff() {
+    let p = pod("a", &["web"]);
+    let key = Key::new("uid-a", "web");
+    let t0 = Instant::now();
+    let mut memo = Memo::default();
+    // Running: nothing to say.
+    let up = vec![info(&p, "web", 0, running())];
+    assert_eq!(
+        backoff_events(std::slice::from_ref(&p), &up, &memo, t0),
+        vec![]
+    );
+    // Exited and backing off: one event for attempt 0, naming the container and the pod.
+    let down = vec![info(&p, "web", 0, exited(1))];
+    record_exits(&mut memo, &down, &BackoffPolicy::default(), t0, wall0());
+    let due = backoff_events(std::slice::from_ref(&p), &down, &memo, t0);
+    assert_eq!(
+        due,
+        vec![BackOffEvent {
+            key: key.clone(),
+            attempt: 0,
+            message: "Back-off restarting failed container web in pod a".into(),
+        }]
+    );
+    memo.backoff_emitted(&due);
+    assert_eq!(
+        backoff_events(std::slice::from_ref(&p), &down, &memo, t0),
+        vec![]
+    );
+    // The backoff elapsed (the restart is due, not waited for): no event.
+    let after = t0 + Duration::from_secs(10);
+    let mut unsaid = memo.clone();
+    unsaid.backoff_events.clear();
+    assert_eq!(
+        backoff_events(std::slice::from_ref(&p), &down, &unsaid, after),
+        vec![]
+    );
+    // The next attempt crashes too: it gets its own event.
+    let again = vec![info(&p, "web", 1, exited(1)), info(&p, "web", 0, exited(1))];
+    record_exits(&mut memo, &again, &BackoffPolicy::default(), after, wall0());
+    let due = backoff_events(std::slice::from_ref(&p), &again, &memo, after);
+    assert_eq!(due.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1]);
+    // A pod being deleted gets none.
+    let mut deleting = p.clone();
+    deleting.metadata.deletion_timestamp = Some(wall0());
+    assert_eq!(backoff_events(&[deleting], &again, &memo, after), vec![]);
 }
 
 #[tokio::test(start_paused = true)]

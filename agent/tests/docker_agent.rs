@@ -240,14 +240,33 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     // 4. Agent restart: the new agent adopts the running container, zero restarts.
     agent.stop().await;
     let agent = start_agent(&cluster, dir.path()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new agent has synced every pod of the node (and so decided about "web": adopt, not
+    // restart) once a pod created after its start is running: each round plans all pods.
+    client
+        .create(&pod(&ns, "witness", IMAGE, "exec /bin/busybox sleep 300"))
+        .await
+        .unwrap();
+    common::wait_for(
+        T,
+        "the new agent to run a pod created after its start",
+        || async {
+            let st = status_of(&client, &ns, "witness").await?;
+            st.container_statuses
+                .first()?
+                .state
+                .running
+                .is_some()
+                .then_some(())
+        },
+    )
+    .await;
     let after = status_of(&client, &ns, "web").await.unwrap();
     assert_eq!(after.container_statuses[0].container_id, web_id);
     assert_eq!(after.container_statuses[0].restart_count, 0);
     assert!(after.container_statuses[0].ready);
 
     // 5. Deleting the pods removes their containers.
-    for name in ["web", "crash", "ghost"] {
+    for name in ["web", "crash", "ghost", "witness"] {
         client
             .delete(berth_proto::Kind::Pod, &ns, name, None)
             .await

@@ -605,7 +605,9 @@ impl Api for ApiService {
             .iter()
             .filter_map(|p| p.as_ref().ok().cloned())
             .collect();
-        let propose = !valid.is_empty() && !(r.atomic && !rejected.is_empty());
+        // An atomic batch with a rejected op stores nothing: do not propose it at all.
+        let all_or_nothing_failed = r.atomic && !rejected.is_empty();
+        let propose = !valid.is_empty() && !all_or_nothing_failed;
         let mut committed = if propose {
             match self.write_cmd(valid, r.atomic, r.dry_run, is_fwd).await {
                 Ok(results) => results.into_iter(),
@@ -869,6 +871,23 @@ impl Api for ApiService {
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
     }
+
+    async fn join_token(
+        &self,
+        req: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        let who = authenticate(&req)?;
+        if who.identity != berth_tls::Identity::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} may not read the join token: only the cluster admin may; run `berth token \
+                 show` with the admin config `berth server --init` wrote (DATA/admin.yaml)",
+                who.identity
+            )));
+        }
+        Ok(Response::new(pb::JoinTokenResponse {
+            token: self.pki.token.reveal(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -880,7 +899,7 @@ mod tests {
         let cut: Result<Response<()>, Status> = Err(Status::unknown(
             "h2 protocol error: error reading a body from connection",
         ));
-        let s = with_leader_hint(cut, "10.0.0.1:7440").unwrap_err();
+        let s = with_leader_hint(cut, "10.0.0.1:7440").expect_err("a broken forward is an error");
         assert_eq!(
             s.metadata()
                 .get(crate::status::OUTCOME_METADATA)
@@ -895,7 +914,8 @@ mod tests {
             Status::unknown("some handler error"),
         ] {
             let code = s.code();
-            let out = with_leader_hint::<()>(Err(s), "10.0.0.1:7440").unwrap_err();
+            let out =
+                with_leader_hint::<()>(Err(s), "10.0.0.1:7440").expect_err("errors pass through");
             assert_eq!(out.code(), code);
             assert!(out
                 .metadata()

@@ -567,3 +567,26 @@ async fn keys_token_and_admin_config_are_private_to_the_owner() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn only_the_admin_may_read_the_join_token() {
+    let (cluster, mut admin) = seeded().await;
+    let token = admin
+        .join_token(pb::JoinTokenRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    assert_eq!(token, cluster.token());
+    for id in [Identity::Node("node-a".into()), Identity::Server] {
+        let mut c = as_identity(&cluster, 0, &id).await;
+        let err = c.join_token(pb::JoinTokenRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{id:?}: {err:?}");
+        assert!(
+            err.message().contains("only the cluster admin") && !err.message().contains(&token),
+            "{}",
+            err.message()
+        );
+    }
+    cluster.shutdown().await.unwrap();
+}

@@ -622,6 +622,16 @@ impl Client {
         .await
     }
 
+    /// The cluster's join token (admin only: other identities get PermissionDenied).
+    pub async fn join_token(&self) -> Result<berth_tls::Secret, ClientError> {
+        let resp = self
+            .call(Op::Read, |mut api| async move {
+                api.join_token(pb::JoinTokenRequest {}).await
+            })
+            .await?;
+        Ok(berth_tls::Secret::new(resp.token))
+    }
+
     /// Watch changes of `kind` with revision > `from_revision`.
     pub async fn watch_dyn(
         &self,

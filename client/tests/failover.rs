@@ -289,7 +289,7 @@ async fn a_write_whose_answer_is_lost_in_flight_says_outcome_unknown_and_applyin
     let cluster = TestCluster::start(1).await.unwrap();
     let proxy = LossyProxy::start(cluster.addr(0).to_string()).await;
     let client = Client::new(
-        &[proxy.addr.clone()],
+        std::slice::from_ref(&proxy.addr),
         ClientConfig {
             deadline: T,
             ..ClientConfig::with_tls(cluster.admin_tls())

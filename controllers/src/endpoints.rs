@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_proto::selector::matches_labels;
 use berth_proto::types::*;
 
 /// Resolve one Service port to the host port `pod` published for it.
@@ -38,14 +39,12 @@ pub fn resolve_host_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
-fn selects(svc: &Service, pod: &Pod) -> bool {
+/// Does `svc` select `pod`: same namespace, and a selector (not empty: a Service without one
+/// has hand-managed Endpoints) whose every label the pod carries.
+pub fn selects(svc: &Service, pod: &Pod) -> bool {
     !svc.spec.selector.is_empty()
         && pod.metadata.namespace == svc.metadata.namespace
-        && svc
-            .spec
-            .selector
-            .iter()
-            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+        && matches_labels(&svc.spec.selector, &pod.metadata.labels)
 }
 
 type PortKey = Vec<(String, i32, Option<String>)>;
@@ -65,7 +64,7 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
         let Some(st) = pod.status.as_ref() else {
             continue;
         };
-        if st.host_ip.is_empty() || matches!(st.phase.as_str(), "Succeeded" | "Failed") {
+        if st.host_ip.is_empty() || pod.is_terminal() {
             continue;
         }
         let ports: PortKey = svc

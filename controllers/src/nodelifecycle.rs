@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use berth_proto::types::*;
+use berth_proto::TaintEffect;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -97,7 +98,7 @@ fn toleration_for(pod: &Pod, key: &str, default: Duration) -> Option<Duration> {
     let taint = Taint {
         key: key.into(),
         value: String::new(),
-        effect: "NoExecute".into(),
+        effect: TaintEffect::NoExecute.into(),
     };
     match pod.spec.tolerations.iter().find(|t| t.tolerates(&taint)) {
         Some(t) => t
@@ -162,7 +163,7 @@ pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
             wanted_taint(effective.as_ref())
         };
         updated.spec.taints.retain(|t| {
-            t.effect != "NoExecute"
+            t.effect != TaintEffect::NoExecute
                 || !(t.key == UNREACHABLE_TAINT || t.key == NOT_READY_TAINT)
                 || Some(t.key.as_str()) == want
         });
@@ -171,12 +172,12 @@ pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
                 .spec
                 .taints
                 .iter()
-                .any(|t| t.key == key && t.effect == "NoExecute")
+                .any(|t| t.key == key && t.effect == TaintEffect::NoExecute)
             {
                 updated.spec.taints.push(Taint {
                     key: key.into(),
                     value: String::new(),
-                    effect: "NoExecute".into(),
+                    effect: TaintEffect::NoExecute.into(),
                 });
             }
         }

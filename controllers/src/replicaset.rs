@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use berth_proto::types::*;
+use berth_proto::PodPhase;
 
 /// Most pods created or deleted in one pass (a burst limit; the next pass continues).
 pub const BURST: usize = 500;
@@ -51,10 +52,6 @@ pub fn new_pod(rs: &ReplicaSet, name: &str) -> Pod {
     }
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("")
-}
-
 fn ready_since(p: &Pod) -> Option<Time> {
     p.status
         .as_ref()
@@ -65,7 +62,7 @@ fn ready_since(p: &Pod) -> Option<Time> {
 
 /// Pods that count toward replicas: not being deleted, not finished.
 pub fn is_active(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none() && !matches!(phase(p), "Succeeded" | "Failed")
+    p.metadata.deletion_timestamp.is_none() && !p.is_terminal()
 }
 
 /// Ready for at least `min_ready` seconds at `now`.
@@ -85,10 +82,10 @@ fn deletion_rank(
     std::cmp::Reverse<Option<Time>>,
 ) {
     let assigned = u8::from(!p.spec.node_name.is_empty());
-    let running = match phase(p) {
-        "Pending" | "" => 0,
-        "Unknown" => 1,
-        _ => 2,
+    let running = match p.phase() {
+        PodPhase::Pending => 0,
+        PodPhase::Unknown => 1,
+        PodPhase::Running | PodPhase::Succeeded | PodPhase::Failed => 2,
     };
     let ready = u8::from(p.is_ready());
     (
@@ -105,7 +102,7 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: Time) -> Plan {
     let min_ready = i64::from(rs.spec.min_ready_seconds.unwrap_or(0));
     let mut delete: Vec<(String, u64)> = pods
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && phase(p) == "Failed")
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.phase() == PodPhase::Failed)
         .map(|p| (p.metadata.name.clone(), p.metadata.resource_version))
         .collect();
     let mut active: Vec<&Pod> = pods.iter().filter(|p| is_active(p)).collect();

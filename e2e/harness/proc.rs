@@ -155,6 +155,33 @@ impl Proc {
         self.kill9();
     }
 
+    /// SIGINT (what Ctrl-C sends), then wait up to `limit` for the process to exit; returns its
+    /// exit status, or `None` if it is still running after `limit` (it is then SIGKILLed).
+    pub fn interrupt(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.pid()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
+                    let _ = writeln!(
+                        log,
+                        "===== e2e: {} exited after SIGINT: {status}",
+                        self.name
+                    );
+                }
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -1,8 +1,10 @@
 //! The scenarios: [`control_plane`] needs only servers and the CLI; [`workloads`] also runs
 //! agents, controllers, the scheduler and the per-node proxy; [`security`] checks joining,
-//! authentication and the node authorizer over the real binaries.
+//! authentication and the node authorizer over the real binaries; [`dev`] runs `berth dev` on
+//! one host (Ctrl-C and resume).
 
 mod control_plane;
+mod dev;
 mod harness_selftest;
 mod security;
 mod workloads;

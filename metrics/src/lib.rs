@@ -13,7 +13,8 @@
 //! - [`text`]: rendering in the Prometheus text exposition format 0.0.4 (`# HELP`, `# TYPE`,
 //!   escaped label values, histograms as cumulative `_bucket{le=..}` with `le="+Inf"`, `_sum`,
 //!   `_count`) and a small sample parser for tests.
-//! - [`http`]: a minimal HTTP/1.1 server answering `GET /metrics`, and [`http::scrape`].
+//! - [`http`]: the `GET /metrics` endpoint on hyper (HTTP/1.1), the accept loop and response
+//!   helpers the agent's API shares, and [`http::scrape`].
 //!
 //! Data flow: hot path -> atomic in a registered metric; scrape -> `Registry::gather` (registered
 //! families + collectors, sorted by name) -> `text::render` -> HTTP response.

@@ -141,19 +141,15 @@ impl PodPhase {
 
 string_enum! {
     /// `Deployment.spec.strategy.type`.
+    #[derive(Default)]
     StrategyType, "deployment strategy type" {
         /// Replace pods gradually within maxSurge/maxUnavailable (the default).
+        #[default]
         RollingUpdate = "RollingUpdate",
         /// Stop every old pod before starting new ones.
         Recreate = "Recreate",
         /// Start the new revision beside the old one and switch Services on promotion.
         BlueGreen = "BlueGreen",
-    }
-}
-
-impl Default for StrategyType {
-    fn default() -> StrategyType {
-        StrategyType::RollingUpdate
     }
 }
 
@@ -234,13 +230,15 @@ mod tests {
 
     #[test]
     fn an_unknown_value_names_itself_and_lists_the_allowed_ones() {
-        let err = "noschedule".parse::<TaintEffect>().unwrap_err();
+        let err = "noschedule".parse::<TaintEffect>().expect_err("lower case");
         assert_eq!(
             err.to_string(),
             "unsupported taint effect \"noschedule\": must be one of NoSchedule, \
              PreferNoSchedule, NoExecute"
         );
-        let err = "Aborted".parse::<BlueGreenPhase>().unwrap_err();
+        let err = "Aborted"
+            .parse::<BlueGreenPhase>()
+            .expect_err("not a phase");
         assert!(err
             .to_string()
             .contains("Progressing, Paused, Promoting, Healthy, Degraded"));
@@ -259,6 +257,24 @@ mod tests {
         assert!(phase != PodPhase::Pending);
         assert!("NoExecute" == TaintEffect::NoExecute);
         assert!(PodPhase::Failed == "Failed");
+    }
+
+    #[test]
+    fn a_pod_without_a_phase_reads_pending_and_a_foreign_spelling_reads_unknown() {
+        use crate::types::{Pod, PodStatus};
+        let with = |phase: &str| Pod {
+            status: Some(PodStatus {
+                phase: phase.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(Pod::default().phase(), PodPhase::Pending);
+        assert_eq!(with("").phase(), PodPhase::Pending);
+        assert_eq!(with("Running").phase(), PodPhase::Running);
+        assert_eq!(with("Completed").phase(), PodPhase::Unknown);
+        assert!(with("Failed").is_terminal() && with("Succeeded").is_terminal());
+        assert!(!with("Running").is_terminal() && !Pod::default().is_terminal());
     }
 
     #[test]

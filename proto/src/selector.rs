@@ -212,6 +212,15 @@ impl Selector {
     }
 }
 
+/// Does the equality selector `selector` (a Service's `spec.selector`, a pod's `nodeSelector`,
+/// a LabelSelector's `matchLabels`) select `labels`: every key present with the same value?
+/// The same answer as `Selector::from_labels(selector).matches(labels)`, without building the
+/// selector. An empty map selects everything; callers for which an empty selector means "no
+/// pods" (Services) check that first, as Kubernetes does.
+pub fn matches_labels(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Turn one matchExpressions entry into a requirement (operators as Kubernetes spells them).
 pub fn requirement_from_expression(e: &LabelSelectorRequirement) -> Result<Requirement, String> {
     let op = match e.operator.as_str() {
@@ -528,6 +537,25 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn matches_labels_is_equality_on_every_key_like_the_selector_it_stands_for() {
+        let pod = labels(&[("app", "web"), ("tier", "front")]);
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], true),
+            (&[("app", "web")], true),
+            (&[("app", "web"), ("tier", "front")], true),
+            (&[("app", "api")], false),
+            (&[("app", "web"), ("zone", "a")], false),
+            (&[("App", "web")], false),
+            (&[("app", "")], false),
+        ];
+        for (sel, want) in cases {
+            let sel = labels(sel);
+            assert_eq!(matches_labels(&sel, &pod), *want, "{sel:?}");
+            assert_eq!(Selector::from_labels(&sel).matches(&pod), *want, "{sel:?}");
+        }
     }
 
     #[test]

@@ -310,7 +310,7 @@ pub struct Toleration {
     pub operator: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
-    /// NoSchedule, PreferNoSchedule, NoExecute; empty matches all.
+    /// A [`crate::enums::TaintEffect`] (NoSchedule, PreferNoSchedule, NoExecute); empty matches all.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub effect: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -489,7 +489,7 @@ pub struct HostPortMapping {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodStatus {
-    /// Pending, Running, Succeeded, Failed, Unknown
+    /// A [`crate::enums::PodPhase`]: Pending, Running, Succeeded, Failed, Unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -523,6 +523,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// `status.phase` as the enum: Pending while no phase was written yet. A spelling that is
+    /// not a phase (validation refuses it, so only an object built in code has one) reads
+    /// Unknown.
+    pub fn phase(&self) -> crate::enums::PodPhase {
+        use crate::enums::PodPhase;
+        match self.status.as_ref().map(|s| s.phase.as_str()) {
+            None | Some("") => PodPhase::Pending,
+            Some(p) => p.parse().unwrap_or(PodPhase::Unknown),
+        }
+    }
+
+    /// Succeeded or Failed: the pod's containers will not run again.
+    pub fn is_terminal(&self) -> bool {
+        self.phase().is_terminal()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.status
             .as_ref()
@@ -597,7 +613,7 @@ pub struct BlueGreenStatus {
     /// Pod-template hash the preview Service selects.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub preview_selector: String,
-    /// Progressing, Paused, Promoting, Healthy, Degraded, Aborted
+    /// A [`crate::enums::BlueGreenPhase`]: Progressing, Paused, Promoting, Healthy, Degraded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -818,7 +834,7 @@ pub struct Taint {
     pub key: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
-    /// NoSchedule, PreferNoSchedule, NoExecute
+    /// A [`crate::enums::TaintEffect`]: NoSchedule, PreferNoSchedule, NoExecute.
     pub effect: String,
 }
 

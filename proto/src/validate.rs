@@ -299,7 +299,7 @@ impl Errs {
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::enums::{StrategyType, TaintEffect};
+use crate::enums::{PodPhase, StrategyType, TaintEffect};
 use crate::object::{DynObject, Kind};
 use crate::quantity::ParsedQuantity;
 use crate::selector::Selector;
@@ -420,6 +420,13 @@ pub fn validate_pod(p: &Pod) -> Vec<FieldError> {
         true,
     );
     pod_spec(&mut e, &p.spec, &root.child("spec"));
+    if let Some(st) = &p.status {
+        if !st.phase.is_empty() {
+            if let Err(err) = st.phase.parse::<PodPhase>() {
+                e.add(&root.child("status").child("phase"), err.to_string());
+            }
+        }
+    }
     e.0
 }
 

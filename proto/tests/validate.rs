@@ -433,6 +433,23 @@ fn pod_node_event_replicaset_rules() {
         ..Default::default()
     };
     assert!(validate_pod(&pod).is_empty());
+    for phase in ["", "Pending", "Running", "Succeeded", "Failed", "Unknown"] {
+        let mut p = pod.clone();
+        p.status = Some(PodStatus {
+            phase: phase.into(),
+            ..Default::default()
+        });
+        assert!(validate_pod(&p).is_empty(), "phase {phase:?}");
+    }
+    let mut stale = pod.clone();
+    stale.status = Some(PodStatus {
+        phase: "Completed".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        rendered(validate_pod(&stale)),
+        vec!["status.phase: unsupported pod phase \"Completed\": must be one of Pending, Running, Succeeded, Failed, Unknown"]
+    );
     pod.spec.node_name = "Node_1".into();
     pod.spec.tolerations.push(Toleration {
         operator: Some("Exists".into()),

@@ -5,7 +5,9 @@
 //! scheduler framework. Reasons use kubectl's wording so `describe pod` reads familiarly.
 
 use berth_proto::quantity::{pod_requests, Resources};
+use berth_proto::selector::matches_labels;
 use berth_proto::types::{condition, Pod, Taint};
+use berth_proto::TaintEffect;
 
 use crate::snapshot::{pod_host_ports, NodeInfo};
 
@@ -64,19 +66,18 @@ pub fn filter(pod: &Pod, requests: Resources, info: &NodeInfo) -> Result<(), Vec
     if node.spec.unschedulable {
         return Err(vec![Reason::Unschedulable]);
     }
-    if !pod
-        .spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.metadata.labels.get(k) == Some(v))
-    {
+    if !matches_labels(&pod.spec.node_selector, &node.metadata.labels) {
         return Err(vec![Reason::NodeSelectorMismatch]);
     }
     if let Some(t) = node
         .spec
         .taints
         .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(|t| {
+            t.effect
+                .parse::<TaintEffect>()
+                .is_ok_and(TaintEffect::forbids_scheduling)
+        })
         .find(|t| !tolerated(pod, t))
     {
         return Err(vec![Reason::UntoleratedTaint(format!(
@@ -139,7 +140,7 @@ pub fn score(pod: &Pod, requests: Resources, info: &NodeInfo) -> Score {
         .spec
         .taints
         .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerated(pod, t))
+        .filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerated(pod, t))
         .count() as i64;
     let used = info.requested.saturating_add(requests);
     let mut total = 0u128;

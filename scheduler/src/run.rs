@@ -24,6 +24,7 @@ use berth_client::runtime::reflector::{self, Store};
 use berth_client::runtime::watcher::{self, Backoff};
 use berth_client::{BatchOp, Client, ClientError, DynObject};
 use berth_proto::types::*;
+use berth_proto::PodPhase;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -82,12 +83,7 @@ struct Scheduler {
 }
 
 fn needs_scheduling(p: &Pod) -> bool {
-    p.spec.node_name.is_empty()
-        && p.metadata.deletion_timestamp.is_none()
-        && !matches!(
-            p.status.as_ref().map(|s| s.phase.as_str()),
-            Some("Succeeded") | Some("Failed")
-        )
+    p.spec.node_name.is_empty() && p.metadata.deletion_timestamp.is_none() && !p.is_terminal()
 }
 
 fn pod_scheduled(p: &Pod) -> Option<&Condition> {
@@ -103,10 +99,7 @@ fn pod_scheduled(p: &Pod) -> Option<&Condition> {
 fn needs_scheduled_condition(p: &Pod) -> bool {
     !p.spec.node_name.is_empty()
         && p.metadata.deletion_timestamp.is_none()
-        && matches!(
-            p.status.as_ref().map(|s| s.phase.as_str()),
-            None | Some("") | Some("Pending")
-        )
+        && p.phase() == PodPhase::Pending
         && pod_scheduled(p).is_some_and(|c| !c.is_true())
 }
 
@@ -114,7 +107,7 @@ fn with_condition(p: &Pod, c: Condition) -> Pod {
     let mut p = p.clone();
     let st = p.status.get_or_insert_with(Default::default);
     if st.phase.is_empty() {
-        st.phase = "Pending".into();
+        st.phase = PodPhase::Pending.into();
     }
     set_condition(&mut st.conditions, c);
     p

@@ -106,11 +106,7 @@ pub fn pod_host_ports(pod: &Pod) -> impl Iterator<Item = HostPort> + '_ {
 
 /// Does this pod still hold resources on its node? Finished pods do not.
 fn occupies_node(pod: &Pod) -> bool {
-    !pod.spec.node_name.is_empty()
-        && !matches!(
-            pod.status.as_ref().map(|s| s.phase.as_str()),
-            Some("Succeeded") | Some("Failed")
-        )
+    !pod.spec.node_name.is_empty() && !pod.is_terminal()
 }
 
 /// All nodes, in name order, with the pods already bound to them accounted for.

@@ -260,13 +260,7 @@ fn describe_deployment(out: &mut String, d: &Deployment, rel: &Related, now: Dat
             st.updated_replicas, st.replicas, st.available_replicas, st.unavailable_replicas
         ),
     );
-    let strategy = d
-        .spec
-        .strategy
-        .as_ref()
-        .and_then(|s| s.type_.clone())
-        .unwrap_or_else(|| "RollingUpdate".into());
-    kv(out, "StrategyType", &strategy);
+    kv(out, "StrategyType", d.spec.strategy_type().as_str());
     if let Some(ru) = d
         .spec
         .strategy

@@ -10,10 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use berth_client::runtime::watcher::{self, Event};
 use berth_client::{Client, ClientError, Kind};
-use berth_controllers::deployment::{
-    revision, ABORT_ANNOTATION, PROMOTE_ANNOTATION, TEMPLATE_HASH_LABEL,
-};
+use berth_proto::enums::{revision, ABORT_ANNOTATION, PROMOTE_ANNOTATION, TEMPLATE_HASH_LABEL};
 use berth_proto::types::{condition, Deployment, ReplicaSet};
+use berth_proto::{BlueGreenPhase, StrategyType};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 
@@ -109,15 +108,14 @@ pub fn status_view(d: &Deployment) -> StatusView {
         }
     }
     let desired = d.spec.replicas.unwrap_or(1);
-    let blue_green = d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("BlueGreen");
+    let blue_green = is_blue_green(d);
     if blue_green {
         let phase = st
             .blue_green
             .as_ref()
-            .map(|b| b.phase.as_str())
-            .unwrap_or("");
+            .and_then(|b| b.phase.parse::<BlueGreenPhase>().ok());
         match phase {
-            "Paused" => {
+            Some(BlueGreenPhase::Paused) => {
                 return StatusView::Done(format!(
                     "deployment {name:?} is paused for promotion: the new revision is ready on \
                      the preview service; run `berth rollout promote deploy/{name}` to switch \
@@ -126,13 +124,13 @@ pub fn status_view(d: &Deployment) -> StatusView {
             }
             // Green was dropped (aborted by request, or not ready within the progress
             // deadline): traffic stays on the previous revision.
-            "Degraded" | "Aborted" => {
+            Some(BlueGreenPhase::Degraded) => {
                 return StatusView::Failed(format!(
                     "deployment {name:?} rollout was aborted: the new revision was dropped and \
                      traffic stays on the previous one; change the template to try again"
                 ))
             }
-            "Progressing" => {
+            Some(BlueGreenPhase::Progressing) => {
                 return StatusView::Waiting(format!(
                     "Waiting for deployment {name:?} rollout to finish: new revision coming up \
                      beside the active one ({} of {desired} updated replicas are available)...",
@@ -141,7 +139,7 @@ pub fn status_view(d: &Deployment) -> StatusView {
             }
             // Traffic is already on the new revision; the previous one is only kept around
             // for an instant undo.
-            "Promoting" => {
+            Some(BlueGreenPhase::Promoting) => {
                 let until = st
                     .blue_green
                     .as_ref()
@@ -153,7 +151,8 @@ pub fn status_view(d: &Deployment) -> StatusView {
                      {until} for `berth rollout undo deploy/{name}`)"
                 ));
             }
-            _ => {}
+            // Healthy (or not written yet): the replica counts below tell.
+            Some(BlueGreenPhase::Healthy) | None => {}
         }
     }
     if st.updated_replicas < desired {
@@ -300,7 +299,7 @@ async fn modify(
 }
 
 fn is_blue_green(d: &Deployment) -> bool {
-    d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("BlueGreen")
+    d.spec.strategy_type() == StrategyType::BlueGreen
 }
 
 pub async fn run(ctx: &Ctx, a: RolloutArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
@@ -433,11 +432,7 @@ async fn request(
             bail!(
                 "deployment {name:?} uses the {} strategy; promote and abort apply to BlueGreen \
                  deployments",
-                d.spec
-                    .strategy
-                    .as_ref()
-                    .and_then(|s| s.type_.clone())
-                    .unwrap_or_else(|| "RollingUpdate".into())
+                d.spec.strategy_type()
             );
         }
         d.metadata
@@ -535,7 +530,7 @@ async fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_controllers::deployment::REVISION_ANNOTATION;
+    use berth_proto::enums::REVISION_ANNOTATION;
     use berth_proto::types::*;
 
     fn deploy(replicas: i32, st: DeploymentStatus) -> Deployment {
@@ -643,14 +638,14 @@ mod tests {
                 updated_replicas: 3,
                 available_replicas: 6,
                 blue_green: Some(BlueGreenStatus {
-                    phase: "Paused".into(),
+                    phase: BlueGreenPhase::Paused.into(),
                     ..Default::default()
                 }),
                 ..Default::default()
             },
         );
         d.spec.strategy = Some(DeploymentStrategy {
-            type_: Some("BlueGreen".into()),
+            type_: Some(StrategyType::BlueGreen.into()),
             ..Default::default()
         });
         assert!(

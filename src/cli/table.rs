@@ -5,7 +5,7 @@
 //! three spaces like kubectl's tabwriter.
 
 use berth_proto::types::*;
-use berth_proto::{DynObject, Kind, Resource};
+use berth_proto::{DynObject, Kind, PodPhase, Resource};
 use chrono::{DateTime, Utc};
 
 /// Headers plus rows of cells; rendering aligns columns.
@@ -291,7 +291,7 @@ pub fn pod_status(p: &Pod) -> String {
         return "Terminating".to_string();
     }
     let Some(st) = &p.status else {
-        return "Pending".to_string();
+        return PodPhase::Pending.to_string();
     };
     if !st.reason.is_empty() {
         return st.reason.clone();
@@ -313,7 +313,7 @@ pub fn pod_status(p: &Pod) -> String {
         }
     }
     if st.phase.is_empty() {
-        "Pending".to_string()
+        PodPhase::Pending.to_string()
     } else {
         st.phase.clone()
     }
@@ -686,7 +686,7 @@ api-backend   7/10    7            7           25h
                 ..Default::default()
             },
             status: Some(PodStatus {
-                phase: "Running".into(),
+                phase: PodPhase::Running.into(),
                 host_ip: "10.0.0.5".into(),
                 container_statuses: vec![ContainerStatus {
                     name: "app".into(),

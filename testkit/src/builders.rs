@@ -328,7 +328,7 @@ impl PodBuilder {
     /// Running and Ready=True since `when` (matters for minReadySeconds).
     pub fn ready_since(mut self, when: Time) -> Self {
         let st = self.status();
-        st.phase = "Running".into();
+        st.phase = berth_proto::PodPhase::Running.into();
         set_condition(
             &mut st.conditions,
             Condition::new("Ready", true, "", "", when),
@@ -339,7 +339,7 @@ impl PodBuilder {
     /// Running but Ready=False.
     pub fn not_ready(mut self) -> Self {
         let st = self.status();
-        st.phase = "Running".into();
+        st.phase = berth_proto::PodPhase::Running.into();
         set_condition(
             &mut st.conditions,
             Condition::new("Ready", false, "ContainersNotReady", "", t0()),
@@ -473,7 +473,7 @@ impl DeploymentBuilder {
             Err(_) => IntOrString::String(s.to_string()),
         };
         self.d.spec.strategy = Some(DeploymentStrategy {
-            type_: Some("RollingUpdate".into()),
+            type_: Some(berth_proto::StrategyType::RollingUpdate.into()),
             rolling_update: Some(RollingUpdateDeployment {
                 max_surge: Some(parse(max_surge)),
                 max_unavailable: Some(parse(max_unavailable)),
@@ -485,7 +485,7 @@ impl DeploymentBuilder {
 
     pub fn recreate(mut self) -> Self {
         self.d.spec.strategy = Some(DeploymentStrategy {
-            type_: Some("Recreate".into()),
+            type_: Some(berth_proto::StrategyType::Recreate.into()),
             ..Default::default()
         });
         self
@@ -494,7 +494,7 @@ impl DeploymentBuilder {
     /// BlueGreen with `active` (and optional `preview`) Services.
     pub fn blue_green(mut self, active: &str, preview: Option<&str>) -> Self {
         self.d.spec.strategy = Some(DeploymentStrategy {
-            type_: Some("BlueGreen".into()),
+            type_: Some(berth_proto::StrategyType::BlueGreen.into()),
             rolling_update: None,
             blue_green: Some(BlueGreenStrategy {
                 active_service: active.into(),

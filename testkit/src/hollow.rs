@@ -177,7 +177,7 @@ async fn ready_pods(
             }
         }
         let st = p.status.get_or_insert_with(Default::default);
-        st.phase = "Running".into();
+        st.phase = berth_proto::PodPhase::Running.into();
         st.host_ip = c.address.clone();
         st.host_ports = host_ports;
         st.start_time = Some(now);

@@ -274,13 +274,21 @@ impl Runtime for FakeRuntime {
         Ok(Self::info(id, c))
     }
 
-    async fn logs(&self, id: &str, _opts: LogOptions) -> Result<LogStream, RuntimeError> {
+    /// One line; when following, the stream then stays open (a running container).
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
         let c = self.inspect(id).await?;
         let line = Bytes::from(format!(
             "log of {} attempt {}\n",
             c.container_name, c.attempt
         ));
-        Ok(Box::pin(futures::stream::iter(vec![Ok(line)])))
+        let lines = futures::stream::iter(vec![Ok::<_, RuntimeError>(line)]);
+        if opts.follow {
+            return Ok(Box::pin(futures::StreamExt::chain(
+                lines,
+                futures::stream::pending(),
+            )));
+        }
+        Ok(Box::pin(lines))
     }
 
     async fn exec(

@@ -38,8 +38,9 @@ use anyhow::{bail, Context, Result};
 use berth_bench::cluster::{load_average, ms, percentile, LocalCluster};
 use berth_client::client::Change;
 use berth_client::{Client, ClientError, Kind};
-use berth_controllers::deployment::PROMOTE_ANNOTATION;
+use berth_proto::enums::PROMOTE_ANNOTATION;
 use berth_proto::types::{Deployment, Service};
+use berth_proto::{BlueGreenPhase, StrategyType};
 use clap::Parser;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -126,7 +127,7 @@ fn manifests(version: &str, active_np: u16, preview_np: u16) -> Result<(Deployme
             "replicas": 2,
             "selector": {"matchLabels": {"app": NAME}},
             "strategy": {
-                "type": "BlueGreen",
+                "type": StrategyType::BlueGreen.as_str(),
                 "blueGreen": {
                     "activeService": NAME,
                     "previewService": format!("{NAME}-preview"),
@@ -258,7 +259,7 @@ async fn wait_paused(client: &Client) -> Result<()> {
         let st = d.status.clone().unwrap_or_default();
         if st.observed_generation >= d.metadata.generation {
             if let Some(bg) = &st.blue_green {
-                if bg.phase == "Paused" && bg.preview_selector != bg.active_selector {
+                if bg.phase == BlueGreenPhase::Paused && bg.preview_selector != bg.active_selector {
                     return Ok(());
                 }
             }
@@ -280,7 +281,11 @@ async fn wait_healthy(client: &Client) -> Result<()> {
     loop {
         let d: Deployment = client.get("default", NAME).await?;
         let st = d.status.clone().unwrap_or_default();
-        if st.blue_green.as_ref().is_some_and(|b| b.phase == "Healthy") {
+        if st
+            .blue_green
+            .as_ref()
+            .is_some_and(|b| b.phase == BlueGreenPhase::Healthy)
+        {
             return Ok(());
         }
         if Instant::now() > end {

@@ -19,16 +19,6 @@ struct Ctx {
     endpoints: Store<Endpoints>,
 }
 
-fn selects(svc: &Service, pod: &Pod) -> bool {
-    !svc.spec.selector.is_empty()
-        && svc.metadata.namespace == pod.metadata.namespace
-        && svc
-            .spec
-            .selector
-            .iter()
-            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
-}
-
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (eps, ep_writer) = reflector::store::<Endpoints>();
@@ -43,7 +33,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         .owns_with_store::<Endpoints>(watcher::Config::default(), ep_writer)
         .watches_with_store::<Pod, _>(watcher::Config::default(), pod_writer, move |pod| {
             services
-                .filter(|s| selects(s, pod))
+                .filter(|s| endpoints::selects(s, pod))
                 .iter()
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect()
