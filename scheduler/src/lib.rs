@@ -12,10 +12,12 @@
 //!   resourceVersion preconditions. [`metrics`]: queue depth, binds, unschedulable pods.
 
 pub mod metrics;
+pub mod plan;
 pub mod plugins;
 pub mod schedule;
 pub mod snapshot;
 
+pub use plan::{plan_pass, PassPlan, Write};
 pub use schedule::{fit_error, schedule_batch, schedule_one, Decision, Outcome};
 pub use snapshot::{NodeInfo, Snapshot};
 pub mod run;

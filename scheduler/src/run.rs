@@ -19,18 +19,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use berth_client::runtime::batch::{run_batched, Batching, Pass};
-use berth_client::runtime::events::{self, EventType, Recorder};
 use berth_client::runtime::reflector::{self, Store};
 use berth_client::runtime::watcher::{self, Backoff};
 use berth_client::{BatchOp, Client, ClientError, DynObject};
 use berth_proto::types::*;
-use berth_proto::PodPhase;
 use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::schedule::{schedule_batch, Outcome};
-use crate::snapshot::Snapshot;
+use crate::plan::{plan_pass, Write};
 
 /// Tuning of the scheduling loop.
 #[derive(Debug, Clone)]
@@ -82,49 +79,6 @@ struct Scheduler {
     failures: u32,
 }
 
-fn needs_scheduling(p: &Pod) -> bool {
-    p.spec.node_name.is_empty() && p.metadata.deletion_timestamp.is_none() && !p.is_terminal()
-}
-
-fn pod_scheduled(p: &Pod) -> Option<&Condition> {
-    p.status
-        .as_ref()
-        .and_then(|s| condition(&s.conditions, "PodScheduled"))
-}
-
-/// Bound, not yet started by its agent, and still saying PodScheduled=False from an earlier
-/// unschedulable pass. (A pod bound on its first try gets PodScheduled=True from its agent's
-/// first status write; writing it here too would double the raft writes of every bind, since
-/// one entry cannot chain a spec and a status CAS on the same object.)
-fn needs_scheduled_condition(p: &Pod) -> bool {
-    !p.spec.node_name.is_empty()
-        && p.metadata.deletion_timestamp.is_none()
-        && p.phase() == PodPhase::Pending
-        && pod_scheduled(p).is_some_and(|c| !c.is_true())
-}
-
-fn with_condition(p: &Pod, c: Condition) -> Pod {
-    let mut p = p.clone();
-    let st = p.status.get_or_insert_with(Default::default);
-    if st.phase.is_empty() {
-        st.phase = PodPhase::Pending.into();
-    }
-    set_condition(&mut st.conditions, c);
-    p
-}
-
-/// The scheduler's `FailedScheduling` Warning Event about `p`.
-fn failed_scheduling_event(p: &Pod, message: &str, now: Time) -> Event {
-    Recorder::new("scheduler").event(
-        events::reference(p),
-        EventType::Warning,
-        "FailedScheduling",
-        message,
-        1,
-        now,
-    )
-}
-
 impl Scheduler {
     /// Forget assumptions the cache has caught up with (or that expired).
     fn prune_assumed(&mut self) {
@@ -141,87 +95,42 @@ impl Scheduler {
         });
     }
 
-    /// One pass: returns how many writes it made.
+    /// One pass: reads the clock once, plans with [`plan_pass`], writes the plan in one
+    /// Batch request and remembers the binds that succeeded. Returns how many writes it made.
     async fn pass(&mut self) -> Result<usize, Error> {
         self.prune_assumed();
         let now = Utc::now();
-        let all_pods = self.pods.state();
-        // Pods already bound are read in place; only assumed binds are copied.
-        let mut assumed_bound: Vec<Pod> = Vec::new();
-        let mut pending: Vec<Pod> = Vec::new();
-        let mut ops: Vec<BatchOp> = Vec::new();
-        let mut kinds: Vec<(String, Option<(String, Pod)>)> = Vec::new();
-        let mut waiting = 0usize;
-        for p in &all_pods {
-            if let Some(a) = self.assumed.get(&p.metadata.uid) {
-                let mut bound = p.as_ref().clone();
-                bound.spec.node_name = a.node.clone();
-                assumed_bound.push(bound);
-                continue;
-            }
-            if needs_scheduling(p) {
-                waiting += 1;
-                if pending.len() < self.config.max_batch {
-                    pending.push(p.as_ref().clone());
-                }
-            } else {
-                if needs_scheduled_condition(p) && ops.len() < self.config.max_batch {
-                    let c = Condition::new("PodScheduled", true, "", "", now);
-                    ops.push(BatchOp::UpdateStatus(DynObject::from_typed(
-                        &with_condition(p, c),
-                    )));
-                    kinds.push((p.metadata.name.clone(), None));
-                }
-            }
-        }
-        self.metrics.pending.set(waiting as f64);
-        if pending.is_empty() && ops.is_empty() {
-            self.metrics.unschedulable.set(0.0);
-            return Ok(0);
-        }
         let started = Instant::now();
-        // Oldest first: fairness across passes.
-        pending.sort_by(|a, b| {
-            a.metadata
-                .creation_timestamp
-                .cmp(&b.metadata.creation_timestamp)
-                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-        });
-        let bound = all_pods
+        let assumed: HashMap<String, String> = self
+            .assumed
             .iter()
-            .filter(|p| !needs_scheduling(p) && !self.assumed.contains_key(&p.metadata.uid))
-            .map(|p| p.as_ref());
-        let snapshot = Snapshot::new(self.nodes.state(), bound.chain(assumed_bound.iter()));
-        let decisions = schedule_batch(&snapshot, &pending);
-        let unschedulable = decisions
-            .iter()
-            .filter(|d| matches!(d.outcome, Outcome::Unschedulable { .. }))
-            .count();
-        self.metrics.unschedulable.set(unschedulable as f64);
-        for (d, pod) in decisions.iter().zip(&pending) {
-            match &d.outcome {
-                Outcome::Bind { node } => {
-                    let mut bound = pod.clone();
-                    bound.spec.node_name = node.clone();
-                    ops.push(BatchOp::Update(DynObject::from_typed(&bound)));
-                    kinds.push((pod.metadata.uid.clone(), Some((node.clone(), bound))));
+            .map(|(uid, a)| (uid.clone(), a.node.clone()))
+            .collect();
+        let plan = plan_pass(
+            &self.pods.state(),
+            self.nodes.state(),
+            &assumed,
+            self.config.max_batch,
+            now,
+        );
+        self.metrics.pending.set(plan.waiting as f64);
+        self.metrics.unschedulable.set(plan.unschedulable as f64);
+        let mut ops: Vec<BatchOp> = Vec::with_capacity(plan.writes.len());
+        let mut kinds: Vec<(String, Option<(String, Pod)>)> = Vec::with_capacity(plan.writes.len());
+        for w in plan.writes {
+            match w {
+                Write::Bind { pod, node } => {
+                    ops.push(BatchOp::Update(DynObject::from_typed(pod.as_ref())));
+                    kinds.push((pod.metadata.uid.clone(), Some((node, *pod))));
                 }
-                Outcome::Unschedulable { reason } => {
-                    let same =
-                        pod_scheduled(pod).is_some_and(|c| !c.is_true() && c.message == *reason);
-                    if same {
-                        continue;
-                    }
-                    let c = Condition::new("PodScheduled", false, "Unschedulable", reason, now);
-                    ops.push(BatchOp::UpdateStatus(DynObject::from_typed(
-                        &with_condition(pod, c),
-                    )));
+                Write::Status(pod) => {
+                    ops.push(BatchOp::UpdateStatus(DynObject::from_typed(pod.as_ref())));
                     kinds.push((pod.metadata.name.clone(), None));
-                    ops.push(BatchOp::Create(DynObject::from_typed(
-                        &failed_scheduling_event(pod, reason, now),
-                    )));
-                    kinds.push((pod.metadata.name.clone(), None));
-                    tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace, %reason, "pod unschedulable");
+                }
+                Write::Event { pod, event } => {
+                    tracing::info!(pod = %pod, namespace = %event.involved_object.namespace, reason = %event.message, "pod unschedulable");
+                    ops.push(BatchOp::Create(DynObject::from_typed(event.as_ref())));
+                    kinds.push((pod, None));
                 }
             }
         }
@@ -231,7 +140,7 @@ impl Scheduler {
         let n = ops.len();
         let write_started = Instant::now();
         let results = self.client.batch(ops).await.map_err(Error::Batch)?;
-        tracing::debug!(writes = n, pending = pending.len(), took = ?write_started.elapsed(), "scheduling batch written");
+        tracing::debug!(writes = n, pending = plan.batch, took = ?write_started.elapsed(), "scheduling batch written");
         for (res, (id, bind)) in results.into_iter().zip(kinds) {
             match (res, bind) {
                 (Ok(obj), Some((node, pod))) => {

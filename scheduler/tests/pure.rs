@@ -4,7 +4,13 @@ use std::sync::Arc;
 
 use berth_proto::quantity::pod_requests;
 use berth_proto::types::{Node, Pod};
-use berth_scheduler::{schedule_batch, schedule_one, Outcome, Snapshot};
+use std::collections::HashMap;
+
+use berth_proto::types::{condition, set_condition, Condition, Time};
+use berth_scheduler::{
+    plan_pass, schedule_batch, schedule_one, Outcome, PassPlan, Snapshot, Write,
+};
+use berth_testkit::builders::at;
 use berth_testkit::{NodeBuilder, PodBuilder};
 use proptest::prelude::*;
 
@@ -323,6 +329,269 @@ fn large_clusters_score_a_rotating_sample_but_find_the_only_fit() {
         .collect();
     assert_eq!(decisions.len(), 50);
     assert!(nodes.len() > 1, "{nodes:?}");
+}
+
+// ---- the pass plan: the decisions the scheduler's shell used to make itself -----------------
+
+fn pass(pods: Vec<Pod>, nodes: Vec<Node>, assumed: &[(&str, &str)], max_batch: usize) -> PassPlan {
+    let pods: Vec<Arc<Pod>> = pods.into_iter().map(Arc::new).collect();
+    let assumed: HashMap<String, String> = assumed
+        .iter()
+        .map(|(uid, node)| (uid.to_string(), node.to_string()))
+        .collect();
+    plan_pass(
+        &pods,
+        nodes.into_iter().map(Arc::new).collect(),
+        &assumed,
+        max_batch,
+        at(100),
+    )
+}
+
+/// Pod names bound by the plan, with their node, in write order.
+fn binds(p: &PassPlan) -> Vec<(String, String)> {
+    p.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Bind { pod, node } => {
+                assert_eq!(&pod.spec.node_name, node, "the bind carries its node");
+                Some((pod.metadata.name.clone(), node.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// (pod, PodScheduled status, reason, message) of each status write, in order.
+fn scheduled_writes(p: &PassPlan) -> Vec<(String, String, String, String)> {
+    p.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Status(pod) => {
+                let st = pod.status.as_ref().expect("a status write has a status");
+                let c = condition(&st.conditions, "PodScheduled").expect("PodScheduled");
+                assert_eq!(
+                    c.last_update_time,
+                    Some(at(100)),
+                    "stamped with the shell's now"
+                );
+                Some((
+                    pod.metadata.name.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.message.clone(),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(p: &PassPlan) -> Vec<(String, String, String)> {
+    p.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Event { pod, event } => {
+                assert_eq!(&event.involved_object.name, pod);
+                Some((pod.clone(), event.reason.clone(), event.message.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn with_pod_scheduled(mut pod: Pod, status: bool, message: &str) -> Pod {
+    let st = pod.status.get_or_insert_with(Default::default);
+    let reason = if status { "" } else { "Unschedulable" };
+    set_condition(
+        &mut st.conditions,
+        Condition::new("PodScheduled", status, reason, message, at(1)),
+    );
+    pod
+}
+
+const NO_ROOM: &str = "0/1 nodes are available: 1 Insufficient cpu.";
+
+#[test]
+fn pass_waits_only_for_live_unbound_unfinished_pods() {
+    let deleting: Time = at(5);
+    let cases: Vec<(&str, Pod, usize)> = vec![
+        ("unbound", PodBuilder::new("p").build(), 1),
+        ("bound", PodBuilder::new("p").node("n").build(), 0),
+        (
+            "deleting",
+            PodBuilder::new("p").deleting(deleting).build(),
+            0,
+        ),
+        (
+            "succeeded",
+            PodBuilder::new("p").phase("Succeeded").build(),
+            0,
+        ),
+        ("failed", PodBuilder::new("p").phase("Failed").build(), 0),
+    ];
+    for (what, pod, waiting) in cases {
+        let node = NodeBuilder::new("n").ready().build();
+        let p = pass(vec![pod], vec![node], &[], 10);
+        assert_eq!(p.waiting, waiting, "{what}: waiting");
+        assert_eq!(p.batch, waiting, "{what}: scheduled in this pass");
+        assert_eq!(binds(&p).len(), waiting, "{what}: binds");
+    }
+}
+
+#[test]
+fn pass_binds_oldest_first_and_counts_bound_pods_on_their_nodes() {
+    // One cpu left on each node after what is bound: the older pod gets the room on "a",
+    // the younger the room on "b", and nothing is left for a third.
+    let nodes = vec![
+        NodeBuilder::new("a").cpu("2").ready().build(),
+        NodeBuilder::new("b").cpu("2").ready().build(),
+    ];
+    let pods = vec![
+        PodBuilder::new("young").cpu("1").created(at(3)).build(),
+        PodBuilder::new("bound-a").cpu("1").node("a").build(),
+        PodBuilder::new("old").cpu("1").created(at(1)).build(),
+        PodBuilder::new("bound-b").cpu("1").node("b").build(),
+        PodBuilder::new("youngest").cpu("1").created(at(4)).build(),
+    ];
+    let p = pass(pods, nodes, &[], 10);
+    assert_eq!(p.waiting, 3);
+    assert_eq!(p.unschedulable, 1);
+    let bound = binds(&p);
+    assert_eq!(bound.len(), 2);
+    assert_eq!(bound[0].0, "old");
+    assert_eq!(bound[1].0, "young");
+    assert_ne!(bound[0].1, bound[1].1, "one cpu free per node");
+    assert_eq!(events(&p).len(), 1);
+    assert_eq!(events(&p)[0].0, "youngest");
+}
+
+#[test]
+fn assumed_binds_hold_their_node_and_are_not_bound_again() {
+    // "first" was bound to "a" by an earlier pass the cache has not caught up with.
+    let nodes = vec![
+        NodeBuilder::new("a").cpu("1").ready().build(),
+        NodeBuilder::new("b").cpu("1").ready().build(),
+    ];
+    let pods = vec![
+        PodBuilder::new("first").cpu("1").created(at(1)).build(),
+        PodBuilder::new("second").cpu("1").created(at(2)).build(),
+    ];
+    let p = pass(pods, nodes, &[("uid-pod-first", "a")], 10);
+    assert_eq!(p.waiting, 1, "the assumed pod no longer waits");
+    assert_eq!(binds(&p), vec![("second".to_string(), "b".to_string())]);
+}
+
+#[test]
+fn max_batch_caps_the_pods_of_one_pass_but_not_the_waiting_count() {
+    let nodes = vec![NodeBuilder::new("a").ready().build()];
+    let pods = (0..5)
+        .map(|i| PodBuilder::new(&format!("p{i}")).created(at(i)).build())
+        .collect();
+    let p = pass(pods, nodes, &[], 2);
+    assert_eq!(p.waiting, 5);
+    assert_eq!(p.batch, 2);
+    let names: Vec<String> = binds(&p).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["p0", "p1"]);
+}
+
+#[test]
+fn unschedulable_condition_and_event_are_written_only_when_the_reason_changes() {
+    let s = |v: &str| v.to_string();
+    // (what, the pod's PodScheduled before the pass, status writes + events expected)
+    type Case<'a> = (&'a str, Option<(bool, &'a str)>, bool);
+    let cases: Vec<Case> = vec![
+        ("first time", None, true),
+        ("same reason again", Some((false, NO_ROOM)), false),
+        (
+            "reason changed",
+            Some((
+                false,
+                "0/1 nodes are available: 1 node(s) were unschedulable.",
+            )),
+            true,
+        ),
+    ];
+    for (what, before, writes) in cases {
+        let mut pod = PodBuilder::new("big").cpu("2").build();
+        if let Some((status, message)) = before {
+            pod = with_pod_scheduled(pod, status, message);
+        }
+        let nodes = vec![NodeBuilder::new("a").cpu("1").ready().build()];
+        let p = pass(vec![pod], nodes, &[], 10);
+        assert_eq!(p.unschedulable, 1, "{what}: counted either way");
+        assert!(binds(&p).is_empty(), "{what}");
+        if writes {
+            assert_eq!(
+                scheduled_writes(&p),
+                vec![(s("big"), s("False"), s("Unschedulable"), s(NO_ROOM))],
+                "{what}"
+            );
+            assert_eq!(
+                events(&p),
+                vec![(s("big"), s("FailedScheduling"), s(NO_ROOM))],
+                "{what}"
+            );
+        } else {
+            assert!(
+                p.writes.is_empty(),
+                "{what}: nothing rewritten, got {:?}",
+                p.writes
+            );
+        }
+    }
+}
+
+#[test]
+fn bound_pod_still_saying_unschedulable_gets_pod_scheduled_true() {
+    let s = |v: &str| v.to_string();
+    // (what, pod, gets PodScheduled=True)
+    let cases: Vec<(&str, Pod, bool)> = vec![
+        (
+            "bound after an unschedulable pass",
+            with_pod_scheduled(PodBuilder::new("p").node("a").build(), false, NO_ROOM),
+            true,
+        ),
+        (
+            "bound on its first try (its agent writes the condition)",
+            PodBuilder::new("p").node("a").build(),
+            false,
+        ),
+        (
+            "already PodScheduled=True",
+            with_pod_scheduled(PodBuilder::new("p").node("a").build(), true, ""),
+            false,
+        ),
+        (
+            "already started by its agent",
+            with_pod_scheduled(
+                PodBuilder::new("p").node("a").ready().build(),
+                false,
+                NO_ROOM,
+            ),
+            false,
+        ),
+        (
+            "being deleted",
+            with_pod_scheduled(
+                PodBuilder::new("p").node("a").deleting(at(5)).build(),
+                false,
+                NO_ROOM,
+            ),
+            false,
+        ),
+    ];
+    for (what, pod, write) in cases {
+        let nodes = vec![NodeBuilder::new("a").ready().build()];
+        let p = pass(vec![pod], nodes, &[], 10);
+        let want = if write {
+            vec![(s("p"), s("True"), s(""), s(""))]
+        } else {
+            vec![]
+        };
+        assert_eq!(scheduled_writes(&p), want, "{what}");
+        assert!(binds(&p).is_empty() && events(&p).is_empty(), "{what}");
+    }
 }
 
 proptest! {
