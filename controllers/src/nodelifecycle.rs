@@ -40,12 +40,9 @@ impl Default for Config {
 pub enum Action {
     /// Write this node (spec taints and/or status conditions changed).
     UpdateNode(Box<Node>),
-    /// Set Ready=False on a pod of a lost node (resourceVersion precondition).
-    MarkPodNotReady {
-        namespace: String,
-        name: String,
-        resource_version: u64,
-    },
+    /// Write this pod's status: Ready=False (reason `NodeLost`, stamped with the plan's `now`)
+    /// on a pod of a lost node, conditioned on the resourceVersion the plan saw.
+    MarkPodNotReady(Box<Pod>),
     /// Delete a pod of a lost node (resourceVersion precondition).
     EvictPod {
         namespace: String,
@@ -123,6 +120,25 @@ pub fn node_is_down(node: &Node, now: Time, cfg: &Config) -> bool {
     stale || ready.is_some_and(|c| !c.is_true())
 }
 
+/// `pod` (of the lost node `node`) with Ready=False, reason `NodeLost`, at `now`.
+fn mark_not_ready(pod: &Pod, node: &str, now: Time) -> Action {
+    let mut p = pod.clone();
+    let st = p.status.get_or_insert_with(Default::default);
+    set_condition(
+        &mut st.conditions,
+        Condition::new(
+            "Ready",
+            false,
+            "NodeLost",
+            &format!("node {node} stopped posting status"),
+            now,
+        ),
+    );
+    Action::MarkPodNotReady(Box::new(p))
+}
+
+/// Plan the writes for `nodes` and the `pods` on them at `now` (the shell reads the clock once
+/// and passes it in): node conditions and taints, pod Ready=False, evictions, Events.
 pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
     let mut out = Plan::default();
     for node in nodes {
@@ -199,21 +215,13 @@ pub fn plan(nodes: &[Node], pods: &[Pod], now: Time, cfg: &Config) -> Plan {
             let silent = key == UNREACHABLE_TAINT;
             let Some(tol) = toleration_for(pod, key, cfg.eviction_timeout) else {
                 if silent && pod.is_ready() {
-                    out.actions.push(Action::MarkPodNotReady {
-                        namespace: pod.metadata.namespace.clone(),
-                        name: pod.metadata.name.clone(),
-                        resource_version: pod.metadata.resource_version,
-                    });
+                    out.actions.push(mark_not_ready(pod, name, now));
                 }
                 continue;
             };
             let at = since + dur(tol);
             if silent && pod.is_ready() && now < at {
-                out.actions.push(Action::MarkPodNotReady {
-                    namespace: pod.metadata.namespace.clone(),
-                    name: pod.metadata.name.clone(),
-                    resource_version: pod.metadata.resource_version,
-                });
+                out.actions.push(mark_not_ready(pod, name, now));
             }
             if now >= at {
                 out.actions.push(Action::EvictPod {
@@ -293,7 +301,7 @@ mod tests {
         p.actions
             .iter()
             .filter_map(|a| match a {
-                Action::MarkPodNotReady { name, .. } => Some(name.as_str()),
+                Action::MarkPodNotReady(pod) => Some(pod.metadata.name.as_str()),
                 _ => None,
             })
             .collect()
@@ -311,6 +319,150 @@ mod tests {
         assert_eq!(marked(&p), vec!["ready"]);
         let fresh = NodeBuilder::new("n1").ready_at(at(6)).build();
         assert!(marked(&plan(&[fresh], &pods, at(7), &cfg())).is_empty());
+    }
+
+    #[test]
+    fn pod_marked_not_ready_carries_the_node_lost_condition_stamped_with_now() {
+        let n = NodeBuilder::new("n1").ready_at(at(0)).build();
+        let pod = PodBuilder::new("web")
+            .namespace("shop")
+            .node("n1")
+            .resource_version(42)
+            .ready()
+            .build();
+        let p = plan(&[n], std::slice::from_ref(&pod), at(7), &cfg());
+        let marks: Vec<&Pod> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::MarkPodNotReady(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(marks.len(), 1);
+        let m = marks[0];
+        assert_eq!(
+            (
+                m.metadata.namespace.as_str(),
+                m.metadata.name.as_str(),
+                m.metadata.resource_version
+            ),
+            ("shop", "web", 42),
+            "the write is conditioned on the resourceVersion the plan saw"
+        );
+        let st = m.status.as_ref().expect("status");
+        let c = condition(&st.conditions, "Ready").expect("Ready");
+        assert_eq!(
+            (
+                c.status.as_str(),
+                c.reason.as_str(),
+                c.message.as_str(),
+                c.last_transition_time,
+                c.last_update_time
+            ),
+            (
+                "False",
+                "NodeLost",
+                "node n1 stopped posting status",
+                Some(at(7)),
+                Some(at(7))
+            )
+        );
+        assert_eq!(
+            st.phase,
+            pod.status.as_ref().expect("status").phase,
+            "phase kept"
+        );
+    }
+
+    #[test]
+    fn pods_of_a_lost_node_are_marked_and_evicted_by_readiness_and_toleration() {
+        // The node stopped heartbeating at 0 and was marked lost at 7 (grace 6s, eviction 4s).
+        let lost = updated(&plan(
+            &[NodeBuilder::new("n1").ready_at(at(0)).build()],
+            &[],
+            at(7),
+            &cfg(),
+        ))[0]
+            .clone();
+        let tolerating = |secs: Option<i64>| {
+            let mut p = PodBuilder::new("p")
+                .node("n1")
+                .ready()
+                .toleration(UNREACHABLE_TAINT, "", "NoExecute")
+                .build();
+            p.spec.tolerations[0].toleration_seconds = secs;
+            p
+        };
+        // (what, pod, now, marked not ready, evicted)
+        let cases: Vec<(&str, Pod, i64, bool, bool)> = vec![
+            (
+                "ready, before timeout",
+                PodBuilder::new("p").node("n1").ready().build(),
+                8,
+                true,
+                false,
+            ),
+            (
+                "ready, at timeout",
+                PodBuilder::new("p").node("n1").ready().build(),
+                11,
+                false,
+                true,
+            ),
+            (
+                "not ready, before timeout",
+                PodBuilder::new("p").node("n1").not_ready().build(),
+                8,
+                false,
+                false,
+            ),
+            (
+                "not ready, at timeout",
+                PodBuilder::new("p").node("n1").not_ready().build(),
+                11,
+                false,
+                true,
+            ),
+            ("tolerates forever", tolerating(None), 1000, true, false),
+            (
+                "tolerates 60s, before",
+                tolerating(Some(60)),
+                60,
+                true,
+                false,
+            ),
+            (
+                "tolerates 60s, after",
+                tolerating(Some(60)),
+                67,
+                false,
+                true,
+            ),
+            (
+                "being deleted",
+                PodBuilder::new("p")
+                    .node("n1")
+                    .ready()
+                    .deleting(at(8))
+                    .build(),
+                20,
+                false,
+                false,
+            ),
+            (
+                "on another node",
+                PodBuilder::new("p").node("n2").ready().build(),
+                20,
+                false,
+                false,
+            ),
+        ];
+        for (what, pod, now, want_marked, want_evicted) in cases {
+            let p = plan(std::slice::from_ref(&lost), &[pod], at(now), &cfg());
+            assert_eq!(!marked(&p).is_empty(), want_marked, "{what}: marked");
+            assert_eq!(!evicted(&p).is_empty(), want_evicted, "{what}: evicted");
+        }
     }
 
     #[test]

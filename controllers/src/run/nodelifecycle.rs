@@ -1,5 +1,6 @@
 //! Node lifecycle shell: Nodes (re-queued when a Pod on them changes) ->
-//! `nodelifecycle::plan` -> node taint/condition writes and pod evictions.
+//! `nodelifecycle::plan` -> node taint/condition writes, pod status writes and evictions.
+//! The shell reads the clock once per reconcile and executes the plan's actions as given.
 
 use std::sync::Arc;
 
@@ -83,42 +84,17 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     ))?;
                 }
             }
-            Step::MarkPodNotReady {
-                namespace,
-                name: pod,
-                resource_version,
-            } => {
-                let Some(mut p) = pods
-                    .iter()
-                    .find(|p| p.metadata.name == pod && p.metadata.namespace == namespace)
-                    .cloned()
-                else {
-                    continue;
-                };
-                p.metadata.resource_version = resource_version;
-                let st = p.status.get_or_insert_with(Default::default);
-                set_condition(
-                    &mut st.conditions,
-                    Condition::new(
-                        "Ready",
-                        false,
-                        "NodeLost",
-                        &format!("node {name} stopped posting status"),
-                        Utc::now(),
-                    ),
-                );
-                match client.update_status(&p).await {
-                    Ok(_) | Err(ClientError::NotFound(_)) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(Error::new(
-                            "mark not ready",
-                            Kind::Pod,
-                            &namespace,
-                            &pod,
-                        )(e));
-                    }
+            Step::MarkPodNotReady(p) => match client.update_status(p.as_ref()).await {
+                Ok(_) | Err(ClientError::NotFound(_)) => {}
+                Err(e) => {
+                    first_error.get_or_insert(Error::new(
+                        "mark not ready",
+                        Kind::Pod,
+                        &p.metadata.namespace,
+                        &p.metadata.name,
+                    )(e));
                 }
-            }
+            },
             Step::EvictPod {
                 namespace,
                 name: pod,
