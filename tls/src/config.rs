@@ -136,11 +136,7 @@ pub fn api_server_tls_config(
     ca_cert_pem: &str,
     server: &Credential,
 ) -> tonic::transport::ServerTlsConfig {
-    tonic::transport::ServerTlsConfig::new()
-        .identity(server.tonic_identity())
-        .client_ca_root(tonic::transport::Certificate::from_pem(ca_cert_pem))
-        .client_auth_optional(true)
-        .timeout(Duration::from_secs(10))
+    mutual_server_tls(ca_cert_pem, server, true).timeout(Duration::from_secs(10))
 }
 
 /// Server side of mutual TLS: present `server`, require a client certificate issued by the CA
@@ -149,10 +145,20 @@ pub fn server_tls_config(
     ca_cert_pem: &str,
     server: &Credential,
 ) -> tonic::transport::ServerTlsConfig {
+    mutual_server_tls(ca_cert_pem, server, false)
+}
+
+/// The server identity plus client certificates verified against the CA; `optional` lets a
+/// client without a certificate finish the handshake.
+fn mutual_server_tls(
+    ca_cert_pem: &str,
+    server: &Credential,
+    optional: bool,
+) -> tonic::transport::ServerTlsConfig {
     tonic::transport::ServerTlsConfig::new()
         .identity(server.tonic_identity())
         .client_ca_root(tonic::transport::Certificate::from_pem(ca_cert_pem))
-        .client_auth_optional(false)
+        .client_auth_optional(optional)
 }
 
 /// Client side of mutual TLS: trust only the CA in `ca_cert_pem`, present `client`, expect the
