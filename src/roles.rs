@@ -39,7 +39,7 @@ pub fn spawn_leader_loops(
     // berth_controller_restarts_total metric, a ControllerRestarted Event about this server).
     let supervisor = Supervisor::new().with_events(
         client.clone(),
-        Recorder::new("berth-server").with_host(&server.advertise_addr().to_string()),
+        Recorder::new("berth-server").with_host(server.advertise_addr()),
         ObjectReference {
             kind: "Server".to_string(),
             namespace: String::new(),
