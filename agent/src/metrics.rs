@@ -5,24 +5,32 @@
 //!   reported): `berth_agent_pods{phase}`, `berth_agent_pods_ready`,
 //!   `berth_agent_container_restarts_total{namespace,pod,container}`.
 //! - Probes: `berth_agent_probe_failures_total{probe}` counted by the prober workers in the
-//!   process-wide registry (exported here: every `berth_agent_*` family of it).
-//! - The Service proxy: its own per-Service counters ([`crate::proxy::render_prometheus`]),
+//!   agent's process-wide registry ([`process_registry`]; not [`berth_metrics::global`], which
+//!   holds the scheduler's and controllers' metrics when they share the process).
+//! - The Service proxy: its own per-Service counters ([`crate::proxy::proxy_families`]),
 //!   fetched from the proxy worker per scrape.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_metrics::{Family, Registry};
 use berth_proto::PodPhase;
 
 use crate::api::PodCache;
-use crate::proxy::{render_prometheus, ProxyHandle};
+use crate::proxy::{proxy_families, ProxyHandle};
+
+/// The agent's process-wide metrics (counted by workers that have no [`AgentMetrics`] to hand),
+/// exported by every agent's `/metrics` in this process.
+fn process_registry() -> &'static Registry {
+    static AGENT: OnceLock<Registry> = OnceLock::new();
+    AGENT.get_or_init(Registry::new)
+}
 
 /// Count a failed probe check (`kind`: Startup, Liveness, Readiness; exported lowercase).
 pub(crate) fn probe_failed(kind: &str) {
     let kind = kind.to_ascii_lowercase();
-    berth_metrics::global()
+    process_registry()
         .counter_vec(
             "berth_agent_probe_failures_total",
             "Failed probe checks, by probe type.",
@@ -128,19 +136,13 @@ impl AgentMetrics {
 
     /// The exposition text of one scrape.
     pub async fn render(&self) -> String {
-        let mut families = self.registry.gather();
-        families.extend(
-            berth_metrics::global()
-                .gather()
-                .into_iter()
-                .filter(|f| f.name.starts_with("berth_agent_")),
-        );
-        families.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut text = berth_metrics::text::render(&families);
+        let mut text = berth_metrics::text::render(&[&self.registry, process_registry()]);
         let proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = proxy {
             match tokio::time::timeout(Duration::from_secs(5), h.metrics()).await {
-                Ok(Ok(services)) => text.push_str(&render_prometheus(&services)),
+                Ok(Ok(services)) => text.push_str(&berth_metrics::text::render_families(
+                    proxy_families(&services),
+                )),
                 Ok(Err(e)) => tracing::debug!(error = %e, "proxy metrics unavailable"),
                 Err(_) => tracing::warn!("proxy metrics: the proxy did not answer within 5 s"),
             }

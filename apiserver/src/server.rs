@@ -516,10 +516,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             // The process-wide registry holds the leader loops' metrics (scheduler,
             // controllers) when they run in this process.
             let render: berth_metrics::http::RenderFn = Arc::new(move || {
-                let mut families = registry.gather();
-                families.extend(berth_metrics::global().gather());
-                families.sort_by(|a, b| a.name.cmp(&b.name));
-                berth_metrics::text::render(&families)
+                berth_metrics::text::render(&[&registry, berth_metrics::global()])
             });
             let server = berth_metrics::http::MetricsServer::bind(listen, render).await?;
             let bound = server.local_addr();

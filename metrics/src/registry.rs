@@ -1,66 +1,46 @@
-//! Metric types and the [`Registry`] holding them.
+//! Metric handles and the [`Registry`] holding them, on `prometheus-client`: the families live in
+//! a [`prometheus_client::registry::Registry`], collectors are [`prometheus_client::collector::Collector`]s,
+//! and [`crate::text::render`] encodes with prometheus-client's Prometheus text encoder. This
+//! module keeps Berth's small API over it: register-or-get by name (callers need not
+//! coordinate), label values by position, and `get()` read-back on counters and gauges.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter as PcCounter;
+use prometheus_client::metrics::family::{Family as PcFamily, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge as PcGauge;
+use prometheus_client::metrics::histogram::Histogram as PcHistogram;
+use prometheus_client::metrics::MetricType as PcType;
 
 /// Latency buckets in seconds, 1 ms .. 10 s (request latencies).
 pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The Prometheus metric type of a family.
+/// The label set of one series: (name, value) pairs in registration order.
+type Labels = Vec<(String, String)>;
+
+/// The Prometheus metric type of a collected [`Family`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricType {
     Counter,
     Gauge,
-    Histogram,
 }
 
-impl MetricType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Counter => "counter",
-            MetricType::Gauge => "gauge",
-            MetricType::Histogram => "histogram",
-        }
-    }
-}
-
-/// A histogram's state at one instant: per-bucket (not cumulative) counts, the last one being
-/// the overflow bucket above the highest bound.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
-    /// Upper bounds, ascending (without +Inf).
-    pub bounds: Vec<f64>,
-    /// `bounds.len() + 1` counts; `counts[i]` observations fell in `(bounds[i-1], bounds[i]]`.
-    pub counts: Vec<u64>,
-    pub sum: f64,
-}
-
-impl HistogramSnapshot {
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
-
-/// The value of one labelled series.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MetricValue {
-    /// A counter or gauge sample.
-    Single(f64),
-    Histogram(HistogramSnapshot),
-}
-
-/// One labelled series of a family.
+/// One labelled sample of a collected family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
     pub labels: Vec<(String, String)>,
-    pub value: MetricValue,
+    pub value: f64,
 }
 
-/// A metric family: what one `# HELP` / `# TYPE` pair describes.
+/// A family computed at scrape time by a collector ([`Registry::add_collector`]): what one
+/// `# HELP` / `# TYPE` pair describes. A counter's name ends in `_total`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Family {
     pub name: String,
@@ -84,60 +64,86 @@ impl Family {
     pub fn counter(name: &str, help: &str) -> Family {
         Family::new(name, help, MetricType::Counter)
     }
-    /// Add a counter/gauge sample (builder style).
+    /// Add a sample (builder style).
     pub fn with(mut self, labels: &[(&str, &str)], value: f64) -> Family {
         self.push(labels, value);
         self
     }
-    /// Add a counter/gauge sample.
+    /// Add a sample.
     pub fn push(&mut self, labels: &[(&str, &str)], value: f64) {
         self.metrics.push(Metric {
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            value: MetricValue::Single(value),
+            value,
         });
+    }
+
+    /// Write this family through a prometheus-client encoder (the encoder adds `_total` to a
+    /// counter's name, so it is given without).
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (name, kind) = match self.kind {
+            MetricType::Counter => (counter_base(&self.name), PcType::Counter),
+            MetricType::Gauge => (self.name.as_str(), PcType::Gauge),
+        };
+        let mut fam = encoder.encode_descriptor(name, &self.help, None, kind)?;
+        for m in &self.metrics {
+            let mut enc = fam.encode_family(&m.labels)?;
+            // Whole values are written as integers (`3`, not `3.0`), as the registered
+            // counters are.
+            let whole = m.value.fract() == 0.0 && m.value.abs() < 9.0e15;
+            match (self.kind, whole) {
+                (MetricType::Counter, true) if m.value >= 0.0 => {
+                    enc.encode_counter::<Labels, u64, f64>(&(m.value as u64), None)?
+                }
+                (MetricType::Counter, _) => {
+                    enc.encode_counter::<Labels, f64, f64>(&m.value, None)?
+                }
+                (MetricType::Gauge, true) => enc.encode_gauge(&(m.value as i64))?,
+                (MetricType::Gauge, false) => enc.encode_gauge(&m.value)?,
+            }
+        }
+        Ok(())
     }
 }
 
-fn f64_add(cell: &AtomicU64, v: f64) {
-    let mut cur = cell.load(Ordering::Relaxed);
-    loop {
-        let new = (f64::from_bits(cur) + v).to_bits();
-        match cell.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => cur = actual,
-        }
-    }
+/// A counter's name as prometheus-client registers it: without the `_total` it appends.
+fn counter_base(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+/// prometheus-client appends a `.` to registered help text; ours already ends with one.
+fn help_base(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
 }
 
 /// A monotonically increasing count. Cloning shares the value.
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+pub struct Counter(PcCounter<u64>);
 
 impl Counter {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.inc();
     }
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.inc_by(n);
     }
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
 /// A value that goes up and down. Cloning shares the value.
 #[derive(Debug, Clone, Default)]
-pub struct Gauge(Arc<AtomicU64>);
+pub struct Gauge(PcGauge<f64, AtomicU64>);
 
 impl Gauge {
     pub fn set(&self, v: f64) {
-        self.0.store(v.to_bits(), Ordering::Relaxed);
+        self.0.set(v);
     }
     pub fn add(&self, v: f64) {
-        f64_add(&self.0, v);
+        self.0.inc_by(v);
     }
     pub fn inc(&self) {
         self.add(1.0);
@@ -146,59 +152,26 @@ impl Gauge {
         self.add(-1.0);
     }
     pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
+        self.0.get()
     }
-}
-
-#[derive(Debug)]
-struct HistogramInner {
-    bounds: Arc<[f64]>,
-    counts: Box<[AtomicU64]>,
-    sum: AtomicU64,
 }
 
 /// Observations counted into fixed buckets. Cloning shares the state.
 #[derive(Debug, Clone)]
-pub struct Histogram(Arc<HistogramInner>);
+pub struct Histogram(PcHistogram);
 
 impl Histogram {
-    fn with_bounds(bounds: Arc<[f64]>) -> Histogram {
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Histogram(Arc::new(HistogramInner {
-            bounds,
-            counts,
-            sum: AtomicU64::new(0f64.to_bits()),
-        }))
-    }
-
     /// A histogram not attached to any registry (tests, or a misregistration).
     pub fn detached(bounds: &[f64]) -> Histogram {
-        Histogram::with_bounds(sanitize_bounds(bounds))
+        Histogram(HistogramCtor(sanitize_bounds(bounds)).new_metric())
     }
 
     pub fn observe(&self, v: f64) {
-        let i = self.0.bounds.partition_point(|b| *b < v);
-        if let Some(c) = self.0.counts.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        f64_add(&self.0.sum, v);
+        self.0.observe(v);
     }
 
     pub fn observe_duration(&self, d: Duration) {
         self.observe(d.as_secs_f64());
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot {
-            bounds: self.0.bounds.to_vec(),
-            counts: self
-                .0
-                .counts
-                .iter()
-                .map(|c| c.load(Ordering::Relaxed))
-                .collect(),
-            sum: f64::from_bits(self.0.sum.load(Ordering::Relaxed)),
-        }
     }
 }
 
@@ -210,93 +183,104 @@ fn sanitize_bounds(bounds: &[f64]) -> Arc<[f64]> {
     b.into()
 }
 
-/// Series of one family keyed by their label values.
-#[derive(Debug)]
-struct Series<M> {
-    label_names: Arc<[String]>,
-    series: Mutex<HashMap<Vec<String>, M>>,
+/// Makes each series of a histogram family with the family's bounds.
+#[derive(Debug, Clone)]
+struct HistogramCtor(Arc<[f64]>);
+
+impl MetricConstructor<PcHistogram> for HistogramCtor {
+    fn new_metric(&self) -> PcHistogram {
+        PcHistogram::new(self.0.iter().copied())
+    }
 }
 
-impl<M: Clone> Series<M> {
-    fn new(label_names: &[&str]) -> Series<M> {
-        Series {
-            label_names: label_names.iter().map(|s| s.to_string()).collect(),
-            series: Mutex::new(HashMap::new()),
-        }
-    }
+/// Pair label names with values (missing values are empty, extra ones ignored).
+fn label_set(names: &[String], values: &[&str]) -> Labels {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.clone(),
+                values.get(i).copied().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Vec<String>, M>> {
-        self.series.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The series for `values` (missing values are empty, extra ones ignored).
-    fn get_or(&self, values: &[&str], make: impl FnOnce() -> M) -> M {
-        let key: Vec<String> = (0..self.label_names.len())
-            .map(|i| values.get(i).copied().unwrap_or_default().to_string())
-            .collect();
-        let mut map = self.lock();
-        if let Some(m) = map.get(&key) {
-            return m.clone();
-        }
-        let m = make();
-        map.insert(key, m.clone());
-        m
-    }
-
-    fn collect(&self, value: impl Fn(&M) -> MetricValue) -> Vec<Metric> {
-        let map = self.lock();
-        let mut out: Vec<Metric> = map
-            .iter()
-            .map(|(vals, m)| Metric {
-                labels: self
-                    .label_names
-                    .iter()
-                    .cloned()
-                    .zip(vals.iter().cloned())
-                    .collect(),
-                value: value(m),
-            })
-            .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        out
-    }
+fn names_of(labels: &[&str]) -> Arc<[String]> {
+    labels.iter().map(|s| s.to_string()).collect()
 }
 
 /// A family of counters distinguished by label values.
 #[derive(Debug, Clone)]
-pub struct CounterVec(Arc<Series<Counter>>);
+pub struct CounterVec {
+    family: PcFamily<Labels, PcCounter<u64>>,
+    names: Arc<[String]>,
+}
 
 impl CounterVec {
+    fn new(labels: &[&str]) -> CounterVec {
+        CounterVec {
+            family: PcFamily::default(),
+            names: names_of(labels),
+        }
+    }
     /// The counter for these label values (in the order the label names were registered).
     pub fn with(&self, values: &[&str]) -> Counter {
-        self.0.get_or(values, Counter::default)
+        Counter(
+            self.family
+                .get_or_create_owned(&label_set(&self.names, values)),
+        )
     }
 }
 
 /// A family of gauges distinguished by label values.
 #[derive(Debug, Clone)]
-pub struct GaugeVec(Arc<Series<Gauge>>);
+pub struct GaugeVec {
+    family: PcFamily<Labels, PcGauge<f64, AtomicU64>>,
+    names: Arc<[String]>,
+}
 
 impl GaugeVec {
+    fn new(labels: &[&str]) -> GaugeVec {
+        GaugeVec {
+            family: PcFamily::default(),
+            names: names_of(labels),
+        }
+    }
     pub fn with(&self, values: &[&str]) -> Gauge {
-        self.0.get_or(values, Gauge::default)
+        Gauge(
+            self.family
+                .get_or_create_owned(&label_set(&self.names, values)),
+        )
     }
 }
 
 /// A family of histograms (same buckets) distinguished by label values.
 #[derive(Debug, Clone)]
 pub struct HistogramVec {
-    series: Arc<Series<Histogram>>,
+    family: PcFamily<Labels, PcHistogram, HistogramCtor>,
+    names: Arc<[String]>,
     bounds: Arc<[f64]>,
 }
 
 impl HistogramVec {
+    fn new(labels: &[&str], bounds: Arc<[f64]>) -> HistogramVec {
+        HistogramVec {
+            family: PcFamily::new_with_constructor(HistogramCtor(bounds.clone())),
+            names: names_of(labels),
+            bounds,
+        }
+    }
     pub fn with(&self, values: &[&str]) -> Histogram {
-        self.series
-            .get_or(values, || Histogram::with_bounds(self.bounds.clone()))
+        Histogram(
+            self.family
+                .get_or_create_owned(&label_set(&self.names, values)),
+        )
     }
 }
 
+/// What was registered under a name, to hand the same family to a second registration.
 #[derive(Debug, Clone)]
 enum Registered {
     Counter(CounterVec),
@@ -304,31 +288,53 @@ enum Registered {
     Histogram(HistogramVec),
 }
 
-struct Entry {
-    help: String,
-    metric: Registered,
+/// A [`Registry::add_collector`] closure as a prometheus-client collector.
+struct FnCollector(Box<dyn Fn() -> Vec<Family> + Send + Sync>);
+
+impl std::fmt::Debug for FnCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnCollector")
+    }
 }
 
-type Collector = Arc<dyn Fn() -> Vec<Family> + Send + Sync>;
+impl Collector for FnCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for fam in (self.0)() {
+            fam.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
 
-#[derive(Default)]
 struct Inner {
-    families: BTreeMap<String, Entry>,
-    collectors: Vec<Collector>,
+    registry: prometheus_client::registry::Registry,
+    shapes: HashMap<String, Registered>,
 }
 
 /// A set of metric families; cheap to clone (shared).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            inner: Arc::new(Mutex::new(Inner {
+                registry: prometheus_client::registry::Registry::default(),
+                shapes: HashMap::new(),
+            })),
+        }
+    }
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.lock();
+        let mut names: Vec<&String> = inner.shapes.keys().collect();
+        names.sort();
         f.debug_struct("Registry")
-            .field("families", &inner.families.keys().collect::<Vec<_>>())
-            .field("collectors", &inner.collectors.len())
+            .field("families", &names)
             .finish()
     }
 }
@@ -343,6 +349,13 @@ fn same_labels(a: &[String], b: &[&str]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
+fn conflict(name: &str) {
+    tracing::error!(
+        metric = name,
+        "metric registered twice with different shapes; the second one is not exported"
+    );
+}
+
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
@@ -352,33 +365,27 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register (or get the already registered) counter family `name`. Registering the same
-    /// name again with the same labels returns the same family, so callers need not
-    /// coordinate; a conflicting registration is logged and gets a detached family (its
-    /// values are not exported) rather than a panic.
+    /// Register (or get the already registered) counter family `name` (ending in `_total`).
+    /// Registering the same name again with the same labels returns the same family, so
+    /// callers need not coordinate; a conflicting registration is logged and gets a detached
+    /// family (its values are not exported) rather than a panic.
     pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> CounterVec {
         let mut inner = self.lock();
-        match inner.families.get(name).map(|e| &e.metric) {
-            Some(Registered::Counter(v)) if same_labels(&v.0.label_names, labels) => {
-                return v.clone()
-            }
+        match inner.shapes.get(name) {
+            Some(Registered::Counter(v)) if same_labels(&v.names, labels) => return v.clone(),
             Some(_) => {
-                tracing::error!(
-                    metric = name,
-                    "metric registered twice with different shapes"
-                );
-                return CounterVec(Arc::new(Series::new(labels)));
+                conflict(name);
+                return CounterVec::new(labels);
             }
             None => {}
         }
-        let v = CounterVec(Arc::new(Series::new(labels)));
-        inner.families.insert(
-            name.to_string(),
-            Entry {
-                help: help.to_string(),
-                metric: Registered::Counter(v.clone()),
-            },
-        );
+        let v = CounterVec::new(labels);
+        inner
+            .registry
+            .register(counter_base(name), help_base(help), v.family.clone());
+        inner
+            .shapes
+            .insert(name.to_string(), Registered::Counter(v.clone()));
         v
     }
 
@@ -389,27 +396,21 @@ impl Registry {
     /// Register (or get) gauge family `name`; see [`Registry::counter_vec`].
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
         let mut inner = self.lock();
-        match inner.families.get(name).map(|e| &e.metric) {
-            Some(Registered::Gauge(v)) if same_labels(&v.0.label_names, labels) => {
-                return v.clone()
-            }
+        match inner.shapes.get(name) {
+            Some(Registered::Gauge(v)) if same_labels(&v.names, labels) => return v.clone(),
             Some(_) => {
-                tracing::error!(
-                    metric = name,
-                    "metric registered twice with different shapes"
-                );
-                return GaugeVec(Arc::new(Series::new(labels)));
+                conflict(name);
+                return GaugeVec::new(labels);
             }
             None => {}
         }
-        let v = GaugeVec(Arc::new(Series::new(labels)));
-        inner.families.insert(
-            name.to_string(),
-            Entry {
-                help: help.to_string(),
-                metric: Registered::Gauge(v.clone()),
-            },
-        );
+        let v = GaugeVec::new(labels);
+        inner
+            .registry
+            .register(name, help_base(help), v.family.clone());
+        inner
+            .shapes
+            .insert(name.to_string(), Registered::Gauge(v.clone()));
         v
     }
 
@@ -428,35 +429,25 @@ impl Registry {
     ) -> HistogramVec {
         let bounds = sanitize_bounds(buckets);
         let mut inner = self.lock();
-        match inner.families.get(name).map(|e| &e.metric) {
+        match inner.shapes.get(name) {
             Some(Registered::Histogram(v))
-                if same_labels(&v.series.label_names, labels) && v.bounds == bounds =>
+                if same_labels(&v.names, labels) && v.bounds == bounds =>
             {
                 return v.clone()
             }
             Some(_) => {
-                tracing::error!(
-                    metric = name,
-                    "metric registered twice with different shapes"
-                );
-                return HistogramVec {
-                    series: Arc::new(Series::new(labels)),
-                    bounds,
-                };
+                conflict(name);
+                return HistogramVec::new(labels, bounds);
             }
             None => {}
         }
-        let v = HistogramVec {
-            series: Arc::new(Series::new(labels)),
-            bounds,
-        };
-        inner.families.insert(
-            name.to_string(),
-            Entry {
-                help: help.to_string(),
-                metric: Registered::Histogram(v.clone()),
-            },
-        );
+        let v = HistogramVec::new(labels, bounds);
+        inner
+            .registry
+            .register(name, help_base(help), v.family.clone());
+        inner
+            .shapes
+            .insert(name.to_string(), Registered::Histogram(v.clone()));
         v
     }
 
@@ -465,75 +456,56 @@ impl Registry {
     }
 
     /// Add a closure called at every scrape; it returns families computed from state owned
-    /// elsewhere. It must be quick and must not call back into this registry.
+    /// elsewhere. It runs while this registry is being encoded: it must be quick and must not
+    /// call back into this registry.
     pub fn add_collector(&self, f: impl Fn() -> Vec<Family> + Send + Sync + 'static) {
-        self.lock().collectors.push(Arc::new(f));
+        self.lock()
+            .registry
+            .register_collector(Box::new(FnCollector(Box::new(f))));
     }
 
-    /// Every family (registered and collected), sorted by name. A labelled family with no
-    /// series yet renders as HELP/TYPE only; an unlabelled one exists (at zero) from
-    /// registration.
-    pub fn gather(&self) -> Vec<Family> {
-        let (mut out, collectors) = {
-            let inner = self.lock();
-            let fams: Vec<Family> = inner
-                .families
-                .iter()
-                .map(|(name, e)| {
-                    let (kind, metrics) = match &e.metric {
-                        Registered::Counter(v) => (
-                            MetricType::Counter,
-                            v.0.collect(|c| MetricValue::Single(c.get() as f64)),
-                        ),
-                        Registered::Gauge(v) => (
-                            MetricType::Gauge,
-                            v.0.collect(|g| MetricValue::Single(g.get())),
-                        ),
-                        Registered::Histogram(v) => (
-                            MetricType::Histogram,
-                            v.series.collect(|h| MetricValue::Histogram(h.snapshot())),
-                        ),
-                    };
-                    Family {
-                        name: name.clone(),
-                        help: e.help.clone(),
-                        kind,
-                        metrics,
-                    }
-                })
-                .collect();
-            (fams, inner.collectors.clone())
-        };
-        // Collectors run without the registry lock held.
-        for c in collectors {
-            out.extend(c());
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
-    /// [`Registry::gather`] rendered in the Prometheus text format.
+    /// This registry in the Prometheus text format; see [`crate::text::render`] to merge
+    /// several.
     pub fn render(&self) -> String {
-        crate::text::render(&self.gather())
+        crate::text::render(&[self])
+    }
+
+    /// Encode into `out` with prometheus-client's Prometheus text (0.0.4) encoder.
+    pub(crate) fn encode_into(&self, out: &mut String) -> std::fmt::Result {
+        prometheus_client::encoding::prometheus_text::encode(out, &self.lock().registry)
     }
 }
+
+// `EncodeMetric` is what `register` needs of the families; asserted here so a change of the
+// label type shows at this line rather than inside prometheus-client's bounds.
+const _: fn() = || {
+    fn is_metric<M: EncodeMetric>() {}
+    is_metric::<PcFamily<Labels, PcCounter<u64>>>();
+    is_metric::<PcFamily<Labels, PcHistogram, HistogramCtor>>();
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::text::{find, parse};
 
     #[test]
     fn histogram_counts_each_observation_in_the_first_bucket_at_or_above_it() {
-        let h = Histogram::detached(&[1.0, 0.1, f64::INFINITY, 0.5]);
+        let r = Registry::new();
+        let h = r.histogram("h_seconds", "H.", &[1.0, 0.1, f64::INFINITY, 0.5]);
         for v in [0.05, 0.1, 0.3, 2.0, 1.0] {
             h.observe(v);
         }
-        let s = h.snapshot();
-        assert_eq!(s.bounds, vec![0.1, 0.5, 1.0]);
-        assert_eq!(s.counts, vec![2, 1, 1, 1]);
-        assert_eq!(s.count(), 5);
-        assert!((s.sum - 3.45).abs() < 1e-9);
+        let s = parse(&r.render()).unwrap();
+        let bucket = |le: &str| find(&s, "h_seconds_bucket", &[("le", le)]);
+        assert_eq!(bucket("0.1"), Some(2.0));
+        assert_eq!(bucket("0.5"), Some(3.0));
+        assert_eq!(bucket("1"), Some(4.0));
+        assert_eq!(bucket("+Inf"), Some(5.0));
+        assert_eq!(find(&s, "h_seconds_count", &[]), Some(5.0));
+        let sum = find(&s, "h_seconds_sum", &[]).unwrap();
+        assert!((sum - 3.45).abs() < 1e-9, "{sum}");
     }
 
     #[test]
@@ -546,26 +518,34 @@ mod tests {
         assert_eq!(a.with(&["OK"]).get(), 3);
         let g = r.gauge("x_total", "conflict");
         g.set(7.0);
-        let fams = r.gather();
-        assert_eq!(fams.len(), 1);
-        assert_eq!(fams[0].kind, MetricType::Counter);
-        assert_eq!(
-            fams[0].metrics[0].labels,
-            vec![("code".to_string(), "OK".to_string())]
-        );
-        assert_eq!(fams[0].metrics[0].value, MetricValue::Single(3.0));
+        let text = r.render();
+        assert_eq!(text.matches("# TYPE").count(), 1, "{text}");
+        assert!(text.contains("# TYPE x_total counter\n"), "{text}");
+        let s = parse(&text).unwrap();
+        assert_eq!(s.len(), 1, "{text}");
+        assert_eq!(find(&s, "x_total", &[("code", "OK")]), Some(3.0));
     }
 
     #[test]
-    fn gauge_moves_both_ways_and_collectors_join_the_sorted_output() {
+    fn gauge_moves_both_ways_and_collectors_join_the_output() {
         let r = Registry::new();
         let g = r.gauge("b_gauge", "B.");
         g.inc();
         g.inc();
         g.dec();
         assert_eq!(g.get(), 1.0);
-        r.add_collector(|| vec![Family::gauge("a_gauge", "A.").with(&[("k", "v")], 4.0)]);
-        let names: Vec<String> = r.gather().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, vec!["a_gauge", "b_gauge"]);
+        r.add_collector(|| {
+            vec![
+                Family::gauge("a_gauge", "A.").with(&[("k", "v")], 4.0),
+                Family::counter("c_total", "C.").with(&[], 2.0),
+            ]
+        });
+        let text = r.render();
+        let s = parse(&text).unwrap();
+        assert_eq!(find(&s, "b_gauge", &[]), Some(1.0));
+        assert_eq!(find(&s, "a_gauge", &[("k", "v")]), Some(4.0));
+        assert_eq!(find(&s, "c_total", &[]), Some(2.0));
+        assert!(text.contains("# TYPE c_total counter\n"), "{text}");
+        assert!(text.contains("# HELP a_gauge A.\n"), "{text}");
     }
 }

@@ -1,116 +1,30 @@
-//! The Prometheus text exposition format (version 0.0.4): [`render`], and [`parse`] /
-//! [`find`] to read samples back (tests, tools).
+//! The Prometheus text exposition format (version 0.0.4): [`render`] (prometheus-client's
+//! encoder over one or more registries), and [`parse`] / [`find`] to read samples back (tests,
+//! tools).
 
-use std::fmt::Write as _;
-
-use crate::registry::{Family, MetricType, MetricValue};
+use crate::registry::{Family, Registry};
 
 /// The `Content-Type` of a rendered exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// Escape a label value: backslash, double quote and newline.
-pub fn escape_label_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// Escape HELP text: backslash and newline.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// A sample value as Prometheus writes it (`+Inf`, `-Inf`, `NaN`, shortest float otherwise).
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v == f64::INFINITY {
-        "+Inf".to_string()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".to_string()
-    } else {
-        format!("{v}")
-    }
-}
-
-fn write_labels(out: &mut String, labels: &[(String, String)], extra: Option<(&str, &str)>) {
-    if labels.is_empty() && extra.is_none() {
-        return;
-    }
-    out.push('{');
-    let mut first = true;
-    let all = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(extra);
-    for (k, v) in all {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
-    }
-    out.push('}');
-}
-
-/// Render families in the text format. Families sharing a name (e.g. from two registries)
-/// are written under one HELP/TYPE header, as the format requires.
-pub fn render(families: &[Family]) -> String {
+/// Render several registries as one exposition (each family's HELP/TYPE once: the
+/// registries must not share family names; the components' prefixes keep them apart).
+pub fn render(registries: &[&Registry]) -> String {
     let mut out = String::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for (i, fam) in families.iter().enumerate() {
-        if seen.contains(&fam.name.as_str()) {
-            continue;
-        }
-        seen.push(&fam.name);
-        let _ = writeln!(out, "# HELP {} {}", fam.name, escape_help(&fam.help));
-        let _ = writeln!(out, "# TYPE {} {}", fam.name, fam.kind.as_str());
-        for same in families[i..].iter().filter(|f| f.name == fam.name) {
-            render_samples(&mut out, same);
+    for r in registries {
+        if r.encode_into(&mut out).is_err() {
+            // Writing to a String cannot fail; an error here is a collector's.
+            tracing::error!("a metrics collector failed to encode; the exposition is partial");
         }
     }
     out
 }
 
-fn render_samples(out: &mut String, fam: &Family) {
-    let name = &fam.name;
-    for m in &fam.metrics {
-        match (&m.value, fam.kind) {
-            (MetricValue::Single(v), _) => {
-                out.push_str(name);
-                write_labels(out, &m.labels, None);
-                let _ = writeln!(out, " {}", format_value(*v));
-            }
-            (MetricValue::Histogram(h), MetricType::Histogram) => {
-                let mut cumulative = 0u64;
-                for (bound, count) in h.bounds.iter().zip(&h.counts) {
-                    cumulative += count;
-                    let _ = write!(out, "{name}_bucket");
-                    write_labels(out, &m.labels, Some(("le", &format_value(*bound))));
-                    let _ = writeln!(out, " {cumulative}");
-                }
-                let _ = write!(out, "{name}_bucket");
-                write_labels(out, &m.labels, Some(("le", "+Inf")));
-                let _ = writeln!(out, " {}", h.count());
-                let _ = write!(out, "{name}_sum");
-                write_labels(out, &m.labels, None);
-                let _ = writeln!(out, " {}", format_value(h.sum));
-                let _ = write!(out, "{name}_count");
-                write_labels(out, &m.labels, None);
-                let _ = writeln!(out, " {}", h.count());
-            }
-            (MetricValue::Histogram(_), kind) => {
-                tracing::error!(metric = %name, kind = kind.as_str(), "histogram value in a non-histogram family; skipped");
-            }
-        }
-    }
+/// Render families computed by the caller (e.g. fetched from a worker per scrape).
+pub fn render_families(families: Vec<Family>) -> String {
+    let r = Registry::new();
+    r.add_collector(move || families.clone());
+    r.render()
 }
 
 /// One sample line of an exposition.
@@ -213,7 +127,6 @@ pub fn find(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::registry::{Family, Registry};
 
     #[test]
     fn counters_and_gauges_render_with_help_type_and_escaped_labels() {
@@ -264,16 +177,26 @@ mod tests {
         let text = r.render();
         assert!(text.contains("h_bucket{le=\"1\"} 0\n"), "{text}");
         assert!(text.contains("h_bucket{le=\"+Inf\"} 1\n"), "{text}");
-        assert!(text.contains("h_sum 2\nh_count 1\n"), "{text}");
+        assert!(text.contains("h_sum 2.0\nh_count 1\n"), "{text}");
     }
 
     #[test]
-    fn same_family_from_two_sources_gets_one_header() {
-        let a = Family::gauge("g", "G.").with(&[("x", "1")], 1.0);
-        let b = Family::gauge("g", "G.").with(&[("x", "2")], f64::INFINITY);
-        let text = render(&[a, b]);
-        assert_eq!(text.matches("# TYPE g gauge").count(), 1);
-        assert!(text.ends_with("g{x=\"1\"} 1\ng{x=\"2\"} +Inf\n"), "{text}");
+    fn several_registries_and_computed_families_render_as_one_exposition() {
+        let a = Registry::new();
+        a.gauge("a_gauge", "A.").set(1.0);
+        let b = Registry::new();
+        b.counter("b_total", "B.").inc();
+        let text = render(&[&a, &b]);
+        let s = parse(&text).unwrap();
+        assert_eq!(find(&s, "a_gauge", &[]), Some(1.0));
+        assert_eq!(find(&s, "b_total", &[]), Some(1.0));
+        let computed = render_families(vec![
+            Family::gauge("g", "G.").with(&[("x", "1")], 1.0),
+            Family::counter("c_total", "C.").with(&[("x", "2")], 2.5),
+        ]);
+        assert!(computed.contains("g{x=\"1\"} 1\n"), "{computed}");
+        assert!(computed.contains("c_total{x=\"2\"} 2.5\n"), "{computed}");
+        assert!(computed.contains("# TYPE c_total counter\n"), "{computed}");
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Per-Service-port counters (lock-free atomics bumped by connection tasks), their snapshot
-//! type, and the Prometheus text rendering.
+//! type, and their Prometheus families.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use berth_metrics::text::escape_label_value;
+use berth_metrics::{Family, MetricType};
 
 use super::ServiceKey;
 
@@ -93,86 +92,93 @@ pub struct ServiceMetrics {
 
 /// Renders the snapshot in the Prometheus text exposition format (version 0.0.4).
 pub fn render_prometheus(services: &[ServiceMetrics]) -> String {
+    berth_metrics::text::render_families(proxy_families(services))
+}
+
+/// The snapshot as metric families, one series per Service port.
+pub fn proxy_families(services: &[ServiceMetrics]) -> Vec<Family> {
     type Field = fn(&ServiceMetrics) -> u64;
-    let families: [(&str, &str, &str, Field); 10] = [
+    let families: [(&str, MetricType, &str, Field); 10] = [
         (
             "berth_proxy_connections_total",
-            "counter",
+            MetricType::Counter,
             "Client connections accepted.",
             |m| m.connections_total,
         ),
         (
             "berth_proxy_connections_active",
-            "gauge",
+            MetricType::Gauge,
             "Client connections open now.",
             |m| m.connections_active,
         ),
         (
             "berth_proxy_bytes_in_total",
-            "counter",
+            MetricType::Counter,
             "Bytes copied from clients to backends.",
             |m| m.bytes_in,
         ),
         (
             "berth_proxy_bytes_out_total",
-            "counter",
+            MetricType::Counter,
             "Bytes copied from backends to clients.",
             |m| m.bytes_out,
         ),
         (
             "berth_proxy_no_backend_total",
-            "counter",
+            MetricType::Counter,
             "Clients closed at once because the service had no ready backend.",
             |m| m.no_backend_errors,
         ),
         (
             "berth_proxy_connect_errors_total",
-            "counter",
+            MetricType::Counter,
             "Failed connect attempts to backends.",
             |m| m.connect_errors,
         ),
         (
             "berth_proxy_failed_connections_total",
-            "counter",
+            MetricType::Counter,
             "Clients closed because every backend tried failed to connect.",
             |m| m.failed_connections,
         ),
         (
             "berth_proxy_drain_closed_total",
-            "counter",
+            MetricType::Counter,
             "Connections cut when the drain timeout of their removed backend ran out.",
             |m| m.drain_closed,
         ),
         (
             "berth_proxy_backends",
-            "gauge",
+            MetricType::Gauge,
             "Ready backends in the current set.",
             |m| m.ready_backends as u64,
         ),
         (
             "berth_proxy_draining_backends",
-            "gauge",
+            MetricType::Gauge,
             "Removed backends with connections still open.",
             |m| m.backends.iter().filter(|b| !b.ready).count() as u64,
         ),
     ];
-    let mut out = String::new();
-    for (name, kind, help, field) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for m in services {
-            let _ = writeln!(
-                out,
-                "{name}{{namespace=\"{}\",service=\"{}\",port=\"{}\",node_port=\"{}\"}} {}",
-                escape_label_value(&m.namespace),
-                escape_label_value(&m.name),
-                escape_label_value(&m.port_name),
-                m.node_port,
-                field(m)
-            );
-        }
-    }
-    out
+    families
+        .into_iter()
+        .map(|(name, kind, help, field)| {
+            let mut fam = Family::new(name, help, kind);
+            for m in services {
+                let node_port = m.node_port.to_string();
+                fam.push(
+                    &[
+                        ("namespace", &m.namespace),
+                        ("service", &m.name),
+                        ("port", &m.port_name),
+                        ("node_port", &node_port),
+                    ],
+                    field(m) as f64,
+                );
+            }
+            fam
+        })
+        .collect()
 }
 
 #[cfg(test)]

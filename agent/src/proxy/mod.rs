@@ -23,7 +23,7 @@
 //!
 //! Data flow: `set_services` -> worker validates -> swaps backend sets -> (re)binds listeners ->
 //! accept loop -> `conn::serve` picks a backend (p2c) -> connect with failover -> copy bytes ->
-//! counters in [`ServiceMetrics`] -> [`render_prometheus`].
+//! counters in [`ServiceMetrics`] -> [`proxy_families`] / [`render_prometheus`].
 //!
 //! # Wiring (for the agent)
 //!
@@ -72,7 +72,7 @@ use balancer::{Backend, BackendSet};
 use conn::ConnEnv;
 pub use endpoints::{desired_services, service_backends};
 use metrics::ServiceCounters;
-pub use metrics::{render_prometheus, BackendMetrics, ServiceMetrics};
+pub use metrics::{proxy_families, render_prometheus, BackendMetrics, ServiceMetrics};
 
 /// Tunables of the proxy; `Default` gives production values.
 #[derive(Debug, Clone)]
