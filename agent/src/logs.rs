@@ -31,7 +31,6 @@ use futures::{Stream, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls as rustls_config;
@@ -489,22 +488,9 @@ pub async fn fetch(
         endpoint: ep.clone(),
         reason,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+    let resp = berth_metrics::http::get(sock, endpoint, &path)
         .await
-        .map_err(|e| protocol(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "logs API connection");
-        }
-    });
-    let request = Request::get(path.as_str())
-        .header(hyper::header::HOST, endpoint)
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| protocol(e.to_string()))?;
-    let resp = sender
-        .send_request(request)
-        .await
-        .map_err(|e| protocol(e.to_string()))?;
+        .map_err(protocol)?;
     let status = resp.status();
     if status != StatusCode::OK {
         // The explanation is one line; cap what an odd server could send.

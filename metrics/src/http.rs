@@ -194,6 +194,31 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
     resp
 }
 
+/// One HTTP/1.1 `GET path` with `Host: host` over a connection already made (plain TCP or
+/// TLS); the connection is driven by a task of its own until the response body is read or
+/// dropped. The error is the reason, for the caller to wrap with its endpoint.
+pub async fn get<I>(io: I, host: &str, path: &str) -> Result<Response<Incoming>, String>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "HTTP client connection");
+        }
+    });
+    let request = Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// GET `http://{addr}/metrics` and return the body (any non-200 status is an error).
 pub async fn scrape(addr: &str) -> Result<String, MetricsError> {
     let io = |source| MetricsError::Scrape {
@@ -210,18 +235,7 @@ pub async fn scrape(addr: &str) -> Result<String, MetricsError> {
         .map_err(|_| timed_out())?
         .map_err(io)?;
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-        tokio::spawn(conn);
-        let req = Request::get("/metrics")
-            .header(hyper::header::HOST, addr)
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| bad(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| bad(e.to_string()))?;
+        let resp = get(sock, addr, "/metrics").await.map_err(bad)?;
         let status = resp.status();
         let body = resp
             .into_body()
