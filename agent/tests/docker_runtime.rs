@@ -1,50 +1,17 @@
 //! Component tests of the Docker runtime against the real engine, with `berth-busybox:latest`
 //! (built FROM scratch by images/build-busybox.sh). Skipped outside CI when no engine answers (a failure under CI=true: berth_testkit::skip).
 
+mod common;
+
 use std::time::Duration;
 
+use common::{build_busybox, docker_or_skip, RemoveContainer};
+
 use berth_agent::probe::{check, Check, ProbeResult, ProbeTarget};
-use berth_agent::runtime::docker::DockerRuntime;
 use berth_agent::runtime::{
     ContainerSpec, LogOptions, PortBinding, RunState, Runtime, RuntimeError,
 };
 use futures::StreamExt;
-
-/// Force-removes the containers a test created, even when it panics.
-struct Cleanup(Vec<String>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for id in &self.0 {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", id])
-                .output();
-        }
-    }
-}
-
-/// The engine, or `None` after [`berth_testkit::skip::skip_or_fail`] (a failure under CI).
-async fn docker_or_skip(test: &str) -> Option<DockerRuntime> {
-    let why = match tokio::time::timeout(Duration::from_secs(5), DockerRuntime::connect()).await {
-        Ok(Ok(d)) => return Some(d),
-        Ok(Err(e)) => format!("Docker engine not reachable: {e}"),
-        Err(_) => "Docker engine did not answer within 5s".to_string(),
-    };
-    berth_testkit::skip::skip_or_fail(test, &why);
-    None
-}
-
-fn build_busybox() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run build-busybox.sh");
-    assert!(
-        out.status.success(),
-        "build-busybox.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -87,7 +54,7 @@ async fn busybox_httpd_container_serves_probes_logs_and_stops() {
         ..Default::default()
     };
     let id = rt.create(&spec).await.expect("create");
-    let _cleanup = Cleanup(vec![id.clone()]);
+    let _cleanup = RemoveContainer(id.clone());
     rt.start(&id).await.expect("start");
 
     let info = rt.inspect(&id).await.expect("inspect");
@@ -218,7 +185,7 @@ async fn crashed_container_reports_exit_code() {
         ..Default::default()
     };
     let id = rt.create(&spec).await.expect("create");
-    let _cleanup = Cleanup(vec![id.clone()]);
+    let _cleanup = RemoveContainer(id.clone());
     rt.start(&id).await.expect("start");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -253,7 +220,7 @@ async fn runtimes_scoped_to_different_nodes_do_not_see_each_others_containers() 
         ..Default::default()
     };
     let id = rt.create(&spec).await.expect("create");
-    let _cleanup = Cleanup(vec![id.clone()]);
+    let _cleanup = RemoveContainer(id.clone());
     let mine = rt.clone().for_node(&node).list().await.expect("list");
     assert!(mine.iter().any(|c| c.id == id));
     let other = rt

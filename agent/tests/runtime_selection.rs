@@ -5,45 +5,13 @@
 //! skipped, loudly (berth_testkit::skip).
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
+
+use common::{build_busybox, docker_or_skip, RemoveContainer};
 
 use berth_agent::agent::select_runtime;
-use berth_agent::runtime::docker::DockerRuntime;
 use berth_agent::runtime::{ContainerSpec, Runtime};
 use berth_agent::RuntimeKind;
-
-/// Force-removes the container a test created, even when it panics.
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
-async fn docker_or_skip(test: &str) -> Option<DockerRuntime> {
-    let why = match tokio::time::timeout(Duration::from_secs(5), DockerRuntime::connect()).await {
-        Ok(Ok(d)) => return Some(d),
-        Ok(Err(e)) => format!("Docker engine not reachable: {e}"),
-        Err(_) => "Docker engine did not answer within 5s".to_string(),
-    };
-    berth_testkit::skip::skip_or_fail(test, &why);
-    None
-}
-
-fn build_busybox() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run build-busybox.sh");
-    assert!(
-        out.status.success(),
-        "build-busybox.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test]
 async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() {
@@ -69,7 +37,7 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
         .create(&spec)
         .await
         .expect("create the other node's container");
-    let _cleanup = Cleanup(id.clone());
+    let _cleanup = RemoveContainer(id.clone());
     assert!(
         owner.list().await.unwrap().iter().any(|c| c.id == id),
         "the owning node's runtime lists its container"

@@ -156,3 +156,40 @@ pub async fn read_all_from(port: u16) -> Option<String> {
         .ok()?;
     Some(buf)
 }
+
+/// Force-removes the Docker container `.0` when dropped, also when the test panics.
+pub struct RemoveContainer(pub String);
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// The Docker engine, or `None` after [`berth_testkit::skip::skip_or_fail`] (a failure under
+/// CI=true, a loud skip elsewhere).
+pub async fn docker_or_skip(test: &str) -> Option<berth_agent::runtime::docker::DockerRuntime> {
+    let connect = berth_agent::runtime::docker::DockerRuntime::connect();
+    let why = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(d)) => return Some(d),
+        Ok(Err(e)) => format!("Docker engine not reachable: {e}"),
+        Err(_) => "Docker engine did not answer within 5s".to_string(),
+    };
+    berth_testkit::skip::skip_or_fail(test, &why);
+    None
+}
+
+/// Builds `berth-busybox:latest` (FROM scratch, images/build-busybox.sh).
+pub fn build_busybox() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run build-busybox.sh");
+    assert!(
+        out.status.success(),
+        "build-busybox.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
