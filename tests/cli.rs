@@ -450,6 +450,49 @@ impl Shared {
     fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
+
+    /// Waits (30 s at most) until the output holds `needle`; panics naming `what` otherwise.
+    async fn wait_for(&self, what: &str, needle: &str) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !self.text().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what} in:\n{}", self.text()));
+    }
+}
+
+/// Runs a streaming CLI command (`get -w`, `logs -f`) against `server` in a task, its stdout in
+/// the returned buffer, until the returned token is cancelled (Ctrl-C).
+fn spawn_streaming(
+    target: &Target,
+    server: &str,
+    args: &[&str],
+) -> (
+    Shared,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let out = Shared::default();
+    let token = CancellationToken::new();
+    let config = target.config.display().to_string();
+    let mut argv = vec!["berth".to_string(), "--server".into(), server.into()];
+    argv.extend(["--config".to_string(), config]);
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let task = tokio::spawn({
+        let (mut out, token) = (out.clone(), token.clone());
+        async move {
+            let mut err = Vec::new();
+            let mut io = Io {
+                out: &mut out,
+                err: &mut err,
+            };
+            cli::run(cli, &mut io, token).await
+        }
+    });
+    (out, token, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,40 +505,11 @@ async fn get_watch_prints_rows_as_objects_change_until_cancelled() {
     let r = berth(&target, &["apply", "-f", &app]).await;
     assert!(r.ok, "{r:?}");
 
-    let out = Shared::default();
-    let token = CancellationToken::new();
-    let task = tokio::spawn({
-        let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
-        let config = target.config.display().to_string();
-        async move {
-            let cli = Cli::try_parse_from([
-                "berth", "--server", &server, "--config", &config, "get", "deploy", "-w",
-            ])
-            .unwrap();
-            let mut err = Vec::new();
-            let mut io = Io {
-                out: &mut out,
-                err: &mut err,
-            };
-            cli::run(cli, &mut io, token).await
-        }
-    });
-    let wait_for = |what: &'static str, needle: &'static str| {
-        let out = out.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while !out.text().contains(needle) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("no {what} in:\n{}", out.text()));
-        }
-    };
-    wait_for("initial row", "0/2").await;
+    let (out, token, task) = spawn_streaming(&target, &server, &["get", "deploy", "-w"]);
+    out.wait_for("initial row", "0/2").await;
     let r = berth(&target, &["scale", "deploy", "web", "--replicas", "3"]).await;
     assert!(r.ok, "{r:?}");
-    wait_for("updated row", "0/3").await;
+    out.wait_for("updated row", "0/3").await;
     token.cancel();
     let result = tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -795,40 +809,11 @@ async fn logs_follow_delivers_a_line_written_after_the_call_started() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let out = Shared::default();
-    let token = CancellationToken::new();
-    let task = tokio::spawn({
-        let (mut out, token, server) = (out.clone(), token.clone(), server.clone());
-        let config = target.config.display().to_string();
-        async move {
-            let cli = Cli::try_parse_from([
-                "berth", "--server", &server, "--config", &config, "logs", "-f", "follower",
-            ])
-            .unwrap();
-            let mut err = Vec::new();
-            let mut io = Io {
-                out: &mut out,
-                err: &mut err,
-            };
-            cli::run(cli, &mut io, token).await
-        }
-    });
-    let wait_for = |needle: &'static str| {
-        let out = out.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while !out.text().contains(needle) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in:\n{}", out.text()));
-        }
-    };
-    wait_for("first").await;
+    let (out, token, task) = spawn_streaming(&target, &server, &["logs", "-f", "follower"]);
+    out.wait_for("\"first\"", "first").await;
     assert!(!out.text().contains("second"));
     std::fs::write(&go, "").unwrap();
-    wait_for("second").await;
+    out.wait_for("\"second\"", "second").await;
     assert_eq!(out.text(), "first\nsecond\n");
     token.cancel();
     let result = tokio::time::timeout(Duration::from_secs(10), task)
