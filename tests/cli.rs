@@ -47,6 +47,35 @@ spec:
       targetPort: 8080
 "#;
 
+/// A process-runtime agent (no proxy) named `name` joining `cluster` through `server` with its
+/// token, its data under `dir`, host ports from `ports`, and its logs API on 127.0.0.1.
+async fn process_agent(
+    cluster: &TestCluster,
+    server: &str,
+    name: &str,
+    ports: &str,
+    dir: &Path,
+) -> berth_agent::AgentHandle {
+    berth_agent::start(
+        berth_agent::AgentArgs {
+            server: vec![server.to_string()],
+            token: Some(berth_tls::Secret::new(cluster.token())),
+            name: Some(name.into()),
+            data_dir: Some(dir.join("agent")),
+            runtime: Some(berth_agent::RuntimeKind::Process),
+            capacity: Some("cpu=2,memory=2Gi".into()),
+            host_port_range: ports.into(),
+            listen: Some("127.0.0.1:0".into()),
+            no_proxy: true,
+            heartbeat_ms: 500,
+            ..Default::default()
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -357,24 +386,7 @@ async fn logs_streams_a_pods_output_from_its_nodes_agent() {
     let target = Target::new(&cluster, &server);
     let s = &target;
     let dir = tempfile::tempdir().unwrap();
-    let agent = berth_agent::start(
-        berth_agent::AgentArgs {
-            server: vec![server.clone()],
-            token: Some(berth_tls::Secret::new(cluster.token())),
-            name: Some("cli-node".into()),
-            data_dir: Some(dir.path().join("agent")),
-            runtime: Some(berth_agent::RuntimeKind::Process),
-            capacity: Some("cpu=2,memory=2Gi".into()),
-            host_port_range: "47700-47799".into(),
-            listen: Some("127.0.0.1:0".into()),
-            no_proxy: true,
-            heartbeat_ms: 500,
-            ..Default::default()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let agent = process_agent(&cluster, &server, "cli-node", "47700-47799", dir.path()).await;
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: talker\nspec:\n  nodeName: cli-node\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n    - name: main\n      image: none\n      command: [sh, -c, 'echo hello-from-logs; exec sleep 10']\n";
     let r = berth(s, &["apply", "-f", &write(dir.path(), "pod.yaml", pod)]).await;
     assert!(r.ok, "{r:?}");
@@ -767,24 +779,7 @@ async fn logs_follow_delivers_a_line_written_after_the_call_started() {
     let server = cluster.addr(0).to_string();
     let target = Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
-    let agent = berth_agent::start(
-        berth_agent::AgentArgs {
-            server: vec![server.clone()],
-            token: Some(berth_tls::Secret::new(cluster.token())),
-            name: Some("follow-node".into()),
-            data_dir: Some(dir.path().join("agent")),
-            runtime: Some(berth_agent::RuntimeKind::Process),
-            capacity: Some("cpu=2,memory=2Gi".into()),
-            host_port_range: "47800-47899".into(),
-            listen: Some("127.0.0.1:0".into()),
-            no_proxy: true,
-            heartbeat_ms: 500,
-            ..Default::default()
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let agent = process_agent(&cluster, &server, "follow-node", "47800-47899", dir.path()).await;
     // The container writes "second" only once the test creates `go`, i.e. after `logs -f`
     // has printed "first".
     let go = dir.path().join("go");
