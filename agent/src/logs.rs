@@ -608,6 +608,28 @@ mod tests {
         );
     }
 
+    /// Serves `rt`'s logs like `berth agent` does: mutual TLS with a certificate for
+    /// 127.0.0.1 from a fresh CA. Returns the CA, the address, the stop token and the task.
+    async fn serve_over_mtls(
+        rt: crate::runtime::fake::FakeRuntime,
+    ) -> (
+        berth_tls::ClusterCa,
+        String,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let ca = berth_tls::ClusterCa::generate().expect("ca");
+        let serving = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
+        let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
+            .await
+            .expect("bind")
+            .with_tls(berth_tls::mtls_server_config(ca.cert_pem(), &serving).expect("tls"));
+        let addr = server.local_addr().expect("addr").to_string();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone()));
+        (ca, addr, stop, task)
+    }
+
     #[tokio::test]
     async fn following_streams_chunks_as_they_come_and_agent_shutdown_ends_the_stream() {
         use crate::runtime::fake::FakeRuntime;
@@ -622,15 +644,7 @@ mod tests {
         })
         .await
         .expect("create");
-        let ca = berth_tls::ClusterCa::generate().expect("ca");
-        let serving = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
-        let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
-            .await
-            .expect("bind")
-            .with_tls(berth_tls::mtls_server_config(ca.cert_pem(), &serving).expect("tls"));
-        let addr = server.local_addr().expect("addr").to_string();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.run(stop.clone()));
+        let (ca, addr, stop, task) = serve_over_mtls(rt).await;
         let admin = berth_tls::ClientTls::new(
             ca.cert_pem(),
             ca.issue_client(&berth_tls::Identity::Admin)
@@ -682,16 +696,7 @@ mod tests {
         })
         .await
         .expect("create");
-        // Served like `berth agent` does: mutual TLS with a certificate for 127.0.0.1.
-        let ca = berth_tls::ClusterCa::generate().expect("ca");
-        let serving = ca.issue_server(&["127.0.0.1".into()]).expect("cert");
-        let server = LogServer::bind("127.0.0.1:0", Arc::new(rt), PodCache::new())
-            .await
-            .expect("bind")
-            .with_tls(berth_tls::mtls_server_config(ca.cert_pem(), &serving).expect("tls"));
-        let addr = server.local_addr().expect("addr").to_string();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server.run(stop.clone()));
+        let (ca, addr, stop, task) = serve_over_mtls(rt).await;
         let collect = |s: ByteStream| async move {
             let parts: Vec<_> = s.collect().await;
             let mut out = Vec::new();
