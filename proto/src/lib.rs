@@ -15,6 +15,7 @@
 //! the same types again ([`object::DynObject`]) and re-validates before anything is stored.
 
 pub mod enums;
+pub mod image;
 pub mod manifest;
 pub mod object;
 pub mod quantity;

@@ -398,6 +398,9 @@ fn check_document(
         Kind::Endpoints => typed::<Endpoints>(value, renames),
         Kind::Node => typed::<Node>(value, renames),
         Kind::Event => typed::<Event>(value, renames),
+        Kind::ImageManifest => typed::<ImageManifest>(value, renames),
+        Kind::ImageTag => typed::<ImageTag>(value, renames),
+        Kind::ImageBlob => typed::<ImageBlob>(value, renames),
     }
 }
 

@@ -14,10 +14,13 @@ pub enum Kind {
     Endpoints,
     Node,
     Event,
+    ImageManifest,
+    ImageTag,
+    ImageBlob,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -25,6 +28,9 @@ impl Kind {
         Kind::Endpoints,
         Kind::Node,
         Kind::Event,
+        Kind::ImageManifest,
+        Kind::ImageTag,
+        Kind::ImageBlob,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,18 +42,25 @@ impl Kind {
             Kind::Endpoints => "Endpoints",
             Kind::Node => "Node",
             Kind::Event => "Event",
+            Kind::ImageManifest => "ImageManifest",
+            Kind::ImageTag => "ImageTag",
+            Kind::ImageBlob => "ImageBlob",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::ReplicaSet => "apps/v1",
+            Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob => "registry.berth.dev/v1",
             _ => "v1",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(
+            self,
+            Kind::Node | Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob
+        )
     }
 
     /// Kinds that users write; the rest are written by Berth's own loops (users may still
@@ -61,6 +74,9 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::Node => "nodes",
             Kind::Event => "events",
+            Kind::ImageManifest => "imagemanifests",
+            Kind::ImageTag => "imagetags",
+            Kind::ImageBlob => "imageblobs",
         }
     }
 
@@ -75,13 +91,19 @@ impl Kind {
             "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
             "node" | "nodes" | "no" => Kind::Node,
             "event" | "events" | "ev" => Kind::Event,
+            "imagemanifest" | "imagemanifests" => Kind::ImageManifest,
+            "imagetag" | "imagetags" => Kind::ImageTag,
+            "imageblob" | "imageblobs" => Kind::ImageBlob,
             _ => return None,
         })
     }
 
     /// Does this kind have a `status` that only its owning loop writes?
     pub fn has_status(self) -> bool {
-        !matches!(self, Kind::Endpoints | Kind::Event)
+        !matches!(
+            self,
+            Kind::Endpoints | Kind::Event | Kind::ImageManifest | Kind::ImageTag
+        )
     }
 }
 
@@ -134,6 +156,9 @@ resource!(Pod, Kind::Pod);
 resource!(Endpoints, Kind::Endpoints);
 resource!(Node, Kind::Node);
 resource!(Event, Kind::Event);
+resource!(ImageManifest, Kind::ImageManifest);
+resource!(ImageTag, Kind::ImageTag);
+resource!(ImageBlob, Kind::ImageBlob);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -149,7 +174,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -203,6 +228,9 @@ impl DynObject {
             Kind::Endpoints => normalize::<Endpoints>(kind, value)?,
             Kind::Node => normalize::<Node>(kind, value)?,
             Kind::Event => normalize::<Event>(kind, value)?,
+            Kind::ImageManifest => normalize::<ImageManifest>(kind, value)?,
+            Kind::ImageTag => normalize::<ImageTag>(kind, value)?,
+            Kind::ImageBlob => normalize::<ImageBlob>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }

@@ -956,3 +956,104 @@ pub struct Event {
     #[serde(default)]
     pub count: i32,
 }
+
+// ---------------------------------------------------------------------------------------------
+// The cluster registry's metadata (API group registry.berth.dev/v1, cluster-scoped). Tags and
+// manifests live in the replicated store so any server answers any tag; blob bytes live on the
+// servers' disks and `ImageBlob.status.servers` says which servers hold a verified copy.
+// Object names are derived from repository/tag/digest by `crate::image` (DNS-safe, stable).
+
+/// One manifest (image manifest or index) in one repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageManifestSpec {
+    /// e.g. `library/nginx`, `shop/web`.
+    pub repository: String,
+    /// `sha256:<64 hex>` of `content`'s bytes.
+    pub digest: String,
+    /// e.g. `application/vnd.oci.image.manifest.v1+json`,
+    /// `application/vnd.docker.distribution.manifest.v2+json`.
+    pub media_type: String,
+    /// The manifest exactly as pushed (manifests are JSON, hence UTF-8 text).
+    pub content: String,
+    /// Blob digests this manifest references (config and layers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
+    /// Child manifest digests (an index / manifest list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manifests: Vec<String>,
+    /// `subject` digest (OCI 1.1 referrers), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// Total size in bytes of the manifest and every blob it references.
+    #[serde(default)]
+    pub total_size: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageManifest {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ImageManifestSpec,
+}
+
+/// A tag: repository + tag -> manifest digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageTagSpec {
+    pub repository: String,
+    pub tag: String,
+    /// `sha256:<64 hex>` of the manifest the tag points at.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageTag {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ImageTagSpec,
+}
+
+/// A content-addressed blob (layer or config) known to the cluster registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageBlobSpec {
+    /// `sha256:<64 hex>`.
+    pub digest: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageBlobStatus {
+    /// Names (raft ids / registry endpoints) of the servers holding a verified copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// When the blob was last found unreferenced (garbage collection starts its grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreferenced_since: Option<Time>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageBlob {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ImageBlobSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ImageBlobStatus>,
+}

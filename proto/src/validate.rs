@@ -324,6 +324,9 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::Endpoints => typed::<Endpoints>(obj),
         Kind::Node => typed::<Node>(obj),
         Kind::Event => typed::<Event>(obj),
+        Kind::ImageManifest => typed::<ImageManifest>(obj),
+        Kind::ImageTag => typed::<ImageTag>(obj),
+        Kind::ImageBlob => typed::<ImageBlob>(obj),
     }
 }
 
@@ -348,6 +351,9 @@ validate_impl!(Pod, validate_pod);
 validate_impl!(Endpoints, validate_endpoints);
 validate_impl!(Node, validate_node);
 validate_impl!(Event, validate_event);
+validate_impl!(ImageManifest, validate_image_manifest);
+validate_impl!(ImageTag, validate_image_tag);
+validate_impl!(ImageBlob, validate_image_blob);
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();
@@ -626,6 +632,90 @@ pub fn validate_event(ev: &Event) -> Vec<FieldError> {
     }
     non_negative(&mut e, &root.child("count"), i64::from(ev.count));
     e.0
+}
+
+pub fn validate_image_manifest(m: &ImageManifest) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &m.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let spec = root.child("spec");
+    image_repo_field(&mut e, &spec.child("repository"), &m.spec.repository);
+    digest_field(&mut e, &spec.child("digest"), &m.spec.digest);
+    if m.spec.media_type.is_empty() {
+        e.add(&spec.child("mediaType"), "is required");
+    }
+    if m.spec.content.is_empty() {
+        e.add(&spec.child("content"), "is required");
+    } else if crate::image::sha256_digest(m.spec.content.as_bytes()) != m.spec.digest {
+        e.add(
+            &spec.child("digest"),
+            "does not match the sha256 of spec.content",
+        );
+    }
+    for (i, d) in m.spec.blobs.iter().enumerate() {
+        digest_field(&mut e, &spec.child("blobs").index(i), d);
+    }
+    for (i, d) in m.spec.manifests.iter().enumerate() {
+        digest_field(&mut e, &spec.child("manifests").index(i), d);
+    }
+    if !m.spec.subject.is_empty() {
+        digest_field(&mut e, &spec.child("subject"), &m.spec.subject);
+    }
+    non_negative(&mut e, &spec.child("totalSize"), m.spec.total_size);
+    e.0
+}
+
+pub fn validate_image_tag(t: &ImageTag) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &t.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let spec = root.child("spec");
+    image_repo_field(&mut e, &spec.child("repository"), &t.spec.repository);
+    if let Err(m) = crate::image::check_tag(&t.spec.tag) {
+        e.add(&spec.child("tag"), m);
+    }
+    digest_field(&mut e, &spec.child("digest"), &t.spec.digest);
+    e.0
+}
+
+pub fn validate_image_blob(b: &ImageBlob) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &b.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let spec = root.child("spec");
+    digest_field(&mut e, &spec.child("digest"), &b.spec.digest);
+    non_negative(&mut e, &spec.child("size"), b.spec.size);
+    e.0
+}
+
+fn image_repo_field(e: &mut Errs, path: &FieldPath, repo: &str) {
+    if let Err(m) = crate::image::check_repository(repo) {
+        e.add(path, m);
+    }
+}
+
+fn digest_field(e: &mut Errs, path: &FieldPath, d: &str) {
+    if let Err(m) = crate::image::check_digest(d) {
+        e.add(path, m);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

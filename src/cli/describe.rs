@@ -558,6 +558,31 @@ fn describe_node(out: &mut String, n: &Node, rel: &Related, now: DateTime<Utc>) 
     events_section(out, &rel.events, now);
 }
 
+/// Registry objects: metadata, then the spec and status fields as `key: value` lines (the
+/// manifest content itself is left to `get -o yaml`).
+fn describe_registry_object(out: &mut String, obj: &DynObject) {
+    meta_lines(out, &obj.meta(), false);
+    for part in ["spec", "status"] {
+        if let Some(m) = obj.value.get(part).and_then(|v| v.as_object()) {
+            for (k, v) in m {
+                if k == "content" {
+                    kv(
+                        out,
+                        k,
+                        format!("<{} bytes>", v.as_str().map_or(0, str::len)),
+                    );
+                    continue;
+                }
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                kv(out, k, text);
+            }
+        }
+    }
+}
+
 fn describe_event(out: &mut String, e: &Event) {
     meta_lines(out, &e.metadata, true);
     kv(
@@ -584,6 +609,9 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         Kind::Endpoints => describe_endpoints(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
         Kind::Node => describe_node(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
         Kind::Event => describe_event(&mut out, &obj.to_typed().map_err(bad)?),
+        Kind::ImageTag | Kind::ImageManifest | Kind::ImageBlob => {
+            describe_registry_object(&mut out, obj)
+        }
     }
     Ok(out)
 }

@@ -516,6 +516,69 @@ pub fn node_table(items: &[Node], now: DateTime<Utc>, wide: bool) -> Table {
     t
 }
 
+/// Sizes as `docker images` prints them (decimal units).
+pub fn human_size(bytes: i64) -> String {
+    let b = bytes.max(0) as f64;
+    if b < 1000.0 {
+        format!("{bytes}B")
+    } else if b < 1e6 {
+        format!("{:.1}kB", b / 1e3)
+    } else if b < 1e9 {
+        format!("{:.1}MB", b / 1e6)
+    } else {
+        format!("{:.2}GB", b / 1e9)
+    }
+}
+
+fn short_digest(d: &str) -> String {
+    d.chars().take(7 + 12).collect()
+}
+
+pub fn image_tag_table(items: &[ImageTag], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["REPOSITORY", "TAG", "DIGEST", "AGE"]);
+    for i in items {
+        t.rows.push(vec![
+            i.spec.repository.clone(),
+            i.spec.tag.clone(),
+            short_digest(&i.spec.digest),
+            age(i.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+pub fn image_manifest_table(items: &[ImageManifest], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["REPOSITORY", "DIGEST", "MEDIA TYPE", "SIZE", "AGE"]);
+    for i in items {
+        t.rows.push(vec![
+            i.spec.repository.clone(),
+            short_digest(&i.spec.digest),
+            i.spec.media_type.clone(),
+            human_size(i.spec.total_size),
+            age(i.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+pub fn image_blob_table(items: &[ImageBlob], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["DIGEST", "SIZE", "SERVERS", "AGE"]);
+    for i in items {
+        let servers = i
+            .status
+            .as_ref()
+            .map(|s| s.servers.join(","))
+            .unwrap_or_default();
+        t.rows.push(vec![
+            short_digest(&i.spec.digest),
+            human_size(i.spec.size),
+            or_none(servers),
+            age(i.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// When an event last happened (falls back to first seen, then creation).
 pub fn event_time(e: &Event) -> Option<DateTime<Utc>> {
     e.last_timestamp
@@ -582,6 +645,9 @@ pub fn rows(
         Kind::Service => (service_table(&typed(objs)?, now, wide), ns_of(objs)),
         Kind::Endpoints => (endpoints_table(&typed(objs)?, now), ns_of(objs)),
         Kind::Node => (node_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::ImageTag => (image_tag_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::ImageManifest => (image_manifest_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::ImageBlob => (image_blob_table(&typed(objs)?, now), ns_of(objs)),
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {
