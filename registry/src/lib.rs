@@ -13,5 +13,7 @@
 //! Upload sessions (monolithic and chunked) are local to the server that started them.
 
 pub mod storage;
+pub mod store;
 
 pub use storage::{BlobInfo, Blobs, ManifestRecord, Metadata, RegistryError};
+pub use store::StoreMetadata;
