@@ -12,6 +12,7 @@
 //!
 //! Upload sessions (monolithic and chunked) are local to the server that started them.
 
+pub mod serve;
 pub mod storage;
 pub mod store;
 
