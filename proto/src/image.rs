@@ -15,6 +15,11 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 
+/// `sha256:<hex>` of an already computed sha256 output.
+pub fn sha256_digest_from_bytes(hash: &[u8]) -> String {
+    format!("sha256:{}", hex(hash))
+}
+
 fn hex(b: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);

@@ -12,9 +12,11 @@
 //!
 //! Upload sessions (monolithic and chunked) are local to the server that started them.
 
+pub mod local_blobs;
 pub mod serve;
 pub mod storage;
 pub mod store;
 
+pub use local_blobs::LocalBlobs;
 pub use storage::{BlobInfo, Blobs, ManifestRecord, Metadata, RegistryError};
 pub use store::StoreMetadata;
