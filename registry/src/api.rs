@@ -1,0 +1,704 @@
+//! The OCI Distribution API (v2) over the storage seams: what `docker push/pull` and `skopeo`
+//! speak. Repository names contain `/`, so one fallback handler splits the path itself:
+//! `/v2/NAME/manifests/REF`, `/v2/NAME/blobs/DIGEST`, `/v2/NAME/blobs/uploads/[ID]`,
+//! `/v2/NAME/tags/list`, `/v2/_catalog`. Errors use the spec's JSON shape and codes.
+//!
+//! Uploads (monolithic `POST ?digest=`, or a session of PATCH chunks then `PUT ?digest=`) are
+//! streamed to a file under the upload dir while a running sha256 is kept, so finishing an
+//! upload never re-reads it; the digest is checked before [`Blobs::commit`]. Sessions live in
+//! this process (a client resumes a session on the server that started it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use berth_proto::image::{check_digest, check_repository, check_tag, sha256_digest};
+use futures::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::storage::{Blobs, ManifestRecord, Metadata, RegistryError};
+
+/// Manifests larger than this are refused (distribution's limit).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+];
+
+struct Upload {
+    repository: String,
+    path: PathBuf,
+    offset: u64,
+    hasher: Sha256,
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    metadata: Arc<dyn Metadata>,
+    blobs: Arc<dyn Blobs>,
+    upload_dir: PathBuf,
+    uploads: Arc<Mutex<HashMap<String, Arc<Mutex<Upload>>>>>,
+}
+
+impl Registry {
+    pub fn new(
+        metadata: Arc<dyn Metadata>,
+        blobs: Arc<dyn Blobs>,
+        upload_dir: impl Into<PathBuf>,
+    ) -> std::io::Result<Registry> {
+        let upload_dir = upload_dir.into();
+        std::fs::create_dir_all(&upload_dir)?;
+        Ok(Registry {
+            metadata,
+            blobs,
+            upload_dir,
+            uploads: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The axum router serving `/v2/...`.
+    pub fn router(self) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+}
+
+/// A Distribution API error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    range: Option<u64>,
+}
+
+fn err(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+        range: None,
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unknown(m) => err(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", m),
+            RegistryError::DigestMismatch(m) => err(StatusCode::BAD_REQUEST, "DIGEST_INVALID", m),
+            RegistryError::Unavailable(m) => err(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m),
+            RegistryError::Denied(m) => err(StatusCode::FORBIDDEN, "DENIED", m),
+            RegistryError::Internal(m) => err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", m),
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        err(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{"code": self.code, "message": self.message, "detail": null}]
+        });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(end) = self.range {
+            if let Ok(v) = HeaderValue::from_str(&format!("0-{}", end.saturating_sub(1))) {
+                r.headers_mut().insert(header::RANGE, v);
+            }
+        }
+        r
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+enum Route {
+    Base,
+    Catalog,
+    Tags(String),
+    Manifest(String, String),
+    Blob(String, String),
+    UploadStart(String),
+    Upload(String, String),
+}
+
+fn route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v2")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::Base);
+    }
+    let rest = rest.strip_prefix('/')?;
+    if rest == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name.to_string()));
+    }
+    if let Some(i) = rest.rfind("/blobs/uploads") {
+        let (name, tail) = (&rest[..i], &rest[i + "/blobs/uploads".len()..]);
+        let id = tail.trim_start_matches('/');
+        return Some(if id.is_empty() {
+            Route::UploadStart(name.to_string())
+        } else {
+            Route::Upload(name.to_string(), id.to_string())
+        });
+    }
+    if let Some(i) = rest.rfind("/manifests/") {
+        return Some(Route::Manifest(
+            rest[..i].to_string(),
+            rest[i + "/manifests/".len()..].to_string(),
+        ));
+    }
+    if let Some(i) = rest.rfind("/blobs/") {
+        return Some(Route::Blob(
+            rest[..i].to_string(),
+            rest[i + "/blobs/".len()..].to_string(),
+        ));
+    }
+    None
+}
+
+fn query(req: &Request) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k.to_string(), percent_decode(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn repo(name: &str) -> Result<String, ApiError> {
+    check_repository(name).map_err(|m| err(StatusCode::BAD_REQUEST, "NAME_INVALID", m))?;
+    Ok(name.to_string())
+}
+
+fn digest(d: &str) -> Result<String, ApiError> {
+    check_digest(d).map_err(|m| err(StatusCode::BAD_REQUEST, "DIGEST_INVALID", m))?;
+    Ok(d.to_string())
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+async fn handle(State(reg): State<Registry>, req: Request) -> Response {
+    let r = match route(req.uri().path()) {
+        None => Err(err(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no such endpoint: {}", req.uri().path()),
+        )),
+        Some(rt) => dispatch(reg, rt, req).await,
+    };
+    let mut resp = r.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(
+        "Docker-Distribution-API-Version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+async fn dispatch(reg: Registry, rt: Route, req: Request) -> ApiResult {
+    let m = req.method().clone();
+    match (rt, m) {
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
+        }
+        (Route::Catalog, Method::GET) => {
+            let q = query(&req);
+            let all = reg.metadata.catalog().await?;
+            Ok(paginate("repositories", all, &q, "/v2/_catalog", None))
+        }
+        (Route::Tags(name), Method::GET) => {
+            let name = repo(&name)?;
+            let q = query(&req);
+            let tags = reg.metadata.list_tags(&name).await?;
+            if tags.is_empty() && reg.metadata.catalog().await?.binary_search(&name).is_err() {
+                return Err(err(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    format!("repository {name} is not known to this registry"),
+                ));
+            }
+            Ok(paginate(
+                "tags",
+                tags,
+                &q,
+                &format!("/v2/{name}/tags/list"),
+                Some(&name),
+            ))
+        }
+        (Route::Manifest(name, reference), m @ (Method::GET | Method::HEAD)) => {
+            get_manifest(&reg, &repo(&name)?, &reference, m == Method::HEAD).await
+        }
+        (Route::Manifest(name, reference), Method::PUT) => {
+            put_manifest(&reg, &repo(&name)?, &reference, req).await
+        }
+        (Route::Manifest(name, reference), Method::DELETE) => {
+            let name = repo(&name)?;
+            let d = digest(&reference).map_err(|_| {
+                err(
+                    StatusCode::BAD_REQUEST,
+                    "UNSUPPORTED",
+                    "delete a manifest by digest (sha256:...), not by tag",
+                )
+            })?;
+            if reg.metadata.delete_manifest(&name, &d).await? {
+                Ok(StatusCode::ACCEPTED.into_response())
+            } else {
+                Err(err(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    format!("manifest {name}@{d} is not known"),
+                ))
+            }
+        }
+        (Route::Blob(name, d), m @ (Method::GET | Method::HEAD)) => {
+            repo(&name)?;
+            get_blob(&reg, &digest(&d)?, m == Method::HEAD).await
+        }
+        (Route::Blob(..), Method::DELETE) => Err(err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "blobs are garbage-collected when no manifest references them; delete the manifest",
+        )),
+        (Route::UploadStart(name), Method::POST) => start_upload(&reg, &repo(&name)?, req).await,
+        (Route::Upload(name, id), Method::PATCH) => {
+            patch_upload(&reg, &repo(&name)?, &id, req).await
+        }
+        (Route::Upload(name, id), Method::PUT) => {
+            finish_upload(&reg, &repo(&name)?, &id, req).await
+        }
+        (Route::Upload(name, id), Method::GET) => {
+            let name = repo(&name)?;
+            let up = session(&reg, &name, &id).await?;
+            let off = up.lock().await.offset;
+            Ok(upload_accepted(StatusCode::NO_CONTENT, &name, &id, off))
+        }
+        (Route::Upload(name, id), Method::DELETE) => {
+            let name = repo(&name)?;
+            session(&reg, &name, &id).await?;
+            if let Some(up) = reg.uploads.lock().await.remove(&id) {
+                let _ = tokio::fs::remove_file(&up.lock().await.path).await;
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(err(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "method not supported on this endpoint",
+        )),
+    }
+}
+
+fn paginate(
+    key: &str,
+    all: Vec<String>,
+    q: &HashMap<String, String>,
+    path: &str,
+    name: Option<&str>,
+) -> Response {
+    let last = q.get("last").cloned().unwrap_or_default();
+    let mut items: Vec<String> = all
+        .into_iter()
+        .filter(|x| last.is_empty() || *x > last)
+        .collect();
+    let n = q.get("n").and_then(|n| n.parse::<usize>().ok());
+    let mut link = None;
+    if let Some(n) = n {
+        if items.len() > n {
+            items.truncate(n);
+            if let Some(l) = items.last() {
+                link = Some(format!("<{path}?n={n}&last={l}>; rel=\"next\""));
+            }
+        }
+    }
+    let mut body = serde_json::Map::new();
+    if let Some(name) = name {
+        body.insert("name".into(), name.into());
+    }
+    body.insert(key.into(), items.into());
+    let mut r = axum::Json(serde_json::Value::Object(body)).into_response();
+    if let Some(l) = link {
+        r.headers_mut().insert(header::LINK, hv(&l));
+    }
+    r
+}
+
+async fn resolve(reg: &Registry, name: &str, reference: &str) -> Result<String, ApiError> {
+    if reference.contains(':') {
+        return digest(reference);
+    }
+    check_tag(reference).map_err(|m| err(StatusCode::BAD_REQUEST, "TAG_INVALID", m))?;
+    reg.metadata
+        .resolve_tag(name, reference)
+        .await?
+        .ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                format!("manifest {name}:{reference} is not known (no such tag)"),
+            )
+        })
+}
+
+async fn get_manifest(reg: &Registry, name: &str, reference: &str, head: bool) -> ApiResult {
+    let d = resolve(reg, name, reference).await?;
+    let m = reg.metadata.get_manifest(name, &d).await?.ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!("manifest {name}@{d} is not known"),
+        )
+    })?;
+    let len = m.content.len();
+    let mut r = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(m.content))
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, hv(&m.media_type));
+    h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    h.insert("Docker-Content-Digest", hv(&m.digest));
+    h.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+    Ok(r)
+}
+
+fn refs(v: &serde_json::Value, key: &str) -> Vec<(String, u64)> {
+    v.get(key)
+        .and_then(|x| x.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| {
+                    Some((
+                        d.get("digest")?.as_str()?.to_string(),
+                        d.get("size").and_then(|s| s.as_u64()).unwrap_or(0),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request) -> ApiResult {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(req.into_body(), MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|_| {
+            err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "SIZE_INVALID",
+                format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
+            )
+        })?;
+    let d = sha256_digest(&body);
+    let tag = if reference.contains(':') {
+        if digest(reference)? != d {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                format!("manifest pushed as {reference} has digest {d}"),
+            ));
+        }
+        None
+    } else {
+        check_tag(reference).map_err(|m| err(StatusCode::BAD_REQUEST, "TAG_INVALID", m))?;
+        Some(reference.to_string())
+    };
+    let invalid = |m: String| err(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", m);
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
+    let media_type = v
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(content_type);
+    if !MANIFEST_TYPES.contains(&media_type.as_str()) {
+        return Err(invalid(format!(
+            "unsupported manifest media type {media_type:?}: use one of {}",
+            MANIFEST_TYPES.join(", ")
+        )));
+    }
+    if v.get("schemaVersion").and_then(|s| s.as_u64()) != Some(2) {
+        return Err(invalid("schemaVersion must be 2".into()));
+    }
+    let mut blobs: Vec<(String, u64)> = Vec::new();
+    if let Some(c) = v.get("config") {
+        if let Some(cd) = c.get("digest").and_then(|x| x.as_str()) {
+            blobs.push((
+                cd.to_string(),
+                c.get("size").and_then(|s| s.as_u64()).unwrap_or(0),
+            ));
+        }
+    }
+    blobs.extend(refs(&v, "layers"));
+    let children = refs(&v, "manifests");
+    let mut total = body.len() as u64;
+    for (b, _) in &blobs {
+        digest(b)?;
+        let info = reg.blobs.stat(b).await?.ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                format!(
+                    "blob {b} referenced by the manifest is not in the registry: push it first"
+                ),
+            )
+        })?;
+        total += info.size;
+    }
+    for (c, _) in &children {
+        digest(c)?;
+        let child = reg.metadata.get_manifest(name, c).await?.ok_or_else(|| err(StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN", format!("manifest {c} referenced by the index is not in repository {name}: push it first")))?;
+        total += child.total_size;
+    }
+    let subject = v
+        .get("subject")
+        .and_then(|s| s.get("digest"))
+        .and_then(|s| s.as_str())
+        .map(str::to_string);
+    let record = ManifestRecord {
+        repository: name.to_string(),
+        digest: d.clone(),
+        media_type,
+        content: body.to_vec(),
+        blobs: blobs.into_iter().map(|b| b.0).collect(),
+        manifests: children.into_iter().map(|c| c.0).collect(),
+        subject,
+        total_size: total,
+    };
+    reg.metadata.put_manifest(record, tag.as_deref()).await?;
+    let mut r = StatusCode::CREATED.into_response();
+    r.headers_mut()
+        .insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{d}")));
+    r.headers_mut().insert("Docker-Content-Digest", hv(&d));
+    Ok(r)
+}
+
+async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {
+    let path = reg.blobs.local_path(d).await?.ok_or_else(|| {
+        err(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            format!("blob {d} is not in the registry"),
+        )
+    })?;
+    let file = tokio::fs::File::open(&path).await?;
+    let len = file.metadata().await?.len();
+    let mut r = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
+        ))
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("Docker-Content-Digest", hv(d));
+    h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    Ok(r)
+}
+
+fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {
+    let mut r = status.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{name}/blobs/uploads/{id}")),
+    );
+    h.insert(
+        header::RANGE,
+        hv(&format!("0-{}", offset.saturating_sub(1))),
+    );
+    h.insert("Docker-Upload-UUID", hv(id));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+async fn session(reg: &Registry, name: &str, id: &str) -> Result<Arc<Mutex<Upload>>, ApiError> {
+    let up = reg.uploads.lock().await.get(id).cloned();
+    match up {
+        Some(u) if u.lock().await.repository == name => Ok(u),
+        _ => Err(err(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", format!("upload {id} is not known in {name} (expired, finished, or started on another server): start a new one"))),
+    }
+}
+
+async fn new_session(reg: &Registry, name: &str) -> Result<(String, Arc<Mutex<Upload>>), ApiError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let path = reg.upload_dir.join(&id);
+    tokio::fs::File::create(&path).await?;
+    let up = Arc::new(Mutex::new(Upload {
+        repository: name.to_string(),
+        path,
+        offset: 0,
+        hasher: Sha256::new(),
+    }));
+    reg.uploads.lock().await.insert(id.clone(), up.clone());
+    Ok((id, up))
+}
+
+/// Append the request body to the session's file, hashing as it goes.
+async fn append(up: &mut Upload, body: Body) -> Result<(), ApiError> {
+    let mut f = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(&up.path)
+        .await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                format!("upload body broke off: {e}"),
+            )
+        })?;
+        f.write_all(&chunk).await?;
+        up.hasher.update(&chunk);
+        up.offset += chunk.len() as u64;
+    }
+    f.flush().await?;
+    Ok(())
+}
+
+fn content_range_start(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let v = v.trim_start_matches("bytes ").trim_start_matches("bytes=");
+    v.split('-').next()?.trim().parse().ok()
+}
+
+async fn start_upload(reg: &Registry, name: &str, req: Request) -> ApiResult {
+    let q = query(&req);
+    if let (Some(mount), Some(_from)) = (q.get("mount"), q.get("from")) {
+        let d = digest(mount)?;
+        if reg.blobs.stat(&d).await?.is_some() {
+            let mut r = StatusCode::CREATED.into_response();
+            r.headers_mut()
+                .insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{d}")));
+            r.headers_mut().insert("Docker-Content-Digest", hv(&d));
+            return Ok(r);
+        }
+    }
+    let (id, up) = new_session(reg, name).await?;
+    if let Some(d) = q.get("digest") {
+        // Monolithic upload: the whole blob is this request's body.
+        let d = digest(d)?;
+        let mut u = up.lock().await;
+        append(&mut u, req.into_body()).await?;
+        drop(u);
+        return commit(reg, name, &id, up, &d).await;
+    }
+    Ok(upload_accepted(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+async fn patch_upload(reg: &Registry, name: &str, id: &str, req: Request) -> ApiResult {
+    let up = session(reg, name, id).await?;
+    let mut u = up.lock().await;
+    if let Some(start) = content_range_start(req.headers()) {
+        if start != u.offset {
+            let mut e = err(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE",
+                format!(
+                    "chunk starts at {start} but the upload has {} bytes: resume from there",
+                    u.offset
+                ),
+            );
+            e.range = Some(u.offset);
+            return Err(e);
+        }
+    }
+    append(&mut u, req.into_body()).await?;
+    let off = u.offset;
+    Ok(upload_accepted(StatusCode::ACCEPTED, name, id, off))
+}
+
+async fn finish_upload(reg: &Registry, name: &str, id: &str, req: Request) -> ApiResult {
+    let q = query(&req);
+    let d = digest(q.get("digest").map(String::as_str).unwrap_or(""))?;
+    let up = session(reg, name, id).await?;
+    {
+        let mut u = up.lock().await;
+        append(&mut u, req.into_body()).await?;
+    }
+    commit(reg, name, id, up, &d).await
+}
+
+async fn commit(
+    reg: &Registry,
+    name: &str,
+    id: &str,
+    up: Arc<Mutex<Upload>>,
+    d: &str,
+) -> ApiResult {
+    let u = up.lock().await;
+    let actual = berth_proto::image::sha256_digest_from_bytes(&u.hasher.clone().finalize());
+    if actual != d {
+        // The session stays open: a client may still send the missing bytes.
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            format!(
+                "the uploaded bytes ({} of them) have digest {actual}, not {d}",
+                u.offset
+            ),
+        ));
+    }
+    let path = u.path.clone();
+    drop(u);
+    reg.blobs.commit(d, &path).await?;
+    reg.uploads.lock().await.remove(id);
+    let mut r = StatusCode::CREATED.into_response();
+    r.headers_mut()
+        .insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{d}")));
+    r.headers_mut().insert("Docker-Content-Digest", hv(d));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(r)
+}
