@@ -48,6 +48,18 @@ pub struct Registry {
     blobs: Arc<dyn Blobs>,
     upload_dir: PathBuf,
     uploads: Arc<Mutex<HashMap<String, Arc<Mutex<Upload>>>>>,
+    access: Access,
+}
+
+/// Who may do what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Everyone may pull and push: the loopback listener of `berth dev` (only local users
+    /// reach it, as with Docker's own loopback exception for plain-HTTP registries).
+    Open,
+    /// By client certificate (see [`crate::serve::PEER_IDENTITY_HEADER`]): `admin` and
+    /// `system:server` pull and push, `system:node:*` pull only, nobody else anything.
+    Certificates,
 }
 
 impl Registry {
@@ -63,7 +75,13 @@ impl Registry {
             blobs,
             upload_dir,
             uploads: Arc::new(Mutex::new(HashMap::new())),
+            access: Access::Open,
         })
+    }
+
+    pub fn with_access(mut self, access: Access) -> Registry {
+        self.access = access;
+        self
     }
 
     /// The axum router serving `/v2/...`.
@@ -114,6 +132,12 @@ impl IntoResponse for ApiError {
             "errors": [{"code": self.code, "message": self.message, "detail": null}]
         });
         let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"berth-registry\""),
+            );
+        }
         if let Some(end) = self.range {
             if let Ok(v) = HeaderValue::from_str(&format!("0-{}", end.saturating_sub(1))) {
                 r.headers_mut().insert(header::RANGE, v);
@@ -217,14 +241,44 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-async fn handle(State(reg): State<Registry>, req: Request) -> Response {
-    let r = match route(req.uri().path()) {
+/// Check the caller may use `method` (reads: GET/HEAD; everything else writes).
+fn authorize(access: Access, headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
+    if access == Access::Open {
+        return Ok(());
+    }
+    let who = headers
+        .get(crate::serve::PEER_IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match who {
         None => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "this registry needs a client certificate from the cluster CA (an admin config's \
+             credential to push, a node certificate to pull)",
+        )),
+        Some("admin") | Some(berth_tls::SERVER_IDENTITY) => Ok(()),
+        Some(n) if n.starts_with(berth_tls::NODE_PREFIX) && read => Ok(()),
+        Some(n) => Err(err(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!("{n} may pull but not {method} (pushes and deletes need the admin credential)"),
+        )),
+    }
+}
+
+async fn handle(State(reg): State<Registry>, req: Request) -> Response {
+    let r = match (
+        authorize(reg.access, req.headers(), req.method()),
+        route(req.uri().path()),
+    ) {
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err(err(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             format!("no such endpoint: {}", req.uri().path()),
         )),
-        Some(rt) => dispatch(reg, rt, req).await,
+        (Ok(()), Some(rt)) => dispatch(reg, rt, req).await,
     };
     let mut resp = r.unwrap_or_else(IntoResponse::into_response);
     resp.headers_mut().insert(
@@ -701,4 +755,61 @@ async fn commit(
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_(who: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(w) = who {
+            h.insert(crate::serve::PEER_IDENTITY_HEADER, hv(w));
+        }
+        h
+    }
+
+    #[test]
+    fn certificates_decide_who_pulls_and_who_pushes() {
+        let c = Access::Certificates;
+        let status = |who, m: Method| authorize(c, &as_(who), &m).err().map(|e| e.status);
+        assert_eq!(status(Some("admin"), Method::PUT), None);
+        assert_eq!(status(Some("system:server"), Method::POST), None);
+        assert_eq!(status(Some("system:node:n1"), Method::GET), None);
+        assert_eq!(status(Some("system:node:n1"), Method::HEAD), None);
+        assert_eq!(
+            status(Some("system:node:n1"), Method::PUT),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            status(Some("system:node:n1"), Method::DELETE),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(status(None, Method::GET), Some(StatusCode::UNAUTHORIZED));
+        assert_eq!(
+            authorize(Access::Open, &as_(None), &Method::PUT)
+                .err()
+                .map(|e| e.status),
+            None
+        );
+    }
+
+    #[test]
+    fn routes_split_repository_names_that_contain_slashes() {
+        assert!(matches!(route("/v2/"), Some(Route::Base)));
+        assert!(matches!(route("/v2/_catalog"), Some(Route::Catalog)));
+        assert!(matches!(route("/v2/a/b/c/tags/list"), Some(Route::Tags(n)) if n == "a/b/c"));
+        assert!(
+            matches!(route("/v2/a/b/manifests/v1"), Some(Route::Manifest(n, r)) if n == "a/b" && r == "v1")
+        );
+        assert!(matches!(route("/v2/a/blobs/uploads/"), Some(Route::UploadStart(n)) if n == "a"));
+        assert!(
+            matches!(route("/v2/a/b/blobs/uploads/123"), Some(Route::Upload(n, id)) if n == "a/b" && id == "123")
+        );
+        assert!(
+            matches!(route("/v2/a/blobs/sha256:00"), Some(Route::Blob(n, d)) if n == "a" && d == "sha256:00")
+        );
+        assert!(route("/v1/x").is_none());
+        assert_eq!(percent_decode("sha256%3Aab+c"), "sha256:ab c");
+    }
 }

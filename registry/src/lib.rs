@@ -18,7 +18,7 @@ pub mod serve;
 pub mod storage;
 pub mod store;
 
-pub use api::Registry;
+pub use api::{Access, Registry};
 pub use local_blobs::LocalBlobs;
 pub use storage::{BlobInfo, Blobs, ManifestRecord, Metadata, RegistryError};
 pub use store::StoreMetadata;
