@@ -137,7 +137,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum Command {
     /// Run an API server (a Raft member; runs the scheduler and controllers while leader)
     /// until Ctrl-C/SIGTERM.
-    Server(berth_apiserver::ServerArgs),
+    Server(crate::roles::ServerCmd),
     /// Run a node agent (runtime, probes, Service proxy) until Ctrl-C/SIGTERM; workloads
     /// keep running when it stops.
     Agent(berth_agent::AgentArgs),

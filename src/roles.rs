@@ -83,6 +83,73 @@ pub fn spawn_leader_loops(
     }))
 }
 
+/// Start the cluster registry of `server` on `listen`: HTTPS with the cluster CA and
+/// certificate access when `tls`, plain HTTP open to every caller otherwise (the loopback
+/// listener of `berth dev`). Tags and manifests go to the Raft store; blobs to
+/// DATA_DIR/registry on this server's disk.
+pub async fn spawn_registry(
+    server: &ServerHandle,
+    listen: &str,
+    tls: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let client = Client::new(
+        &[server.advertise_addr().to_string()],
+        ClientConfig {
+            deadline: Duration::from_secs(30),
+            tls: Some(server.client_tls()),
+            ..ClientConfig::default()
+        },
+    )
+    .context("creating the registry's store client")?;
+    let dir = server.data_dir().join("registry");
+    let blobs = berth_registry::LocalBlobs::open(dir.join("blobs"))
+        .map_err(|e| anyhow::anyhow!("registry blob store: {e}"))?;
+    let registry = berth_registry::Registry::new(
+        std::sync::Arc::new(berth_registry::StoreMetadata::new(client)),
+        std::sync::Arc::new(blobs),
+        dir.join("uploads"),
+    )
+    .with_context(|| format!("creating {}", dir.join("uploads").display()))?
+    .with_access(if tls {
+        berth_registry::Access::Certificates
+    } else {
+        berth_registry::Access::Open
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("the registry cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let tls_config = if tls {
+        let pki = server.pki();
+        Some(
+            berth_tls::optional_mtls_server_config(pki.ca.cert_pem(), &pki.server)
+                .context("the registry's TLS settings")?,
+        )
+    } else {
+        None
+    };
+    tokio::spawn(berth_registry::serve::serve(
+        listener,
+        tls_config,
+        registry.router(),
+        shutdown,
+    ));
+    tracing::info!(%addr, https = tls, "cluster registry listening");
+    Ok(addr)
+}
+
+/// `berth server`'s flags: the API server's plus the registry's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerCmd {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Serve the cluster image registry (OCI Distribution API) over HTTPS with the cluster CA
+    /// on HOST:PORT: admin certificates push, node certificates pull. Off unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub registry_listen: Option<String>,
+}
+
 /// What `berth server --init` prints on stdout. The join token itself only when `token` is
 /// given (stdout is a terminal): under systemd stdout goes to the journal, where a secret
 /// must not land, so otherwise it says where the token is and how to read it.
@@ -114,8 +181,8 @@ fn init_banner(
 }
 
 /// `berth server`: an API server / Raft member, plus the control loops while it leads.
-pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut server = berth_apiserver::start(args).await?;
+pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut server = berth_apiserver::start(cmd.server).await?;
     tracing::info!(
         id = server.id(),
         addr = %server.advertise_addr(),
@@ -138,6 +205,9 @@ pub async fn run_server(args: ServerArgs, shutdown: CancellationToken) -> anyhow
     }
     let loops_token = shutdown.child_token();
     let loops = spawn_leader_loops(&server, loops_token.clone())?;
+    if let Some(listen) = &cmd.registry_listen {
+        spawn_registry(&server, listen, true, loops_token.clone()).await?;
+    }
     let res = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = server.wait() => r,
@@ -176,6 +246,10 @@ pub struct DevArgs {
     /// port, printed on start); the agent's are on its API address, also at /metrics.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     pub metrics_listen: String,
+    /// Serve the cluster image registry over plain HTTP on this loopback address (Docker
+    /// pushes to and pulls from 127.0.0.1 registries without configuration); "off" disables.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
+    pub registry_listen: String,
 }
 
 /// `berth dev`: a single-member API server (embedded sled, the store of the real thing), the
@@ -201,6 +275,19 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let addr = server.advertise_addr().to_string();
     let loops_token = shutdown.child_token();
     let loops = spawn_leader_loops(&server, loops_token.clone())?;
+
+    let registry_line = if args.registry_listen == "off" {
+        "off".to_string()
+    } else {
+        match spawn_registry(&server, &args.registry_listen, false, loops_token.clone()).await {
+            Ok(a) => format!("{a} (docker push {a}/NAME:TAG)"),
+            // A busy port must not keep the cluster from starting: say so and go on.
+            Err(e) => {
+                eprintln!("berth dev: registry not started: {e:#} (use --registry-listen)");
+                format!("off ({e:#})")
+            }
+        }
+    };
 
     let agent_token = shutdown.child_token();
     let agent_args = berth_agent::AgentArgs {
@@ -243,6 +330,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         "berth dev is running{}\n\
          \n  API server   {addr}\
          \n  node         {} (runtime: {})\
+         \n  registry     {registry_line}\
          \n  metrics      {} (server), http://{}/metrics (agent)\
          \n  data         {}\
          \n  {config_note}\
