@@ -19,12 +19,10 @@ use berth_client::{Client, ClientConfig};
 use berth_proto::types::ObjectReference;
 use tokio_util::sync::CancellationToken;
 
-/// Start the scheduler and the controllers on `server` whenever it is the Raft leader.
-pub fn spawn_leader_loops(
-    server: &ServerHandle,
-    shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let client = Client::new(
+/// An API client of `server` itself with its `system:server` identity (the control loops', the
+/// registry's).
+fn server_client(server: &ServerHandle) -> Result<Client, berth_client::ClientError> {
+    Client::new(
         &[server.advertise_addr().to_string()],
         ClientConfig {
             deadline: Duration::from_secs(30),
@@ -32,7 +30,14 @@ pub fn spawn_leader_loops(
             ..ClientConfig::default()
         },
     )
-    .context("creating the control loops' client")?;
+}
+
+/// Start the scheduler and the controllers on `server` whenever it is the Raft leader.
+pub fn spawn_leader_loops(
+    server: &ServerHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let client = server_client(server).context("creating the control loops' client")?;
     let leader = server.leader_watch();
     let id = server.id();
     // A loop that panics or returns is restarted on its own (backoff, the
@@ -93,15 +98,7 @@ pub async fn spawn_registry(
     tls: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let client = Client::new(
-        &[server.advertise_addr().to_string()],
-        ClientConfig {
-            deadline: Duration::from_secs(30),
-            tls: Some(server.client_tls()),
-            ..ClientConfig::default()
-        },
-    )
-    .context("creating the registry's store client")?;
+    let client = server_client(server).context("creating the registry's store client")?;
     let dir = server.data_dir().join("registry");
     let blobs = berth_registry::LocalBlobs::open(dir.join("blobs"))
         .map_err(|e| anyhow::anyhow!("registry blob store: {e}"))?;

@@ -95,12 +95,39 @@ pub fn mtls_server_config(
     ca_cert_pem: &str,
     server: &Credential,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    rustls_server(ca_cert_pem, server, false)
+}
+
+/// A rustls HTTPS server (the cluster registry) that presents `server` and verifies a client
+/// certificate against the CA when one is offered; clients without one still finish the
+/// handshake and are authorized per request (401). A certificate from another CA, or an
+/// expired one, fails the handshake. HTTP/1.1 only (what registry clients speak).
+pub fn optional_mtls_server_config(
+    ca_cert_pem: &str,
+    server: &Credential,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = Arc::unwrap_or_clone(rustls_server(ca_cert_pem, server, true)?);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn rustls_server(
+    ca_cert_pem: &str,
+    server: &Credential,
+    optional: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(ca_cert_pem)?,
         ring_provider(),
-    )
-    .build()
-    .map_err(|e| TlsError::Rejected(e.to_string()))?;
+    );
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?;
     let cfg = rustls::ServerConfig::builder_with_provider(ring_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rejected(e.to_string()))?
@@ -110,34 +137,6 @@ pub fn mtls_server_config(
             parse_key(&server.key_pem)?,
         )
         .map_err(|e| TlsError::Rejected(e.to_string()))?;
-    Ok(Arc::new(cfg))
-}
-
-/// A rustls HTTPS server (the cluster registry) that presents `server` and verifies a client
-/// certificate against the CA when one is offered; clients without one (docker with a push
-/// token, Basic auth) still finish the handshake and are authorized per request. A
-/// certificate from another CA, or an expired one, fails the handshake.
-pub fn optional_mtls_server_config(
-    ca_cert_pem: &str,
-    server: &Credential,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        roots(ca_cert_pem)?,
-        ring_provider(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| TlsError::Rejected(e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(ring_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rejected(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            parse_chain(&server.cert_pem, "server certificate")?,
-            parse_key(&server.key_pem)?,
-        )
-        .map_err(|e| TlsError::Rejected(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
