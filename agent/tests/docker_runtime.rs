@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{build_busybox, docker_or_skip, RemoveContainer};
+use berth_testkit::images::build_busybox;
+use common::{docker_or_skip, RemoveContainer};
 
 use berth_agent::probe::{check, Check, ProbeResult, ProbeTarget};
 use berth_agent::runtime::{

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{build_busybox, docker_or_skip, RemoveContainer};
+use berth_testkit::images::build_busybox;
+use common::{docker_or_skip, RemoveContainer};
 
 use berth_agent::agent::select_runtime;
 use berth_agent::runtime::{ContainerSpec, Runtime};

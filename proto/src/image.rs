@@ -201,14 +201,6 @@ impl ImageRef {
             "IfNotPresent"
         }
     }
-
-    /// The same image pinned to `digest` (tag kept for readability: `name:tag@sha256:...`).
-    pub fn with_digest(&self, digest: &str) -> ImageRef {
-        ImageRef {
-            digest: Some(digest.to_string()),
-            ..self.clone()
-        }
-    }
 }
 
 impl fmt::Display for ImageRef {

@@ -198,33 +198,8 @@ fn route(path: &str) -> Option<Route> {
 fn query(req: &Request) -> HashMap<String, String> {
     req.uri()
         .query()
-        .map(|q| {
-            q.split('&')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_string(), percent_decode(v))
-                })
-                .collect()
-        })
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(x);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).to_string()
 }
 
 fn repo(name: &str) -> Result<String, ApiError> {
@@ -810,6 +785,10 @@ mod tests {
             matches!(route("/v2/a/blobs/sha256:00"), Some(Route::Blob(n, d)) if n == "a" && d == "sha256:00")
         );
         assert!(route("/v1/x").is_none());
-        assert_eq!(percent_decode("sha256%3Aab+c"), "sha256:ab c");
+        let req = Request::builder()
+            .uri("/v2/a/blobs/uploads/?digest=sha256%3Aab+c")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(query(&req)["digest"], "sha256:ab c");
     }
 }

@@ -129,29 +129,13 @@ fn docker(args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn build_busybox() -> Result<(), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "build-busybox.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_push_then_pull_round_trips_an_image_through_the_cluster_registry() {
     let test = "docker_push_then_pull_round_trips_an_image_through_the_cluster_registry";
     if !berth_testkit::skip::require(test, docker(&["version"]).map(|_| ())) {
         return;
     }
-    build_busybox().expect("busybox image");
+    berth_testkit::images::build_busybox();
     let reg = serve_registry().await;
     let image = format!("127.0.0.1:{}/berth-test/busybox:v1", reg.addr.port());
     docker(&["tag", "berth-busybox:latest", &image]).expect("tag");

@@ -12,6 +12,7 @@
 
 pub mod builders;
 pub mod hollow;
+pub mod images;
 pub mod skip;
 
 pub use builders::{DeploymentBuilder, NodeBuilder, PodBuilder, ServiceBuilder};

@@ -179,17 +179,3 @@ pub async fn docker_or_skip(test: &str) -> Option<berth_agent::runtime::docker::
     berth_testkit::skip::skip_or_fail(test, &why);
     None
 }
-
-/// Builds `berth-busybox:latest` (FROM scratch, images/build-busybox.sh).
-pub fn build_busybox() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run build-busybox.sh");
-    assert!(
-        out.status.success(),
-        "build-busybox.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
