@@ -36,6 +36,7 @@ pub mod podsync;
 pub mod probe;
 pub mod prober;
 pub mod proxy;
+pub mod pull;
 pub mod runtime;
 pub mod svcenv;
 

@@ -38,6 +38,7 @@ use crate::backoff::{BackoffPolicy, CrashLoop};
 use crate::events::{EventSink, PodRef};
 use crate::hostports::{self, HostPorts};
 use crate::prober::{ProbeView, Probed, Prober};
+use crate::pull::{self, Puller};
 use crate::runtime::{ContainerInfo, ContainerSpec, ExitInfo, RunState, Runtime, RuntimeError};
 
 /// Containers started per round, all at once.
@@ -87,6 +88,42 @@ pub struct Memo {
     /// Runtime ids of workloads whose stop (probe kill or orphan stop) is in flight: [`plan`]
     /// leaves them alone until the stop finished.
     pub stopping: BTreeSet<String>,
+    /// Containers waiting for an image pull: the pull they wait on.
+    pub pulling: BTreeMap<Key, Pulling>,
+    /// Containers whose last pull failed (ErrImagePull, then ImagePullBackOff).
+    pub pull_failures: BTreeMap<Key, PullFailures>,
+}
+
+/// A container waiting for a pull of its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulling {
+    pub image: String,
+    pub attempt: u32,
+    /// The [`Puller`] pull id.
+    pub id: u64,
+}
+
+/// Consecutive failed pulls of one container's image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullFailures {
+    pub count: u32,
+    pub failed_at: Instant,
+    /// ErrImagePull has turned into ImagePullBackOff.
+    pub backing_off: bool,
+}
+
+/// How long ErrImagePull shows before it becomes ImagePullBackOff.
+const ERR_IMAGE_PULL_SHOWN: Duration = Duration::from_secs(1);
+
+/// The pull policy of a container: `imagePullPolicy`, else Kubernetes' default for its image
+/// (Always for `:latest` or no tag, IfNotPresent otherwise).
+pub fn pull_policy(c: &Container) -> &str {
+    match c.image_pull_policy.as_deref() {
+        Some(p) if !p.is_empty() => p,
+        _ => berth_proto::image::ImageRef::parse(&c.image)
+            .map(|r| r.default_pull_policy())
+            .unwrap_or("IfNotPresent"),
+    }
 }
 
 impl Memo {
@@ -718,6 +755,7 @@ pub struct PodSync {
     memo: Memo,
     ports: HostPorts,
     prober: Prober,
+    puller: Puller,
     events: EventSink,
     kick: Arc<Notify>,
     /// Stop tasks send the id they finished here; folded into `memo.stopping`.
@@ -753,8 +791,10 @@ impl PodSync {
             events.clone(),
             shutdown.child_token(),
         );
+        let puller = Puller::new(runtime.clone(), kick.clone());
         PodSync {
             cfg,
+            puller,
             runtime,
             api,
             pods,
@@ -818,6 +858,7 @@ impl PodSync {
         let now = Instant::now();
         let wall = chrono::Utc::now();
         self.rederive_ports(&desired, &observed);
+        self.pull_backoffs(&desired, now);
         record_exits(&mut self.memo, &observed, &self.cfg.backoff, now, wall);
         self.collect_finished_stops();
         let p = {
@@ -961,6 +1002,9 @@ impl PodSync {
             };
             let key = Key::new(&pod.metadata.uid, &c.name);
             let pref = pod_ref(pod);
+            if !self.image_ready(c, &key, attempt, &pref, now).await {
+                continue;
+            }
             let bindings =
                 match self
                     .ports
@@ -1019,16 +1063,6 @@ impl PodSync {
                     self.create_failed(&key, &pref, "RunContainerError", e.to_string(), now)
                 }
                 StartOutcome::Started => {
-                    if self.runtime.name() == "docker" {
-                        self.events.normal(
-                            &pref,
-                            "Pulled",
-                            format!(
-                                "Container image {:?} already present on machine",
-                                spec.image
-                            ),
-                        );
-                    }
                     self.events
                         .normal(&pref, "Created", format!("Created container {name}"));
                     self.events
@@ -1036,6 +1070,153 @@ impl PodSync {
                     self.memo.create_errors.remove(&key);
                 }
             }
+        }
+    }
+
+    /// Is the image of this container attempt on the node, following its pull policy? Starts
+    /// or joins a pull when it is not (the container then waits: ContainerCreating), and turns a
+    /// finished pull into events and, on failure, ErrImagePull with the pull backoff.
+    async fn image_ready(
+        &mut self,
+        c: &Container,
+        key: &Key,
+        attempt: u32,
+        pref: &PodRef,
+        now: Instant,
+    ) -> bool {
+        if !self.runtime.uses_images() {
+            return true;
+        }
+        let image = c.image.as_str();
+        if let Some(p) = self.memo.pulling.get(key) {
+            if p.image == image && p.attempt == attempt {
+                let Some(done) = self.puller.outcome(image, p.id) else {
+                    return false; // still pulling
+                };
+                self.memo.pulling.remove(key);
+                return match done.result {
+                    Ok(pulled) => {
+                        self.memo.pull_failures.remove(key);
+                        self.events.normal(
+                            pref,
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image {image:?} in {} ({})",
+                                pull::took(done.took),
+                                pull::size(pulled.size)
+                            ),
+                        );
+                        true
+                    }
+                    Err(why) => {
+                        self.pull_failed(key, pref, image, why, now);
+                        false
+                    }
+                };
+            }
+            self.memo.pulling.remove(key); // an older attempt or image
+        }
+        let policy = pull_policy(c);
+        if policy != "Always" {
+            // An engine that cannot answer is treated as not having it: the pull then says why.
+            if self.runtime.image_present(image).await.unwrap_or(false) {
+                self.events.normal(
+                    pref,
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                );
+                return true;
+            }
+            if policy == "Never" {
+                self.create_failed(
+                    key,
+                    pref,
+                    "ErrImageNeverPull",
+                    format!("Container image {image:?} is not present with pull policy of Never"),
+                    now,
+                );
+                return false;
+            }
+        }
+        let id = self.puller.request(image);
+        self.memo.pulling.insert(
+            key.clone(),
+            Pulling {
+                image: image.to_string(),
+                attempt,
+                id,
+            },
+        );
+        self.events
+            .normal(pref, "Pulling", format!("Pulling image {image:?}"));
+        false
+    }
+
+    /// A pull failed: ErrImagePull now, the next pull after the crash-loop backoff.
+    fn pull_failed(&mut self, key: &Key, pref: &PodRef, image: &str, why: String, now: Instant) {
+        let f = self
+            .memo
+            .pull_failures
+            .entry(key.clone())
+            .or_insert(PullFailures {
+                count: 0,
+                failed_at: now,
+                backing_off: false,
+            });
+        f.count = f.count.saturating_add(1);
+        f.failed_at = now;
+        f.backing_off = false;
+        let delay = self.cfg.backoff.delay(f.count);
+        let message = format!("Failed to pull image {image:?}: {why}");
+        self.events.warning(pref, "Failed", message.clone());
+        self.events
+            .warning(pref, "Failed", "Error: ErrImagePull".to_string());
+        self.memo.create_errors.insert(
+            key.clone(),
+            CreateError {
+                reason: "ErrImagePull".to_string(),
+                message,
+                retry_at: now + delay,
+            },
+        );
+    }
+
+    /// ErrImagePull that has been shown for a moment becomes ImagePullBackOff (as the kubelet
+    /// does), with a BackOff event.
+    fn pull_backoffs(&mut self, desired: &[Pod], now: Instant) {
+        for (key, f) in self.memo.pull_failures.iter_mut() {
+            if f.backing_off || now < f.failed_at + ERR_IMAGE_PULL_SHOWN {
+                continue;
+            }
+            let Some(err) = self.memo.create_errors.get_mut(key) else {
+                continue;
+            };
+            if err.reason != "ErrImagePull" {
+                continue;
+            }
+            f.backing_off = true;
+            let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) else {
+                continue;
+            };
+            let Some(c) = pod.spec.containers.iter().find(|c| c.name == key.container) else {
+                continue;
+            };
+            let back_off = format!("Back-off pulling image {:?}", c.image);
+            let why = err
+                .message
+                .split_once("\": ")
+                .map(|(_, why)| why.to_string())
+                .unwrap_or_default();
+            err.reason = "ImagePullBackOff".to_string();
+            err.message = if why.is_empty() {
+                back_off.clone()
+            } else {
+                format!("{back_off}: {why}")
+            };
+            let pref = pod_ref(pod);
+            self.events.normal(&pref, "BackOff", back_off);
+            self.events
+                .warning(&pref, "Failed", "Error: ImagePullBackOff".to_string());
         }
     }
 
@@ -1208,6 +1389,12 @@ impl PodSync {
             .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
         self.memo
             .backoff_events
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.memo
+            .pulling
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.memo
+            .pull_failures
             .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
         self.last_written.retain(|k, _| wanted.contains(k.as_str()));
     }

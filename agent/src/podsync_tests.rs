@@ -13,7 +13,7 @@ use crate::api::{MemoryApi, PodCache};
 use crate::events::EventSink;
 use crate::hostports::HostPorts;
 use crate::prober::ProbeView;
-use crate::runtime::fake::{Behavior, FakeRuntime};
+use crate::runtime::fake::{Behavior, FakeRuntime, PullScript};
 use crate::runtime::{ContainerInfo, ExitInfo, RunState};
 
 fn pod(name: &str, containers: &[&str]) -> Pod {
@@ -718,6 +718,179 @@ async fn missing_image_gives_err_image_never_pull_and_one_warning() {
     assert_eq!(failed, 1, "one warning, not one per retry");
     // It was retried (every 10 s), never hung.
     assert!(starts(&h.rt).len() >= 3);
+}
+
+fn waiting_reason(h: &Harness, uid: &str) -> Option<String> {
+    h.api
+        .last_status(uid)?
+        .status?
+        .container_statuses
+        .first()?
+        .state
+        .waiting
+        .as_ref()
+        .map(|w| w.reason.clone())
+}
+
+fn event_messages(h: &Harness, reason: &str) -> Vec<String> {
+    h.api
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == reason)
+        .map(|e| e.message)
+        .collect()
+}
+
+/// One round, then `step` of paused time (pull tasks run meanwhile).
+async fn round(h: &mut Harness, step: Duration) {
+    h.sync.sync_once().await;
+    tokio::time::advance(step).await;
+    tokio::task::yield_now().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_pods_needing_one_image_cause_one_pull_and_wait_in_container_creating() {
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_image_missing("shop:1");
+    rt.set_pull(
+        "shop:1",
+        PullScript {
+            delay: Duration::from_secs(5),
+            size: 34_000_000,
+            ..Default::default()
+        },
+    );
+    let pods: Vec<Pod> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let mut p = pod(n, &["web"]);
+            p.spec.containers[0].image = "shop:1".into();
+            p
+        })
+        .collect();
+    let mut h = harness(rt);
+    h.cache.replace_all(pods);
+    round(&mut h, Duration::from_secs(1)).await;
+    assert!(starts(&h.rt).is_empty(), "nothing is created before the pull");
+    assert_eq!(
+        waiting_reason(&h, "uid-a").as_deref(),
+        Some("ContainerCreating")
+    );
+    for _ in 0..8 {
+        round(&mut h, Duration::from_secs(1)).await;
+    }
+    assert_eq!(h.rt.pull_count("shop:1"), 1, "{:?}", h.rt.calls());
+    assert_eq!(starts(&h.rt).len(), 3, "{:?}", h.rt.calls());
+    assert_eq!(
+        event_messages(&h, "Pulling"),
+        vec![r#"Pulling image "shop:1""#; 3]
+    );
+    let pulled = event_messages(&h, "Pulled");
+    assert_eq!(pulled.len(), 3, "{pulled:?}");
+    assert!(
+        pulled[0].starts_with(r#"Successfully pulled image "shop:1" in "#)
+            && pulled[0].ends_with("s (34 MB)"),
+        "{pulled:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on_the_crash_backoff(
+) {
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_image_missing("ghost:9");
+    rt.set_pull(
+        "ghost:9",
+        PullScript {
+            fail: Some((
+                crate::runtime::PullFailure::NotFound,
+                "manifest unknown".into(),
+            )),
+            ..Default::default()
+        },
+    );
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].image = "ghost:9".into();
+    let mut h = harness(rt);
+    h.cache.replace_all([p, pod("b", &["web"])]);
+    let t0 = Instant::now();
+    let mut reasons = Vec::new();
+    let mut pulls_at = Vec::new();
+    for _ in 0..80 {
+        let before = h.rt.pull_count("ghost:9");
+        round(&mut h, Duration::from_millis(500)).await;
+        if h.rt.pull_count("ghost:9") > before {
+            pulls_at.push((Instant::now() - t0).as_secs());
+        }
+        if let Some(r) = waiting_reason(&h, "uid-a") {
+            if reasons.last() != Some(&r) {
+                reasons.push(r);
+            }
+        }
+    }
+    assert_eq!(
+        reasons[..3],
+        ["ContainerCreating", "ErrImagePull", "ImagePullBackOff"],
+        "{reasons:?}"
+    );
+    // Pulls at ~0 s, then 10 s and 20 s later (the crash-loop schedule).
+    assert_eq!(pulls_at.len(), 3, "{pulls_at:?}");
+    assert!((10..=12).contains(&(pulls_at[1] - pulls_at[0])), "{pulls_at:?}");
+    assert!((20..=22).contains(&(pulls_at[2] - pulls_at[1])), "{pulls_at:?}");
+    let st = h.api.last_status("uid-a").unwrap().status.unwrap();
+    let w = st.container_statuses[0].state.waiting.clone().unwrap();
+    assert!(
+        w.message == r#"Back-off pulling image "ghost:9": not found: manifest unknown"#,
+        "{}",
+        w.message
+    );
+    let failed = event_messages(&h, "Failed");
+    assert!(
+        failed.contains(&r#"Failed to pull image "ghost:9": not found: manifest unknown"#.to_string()),
+        "{failed:?}"
+    );
+    assert!(failed.contains(&"Error: ErrImagePull".to_string()), "{failed:?}");
+    assert!(failed.contains(&"Error: ImagePullBackOff".to_string()), "{failed:?}");
+    assert!(
+        event_messages(&h, "BackOff").contains(&r#"Back-off pulling image "ghost:9""#.to_string())
+    );
+    // Nothing else disturbed: the other pod runs.
+    let b = h.api.last_status("uid-b").unwrap().status.unwrap();
+    assert_eq!(b.phase, "Running");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_policies_never_if_not_present_and_always() {
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_image_missing("absent:1");
+    let mut never = pod("never", &["web"]);
+    never.spec.containers[0].image = "absent:1".into();
+    never.spec.containers[0].image_pull_policy = Some("Never".into());
+    let mut present = pod("present", &["web"]);
+    present.spec.containers[0].image = "here:1".into();
+    let mut latest = pod("latest", &["web"]);
+    latest.spec.containers[0].image = "here:latest".into();
+    let mut h = harness(rt);
+    h.cache.replace_all([never, present, latest]);
+    for _ in 0..5 {
+        round(&mut h, Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        waiting_reason(&h, "uid-never").as_deref(),
+        Some("ErrImageNeverPull")
+    );
+    assert_eq!(h.rt.pull_count("absent:1"), 0, "Never never pulls");
+    assert_eq!(h.rt.pull_count("here:1"), 0, "IfNotPresent: present, not pulled");
+    assert_eq!(h.rt.pull_count("here:latest"), 1, ":latest defaults to Always");
+    for uid in ["uid-present", "uid-latest"] {
+        let st = h.api.last_status(uid).unwrap().status.unwrap();
+        assert_eq!(st.phase, "Running", "{uid}");
+    }
+    assert!(event_messages(&h, "Pulled")
+        .contains(&r#"Container image "here:1" already present on machine"#.to_string()));
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,8 +2,10 @@
 //!
 //! Each attempt is one container named `berth_<ns>_<pod>_<container>_<attempt>_<uid8>` and
 //! labelled with its identity (see [`ContainerSpec::labels`]), so `list` rebuilds the agent's
-//! view from the engine alone. Images are never pulled (there is no registry): `create` checks
-//! the image exists locally first and fails fast with [`RuntimeError::ImageNotPresent`].
+//! view from the engine alone. Images are pulled through the engine ([`Runtime::pull`], the
+//! engine's `POST /images/create`, so registries the engine knows work as they do for `docker
+//! pull`); the pod sync loop decides when, following `imagePullPolicy`. `create` still checks the
+//! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions, ListContainersOptions,
     LogsOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
@@ -92,6 +94,70 @@ impl Runtime for DockerRuntime {
     async fn version(&self) -> Result<String, RuntimeError> {
         let v = self.docker.version().await?;
         Ok(format!("docker://{}", v.version.unwrap_or_default()))
+    }
+
+    fn uses_images(&self) -> bool {
+        true
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<Pulled, RuntimeError> {
+        let failed = |kind: PullFailure, message: String| RuntimeError::Pull {
+            image: image.to_string(),
+            kind,
+            message,
+        };
+        let r = berth_proto::image::ImageRef::parse(image)
+            .map_err(|e| failed(PullFailure::InvalidReference, e))?;
+        // As the docker CLI does: the name in fromImage, the tag or digest apart (an empty tag
+        // would make the engine pull every tag of the repository).
+        let mut name = r.clone();
+        name.tag = None;
+        name.digest = None;
+        let tag = r
+            .digest
+            .clone()
+            .or_else(|| r.tag_or_latest().map(str::to_string));
+        let opts = CreateImageOptions {
+            from_image: Some(name.to_string()),
+            tag,
+            ..Default::default()
+        };
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = progress.next().await {
+            let message = match item {
+                Ok(_) => continue,
+                Err(bollard::errors::Error::DockerStreamError { error }) => error,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code,
+                    message,
+                }) => match status_code {
+                    404 => return Err(failed(PullFailure::NotFound, message)),
+                    401 | 403 => return Err(failed(PullFailure::Unauthorized, message)),
+                    _ => message,
+                },
+                Err(e) => return Err(e.into()),
+            };
+            return Err(failed(PullFailure::classify(&message), message));
+        }
+        let size = match self.docker.inspect_image(image).await {
+            Ok(i) => i.size.unwrap_or(0).max(0) as u64,
+            Err(e) if not_found(&e) => {
+                return Err(failed(
+                    PullFailure::Other,
+                    "the engine reported success but does not have the image".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Pulled { size })
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

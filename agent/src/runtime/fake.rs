@@ -42,7 +42,20 @@ struct Inner {
     behaviors: HashMap<String, Behavior>,
     exec_exit: HashMap<String, i32>,
     missing_images: HashSet<String>,
+    uses_images: bool,
+    pulls: HashMap<String, PullScript>,
     calls: Vec<String>,
+}
+
+/// How a fake pull of one image goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullScript {
+    /// The pull takes this long (on tokio's clock).
+    pub delay: Duration,
+    /// Fail with this instead of bringing the image.
+    pub fail: Option<(PullFailure, String)>,
+    /// Size reported on success.
+    pub size: u64,
 }
 
 impl Inner {
@@ -103,6 +116,22 @@ impl FakeRuntime {
 
     pub fn set_image_missing(&self, image: &str) {
         self.lock().missing_images.insert(image.to_string());
+    }
+
+    /// Behave like an image runtime (Docker): the pod sync loop then follows imagePullPolicy.
+    pub fn set_uses_images(&self, yes: bool) {
+        self.lock().uses_images = yes;
+    }
+
+    /// Script the pulls of `image` (default: instant success).
+    pub fn set_pull(&self, image: &str, script: PullScript) {
+        self.lock().pulls.insert(image.to_string(), script);
+    }
+
+    /// Pulls of `image` started so far.
+    pub fn pull_count(&self, image: &str) -> usize {
+        let want = format!("pull {image}");
+        self.lock().calls.iter().filter(|c| **c == want).count()
     }
 
     /// Calls so far, e.g. "create web#0", "start fake-1", "stop fake-1".
@@ -177,6 +206,34 @@ impl Runtime for FakeRuntime {
 
     async fn version(&self) -> Result<String, RuntimeError> {
         Ok("fake://0".to_string())
+    }
+
+    fn uses_images(&self) -> bool {
+        self.lock().uses_images
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        Ok(!self.lock().missing_images.contains(image))
+    }
+
+    async fn pull(&self, image: &str) -> Result<Pulled, RuntimeError> {
+        let script = {
+            let mut g = self.lock();
+            g.calls.push(format!("pull {image}"));
+            g.pulls.get(image).cloned().unwrap_or_default()
+        };
+        if !script.delay.is_zero() {
+            tokio::time::sleep(script.delay).await;
+        }
+        if let Some((kind, message)) = script.fail {
+            return Err(RuntimeError::Pull {
+                image: image.to_string(),
+                kind,
+                message,
+            });
+        }
+        self.lock().missing_images.remove(image);
+        Ok(Pulled { size: script.size })
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

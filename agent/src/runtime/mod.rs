@@ -254,8 +254,14 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<Bytes, RuntimeError>> + Se
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("image {image:?} is not present on this node and Berth never pulls images (there is no registry): build or load it on the node first (e.g. images/build-busybox.sh), or fix the image name")]
+    #[error("image {image:?} is not present on this node: pull it (imagePullPolicy IfNotPresent or Always), load it on the node (docker load), or fix the image name")]
     ImageNotPresent { image: String },
+    #[error("failed to pull image {image:?}: {kind}: {message}")]
+    Pull {
+        image: String,
+        kind: PullFailure,
+        message: String,
+    },
     #[error("container {id} not found")]
     NotFound { id: String },
     #[error("container has no command: the process runtime needs `command` (and optionally `args`) because it has no image entrypoint")]
@@ -278,6 +284,81 @@ pub enum RuntimeError {
     Docker(#[from] bollard::errors::Error),
     #[error("{0}")]
     Other(String),
+}
+
+/// Why a pull failed, as a user acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// The repository, tag or digest does not exist there.
+    NotFound,
+    /// The registry wants credentials, or refused the ones given.
+    Unauthorized,
+    /// The registry could not be reached (DNS, refused, timeout, TLS).
+    Unreachable,
+    /// The reference cannot be pulled as written.
+    InvalidReference,
+    Other,
+}
+
+impl std::fmt::Display for PullFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PullFailure::NotFound => "not found",
+            PullFailure::Unauthorized => "unauthorized",
+            PullFailure::Unreachable => "registry unreachable",
+            PullFailure::InvalidReference => "invalid reference",
+            PullFailure::Other => "pull failed",
+        })
+    }
+}
+
+impl PullFailure {
+    /// Classify an engine's pull error message (Docker passes the registry's words through).
+    pub fn classify(message: &str) -> PullFailure {
+        let m = message.to_ascii_lowercase();
+        let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+        if any(&[
+            "unauthorized",
+            "authentication required",
+            "access denied",
+            "denied:",
+            "pull access denied",
+            "no basic auth credentials",
+        ]) {
+            PullFailure::Unauthorized
+        } else if any(&[
+            "not found",
+            "manifest unknown",
+            "name unknown",
+            "does not exist",
+        ]) {
+            PullFailure::NotFound
+        } else if any(&[
+            "no such host",
+            "connection refused",
+            "i/o timeout",
+            "dial tcp",
+            "network is unreachable",
+            "timeout exceeded",
+            "tls:",
+            "x509:",
+            "server gave http response to https client",
+            "connection reset",
+        ]) {
+            PullFailure::Unreachable
+        } else if any(&["invalid reference", "invalid tag", "invalid repository name"]) {
+            PullFailure::InvalidReference
+        } else {
+            PullFailure::Other
+        }
+    }
+}
+
+/// What a successful pull brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pulled {
+    /// Size of the image on the node, in bytes.
+    pub size: u64,
 }
 
 /// A container runtime. Implementations must be safe to call concurrently.
@@ -308,6 +389,19 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+    /// Does this runtime run images (and so follow imagePullPolicy)? The process runtime
+    /// does not: it runs the container's `command` on the host.
+    fn uses_images(&self) -> bool {
+        false
+    }
+    /// Is `image` in the node's local image store?
+    async fn image_present(&self, _image: &str) -> Result<bool, RuntimeError> {
+        Ok(true)
+    }
+    /// Pull `image` into the node's local store ([`RuntimeError::Pull`] on failure).
+    async fn pull(&self, _image: &str) -> Result<Pulled, RuntimeError> {
+        Ok(Pulled::default())
+    }
 }
 
 /// Parse a signal name ("SIGTERM", "TERM", "15").
