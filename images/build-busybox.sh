@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Build `berth-busybox:latest`: an image FROM scratch holding only a static busybox, for tests
+# Build `berth-busybox:1`: an image FROM scratch holding only a static busybox, for tests
 # and examples (there is no registry to pull from). Idempotent; prints the image id.
 #   images/build-busybox.sh            # build if missing
 #   images/build-busybox.sh --force    # rebuild
 set -euo pipefail
 
-IMAGE="${BERTH_BUSYBOX_IMAGE:-berth-busybox:latest}"
+IMAGE="${BERTH_BUSYBOX_IMAGE:-berth-busybox:1}"
 
 if [[ "${1:-}" != "--force" ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   docker image inspect -f '{{.Id}}' "$IMAGE"

@@ -100,19 +100,13 @@ pub async fn spawn_registry(
 ) -> anyhow::Result<std::net::SocketAddr> {
     let client = server_client(server).context("creating the registry's store client")?;
     let dir = server.data_dir().join("registry");
-    let blobs = berth_registry::LocalBlobs::open(dir.join("blobs"))
-        .map_err(|e| anyhow::anyhow!("registry blob store: {e}"))?;
-    let registry = berth_registry::Registry::new(
-        std::sync::Arc::new(berth_registry::StoreMetadata::new(client)),
-        std::sync::Arc::new(blobs),
-        dir.join("uploads"),
-    )
-    .with_context(|| format!("creating {}", dir.join("uploads").display()))?
-    .with_access(if tls {
-        berth_registry::Access::Certificates
-    } else {
-        berth_registry::Access::Open
-    });
+    let registry = berth_registry::Registry::in_store(client, &dir)
+        .map_err(|e| anyhow::anyhow!("registry storage: {e}"))?
+        .with_access(if tls {
+            berth_registry::Access::Certificates
+        } else {
+            berth_registry::Access::Open
+        });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("the registry cannot listen on {listen}"))?;

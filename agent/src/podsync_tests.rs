@@ -772,7 +772,10 @@ async fn concurrent_pods_needing_one_image_cause_one_pull_and_wait_in_container_
     let mut h = harness(rt);
     h.cache.replace_all(pods);
     round(&mut h, Duration::from_secs(1)).await;
-    assert!(starts(&h.rt).is_empty(), "nothing is created before the pull");
+    assert!(
+        starts(&h.rt).is_empty(),
+        "nothing is created before the pull"
+    );
     assert_eq!(
         waiting_reason(&h, "uid-a").as_deref(),
         Some("ContainerCreating")
@@ -796,8 +799,8 @@ async fn concurrent_pods_needing_one_image_cause_one_pull_and_wait_in_container_
 }
 
 #[tokio::test(start_paused = true)]
-async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on_the_crash_backoff(
-) {
+async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on_the_crash_backoff()
+{
     let rt = FakeRuntime::new();
     rt.set_uses_images(true);
     rt.set_image_missing("ghost:9");
@@ -837,8 +840,14 @@ async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on
     );
     // Pulls at ~0 s, then 10 s and 20 s later (the crash-loop schedule).
     assert_eq!(pulls_at.len(), 3, "{pulls_at:?}");
-    assert!((10..=12).contains(&(pulls_at[1] - pulls_at[0])), "{pulls_at:?}");
-    assert!((20..=22).contains(&(pulls_at[2] - pulls_at[1])), "{pulls_at:?}");
+    assert!(
+        (10..=12).contains(&(pulls_at[1] - pulls_at[0])),
+        "{pulls_at:?}"
+    );
+    assert!(
+        (20..=22).contains(&(pulls_at[2] - pulls_at[1])),
+        "{pulls_at:?}"
+    );
     let st = h.api.last_status("uid-a").unwrap().status.unwrap();
     let w = st.container_statuses[0].state.waiting.clone().unwrap();
     assert!(
@@ -848,11 +857,19 @@ async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on
     );
     let failed = event_messages(&h, "Failed");
     assert!(
-        failed.contains(&r#"Failed to pull image "ghost:9": not found: manifest unknown"#.to_string()),
+        failed.contains(
+            &r#"Failed to pull image "ghost:9": not found: manifest unknown"#.to_string()
+        ),
         "{failed:?}"
     );
-    assert!(failed.contains(&"Error: ErrImagePull".to_string()), "{failed:?}");
-    assert!(failed.contains(&"Error: ImagePullBackOff".to_string()), "{failed:?}");
+    assert!(
+        failed.contains(&"Error: ErrImagePull".to_string()),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&"Error: ImagePullBackOff".to_string()),
+        "{failed:?}"
+    );
     assert!(
         event_messages(&h, "BackOff").contains(&r#"Back-off pulling image "ghost:9""#.to_string())
     );
@@ -883,8 +900,16 @@ async fn pull_policies_never_if_not_present_and_always() {
         Some("ErrImageNeverPull")
     );
     assert_eq!(h.rt.pull_count("absent:1"), 0, "Never never pulls");
-    assert_eq!(h.rt.pull_count("here:1"), 0, "IfNotPresent: present, not pulled");
-    assert_eq!(h.rt.pull_count("here:latest"), 1, ":latest defaults to Always");
+    assert_eq!(
+        h.rt.pull_count("here:1"),
+        0,
+        "IfNotPresent: present, not pulled"
+    );
+    assert_eq!(
+        h.rt.pull_count("here:latest"),
+        1,
+        ":latest defaults to Always"
+    );
     for uid in ["uid-present", "uid-latest"] {
         let st = h.api.last_status(uid).unwrap().status.unwrap();
         assert_eq!(st.phase, "Running", "{uid}");

@@ -100,7 +100,9 @@ impl Puller {
 
     /// Is a pull of `image` running?
     pub fn pulling(&self, image: &str) -> bool {
-        self.lock().get(image).is_some_and(|e| e.in_flight.is_some())
+        self.lock()
+            .get(image)
+            .is_some_and(|e| e.in_flight.is_some())
     }
 }
 

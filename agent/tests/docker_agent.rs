@@ -1,8 +1,11 @@
 //! The whole agent on the Docker runtime against a real in-process API server: a busybox
 //! httpd pod (image built FROM scratch by images/build-busybox.sh) becomes Ready through its
 //! readiness probe on an allocated host port, a restarted agent adopts it with zero restarts,
-//! a crashing container reaches CrashLoopBackOff, a missing image gives ErrImageNeverPull with
-//! a Warning event (no pull attempt), and deleting pods removes their containers.
+//! a crashing container reaches CrashLoopBackOff, a missing image under `imagePullPolicy:
+//! Never` gives ErrImageNeverPull with a Warning event, and deleting pods removes their
+//! containers. A second test pulls an image the node does not have from the cluster registry
+//! (served in-process on the same store, pushed with `docker push`) and shows a missing one
+//! going ErrImagePull then ImagePullBackOff.
 //! Skipped outside CI when no Docker engine answers (a failure under CI=true:
 //! berth_testkit::skip). Containers are removed even on failure.
 #![allow(clippy::unwrap_used)]
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 const T: Duration = Duration::from_secs(45);
-const IMAGE: &str = "berth-busybox:latest";
+const IMAGE: &str = "berth-busybox:1";
 
 /// Removes every container of the test's namespace, even when the test panics.
 struct Cleanup(String);
@@ -47,15 +50,24 @@ impl Drop for Cleanup {
 }
 
 async fn start_agent(cluster: &TestCluster, dir: &std::path::Path) -> AgentHandle {
+    start_named_agent(cluster, dir, "docker-node", "41000-41099").await
+}
+
+async fn start_named_agent(
+    cluster: &TestCluster,
+    dir: &std::path::Path,
+    node: &str,
+    host_ports: &str,
+) -> AgentHandle {
     let args = AgentArgs {
         server: vec![cluster.addr(0).to_string()],
         token: Some(berth_tls::Secret::new(cluster.token())),
-        name: Some("docker-node".into()),
+        name: Some(node.into()),
         address: "127.0.0.1".into(),
         data_dir: Some(dir.to_path_buf()),
         runtime: Some(RuntimeKind::Docker),
         capacity: Some("cpu=2,memory=2Gi".into()),
-        host_port_range: "41000-41099".into(),
+        host_port_range: host_ports.into(),
         listen: Some("127.0.0.1:0".into()),
         no_proxy: true,
         restart_backoff_ms: 300,
@@ -172,10 +184,9 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
         .create(&pod(&ns, "crash", IMAGE, "echo bye; exit 2"))
         .await
         .unwrap();
-    client
-        .create(&pod(&ns, "ghost", "berth-no-such-image:9", "true"))
-        .await
-        .unwrap();
+    let mut ghost = pod(&ns, "ghost", "berth-no-such-image:9", "true");
+    ghost.spec.containers[0].image_pull_policy = Some("Never".into());
+    client.create(&ghost).await.unwrap();
 
     let st = common::wait_for(T, "web Ready", || async {
         let s = status_of(&client, &ns, "web").await?;
@@ -277,4 +288,169 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
     })
     .await;
     agent.stop().await;
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn events_of(events: &[Event], pod: &str) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e.involved_object.name == pod)
+        .map(|e| (e.reason.clone(), e.message.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_agent_pulls_a_missing_image_from_the_cluster_registry_and_backs_off_on_an_unknown_one(
+) {
+    let test = "docker_agent_pulls_a_missing_image_from_the_cluster_registry_and_backs_off_on_an_unknown_one";
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        berth_testkit::skip::skip_or_fail(
+            test,
+            "Docker engine not reachable (no answer within 5s)",
+        );
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let ns = format!("dp{}", std::process::id());
+    let _cleanup = Cleanup(ns.clone());
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(berth_registry::serve::serve(
+        listener,
+        None,
+        registry.router(),
+        stop.clone(),
+    ));
+
+    // An image whose top layer exists nowhere but in the registry: commit a container that
+    // wrote a unique file, push it, remove it from the engine.
+    let image = format!("127.0.0.1:{port}/berth-test/pulled:v{}", std::process::id());
+    let builder = format!("berth-pull-build-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &builder]).len();
+    docker(&[
+        "run",
+        "--name",
+        &builder,
+        IMAGE,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &format!("echo {} > /stamp", uuid::Uuid::new_v4()),
+    ]);
+    docker(&["commit", &builder, &image]);
+    docker(&["rm", "-f", &builder]);
+    docker(&["push", &image]);
+    docker(&["rmi", &image]);
+    assert!(
+        std::process::Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0),
+        "the image must be gone from the node before the pod asks for it"
+    );
+
+    let agent = start_named_agent(&cluster, dir.path(), "docker-pull-node", "41100-41199").await;
+    let mut pulled = pod(
+        &ns,
+        "pulled",
+        &image,
+        "/bin/busybox cat /stamp && exec /bin/busybox sleep 300",
+    );
+    pulled.spec.node_name = "docker-pull-node".into();
+    let mut unknown = pod(
+        &ns,
+        "unknown",
+        &format!("127.0.0.1:{port}/berth-test/ghost:9"),
+        "true",
+    );
+    unknown.spec.node_name = "docker-pull-node".into();
+    client.create(&pulled).await.unwrap();
+    client.create(&unknown).await.unwrap();
+
+    common::wait_for(T, "the pulled image's pod running", || async {
+        let s = status_of(&client, &ns, "pulled").await?;
+        s.container_statuses
+            .first()?
+            .state
+            .running
+            .as_ref()
+            .map(|_| ())
+    })
+    .await;
+    let backoff = common::wait_for(T, "the unknown image in ImagePullBackOff", || async {
+        let s = status_of(&client, &ns, "unknown").await?;
+        let w = s.container_statuses.first()?.state.waiting.clone()?;
+        (w.reason == "ImagePullBackOff").then_some(w)
+    })
+    .await;
+    assert!(
+        backoff.message.contains("not found"),
+        "the registry's reason reaches the status: {}",
+        backoff.message
+    );
+    let (events, _) = client.list::<Event>(Some(&ns), "").await.unwrap();
+    let p = events_of(&events, "pulled");
+    assert!(
+        p.contains(&("Pulling".into(), format!("Pulling image {image:?}"))),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|(r, m)| r == "Pulled"
+            && m.starts_with(&format!("Successfully pulled image {image:?} in "))),
+        "{p:?}"
+    );
+    let u = events_of(&events, "unknown");
+    assert!(
+        u.iter().any(|(r, m)| r == "Failed"
+            && m.contains("Failed to pull image")
+            && m.contains("not found")),
+        "{u:?}"
+    );
+    assert!(
+        u.contains(&("Failed".into(), "Error: ErrImagePull".into())),
+        "{u:?}"
+    );
+    assert!(u.iter().any(|(r, _)| r == "BackOff"), "{u:?}");
+
+    for name in ["pulled", "unknown"] {
+        client
+            .delete(berth_proto::Kind::Pod, &ns, name, None)
+            .await
+            .unwrap();
+    }
+    common::wait_for(T, "containers removed", || async {
+        (containers_of_namespace(&ns).await == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    stop.cancel();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &image])
+        .output();
 }

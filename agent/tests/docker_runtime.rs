@@ -1,4 +1,4 @@
-//! Component tests of the Docker runtime against the real engine, with `berth-busybox:latest`
+//! Component tests of the Docker runtime against the real engine, with `berth-busybox:1`
 //! (built FROM scratch by images/build-busybox.sh). Skipped outside CI when no engine answers (a failure under CI=true: berth_testkit::skip).
 
 mod common;
@@ -37,7 +37,7 @@ async fn busybox_httpd_container_serves_probes_logs_and_stops() {
         pod_name: "web".into(),
         container_name: "httpd".into(),
         attempt: 0,
-        image: "berth-busybox:latest".into(),
+        image: "berth-busybox:1".into(),
         command: vec!["/bin/busybox".into()],
         args: vec![
             "sh".into(),
@@ -151,8 +151,9 @@ async fn busybox_httpd_container_serves_probes_logs_and_stops() {
 }
 
 #[tokio::test]
-async fn missing_image_fails_fast_without_pulling() {
-    let Some(rt) = docker_or_skip("missing_image_fails_fast_without_pulling").await else {
+async fn create_of_an_absent_image_fails_fast_and_pulls_say_why_they_failed() {
+    let test = "create_of_an_absent_image_fails_fast_and_pulls_say_why_they_failed";
+    let Some(rt) = docker_or_skip(test).await else {
         return;
     };
     let spec = ContainerSpec {
@@ -164,10 +165,26 @@ async fn missing_image_fails_fast_without_pulling() {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
+    assert!(!rt.image_present(&spec.image).await.unwrap());
     let err = rt.create(&spec).await.expect_err("must fail");
     assert!(matches!(err, RuntimeError::ImageNotPresent { .. }), "{err}");
-    assert!(err.to_string().contains("never pulls"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10));
+    // Nothing listens on port 1: the engine cannot reach that registry.
+    let err = rt
+        .pull("127.0.0.1:1/berth-test/ghost:1")
+        .await
+        .expect_err("must fail");
+    match &err {
+        RuntimeError::Pull { kind, .. } => {
+            assert_eq!(
+                *kind,
+                berth_agent::runtime::PullFailure::Unreachable,
+                "{err}"
+            )
+        }
+        other => panic!("want a pull error, got {other}"),
+    }
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
 
 #[tokio::test]
@@ -181,7 +198,7 @@ async fn crashed_container_reports_exit_code() {
         pod_namespace: "default".into(),
         pod_name: "crash".into(),
         container_name: "c".into(),
-        image: "berth-busybox:latest".into(),
+        image: "berth-busybox:1".into(),
         args: vec!["sh".into(), "-c".into(), "exit 7".into()],
         ..Default::default()
     };
@@ -216,7 +233,7 @@ async fn runtimes_scoped_to_different_nodes_do_not_see_each_others_containers() 
         pod_namespace: "default".into(),
         pod_name: "scoped".into(),
         container_name: "c".into(),
-        image: "berth-busybox:latest".into(),
+        image: "berth-busybox:1".into(),
         args: vec!["sleep".into(), "30".into()],
         ..Default::default()
     };

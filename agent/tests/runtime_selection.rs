@@ -28,7 +28,7 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
         pod_namespace: "default".into(),
         pod_name: "neighbour".into(),
         container_name: "c".into(),
-        image: "berth-busybox:latest".into(),
+        image: "berth-busybox:1".into(),
         command: vec!["/bin/busybox".into()],
         args: vec!["sleep".into(), "60".into()],
         ..Default::default()

@@ -79,6 +79,26 @@ impl Registry {
         })
     }
 
+    /// The cluster registry of one server: tags and manifests in the replicated store through
+    /// `client`, blobs and upload sessions under `dir` on this server's disk.
+    pub fn in_store(
+        client: berth_client::Client,
+        dir: &std::path::Path,
+    ) -> Result<Registry, RegistryError> {
+        let blobs = crate::LocalBlobs::open(dir.join("blobs"))?;
+        Registry::new(
+            Arc::new(crate::StoreMetadata::new(client)),
+            Arc::new(blobs),
+            dir.join("uploads"),
+        )
+        .map_err(|e| {
+            RegistryError::Internal(format!(
+                "cannot create {}: {e}",
+                dir.join("uploads").display()
+            ))
+        })
+    }
+
     pub fn with_access(mut self, access: Access) -> Registry {
         self.access = access;
         self

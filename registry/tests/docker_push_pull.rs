@@ -4,13 +4,12 @@
 //! resumed chunked upload, tags pagination, missing manifests).
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use berth_apiserver::testing::TestCluster;
 use berth_client::{Client, ClientConfig};
 use berth_proto::image::sha256_digest;
-use berth_registry::{LocalBlobs, Registry, StoreMetadata};
+use berth_registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -40,13 +39,7 @@ async fn serve_registry() -> Served {
     )
     .expect("client");
     let dir = tempfile::tempdir().expect("tmp");
-    let blobs = LocalBlobs::open(dir.path().join("blobs")).expect("blobs");
-    let reg = Registry::new(
-        Arc::new(StoreMetadata::new(client)),
-        Arc::new(blobs),
-        dir.path().join("uploads"),
-    )
-    .expect("registry");
+    let reg = Registry::in_store(client, dir.path()).expect("registry");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
@@ -138,7 +131,7 @@ async fn docker_push_then_pull_round_trips_an_image_through_the_cluster_registry
     berth_testkit::images::build_busybox();
     let reg = serve_registry().await;
     let image = format!("127.0.0.1:{}/berth-test/busybox:v1", reg.addr.port());
-    docker(&["tag", "berth-busybox:latest", &image]).expect("tag");
+    docker(&["tag", "berth-busybox:1", &image]).expect("tag");
     let pushed = tokio::task::spawn_blocking({
         let image = image.clone();
         move || docker(&["push", &image])

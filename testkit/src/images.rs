@@ -1,6 +1,6 @@
 //! Test images, built FROM scratch because no registry is reachable from test machines.
 
-/// Builds `berth-busybox:latest` (FROM scratch, images/build-busybox.sh); panics with the
+/// Builds `berth-busybox:1` (FROM scratch, images/build-busybox.sh); panics with the
 /// script's stderr if it fails.
 pub fn build_busybox() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/build-busybox.sh");

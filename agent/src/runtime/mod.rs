@@ -346,7 +346,11 @@ impl PullFailure {
             "connection reset",
         ]) {
             PullFailure::Unreachable
-        } else if any(&["invalid reference", "invalid tag", "invalid repository name"]) {
+        } else if any(&[
+            "invalid reference",
+            "invalid tag",
+            "invalid repository name",
+        ]) {
             PullFailure::InvalidReference
         } else {
             PullFailure::Other
@@ -454,6 +458,23 @@ pub fn port_env(ports: &[PortBinding], use_host_port: bool) -> Vec<(String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_failures_are_classified_from_the_engines_words() {
+        use PullFailure::*;
+        for (msg, want) in [
+            ("manifest for 127.0.0.1:5000/shop/web:9 not found: manifest unknown: manifest unknown", NotFound),
+            ("pull access denied for shop, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", Unauthorized),
+            ("Head \"https://reg.example.com/v2/shop/manifests/1\": unauthorized: authentication required", Unauthorized),
+            ("Get \"https://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused", Unreachable),
+            ("Get \"https://reg.invalid/v2/\": dial tcp: lookup reg.invalid: no such host", Unreachable),
+            ("Get \"https://10.0.0.9/v2/\": net/http: request canceled (Client.Timeout exceeded while awaiting headers)", Unreachable),
+            ("invalid reference format", InvalidReference),
+            ("something else entirely", Other),
+        ] {
+            assert_eq!(PullFailure::classify(msg), want, "{msg}");
+        }
+    }
 
     #[test]
     fn instance_name_joins_the_attempt_fields_and_replaces_unsafe_characters() {

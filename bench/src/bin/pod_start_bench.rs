@@ -23,7 +23,7 @@
 //! /work/target-bench/release/pod-start-bench --runtime process --pods 100 --workload sleep
 //! /work/target-bench/release/pod-start-bench --runtime process --pods 100 --workload demo
 //! /work/target-bench/release/pod-start-bench --runtime process --pods 50  # agent RSS at 50
-//! images/build-busybox.sh   # berth-busybox:latest
+//! images/build-busybox.sh   # berth-busybox:1
 //! /work/target-bench/release/pod-start-bench --runtime docker --pods 20
 //! ```
 //! `--workload demo` runs `berth demo-server` with an HTTP readiness probe on /healthz
@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Image (Docker runtime; recorded but unused by the process runtime).
-    #[arg(long, default_value = "berth-busybox:latest")]
+    #[arg(long, default_value = "berth-busybox:1")]
     image: String,
     /// Run the Docker Swarm anchor (default: on for --runtime docker).
     #[arg(long)]
