@@ -224,9 +224,11 @@ pub struct DevArgs {
     /// Address of the API server.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7440")]
     pub listen: String,
-    /// How the node runs containers: plain host processes (default) or the Docker engine.
-    #[arg(long, value_enum, default_value = "process")]
-    pub runtime: berth_agent::RuntimeKind,
+    /// How the node runs containers by default: the Docker engine (when it answers; pods may
+    /// still choose `runtimeClassName: process`) or plain host processes. Default: docker if
+    /// an engine answers within 3 s, else process.
+    #[arg(long, value_enum)]
+    pub runtime: Option<berth_agent::RuntimeKind>,
     /// Name of the single node (default: this host's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -288,7 +290,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         name: args.name.clone(),
         address: "127.0.0.1".to_string(),
         data_dir: Some(dir.join("agent")),
-        runtime: Some(args.runtime),
+        runtime: args.runtime,
         listen: Some("127.0.0.1:0".to_string()),
         ..berth_agent::AgentArgs::default()
     };

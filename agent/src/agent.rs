@@ -24,6 +24,7 @@ use crate::node::{self, Heartbeat, NodeConfig};
 use crate::podsync::{PodSync, SyncConfig};
 use crate::proxy::{self, Proxy, ProxyConfig, ProxyHandle};
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::multi::MultiRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -186,8 +187,10 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// The container runtime for `--runtime KIND` (None: Docker when an engine answers within 3 s,
-/// else processes). A Docker runtime is always scoped to `node`, whichever way it was chosen,
-/// so agents sharing one engine never adopt or kill each other's containers.
+/// else processes). With Docker the node offers both handlers, Docker the default and
+/// `process` for pods that ask for it (`runtimeClassName`); `--runtime process` offers only
+/// processes. A Docker runtime is always scoped to `node`, whichever way it was chosen, so
+/// agents sharing one engine never adopt or kill each other's containers.
 pub async fn select_runtime(
     kind: Option<RuntimeKind>,
     node: &str,
@@ -205,9 +208,11 @@ pub async fn select_runtime(
             .ok()
             .and_then(Result::ok),
     };
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(data_dir)?);
     Ok(match docker {
-        Some(d) => Arc::new(d.for_node(node)),
-        None => Arc::new(ProcessRuntime::new(data_dir)?),
+        // Docker is the default; `runtimeClassName: process` still runs host processes.
+        Some(d) => Arc::new(MultiRuntime::new(vec![Arc::new(d.for_node(node)), process])),
+        None => process,
     })
 }
 
@@ -318,6 +323,11 @@ pub async fn start(
             capacity,
             agent_endpoint: agent_endpoint.clone(),
             heartbeat: Duration::from_millis(args.heartbeat_ms.max(100)),
+            runtime_handlers: runtime
+                .handlers()
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect(),
         },
         api,
         runtime: runtime.clone(),

@@ -530,6 +530,7 @@ mod tests {
             ports: vec![],
             grace_seconds: None,
             state: RunState::Created,
+            runtime: "fake",
         }
     }
 

@@ -107,6 +107,8 @@ pub struct NodeConfig {
     pub capacity: BTreeMap<String, Quantity>,
     pub agent_endpoint: String,
     pub heartbeat: Duration,
+    /// `status.runtimeHandlers`: the runtimes pods can pick, the default first.
+    pub runtime_handlers: Vec<String>,
 }
 
 /// The Node as it should be now (pure). Keeps user-owned parts of `existing` (spec, other
@@ -170,6 +172,11 @@ pub fn desired_node(
             architecture: std::env::consts::ARCH.to_string(),
         }),
         agent_endpoint: cfg.agent_endpoint.clone(),
+        runtime_handlers: cfg
+            .runtime_handlers
+            .iter()
+            .map(|name| berth_proto::types::NodeRuntimeHandler { name: name.clone() })
+            .collect(),
         last_heartbeat_time: Some(now),
     });
     node
@@ -276,6 +283,7 @@ mod tests {
             capacity: parse_capacity("cpu=4,memory=8Gi").expect("capacity"),
             agent_endpoint: "10.0.0.7:10250".into(),
             heartbeat: Duration::from_secs(2),
+            runtime_handlers: vec!["docker".into(), "process".into()],
         }
     }
 

@@ -496,7 +496,6 @@ pub struct StatusInputs<'a> {
     pub view: &'a dyn Fn(&str, &Container) -> ProbeView,
     pub policy: &'a BackoffPolicy,
     pub host_ip: &'a str,
-    pub runtime: &'a str,
     pub ports: &'a [crate::runtime::PortBinding],
     pub now: Instant,
     pub wall: Time,
@@ -528,7 +527,7 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
             image: c.image.clone(),
             restart_count: latest.map(|l| l.attempt as i32).unwrap_or(0),
             container_id: latest
-                .map(|l| format!("{}://{}", inp.runtime, l.id))
+                .map(|l| format!("{}://{}", l.runtime, l.id))
                 .unwrap_or_default(),
             started: Some(false),
             ..Default::default()
@@ -710,6 +709,7 @@ pub fn container_spec(
         cpu_limit_millis: limits.milli_cpu.filter(|m| *m > 0),
         stop_signal: None,
         grace_seconds: Some(grace_of(pod).as_secs()),
+        runtime_class: pod.spec.runtime_class_name.clone(),
     }
 }
 
@@ -1002,7 +1002,7 @@ impl PodSync {
             };
             let key = Key::new(&pod.metadata.uid, &c.name);
             let pref = pod_ref(pod);
-            if !self.image_ready(c, &key, attempt, &pref, now).await {
+            if !self.image_ready(pod, c, &key, attempt, &pref, now).await {
                 continue;
             }
             let bindings =
@@ -1078,13 +1078,32 @@ impl PodSync {
     /// finished pull into events and, on failure, ErrImagePull with the pull backoff.
     async fn image_ready(
         &mut self,
+        pod: &Pod,
         c: &Container,
         key: &Key,
         attempt: u32,
         pref: &PodRef,
         now: Instant,
     ) -> bool {
-        if !self.runtime.uses_images() {
+        let handlers = self.runtime.handlers();
+        let class = pod.spec.runtime_class_name.as_deref();
+        let Some(handler) = handlers.iter().find(|h| class.is_none_or(|c| h.name == c)) else {
+            let have: Vec<&str> = handlers.iter().map(|h| h.name).collect();
+            self.create_failed(
+                key,
+                pref,
+                "CreateContainerConfigError",
+                format!(
+                    "runtimeClassName {:?} is not available on node {} (it has: {})",
+                    class.unwrap_or_default(),
+                    self.cfg.node_name,
+                    have.join(", ")
+                ),
+                now,
+            );
+            return false;
+        };
+        if !handler.uses_images {
             return true;
         }
         let image = c.image.as_str();
@@ -1267,7 +1286,7 @@ impl PodSync {
             else {
                 continue;
             };
-            let cid = format!("{}://{}", self.runtime.name(), c.id);
+            let cid = format!("{}://{}", c.runtime, c.id);
             let reported = pod.status.as_ref().and_then(|s| {
                 s.container_statuses
                     .iter()
@@ -1313,7 +1332,6 @@ impl PodSync {
                     view: &view,
                     policy: &self.cfg.backoff,
                     host_ip: &self.cfg.node_address,
-                    runtime: self.runtime.name(),
                     ports: &ports,
                     now,
                     wall,

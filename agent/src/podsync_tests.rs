@@ -53,6 +53,7 @@ fn info(p: &Pod, c: &str, attempt: u32, state: RunState) -> ContainerInfo {
         ports: vec![],
         grace_seconds: Some(7),
         state,
+        runtime: "fake",
     }
 }
 
@@ -380,7 +381,6 @@ fn status_of(
             view,
             policy: &BackoffPolicy::default(),
             host_ip: "10.0.0.1",
-            runtime: "fake",
             ports: &[],
             now: Instant::now(),
             wall: chrono::Utc::now(),
@@ -916,6 +916,32 @@ async fn pull_policies_never_if_not_present_and_always() {
     }
     assert!(event_messages(&h, "Pulled")
         .contains(&r#"Container image "here:1" already present on machine"#.to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runtime_class_the_node_does_not_have_is_a_config_error_not_a_start() {
+    let mut p = pod("a", &["web"]);
+    p.spec.runtime_class_name = Some("docker".into());
+    let mut h = harness(FakeRuntime::new());
+    h.cache.replace_all([p]);
+    round(&mut h, Duration::from_secs(1)).await;
+    assert!(starts(&h.rt).is_empty());
+    let w = h
+        .api
+        .last_status("uid-a")
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses[0]
+        .state
+        .waiting
+        .clone()
+        .unwrap();
+    assert_eq!(w.reason, "CreateContainerConfigError");
+    assert_eq!(
+        w.message,
+        r#"runtimeClassName "docker" is not available on node n1 (it has: fake)"#
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -52,6 +52,12 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
             "docker",
             "{kind:?}: Docker answers, so Docker is used"
         );
+        let handlers: Vec<_> = rt.handlers().iter().map(|h| h.name).collect();
+        assert_eq!(
+            handlers,
+            ["docker", "process"],
+            "{kind:?}: Docker is the default, processes are there for runtimeClassName: process"
+        );
         let seen = rt.list().await.unwrap();
         assert!(
             !seen.iter().any(|c| c.id == id),

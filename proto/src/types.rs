@@ -350,7 +350,15 @@ pub struct PodSpec {
     /// Always (default), OnFailure, Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
+    /// The runtime handler that runs the pod: `docker` or `process` (the RuntimeClasses every
+    /// Berth node knows; see [`RUNTIME_CLASSES`]). None: the node's default (Docker where an
+    /// engine answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
 }
+
+/// The runtime classes Berth agents can offer (`spec.runtimeClassName`).
+pub const RUNTIME_CLASSES: &[&str] = &["docker", "process"];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -855,6 +863,13 @@ pub struct NodeAddress {
     pub address: String,
 }
 
+/// A runtime handler a node offers (Kubernetes' NodeRuntimeHandler).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRuntimeHandler {
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSystemInfo {
@@ -884,6 +899,9 @@ pub struct NodeStatus {
     /// host:port of the agent's own API (logs).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_endpoint: String,
+    /// The runtimes this node can run pods with, the default first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_handlers: Vec<NodeRuntimeHandler>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
 }

@@ -996,6 +996,16 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             );
         }
     }
+    if let Some(r) = &spec.runtime_class_name {
+        if !crate::types::RUNTIME_CLASSES.contains(&r.as_str()) {
+            e.add(
+                &path.child("runtimeClassName"),
+                format!(
+                    "unsupported runtime class {r:?}: use \"docker\" (images in the Docker engine) or \"process\" (host processes), or leave it out for the node's default"
+                ),
+            );
+        }
+    }
     if let Some(g) = spec.termination_grace_period_seconds {
         non_negative(e, &path.child("terminationGracePeriodSeconds"), g);
     }

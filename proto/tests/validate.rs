@@ -105,6 +105,16 @@ fn deployment_rules_table() {
             ],
         ),
         (
+            "unknown runtime class",
+            |d| d.spec.template.spec.runtime_class_name = Some("gvisor".into()),
+            vec!["spec.template.spec.runtimeClassName: unsupported runtime class \"gvisor\": use \"docker\" (images in the Docker engine) or \"process\" (host processes), or leave it out for the node's default".into()],
+        ),
+        (
+            "known runtime class",
+            |d| d.spec.template.spec.runtime_class_name = Some("process".into()),
+            vec![],
+        ),
+        (
             "negative replicas",
             |d| d.spec.replicas = Some(-1),
             vec!["spec.replicas: must be greater than or equal to 0 (got -1)".into()],

@@ -17,6 +17,8 @@ pub enum Reason {
     NotReady,
     Unschedulable,
     NodeSelectorMismatch,
+    /// The node does not offer the pod's runtimeClassName.
+    MissingRuntime(String),
     /// An untolerated NoSchedule/NoExecute taint: `{key: value}`.
     UntoleratedTaint(String),
     PortsInUse,
@@ -33,6 +35,7 @@ impl std::fmt::Display for Reason {
             Reason::NodeSelectorMismatch => {
                 f.write_str("node(s) didn't match Pod's node affinity/selector")
             }
+            Reason::MissingRuntime(r) => write!(f, "node(s) didn't have runtime {r}"),
             Reason::UntoleratedTaint(t) => write!(f, "node(s) had untolerated taint {t}"),
             Reason::PortsInUse => {
                 f.write_str("node(s) didn't have free ports for the requested pod ports")
@@ -68,6 +71,15 @@ pub fn filter(pod: &Pod, requests: Resources, info: &NodeInfo) -> Result<(), Vec
     }
     if !matches_labels(&pod.spec.node_selector, &node.metadata.labels) {
         return Err(vec![Reason::NodeSelectorMismatch]);
+    }
+    if let Some(want) = &pod.spec.runtime_class_name {
+        let offered = node
+            .status
+            .as_ref()
+            .is_some_and(|s| s.runtime_handlers.iter().any(|h| &h.name == want));
+        if !offered {
+            return Err(vec![Reason::MissingRuntime(want.clone())]);
+        }
     }
     if let Some(t) = node
         .spec

@@ -134,6 +134,43 @@ fn unschedulable_reason_counts_reasons_like_kubectl() {
 }
 
 #[test]
+fn a_runtime_class_places_the_pod_only_where_that_runtime_exists() {
+    let nodes = vec![
+        NodeBuilder::new("a")
+            .cpu("4")
+            .runtime("process")
+            .ready()
+            .build(),
+        NodeBuilder::new("b")
+            .cpu("4")
+            .runtime("docker")
+            .runtime("process")
+            .ready()
+            .build(),
+        NodeBuilder::new("c")
+            .cpu("4")
+            .runtime("process")
+            .ready()
+            .build(),
+    ];
+    let docker = PodBuilder::new("d").runtime_class("docker").build();
+    assert_eq!(schedule_one(&snap(nodes.clone(), &[]), &docker), bind("b"));
+    let mut third = nodes[0].clone();
+    third.metadata.name = "e".into();
+    let three = vec![nodes[0].clone(), nodes[2].clone(), third];
+    assert_eq!(
+        schedule_one(&snap(three, &[]), &docker),
+        unsched("0/3 nodes are available: 3 node(s) didn't have runtime docker.")
+    );
+    // No runtimeClassName: any node (its default runtime).
+    let any = PodBuilder::new("p").build();
+    assert!(matches!(
+        schedule_one(&snap(nodes, &[]), &any),
+        Outcome::Bind { .. }
+    ));
+}
+
+#[test]
 fn filters_reject_with_their_reasons() {
     let cases: Vec<(&str, Node, Pod, &str)> = vec![
         (
@@ -147,6 +184,12 @@ fn filters_reject_with_their_reasons() {
             NodeBuilder::new("a").label("disk", "hdd").ready().build(),
             PodBuilder::new("p").node_selector("disk", "ssd").build(),
             "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+        ),
+        (
+            "runtime class the node does not offer",
+            NodeBuilder::new("a").runtime("process").ready().build(),
+            PodBuilder::new("p").runtime_class("docker").build(),
+            "0/1 nodes are available: 1 node(s) didn't have runtime docker.",
         ),
         (
             "NoSchedule taint",

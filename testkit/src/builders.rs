@@ -128,6 +128,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Offer a runtime handler (`status.runtimeHandlers`), e.g. `.runtime("docker")`.
+    pub fn runtime(mut self, name: &str) -> Self {
+        self.status()
+            .runtime_handlers
+            .push(berth_proto::types::NodeRuntimeHandler { name: name.into() });
+        self
+    }
+
     /// Cordoned (`spec.unschedulable`).
     pub fn unschedulable(mut self) -> Self {
         self.node.spec.unschedulable = true;
@@ -274,6 +282,12 @@ impl PodBuilder {
 
     pub fn image(mut self, image: &str) -> Self {
         self.container().image = image.into();
+        self
+    }
+
+    /// `spec.runtimeClassName`.
+    pub fn runtime_class(mut self, name: &str) -> Self {
+        self.pod.spec.runtime_class_name = Some(name.into());
         self
     }
 

@@ -370,6 +370,7 @@ impl Runtime for DockerRuntime {
             }
         };
         ContainerInfo::from_labels(
+            "docker",
             c.id.unwrap_or_else(|| id.to_string()),
             config.image.unwrap_or_default(),
             &labels,

@@ -186,6 +186,7 @@ impl FakeRuntime {
             ports: c.spec.ports.clone(),
             grace_seconds: c.spec.grace_seconds,
             state,
+            runtime: "fake",
         }
     }
 

@@ -14,6 +14,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod multi;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,10 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     /// The pod's terminationGracePeriodSeconds, kept so an orphan is stopped as gracefully.
     pub grace_seconds: Option<u64>,
+    /// The runtime handler to create it with (the pod's runtimeClassName, resolved); None:
+    /// the default one.
+    #[serde(default)]
+    pub runtime_class: Option<String>,
 }
 
 impl ContainerSpec {
@@ -164,11 +169,14 @@ pub struct ContainerInfo {
     pub ports: Vec<PortBinding>,
     pub grace_seconds: Option<u64>,
     pub state: RunState,
+    /// The runtime handler that runs it ("docker", "process"): the scheme of its containerID.
+    pub runtime: &'static str,
 }
 
 impl ContainerInfo {
     /// Rebuild identity from labels; `None` when the labels are not Berth's.
     pub fn from_labels(
+        runtime: &'static str,
         id: String,
         image: String,
         labels: &BTreeMap<String, String>,
@@ -188,6 +196,7 @@ impl ContainerInfo {
                 .unwrap_or_default(),
             grace_seconds: labels.get(LABEL_GRACE).and_then(|g| g.parse().ok()),
             state,
+            runtime,
         })
     }
 }
@@ -358,6 +367,14 @@ impl PullFailure {
     }
 }
 
+/// A runtime handler: what a pod's `runtimeClassName` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handler {
+    pub name: &'static str,
+    /// Follows imagePullPolicy (see [`Runtime::uses_images`]).
+    pub uses_images: bool,
+}
+
 /// What a successful pull brought.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pulled {
@@ -405,6 +422,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Pull `image` into the node's local store ([`RuntimeError::Pull`] on failure).
     async fn pull(&self, _image: &str) -> Result<Pulled, RuntimeError> {
         Ok(Pulled::default())
+    }
+    /// The runtime handlers offered (Node `status.runtimeHandlers`), the default first.
+    fn handlers(&self) -> Vec<Handler> {
+        vec![Handler {
+            name: self.name(),
+            uses_images: self.uses_images(),
+        }]
     }
 }
 

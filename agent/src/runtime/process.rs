@@ -185,6 +185,7 @@ impl ProcessRuntime {
             ports: st.spec.ports.clone(),
             grace_seconds: st.spec.grace_seconds,
             state,
+            runtime: "process",
         }
     }
 
