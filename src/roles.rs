@@ -269,11 +269,15 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let loops_token = shutdown.child_token();
     let loops = spawn_leader_loops(&server, loops_token.clone())?;
 
+    let mut registry_addr = None;
     let registry_line = if args.registry_listen == "off" {
         "off".to_string()
     } else {
         match spawn_registry(&server, &args.registry_listen, false, loops_token.clone()).await {
-            Ok(a) => format!("{a} (docker push {a}/NAME:TAG)"),
+            Ok(a) => {
+                registry_addr = Some(a.to_string());
+                format!("{a} (docker push {a}/NAME:TAG; pods may say image: NAME:TAG)")
+            }
             // A busy port must not keep the cluster from starting: say so and go on.
             Err(e) => {
                 eprintln!("berth dev: registry not started: {e:#} (use --registry-listen)");
@@ -291,6 +295,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         address: "127.0.0.1".to_string(),
         data_dir: Some(dir.join("agent")),
         runtime: args.runtime,
+        cluster_registry: registry_addr,
         listen: Some("127.0.0.1:0".to_string()),
         ..berth_agent::AgentArgs::default()
     };

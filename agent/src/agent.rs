@@ -52,6 +52,11 @@ pub struct AgentArgs {
     /// Container runtime (default: docker when a Docker engine answers, else process).
     #[arg(long, value_enum)]
     pub runtime: Option<RuntimeKind>,
+    /// The cluster registry as this node's Docker engine reaches it (HOST:PORT, plain HTTP on
+    /// loopback, as `berth dev` serves it): images named without a registry (`nginx:1.14.2`)
+    /// are pulled from it when it has them, else from Docker Hub as usual.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_registry: Option<String>,
     /// Advertised capacity, e.g. cpu=4,memory=8Gi (default: this host's CPUs and memory).
     #[arg(long)]
     pub capacity: Option<String>,
@@ -88,6 +93,7 @@ impl Default for AgentArgs {
             address: "127.0.0.1".to_string(),
             data_dir: None,
             runtime: None,
+            cluster_registry: None,
             capacity: None,
             labels: Vec::new(),
             host_port_range: "20000-29999".to_string(),
@@ -195,6 +201,7 @@ pub async fn select_runtime(
     kind: Option<RuntimeKind>,
     node: &str,
     data_dir: &std::path::Path,
+    cluster_registry: Option<String>,
 ) -> Result<Arc<dyn Runtime>, AgentError> {
     let docker = match kind {
         Some(RuntimeKind::Process) => None,
@@ -211,7 +218,10 @@ pub async fn select_runtime(
     let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(data_dir)?);
     Ok(match docker {
         // Docker is the default; `runtimeClassName: process` still runs host processes.
-        Some(d) => Arc::new(MultiRuntime::new(vec![Arc::new(d.for_node(node)), process])),
+        Some(d) => Arc::new(MultiRuntime::new(vec![
+            Arc::new(d.for_node(node).with_cluster_registry(cluster_registry)),
+            process,
+        ])),
         None => process,
     })
 }
@@ -241,7 +251,13 @@ pub async fn start(
     // 0700: it holds container state, logs and the node's key.
     berth_tls::create_private_dir(&data_dir).map_err(AgentError::DataDir)?;
 
-    let runtime = select_runtime(args.runtime, &node_name, &data_dir).await?;
+    let runtime = select_runtime(
+        args.runtime,
+        &node_name,
+        &data_dir,
+        args.cluster_registry.clone(),
+    )
+    .await?;
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
 
     let tls = crate::credentials::node_credentials(

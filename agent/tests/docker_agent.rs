@@ -348,6 +348,7 @@ async fn docker_agent_pulls_a_missing_image_from_the_cluster_registry_and_backs_
     // An image whose top layer exists nowhere but in the registry: commit a container that
     // wrote a unique file, push it, remove it from the engine.
     let image = format!("127.0.0.1:{port}/berth-test/pulled:v{}", std::process::id());
+    let _untag = RemoveImage(image.clone());
     let builder = format!("berth-pull-build-{}", std::process::id());
     let _ = docker(&["rm", "-f", &builder]).len();
     docker(&[
@@ -457,7 +458,14 @@ async fn docker_agent_pulls_a_missing_image_from_the_cluster_registry_and_backs_
     .await;
     agent.stop().await;
     stop.cancel();
-    let _ = std::process::Command::new("docker")
-        .args(["rmi", &image])
-        .output();
+}
+
+/// Removes an image name the test made, even when the test panics.
+struct RemoveImage(String);
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", &self.0])
+            .output();
+    }
 }

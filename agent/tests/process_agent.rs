@@ -47,6 +47,7 @@ async fn start_agent(
         no_proxy: true,
         restart_backoff_ms: 300,
         heartbeat_ms: 500,
+        ..AgentArgs::default()
     };
     berth_agent::start(args, CancellationToken::new())
         .await

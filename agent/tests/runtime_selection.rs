@@ -46,7 +46,9 @@ async fn docker_runtime_is_scoped_to_its_node_whether_chosen_or_auto_detected() 
 
     let dir = tempfile::tempdir().unwrap();
     for kind in [Some(RuntimeKind::Docker), None] {
-        let rt = select_runtime(kind, "this-node", dir.path()).await.unwrap();
+        let rt = select_runtime(kind, "this-node", dir.path(), None)
+            .await
+            .unwrap();
         assert_eq!(
             rt.name(),
             "docker",

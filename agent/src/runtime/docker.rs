@@ -28,6 +28,9 @@ pub struct DockerRuntime {
     docker: Docker,
     /// Only list containers labelled with this node (see [`LABEL_NODE`]).
     node: Option<String>,
+    /// The cluster registry as this node's engine reaches it (`127.0.0.1:5000` in berth dev):
+    /// images named without a registry (`nginx:1.14.2`) come from there when it has them.
+    cluster_registry: Option<String>,
 }
 
 fn not_found(e: &bollard::errors::Error) -> bool {
@@ -58,7 +61,11 @@ impl DockerRuntime {
             .negotiate_version()
             .await?;
         docker.ping().await?;
-        Ok(DockerRuntime { docker, node: None })
+        Ok(DockerRuntime {
+            docker,
+            node: None,
+            cluster_registry: None,
+        })
     }
 
     /// Scope listing to one node's containers, so agents sharing an engine never adopt or
@@ -74,6 +81,62 @@ impl DockerRuntime {
             tokio::time::timeout(timeout, Self::connect()).await,
             Ok(Ok(_))
         )
+    }
+
+    /// Pull images named without a registry from `registry` (HOST:PORT) when it has them.
+    pub fn with_cluster_registry(mut self, registry: Option<String>) -> Self {
+        self.cluster_registry = registry.filter(|r| !r.is_empty());
+        self
+    }
+
+    /// Pull `name:tag` (the engine's `POST /images/create`); Err((kind, message)).
+    async fn engine_pull(
+        &self,
+        name: &str,
+        tag: Option<String>,
+    ) -> Result<(), Result<(PullFailure, String), RuntimeError>> {
+        let opts = CreateImageOptions {
+            from_image: Some(name.to_string()),
+            tag,
+            ..Default::default()
+        };
+        let mut progress = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = progress.next().await {
+            let message = match item {
+                Ok(_) => continue,
+                Err(bollard::errors::Error::DockerStreamError { error }) => error,
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code,
+                    message,
+                }) => match status_code {
+                    404 => return Err(Ok((PullFailure::NotFound, message))),
+                    401 | 403 => return Err(Ok((PullFailure::Unauthorized, message))),
+                    _ => message,
+                },
+                Err(e) => return Err(Err(e.into())),
+            };
+            return Err(Ok((PullFailure::classify(&message), message)));
+        }
+        Ok(())
+    }
+
+    /// The size of `image` once pulled.
+    async fn pulled_size(
+        &self,
+        image: &str,
+        failed: &(dyn Fn(PullFailure, String) -> RuntimeError + Sync),
+    ) -> Result<Pulled, RuntimeError> {
+        let size = match self.docker.inspect_image(image).await {
+            Ok(i) => i.size.unwrap_or(0).max(0) as u64,
+            Err(e) if not_found(&e) => {
+                return Err(failed(
+                    PullFailure::Other,
+                    "the engine reported success but does not have the image".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Pulled { size })
     }
 
     pub fn client(&self) -> &Docker {
@@ -125,39 +188,44 @@ impl Runtime for DockerRuntime {
             .digest
             .clone()
             .or_else(|| r.tag_or_latest().map(str::to_string));
-        let opts = CreateImageOptions {
-            from_image: Some(name.to_string()),
-            tag,
-            ..Default::default()
-        };
-        let mut progress = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = progress.next().await {
-            let message = match item {
-                Ok(_) => continue,
-                Err(bollard::errors::Error::DockerStreamError { error }) => error,
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code,
-                    message,
-                }) => match status_code {
-                    404 => return Err(failed(PullFailure::NotFound, message)),
-                    401 | 403 => return Err(failed(PullFailure::Unauthorized, message)),
-                    _ => message,
-                },
-                Err(e) => return Err(e.into()),
-            };
-            return Err(failed(PullFailure::classify(&message), message));
-        }
-        let size = match self.docker.inspect_image(image).await {
-            Ok(i) => i.size.unwrap_or(0).max(0) as u64,
-            Err(e) if not_found(&e) => {
-                return Err(failed(
-                    PullFailure::Other,
-                    "the engine reported success but does not have the image".into(),
-                ))
+        // A name without a registry: the cluster registry first (tags only: a digest pulled
+        // from elsewhere cannot be re-named), then wherever the engine resolves it (Docker Hub).
+        let mut cluster_miss = None;
+        if let (Some(reg), None, None) = (&self.cluster_registry, &r.domain, &r.digest) {
+            let from = format!("{reg}/{}", r.repository);
+            match self.engine_pull(&from, tag.clone()).await {
+                Ok(()) => {
+                    let t = tag.clone().unwrap_or_else(|| "latest".into());
+                    self.docker
+                        .tag_image(
+                            &format!("{from}:{t}"),
+                            Some(bollard::query_parameters::TagImageOptions {
+                                repo: Some(name.to_string()),
+                                tag: Some(t),
+                            }),
+                        )
+                        .await?;
+                    return self.pulled_size(image, &failed).await;
+                }
+                Err(Ok((PullFailure::NotFound, m))) => cluster_miss = Some(m),
+                Err(Ok((kind, m))) => {
+                    return Err(failed(kind, format!("cluster registry {reg}: {m}")))
+                }
+                Err(Err(e)) => return Err(e),
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Pulled { size })
+        }
+        match self.engine_pull(&name.to_string(), tag).await {
+            Ok(()) => {}
+            Err(Ok((kind, m))) => {
+                let m = match cluster_miss {
+                    Some(_) => format!("{m} (and the cluster registry does not have it)"),
+                    None => m,
+                };
+                return Err(failed(kind, m));
+            }
+            Err(Err(e)) => return Err(e),
+        }
+        self.pulled_size(image, &failed).await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

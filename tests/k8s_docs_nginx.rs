@@ -1,0 +1,262 @@
+//! The Kubernetes docs' nginx Deployment (concepts/workloads/controllers/deployment), applied
+//! unchanged to `berth dev` on Docker: its `image: nginx:1.14.2` names no registry, the node
+//! does not have it, and the cluster registry does (an nginx stand-in built from the busybox
+//! test image, since no outside registry is reachable here, pushed with `docker push`). The
+//! agent pulls it from the cluster registry, the three replicas run, and one answers on its
+//! container port 80 through the host port the agent allocated.
+//! Needs Docker (fails under CI=true without it, skipped loudly elsewhere).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DOCS_NGINX: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Stops `berth dev` and removes whatever containers its node left, even on panic.
+struct Dev {
+    child: Child,
+    node: String,
+    /// Image names the test made.
+    remove_images: Vec<String>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Ok(ids) = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=berth.node={}", self.node),
+        ]) {
+            for id in ids.split_whitespace() {
+                let _ = docker(&["rm", "-f", id]);
+            }
+        }
+        for image in &self.remove_images {
+            let _ = docker(&["rmi", image]);
+        }
+    }
+}
+
+/// SIGINT, as Ctrl-C: berth dev stops its workloads gracefully.
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+fn berth(home: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env("HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run berth");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_kubernetes_docs_nginx_deployment_runs_unchanged_from_the_cluster_registry() {
+    let test = "the_kubernetes_docs_nginx_deployment_runs_unchanged_from_the_cluster_registry";
+    if !berth_testkit::skip::require(test, docker(&["version"]).map(|_| ())) {
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let (api, reg) = (free_port(), free_port());
+    let node = format!("docs-nginx-{}", std::process::id());
+    let already_had_nginx = docker(&["image", "inspect", "nginx:1.14.2"]).is_ok();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "dev",
+            "--data-dir",
+            &tmp.path().join("dev").display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--registry-listen",
+            &format!("127.0.0.1:{reg}"),
+            "--name",
+            &node,
+        ])
+        .env("HOME", &home)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start berth dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let pushed = format!("127.0.0.1:{reg}/nginx:1.14.2");
+    let mut dev = Dev {
+        child,
+        node: node.clone(),
+        // The agent's pull leaves the registry's name too.
+        remove_images: vec![pushed.clone()],
+    };
+    if !already_had_nginx {
+        dev.remove_images.push("nginx:1.14.2".into());
+    }
+    // The banner says which runtime the node uses; on this machine Docker answers.
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = wait_for("the berth dev banner", Duration::from_secs(60), || {
+        let mut seen = String::new();
+        for line in lines.by_ref() {
+            let line = line.ok()?;
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("node ") && line.contains("runtime:") {
+                return Some(seen);
+            }
+        }
+        None
+    });
+    assert!(banner.contains("runtime: docker"), "{banner}");
+
+    // An nginx stand-in serving a page on port 80, pushed as nginx:1.14.2 to the cluster
+    // registry and absent from the engine under that name.
+    let builder = format!("berth-docs-nginx-build-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &builder]);
+    docker(&[
+        "run",
+        "--name",
+        &builder,
+        "berth-busybox:1",
+        "sh",
+        "-c",
+        "/bin/busybox mkdir -p /usr/share/nginx/html && echo 'Welcome to nginx!' > /usr/share/nginx/html/index.html",
+    ])
+    .expect("build step");
+    docker(&[
+        "commit",
+        "--change",
+        r#"CMD ["httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"]"#,
+        &builder,
+        &pushed,
+    ])
+    .expect("commit");
+    let _ = docker(&["rm", "-f", &builder]);
+    docker(&["push", &pushed]).expect("push to the cluster registry");
+    docker(&["rmi", &pushed]).expect("rmi the pushed name");
+
+    let manifest = tmp.path().join("nginx-deployment.yaml");
+    std::fs::write(&manifest, DOCS_NGINX).expect("write manifest");
+    let (ok, out, err) = berth(&home, &["apply", "-f", &manifest.display().to_string()]);
+    assert!(ok, "apply: {out}{err}");
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment created");
+
+    let pods = wait_for("3 nginx pods running", Duration::from_secs(120), || {
+        let (ok, out, _) = berth(&home, &["get", "pods", "-l", "app=nginx", "-o", "json"]);
+        if !ok {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let items = v["items"].as_array()?.clone();
+        let running = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count();
+        (running == 3).then_some(items)
+    });
+    let host_port = pods[0]["status"]["hostPorts"][0]["hostPort"]
+        .as_u64()
+        .expect("a host port for containerPort 80");
+    let body = wait_for("nginx answering", Duration::from_secs(20), || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", host_port as u16)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.contains("200").then_some(body)
+    });
+    if !already_had_nginx {
+        assert!(body.contains("Welcome to nginx!"), "{body}");
+    }
+    let (_, events, _) = berth(&home, &["get", "events"]);
+    if !already_had_nginx {
+        assert!(
+            events.contains(r#"Successfully pulled image "nginx:1.14.2""#),
+            "{events}"
+        );
+    }
+    drop(dev);
+}
