@@ -373,6 +373,9 @@ fn describe_pod(out: &mut String, p: &Pod, rel: &Related, now: DateTime<Utc>) {
         kv(out, "Message", &st.message);
     }
     kv(out, "Host IP", or_dash(&st.host_ip));
+    if let Some(r) = &p.spec.runtime_class_name {
+        kv(out, "Runtime Class Name", r);
+    }
     if let Some(t) = st.start_time {
         kv(out, "Start Time", t.to_rfc2822());
     }
@@ -539,6 +542,14 @@ fn describe_node(out: &mut String, n: &Node, rel: &Related, now: DateTime<Utc>) 
             "  Runtime:            {}",
             or_dash(&i.container_runtime_version)
         );
+        if !st.runtime_handlers.is_empty() {
+            let names: Vec<&str> = st
+                .runtime_handlers
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect();
+            let _ = writeln!(out, "  Runtime Handlers:   {}", names.join(", "));
+        }
         let _ = writeln!(
             out,
             "  OS/Arch:            {}/{}",
