@@ -3,59 +3,15 @@
 //! plus the protocol edges docker does not exercise (wrong digest, chunk out of order,
 //! resumed chunked upload, tags pagination, missing manifests).
 
+mod served;
+use served::serve_registry;
+
 use std::process::Command;
 use std::time::Duration;
 
-use berth_apiserver::testing::TestCluster;
-use berth_client::{Client, ClientConfig};
 use berth_proto::image::sha256_digest;
-use berth_registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
-struct Served {
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-    _cluster: TestCluster,
-    stop: CancellationToken,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn serve_registry() -> Served {
-    let cluster = TestCluster::start(1).await.expect("cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let client = Client::new(
-        &[cluster.addr(0).to_string()],
-        ClientConfig::with_tls(cluster.admin_tls()),
-    )
-    .expect("client");
-    let dir = tempfile::tempdir().expect("tmp");
-    let reg = Registry::in_store(client, dir.path()).expect("registry");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = CancellationToken::new();
-    tokio::spawn(berth_registry::serve::serve(
-        listener,
-        None,
-        reg.router(),
-        stop.clone(),
-    ));
-    Served {
-        addr,
-        _dir: dir,
-        _cluster: cluster,
-        stop,
-    }
-}
+use tokio::net::TcpStream;
 
 /// One raw HTTP/1.1 exchange: (status, headers lowercased, body).
 async fn http(
