@@ -9,6 +9,7 @@
 //! `main` prints as `error: ...` with the exit status [`exit_code`] picks (see [`exit`]).
 
 pub mod apply;
+pub mod build;
 pub mod cluster;
 pub mod config;
 pub mod delete;
@@ -172,6 +173,9 @@ pub enum Command {
     Cluster(WithConn<cluster::ClusterArgs>),
     /// The join token: berth token show (admin only).
     Token(WithConn<token::TokenArgs>),
+    /// Build an image with the local Docker engine and push it to the cluster registry:
+    /// berth build -t NAME:TAG [-f Dockerfile] [--build-arg K=V] DIR [--push]
+    Build(build::BuildArgs),
     /// Print the client version.
     Version,
 }
@@ -344,6 +348,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Build(args) => build::run(args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
             Ok(())

@@ -3,7 +3,9 @@
 //! does not have it, and the cluster registry does (an nginx stand-in built from the busybox
 //! test image, since no outside registry is reachable here, pushed with `docker push`). The
 //! agent pulls it from the cluster registry, the three replicas run, and one answers on its
-//! container port 80 through the host port the agent allocated.
+//! container port 80 through the host port the agent allocated. Then Build / Ship / Run with
+//! Berth's own commands: `berth build -t shop:v1 --push DIR`, and a pod naming `shop:v1` runs
+//! that build.
 //! Needs Docker (fails under CI=true without it, skipped loudly elsewhere).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -134,8 +136,9 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 #[test]
-fn the_kubernetes_docs_nginx_deployment_runs_unchanged_from_the_cluster_registry() {
-    let test = "the_kubernetes_docs_nginx_deployment_runs_unchanged_from_the_cluster_registry";
+fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_registry() {
+    let test =
+        "the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_registry";
     if !berth_testkit::skip::require(test, docker(&["version"]).map(|_| ())) {
         return;
     }
@@ -258,5 +261,65 @@ fn the_kubernetes_docs_nginx_deployment_runs_unchanged_from_the_cluster_registry
             "{events}"
         );
     }
+
+    // Build, Ship, Run with berth build.
+    let ctx = tmp.path().join("shop");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM berth-busybox:1\nARG GREETING=hi\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /www && echo \\\"$GREETING from berth build\\\" > /www/index.html\"]\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .expect("Dockerfile");
+    let shop = format!("berth-test-shop-{}:v1", std::process::id());
+    dev.remove_images.push(shop.clone());
+    dev.remove_images.push(format!("127.0.0.1:{reg}/{shop}"));
+    let (ok, out, err) = berth(
+        &home,
+        &[
+            "build",
+            "-t",
+            &shop,
+            "--build-arg",
+            "GREETING=hello",
+            "--push",
+            "--registry",
+            &format!("127.0.0.1:{reg}"),
+            &ctx.display().to_string(),
+        ],
+    );
+    assert!(ok, "berth build: {out}{err}");
+    assert!(out.contains("Step 3/4"), "the build output is shown: {out}");
+    assert!(
+        out.contains(&format!("pushed 127.0.0.1:{reg}/{shop} (sha256:")),
+        "{out}"
+    );
+    // Off the node, so the pod's start must pull it back from the cluster registry.
+    docker(&["rmi", &shop, &format!("127.0.0.1:{reg}/{shop}")]).expect("rmi the build");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shop\nspec:\n  containers:\n  - name: web\n    image: {shop}\n    ports:\n    - containerPort: 8080\n"
+    );
+    let pod_file = tmp.path().join("shop.yaml");
+    std::fs::write(&pod_file, pod).expect("write pod");
+    let (ok, out, err) = berth(&home, &["apply", "-f", &pod_file.display().to_string()]);
+    assert!(ok, "apply: {out}{err}");
+    let port = wait_for("the shop pod running", Duration::from_secs(60), || {
+        let (ok, out, _) = berth(&home, &["get", "pod", "shop", "-o", "json"]);
+        if !ok {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["status"]["phase"] == "Running")
+            .then(|| v["status"]["hostPorts"][0]["hostPort"].as_u64())
+            .flatten()
+    });
+    let body = wait_for("the built page", Duration::from_secs(20), || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.contains("200").then_some(body)
+    });
+    assert!(body.contains("hello from berth build"), "{body}");
     drop(dev);
 }

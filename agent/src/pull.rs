@@ -132,6 +132,7 @@ pub fn size(bytes: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::runtime::fake::{FakeRuntime, PullScript};

@@ -165,7 +165,7 @@ async fn create_of_an_absent_image_fails_fast_and_pulls_say_why_they_failed() {
         ..Default::default()
     };
     let t0 = std::time::Instant::now();
-    assert!(!rt.image_present(&spec.image).await.unwrap());
+    assert!(!rt.image_present(&spec.image).await.expect("inspect"));
     let err = rt.create(&spec).await.expect_err("must fail");
     assert!(matches!(err, RuntimeError::ImageNotPresent { .. }), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(10));

@@ -183,6 +183,14 @@ impl ImageRef {
         })
     }
 
+    /// `domain/repository`, or the repository alone when no registry is named.
+    pub fn repository_with_domain(&self) -> String {
+        match &self.domain {
+            Some(d) => format!("{d}/{}", self.repository),
+            None => self.repository.clone(),
+        }
+    }
+
     /// The tag Kubernetes assumes: the one written, or `latest` when neither tag nor digest is.
     pub fn tag_or_latest(&self) -> Option<&str> {
         match (&self.tag, &self.digest) {

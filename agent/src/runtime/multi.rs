@@ -190,6 +190,7 @@ impl Runtime for MultiRuntime {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::runtime::fake::FakeRuntime;
