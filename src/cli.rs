@@ -15,6 +15,7 @@ pub mod config;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod images;
 pub mod logs;
 pub mod node;
 pub mod rollout;
@@ -176,6 +177,8 @@ pub enum Command {
     /// Build an image with the local Docker engine and push it to the cluster registry:
     /// berth build -t NAME:TAG [-f Dockerfile] [--build-arg K=V] DIR [--push]
     Build(build::BuildArgs),
+    /// The cluster registry's images: repository, tag, digest, size, nodes that have it.
+    Images(WithConn<images::ImagesArgs>),
     /// Print the client version.
     Version,
 }
@@ -349,6 +352,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(args) => build::run(args, io).await,
+        Command::Images(c) => images::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
             Ok(())

@@ -262,6 +262,24 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
         );
     }
 
+    // berth images: the tag, its digest, and the node that now has it (the agent reports its
+    // images with the heartbeat).
+    let images = wait_for(
+        "berth images to show the node",
+        Duration::from_secs(30),
+        || {
+            let (ok, out, _) = berth(&home, &["images"]);
+            (ok && out
+                .lines()
+                .any(|l| l.starts_with("nginx ") && l.contains(&node)))
+            .then_some(out)
+        },
+    );
+    assert!(
+        images.contains("1.14.2") && images.contains("sha256:"),
+        "{images}"
+    );
+
     // Build, Ship, Run with berth build.
     let ctx = tmp.path().join("shop");
     std::fs::create_dir_all(&ctx).expect("ctx");

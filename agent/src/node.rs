@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use berth_proto::types::Quantity;
 use berth_proto::types::{
-    set_condition, Condition, Node, NodeAddress, NodeStatus, NodeSystemInfo, ObjectMeta, Time,
+    set_condition, Condition, ContainerImage, Node, NodeAddress, NodeStatus, NodeSystemInfo,
+    ObjectMeta, Time,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +117,7 @@ pub struct NodeConfig {
 pub fn desired_node(
     cfg: &NodeConfig,
     runtime_version: Result<&str, &str>,
+    images: &[ContainerImage],
     existing: Option<&Node>,
     now: Time,
 ) -> Node {
@@ -172,6 +174,7 @@ pub fn desired_node(
             architecture: std::env::consts::ARCH.to_string(),
         }),
         agent_endpoint: cfg.agent_endpoint.clone(),
+        images: node_images(images),
         runtime_handlers: cfg
             .runtime_handlers
             .iter()
@@ -180,6 +183,25 @@ pub fn desired_node(
         last_heartbeat_time: Some(now),
     });
     node
+}
+
+/// At most this many images in Node status (the kubelet's nodeStatusMaxImages).
+pub const MAX_NODE_IMAGES: usize = 50;
+
+/// The largest [`MAX_NODE_IMAGES`] images, largest first (names sorted, so an unchanged store
+/// gives an identical status).
+fn node_images(images: &[ContainerImage]) -> Vec<ContainerImage> {
+    let mut v: Vec<ContainerImage> = images
+        .iter()
+        .cloned()
+        .map(|mut i| {
+            i.names.sort();
+            i
+        })
+        .collect();
+    v.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then(a.names.cmp(&b.names)));
+    v.truncate(MAX_NODE_IMAGES);
+    v
 }
 
 /// Registration + heartbeat loop.
@@ -202,10 +224,16 @@ impl Heartbeat {
     pub async fn beat(&self, registered: &mut Option<Node>) -> Result<(), ApiError> {
         let version = self.runtime_version().await;
         let v = version.as_deref().map_err(|e| e.as_str());
+        // Best effort: an engine that cannot list images is already reported through Ready.
+        let images = match tokio::time::timeout(Duration::from_secs(5), self.runtime.images()).await
+        {
+            Ok(Ok(i)) => i,
+            _ => Vec::new(),
+        };
         let now = chrono::Utc::now();
         if registered.is_none() {
             let existing = self.api.get_node(&self.cfg.name).await?;
-            let want = desired_node(&self.cfg, v, existing.as_ref(), now);
+            let want = desired_node(&self.cfg, v, &images, existing.as_ref(), now);
             let node = match existing {
                 None => match self.api.create_node(&want).await {
                     Ok(n) => n,
@@ -227,7 +255,7 @@ impl Heartbeat {
             *registered = Some(node);
         }
         let base = registered.as_ref();
-        let mut want = desired_node(&self.cfg, v, base, now);
+        let mut want = desired_node(&self.cfg, v, &images, base, now);
         want.metadata.resource_version = 0;
         match self.api.update_node_status(&want).await {
             Ok(n) => {
@@ -288,6 +316,22 @@ mod tests {
     }
 
     #[test]
+    fn node_images_are_the_largest_fifty_with_sorted_names() {
+        let images: Vec<ContainerImage> = (0..60)
+            .map(|i| ContainerImage {
+                names: vec![format!("z{i}:1"), format!("a{i}:1")],
+                size_bytes: i,
+            })
+            .collect();
+        let n = desired_node(&cfg(), Ok("docker://20"), &images, None, chrono::Utc::now());
+        let got = n.status.expect("status").images;
+        assert_eq!(got.len(), MAX_NODE_IMAGES);
+        assert_eq!(got[0].size_bytes, 59);
+        assert_eq!(got[0].names, ["a59:1", "z59:1"]);
+        assert_eq!(got[49].size_bytes, 10);
+    }
+
+    #[test]
     fn capacity_and_labels_parse_or_explain() {
         let c = parse_capacity("cpu=1500m,memory=512Mi").expect("ok");
         assert_eq!(c["cpu"].0, "1500m");
@@ -304,11 +348,11 @@ mod tests {
     #[test]
     fn desired_node_keeps_user_spec_and_condition_transition_time() {
         let t0 = chrono::Utc::now();
-        let mut existing = desired_node(&cfg(), Ok("docker://20"), None, t0);
+        let mut existing = desired_node(&cfg(), Ok("docker://20"), &[], None, t0);
         existing.spec.unschedulable = true;
         existing.metadata.labels.insert("user".into(), "x".into());
         let t1 = t0 + chrono::Duration::seconds(2);
-        let n = desired_node(&cfg(), Ok("docker://20"), Some(&existing), t1);
+        let n = desired_node(&cfg(), Ok("docker://20"), &[], Some(&existing), t1);
         assert!(n.spec.unschedulable);
         assert_eq!(n.metadata.labels["user"], "x");
         assert_eq!(n.metadata.labels["zone"], "a");
@@ -324,7 +368,7 @@ mod tests {
                 .map(|i| i.container_runtime_version.as_str()),
             Some("docker://20")
         );
-        let down = desired_node(&cfg(), Err("socket gone"), Some(&n), t1);
+        let down = desired_node(&cfg(), Err("socket gone"), &[], Some(&n), t1);
         assert!(!down.is_ready());
     }
 

@@ -848,8 +848,17 @@ async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on
         (20..=22).contains(&(pulls_at[2] - pulls_at[1])),
         "{pulls_at:?}"
     );
-    let st = h.api.last_status("uid-a").expect("present").status.expect("present");
-    let w = st.container_statuses[0].state.waiting.clone().expect("present");
+    let st = h
+        .api
+        .last_status("uid-a")
+        .expect("present")
+        .status
+        .expect("present");
+    let w = st.container_statuses[0]
+        .state
+        .waiting
+        .clone()
+        .expect("present");
     assert!(
         w.message == r#"Back-off pulling image "ghost:9": not found: manifest unknown"#,
         "{}",
@@ -874,7 +883,12 @@ async fn failed_pull_shows_err_image_pull_then_image_pull_backoff_and_retries_on
         event_messages(&h, "BackOff").contains(&r#"Back-off pulling image "ghost:9""#.to_string())
     );
     // Nothing else disturbed: the other pod runs.
-    let b = h.api.last_status("uid-b").expect("present").status.expect("present");
+    let b = h
+        .api
+        .last_status("uid-b")
+        .expect("present")
+        .status
+        .expect("present");
     assert_eq!(b.phase, "Running");
 }
 
@@ -911,7 +925,12 @@ async fn pull_policies_never_if_not_present_and_always() {
         ":latest defaults to Always"
     );
     for uid in ["uid-present", "uid-latest"] {
-        let st = h.api.last_status(uid).expect("present").status.expect("present");
+        let st = h
+            .api
+            .last_status(uid)
+            .expect("present")
+            .status
+            .expect("present");
         assert_eq!(st.phase, "Running", "{uid}");
     }
     assert!(event_messages(&h, "Pulled")

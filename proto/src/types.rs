@@ -863,6 +863,16 @@ pub struct NodeAddress {
     pub address: String,
 }
 
+/// An image on a node: its names (`repo:tag`, `repo@sha256:...`) and size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub size_bytes: i64,
+}
+
 /// A runtime handler a node offers (Kubernetes' NodeRuntimeHandler).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -902,6 +912,9 @@ pub struct NodeStatus {
     /// The runtimes this node can run pods with, the default first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_handlers: Vec<NodeRuntimeHandler>,
+    /// Images on the node, largest first, at most 50 (as the kubelet reports them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ContainerImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
 }

@@ -547,6 +547,50 @@ pub fn image_tag_table(items: &[ImageTag], now: DateTime<Utc>) -> Table {
     t
 }
 
+/// `berth images`: every tag of the cluster registry with its digest, size and the nodes
+/// that have that digest (by the `repo@digest` names in Node `status.images`).
+pub fn images_table(tags: &[ImageTag], manifests: &[ImageManifest], nodes: &[Node]) -> Table {
+    let mut t = Table::new(&["REPOSITORY", "TAG", "DIGEST", "SIZE", "NODES"]);
+    let mut tags: Vec<&ImageTag> = tags.iter().collect();
+    tags.sort_by(|a, b| (&a.spec.repository, &a.spec.tag).cmp(&(&b.spec.repository, &b.spec.tag)));
+    for tag in tags {
+        let (repo, digest) = (&tag.spec.repository, &tag.spec.digest);
+        let size = manifests
+            .iter()
+            .find(|m| &m.spec.digest == digest && &m.spec.repository == repo)
+            .map(|m| human_size(m.spec.total_size))
+            .unwrap_or_else(|| "-".to_string());
+        let exact = format!("{repo}@{digest}");
+        let suffix = format!("/{exact}");
+        let mut on: Vec<&str> = nodes
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().is_some_and(|s| {
+                    s.images.iter().any(|i| {
+                        i.names
+                            .iter()
+                            .any(|name| *name == exact || name.ends_with(&suffix))
+                    })
+                })
+            })
+            .map(|n| n.metadata.name.as_str())
+            .collect();
+        on.sort();
+        t.rows.push(vec![
+            repo.clone(),
+            tag.spec.tag.clone(),
+            short_digest(digest),
+            size,
+            if on.is_empty() {
+                "<none>".to_string()
+            } else {
+                on.join(",")
+            },
+        ]);
+    }
+    t
+}
+
 pub fn image_manifest_table(items: &[ImageManifest], now: DateTime<Utc>) -> Table {
     let mut t = Table::new(&["REPOSITORY", "DIGEST", "MEDIA TYPE", "SIZE", "AGE"]);
     for i in items {
@@ -667,6 +711,65 @@ pub fn rows(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn images_table_names_the_nodes_holding_each_tags_digest() {
+        let d1 = format!("sha256:{}", "a".repeat(64));
+        let d2 = format!("sha256:{}", "b".repeat(64));
+        let tag = |repo: &str, t: &str, d: &str| ImageTag {
+            spec: ImageTagSpec {
+                repository: repo.into(),
+                tag: t.into(),
+                digest: d.into(),
+            },
+            ..Default::default()
+        };
+        let node = |name: &str, names: &[&str]| Node {
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                images: vec![ContainerImage {
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                    size_bytes: 1,
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let manifests = vec![ImageManifest {
+            spec: ImageManifestSpec {
+                repository: "nginx".into(),
+                digest: d1.clone(),
+                total_size: 2_000_000,
+                ..Default::default()
+            },
+            ..Default::default()
+        }];
+        let nodes = vec![
+            node(
+                "n2",
+                &[&format!("127.0.0.1:5000/nginx@{d1}"), "nginx:1.14.2"],
+            ),
+            node("n1", &[&format!("nginx@{d1}")]),
+            // Same tag name, other bytes: not this image.
+            node(
+                "n3",
+                &["nginx:1.14.2", &format!("127.0.0.1:5000/nginx@{d2}")],
+            ),
+        ];
+        let t = images_table(
+            &[tag("shop", "v1", &d2), tag("nginx", "1.14.2", &d1)],
+            &manifests,
+            &nodes,
+        );
+        assert_eq!(t.rows[0][..2], ["nginx".to_string(), "1.14.2".to_string()]);
+        assert_eq!(t.rows[0][3], "2.0MB");
+        assert_eq!(t.rows[0][4], "n1,n2");
+        assert_eq!(t.rows[1][3], "-");
+        assert_eq!(t.rows[1][4], "<none>");
+    }
 
     fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0)

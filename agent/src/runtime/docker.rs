@@ -171,6 +171,26 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
+        let list = self
+            .docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|i| berth_proto::types::ContainerImage {
+                names: i
+                    .repo_digests
+                    .into_iter()
+                    .chain(i.repo_tags)
+                    .filter(|n| !n.starts_with("<none>"))
+                    .collect(),
+                size_bytes: i.size,
+            })
+            .filter(|i| !i.names.is_empty())
+            .collect())
+    }
+
     async fn pull(&self, image: &str) -> Result<Pulled, RuntimeError> {
         let failed = |kind: PullFailure, message: String| RuntimeError::Pull {
             image: image.to_string(),

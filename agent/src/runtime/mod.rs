@@ -423,6 +423,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn pull(&self, _image: &str) -> Result<Pulled, RuntimeError> {
         Ok(Pulled::default())
     }
+    /// The images in the node's local store (Node `status.images`).
+    async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
+        Ok(Vec::new())
+    }
     /// The runtime handlers offered (Node `status.runtimeHandlers`), the default first.
     fn handlers(&self) -> Vec<Handler> {
         vec![Handler {

@@ -184,6 +184,13 @@ impl Runtime for MultiRuntime {
         }
     }
 
+    async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
+        match self.images() {
+            Some(rt) => rt.images().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn handlers(&self) -> Vec<Handler> {
         self.runtimes.iter().flat_map(|r| r.handlers()).collect()
     }
