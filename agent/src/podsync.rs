@@ -108,6 +108,9 @@ pub struct Pulling {
 pub struct PullFailures {
     pub count: u32,
     pub failed_at: Instant,
+    /// The image and the last failure's reason, for the ImagePullBackOff message.
+    pub image: String,
+    pub why: String,
     /// ErrImagePull has turned into ImagePullBackOff.
     pub backing_off: bool,
 }
@@ -1180,11 +1183,15 @@ impl PodSync {
             .or_insert(PullFailures {
                 count: 0,
                 failed_at: now,
+                image: String::new(),
+                why: String::new(),
                 backing_off: false,
             });
         f.count = f.count.saturating_add(1);
         f.failed_at = now;
         f.backing_off = false;
+        f.image = image.to_string();
+        f.why = why.clone();
         let delay = self.cfg.backoff.delay(f.count);
         let message = format!("Failed to pull image {image:?}: {why}");
         self.events.warning(pref, "Failed", message.clone());
@@ -1214,23 +1221,11 @@ impl PodSync {
                 continue;
             }
             f.backing_off = true;
+            let back_off = format!("Back-off pulling image {:?}", f.image);
+            err.reason = "ImagePullBackOff".to_string();
+            err.message = format!("{back_off}: {}", f.why);
             let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) else {
                 continue;
-            };
-            let Some(c) = pod.spec.containers.iter().find(|c| c.name == key.container) else {
-                continue;
-            };
-            let back_off = format!("Back-off pulling image {:?}", c.image);
-            let why = err
-                .message
-                .split_once("\": ")
-                .map(|(_, why)| why.to_string())
-                .unwrap_or_default();
-            err.reason = "ImagePullBackOff".to_string();
-            err.message = if why.is_empty() {
-                back_off.clone()
-            } else {
-                format!("{back_off}: {why}")
             };
             let pref = pod_ref(pod);
             self.events.normal(&pref, "BackOff", back_off);
