@@ -94,7 +94,8 @@ fn denied(who: &Identity, what: String, rule: &str) -> Status {
     Status::permission_denied(format!("{who} may not {what}: {rule}"))
 }
 
-const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes and events, update its \
+const NODE_RULE: &str =
+    "a node may read pods, services, endpoints, nodes, events and registry servers, update its \
                          own Node and the status of pods bound to it, and create events";
 
 fn describe(kind: Option<Kind>, namespace: &str, name: &str) -> String {
@@ -129,7 +130,12 @@ impl Caller {
         };
         match verb {
             Verb::Get | Verb::List | Verb::Watch => match kind {
-                Kind::Pod | Kind::Service | Kind::Endpoints | Kind::Node | Kind::Event => Ok(None),
+                Kind::Pod
+                | Kind::Service
+                | Kind::Endpoints
+                | Kind::Node
+                | Kind::Event
+                | Kind::RegistryServer => Ok(None),
                 _ => deny(),
             },
             Verb::Create => match kind {

@@ -401,6 +401,7 @@ fn check_document(
         Kind::ImageManifest => typed::<ImageManifest>(value, renames),
         Kind::ImageTag => typed::<ImageTag>(value, renames),
         Kind::ImageBlob => typed::<ImageBlob>(value, renames),
+        Kind::RegistryServer => typed::<RegistryServer>(value, renames),
     }
 }
 

@@ -17,10 +17,11 @@ pub enum Kind {
     ImageManifest,
     ImageTag,
     ImageBlob,
+    RegistryServer,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -31,6 +32,7 @@ impl Kind {
         Kind::ImageManifest,
         Kind::ImageTag,
         Kind::ImageBlob,
+        Kind::RegistryServer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,13 +47,16 @@ impl Kind {
             Kind::ImageManifest => "ImageManifest",
             Kind::ImageTag => "ImageTag",
             Kind::ImageBlob => "ImageBlob",
+            Kind::RegistryServer => "RegistryServer",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Deployment | Kind::ReplicaSet => "apps/v1",
-            Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob => "registry.berth.dev/v1",
+            Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob | Kind::RegistryServer => {
+                "registry.berth.dev/v1"
+            }
             _ => "v1",
         }
     }
@@ -59,7 +64,11 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         !matches!(
             self,
-            Kind::Node | Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob
+            Kind::Node
+                | Kind::ImageManifest
+                | Kind::ImageTag
+                | Kind::ImageBlob
+                | Kind::RegistryServer
         )
     }
 
@@ -77,6 +86,7 @@ impl Kind {
             Kind::ImageManifest => "imagemanifests",
             Kind::ImageTag => "imagetags",
             Kind::ImageBlob => "imageblobs",
+            Kind::RegistryServer => "registryservers",
         }
     }
 
@@ -94,6 +104,7 @@ impl Kind {
             "imagemanifest" | "imagemanifests" => Kind::ImageManifest,
             "imagetag" | "imagetags" => Kind::ImageTag,
             "imageblob" | "imageblobs" => Kind::ImageBlob,
+            "registryserver" | "registryservers" => Kind::RegistryServer,
             _ => return None,
         })
     }
@@ -102,7 +113,11 @@ impl Kind {
     pub fn has_status(self) -> bool {
         !matches!(
             self,
-            Kind::Endpoints | Kind::Event | Kind::ImageManifest | Kind::ImageTag
+            Kind::Endpoints
+                | Kind::Event
+                | Kind::ImageManifest
+                | Kind::ImageTag
+                | Kind::RegistryServer
         )
     }
 }
@@ -159,6 +174,7 @@ resource!(Event, Kind::Event);
 resource!(ImageManifest, Kind::ImageManifest);
 resource!(ImageTag, Kind::ImageTag);
 resource!(ImageBlob, Kind::ImageBlob);
+resource!(RegistryServer, Kind::RegistryServer);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -174,7 +190,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -231,6 +247,7 @@ impl DynObject {
             Kind::ImageManifest => normalize::<ImageManifest>(kind, value)?,
             Kind::ImageTag => normalize::<ImageTag>(kind, value)?,
             Kind::ImageBlob => normalize::<ImageBlob>(kind, value)?,
+            Kind::RegistryServer => normalize::<RegistryServer>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }

@@ -1055,6 +1055,31 @@ pub struct ImageTag {
     pub spec: ImageTagSpec,
 }
 
+/// One server's registry endpoint, written by that server when its registry starts (name
+/// `server-<raft id>`): peers replicate and refetch blobs through it, node mirrors pull
+/// through it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryServerSpec {
+    /// The server's Raft member id.
+    pub server_id: u64,
+    /// Base URL of its registry, e.g. `https://10.0.0.1:5443` (`http://` on `berth dev`'s
+    /// loopback listener).
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryServer {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: RegistryServerSpec,
+}
+
 /// A content-addressed blob (layer or config) known to the cluster registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -327,6 +327,7 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::ImageManifest => typed::<ImageManifest>(obj),
         Kind::ImageTag => typed::<ImageTag>(obj),
         Kind::ImageBlob => typed::<ImageBlob>(obj),
+        Kind::RegistryServer => typed::<RegistryServer>(obj),
     }
 }
 
@@ -354,6 +355,7 @@ validate_impl!(Event, validate_event);
 validate_impl!(ImageManifest, validate_image_manifest);
 validate_impl!(ImageTag, validate_image_tag);
 validate_impl!(ImageBlob, validate_image_blob);
+validate_impl!(RegistryServer, validate_registry_server);
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();
@@ -703,6 +705,30 @@ pub fn validate_image_blob(b: &ImageBlob) -> Vec<FieldError> {
     let spec = root.child("spec");
     digest_field(&mut e, &spec.child("digest"), &b.spec.digest);
     non_negative(&mut e, &spec.child("size"), b.spec.size);
+    e.0
+}
+
+pub fn validate_registry_server(r: &RegistryServer) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &r.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let url = root.child("spec").child("url");
+    match r.spec.url.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('/') => {}
+        _ => e.add(
+            &url,
+            format!(
+                "{:?} is not a registry base URL: use http(s)://HOST:PORT",
+                r.spec.url
+            ),
+        ),
+    }
     e.0
 }
 

@@ -620,7 +620,7 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         Kind::Endpoints => describe_endpoints(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
         Kind::Node => describe_node(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
         Kind::Event => describe_event(&mut out, &obj.to_typed().map_err(bad)?),
-        Kind::ImageTag | Kind::ImageManifest | Kind::ImageBlob => {
+        Kind::ImageTag | Kind::ImageManifest | Kind::ImageBlob | Kind::RegistryServer => {
             describe_registry_object(&mut out, obj)
         }
     }

@@ -623,6 +623,19 @@ pub fn image_blob_table(items: &[ImageBlob], now: DateTime<Utc>) -> Table {
     t
 }
 
+pub fn registry_server_table(items: &[RegistryServer], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "SERVER ID", "URL", "AGE"]);
+    for i in items {
+        t.rows.push(vec![
+            i.metadata.name.clone(),
+            i.spec.server_id.to_string(),
+            i.spec.url.clone(),
+            age(i.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// When an event last happened (falls back to first seen, then creation).
 pub fn event_time(e: &Event) -> Option<DateTime<Utc>> {
     e.last_timestamp
@@ -692,6 +705,7 @@ pub fn rows(
         Kind::ImageTag => (image_tag_table(&typed(objs)?, now), ns_of(objs)),
         Kind::ImageManifest => (image_manifest_table(&typed(objs)?, now), ns_of(objs)),
         Kind::ImageBlob => (image_blob_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::RegistryServer => (registry_server_table(&typed(objs)?, now), ns_of(objs)),
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {
