@@ -88,30 +88,118 @@ pub fn spawn_leader_loops(
     }))
 }
 
-/// Start the cluster registry of `server` on `listen`: HTTPS with the cluster CA and
-/// certificate access when `tls`, plain HTTP open to every caller otherwise (the loopback
-/// listener of `berth dev`). Tags and manifests go to the Raft store; blobs to
-/// DATA_DIR/registry on this server's disk.
+/// How the registry of one server is run (beyond where it listens).
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// HTTPS with the cluster CA and certificate access; plain HTTP open to every caller
+    /// otherwise (the loopback listener of `berth dev`).
+    pub tls: bool,
+    /// The URL peers and node mirrors use (default: scheme://ADVERTISE-HOST:PORT).
+    pub advertise: Option<String>,
+    /// Unreferenced blobs older than this are removed.
+    pub gc_grace: Duration,
+    /// How often garbage is collected.
+    pub gc_interval: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            tls: true,
+            advertise: None,
+            gc_grace: Duration::from_secs(3600),
+            gc_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The registry URL peers use: `--registry-advertise`, else the server's advertised host with
+/// the registry's bound port.
+fn registry_url(
+    server: &ServerHandle,
+    bound: std::net::SocketAddr,
+    opts: &RegistryOptions,
+) -> String {
+    if let Some(u) = &opts.advertise {
+        return u.trim_end_matches('/').to_string();
+    }
+    let scheme = if opts.tls { "https" } else { "http" };
+    let adv = server.advertise_addr();
+    let host = match adv.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => adv.rsplit_once(':').map_or(adv, |(h, _)| h).to_string(),
+    };
+    let host = if bound.ip().is_unspecified() {
+        host
+    } else {
+        bound.ip().to_string()
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{host}:{}", bound.port())
+}
+
+/// Start the cluster registry of `server` on `listen`. Tags and manifests go to the Raft
+/// store; blobs to DATA_DIR/registry on this server's disk, replicated to a majority of the
+/// servers before a push is acknowledged (see `berth_registry::cluster`). The server
+/// registers its registry URL (a `RegistryServer` object) for its peers and the node mirrors,
+/// and collects unreferenced blobs.
 pub async fn spawn_registry(
     server: &ServerHandle,
     listen: &str,
-    tls: bool,
+    opts: RegistryOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::net::SocketAddr> {
     let client = server_client(server).context("creating the registry's store client")?;
     let dir = server.data_dir().join("registry");
-    let registry = berth_registry::Registry::in_store(client, &dir)
-        .map_err(|e| anyhow::anyhow!("registry storage: {e}"))?
-        .with_access(if tls {
-            berth_registry::Access::Certificates
-        } else {
-            berth_registry::Access::Open
-        });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("the registry cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let tls_config = if tls {
+    let url = registry_url(server, addr, &opts);
+    let peer_tls = berth_tls::mtls_client_config(&server.client_tls())
+        .context("the registry's peer TLS settings")?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*peer_tls).clone())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("the registry's peer HTTP client")?;
+    let raft = server.raft().clone();
+    let members: std::sync::Arc<dyn Fn() -> Vec<u64> + Send + Sync> =
+        std::sync::Arc::new(move || raft.status().members.iter().map(|m| m.id).collect());
+    let blobs = berth_registry::ClusterBlobs::new(
+        berth_registry::LocalBlobs::open(dir.join("blobs"))
+            .map_err(|e| anyhow::anyhow!("registry storage: {e}"))?,
+        std::sync::Arc::new(berth_registry::StorePeers::new(
+            client.clone(),
+            server.id(),
+            members,
+        )),
+        client.clone(),
+        berth_registry::ClusterConfig {
+            self_id: server.id(),
+            http,
+            transfer_timeout: Duration::from_secs(600),
+        },
+        dir.join("uploads"),
+    )
+    .map_err(|e| anyhow::anyhow!("registry storage: {e}"))?;
+    let blobs = std::sync::Arc::new(blobs);
+    let registry = berth_registry::Registry::new(
+        std::sync::Arc::new(berth_registry::StoreMetadata::new(client.clone())),
+        blobs.clone(),
+        dir.join("uploads"),
+    )
+    .with_context(|| format!("cannot create {}", dir.join("uploads").display()))?
+    .with_access(if opts.tls {
+        berth_registry::Access::Certificates
+    } else {
+        berth_registry::Access::Open
+    });
+    let tls_config = if opts.tls {
         let pki = server.pki();
         Some(
             berth_tls::optional_mtls_server_config(pki.ca.cert_pem(), &pki.server)
@@ -124,9 +212,45 @@ pub async fn spawn_registry(
         listener,
         tls_config,
         registry.router(),
-        shutdown,
+        shutdown.clone(),
     ));
-    tracing::info!(%addr, https = tls, "cluster registry listening");
+    // Register for peers and node mirrors (retried: the store may still be electing).
+    let (id, reg_client, reg_url, token) =
+        (server.id(), client.clone(), url.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match berth_registry::cluster::register_server(&reg_client, id, &reg_url).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "registry: not registered yet; retrying"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    });
+    let (grace, every) = (opts.gc_grace, opts.gc_interval);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match blobs.collect_garbage(grace).await {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(
+                        count = removed.len(),
+                        "registry: garbage-collected unreferenced blobs"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "registry: garbage collection failed"),
+            }
+        }
+    });
+    tracing::info!(%addr, %url, https = opts.tls, "cluster registry listening");
     Ok(addr)
 }
 
@@ -139,6 +263,14 @@ pub struct ServerCmd {
     /// on HOST:PORT: admin certificates push, node certificates pull. Off unless given.
     #[arg(long, value_name = "HOST:PORT")]
     pub registry_listen: Option<String>,
+    /// The registry URL other servers and the node mirrors use (default:
+    /// https://ADVERTISE-HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub registry_advertise: Option<String>,
+    /// Blobs no manifest references are removed once older than this (protects pushes in
+    /// flight, whose blobs land before their manifest).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = crate::cli::parse_duration)]
+    pub registry_gc_grace: Duration,
 }
 
 /// What `berth server --init` prints on stdout. The join token itself only when `token` is
@@ -197,7 +329,13 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
     let loops_token = shutdown.child_token();
     let loops = spawn_leader_loops(&server, loops_token.clone())?;
     if let Some(listen) = &cmd.registry_listen {
-        spawn_registry(&server, listen, true, loops_token.clone()).await?;
+        let opts = RegistryOptions {
+            tls: true,
+            advertise: cmd.registry_advertise.clone(),
+            gc_grace: cmd.registry_gc_grace,
+            ..RegistryOptions::default()
+        };
+        spawn_registry(&server, listen, opts, loops_token.clone()).await?;
     }
     let res = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
@@ -273,7 +411,17 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     let registry_line = if args.registry_listen == "off" {
         "off".to_string()
     } else {
-        match spawn_registry(&server, &args.registry_listen, false, loops_token.clone()).await {
+        match spawn_registry(
+            &server,
+            &args.registry_listen,
+            RegistryOptions {
+                tls: false,
+                ..RegistryOptions::default()
+            },
+            loops_token.clone(),
+        )
+        .await
+        {
             Ok(a) => {
                 registry_addr = Some(a.to_string());
                 format!("{a} (docker push {a}/NAME:TAG; pods may say image: NAME:TAG)")

@@ -177,9 +177,14 @@ enum Route {
     Blob(String, String),
     UploadStart(String),
     Upload(String, String),
+    /// Server-to-server blob copy (`/berth/v1/blobs/DIGEST`, see [`crate::cluster`]).
+    PeerBlob(String),
 }
 
 fn route(path: &str) -> Option<Route> {
+    if let Some(d) = path.strip_prefix(crate::cluster::PEER_BLOBS_PATH) {
+        return Some(Route::PeerBlob(d.to_string()));
+    }
     let rest = path.strip_prefix("/v2")?;
     if rest.is_empty() || rest == "/" {
         return Some(Route::Base);
@@ -262,11 +267,34 @@ fn authorize(access: Access, headers: &HeaderMap, method: &Method) -> Result<(),
     }
 }
 
+/// The server-to-server endpoint: other servers only.
+fn authorize_peer(access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
+    if access == Access::Open {
+        return Ok(());
+    }
+    match headers
+        .get(crate::serve::PEER_IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(berth_tls::SERVER_IDENTITY) => Ok(()),
+        who => Err(err(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!(
+                "{} may not use the server-to-server blob endpoint (servers only)",
+                who.unwrap_or("a caller without a certificate")
+            ),
+        )),
+    }
+}
+
 async fn handle(State(reg): State<Registry>, req: Request) -> Response {
-    let r = match (
-        authorize(reg.access, req.headers(), req.method()),
-        route(req.uri().path()),
-    ) {
+    let rt = route(req.uri().path());
+    let allowed = match rt {
+        Some(Route::PeerBlob(_)) => authorize_peer(reg.access, req.headers()),
+        _ => authorize(reg.access, req.headers(), req.method()),
+    };
+    let r = match (allowed, rt) {
         (Err(e), _) => Err(e),
         (Ok(()), None) => Err(err(
             StatusCode::NOT_FOUND,
@@ -286,6 +314,15 @@ async fn handle(State(reg): State<Registry>, req: Request) -> Response {
 async fn dispatch(reg: Registry, rt: Route, req: Request) -> ApiResult {
     let m = req.method().clone();
     match (rt, m) {
+        (Route::PeerBlob(d), m @ (Method::GET | Method::HEAD)) => {
+            let d = digest(&d)?;
+            let path = reg.blobs.local_only(&d).await?;
+            serve_blob_file(&d, path, m == Method::HEAD).await
+        }
+        (Route::PeerBlob(d), Method::PUT) => {
+            let d = digest(&d)?;
+            take_replica(&reg, &d, req.into_body()).await
+        }
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
         }
@@ -568,7 +605,43 @@ async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request)
 }
 
 async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {
-    let path = reg.blobs.local_path(d).await?.ok_or_else(|| {
+    let path = reg.blobs.local_path(d).await?;
+    serve_blob_file(d, path, head).await
+}
+
+/// A peer's copy of `d`: streamed to an upload file while hashed, refused unless the bytes
+/// match, then stored locally.
+async fn take_replica(reg: &Registry, d: &str, body: Body) -> ApiResult {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut up = Upload {
+        repository: String::new(),
+        path: reg.upload_dir.join(format!("replica-{id}")),
+        offset: 0,
+        hasher: Sha256::new(),
+    };
+    tokio::fs::File::create(&up.path).await?;
+    let r = async {
+        append(&mut up, body).await?;
+        let actual = berth_proto::image::sha256_digest_from_bytes(&up.hasher.clone().finalize());
+        if actual != d {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                format!("the replicated bytes have digest {actual}, not {d}"),
+            ));
+        }
+        reg.blobs.commit_replica(d, &up.path).await?;
+        Ok(StatusCode::CREATED.into_response())
+    }
+    .await;
+    if r.is_err() {
+        let _ = tokio::fs::remove_file(&up.path).await;
+    }
+    r
+}
+
+async fn serve_blob_file(d: &str, path: Option<PathBuf>, head: bool) -> ApiResult {
+    let path = path.ok_or_else(|| {
         err(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",

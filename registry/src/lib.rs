@@ -13,12 +13,14 @@
 //! Upload sessions (monolithic and chunked) are local to the server that started them.
 
 pub mod api;
+pub mod cluster;
 pub mod local_blobs;
 pub mod serve;
 pub mod storage;
 pub mod store;
 
 pub use api::{Access, Registry};
+pub use cluster::{ClusterBlobs, ClusterConfig, Peer, PeerDirectory, StorePeers};
 pub use local_blobs::LocalBlobs;
 pub use storage::{BlobInfo, Blobs, ManifestRecord, Metadata, RegistryError};
 pub use store::StoreMetadata;

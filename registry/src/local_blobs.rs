@@ -66,6 +66,28 @@ impl LocalBlobs {
             .join(hex))
     }
 
+    /// Every blob file on this disk (digest and file metadata), unverified.
+    pub fn list(&self) -> Result<Vec<(String, std::fs::Metadata)>, RegistryError> {
+        let mut out = Vec::new();
+        let top = self.root.join("blobs").join("sha256");
+        for dir in std::fs::read_dir(&top)? {
+            let dir = dir?;
+            if !dir.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(dir.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let digest = format!("sha256:{name}");
+                let meta = f.metadata()?;
+                if meta.is_file() && berth_proto::image::check_digest(&digest).is_ok() {
+                    out.push((digest, meta));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Move a corrupt file out of the way (kept for inspection, never served).
     fn quarantine(&self, digest: &str, path: &Path) {
         let dir = self.root.join("quarantine");

@@ -92,6 +92,15 @@ pub trait Blobs: Send + Sync + 'static {
     /// moved, not copied). Returns once the blob is durable as the implementation promises
     /// (locally: fsynced; cluster: on a majority of servers).
     async fn commit(&self, digest: &str, file: &Path) -> Result<BlobInfo, RegistryError>;
+    /// A verified copy on THIS server only, never fetched from a peer (what a peer asking
+    /// for a refetch gets, so refetches never chain).
+    async fn local_only(&self, digest: &str) -> Result<Option<std::path::PathBuf>, RegistryError> {
+        self.local_path(digest).await
+    }
+    /// Take a copy a peer replicates to this server: durable here, not replicated further.
+    async fn commit_replica(&self, digest: &str, file: &Path) -> Result<BlobInfo, RegistryError> {
+        self.commit(digest, file).await
+    }
     /// Remove the local copy (garbage collection).
     async fn remove(&self, digest: &str) -> Result<(), RegistryError>;
 }

@@ -1,0 +1,307 @@
+//! The cluster registry across three in-process servers, over HTTPS with the cluster CA, as
+//! `berth server --registry-listen` runs it: a pushed blob is on a majority of the servers
+//! before the push is acknowledged; a copy corrupted on one server's disk is never served but
+//! refetched from a peer; with one server down pushes and pulls go on; unreferenced blobs are
+//! garbage-collected after the grace period.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth::roles::{spawn_registry, RegistryOptions};
+use berth_apiserver::testing::{wait_until, TestCluster};
+use berth_proto::image::sha256_digest;
+use tokio_util::sync::CancellationToken;
+
+fn http(cluster: &TestCluster) -> reqwest::Client {
+    let tls = berth_tls::mtls_client_config(&cluster.admin_tls()).expect("admin tls");
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .expect("client")
+}
+
+fn blob_file(cluster: &TestCluster, i: usize, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    cluster
+        .server(i)
+        .expect("running")
+        .data_dir()
+        .join("registry/blobs/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+fn holders(cluster: &TestCluster, digest: &str) -> Vec<usize> {
+    (0..cluster.len())
+        .filter(|&i| cluster.is_running(i) && blob_file(cluster, i, digest).exists())
+        .collect()
+}
+
+/// Monolithic blob upload (`POST /v2/NAME/blobs/uploads/?digest=`).
+async fn push_blob(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    bytes: &[u8],
+) -> reqwest::Response {
+    let d = sha256_digest(bytes);
+    http.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .header("content-type", "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("upload request")
+}
+
+async fn push_manifest(
+    http: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    config: &[u8],
+    layer: &[u8],
+) {
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(layer), "size": layer.len()}],
+    });
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(serde_json::to_vec(&m).expect("json"))
+        .send()
+        .await
+        .expect("manifest request");
+    assert_eq!(
+        r.status(),
+        201,
+        "manifest push: {}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+async fn start_registries(
+    cluster: &TestCluster,
+    token: &CancellationToken,
+    gc_grace: Duration,
+) -> Vec<String> {
+    let mut urls = Vec::new();
+    for i in 0..cluster.len() {
+        let server = cluster.server(i).expect("running");
+        let addr = spawn_registry(
+            server,
+            "127.0.0.1:0",
+            RegistryOptions {
+                tls: true,
+                advertise: None,
+                gc_grace,
+                gc_interval: Duration::from_millis(300),
+            },
+            token.clone(),
+        )
+        .await
+        .expect("registry");
+        urls.push(format!("https://{addr}"));
+    }
+    urls
+}
+
+fn random_bytes(n: usize, seed: u8) -> Vec<u8> {
+    // Not compressible, distinct per seed.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(seed);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn wait_registered(cluster: &TestCluster, n: usize) {
+    let client = berth_client::Client::new(
+        &[cluster.addr(0).to_string()],
+        berth_client::ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .expect("client");
+    wait_until(Duration::from_secs(20), "registries registered", || {
+        let client = client.clone();
+        async move {
+            let (s, _) = client
+                .list::<berth_proto::types::RegistryServer>(None, "")
+                .await
+                .ok()?;
+            (s.len() >= n).then_some(())
+        }
+    })
+    .await
+    .expect("registered");
+}
+
+fn corrupt(path: &Path) {
+    let mut b = std::fs::read(path).expect("read blob");
+    b[0] ^= 0xff;
+    std::fs::write(path, b).expect("corrupt blob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_acknowledged_on_a_majority_and_a_corrupt_copy_is_refetched_from_a_peer() {
+    let mut cluster = TestCluster::start(3).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let token = CancellationToken::new();
+    let urls = start_registries(&cluster, &token, Duration::from_secs(3600)).await;
+    wait_registered(&cluster, 3).await;
+    let http = http(&cluster);
+
+    // Push through server 0: acknowledged only once a majority (2 of 3) has the bytes.
+    let layer = random_bytes(3 << 20, 1);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let d = sha256_digest(&layer);
+    let r = push_blob(&http, &urls[0], "shop/web", &layer).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert!(
+        holders(&cluster, &d).len() >= 2,
+        "on a majority when acknowledged: {:?}",
+        holders(&cluster, &d)
+    );
+    assert_eq!(
+        push_blob(&http, &urls[0], "shop/web", &config)
+            .await
+            .status(),
+        201
+    );
+    push_manifest(&http, &urls[0], "shop/web", "v1", &config, &layer).await;
+    // The third copy follows in the background.
+    wait_until(
+        Duration::from_secs(10),
+        "all three servers hold the layer",
+        || {
+            let h = holders(&cluster, &d);
+            async move { (h.len() == 3).then_some(()) }
+        },
+    )
+    .await
+    .expect("replicated everywhere");
+
+    // Bit rot on server 1: its copy is never served; the pull gets the right bytes (refetched
+    // from a peer) and the bad file is quarantined.
+    corrupt(&blob_file(&cluster, 1, &d));
+    let got = http
+        .get(format!("{}/v2/shop/web/blobs/{d}", urls[1]))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(got.status(), 200);
+    let body = got.bytes().await.expect("body");
+    assert_eq!(sha256_digest(&body), d, "served bytes match the digest");
+    assert_eq!(
+        sha256_digest(&std::fs::read(blob_file(&cluster, 1, &d)).expect("refetched file")),
+        d,
+        "the local copy was replaced by a verified one"
+    );
+    let quarantine = cluster
+        .server(1)
+        .expect("s1")
+        .data_dir()
+        .join("registry/blobs/quarantine");
+    assert_eq!(
+        std::fs::read_dir(quarantine).expect("quarantine").count(),
+        1
+    );
+
+    // A node certificate may not use the server-to-server endpoint.
+    let node = cluster
+        .credential_for(&berth_tls::Identity::Node("n1".into()))
+        .expect("node cred");
+    let node_tls = berth_tls::mtls_client_config(&node).expect("node tls");
+    let node_http = reqwest::Client::builder()
+        .use_preconfigured_tls((*node_tls).clone())
+        .build()
+        .expect("client");
+    let r = node_http
+        .put(format!("{}/berth/v1/blobs/{d}", urls[2]))
+        .body(layer.clone())
+        .send()
+        .await
+        .expect("peer put");
+    assert_eq!(r.status(), 403);
+
+    // One server down: a new push still reaches a majority (the two left), and pulls work
+    // from either survivor.
+    cluster.stop(2).await.expect("stop server 2");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let layer2 = random_bytes(1 << 20, 2);
+    let d2 = sha256_digest(&layer2);
+    let r = push_blob(&http, &urls[0], "shop/web", &layer2).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(holders(&cluster, &d2), vec![0, 1]);
+    let got = http
+        .get(format!("{}/v2/shop/web/blobs/{d2}", urls[1]))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(sha256_digest(&got.bytes().await.expect("body")), d2);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_without_a_majority_is_refused_and_unreferenced_blobs_are_collected() {
+    let mut cluster = TestCluster::start(3).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let token = CancellationToken::new();
+    // Only server 0 runs a registry: its peers never registered one, so no majority.
+    let server = cluster.server(0).expect("s0");
+    let addr = spawn_registry(
+        server,
+        "127.0.0.1:0",
+        RegistryOptions {
+            tls: true,
+            advertise: None,
+            gc_grace: Duration::from_millis(500),
+            gc_interval: Duration::from_millis(200),
+        },
+        token.clone(),
+    )
+    .await
+    .expect("registry");
+    let base = format!("https://{addr}");
+    wait_registered(&cluster, 1).await;
+    let http = http(&cluster);
+    let layer = random_bytes(64 << 10, 3);
+    let r = push_blob(&http, &base, "shop/api", &layer).await;
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.expect("body");
+    assert!(
+        text.contains("reached 1 of 3 servers; a push needs a majority (2)"),
+        "{text}"
+    );
+
+    // The refused blob is referenced by nothing: after the grace period it is removed.
+    let d = sha256_digest(&layer);
+    let f = blob_file(&cluster, 0, &d);
+    assert!(f.exists(), "kept locally until collected");
+    wait_until(
+        Duration::from_secs(10),
+        "unreferenced blob collected",
+        || {
+            let gone = !f.exists();
+            async move { gone.then_some(()) }
+        },
+    )
+    .await
+    .expect("collected");
+    let _ = cluster.stop(1).await;
+    token.cancel();
+}
