@@ -305,3 +305,122 @@ async fn a_push_without_a_majority_is_refused_and_unreferenced_blobs_are_collect
     let _ = cluster.stop(1).await;
     token.cancel();
 }
+
+/// A one-layer image Docker accepts: an uncompressed tar layer holding `hello.txt`, and a
+/// config whose diff_ids name it.
+fn tiny_image(text: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(text.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "hello.txt", text.as_bytes())
+        .expect("tar entry");
+    let layer = b.into_inner().expect("tar");
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&layer)]},
+    }))
+    .expect("config");
+    (config, layer)
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_pulls_through_the_node_mirror_with_no_daemon_config_and_fails_over() {
+    let mut cluster = TestCluster::start(3).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let token = CancellationToken::new();
+    let urls = start_registries(&cluster, &token, Duration::from_secs(3600)).await;
+    wait_registered(&cluster, 3).await;
+    let http = http(&cluster);
+    let repo = format!("mirror-test/hello{}", std::process::id());
+    let (config, layer) = tiny_image("hello through the mirror\n");
+    for b in [&config, &layer] {
+        assert_eq!(push_blob(&http, &urls[0], &repo, b).await.status(), 201);
+    }
+    push_manifest(&http, &urls[0], &repo, "v1", &config, &layer).await;
+
+    // The node's mirror: loopback, its node certificate towards the servers.
+    let node_tls = cluster
+        .credential_for(&berth_tls::Identity::Node("mirror-node".into()))
+        .expect("node cred");
+    let node_client = berth_client::Client::new(
+        &[
+            cluster.addr(0).to_string(),
+            cluster.addr(1).to_string(),
+            cluster.addr(2).to_string(),
+        ],
+        berth_client::ClientConfig::with_tls(node_tls.clone()),
+    )
+    .expect("node client");
+    let listener = berth_agent::mirror::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mirror = listener.local_addr().expect("addr");
+    tokio::spawn({
+        let (c, t, tok) = (node_client, node_tls, token.clone());
+        async move { berth_agent::mirror::serve(listener, c, &t, "mirror-node".into(), tok).await }
+    });
+
+    // Pushes are refused by the mirror, with what to do instead.
+    let r = reqwest::Client::new()
+        .post(format!("http://{mirror}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 405);
+    assert!(r.text().await.expect("body").contains("pull-only"));
+
+    // Stop the server this node prefers: the pull fails over to another.
+    let preferred = berth_agent::mirror::preference("mirror-node", 3);
+    let mut by_id: Vec<(u64, usize)> = (0..3)
+        .map(|i| (cluster.server(i).expect("running").id(), i))
+        .collect();
+    by_id.sort();
+    let victim = by_id[preferred].1;
+    cluster.stop(victim).await.expect("stop preferred server");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+
+    let image = format!("{mirror}/{repo}:v1");
+    let out = docker(&["pull", &image]);
+    assert!(
+        out.status.success(),
+        "docker pull {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &image,
+    ]);
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("@sha256:"));
+    let missing = docker(&["pull", &format!("{mirror}/{repo}:nope")]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found")
+            || String::from_utf8_lossy(&missing.stderr).contains("unknown"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let _ = docker(&["rmi", "-f", &image]);
+    token.cancel();
+}

@@ -57,6 +57,12 @@ pub struct AgentArgs {
     /// are pulled from it when it has them, else from Docker Hub as usual.
     #[arg(long, value_name = "HOST:PORT")]
     pub cluster_registry: Option<String>,
+    /// The node-local registry mirror: a pull-only loopback endpoint the Docker engine pulls
+    /// cluster images from (no daemon configuration: Docker allows plain HTTP on 127.0.0.0/8),
+    /// forwarding to the servers' registries over mTLS with this node's certificate. Used as
+    /// the cluster registry unless --cluster-registry is given. `off` disables it.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_MIRROR)]
+    pub registry_mirror: String,
     /// Advertised capacity, e.g. cpu=4,memory=8Gi (default: this host's CPUs and memory).
     #[arg(long)]
     pub capacity: Option<String>,
@@ -85,6 +91,9 @@ pub struct AgentArgs {
     pub token: Option<berth_tls::Secret>,
 }
 
+/// Where `berth agent` serves the node-local registry mirror by default.
+pub const DEFAULT_MIRROR: &str = "127.0.0.1:5001";
+
 impl Default for AgentArgs {
     fn default() -> Self {
         AgentArgs {
@@ -94,6 +103,7 @@ impl Default for AgentArgs {
             data_dir: None,
             runtime: None,
             cluster_registry: None,
+            registry_mirror: "off".to_string(),
             capacity: None,
             labels: Vec::new(),
             host_port_range: "20000-29999".to_string(),
@@ -251,11 +261,33 @@ pub async fn start(
     // 0700: it holds container state, logs and the node's key.
     berth_tls::create_private_dir(&data_dir).map_err(AgentError::DataDir)?;
 
+    // The mirror's port is bound first, so the engine can be told where cluster images are.
+    let mut mirror_listener = None;
+    let cluster_registry = match (&args.cluster_registry, args.registry_mirror.as_str()) {
+        (Some(r), _) => Some(r.clone()),
+        (None, "off" | "") => None,
+        (None, listen) => match crate::mirror::bind(listen).await {
+            Ok(l) => {
+                let addr = l.local_addr().map(|a| a.to_string()).ok();
+                mirror_listener = Some(l);
+                addr
+            }
+            Err(e) if listen == DEFAULT_MIRROR => {
+                tracing::warn!(%listen, error = %e, "registry mirror not started (is another agent on this host using it? pass --registry-mirror HOST:PORT); cluster images cannot be pulled by name");
+                None
+            }
+            Err(e) => {
+                return Err(AgentError::Args(format!(
+                    "--registry-mirror {listen}: cannot listen: {e}"
+                )))
+            }
+        },
+    };
     let runtime = select_runtime(
         args.runtime,
         &node_name,
         &data_dir,
-        args.cluster_registry.clone(),
+        cluster_registry.clone(),
     )
     .await?;
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
@@ -283,6 +315,19 @@ pub async fn start(
     });
     let pods = PodCache::new();
     let tasks = TaskTracker::new();
+    if let Some(l) = mirror_listener {
+        let (client, tls, node, token) = (
+            client.clone(),
+            tls.clone(),
+            node_name.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = crate::mirror::serve(l, client, &tls, node, token).await {
+                tracing::error!(error = %e, "registry mirror stopped");
+            }
+        });
+    }
 
     let listen = args
         .listen

@@ -31,6 +31,7 @@ pub mod events;
 pub mod hostports;
 pub mod logs;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod podsync;
 pub mod probe;
