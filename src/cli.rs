@@ -18,6 +18,7 @@ pub mod get;
 pub mod images;
 pub mod logs;
 pub mod node;
+pub mod push;
 pub mod rollout;
 pub mod scale;
 pub mod table;
@@ -176,7 +177,10 @@ pub enum Command {
     Token(WithConn<token::TokenArgs>),
     /// Build an image with the local Docker engine and push it to the cluster registry:
     /// berth build -t NAME:TAG [-f Dockerfile] [--build-arg K=V] DIR [--push]
-    Build(build::BuildArgs),
+    Build(WithConn<build::BuildArgs>),
+    /// Push an image from the local Docker engine to the cluster registry with this CLI's
+    /// credential (no Docker daemon configuration): berth push NAME[:TAG]
+    Push(WithConn<push::PushArgs>),
     /// The cluster registry's images: repository, tag, digest, size, nodes that have it.
     Images(WithConn<images::ImagesArgs>),
     /// Print the client version.
@@ -351,7 +355,8 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
-        Command::Build(args) => build::run(args, io).await,
+        Command::Build(c) => build::run(&c.conn, c.args, io).await,
+        Command::Push(c) => push::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Images(c) => images::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;

@@ -300,19 +300,17 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
             "--build-arg",
             "GREETING=hello",
             "--push",
-            "--registry",
-            &format!("127.0.0.1:{reg}"),
             &ctx.display().to_string(),
         ],
     );
     assert!(ok, "berth build: {out}{err}");
     assert!(out.contains("Step 3/4"), "the build output is shown: {out}");
     assert!(
-        out.contains(&format!("pushed 127.0.0.1:{reg}/{shop} (sha256:")),
+        out.contains(&format!("pushed {shop} to http://127.0.0.1:{reg}: sha256:")),
         "{out}"
     );
     // Off the node, so the pod's start must pull it back from the cluster registry.
-    docker(&["rmi", &shop, &format!("127.0.0.1:{reg}/{shop}")]).expect("rmi the build");
+    docker(&["rmi", &shop]).expect("rmi the build");
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shop\nspec:\n  containers:\n  - name: web\n    image: {shop}\n    ports:\n    - containerPort: 8080\n"
     );

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use berth_proto::image::ImageRef;
-use bollard::query_parameters::{BuildImageOptions, PushImageOptions, TagImageOptions};
+use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use bollard::Docker;
 use futures::StreamExt;
 
@@ -32,15 +32,11 @@ pub struct BuildArgs {
     /// Push every tag to the cluster registry once built.
     #[arg(long)]
     pub push: bool,
-    /// The cluster registry as this machine's engine reaches it (berth dev serves it on
-    /// 127.0.0.1:5000); names without a registry are pushed there.
-    #[arg(
-        long,
-        env = "BERTH_REGISTRY",
-        value_name = "HOST:PORT",
-        default_value = "127.0.0.1:5000"
-    )]
-    pub registry: String,
+    /// Push to this registry instead of the cluster's (http(s)://HOST:PORT; HOST:PORT means
+    /// http on loopback, https otherwise). Default: the cluster's registry servers, through
+    /// the API (as `berth push`).
+    #[arg(long, env = "BERTH_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
     /// The build context: a directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
@@ -108,17 +104,7 @@ fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-/// Where `tag` goes when pushed: as written when it names a registry, else under `registry`.
-fn push_target(tag: &ImageRef, registry: &str) -> (String, String) {
-    let t = tag.tag.clone().unwrap_or_else(|| "latest".to_string());
-    let repo = match &tag.domain {
-        Some(_) => tag.repository_with_domain(),
-        None => format!("{registry}/{}", tag.repository),
-    };
-    (repo, t)
-}
-
-pub async fn run(args: BuildArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
+pub async fn run(conn: &super::ConnArgs, args: BuildArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     let mut refs = Vec::new();
     for t in &args.tags {
         let r = ImageRef::parse(t).map_err(|e| anyhow::anyhow!("-t {t}: {e}"))?;
@@ -202,48 +188,12 @@ pub async fn run(args: BuildArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     if !args.push {
         return Ok(());
     }
+    let ctx = super::Ctx::new(conn, tokio_util::sync::CancellationToken::new())?;
+    let http = super::push::http_client(&ctx)?;
     for r in &refs {
-        let (repo, tag) = push_target(r, &args.registry);
-        let target = format!("{repo}:{tag}");
-        if r.domain.is_none() {
-            tag_as(&docker, &r.to_string(), &repo, Some(&tag)).await?;
-        }
-        let mut push = docker.push_image(
-            &repo,
-            Some(PushImageOptions {
-                tag: Some(tag.clone()),
-                ..Default::default()
-            }),
-            None,
-        );
-        let mut digest = None;
-        while let Some(item) = push.next().await {
-            let info = match item {
-                Ok(i) => i,
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    bail!("push of {target} failed: {error} (is the cluster registry at {} running? berth dev serves it; --registry moves it)", args.registry)
-                }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("pushing {target}"))),
-            };
-            if let Some(e) = info.error {
-                bail!("push of {target} failed: {e}");
-            }
-            // "v1: digest: sha256:... size: 527"
-            if let Some(d) = info
-                .status
-                .as_deref()
-                .and_then(|s| s.split("digest: ").nth(1))
-                .and_then(|s| s.split_whitespace().next())
-            {
-                digest = Some(d.to_string());
-            }
-        }
-        writeln!(
-            io.out,
-            "pushed {target} ({}); pods may name it {}",
-            digest.as_deref().unwrap_or("digest unknown"),
-            r
-        )?;
+        let bases = super::push::targets_for(&ctx, args.registry.as_deref(), r).await?;
+        let pushed = super::push::push_image(&docker, &http, &bases, r).await?;
+        writeln!(io.out, "{pushed}; pods may name it {r}")?;
     }
     Ok(())
 }
@@ -279,20 +229,6 @@ mod tests {
         assert_eq!(got["B"], "");
         assert_eq!(got["FROM_ENV"], "e");
         assert!(build_args(&["=x".into()], env).is_err());
-    }
-
-    #[test]
-    fn tags_without_a_registry_are_pushed_to_the_cluster_registry() {
-        let r = ImageRef::parse("shop/web:v1").unwrap();
-        assert_eq!(
-            push_target(&r, "127.0.0.1:5000"),
-            ("127.0.0.1:5000/shop/web".to_string(), "v1".to_string())
-        );
-        let r = ImageRef::parse("reg.example.com:443/web").unwrap();
-        assert_eq!(
-            push_target(&r, "127.0.0.1:5000"),
-            ("reg.example.com:443/web".to_string(), "latest".to_string())
-        );
     }
 
     #[test]
