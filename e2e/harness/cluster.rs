@@ -177,15 +177,26 @@ pub fn describe_status(s: &tonic::Status) -> String {
 }
 
 /// Which parts of the cluster a test needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Opts {
     pub agents: bool,
+    /// Every server also serves the cluster registry on IP:5443 (`--registry-listen`).
+    pub registry: bool,
+    /// Hosts 2 and 3 each run their own Docker engine (vfs storage, data under the test dir)
+    /// and their agents use it (`--runtime docker`, with `process` too); host 1's agent stays
+    /// process-only. Implies nothing about images: the engines start empty.
+    pub docker: bool,
 }
+
+/// The registry port of every server when [`Opts::registry`].
+pub const REGISTRY_PORT: u16 = 5443;
 
 pub struct Cluster {
     // Field order is drop order: processes first, then the network, then the rest.
     pub servers: Vec<Proc>,
     pub agents: Vec<Proc>,
+    /// Docker engines of hosts 2 and 3 ([`Opts::docker`]), stopped after the agents.
+    pub engines: Vec<Proc>,
     pub net: Net,
     pub rt: tokio::runtime::Runtime,
     /// The admin credential (from `h1/server/admin.yaml`), once server 1 has written it.
@@ -194,6 +205,7 @@ pub struct Cluster {
     token: Option<String>,
     dir: Option<tempfile::TempDir>,
     name: String,
+    opts: Opts,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -218,15 +230,21 @@ impl Cluster {
         let mut c = Cluster {
             servers: Vec::new(),
             agents: Vec::new(),
+            engines: Vec::new(),
             net,
             rt,
             admin: None,
             token: None,
             dir: Some(dir),
             name: name.to_string(),
+            opts,
             _serial: serial,
         };
+        c.opts = opts;
         c.start_servers();
+        if opts.docker {
+            c.start_engines();
+        }
         if opts.agents {
             c.start_agents();
         }
@@ -336,6 +354,10 @@ impl Cluster {
                 args.push("--join".to_string());
                 args.push(self.api_addr(0));
             }
+            if self.opts.registry {
+                args.push("--registry-listen".to_string());
+                args.push(format!("{}:{REGISTRY_PORT}", self.ip(i)));
+            }
             let mut p = Proc::new(
                 &format!("server{}", i + 1),
                 &self.net.hosts[i].ns,
@@ -422,7 +444,11 @@ impl Cluster {
                 "--data-dir".to_string(),
                 data.display().to_string(),
                 "--runtime".to_string(),
-                "process".to_string(),
+                if self.opts.docker && i > 0 {
+                    "docker".to_string()
+                } else {
+                    "process".to_string()
+                },
             ];
             let mut p = Proc::new(
                 &format!("agent{}", i + 1),
@@ -431,6 +457,12 @@ impl Cluster {
                 dir.join(format!("agent{}.log", i + 1)),
             );
             p.set_env("BERTH_TOKEN", self.join_token());
+            if self.opts.docker && i > 0 {
+                p.set_env(
+                    "DOCKER_HOST",
+                    &format!("unix://{}", self.engine_socket(i).display()),
+                );
+            }
             p.start();
             self.agents.push(p);
         }
@@ -448,6 +480,84 @@ impl Cluster {
                 Err(format!("ready nodes: {ready:?} of {}", nodes.len()))
             }
         });
+    }
+
+    /// The Docker engine socket of host `i` ([`Opts::docker`], hosts 2 and 3).
+    pub fn engine_socket(&self, i: usize) -> PathBuf {
+        self.dir().join(format!("h{}", i + 1)).join("docker.sock")
+    }
+
+    /// `docker ARGS` against host `i`'s engine.
+    pub fn docker_on(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", self.engine_socket(i).display()),
+            )
+            .output()
+            .map_err(|e| format!("docker: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "docker {} on host {}: {}",
+                args.join(" "),
+                i + 1,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// A Docker engine per host 2 and 3, as an operator would run one on each machine:
+    /// nothing configured (no insecure-registries, no certs.d); the cluster's images reach it
+    /// through the agent's loopback mirror.
+    fn start_engines(&mut self) {
+        let dir = self.dir();
+        for i in 1..self.net.hosts.len() {
+            let root = dir.join(format!("h{}", i + 1)).join("docker");
+            std::fs::create_dir_all(&root).expect("engine dir");
+            let empty = root.join("daemon.json");
+            std::fs::write(&empty, "{}").expect("daemon.json");
+            // Bridge subnets unique per test and host, away from the hosts' 10.231.N.0/24.
+            let bip = format!("10.{}.{}.1/24", 240 + i, self.net.id);
+            let args: Vec<String> = [
+                "--config-file",
+                &empty.display().to_string(),
+                "--data-root",
+                &root.join("data").display().to_string(),
+                "--exec-root",
+                &root.join("exec").display().to_string(),
+                "--pidfile",
+                &root.join("docker.pid").display().to_string(),
+                "-H",
+                &format!("unix://{}", self.engine_socket(i).display()),
+                "--storage-driver",
+                "vfs",
+                "--bip",
+                &bip,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut p = Proc::new(
+                &format!("dockerd{}", i + 1),
+                &self.net.hosts[i].ns,
+                args,
+                dir.join(format!("dockerd{}.log", i + 1)),
+            )
+            .with_program("dockerd")
+            .via_nsenter();
+            p.start();
+            self.engines.push(p);
+        }
+        for i in 1..self.net.hosts.len() {
+            wait_until(
+                &format!("host {}'s Docker engine to answer", i + 1),
+                Duration::from_secs(30),
+                || self.docker_on(i, &["version", "--format", "{{.Server.Version}}"]),
+            );
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -724,7 +834,12 @@ impl Drop for Cluster {
                 "\n===== e2e test {} failed: process logs (tails) =====",
                 self.name
             );
-            for p in self.servers.iter().chain(self.agents.iter()) {
+            for p in self
+                .servers
+                .iter()
+                .chain(self.agents.iter())
+                .chain(self.engines.iter())
+            {
                 eprintln!(
                     "----- {} ({}) -----\n{}",
                     p.name,
@@ -738,6 +853,21 @@ impl Drop for Cluster {
         }
         for p in self.servers.iter_mut().chain(self.agents.iter_mut()) {
             p.kill9();
+        }
+        // Engines last and gracefully: their containers first (removed at once, not stopped
+        // with a grace period), then SIGTERM.
+        for i in 1..=self.engines.len() {
+            if let Ok(ids) = self.docker_on(i, &["ps", "-aq"]) {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    let _ = self.docker_on(i, &args);
+                }
+            }
+        }
+        for p in self.engines.iter_mut() {
+            p.terminate(Duration::from_secs(15));
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct Proc {
     pub log: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Enter the namespace with `nsenter --net=` instead of `ip netns exec` (which also
+    /// remounts /sys and hides the cgroup mounts a Docker engine needs).
+    nsenter: bool,
 }
 
 impl Proc {
@@ -62,7 +65,14 @@ impl Proc {
             log,
             child: None,
             starts: 0,
+            nsenter: false,
         }
+    }
+
+    /// Start through `nsenter --net=/var/run/netns/NS` (for a Docker engine on the host).
+    pub fn via_nsenter(mut self) -> Proc {
+        self.nsenter = true;
+        self
     }
 
     /// Run `program` instead of the berth binary (harness self-tests).
@@ -100,8 +110,17 @@ impl Proc {
             self.args.join(" ")
         );
         let err = log.try_clone().expect("clone log handle");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, &self.program])
+        let mut cmd = if self.nsenter {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{}", self.ns))
+                .arg(&self.program);
+            c
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.ns, &self.program]);
+            c
+        };
+        let child = cmd
             .args(&self.args)
             .env("PATH", path_with_berth())
             // Nothing of the caller's own Berth setup leaks in; only what the test sets.

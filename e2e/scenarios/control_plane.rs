@@ -114,7 +114,14 @@ fn leader_revision(c: &mut Cluster) -> u64 {
 
 #[test]
 fn killing_the_raft_leader_loses_no_acknowledged_write_and_writes_resume_on_their_own() {
-    let Some(mut c) = Cluster::start("leader-kill", 2, Opts { agents: false }) else {
+    let Some(mut c) = Cluster::start(
+        "leader-kill",
+        2,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let leader = c.leader();
@@ -310,7 +317,14 @@ fn killing_the_raft_leader_loses_no_acknowledged_write_and_writes_resume_on_thei
 
 #[test]
 fn a_partitioned_minority_server_does_not_stop_the_majority_and_catches_up_on_heal() {
-    let Some(mut c) = Cluster::start("partition", 4, Opts { agents: false }) else {
+    let Some(mut c) = Cluster::start(
+        "partition",
+        4,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let leader = c.leader();
@@ -385,7 +399,14 @@ fn a_partitioned_minority_server_does_not_stop_the_majority_and_catches_up_on_he
 
 #[test]
 fn rolling_restart_of_every_server_loses_nothing_and_a_watch_continues() {
-    let Some(mut c) = Cluster::start("rolling", 7, Opts { agents: false }) else {
+    let Some(mut c) = Cluster::start(
+        "rolling",
+        7,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let rev0 = leader_revision(&mut c);
@@ -494,7 +515,14 @@ fn reported_line(stderr: &str, file: &str) -> Option<usize> {
 
 #[test]
 fn bad_input_is_rejected_with_a_clear_error_and_leaves_the_store_unchanged() {
-    let Some(mut c) = Cluster::start("bad-input", 8, Opts { agents: false }) else {
+    let Some(mut c) = Cluster::start(
+        "bad-input",
+        8,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let rev0 = leader_revision(&mut c);

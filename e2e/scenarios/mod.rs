@@ -6,5 +6,6 @@
 mod control_plane;
 mod dev;
 mod harness_selftest;
+mod registry;
 mod security;
 mod workloads;

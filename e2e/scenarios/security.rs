@@ -55,7 +55,14 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn a_server_with_a_wrong_join_token_is_refused_and_the_membership_is_unchanged() {
-    let Some(c) = Cluster::start("wrong-token", 11, Opts { agents: false }) else {
+    let Some(c) = Cluster::start(
+        "wrong-token",
+        11,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let before = members(&c, 0).expect("members before");
@@ -199,7 +206,14 @@ fn a_server_with_a_wrong_join_token_is_refused_and_the_membership_is_unchanged()
 
 #[test]
 fn without_credentials_the_cli_and_raw_clients_are_refused_and_nothing_is_written() {
-    let Some(mut c) = Cluster::start("no-credentials", 12, Opts { agents: false }) else {
+    let Some(mut c) = Cluster::start(
+        "no-credentials",
+        12,
+        Opts {
+            agents: false,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     assert_eq!(
@@ -414,7 +428,14 @@ fn expect_denied(
 
 #[test]
 fn a_nodes_certificate_reads_pods_but_may_not_create_deployments_or_touch_other_nodes_pods() {
-    let Some(c) = Cluster::start("node-authz", 13, Opts { agents: true }) else {
+    let Some(c) = Cluster::start(
+        "node-authz",
+        13,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     c.cli_ok(&["apply", "-f", &repo_manifest("hello.yaml")]);

@@ -92,7 +92,14 @@ fn apply(c: &Cluster, manifest: &str) {
 
 #[test]
 fn hello_runs_every_replica_ready_and_answers_through_every_nodes_proxy() {
-    let Some(c) = Cluster::start("hello", 1, Opts { agents: true }) else {
+    let Some(c) = Cluster::start(
+        "hello",
+        1,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     let t = Instant::now();
@@ -146,7 +153,14 @@ fn hello_runs_every_replica_ready_and_answers_through_every_nodes_proxy() {
 
 #[test]
 fn losing_a_node_reschedules_its_pods_within_15s_and_the_service_keeps_answering() {
-    let Some(mut c) = Cluster::start("node-loss", 3, Opts { agents: true }) else {
+    let Some(mut c) = Cluster::start(
+        "node-loss",
+        3,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     apply(&c, "hello.yaml");
@@ -290,7 +304,14 @@ fn heartbeat(c: &Cluster, node: &str) -> Result<String, String> {
 
 #[test]
 fn an_agent_killed_with_sigkill_comes_back_without_restarting_its_workloads() {
-    let Some(mut c) = Cluster::start("agent-restart", 6, Opts { agents: true }) else {
+    let Some(mut c) = Cluster::start(
+        "agent-restart",
+        6,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     apply(&c, "hello.yaml");
@@ -373,7 +394,14 @@ fn an_agent_killed_with_sigkill_comes_back_without_restarting_its_workloads() {
 
 #[test]
 fn blue_green_promote_and_undo_under_load_fail_no_request() {
-    let Some(c) = Cluster::start("blue-green", 5, Opts { agents: true }) else {
+    let Some(c) = Cluster::start(
+        "blue-green",
+        5,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     apply(&c, "blue-green.yaml");
@@ -503,7 +531,14 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
 
 #[test]
 fn multi_tier_web_reaches_api_and_store_through_service_environment_variables() {
-    let Some(c) = Cluster::start("multi-tier", 10, Opts { agents: true }) else {
+    let Some(c) = Cluster::start(
+        "multi-tier",
+        10,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
         return;
     };
     apply(&c, "multi-tier.yaml");
