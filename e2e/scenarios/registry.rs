@@ -12,8 +12,11 @@ use berth_proto::types::Pod;
 
 use crate::harness::{wait_until, Cluster, Opts};
 
-/// `app=shop` pods (not being deleted) by name: (node, image, ready, restarts).
-fn shop_pods(c: &Cluster) -> Result<BTreeMap<String, (String, String, bool, i32)>, String> {
+/// Pod name -> (node, image, ready, restarts).
+type PodsView = BTreeMap<String, (String, String, bool, i32)>;
+
+/// `app=shop` pods (not being deleted).
+fn shop_pods(c: &Cluster) -> Result<PodsView, String> {
     let pods: Vec<Pod> = c.get_list("pods")?;
     Ok(pods
         .into_iter()
