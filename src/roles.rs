@@ -198,6 +198,17 @@ pub async fn spawn_registry(
         berth_registry::Access::Certificates
     } else {
         berth_registry::Access::Open
+    })
+    .with_sent_counters({
+        let sent = server.metrics().counter_vec(
+            "berth_registry_blob_bytes_sent_total",
+            "Blob bytes this server's registry sent, to pulling clients or to peer servers refetching.",
+            &["to"],
+        );
+        berth_registry::SentCounters {
+            clients: sent.with(&["clients"]),
+            peers: sent.with(&["peers"]),
+        }
     });
     let tls_config = if opts.tls {
         let pki = server.pki();

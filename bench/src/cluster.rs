@@ -276,6 +276,11 @@ impl LocalCluster {
     /// Starts one more `berth server` (the first one with `--init`, later ones `--join` the
     /// first) and waits until the cluster answers through it.
     pub async fn start_server(&mut self) -> Result<usize> {
+        self.start_server_with(&[]).await
+    }
+
+    /// [`LocalCluster::start_server`] with more flags (e.g. `--registry-listen`).
+    pub async fn start_server_with(&mut self, extra: &[String]) -> Result<usize> {
         let k = self.servers.len();
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
@@ -299,6 +304,7 @@ impl LocalCluster {
                 true
             }
         };
+        args.extend(extra.iter().cloned());
         let i = self.spawn(&format!("server{k}"), &args, joining)?;
         self.servers.push(listen);
         self.wait_api(i).await?;
@@ -314,9 +320,22 @@ impl LocalCluster {
         runtime: &str,
         host_ports: &str,
     ) -> Result<usize> {
+        self.start_agent_with(name, address, runtime, host_ports, &[])
+            .await
+    }
+
+    /// [`LocalCluster::start_agent`] with more flags (e.g. `--registry-mirror`).
+    pub async fn start_agent_with(
+        &mut self,
+        name: &str,
+        address: &str,
+        runtime: &str,
+        host_ports: &str,
+        extra: &[String],
+    ) -> Result<usize> {
         let data = self.dir().join(format!("agent-{name}"));
         let listen = format!("{address}:{}", free_port()?);
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "--server".into(),
             self.servers.join(","),
@@ -333,6 +352,7 @@ impl LocalCluster {
             "--listen".into(),
             listen,
         ];
+        args.extend(extra.iter().cloned());
         let i = self.spawn(&format!("agent-{name}"), &args, true)?;
         self.wait_node_ready(i, name).await?;
         Ok(i)

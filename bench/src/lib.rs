@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod http_backend;
+pub mod images;
 pub mod procs;
 pub mod runtime_thread;
 pub mod wrk;

@@ -49,6 +49,15 @@ pub struct Registry {
     upload_dir: PathBuf,
     uploads: Arc<Mutex<HashMap<String, Arc<Mutex<Upload>>>>>,
     access: Access,
+    /// Blob bytes sent to pulling clients and to peer servers (refetches).
+    sent: Option<SentCounters>,
+}
+
+/// Counters of blob bytes this server sends (see [`Registry::with_sent_counters`]).
+#[derive(Clone)]
+pub struct SentCounters {
+    pub clients: berth_metrics::Counter,
+    pub peers: berth_metrics::Counter,
 }
 
 /// Who may do what.
@@ -76,6 +85,7 @@ impl Registry {
             upload_dir,
             uploads: Arc::new(Mutex::new(HashMap::new())),
             access: Access::Open,
+            sent: None,
         })
     }
 
@@ -97,6 +107,12 @@ impl Registry {
                 dir.join("uploads").display()
             ))
         })
+    }
+
+    /// Count the blob bytes sent (a GET's whole length, counted when the answer starts).
+    pub fn with_sent_counters(mut self, sent: SentCounters) -> Registry {
+        self.sent = Some(sent);
+        self
     }
 
     pub fn with_access(mut self, access: Access) -> Registry {
@@ -317,7 +333,8 @@ async fn dispatch(reg: Registry, rt: Route, req: Request) -> ApiResult {
         (Route::PeerBlob(d), m @ (Method::GET | Method::HEAD)) => {
             let d = digest(&d)?;
             let path = reg.blobs.local_only(&d).await?;
-            serve_blob_file(&d, path, m == Method::HEAD).await
+            let sent = reg.sent.as_ref().map(|s| &s.peers);
+            serve_blob_file(&d, path, m == Method::HEAD, sent).await
         }
         (Route::PeerBlob(d), Method::PUT) => {
             let d = digest(&d)?;
@@ -606,7 +623,7 @@ async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request)
 
 async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {
     let path = reg.blobs.local_path(d).await?;
-    serve_blob_file(d, path, head).await
+    serve_blob_file(d, path, head, reg.sent.as_ref().map(|s| &s.clients)).await
 }
 
 /// A peer's copy of `d`: streamed to an upload file while hashed, refused unless the bytes
@@ -640,7 +657,12 @@ async fn take_replica(reg: &Registry, d: &str, body: Body) -> ApiResult {
     r
 }
 
-async fn serve_blob_file(d: &str, path: Option<PathBuf>, head: bool) -> ApiResult {
+async fn serve_blob_file(
+    d: &str,
+    path: Option<PathBuf>,
+    head: bool,
+    sent: Option<&berth_metrics::Counter>,
+) -> ApiResult {
     let path = path.ok_or_else(|| {
         err(
             StatusCode::NOT_FOUND,
@@ -650,6 +672,9 @@ async fn serve_blob_file(d: &str, path: Option<PathBuf>, head: bool) -> ApiResul
     })?;
     let file = tokio::fs::File::open(&path).await?;
     let len = file.metadata().await?.len();
+    if let (false, Some(c)) = (head, sent) {
+        c.add(len);
+    }
     let mut r = if head {
         Response::new(Body::empty())
     } else {

@@ -19,7 +19,7 @@ pub mod serve;
 pub mod storage;
 pub mod store;
 
-pub use api::{Access, Registry};
+pub use api::{Access, Registry, SentCounters};
 pub use cluster::{ClusterBlobs, ClusterConfig, Peer, PeerDirectory, StorePeers};
 pub use local_blobs::LocalBlobs;
 pub use storage::{BlobInfo, Blobs, ManifestRecord, Metadata, RegistryError};

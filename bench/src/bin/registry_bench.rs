@@ -14,11 +14,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use berth_bench::cluster::berth_binary;
+use berth_bench::images::{build_random_image, docker};
 use berth_bench::procs::{find_tool, free_port, spawn_logged, spawn_logged_env, ChildGuard};
 use clap::Parser;
 
@@ -33,51 +33,6 @@ struct Args {
     /// Runs per registry (the table shows the median).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running docker")?;
-    if !out.status.success() {
-        bail!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// xorshift64*: random-looking, incompressible bytes, fast.
-fn fill_random(buf: &mut [u8], seed: u64) {
-    let mut x = seed | 1;
-    for chunk in buf.chunks_mut(8) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-}
-
-fn build_image(dir: &Path, name: &str, layers: usize, mib: usize) -> Result<()> {
-    let ctx = dir.join("ctx");
-    std::fs::create_dir_all(&ctx)?;
-    let mut dockerfile = String::from("FROM scratch\n");
-    let mut buf = vec![0u8; mib << 20];
-    for i in 0..layers {
-        fill_random(
-            &mut buf,
-            0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) ^ u64::from(std::process::id()),
-        );
-        std::fs::write(ctx.join(format!("l{i}")), &buf)?;
-        dockerfile.push_str(&format!("COPY l{i} /l{i}\n"));
-    }
-    std::fs::write(ctx.join("Dockerfile"), dockerfile)?;
-    docker(&["build", "-q", "-t", name, &ctx.display().to_string()])?;
-    Ok(())
 }
 
 /// A fresh, empty registry of each kind on a free loopback port.
@@ -152,7 +107,7 @@ fn main() -> Result<()> {
         "building {source}: {} layers x {} MiB random",
         args.layers, args.layer_mib
     );
-    build_image(tmp.path(), &source, args.layers, args.layer_mib)?;
+    build_random_image(tmp.path(), &source, args.layers, args.layer_mib)?;
     let kinds = ["docker-registry", "berth"];
     let mut push: Vec<Vec<Duration>> = vec![Vec::new(); 2];
     let mut pull: Vec<Vec<Duration>> = vec![Vec::new(); 2];
