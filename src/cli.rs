@@ -19,6 +19,7 @@ pub mod images;
 pub mod logs;
 pub mod node;
 pub mod push;
+pub mod registry;
 pub mod rollout;
 pub mod scale;
 pub mod table;
@@ -181,6 +182,8 @@ pub enum Command {
     /// Push an image from the local Docker engine to the cluster registry with this CLI's
     /// credential (no Docker daemon configuration): berth push NAME[:TAG]
     Push(WithConn<push::PushArgs>),
+    /// The cluster registry: berth registry token --for NAME (a push token for CI).
+    Registry(WithConn<registry::RegistryArgs>),
     /// The cluster registry's images: repository, tag, digest, size, nodes that have it.
     Images(WithConn<images::ImagesArgs>),
     /// Print the client version.
@@ -357,6 +360,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(c) => build::run(&c.conn, c.args, io).await,
         Command::Push(c) => push::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Registry(c) => registry::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Images(c) => images::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;

@@ -210,6 +210,13 @@ pub async fn spawn_registry(
             peers: sent.with(&["peers"]),
         }
     });
+    let registry = if opts.tls {
+        registry.with_push_tokens(berth_registry::token::PushTokens::from_ca_key(
+            server.pki().ca.key_pem(),
+        ))
+    } else {
+        registry
+    };
     let tls_config = if opts.tls {
         let pki = server.pki();
         Some(

@@ -424,3 +424,88 @@ async fn the_engine_pulls_through_the_node_mirror_with_no_daemon_config_and_fail
     let _ = docker(&["rmi", "-f", &image]);
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_tokens_are_issued_to_the_admin_and_push_only_inside_their_prefix() {
+    let cluster = TestCluster::start(1).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let token_ctl = CancellationToken::new();
+    let urls = start_registries(&cluster, &token_ctl, Duration::from_secs(3600)).await;
+    let base = &urls[0];
+    let admin = http(&cluster);
+    let issue = |client: reqwest::Client, q: &'static str| {
+        let url = format!("{base}/berth/v1/tokens?{q}");
+        async move { client.post(url).send().await.expect("issue") }
+    };
+    let r = issue(admin.clone(), "subject=ci-shop&repository=shop&ttl=3600").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    let token = v["token"].as_str().expect("token").to_string();
+
+    // Only the admin issues tokens.
+    let node = cluster
+        .credential_for(&berth_tls::Identity::Node("n1".into()))
+        .expect("node");
+    let node_tls = berth_tls::mtls_client_config(&node).expect("tls");
+    let node_http = reqwest::Client::builder()
+        .use_preconfigured_tls((*node_tls).clone())
+        .build()
+        .expect("client");
+    assert_eq!(issue(node_http, "subject=x").await.status(), 403);
+    assert_eq!(issue(admin.clone(), "subject=&ttl=5").await.status(), 400);
+
+    // No certificate, the token as docker login's password: push and pull under shop/.
+    let ca = berth_tls::ca_client_config(&cluster.admin_tls().ca_cert_pem).expect("ca tls");
+    let anon = reqwest::Client::builder()
+        .use_preconfigured_tls((*ca).clone())
+        .build()
+        .expect("client");
+    let layer = random_bytes(10_000, 9);
+    let d = sha256_digest(&layer);
+    let post = |repo: &str, auth: Option<(&str, &str)>| {
+        let mut req = anon
+            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+            .body(layer.clone());
+        if let Some((u, p)) = auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        req.send()
+    };
+    let r = post("shop/web", None).await.expect("post");
+    assert_eq!(r.status(), 401, "no credential at all");
+    assert!(
+        r.headers().contains_key("www-authenticate"),
+        "docker login is asked for Basic auth"
+    );
+    assert_eq!(
+        post("shop/web", Some(("ci-shop", &token)))
+            .await
+            .expect("post")
+            .status(),
+        201
+    );
+    let r = post("other/web", Some(("ci-shop", &token)))
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.expect("body")).expect("json");
+    assert_eq!(
+        v["errors"][0]["message"],
+        "push token \"ci-shop\" covers repositories under \"shop\", not other/web"
+    );
+    let r = post("shop/web", Some(("ci-shop", "bpt1.forged.token")))
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let r = anon
+        .get(format!("{base}/v2/"))
+        .basic_auth("ci-shop", Some(&token))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 200, "docker login's check of /v2/ passes");
+    token_ctl.cancel();
+}

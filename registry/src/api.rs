@@ -51,6 +51,8 @@ pub struct Registry {
     access: Access,
     /// Blob bytes sent to pulling clients and to peer servers (refetches).
     sent: Option<SentCounters>,
+    /// Push tokens accepted (and issued to the admin) when set.
+    tokens: Option<crate::token::PushTokens>,
 }
 
 /// Counters of blob bytes this server sends (see [`Registry::with_sent_counters`]).
@@ -86,6 +88,7 @@ impl Registry {
             uploads: Arc::new(Mutex::new(HashMap::new())),
             access: Access::Open,
             sent: None,
+            tokens: None,
         })
     }
 
@@ -112,6 +115,13 @@ impl Registry {
     /// Count the blob bytes sent (a GET's whole length, counted when the answer starts).
     pub fn with_sent_counters(mut self, sent: SentCounters) -> Registry {
         self.sent = Some(sent);
+        self
+    }
+
+    /// Accept push tokens (`Authorization: Basic` with the token as password, or `Bearer`)
+    /// from callers without a certificate, and issue them to the admin.
+    pub fn with_push_tokens(mut self, tokens: crate::token::PushTokens) -> Registry {
+        self.tokens = Some(tokens);
         self
     }
 
@@ -195,9 +205,28 @@ enum Route {
     Upload(String, String),
     /// Server-to-server blob copy (`/berth/v1/blobs/DIGEST`, see [`crate::cluster`]).
     PeerBlob(String),
+    /// `POST /berth/v1/tokens`: a push token for the admin (see [`crate::token`]).
+    Tokens,
+}
+
+impl Route {
+    /// The repository the request is about, if any.
+    fn repository(&self) -> Option<&str> {
+        match self {
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::UploadStart(n)
+            | Route::Upload(n, _) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 fn route(path: &str) -> Option<Route> {
+    if path == "/berth/v1/tokens" {
+        return Some(Route::Tokens);
+    }
     if let Some(d) = path.strip_prefix(crate::cluster::PEER_BLOBS_PATH) {
         return Some(Route::PeerBlob(d.to_string()));
     }
@@ -257,6 +286,70 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// The token in `Authorization: Basic base64(USER:TOKEN)` or `Bearer TOKEN`.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let b = v.strip_prefix("Basic ")?;
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()?;
+    let s = String::from_utf8(decoded).ok()?;
+    Some(s.split_once(':').map_or(s.clone(), |(_, p)| p.to_string()))
+}
+
+/// A caller without a certificate and with a push token: pull and push inside the token's
+/// repository prefix (`/v2/` itself for `docker login`); never delete.
+fn authorize_token(
+    tokens: Option<&crate::token::PushTokens>,
+    token: &str,
+    method: &Method,
+    repo: Option<&str>,
+    base: bool,
+) -> Result<(), ApiError> {
+    let Some(tokens) = tokens else {
+        return Err(err(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "this registry takes no push tokens: use a client certificate from the cluster CA",
+        ));
+    };
+    let claims = tokens
+        .verify(token)
+        .map_err(|m| err(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m))?;
+    if *method == Method::DELETE {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!(
+                "push token {:?} may not delete (deletes need the admin credential)",
+                claims.sub
+            ),
+        ));
+    }
+    let allowed = match repo {
+        Some(r) => claims.covers(r),
+        None => base || claims.repo.is_empty(),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(err(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!(
+                "push token {:?} covers repositories under {:?}, not {}",
+                claims.sub,
+                claims.repo,
+                repo.unwrap_or("this endpoint")
+            ),
+        ))
+    }
+}
+
 /// Check the caller may use `method` (reads: GET/HEAD; everything else writes).
 fn authorize(access: Access, headers: &HeaderMap, method: &Method) -> Result<(), ApiError> {
     if access == Access::Open {
@@ -271,7 +364,8 @@ fn authorize(access: Access, headers: &HeaderMap, method: &Method) -> Result<(),
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
             "this registry needs a client certificate from the cluster CA (an admin config's \
-             credential to push, a node certificate to pull)",
+             credential to push, a node certificate to pull) or a push token (`berth registry \
+             token`, as the password of `docker login`)",
         )),
         Some("admin") | Some(berth_tls::SERVER_IDENTITY) => Ok(()),
         Some(n) if n.starts_with(berth_tls::NODE_PREFIX) && read => Ok(()),
@@ -304,10 +398,45 @@ fn authorize_peer(access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Token issuance: the admin only.
+fn authorize_admin(access: Access, headers: &HeaderMap) -> Result<(), ApiError> {
+    if access == Access::Open {
+        return Ok(());
+    }
+    match headers
+        .get(crate::serve::PEER_IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("admin") => Ok(()),
+        who => Err(err(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            format!(
+                "{} may not issue push tokens (the admin credential does)",
+                who.unwrap_or("a caller without a certificate")
+            ),
+        )),
+    }
+}
+
 async fn handle(State(reg): State<Registry>, req: Request) -> Response {
     let rt = route(req.uri().path());
-    let allowed = match rt {
-        Some(Route::PeerBlob(_)) => authorize_peer(reg.access, req.headers()),
+    let certified = req
+        .headers()
+        .contains_key(crate::serve::PEER_IDENTITY_HEADER);
+    let token = (reg.access == Access::Certificates && !certified)
+        .then(|| presented_token(req.headers()))
+        .flatten();
+    let allowed = match (&rt, token) {
+        (Some(Route::PeerBlob(_)), _) => authorize_peer(reg.access, req.headers()),
+        (Some(Route::Tokens), _) => authorize_admin(reg.access, req.headers()),
+        (rt, Some(t)) => authorize_token(
+            reg.tokens.as_ref(),
+            &t,
+            req.method(),
+            rt.as_ref().and_then(Route::repository),
+            matches!(rt, Some(Route::Base)),
+        ),
         _ => authorize(reg.access, req.headers(), req.method()),
     };
     let r = match (allowed, rt) {
@@ -336,6 +465,7 @@ async fn dispatch(reg: Registry, rt: Route, req: Request) -> ApiResult {
             let sent = reg.sent.as_ref().map(|s| &s.peers);
             serve_blob_file(&d, path, m == Method::HEAD, sent).await
         }
+        (Route::Tokens, Method::POST) => issue_token(&reg, &req),
         (Route::PeerBlob(d), Method::PUT) => {
             let d = digest(&d)?;
             take_replica(&reg, &d, req.into_body()).await
@@ -619,6 +749,62 @@ async fn put_manifest(reg: &Registry, name: &str, reference: &str, req: Request)
         .insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{d}")));
     r.headers_mut().insert("Docker-Content-Digest", hv(&d));
     Ok(r)
+}
+
+/// `POST /berth/v1/tokens?subject=S&repository=P&ttl=SECONDS`.
+fn issue_token(reg: &Registry, req: &Request) -> ApiResult {
+    let Some(tokens) = &reg.tokens else {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+            "this registry issues no push tokens (the loopback registry of berth dev needs none)",
+        ));
+    };
+    let q = query(req);
+    let subject = q.get("subject").cloned().unwrap_or_default();
+    if subject.is_empty() || subject.len() > 63 {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "subject: name who the token is for (1-63 characters, e.g. ci-shop)",
+        ));
+    }
+    let repo = q.get("repository").cloned().unwrap_or_default();
+    if !repo.is_empty() {
+        check_repository(repo.trim_end_matches('/')).map_err(|m| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+                format!("repository: {m}"),
+            )
+        })?;
+    }
+    let ttl: u64 = match q.get("ttl") {
+        None => 24 * 3600,
+        Some(t) => t.parse().map_err(|_| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                format!("ttl: {t:?} is not a number of seconds"),
+            )
+        })?,
+    };
+    if ttl == 0 || ttl > crate::token::MAX_TTL_SECS {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            format!(
+                "ttl: between 1 second and {} days",
+                crate::token::MAX_TTL_SECS / 86400
+            ),
+        ));
+    }
+    let (token, claims) = tokens.issue(&subject, &repo, ttl);
+    tracing::info!(subject = %claims.sub, repository = %claims.repo, expires = claims.exp, "registry: push token issued");
+    Ok(axum::Json(serde_json::json!({
+        "token": token, "subject": claims.sub, "repository": claims.repo, "expires": claims.exp,
+    }))
+    .into_response())
 }
 
 async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {

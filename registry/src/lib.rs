@@ -18,6 +18,7 @@ pub mod local_blobs;
 pub mod serve;
 pub mod storage;
 pub mod store;
+pub mod token;
 
 pub use api::{Access, Registry, SentCounters};
 pub use cluster::{ClusterBlobs, ClusterConfig, Peer, PeerDirectory, StorePeers};

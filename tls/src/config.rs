@@ -140,6 +140,17 @@ fn rustls_server(
     Ok(Arc::new(cfg))
 }
 
+/// A rustls client that trusts only the CA and presents no certificate (a push-token client
+/// of the registry).
+pub fn ca_client_config(ca_cert_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let cfg = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rejected(e.to_string()))?
+        .with_root_certificates(roots(ca_cert_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// A rustls client that trusts only the CA and presents the credential.
 pub fn mtls_client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let cfg = rustls::ClientConfig::builder_with_provider(ring_provider())
