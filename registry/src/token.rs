@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(b.verify(&t), Ok(claims.clone()));
         assert!(other
             .verify(&t)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("not issued by this cluster"));
         // Tampering with the claims breaks the MAC.
         let mut parts: Vec<&str> = t.split('.').collect();
@@ -141,17 +141,17 @@ mod tests {
                 repo: String::new(),
                 ..claims.clone()
             })
-            .unwrap(),
+            .expect("json"),
         );
         parts[1] = &forged;
         assert!(a.verify(&parts.join(".")).is_err());
         assert!(a
             .verify("hunter2")
-            .unwrap_err()
+            .expect_err("refused")
             .contains("not a Berth push token"));
         // Expired.
         let (old, _) = a.issue("ci", "", 0);
-        assert!(a.verify(&old).unwrap_err().contains("expired"));
+        assert!(a.verify(&old).expect_err("refused").contains("expired"));
         // Scope.
         assert!(claims.covers("shop"));
         assert!(claims.covers("shop/web"));
