@@ -95,12 +95,103 @@ fn dockerfile_in(dir: &Path, file: &str) -> anyhow::Result<String> {
         .join("/"))
 }
 
-/// The context as an uncompressed tar (in memory: contexts are sources, not data sets).
-fn context_tar(dir: &Path) -> anyhow::Result<Vec<u8>> {
+/// `.dockerignore`, as Docker reads it: one pattern per line (`#` comments, blank lines
+/// skipped), relative to the context root (a leading `/` or `./` is dropped), Go-style globs
+/// where `*` stays inside one path segment and `**` spans any number; `!` re-includes. A path
+/// is excluded when the last pattern matching it or one of its parent directories is not a
+/// `!` one.
+struct DockerIgnore {
+    rules: Vec<(globset::GlobMatcher, bool)>,
+}
+
+impl DockerIgnore {
+    fn parse(text: &str) -> anyhow::Result<DockerIgnore> {
+        let mut rules = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negate, pat) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let pat = pat.trim_start_matches("./").trim_start_matches('/');
+            let pat = pat.trim_end_matches('/');
+            if pat.is_empty() {
+                continue;
+            }
+            let glob = globset::GlobBuilder::new(pat)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| anyhow::anyhow!(".dockerignore:{}: {line:?}: {e}", n + 1))?;
+            rules.push((glob.compile_matcher(), negate));
+        }
+        Ok(DockerIgnore { rules })
+    }
+
+    /// Is `rel` (`/`-separated, relative to the context) left out?
+    fn excluded(&self, rel: &str) -> bool {
+        let mut out = false;
+        for (g, negate) in &self.rules {
+            let mut hit = g.is_match(rel);
+            let mut p = rel;
+            while !hit {
+                match p.rsplit_once('/') {
+                    Some((parent, _)) => {
+                        hit = g.is_match(parent);
+                        p = parent;
+                    }
+                    None => break,
+                }
+            }
+            if hit {
+                out = !negate;
+            }
+        }
+        out
+    }
+}
+
+/// The context as an uncompressed tar (in memory: contexts are sources, not data sets),
+/// without what `.dockerignore` excludes (the Dockerfile and `.dockerignore` are always sent,
+/// as Docker does).
+fn context_tar(dir: &Path, dockerfile: &str) -> anyhow::Result<Vec<u8>> {
+    let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
+        Ok(t) => DockerIgnore::parse(&t)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore { rules: Vec::new() },
+        Err(e) => return Err(anyhow::Error::new(e).context("reading .dockerignore")),
+    };
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(false);
-    b.append_dir_all(".", dir)
-        .with_context(|| format!("reading the build context {}", dir.display()))?;
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&abs)
+            .with_context(|| format!("reading the build context {}", abs.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let always = r == dockerfile || r == ".dockerignore";
+            let ty = e.file_type()?;
+            if ty.is_dir() {
+                // Walked even when excluded: a `!` pattern may re-include something inside.
+                if !ignore.excluded(&r) {
+                    b.append_dir(&r, e.path())?;
+                }
+                stack.push((e.path(), r));
+            } else if always || !ignore.excluded(&r) {
+                b.append_path_with_name(e.path(), &r).with_context(|| {
+                    format!("adding {} to the build context", e.path().display())
+                })?;
+            }
+        }
+    }
     Ok(b.into_inner()?)
 }
 
@@ -129,7 +220,8 @@ pub async fn run(conn: &super::ConnArgs, args: BuildArgs, io: &mut Io<'_>) -> an
             "the Docker engine does not answer: start it (berth build uses the local engine)",
         )?;
     let dir = args.dir.clone();
-    let tar = tokio::task::spawn_blocking(move || context_tar(&dir)).await??;
+    let df = dockerfile.clone();
+    let tar = tokio::task::spawn_blocking(move || context_tar(&dir, &df)).await??;
     let first = refs[0].to_string();
     writeln!(
         io.err,
@@ -229,6 +321,45 @@ mod tests {
         assert_eq!(got["B"], "");
         assert_eq!(got["FROM_ENV"], "e");
         assert!(build_args(&["=x".into()], env).is_err());
+    }
+
+    #[test]
+    fn dockerignore_leaves_out_what_docker_leaves_out() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for f in [
+            "Dockerfile",
+            "app.py",
+            "node_modules/x/index.js",
+            "docs/a.md",
+            "docs/keep.md",
+            "src/main.rs",
+            "src/gen/out.tmp",
+            "secret.env",
+        ] {
+            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        std::fs::write(
+            root.join(".dockerignore"),
+            "# build junk\nnode_modules\n/docs\n!docs/keep.md\n**/*.tmp\n*.env\nDockerfile\n",
+        )
+        .unwrap();
+        let tar = context_tar(root, "Dockerfile").unwrap();
+        let mut names: Vec<String> = tar::Archive::new(&tar[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .filter(|n| !n.ends_with('/'))
+            .collect();
+        names.sort();
+        let dirs_and_files = names.join(" ");
+        assert_eq!(
+            dirs_and_files, ".dockerignore Dockerfile app.py docs/keep.md src src/gen src/main.rs",
+            "excluded: node_modules, docs/a.md, the .tmp and .env files; the Dockerfile and \
+             .dockerignore always go"
+        );
+        assert!(DockerIgnore::parse("[").is_err());
     }
 
     #[test]
