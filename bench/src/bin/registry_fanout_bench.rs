@@ -4,7 +4,7 @@
 //! `docker-registry` (distribution 2.8, each engine pulling from it directly), in the same run.
 //!
 //! Each "node" is its own Docker engine (a `dockerd` with its own socket, data and exec root,
-//! vfs storage, no bridge), started by the bench and empty before every pull. Reported: the
+//! vfs storage, its own bridge), started by the bench and empty before every pull. Reported: the
 //! time of one pull alone, the time until all three concurrent pulls are done, their ratio
 //! (goal: within 1.5x), and the blob bytes each Berth server sent during the three-node pull
 //! (`berth_registry_blob_bytes_sent_total`, scraped from each server's /metrics; goal: at most
@@ -43,6 +43,7 @@ struct Args {
 struct Engine {
     host: String,
     guard: ChildGuard,
+    bridge: String,
 }
 
 fn start_engine(dir: &Path, k: usize) -> Result<Engine> {
@@ -53,6 +54,23 @@ fn start_engine(dir: &Path, k: usize) -> Result<Engine> {
     std::fs::write(&cfg, "{}")?;
     let sock = root.join("docker.sock");
     let host = format!("unix://{}", sock.display());
+    // Its own bridge: `--bridge none` would make dockerd delete the host engine's docker0.
+    let bridge = format!("bfanout{k}");
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &bridge])
+        .status();
+    for cmd in [
+        vec!["link", "add", &bridge, "type", "bridge"],
+        vec!["link", "set", &bridge, "up"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(&cmd)
+            .status()?
+            .success();
+        if !ok {
+            bail!("ip {} failed (the bench needs root)", cmd.join(" "));
+        }
+    }
     let s = |p: PathBuf| p.display().to_string();
     let guard = spawn_logged(
         &format!("dockerd{k}"),
@@ -71,8 +89,9 @@ fn start_engine(dir: &Path, k: usize) -> Result<Engine> {
             "--storage-driver",
             "vfs",
             "--bridge",
-            "none",
+            &bridge,
             "--iptables=false",
+            "--ip-masq=false",
         ],
         root.join("log"),
     )?;
@@ -86,7 +105,11 @@ fn start_engine(dir: &Path, k: usize) -> Result<Engine> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(Engine { host, guard })
+    Ok(Engine {
+        host,
+        guard,
+        bridge,
+    })
 }
 
 impl Engine {
@@ -109,6 +132,9 @@ impl Drop for Engine {
             .arg(self.guard.pid().to_string())
             .status();
         std::thread::sleep(Duration::from_millis(500));
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
