@@ -17,10 +17,15 @@ pub enum Kind {
     ImageManifest,
     ImageTag,
     ImageBlob,
+    // Image trust (trust.berth.dev/v1).
+    TrustKey,
+    ImageSignature,
+    ClusterImagePolicy,
+    ImagePolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -31,6 +36,11 @@ impl Kind {
         Kind::ImageManifest,
         Kind::ImageTag,
         Kind::ImageBlob,
+        // Image trust.
+        Kind::TrustKey,
+        Kind::ImageSignature,
+        Kind::ClusterImagePolicy,
+        Kind::ImagePolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +55,11 @@ impl Kind {
             Kind::ImageManifest => "ImageManifest",
             Kind::ImageTag => "ImageTag",
             Kind::ImageBlob => "ImageBlob",
+            // Image trust.
+            Kind::TrustKey => "TrustKey",
+            Kind::ImageSignature => "ImageSignature",
+            Kind::ClusterImagePolicy => "ClusterImagePolicy",
+            Kind::ImagePolicy => "ImagePolicy",
         }
     }
 
@@ -52,6 +67,11 @@ impl Kind {
         match self {
             Kind::Deployment | Kind::ReplicaSet => "apps/v1",
             Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob => "registry.berth.dev/v1",
+            // Image trust.
+            Kind::TrustKey
+            | Kind::ImageSignature
+            | Kind::ClusterImagePolicy
+            | Kind::ImagePolicy => "trust.berth.dev/v1",
             _ => "v1",
         }
     }
@@ -60,6 +80,10 @@ impl Kind {
         !matches!(
             self,
             Kind::Node | Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob
+        ) && !matches!(
+            // Image trust: keys, signatures and the cluster policy are cluster-scoped.
+            self,
+            Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy
         )
     }
 
@@ -77,6 +101,11 @@ impl Kind {
             Kind::ImageManifest => "imagemanifests",
             Kind::ImageTag => "imagetags",
             Kind::ImageBlob => "imageblobs",
+            // Image trust.
+            Kind::TrustKey => "trustkeys",
+            Kind::ImageSignature => "imagesignatures",
+            Kind::ClusterImagePolicy => "clusterimagepolicies",
+            Kind::ImagePolicy => "imagepolicies",
         }
     }
 
@@ -94,6 +123,11 @@ impl Kind {
             "imagemanifest" | "imagemanifests" => Kind::ImageManifest,
             "imagetag" | "imagetags" => Kind::ImageTag,
             "imageblob" | "imageblobs" => Kind::ImageBlob,
+            // Image trust.
+            "trustkey" | "trustkeys" => Kind::TrustKey,
+            "imagesignature" | "imagesignatures" => Kind::ImageSignature,
+            "clusterimagepolicy" | "clusterimagepolicies" => Kind::ClusterImagePolicy,
+            "imagepolicy" | "imagepolicies" => Kind::ImagePolicy,
             _ => return None,
         })
     }
@@ -103,6 +137,10 @@ impl Kind {
         !matches!(
             self,
             Kind::Endpoints | Kind::Event | Kind::ImageManifest | Kind::ImageTag
+        ) && !matches!(
+            // Image trust: no status.
+            self,
+            Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy | Kind::ImagePolicy
         )
     }
 }
@@ -159,6 +197,11 @@ resource!(Event, Kind::Event);
 resource!(ImageManifest, Kind::ImageManifest);
 resource!(ImageTag, Kind::ImageTag);
 resource!(ImageBlob, Kind::ImageBlob);
+// Image trust.
+resource!(TrustKey, Kind::TrustKey);
+resource!(ImageSignature, Kind::ImageSignature);
+resource!(ClusterImagePolicy, Kind::ClusterImagePolicy);
+resource!(ImagePolicy, Kind::ImagePolicy);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -174,7 +217,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -231,6 +274,11 @@ impl DynObject {
             Kind::ImageManifest => normalize::<ImageManifest>(kind, value)?,
             Kind::ImageTag => normalize::<ImageTag>(kind, value)?,
             Kind::ImageBlob => normalize::<ImageBlob>(kind, value)?,
+            // Image trust.
+            Kind::TrustKey => normalize::<TrustKey>(kind, value)?,
+            Kind::ImageSignature => normalize::<ImageSignature>(kind, value)?,
+            Kind::ClusterImagePolicy => normalize::<ClusterImagePolicy>(kind, value)?,
+            Kind::ImagePolicy => normalize::<ImagePolicy>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }
