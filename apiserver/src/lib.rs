@@ -5,6 +5,7 @@
 //! - [`store`]: the revisioned object store, the raft state machine, with the watch hub.
 //! - [`service`]: the gRPC `Api` service (validation, forwarding to the leader, watches).
 //! - [`status`]: the one mapping of errors to gRPC codes.
+//! - [`trust`]: image trust admission (require-signed-images).
 //! - [`metrics`]: Prometheus metrics (raft, store, gRPC requests) served at `/metrics`.
 //! - [`server`]: the process: [`ServerArgs`], [`run`], [`start`] / [`ServerHandle`].
 //!
@@ -19,6 +20,7 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod store;
+pub mod trust;
 #[cfg(feature = "testing")]
 pub mod testing;
 
