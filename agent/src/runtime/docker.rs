@@ -171,6 +171,22 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+        let Ok(want) = berth_proto::image::ImageRef::parse(image) else {
+            return Ok(None);
+        };
+        let info = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(e) if not_found(&e) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(e.into()),
+        };
+        // `127.0.0.1:5000/shop@sha256:..` (pulled from the cluster registry) counts for `shop`.
+        Ok(Some(repo_digests_of(
+            &want.repository,
+            info.repo_digests.unwrap_or_default(),
+        )))
+    }
+
     async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
         let list = self
             .docker
@@ -536,3 +552,15 @@ impl Runtime for DockerRuntime {
             })?
     }
 }
+
+/// The digests in Docker's RepoDigests (`HOST/REPO@sha256:..`) whose repository is `repository`.
+fn repo_digests_of(repository: &str, repo_digests: Vec<String>) -> Vec<String> {
+    repo_digests
+        .into_iter()
+        .filter_map(|rd| {
+            let r = berth_proto::image::ImageRef::parse(&rd).ok()?;
+            (r.repository == repository).then_some(r.digest?)
+        })
+        .collect()
+}
+
