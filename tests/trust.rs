@@ -50,9 +50,16 @@ async fn generate_a_key_require_signed_images_apply_is_refused_until_the_image_i
     let r = berth(s, &["apply", "-f", &write(dir.path(), "tag.yaml", &tag)]).await;
     assert!(r.ok, "{r:?}");
 
-    let r = berth(s, &["trust", "key", "generate", "ci-2026", "--output", &keys_s]).await;
+    let r = berth(
+        s,
+        &["trust", "key", "generate", "ci-2026", "--output", &keys_s],
+    )
+    .await;
     assert!(r.ok, "{r:?}");
-    assert!(r.out.starts_with("trust key ci-2026 created (sha256:"), "{r:?}");
+    assert!(
+        r.out.starts_with("trust key ci-2026 created (sha256:"),
+        "{r:?}"
+    );
     let key_file = keys.join("ci-2026.key");
     assert!(std::fs::read_to_string(&key_file)
         .unwrap()
@@ -62,11 +69,21 @@ async fn generate_a_key_require_signed_images_apply_is_refused_until_the_image_i
         let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    assert!(!r.out.contains("BEGIN PRIVATE KEY"), "the key is never printed");
-    let r = berth(s, &["trust", "key", "generate", "ci-2026", "--output", &keys_s]).await;
+    assert!(
+        !r.out.contains("BEGIN PRIVATE KEY"),
+        "the key is never printed"
+    );
+    let r = berth(
+        s,
+        &["trust", "key", "generate", "ci-2026", "--output", &keys_s],
+    )
+    .await;
     assert!(!r.ok && r.err.contains("already exists"), "{r:?}");
     let r = berth(s, &["trust", "key", "list"]).await;
-    assert!(r.ok && r.out.contains("ci-2026") && r.out.contains("FINGERPRINT"), "{r:?}");
+    assert!(
+        r.ok && r.out.contains("ci-2026") && r.out.contains("FINGERPRINT"),
+        "{r:?}"
+    );
     // A private key given as a public key: the error says so and shows no key material.
     let key_s = key_file.display().to_string();
     let r = berth(s, &["trust", "key", "add", "bad", "--public-key", &key_s]).await;
@@ -87,11 +104,17 @@ async fn generate_a_key_require_signed_images_apply_is_refused_until_the_image_i
 
     let r = berth(s, &["sign", "shop:v1", "--key", &key_s]).await;
     assert!(r.ok, "{r:?}");
-    assert_eq!(r.out, format!("signed shop@{digest} with trust key ci-2026\n"));
+    assert_eq!(
+        r.out,
+        format!("signed shop@{digest} with trust key ci-2026\n")
+    );
     let r = berth(s, &["apply", "-f", &app]).await;
     assert!(r.ok, "{r:?}");
     let r = berth(s, &["trust", "policy", "show"]).await;
-    assert!(r.ok && r.out.contains("cluster") && r.out.contains("on"), "{r:?}");
+    assert!(
+        r.ok && r.out.contains("cluster") && r.out.contains("on"),
+        "{r:?}"
+    );
     assert!(r.out.contains("trusted keys: ci-2026"), "{r:?}");
 
     // Signing needs a trusted key and an image the cluster registry has.
@@ -100,6 +123,9 @@ async fn generate_a_key_require_signed_images_apply_is_refused_until_the_image_i
     let r = berth(s, &["trust", "key", "remove", "ci-2026"]).await;
     assert!(r.ok, "{r:?}");
     let r = berth(s, &["sign", "shop:v1", "--key", &key_s]).await;
-    assert!(!r.ok && r.err.contains("is not trusted by this cluster"), "{r:?}");
+    assert!(
+        !r.ok && r.err.contains("is not trusted by this cluster"),
+        "{r:?}"
+    );
     cluster.shutdown().await.unwrap();
 }

@@ -1227,10 +1227,7 @@ impl PodSync {
             Err(e) => match self.trust_cache.get(&cache_key) {
                 Some(s) => s.clone(),
                 None => {
-                    let why = format!(
-                        "cannot check image trust for {:?}: {e}; retrying",
-                        c.image
-                    );
+                    let why = format!("cannot check image trust for {:?}: {e}; retrying", c.image);
                     self.trust_failed(key, pref, why, now);
                     return false;
                 }
@@ -1274,7 +1271,10 @@ impl PodSync {
             self.events.warning(
                 pref,
                 "Failed",
-                format!("Error: {ERR_IMAGE_NOT_TRUSTED}: container {}", key.container),
+                format!(
+                    "Error: {ERR_IMAGE_NOT_TRUSTED}: container {}",
+                    key.container
+                ),
             );
         }
         self.memo.create_errors.insert(
@@ -1525,8 +1525,10 @@ impl PodSync {
         self.memo
             .trust_failures
             .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
-        let namespaces: BTreeSet<&str> =
-            desired.iter().map(|p| p.metadata.namespace.as_str()).collect();
+        let namespaces: BTreeSet<&str> = desired
+            .iter()
+            .map(|p| p.metadata.namespace.as_str())
+            .collect();
         self.trust_cache
             .retain(|(ns, _), _| namespaces.contains(ns.as_str()));
         self.last_written.retain(|k, _| wanted.contains(k.as_str()));

@@ -1183,8 +1183,16 @@ async fn under_the_policy_an_unsigned_image_waits_not_trusted_and_starts_once_si
         "{:?}",
         event_messages(&h, "Failed")
     );
-    let st = h.api.last_status("uid-a").and_then(|p| p.status).expect("status");
-    let w = st.container_statuses[0].state.waiting.clone().expect("waiting");
+    let st = h
+        .api
+        .last_status("uid-a")
+        .and_then(|p| p.status)
+        .expect("status");
+    let w = st.container_statuses[0]
+        .state
+        .waiting
+        .clone()
+        .expect("waiting");
     assert_eq!(w.message, want);
 
     // Signed later: the re-check on the crash-loop backoff lets it start.
@@ -1195,7 +1203,11 @@ async fn under_the_policy_an_unsigned_image_waits_not_trusted_and_starts_once_si
         round(&mut h, Duration::from_millis(500)).await;
     }
     assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
-    assert!(t0.elapsed() <= Duration::from_secs(21), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() <= Duration::from_secs(21),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1220,8 +1232,9 @@ async fn the_agent_checks_the_digest_the_node_holds_not_the_tags() {
     }
     assert!(starts(&h.rt).is_empty(), "{:?}", h.rt.calls());
     assert!(
-        event_messages(&h, "Failed")
-            .contains(&format!("image shop@{on_node} is not signed by a trusted key (trusted: ci-2026)")),
+        event_messages(&h, "Failed").contains(&format!(
+            "image shop@{on_node} is not signed by a trusted key (trusted: ci-2026)"
+        )),
         "{:?}",
         event_messages(&h, "Failed")
     );

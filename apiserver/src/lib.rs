@@ -20,8 +20,8 @@ pub mod server;
 pub mod service;
 pub mod status;
 pub mod store;
-pub mod trust;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trust;
 
 pub use server::{run, start, ServerArgs, ServerError, ServerHandle};

@@ -14,7 +14,9 @@
 //! annotations) and unrelated edits keep working for workloads admitted before the policy
 //! was turned on; the agents still re-check every container start.
 
-use berth_proto::trust::{admit, images_of, TrustLookup, CLUSTER_POLICY_NAME, NAMESPACE_POLICY_NAME};
+use berth_proto::trust::{
+    admit, images_of, TrustLookup, CLUSTER_POLICY_NAME, NAMESPACE_POLICY_NAME,
+};
 use berth_proto::types::{ClusterImagePolicy, ImagePolicy, ImageSignature, ImageTag, TrustKey};
 use berth_proto::{DynObject, Kind};
 use serde::de::DeserializeOwned;

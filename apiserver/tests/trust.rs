@@ -104,8 +104,7 @@ fn refused(r: Result<Value, tonic::Status>) -> String {
 }
 
 #[tokio::test]
-async fn unsigned_images_are_refused_signed_admitted_and_refused_again_once_the_key_is_removed()
-{
+async fn unsigned_images_are_refused_signed_admitted_and_refused_again_once_the_key_is_removed() {
     let cluster = TestCluster::start(1).await.unwrap();
     let mut c = cluster.client(0).await.unwrap();
     let key = PrivateKey::generate().unwrap();
@@ -134,7 +133,10 @@ async fn unsigned_images_are_refused_signed_admitted_and_refused_again_once_the_
     );
     // Not in the cluster registry: cannot be verified.
     let m = refused(create(&mut c, pod("p", "default", "nginx:1.25")).await);
-    assert!(m.contains("the cluster registry has no tag nginx:1.25"), "{m}");
+    assert!(
+        m.contains("the cluster registry has no tag nginx:1.25"),
+        "{m}"
+    );
 
     // Signed by the trusted key: admitted, by tag and by digest.
     create(
@@ -192,11 +194,18 @@ async fn a_namespace_policy_overrides_the_cluster_policy_both_ways() {
     apply(&mut c, namespace_policy("prod", true)).await.unwrap();
     create(&mut c, pod("a", "default", "nginx")).await.unwrap();
     let m = refused(create(&mut c, pod("a", "prod", "nginx")).await);
-    assert!(m.contains("require-signed-images is on for namespace prod"), "{m}");
+    assert!(
+        m.contains("require-signed-images is on for namespace prod"),
+        "{m}"
+    );
     // The policy objects have fixed names.
     let mut bad = ImagePolicy::default();
     bad.metadata.name = "strict".into();
     let s = create(&mut c, bad.to_json()).await.unwrap_err();
-    assert!(s.message().contains("must be \"default\""), "{}", s.message());
+    assert!(
+        s.message().contains("must be \"default\""),
+        "{}",
+        s.message()
+    );
     cluster.shutdown().await.unwrap();
 }

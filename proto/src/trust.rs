@@ -26,9 +26,7 @@ use ring::signature::{
 };
 
 use crate::image::{sha256_digest, tag_object_name, ImageRef};
-use crate::types::{
-    ClusterImagePolicy, ImagePolicy, ImageSignature, ImageTag, PodSpec, TrustKey,
-};
+use crate::types::{ClusterImagePolicy, ImagePolicy, ImageSignature, ImageTag, PodSpec, TrustKey};
 use crate::{DynObject, Kind};
 
 /// The name of the one `ClusterImagePolicy`.
@@ -66,7 +64,9 @@ fn pem_block(text: &str, want: &str, what: &str) -> Result<Vec<u8>, KeyError> {
     };
     let after = &text[start + "-----BEGIN ".len()..];
     let Some(label_end) = after.find("-----") else {
-        return Err(key_err("malformed PEM: the BEGIN line does not end with -----"));
+        return Err(key_err(
+            "malformed PEM: the BEGIN line does not end with -----",
+        ));
     };
     let label = &after[..label_end];
     if label != want {
@@ -103,7 +103,11 @@ fn pem_block(text: &str, want: &str, what: &str) -> Result<Vec<u8>, KeyError> {
         .collect();
     base64::engine::general_purpose::STANDARD
         .decode(b64.as_bytes())
-        .map_err(|e| key_err(format!("malformed PEM: the {want} block is not base64 ({e})")))
+        .map_err(|e| {
+            key_err(format!(
+                "malformed PEM: the {want} block is not base64 ({e})"
+            ))
+        })
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -397,8 +401,7 @@ pub trait TrustLookup {
     /// Every trusted key.
     fn keys(&self) -> Vec<TrustKey>;
     /// The signature by `key_name` over `repository@digest`, if any.
-    fn signature(&self, repository: &str, digest: &str, key_name: &str)
-        -> Option<ImageSignature>;
+    fn signature(&self, repository: &str, digest: &str, key_name: &str) -> Option<ImageSignature>;
 }
 
 /// Trust objects held in memory (what the agent fetches; also handy in tests).
@@ -430,12 +433,7 @@ impl TrustLookup for TrustSnapshot {
     fn keys(&self) -> Vec<TrustKey> {
         self.keys.clone()
     }
-    fn signature(
-        &self,
-        repository: &str,
-        digest: &str,
-        key_name: &str,
-    ) -> Option<ImageSignature> {
+    fn signature(&self, repository: &str, digest: &str, key_name: &str) -> Option<ImageSignature> {
         self.signatures
             .iter()
             .find(|s| {
@@ -468,10 +466,18 @@ pub enum TrustError {
     },
     /// The image names another registry, or a tag the cluster registry does not have: its
     /// digest and signatures cannot be known.
-    NotInClusterRegistry { image: String, why: String },
+    NotInClusterRegistry {
+        image: String,
+        why: String,
+    },
     /// The node holds the image but under no digest of its repository (e.g. built locally).
-    NoDigestOnNode { image: String },
-    InvalidReference { image: String, why: String },
+    NoDigestOnNode {
+        image: String,
+    },
+    InvalidReference {
+        image: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for TrustError {
@@ -483,7 +489,10 @@ impl fmt::Display for TrustError {
                 } else {
                     trusted.join(", ")
                 };
-                write!(f, "image {image} is not signed by a trusted key (trusted: {t})")
+                write!(
+                    f,
+                    "image {image} is not signed by a trusted key (trusted: {t})"
+                )
             }
             TrustError::NotInClusterRegistry { image, why } => write!(
                 f,
@@ -558,7 +567,7 @@ pub fn check_image_signed(
         });
     }
     let digests: Vec<String> = match (node_digests, &r.digest) {
-        (Some(list), _) if list.is_empty() => {
+        (Some([]), _) => {
             return Err(TrustError::NoDigestOnNode {
                 image: image.to_string(),
             })
@@ -602,7 +611,10 @@ pub fn images_of(obj: &DynObject) -> Vec<(String, String)> {
     let (spec, prefix) = match obj.kind {
         Kind::Pod => (obj.value.get("spec"), "spec"),
         Kind::Deployment | Kind::ReplicaSet => (
-            obj.value.get("spec").and_then(|s| s.get("template")).and_then(|t| t.get("spec")),
+            obj.value
+                .get("spec")
+                .and_then(|s| s.get("template"))
+                .and_then(|t| t.get("spec")),
             "spec.template.spec",
         ),
         _ => return Vec::new(),
@@ -725,10 +737,16 @@ mod tests {
     fn pem_errors_say_what_is_wrong_and_what_to_do() {
         let k = PrivateKey::generate().unwrap();
         let e = PublicKey::from_pem("hello").unwrap_err().to_string();
-        assert!(e.contains("not PEM") && e.contains("BEGIN PUBLIC KEY"), "{e}");
+        assert!(
+            e.contains("not PEM") && e.contains("BEGIN PUBLIC KEY"),
+            "{e}"
+        );
         let e = PublicKey::from_pem(&k.to_pem()).unwrap_err().to_string();
         assert!(e.contains("private key") && e.contains("-pubout"), "{e}");
-        assert!(!e.contains(&k.to_pem()[30..60]), "no key material in errors");
+        assert!(
+            !e.contains(&k.to_pem()[30..60]),
+            "no key material in errors"
+        );
         let e = PrivateKey::from_pem(&k.public_key().to_pem())
             .unwrap_err()
             .to_string();
@@ -782,13 +800,20 @@ mod tests {
             e.to_string(),
             format!("image shop@{d} is not signed by a trusted key (trusted: ci-2026)")
         );
-        s.signatures.push(sign_image(&k, "ci-2026", "shop", &d).unwrap());
+        s.signatures
+            .push(sign_image(&k, "ci-2026", "shop", &d).unwrap());
         check_image(&s, "default", "shop:v1", None).unwrap();
         check_image(&s, "default", &format!("shop@{d}"), None).unwrap();
         // The node runs another digest than the tag's.
         let e = check_image(&s, "default", "shop:v1", Some(&[digest("other")])).unwrap_err();
         assert!(matches!(e, TrustError::NotSigned { .. }), "{e}");
-        check_image(&s, "default", "shop:v1", Some(&[digest("other"), d.clone()])).unwrap();
+        check_image(
+            &s,
+            "default",
+            "shop:v1",
+            Some(&[digest("other"), d.clone()]),
+        )
+        .unwrap();
         assert!(matches!(
             check_image(&s, "default", "shop:v1", Some(&[])).unwrap_err(),
             TrustError::NoDigestOnNode { .. }

@@ -580,7 +580,12 @@ pub fn image_policy_table(items: &[(&ObjectMeta, &ImagePolicySpec)], now: DateTi
     for (m, spec) in items {
         t.rows.push(vec![
             m.name.clone(),
-            if spec.require_signed_images { "on" } else { "off" }.to_string(),
+            if spec.require_signed_images {
+                "on"
+            } else {
+                "off"
+            }
+            .to_string(),
             age(m.creation_timestamp.as_ref(), now),
         ]);
     }
@@ -737,12 +742,18 @@ pub fn rows(
         Kind::ImageSignature => (image_signature_table(&typed(objs)?, now), ns_of(objs)),
         Kind::ClusterImagePolicy => {
             let ps: Vec<ClusterImagePolicy> = typed(objs)?;
-            let rows = ps.iter().map(|p| (&p.metadata, &p.spec)).collect::<Vec<_>>();
+            let rows = ps
+                .iter()
+                .map(|p| (&p.metadata, &p.spec))
+                .collect::<Vec<_>>();
             (image_policy_table(&rows, now), ns_of(objs))
         }
         Kind::ImagePolicy => {
             let ps: Vec<ImagePolicy> = typed(objs)?;
-            let rows = ps.iter().map(|p| (&p.metadata, &p.spec)).collect::<Vec<_>>();
+            let rows = ps
+                .iter()
+                .map(|p| (&p.metadata, &p.spec))
+                .collect::<Vec<_>>();
             (image_policy_table(&rows, now), ns_of(objs))
         }
     };

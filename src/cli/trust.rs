@@ -183,14 +183,17 @@ async fn key(ctx: &Ctx, cmd: KeyCommand, io: &mut Io<'_>) -> anyhow::Result<()> 
             let pk = key.public_key();
             write_new(&key_path, &key.to_pem(), 0o600)?;
             write_new(&pub_path, &pk.to_pem(), 0o644)?;
-            client.create(&trust_key(&name, &pk)).await.with_context(|| {
-                format!(
-                    "the key was written to {} but registering its public key failed; \
+            client
+                .create(&trust_key(&name, &pk))
+                .await
+                .with_context(|| {
+                    format!(
+                        "the key was written to {} but registering its public key failed; \
                      retry with `berth trust key add {name} --public-key {}`",
-                    key_path.display(),
-                    pub_path.display()
-                )
-            })?;
+                        key_path.display(),
+                        pub_path.display()
+                    )
+                })?;
             writeln!(
                 io.out,
                 "trust key {name} created ({})\nprivate key: {} (keep it secret)\npublic key: {}",
@@ -204,7 +207,8 @@ async fn key(ctx: &Ctx, cmd: KeyCommand, io: &mut Io<'_>) -> anyhow::Result<()> 
             check_key_name(&name)?;
             let text = std::fs::read_to_string(&public_key)
                 .with_context(|| format!("cannot read {}", public_key.display()))?;
-            let pk = PublicKey::from_pem(&text).map_err(|e| anyhow!("{}: {e}", public_key.display()))?;
+            let pk =
+                PublicKey::from_pem(&text).map_err(|e| anyhow!("{}: {e}", public_key.display()))?;
             let client = ctx.client()?;
             if let Some(k) = existing_key(&client, &name).await? {
                 if k.spec.fingerprint == pk.fingerprint() {
@@ -243,7 +247,10 @@ async fn key(ctx: &Ctx, cmd: KeyCommand, io: &mut Io<'_>) -> anyhow::Result<()> 
         }
         KeyCommand::Remove { name } => {
             let client = ctx.client()?;
-            match client.delete(berth_client::Kind::TrustKey, "", &name, None).await {
+            match client
+                .delete(berth_client::Kind::TrustKey, "", &name, None)
+                .await
+            {
                 Ok(_) => {}
                 Err(ClientError::NotFound(_)) => bail!("there is no trust key {name}"),
                 Err(e) => return Err(e).context(format!("cannot remove trust key {name}")),
@@ -270,7 +277,10 @@ async fn policy(ctx: &Ctx, cmd: PolicyCommand, io: &mut Io<'_>) -> anyhow::Resul
                     let mut p = ClusterImagePolicy::default();
                     p.metadata.name = CLUSTER_POLICY_NAME.into();
                     p.spec.require_signed_images = on;
-                    client.apply(&p).await.context("cannot set the cluster policy")?;
+                    client
+                        .apply(&p)
+                        .await
+                        .context("cannot set the cluster policy")?;
                     writeln!(
                         io.out,
                         "require-signed-images is {} for the cluster (namespaces with their own \
@@ -280,7 +290,12 @@ async fn policy(ctx: &Ctx, cmd: PolicyCommand, io: &mut Io<'_>) -> anyhow::Resul
                 }
                 (Some(ns), Setting::Inherit) => {
                     match client
-                        .delete(berth_client::Kind::ImagePolicy, &ns, NAMESPACE_POLICY_NAME, None)
+                        .delete(
+                            berth_client::Kind::ImagePolicy,
+                            &ns,
+                            NAMESPACE_POLICY_NAME,
+                            None,
+                        )
                         .await
                     {
                         Ok(_) | Err(ClientError::NotFound(_)) => {}
@@ -289,7 +304,10 @@ async fn policy(ctx: &Ctx, cmd: PolicyCommand, io: &mut Io<'_>) -> anyhow::Resul
                                 .context(format!("cannot clear the policy of namespace {ns}"))
                         }
                     }
-                    writeln!(io.out, "namespace {ns} follows the cluster's require-signed-images")?;
+                    writeln!(
+                        io.out,
+                        "namespace {ns} follows the cluster's require-signed-images"
+                    )?;
                 }
                 (Some(ns), _) => {
                     let mut p = ImagePolicy::default();
@@ -310,7 +328,10 @@ async fn policy(ctx: &Ctx, cmd: PolicyCommand, io: &mut Io<'_>) -> anyhow::Resul
             Ok(())
         }
         PolicyCommand::Show => {
-            let cluster = match client.get::<ClusterImagePolicy>("", CLUSTER_POLICY_NAME).await {
+            let cluster = match client
+                .get::<ClusterImagePolicy>("", CLUSTER_POLICY_NAME)
+                .await
+            {
                 Ok(p) => p.spec.require_signed_images,
                 Err(ClientError::NotFound(_)) => false,
                 Err(e) => return Err(e).context("cannot read the cluster policy"),
@@ -398,7 +419,10 @@ pub async fn sign(ctx: &Ctx, a: SignArgs, io: &mut Io<'_>) -> anyhow::Result<()>
             }
             d.clone()
         }
-        (None, Some(tag)) => match client.get::<ImageTag>("", &tag_object_name(repo, tag)).await {
+        (None, Some(tag)) => match client
+            .get::<ImageTag>("", &tag_object_name(repo, tag))
+            .await
+        {
             Ok(t) => t.spec.digest,
             Err(ClientError::NotFound(_)) => bail!(
                 "the cluster registry has no tag {repo}:{tag} (push it first: berth build -t \

@@ -563,4 +563,3 @@ fn repo_digests_of(repository: &str, repo_digests: Vec<String>) -> Vec<String> {
         })
         .collect()
 }
-

@@ -127,9 +127,7 @@ impl FakeRuntime {
 
     /// The registry digests the node's copy of `image` has (as Docker's RepoDigests).
     pub fn set_image_digests(&self, image: &str, digests: Vec<String>) {
-        self.lock()
-            .image_digests
-            .insert(image.to_string(), digests);
+        self.lock().image_digests.insert(image.to_string(), digests);
     }
 
     /// Script the pulls of `image` (default: instant success).
