@@ -563,3 +563,24 @@ fn repo_digests_of(repository: &str, repo_digests: Vec<String>) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod trust_tests {
+    use super::repo_digests_of;
+
+    #[test]
+    fn repo_digests_count_only_for_the_same_repository_whatever_the_registry_host() {
+        let d = berth_proto::image::sha256_digest(b"m");
+        let e = berth_proto::image::sha256_digest(b"e");
+        let got = repo_digests_of(
+            "shop",
+            vec![
+                format!("127.0.0.1:5000/shop@{d}"),
+                format!("127.0.0.1:5000/shop/web@{e}"),
+                format!("bank@{e}"),
+                "<none>@<none>".to_string(),
+            ],
+        );
+        assert_eq!(got, vec![d]);
+    }
+}
