@@ -111,9 +111,15 @@ async fn generate_a_key_require_signed_images_apply_is_refused_until_the_image_i
     let r = berth(s, &["apply", "-f", &app]).await;
     assert!(r.ok, "{r:?}");
     let r = berth(s, &["get", "imagesignatures"]).await;
-    assert!(r.ok && r.out.contains("shop") && r.out.contains("ci-2026"), "{r:?}");
+    assert!(
+        r.ok && r.out.contains("shop") && r.out.contains("ci-2026"),
+        "{r:?}"
+    );
     let r = berth(s, &["get", "clusterimagepolicies"]).await;
-    assert!(r.ok && r.out.contains("cluster") && r.out.contains("on"), "{r:?}");
+    assert!(
+        r.ok && r.out.contains("cluster") && r.out.contains("on"),
+        "{r:?}"
+    );
     let r = berth(s, &["trust", "policy", "show"]).await;
     assert!(
         r.ok && r.out.contains("cluster") && r.out.contains("on"),
