@@ -871,6 +871,20 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_stored_under_another_name_is_invalid() {
+        let k = PrivateKey::generate().unwrap();
+        let mut sig = sign_image(&k, "ci", "shop", &digest("m")).unwrap();
+        assert!(crate::validate::validate_image_signature(&sig).is_empty());
+        sig.metadata.name = "my-signature".into();
+        let errs = crate::validate::validate_image_signature(&sig);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].to_string().starts_with("metadata.name: must be"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn signature_object_names_are_valid_and_distinct() {
         let d = digest("m");
         let a = signature_object_name("shop/web", &d, "ci");

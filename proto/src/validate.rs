@@ -758,6 +758,19 @@ pub fn validate_image_signature(s: &ImageSignature) -> Vec<FieldError> {
     digest_field(&mut e, &spec.child("digest"), &s.spec.digest);
     if s.spec.key_name.is_empty() {
         e.add(&spec.child("keyName"), "is required");
+    } else if !s.metadata.name.is_empty() {
+        // Verification finds a signature by this name (one per key, repository and digest).
+        let want = crate::trust::signature_object_name(
+            &s.spec.repository,
+            &s.spec.digest,
+            &s.spec.key_name,
+        );
+        if s.metadata.name != want {
+            e.add(
+                &root.child("metadata").child("name"),
+                format!("must be {want:?} (derived from spec.repository, spec.digest and spec.keyName; berth sign names it)"),
+            );
+        }
     }
     if let Err(m) = crate::trust::parse_payload(&s.spec.payload) {
         e.add(&spec.child("payload"), m.to_string());
