@@ -492,6 +492,7 @@ impl NodeApi for ClientApi {
         &self,
         namespace: &str,
         image: &str,
+        node_digests: Option<&[String]>,
     ) -> Result<TrustSnapshot, ApiError> {
         use berth_proto::trust::{CLUSTER_POLICY_NAME, NAMESPACE_POLICY_NAME};
         use berth_proto::types::{
@@ -537,13 +538,23 @@ impl NodeApi for ClientApi {
             .await
             .map_err(map_err)?
             .0;
-        s.signatures = self
-            .client
-            .list::<ImageSignature>(None, "")
-            .await
-            .map_err(map_err)?
-            .0;
-        s.signatures.retain(|x| x.spec.repository == r.repository);
+        // The signatures check_image will ask for: by each trusted key over each digest.
+        let digests: Vec<String> = match (node_digests, &r.digest) {
+            (Some(d), _) => d.to_vec(),
+            (None, Some(d)) => vec![d.clone()],
+            (None, None) => s.tags.iter().map(|t| t.spec.digest.clone()).collect(),
+        };
+        for digest in &digests {
+            for k in &s.keys {
+                let name = berth_proto::trust::signature_object_name(
+                    &r.repository,
+                    digest,
+                    &k.metadata.name,
+                );
+                s.signatures
+                    .extend(maybe(self.client.get::<ImageSignature>("", &name).await)?);
+            }
+        }
         Ok(s)
     }
 }

@@ -38,10 +38,15 @@ pub trait NodeApi: Send + Sync + 'static {
     async fn update_node(&self, node: &Node) -> Result<Node, ApiError>;
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError>;
     /// What image trust needs to decide whether `image` may start in `namespace`: the
-    /// policies, and when one applies the tag's `ImageTag`, the trusted keys and the
-    /// signatures over the image's repository.
-    async fn trust_snapshot(&self, namespace: &str, image: &str)
-        -> Result<TrustSnapshot, ApiError>;
+    /// policies, and when one applies the tag's `ImageTag`, the trusted keys and their
+    /// signatures over the digests to check (`node_digests` when the runtime knows them, else
+    /// the reference's or the tag's digest).
+    async fn trust_snapshot(
+        &self,
+        namespace: &str,
+        image: &str,
+        node_digests: Option<&[String]>,
+    ) -> Result<TrustSnapshot, ApiError>;
 }
 
 /// Pods bound to this node, keyed by uid.
@@ -243,6 +248,7 @@ impl NodeApi for MemoryApi {
         &self,
         _namespace: &str,
         _image: &str,
+        _node_digests: Option<&[String]>,
     ) -> Result<TrustSnapshot, ApiError> {
         self.check()?;
         Ok(self.lock().trust.clone())

@@ -1219,7 +1219,13 @@ impl PodSync {
         }
         let ns = pod.metadata.namespace.as_str();
         let cache_key = (ns.to_string(), c.image.clone());
-        let snapshot = match self.api.trust_snapshot(ns, &c.image).await {
+        let digests = self.runtime.image_digests(&c.image).await;
+        let node_digests = digests.as_ref().ok().cloned().flatten();
+        let snapshot = match self
+            .api
+            .trust_snapshot(ns, &c.image, node_digests.as_deref())
+            .await
+        {
             Ok(s) => {
                 self.trust_cache.insert(cache_key, s.clone());
                 s
@@ -1237,7 +1243,7 @@ impl PodSync {
             self.memo.trust_failures.remove(key);
             return true;
         }
-        let digests = match self.runtime.image_digests(&c.image).await {
+        let digests = match digests {
             Ok(d) => d,
             Err(e) => {
                 let why = format!("cannot read the digests of image {:?}: {e}", c.image);
