@@ -775,6 +775,9 @@ pub struct PodSync {
     last_written: BTreeMap<String, PodStatus>,
     /// The last trust objects fetched per (namespace, image), used while the API is down.
     trust_cache: BTreeMap<(String, String), berth_proto::trust::TrustSnapshot>,
+    /// Whether require-signed-images applied per namespace when last fetched (an image not
+    /// seen before may start during an outage in a namespace known to be without the policy).
+    trust_policy: BTreeMap<String, bool>,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -820,6 +823,7 @@ impl PodSync {
             stops: TaskTracker::new(),
             last_written: BTreeMap::new(),
             trust_cache: BTreeMap::new(),
+            trust_policy: BTreeMap::new(),
         }
     }
 
@@ -1018,7 +1022,7 @@ impl PodSync {
             if !self.image_ready(pod, c, &key, attempt, &pref, now).await {
                 continue;
             }
-            if !self.image_trusted(pod, c, &key, &pref, now).await {
+            if !self.image_trusted(pod, c, &key, attempt, &pref, now).await {
                 continue;
             }
             let bindings =
@@ -1205,12 +1209,15 @@ impl PodSync {
     ///
     /// The trust objects come from the API server; when it cannot be reached the last answer
     /// for this namespace and image is used (a container that was allowed may restart during
-    /// an outage), and without one the container waits.
+    /// an outage), or, for an image not checked before, the namespace's last known policy when
+    /// it was off; a restart (attempt > 0) of a container that already ran here is allowed;
+    /// otherwise the container waits (fails closed) and is re-checked.
     async fn image_trusted(
         &mut self,
         pod: &Pod,
         c: &Container,
         key: &Key,
+        attempt: u32,
         pref: &PodRef,
         now: Instant,
     ) -> bool {
@@ -1227,11 +1234,24 @@ impl PodSync {
             .await
         {
             Ok(s) => {
+                self.trust_policy.insert(
+                    ns.to_string(),
+                    berth_proto::trust::requires_signed_images(&s, ns),
+                );
                 self.trust_cache.insert(cache_key, s.clone());
                 s
             }
             Err(e) => match self.trust_cache.get(&cache_key) {
                 Some(s) => s.clone(),
+                // The namespace was last seen without the policy: nothing to verify.
+                None if self.trust_policy.get(ns) == Some(&false) => return true,
+                // A restart of a container that already ran here (its image passed the check
+                // when it first started, possibly under an earlier agent process).
+                None if attempt > 0 => {
+                    tracing::warn!(pod = %pref.name, container = %c.name, error = %e,
+                        "API unreachable: restarting without re-checking image trust");
+                    return true;
+                }
                 None => {
                     let why = format!("cannot check image trust for {:?}: {e}; retrying", c.image);
                     self.trust_failed(key, pref, why, now);
@@ -1537,6 +1557,8 @@ impl PodSync {
             .collect();
         self.trust_cache
             .retain(|(ns, _), _| namespaces.contains(ns.as_str()));
+        self.trust_policy
+            .retain(|ns, _| namespaces.contains(ns.as_str()));
         self.last_written.retain(|k, _| wanted.contains(k.as_str()));
     }
 

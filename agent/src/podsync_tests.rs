@@ -1251,3 +1251,56 @@ async fn the_agent_checks_the_digest_the_node_holds_not_the_tags() {
     }
     assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_the_api_down_a_new_container_waits_for_the_trust_check_and_a_restart_does_not() {
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_behavior(
+        "web",
+        Behavior {
+            exit_after: Some((Duration::from_secs(1), 1)),
+            ignore_stop_signal: false,
+        },
+    );
+    let mut fresh = pod("fresh", &["other"]);
+    fresh.spec.containers[0].image = "shop:v1".into();
+    let crashing = pod("crashing", &["web"]);
+    let mut h = harness(rt);
+    // The crashing pod starts while the API answers (no policy), then the API goes down.
+    h.cache.replace_all([crashing.clone()]);
+    let t0 = Instant::now();
+    while starts(&h.rt).is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
+    h.api.set_down(true);
+    // A new sync loop (as after an agent restart): it knows nothing about trust.
+    let mut h2 = harness(h.rt.clone());
+    h2.api.set_down(true);
+    h2.cache.replace_all([crashing, fresh]);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        round(&mut h2, Duration::from_millis(500)).await;
+    }
+    let s = starts(&h2.rt);
+    assert_eq!(
+        s.iter().filter(|c| c.starts_with("create web#")).count(),
+        2,
+        "the crashed container restarted during the outage: {s:?}"
+    );
+    assert!(
+        !s.iter().any(|c| c.starts_with("create other#")),
+        "a container that never ran waits for the check: {s:?}"
+    );
+    let failures = &h2.sync.memo.create_errors;
+    let e = failures
+        .get(&Key::new("uid-fresh", "other"))
+        .expect("fresh waits");
+    assert_eq!(e.reason, ERR_IMAGE_NOT_TRUSTED);
+    assert!(
+        e.message.starts_with("cannot check image trust"),
+        "{}",
+        e.message
+    );
+}
