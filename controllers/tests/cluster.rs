@@ -598,10 +598,11 @@ async fn leader_failover_mid_rollout_finishes_without_duplicate_pods() -> Result
 }
 
 /// Image trust: a Deployment admitted with a signed image whose key is then removed cannot
-/// get new pods; the ReplicaSet says why in a FailedCreate event.
+/// get new pods or a new ReplicaSet; the ReplicaSet and the Deployment say why in FailedCreate
+/// events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_refused_by_image_trust_are_reported_as_failed_create_on_the_replicaset() -> Result<()>
-{
+async fn pods_and_replicasets_refused_by_image_trust_are_reported_as_failed_create_events(
+) -> Result<()> {
     use berth_proto::trust::{sign_image, PrivateKey};
     let env = Env::start(1, NodeLifecycleConfig::default()).await?;
     let key = PrivateKey::generate()?;
@@ -658,5 +659,33 @@ async fn pods_refused_by_image_trust_are_reported_as_failed_create_on_the_replic
     .await
     .map_err(|e| anyhow!(e))?;
     assert_eq!(env.pods().await?.len(), 1);
+
+    // A template change that keeps the images (admitted) needs a new ReplicaSet, whose
+    // creation is refused: the Deployment says why.
+    env.edit_deployment("web", |d| {
+        d.spec
+            .template
+            .metadata
+            .annotations
+            .insert("restartedAt".into(), "now".into());
+    })
+    .await?;
+    wait_until(
+        DEADLINE,
+        "a FailedCreate event on the Deployment",
+        || async {
+            let events = env.client.list::<Event>(Some("default"), "").await.ok()?.0;
+            events
+                .iter()
+                .any(|e| {
+                    e.reason == "FailedCreate"
+                        && e.involved_object.kind == "Deployment"
+                        && e.message.contains(&want)
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
     env.stop().await
 }
