@@ -63,7 +63,9 @@ pub enum KeyCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Setting {
+    /// Only images signed by a trusted key may run.
     On,
+    /// Any image may run.
     Off,
     /// (with --namespace) drop the namespace's own setting: the cluster's applies.
     Inherit,
@@ -76,6 +78,7 @@ pub enum PolicyCommand {
     #[command(name = "require-signed-images")]
     RequireSignedImages {
         setting: Setting,
+        /// Set it for this namespace only [default: the whole cluster].
         #[arg(long, short = 'n', value_name = "NS")]
         namespace: Option<String>,
     },
