@@ -329,9 +329,15 @@ pub fn parse_payload(s: &str) -> Result<Payload, KeyError> {
 /// Store name of the `ImageSignature` by key `key_name` over `repository@digest`.
 pub fn signature_object_name(repository: &str, digest: &str, key_name: &str) -> String {
     // Reuse the tag naming scheme: readable prefix + hash of all three parts.
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    // (By characters: the digest may be anything a user sent, validation comes after.)
+    let hex: String = digest
+        .strip_prefix("sha256:")
+        .unwrap_or(digest)
+        .chars()
+        .take(12)
+        .collect();
     tag_object_name(
-        &format!("{repository}@{}", &hex[..hex.len().min(12)]),
+        &format!("{repository}@{hex}"),
         &format!("{key_name}/{digest}"),
     )
 }
@@ -893,5 +899,12 @@ mod tests {
         for n in [a, b] {
             crate::validate::check_dns1123_subdomain(&n).unwrap_or_else(|e| panic!("{n}: {e}"));
         }
+        // Whatever a user sends as the digest: no panic, and validation says what is wrong.
+        let mut sig = ImageSignature::default();
+        sig.metadata.name = "x".into();
+        sig.spec.digest = "sha256:xéééééééé".into();
+        sig.spec.key_name = "k".into();
+        let _ = signature_object_name("shop", &sig.spec.digest, "k");
+        assert!(!crate::validate::validate_image_signature(&sig).is_empty());
     }
 }
