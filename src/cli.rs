@@ -24,6 +24,7 @@ pub mod rollout;
 pub mod scale;
 pub mod table;
 pub mod token;
+pub mod trust;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -186,6 +187,11 @@ pub enum Command {
     Registry(WithConn<registry::RegistryArgs>),
     /// The cluster registry's images: repository, tag, digest, size, nodes that have it.
     Images(WithConn<images::ImagesArgs>),
+    /// Image trust: keys (generate, add, list, remove) and the require-signed-images policy.
+    Trust(WithConn<trust::TrustArgs>),
+    /// Sign an image of the cluster registry with a trusted key: berth sign
+    /// IMAGE[:TAG|@DIGEST] --key NAME|PATH
+    Sign(WithConn<trust::SignArgs>),
     /// Print the client version.
     Version,
 }
@@ -362,6 +368,8 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Push(c) => push::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Registry(c) => registry::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Images(c) => images::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Trust(c) => trust::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Sign(c) => trust::sign(&ctx(&c.conn)?, c.args, io).await,
         Command::Version => {
             writeln!(io.out, "berth {}", env!("CARGO_PKG_VERSION"))?;
             Ok(())

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use berth_client::runtime::watcher::{self, Event as WatchEvent};
 use berth_client::{Client, ClientConfig, ClientError};
+use berth_proto::trust::TrustSnapshot;
 use berth_proto::types::{Endpoints, Event, Node, Pod, Service};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -531,5 +532,74 @@ impl NodeApi for ClientApi {
     }
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError> {
         self.client.update_status(node).await.map_err(map_err)
+    }
+    async fn trust_snapshot(
+        &self,
+        namespace: &str,
+        image: &str,
+        node_digests: Option<&[String]>,
+    ) -> Result<TrustSnapshot, ApiError> {
+        use berth_proto::trust::{CLUSTER_POLICY_NAME, NAMESPACE_POLICY_NAME};
+        use berth_proto::types::{
+            ClusterImagePolicy, ImagePolicy, ImageSignature, ImageTag, TrustKey,
+        };
+        fn maybe<T>(r: Result<T, ClientError>) -> Result<Option<T>, ApiError> {
+            match r {
+                Ok(v) => Ok(Some(v)),
+                Err(ClientError::NotFound(_)) => Ok(None),
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        let mut s = TrustSnapshot {
+            cluster_policy: maybe(
+                self.client
+                    .get::<ClusterImagePolicy>("", CLUSTER_POLICY_NAME)
+                    .await,
+            )?,
+            namespace_policies: maybe(
+                self.client
+                    .get::<ImagePolicy>(namespace, NAMESPACE_POLICY_NAME)
+                    .await,
+            )?
+            .into_iter()
+            .collect(),
+            ..TrustSnapshot::default()
+        };
+        if !berth_proto::trust::requires_signed_images(&s, namespace) {
+            return Ok(s);
+        }
+        let Ok(r) = berth_proto::image::ImageRef::parse(image) else {
+            return Ok(s); // the check says why it cannot be verified
+        };
+        if r.digest.is_none() && r.domain.is_none() {
+            let tag = r.tag_or_latest().unwrap_or("latest");
+            let name = berth_proto::image::tag_object_name(&r.repository, tag);
+            s.tags
+                .extend(maybe(self.client.get::<ImageTag>("", &name).await)?);
+        }
+        s.keys = self
+            .client
+            .list::<TrustKey>(None, "")
+            .await
+            .map_err(map_err)?
+            .0;
+        // The signatures check_image will ask for: by each trusted key over each digest.
+        let digests: Vec<String> = match (node_digests, &r.digest) {
+            (Some(d), _) => d.to_vec(),
+            (None, Some(d)) => vec![d.clone()],
+            (None, None) => s.tags.iter().map(|t| t.spec.digest.clone()).collect(),
+        };
+        for digest in &digests {
+            for k in &s.keys {
+                let name = berth_proto::trust::signature_object_name(
+                    &r.repository,
+                    digest,
+                    &k.metadata.name,
+                );
+                s.signatures
+                    .extend(maybe(self.client.get::<ImageSignature>("", &name).await)?);
+            }
+        }
+        Ok(s)
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use berth_proto::trust::TrustSnapshot;
 use berth_proto::types::{Event, Node, Pod};
 use tokio::sync::Notify;
 
@@ -36,6 +37,16 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Update metadata/spec (labels).
     async fn update_node(&self, node: &Node) -> Result<Node, ApiError>;
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError>;
+    /// What image trust needs to decide whether `image` may start in `namespace`: the
+    /// policies, and when one applies the tag's `ImageTag`, the trusted keys and their
+    /// signatures over the digests to check (`node_digests` when the runtime knows them, else
+    /// the reference's or the tag's digest).
+    async fn trust_snapshot(
+        &self,
+        namespace: &str,
+        image: &str,
+        node_digests: Option<&[String]>,
+    ) -> Result<TrustSnapshot, ApiError>;
 }
 
 /// Pods bound to this node, keyed by uid.
@@ -118,6 +129,7 @@ struct MemoryState {
     nodes: BTreeMap<String, Node>,
     node_status_writes: usize,
     rv: u64,
+    trust: TrustSnapshot,
 }
 
 impl MemoryApi {
@@ -165,6 +177,10 @@ impl MemoryApi {
     }
     pub fn node_status_writes(&self) -> usize {
         self.lock().node_status_writes
+    }
+    /// Change the trust objects (policies, tags, keys, signatures) the agent reads.
+    pub fn edit_trust(&self, f: impl FnOnce(&mut TrustSnapshot)) {
+        f(&mut self.lock().trust);
     }
 }
 
@@ -227,5 +243,14 @@ impl NodeApi for MemoryApi {
         n.status = node.status.clone();
         n.metadata.resource_version = rv;
         Ok(n.clone())
+    }
+    async fn trust_snapshot(
+        &self,
+        _namespace: &str,
+        _image: &str,
+        _node_digests: Option<&[String]>,
+    ) -> Result<TrustSnapshot, ApiError> {
+        self.check()?;
+        Ok(self.lock().trust.clone())
     }
 }

@@ -92,7 +92,14 @@ pub struct Memo {
     pub pulling: BTreeMap<Key, Pulling>,
     /// Containers whose last pull failed (ErrImagePull, then ImagePullBackOff).
     pub pull_failures: BTreeMap<Key, PullFailures>,
+    /// Consecutive image trust refusals (ErrImageNotTrusted) per container: the re-check waits
+    /// the crash-loop backoff of this count.
+    pub trust_failures: BTreeMap<Key, u32>,
 }
+
+/// The waiting reason of a container whose image is refused by image trust
+/// (require-signed-images): not signed by a trusted key, or not verifiable.
+pub const ERR_IMAGE_NOT_TRUSTED: &str = "ErrImageNotTrusted";
 
 /// A container waiting for a pull of its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -766,6 +773,11 @@ pub struct PodSync {
     stop_done_rx: mpsc::UnboundedReceiver<String>,
     stops: TaskTracker,
     last_written: BTreeMap<String, PodStatus>,
+    /// The last trust objects fetched per (namespace, image), used while the API is down.
+    trust_cache: BTreeMap<(String, String), berth_proto::trust::TrustSnapshot>,
+    /// Whether require-signed-images applied per namespace when last fetched (an image not
+    /// seen before may start during an outage in a namespace known to be without the policy).
+    trust_policy: BTreeMap<String, bool>,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -810,6 +822,8 @@ impl PodSync {
             stop_done_rx,
             stops: TaskTracker::new(),
             last_written: BTreeMap::new(),
+            trust_cache: BTreeMap::new(),
+            trust_policy: BTreeMap::new(),
         }
     }
 
@@ -1008,6 +1022,9 @@ impl PodSync {
             if !self.image_ready(pod, c, &key, attempt, &pref, now).await {
                 continue;
             }
+            if !self.image_trusted(pod, c, &key, attempt, &pref, now).await {
+                continue;
+            }
             let bindings =
                 match self
                     .ports
@@ -1172,6 +1189,128 @@ impl PodSync {
         self.events
             .normal(pref, "Pulling", format!("Pulling image {image:?}"));
         false
+    }
+
+    /// Does this runtime handler run images (and so follow imagePullPolicy and image trust)?
+    fn handler_uses_images(&self, pod: &Pod) -> bool {
+        let class = pod.spec.runtime_class_name.as_deref();
+        self.runtime
+            .handlers()
+            .iter()
+            .find(|h| class.is_none_or(|c| h.name == c))
+            .is_some_and(|h| h.uses_images)
+    }
+
+    /// Image trust, just before the container starts (the image is on the node): under
+    /// require-signed-images the digest the node holds must be signed by a trusted key
+    /// ([`berth_proto::trust::check_image`], the check admission runs). Refused: the container
+    /// waits with [`ERR_IMAGE_NOT_TRUSTED`], a `Failed` event says why, and the check runs
+    /// again after the crash-loop backoff (so signing the image later lets it start).
+    ///
+    /// The trust objects come from the API server; when it cannot be reached the last answer
+    /// for this namespace and image is used (a container that was allowed may restart during
+    /// an outage), or, for an image not checked before, the namespace's last known policy when
+    /// it was off; a restart (attempt > 0) of a container that already ran here is allowed;
+    /// otherwise the container waits (fails closed) and is re-checked.
+    async fn image_trusted(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        key: &Key,
+        attempt: u32,
+        pref: &PodRef,
+        now: Instant,
+    ) -> bool {
+        if !self.handler_uses_images(pod) {
+            return true;
+        }
+        let ns = pod.metadata.namespace.as_str();
+        let cache_key = (ns.to_string(), c.image.clone());
+        let digests = self.runtime.image_digests(&c.image).await;
+        let node_digests = digests.as_ref().ok().cloned().flatten();
+        let snapshot = match self
+            .api
+            .trust_snapshot(ns, &c.image, node_digests.as_deref())
+            .await
+        {
+            Ok(s) => {
+                self.trust_policy.insert(
+                    ns.to_string(),
+                    berth_proto::trust::requires_signed_images(&s, ns),
+                );
+                self.trust_cache.insert(cache_key, s.clone());
+                s
+            }
+            Err(e) => match self.trust_cache.get(&cache_key) {
+                Some(s) => s.clone(),
+                // The namespace was last seen without the policy: nothing to verify.
+                None if self.trust_policy.get(ns) == Some(&false) => return true,
+                // A restart of a container that already ran here (its image passed the check
+                // when it first started, possibly under an earlier agent process).
+                None if attempt > 0 => {
+                    tracing::warn!(pod = %pref.name, container = %c.name, error = %e,
+                        "API unreachable: restarting without re-checking image trust");
+                    return true;
+                }
+                None => {
+                    let why = format!("cannot check image trust for {:?}: {e}; retrying", c.image);
+                    self.trust_failed(key, pref, why, now);
+                    return false;
+                }
+            },
+        };
+        if !berth_proto::trust::requires_signed_images(&snapshot, ns) {
+            self.memo.trust_failures.remove(key);
+            return true;
+        }
+        let digests = match digests {
+            Ok(d) => d,
+            Err(e) => {
+                let why = format!("cannot read the digests of image {:?}: {e}", c.image);
+                self.trust_failed(key, pref, why, now);
+                return false;
+            }
+        };
+        match berth_proto::trust::check_image(&snapshot, ns, &c.image, digests.as_deref()) {
+            Ok(()) => {
+                self.memo.trust_failures.remove(key);
+                true
+            }
+            Err(e) => {
+                self.trust_failed(key, pref, e.to_string(), now);
+                false
+            }
+        }
+    }
+
+    fn trust_failed(&mut self, key: &Key, pref: &PodRef, message: String, now: Instant) {
+        let count = self.memo.trust_failures.entry(key.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        let delay = self.cfg.backoff.delay(*count);
+        let repeat = self
+            .memo
+            .create_errors
+            .get(key)
+            .is_some_and(|e| e.reason == ERR_IMAGE_NOT_TRUSTED && e.message == message);
+        if !repeat {
+            self.events.warning(pref, "Failed", message.clone());
+            self.events.warning(
+                pref,
+                "Failed",
+                format!(
+                    "Error: {ERR_IMAGE_NOT_TRUSTED}: container {}",
+                    key.container
+                ),
+            );
+        }
+        self.memo.create_errors.insert(
+            key.clone(),
+            CreateError {
+                reason: ERR_IMAGE_NOT_TRUSTED.to_string(),
+                message,
+                retry_at: now + delay,
+            },
+        );
     }
 
     /// A pull failed: ErrImagePull now, the next pull after the crash-loop backoff.
@@ -1409,6 +1548,17 @@ impl PodSync {
         self.memo
             .pull_failures
             .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        self.memo
+            .trust_failures
+            .retain(|k, _| wanted.contains(k.pod_uid.as_str()));
+        let namespaces: BTreeSet<&str> = desired
+            .iter()
+            .map(|p| p.metadata.namespace.as_str())
+            .collect();
+        self.trust_cache
+            .retain(|(ns, _), _| namespaces.contains(ns.as_str()));
+        self.trust_policy
+            .retain(|ns, _| namespaces.contains(ns.as_str()));
         self.last_written.retain(|k, _| wanted.contains(k.as_str()));
     }
 

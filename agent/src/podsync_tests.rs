@@ -1131,3 +1131,176 @@ async fn a_created_but_never_started_attempt_is_recreated_with_the_same_attempt_
         }]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Image trust (require-signed-images), checked just before a container starts.
+
+fn trust_with_policy(digest_of_tag: &str, key: &berth_proto::trust::PrivateKey) -> TrustSnapshot {
+    use berth_proto::types::{ClusterImagePolicy, ImageTag, TrustKey};
+    let mut t = TrustSnapshot::default();
+    let mut p = ClusterImagePolicy::default();
+    p.metadata.name = "cluster".into();
+    p.spec.require_signed_images = true;
+    t.cluster_policy = Some(p);
+    let mut tag = ImageTag::default();
+    tag.spec.repository = "shop".into();
+    tag.spec.tag = "v1".into();
+    tag.spec.digest = digest_of_tag.into();
+    t.tags.push(tag);
+    let mut k = TrustKey::default();
+    k.metadata.name = "ci-2026".into();
+    k.spec.public_key = key.public_key().to_pem();
+    k.spec.fingerprint = key.public_key().fingerprint();
+    t.keys.push(k);
+    t
+}
+
+use berth_proto::trust::TrustSnapshot;
+
+#[tokio::test(start_paused = true)]
+async fn under_the_policy_an_unsigned_image_waits_not_trusted_and_starts_once_signed() {
+    let key = berth_proto::trust::PrivateKey::generate().expect("key");
+    let d = berth_proto::image::sha256_digest(b"shop v1 manifest");
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_image_digests("shop:v1", vec![d.clone()]);
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].image = "shop:v1".into();
+    let mut h = harness(rt);
+    h.api.edit_trust(|t| *t = trust_with_policy(&d, &key));
+    h.cache.replace_all([p]);
+    for _ in 0..6 {
+        round(&mut h, Duration::from_millis(500)).await;
+    }
+    assert!(starts(&h.rt).is_empty(), "{:?}", h.rt.calls());
+    assert_eq!(
+        waiting_reason(&h, "uid-a").as_deref(),
+        Some(ERR_IMAGE_NOT_TRUSTED)
+    );
+    let want = format!("image shop@{d} is not signed by a trusted key (trusted: ci-2026)");
+    assert!(
+        event_messages(&h, "Failed").contains(&want),
+        "{:?}",
+        event_messages(&h, "Failed")
+    );
+    let st = h
+        .api
+        .last_status("uid-a")
+        .and_then(|p| p.status)
+        .expect("status");
+    let w = st.container_statuses[0]
+        .state
+        .waiting
+        .clone()
+        .expect("waiting");
+    assert_eq!(w.message, want);
+
+    // Signed later: the re-check on the crash-loop backoff lets it start.
+    let sig = berth_proto::trust::sign_image(&key, "ci-2026", "shop", &d).expect("sign");
+    h.api.edit_trust(|t| t.signatures.push(sig));
+    let t0 = Instant::now();
+    while starts(&h.rt).is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        round(&mut h, Duration::from_millis(500)).await;
+    }
+    assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
+    assert!(
+        t0.elapsed() <= Duration::from_secs(21),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_agent_checks_the_digest_the_node_holds_not_the_tags() {
+    let key = berth_proto::trust::PrivateKey::generate().expect("key");
+    let signed = berth_proto::image::sha256_digest(b"signed");
+    let on_node = berth_proto::image::sha256_digest(b"something else");
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_image_digests("shop:v1", vec![on_node.clone()]);
+    let mut p = pod("a", &["web"]);
+    p.spec.containers[0].image = "shop:v1".into();
+    let mut h = harness(rt);
+    h.api.edit_trust(|t| {
+        *t = trust_with_policy(&signed, &key);
+        t.signatures
+            .push(berth_proto::trust::sign_image(&key, "ci-2026", "shop", &signed).expect("sign"));
+    });
+    h.cache.replace_all([p]);
+    for _ in 0..6 {
+        round(&mut h, Duration::from_millis(500)).await;
+    }
+    assert!(starts(&h.rt).is_empty(), "{:?}", h.rt.calls());
+    assert!(
+        event_messages(&h, "Failed").contains(&format!(
+            "image shop@{on_node} is not signed by a trusted key (trusted: ci-2026)"
+        )),
+        "{:?}",
+        event_messages(&h, "Failed")
+    );
+    // Policy off for the namespace: it starts.
+    h.api.edit_trust(|t| {
+        let mut off = berth_proto::types::ImagePolicy::default();
+        off.metadata.name = "default".into();
+        off.metadata.namespace = "default".into();
+        t.namespace_policies.push(off);
+    });
+    let t0 = Instant::now();
+    while starts(&h.rt).is_empty() && t0.elapsed() < Duration::from_secs(60) {
+        round(&mut h, Duration::from_millis(500)).await;
+    }
+    assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_api_down_a_new_container_waits_for_the_trust_check_and_a_restart_does_not() {
+    let rt = FakeRuntime::new();
+    rt.set_uses_images(true);
+    rt.set_behavior(
+        "web",
+        Behavior {
+            exit_after: Some((Duration::from_secs(1), 1)),
+            ignore_stop_signal: false,
+        },
+    );
+    let mut fresh = pod("fresh", &["other"]);
+    fresh.spec.containers[0].image = "shop:v1".into();
+    let crashing = pod("crashing", &["web"]);
+    let mut h = harness(rt);
+    // The crashing pod starts while the API answers (no policy), then the API goes down.
+    h.cache.replace_all([crashing.clone()]);
+    let t0 = Instant::now();
+    while starts(&h.rt).is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    assert_eq!(starts(&h.rt).len(), 1, "{:?}", h.rt.calls());
+    h.api.set_down(true);
+    // A new sync loop (as after an agent restart): it knows nothing about trust.
+    let mut h2 = harness(h.rt.clone());
+    h2.api.set_down(true);
+    h2.cache.replace_all([crashing, fresh]);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        round(&mut h2, Duration::from_millis(500)).await;
+    }
+    let s = starts(&h2.rt);
+    assert_eq!(
+        s.iter().filter(|c| c.starts_with("create web#")).count(),
+        2,
+        "the crashed container restarted during the outage: {s:?}"
+    );
+    assert!(
+        !s.iter().any(|c| c.starts_with("create other#")),
+        "a container that never ran waits for the check: {s:?}"
+    );
+    let failures = &h2.sync.memo.create_errors;
+    let e = failures
+        .get(&Key::new("uid-fresh", "other"))
+        .expect("fresh waits");
+    assert_eq!(e.reason, ERR_IMAGE_NOT_TRUSTED);
+    assert!(
+        e.message.starts_with("cannot check image trust"),
+        "{}",
+        e.message
+    );
+}

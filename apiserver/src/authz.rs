@@ -8,7 +8,9 @@
 //! |---------------------|------------------------------------------------------------------|
 //! | `admin`             | everything                                                       |
 //! | `system:server`     | everything (Raft, forwarding, the control loops)                 |
-//! | `system:node:NAME`  | read Pods, Services, Endpoints, Nodes, Events; create and update  |
+//! | `system:node:NAME`  | read Pods, Services, Endpoints, Nodes, Events (and, for image     |
+//! |                     | trust, TrustKeys, ImageSignatures, Cluster/ImagePolicies and      |
+//! |                     | ImageTags); create and update                                     |
 //! |                     | its own Node (and its status); update the status of Pods bound to |
 //! |                     | NAME; create Events. Nothing else: no Deployments, no other       |
 //! |                     | nodes' pods, no deletes, no membership, no Raft.                  |
@@ -94,9 +96,8 @@ fn denied(who: &Identity, what: String, rule: &str) -> Status {
     Status::permission_denied(format!("{who} may not {what}: {rule}"))
 }
 
-const NODE_RULE: &str =
-    "a node may read pods, services, endpoints, nodes, events and registry servers, update its \
-                         own Node and the status of pods bound to it, and create events";
+const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes, events, registry servers \
+                         and the image trust objects, update its own Node and the status of pods bound to it, and create events";
 
 fn describe(kind: Option<Kind>, namespace: &str, name: &str) -> String {
     let kind = kind
@@ -136,6 +137,12 @@ impl Caller {
                 | Kind::Node
                 | Kind::Event
                 | Kind::RegistryServer => Ok(None),
+                // Image trust: agents re-check images before starting containers.
+                Kind::TrustKey
+                | Kind::ImageSignature
+                | Kind::ClusterImagePolicy
+                | Kind::ImagePolicy
+                | Kind::ImageTag => Ok(None),
                 _ => deny(),
             },
             Verb::Create => match kind {

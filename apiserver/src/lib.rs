@@ -5,6 +5,7 @@
 //! - [`store`]: the revisioned object store, the raft state machine, with the watch hub.
 //! - [`service`]: the gRPC `Api` service (validation, forwarding to the leader, watches).
 //! - [`status`]: the one mapping of errors to gRPC codes.
+//! - [`trust`]: image trust admission (require-signed-images).
 //! - [`metrics`]: Prometheus metrics (raft, store, gRPC requests) served at `/metrics`.
 //! - [`server`]: the process: [`ServerArgs`], [`run`], [`start`] / [`ServerHandle`].
 //!
@@ -21,5 +22,6 @@ pub mod status;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trust;
 
 pub use server::{run, start, ServerArgs, ServerError, ServerHandle};

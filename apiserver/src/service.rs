@@ -425,6 +425,11 @@ impl ApiService {
         let obj = self.decode_object(bytes)?;
         let meta = obj.meta();
         let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
+        // Image trust admission (see crate::trust): after authorization, before raft.
+        if matches!(verb, Verb::Create | Verb::Update | Verb::Apply) {
+            crate::trust::admission(&self.store, &obj, verb != Verb::Create)
+                .map_err(|m| Status::failed_precondition(crate::status::bounded(m)))?;
+        }
         Ok((obj.value, bound))
     }
 

@@ -596,3 +596,96 @@ async fn leader_failover_mid_rollout_finishes_without_duplicate_pods() -> Result
     cluster.shutdown().await?;
     Ok(())
 }
+
+/// Image trust: a Deployment admitted with a signed image whose key is then removed cannot
+/// get new pods or a new ReplicaSet; the ReplicaSet and the Deployment say why in FailedCreate
+/// events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_replicasets_refused_by_image_trust_are_reported_as_failed_create_events(
+) -> Result<()> {
+    use berth_proto::trust::{sign_image, PrivateKey};
+    let env = Env::start(1, NodeLifecycleConfig::default()).await?;
+    let key = PrivateKey::generate()?;
+    let digest = berth_proto::image::sha256_digest(b"shop v1");
+    let mut tag = ImageTag::default();
+    tag.metadata.name = berth_proto::image::tag_object_name("shop", "v1");
+    tag.spec = ImageTagSpec {
+        repository: "shop".into(),
+        tag: "v1".into(),
+        digest: digest.clone(),
+    };
+    env.client.create(&tag).await?;
+    let mut tk = TrustKey::default();
+    tk.metadata.name = "ci-2026".into();
+    tk.spec.public_key = key.public_key().to_pem();
+    tk.spec.fingerprint = key.public_key().fingerprint();
+    env.client.create(&tk).await?;
+    env.client
+        .create(&sign_image(&key, "ci-2026", "shop", &digest)?)
+        .await?;
+    let mut policy = ClusterImagePolicy::default();
+    policy.metadata.name = "cluster".into();
+    policy.spec.require_signed_images = true;
+    env.client.create(&policy).await?;
+
+    let d = DeploymentBuilder::new("web")
+        .replicas(1)
+        .image("shop:v1")
+        .build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 1).await?;
+
+    env.client
+        .delete(berth_client::Kind::TrustKey, "", "ci-2026", None)
+        .await?;
+    env.edit_deployment("web", |d| d.spec.replicas = Some(2))
+        .await?;
+    let want = format!("image shop@{digest} is not signed by a trusted key (trusted: none)");
+    wait_until(
+        DEADLINE,
+        "a FailedCreate event naming the image",
+        || async {
+            let events = env.client.list::<Event>(Some("default"), "").await.ok()?.0;
+            events
+                .iter()
+                .any(|e| {
+                    e.reason == "FailedCreate"
+                        && e.involved_object.kind == "ReplicaSet"
+                        && e.message.contains(&want)
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    assert_eq!(env.pods().await?.len(), 1);
+
+    // A template change that keeps the images (admitted) needs a new ReplicaSet, whose
+    // creation is refused: the Deployment says why.
+    env.edit_deployment("web", |d| {
+        d.spec
+            .template
+            .metadata
+            .annotations
+            .insert("restartedAt".into(), "now".into());
+    })
+    .await?;
+    wait_until(
+        DEADLINE,
+        "a FailedCreate event on the Deployment",
+        || async {
+            let events = env.client.list::<Event>(Some("default"), "").await.ok()?.0;
+            events
+                .iter()
+                .any(|e| {
+                    e.reason == "FailedCreate"
+                        && e.involved_object.kind == "Deployment"
+                        && e.message.contains(&want)
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    env.stop().await
+}

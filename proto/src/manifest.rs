@@ -402,6 +402,11 @@ fn check_document(
         Kind::ImageTag => typed::<ImageTag>(value, renames),
         Kind::ImageBlob => typed::<ImageBlob>(value, renames),
         Kind::RegistryServer => typed::<RegistryServer>(value, renames),
+        // Image trust.
+        Kind::TrustKey => typed::<TrustKey>(value, renames),
+        Kind::ImageSignature => typed::<ImageSignature>(value, renames),
+        Kind::ClusterImagePolicy => typed::<ClusterImagePolicy>(value, renames),
+        Kind::ImagePolicy => typed::<ImagePolicy>(value, renames),
     }
 }
 

@@ -18,10 +18,15 @@ pub enum Kind {
     ImageTag,
     ImageBlob,
     RegistryServer,
+    // Image trust (trust.berth.dev/v1).
+    TrustKey,
+    ImageSignature,
+    ClusterImagePolicy,
+    ImagePolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -33,6 +38,11 @@ impl Kind {
         Kind::ImageTag,
         Kind::ImageBlob,
         Kind::RegistryServer,
+        // Image trust.
+        Kind::TrustKey,
+        Kind::ImageSignature,
+        Kind::ClusterImagePolicy,
+        Kind::ImagePolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +58,11 @@ impl Kind {
             Kind::ImageTag => "ImageTag",
             Kind::ImageBlob => "ImageBlob",
             Kind::RegistryServer => "RegistryServer",
+            // Image trust.
+            Kind::TrustKey => "TrustKey",
+            Kind::ImageSignature => "ImageSignature",
+            Kind::ClusterImagePolicy => "ClusterImagePolicy",
+            Kind::ImagePolicy => "ImagePolicy",
         }
     }
 
@@ -57,6 +72,11 @@ impl Kind {
             Kind::ImageManifest | Kind::ImageTag | Kind::ImageBlob | Kind::RegistryServer => {
                 "registry.berth.dev/v1"
             }
+            // Image trust.
+            Kind::TrustKey
+            | Kind::ImageSignature
+            | Kind::ClusterImagePolicy
+            | Kind::ImagePolicy => "trust.berth.dev/v1",
             _ => "v1",
         }
     }
@@ -69,6 +89,10 @@ impl Kind {
                 | Kind::ImageTag
                 | Kind::ImageBlob
                 | Kind::RegistryServer
+        ) && !matches!(
+            // Image trust: keys, signatures and the cluster policy are cluster-scoped.
+            self,
+            Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy
         )
     }
 
@@ -87,6 +111,11 @@ impl Kind {
             Kind::ImageTag => "imagetags",
             Kind::ImageBlob => "imageblobs",
             Kind::RegistryServer => "registryservers",
+            // Image trust.
+            Kind::TrustKey => "trustkeys",
+            Kind::ImageSignature => "imagesignatures",
+            Kind::ClusterImagePolicy => "clusterimagepolicies",
+            Kind::ImagePolicy => "imagepolicies",
         }
     }
 
@@ -105,6 +134,11 @@ impl Kind {
             "imagetag" | "imagetags" => Kind::ImageTag,
             "imageblob" | "imageblobs" => Kind::ImageBlob,
             "registryserver" | "registryservers" => Kind::RegistryServer,
+            // Image trust.
+            "trustkey" | "trustkeys" => Kind::TrustKey,
+            "imagesignature" | "imagesignatures" => Kind::ImageSignature,
+            "clusterimagepolicy" | "clusterimagepolicies" => Kind::ClusterImagePolicy,
+            "imagepolicy" | "imagepolicies" => Kind::ImagePolicy,
             _ => return None,
         })
     }
@@ -118,6 +152,10 @@ impl Kind {
                 | Kind::ImageManifest
                 | Kind::ImageTag
                 | Kind::RegistryServer
+        ) && !matches!(
+            // Image trust: no status.
+            self,
+            Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy | Kind::ImagePolicy
         )
     }
 }
@@ -175,6 +213,11 @@ resource!(ImageManifest, Kind::ImageManifest);
 resource!(ImageTag, Kind::ImageTag);
 resource!(ImageBlob, Kind::ImageBlob);
 resource!(RegistryServer, Kind::RegistryServer);
+// Image trust.
+resource!(TrustKey, Kind::TrustKey);
+resource!(ImageSignature, Kind::ImageSignature);
+resource!(ClusterImagePolicy, Kind::ClusterImagePolicy);
+resource!(ImagePolicy, Kind::ImagePolicy);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -190,7 +233,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -248,6 +291,11 @@ impl DynObject {
             Kind::ImageTag => normalize::<ImageTag>(kind, value)?,
             Kind::ImageBlob => normalize::<ImageBlob>(kind, value)?,
             Kind::RegistryServer => normalize::<RegistryServer>(kind, value)?,
+            // Image trust.
+            Kind::TrustKey => normalize::<TrustKey>(kind, value)?,
+            Kind::ImageSignature => normalize::<ImageSignature>(kind, value)?,
+            Kind::ClusterImagePolicy => normalize::<ClusterImagePolicy>(kind, value)?,
+            Kind::ImagePolicy => normalize::<ImagePolicy>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }

@@ -1113,3 +1113,100 @@ pub struct ImageBlob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<ImageBlobStatus>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Image trust (API group trust.berth.dev/v1): keys, signatures over manifest digests, and the
+// require-signed-images policy. Verification ([`crate::trust`]) reads only these objects and
+// `ImageTag`, so the API server and the agents check from the store alone.
+
+/// A public key whose signatures the cluster trusts (cluster-scoped; the name is what
+/// `berth sign --key NAME` and the error messages say).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustKeySpec {
+    /// ECDSA P-256 public key, PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as cosign writes it.
+    pub public_key: String,
+    /// `sha256:<hex>` of the key's SubjectPublicKeyInfo DER.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustKey {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: TrustKeySpec,
+}
+
+/// One key's signature over one manifest digest of one repository (cluster-scoped; named by
+/// [`crate::trust::signature_object_name`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSignatureSpec {
+    /// The cluster registry repository, e.g. `shop/web`.
+    pub repository: String,
+    /// The manifest digest signed, `sha256:<64 hex>`.
+    pub digest: String,
+    /// The `TrustKey` that signed it.
+    pub key_name: String,
+    /// That key's fingerprint when it signed.
+    pub key_fingerprint: String,
+    /// The exact bytes signed: cosign's simple-signing JSON payload.
+    pub payload: String,
+    /// Base64 of the ASN.1 DER ECDSA P-256 SHA-256 signature over `payload` (as cosign).
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSignature {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: ImageSignatureSpec,
+}
+
+/// What an image policy requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePolicySpec {
+    /// Pods may run only images signed by a trusted key.
+    #[serde(default)]
+    pub require_signed_images: bool,
+}
+
+/// The cluster-wide default policy: the one object named `cluster`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterImagePolicy {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ImagePolicySpec,
+}
+
+/// A namespace's policy, overriding the cluster's (on or off): the object named `default` in
+/// that namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePolicy {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ImagePolicySpec,
+}

@@ -328,6 +328,11 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::ImageTag => typed::<ImageTag>(obj),
         Kind::ImageBlob => typed::<ImageBlob>(obj),
         Kind::RegistryServer => typed::<RegistryServer>(obj),
+        // Image trust.
+        Kind::TrustKey => typed::<TrustKey>(obj),
+        Kind::ImageSignature => typed::<ImageSignature>(obj),
+        Kind::ClusterImagePolicy => typed::<ClusterImagePolicy>(obj),
+        Kind::ImagePolicy => typed::<ImagePolicy>(obj),
     }
 }
 
@@ -356,6 +361,11 @@ validate_impl!(ImageManifest, validate_image_manifest);
 validate_impl!(ImageTag, validate_image_tag);
 validate_impl!(ImageBlob, validate_image_blob);
 validate_impl!(RegistryServer, validate_registry_server);
+// Image trust.
+validate_impl!(TrustKey, validate_trust_key);
+validate_impl!(ImageSignature, validate_image_signature);
+validate_impl!(ClusterImagePolicy, validate_cluster_image_policy);
+validate_impl!(ImagePolicy, validate_image_policy);
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();
@@ -705,6 +715,105 @@ pub fn validate_image_blob(b: &ImageBlob) -> Vec<FieldError> {
     let spec = root.child("spec");
     digest_field(&mut e, &spec.child("digest"), &b.spec.digest);
     non_negative(&mut e, &spec.child("size"), b.spec.size);
+    e.0
+}
+
+// Image trust.
+
+pub fn validate_trust_key(k: &TrustKey) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &k.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let spec = root.child("spec");
+    match crate::trust::PublicKey::from_pem(&k.spec.public_key) {
+        Err(m) => e.add(&spec.child("publicKey"), m.to_string()),
+        Ok(pk) if pk.fingerprint() != k.spec.fingerprint => e.add(
+            &spec.child("fingerprint"),
+            format!(
+                "does not match spec.publicKey (its fingerprint is {})",
+                pk.fingerprint()
+            ),
+        ),
+        Ok(_) => {}
+    }
+    e.0
+}
+
+pub fn validate_image_signature(s: &ImageSignature) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &s.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    let spec = root.child("spec");
+    image_repo_field(&mut e, &spec.child("repository"), &s.spec.repository);
+    digest_field(&mut e, &spec.child("digest"), &s.spec.digest);
+    if s.spec.key_name.is_empty() {
+        e.add(&spec.child("keyName"), "is required");
+    } else if !s.metadata.name.is_empty() {
+        // Verification finds a signature by this name (one per key, repository and digest).
+        let want = crate::trust::signature_object_name(
+            &s.spec.repository,
+            &s.spec.digest,
+            &s.spec.key_name,
+        );
+        if s.metadata.name != want {
+            e.add(
+                &root.child("metadata").child("name"),
+                format!("must be {want:?} (derived from spec.repository, spec.digest and spec.keyName; berth sign names it)"),
+            );
+        }
+    }
+    if let Err(m) = crate::trust::parse_payload(&s.spec.payload) {
+        e.add(&spec.child("payload"), m.to_string());
+    }
+    if s.spec.signature.is_empty() {
+        e.add(&spec.child("signature"), "is required");
+    } else if crate::trust::decode_signature(&s.spec.signature).is_err() {
+        e.add(&spec.child("signature"), "is not base64");
+    }
+    e.0
+}
+
+pub fn validate_cluster_image_policy(p: &ClusterImagePolicy) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let path = FieldPath::root().child("metadata");
+    meta(&mut e, &p.metadata, &path, NameRule::Subdomain, false);
+    if !p.metadata.name.is_empty() && p.metadata.name != crate::trust::CLUSTER_POLICY_NAME {
+        e.add(
+            &path.child("name"),
+            format!(
+                "must be {:?}: the cluster has one ClusterImagePolicy",
+                crate::trust::CLUSTER_POLICY_NAME
+            ),
+        );
+    }
+    e.0
+}
+
+pub fn validate_image_policy(p: &ImagePolicy) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let path = FieldPath::root().child("metadata");
+    meta(&mut e, &p.metadata, &path, NameRule::Subdomain, true);
+    if !p.metadata.name.is_empty() && p.metadata.name != crate::trust::NAMESPACE_POLICY_NAME {
+        e.add(
+            &path.child("name"),
+            format!(
+                "must be {:?}: a namespace has one ImagePolicy",
+                crate::trust::NAMESPACE_POLICY_NAME
+            ),
+        );
+    }
     e.0
 }
 

@@ -119,7 +119,7 @@ fn unsupported_kind_and_api_version() {
     );
     assert_eq!(
         errors("apiVersion: v1\nkind: ConfigMap\n"),
-        vec!["app.yaml:2: kind: unsupported kind \"ConfigMap\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer"]
+        vec!["app.yaml:2: kind: unsupported kind \"ConfigMap\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy"]
     );
     assert_eq!(
         errors("apiVersion: extensions/v1beta1\nkind: Deployment\n"),
@@ -131,7 +131,7 @@ fn unsupported_kind_and_api_version() {
     );
     assert_eq!(
         errors("apiVersion: v1\nmetadata: {name: x}\n"),
-        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer"]
+        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy"]
     );
     assert_eq!(
         errors("- a\n- b\n"),

@@ -623,6 +623,10 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         Kind::ImageTag | Kind::ImageManifest | Kind::ImageBlob | Kind::RegistryServer => {
             describe_registry_object(&mut out, obj)
         }
+        // Image trust: the spec's fields as they are.
+        Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy | Kind::ImagePolicy => {
+            describe_registry_object(&mut out, obj)
+        }
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(headers: &[&str]) -> Table {
+    pub fn new(headers: &[&str]) -> Table {
         Table {
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
@@ -547,6 +547,51 @@ pub fn image_tag_table(items: &[ImageTag], now: DateTime<Utc>) -> Table {
     t
 }
 
+// Image trust.
+
+/// `berth trust key list`, `berth get trustkeys`.
+pub fn trust_key_table(items: &[TrustKey], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "FINGERPRINT", "AGE"]);
+    for k in items {
+        t.rows.push(vec![
+            k.metadata.name.clone(),
+            k.spec.fingerprint.clone(),
+            age(k.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+pub fn image_signature_table(items: &[ImageSignature], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["REPOSITORY", "DIGEST", "KEY", "AGE"]);
+    for s in items {
+        t.rows.push(vec![
+            s.spec.repository.clone(),
+            short_digest(&s.spec.digest),
+            s.spec.key_name.clone(),
+            age(s.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+pub fn image_policy_table(items: &[(&ObjectMeta, &ImagePolicySpec)], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "REQUIRE-SIGNED-IMAGES", "AGE"]);
+    for (m, spec) in items {
+        t.rows.push(vec![
+            m.name.clone(),
+            if spec.require_signed_images {
+                "on"
+            } else {
+                "off"
+            }
+            .to_string(),
+            age(m.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// `berth images`: every tag of the cluster registry with its digest, size and the nodes
 /// that have that digest (by the `repo@digest` names in Node `status.images`).
 pub fn images_table(tags: &[ImageTag], manifests: &[ImageManifest], nodes: &[Node]) -> Table {
@@ -706,6 +751,25 @@ pub fn rows(
         Kind::ImageManifest => (image_manifest_table(&typed(objs)?, now), ns_of(objs)),
         Kind::ImageBlob => (image_blob_table(&typed(objs)?, now), ns_of(objs)),
         Kind::RegistryServer => (registry_server_table(&typed(objs)?, now), ns_of(objs)),
+        // Image trust.
+        Kind::TrustKey => (trust_key_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::ImageSignature => (image_signature_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::ClusterImagePolicy => {
+            let ps: Vec<ClusterImagePolicy> = typed(objs)?;
+            let rows = ps
+                .iter()
+                .map(|p| (&p.metadata, &p.spec))
+                .collect::<Vec<_>>();
+            (image_policy_table(&rows, now), ns_of(objs))
+        }
+        Kind::ImagePolicy => {
+            let ps: Vec<ImagePolicy> = typed(objs)?;
+            let rows = ps
+                .iter()
+                .map(|p| (&p.metadata, &p.spec))
+                .collect::<Vec<_>>();
+            (image_policy_table(&rows, now), ns_of(objs))
+        }
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {

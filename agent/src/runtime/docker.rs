@@ -171,6 +171,22 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+        let Ok(want) = berth_proto::image::ImageRef::parse(image) else {
+            return Ok(None);
+        };
+        let info = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(e) if not_found(&e) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(e.into()),
+        };
+        // `127.0.0.1:5000/shop@sha256:..` (pulled from the cluster registry) counts for `shop`.
+        Ok(Some(repo_digests_of(
+            &want.repository,
+            info.repo_digests.unwrap_or_default(),
+        )))
+    }
+
     async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
         let list = self
             .docker
@@ -534,5 +550,37 @@ impl Runtime for DockerRuntime {
                 op: "exec",
                 after: timeout,
             })?
+    }
+}
+
+/// The digests in Docker's RepoDigests (`HOST/REPO@sha256:..`) whose repository is `repository`.
+fn repo_digests_of(repository: &str, repo_digests: Vec<String>) -> Vec<String> {
+    repo_digests
+        .into_iter()
+        .filter_map(|rd| {
+            let r = berth_proto::image::ImageRef::parse(&rd).ok()?;
+            (r.repository == repository).then_some(r.digest?)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::repo_digests_of;
+
+    #[test]
+    fn repo_digests_count_only_for_the_same_repository_whatever_the_registry_host() {
+        let d = berth_proto::image::sha256_digest(b"m");
+        let e = berth_proto::image::sha256_digest(b"e");
+        let got = repo_digests_of(
+            "shop",
+            vec![
+                format!("127.0.0.1:5000/shop@{d}"),
+                format!("127.0.0.1:5000/shop/web@{e}"),
+                format!("bank@{e}"),
+                "<none>@<none>".to_string(),
+            ],
+        );
+        assert_eq!(got, vec![d]);
     }
 }

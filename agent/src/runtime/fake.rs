@@ -45,6 +45,8 @@ struct Inner {
     uses_images: bool,
     pulls: HashMap<String, PullScript>,
     calls: Vec<String>,
+    /// What `image_digests` answers per image (None when not set: "cannot tell").
+    image_digests: HashMap<String, Vec<String>>,
 }
 
 /// How a fake pull of one image goes.
@@ -121,6 +123,11 @@ impl FakeRuntime {
     /// Behave like an image runtime (Docker): the pod sync loop then follows imagePullPolicy.
     pub fn set_uses_images(&self, yes: bool) {
         self.lock().uses_images = yes;
+    }
+
+    /// The registry digests the node's copy of `image` has (as Docker's RepoDigests).
+    pub fn set_image_digests(&self, image: &str, digests: Vec<String>) {
+        self.lock().image_digests.insert(image.to_string(), digests);
     }
 
     /// Script the pulls of `image` (default: instant success).
@@ -215,6 +222,10 @@ impl Runtime for FakeRuntime {
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         Ok(!self.lock().missing_images.contains(image))
+    }
+
+    async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+        Ok(self.lock().image_digests.get(image).cloned())
     }
 
     async fn pull(&self, image: &str) -> Result<Pulled, RuntimeError> {

@@ -423,6 +423,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn pull(&self, _image: &str) -> Result<Pulled, RuntimeError> {
         Ok(Pulled::default())
     }
+    /// The manifest digests the node's copy of `image` is known under in the registry of its
+    /// repository (Docker: the RepoDigests naming the same repository), for image trust.
+    /// `None`: this runtime cannot tell (the pod's or the tag's digest is checked instead).
+    async fn image_digests(&self, _image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+        Ok(None)
+    }
     /// The images in the node's local store (Node `status.images`).
     async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
         Ok(Vec::new())

@@ -184,6 +184,13 @@ impl Runtime for MultiRuntime {
         }
     }
 
+    async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
+        match self.images() {
+            Some(rt) => rt.image_digests(image).await,
+            None => Ok(None),
+        }
+    }
+
     async fn images(&self) -> Result<Vec<berth_proto::types::ContainerImage>, RuntimeError> {
         match self.images() {
             Some(rt) => rt.images().await,

@@ -127,6 +127,37 @@ struct SnapshotData {
     objects: Vec<Value>,
 }
 
+/// One consistent read of the store ([`Store::read_view`]).
+pub struct StoreView<'a> {
+    objects: &'a BTreeMap<ObjectKey, Arc<Value>>,
+    revision: u64,
+}
+
+impl StoreView<'_> {
+    /// The revision this view is consistent at.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Value> {
+        let key = ObjectKey::new(key.kind, &key.namespace, &key.name);
+        self.objects.get(&key).map(|v| v.as_ref())
+    }
+
+    /// Every object of `kind`, in all namespaces.
+    pub fn list(&self, kind: Kind) -> impl Iterator<Item = &Value> {
+        let from = ObjectKey {
+            kind,
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(from..)
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
 /// The object store. Cheap to share behind an `Arc`.
 pub struct Store {
     objects_tree: sled::Tree,
@@ -261,6 +292,17 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or(StoreError::NotFound { key })
+    }
+
+    /// Run `f` over one consistent read of the committed objects (no entry is applied while
+    /// it runs), e.g. admission checks that read several objects.
+    pub fn read_view<R>(&self, f: impl FnOnce(&StoreView<'_>) -> R) -> Result<R, StoreError> {
+        self.check_healthy()?;
+        let st = read(&self.state);
+        Ok(f(&StoreView {
+            objects: &st.objects,
+            revision: st.revision,
+        }))
     }
 
     /// Objects of `kind` (in `namespace`, or all namespaces when None) whose labels match,

@@ -95,12 +95,25 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 }
                 Err(ClientError::AlreadyExists(_)) => {}
                 Err(e) => {
+                    // Refused (e.g. by image trust admission): say why on the Deployment, as
+                    // Kubernetes' ReplicaFailure does (Events are de-duplicated).
+                    if matches!(e, ClientError::Invalid(_)) {
+                        recorder()
+                            .record(
+                                client,
+                                events::reference(d.as_ref()),
+                                EventType::Warning,
+                                "FailedCreate",
+                                &format!("Error creating replica set {}: {e}", rs.metadata.name),
+                            )
+                            .await;
+                    }
                     return Err(Error::new(
                         "create",
                         Kind::ReplicaSet,
                         &ns,
                         &rs.metadata.name,
-                    )(e))
+                    )(e));
                 }
             },
             Step::UpdateReplicaSet {

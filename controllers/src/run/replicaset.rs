@@ -125,15 +125,30 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> 
             &ns,
             &rs.metadata.name,
         ))?;
+        let mut failed_create = None;
         for (r, (name, create)) in results.into_iter().zip(&names) {
             if let Err(e) = r {
                 tracing::debug!(pod = %name, error = %e, "pod write failed");
                 if *create {
                     exp.creates.remove(name);
+                    failed_create.get_or_insert(e);
                 } else {
                     exp.deletes.remove(name);
                 }
             }
+        }
+        // As Kubernetes' ReplicaSet controller does: say why pods could not be created (e.g.
+        // refused by image trust admission), once per failing pass (Events are de-duplicated).
+        if let Some(e) = failed_create {
+            berth_client::runtime::events::Recorder::new("replicaset-controller")
+                .record(
+                    &ctx.client,
+                    berth_client::runtime::events::reference(rs.as_ref()),
+                    berth_client::runtime::events::EventType::Warning,
+                    "FailedCreate",
+                    &format!("Error creating: {e}"),
+                )
+                .await;
         }
         tracing::info!(replicaset = %rs.metadata.name, created = plan.create.len(), deleted = plan.delete.len(), "synced pods");
         if !exp.creates.is_empty() || !exp.deletes.is_empty() {
