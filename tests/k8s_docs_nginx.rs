@@ -427,7 +427,10 @@ fn get_page(port: u64) -> Option<String> {
 
 /// The running, not terminating pods of `app`: (name, image, host port).
 fn running_pods(home: &std::path::Path, app: &str) -> Option<Vec<(String, String, u64)>> {
-    let (ok, out, _) = berth(home, &["get", "pods", "-l", &format!("app={app}"), "-o", "json"]);
+    let (ok, out, _) = berth(
+        home,
+        &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
+    );
     if !ok {
         return None;
     }
@@ -484,7 +487,9 @@ fn a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_bring
     let first = pods[0].1.clone();
     let pin_prefix = format!("{repo}:1@sha256:");
     assert!(first.starts_with(&pin_prefix), "pinned: {first}");
-    let body = wait_for("version one", Duration::from_secs(20), || get_page(pods[0].2));
+    let body = wait_for("version one", Duration::from_secs(20), || {
+        get_page(pods[0].2)
+    });
     assert!(body.contains("version one"), "{body}");
 
     // A new image is pushed to the same tag: scaling up still runs the old bytes.

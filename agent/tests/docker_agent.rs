@@ -564,7 +564,10 @@ async fn docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_t
     let second_id = docker(&["image", "inspect", "-f", "{{.Id}}", &pushed]);
     let b = tag_digest().await;
     assert_ne!(a, b, "the tag moved");
-    let _rm = (RemoveImage(first_id.clone()), RemoveImage(second_id.clone()));
+    let _rm = (
+        RemoveImage(first_id.clone()),
+        RemoveImage(second_id.clone()),
+    );
     docker(&["rmi", "-f", &first_id, &second_id]);
     let unqualified = format!("{repo}:v1@{a}");
     let qualified = format!("{reg}/{repo}@{a}");
@@ -595,7 +598,12 @@ async fn docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_t
         async move {
             common::wait_for(T, &format!("pod {name} running"), || async {
                 let s = status_of(&client, &ns, name).await?;
-                s.container_statuses.first()?.state.running.as_ref().map(|_| ())
+                s.container_statuses
+                    .first()?
+                    .state
+                    .running
+                    .as_ref()
+                    .map(|_| ())
             })
             .await
         }

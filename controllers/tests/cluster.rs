@@ -644,7 +644,13 @@ async fn deployment_pods_run_the_tags_digest_at_rollout_until_a_restart_resolves
     env.wait_rolled_out("web", 1).await?;
     let images = |pods: &[Pod], hash: &str| -> Vec<String> {
         pods.iter()
-            .filter(|p| p.metadata.labels.get(TEMPLATE_HASH_LABEL).map(String::as_str) == Some(hash))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .get(TEMPLATE_HASH_LABEL)
+                    .map(String::as_str)
+                    == Some(hash)
+            })
             .map(|p| p.spec.containers[0].image.clone())
             .collect()
     };
@@ -674,16 +680,17 @@ async fn deployment_pods_run_the_tags_digest_at_rollout_until_a_restart_resolves
         })
         .await?;
     let second = template_hash(&d.spec.template);
-    wait_until(DEADLINE, "the restarted revision on the new digest", || async {
-        let pods = env.pods().await.ok()?;
-        (images(&pods, &second) == vec![format!("nginx:1.14.2@{d2}"); 3]).then_some(())
-    })
+    wait_until(
+        DEADLINE,
+        "the restarted revision on the new digest",
+        || async {
+            let pods = env.pods().await.ok()?;
+            (images(&pods, &second) == vec![format!("nginx:1.14.2@{d2}"); 3]).then_some(())
+        },
+    )
     .await
     .map_err(|e| anyhow!(e))?;
-    let rs: ReplicaSet = env
-        .client
-        .get("default", &format!("web-{second}"))
-        .await?;
+    let rs: ReplicaSet = env.client.get("default", &format!("web-{second}")).await?;
     assert_eq!(
         rs.spec.template.spec.containers[0].image, "nginx:1.14.2",
         "the template keeps the user's image"

@@ -407,10 +407,8 @@ mod tests {
             Some(format!("reg:5000/shop/web@{d}"))
         );
         assert_eq!(r.by_digest(), None);
-        let pins = std::collections::BTreeMap::from([(
-            "web".to_string(),
-            format!("nginx:1.14.2@{d}"),
-        )]);
+        let pins =
+            std::collections::BTreeMap::from([("web".to_string(), format!("nginx:1.14.2@{d}"))]);
         let json = serde_json::to_string(&pins).expect("json");
         let ann = std::collections::BTreeMap::from([(IMAGE_DIGESTS_ANNOTATION.to_string(), json)]);
         let pins = image_pins(&ann);

@@ -884,7 +884,10 @@ mod tests {
         };
         let image_id = format!("      Image ID:         nginx@{digest}\n");
         let text = describe(&DynObject::from_typed(&d), &rel, t0()).expect("describe");
-        assert!(text.contains("      Image:            nginx:1.14.2\n"), "{text}");
+        assert!(
+            text.contains("      Image:            nginx:1.14.2\n"),
+            "{text}"
+        );
         assert!(text.contains(&image_id), "{text}");
         // Without its ReplicaSet there is nothing pinned to show.
         let text = describe(&DynObject::from_typed(&d), &Related::default(), t0()).expect("d");
@@ -892,7 +895,10 @@ mod tests {
 
         let pod = berth_controllers::replicaset::new_pod(&rs, "web-1");
         let text = describe(&DynObject::from_typed(&pod), &Related::default(), t0()).expect("d");
-        assert!(text.contains("    Image:            nginx:1.14.2\n"), "{text}");
+        assert!(
+            text.contains("    Image:            nginx:1.14.2\n"),
+            "{text}"
+        );
         assert!(text.contains(&image_id[2..]), "{text}");
     }
 

@@ -115,8 +115,7 @@ impl DockerRuntime {
                 Err(e) if not_found(&e) => {}
                 // The engine refuses some references outright (400): not present under it.
                 Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 400,
-                    ..
+                    status_code: 400, ..
                 }) => {}
                 Err(e) => return Err(e.into()),
             }

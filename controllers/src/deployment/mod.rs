@@ -199,7 +199,12 @@ pub fn cluster_tag(r: &ImageRef, registry_hosts: &[String]) -> Option<(String, S
         None => true,
         Some(d) => registry_hosts.iter().any(|h| h == d),
     };
-    ours.then(|| (r.repository.clone(), r.tag_or_latest().unwrap_or("latest").to_string()))
+    ours.then(|| {
+        (
+            r.repository.clone(),
+            r.tag_or_latest().unwrap_or("latest").to_string(),
+        )
+    })
 }
 
 /// The cluster-registry tags a template's containers name (repository, tag), deduplicated:

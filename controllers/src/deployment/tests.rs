@@ -885,7 +885,10 @@ fn rollout_restart_resolves_the_tag_again_and_undo_returns_to_the_old_digest() {
     assert_eq!(w.sets.len(), 2, "undo reuses the old set");
     let back = current(&d, &w);
     assert_eq!(back.spec.replicas, 2);
-    assert_eq!(pod_images(back), vec![format!("nginx:1.14.2@{}", digest(1))]);
+    assert_eq!(
+        pod_images(back),
+        vec![format!("nginx:1.14.2@{}", digest(1))]
+    );
 }
 
 #[test]
@@ -895,9 +898,9 @@ fn external_images_digest_references_and_missing_tags_are_left_as_written() {
     push(&mut w, "nginx", "1.14.2", &digest(1));
     push(&mut w, "app", "1", &digest(4));
     for image in [
-        pinned.as_str(),            // already by digest
-        "quay.io/app:1",            // another registry, even with a same-named cluster tag
-        "busybox:1.36",             // not in the cluster registry: the engine pulls it
+        pinned.as_str(),               // already by digest
+        "quay.io/app:1",               // another registry, even with a same-named cluster tag
+        "busybox:1.36",                // not in the cluster registry: the engine pulls it
         "127.0.0.1:5001/nginx:1.14.2", // not the cluster registry's address
     ] {
         let mut d = DeploymentBuilder::new("web").image(image).build();
