@@ -5,7 +5,10 @@
 //! view from the engine alone. Images are pulled through the engine ([`Runtime::pull`], the
 //! engine's `POST /images/create`, so registries the engine knows work as they do for `docker
 //! pull`); the pod sync loop decides when, following `imagePullPolicy`. `create` still checks the
-//! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not.
+//! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not. A
+//! reference by digest (`nginx:1.14.2@sha256:...`, what a pinned Deployment's pods carry) is
+//! pulled from the cluster registry when named without a registry, found on the node by its
+//! repo digest and run as `REPO@sha256:...` (see [`local_names`]).
 
 use std::collections::HashMap;
 use std::time::Duration;

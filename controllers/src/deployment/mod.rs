@@ -7,6 +7,9 @@
 //! BlueGreen, see [`bluegreen`]), prunes revisions beyond `revisionHistoryLimit`, and computes
 //! the Deployment's status and conditions. The shell applies the plan with resourceVersion
 //! preconditions; the next event re-plans from what actually happened (level-triggered).
+//!
+//! Before it creates a new ReplicaSet the shell pins its cluster-registry tags to their current
+//! digests ([`pin_images`]): a revision runs the same bytes for its whole life, on every node.
 
 pub mod bluegreen;
 
