@@ -8,7 +8,7 @@
 //! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not. A
 //! reference by digest (`nginx:1.14.2@sha256:...`, what a pinned Deployment's pods carry) is
 //! pulled from the cluster registry when named without a registry, found on the node by its
-//! repo digest and run as `REPO@sha256:...` (see [`local_names`]).
+//! repo digest and run as `REPO@sha256:...`.
 
 use std::collections::HashMap;
 use std::time::Duration;
