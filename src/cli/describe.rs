@@ -147,7 +147,7 @@ fn image_and_id(image: &str) -> (String, Option<String>) {
 }
 
 /// The containers of a ReplicaSet's template as its pods run them (its pinned digests applied).
-fn pinned_containers(rs: &ReplicaSet, containers: &[Container]) -> Vec<Container> {
+pub(crate) fn pinned_containers(rs: &ReplicaSet, containers: &[Container]) -> Vec<Container> {
     let pins = berth_proto::image::image_pins(&rs.metadata.annotations);
     containers
         .iter()
