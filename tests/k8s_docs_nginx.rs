@@ -240,6 +240,17 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
             .count();
         (running == 3).then_some(items)
     });
+    // The Deployment's revision pinned the tag to the digest it had (Swarm-style): the pods
+    // run nginx:1.14.2@sha256:..., pulled by digest (remove that from the engine afterwards).
+    let image = pods[0]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("an image")
+        .to_string();
+    let digest = image
+        .strip_prefix("nginx:1.14.2@")
+        .unwrap_or_else(|| panic!("pinned to a digest: {image}"));
+    dev.remove_images
+        .push(format!("127.0.0.1:{reg}/nginx@{digest}"));
     let host_port = pods[0]["status"]["hostPorts"][0]["hostPort"]
         .as_u64()
         .expect("a host port for containerPort 80");
@@ -257,7 +268,7 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
     let (_, events, _) = berth(&home, &["get", "events"]);
     if !already_had_nginx {
         assert!(
-            events.contains(r#"Successfully pulled image "nginx:1.14.2""#),
+            events.contains(&format!(r#"Successfully pulled image "{image}""#)),
             "{events}"
         );
     }
@@ -343,50 +354,58 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
 }
 
 /// `berth dev` on Docker in `tmp` with its registry on a free port: (the guard, HOME, the
-/// registry's port).
+/// registry's port). A port taken between `free_port` and berth dev's bind (another test's
+/// listener) makes it start again on new ones.
 fn start_dev(tmp: &std::path::Path, node: &str) -> (Dev, std::path::PathBuf, u16) {
     let home = tmp.join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let (api, reg) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "dev",
-            "--data-dir",
-            &tmp.join("dev").display().to_string(),
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--registry-listen",
-            &format!("127.0.0.1:{reg}"),
-            "--name",
-            node,
-        ])
-        .env("HOME", &home)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start berth dev");
-    let stdout = child.stdout.take().expect("stdout");
-    let dev = Dev {
-        child,
-        node: node.to_string(),
-        remove_images: Vec::new(),
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let banner = wait_for("the berth dev banner", Duration::from_secs(60), || {
-        let mut seen = String::new();
+    let mut seen = String::new();
+    for attempt in 0..3 {
+        let (api, reg) = (free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "dev",
+                "--data-dir",
+                &tmp.join(format!("dev{attempt}")).display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+                "--registry-listen",
+                &format!("127.0.0.1:{reg}"),
+                "--name",
+                node,
+            ])
+            .env("HOME", &home)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let dev = Dev {
+            child,
+            node: node.to_string(),
+            remove_images: Vec::new(),
+        };
+        // Up to the registry line, or the end of output when berth dev could not start.
+        seen.clear();
+        let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref() {
-            let line = line.ok()?;
+            let Ok(line) = line else { break };
             seen.push_str(&line);
             seen.push('\n');
-            if line.contains("node ") && line.contains("runtime:") {
-                return Some(seen);
+            if line.trim_start().starts_with("registry ") {
+                break;
             }
         }
-        None
-    });
-    assert!(banner.contains("runtime: docker"), "{banner}");
-    (dev, home, reg)
+        if seen.contains(&format!("registry     127.0.0.1:{reg} ")) {
+            assert!(seen.contains("runtime: docker"), "{seen}");
+            // Keep reading, so a later line never meets a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (dev, home, reg);
+        }
+        drop(dev);
+    }
+    panic!("berth dev did not start with its registry three times; last output:\n{seen}");
 }
 
 /// Push an image serving `page` on port 80 as `pushed`; returns its image ID.
