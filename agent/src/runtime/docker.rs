@@ -110,11 +110,11 @@ impl DockerRuntime {
         self
     }
 
-    /// The first of [`local_names`] the engine has, if any.
-    async fn local_image(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+    /// The first of [`local_names`] the engine has, with its size, if any.
+    async fn local_image(&self, image: &str) -> Result<Option<(String, u64)>, RuntimeError> {
         for name in local_names(self.cluster_registry.as_deref(), image) {
             match self.docker.inspect_image(&name).await {
-                Ok(_) => return Ok(Some(name)),
+                Ok(i) => return Ok(Some((name, i.size.unwrap_or(0).max(0) as u64))),
                 Err(e) if not_found(&e) => {}
                 // The engine refuses some references outright (400): not present under it.
                 Err(bollard::errors::Error::DockerResponseServerError {
@@ -163,21 +163,11 @@ impl DockerRuntime {
         image: &str,
         failed: &(dyn Fn(PullFailure, String) -> RuntimeError + Sync),
     ) -> Result<Pulled, RuntimeError> {
-        let Some(local) = self.local_image(image).await? else {
+        let Some((_, size)) = self.local_image(image).await? else {
             return Err(failed(
                 PullFailure::Other,
                 "the engine reported success but does not have the image".into(),
             ));
-        };
-        let size = match self.docker.inspect_image(&local).await {
-            Ok(i) => i.size.unwrap_or(0).max(0) as u64,
-            Err(e) if not_found(&e) => {
-                return Err(failed(
-                    PullFailure::Other,
-                    "the engine reported success but does not have the image".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
         };
         Ok(Pulled { size })
     }
@@ -292,7 +282,7 @@ impl Runtime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         // The engine's name for the image (a digest reference is run by `REPO@sha256:...`).
-        let Some(image) = self.local_image(&spec.image).await? else {
+        let Some((image, _)) = self.local_image(&spec.image).await? else {
             return Err(RuntimeError::ImageNotPresent {
                 image: spec.image.clone(),
             });
