@@ -229,8 +229,8 @@ pub fn cluster_tags(t: &PodTemplateSpec, registry_hosts: &[String]) -> Vec<(Stri
 /// `digest_of(repository, tag)` resolves is recorded as `REPO:TAG@sha256:...` in
 /// [`IMAGE_DIGESTS_ANNOTATION`]. The template itself keeps the user's images (its hash, and
 /// `rollout undo` copying it back, must match the Deployment's template). Images by digest,
-/// external images and tags the registry does not have (the pod then fails to pull as it
-/// would unpinned) are left as written. Called once, at creation: a ReplicaSet's pins never
+/// external images and tags the registry does not have are left as written (their pods pull
+/// the tag as they would unpinned: from Docker Hub, or ErrImagePull when nobody has it). Called once, at creation: a ReplicaSet's pins never
 /// change, so scaling it later runs the same bytes everywhere; a changed template (including
 /// `rollout restart`) makes a new ReplicaSet and resolves again.
 pub fn pin_images(
