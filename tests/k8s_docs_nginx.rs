@@ -414,6 +414,8 @@ fn push_page(pushed: &str, page: &str) -> String {
     let _ = docker(&["rm", "-f", &builder]);
     docker(&[
         "run",
+        "--network",
+        "none",
         "--name",
         &builder,
         "berth-busybox:1",

@@ -476,6 +476,8 @@ fn commit_stamped(image: &str, stamp: &str) {
     let _ = docker(&["rm", "-f", &builder]).len();
     docker(&[
         "run",
+        "--network",
+        "none",
         "--name",
         &builder,
         IMAGE,
@@ -653,5 +655,73 @@ async fn docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_t
     })
     .await;
     agent.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_finds_it_by_repo_digest(
+) {
+    let test = "docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_finds_it_by_repo_digest";
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        berth_testkit::skip::skip_or_fail(
+            test,
+            "Docker engine not reachable (no answer within 5s)",
+        );
+        return;
+    }
+    use berth_agent::runtime::Runtime;
+    berth_testkit::images::build_busybox();
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reg = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(berth_registry::serve::serve(
+        listener,
+        None,
+        registry.router(),
+        stop.clone(),
+    ));
+    let repo = format!("berth-test/digest{}", std::process::id());
+    let pushed = format!("{reg}/{repo}:v1");
+    commit_stamped(&pushed, "by-digest");
+    docker(&["push", &pushed]);
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", &pushed]);
+    let _rm = RemoveImage(id.clone());
+    let name = berth_proto::image::tag_object_name(&repo, "v1");
+    let digest = client
+        .get::<berth_proto::types::ImageTag>("", &name)
+        .await
+        .unwrap()
+        .spec
+        .digest;
+    docker(&["rmi", "-f", &id]);
+
+    let rt = DockerRuntime::connect()
+        .await
+        .unwrap()
+        .with_cluster_registry(Some(reg.clone()));
+    let pinned = format!("{repo}:v1@{digest}");
+    let qualified = format!("{reg}/{repo}@{digest}");
+    assert!(!rt.image_present(&pinned).await.unwrap());
+    assert!(!rt.image_present(&qualified).await.unwrap());
+    let pulled = rt.pull(&pinned).await.unwrap();
+    assert!(pulled.size > 0, "{pulled:?}");
+    // Present under both forms (the engine's RepoDigests), and the very image pushed.
+    assert!(rt.image_present(&pinned).await.unwrap());
+    assert!(rt.image_present(&qualified).await.unwrap());
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", &qualified]),
+        id
+    );
+    // A registry-qualified digest pulls too (here: already present, a no-op pull).
+    rt.pull(&qualified).await.unwrap();
     stop.cancel();
 }
