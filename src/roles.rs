@@ -37,6 +37,16 @@ pub fn spawn_leader_loops(
     server: &ServerHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    spawn_leader_loops_with_registry(server, Vec::new(), shutdown)
+}
+
+/// [`spawn_leader_loops`], telling the Deployment controller the addresses the cluster
+/// registry is reached by (images naming one are cluster images, pinned to digests).
+pub fn spawn_leader_loops_with_registry(
+    server: &ServerHandle,
+    registry_hosts: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client = server_client(server).context("creating the control loops' client")?;
     let leader = server.leader_watch();
     let id = server.id();
@@ -56,6 +66,7 @@ pub fn spawn_leader_loops(
         berth_controllers::run::run_while_leader(leader, id, shutdown, move |token| {
             let client = client.clone();
             let supervisor = supervisor.clone();
+            let registry_hosts = registry_hosts.clone();
             async move {
                 let sched = tokio::spawn({
                     let (client, supervisor, token) =
@@ -76,6 +87,7 @@ pub fn spawn_leader_loops(
                     client,
                     berth_controllers::run::Config {
                         supervisor,
+                        cluster_registry_hosts: registry_hosts,
                         ..berth_controllers::run::Config::default()
                     },
                     token,
@@ -345,7 +357,7 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
         );
     }
     let loops_token = shutdown.child_token();
-    let loops = spawn_leader_loops(&server, loops_token.clone())?;
+    let mut registry_hosts = Vec::new();
     if let Some(listen) = &cmd.registry_listen {
         let opts = RegistryOptions {
             tls: true,
@@ -353,8 +365,11 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
             gc_grace: cmd.registry_gc_grace,
             ..RegistryOptions::default()
         };
-        spawn_registry(&server, listen, opts, loops_token.clone()).await?;
+        let addr = spawn_registry(&server, listen, opts, loops_token.clone()).await?;
+        registry_hosts = vec![listen.clone(), addr.to_string()];
+        registry_hosts.dedup();
     }
+    let loops = spawn_leader_loops_with_registry(&server, registry_hosts, loops_token.clone())?;
     let res = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = server.wait() => r,
@@ -423,7 +438,6 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("starting the API server on {}", args.listen))?;
     let addr = server.advertise_addr().to_string();
     let loops_token = shutdown.child_token();
-    let loops = spawn_leader_loops(&server, loops_token.clone())?;
 
     let mut registry_addr = None;
     let registry_line = if args.registry_listen == "off" {
@@ -451,6 +465,19 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
             }
         }
     };
+
+    // Started after the registry so the Deployment controller knows its address (and
+    // `localhost:PORT`, which names the same loopback registry).
+    let registry_hosts = registry_addr
+        .iter()
+        .flat_map(|a| {
+            let local = a
+                .strip_prefix("127.0.0.1:")
+                .map(|port| format!("localhost:{port}"));
+            std::iter::once(a.clone()).chain(local)
+        })
+        .collect();
+    let loops = spawn_leader_loops_with_registry(&server, registry_hosts, loops_token.clone())?;
 
     let agent_token = shutdown.child_token();
     let agent_args = berth_agent::AgentArgs {

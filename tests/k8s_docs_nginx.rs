@@ -240,6 +240,17 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
             .count();
         (running == 3).then_some(items)
     });
+    // The Deployment's revision pinned the tag to the digest it had (Swarm-style): the pods
+    // run nginx:1.14.2@sha256:..., pulled by digest (remove that from the engine afterwards).
+    let image = pods[0]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("an image")
+        .to_string();
+    let digest = image
+        .strip_prefix("nginx:1.14.2@")
+        .unwrap_or_else(|| panic!("pinned to a digest: {image}"));
+    dev.remove_images
+        .push(format!("127.0.0.1:{reg}/nginx@{digest}"));
     let host_port = pods[0]["status"]["hostPorts"][0]["hostPort"]
         .as_u64()
         .expect("a host port for containerPort 80");
@@ -257,7 +268,7 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
     let (_, events, _) = berth(&home, &["get", "events"]);
     if !already_had_nginx {
         assert!(
-            events.contains(r#"Successfully pulled image "nginx:1.14.2""#),
+            events.contains(&format!(r#"Successfully pulled image "{image}""#)),
             "{events}"
         );
     }
@@ -337,5 +348,212 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
         body.contains("200").then_some(body)
     });
     assert!(body.contains("hello from berth build"), "{body}");
+    drop(dev);
+}
+
+/// `berth dev` on Docker in `tmp` with its registry on a free port: (the guard, HOME, the
+/// registry's port). A port taken between `free_port` and berth dev's bind (another test's
+/// listener) makes it start again on new ones.
+fn start_dev(tmp: &std::path::Path, node: &str) -> (Dev, std::path::PathBuf, u16) {
+    let home = tmp.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut seen = String::new();
+    for attempt in 0..3 {
+        let (api, reg) = (free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "dev",
+                "--data-dir",
+                &tmp.join(format!("dev{attempt}")).display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+                "--registry-listen",
+                &format!("127.0.0.1:{reg}"),
+                "--name",
+                node,
+            ])
+            .env("HOME", &home)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let dev = Dev {
+            child,
+            node: node.to_string(),
+            remove_images: Vec::new(),
+        };
+        // Up to the registry line, or the end of output when berth dev could not start.
+        seen.clear();
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.trim_start().starts_with("registry ") {
+                break;
+            }
+        }
+        if seen.contains(&format!("registry     127.0.0.1:{reg} ")) {
+            assert!(seen.contains("runtime: docker"), "{seen}");
+            // Keep reading, so a later line never meets a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (dev, home, reg);
+        }
+        drop(dev);
+    }
+    panic!("berth dev did not start with its registry three times; last output:\n{seen}");
+}
+
+/// Push an image serving `page` on port 80 as `pushed`; returns its image ID.
+fn push_page(pushed: &str, page: &str) -> String {
+    let builder = format!("berth-pin-build-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &builder]);
+    docker(&[
+        "run",
+        "--network",
+        "none",
+        "--name",
+        &builder,
+        "berth-busybox:1",
+        "sh",
+        "-c",
+        &format!("/bin/busybox mkdir -p /www && echo '{page}' > /www/index.html"),
+    ])
+    .expect("build step");
+    docker(&[
+        "commit",
+        "--change",
+        r#"CMD ["httpd", "-f", "-p", "80", "-h", "/www"]"#,
+        &builder,
+        pushed,
+    ])
+    .expect("commit");
+    let _ = docker(&["rm", "-f", &builder]);
+    docker(&["push", pushed]).expect("push to the cluster registry");
+    docker(&["image", "inspect", "-f", "{{.Id}}", pushed]).expect("image id")
+}
+
+fn get_page(port: u64) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.contains("200").then_some(body)
+}
+
+/// The running, not terminating pods of `app`: (name, image, host port).
+fn running_pods(home: &std::path::Path, app: &str) -> Option<Vec<(String, String, u64)>> {
+    let (ok, out, _) = berth(
+        home,
+        &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
+    );
+    if !ok {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let items = v["items"].as_array()?;
+    if items
+        .iter()
+        .any(|p| p["status"]["phase"] != "Running" || !p["metadata"]["deletionTimestamp"].is_null())
+    {
+        return None; // mid-rollout
+    }
+    items
+        .iter()
+        .map(|p| {
+            Some((
+                p["metadata"]["name"].as_str()?.to_string(),
+                p["spec"]["containers"][0]["image"].as_str()?.to_string(),
+                p["status"]["hostPorts"][0]["hostPort"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_brings_it_back() {
+    let test =
+        "a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_brings_it_back";
+    if !berth_testkit::skip::require(test, docker(&["version"]).map(|_| ())) {
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let node = format!("pin-{}", std::process::id());
+    let (mut dev, home, reg) = start_dev(tmp.path(), &node);
+    let repo = format!("pinweb{}", std::process::id());
+    let pushed = format!("127.0.0.1:{reg}/{repo}:1");
+    dev.remove_images.push(pushed.clone());
+    let first_id = push_page(&pushed, "version one");
+    dev.remove_images.push(first_id);
+
+    let manifest = tmp.path().join("pinweb.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: pinweb\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: pinweb\n  template:\n    metadata:\n      labels:\n        app: pinweb\n    spec:\n      containers:\n      - name: web\n        image: {repo}:1\n        ports:\n        - containerPort: 80\n"
+        ),
+    )
+    .expect("write manifest");
+    let (ok, out, err) = berth(&home, &["apply", "-f", &manifest.display().to_string()]);
+    assert!(ok, "apply: {out}{err}");
+    let pods = wait_for("the first pod running", Duration::from_secs(60), || {
+        running_pods(&home, "pinweb").filter(|p| p.len() == 1)
+    });
+    let first = pods[0].1.clone();
+    let pin_prefix = format!("{repo}:1@sha256:");
+    assert!(first.starts_with(&pin_prefix), "pinned: {first}");
+    let body = wait_for("version one", Duration::from_secs(20), || {
+        get_page(pods[0].2)
+    });
+    assert!(body.contains("version one"), "{body}");
+
+    // A new image is pushed to the same tag: scaling up still runs the old bytes.
+    let second_id = push_page(&pushed, "version two");
+    dev.remove_images.push(second_id);
+    let (ok, out, err) = berth(&home, &["scale", "deploy", "pinweb", "--replicas", "2"]);
+    assert!(ok, "scale: {out}{err}");
+    let pods = wait_for("two pods running", Duration::from_secs(60), || {
+        running_pods(&home, "pinweb").filter(|p| p.len() == 2)
+    });
+    for (name, image, port) in &pods {
+        assert_eq!(image, &first, "{name} runs the revision's digest");
+        let body = wait_for("a page", Duration::from_secs(20), || get_page(*port));
+        assert!(body.contains("version one"), "{name}: {body}");
+    }
+
+    // rollout restart resolves the tag again: the second image everywhere.
+    let (ok, out, err) = berth(&home, &["rollout", "restart", "deploy/pinweb"]);
+    assert!(ok, "restart: {out}{err}");
+    let pods = wait_for("the restarted pods", Duration::from_secs(90), || {
+        running_pods(&home, "pinweb")
+            .filter(|p| p.len() == 2 && p.iter().all(|(_, i, _)| *i != first))
+    });
+    let second = pods[0].1.clone();
+    assert!(second.starts_with(&pin_prefix), "pinned: {second}");
+    for (name, image, port) in &pods {
+        assert_eq!(image, &second, "{name}");
+        let body = wait_for("a page", Duration::from_secs(20), || get_page(*port));
+        assert!(body.contains("version two"), "{name}: {body}");
+    }
+    let (ok, text, err) = berth(&home, &["describe", "deploy/pinweb"]);
+    assert!(ok, "describe: {err}");
+    let digest = second.split_once('@').map(|(_, d)| d).expect("digest");
+    assert!(
+        text.contains(&format!("Image:            {repo}:1\n"))
+            && text.contains(&format!("Image ID:         {repo}@{digest}\n")),
+        "{text}"
+    );
+
+    // rollout undo returns to the first revision and its digest.
+    let (ok, out, err) = berth(&home, &["rollout", "undo", "deploy/pinweb"]);
+    assert!(ok, "undo: {out}{err}");
+    wait_for("the first digest back", Duration::from_secs(90), || {
+        running_pods(&home, "pinweb")
+            .filter(|p| p.len() == 2 && p.iter().all(|(_, i, _)| *i == first))
+    });
     drop(dev);
 }

@@ -469,3 +469,259 @@ impl Drop for RemoveImage {
             .output();
     }
 }
+
+/// Commit a container of the busybox image that wrote `stamp` to /stamp as `image`.
+fn commit_stamped(image: &str, stamp: &str) {
+    let builder = format!("berth-pin-build-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &builder]).len();
+    docker(&[
+        "run",
+        "--network",
+        "none",
+        "--name",
+        &builder,
+        IMAGE,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &format!("echo {stamp} > /stamp"),
+    ]);
+    docker(&["commit", &builder, image]);
+    docker(&["rm", "-f", &builder]);
+}
+
+fn engine_has(image: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The image ID the container of pod `name` runs.
+fn container_image_id(ns: &str, name: &str) -> String {
+    let id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=berth.pod-namespace={ns}"),
+        "--filter",
+        &format!("label=berth.pod-name={name}"),
+    ]);
+    docker(&["inspect", "-f", "{{.Image}}", id.lines().next().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_tag_moved() {
+    let test = "docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_tag_moved";
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        berth_testkit::skip::skip_or_fail(
+            test,
+            "Docker engine not reachable (no answer within 5s)",
+        );
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let ns = format!("pin{}", std::process::id());
+    let _cleanup = Cleanup(ns.clone());
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reg = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(berth_registry::serve::serve(
+        listener,
+        None,
+        registry.router(),
+        stop.clone(),
+    ));
+
+    // v1 is pushed (digest A), then another image is pushed to the same tag (digest B); both
+    // are then removed from the engine, so the node has neither.
+    let repo = format!("berth-test/pin{}", std::process::id());
+    let pushed = format!("{reg}/{repo}:v1");
+    let tag_digest = || async {
+        let name = berth_proto::image::tag_object_name(&repo, "v1");
+        client
+            .get::<berth_proto::types::ImageTag>("", &name)
+            .await
+            .unwrap()
+            .spec
+            .digest
+    };
+    commit_stamped(&pushed, "first");
+    docker(&["push", &pushed]);
+    let first_id = docker(&["image", "inspect", "-f", "{{.Id}}", &pushed]);
+    let a = tag_digest().await;
+    commit_stamped(&pushed, "second");
+    docker(&["push", &pushed]);
+    let second_id = docker(&["image", "inspect", "-f", "{{.Id}}", &pushed]);
+    let b = tag_digest().await;
+    assert_ne!(a, b, "the tag moved");
+    let _rm = (
+        RemoveImage(first_id.clone()),
+        RemoveImage(second_id.clone()),
+    );
+    docker(&["rmi", "-f", &first_id, &second_id]);
+    let unqualified = format!("{repo}:v1@{a}");
+    let qualified = format!("{reg}/{repo}@{a}");
+    assert!(!engine_has(&format!("{reg}/{repo}@{a}")));
+
+    let args = AgentArgs {
+        server: vec![cluster.addr(0).to_string()],
+        token: Some(berth_tls::Secret::new(cluster.token())),
+        name: Some("docker-pin-node".into()),
+        address: "127.0.0.1".into(),
+        data_dir: Some(dir.path().to_path_buf()),
+        runtime: Some(RuntimeKind::Docker),
+        capacity: Some("cpu=2,memory=2Gi".into()),
+        host_port_range: "41200-41299".into(),
+        listen: Some("127.0.0.1:0".into()),
+        no_proxy: true,
+        restart_backoff_ms: 300,
+        heartbeat_ms: 500,
+        cluster_registry: Some(reg.clone()),
+        ..AgentArgs::default()
+    };
+    let agent = berth_agent::start(args, CancellationToken::new())
+        .await
+        .unwrap();
+    let script = "/bin/busybox cat /stamp && exec /bin/busybox sleep 300";
+    let running = |name: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            common::wait_for(T, &format!("pod {name} running"), || async {
+                let s = status_of(&client, &ns, name).await?;
+                s.container_statuses
+                    .first()?
+                    .state
+                    .running
+                    .as_ref()
+                    .map(|_| ())
+            })
+            .await
+        }
+    };
+    // The form a pinned Deployment's pods carry: REPO:TAG@DIGEST, named without a registry.
+    let mut p = pod(&ns, "unqualified", &unqualified, script);
+    p.spec.node_name = "docker-pin-node".into();
+    client.create(&p).await.unwrap();
+    running("unqualified").await;
+    // The old bytes, though the tag now names the second image.
+    assert_eq!(container_image_id(&ns, "unqualified"), first_id);
+
+    // Registry-qualified, by digest alone: already on the node (found by its RepoDigest).
+    let mut p = pod(&ns, "qualified", &qualified, script);
+    p.spec.node_name = "docker-pin-node".into();
+    client.create(&p).await.unwrap();
+    running("qualified").await;
+    assert_eq!(container_image_id(&ns, "qualified"), first_id);
+    let events = common::wait_for(T, "the events of both pods", || async {
+        let (events, _) = client.list::<Event>(Some(&ns), "").await.ok()?;
+        let q = events_of(&events, "qualified");
+        q.iter().any(|(r, _)| r == "Pulled").then_some(events)
+    })
+    .await;
+    let u = events_of(&events, "unqualified");
+    assert!(
+        u.contains(&("Pulling".into(), format!("Pulling image {unqualified:?}"))),
+        "{u:?}"
+    );
+    let q = events_of(&events, "qualified");
+    assert!(
+        q.contains(&(
+            "Pulled".into(),
+            format!("Container image {qualified:?} already present on machine")
+        )),
+        "{q:?}"
+    );
+
+    for name in ["unqualified", "qualified"] {
+        client
+            .delete(berth_proto::Kind::Pod, &ns, name, None)
+            .await
+            .unwrap();
+    }
+    common::wait_for(T, "containers removed", || async {
+        (containers_of_namespace(&ns).await == 0).then_some(())
+    })
+    .await;
+    agent.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_finds_it_by_repo_digest(
+) {
+    let test = "docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_finds_it_by_repo_digest";
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        berth_testkit::skip::skip_or_fail(
+            test,
+            "Docker engine not reachable (no answer within 5s)",
+        );
+        return;
+    }
+    use berth_agent::runtime::Runtime;
+    berth_testkit::images::build_busybox();
+    let cluster = TestCluster::start(1).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registry =
+        berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reg = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    tokio::spawn(berth_registry::serve::serve(
+        listener,
+        None,
+        registry.router(),
+        stop.clone(),
+    ));
+    let repo = format!("berth-test/digest{}", std::process::id());
+    let pushed = format!("{reg}/{repo}:v1");
+    commit_stamped(&pushed, "by-digest");
+    docker(&["push", &pushed]);
+    let id = docker(&["image", "inspect", "-f", "{{.Id}}", &pushed]);
+    let _rm = RemoveImage(id.clone());
+    let name = berth_proto::image::tag_object_name(&repo, "v1");
+    let digest = client
+        .get::<berth_proto::types::ImageTag>("", &name)
+        .await
+        .unwrap()
+        .spec
+        .digest;
+    docker(&["rmi", "-f", &id]);
+
+    let rt = DockerRuntime::connect()
+        .await
+        .unwrap()
+        .with_cluster_registry(Some(reg.clone()));
+    let pinned = format!("{repo}:v1@{digest}");
+    let qualified = format!("{reg}/{repo}@{digest}");
+    assert!(!rt.image_present(&pinned).await.unwrap());
+    assert!(!rt.image_present(&qualified).await.unwrap());
+    let pulled = rt.pull(&pinned).await.unwrap();
+    assert!(pulled.size > 0, "{pulled:?}");
+    // Present under both forms (the engine's RepoDigests), and the very image pushed.
+    assert!(rt.image_present(&pinned).await.unwrap());
+    assert!(rt.image_present(&qualified).await.unwrap());
+    assert_eq!(
+        docker(&["image", "inspect", "-f", "{{.Id}}", &qualified]),
+        id
+    );
+    // A registry-qualified digest pulls too (here: already present, a no-op pull).
+    rt.pull(&qualified).await.unwrap();
+    stop.cancel();
+}

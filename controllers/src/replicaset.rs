@@ -29,9 +29,17 @@ pub fn pod_name(rs: &ReplicaSet, suffix: &str) -> String {
     format!("{}-{}", rs.metadata.name, suffix)
 }
 
-/// A pod for `rs` named `name`.
+/// A pod for `rs` named `name`: the template, with the images pinned by the Deployment
+/// controller ([`berth_proto::image::IMAGE_DIGESTS_ANNOTATION`]) when it recorded any.
 pub fn new_pod(rs: &ReplicaSet, name: &str) -> Pod {
     let t = &rs.spec.template;
+    let mut spec = t.spec.clone();
+    let pins = berth_proto::image::image_pins(&rs.metadata.annotations);
+    for c in &mut spec.containers {
+        if let Some(p) = berth_proto::image::pinned_image(&pins, &c.name, &c.image) {
+            c.image = p.to_string();
+        }
+    }
     Pod {
         metadata: ObjectMeta {
             name: name.into(),
@@ -47,7 +55,7 @@ pub fn new_pod(rs: &ReplicaSet, name: &str) -> Pod {
             }],
             ..Default::default()
         },
-        spec: t.spec.clone(),
+        spec,
         ..Default::default()
     }
 }

@@ -597,6 +597,107 @@ async fn leader_failover_mid_rollout_finishes_without_duplicate_pods() -> Result
     Ok(())
 }
 
+/// Point the cluster registry's `repository:tag` at `digest`, as a push does.
+async fn set_tag(client: &Client, repository: &str, tag: &str, digest: &str) -> Result<()> {
+    let name = berth_proto::image::tag_object_name(repository, tag);
+    let spec = ImageTagSpec {
+        repository: repository.into(),
+        tag: tag.into(),
+        digest: digest.into(),
+    };
+    match client.get::<ImageTag>("", &name).await {
+        Ok(mut t) => {
+            t.spec = spec;
+            client.update(&t).await?;
+        }
+        Err(berth_client::ClientError::NotFound(_)) => {
+            client
+                .create(&ImageTag {
+                    metadata: ObjectMeta {
+                        name,
+                        ..Default::default()
+                    },
+                    spec,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pods_run_the_tags_digest_at_rollout_until_a_restart_resolves_it_again(
+) -> Result<()> {
+    let env = Env::start(2, NodeLifecycleConfig::default()).await?;
+    let (d1, d2) = (
+        berth_proto::image::sha256_digest(b"one"),
+        berth_proto::image::sha256_digest(b"two"),
+    );
+    set_tag(&env.client, "nginx", "1.14.2", &d1).await?;
+    let d = DeploymentBuilder::new("web")
+        .replicas(1)
+        .image("nginx:1.14.2")
+        .build();
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 1).await?;
+    let images = |pods: &[Pod], hash: &str| -> Vec<String> {
+        pods.iter()
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .get(TEMPLATE_HASH_LABEL)
+                    .map(String::as_str)
+                    == Some(hash)
+            })
+            .map(|p| p.spec.containers[0].image.clone())
+            .collect()
+    };
+    let first = template_hash(&d.spec.template);
+    assert_eq!(
+        images(&env.pods().await?, &first),
+        vec![format!("nginx:1.14.2@{d1}")]
+    );
+
+    // The tag moves; scaling up keeps the revision's digest on every new pod.
+    set_tag(&env.client, "nginx", "1.14.2", &d2).await?;
+    env.edit_deployment("web", |d| d.spec.replicas = Some(3))
+        .await?;
+    env.wait_rolled_out("web", 3).await?;
+    assert_eq!(
+        images(&env.pods().await?, &first),
+        vec![format!("nginx:1.14.2@{d1}"); 3]
+    );
+
+    // `berth rollout restart` changes the template: the new revision resolves the tag again.
+    let d = env
+        .edit_deployment("web", |d| {
+            d.spec.template.metadata.annotations.insert(
+                "kubectl.kubernetes.io/restartedAt".into(),
+                "2026-01-01T00:00:00Z".into(),
+            );
+        })
+        .await?;
+    let second = template_hash(&d.spec.template);
+    wait_until(
+        DEADLINE,
+        "the restarted revision on the new digest",
+        || async {
+            let pods = env.pods().await.ok()?;
+            (images(&pods, &second) == vec![format!("nginx:1.14.2@{d2}"); 3]).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow!(e))?;
+    let rs: ReplicaSet = env.client.get("default", &format!("web-{second}")).await?;
+    assert_eq!(
+        rs.spec.template.spec.containers[0].image, "nginx:1.14.2",
+        "the template keeps the user's image"
+    );
+    env.stop().await
+}
+
 /// Image trust: a Deployment admitted with a signed image whose key is then removed cannot
 /// get new pods or a new ReplicaSet; the ReplicaSet and the Deployment say why in FailedCreate
 /// events.

@@ -227,6 +227,59 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// The ReplicaSet annotation recording the digests its pods run, as JSON
+/// `{"<container>": "REPO:TAG@sha256:..."}`. The Deployment controller writes it once, when it
+/// creates the ReplicaSet (so every pod of that revision, on every node, runs the same bytes
+/// even after the tag moves); the ReplicaSet controller applies it to each pod it creates.
+/// The ReplicaSet's template keeps the user's unpinned images, so the template hash, `rollout
+/// undo` and "which ReplicaSet is current" compare what the user wrote.
+pub const IMAGE_DIGESTS_ANNOTATION: &str = "berth.dev/image-digests";
+
+impl ImageRef {
+    /// This reference pinned to `digest`, Swarm's form: `REPO:TAG@sha256:...` (the tag
+    /// defaulting to `latest`, kept for readers; engines go by the digest).
+    pub fn pinned(&self, digest: &str) -> ImageRef {
+        ImageRef {
+            tag: self.tag_or_latest().map(str::to_string),
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// `[DOMAIN/]REPO@sha256:...` without the tag (what an engine looks a digest up by), or
+    /// None when no digest is given.
+    pub fn by_digest(&self) -> Option<String> {
+        let d = self.digest.as_ref()?;
+        Some(format!("{}@{d}", self.repository_with_domain()))
+    }
+}
+
+/// The pins recorded in `annotations` ([`IMAGE_DIGESTS_ANNOTATION`]); empty when absent or
+/// unreadable (an unreadable value pins nothing rather than failing the ReplicaSet).
+pub fn image_pins(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    annotations
+        .get(IMAGE_DIGESTS_ANNOTATION)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
+/// The pinned reference `pins` gives for a container whose image is `image`: only when the pin
+/// is that very reference (same registry, repository and tag) plus a digest, so a pin never
+/// swaps in another image (a hand-edited template keeps its own image).
+pub fn pinned_image<'a>(
+    pins: &'a std::collections::BTreeMap<String, String>,
+    container: &str,
+    image: &str,
+) -> Option<&'a str> {
+    let pin = pins.get(container)?;
+    let p = ImageRef::parse(pin).ok()?;
+    let digest = p.digest.as_deref()?;
+    let wanted = ImageRef::parse(image).ok()?;
+    (wanted.digest.is_none() && wanted.pinned(digest) == p).then_some(pin.as_str())
+}
+
 /// A readable, DNS-1123-label-safe prefix of `s` (lowercase alphanumerics and '-'),
 /// at most `max` characters.
 fn readable(s: &str, max: usize) -> String {
@@ -333,6 +386,44 @@ mod tests {
                 && check_path_component("a---b")
                 && !check_path_component("a___b")
         );
+    }
+
+    #[test]
+    fn pins_apply_only_to_the_reference_they_were_made_from() {
+        let d = sha256_digest(b"manifest");
+        let r = ImageRef::parse("nginx:1.14.2").expect("parses");
+        assert_eq!(r.pinned(&d).to_string(), format!("nginx:1.14.2@{d}"));
+        assert_eq!(
+            ImageRef::parse("reg:5000/shop/web")
+                .expect("parses")
+                .pinned(&d)
+                .to_string(),
+            format!("reg:5000/shop/web:latest@{d}")
+        );
+        assert_eq!(
+            ImageRef::parse(&format!("reg:5000/shop/web:1@{d}"))
+                .expect("parses")
+                .by_digest(),
+            Some(format!("reg:5000/shop/web@{d}"))
+        );
+        assert_eq!(r.by_digest(), None);
+        let pins =
+            std::collections::BTreeMap::from([("web".to_string(), format!("nginx:1.14.2@{d}"))]);
+        let json = serde_json::to_string(&pins).expect("json");
+        let ann = std::collections::BTreeMap::from([(IMAGE_DIGESTS_ANNOTATION.to_string(), json)]);
+        let pins = image_pins(&ann);
+        assert_eq!(
+            pinned_image(&pins, "web", "nginx:1.14.2"),
+            Some(format!("nginx:1.14.2@{d}").as_str())
+        );
+        assert_eq!(pinned_image(&pins, "web", "nginx:1.15"), None);
+        assert_eq!(pinned_image(&pins, "web", "other.io/nginx:1.14.2"), None);
+        assert_eq!(pinned_image(&pins, "sidecar", "nginx:1.14.2"), None);
+        let bad = std::collections::BTreeMap::from([(
+            IMAGE_DIGESTS_ANNOTATION.to_string(),
+            "not json".to_string(),
+        )]);
+        assert!(image_pins(&bad).is_empty());
     }
 
     #[test]

@@ -125,12 +125,52 @@ fn probe_string(p: &Probe) -> String {
     )
 }
 
+/// kubectl's `Image:` and `Image ID:` for a reference: a pinned `REPO:TAG@sha256:...` shows
+/// the tag as the image and `REPO@sha256:...` as its ID (the bytes that run).
+fn image_and_id(image: &str) -> (String, Option<String>) {
+    match berth_proto::image::ImageRef::parse(image) {
+        Ok(r) if r.digest.is_some() => {
+            let id = r.by_digest();
+            let shown = if r.tag.is_some() {
+                berth_proto::image::ImageRef {
+                    digest: None,
+                    ..r.clone()
+                }
+                .to_string()
+            } else {
+                image.to_string()
+            };
+            (shown, id)
+        }
+        _ => (image.to_string(), None),
+    }
+}
+
+/// The containers of a ReplicaSet's template as its pods run them (its pinned digests applied).
+pub(crate) fn pinned_containers(rs: &ReplicaSet, containers: &[Container]) -> Vec<Container> {
+    let pins = berth_proto::image::image_pins(&rs.metadata.annotations);
+    containers
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            if let Some(p) = berth_proto::image::pinned_image(&pins, &c.name, &c.image) {
+                c.image = p.to_string();
+            }
+            c
+        })
+        .collect()
+}
+
 fn container_lines(out: &mut String, c: &Container, status: Option<&ContainerStatus>) {
     let _ = writeln!(out, "  {}:", c.name);
     let sub = |out: &mut String, k: &str, v: String| {
         let _ = writeln!(out, "    {:<18}{v}", format!("{k}:"));
     };
-    sub(out, "Image", c.image.clone());
+    let (image, image_id) = image_and_id(&c.image);
+    sub(out, "Image", image);
+    if let Some(id) = image_id {
+        sub(out, "Image ID", id);
+    }
     if !c.command.is_empty() {
         sub(out, "Command", c.command.join(" "));
     }
@@ -307,7 +347,17 @@ fn describe_deployment(out: &mut String, d: &Deployment, rel: &Related, now: Dat
     out.push_str("Pod Template:\n");
     map_lines(out, "  Labels", &d.spec.template.metadata.labels);
     out.push_str("  Containers:\n");
-    for c in &d.spec.template.spec.containers {
+    // The current revision's pinned digests (what its pods run), when it has any.
+    let hash = berth_controllers::deployment::template_hash(&d.spec.template);
+    let containers = match rel
+        .replicasets
+        .iter()
+        .find(|r| berth_controllers::deployment::rs_hash(r) == hash)
+    {
+        Some(rs) => pinned_containers(rs, &d.spec.template.spec.containers),
+        None => d.spec.template.spec.containers.clone(),
+    };
+    for c in &containers {
         let mut s = String::new();
         container_lines(&mut s, c, None);
         out.push_str(&indent(&s, 2));
@@ -358,7 +408,7 @@ fn describe_replicaset(out: &mut String, r: &ReplicaSet, rel: &Related, now: Dat
         ),
     );
     out.push_str("Containers:\n");
-    for c in &r.spec.template.spec.containers {
+    for c in &pinned_containers(r, &r.spec.template.spec.containers) {
         container_lines(out, c, None);
     }
     events_section(out, &rel.events, now);
@@ -801,6 +851,59 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn deployment_and_pod_show_the_pinned_digest_as_image_id() {
+        let digest = berth_proto::image::sha256_digest(b"manifest");
+        let template = PodTemplateSpec {
+            spec: PodSpec {
+                containers: vec![Container {
+                    name: "nginx".into(),
+                    image: "nginx:1.14.2".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let hash = berth_controllers::deployment::template_hash(&template);
+        let d = Deployment {
+            metadata: ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            spec: DeploymentSpec {
+                template: template.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut rs = berth_controllers::deployment::new_replica_set(&d, &hash, 1, 1);
+        berth_controllers::deployment::pin_images(&mut rs, &[], |_, _| Some(digest.clone()));
+        let rel = Related {
+            replicasets: vec![rs.clone()],
+            ..Default::default()
+        };
+        let image_id = format!("      Image ID:         nginx@{digest}\n");
+        let text = describe(&DynObject::from_typed(&d), &rel, t0()).expect("describe");
+        assert!(
+            text.contains("      Image:            nginx:1.14.2\n"),
+            "{text}"
+        );
+        assert!(text.contains(&image_id), "{text}");
+        // Without its ReplicaSet there is nothing pinned to show.
+        let text = describe(&DynObject::from_typed(&d), &Related::default(), t0()).expect("d");
+        assert!(!text.contains("Image ID"), "{text}");
+
+        let pod = berth_controllers::replicaset::new_pod(&rs, "web-1");
+        let text = describe(&DynObject::from_typed(&pod), &Related::default(), t0()).expect("d");
+        assert!(
+            text.contains("    Image:            nginx:1.14.2\n"),
+            "{text}"
+        );
+        assert!(text.contains(&image_id[2..]), "{text}");
     }
 
     #[test]

@@ -212,14 +212,12 @@ pub fn history_table(sets: &[ReplicaSet]) -> Table {
         rows: vec![],
     };
     for r in sets {
-        let images: Vec<&str> = r
-            .spec
-            .template
-            .spec
-            .containers
-            .iter()
-            .map(|c| c.image.as_str())
-            .collect();
+        // As the revision's pods run them: revisions of the same tag differ by their digests.
+        let images: Vec<String> =
+            super::describe::pinned_containers(r, &r.spec.template.spec.containers)
+                .into_iter()
+                .map(|c| c.image)
+                .collect();
         t.rows.push(vec![
             revision(r).to_string(),
             r.metadata
@@ -714,6 +712,29 @@ REVISION   TEMPLATE-HASH   REPLICAS   IMAGES   CHANGE-CAUSE
 1          h1              0          v1       <none>
 2          h2              0          v2       <none>
 "
+        );
+    }
+
+    #[test]
+    fn history_shows_each_revisions_pinned_digest() {
+        let (a, b) = (
+            berth_proto::image::sha256_digest(b"a"),
+            berth_proto::image::sha256_digest(b"b"),
+        );
+        let pinned = |rev: i64, digest: &str| {
+            let mut r = rs(rev, "web:1");
+            r.metadata.annotations.insert(
+                berth_proto::image::IMAGE_DIGESTS_ANNOTATION.into(),
+                format!(r#"{{"app":"web:1@{digest}"}}"#),
+            );
+            r
+        };
+        let text = history_table(&[pinned(1, &a), pinned(2, &b), rs(3, "web:1")]).render();
+        assert!(text.contains(&format!("web:1@{a} ")), "{text}");
+        assert!(text.contains(&format!("web:1@{b} ")), "{text}");
+        assert!(
+            text.contains("\n3          h3              0          web:1 "),
+            "{text}"
         );
     }
 }

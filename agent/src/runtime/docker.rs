@@ -5,7 +5,10 @@
 //! view from the engine alone. Images are pulled through the engine ([`Runtime::pull`], the
 //! engine's `POST /images/create`, so registries the engine knows work as they do for `docker
 //! pull`); the pod sync loop decides when, following `imagePullPolicy`. `create` still checks the
-//! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not.
+//! image is present and fails fast with [`RuntimeError::ImageNotPresent`] if it is not. A
+//! reference by digest (`nginx:1.14.2@sha256:...`, what a pinned Deployment's pods carry) is
+//! pulled from the cluster registry when named without a registry, found on the node by its
+//! repo digest and run as `REPO@sha256:...`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,6 +56,24 @@ fn parse_time(s: &Option<String>) -> Option<Time> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// The names the engine may hold `image` under, in the order to try. A reference by digest is
+/// looked up without its tag (`REPO@sha256:...`, what the engine's RepoDigests hold; a tag
+/// cannot be put on a digest); one named without a registry under the cluster registry's name
+/// first, where the agent pulls it from (a digest is the same bytes wherever it came from).
+/// Anything else: as written.
+fn local_names(cluster_registry: Option<&str>, image: &str) -> Vec<String> {
+    let Ok(r) = berth_proto::image::ImageRef::parse(image) else {
+        return vec![image.to_string()];
+    };
+    let Some(by_digest) = r.by_digest() else {
+        return vec![image.to_string()];
+    };
+    match (cluster_registry, &r.domain) {
+        (Some(reg), None) => vec![format!("{reg}/{by_digest}"), by_digest],
+        _ => vec![by_digest],
+    }
+}
+
 impl DockerRuntime {
     /// Connect to the local engine (DOCKER_HOST or the default socket) and agree on an API
     /// version, so older engines work too.
@@ -87,6 +108,22 @@ impl DockerRuntime {
     pub fn with_cluster_registry(mut self, registry: Option<String>) -> Self {
         self.cluster_registry = registry.filter(|r| !r.is_empty());
         self
+    }
+
+    /// The first of [`local_names`] the engine has, with its size, if any.
+    async fn local_image(&self, image: &str) -> Result<Option<(String, u64)>, RuntimeError> {
+        for name in local_names(self.cluster_registry.as_deref(), image) {
+            match self.docker.inspect_image(&name).await {
+                Ok(i) => return Ok(Some((name, i.size.unwrap_or(0).max(0) as u64))),
+                Err(e) if not_found(&e) => {}
+                // The engine refuses some references outright (400): not present under it.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400, ..
+                }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
     }
 
     /// Pull `name:tag` (the engine's `POST /images/create`); Err((kind, message)).
@@ -126,15 +163,11 @@ impl DockerRuntime {
         image: &str,
         failed: &(dyn Fn(PullFailure, String) -> RuntimeError + Sync),
     ) -> Result<Pulled, RuntimeError> {
-        let size = match self.docker.inspect_image(image).await {
-            Ok(i) => i.size.unwrap_or(0).max(0) as u64,
-            Err(e) if not_found(&e) => {
-                return Err(failed(
-                    PullFailure::Other,
-                    "the engine reported success but does not have the image".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
+        let Some((_, size)) = self.local_image(image).await? else {
+            return Err(failed(
+                PullFailure::Other,
+                "the engine reported success but does not have the image".into(),
+            ));
         };
         Ok(Pulled { size })
     }
@@ -164,11 +197,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
-        match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if not_found(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.local_image(image).await?.is_some())
     }
 
     async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
@@ -224,12 +253,15 @@ impl Runtime for DockerRuntime {
             .digest
             .clone()
             .or_else(|| r.tag_or_latest().map(str::to_string));
-        // A name without a registry: the cluster registry first (tags only: a digest pulled
-        // from elsewhere cannot be re-named), then wherever the engine resolves it (Docker Hub).
+        // A name without a registry: the cluster registry first, then wherever the engine
+        // resolves it (Docker Hub). A tag is re-tagged under the name as written; a digest
+        // (`nginx:1.14.2@sha256:...`, a pinned Deployment's pods) cannot be and need not be:
+        // it is found again under `REGISTRY/REPO@sha256:...` (see `local_names`).
         let mut cluster_miss = None;
-        if let (Some(reg), None, None) = (&self.cluster_registry, &r.domain, &r.digest) {
+        if let (Some(reg), None) = (&self.cluster_registry, &r.domain) {
             let from = format!("{reg}/{}", r.repository);
             match self.engine_pull(&from, tag.clone()).await {
+                Ok(()) if r.digest.is_some() => return self.pulled_size(image, &failed).await,
                 Ok(()) => {
                     let t = tag.clone().unwrap_or_else(|| "latest".into());
                     self.docker
@@ -265,15 +297,12 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        match self.docker.inspect_image(&spec.image).await {
-            Ok(_) => {}
-            Err(e) if not_found(&e) => {
-                return Err(RuntimeError::ImageNotPresent {
-                    image: spec.image.clone(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        }
+        // The engine's name for the image (a digest reference is run by `REPO@sha256:...`).
+        let Some((image, _)) = self.local_image(&spec.image).await? else {
+            return Err(RuntimeError::ImageNotPresent {
+                image: spec.image.clone(),
+            });
+        };
         let mut exposed = HashMap::new();
         let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
         for p in &spec.ports {
@@ -293,7 +322,7 @@ impl Runtime for DockerRuntime {
             .collect();
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
+            image: Some(image),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(env),
@@ -582,5 +611,30 @@ mod trust_tests {
             ],
         );
         assert_eq!(got, vec![d]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_references_are_looked_up_by_repository_and_digest_cluster_registry_first() {
+        let d = berth_proto::image::sha256_digest(b"m");
+        let reg = Some("127.0.0.1:5000");
+        assert_eq!(
+            local_names(reg, &format!("nginx:1.14.2@{d}")),
+            vec![format!("127.0.0.1:5000/nginx@{d}"), format!("nginx@{d}")]
+        );
+        assert_eq!(
+            local_names(reg, &format!("127.0.0.1:5000/shop/web:1@{d}")),
+            vec![format!("127.0.0.1:5000/shop/web@{d}")]
+        );
+        assert_eq!(
+            local_names(None, &format!("nginx@{d}")),
+            vec![format!("nginx@{d}")]
+        );
+        // Tags are looked up as written (the cluster registry's are re-tagged on pull).
+        assert_eq!(local_names(reg, "nginx:1.14.2"), vec!["nginx:1.14.2"]);
     }
 }

@@ -7,12 +7,16 @@
 //! BlueGreen, see [`bluegreen`]), prunes revisions beyond `revisionHistoryLimit`, and computes
 //! the Deployment's status and conditions. The shell applies the plan with resourceVersion
 //! preconditions; the next event re-plans from what actually happened (level-triggered).
+//!
+//! Before it creates a new ReplicaSet the shell pins its cluster-registry tags to their current
+//! digests ([`pin_images`]): a revision runs the same bytes for its whole life, on every node.
 
 pub mod bluegreen;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use berth_proto::image::{ImageRef, IMAGE_DIGESTS_ANNOTATION};
 use berth_proto::types::*;
 use berth_proto::{BlueGreenPhase, StrategyType};
 
@@ -184,6 +188,74 @@ pub fn new_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i64)
             min_ready_seconds: d.spec.min_ready_seconds,
         },
         ..Default::default()
+    }
+}
+
+/// Is `r` a tag (no digest) of the cluster registry: named without a registry (the agents try
+/// the cluster registry first for those) or with one of `registry_hosts` (the addresses the
+/// cluster registry is reached by)? Returns the registry's repository and tag.
+pub fn cluster_tag(r: &ImageRef, registry_hosts: &[String]) -> Option<(String, String)> {
+    if r.digest.is_some() {
+        return None;
+    }
+    let ours = match &r.domain {
+        None => true,
+        Some(d) => registry_hosts.iter().any(|h| h == d),
+    };
+    ours.then(|| {
+        (
+            r.repository.clone(),
+            r.tag_or_latest().unwrap_or("latest").to_string(),
+        )
+    })
+}
+
+/// The cluster-registry tags a template's containers name (repository, tag), deduplicated:
+/// what the shell reads from the store before it creates a new ReplicaSet.
+pub fn cluster_tags(t: &PodTemplateSpec, registry_hosts: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = t
+        .spec
+        .containers
+        .iter()
+        .filter_map(|c| ImageRef::parse(&c.image).ok())
+        .filter_map(|r| cluster_tag(&r, registry_hosts))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Pin a NEW ReplicaSet's images: each container whose image is a cluster-registry tag that
+/// `digest_of(repository, tag)` resolves is recorded as `REPO:TAG@sha256:...` in
+/// [`IMAGE_DIGESTS_ANNOTATION`]. The template itself keeps the user's images (its hash, and
+/// `rollout undo` copying it back, must match the Deployment's template). Images by digest,
+/// external images and tags the registry does not have are left as written (their pods pull
+/// the tag as they would unpinned: from Docker Hub, or ErrImagePull when nobody has it). Called once, at creation: a ReplicaSet's pins never
+/// change, so scaling it later runs the same bytes everywhere; a changed template (including
+/// `rollout restart`) makes a new ReplicaSet and resolves again.
+pub fn pin_images(
+    rs: &mut ReplicaSet,
+    registry_hosts: &[String],
+    mut digest_of: impl FnMut(&str, &str) -> Option<String>,
+) {
+    let mut pins = BTreeMap::new();
+    for c in &rs.spec.template.spec.containers {
+        let Ok(r) = ImageRef::parse(&c.image) else {
+            continue;
+        };
+        let Some((repo, tag)) = cluster_tag(&r, registry_hosts) else {
+            continue;
+        };
+        if let Some(d) = digest_of(&repo, &tag) {
+            pins.insert(c.name.clone(), r.pinned(&d).to_string());
+        }
+    }
+    if pins.is_empty() {
+        rs.metadata.annotations.remove(IMAGE_DIGESTS_ANNOTATION);
+    } else if let Ok(v) = serde_json::to_string(&pins) {
+        rs.metadata
+            .annotations
+            .insert(IMAGE_DIGESTS_ANNOTATION.into(), v);
     }
 }
 

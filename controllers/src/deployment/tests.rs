@@ -15,7 +15,12 @@ struct World {
     services: BTreeMap<String, String>,
     removed_annotations: Vec<String>,
     events: Vec<String>,
+    /// The cluster registry's tags: (repository, tag) -> digest, read when a set is created.
+    tags: BTreeMap<(String, String), String>,
 }
+
+/// The cluster registry's address as `berth dev` serves it.
+const REGISTRY: &str = "127.0.0.1:5000";
 
 impl World {
     fn apply(&mut self, plan: &Plan, now: Time) {
@@ -23,6 +28,10 @@ impl World {
             match a {
                 Action::CreateReplicaSet(rs) => {
                     let mut rs = (**rs).clone();
+                    // What the shell does before it creates the set.
+                    pin_images(&mut rs, &[REGISTRY.to_string()], |repo, tag| {
+                        self.tags.get(&(repo.into(), tag.into())).cloned()
+                    });
                     rs.metadata.uid = format!("uid-{}", rs.metadata.name);
                     rs.metadata.creation_timestamp = Some(now);
                     rs.status = Some(ReplicaSetStatus::default());
@@ -762,4 +771,168 @@ proptest! {
         prop_assert_eq!(replicas_of(&w, &new), replicas, "rollout did not finish");
         prop_assert!(w.sets.iter().filter(|s| rs_hash(s) != new).all(|s| s.spec.replicas == 0));
     }
+}
+
+// Digest pinning: a new ReplicaSet runs the digest its tags had when the template changed.
+
+fn digest(n: u8) -> String {
+    berth_proto::image::sha256_digest(&[n])
+}
+
+fn push(w: &mut World, repo: &str, tag: &str, d: &str) {
+    w.tags.insert((repo.into(), tag.into()), d.into());
+}
+
+/// The images a pod the ReplicaSet creates now would run.
+fn pod_images(rs: &ReplicaSet) -> Vec<String> {
+    crate::replicaset::new_pod(rs, "p")
+        .spec
+        .containers
+        .into_iter()
+        .map(|c| c.image)
+        .collect()
+}
+
+fn current<'a>(d: &Deployment, w: &'a World) -> &'a ReplicaSet {
+    w.by_hash(&template_hash(&d.spec.template))
+        .expect("current set")
+}
+
+fn settle_rollout(d: &mut Deployment, w: &mut World, from: i64) {
+    for i in from..from + 20 {
+        run(d, w, at(i));
+        w.settle(10);
+    }
+}
+
+#[test]
+fn a_new_replica_set_pins_cluster_tags_to_their_current_digest() {
+    let mut d = DeploymentBuilder::new("web").image("nginx:1.14.2").build();
+    let mut w = World::default();
+    push(&mut w, "nginx", "1.14.2", &digest(1));
+    run(&mut d, &mut w, at(0));
+    let rs = current(&d, &w);
+    assert_eq!(pod_images(rs), vec![format!("nginx:1.14.2@{}", digest(1))]);
+    // The pins are recorded on the set; its template keeps what the user wrote.
+    assert_eq!(
+        berth_proto::image::image_pins(&rs.metadata.annotations)["app"],
+        format!("nginx:1.14.2@{}", digest(1))
+    );
+    assert_eq!(rs.spec.template.spec.containers[0].image, "nginx:1.14.2");
+    // A registry-qualified name of the cluster registry is a cluster image too.
+    let mut d = DeploymentBuilder::new("shop")
+        .image(&format!("{REGISTRY}/shop/web:1"))
+        .build();
+    push(&mut w, "shop/web", "1", &digest(2));
+    run(&mut d, &mut w, at(1));
+    assert_eq!(
+        pod_images(current(&d, &w)),
+        vec![format!("{REGISTRY}/shop/web:1@{}", digest(2))]
+    );
+}
+
+#[test]
+fn scaling_up_after_the_tag_moved_still_runs_the_pinned_digest() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(1)
+        .image("nginx:1.14.2")
+        .build();
+    let mut w = World::default();
+    push(&mut w, "nginx", "1.14.2", &digest(1));
+    settle_rollout(&mut d, &mut w, 0);
+    push(&mut w, "nginx", "1.14.2", &digest(2)); // docker push of a new image, same tag
+    d.spec.replicas = Some(4);
+    settle_rollout(&mut d, &mut w, 100);
+    assert_eq!(w.sets.len(), 1, "scaling makes no new revision");
+    let rs = current(&d, &w);
+    assert_eq!(rs.spec.replicas, 4);
+    assert_eq!(pod_images(rs), vec![format!("nginx:1.14.2@{}", digest(1))]);
+}
+
+#[test]
+fn rollout_restart_resolves_the_tag_again_and_undo_returns_to_the_old_digest() {
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(2)
+        .image("nginx:1.14.2")
+        .build();
+    let mut w = World::default();
+    push(&mut w, "nginx", "1.14.2", &digest(1));
+    settle_rollout(&mut d, &mut w, 0);
+    let first = template_hash(&d.spec.template);
+    push(&mut w, "nginx", "1.14.2", &digest(2));
+    // `berth rollout restart`: the template annotation changes, so a new revision.
+    d.spec
+        .template
+        .metadata
+        .annotations
+        .insert("kubectl.kubernetes.io/restartedAt".into(), "now".into());
+    settle_rollout(&mut d, &mut w, 100);
+    let restarted = current(&d, &w);
+    assert_ne!(rs_hash(restarted), first);
+    assert_eq!(
+        pod_images(restarted),
+        vec![format!("nginx:1.14.2@{}", digest(2))]
+    );
+    assert_eq!(replicas_of(&w, &first), 0);
+
+    // `berth rollout undo`: the old set's template (without its hash label) comes back.
+    push(&mut w, "nginx", "1.14.2", &digest(3));
+    let mut template = w.by_hash(&first).expect("old set").spec.template.clone();
+    template.metadata.labels.remove(TEMPLATE_HASH_LABEL);
+    d.spec.template = template;
+    settle_rollout(&mut d, &mut w, 200);
+    assert_eq!(template_hash(&d.spec.template), first);
+    assert_eq!(w.sets.len(), 2, "undo reuses the old set");
+    let back = current(&d, &w);
+    assert_eq!(back.spec.replicas, 2);
+    assert_eq!(
+        pod_images(back),
+        vec![format!("nginx:1.14.2@{}", digest(1))]
+    );
+}
+
+#[test]
+fn external_images_digest_references_and_missing_tags_are_left_as_written() {
+    let pinned = format!("nginx:1.14.2@{}", digest(9));
+    let mut w = World::default();
+    push(&mut w, "nginx", "1.14.2", &digest(1));
+    push(&mut w, "app", "1", &digest(4));
+    for image in [
+        pinned.as_str(),               // already by digest
+        "quay.io/app:1",               // another registry, even with a same-named cluster tag
+        "busybox:1.36",                // not in the cluster registry: the engine pulls it
+        "127.0.0.1:5001/nginx:1.14.2", // not the cluster registry's address
+    ] {
+        let mut d = DeploymentBuilder::new("web").image(image).build();
+        run(&mut d, &mut w, at(0));
+        let rs = current(&d, &w);
+        assert_eq!(pod_images(rs), vec![image.to_string()], "{image}");
+        assert!(
+            !rs.metadata
+                .annotations
+                .contains_key(berth_proto::image::IMAGE_DIGESTS_ANNOTATION),
+            "{image}"
+        );
+    }
+}
+
+#[test]
+fn pins_leave_the_template_hash_of_the_users_template() {
+    let d = DeploymentBuilder::new("web").image("nginx:1.14.2").build();
+    let hash = template_hash(&d.spec.template);
+    let mut w = World::default();
+    push(&mut w, "nginx", "1.14.2", &digest(1));
+    let mut d1 = d.clone();
+    run(&mut d1, &mut w, at(0));
+    let mut w2 = World::default();
+    push(&mut w2, "nginx", "1.14.2", &digest(2));
+    let mut d2 = d.clone();
+    run(&mut d2, &mut w2, at(0));
+    // Same template, same revision name, whatever the digest; the set is current.
+    assert_eq!(rs_hash(&w.sets[0]), hash);
+    assert_eq!(w.sets[0].metadata.name, w2.sets[0].metadata.name);
+    assert!(plan(&d1, &w.sets, at(1))
+        .actions
+        .iter()
+        .all(|a| !matches!(a, Action::CreateReplicaSet(_))));
 }

@@ -17,10 +17,12 @@ use berth_client::runtime::events::{self, EventType, Recorder};
 
 use super::{error_policy, requeue, Config, Error};
 use crate::deployment::{self, Action as Step, TEMPLATE_HASH_LABEL};
+use berth_proto::image::IMAGE_DIGESTS_ANNOTATION;
 
 struct Ctx {
     client: Client,
     replica_sets: Store<ReplicaSet>,
+    registry_hosts: Vec<String>,
 }
 
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
@@ -28,6 +30,7 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         replica_sets,
+        registry_hosts: config.cluster_registry_hosts.clone(),
     });
     let controller = Controller::<Deployment>::new(client, watcher::Config::default());
     let deployments = controller.store();
@@ -71,8 +74,13 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .iter()
         .map(|rs| rs.as_ref().clone())
         .collect();
-    let plan = deployment::plan(&d, &owned, Utc::now());
+    let mut plan = deployment::plan(&d, &owned, Utc::now());
     let client = &ctx.client;
+    for step in &mut plan.actions {
+        if let Step::CreateReplicaSet(rs) = step {
+            pin_images(client, &ctx.registry_hosts, rs).await?;
+        }
+    }
     let mut current = d.as_ref().clone();
 
     if current.status.as_ref() != Some(&plan.status) {
@@ -184,6 +192,35 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ))?;
     }
     Ok(requeue(plan.requeue_after))
+}
+
+/// Pin a new ReplicaSet's cluster-registry tags to the digests they have now (read from the
+/// store, not a cache: a tag pushed a moment ago must count). A tag the registry does not have
+/// stays unpinned; a failed read fails the pass (retried) rather than create the revision
+/// unpinned.
+async fn pin_images(
+    client: &Client,
+    registry_hosts: &[String],
+    rs: &mut ReplicaSet,
+) -> Result<(), Error> {
+    let mut digests = std::collections::BTreeMap::new();
+    for (repo, tag) in deployment::cluster_tags(&rs.spec.template, registry_hosts) {
+        let name = berth_proto::image::tag_object_name(&repo, &tag);
+        match client.get::<ImageTag>("", &name).await {
+            Ok(t) if t.spec.repository == repo && t.spec.tag == tag => {
+                digests.insert((repo, tag), t.spec.digest);
+            }
+            Ok(_) | Err(ClientError::NotFound(_)) => {}
+            Err(e) => return Err(Error::new("read", Kind::ImageTag, "", &name)(e)),
+        }
+    }
+    deployment::pin_images(rs, registry_hosts, |repo, tag| {
+        digests.get(&(repo.to_string(), tag.to_string())).cloned()
+    });
+    if let Some(pins) = rs.metadata.annotations.get(IMAGE_DIGESTS_ANNOTATION) {
+        tracing::info!(replicaset = %rs.metadata.name, %pins, "pinned images to digests");
+    }
+    Ok(())
 }
 
 fn recorder() -> Recorder {

@@ -34,6 +34,10 @@ pub struct Config {
     /// Restarts each controller loop that panics or returns (with backoff, a metric and an
     /// Event when it has an event target).
     pub supervisor: Supervisor,
+    /// The addresses (HOST:PORT) the cluster registry is reached by: images naming one of them
+    /// (`127.0.0.1:5000/shop/web:1`) are cluster images, like images named without a
+    /// registry, and a new ReplicaSet pins them to the digest their tag has at that moment.
+    pub cluster_registry_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             concurrency: 8,
             gc_delay: Duration::from_millis(200),
             supervisor: Supervisor::new(),
+            cluster_registry_hosts: Vec::new(),
         }
     }
 }
