@@ -721,6 +721,12 @@ async fn docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_f
         docker(&["image", "inspect", "-f", "{{.Id}}", &qualified]),
         id
     );
+    // The trust check finds the registry digest of a pinned image (held under its digest
+    // names, not as written).
+    assert_eq!(
+        rt.image_digests(&pinned).await.unwrap(),
+        Some(vec![digest.clone()])
+    );
     // A registry-qualified digest pulls too (here: already present, a no-op pull).
     rt.pull(&qualified).await.unwrap();
     stop.cancel();

@@ -204,6 +204,8 @@ pub struct Cluster {
     /// The join token (from `h1/server/pki/token`), once server 1 has written it.
     token: Option<String>,
     dir: Option<tempfile::TempDir>,
+    /// The temp dir's path (still known once `dir` is kept for a post-mortem).
+    root: PathBuf,
     name: String,
     opts: Opts,
     _serial: MutexGuard<'static, ()>,
@@ -235,6 +237,7 @@ impl Cluster {
             rt,
             admin: None,
             token: None,
+            root: dir.path().to_path_buf(),
             dir: Some(dir),
             name: name.to_string(),
             opts,
@@ -252,7 +255,7 @@ impl Cluster {
     }
 
     pub fn dir(&self) -> PathBuf {
-        self.dir.as_ref().expect("temp dir").path().to_path_buf()
+        self.root.clone()
     }
 
     pub fn ip(&self, i: usize) -> Ipv4Addr {

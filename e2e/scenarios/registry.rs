@@ -86,8 +86,8 @@ fn build_and_push(c: &Cluster, tag: &str, greeting: &str) -> String {
         &ctx.display().to_string(),
     ]);
     assert!(
-        out.contains(&format!("pushed {tag} to https://{}:5443", c.ip(0))),
-        "pushed through server 1 (the first registry): {out}"
+        out.contains(&format!("pushed {tag} to https://")),
+        "pushed to a server's registry: {out}"
     );
     // Not left in the root engine: nothing but the registry holds it now.
     let _ = std::process::Command::new("docker")
@@ -147,7 +147,11 @@ fn images_built_outside_run_on_other_hosts_and_still_pull_after_the_pushing_serv
     let pid = std::process::id();
     let v1 = format!("e2e{pid}/shop:v1");
     let v2 = format!("e2e{pid}/shop:v2");
-    build_and_push(&c, &v1, "one");
+    let out = build_and_push(&c, &v1, "one");
+    assert!(
+        out.contains(&format!("to https://{}:5443", c.ip(0))),
+        "server 1 (the first registry) took the push: {out}"
+    );
     build_and_push(&c, &v2, "two");
 
     // Two replicas that need Docker: only hosts 2 and 3 have it; both pull through their
@@ -213,4 +217,82 @@ fn images_built_outside_run_on_other_hosts_and_still_pull_after_the_pushing_serv
     assert_eq!(after, before, "the shop pods are undisturbed");
     let events = cli.run(&["get", "events"]).stdout;
     assert!(events.contains("Failed to pull image"), "{events}");
+
+    // Image trust. v3 is pushed with server 1 still down; the policy refuses it at apply until
+    // it is signed.
+    let v3 = format!("e2e{pid}/shop:v3");
+    build_and_push(&c, &v3, "three");
+    c.cli_ok(&["trust", "key", "generate", "ci-e2e"]);
+    c.cli_ok(&["trust", "policy", "require-signed-images", "on"]);
+    let signed = c.write_file(
+        "signed.yaml",
+        &deployment(&v3, 1)
+            .replace("name: shop", "name: signed")
+            .replace("app: shop", "app: signed"),
+    );
+    let out = c.cli(&["apply", "-f", &signed]);
+    assert!(!out.ok(), "an unsigned image is refused at apply: {out}");
+    assert!(
+        out.stderr
+            .contains("is not signed by a trusted key (trusted: ci-e2e)"),
+        "{out}"
+    );
+    c.cli_ok(&["sign", &v3, "--key", "ci-e2e"]);
+
+    // At the agent: host 3's engine holds other bytes under the signed tag (the v2 it pulled
+    // re-tagged as v3). A pod naming the tag is admitted (the tag is signed), but the agent checks the
+    // digest the node actually has and does not start it.
+    let other = c.docker_on(2, &["images", "-q"]).expect("host 3's images");
+    let other = other.lines().next().expect("host 3 holds v2").to_string();
+    c.docker_on(2, &["tag", &other, &v3])
+        .expect("impostor tag on host 3");
+    let impostor = c.write_file(
+        "impostor.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: impostor\nspec:\n  nodeName: node3\n  runtimeClassName: docker\n  containers:\n  - name: web\n    image: {v3}\n    imagePullPolicy: IfNotPresent\n"
+        ),
+    );
+    c.cli_ok(&["apply", "-f", &impostor]);
+    wait_until(
+        "the agent refuses the impostor",
+        Duration::from_secs(30),
+        || {
+            let out = c.cli(&["get", "pod", "impostor", "-o", "json"]);
+            let p: Pod = serde_json::from_str(&out.stdout).map_err(|e| format!("{e}: {out}"))?;
+            let st = p.status.unwrap_or_default();
+            let w = st
+                .container_statuses
+                .first()
+                .and_then(|c| c.state.waiting.clone())
+                .map(|w| (w.reason, w.message))
+                .unwrap_or_default();
+            if w.0 == "ErrImageNotTrusted" && w.1.contains("is not signed by a trusted key") {
+                Ok(())
+            } else {
+                Err(format!("{w:?}"))
+            }
+        },
+    );
+    c.cli_ok(&["delete", "pod", "impostor"]);
+    let _ = c.docker_on(2, &["rmi", &v3]);
+
+    // Signed: admitted, and its pod runs the signed bytes.
+    c.cli_ok(&["apply", "-f", &signed]);
+    wait_until(
+        "the signed deployment's pod Ready",
+        Duration::from_secs(60),
+        || {
+            let pods: Vec<Pod> = c.get_list("pods")?;
+            let ready = pods
+                .iter()
+                .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some("signed"))
+                .filter(|p| p.is_ready())
+                .count();
+            if ready == 1 {
+                Ok(())
+            } else {
+                Err(format!("{ready} ready"))
+            }
+        },
+    );
 }

@@ -808,6 +808,26 @@ fn issue_token(reg: &Registry, req: &Request) -> ApiResult {
 }
 
 async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {
+    if head {
+        // A HEAD (a push asking whether to upload) never fetches bytes from a peer.
+        let info = reg.blobs.stat(d).await?.ok_or_else(|| {
+            err(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                format!("blob {d} is not in the registry"),
+            )
+        })?;
+        let mut r = Response::new(Body::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, hv(&info.size.to_string()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert("Docker-Content-Digest", hv(d));
+        h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+        return Ok(r);
+    }
     let path = reg.blobs.local_path(d).await?;
     serve_blob_file(d, path, head, reg.sent.as_ref().map(|s| &s.clients)).await
 }

@@ -362,6 +362,8 @@ impl ClusterBlobs {
                 .status
                 .map(|s| s.servers.iter().filter_map(|s| s.parse().ok()).collect())
                 .unwrap_or_default(),
+            // No server ever recorded it: nobody to ask.
+            Err(ClientError::NotFound(_)) => return Ok(None),
             Err(_) => Vec::new(),
         };
         peers.sort_by_key(|p| !holders.contains(&p.id));

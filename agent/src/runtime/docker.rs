@@ -204,10 +204,20 @@ impl Runtime for DockerRuntime {
         let Ok(want) = berth_proto::image::ImageRef::parse(image) else {
             return Ok(None);
         };
-        let info = match self.docker.inspect_image(image).await {
-            Ok(i) => i,
-            Err(e) if not_found(&e) => return Ok(Some(Vec::new())),
-            Err(e) => return Err(e.into()),
+        // A pinned `REPO:TAG@sha256:..` is held under its digest names (see `local_names`).
+        let mut found = None;
+        for name in local_names(self.cluster_registry.as_deref(), image) {
+            match self.docker.inspect_image(&name).await {
+                Ok(i) => {
+                    found = Some(i);
+                    break;
+                }
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(info) = found else {
+            return Ok(Some(Vec::new()));
         };
         // `127.0.0.1:5000/shop@sha256:..` (pulled from the cluster registry) counts for `shop`.
         Ok(Some(repo_digests_of(
