@@ -141,6 +141,29 @@ async fn wait_registered(cluster: &TestCluster, n: usize) {
     .expect("registered");
 }
 
+/// Three servers, each serving its registry (1 h GC grace), all registered.
+async fn three_registries() -> (TestCluster, CancellationToken, Vec<String>) {
+    let cluster = TestCluster::start(3).await.expect("cluster");
+    cluster
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let token = CancellationToken::new();
+    let urls = start_registries(&cluster, &token, Duration::from_secs(3600)).await;
+    wait_registered(&cluster, 3).await;
+    (cluster, token, urls)
+}
+
+/// A registry client presenting `identity`'s certificate from the cluster CA.
+fn client_as(cluster: &TestCluster, identity: berth_tls::Identity) -> reqwest::Client {
+    let cred = cluster.credential_for(&identity).expect("credential");
+    let tls = berth_tls::mtls_client_config(&cred).expect("tls");
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .expect("client")
+}
+
 fn corrupt(path: &Path) {
     let mut b = std::fs::read(path).expect("read blob");
     b[0] ^= 0xff;
@@ -149,14 +172,7 @@ fn corrupt(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_is_acknowledged_on_a_majority_and_a_corrupt_copy_is_refetched_from_a_peer() {
-    let mut cluster = TestCluster::start(3).await.expect("cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let token = CancellationToken::new();
-    let urls = start_registries(&cluster, &token, Duration::from_secs(3600)).await;
-    wait_registered(&cluster, 3).await;
+    let (mut cluster, token, urls) = three_registries().await;
     let http = http(&cluster);
 
     // Push through server 0: acknowledged only once a majority (2 of 3) has the bytes.
@@ -216,14 +232,7 @@ async fn a_push_is_acknowledged_on_a_majority_and_a_corrupt_copy_is_refetched_fr
     );
 
     // A node certificate may not use the server-to-server endpoint.
-    let node = cluster
-        .credential_for(&berth_tls::Identity::Node("n1".into()))
-        .expect("node cred");
-    let node_tls = berth_tls::mtls_client_config(&node).expect("node tls");
-    let node_http = reqwest::Client::builder()
-        .use_preconfigured_tls((*node_tls).clone())
-        .build()
-        .expect("client");
+    let node_http = client_as(&cluster, berth_tls::Identity::Node("n1".into()));
     // (A small body: the refusal comes before the server reads any, and a large one would
     // meet a closed connection instead of the 403.)
     let r = node_http
@@ -340,14 +349,7 @@ fn docker(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_pulls_through_the_node_mirror_with_no_daemon_config_and_fails_over() {
-    let mut cluster = TestCluster::start(3).await.expect("cluster");
-    cluster
-        .wait_for_leader(Duration::from_secs(10))
-        .await
-        .expect("leader");
-    let token = CancellationToken::new();
-    let urls = start_registries(&cluster, &token, Duration::from_secs(3600)).await;
-    wait_registered(&cluster, 3).await;
+    let (mut cluster, token, urls) = three_registries().await;
     let http = http(&cluster);
     let repo = format!("mirror-test/hello{}", std::process::id());
     let (config, layer) = tiny_image("hello through the mirror\n");
@@ -448,14 +450,7 @@ async fn push_tokens_are_issued_to_the_admin_and_push_only_inside_their_prefix()
     let token = v["token"].as_str().expect("token").to_string();
 
     // Only the admin issues tokens.
-    let node = cluster
-        .credential_for(&berth_tls::Identity::Node("n1".into()))
-        .expect("node");
-    let node_tls = berth_tls::mtls_client_config(&node).expect("tls");
-    let node_http = reqwest::Client::builder()
-        .use_preconfigured_tls((*node_tls).clone())
-        .build()
-        .expect("client");
+    let node_http = client_as(&cluster, berth_tls::Identity::Node("n1".into()));
     assert_eq!(issue(node_http, "subject=x").await.status(), 403);
     assert_eq!(issue(admin.clone(), "subject=&ttl=5").await.status(), 400);
 

@@ -6,97 +6,11 @@
 //! Docker reports for it (RepoDigests), and the pod runs.
 //! Needs Docker (fails under CI=true without it, skipped loudly elsewhere).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .map_err(|e| format!("docker: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// Stops `berth dev` (SIGINT) and removes its node's containers and the test's images, even
-/// on panic.
-struct Dev {
-    child: Child,
-    node: String,
-    remove_images: Vec<String>,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Ok(ids) = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=berth.node={}", self.node),
-        ]) {
-            for id in ids.split_whitespace() {
-                let _ = docker(&["rm", "-f", id]);
-            }
-        }
-        for image in &self.remove_images {
-            let _ = docker(&["rmi", image]);
-        }
-    }
-}
-
-fn berth(home: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .env("HOME", home)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run berth");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+mod dev_harness;
+use dev_harness::{berth, docker, free_port, wait_for, Dev};
 
 fn pod_json(home: &std::path::Path, name: &str) -> Option<serde_json::Value> {
     let (ok, out, _) = berth(home, &["get", "pod", name, "-o", "json"]);
