@@ -113,7 +113,10 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     );
     let r = berth(s, &["get", "svc", "web"]).await;
     assert!(r.ok, "{r:?}");
-    assert!(r.out.contains("web    NodePort   80:3"), "{r:?}");
+    assert!(
+        r.out.contains("web    NodePort   10.43.0.1    80:3"),
+        "{r:?}"
+    );
     let r = berth(s, &["get", "deploy", "-A", "-o", "name"]).await;
     assert_eq!(r.out, "deployment.apps/web\n", "{r:?}");
     let r = berth(s, &["get", "deploy,svc"]).await;
@@ -818,4 +821,46 @@ async fn logs_follow_delivers_a_line_written_after_the_call_started() {
     assert!(result.is_ok(), "{result:?}");
     agent.stop_workloads().await;
     cluster.shutdown().await.unwrap();
+}
+
+/// The Kubernetes docs' headless Service (StatefulSet basics, `clusterIP: None`) and a
+/// `type: LoadBalancer` Service (the guestbook frontend's shape) apply unchanged; the others get
+/// a cluster IP from the service CIDR, and a taken or out-of-range one is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_and_load_balancer_services_from_the_kubernetes_docs_apply_and_get_cluster_ips() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = write(
+        dir.path(),
+        "docs.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: nginx\n  labels:\n    app: nginx\nspec:\n  ports:\n  - port: 80\n    name: web\n  clusterIP: None\n  selector:\n    app: nginx\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: frontend\n  labels:\n    app: guestbook\n    tier: frontend\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 80\n  selector:\n    app: guestbook\n    tier: frontend\n",
+    );
+    let r = berth(&target, &["apply", "-f", &docs]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(&target, &["get", "svc"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out
+            .contains("frontend   LoadBalancer   10.43.0.1    80:30000/TCP"),
+        "{r:?}"
+    );
+    assert!(
+        r.out
+            .contains("nginx      ClusterIP      None         80/TCP"),
+        "{r:?}"
+    );
+    let taken = write(
+        dir.path(),
+        "taken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\nspec:\n  clusterIP: 10.43.0.1\n  ports:\n  - port: 8080\n",
+    );
+    let r = berth(&target, &["apply", "-f", &taken]).await;
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        r.err
+            .contains("spec.clusterIP: 10.43.0.1 is already allocated to Service \"frontend\""),
+        "{r:?}"
+    );
 }

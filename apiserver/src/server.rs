@@ -68,6 +68,12 @@ pub struct ServerArgs {
     /// Range Service node ports are allocated from.
     #[arg(long, value_name = "LOW-HIGH", default_value = "30000-32767")]
     pub node_port_range: NodePortRange,
+    /// Range Service cluster IPs are allocated from.
+    #[arg(long, value_name = "CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: crate::store::networks::Cidr,
+    /// Range node pod networks are allocated from (a /24 per node).
+    #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: crate::store::networks::Cidr,
     /// Snapshot the store and compact the raft log after this many applied entries.
     #[arg(long, value_name = "ENTRIES", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
@@ -97,6 +103,8 @@ impl ServerArgs {
             token: None,
             tls_san: Vec::new(),
             node_port_range: NodePortRange::default(),
+            service_cidr: crate::store::networks::Networks::default().service_cidr,
+            cluster_cidr: crate::store::networks::Networks::default().cluster_cidr,
             snapshot_threshold: 10_000,
             watch_bookmark_ms: 5_000,
             watch_history: crate::store::DEFAULT_HISTORY_LEN,
@@ -108,6 +116,8 @@ impl ServerArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("{0}")]
+    Args(String),
     #[error("cannot determine the default data dir: HOME is not set; pass --data-dir")]
     NoHome,
     #[error("cannot use the data dir (pass --data-dir to choose another): {0}")]
@@ -393,6 +403,12 @@ async fn join_cluster(
 
 /// Start a server and return once it is serving.
 pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
+    let networks = crate::store::networks::Networks {
+        service_cidr: args.service_cidr,
+        cluster_cidr: args.cluster_cidr,
+        ..crate::store::networks::Networks::default()
+    };
+    networks.check().map_err(ServerError::Args)?;
     let dir = data_dir(&args)?;
     berth_tls::create_private_dir(&dir).map_err(ServerError::PrivateDataDir)?;
     let db_path = dir.join("db");
@@ -487,6 +503,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         raft.clone(),
         ApiConfig {
             node_ports: args.node_port_range,
+            networks,
             bookmark_interval: Duration::from_millis(args.watch_bookmark_ms.max(10)),
         },
         pki.clone(),

@@ -56,6 +56,8 @@ const WATCH_BUFFER: usize = 16;
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub node_ports: NodePortRange,
+    /// Where cluster IPs and node pod CIDRs are allocated from.
+    pub networks: crate::store::networks::Networks,
     pub bookmark_interval: Duration,
 }
 
@@ -348,6 +350,7 @@ impl ApiService {
             atomic,
             now: chrono::Utc::now(),
             node_ports: self.config.node_ports,
+            networks: self.config.networks,
         };
         if dry_run {
             return Ok(self.store.dry_run(cmd).results);

@@ -58,11 +58,14 @@ pub fn store_code(e: &StoreError) -> Code {
         StoreError::NotFound { .. } => Code::NotFound,
         StoreError::AlreadyExists { .. } => Code::AlreadyExists,
         StoreError::Conflict { .. } => Code::Aborted,
-        StoreError::Invalid(_) | StoreError::TooLarge { .. } | StoreError::NodePort(_) => {
-            Code::InvalidArgument
-        }
+        StoreError::Invalid(_)
+        | StoreError::TooLarge { .. }
+        | StoreError::NodePort(_)
+        | StoreError::Address(_) => Code::InvalidArgument,
         StoreError::NotApplied { .. } => Code::FailedPrecondition,
-        StoreError::NodePortsExhausted { .. } => Code::ResourceExhausted,
+        StoreError::NodePortsExhausted { .. } | StoreError::AddressesExhausted { .. } => {
+            Code::ResourceExhausted
+        }
         StoreError::Expired { .. } => Code::OutOfRange,
         StoreError::Forbidden(_) => Code::PermissionDenied,
         StoreError::Storage(_) | StoreError::BadCommand(_) => Code::Internal,

@@ -751,9 +751,16 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selector: Labels,
     pub ports: Vec<ServicePort>,
-    /// NodePort (default; every node's proxy listens) or ClusterIP (accepted, served the same).
+    /// NodePort (default; every node's proxy listens), ClusterIP or LoadBalancer (accepted).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// The Service's virtual IP from the API server's `--service-cidr`, allocated when the
+    /// Service is created unless given; `None` makes a headless Service. Immutable.
+    #[serde(rename = "clusterIP", default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    /// `[clusterIP]` (single-stack IPv4).
+    #[serde(rename = "clusterIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -849,6 +856,12 @@ pub struct Taint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeSpec {
+    /// This node's pod network, a block of the API server's `--cluster-cidr` allocated when
+    /// the Node is registered and released when it is deleted.
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub unschedulable: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

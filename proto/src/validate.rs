@@ -468,12 +468,41 @@ pub fn validate_service(s: &Service) -> Vec<FieldError> {
     let spec = root.child("spec");
     labels(&mut e, &s.spec.selector, &spec.child("selector"));
     if let Some(t) = &s.spec.type_ {
-        if !matches!(t.as_str(), "NodePort" | "ClusterIP") {
+        if !matches!(t.as_str(), "NodePort" | "ClusterIP" | "LoadBalancer") {
             e.add(
                 &spec.child("type"),
-                format!("unsupported service type {t:?}: use NodePort or ClusterIP"),
+                format!("unsupported service type {t:?}: use ClusterIP, NodePort or LoadBalancer"),
             );
         }
+    }
+    if let Some(ip) = &s.spec.cluster_ip {
+        if ip != "None" && ip.parse::<std::net::Ipv4Addr>().is_err() {
+            e.add(
+                &spec.child("clusterIP"),
+                format!("{ip:?} is not an IPv4 address or \"None\" (headless)"),
+            );
+        }
+        if ip == "None" && matches!(s.spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+            e.add(
+                &spec.child("clusterIP"),
+                format!(
+                    "may not be \"None\" for a {} Service (a headless Service has no virtual \
+                     IP to serve): drop the type or the clusterIP",
+                    s.spec.type_.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    match (s.spec.cluster_ips.first(), &s.spec.cluster_ip) {
+        (Some(first), Some(ip)) if first != ip => e.add(
+            &spec.child("clusterIPs"),
+            format!("clusterIPs[0] {first:?} must equal clusterIP {ip:?}"),
+        ),
+        _ if s.spec.cluster_ips.len() > 1 => e.add(
+            &spec.child("clusterIPs"),
+            "only one (IPv4) cluster IP is supported",
+        ),
+        _ => {}
     }
     let ports = spec.child("ports");
     if s.spec.ports.is_empty() {

@@ -395,6 +395,7 @@ fn typed_to_yaml_and_back_is_unchanged() {
                 protocol: None,
             }],
             type_: None,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -411,12 +411,29 @@ fn service_rules_table() {
             "bad selector label and type",
             |s| {
                 s.spec.selector.insert("app".into(), "web app".into());
-                s.spec.type_ = Some("LoadBalancer".into());
+                s.spec.type_ = Some("ExternalName".into());
             },
             vec![
                 "spec.selector.app: invalid label value \"web app\": must be empty or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
-                "spec.type: unsupported service type \"LoadBalancer\": use NodePort or ClusterIP",
+                "spec.type: unsupported service type \"ExternalName\": use ClusterIP, NodePort or LoadBalancer",
             ],
+        ),
+        (
+            "clusterIP: an address or None, and None only without node ports",
+            |s| {
+                s.spec.cluster_ip = Some("None".into());
+                s.spec.type_ = Some("LoadBalancer".into());
+            },
+            vec![
+                "spec.clusterIP: may not be \"None\" for a LoadBalancer Service (a headless Service has no virtual IP to serve): drop the type or the clusterIP",
+            ],
+        ),
+        (
+            "clusterIP must be an IPv4 address",
+            |s| {
+                s.spec.cluster_ip = Some("10.43.0.300".into());
+            },
+            vec!["spec.clusterIP: \"10.43.0.300\" is not an IPv4 address or \"None\" (headless)"],
         ),
         (
             "service names are DNS labels",
@@ -488,6 +505,7 @@ fn pod_node_event_replicaset_rules() {
                 value: "".into(),
                 effect: "NoRun".into(),
             }],
+            ..Default::default()
         },
         ..Default::default()
     };

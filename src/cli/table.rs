@@ -391,17 +391,25 @@ pub fn service_ports(s: &Service) -> String {
 
 pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table {
     let mut t = if wide {
-        Table::new(&["NAME", "TYPE", "PORT(S)", "AGE", "SELECTOR"])
+        Table::new(&["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE", "SELECTOR"])
     } else {
-        Table::new(&["NAME", "TYPE", "PORT(S)", "AGE"])
+        Table::new(&["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"])
     };
     for s in items {
         let mut row = vec![
             s.metadata.name.clone(),
+            s.spec.type_.clone().unwrap_or_else(|| {
+                // Berth's default type is NodePort; a headless Service has no node ports.
+                if s.spec.cluster_ip.as_deref() == Some("None") {
+                    "ClusterIP".to_string()
+                } else {
+                    "NodePort".to_string()
+                }
+            }),
             s.spec
-                .type_
+                .cluster_ip
                 .clone()
-                .unwrap_or_else(|| "NodePort".to_string()),
+                .unwrap_or_else(|| "<none>".to_string()),
             service_ports(s),
             age(s.metadata.creation_timestamp.as_ref(), now),
         ];
@@ -1017,8 +1025,8 @@ web-2   0/1     CrashLoopBackOff   2          65s   node-1   10.0.0.5:31001
         assert_eq!(
             t.render(),
             "\
-NAME   TYPE       PORT(S)               AGE
-web    NodePort   80:30080/TCP,53/UDP   10s
+NAME   TYPE       CLUSTER-IP   PORT(S)               AGE
+web    NodePort   <none>       80:30080/TCP,53/UDP   10s
 "
         );
     }

@@ -591,6 +591,7 @@ impl ServiceBuilder {
                 selector: Labels::from([("app".to_string(), name.to_string())]),
                 ports: vec![],
                 type_: None,
+                ..Default::default()
             },
             ..Default::default()
         };

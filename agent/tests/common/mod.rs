@@ -116,6 +116,7 @@ pub async fn create_node_port_service(
                     protocol: None,
                 }],
                 type_: None,
+                ..Default::default()
             },
             ..Default::default()
         })

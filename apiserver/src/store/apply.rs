@@ -26,6 +26,7 @@ pub(super) struct Txn<'a> {
     pub events: Vec<Event>,
     pub now: Time,
     pub node_ports: NodePortRange,
+    pub networks: super::networks::Networks,
     pub max_object_bytes: usize,
 }
 
@@ -107,6 +108,7 @@ impl<'a> Txn<'a> {
             events: Vec::new(),
             now,
             node_ports,
+            networks: super::networks::Networks::default(),
             max_object_bytes,
         }
     }
@@ -218,9 +220,7 @@ impl<'a> Txn<'a> {
         meta.generation = 1;
         meta.resource_version = 0;
         obj.set_meta(&meta);
-        if obj.kind == Kind::Service {
-            self.assign_node_ports(&key, &mut obj.value, None)?;
-        }
+        self.assign_addresses(&key, &mut obj.value, None)?;
         let object = self.commit(key, obj.value, None, ChangeType::Added)?;
         Ok(OpOutput {
             object,
@@ -236,9 +236,7 @@ impl<'a> Txn<'a> {
         mut new: DynObject,
         existing: &Value,
     ) -> Result<Option<Value>, StoreError> {
-        if new.kind == Kind::Service {
-            self.assign_node_ports(key, &mut new.value, Some(existing))?;
-        }
+        self.assign_addresses(key, &mut new.value, Some(existing))?;
         let old = DynObject {
             kind: key.kind,
             value: existing.clone(),
@@ -410,21 +408,188 @@ impl<'a> Txn<'a> {
         })
     }
 
+    /// Cluster IPs and node ports of Services, pod CIDRs of Nodes (see [`super::networks`]).
+    fn assign_addresses(
+        &self,
+        key: &ObjectKey,
+        value: &mut Value,
+        existing: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        match key.kind {
+            Kind::Service => {
+                let headless = self.assign_cluster_ip(key, value, existing)?;
+                if !headless {
+                    self.assign_node_ports(key, value, existing)?;
+                }
+                Ok(())
+            }
+            Kind::Node => self.assign_pod_cidr(key, value, existing),
+            _ => Ok(()),
+        }
+    }
+
+    /// Validate a given clusterIP or allocate one; an update keeps the stored one. Returns
+    /// whether the Service is headless.
+    fn assign_cluster_ip(
+        &self,
+        key: &ObjectKey,
+        value: &mut Value,
+        existing: Option<&Value>,
+    ) -> Result<bool, StoreError> {
+        let nets = self.networks;
+        let stored = existing
+            .and_then(|e| e["spec"]["clusterIP"].as_str())
+            .map(str::to_string);
+        let asked = value["spec"]["clusterIP"]
+            .as_str()
+            .or_else(|| value["spec"]["clusterIPs"][0].as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        if let (Some(s), Some(a)) = (&stored, &asked) {
+            if s != a {
+                return Err(StoreError::Address(format!(
+                    "{key}: spec.clusterIP: field is immutable (it is {s}, asked {a}): delete \
+                     and re-create the Service to change it"
+                )));
+            }
+        }
+        let ip = match asked.or(stored) {
+            Some(none) if none == "None" => {
+                value["spec"]["clusterIP"] = Value::String(none.clone());
+                value["spec"]["clusterIPs"] = serde_json::json!([none]);
+                if let Some(ports) = value["spec"]["ports"].as_array_mut() {
+                    for p in ports {
+                        if let Some(p) = p.as_object_mut() {
+                            p.remove("nodePort");
+                        }
+                    }
+                }
+                return Ok(true);
+            }
+            Some(ip) => {
+                let parsed: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                    StoreError::Address(format!(
+                        "{key}: spec.clusterIP: {ip:?} is not an IPv4 address or \"None\""
+                    ))
+                })?;
+                if !nets.service_ip_usable(parsed) {
+                    return Err(StoreError::Address(format!(
+                        "{key}: spec.clusterIP: {ip} is not in the service range {} (--service-cidr): \
+                         pick one inside it or omit clusterIP to have one allocated",
+                        nets.service_cidr
+                    )));
+                }
+                if let Some(owner) = self.service_ips(key).get(&parsed) {
+                    return Err(StoreError::Address(format!(
+                        "{key}: spec.clusterIP: {ip} is already allocated to {owner}: pick another \
+                         or omit clusterIP to have one allocated"
+                    )));
+                }
+                parsed
+            }
+            None => {
+                let used = self.service_ips(key).into_keys().collect();
+                nets.free_service_ip(&used)
+                    .ok_or_else(|| StoreError::AddressesExhausted {
+                        what: "cluster IP".into(),
+                        range: nets.service_cidr.to_string(),
+                        flag: "--service-cidr".into(),
+                    })?
+            }
+        };
+        value["spec"]["clusterIP"] = Value::String(ip.to_string());
+        value["spec"]["clusterIPs"] = serde_json::json!([ip.to_string()]);
+        Ok(false)
+    }
+
+    /// Cluster IPs held by Services other than `skip`.
+    fn service_ips(&self, skip: &ObjectKey) -> BTreeMap<std::net::Ipv4Addr, ObjectKey> {
+        self.others(Kind::Service, skip)
+            .into_iter()
+            .filter_map(|(k, v)| Some((v["spec"]["clusterIP"].as_str()?.parse().ok()?, k)))
+            .collect()
+    }
+
+    /// Keep a Node's pod CIDR across writes (an agent re-applying its Node omits it), or
+    /// allocate the lowest free block.
+    fn assign_pod_cidr(
+        &self,
+        key: &ObjectKey,
+        value: &mut Value,
+        existing: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let nets = self.networks;
+        let stored = existing
+            .and_then(|e| e["spec"]["podCIDR"].as_str())
+            .map(str::to_string);
+        let asked = value["spec"]["podCIDR"].as_str().map(str::to_string);
+        let cidr = match (asked, stored) {
+            (Some(a), Some(s)) if a != s => {
+                return Err(StoreError::Address(format!(
+                    "{key}: spec.podCIDR: field is immutable (it is {s}, asked {a})"
+                )))
+            }
+            (_, Some(s)) => s,
+            (Some(a), None) => {
+                let c: super::networks::Cidr = a
+                    .parse()
+                    .map_err(|m| StoreError::Address(format!("{key}: spec.podCIDR: {m}")))?;
+                let owner = self.others(Kind::Node, key).into_iter().find(|(_, v)| {
+                    v["spec"]["podCIDR"]
+                        .as_str()
+                        .and_then(|o| o.parse::<super::networks::Cidr>().ok())
+                        .is_some_and(|o| o.overlaps(&c))
+                });
+                if let Some((owner, _)) = owner {
+                    return Err(StoreError::Address(format!(
+                        "{key}: spec.podCIDR: {a} overlaps the pod CIDR of {owner}"
+                    )));
+                }
+                a
+            }
+            (None, None) => {
+                let used = self
+                    .others(Kind::Node, key)
+                    .into_iter()
+                    .filter_map(|(_, v)| v["spec"]["podCIDR"].as_str()?.parse().ok())
+                    .collect();
+                nets.free_pod_cidr(&used)
+                    .ok_or_else(|| StoreError::AddressesExhausted {
+                        what: "node pod CIDR".into(),
+                        range: nets.cluster_cidr.to_string(),
+                        flag: "--cluster-cidr".into(),
+                    })?
+                    .to_string()
+            }
+        };
+        if !value["spec"].is_object() {
+            value["spec"] = serde_json::json!({});
+        }
+        value["spec"]["podCIDR"] = Value::String(cidr.clone());
+        value["spec"]["podCIDRs"] = serde_json::json!([cidr]);
+        Ok(())
+    }
+
     /// Every Service visible to this transaction except `skip`.
     fn other_services(&self, skip: &ObjectKey) -> Vec<(ObjectKey, Arc<Value>)> {
+        self.others(Kind::Service, skip)
+    }
+
+    /// Every object of `kind` visible to this transaction except `skip`.
+    fn others(&self, kind: Kind, skip: &ObjectKey) -> Vec<(ObjectKey, Arc<Value>)> {
         let from = ObjectKey {
-            kind: Kind::Service,
+            kind,
             namespace: String::new(),
             name: String::new(),
         };
         let mut out: BTreeMap<ObjectKey, Option<Arc<Value>>> = self
             .base
             .range(from.clone()..)
-            .take_while(|(k, _)| k.kind == Kind::Service)
+            .take_while(|(k, _)| k.kind == kind)
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect();
         for (k, v) in self.changes.range(from..) {
-            if k.kind != Kind::Service {
+            if k.kind != kind {
                 break;
             }
             out.insert(k.clone(), v.clone());

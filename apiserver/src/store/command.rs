@@ -24,6 +24,10 @@ pub struct Command {
     pub now: Time,
     /// The proposer's node-port range, so allocation is the same on every member.
     pub node_ports: NodePortRange,
+    /// The proposer's service and cluster CIDRs (absent in entries written before they
+    /// existed: the defaults).
+    #[serde(default)]
+    pub networks: super::networks::Networks,
 }
 
 /// One write. Objects are JSON values of `berth_proto::types` (any kind).

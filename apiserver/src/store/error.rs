@@ -96,6 +96,16 @@ pub enum StoreError {
         size: usize,
         limit: usize,
     },
+    /// A requested clusterIP or pod CIDR is invalid, taken or would change.
+    #[error("{0}")]
+    Address(String),
+    /// Every address of a range is allocated.
+    #[error("no free {what} left in {range}: delete unused objects or widen {flag}")]
+    AddressesExhausted {
+        what: String,
+        range: String,
+        flag: String,
+    },
     /// A requested nodePort is out of range or taken.
     #[error("{0}")]
     NodePort(String),

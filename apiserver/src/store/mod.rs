@@ -22,6 +22,7 @@
 mod apply;
 pub mod command;
 pub mod error;
+pub mod networks;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -382,6 +383,7 @@ impl Store {
             cmd.node_ports,
             self.config.max_object_bytes,
         );
+        txn.networks = cmd.networks;
         Reply {
             results: txn.run_all(cmd.ops, cmd.atomic),
         }
@@ -412,6 +414,7 @@ impl Store {
                 Ok(cmd) => {
                     txn.now = cmd.now;
                     txn.node_ports = cmd.node_ports;
+                    txn.networks = cmd.networks;
                     Reply {
                         results: txn.run_all(cmd.ops, cmd.atomic),
                     }

@@ -40,6 +40,7 @@ impl Fixture {
             ops,
             now: now(),
             node_ports,
+            networks: Default::default(),
             atomic: false,
         };
         let reply = self.store.apply(self.index, &cmd.encode());
@@ -562,6 +563,7 @@ fn already_applied_entries_are_skipped_on_replay() {
         }],
         now: now(),
         node_ports: NodePortRange::default(),
+        networks: Default::default(),
         atomic: false,
     };
     assert!(f.store.apply(1, &cmd.encode()).is_empty());
@@ -711,6 +713,7 @@ fn dry_run_reports_the_result_without_committing() {
         }],
         now: now(),
         node_ports: NodePortRange::default(),
+        networks: Default::default(),
         atomic: false,
     });
     assert_eq!(
@@ -877,6 +880,7 @@ fn atomic_apply(f: &mut Fixture, objects: Vec<Value>) -> Vec<OpResult> {
             .collect(),
         now: now(),
         node_ports: NodePortRange::default(),
+        networks: Default::default(),
         atomic: true,
     };
     Reply::decode(&f.store.apply(f.index, &cmd.encode()))
@@ -926,6 +930,7 @@ fn atomic_command_rolls_back_only_itself_within_a_batch_of_entries() {
             ops,
             now: now(),
             node_ports: NodePortRange::default(),
+            networks: Default::default(),
             atomic,
         }
         .encode()
@@ -982,6 +987,7 @@ fn atomic_dry_run_reports_every_error_and_commits_nothing() {
         ],
         now: now(),
         node_ports: NodePortRange::default(),
+        networks: Default::default(),
         atomic: true,
     });
     assert!(matches!(
@@ -993,4 +999,113 @@ fn atomic_dry_run_reports_every_error_and_commits_nothing() {
         Err(StoreError::AlreadyExists { .. })
     ));
     assert_eq!(f.store.revision(), 0);
+}
+
+fn service_with(name: &str, spec_extra: Value) -> Value {
+    let mut s = service(name, json!([{"port": 80}]));
+    if let (Some(spec), Some(extra)) = (s["spec"].as_object_mut(), spec_extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    s
+}
+
+#[test]
+fn cluster_ips_are_allocated_once_kept_immutable_and_freed_on_delete() {
+    let mut f = fixture();
+    let a = f
+        .create(service("a", json!([{"port": 80}])))
+        .unwrap()
+        .object;
+    assert_eq!(a["spec"]["clusterIP"], "10.43.0.1");
+    assert_eq!(a["spec"]["clusterIPs"], json!(["10.43.0.1"]));
+    let b = f
+        .create(service("b", json!([{"port": 80}])))
+        .unwrap()
+        .object;
+    assert_eq!(b["spec"]["clusterIP"], "10.43.0.2");
+
+    // Re-applying the manifest (no clusterIP) keeps it: unchanged.
+    let out = f.apply_obj(service("a", json!([{"port": 80}]))).unwrap();
+    assert_eq!(out.outcome, Some(ApplyOutcome::Unchanged));
+    // Changing it is refused, as Kubernetes does.
+    let err = f
+        .apply_obj(service_with("a", json!({"clusterIP": "10.43.0.9"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Address(m) if m.contains("spec.clusterIP: field is immutable (it is 10.43.0.1")),
+        "{err}"
+    );
+    // A given IP: in range and free, else refused naming the owner or the range.
+    let err = f
+        .create(service_with("c", json!({"clusterIP": "10.43.0.2"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Address(m) if m.contains("already allocated to Service \"b\"")),
+        "{err}"
+    );
+    let err = f
+        .create(service_with("c", json!({"clusterIP": "10.99.0.2"})))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Address(m) if m.contains("not in the service range 10.43.0.0/16 (--service-cidr)")),
+        "{err}"
+    );
+    let c = f
+        .create(service_with("c", json!({"clusterIP": "10.43.7.7"})))
+        .unwrap()
+        .object;
+    assert_eq!(c["spec"]["clusterIP"], "10.43.7.7");
+    // Headless: no virtual IP, no node ports.
+    let h = f
+        .create(service_with("h", json!({"clusterIP": "None"})))
+        .unwrap()
+        .object;
+    assert_eq!(h["spec"]["clusterIP"], "None");
+    assert!(h["spec"]["ports"][0].get("nodePort").is_none(), "{h}");
+    // Deleting a frees its address for the next Service.
+    f.run(Op::Delete {
+        key: key(Kind::Service, "default", "a"),
+        resource_version: 0,
+    })
+    .unwrap();
+    let d = f
+        .create(service("d", json!([{"port": 80}])))
+        .unwrap()
+        .object;
+    assert_eq!(d["spec"]["clusterIP"], "10.43.0.1");
+}
+
+#[test]
+fn nodes_get_a_pod_cidr_each_kept_across_re_registration_and_released_on_delete() {
+    let mut f = fixture();
+    let node = |name: &str| json!({"kind": "Node", "metadata": {"name": name}, "spec": {}});
+    let n1 = f.apply_obj(node("n1")).unwrap().object;
+    assert_eq!(n1["spec"]["podCIDR"], "10.42.0.0/24");
+    assert_eq!(n1["spec"]["podCIDRs"], json!(["10.42.0.0/24"]));
+    let n2 = f.apply_obj(node("n2")).unwrap().object;
+    assert_eq!(n2["spec"]["podCIDR"], "10.42.1.0/24");
+    // The agent re-applies its Node without podCIDR: it keeps its block.
+    let again = f.apply_obj(node("n1")).unwrap();
+    assert_eq!(again.outcome, Some(ApplyOutcome::Unchanged));
+    assert_eq!(again.object["spec"]["podCIDR"], "10.42.0.0/24");
+    // A given block overlapping another node's is refused.
+    let err = f
+        .apply_obj(json!({"kind": "Node", "metadata": {"name": "n3"}, "spec": {"podCIDR": "10.42.1.0/25"}}))
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Address(m) if m.contains("overlaps the pod CIDR of Node \"n2\"")),
+        "{err}"
+    );
+    f.run(Op::Delete {
+        key: key(Kind::Node, "", "n1"),
+        resource_version: 0,
+    })
+    .unwrap();
+    let n3 = f.apply_obj(node("n3")).unwrap().object;
+    assert_eq!(
+        n3["spec"]["podCIDR"], "10.42.0.0/24",
+        "n1's block is free again"
+    );
 }
