@@ -474,6 +474,11 @@ fn describe_service(out: &mut String, s: &Service, rel: &Related, now: DateTime<
         "Type",
         s.spec.type_.clone().unwrap_or_else(|| "NodePort".into()),
     );
+    // kubectl's lines: the virtual IP (None for a headless Service) and the list form.
+    kv(out, "IP", s.spec.cluster_ip.as_deref().unwrap_or("<none>"));
+    if !s.spec.cluster_ips.is_empty() {
+        kv(out, "IPs", s.spec.cluster_ips.join(","));
+    }
     for p in &s.spec.ports {
         let name = if p.name.is_empty() {
             "<unset>"
@@ -539,6 +544,14 @@ fn describe_node(out: &mut String, n: &Node, rel: &Related, now: DateTime<Utc>) 
     meta_lines(out, &n.metadata, false);
     kv(out, "Status", table::node_status(n));
     kv(out, "Unschedulable", n.spec.unschedulable);
+    kv(
+        out,
+        "PodCIDR",
+        n.spec.pod_cidr.as_deref().unwrap_or("<none>"),
+    );
+    if !n.spec.pod_cidrs.is_empty() {
+        kv(out, "PodCIDRs", n.spec.pod_cidrs.join(","));
+    }
     if n.spec.taints.is_empty() {
         kv(out, "Taints", "<none>");
     } else {

@@ -1109,3 +1109,98 @@ fn nodes_get_a_pod_cidr_each_kept_across_re_registration_and_released_on_delete(
         "n1's block is free again"
     );
 }
+
+mod address_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum AddrStep {
+        Service { name: u8, given: Option<u8> },
+        Node { name: u8 },
+        DeleteService { name: u8 },
+        DeleteNode { name: u8 },
+        Reopen,
+    }
+
+    fn addr_step() -> impl Strategy<Value = AddrStep> {
+        prop_oneof![
+            (0u8..8, proptest::option::of(1u8..6))
+                .prop_map(|(name, given)| AddrStep::Service { name, given }),
+            (0u8..6).prop_map(|name| AddrStep::Node { name }),
+            (0u8..8).prop_map(|name| AddrStep::DeleteService { name }),
+            (0u8..6).prop_map(|name| AddrStep::DeleteNode { name }),
+            Just(AddrStep::Reopen),
+        ]
+    }
+
+    /// Live addresses: (service cluster IPs, node pod CIDRs).
+    fn addresses(s: &Store) -> (Vec<String>, Vec<String>) {
+        let all = Selector::parse("").unwrap();
+        let ips = s.list(Kind::Service, None, &all).unwrap().0;
+        let cidrs = s.list(Kind::Node, None, &all).unwrap().0;
+        (
+            ips.iter()
+                .filter_map(|v| v["spec"]["clusterIP"].as_str().map(str::to_string))
+                .collect(),
+            cidrs
+                .iter()
+                .filter_map(|v| v["spec"]["podCIDR"].as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Whatever the order of creates, re-applies, deletes and restarts, no two live objects
+        /// hold one address, every live object holds one, and a second member applying the
+        /// same entries (another server; a new leader) ends with exactly the same allocation.
+        #[test]
+        fn addresses_are_never_shared_and_every_member_allocates_the_same(
+            steps in proptest::collection::vec(addr_step(), 1..40),
+        ) {
+            let mut a = fixture();
+            let mut b = fixture();
+            let mut entries: Vec<Vec<u8>> = Vec::new();
+            for s in &steps {
+                let op = match s {
+                    AddrStep::Service { name, given } => {
+                        let mut v = service(&format!("s{name}"), json!([{"port": 80}]));
+                        if let Some(g) = given {
+                            v["spec"]["clusterIP"] = json!(format!("10.43.0.{g}"));
+                        }
+                        Op::Apply { object: v, uid: format!("u{}", entries.len()) }
+                    }
+                    AddrStep::Node { name } => Op::Apply {
+                        object: json!({"kind": "Node", "metadata": {"name": format!("n{name}")}, "spec": {}}),
+                        uid: format!("u{}", entries.len()),
+                    },
+                    AddrStep::DeleteService { name } => Op::Delete { key: key(Kind::Service, "default", &format!("s{name}")), resource_version: 0 },
+                    AddrStep::DeleteNode { name } => Op::Delete { key: key(Kind::Node, "", &format!("n{name}")), resource_version: 0 },
+                    AddrStep::Reopen => {
+                        // A restart: the store reloads from sled and goes on.
+                        a.store = Store::open(&a.db, StoreConfig::default()).unwrap();
+                        continue;
+                    }
+                };
+                let cmd = Command { ops: vec![op], atomic: false, now: now(), node_ports: NodePortRange::default(), networks: Default::default() };
+                a.index += 1;
+                let _ = a.store.apply(a.index, &cmd.encode());
+                entries.push(cmd.encode());
+                let (ips, cidrs) = addresses(&a.store);
+                let live_services = a.store.list(Kind::Service, None, &Selector::parse("").unwrap()).unwrap().0.len();
+                let live_nodes = a.store.list(Kind::Node, None, &Selector::parse("").unwrap()).unwrap().0.len();
+                prop_assert_eq!(ips.len(), live_services);
+                prop_assert_eq!(cidrs.len(), live_nodes);
+                let uniq: std::collections::BTreeSet<_> = ips.iter().collect();
+                prop_assert_eq!(uniq.len(), ips.len(), "duplicate cluster IP: {:?}", ips);
+                let uniq: std::collections::BTreeSet<_> = cidrs.iter().collect();
+                prop_assert_eq!(uniq.len(), cidrs.len(), "duplicate pod CIDR: {:?}", cidrs);
+            }
+            for (i, e) in entries.iter().enumerate() {
+                b.store.apply(i as u64 + 1, e);
+            }
+            prop_assert_eq!(addresses(&a.store), addresses(&b.store));
+        }
+    }
+}
