@@ -1160,7 +1160,7 @@ mod address_props {
             steps in proptest::collection::vec(addr_step(), 1..40),
         ) {
             let mut a = fixture();
-            let mut b = fixture();
+            let b = fixture();
             let mut entries: Vec<Vec<u8>> = Vec::new();
             for s in &steps {
                 let op = match s {
