@@ -661,6 +661,10 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
         phase: phase.to_string(),
         conditions,
         host_ip: inp.host_ip.to_string(),
+        pod_ip: inp.host_ip.to_string(),
+        pod_ips: vec![berth_proto::types::PodIp {
+            ip: inp.host_ip.to_string(),
+        }],
         start_time: old.start_time.or(Some(inp.wall)),
         container_statuses: statuses,
         host_ports: hostports::to_status(&pod.spec, inp.ports),

@@ -416,6 +416,14 @@ async fn crash_loop_status_has_reason_restart_count_and_last_exit() {
     );
     assert!(!p.is_ready());
     assert_eq!(s.host_ip, "10.0.0.1");
+    // Pods share the node's network: their IP is the node's (hostNetwork-like).
+    assert_eq!(s.pod_ip, "10.0.0.1");
+    assert_eq!(
+        s.pod_ips,
+        vec![berth_proto::types::PodIp {
+            ip: "10.0.0.1".into()
+        }]
+    );
 }
 
 #[tokio::test(start_paused = true)]

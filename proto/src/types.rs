@@ -494,6 +494,13 @@ pub struct HostPortMapping {
     pub protocol: Option<String>,
 }
 
+/// One entry of `status.podIPs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodIp {
+    pub ip: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodStatus {
@@ -504,6 +511,13 @@ pub struct PodStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
+    /// The pod's address. Pods share their node's network today (process pods, and Docker
+    /// pods published on host ports), so it is the node's address, as for a Kubernetes pod
+    /// with hostNetwork.
+    #[serde(rename = "podIP", default, skip_serializing_if = "String::is_empty")]
+    pub pod_ip: String,
+    #[serde(rename = "podIPs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

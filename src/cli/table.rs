@@ -342,7 +342,7 @@ pub fn pod_addresses(p: &Pod) -> String {
 pub fn pod_table(items: &[Pod], now: DateTime<Utc>, wide: bool) -> Table {
     let mut t = if wide {
         Table::new(&[
-            "NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE", "IP:PORTS",
+            "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "IP:PORTS",
         ])
     } else {
         Table::new(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"])
@@ -363,6 +363,12 @@ pub fn pod_table(items: &[Pod], now: DateTime<Utc>, wide: bool) -> Table {
             age(p.metadata.creation_timestamp.as_ref(), now),
         ];
         if wide {
+            row.push(or_none(
+                p.status
+                    .as_ref()
+                    .map(|s| s.pod_ip.clone())
+                    .unwrap_or_default(),
+            ));
             row.push(or_none(p.spec.node_name.clone()));
             row.push(pod_addresses(p));
         }
@@ -943,6 +949,7 @@ api-backend   7/10    7            7           25h
             status: Some(PodStatus {
                 phase: PodPhase::Running.into(),
                 host_ip: "10.0.0.5".into(),
+                pod_ip: "10.0.0.5".into(),
                 container_statuses: vec![ContainerStatus {
                     name: "app".into(),
                     ready: true,
@@ -975,9 +982,9 @@ api-backend   7/10    7            7           25h
         assert_eq!(
             t.render(),
             "\
-NAME    READY   STATUS             RESTARTS   AGE   NODE     IP:PORTS
-web-1   1/1     Running            2          65s   node-1   10.0.0.5:31001
-web-2   0/1     CrashLoopBackOff   2          65s   node-1   10.0.0.5:31001
+NAME    READY   STATUS             RESTARTS   AGE   IP         NODE     IP:PORTS
+web-1   1/1     Running            2          65s   10.0.0.5   node-1   10.0.0.5:31001
+web-2   0/1     CrashLoopBackOff   2          65s   10.0.0.5   node-1   10.0.0.5:31001
 "
         );
     }
