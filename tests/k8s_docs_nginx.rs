@@ -8,8 +8,7 @@
 //! that build.
 //! Needs Docker (fails under CI=true without it, skipped loudly elsewhere).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
 use std::time::Duration;
 
 const DOCS_NGINX: &str = "\
@@ -37,7 +36,7 @@ spec:
 ";
 
 mod dev_harness;
-use dev_harness::{berth, docker, free_port, wait_for, Dev};
+use dev_harness::{berth, docker, start_dev, wait_for};
 
 #[test]
 fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_registry() {
@@ -48,56 +47,16 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
     }
     berth_testkit::images::build_busybox();
     let tmp = tempfile::tempdir().expect("tmp");
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let (api, reg) = (free_port(), free_port());
     let node = format!("docs-nginx-{}", std::process::id());
     let already_had_nginx = docker(&["image", "inspect", "nginx:1.14.2"]).is_ok();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "dev",
-            "--data-dir",
-            &tmp.path().join("dev").display().to_string(),
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--registry-listen",
-            &format!("127.0.0.1:{reg}"),
-            "--name",
-            &node,
-        ])
-        .env("HOME", &home)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start berth dev");
-    let stdout = child.stdout.take().expect("stdout");
+    // Its banner says the node's runtime is Docker (start_dev checks).
+    let (mut dev, home, reg) = start_dev(tmp.path(), &node);
     let pushed = format!("127.0.0.1:{reg}/nginx:1.14.2");
-    let mut dev = Dev {
-        child,
-        node: node.clone(),
-        // The agent's pull leaves the registry's name too.
-        remove_images: vec![pushed.clone()],
-    };
+    // The agent's pull leaves the registry's name too.
+    dev.remove_images.push(pushed.clone());
     if !already_had_nginx {
         dev.remove_images.push("nginx:1.14.2".into());
     }
-    // The banner says which runtime the node uses; on this machine Docker answers.
-    let mut lines = BufReader::new(stdout).lines();
-    let banner = wait_for("the berth dev banner", Duration::from_secs(60), || {
-        let mut seen = String::new();
-        for line in lines.by_ref() {
-            let line = line.ok()?;
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("node ") && line.contains("runtime:") {
-                return Some(seen);
-            }
-        }
-        None
-    });
-    assert!(banner.contains("runtime: docker"), "{banner}");
 
     // An nginx stand-in serving a page on port 80, pushed as nginx:1.14.2 to the cluster
     // registry and absent from the engine under that name.
@@ -253,61 +212,6 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
     });
     assert!(body.contains("hello from berth build"), "{body}");
     drop(dev);
-}
-
-/// `berth dev` on Docker in `tmp` with its registry on a free port: (the guard, HOME, the
-/// registry's port). A port taken between `free_port` and berth dev's bind (another test's
-/// listener) makes it start again on new ones.
-fn start_dev(tmp: &std::path::Path, node: &str) -> (Dev, std::path::PathBuf, u16) {
-    let home = tmp.join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let mut seen = String::new();
-    for attempt in 0..3 {
-        let (api, reg) = (free_port(), free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args([
-                "dev",
-                "--data-dir",
-                &tmp.join(format!("dev{attempt}")).display().to_string(),
-                "--listen",
-                &format!("127.0.0.1:{api}"),
-                "--registry-listen",
-                &format!("127.0.0.1:{reg}"),
-                "--name",
-                node,
-            ])
-            .env("HOME", &home)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start berth dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let dev = Dev {
-            child,
-            node: node.to_string(),
-            remove_images: Vec::new(),
-        };
-        // Up to the registry line, or the end of output when berth dev could not start.
-        seen.clear();
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.trim_start().starts_with("registry ") {
-                break;
-            }
-        }
-        if seen.contains(&format!("registry     127.0.0.1:{reg} ")) {
-            assert!(seen.contains("runtime: docker"), "{seen}");
-            // Keep reading, so a later line never meets a closed pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return (dev, home, reg);
-        }
-        drop(dev);
-    }
-    panic!("berth dev did not start with its registry three times; last output:\n{seen}");
 }
 
 /// Push an image serving `page` on port 80 as `pushed`; returns its image ID.

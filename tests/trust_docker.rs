@@ -6,11 +6,10 @@
 //! Docker reports for it (RepoDigests), and the pod runs.
 //! Needs Docker (fails under CI=true without it, skipped loudly elsewhere).
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod dev_harness;
-use dev_harness::{berth, docker, free_port, wait_for, Dev};
+use dev_harness::{berth, docker, start_dev, wait_for};
 
 fn pod_json(home: &std::path::Path, name: &str) -> Option<serde_json::Value> {
     let (ok, out, _) = berth(home, &["get", "pod", name, "-o", "json"]);
@@ -29,36 +28,12 @@ fn the_agent_refuses_a_locally_built_image_and_runs_the_signed_one_from_the_clus
     }
     berth_testkit::images::build_busybox();
     let tmp = tempfile::tempdir().expect("tmp");
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let (api, reg) = (free_port(), free_port());
     let node = format!("trust-{}", std::process::id());
+    let (mut dev, home, reg) = start_dev(tmp.path(), &node);
     let repo = format!("berth-trust-shop-{}", std::process::id());
     let image = format!("{repo}:v1");
     let pushed = format!("127.0.0.1:{reg}/{image}");
-    let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args([
-            "dev",
-            "--data-dir",
-            &tmp.path().join("dev").display().to_string(),
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--registry-listen",
-            &format!("127.0.0.1:{reg}"),
-            "--name",
-            &node,
-        ])
-        .env("HOME", &home)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start berth dev");
-    let _dev = Dev {
-        child,
-        node,
-        remove_images: vec![pushed.clone(), image.clone()],
-    };
+    dev.remove_images = vec![pushed.clone(), image.clone()];
     wait_for("berth dev answering", Duration::from_secs(60), || {
         berth(&home, &["get", "nodes"]).0.then_some(())
     });

@@ -3,7 +3,8 @@
 //! on conditions.
 #![allow(dead_code)]
 
-use std::process::{Child, Command};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -103,4 +104,59 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// `berth dev` on Docker in `tmp` with its registry on a free port: (the guard, HOME, the
+/// registry's port). A port taken between `free_port` and berth dev's bind (another test's
+/// listener) makes it start again on new ones.
+pub fn start_dev(tmp: &std::path::Path, node: &str) -> (Dev, std::path::PathBuf, u16) {
+    let home = tmp.join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let mut seen = String::new();
+    for attempt in 0..3 {
+        let (api, reg) = (free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args([
+                "dev",
+                "--data-dir",
+                &tmp.join(format!("dev{attempt}")).display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{api}"),
+                "--registry-listen",
+                &format!("127.0.0.1:{reg}"),
+                "--name",
+                node,
+            ])
+            .env("HOME", &home)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let dev = Dev {
+            child,
+            node: node.to_string(),
+            remove_images: Vec::new(),
+        };
+        // Up to the registry line, or the end of output when berth dev could not start.
+        seen.clear();
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.trim_start().starts_with("registry ") {
+                break;
+            }
+        }
+        if seen.contains(&format!("registry     127.0.0.1:{reg} ")) {
+            assert!(seen.contains("runtime: docker"), "{seen}");
+            // Keep reading, so a later line never meets a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return (dev, home, reg);
+        }
+        drop(dev);
+    }
+    panic!("berth dev did not start with its registry three times; last output:\n{seen}");
 }
