@@ -818,14 +818,7 @@ async fn get_blob(reg: &Registry, d: &str, head: bool) -> ApiResult {
             )
         })?;
         let mut r = Response::new(Body::empty());
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_LENGTH, hv(&info.size.to_string()));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert("Docker-Content-Digest", hv(d));
-        h.insert(header::ETAG, hv(&format!("\"{d}\"")));
+        blob_headers(r.headers_mut(), d, info.size);
         return Ok(r);
     }
     let path = reg.blobs.local_path(d).await?;
@@ -888,7 +881,12 @@ async fn serve_blob_file(
             tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
         ))
     };
-    let h = r.headers_mut();
+    blob_headers(r.headers_mut(), d, len);
+    Ok(r)
+}
+
+/// The headers of a blob answer (GET or HEAD).
+fn blob_headers(h: &mut HeaderMap, d: &str, len: u64) {
     h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
     h.insert(
         header::CONTENT_TYPE,
@@ -896,7 +894,6 @@ async fn serve_blob_file(
     );
     h.insert("Docker-Content-Digest", hv(d));
     h.insert(header::ETAG, hv(&format!("\"{d}\"")));
-    Ok(r)
 }
 
 fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {

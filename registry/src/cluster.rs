@@ -36,6 +36,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::local_blobs::LocalBlobs;
 use crate::storage::{BlobInfo, Blobs, RegistryError};
+use crate::store::store_err;
 
 /// The path prefix of the server-to-server blob endpoint.
 pub const PEER_BLOBS_PATH: &str = "/berth/v1/blobs/";
@@ -74,18 +75,6 @@ impl StorePeers {
             self_id,
             members,
         }
-    }
-}
-
-fn store_err(what: &str, e: ClientError) -> RegistryError {
-    match e {
-        ClientError::PermissionDenied(m) => RegistryError::Denied(m),
-        e @ (ClientError::Unavailable { .. }
-        | ClientError::Timeout(_)
-        | ClientError::OutcomeUnknown(_)) => {
-            RegistryError::Unavailable(format!("{what}: the cluster store is unavailable: {e}"))
-        }
-        e => RegistryError::Internal(format!("{what}: {e}")),
     }
 }
 

@@ -27,7 +27,8 @@ impl StoreMetadata {
     }
 }
 
-fn store_err(what: &str, e: ClientError) -> RegistryError {
+/// A store client error as the registry reports it (shared with [`crate::cluster`]).
+pub(crate) fn store_err(what: &str, e: ClientError) -> RegistryError {
     match e {
         ClientError::PermissionDenied(m) => RegistryError::Denied(m),
         e @ (ClientError::Unavailable { .. }
