@@ -103,16 +103,7 @@ impl Mirror {
                 out = out.header(h, v);
             }
         }
-        out.send().await.map_err(|e| {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(c) = src {
-                s.push_str(": ");
-                s.push_str(&c.to_string());
-                src = c.source();
-            }
-            s
-        })
+        out.send().await.map_err(|e| berth_tls::error_chain(&e))
     }
 }
 

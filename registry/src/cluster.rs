@@ -375,14 +375,7 @@ impl ClusterBlobs {
 }
 
 fn describe_http(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    berth_tls::error_chain(e)
 }
 
 /// Read-modify-write of `ImageBlob.status.servers` with CAS retries.

@@ -225,14 +225,7 @@ async fn export(docker: &Docker, image: &str, dir: &Path) -> anyhow::Result<(Blo
 }
 
 fn http_err(e: reqwest::Error) -> anyhow::Error {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    anyhow::anyhow!(s)
+    anyhow::anyhow!(berth_tls::error_chain(&e))
 }
 
 /// A registry's error answer, as its message.

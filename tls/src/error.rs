@@ -38,6 +38,19 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '
     }
 }
 
+/// An error and all its causes, `outer: inner: innermost` (for HTTP client errors, whose
+/// outer message alone is "error sending request").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        source = err.source();
+    }
+    s
+}
+
 /// The innermost cause of an error chain (a TLS alert or "connection refused" rather than
 /// tonic's "transport error"), for one-line messages.
 pub fn innermost_cause(e: &(dyn std::error::Error + 'static)) -> String {

@@ -38,7 +38,7 @@ pub use config::{
     mtls_server_config, optional_mtls_server_config, server_tls_config, ClientTls,
 };
 pub use credential::{CertRequest, Credential};
-pub use error::{innermost_cause, TlsError};
+pub use error::{error_chain, innermost_cause, TlsError};
 pub use files::{create_private_dir, write_private};
 pub use identity::{
     identity_of_cert, identity_of_peer, peer_identity, Identity, NODE_PREFIX, SERVER_IDENTITY,
