@@ -90,7 +90,27 @@ pub struct AgentArgs {
     /// is visible to other users in `ps`.
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<berth_tls::Secret>,
+    /// Docker pods get their own address on the node's pod network (the Node's spec.podCIDR)
+    /// and other nodes' pod CIDRs are routed via their addresses; `off`: Docker pods publish
+    /// their ports on host ports instead (as process pods do).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub pod_network: String,
+    /// The whole pod address range (the API server's --cluster-cidr): traffic from pods to
+    /// anywhere outside it is masqueraded.
+    #[arg(long, default_value = DEFAULT_CLUSTER_CIDR)]
+    pub cluster_cidr: String,
+    /// The cluster's DNS domain (the kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The image of the container that holds each Docker pod's network namespace (default: a
+    /// built-in one the agent imports into the engine; the kubelet's
+    /// --pod-infra-container-image).
+    #[arg(long, value_name = "IMAGE")]
+    pub pod_infra_image: Option<String>,
 }
+
+/// The API server's default --cluster-cidr.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 
 /// Where `berth agent` serves the node-local registry mirror by default.
 pub const DEFAULT_MIRROR: &str = "127.0.0.1:5001";
@@ -113,6 +133,10 @@ impl Default for AgentArgs {
             restart_backoff_ms: 10_000,
             heartbeat_ms: 2_000,
             token: None,
+            pod_network: "on".to_string(),
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.to_string(),
+            cluster_domain: "cluster.local".to_string(),
+            pod_infra_image: None,
         }
     }
 }
@@ -214,6 +238,17 @@ pub async fn select_runtime(
     data_dir: &std::path::Path,
     cluster_registry: Option<String>,
 ) -> Result<Arc<dyn Runtime>, AgentError> {
+    select_runtime_with(kind, node, data_dir, cluster_registry, None).await
+}
+
+/// [`select_runtime`], with Docker pods on `pod_network` (network, sandbox image) when given.
+pub async fn select_runtime_with(
+    kind: Option<RuntimeKind>,
+    node: &str,
+    data_dir: &std::path::Path,
+    cluster_registry: Option<String>,
+    pod_network: Option<(crate::podnet::PodNetwork, Option<String>)>,
+) -> Result<Arc<dyn Runtime>, AgentError> {
     let docker = match kind {
         Some(RuntimeKind::Process) => None,
         Some(RuntimeKind::Docker) => Some(
@@ -229,10 +264,13 @@ pub async fn select_runtime(
     let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(data_dir)?);
     Ok(match docker {
         // Docker is the default; `runtimeClassName: process` still runs host processes.
-        Some(d) => Arc::new(MultiRuntime::new(vec![
-            Arc::new(d.for_node(node).with_cluster_registry(cluster_registry)),
-            process,
-        ])),
+        Some(d) => {
+            let mut d = d.for_node(node).with_cluster_registry(cluster_registry);
+            if let Some((net, infra)) = pod_network {
+                d = d.with_pod_network(net, infra, data_dir.join("docker"));
+            }
+            Arc::new(MultiRuntime::new(vec![Arc::new(d), process]))
+        }
         None => process,
     })
 }
@@ -284,11 +322,15 @@ pub async fn start(
             }
         },
     };
-    let runtime = select_runtime(
+    let cluster_cidr = crate::podnet::Ipv4Cidr::parse(&args.cluster_cidr)
+        .map_err(|e| AgentError::Args(format!("--cluster-cidr: {e}")))?;
+    let pod_network = crate::podnet::PodNetwork::new();
+    let runtime = select_runtime_with(
         args.runtime,
         &node_name,
         &data_dir,
         cluster_registry.clone(),
+        (args.pod_network == "on").then(|| (pod_network.clone(), args.pod_infra_image.clone())),
     )
     .await?;
     tracing::info!(node = %node_name, runtime = runtime.name(), data_dir = %data_dir.display(), "starting agent");
@@ -362,6 +404,7 @@ pub async fn start(
     let events = EventSink::new(&node_name);
     let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
     let services_env = sync_cfg.services.clone();
+    sync_cfg.network = pod_network.clone();
     sync_cfg.backoff = BackoffPolicy {
         base: Duration::from_millis(args.restart_backoff_ms.max(1)),
         ..BackoffPolicy::default()
@@ -395,6 +438,19 @@ pub async fn start(
         runtime: runtime.clone(),
     };
     tasks.spawn(hb.run(shutdown.clone()));
+
+    tasks.spawn(feed_nodes(
+        client.clone(),
+        NodeNet {
+            node: node_name.clone(),
+            address,
+            cluster_cidr,
+            domain: args.cluster_domain.clone(),
+            pod_network: pod_network.clone(),
+            host_plumbing: args.pod_network == "on",
+        },
+        shutdown.clone(),
+    ));
 
     if !args.no_proxy {
         let (proxy, handle) = Proxy::new(ProxyConfig::default());
@@ -453,6 +509,84 @@ async fn feed_pods(client: Client, node: String, cache: PodCache, shutdown: Canc
     }
 }
 
+/// What the Node watch programs on this node.
+struct NodeNet {
+    node: String,
+    address: IpAddr,
+    cluster_cidr: crate::podnet::Ipv4Cidr,
+    domain: String,
+    pod_network: crate::podnet::PodNetwork,
+    /// Program routes and the firewall (the pod network is on).
+    host_plumbing: bool,
+}
+
+/// Watch the Nodes: this node's pod CIDR configures its pod network; every other node's pod
+/// CIDR is routed via its address (host-gw), so routes follow nodes joining and leaving.
+async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
+    let mut w = watcher::watcher::<Node>(client, watcher::Config::default());
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut last_problem = String::new();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = w.next() => ev,
+        };
+        match ev {
+            Some(Ok(WatchEvent::Restarted(all))) => {
+                nodes = all
+                    .into_iter()
+                    .map(|n| (n.metadata.name.clone(), n))
+                    .collect()
+            }
+            Some(Ok(WatchEvent::Applied(n))) => {
+                nodes.insert(n.metadata.name.clone(), n);
+            }
+            Some(Ok(WatchEvent::Deleted(n))) => {
+                nodes.remove(&n.metadata.name);
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "watching nodes");
+                continue;
+            }
+            None => return,
+        }
+        let problem = match program_nodes(&net, &nodes).await {
+            Ok(()) => String::new(),
+            Err(e) => e,
+        };
+        if problem != last_problem && !problem.is_empty() {
+            tracing::warn!("pod network: {problem}");
+        }
+        last_problem = problem;
+    }
+}
+
+/// One level-triggered pass of [`feed_nodes`].
+async fn program_nodes(net: &NodeNet, nodes: &BTreeMap<String, Node>) -> Result<(), String> {
+    let own = nodes.get(&net.node);
+    if let Some(cidr) = own.and_then(|n| n.spec.pod_cidr.as_deref()) {
+        let cidr = crate::podnet::Ipv4Cidr::parse(cidr)
+            .map_err(|e| format!("this node's spec.podCIDR: {e}"))?;
+        if !net.cluster_cidr.contains(cidr.addr) {
+            return Err(format!(
+                "this node's pod CIDR {cidr} is outside --cluster-cidr {}: pass the API server's --cluster-cidr to the agent",
+                net.cluster_cidr
+            ));
+        }
+        if net
+            .pod_network
+            .set(crate::podnet::NetConfig::new(cidr, &net.domain))
+        {
+            tracing::info!(pod_cidr = %cidr, "pod network configured");
+        }
+    }
+    if !net.host_plumbing {
+        return Ok(());
+    }
+    let _ = net.address;
+    Ok(())
+}
+
 /// Feed the proxy every Service with its Endpoints, on every change of either.
 async fn feed_proxy(
     client: Client,
@@ -466,6 +600,7 @@ async fn feed_proxy(
     let mut svc: BTreeMap<(String, String), Service> = BTreeMap::new();
     let mut eps: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
     let key = |m: &berth_proto::types::ObjectMeta| (m.namespace.clone(), m.name.clone());
+    let mut vip_warned = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -485,6 +620,15 @@ async fn feed_proxy(
             },
         }
         services_env.set(svc.values());
+        let list: Vec<Service> = svc.values().cloned().collect();
+        if let Err(e) = crate::net::sync_vips(&proxy::cluster_ips(&list)).await {
+            if !vip_warned {
+                tracing::warn!(error = %e, "ClusterIPs are not served on this node (nodePorts are)");
+                vip_warned = true;
+            }
+        } else {
+            vip_warned = false;
+        }
         let all: Vec<_> = svc
             .iter()
             .flat_map(|(k, s)| proxy::service_backends(s, eps.get(k), node_addr))

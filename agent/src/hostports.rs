@@ -85,7 +85,7 @@ impl HostPorts {
         if bindings.is_empty() || self.by_pod.contains_key(pod_uid) {
             return;
         }
-        for b in bindings {
+        for b in bindings.iter().filter(|b| b.host_port != 0) {
             self.used.insert(b.host_port, pod_uid.to_string());
         }
         self.by_pod.insert(pod_uid.to_string(), bindings.to_vec());
@@ -97,6 +97,18 @@ impl HostPorts {
         pod_uid: &str,
         pod_name: &str,
         spec: &PodSpec,
+    ) -> Result<Vec<PortBinding>, HostPortError> {
+        self.allocate_with(pod_uid, pod_name, spec, true)
+    }
+
+    /// [`HostPorts::allocate`]; with `publish_all` false (a pod with its own address) only the
+    /// ports that ask for a `hostPort` get one, the others have host port 0 (not published).
+    pub fn allocate_with(
+        &mut self,
+        pod_uid: &str,
+        pod_name: &str,
+        spec: &PodSpec,
+        publish_all: bool,
     ) -> Result<Vec<PortBinding>, HostPortError> {
         if let Some(b) = self.by_pod.get(pod_uid) {
             return Ok(b.clone());
@@ -124,6 +136,15 @@ impl HostPorts {
                             return fail(self, &taken, e);
                         }
                         h
+                    }
+                    None if !publish_all => {
+                        out.push(PortBinding {
+                            name: p.name.clone(),
+                            container_port: p.container_port.clamp(0, u16::MAX as i32) as u16,
+                            host_port: 0,
+                            protocol,
+                        });
+                        continue;
                     }
                     None => match self.next_free() {
                         Some(h) => h,
@@ -206,7 +227,10 @@ pub fn for_container<'a>(
 pub fn to_status(spec: &PodSpec, bindings: &[PortBinding]) -> Vec<HostPortMapping> {
     let mut out = Vec::new();
     for c in &spec.containers {
-        for b in for_container(spec, bindings, &c.name) {
+        for b in for_container(spec, bindings, &c.name)
+            .iter()
+            .filter(|b| b.host_port != 0)
+        {
             out.push(HostPortMapping {
                 container_name: c.name.clone(),
                 name: b.name.clone(),
@@ -221,17 +245,27 @@ pub fn to_status(spec: &PodSpec, bindings: &[PortBinding]) -> Vec<HostPortMappin
 
 /// Bindings recorded in a pod's status (for re-deriving after a restart).
 pub fn from_status(spec: &PodSpec, status: &[HostPortMapping]) -> Vec<PortBinding> {
-    // Keep spec order so `for_container` slices stay right.
+    // One binding per port of the spec, in spec order, so `for_container` slices stay right;
+    // a port not in the status is not published (host port 0: a pod with its own address).
     let mut out = Vec::new();
     for c in &spec.containers {
-        for m in status.iter().filter(|m| m.container_name == c.name) {
+        for p in &c.ports {
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".to_string());
+            let m = status.iter().find(|m| {
+                m.container_name == c.name
+                    && m.container_port == p.container_port
+                    && m.protocol.as_deref().unwrap_or("TCP") == protocol
+            });
             out.push(PortBinding {
-                name: m.name.clone(),
-                container_port: m.container_port.clamp(0, u16::MAX as i32) as u16,
-                host_port: m.host_port.clamp(0, u16::MAX as i32) as u16,
-                protocol: m.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+                name: p.name.clone(),
+                container_port: p.container_port.clamp(0, u16::MAX as i32) as u16,
+                host_port: m.map_or(0, |m| m.host_port.clamp(0, u16::MAX as i32) as u16),
+                protocol,
             });
         }
+    }
+    if out.iter().all(|b| b.host_port == 0) {
+        out.clear(); // nothing recorded: allocate afresh
     }
     out
 }

@@ -506,6 +506,9 @@ pub struct StatusInputs<'a> {
     pub view: &'a dyn Fn(&str, &Container) -> ProbeView,
     pub policy: &'a BackoffPolicy,
     pub host_ip: &'a str,
+    /// The pod's own address; None: it shares the node's (host_ip); Some(""): it will have
+    /// one but has none yet (its sandbox is not up).
+    pub pod_ip: Option<&'a str>,
     pub ports: &'a [crate::runtime::PortBinding],
     pub now: Instant,
     pub wall: Time,
@@ -657,14 +660,17 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
         ready_reason,
         inp.wall,
     );
+    let pod_ip = inp.pod_ip.unwrap_or(inp.host_ip).to_string();
     PodStatus {
         phase: phase.to_string(),
         conditions,
         host_ip: inp.host_ip.to_string(),
-        pod_ip: inp.host_ip.to_string(),
-        pod_ips: vec![berth_proto::types::PodIp {
-            ip: inp.host_ip.to_string(),
-        }],
+        pod_ip: pod_ip.clone(),
+        pod_ips: if pod_ip.is_empty() {
+            Vec::new()
+        } else {
+            vec![berth_proto::types::PodIp { ip: pod_ip }]
+        },
         start_time: old.start_time.or(Some(inp.wall)),
         container_statuses: statuses,
         host_ports: hostports::to_status(&pod.spec, inp.ports),
@@ -724,6 +730,8 @@ pub fn container_spec(
         stop_signal: None,
         grace_seconds: Some(grace_of(pod).as_secs()),
         runtime_class: pod.spec.runtime_class_name.clone(),
+        dns: None,
+        pod_host_ports: Vec::new(),
     }
 }
 
@@ -745,6 +753,8 @@ pub struct SyncConfig {
     pub resync: Duration,
     /// Services, for the `{SVC}_SERVICE_HOST/PORT` variables of new containers.
     pub services: crate::svcenv::ServiceEnv,
+    /// The node's pod network, for the resolv.conf of pods on it.
+    pub network: crate::podnet::PodNetwork,
 }
 
 impl SyncConfig {
@@ -756,6 +766,7 @@ impl SyncConfig {
             create_retry: Duration::from_secs(10),
             resync: Duration::from_secs(1),
             services: crate::svcenv::ServiceEnv::new(),
+            network: crate::podnet::PodNetwork::new(),
         }
     }
 }
@@ -782,7 +793,11 @@ pub struct PodSync {
     /// Whether require-signed-images applied per namespace when last fetched (an image not
     /// seen before may start during an outage in a namespace known to be without the policy).
     trust_policy: BTreeMap<String, bool>,
+    last_sandbox_gc: Option<Instant>,
 }
+
+/// How often pod sandboxes are checked for removal when nothing else changed.
+const SANDBOX_GC: Duration = Duration::from_secs(10);
 
 fn pod_ref(p: &Pod) -> PodRef {
     PodRef {
@@ -828,6 +843,7 @@ impl PodSync {
             last_written: BTreeMap::new(),
             trust_cache: BTreeMap::new(),
             trust_policy: BTreeMap::new(),
+            last_sandbox_gc: None,
         }
     }
 
@@ -914,6 +930,7 @@ impl PodSync {
         self.write_statuses(&desired, &observed).await;
         self.emit_backoff_events(&desired, &observed);
         self.cleanup(&desired, &observed);
+        self.remove_sandboxes(&desired, &observed, changed).await;
         self.events.flush(self.api.as_ref()).await;
         if more {
             return Some(Duration::ZERO);
@@ -1029,19 +1046,35 @@ impl PodSync {
             if !self.image_trusted(pod, c, &key, attempt, &pref, now).await {
                 continue;
             }
-            let bindings =
-                match self
-                    .ports
-                    .allocate(&pod.metadata.uid, &pod.metadata.name, &pod.spec)
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.create_failed(&key, &pref, "HostPortUnavailable", e.to_string(), now);
-                        continue;
-                    }
-                };
+            let networked = self.handler_has_pod_network(pod);
+            let bindings = match self.ports.allocate_with(
+                &pod.metadata.uid,
+                &pod.metadata.name,
+                &pod.spec,
+                !networked,
+            ) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.create_failed(&key, &pref, "HostPortUnavailable", e.to_string(), now);
+                    continue;
+                }
+            };
             let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
             let mut spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
+            if networked {
+                spec.pod_host_ports = bindings
+                    .iter()
+                    .filter(|b| b.host_port != 0)
+                    .cloned()
+                    .collect();
+                if pod.spec.dns_policy.as_deref() != Some("Default") {
+                    spec.dns = self
+                        .cfg
+                        .network
+                        .get()
+                        .map(|n| n.resolv_conf(&pod.metadata.namespace));
+                }
+            }
             // Service variables go before the container's own env, which wins on a clash.
             let svc_vars = self
                 .cfg
@@ -1193,6 +1226,16 @@ impl PodSync {
         self.events
             .normal(pref, "Pulling", format!("Pulling image {image:?}"));
         false
+    }
+
+    /// Does this pod's runtime handler give it its own address (the pod network)?
+    fn handler_has_pod_network(&self, pod: &Pod) -> bool {
+        let class = pod.spec.runtime_class_name.as_deref();
+        self.runtime
+            .handlers()
+            .iter()
+            .find(|h| class.is_none_or(|c| h.name == c))
+            .is_some_and(|h| h.pod_network)
     }
 
     /// Does this runtime handler run images (and so follow imagePullPolicy and image trust)?
@@ -1454,6 +1497,13 @@ impl PodSync {
                 .cloned()
                 .collect();
             let ports = self.ports.get(&uid).map(|p| p.to_vec()).unwrap_or_default();
+            let pod_ip = if !self.handler_has_pod_network(pod) {
+                None
+            } else if mine.is_empty() {
+                Some(String::new())
+            } else {
+                Some(self.runtime.pod_ip(&uid).await.unwrap_or_default())
+            };
             // Compute against the last status we wrote when the cache has not caught up yet.
             let mut base = pod.clone();
             if let Some(w) = self.last_written.get(&uid) {
@@ -1470,6 +1520,7 @@ impl PodSync {
                     view: &view,
                     policy: &self.cfg.backoff,
                     host_ip: &self.cfg.node_address,
+                    pod_ip: pod_ip.as_deref(),
                     ports: &ports,
                     now,
                     wall,
@@ -1521,6 +1572,30 @@ impl PodSync {
             if let Some(pod) = desired.iter().find(|p| p.metadata.uid == e.key.pod_uid) {
                 self.events.warning(&pod_ref(pod), "BackOff", e.message);
             }
+        }
+    }
+
+    /// Remove the sandboxes of pods that are gone (no longer wanted here, no container left):
+    /// after a round that changed something, and every [`SANDBOX_GC`] otherwise.
+    async fn remove_sandboxes(
+        &mut self,
+        desired: &[Pod],
+        observed: &[ContainerInfo],
+        changed: bool,
+    ) {
+        let now = Instant::now();
+        if !changed && self.last_sandbox_gc.is_some_and(|t| now - t < SANDBOX_GC) {
+            return;
+        }
+        self.last_sandbox_gc = Some(now);
+        let keep: BTreeSet<String> = desired
+            .iter()
+            .filter(|p| is_desired(p))
+            .map(|p| p.metadata.uid.clone())
+            .chain(observed.iter().map(|c| c.pod_uid.clone()))
+            .collect();
+        if let Err(e) = self.runtime.remove_sandboxes(&keep).await {
+            tracing::warn!(error = %e, "removing pod sandboxes (retried)");
         }
     }
 

@@ -381,6 +381,7 @@ fn status_of(
             view,
             policy: &BackoffPolicy::default(),
             host_ip: "10.0.0.1",
+            pod_ip: None,
             ports: &[],
             now: Instant::now(),
             wall: chrono::Utc::now(),

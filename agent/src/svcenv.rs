@@ -2,8 +2,12 @@
 //! namespace N sees `{SVC}_SERVICE_HOST` / `{SVC}_SERVICE_PORT` (and `{SVC}_SERVICE_PORT_{PORT}`
 //! for named ports) for every Service of N that exists when it starts.
 //!
-//! Berth has no cluster IPs: the host is this node's address and the port the Service's node
-//! port, i.e. the node's own proxy, which forwards to a ready endpoint anywhere in the cluster.
+//! For a Service with a ClusterIP the host is that IP and the port the Service port, with
+//! Docker-link variables beside them (`{SVC}_PORT=tcp://IP:PORT`, `{SVC}_PORT_80_TCP_ADDR`, ...),
+//! exactly as the kubelet writes them; every node's proxy serves the ClusterIP. Headless
+//! Services get none (as in Kubernetes: there is no one address). A Service without a
+//! ClusterIP (stored before the API server allocated them) falls back to this node's address
+//! and the Service's node port, i.e. the node's own proxy.
 //! The agent's Service watch (which also programs the proxy) keeps a [`ServiceEnv`] current;
 //! pod sync reads it when it builds a container.
 
@@ -68,6 +72,15 @@ pub fn service_vars<'a>(
         if ns != namespace {
             continue;
         }
+        let name = env_name(&svc.metadata.name);
+        match svc.spec.cluster_ip.as_deref() {
+            Some("None") => continue,
+            Some(ip) if ip.parse::<std::net::IpAddr>().is_ok() => {
+                cluster_ip_vars(&mut out, &name, ip, &svc.spec.ports);
+                continue;
+            }
+            _ => {}
+        }
         let ports: Vec<_> = svc
             .spec
             .ports
@@ -77,7 +90,6 @@ pub fn service_vars<'a>(
         let Some((_, first)) = ports.first() else {
             continue;
         };
-        let name = env_name(&svc.metadata.name);
         out.push((format!("{name}_SERVICE_HOST"), host.to_string()));
         out.push((format!("{name}_SERVICE_PORT"), first.to_string()));
         for (p, n) in &ports {
@@ -91,6 +103,39 @@ pub fn service_vars<'a>(
     }
     out.sort();
     out
+}
+
+/// The kubelet's variables for a Service with a ClusterIP (its `makeLinkVariables` too).
+fn cluster_ip_vars(
+    out: &mut Vec<(String, String)>,
+    name: &str,
+    ip: &str,
+    ports: &[berth_proto::types::ServicePort],
+) {
+    let Some(first) = ports.first() else {
+        return;
+    };
+    out.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+    out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+    for (i, p) in ports.iter().enumerate() {
+        if !p.name.is_empty() {
+            out.push((
+                format!("{name}_SERVICE_PORT_{}", env_name(&p.name)),
+                p.port.to_string(),
+            ));
+        }
+        let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_uppercase();
+        let lower = proto.to_ascii_lowercase();
+        let url = format!("{lower}://{ip}:{}", p.port);
+        if i == 0 {
+            out.push((format!("{name}_PORT"), url.clone()));
+        }
+        let prefix = format!("{name}_PORT_{}_{proto}", p.port);
+        out.push((prefix.clone(), url));
+        out.push((format!("{prefix}_PROTO"), lower));
+        out.push((format!("{prefix}_PORT"), p.port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.to_string()));
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +186,29 @@ mod tests {
             ("MY_API_SERVICE_PORT_HTTP", "30101"),
             ("STORE_SERVICE_HOST", "10.0.0.7"),
             ("STORE_SERVICE_PORT", "30200"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(vars, want);
+    }
+
+    #[test]
+    fn services_with_a_cluster_ip_point_at_it_and_the_service_port_as_kubernetes_does() {
+        let mut redis = svc("default", "redis-leader", &[("", None)]);
+        redis.spec.ports[0].port = 6379;
+        redis.spec.cluster_ip = Some("10.43.0.12".into());
+        let mut headless = svc("default", "db", &[("", None)]);
+        headless.spec.cluster_ip = Some("None".into());
+        let vars = service_vars(&[redis, headless], "default", "10.0.0.7");
+        let want: Vec<(String, String)> = [
+            ("REDIS_LEADER_PORT", "tcp://10.43.0.12:6379"),
+            ("REDIS_LEADER_PORT_6379_TCP", "tcp://10.43.0.12:6379"),
+            ("REDIS_LEADER_PORT_6379_TCP_ADDR", "10.43.0.12"),
+            ("REDIS_LEADER_PORT_6379_TCP_PORT", "6379"),
+            ("REDIS_LEADER_PORT_6379_TCP_PROTO", "tcp"),
+            ("REDIS_LEADER_SERVICE_HOST", "10.43.0.12"),
+            ("REDIS_LEADER_SERVICE_PORT", "6379"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

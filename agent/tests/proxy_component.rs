@@ -106,6 +106,7 @@ fn svc(name: &str, node_port: u16, backends: &[SocketAddr]) -> ServiceBackends {
         port_name: "http".into(),
         node_port,
         listen_addrs: vec![LOCALHOST],
+        also_listen: Vec::new(),
         backends: backends.to_vec(),
     }
 }

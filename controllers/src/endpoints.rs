@@ -1,9 +1,11 @@
 //! The Endpoints controller's pure core: `plan(service, pods) -> Endpoints`.
 //!
-//! An endpoint is `node address : host port`: the pod's `status.hostIP` and the host port the
-//! agent published for the container port the Service's targetPort names (by number or by
-//! port name). Pods with the same resolved ports share a subset; ready pods go to `addresses`,
-//! the others to `notReadyAddresses`.
+//! A pod with its own address (a Docker pod on the node's pod network: `status.podIP` differs
+//! from `status.hostIP`) is reached at `podIP : containerPort`, as in Kubernetes. A pod that
+//! shares its node's network (a process pod) is reached at `node address : host port`: the
+//! host port the agent published for the container port the Service's targetPort names (by
+//! number or by port name). Pods with the same resolved ports share a subset; ready pods go to
+//! `addresses`, the others to `notReadyAddresses`.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +41,32 @@ pub fn resolve_host_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
         .filter(|p| *p > 0)
 }
 
+/// Resolve one Service port to the container port of `pod` it targets (by number, or by the
+/// name of a container port).
+pub fn resolve_container_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
+    let target = sp
+        .target_port
+        .clone()
+        .unwrap_or(IntOrString::Int(i64::from(sp.port)));
+    match &target {
+        IntOrString::Int(n) => i32::try_from(*n).ok().filter(|p| *p > 0),
+        IntOrString::String(name) => pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .find(|p| p.name == *name)
+            .map(|p| p.container_port),
+    }
+}
+
+/// Does the pod have an address of its own (the pod network), rather than its node's?
+pub fn has_pod_network(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|st| !st.pod_ip.is_empty() && st.pod_ip != st.host_ip)
+}
+
 /// Does `svc` select `pod`: same namespace, and a selector (not empty: a Service without one
 /// has hand-managed Endpoints) whose every label the pod carries.
 pub fn selects(svc: &Service, pod: &Pod) -> bool {
@@ -67,19 +95,29 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
         if st.host_ip.is_empty() || pod.is_terminal() {
             continue;
         }
+        let own_ip = has_pod_network(pod);
         let ports: PortKey = svc
             .spec
             .ports
             .iter()
             .filter_map(|sp| {
-                resolve_host_port(pod, sp).map(|hp| (sp.name.clone(), hp, sp.protocol.clone()))
+                let port = if own_ip {
+                    resolve_container_port(pod, sp)
+                } else {
+                    resolve_host_port(pod, sp)
+                };
+                port.map(|p| (sp.name.clone(), p, sp.protocol.clone()))
             })
             .collect();
         if ports.is_empty() && !svc.spec.ports.is_empty() {
             continue;
         }
         let addr = EndpointAddress {
-            ip: st.host_ip.clone(),
+            ip: if own_ip {
+                st.pod_ip.clone()
+            } else {
+                st.host_ip.clone()
+            },
             node_name: pod.spec.node_name.clone(),
             target_ref: Some(ObjectReference {
                 kind: "Pod".into(),
@@ -195,6 +233,39 @@ mod tests {
             .expect("31002");
         assert!(s2.addresses.is_empty());
         assert_eq!(s2.not_ready_addresses[0].ip, "10.0.0.2");
+    }
+
+    #[test]
+    fn pods_on_the_pod_network_are_pod_ip_and_container_port_beside_host_port_pods() {
+        let svc = ServiceBuilder::new("web")
+            .named_port("http", 80, "web")
+            .build();
+        let docker = PodBuilder::new("a")
+            .label("app", "web")
+            .host_ip("10.0.0.1")
+            .pod_ip("10.42.0.7")
+            .port("web", 8080)
+            .ready()
+            .build();
+        let process = PodBuilder::new("b")
+            .label("app", "web")
+            .host_ip("10.0.0.2")
+            .pod_ip("10.0.0.2")
+            .port("web", 8080)
+            .published("web", 8080, 31001)
+            .ready()
+            .build();
+        let ep = plan(&svc, &[docker, process]).expect("endpoints");
+        let mut got: Vec<(String, i32)> = ep
+            .subsets
+            .iter()
+            .flat_map(|s| s.addresses.iter().map(|a| (a.ip.clone(), s.ports[0].port)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("10.0.0.2".into(), 31001), ("10.42.0.7".into(), 8080)]
+        );
     }
 
     #[test]

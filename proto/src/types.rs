@@ -355,7 +355,14 @@ pub struct PodSpec {
     /// engine answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Option<String>,
+    /// ClusterFirst (default: the node's cluster DNS with the Kubernetes search path) or
+    /// Default (the node's own resolvers). ClusterFirstWithHostNet is accepted as ClusterFirst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Option<String>,
 }
+
+/// The dnsPolicy values Berth accepts.
+pub const DNS_POLICIES: &[&str] = &["ClusterFirst", "ClusterFirstWithHostNet", "Default"];
 
 /// The runtime classes Berth agents can offer (`spec.runtimeClassName`).
 pub const RUNTIME_CLASSES: &[&str] = &["docker", "process"];

@@ -1170,6 +1170,19 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             );
         }
     }
+    if let Some(d) = &spec.dns_policy {
+        if d == "None" {
+            e.add(
+                &path.child("dnsPolicy"),
+                "dnsPolicy None needs dnsConfig, which Berth does not support: use ClusterFirst (the cluster DNS) or Default (the node's resolvers)".to_string(),
+            );
+        } else if !crate::types::DNS_POLICIES.contains(&d.as_str()) {
+            e.add(
+                &path.child("dnsPolicy"),
+                format!("unsupported dnsPolicy {d:?}: use ClusterFirst, ClusterFirstWithHostNet or Default"),
+            );
+        }
+    }
     if let Some(g) = spec.termination_grace_period_seconds {
         non_negative(e, &path.child("terminationGracePeriodSeconds"), g);
     }

@@ -372,6 +372,14 @@ impl PodBuilder {
         self
     }
 
+    /// The pod's own address on the pod network (status.podIP and podIPs).
+    pub fn pod_ip(mut self, ip: &str) -> Self {
+        let st = self.status();
+        st.pod_ip = ip.into();
+        st.pod_ips = vec![berth_proto::types::PodIp { ip: ip.into() }];
+        self
+    }
+
     /// A published port in status.hostPorts (what the agent reports).
     pub fn published(mut self, name: &str, container_port: i32, host_port: i32) -> Self {
         self.status().host_ports.push(HostPortMapping {

@@ -7,22 +7,48 @@ use berth_proto::types::{EndpointSubset, Endpoints, Service, ServicePort};
 
 use super::{ServiceBackends, LOOPBACK};
 
-/// One [`ServiceBackends`] per port of `service` that has a valid nodePort, listening on
-/// `node_addr` and 127.0.0.1, with the ready addresses of `endpoints` (None or empty: no
-/// backends, so connections are closed at once rather than hung).
+/// One [`ServiceBackends`] per TCP port of `service` that is served on this node: on its
+/// nodePort (node address and 127.0.0.1), on the ClusterIP at the Service port, and for type
+/// LoadBalancer on the node address at the Service port (as k3s's service load balancer
+/// does), with the ready addresses of `endpoints` (None or empty: no backends, so connections
+/// are closed at once rather than hung). A headless Service (clusterIP None) has no virtual
+/// address to serve.
 pub fn service_backends(
     service: &Service,
     endpoints: Option<&Endpoints>,
     node_addr: IpAddr,
 ) -> Vec<ServiceBackends> {
     let single_port = service.spec.ports.len() == 1;
+    let cluster_ip: Option<IpAddr> = service
+        .spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .filter(|ip: &IpAddr| !ip.is_unspecified());
+    let load_balancer = service.spec.type_.as_deref() == Some("LoadBalancer");
     service
         .spec
         .ports
         .iter()
+        .filter(|port| {
+            port.protocol
+                .as_deref()
+                .is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
+        })
         .filter_map(|port| {
-            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok())?;
-            if node_port == 0 {
+            let node_port = port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(0);
+            let service_port = u16::try_from(port.port).ok().filter(|p| *p != 0);
+            let mut also_listen = Vec::new();
+            if let (Some(ip), Some(p)) = (cluster_ip, service_port) {
+                also_listen.push(SocketAddr::new(ip, p));
+            }
+            if let (true, Some(p)) = (load_balancer, service_port) {
+                also_listen.push(SocketAddr::new(node_addr, p));
+            }
+            if node_port == 0 && also_listen.is_empty() {
                 return None;
             }
             let mut backends = BTreeSet::new();
@@ -36,9 +62,12 @@ pub fn service_backends(
                     }
                 }
             }
-            let mut listen_addrs = vec![node_addr];
-            if node_addr != LOOPBACK {
-                listen_addrs.push(LOOPBACK);
+            let mut listen_addrs = Vec::new();
+            if node_port != 0 {
+                listen_addrs.push(node_addr);
+                if node_addr != LOOPBACK {
+                    listen_addrs.push(LOOPBACK);
+                }
             }
             Some(ServiceBackends {
                 namespace: service.metadata.namespace.clone(),
@@ -46,9 +75,20 @@ pub fn service_backends(
                 port_name: port.name.clone(),
                 node_port,
                 listen_addrs,
+                also_listen,
                 backends: backends.into_iter().collect(),
             })
         })
+        .collect()
+}
+
+/// The ClusterIPs this node must hold as local addresses so that the proxy can listen on
+/// them (every Service's, headless ones have none).
+pub fn cluster_ips(services: &[Service]) -> BTreeSet<std::net::Ipv4Addr> {
+    services
+        .iter()
+        .filter_map(|s| s.spec.cluster_ip.as_deref()?.parse().ok())
+        .filter(|ip: &std::net::Ipv4Addr| !ip.is_unspecified())
         .collect()
 }
 
@@ -244,5 +284,45 @@ mod tests {
         assert!(out[0].backends.is_empty(), "port 0 is not a backend");
         let svc = service(&[("", Some(70000))]);
         assert!(service_backends(&svc, None, LOOPBACK).is_empty());
+    }
+
+    #[test]
+    fn cluster_ip_and_load_balancer_ports_are_served_at_the_service_port() {
+        let mut svc = service(&[("http", None)]);
+        svc.spec.cluster_ip = Some("10.43.0.10".into());
+        let eps = endpoints(vec![subset(&["10.42.1.5"], &[], &[("http", 8080)])]);
+        let out = service_backends(&svc, Some(&eps), node());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].node_port, 0);
+        assert!(out[0].listen_addrs.is_empty());
+        assert_eq!(
+            out[0].also_listen,
+            vec!["10.43.0.10:80".parse::<SocketAddr>().expect("addr")]
+        );
+        assert_eq!(
+            out[0].backends,
+            vec!["10.42.1.5:8080".parse().expect("addr")]
+        );
+        svc.spec.type_ = Some("LoadBalancer".into());
+        svc.spec.ports[0].node_port = Some(30080);
+        let out = service_backends(&svc, Some(&eps), node());
+        assert_eq!(out[0].node_port, 30080);
+        assert_eq!(
+            out[0].also_listen,
+            vec![
+                "10.43.0.10:80".parse::<SocketAddr>().expect("addr"),
+                "10.0.0.5:80".parse().expect("addr")
+            ]
+        );
+        assert_eq!(
+            cluster_ips(&[svc.clone()]).into_iter().collect::<Vec<_>>(),
+            vec!["10.43.0.10".parse::<std::net::Ipv4Addr>().expect("ip")]
+        );
+        // Headless: nothing to listen on.
+        svc.spec.cluster_ip = Some("None".into());
+        svc.spec.type_ = None;
+        svc.spec.ports[0].node_port = None;
+        assert!(service_backends(&svc, Some(&eps), node()).is_empty());
+        assert!(cluster_ips(&[svc]).is_empty());
     }
 }

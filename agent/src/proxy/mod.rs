@@ -70,7 +70,7 @@ use tokio_util::task::TaskTracker;
 
 use balancer::{Backend, BackendSet};
 use conn::ConnEnv;
-pub use endpoints::{desired_services, service_backends};
+pub use endpoints::{cluster_ips, desired_services, service_backends};
 use metrics::ServiceCounters;
 pub use metrics::{proxy_families, render_prometheus, BackendMetrics, ServiceMetrics};
 
@@ -131,10 +131,14 @@ pub struct ServiceBackends {
     pub namespace: String,
     pub name: String,
     pub port_name: String,
-    /// The port listened on (on every address of `listen_addrs`).
+    /// The port listened on (on every address of `listen_addrs`); 0: no node port (a
+    /// ClusterIP Service), then only `also_listen` is served.
     pub node_port: u16,
     /// Usually the node address and 127.0.0.1.
     pub listen_addrs: Vec<IpAddr>,
+    /// Further addresses served with the same backends: the ClusterIP at the Service port,
+    /// and for type LoadBalancer the node address at the Service port.
+    pub also_listen: Vec<SocketAddr>,
     /// Ready endpoints; order does not matter, duplicates are ignored.
     pub backends: Vec<SocketAddr>,
 }
@@ -158,9 +162,19 @@ impl ServiceBackends {
         if ips.iter().any(|ip| ip.is_ipv6() && ip.is_unspecified()) {
             ips.retain(|ip| !ip.is_ipv6() || ip.is_unspecified());
         }
-        ips.into_iter()
-            .map(|ip| SocketAddr::new(ip, self.node_port))
-            .collect()
+        let mut out: Vec<SocketAddr> = if self.node_port == 0 {
+            Vec::new()
+        } else {
+            ips.into_iter()
+                .map(|ip| SocketAddr::new(ip, self.node_port))
+                .collect()
+        };
+        for a in &self.also_listen {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out
     }
 }
 
@@ -173,7 +187,7 @@ pub enum ServiceProblem {
     NoListenAddress,
     /// The same Service port appeared twice in one `set_services` call.
     DuplicateService,
-    /// Another Service port in the same call already uses this node port.
+    /// Another Service port in the same call already uses this node port (or address).
     NodePortTaken { by: ServiceKey },
     /// The node port could not be bound (in use by another process, address not on this host).
     Bind {
@@ -435,9 +449,9 @@ impl Proxy {
         let mut failures = Vec::new();
         let mut desired: BTreeMap<ServiceKey, ServiceBackends> = BTreeMap::new();
         for svc in services {
-            let problem = if svc.node_port == 0 {
+            let problem = if svc.node_port == 0 && svc.also_listen.is_empty() {
                 Some(ServiceProblem::NodePortZero)
-            } else if svc.listen_addrs.is_empty() {
+            } else if svc.listen_addrs.is_empty() && svc.also_listen.is_empty() {
                 Some(ServiceProblem::NoListenAddress)
             } else if desired.contains_key(&svc.key()) {
                 Some(ServiceProblem::DuplicateService)
@@ -455,20 +469,33 @@ impl Proxy {
                 }
             }
         }
-        // One node port, one Service port: the first by key wins, deterministically.
+        // One node port (or listen address), one Service port: the first by key wins,
+        // deterministically.
         let mut port_owner: HashMap<u16, ServiceKey> = HashMap::new();
-        desired.retain(|key, svc| match port_owner.get(&svc.node_port) {
-            Some(owner) => {
-                failures.push(ServiceFailure {
-                    service: key.clone(),
-                    node_port: svc.node_port,
-                    problem: ServiceProblem::NodePortTaken { by: owner.clone() },
-                });
-                false
-            }
-            None => {
-                port_owner.insert(svc.node_port, key.clone());
-                true
+        let mut addr_owner: HashMap<SocketAddr, ServiceKey> = HashMap::new();
+        desired.retain(|key, svc| {
+            let owner = (svc.node_port != 0)
+                .then(|| port_owner.get(&svc.node_port))
+                .flatten()
+                .or_else(|| svc.also_listen.iter().find_map(|a| addr_owner.get(a)));
+            match owner {
+                Some(owner) => {
+                    failures.push(ServiceFailure {
+                        service: key.clone(),
+                        node_port: svc.node_port,
+                        problem: ServiceProblem::NodePortTaken { by: owner.clone() },
+                    });
+                    false
+                }
+                None => {
+                    if svc.node_port != 0 {
+                        port_owner.insert(svc.node_port, key.clone());
+                    }
+                    for a in &svc.also_listen {
+                        addr_owner.insert(*a, key.clone());
+                    }
+                    true
+                }
             }
         });
 

@@ -9,8 +9,17 @@
 //! reference by digest (`nginx:1.14.2@sha256:...`, what a pinned Deployment's pods carry) is
 //! pulled from the cluster registry when named without a registry, found on the node by its
 //! repo digest and run as `REPO@sha256:...`.
+//!
+//! With a pod network ([`DockerRuntime::with_pod_network`]) each pod gets a sandbox first: a
+//! container of the pause image ([`super::pause`]) attached to the node's Berth bridge network
+//! (the Node's `spec.podCIDR`, made by [`DockerRuntime`] when first needed) that holds the pod's
+//! address, hostname, published hostPorts and resolv.conf; the pod's containers join its network
+//! namespace (`container:<sandbox>`), so they reach each other on localhost and listen on their
+//! containerPort at the pod's IP, as in Kubernetes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -34,7 +43,46 @@ pub struct DockerRuntime {
     /// The cluster registry as this node's engine reaches it (`127.0.0.1:5000` in berth dev):
     /// images named without a registry (`nginx:1.14.2`) come from there when it has them.
     cluster_registry: Option<String>,
+    /// Pods on their own addresses (None: containers publish host ports, the older model).
+    pod_net: Option<Arc<PodNet>>,
 }
+
+/// The pod network side of the runtime.
+struct PodNet {
+    network: crate::podnet::PodNetwork,
+    /// The sandbox image (the built-in one, or --pod-infra-image).
+    infra_image: String,
+    /// Where the pods' resolv.conf files are written (bind-mounted into their containers).
+    state_dir: PathBuf,
+    /// The pod CIDR the engine's network was checked or made for.
+    ensured: tokio::sync::Mutex<Option<crate::podnet::Ipv4Cidr>>,
+    /// pod uid -> its sandbox.
+    sandboxes: Mutex<HashMap<String, Sandbox>>,
+}
+
+#[derive(Debug, Clone)]
+struct Sandbox {
+    id: String,
+    ip: String,
+}
+
+/// The engine's network for `node` (one per node: agents sharing an engine each have their
+/// own pod CIDR) and the Linux bridge behind it (at most 15 characters).
+pub fn network_names(node: Option<&str>) -> (String, String) {
+    match node {
+        None | Some("") => ("berth".to_string(), "berth0".to_string()),
+        Some(n) => {
+            let mut h: u32 = 0x811c_9dc5;
+            for b in n.bytes() {
+                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+            }
+            (format!("berth-{n}"), format!("berth{h:08x}"))
+        }
+    }
+}
+
+/// The label marking the engine networks Berth made.
+const LABEL_NETWORK: &str = "berth.pod-cidr";
 
 fn not_found(e: &bollard::errors::Error) -> bool {
     matches!(
@@ -86,7 +134,27 @@ impl DockerRuntime {
             docker,
             node: None,
             cluster_registry: None,
+            pod_net: None,
         })
+    }
+
+    /// Run pods on the node's pod network (see the module docs) once `network` knows the pod
+    /// CIDR; `infra_image` None: the built-in sandbox image. Resolv.conf files go under
+    /// `state_dir`.
+    pub fn with_pod_network(
+        mut self,
+        network: crate::podnet::PodNetwork,
+        infra_image: Option<String>,
+        state_dir: PathBuf,
+    ) -> Self {
+        self.pod_net = Some(Arc::new(PodNet {
+            network,
+            infra_image: infra_image.unwrap_or_else(|| super::pause::BUILTIN_IMAGE.to_string()),
+            state_dir,
+            ensured: tokio::sync::Mutex::new(None),
+            sandboxes: Mutex::new(HashMap::new()),
+        }));
+        self
     }
 
     /// Scope listing to one node's containers, so agents sharing an engine never adopt or
@@ -179,6 +247,371 @@ impl DockerRuntime {
     fn container_name(spec: &ContainerSpec) -> String {
         format!("berth_{}", spec.instance_name())
     }
+
+    /// The engine network for the node's pod CIDR: checked once per CIDR, made if missing.
+    /// A network of that name that Berth did not make, or made for another CIDR while pods
+    /// still use it, is an error that says what to do; nothing is changed then.
+    async fn ensure_network(
+        &self,
+        net: &PodNet,
+    ) -> Result<(String, crate::podnet::NetConfig), RuntimeError> {
+        let Some(cfg) = net.network.get() else {
+            return Err(RuntimeError::Other(
+                "this node has no pod CIDR yet (spec.podCIDR, given by the API server when the \
+                 node registers); the pod starts once it has one"
+                    .into(),
+            ));
+        };
+        let (name, bridge) = network_names(self.node.as_deref());
+        let mut ensured = net.ensured.lock().await;
+        if *ensured == Some(cfg.pod_cidr) {
+            return Ok((name, (*cfg).clone()));
+        }
+        let cidr = cfg.pod_cidr.to_string();
+        match self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(existing) => {
+                let labels = existing.labels.clone().unwrap_or_default();
+                if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+                    return Err(RuntimeError::Other(format!(
+                        "the Docker network {name:?} exists but was not made by Berth: remove it \
+                         (docker network rm {name}) so the agent can make the pod network"
+                    )));
+                }
+                let subnets: Vec<String> = existing
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.subnet)
+                    .collect();
+                if subnets != [cidr.clone()] {
+                    let in_use = existing.containers.map(|c| c.len()).unwrap_or(0);
+                    if in_use > 0 {
+                        return Err(RuntimeError::Other(format!(
+                            "the Docker network {name:?} is for pod CIDR {} but this node now has \
+                             {cidr}, and {in_use} container(s) still use it: drain the node's \
+                             pods (or remove them) and the agent remakes it",
+                            subnets.join(",")
+                        )));
+                    }
+                    tracing::info!(network = %name, old = %subnets.join(","), new = %cidr, "pod CIDR changed; remaking the pod network");
+                    self.docker.remove_network(&name).await?;
+                } else {
+                    *ensured = Some(cfg.pod_cidr);
+                    return Ok((name, (*cfg).clone()));
+                }
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+        labels.insert(LABEL_NETWORK.to_string(), cidr.clone());
+        if let Some(n) = &self.node {
+            labels.insert(LABEL_NODE.to_string(), n.clone());
+        }
+        let options: HashMap<String, String> = [
+            ("com.docker.network.bridge.name", bridge.as_str()),
+            // Berth masquerades only what leaves the cluster CIDR, so pod-to-pod traffic
+            // across nodes keeps the pod's source address.
+            ("com.docker.network.bridge.enable_ip_masquerade", "false"),
+            ("com.docker.network.bridge.enable_icc", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let req = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(bollard::models::Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(cidr.clone()),
+                    gateway: Some(cfg.pod_cidr.gateway().to_string()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            options: Some(options),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker.create_network(req).await.map_err(|e| {
+            RuntimeError::Other(format!(
+                "cannot make the pod network {name:?} (bridge {bridge}, {cidr}): {e}"
+            ))
+        })?;
+        tracing::info!(network = %name, %bridge, pod_cidr = %cidr, "pod network ready");
+        *ensured = Some(cfg.pod_cidr);
+        Ok((name, (*cfg).clone()))
+    }
+
+    /// The sandbox image in the engine: imported from the built-in root filesystem when it is
+    /// the built-in one and missing.
+    async fn ensure_infra_image(&self, net: &PodNet) -> Result<(), RuntimeError> {
+        if self.local_image(&net.infra_image).await?.is_some() {
+            return Ok(());
+        }
+        if net.infra_image != super::pause::BUILTIN_IMAGE {
+            return self.pull(&net.infra_image).await.map(|_| ());
+        }
+        let Some(tar) = super::pause::rootfs_tar() else {
+            return Err(RuntimeError::Other(format!(
+                "there is no built-in pod sandbox image for {}: pass --pod-infra-image with a \
+                 pause image for this architecture",
+                std::env::consts::ARCH
+            )));
+        };
+        let (repo, tag) = net
+            .infra_image
+            .rsplit_once(':')
+            .unwrap_or((net.infra_image.as_str(), "latest"));
+        let opts = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        let mut progress =
+            self.docker
+                .create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+        while let Some(item) = progress.next().await {
+            item.map_err(|e| RuntimeError::Other(format!("importing the pod sandbox image: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn cached_sandbox(net: &PodNet, uid: &str) -> Option<Sandbox> {
+        net.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// The sandbox containers of this node, by pod uid (running or not).
+    async fn list_sandboxes(&self) -> Result<Vec<(String, String, bool)>, RuntimeError> {
+        let mut labels = vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_SANDBOX}=true"),
+        ];
+        if let Some(n) = &self.node {
+            labels.push(format!("{LABEL_NODE}={n}"));
+        }
+        let filters = HashMap::from([("label".to_string(), labels)]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let uid = c.labels.as_ref()?.get(LABEL_POD_UID)?.clone();
+                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                Some((uid, c.id?, running))
+            })
+            .collect())
+    }
+
+    /// The sandbox's address on `network` (empty until it runs).
+    async fn sandbox_ip(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> Result<Option<(String, bool)>, RuntimeError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => {
+                let running = c.state.and_then(|s| s.running).unwrap_or(false);
+                let ip = c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(network))
+                    .and_then(|e| e.ip_address)
+                    .unwrap_or_default();
+                Ok(Some((ip, running)))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The running sandbox of the pod `spec` belongs to, made (or started again) if needed.
+    async fn ensure_sandbox(
+        &self,
+        net: &PodNet,
+        spec: &ContainerSpec,
+    ) -> Result<String, RuntimeError> {
+        let (network, cfg) = self.ensure_network(net).await?;
+        let uid = &spec.pod_uid;
+        let known = match Self::cached_sandbox(net, uid) {
+            Some(s) => Some(s.id),
+            None => self
+                .list_sandboxes()
+                .await?
+                .into_iter()
+                .find(|(u, _, _)| u == uid)
+                .map(|(_, id, _)| id),
+        };
+        if let Some(id) = known {
+            match self.sandbox_ip(&id, &network).await? {
+                Some((ip, true)) if !ip.is_empty() => {
+                    self.remember_sandbox(net, uid, &id, ip);
+                    return Ok(id);
+                }
+                Some(_) => {
+                    // Stopped (the engine restarted, or it was killed): the pod's address
+                    // goes with it, so start over with a new sandbox.
+                    tracing::info!(pod = %spec.pod_name, sandbox = %id, "pod sandbox not running; making a new one");
+                    let _ = self.remove(&id).await;
+                }
+                None => {}
+            }
+            net.sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(uid);
+        }
+        self.ensure_infra_image(net).await?;
+        let resolv = match &spec.dns {
+            Some(text) => Some(self.write_resolv_conf(net, uid, text)?),
+            None => None,
+        };
+        let mut exposed = HashMap::new();
+        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+        for p in spec.pod_host_ports.iter().filter(|p| p.host_port != 0) {
+            let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
+            exposed.insert(key.clone(), HashMap::new());
+            bindings.insert(
+                key,
+                Some(vec![DockerPortBinding {
+                    host_ip: Some("0.0.0.0".to_string()),
+                    host_port: Some(p.host_port.to_string()),
+                }]),
+            );
+        }
+        let mut labels: HashMap<String, String> = HashMap::new();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_SANDBOX.into(), "true".into());
+        labels.insert(LABEL_POD_UID.into(), uid.clone());
+        labels.insert(LABEL_POD_NAMESPACE.into(), spec.pod_namespace.clone());
+        labels.insert(LABEL_POD_NAME.into(), spec.pod_name.clone());
+        labels.insert(LABEL_NETWORK.into(), cfg.pod_cidr.to_string());
+        if let Some(n) = &self.node {
+            labels.insert(LABEL_NODE.into(), n.clone());
+        }
+        let hostname: String = spec.pod_name.chars().take(63).collect();
+        let body = ContainerCreateBody {
+            image: Some(net.infra_image.clone()),
+            cmd: (net.infra_image == super::pause::BUILTIN_IMAGE)
+                .then(|| vec!["/pause".to_string()]),
+            hostname: Some(hostname),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.clone()),
+                port_bindings: Some(bindings),
+                binds: resolv.map(|p| vec![format!("{}:/etc/resolv.conf:ro", p.display())]),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let uid8: String = uid.chars().take(8).collect();
+        let name = format!(
+            "berth_{}_{}_POD_{uid8}",
+            spec.pod_namespace
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+            spec.pod_name
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+        );
+        let opts = Some(CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        });
+        let id = match self
+            .docker
+            .create_container(opts.clone(), body.clone())
+            .await
+        {
+            Ok(r) => r.id,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                self.remove(&name).await?;
+                self.docker.create_container(opts, body).await?.id
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = self
+            .docker
+            .start_container(
+                &id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = self.remove(&id).await;
+            return Err(RuntimeError::Other(format!(
+                "starting the pod sandbox on {network}: {e}"
+            )));
+        }
+        let ip = self
+            .sandbox_ip(&id, &network)
+            .await?
+            .map(|(ip, _)| ip)
+            .unwrap_or_default();
+        tracing::debug!(pod = %spec.pod_name, sandbox = %id, %ip, "pod sandbox started");
+        self.remember_sandbox(net, uid, &id, ip);
+        Ok(id)
+    }
+
+    fn remember_sandbox(&self, net: &PodNet, uid: &str, id: &str, ip: String) {
+        net.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                uid.to_string(),
+                Sandbox {
+                    id: id.to_string(),
+                    ip,
+                },
+            );
+    }
+
+    /// Write the pod's resolv.conf (0644, read by the containers' users) and return its path.
+    fn write_resolv_conf(
+        &self,
+        net: &PodNet,
+        uid: &str,
+        text: &str,
+    ) -> Result<PathBuf, RuntimeError> {
+        let dir = net.state_dir.join("pods").join(uid);
+        let state = |source| RuntimeError::State {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(state)?;
+        let path = dir.join("resolv.conf");
+        let tmp = dir.join(".resolv.conf.tmp");
+        std::fs::write(&tmp, text).map_err(state)?;
+        std::fs::rename(&tmp, &path).map_err(state)?;
+        Ok(path)
+    }
 }
 
 #[async_trait::async_trait]
@@ -194,6 +627,54 @@ impl Runtime for DockerRuntime {
 
     fn uses_images(&self) -> bool {
         true
+    }
+
+    fn handlers(&self) -> Vec<Handler> {
+        vec![Handler {
+            name: self.name(),
+            uses_images: true,
+            pod_network: self.pod_net.is_some(),
+        }]
+    }
+
+    async fn pod_ip(&self, pod_uid: &str) -> Option<String> {
+        let net = self.pod_net.as_ref()?;
+        if let Some(s) = Self::cached_sandbox(net, pod_uid) {
+            return Some(s.ip).filter(|ip| !ip.is_empty());
+        }
+        // After an agent restart: find the running sandbox and adopt it.
+        let (network, _) = network_names(self.node.as_deref());
+        let (_, id, _) = self
+            .list_sandboxes()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|(u, _, running)| u == pod_uid && *running)?;
+        let (ip, running) = self.sandbox_ip(&id, &network).await.ok()??;
+        if !running || ip.is_empty() {
+            return None;
+        }
+        self.remember_sandbox(net, pod_uid, &id, ip.clone());
+        Some(ip)
+    }
+
+    async fn remove_sandboxes(&self, keep: &BTreeSet<String>) -> Result<(), RuntimeError> {
+        let Some(net) = &self.pod_net else {
+            return Ok(());
+        };
+        for (uid, id, _) in self.list_sandboxes().await? {
+            if keep.contains(&uid) {
+                continue;
+            }
+            self.remove(&id).await?;
+            net.sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+            let _ = std::fs::remove_dir_all(net.state_dir.join("pods").join(&uid));
+            tracing::debug!(pod_uid = %uid, sandbox = %id, "pod sandbox removed");
+        }
+        Ok(())
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
@@ -313,9 +794,13 @@ impl Runtime for DockerRuntime {
                 image: spec.image.clone(),
             });
         };
+        let sandbox = match &self.pod_net {
+            Some(net) => Some((self.ensure_sandbox(net, spec).await?, net.clone())),
+            None => None,
+        };
         let mut exposed = HashMap::new();
         let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
-        for p in &spec.ports {
+        for p in spec.ports.iter().filter(|_| sandbox.is_none()) {
             let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
             exposed.insert(key.clone(), HashMap::new());
             bindings.insert(
@@ -342,6 +827,18 @@ impl Runtime for DockerRuntime {
             stop_signal: spec.stop_signal.clone(),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                network_mode: sandbox.as_ref().map(|(id, _)| format!("container:{id}")),
+                binds: match (&sandbox, &spec.dns) {
+                    (Some((_, net)), Some(_)) => Some(vec![format!(
+                        "{}:/etc/resolv.conf:ro",
+                        net.state_dir
+                            .join("pods")
+                            .join(&spec.pod_uid)
+                            .join("resolv.conf")
+                            .display()
+                    )]),
+                    _ => None,
+                },
                 memory: spec.memory_limit_bytes.map(|m| m as i64),
                 nano_cpus: spec.cpu_limit_millis.map(|m| (m as i64) * 1_000_000),
                 init: Some(true),
@@ -461,6 +958,12 @@ impl Runtime for DockerRuntime {
             .await?;
         let mut out = Vec::new();
         for s in summaries {
+            if s.labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(LABEL_SANDBOX))
+            {
+                continue;
+            }
             let Some(id) = s.id else { continue };
             match self.inspect(&id).await {
                 Ok(i) => out.push(i),

@@ -15,6 +15,7 @@
 pub mod docker;
 pub mod fake;
 pub mod multi;
+pub mod pause;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,9 @@ pub const LABEL_GRACE: &str = "berth.grace-seconds";
 /// The node (agent) that owns the workload: agents sharing one Docker engine (tests, several
 /// agents on one host) only ever see and touch their own.
 pub const LABEL_NODE: &str = "berth.node";
+/// Marks a pod's sandbox (the container holding a Docker pod's network namespace), which is
+/// not one of the pod's containers.
+pub const LABEL_SANDBOX: &str = "berth.sandbox";
 
 /// A container port published on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,14 @@ pub struct ContainerSpec {
     /// the default one.
     #[serde(default)]
     pub runtime_class: Option<String>,
+    /// The pod's resolv.conf (dnsPolicy ClusterFirst on the pod network); None: the runtime's
+    /// default (the host's resolvers).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// Every port of the pod with a `hostPort`, published on the node by the pod's sandbox
+    /// (runtimes with a pod network; the others publish [`ContainerSpec::ports`]).
+    #[serde(default)]
+    pub pod_host_ports: Vec<PortBinding>,
 }
 
 impl ContainerSpec {
@@ -373,6 +385,9 @@ pub struct Handler {
     pub name: &'static str,
     /// Follows imagePullPolicy (see [`Runtime::uses_images`]).
     pub uses_images: bool,
+    /// Gives each pod its own address on the node's pod network (Docker pods); otherwise pods
+    /// share the node's network and their ports are published on host ports (processes).
+    pub pod_network: bool,
 }
 
 /// What a successful pull brought.
@@ -438,7 +453,20 @@ pub trait Runtime: Send + Sync + 'static {
         vec![Handler {
             name: self.name(),
             uses_images: self.uses_images(),
+            pod_network: false,
         }]
+    }
+    /// The address of the pod on the pod network, for runtimes that give pods one (None: the
+    /// pod has no sandbox here, or shares the node's network).
+    async fn pod_ip(&self, _pod_uid: &str) -> Option<String> {
+        None
+    }
+    /// Remove the pod sandboxes of every pod not in `keep` (their containers are gone).
+    async fn remove_sandboxes(
+        &self,
+        _keep: &std::collections::BTreeSet<String>,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
     }
 }
 

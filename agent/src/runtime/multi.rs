@@ -198,6 +198,25 @@ impl Runtime for MultiRuntime {
         }
     }
 
+    async fn pod_ip(&self, pod_uid: &str) -> Option<String> {
+        for rt in &self.runtimes {
+            if let Some(ip) = rt.pod_ip(pod_uid).await {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    async fn remove_sandboxes(
+        &self,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> Result<(), RuntimeError> {
+        for rt in &self.runtimes {
+            rt.remove_sandboxes(keep).await?;
+        }
+        Ok(())
+    }
+
     fn handlers(&self) -> Vec<Handler> {
         self.runtimes.iter().flat_map(|r| r.handlers()).collect()
     }

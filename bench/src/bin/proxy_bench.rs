@@ -384,6 +384,7 @@ fn measure_switch(services: usize, switches: usize, workers: usize) -> Result<St
                 port_name: "http".into(),
                 node_port: *port,
                 listen_addrs: vec![LOCALHOST],
+                also_listen: Vec::new(),
                 backends: set.to_vec(),
             })
             .collect()
@@ -461,6 +462,7 @@ fn start_berth(
             port_name: "http".into(),
             node_port: port,
             listen_addrs: vec![LOCALHOST],
+            also_listen: Vec::new(),
             backends: vec![backend],
         };
         match control.block_on(handle.set_services(vec![svc])) {
