@@ -32,7 +32,6 @@ pub mod hostports;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
-pub mod net;
 pub mod node;
 pub mod podnet;
 pub mod podsync;

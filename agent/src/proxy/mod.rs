@@ -162,19 +162,23 @@ impl ServiceBackends {
         if ips.iter().any(|ip| ip.is_ipv6() && ip.is_unspecified()) {
             ips.retain(|ip| !ip.is_ipv6() || ip.is_unspecified());
         }
-        let mut out: Vec<SocketAddr> = if self.node_port == 0 {
-            Vec::new()
-        } else {
-            ips.into_iter()
-                .map(|ip| SocketAddr::new(ip, self.node_port))
-                .collect()
-        };
-        for a in &self.also_listen {
-            if !out.contains(a) {
-                out.push(*a);
-            }
+        if self.node_port == 0 {
+            return Vec::new();
         }
-        out
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip, self.node_port))
+            .collect()
+    }
+
+    /// The ClusterIP / load-balancer addresses, each bound (and retried) on its own: one that
+    /// cannot be bound never keeps the node port from being served.
+    fn extra_addrs(&self) -> BTreeSet<SocketAddr> {
+        let main = self.bind_addrs();
+        self.also_listen
+            .iter()
+            .filter(|a| !main.contains(a))
+            .copied()
+            .collect()
     }
 }
 
@@ -327,6 +331,8 @@ struct ServiceEntry {
     spec: ServiceBackends,
     shared: Arc<ServiceShared>,
     listener: Option<ListenerEntry>,
+    /// Listeners on the ClusterIP / load-balancer addresses, one per address.
+    extras: BTreeMap<SocketAddr, ListenerEntry>,
     /// Removed backends with connections possibly still draining; kept so that a backend that
     /// comes back in time is revived (its connections are then not cut).
     draining: HashMap<SocketAddr, Arc<Backend>>,
@@ -394,6 +400,9 @@ impl Proxy {
             if let Some(listener) = entry.listener {
                 listener.close().await;
             }
+            for (_, l) in entry.extras {
+                l.close().await;
+            }
         }
         self.conns.close();
         if tokio::time::timeout(self.env.config.shutdown_grace, self.conns.wait())
@@ -410,7 +419,13 @@ impl Proxy {
     }
 
     fn has_unbound(&self) -> bool {
-        self.services.values().any(|e| e.listener.is_none())
+        self.services.values().any(|e| {
+            (e.listener.is_none() && e.spec.node_port != 0)
+                || e.spec
+                    .extra_addrs()
+                    .iter()
+                    .any(|a| !e.extras.contains_key(a))
+        })
     }
 
     fn metrics(&self) -> Vec<ServiceMetrics> {
@@ -517,6 +532,9 @@ impl Proxy {
                 if let Some(listener) = entry.listener {
                     listener.close().await;
                 }
+                for (_, l) in entry.extras {
+                    l.close().await;
+                }
             }
         }
         for (key, entry) in self.services.iter_mut() {
@@ -532,6 +550,18 @@ impl Proxy {
                     listener.close().await;
                 }
             }
+            let wanted = svc.extra_addrs();
+            let gone: Vec<SocketAddr> = entry
+                .extras
+                .keys()
+                .filter(|a| !wanted.contains(a))
+                .copied()
+                .collect();
+            for a in gone {
+                if let Some(l) = entry.extras.remove(&a) {
+                    l.close().await;
+                }
+            }
         }
 
         // Swap backend sets first, then bind: the first connection on a new listener already
@@ -544,6 +574,7 @@ impl Proxy {
                     counters: ServiceCounters::default(),
                 }),
                 listener: None,
+                extras: BTreeMap::new(),
                 draining: HashMap::new(),
             });
             swap_backends(entry, &svc.backends, self.env.config.drain_timeout);
@@ -557,7 +588,39 @@ impl Proxy {
     fn bind_missing(&mut self) -> Vec<ServiceFailure> {
         let mut failures = Vec::new();
         for (key, entry) in self.services.iter_mut() {
-            if entry.listener.is_some() {
+            for addr in entry.spec.extra_addrs() {
+                if entry.extras.contains_key(&addr) {
+                    continue;
+                }
+                match listener::bind(addr, self.env.config.listen_backlog) {
+                    Ok(socket) => {
+                        let stop = CancellationToken::new();
+                        let task = tokio::spawn(listener::accept_loop(
+                            socket,
+                            entry.shared.clone(),
+                            self.env.clone(),
+                            self.conns.clone(),
+                            stop.clone(),
+                        ));
+                        tracing::info!(service = %key, %addr, "listening");
+                        entry.extras.insert(
+                            addr,
+                            ListenerEntry {
+                                node_port: addr.port(),
+                                addrs: vec![addr],
+                                stop,
+                                tasks: vec![task],
+                            },
+                        );
+                    }
+                    Err(source) => failures.push(ServiceFailure {
+                        service: key.clone(),
+                        node_port: entry.spec.node_port,
+                        problem: ServiceProblem::Bind { addr, source },
+                    }),
+                }
+            }
+            if entry.listener.is_some() || entry.spec.node_port == 0 {
                 continue;
             }
             let mut addrs = entry.spec.bind_addrs();
