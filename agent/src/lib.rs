@@ -32,6 +32,7 @@ pub mod hostports;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod node;
 pub mod podsync;
 pub mod probe;
