@@ -27,6 +27,7 @@ pub mod agent;
 pub mod api;
 pub mod backoff;
 pub mod credentials;
+pub mod dns;
 pub mod events;
 pub mod hostports;
 pub mod logs;
