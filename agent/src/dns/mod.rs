@@ -1,0 +1,76 @@
+//! The cluster DNS server embedded in the node agent: answers Service and pod names from the
+//! agent's Service and Endpoints caches as Kubernetes' CoreDNS `kubernetes` plugin does, and
+//! forwards every other name to the host's resolvers.
+//!
+//! Main types: [`DnsConfig`]; [`serve`] binds UDP and TCP and returns a [`DnsHandle`] (cheap
+//! clone) whose [`DnsHandle::set_state`] publishes a new [`zone::Snapshot`]; the pure
+//! [`zone::Snapshot::resolve`] answers one question from a snapshot; [`forward`] talks to the
+//! upstreams; [`resolv`] has the resolv.conf helpers (host side: [`upstreams_from_resolv_conf`];
+//! pod side: [`pod_resolv_conf`], [`search_expansions`]).
+//!
+//! Data flow:
+//!
+//! ```text
+//! Service/Endpoints caches --set_state--> Zone::snapshot --ArcSwap::store--> Snapshot
+//! UDP/TCP query --hickory Server--> Handler: snapshot.load().resolve(name, type)
+//!     -> Answer (AA, borrowed records) | Forward -> Forwarder (UDP, TCP on TC) -> reply
+//! ```
+//!
+//! Lookups take no lock (an `ArcSwap` load); a new state is visible to every query that
+//! starts after `set_state` returns. Nothing expires a snapshot: when the caches stop
+//! changing (API server unreachable) the last one keeps being served.
+//!
+//! The transport is hickory-server's `Server`, with one SO_REUSEPORT UDP socket per core
+//! (each a receive loop on the runtime, so queries spread over the workers) and a TCP
+//! listener on the same port. hickory-server logs every request at `info` under the
+//! `hickory_server` target: a binary that logs at info should set `hickory_server=warn`.
+
+pub mod forward;
+pub mod resolv;
+mod server;
+pub mod zone;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+pub use resolv::{pod_resolv_conf, search_expansions, upstreams_from_resolv_conf};
+pub use server::{serve, DnsHandle};
+
+/// What the server answers for and where it forwards the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The cluster domain, `cluster.local` (a trailing dot is accepted).
+    pub domain: String,
+    /// Resolvers for names outside `domain`, tried in order (see
+    /// [`upstreams_from_resolv_conf`]). Empty: such names are REFUSED.
+    pub upstreams: Vec<SocketAddr>,
+    /// TTL of every cluster record, and the negative-caching TTL (SOA minimum).
+    pub ttl: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            domain: "cluster.local".into(),
+            upstreams: Vec::new(),
+            ttl: 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cluster domain {domain:?} is not a DNS name: {reason}")]
+    InvalidDomain { domain: String, reason: String },
+    #[error("no address to listen on")]
+    NoListenAddress,
+    #[error("binding DNS {proto} on {addr}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
