@@ -107,6 +107,10 @@ pub struct AgentArgs {
     /// --pod-infra-container-image).
     #[arg(long, value_name = "IMAGE")]
     pub pod_infra_image: Option<String>,
+    /// Further addresses the node's cluster DNS answers on (HOST:PORT, repeatable), beside the
+    /// pod network's gateway (port 53) that pods use.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dns_listen: Vec<String>,
 }
 
 /// The API server's default --cluster-cidr.
@@ -137,6 +141,7 @@ impl Default for AgentArgs {
             cluster_cidr: DEFAULT_CLUSTER_CIDR.to_string(),
             cluster_domain: "cluster.local".to_string(),
             pod_infra_image: None,
+            dns_listen: Vec::new(),
         }
     }
 }
@@ -203,6 +208,10 @@ impl AgentHandle {
             });
         }
         while stops.join_next().await.is_some() {}
+        // The pods' sandboxes go too (the next start makes new ones).
+        if let Err(e) = rt.remove_sandboxes(&Default::default()).await {
+            tracing::warn!(error = %e, "removing pod sandboxes");
+        }
     }
 
     /// Wait until the agent is told to stop (by the token given to [`start`]).
@@ -439,15 +448,27 @@ pub async fn start(
     };
     tasks.spawn(hb.run(shutdown.clone()));
 
+    let dns = DnsSlot::default();
+    let mut dns_listen = Vec::new();
+    for l in &args.dns_listen {
+        dns_listen.push(l.parse::<SocketAddr>().map_err(|_| {
+            AgentError::Args(format!(
+                "--dns-listen {l:?} is not HOST:PORT (e.g. 127.0.0.1:1053)"
+            ))
+        })?);
+    }
     tasks.spawn(feed_nodes(
         client.clone(),
         NodeNet {
             node: node_name.clone(),
-            address,
             cluster_cidr,
             domain: args.cluster_domain.clone(),
             pod_network: pod_network.clone(),
             host_plumbing: args.pod_network == "on",
+            runtime: runtime.clone(),
+            dns: dns.clone(),
+            dns_listen,
+            shutdown: shutdown.clone(),
         },
         shutdown.clone(),
     ));
@@ -461,6 +482,7 @@ pub async fn start(
             handle,
             address,
             services_env,
+            dns,
             shutdown.clone(),
         ));
     }
@@ -512,12 +534,74 @@ async fn feed_pods(client: Client, node: String, cache: PodCache, shutdown: Canc
 /// What the Node watch programs on this node.
 struct NodeNet {
     node: String,
-    address: IpAddr,
     cluster_cidr: crate::podnet::Ipv4Cidr,
     domain: String,
     pod_network: crate::podnet::PodNetwork,
     /// Program routes and the firewall (the pod network is on).
     host_plumbing: bool,
+    runtime: Arc<dyn Runtime>,
+    dns: DnsSlot,
+    dns_listen: Vec<SocketAddr>,
+    shutdown: CancellationToken,
+}
+
+/// The node's DNS server once it runs, and the last Services/Endpoints to give it (the server
+/// starts when the pod network's gateway exists, maybe after the first watch events).
+#[derive(Clone, Default)]
+struct DnsSlot {
+    inner: Arc<std::sync::Mutex<DnsState>>,
+}
+
+#[derive(Default)]
+struct DnsState {
+    handle: Option<crate::dns::DnsHandle>,
+    services: Vec<Service>,
+    endpoints: Vec<Endpoints>,
+}
+
+impl DnsSlot {
+    fn set_state(&self, services: Vec<Service>, endpoints: Vec<Endpoints>) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = &g.handle {
+            h.set_state(&services, &endpoints);
+        }
+        g.services = services;
+        g.endpoints = endpoints;
+    }
+
+    fn running(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .handle
+            .is_some()
+    }
+
+    fn install(&self, h: crate::dns::DnsHandle) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        h.set_state(&g.services, &g.endpoints);
+        g.handle = Some(h);
+    }
+}
+
+/// Start the node's DNS server on the pod network's gateway (port 53) and `extra`, forwarding
+/// other names to the resolvers of the host's /etc/resolv.conf.
+async fn start_dns(net: &NodeNet, cfg: &crate::podnet::NetConfig) -> Result<(), String> {
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstreams = crate::dns::upstreams_from_resolv_conf(&resolv);
+    let mut listen = vec![SocketAddr::new(cfg.dns.into(), 53)];
+    listen.extend(net.dns_listen.iter().copied());
+    let dns_cfg = crate::dns::DnsConfig {
+        domain: cfg.domain.clone(),
+        upstreams,
+        ..crate::dns::DnsConfig::default()
+    };
+    let (handle, bound) = crate::dns::serve(listen, dns_cfg, net.shutdown.child_token())
+        .await
+        .map_err(|e| format!("cluster DNS not started: {}", berth_tls::error_chain(&e)))?;
+    tracing::info!(?bound, domain = %cfg.domain, "cluster DNS listening");
+    net.dns.install(handle);
+    Ok(())
 }
 
 /// Watch the Nodes: this node's pod CIDR configures its pod network; every other node's pod
@@ -526,12 +610,27 @@ async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
     let mut w = watcher::watcher::<Node>(client, watcher::Config::default());
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let mut last_problem = String::new();
+    // Heartbeats change Nodes every few seconds: program only when what matters changed, and
+    // every REPAIR anyway (someone may have removed a route or a rule).
+    const REPAIR: Duration = Duration::from_secs(30);
+    let mut last: Option<(
+        Vec<(String, Option<String>, Option<String>)>,
+        tokio::time::Instant,
+    )> = None;
+    let mut tick = tokio::time::interval(REPAIR);
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => return,
-            ev = w.next() => ev,
+            ev = w.next() => Some(ev),
+            _ = tick.tick() => None,
+        };
+        let ev = match ev {
+            Some(None) => return, // the watch ended
+            Some(Some(e)) => Some(e),
+            None => None, // the repair tick
         };
         match ev {
+            None => {}
             Some(Ok(WatchEvent::Restarted(all))) => {
                 nodes = all
                     .into_iter()
@@ -548,8 +647,24 @@ async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
                 tracing::debug!(error = %e, "watching nodes");
                 continue;
             }
-            None => return,
         }
+        let fingerprint: Vec<_> = nodes
+            .values()
+            .map(|n| {
+                (
+                    n.metadata.name.clone(),
+                    n.spec.pod_cidr.clone(),
+                    n.address().map(str::to_string),
+                )
+            })
+            .collect();
+        let now = tokio::time::Instant::now();
+        if let Some((f, at)) = &last {
+            if *f == fingerprint && now - *at < REPAIR && last_problem.is_empty() {
+                continue;
+            }
+        }
+        last = Some((fingerprint, now));
         let problem = match program_nodes(&net, &nodes).await {
             Ok(()) => String::new(),
             Err(e) => e,
@@ -583,8 +698,41 @@ async fn program_nodes(net: &NodeNet, nodes: &BTreeMap<String, Node>) -> Result<
     if !net.host_plumbing {
         return Ok(());
     }
-    let _ = net.address;
-    Ok(())
+    let mut problems = Vec::new();
+    if let Some(cfg) = net.pod_network.get() {
+        match net.runtime.prepare_pod_network().await {
+            Ok(true) if !net.dns.running() => {
+                if let Err(e) = start_dns(net, &cfg).await {
+                    problems.push(e);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("preparing the pod network: {e}")),
+        }
+    }
+    let desired: Vec<(ipnet::Ipv4Net, std::net::Ipv4Addr)> = nodes
+        .values()
+        .filter(|n| n.metadata.name != net.node)
+        .filter_map(|n| {
+            let cidr: ipnet::Ipv4Net = n.spec.pod_cidr.as_deref()?.parse().ok()?;
+            let via: std::net::Ipv4Addr = n.address()?.parse().ok()?;
+            Some((cidr, via))
+        })
+        .collect();
+    if let Err(e) = crate::net::sync_routes(&desired).await {
+        problems.push(format!("routes to other nodes' pods: {e}"));
+    }
+    let cluster: Result<ipnet::Ipv4Net, _> = net.cluster_cidr.to_string().parse();
+    if let Ok(cluster) = cluster {
+        if let Err(e) = crate::net::sync_firewall(cluster).await {
+            problems.push(format!("firewall: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// Feed the proxy every Service with its Endpoints, on every change of either.
@@ -593,6 +741,7 @@ async fn feed_proxy(
     proxy: ProxyHandle,
     node_addr: IpAddr,
     services_env: crate::svcenv::ServiceEnv,
+    dns: DnsSlot,
     shutdown: CancellationToken,
 ) {
     let mut services = watcher::watcher::<Service>(client.clone(), watcher::Config::default());
@@ -621,6 +770,7 @@ async fn feed_proxy(
         }
         services_env.set(svc.values());
         let list: Vec<Service> = svc.values().cloned().collect();
+        dns.set_state(list.clone(), eps.values().cloned().collect());
         if let Err(e) = crate::net::sync_vips(&proxy::cluster_ips(&list)).await {
             if !vip_warned {
                 tracing::warn!(error = %e, "ClusterIPs are not served on this node (nodePorts are)");

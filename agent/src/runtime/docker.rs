@@ -658,6 +658,16 @@ impl Runtime for DockerRuntime {
         Some(ip)
     }
 
+    async fn prepare_pod_network(&self) -> Result<bool, RuntimeError> {
+        match &self.pod_net {
+            Some(net) if net.network.get().is_some() => {
+                self.ensure_network(net).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn remove_sandboxes(&self, keep: &BTreeSet<String>) -> Result<(), RuntimeError> {
         let Some(net) = &self.pod_net else {
             return Ok(());

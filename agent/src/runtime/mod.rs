@@ -461,6 +461,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn pod_ip(&self, _pod_uid: &str) -> Option<String> {
         None
     }
+    /// Make the pod network ready now (the Docker bridge, so the node's DNS can listen on its
+    /// gateway before the first pod); runtimes without one do nothing.
+    async fn prepare_pod_network(&self) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
     /// Remove the pod sandboxes of every pod not in `keep` (their containers are gone).
     async fn remove_sandboxes(
         &self,

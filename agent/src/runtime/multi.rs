@@ -207,6 +207,14 @@ impl Runtime for MultiRuntime {
         None
     }
 
+    async fn prepare_pod_network(&self) -> Result<bool, RuntimeError> {
+        let mut any = false;
+        for rt in &self.runtimes {
+            any |= rt.prepare_pod_network().await?;
+        }
+        Ok(any)
+    }
+
     async fn remove_sandboxes(
         &self,
         keep: &std::collections::BTreeSet<String>,
