@@ -613,10 +613,7 @@ async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
     // Heartbeats change Nodes every few seconds: program only when what matters changed, and
     // every REPAIR anyway (someone may have removed a route or a rule).
     const REPAIR: Duration = Duration::from_secs(30);
-    let mut last: Option<(
-        Vec<(String, Option<String>, Option<String>)>,
-        tokio::time::Instant,
-    )> = None;
+    let mut last: Option<(Vec<NodeKey>, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(REPAIR);
     loop {
         let ev = tokio::select! {
@@ -675,6 +672,9 @@ async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
         last_problem = problem;
     }
 }
+
+/// What of a Node the host plumbing depends on: name, pod CIDR, address.
+type NodeKey = (String, Option<String>, Option<String>);
 
 /// One level-triggered pass of [`feed_nodes`].
 async fn program_nodes(net: &NodeNet, nodes: &BTreeMap<String, Node>) -> Result<(), String> {
