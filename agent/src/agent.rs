@@ -771,7 +771,9 @@ async fn feed_proxy(
         services_env.set(svc.values());
         let list: Vec<Service> = svc.values().cloned().collect();
         dns.set_state(list.clone(), eps.values().cloned().collect());
-        if let Err(e) = crate::net::sync_vips(&proxy::cluster_ips(&list)).await {
+        let vips = crate::net::sync_vips(&proxy::cluster_ips(&list)).await;
+        services_env.set_cluster_ips_served(vips.is_ok());
+        if let Err(e) = vips {
             if !vip_warned {
                 tracing::warn!(error = %e, "ClusterIPs are not served on this node (nodePorts are)");
                 vip_warned = true;

@@ -20,6 +20,9 @@ use berth_proto::types::Service;
 #[derive(Debug, Clone, Default)]
 pub struct ServiceEnv {
     services: Arc<RwLock<BTreeMap<(String, String), Service>>>,
+    /// Whether this node serves ClusterIPs (it holds them as local addresses); if not, the
+    /// variables point at the node's proxy on the nodePort instead.
+    cluster_ips: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ServiceEnv {
@@ -43,10 +46,17 @@ impl ServiceEnv {
         }
     }
 
+    /// Record whether this node serves ClusterIPs.
+    pub fn set_cluster_ips_served(&self, served: bool) {
+        self.cluster_ips
+            .store(served, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The variables for a container in `namespace` on a node reached at `host`.
     pub fn vars(&self, namespace: &str, host: &str) -> Vec<(String, String)> {
+        let cluster_ips = self.cluster_ips.load(std::sync::atomic::Ordering::Relaxed);
         match self.services.read() {
-            Ok(g) => service_vars(g.values(), namespace, host),
+            Ok(g) => service_vars(g.values(), namespace, host, cluster_ips),
             Err(_) => Vec::new(),
         }
     }
@@ -61,6 +71,7 @@ pub fn service_vars<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     namespace: &str,
     host: &str,
+    cluster_ips: bool,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for svc in services {
@@ -75,7 +86,7 @@ pub fn service_vars<'a>(
         let name = env_name(&svc.metadata.name);
         match svc.spec.cluster_ip.as_deref() {
             Some("None") => continue,
-            Some(ip) if ip.parse::<std::net::IpAddr>().is_ok() => {
+            Some(ip) if cluster_ips && ip.parse::<std::net::IpAddr>().is_ok() => {
                 cluster_ip_vars(&mut out, &name, ip, &svc.spec.ports);
                 continue;
             }
@@ -178,7 +189,7 @@ mod tests {
             svc("other", "elsewhere", &[("", Some(30300))]),
             svc("default", "no-port-yet", &[("", None)]),
         ];
-        let vars = service_vars(&all, "default", "10.0.0.7");
+        let vars = service_vars(&all, "default", "10.0.0.7", true);
         let want: Vec<(String, String)> = [
             ("MY_API_SERVICE_HOST", "10.0.0.7"),
             ("MY_API_SERVICE_PORT", "30101"),
@@ -200,7 +211,7 @@ mod tests {
         redis.spec.cluster_ip = Some("10.43.0.12".into());
         let mut headless = svc("default", "db", &[("", None)]);
         headless.spec.cluster_ip = Some("None".into());
-        let vars = service_vars(&[redis, headless], "default", "10.0.0.7");
+        let vars = service_vars(&[redis.clone(), headless], "default", "10.0.0.7", true);
         let want: Vec<(String, String)> = [
             ("REDIS_LEADER_PORT", "tcp://10.43.0.12:6379"),
             ("REDIS_LEADER_PORT_6379_TCP", "tcp://10.43.0.12:6379"),
@@ -214,6 +225,18 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(vars, want);
+        // A node that cannot hold ClusterIPs points at its own proxy on the nodePort.
+        redis.spec.ports[0].node_port = Some(30379);
+        assert_eq!(
+            service_vars(&[redis], "default", "10.0.0.7", false),
+            vec![
+                (
+                    "REDIS_LEADER_SERVICE_HOST".to_string(),
+                    "10.0.0.7".to_string()
+                ),
+                ("REDIS_LEADER_SERVICE_PORT".to_string(), "30379".to_string())
+            ]
+        );
     }
 
     #[test]

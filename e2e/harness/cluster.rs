@@ -186,6 +186,8 @@ pub struct Opts {
     /// and their agents use it (`--runtime docker`, with `process` too); host 1's agent stays
     /// process-only. Implies nothing about images: the engines start empty.
     pub docker: bool,
+    /// With `docker`: host 1 runs an engine too, and its agent uses it.
+    pub docker_everywhere: bool,
 }
 
 /// The registry port of every server when [`Opts::registry`].
@@ -447,7 +449,7 @@ impl Cluster {
                 "--data-dir".to_string(),
                 data.display().to_string(),
                 "--runtime".to_string(),
-                if self.opts.docker && i > 0 {
+                if self.has_engine(i) {
                     "docker".to_string()
                 } else {
                     "process".to_string()
@@ -460,7 +462,7 @@ impl Cluster {
                 dir.join(format!("agent{}.log", i + 1)),
             );
             p.set_env("BERTH_TOKEN", self.join_token());
-            if self.opts.docker && i > 0 {
+            if self.has_engine(i) {
                 p.set_env(
                     "DOCKER_HOST",
                     &format!("unix://{}", self.engine_socket(i).display()),
@@ -490,6 +492,13 @@ impl Cluster {
         self.dir().join(format!("h{}", i + 1)).join("docker.sock")
     }
 
+    /// Run `ARGS` (a host program) inside host `i`'s network namespace; its stdout.
+    pub fn sh_on(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "netns", "exec", self.net.hosts[i].ns.as_str()];
+        full.extend_from_slice(args);
+        super::net::sh(&full)
+    }
+
     /// `docker ARGS` against host `i`'s engine.
     pub fn docker_on(&self, i: usize, args: &[&str]) -> Result<String, String> {
         let out = std::process::Command::new("docker")
@@ -515,9 +524,17 @@ impl Cluster {
     /// A Docker engine per host 2 and 3, as an operator would run one on each machine:
     /// nothing configured (no insecure-registries, no certs.d); the cluster's images reach it
     /// through the agent's loopback mirror.
+    /// Does host `i` run a Docker engine ([`Opts::docker`], [`Opts::docker_everywhere`])?
+    pub fn has_engine(&self, i: usize) -> bool {
+        self.opts.docker && (i > 0 || self.opts.docker_everywhere)
+    }
+
     fn start_engines(&mut self) {
         let dir = self.dir();
-        for i in 1..self.net.hosts.len() {
+        for i in 0..self.net.hosts.len() {
+            if !self.has_engine(i) {
+                continue;
+            }
             let root = dir.join(format!("h{}", i + 1)).join("docker");
             std::fs::create_dir_all(&root).expect("engine dir");
             let empty = root.join("daemon.json");
@@ -554,7 +571,7 @@ impl Cluster {
             p.start();
             self.engines.push(p);
         }
-        for i in 1..self.net.hosts.len() {
+        for i in (0..self.net.hosts.len()).filter(|i| self.has_engine(*i)) {
             wait_until(
                 &format!("host {}'s Docker engine to answer", i + 1),
                 Duration::from_secs(30),

@@ -6,6 +6,7 @@
 mod control_plane;
 mod dev;
 mod harness_selftest;
+mod network;
 mod registry;
 mod security;
 mod workloads;

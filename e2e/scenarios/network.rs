@@ -1,0 +1,234 @@
+//! Microservices by name across hosts: a three-tier app on three hosts, each with its own
+//! Docker engine. `web` (2 replicas) calls `http://api:8080/` by Service name; `api` calls its
+//! store through a headless Service (`store`, clusterIP None) by name and port; every pod has
+//! its own address from its node's pod CIDR and reaches pods on other hosts over host-gw
+//! routes. Calls through web's nodePort keep succeeding while a store pod, a whole node and the
+//! leader server are killed; a pod asking for a Service that was deleted gets NXDOMAIN.
+
+use std::time::Duration;
+
+use berth_proto::types::{Pod, Service};
+
+use crate::harness::{wait_until, Cluster, Opts};
+
+/// One image for all three tiers: busybox's httpd with CGI scripts that call the next tier by
+/// name (`api`, `store`) through the cluster DNS.
+const DOCKERFILE: &str = r#"FROM berth-busybox:1
+RUN ["/bin/busybox", "mkdir", "-p", "/bin", "/www/cgi-bin", "/store"]
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/sh", "-c", "printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -T 3 -O - http://api:8080/cgi-bin/api || echo web-failed\\n' > /www/cgi-bin/web && printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -T 3 -O - http://store:7000/data || echo api-failed\\n' > /www/cgi-bin/api && echo store-ok > /store/data && chmod +x /www/cgi-bin/web /www/cgi-bin/api"]
+"#;
+
+fn manifests(image: &str) -> String {
+    let deploy = |name: &str, replicas: u32, port: u16, root: &str, port_name: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: {name}\n        image: {image}\n        imagePullPolicy: Never\n        command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"{port}\", \"-h\", \"{root}\"]\n        ports:\n        - name: {port_name}\n          containerPort: {port}\n        readinessProbe:\n          tcpSocket:\n            port: {port}\n          periodSeconds: 1\n---\n"
+        )
+    };
+    let mut out = String::new();
+    out += &deploy("store", 2, 7000, "/store", "data");
+    out += &deploy("api", 2, 8080, "/www", "http");
+    out += &deploy("web", 2, 8080, "/www", "http");
+    out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: store\nspec:\n  clusterIP: None\n  selector:\n    app: store\n  ports:\n  - name: data\n    port: 7000\n---\n";
+    out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\nspec:\n  type: ClusterIP\n  selector:\n    app: api\n  ports:\n  - name: http\n    port: 8080\n---\n";
+    out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n    nodePort: 30080\n";
+    out
+}
+
+/// Ready pods per app, with their nodes and IPs.
+fn ready_pods(c: &Cluster, app: &str) -> Result<Vec<(String, String, String)>, String> {
+    let pods: Vec<Pod> = c.get_list("pods")?;
+    Ok(pods
+        .into_iter()
+        .filter(|p| p.metadata.labels.get("app").map(String::as_str) == Some(app))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.is_ready())
+        .map(|p| {
+            let ip = p.status.clone().unwrap_or_default().pod_ip;
+            (p.metadata.name.clone(), p.spec.node_name.clone(), ip)
+        })
+        .collect())
+}
+
+/// A call through web's nodePort on host `via` that went all the way to the store.
+fn call(c: &Cluster, via: usize) -> Result<(), String> {
+    let (status, body) = c.http_get(c.ip(via), 30080, "/cgi-bin/web")?;
+    if status == 200 && body.trim() == "store-ok" {
+        Ok(())
+    } else {
+        Err(format!("via host {}: {status} {body:?}", via + 1))
+    }
+}
+
+/// `n` calls spread over the hosts in `via`; every one must succeed.
+fn calls_succeed(c: &Cluster, via: &[usize], n: usize, what: &str) {
+    for k in 0..n {
+        let h = via[k % via.len()];
+        if let Err(e) = call(c, h) {
+            panic!("{what}: call {k} failed: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and_leader_loss() {
+    berth_testkit::images::build_busybox();
+    let Some(mut c) = Cluster::start(
+        "network",
+        15,
+        Opts {
+            agents: true,
+            docker: true,
+            docker_everywhere: true,
+            ..Opts::default()
+        },
+    ) else {
+        return;
+    };
+    // The image, built once in the root engine and loaded into every host's engine.
+    let image = format!("e2e{}/tiers:1", std::process::id());
+    let ctx = c.dir().join("ctx");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &image, &ctx.display().to_string()])
+        .output()
+        .expect("docker build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let tar = c.dir().join("tiers.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["save", "-o", &tar.display().to_string(), &image])
+        .status()
+        .expect("docker save");
+    assert!(saved.success());
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", &image])
+        .output();
+    for i in 0..3 {
+        c.docker_on(i, &["load", "-i", &tar.display().to_string()])
+            .expect("docker load");
+    }
+
+    let file = c.write_file("tiers.yaml", &manifests(&image));
+    c.cli_ok(&["apply", "-f", &file]);
+    let limit = Duration::from_secs(90);
+    for app in ["store", "api", "web"] {
+        wait_until(&format!("2 {app} pods Ready"), limit, || {
+            let p = ready_pods(&c, app)?;
+            (p.len() == 2).then_some(p.clone()).ok_or(format!("{p:?}"))
+        });
+    }
+    // Every pod has an address of its node's pod CIDR, not the node's address.
+    let nodes: Vec<berth_proto::types::Node> = c.get_list("nodes").expect("nodes");
+    for app in ["store", "api", "web"] {
+        for (name, node, ip) in ready_pods(&c, app).expect("pods") {
+            let n = nodes
+                .iter()
+                .find(|n| n.metadata.name == node)
+                .expect("node");
+            let cidr = n.spec.pod_cidr.clone().expect("node has a pod CIDR");
+            let prefix = cidr.trim_end_matches("0/24");
+            assert!(
+                ip.starts_with(prefix),
+                "{name} on {node}: {ip} not in {cidr}"
+            );
+        }
+    }
+    let api: Service = c.get_one("service", "api").expect("api service");
+    let api_ip = api.spec.cluster_ip.clone().expect("api has a ClusterIP");
+    assert!(api_ip.starts_with("10.43."), "{api_ip}");
+
+    // Steady state: through every host's nodePort, web -> api (ClusterIP by name) -> store
+    // (headless, by name) succeeds every time.
+    wait_until("the first call through", limit, || call(&c, 0));
+    calls_succeed(&c, &[0, 1, 2], 30, "steady state");
+
+    // Kill a store pod: the other one serves meanwhile, the replacement joins.
+    let (victim, _, _) = ready_pods(&c, "store").expect("store")[0].clone();
+    c.cli_ok(&["delete", "pod", &victim]);
+    wait_until("a replacement store pod Ready", limit, || {
+        let p = ready_pods(&c, "store")?;
+        (p.len() == 2 && p.iter().all(|(n, _, _)| *n != victim))
+            .then_some(())
+            .ok_or(format!("{p:?}"))
+    });
+    wait_until(
+        "calls succeed after the store pod's replacement",
+        limit,
+        || (0..3).try_for_each(|h| call(&c, h)),
+    );
+    calls_succeed(&c, &[0, 1, 2], 20, "after a store pod was replaced");
+
+    // Lose node 3 (agent and its pods' host): its pods are replaced on nodes 1 and 2, routes
+    // to its pod CIDR go away, and calls through nodes 1 and 2 keep succeeding.
+    c.cut_node(2);
+    wait_until(
+        "every tier Ready again on nodes 1 and 2",
+        Duration::from_secs(120),
+        || {
+            for app in ["store", "api", "web"] {
+                let p = ready_pods(&c, app)?;
+                if p.len() < 2 || p.iter().any(|(_, n, _)| n == "node3") {
+                    return Err(format!("{app}: {p:?}"));
+                }
+            }
+            (0..2).try_for_each(|h| call(&c, h))
+        },
+    );
+    calls_succeed(&c, &[0, 1], 20, "after node 3 was lost");
+
+    // Kill the leader server: the agents keep their routes and DNS answers; calls succeed.
+    let leader = c.leader();
+    c.kill9_server(leader);
+    let via: Vec<usize> = (0..2).collect();
+    calls_succeed(&c, &via, 20, "right after the leader was killed");
+
+    // A deleted Service's name no longer resolves, from inside a pod.
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| c.api_addr(i))
+        .collect();
+    let cli = c.cli_handle_for(&survivors.join(","));
+    wait_until("api Service deleted", limit, || {
+        let out = cli.run(&["delete", "service", "api"]);
+        if out.ok() || out.stderr.contains("not found") {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+    let (_, node, _) = ready_pods(&c, "web").map_or_else(|_| Default::default(), |p| p[0].clone());
+    let host = node
+        .trim_start_matches("node")
+        .parse::<usize>()
+        .unwrap_or(1)
+        - 1;
+    wait_until(
+        "api gives NXDOMAIN inside a web pod",
+        Duration::from_secs(20),
+        || {
+            let names = c.docker_on(host, &["ps", "--format", "{{.Names}}"])?;
+            let web = names
+                .lines()
+                .find(|n| n.contains("_web-") && !n.contains("_POD_"))
+                .ok_or("no web container")?
+                .to_string();
+            let out = std::process::Command::new("docker")
+                .args(["exec", &web, "nslookup", "api.default.svc.cluster.local."])
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", c.engine_socket(host).display()),
+                )
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            (text.contains("NXDOMAIN") && !text.contains(&api_ip))
+                .then_some(())
+                .ok_or(text)
+        },
+    );
+}
