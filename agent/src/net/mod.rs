@@ -45,7 +45,7 @@ pub use firewall::{
     sync_firewall, teardown_firewall, Firewall, FirewallSync, FORWARD_CHAIN, POSTROUTING_CHAIN,
 };
 pub use routes::{sync_routes, RouteSync, ROUTE_PROTOCOL};
-pub use vips::{remove_vips_interface, sync_vips, VipSync, VIPS_INTERFACE};
+pub use vips::{remove_vips_interface, sync_vips, VipSync, VIPS_ALIAS, VIPS_INTERFACE};
 
 /// What failed in the host plumbing, on which object, and what to do about it.
 #[derive(Debug, thiserror::Error)]
