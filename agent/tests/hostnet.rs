@@ -724,3 +724,66 @@ fn missing_iptables_is_a_clear_error() {
         "{msg}"
     );
 }
+
+/// Without CAP_NET_ADMIN every step fails with an error that says so. The checks run in a
+/// child process (this test binary, [`unprivileged_probe`]) started inside a namespace with
+/// CAP_NET_ADMIN dropped from its bounding set by `setpriv`.
+#[test]
+fn without_cap_net_admin_every_error_says_it_needs_root() {
+    let n = Netns::new("noadmin");
+    let exe = std::env::current_exe().expect("test binary path");
+    let exe = exe.to_str().expect("utf-8 path");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &n.name,
+            "setpriv",
+            "--bounding-set=-net_admin",
+        ])
+        .args([
+            "--inh-caps=-net_admin",
+            exe,
+            "--exact",
+            "unprivileged_probe",
+        ])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("BERTH_HOSTNET_PROBE", "1")
+        .output()
+        .expect("run the probe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "probe failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+}
+
+/// Run by [`without_cap_net_admin_every_error_says_it_needs_root`]; a no-op otherwise.
+#[test]
+#[ignore = "started by without_cap_net_admin_every_error_says_it_needs_root"]
+fn unprivileged_probe() {
+    if std::env::var("BERTH_HOSTNET_PROBE").as_deref() != Ok("1") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let routes = sync_routes(&[(net("10.42.1.0/24"), ip("10.99.0.2"))]).await;
+        let vips = sync_vips(&[ip("10.43.0.10")].into()).await;
+        let firewall = sync_firewall(net("10.42.0.0/16")).await;
+        for (what, result) in [
+            ("routes", routes.map(drop)),
+            ("vips", vips.map(drop)),
+            ("firewall", firewall.map(drop)),
+        ] {
+            let err = result.expect_err(what);
+            println!("{what}: {err}");
+            assert!(err.is_permission_denied(), "{what}: {err:?}");
+            assert!(err.to_string().contains("needs root"), "{what}: {err}");
+        }
+    });
+}

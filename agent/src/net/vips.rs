@@ -326,6 +326,39 @@ mod tests {
         s.parse().expect("ip")
     }
 
+    fn link(kind: Option<InfoKind>, alias: Option<&str>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        if let Some(k) = kind {
+            m.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)]));
+        }
+        if let Some(a) = alias {
+            m.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
+        m
+    }
+
+    #[test]
+    fn a_dummy_or_an_ifb_with_berths_alias_is_berths_and_anything_else_is_refused() {
+        assert_eq!(
+            vips_link(&link(Some(InfoKind::Dummy), None)).ok(),
+            Some((7, "dummy"))
+        );
+        assert_eq!(
+            vips_link(&link(Some(InfoKind::Ifb), Some(VIPS_ALIAS))).ok(),
+            Some((7, "ifb"))
+        );
+        for (kind, alias) in [
+            (Some(InfoKind::Ifb), None),
+            (Some(InfoKind::Bridge), Some(VIPS_ALIAS)),
+            (None, None),
+        ] {
+            let err = vips_link(&link(kind, alias)).expect_err("not Berth's");
+            assert!(matches!(err, NetError::NotDummy { .. }), "{err:?}");
+        }
+    }
+
     #[test]
     fn adds_missing_and_removes_extra_vips() {
         let desired: BTreeSet<_> = [ip("10.43.0.1"), ip("10.43.0.10")].into();
