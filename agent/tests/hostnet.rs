@@ -611,6 +611,10 @@ fn firewall_chains_are_created_once_and_removed_by_teardown() {
         second.jumps_added.is_empty() && !second.enabled_ip_forward,
         "{second:?}"
     );
+    assert!(
+        second.rewritten.is_empty(),
+        "an unchanged table is not rewritten: {second:?}"
+    );
     assert_eq!(n.sysctl("net.ipv4.ip_forward"), "1");
 
     let filter = n.iptables_dump("filter");

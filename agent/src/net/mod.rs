@@ -80,6 +80,8 @@ pub enum NetError {
         first: Ipv4Addr,
         second: Ipv4Addr,
     },
+    #[error("{object} disappeared while Berth was setting it up (deleted concurrently?); the next sync retries")]
+    Vanished { object: String },
     #[error(
         "interface {name} exists but is a {kind} link, not a dummy; Berth will not manage \
          Service IPs on it. Delete or rename it (`ip link del {name}`) and sync again"

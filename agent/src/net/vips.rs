@@ -78,30 +78,33 @@ pub async fn sync_vips(vips: &BTreeSet<Ipv4Addr>) -> Result<VipSync, NetError> {
             None => {
                 done.created_interface = create_link(&handle).await?;
                 let link = find_link(&handle, VIPS_INTERFACE).await?.ok_or_else(|| {
-                    NetError::NetlinkClosed {
-                        op: format!("find {VIPS_INTERFACE} right after creating it"),
+                    NetError::Vanished {
+                        object: format!("interface {VIPS_INTERFACE}"),
                     }
                 })?;
                 if !has_alias(&link) {
-                    // Kernels that ignore IFLA_IFALIAS on creation.
+                    // Kernels that ignore IFLA_IFALIAS on creation. An ifb left without the
+                    // alias would be refused by every later sync, so undo the creation when
+                    // the alias cannot be set.
                     let index = link.header.index;
-                    handle
+                    let set = handle
                         .link()
                         .set(LinkUnspec::new_with_index(index).alias(VIPS_ALIAS).build())
                         .execute()
-                        .await
-                        .map_err(|e| {
-                            netlink_error(
-                                "set the alias of",
-                                format!("interface {VIPS_INTERFACE}"),
-                                e,
-                                "",
-                            )
-                        })?;
+                        .await;
+                    if let Err(e) = set {
+                        let _ = handle.link().del(index).execute().await;
+                        return Err(netlink_error(
+                            "set the alias of",
+                            format!("interface {VIPS_INTERFACE}"),
+                            e,
+                            "",
+                        ));
+                    }
                 }
                 let link = find_link(&handle, VIPS_INTERFACE).await?.ok_or_else(|| {
-                    NetError::NetlinkClosed {
-                        op: format!("find {VIPS_INTERFACE} right after creating it"),
+                    NetError::Vanished {
+                        object: format!("interface {VIPS_INTERFACE}"),
                     }
                 })?;
                 let (index, kind) = vips_link(&link)?;
