@@ -3,7 +3,7 @@
 //! proxy can bind ClusterIP:port.
 //!
 //! [`sync_vips`] finds (or creates, up) the interface, lists its IPv4 addresses, and lets the
-//! pure [`plan`] decide what to add and remove. A `berth-svc` that is not a dummy belongs to
+//! pure `plan` decide what to add and remove. A `berth-svc` that is not a dummy belongs to
 //! someone else and is never touched ([`NetError::NotDummy`]).
 //!
 //! Kernels built without the dummy driver (CONFIG_DUMMY unset; e.g. some minimal VM kernels,
