@@ -13,11 +13,12 @@
 //! routed pod traffic between nodes must be accepted before that: in DOCKER-USER, which Docker
 //! jumps to first, or at the top of FORWARD when there is no Docker.
 //!
-//! Each sync reads a table once (`iptables -S`), and writes it once with
-//! `iptables-restore --noflush`: the own chain is declared (which creates or flushes it) and
-//! refilled, and the jump is inserted at position 1 when missing, all in one transaction, so
-//! there is never a moment without the ACCEPT rules. The jump is only ever added or removed,
-//! never reordered (check-then-insert, like kube-proxy and flannel).
+//! Each sync reads a table once (`iptables -S`) and, unless Berth's chain and jump already
+//! match, writes it once with `iptables-restore --noflush`: the own chain is declared (which
+//! creates or flushes it) and refilled, and the jump is inserted at position 1 when missing,
+//! all in one transaction, so there is never a moment without the ACCEPT rules. The jump is
+//! only ever added or removed, never reordered (check-then-insert, like kube-proxy and
+//! flannel).
 //!
 //! Note for whoever creates the Docker pod network: Docker adds its own
 //! `-s POD_CIDR ! -o BRIDGE -j MASQUERADE` to POSTROUTING for a bridge network, which would
@@ -53,6 +54,9 @@ pub struct FirewallSync {
     pub jumps_added: Vec<String>,
     /// Jumps deleted (duplicates, or FORWARD's once Docker's DOCKER-USER took over).
     pub jumps_removed: Vec<String>,
+    /// Tables whose Berth chain or jumps were written ("filter", "nat"); empty when all
+    /// matched already.
+    pub rewritten: Vec<&'static str>,
     /// `net.ipv4.ip_forward` was 0 and is now 1.
     pub enabled_ip_forward: bool,
 }
@@ -111,6 +115,9 @@ impl Firewall {
                     if table == Table::Filter {
                         done.forward_parent = plan.parent;
                     }
+                    if plan.script.is_some() {
+                        done.rewritten.push(table.name());
+                    }
                     done.jumps_added.extend(plan.added);
                     done.jumps_removed.extend(plan.removed);
                 }
@@ -145,7 +152,9 @@ impl Firewall {
     async fn sync_table(&self, table: Table, cluster: Ipv4Net) -> Result<TablePlan, NetError> {
         let dump = self.dump(table).await?;
         let plan = sync_script(table, cluster, &dump);
-        self.restore(&plan.script).await?;
+        if let Some(script) = &plan.script {
+            self.restore(script).await?;
+        }
         Ok(plan)
     }
 
@@ -206,7 +215,8 @@ impl Table {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TablePlan {
-    pub script: String,
+    /// None when the table already matches.
+    pub script: Option<String>,
     pub parent: &'static str,
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -223,9 +233,25 @@ pub(crate) fn sync_script(table: Table, cluster: Ipv4Net, dump: &str) -> TablePl
         Table::Filter => "FORWARD",
         Table::Nat => "POSTROUTING",
     };
+    let wanted: Vec<String> = table
+        .rules(cluster)
+        .iter()
+        .map(|r| format!("-A {chain} {r}"))
+        .collect();
+    let have: Vec<&str> = dump
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| l.starts_with(&format!("-A {chain} ")))
+        .collect();
+    let chain_exists = dump.lines().any(|l| l.trim_end() == format!("-N {chain}"));
+    // The rules are written in the form `iptables -S` prints them, so an unchanged chain
+    // compares equal; if some iptables version prints them differently, this only costs a
+    // rewrite per sync.
+    let mut rewrite = !chain_exists || have != wanted;
     let mut script = format!("*{}\n:{chain} - [0:0]\n", table.name());
-    for rule in table.rules(cluster) {
-        script.push_str(&format!("-A {chain} {rule}\n"));
+    for rule in &wanted {
+        script.push_str(rule);
+        script.push('\n');
     }
     let mut added = Vec::new();
     let mut removed = Vec::new();
@@ -242,8 +268,9 @@ pub(crate) fn sync_script(table: Table, cluster: Ipv4Net, dump: &str) -> TablePl
         }
     }
     script.push_str("COMMIT\n");
+    rewrite |= !added.is_empty() || !removed.is_empty();
     TablePlan {
-        script,
+        script: rewrite.then_some(script),
         parent,
         added,
         removed,
@@ -367,15 +394,15 @@ mod tests {
         let plan = sync_script(Table::Filter, cluster(), DOCKER_FILTER);
         assert_eq!(plan.parent, DOCKER_USER);
         assert_eq!(plan.added, vec!["filter/DOCKER-USER"]);
+        let script = plan.script.expect("written");
         assert!(
-            plan.script.contains("-I DOCKER-USER 1 -j BERTH-FORWARD\n"),
-            "{}",
-            plan.script
+            script.contains("-I DOCKER-USER 1 -j BERTH-FORWARD\n"),
+            "{script}"
         );
-        assert!(plan.script.starts_with("*filter\n:BERTH-FORWARD - [0:0]\n"));
-        assert!(plan.script.contains("-A BERTH-FORWARD -s 10.42.0.0/16 "));
-        assert!(plan.script.contains("-A BERTH-FORWARD -d 10.42.0.0/16 "));
-        assert!(plan.script.ends_with("COMMIT\n"));
+        assert!(script.starts_with("*filter\n:BERTH-FORWARD - [0:0]\n"));
+        assert!(script.contains("-A BERTH-FORWARD -s 10.42.0.0/16 "));
+        assert!(script.contains("-A BERTH-FORWARD -d 10.42.0.0/16 "));
+        assert!(script.ends_with("COMMIT\n"));
     }
 
     #[test]
@@ -401,14 +428,36 @@ mod tests {
         let plan = sync_script(Table::Nat, cluster(), dump);
         assert!(plan.added.is_empty());
         assert_eq!(plan.removed, vec!["nat/POSTROUTING"]);
-        let rules: Vec<&str> = plan
-            .script
+        let script = plan.script.expect("written");
+        let rules: Vec<&str> = script
             .lines()
             .filter(|l| l.starts_with("-A BERTH-POSTROUTING"))
             .collect();
         assert_eq!(rules.len(), 2);
         assert!(rules[0].contains("-d 10.42.0.0/16") && rules[0].ends_with("-j RETURN"));
         assert!(rules[1].contains("! -d 224.0.0.0/4") && rules[1].ends_with("-j MASQUERADE"));
+    }
+
+    #[test]
+    fn nothing_is_written_when_chain_and_jump_already_match() {
+        let first = sync_script(Table::Nat, cluster(), "-P POSTROUTING ACCEPT\n");
+        let script = first.script.expect("first sync writes");
+        // What `iptables -t nat -S` prints after that restore.
+        let mut dump = String::from("-P POSTROUTING ACCEPT\n-N BERTH-POSTROUTING\n");
+        dump.push_str("-A POSTROUTING -j BERTH-POSTROUTING\n");
+        for l in script
+            .lines()
+            .filter(|l| l.starts_with("-A BERTH-POSTROUTING "))
+        {
+            dump.push_str(l);
+            dump.push('\n');
+        }
+        assert_eq!(sync_script(Table::Nat, cluster(), &dump).script, None);
+        let other: Ipv4Net = "10.50.0.0/16".parse().expect("cidr");
+        assert!(
+            sync_script(Table::Nat, other, &dump).script.is_some(),
+            "CIDR changed"
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!   ever replaced or removed. Someone else's route for a pod CIDR is left alone and reported
 //!   ([`NetError::ForeignRoute`]).
 //! - [`sync_vips`] ([`vips`]): the dummy interface [`VIPS_INTERFACE`] (like kube-proxy's
-//!   `kube-ipvs0`) holds each ClusterIP as a /32, so the node's userspace proxy can listen on
-//!   ClusterIP:port. [`remove_vips_interface`] tears it down.
+//!   `kube-ipvs0`; an aliased ifb on kernels without the dummy driver) holds each ClusterIP as
+//!   a /32, so the node's userspace proxy can listen on ClusterIP:port.
+//!   [`remove_vips_interface`] tears it down.
 //! - [`sync_firewall`] ([`firewall`]): iptables chains `BERTH-FORWARD` (filter) and
 //!   `BERTH-POSTROUTING` (nat) that accept pod traffic through Docker's FORWARD DROP policy and
 //!   masquerade pod egress that leaves the cluster CIDR; also `net.ipv4.ip_forward=1`.
@@ -32,6 +33,13 @@
 //! checks the route back to the pod's source (its bridge), not the VIP's interface.
 //! `route_localnet` only matters for 127.0.0.0/8 destinations. See `tests/hostnet.rs`
 //! (`pod_reaches_vip_through_input_with_docker_rules_and_strict_rp_filter`).
+//!
+//! One interaction to know: Docker's nat PREROUTING and OUTPUT send every LOCAL destination
+//! to its DOCKER chain, whose published-port rules (`! -i BRIDGE -p tcp --dport P -j DNAT`)
+//! carry no `-d` unless the port was published on a specific host IP. A ClusterIP is a local
+//! address, so ClusterIP:P is DNATed to the container that published P for clients on the
+//! node itself and on other interfaces (pods on the same bridge are exempt). Publish host
+//! ports on the node's address (HostIp), not 0.0.0.0, to keep the two apart.
 
 pub mod firewall;
 pub mod routes;
@@ -45,7 +53,7 @@ pub use firewall::{
     sync_firewall, teardown_firewall, Firewall, FirewallSync, FORWARD_CHAIN, POSTROUTING_CHAIN,
 };
 pub use routes::{sync_routes, RouteSync, ROUTE_PROTOCOL};
-pub use vips::{remove_vips_interface, sync_vips, VipSync, VIPS_INTERFACE};
+pub use vips::{remove_vips_interface, sync_vips, VipSync, VIPS_ALIAS, VIPS_INTERFACE};
 
 /// What failed in the host plumbing, on which object, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +88,8 @@ pub enum NetError {
         first: Ipv4Addr,
         second: Ipv4Addr,
     },
+    #[error("{object} disappeared while Berth was setting it up (deleted concurrently?); the next sync retries")]
+    Vanished { object: String },
     #[error(
         "interface {name} exists but is a {kind} link, not a dummy; Berth will not manage \
          Service IPs on it. Delete or rename it (`ip link del {name}`) and sync again"

@@ -2,7 +2,7 @@
 //! host-gw backend; all nodes on one L2 segment).
 //!
 //! [`sync_routes`] reads the host's addresses and the main routing table (two netlink dumps),
-//! computes a [`RoutePlan`] with the pure [`plan`], and applies it. Nothing is written when
+//! computes a `RoutePlan` with the pure `plan`, and applies it. Nothing is written when
 //! nothing changed. Berth's routes carry [`ROUTE_PROTOCOL`] (`ip route` shows `proto 66`), the
 //! way bird or zebra mark theirs, so a route without that mark is never touched: if one holds a
 //! desired prefix it is reported as [`NetError::ForeignRoute`].

@@ -3,8 +3,15 @@
 //! proxy can bind ClusterIP:port.
 //!
 //! [`sync_vips`] finds (or creates, up) the interface, lists its IPv4 addresses, and lets the
-//! pure [`plan`] decide what to add and remove. A `berth-svc` that is not a dummy belongs to
+//! pure `plan` decide what to add and remove. A `berth-svc` that is not a dummy belongs to
 //! someone else and is never touched ([`NetError::NotDummy`]).
+//!
+//! Kernels built without the dummy driver (CONFIG_DUMMY unset; e.g. some minimal VM kernels,
+//! where creating one fails with EOPNOTSUPP) get an `ifb` device instead: like a dummy it is
+//! NOARP and carries no traffic of its own (packets to a local address are delivered through
+//! loopback whatever interface holds it), so it works the same as an address holder. Because
+//! an ifb could be someone's traffic-shaping device, it counts as Berth's only when it carries
+//! the alias [`VIPS_ALIAS`], which Berth sets on both kinds.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,17 +21,21 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkDummy, LinkUnspec};
+use rtnetlink::{Handle, LinkDummy, LinkIfb, LinkUnspec};
 
 use super::{errno_of, netlink_error, with_netlink, NetError};
 
 /// The dummy interface holding the ClusterIPs.
 pub const VIPS_INTERFACE: &str = "berth-svc";
+/// The interface alias (`ip -d link show berth-svc`) marking it as Berth's.
+pub const VIPS_ALIAS: &str = "berth: Service ClusterIPs";
 
 /// What one [`sync_vips`] call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VipSync {
     pub created_interface: bool,
+    /// The interface's kind: "dummy", or "ifb" where the kernel has no dummy driver.
+    pub kind: &'static str,
     /// The interface existed but was down.
     pub brought_up: bool,
     pub added: Vec<Ipv4Addr>,
@@ -49,7 +60,8 @@ pub async fn sync_vips(vips: &BTreeSet<Ipv4Addr>) -> Result<VipSync, NetError> {
         let mut done = VipSync::default();
         let index = match find_link(&handle, VIPS_INTERFACE).await? {
             Some(link) => {
-                let index = dummy_index(&link)?;
+                let (index, kind) = vips_link(&link)?;
+                done.kind = kind;
                 if !link.header.flags.contains(LinkFlags::Up) {
                     handle
                         .link()
@@ -64,13 +76,40 @@ pub async fn sync_vips(vips: &BTreeSet<Ipv4Addr>) -> Result<VipSync, NetError> {
                 index
             }
             None => {
-                done.created_interface = create_dummy(&handle).await?;
+                done.created_interface = create_link(&handle).await?;
                 let link = find_link(&handle, VIPS_INTERFACE).await?.ok_or_else(|| {
-                    NetError::NetlinkClosed {
-                        op: format!("find {VIPS_INTERFACE} right after creating it"),
+                    NetError::Vanished {
+                        object: format!("interface {VIPS_INTERFACE}"),
                     }
                 })?;
-                dummy_index(&link)?
+                if !has_alias(&link) {
+                    // Kernels that ignore IFLA_IFALIAS on creation. An ifb left without the
+                    // alias would be refused by every later sync, so undo the creation when
+                    // the alias cannot be set.
+                    let index = link.header.index;
+                    let set = handle
+                        .link()
+                        .set(LinkUnspec::new_with_index(index).alias(VIPS_ALIAS).build())
+                        .execute()
+                        .await;
+                    if let Err(e) = set {
+                        let _ = handle.link().del(index).execute().await;
+                        return Err(netlink_error(
+                            "set the alias of",
+                            format!("interface {VIPS_INTERFACE}"),
+                            e,
+                            "",
+                        ));
+                    }
+                }
+                let link = find_link(&handle, VIPS_INTERFACE).await?.ok_or_else(|| {
+                    NetError::Vanished {
+                        object: format!("interface {VIPS_INTERFACE}"),
+                    }
+                })?;
+                let (index, kind) = vips_link(&link)?;
+                done.kind = kind;
+                index
             }
         };
 
@@ -125,7 +164,7 @@ pub async fn remove_vips_interface() -> Result<bool, NetError> {
         let Some(link) = find_link(&handle, VIPS_INTERFACE).await? else {
             return Ok(false);
         };
-        let index = dummy_index(&link)?;
+        let (index, _) = vips_link(&link)?;
         match handle.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(false),
@@ -171,8 +210,9 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, N
     }
 }
 
-/// The link's index if it is a dummy; [`NetError::NotDummy`] otherwise.
-fn dummy_index(link: &LinkMessage) -> Result<u32, NetError> {
+/// The link's index and kind if it is Berth's: a dummy, or an ifb with [`VIPS_ALIAS`];
+/// [`NetError::NotDummy`] otherwise.
+fn vips_link(link: &LinkMessage) -> Result<(u32, &'static str), NetError> {
     let kind = link.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
             LinkInfo::Kind(k) => Some(k.clone()),
@@ -181,8 +221,12 @@ fn dummy_index(link: &LinkMessage) -> Result<u32, NetError> {
         _ => None,
     });
     match kind {
-        // A bridge without ports stands in where the kernel has no dummy driver.
-        Some(InfoKind::Dummy) | Some(InfoKind::Bridge) => Ok(link.header.index),
+        Some(InfoKind::Dummy) => Ok((link.header.index, "dummy")),
+        Some(InfoKind::Ifb) if has_alias(link) => Ok((link.header.index, "ifb")),
+        Some(InfoKind::Ifb) => Err(NetError::NotDummy {
+            name: VIPS_INTERFACE.to_string(),
+            kind: format!("ifb (without Berth's alias {VIPS_ALIAS:?})"),
+        }),
         Some(other) => Err(NetError::NotDummy {
             name: VIPS_INTERFACE.to_string(),
             kind: other.to_string(),
@@ -195,38 +239,43 @@ fn dummy_index(link: &LinkMessage) -> Result<u32, NetError> {
     }
 }
 
-/// Creates the dummy, up. `Ok(false)` if it appeared concurrently.
-async fn create_dummy(handle: &Handle) -> Result<bool, NetError> {
-    match handle
-        .link()
-        .add(LinkDummy::new(VIPS_INTERFACE).up().build())
-        .execute()
-        .await
-    {
-        Ok(()) => Ok(true),
-        Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(false),
-        // No dummy driver in this kernel (CONFIG_DUMMY off): a bridge with no ports holds
-        // local addresses just as well.
-        Err(e) if errno_of(&e) == Some(libc::EOPNOTSUPP) => {
-            match handle
-                .link()
-                .add(rtnetlink::LinkBridge::new(VIPS_INTERFACE).up().build())
-                .execute()
-                .await
-            {
-                Ok(()) => Ok(true),
-                Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(false),
-                Err(e) => Err(netlink_error(
-                    "create",
-                    format!("interface {VIPS_INTERFACE} (no dummy driver; tried a bridge)"),
-                    e,
-                    "",
-                )),
-            }
-        }
-        Err(e) => Err(netlink_error(
+fn has_alias(link: &LinkMessage) -> bool {
+    link.attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::IfAlias(s) if s == VIPS_ALIAS))
+}
+
+/// Creates the interface, up: a dummy, or an ifb where the kernel has no dummy driver.
+/// `Ok(false)` if it appeared concurrently.
+async fn create_link(handle: &Handle) -> Result<bool, NetError> {
+    let dummy = LinkDummy::new(VIPS_INTERFACE)
+        .up()
+        .alias(VIPS_ALIAS)
+        .build();
+    let e = match handle.link().add(dummy).execute().await {
+        Ok(()) => return Ok(true),
+        Err(e) if errno_of(&e) == Some(libc::EEXIST) => return Ok(false),
+        Err(e) => e,
+    };
+    if errno_of(&e) != Some(libc::EOPNOTSUPP) {
+        return Err(netlink_error(
             "create",
             format!("dummy interface {VIPS_INTERFACE}"),
+            e,
+            "",
+        ));
+    }
+    tracing::info!(
+        interface = VIPS_INTERFACE,
+        "the kernel has no dummy driver (CONFIG_DUMMY); holding Service IPs on an ifb device"
+    );
+    let ifb = LinkIfb::new(VIPS_INTERFACE).up().alias(VIPS_ALIAS).build();
+    match handle.link().add(ifb).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(netlink_error(
+            "create",
+            format!("interface {VIPS_INTERFACE} (neither the dummy nor the ifb driver is available: EOPNOTSUPP for dummy)"),
             e,
             "",
         )),
@@ -278,6 +327,39 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
+    }
+
+    fn link(kind: Option<InfoKind>, alias: Option<&str>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        if let Some(k) = kind {
+            m.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)]));
+        }
+        if let Some(a) = alias {
+            m.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
+        m
+    }
+
+    #[test]
+    fn a_dummy_or_an_ifb_with_berths_alias_is_berths_and_anything_else_is_refused() {
+        assert_eq!(
+            vips_link(&link(Some(InfoKind::Dummy), None)).ok(),
+            Some((7, "dummy"))
+        );
+        assert_eq!(
+            vips_link(&link(Some(InfoKind::Ifb), Some(VIPS_ALIAS))).ok(),
+            Some((7, "ifb"))
+        );
+        for (kind, alias) in [
+            (Some(InfoKind::Ifb), None),
+            (Some(InfoKind::Bridge), Some(VIPS_ALIAS)),
+            (None, None),
+        ] {
+            let err = vips_link(&link(kind, alias)).expect_err("not Berth's");
+            assert!(matches!(err, NetError::NotDummy { .. }), "{err:?}");
+        }
     }
 
     #[test]
