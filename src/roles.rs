@@ -414,6 +414,15 @@ pub struct DevArgs {
     /// pushes to and pulls from 127.0.0.1 registries without configuration); "off" disables.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5000")]
     pub registry_listen: String,
+    /// Pod addresses (the node's pod CIDR is a /24 of it).
+    #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Service ClusterIPs.
+    #[arg(long, value_name = "CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Docker pods on their own addresses (`off`: on host ports).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub pod_network: String,
 }
 
 /// `berth dev`: a single-member API server (embedded sled, the store of the real thing), the
@@ -433,6 +442,14 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     server_args.listen = args.listen.clone();
     server_args.init = true;
     server_args.metrics_listen = Some(args.metrics_listen.clone());
+    server_args.cluster_cidr = args
+        .cluster_cidr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--cluster-cidr {}: {e}", args.cluster_cidr))?;
+    server_args.service_cidr = args
+        .service_cidr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
     let mut server = berth_apiserver::start(server_args)
         .await
         .with_context(|| format!("starting the API server on {}", args.listen))?;
@@ -490,6 +507,8 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
         runtime: args.runtime,
         cluster_registry: registry_addr,
         listen: Some("127.0.0.1:0".to_string()),
+        pod_network: args.pod_network.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
         ..berth_agent::AgentArgs::default()
     };
     let agent = berth_agent::start(agent_args, agent_token.clone())

@@ -114,16 +114,19 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
         .unwrap_or_else(|| panic!("pinned to a digest: {image}"));
     dev.remove_images
         .push(format!("127.0.0.1:{reg}/nginx@{digest}"));
-    let host_port = pods[0]["status"]["hostPorts"][0]["hostPort"]
-        .as_u64()
-        .expect("a host port for containerPort 80");
+    // On the pod network: the pod's own IP and its containerPort, no host port.
+    assert!(
+        pods[0]["status"]["hostPorts"].is_null(),
+        "no host port without hostPort: {}",
+        pods[0]["status"]
+    );
+    let pod_ip = pods[0]["status"]["podIP"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string();
+    assert!(pod_ip.starts_with("10.42."), "{pod_ip}");
     let body = wait_for("nginx answering", Duration::from_secs(20), || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", host_port as u16)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        body.contains("200").then_some(body)
+        get_page(&pod_ip, 80)
     });
     if !already_had_nginx {
         assert!(body.contains("Welcome to nginx!"), "{body}");
@@ -199,16 +202,11 @@ fn the_kubernetes_docs_nginx_deployment_and_a_berth_build_run_from_the_cluster_r
         }
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         (v["status"]["phase"] == "Running")
-            .then(|| v["status"]["hostPorts"][0]["hostPort"].as_u64())
+            .then(|| v["status"]["podIP"].as_str().map(str::to_string))
             .flatten()
     });
     let body = wait_for("the built page", Duration::from_secs(20), || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        body.contains("200").then_some(body)
+        get_page(&port, 8080)
     });
     assert!(body.contains("hello from berth build"), "{body}");
     drop(dev);
@@ -243,8 +241,8 @@ fn push_page(pushed: &str, page: &str) -> String {
     docker(&["image", "inspect", "-f", "{{.Id}}", pushed]).expect("image id")
 }
 
-fn get_page(port: u64) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
+fn get_page(ip: &str, port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect((ip, port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
     let mut body = String::new();
@@ -252,8 +250,8 @@ fn get_page(port: u64) -> Option<String> {
     body.contains("200").then_some(body)
 }
 
-/// The running, not terminating pods of `app`: (name, image, host port).
-fn running_pods(home: &std::path::Path, app: &str) -> Option<Vec<(String, String, u64)>> {
+/// The running, not terminating pods of `app`: (name, image, pod IP).
+fn running_pods(home: &std::path::Path, app: &str) -> Option<Vec<(String, String, String)>> {
     let (ok, out, _) = berth(
         home,
         &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
@@ -275,7 +273,10 @@ fn running_pods(home: &std::path::Path, app: &str) -> Option<Vec<(String, String
             Some((
                 p["metadata"]["name"].as_str()?.to_string(),
                 p["spec"]["containers"][0]["image"].as_str()?.to_string(),
-                p["status"]["hostPorts"][0]["hostPort"].as_u64()?,
+                p["status"]["podIP"]
+                    .as_str()
+                    .filter(|ip| !ip.is_empty())?
+                    .to_string(),
             ))
         })
         .collect()
@@ -315,7 +316,7 @@ fn a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_bring
     let pin_prefix = format!("{repo}:1@sha256:");
     assert!(first.starts_with(&pin_prefix), "pinned: {first}");
     let body = wait_for("version one", Duration::from_secs(20), || {
-        get_page(pods[0].2)
+        get_page(&pods[0].2, 80)
     });
     assert!(body.contains("version one"), "{body}");
 
@@ -329,7 +330,7 @@ fn a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_bring
     });
     for (name, image, port) in &pods {
         assert_eq!(image, &first, "{name} runs the revision's digest");
-        let body = wait_for("a page", Duration::from_secs(20), || get_page(*port));
+        let body = wait_for("a page", Duration::from_secs(20), || get_page(port, 80));
         assert!(body.contains("version one"), "{name}: {body}");
     }
 
@@ -344,7 +345,7 @@ fn a_deployment_runs_the_digest_its_tag_had_until_rollout_restart_and_undo_bring
     assert!(second.starts_with(&pin_prefix), "pinned: {second}");
     for (name, image, port) in &pods {
         assert_eq!(image, &second, "{name}");
-        let body = wait_for("a page", Duration::from_secs(20), || get_page(*port));
+        let body = wait_for("a page", Duration::from_secs(20), || get_page(port, 80));
         assert!(body.contains("version two"), "{name}: {body}");
     }
     let (ok, text, err) = berth(&home, &["describe", "deploy/pinweb"]);

@@ -137,7 +137,8 @@ impl Default for AgentArgs {
             restart_backoff_ms: 10_000,
             heartbeat_ms: 2_000,
             token: None,
-            pod_network: "on".to_string(),
+            // In-process agents (tests, embedders) leave the host's network alone unless asked.
+            pod_network: "off".to_string(),
             cluster_cidr: DEFAULT_CLUSTER_CIDR.to_string(),
             cluster_domain: "cluster.local".to_string(),
             pod_infra_image: None,

@@ -1467,6 +1467,21 @@ impl PodSync {
             else {
                 continue;
             };
+            // A pod on the pod network is probed at its own IP: wait until it is known.
+            let host = if self.handler_has_pod_network(pod) {
+                let ip = self
+                    .last_written
+                    .get(&pod.metadata.uid)
+                    .or(pod.status.as_ref())
+                    .map(|s| s.pod_ip.clone())
+                    .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address);
+                match ip {
+                    Some(ip) => Some(ip),
+                    None => continue,
+                }
+            } else {
+                None
+            };
             let cid = format!("{}://{}", c.runtime, c.id);
             let reported = pod.status.as_ref().and_then(|s| {
                 s.container_statuses
@@ -1478,6 +1493,7 @@ impl PodSync {
                 pod: pod_ref(pod),
                 container: spec.clone(),
                 ports: c.ports.clone(),
+                host,
                 was_started: reported.is_some_and(|cs| cs.started == Some(true)),
                 was_ready: reported.is_some_and(|cs| cs.ready),
             });

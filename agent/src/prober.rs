@@ -53,6 +53,9 @@ pub struct Probed {
     pub pod: PodRef,
     pub container: Container,
     pub ports: Vec<PortBinding>,
+    /// Where httpGet/tcpSocket probes connect by default: the pod's own IP on the pod
+    /// network (as the kubelet does), else the node itself (127.0.0.1 and the host port).
+    pub host: Option<String>,
     /// The pod status already reported this very container started / ready (adoption).
     pub was_started: bool,
     pub was_ready: bool,
@@ -189,12 +192,19 @@ pub fn resolve_port(c: &Container, ports: &[PortBinding], port: &IntOrString) ->
             .iter()
             .find(|b| b.container_port == container_port)
             .map(|b| b.host_port)
+            .filter(|p| *p != 0) // not published: reached at the pod's own address
             .unwrap_or(container_port),
     )
 }
 
 /// Build the check a probe runs; `Err` explains a probe that can never work.
-pub fn build_check(c: &Container, ports: &[PortBinding], p: &Probe) -> Result<Check, String> {
+pub fn build_check(
+    c: &Container,
+    ports: &[PortBinding],
+    host: Option<&str>,
+    p: &Probe,
+) -> Result<Check, String> {
+    let default_host = host.unwrap_or("127.0.0.1");
     if let Some(h) = &p.http_get {
         let port = resolve_port(c, ports, &h.port).ok_or_else(|| {
             format!(
@@ -208,7 +218,7 @@ pub fn build_check(c: &Container, ports: &[PortBinding], p: &Probe) -> Result<Ch
         }
         return Ok(Check::Http {
             target: ProbeTarget {
-                host: h.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
+                host: h.host.clone().unwrap_or_else(|| default_host.to_string()),
                 port,
             },
             path,
@@ -223,7 +233,7 @@ pub fn build_check(c: &Container, ports: &[PortBinding], p: &Probe) -> Result<Ch
         })?;
         return Ok(Check::Tcp {
             target: ProbeTarget {
-                host: t.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
+                host: t.host.clone().unwrap_or_else(|| default_host.to_string()),
                 port,
             },
         });
@@ -261,7 +271,7 @@ impl Worker {
             (ProbeKind::Readiness, &c.readiness_probe),
         ] {
             let Some(p) = p else { continue };
-            match build_check(&c, &self.target.ports, p) {
+            match build_check(&c, &self.target.ports, self.target.host.as_deref(), p) {
                 Ok(check) => {
                     let mut state = ProbeState::new(p, started);
                     let known_good = match kind {

@@ -827,8 +827,10 @@ pub async fn http_get(
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .ok_or_else(|| format!("no HTTP status from {addr}: {text:?}"))?;
+        // CGI scripts (busybox httpd) end their own headers with bare newlines.
         let body = text
             .split_once("\r\n\r\n")
+            .or_else(|| text.split_once("\n\n"))
             .map(|x| x.1)
             .unwrap_or("")
             .to_string();

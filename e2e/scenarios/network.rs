@@ -137,7 +137,10 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
             );
         }
     }
-    let api: Service = c.get_one("service", "api").expect("api service");
+    let api: Service = c
+        .get_one("service", "api")
+        .expect("api service")
+        .expect("api exists");
     let api_ip = api.spec.cluster_ip.clone().expect("api has a ClusterIP");
     assert!(api_ip.starts_with("10.43."), "{api_ip}");
 

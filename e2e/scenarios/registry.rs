@@ -248,8 +248,15 @@ fn images_built_outside_run_on_other_hosts_and_still_pull_after_the_pushing_serv
     // At the agent: host 3's engine holds other bytes under the signed tag (the v2 it pulled
     // re-tagged as v3). A pod naming the tag is admitted (the tag is signed), but the agent checks the
     // digest the node actually has and does not start it.
-    let other = c.docker_on(2, &["images", "-q"]).expect("host 3's images");
-    let other = other.lines().next().expect("host 3 holds v2").to_string();
+    let other = c
+        .docker_on(2, &["images", "--format", "{{.Repository}} {{.ID}}"])
+        .expect("host 3's images");
+    let other = other
+        .lines()
+        .filter(|l| l.contains("shop"))
+        .find_map(|l| l.split_whitespace().nth(1))
+        .expect("host 3 holds v2")
+        .to_string();
     c.docker_on(2, &["tag", &other, &v3])
         .expect("impostor tag on host 3");
     let impostor = c.write_file(

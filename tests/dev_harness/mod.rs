@@ -60,6 +60,8 @@ impl Drop for Dev {
                 let _ = docker(&["rm", "-f", id]);
             }
         }
+        // The node's pod network (berth dev leaves it for the next start).
+        let _ = docker(&["network", "rm", &format!("berth-{}", self.node)]);
         for image in &self.remove_images {
             let _ = docker(&["rmi", image]);
         }

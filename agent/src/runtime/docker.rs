@@ -343,14 +343,67 @@ impl DockerRuntime {
             labels: Some(labels),
             ..Default::default()
         };
-        self.docker.create_network(req).await.map_err(|e| {
-            RuntimeError::Other(format!(
-                "cannot make the pod network {name:?} (bridge {bridge}, {cidr}): {e}"
-            ))
-        })?;
+        if let Err(e) = self.docker.create_network(req.clone()).await {
+            // A network Berth left behind for this CIDR (another node name on this engine, a
+            // cluster that is gone): remove it if nothing uses it, and try once more.
+            if !self.remove_stale_networks(&cidr, &name).await? {
+                return Err(RuntimeError::Other(format!(
+                    "cannot make the pod network {name:?} (bridge {bridge}, {cidr}): {e}"
+                )));
+            }
+            self.docker.create_network(req).await.map_err(|e| {
+                RuntimeError::Other(format!(
+                    "cannot make the pod network {name:?} (bridge {bridge}, {cidr}): {e}"
+                ))
+            })?;
+        }
         tracing::info!(network = %name, %bridge, pod_cidr = %cidr, "pod network ready");
         *ensured = Some(cfg.pod_cidr);
         Ok((name, (*cfg).clone()))
+    }
+
+    /// Remove Berth's networks (other than `keep`) for `cidr` that no container uses; true if
+    /// any was removed. One in use is an error naming it.
+    async fn remove_stale_networks(&self, cidr: &str, keep: &str) -> Result<bool, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_NETWORK}={cidr}"),
+            ],
+        )]);
+        let list = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await?;
+        let mut removed = false;
+        for n in list {
+            let Some(other) = n.name else { continue };
+            if other == keep {
+                continue;
+            }
+            let full = self
+                .docker
+                .inspect_network(
+                    &other,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await?;
+            let users = full.containers.map(|c| c.len()).unwrap_or(0);
+            if users > 0 {
+                return Err(RuntimeError::Other(format!(
+                    "pod CIDR {cidr} is already the Docker network {other:?} of another Berth node on \
+                     this engine ({users} container(s)): agents sharing one engine need distinct pod \
+                     CIDRs (distinct clusters: distinct --cluster-cidr)"
+                )));
+            }
+            tracing::info!(network = %other, %cidr, "removing a pod network Berth left behind");
+            self.docker.remove_network(&other).await?;
+            removed = true;
+        }
+        Ok(removed)
     }
 
     /// The sandbox image in the engine: imported from the built-in root filesystem when it is
