@@ -13,10 +13,11 @@ use crate::harness::{wait_until, Cluster, Opts};
 
 /// One image for all three tiers: busybox's httpd with CGI scripts that call the next tier by
 /// name (`api`, `store`) through the cluster DNS.
+/// (No `wget -T`: busybox 1.35's static wget crashes with it.)
 const DOCKERFILE: &str = r#"FROM berth-busybox:1
 RUN ["/bin/busybox", "mkdir", "-p", "/bin", "/www/cgi-bin", "/store"]
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
-RUN ["/bin/sh", "-c", "printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -T 3 -O - http://api:8080/cgi-bin/api || echo web-failed\\n' > /www/cgi-bin/web && printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -T 3 -O - http://store:7000/data || echo api-failed\\n' > /www/cgi-bin/api && echo store-ok > /store/data && chmod +x /www/cgi-bin/web /www/cgi-bin/api"]
+RUN ["/bin/sh", "-c", "printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -O - http://api:8080/cgi-bin/api || echo web-failed\\n' > /www/cgi-bin/web && printf '#!/bin/sh\\necho Content-type: text/plain\\necho\\nwget -q -O - http://store:7000/data || echo api-failed\\n' > /www/cgi-bin/api && echo store-ok > /store/data && chmod +x /www/cgi-bin/web /www/cgi-bin/api"]
 "#;
 
 fn manifests(image: &str) -> String {
@@ -144,6 +145,41 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
     let api_ip = api.spec.cluster_ip.clone().expect("api has a ClusterIP");
     assert!(api_ip.starts_with("10.43."), "{api_ip}");
 
+    // What a pod sees (printed, for when a call fails).
+    for host in 0..3 {
+        let names = c
+            .docker_on(host, &["ps", "--format", "{{.Names}}"])
+            .unwrap_or_default();
+        if let Some(web) = names
+            .lines()
+            .find(|n| n.contains("_web-") && !n.contains("_POD_"))
+        {
+            for cmd in [
+                "cat /etc/resolv.conf; nslookup api.default.svc.cluster.local. 2>&1; echo rc=$?",
+                "nslookup store.default.svc.cluster.local. 2>&1; echo rc=$?",
+                "wget -O - http://api:8080/cgi-bin/api 2>&1; echo rc=$?",
+                "wget -O - http://store:7000/data 2>&1; echo rc=$?",
+            ] {
+                let args = vec!["exec", web, "sh", "-c", cmd];
+                eprintln!(
+                    "host {} {web}: {cmd:?}: {:?}",
+                    host + 1,
+                    c.docker_on(host, &args)
+                );
+            }
+            eprintln!(
+                "host {} routes: {:?}",
+                host + 1,
+                c.sh_on(host, &["ip", "route"])
+            );
+            eprintln!(
+                "host {} addrs: {:?}",
+                host + 1,
+                c.sh_on(host, &["ip", "-4", "-o", "addr"])
+            );
+        }
+    }
+
     // Steady state: through every host's nodePort, web -> api (ClusterIP by name) -> store
     // (headless, by name) succeeds every time.
     wait_until("the first call through", limit, || call(&c, 0));
@@ -184,7 +220,14 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
     calls_succeed(&c, &[0, 1], 20, "after node 3 was lost");
 
     // Kill the leader server: the agents keep their routes and DNS answers; calls succeed.
-    let leader = c.leader();
+    // Node 3 comes back (its server rejoins, so two servers are left after the kill).
+    c.heal(2);
+    let leader = wait_until(
+        "one leader among the three servers",
+        Duration::from_secs(30),
+        || c.agreed_leader(&[0, 1, 2]),
+    )
+    .0;
     c.kill9_server(leader);
     let via: Vec<usize> = (0..2).collect();
     calls_succeed(&c, &via, 20, "right after the leader was killed");
