@@ -744,6 +744,7 @@ async fn server_answers_cluster_names_forwards_the_rest_and_sees_new_state_at_on
         domain: "cluster.local".into(),
         upstreams: vec![dead, upstream],
         ttl: 5,
+        threads: 0,
     };
     let (handle, bound) = serve(vec!["127.0.0.1:0".parse().unwrap()], cfg, stop.clone())
         .await
@@ -871,8 +872,10 @@ async fn outside_names_without_upstreams_are_refused_and_failing_upstreams_servf
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap()
     };
+    // On threads of its own this time.
     let cfg = DnsConfig {
         upstreams: vec![dead],
+        threads: 2,
         ..DnsConfig::default()
     };
     let (_h, bound) = serve(vec!["127.0.0.1:0".parse().unwrap()], cfg, stop.clone())

@@ -77,7 +77,12 @@ struct Args {
     /// Seconds per latency run.
     #[arg(long, default_value_t = 5)]
     latency_duration: u64,
-    /// Worker threads of Berth's DNS runtime (0: a current-thread runtime).
+    /// Berth's DnsConfig::threads: threads of its own, each a current-thread runtime with its
+    /// own UDP socket (0: on the harness's runtime of --workers).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Worker threads of the runtime Berth's server is started on (used for serving only
+    /// with --threads 0; 0: a current-thread runtime).
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// unbound's num-threads.
@@ -291,6 +296,7 @@ fn unbound_config(dir: &Path, listen: SocketAddr, threads: usize, f: &Fixture) -
 fn start_berth(
     listen: SocketAddr,
     workers: usize,
+    threads: usize,
     f: &Fixture,
 ) -> Result<(SocketAddr, Duration, RuntimeThread)> {
     let flavor = match workers {
@@ -303,6 +309,7 @@ fn start_berth(
             domain: DOMAIN.into(),
             upstreams: Vec::new(),
             ttl: 5,
+            threads,
         };
         match dns::serve(vec![listen], cfg, stop.clone()).await {
             Ok((h, bound)) => {
@@ -611,7 +618,7 @@ fn main() -> ExitCode {
 }
 
 fn serve_only(args: &Args, listen: SocketAddr, f: &Fixture) -> Result<ExitCode> {
-    let (addr, took, _rt) = start_berth(listen, args.workers, f)?;
+    let (addr, took, _rt) = start_berth(listen, args.workers, args.threads, f)?;
     println!(
         "Berth DNS on {addr} (UDP+TCP): {} ClusterIP + {} headless Services loaded in {}; \
          try: dig @{} -p {} svc-0.ns-0.svc.{DOMAIN}",
@@ -661,8 +668,12 @@ fn run(args: &Args) -> Result<ExitCode> {
     let queries = dir.path().join("queries.txt");
     std::fs::write(&queries, query_file(&f, 20_000))?;
 
-    let (berth_addr, set_state, _berth_rt) =
-        start_berth(SocketAddr::new(LOCALHOST, 0), args.workers, &f)?;
+    let (berth_addr, set_state, _berth_rt) = start_berth(
+        SocketAddr::new(LOCALHOST, 0),
+        args.workers,
+        args.threads,
+        &f,
+    )?;
     let mut _unbound_guard = None;
     let unbound_addr = match (&unbound, want("unbound")) {
         (Some(u), true) => {
@@ -687,9 +698,10 @@ fn run(args: &Args) -> Result<ExitCode> {
     }
     let checked = check_same_answers(&targets, &f)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let berth_rt = match args.workers {
-        0 => "current-thread runtime".to_string(),
-        n => format!("{n}-worker runtime"),
+    let berth_rt = match (args.threads, args.workers) {
+        (0, 0) => "on a current-thread runtime".to_string(),
+        (0, n) => format!("on a {n}-worker runtime"),
+        (t, _) => format!("{t} threads of its own (current-thread runtimes)"),
     };
     println!(
         "fixture: {} ClusterIP + {} headless Services x {} endpoints ({} names); both servers agree on {checked} sampled names",
