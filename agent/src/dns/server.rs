@@ -269,7 +269,7 @@ impl Handler {
         };
         let q = info.query;
         request.metadata.op_code == OpCode::Query
-            && !request.edns.as_ref().is_some_and(|e| e.version() > 0)
+            && request.edns.as_ref().is_none_or(|e| e.version() == 0)
             && snapshot.is_forwarded(q.name(), q.query_type(), q.query_class())
     }
 
