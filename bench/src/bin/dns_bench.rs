@@ -586,6 +586,14 @@ impl Dnsperf<'_> {
 // ---------------------------------------------------------------------------------------------
 // The run
 
+/// Every measured run of one target.
+#[derive(Debug, Default)]
+struct Runs {
+    throughput: Vec<Throughput>,
+    latency: Vec<Latency>,
+    errors: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Row {
     throughput: Option<Throughput>,
@@ -736,10 +744,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         queries: &queries,
         args,
     };
-    let mut rows: Vec<(&str, Vec<Throughput>, Vec<Latency>, Vec<String>)> = targets
-        .iter()
-        .map(|(n, _)| (*n, Vec::new(), Vec::new(), Vec::new()))
-        .collect();
+    let mut rows: Vec<Runs> = targets.iter().map(|_| Runs::default()).collect();
     for round in 1..=args.rounds {
         for (i, (name, addr)) in targets.iter().enumerate() {
             if args.warmup > 0 {
@@ -763,9 +768,9 @@ fn run(args: &Args) -> Result<ExitCode> {
                             t.rcodes
                         );
                     }
-                    rows[i].1.push(t);
+                    rows[i].throughput.push(t);
                 }
-                Err(e) => rows[i].3.push(format!("{e:#}")),
+                Err(e) => rows[i].errors.push(format!("{e:#}")),
             }
             if args.latency_qps > 0 {
                 match perf.latency(*addr) {
@@ -781,9 +786,9 @@ fn run(args: &Args) -> Result<ExitCode> {
                                 l.lost
                             );
                         }
-                        rows[i].2.push(l);
+                        rows[i].latency.push(l);
                     }
-                    Err(e) => rows[i].3.push(format!("{e:#}")),
+                    Err(e) => rows[i].errors.push(format!("{e:#}")),
                 }
             }
         }
@@ -791,7 +796,13 @@ fn run(args: &Args) -> Result<ExitCode> {
 
     let table: Vec<(&str, Row, Vec<String>)> = rows
         .into_iter()
-        .map(|(name, t, l, errs)| {
+        .zip(&targets)
+        .map(|(runs, &(name, _))| {
+            let Runs {
+                throughput: t,
+                latency: l,
+                errors: errs,
+            } = runs;
             let row = Row {
                 throughput: median_by(&t, |t| t.qps).map(|mut m| {
                     // The median run's qps with the median CPU/query over all runs.
