@@ -677,12 +677,34 @@ async fn fake_upstream(stop: tokio_util::sync::CancellationToken) -> SocketAddr 
     at
 }
 
-/// One query over UDP with a raw client, to look at flags and sections.
+/// One query over UDP with a raw client (no EDNS), to look at flags and sections.
 async fn raw_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let mut m = Message::query();
     m.metadata.id = rand::random();
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    raw_exchange(server, &m).await
+}
+
+/// One A query over TCP.
+async fn tcp_query(server: SocketAddr, name: &str) -> Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut q = Message::query();
+    q.metadata.id = 7;
+    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let q = q.to_vec().unwrap();
+    let mut c = tokio::net::TcpStream::connect(server).await.unwrap();
+    c.write_u16(q.len() as u16).await.unwrap();
+    c.write_all(&q).await.unwrap();
+    let n = c.read_u16().await.unwrap();
+    let mut buf = vec![0u8; usize::from(n)];
+    c.read_exact(&mut buf).await.unwrap();
+    let m = Message::from_vec(&buf).unwrap();
+    assert_eq!(m.metadata.id, 7);
+    m
+}
+
+async fn raw_exchange(server: SocketAddr, m: &Message) -> Message {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(&m.to_vec().unwrap(), server).await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -795,6 +817,49 @@ async fn server_answers_cluster_names_forwards_the_rest_and_sees_new_state_at_on
     assert_eq!(big.answers.len(), 3, "{big:?}");
     assert!(!big.metadata.truncation);
 
+    // A cluster answer too big for 512 bytes (no EDNS) is truncated over UDP, whole over TCP.
+    let mut big_services = services.clone();
+    let mut big_eps = eps.clone();
+    let many: Vec<String> = (1..=60).map(|i| format!("10.9.0.{i}")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    big_services.push(service("default", "wide", "None", vec![port("p", 1, None)]));
+    big_eps.push(endpoints("default", "wide", &many_refs, &[], &[("p", 1)]));
+    handle.set_state(&big_services, &big_eps);
+    let udp = raw_query(server, "wide.default.svc.cluster.local.", RecordType::A).await;
+    assert!(udp.metadata.truncation);
+    assert!(udp.answers.len() < 60);
+    assert_eq!(
+        tcp_query(server, "wide.default.svc.cluster.local.")
+            .await
+            .answers
+            .len(),
+        60
+    );
+    // Two questions: FORMERR; not a query: NOTIMP.
+    let mut two = Message::query();
+    two.metadata.id = 99;
+    for n in [
+        "db.default.svc.cluster.local.",
+        "web.default.svc.cluster.local.",
+    ] {
+        two.add_query(Query::query(Name::from_ascii(n).unwrap(), RecordType::A));
+    }
+    assert_eq!(
+        raw_exchange(server, &two).await.metadata.response_code,
+        ResponseCode::FormErr
+    );
+    let mut notify = Message::query();
+    notify.metadata.id = 100;
+    notify.metadata.op_code = OpCode::Notify;
+    notify.add_query(Query::query(
+        Name::from_ascii("cluster.local.").unwrap(),
+        RecordType::SOA,
+    ));
+    assert_eq!(
+        raw_exchange(server, &notify).await.metadata.response_code,
+        ResponseCode::NotImp
+    );
+
     // Garbage does not stop the server.
     let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for bytes in [
@@ -821,26 +886,10 @@ async fn server_answers_cluster_names_forwards_the_rest_and_sees_new_state_at_on
     assert_eq!(gone.metadata.response_code, ResponseCode::NXDomain);
 
     // TCP serves the same names.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        handle.set_state(&services, &eps);
-        let mut q = Message::query();
-        q.metadata.id = 7;
-        q.add_query(Query::query(
-            Name::from_ascii("db.default.svc.cluster.local.").unwrap(),
-            RecordType::A,
-        ));
-        let q = q.to_vec().unwrap();
-        let mut c = tokio::net::TcpStream::connect(server).await.unwrap();
-        c.write_u16(q.len() as u16).await.unwrap();
-        c.write_all(&q).await.unwrap();
-        let n = c.read_u16().await.unwrap();
-        let mut buf = vec![0u8; usize::from(n)];
-        c.read_exact(&mut buf).await.unwrap();
-        let m = Message::from_vec(&buf).unwrap();
-        assert_eq!(m.answers.len(), 2);
-        assert!(m.metadata.authoritative);
-    }
+    handle.set_state(&services, &eps);
+    let m = tcp_query(server, "db.default.svc.cluster.local.").await;
+    assert_eq!(m.answers.len(), 2);
+    assert!(m.metadata.authoritative);
 
     // Queries are counted.
     let text = berth_metrics::text::render(&[handle.registry()]);
