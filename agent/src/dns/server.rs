@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -94,6 +94,9 @@ impl DnsMetrics {
 struct Shared {
     zone: Zone,
     state: ArcSwap<Snapshot>,
+    /// Serializes writers (so a slower, older set_state cannot store after a newer one);
+    /// readers never take it.
+    writer: Mutex<()>,
     serial: AtomicU32,
     metrics: DnsMetrics,
 }
@@ -125,6 +128,7 @@ impl DnsHandle {
             shared: Arc::new(Shared {
                 zone,
                 state: ArcSwap::from_pointee(snapshot),
+                writer: Mutex::new(()),
                 serial: AtomicU32::new(start),
                 metrics: DnsMetrics::new(),
             }),
@@ -134,6 +138,7 @@ impl DnsHandle {
     /// Replace every cluster name with those of these caches (whole state, not a delta);
     /// queries that start after this returns see the new names.
     pub fn set_state(&self, services: &[Service], endpoints: &[Endpoints]) {
+        let _writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         let serial = self
             .shared
             .serial
