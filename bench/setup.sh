@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the anchors proxy-bench compares against (Debian packages): wrk, HAProxy, nginx.
+# Installs the anchors the benches compare against (Debian packages): wrk, HAProxy, nginx
+# (proxy-bench); dnsperf, unbound (dns-bench).
 set -euo pipefail
 missing=()
-for tool in wrk haproxy nginx; do
+for tool in wrk haproxy nginx dnsperf unbound; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then

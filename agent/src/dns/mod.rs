@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! Service/Endpoints caches --set_state--> Zone::snapshot --ArcSwap::store--> Snapshot
-//! UDP/TCP query --hickory Server--> Handler: snapshot.load().resolve(name, type)
+//! UDP query --udp_loop--+
+//! TCP query --hickory Server--+--> Handler: snapshot.load().resolve(name, type)
 //!     -> Answer (AA, borrowed records) | Forward -> Forwarder (UDP, TCP on TC) -> reply
 //! ```
 //!
@@ -20,10 +21,15 @@
 //! starts after `set_state` returns. Nothing expires a snapshot: when the caches stop
 //! changing (API server unreachable) the last one keeps being served.
 //!
-//! The transport is hickory-server's `Server`, with one SO_REUSEPORT UDP socket per core
-//! (each a receive loop on the runtime, so queries spread over the workers) and a TCP
-//! listener on the same port. hickory-server logs every request at `info` under the
-//! `hickory_server` target: a binary that logs at info should set `hickory_server=warn`.
+//! Transport: one SO_REUSEPORT UDP socket per receive loop (the kernel spreads clients over
+//! them), each loop parsing with hickory-server's `Request` and answering cluster names inline
+//! through the same `RequestHandler` code, encoded by hickory (`MessageResponse`), sent with
+//! `try_send_to`; a forwarded query gets a task (at most 1024 in flight per loop). TCP, on the
+//! same port, is hickory-server's `Server`. Where the loops run is [`DnsConfig::threads`]:
+//! on the caller's runtime, or on threads of their own with a current-thread runtime each
+//! (cheapest per query; see `dns-bench` in bench/README.md). hickory-server logs every TCP
+//! request at `info` under the `hickory_server` target: a binary that logs at info should set
+//! `hickory_server=warn`.
 
 pub mod forward;
 pub mod resolv;
@@ -48,6 +54,11 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// TTL of every cluster record, and the negative-caching TTL (SOA minimum).
     pub ttl: u32,
+    /// Threads of the server's own, each a current-thread tokio runtime with one
+    /// SO_REUSEPORT UDP socket per address (thread 0 also serves TCP): no cross-thread
+    /// wake-up per query, the cheapest per query (see bench/README.md, dns-bench). 0: serve
+    /// on the caller's runtime instead, one UDP socket per core (at most 4).
+    pub threads: usize,
 }
 
 impl Default for DnsConfig {
@@ -56,6 +67,7 @@ impl Default for DnsConfig {
             domain: "cluster.local".into(),
             upstreams: Vec::new(),
             ttl: 5,
+            threads: 0,
         }
     }
 }
@@ -66,6 +78,8 @@ pub enum DnsError {
     InvalidDomain { domain: String, reason: String },
     #[error("no address to listen on")]
     NoListenAddress,
+    #[error("starting a DNS server thread")]
+    Thread(#[source] std::io::Error),
     #[error("binding DNS {proto} on {addr}")]
     Bind {
         proto: &'static str,

@@ -3,19 +3,24 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use berth_metrics::{Counter, Registry};
 use berth_proto::types::{Endpoints, Service};
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use futures::FutureExt;
+use hickory_proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::Record;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol as NetProtocol;
+use hickory_server::net::NetError;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::Forwarder;
@@ -89,6 +94,9 @@ impl DnsMetrics {
 struct Shared {
     zone: Zone,
     state: ArcSwap<Snapshot>,
+    /// Serializes writers (so a slower, older set_state cannot store after a newer one);
+    /// readers never take it.
+    writer: Mutex<()>,
     serial: AtomicU32,
     metrics: DnsMetrics,
 }
@@ -120,6 +128,7 @@ impl DnsHandle {
             shared: Arc::new(Shared {
                 zone,
                 state: ArcSwap::from_pointee(snapshot),
+                writer: Mutex::new(()),
                 serial: AtomicU32::new(start),
                 metrics: DnsMetrics::new(),
             }),
@@ -129,6 +138,7 @@ impl DnsHandle {
     /// Replace every cluster name with those of these caches (whole state, not a delta);
     /// queries that start after this returns see the new names.
     pub fn set_state(&self, services: &[Service], endpoints: &[Endpoints]) {
+        let _writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
         let serial = self
             .shared
             .serial
@@ -149,6 +159,7 @@ impl DnsHandle {
     }
 }
 
+#[derive(Clone)]
 struct Handler {
     shared: Arc<Shared>,
     forwarder: Forwarder,
@@ -240,9 +251,39 @@ impl Handler {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
+    /// The TCP path (hickory's `Server`); UDP has its own loop, [`udp_loop`].
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        // An owned Arc (not a guard) because the reply is sent across an await.
+        let snapshot = self.shared.state.load_full();
+        self.respond(request, &snapshot, response).await
+    }
+}
+
+impl Handler {
+    /// Whether answering `request` from `snapshot` needs an upstream (so may take seconds).
+    fn needs_upstream(&self, request: &Request, snapshot: &Snapshot) -> bool {
+        if self.forwarder.is_empty() {
+            return false; // REFUSED at once
+        }
+        let Ok(info) = request.request_info() else {
+            return false;
+        };
+        let q = info.query;
+        request.metadata.op_code == OpCode::Query
+            && request.edns.as_ref().is_none_or(|e| e.version() == 0)
+            && snapshot.is_forwarded(q.name(), q.query_type(), q.query_class())
+    }
+
+    /// Answer `request` from `snapshot` or the upstreams. Without upstream work nothing in
+    /// here waits (the UDP loop relies on that to answer inline).
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        snapshot: &Snapshot,
         mut response: R,
     ) -> ResponseInfo {
         // EDNS as hickory's Catalog does it: answer with OPT when asked with it, our payload
@@ -288,8 +329,6 @@ impl RequestHandler for Handler {
                 .await;
         };
         let q = info.query;
-        // An owned Arc (not a guard) because the reply is sent across an await.
-        let snapshot = self.shared.state.load_full();
         let answer = match snapshot.resolve(q.name(), q.query_type(), q.query_class()) {
             Resolution::Forward => return self.forward(request, edns.as_ref(), response).await,
             Resolution::Answer(a) => a,
@@ -316,6 +355,151 @@ impl RequestHandler for Handler {
     }
 }
 
+/// Replies over UDP straight from the loop's socket (`try_send_to`: never waits; a reply
+/// that does not fit the socket buffer is dropped, and the client asks again).
+#[derive(Clone)]
+struct UdpReply {
+    socket: Arc<tokio::net::UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpReply {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // As hickory's own encoding: the client's EDNS payload size, or RFC 1035's 512;
+        // records past it are left out and TC set.
+        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
+        let id = response.metadata().id;
+        let mut buf = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "DNS: encoding a reply failed; answering SERVFAIL");
+                buf.clear();
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                header.emit(&mut BinEncoder::new(&mut buf))?;
+                ResponseInfo::from(header)
+            }
+        };
+        if let Err(error) = self.socket.try_send_to(&buf, self.dst) {
+            tracing::debug!(%error, dst = %self.dst, "DNS: reply dropped");
+        }
+        Ok(info)
+    }
+}
+
+/// Forwarded queries in flight per UDP loop; past this, outside names get SERVFAIL at once
+/// (a slow upstream must not pile up unbounded tasks).
+const MAX_FORWARDS_IN_FLIGHT: usize = 1024;
+
+/// FORMERR for a datagram whose header parses but whose body does not (as hickory's server).
+fn formerr(datagram: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = BinDecoder::new(datagram);
+    let header = Header::read(&mut decoder).ok()?;
+    if header.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = ResponseCode::FormErr;
+    let mut buf = Vec::with_capacity(12);
+    Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    }
+    .emit(&mut BinEncoder::new(&mut buf))
+    .ok()?;
+    Some(buf)
+}
+
+/// One UDP socket's receive loop. Cluster names are answered inline, in the loop (no task,
+/// no channel, no wake-up of another thread per query: the bulk of hickory `Server`'s UDP
+/// cost in dns-bench); queries for the upstreams get a task each, bounded.
+async fn udp_loop(socket: tokio::net::UdpSocket, handler: Handler, shutdown: CancellationToken) {
+    let socket = Arc::new(socket);
+    let mut forwards: JoinSet<()> = JoinSet::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, src) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(error) => {
+                    // ICMP errors for earlier replies and the like: the socket is fine.
+                    tracing::debug!(%error, "DNS: UDP receive");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        while forwards.try_join_next().is_some() {}
+        if src.port() == 0 {
+            continue;
+        }
+        let datagram = &buf[..n];
+        let request = match Request::from_bytes(datagram.to_vec(), src, NetProtocol::Udp) {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(reply) = formerr(datagram) {
+                    let _ = socket.try_send_to(&reply, src);
+                }
+                continue;
+            }
+        };
+        if request.metadata.message_type != MessageType::Query {
+            continue; // never answer responses (reflection)
+        }
+        let reply = UdpReply {
+            socket: socket.clone(),
+            dst: src,
+        };
+        let snapshot = handler.shared.state.load_full();
+        if !handler.needs_upstream(&request, &snapshot) {
+            // Completes in its first poll: nothing in this path waits.
+            if handler
+                .respond(&request, &snapshot, reply)
+                .now_or_never()
+                .is_none()
+            {
+                tracing::warn!("DNS: a cluster answer did not complete at once; dropped");
+            }
+            continue;
+        }
+        if forwards.len() >= MAX_FORWARDS_IN_FLIGHT {
+            let edns = request.edns.as_ref().map(|_| Edns::new());
+            let _ = handler
+                .error(
+                    &request,
+                    edns.as_ref(),
+                    ResponseCode::ServFail,
+                    Source::Upstream,
+                    reply,
+                )
+                .now_or_never();
+            continue;
+        }
+        let handler = handler.clone();
+        forwards.spawn(async move {
+            handler.respond(&request, &snapshot, reply).await;
+        });
+    }
+}
+
 fn bind_error(proto: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> DnsError {
     move |source| DnsError::Bind {
         proto,
@@ -333,29 +517,31 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> std::io::Result<Socket
     Ok(s)
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = socket(addr, Type::DGRAM, Protocol::UDP)?;
     // Several sockets on one port, the kernel spreading clients over them by address hash.
     s.set_reuse_port(true)?;
     // Room for a burst while the loop is busy (capped by net.core.rmem_max; best effort).
     let _ = s.set_recv_buffer_size(1 << 20);
     s.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = socket(addr, Type::STREAM, Protocol::TCP)?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
-    tokio::net::TcpListener::from_std(s.into())
+    Ok(s.into())
 }
 
-type Bound = (
-    Vec<tokio::net::UdpSocket>,
-    tokio::net::TcpListener,
-    SocketAddr,
-);
+/// One listen address bound: its UDP sockets (one per receive loop), its TCP listener and
+/// the address they share. Std sockets: each is registered with the runtime that serves it.
+struct Bound {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: std::net::TcpListener,
+    addr: SocketAddr,
+}
 
 /// `sockets` UDP sockets and a TCP listener on one port: the given one, or for port 0 one
 /// free for both protocols (a few tries: the UDP port may be taken for TCP).
@@ -374,8 +560,55 @@ fn bind_one(addr: SocketAddr, sockets: usize) -> Result<Bound, DnsError> {
         for _ in 1..sockets {
             udp.push(udp_socket(bound).map_err(bind_error("UDP", bound))?);
         }
-        return Ok((udp, tcp, bound));
+        return Ok(Bound {
+            udp,
+            tcp,
+            addr: bound,
+        });
     }
+}
+
+/// The UDP loops over `udp` and a hickory `Server` over `tcp`, on the current runtime, until
+/// `shutdown`.
+async fn run_server(
+    handler: Handler,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    shutdown: CancellationToken,
+) {
+    let mut loops = JoinSet::new();
+    for s in udp {
+        match tokio::net::UdpSocket::from_std(s) {
+            Ok(s) => {
+                loops.spawn(udp_loop(s, handler.clone(), shutdown.clone()));
+            }
+            Err(error) => tracing::error!(%error, "cluster DNS: registering a UDP socket"),
+        }
+    }
+    if tcp.is_empty() {
+        while loops.join_next().await.is_some() {}
+        return;
+    }
+    let mut server = Server::new(handler);
+    for l in tcp {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => server.register_listener(l, TCP_IDLE, 64),
+            Err(error) => tracing::error!(%error, "cluster DNS: registering a TCP listener"),
+        }
+    }
+    let stopped = tokio::select! {
+        _ = shutdown.cancelled() => true,
+        r = server.block_until_done() => {
+            if let Err(error) = r {
+                tracing::error!(%error, "cluster DNS stopped");
+            }
+            false
+        }
+    };
+    if stopped {
+        let _ = server.shutdown_gracefully().await;
+    }
+    while loops.join_next().await.is_some() {}
 }
 
 /// An upstream that is this server itself would loop every outside query back to us.
@@ -395,7 +628,9 @@ fn is_self(upstream: &SocketAddr, bound: &[SocketAddr]) -> bool {
 /// Bind UDP and TCP on each of `listen` (port 0: a free port, the same for both) and serve
 /// until `shutdown` is cancelled. Returns the handle to publish state with (the zone is empty
 /// until the first [`DnsHandle::set_state`]) and the bound addresses, in `listen`'s order,
-/// each serving UDP and TCP. Runs on the current tokio runtime.
+/// each serving UDP and TCP. With [`DnsConfig::threads`] 0 it runs on the current tokio
+/// runtime (one UDP receive loop per core, at most 4); otherwise on that many threads of its
+/// own, each a current-thread runtime with its own UDP socket per address.
 pub async fn serve(
     listen: Vec<SocketAddr>,
     cfg: DnsConfig,
@@ -405,23 +640,22 @@ pub async fn serve(
     if listen.is_empty() {
         return Err(DnsError::NoListenAddress);
     }
-    let sockets = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, MAX_UDP_SOCKETS);
+    let loops = match cfg.threads {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_UDP_SOCKETS),
+        n => n,
+    };
     let mut bound = Vec::new();
-    let mut udp = Vec::new();
-    let mut tcp = Vec::new();
     for addr in listen {
-        let (u, t, a) = bind_one(addr, sockets)?;
-        udp.extend(u);
-        tcp.push(t);
-        bound.push(a);
+        bound.push(bind_one(addr, loops)?);
     }
+    let addrs: Vec<SocketAddr> = bound.iter().map(|b| b.addr).collect();
     let upstreams: Vec<SocketAddr> = cfg
         .upstreams
         .into_iter()
         .filter(|u| {
-            let me = is_self(u, &bound);
+            let me = is_self(u, &addrs);
             if me {
                 tracing::warn!(upstream = %u, "DNS: not forwarding to ourselves");
             }
@@ -433,30 +667,37 @@ pub async fn serve(
         shared: handle.shared.clone(),
         forwarder: Forwarder::new(upstreams, UPSTREAM_TIMEOUT),
     };
-    let mut server = Server::new(handler);
-    for s in udp {
-        server.register_socket(s);
-    }
-    for l in tcp {
-        server.register_listener(l, TCP_IDLE, 64);
-    }
-    tracing::info!(listen = ?bound, domain = %handle.shared.zone.domain(), "cluster DNS serving");
-    // The server's own tasks live in its JoinSet; this one only ties them to `shutdown`.
-    tokio::spawn(async move {
-        let stopped = tokio::select! {
-            _ = shutdown.cancelled() => true,
-            r = server.block_until_done() => {
-                if let Err(error) = r {
-                    tracing::error!(%error, "cluster DNS stopped");
-                }
-                false
-            }
-        };
-        if stopped {
-            let _ = server.shutdown_gracefully().await;
+    // Loop i gets the i-th UDP socket of every address; loop 0 also the TCP listeners.
+    let mut per_loop: Vec<(Vec<std::net::UdpSocket>, Vec<std::net::TcpListener>)> =
+        (0..loops).map(|_| (Vec::new(), Vec::new())).collect();
+    for b in bound {
+        for (i, s) in b.udp.into_iter().enumerate() {
+            per_loop[i % loops].0.push(s);
         }
-    });
-    Ok((handle, bound))
+        per_loop[0].1.push(b.tcp);
+    }
+    if cfg.threads == 0 {
+        let (udp, tcp): (Vec<_>, Vec<_>) = per_loop.into_iter().unzip();
+        let udp = udp.into_iter().flatten().collect();
+        let tcp = tcp.into_iter().flatten().collect();
+        // The server's own tasks live in its JoinSet; this one only ties them to `shutdown`.
+        tokio::spawn(run_server(handler, udp, tcp, shutdown));
+    } else {
+        for (i, (udp, tcp)) in per_loop.into_iter().enumerate() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(DnsError::Thread)?;
+            let (handler, shutdown) = (handler.clone(), shutdown.clone());
+            // Ended by `shutdown` (the loop returns, the thread exits).
+            std::thread::Builder::new()
+                .name(format!("berth-dns-{i}"))
+                .spawn(move || rt.block_on(run_server(handler, udp, tcp, shutdown)))
+                .map_err(DnsError::Thread)?;
+        }
+    }
+    tracing::info!(listen = ?addrs, domain = %handle.shared.zone.domain(), threads = cfg.threads, "cluster DNS serving");
+    Ok((handle, addrs))
 }
 
 #[cfg(test)]

@@ -436,17 +436,15 @@ impl Snapshot {
     /// [`LowerName`] is already lowercase, and so are the snapshot's keys).
     pub fn resolve(&self, name: &LowerName, qtype: RecordType, qclass: DNSClass) -> Resolution<'_> {
         if !self.zone.apex.zone_of(name) {
-            if qtype == RecordType::PTR && matches!(qclass, DNSClass::IN | DNSClass::ANY) {
-                if let Some(ptr) = self.reverse.get(name) {
-                    return Resolution::Answer(Answer {
-                        rcode: ResponseCode::NoError,
-                        answers: Cow::Borrowed(ptr),
-                        additionals: &[],
-                        soa: None,
-                    });
-                }
-            }
-            return Resolution::Forward;
+            return match self.reverse_ptr(name, qtype, qclass) {
+                Some(ptr) => Resolution::Answer(Answer {
+                    rcode: ResponseCode::NoError,
+                    answers: Cow::Borrowed(ptr),
+                    additionals: &[],
+                    soa: None,
+                }),
+                None => Resolution::Forward,
+            };
         }
         if !matches!(qclass, DNSClass::IN | DNSClass::ANY) {
             return Resolution::Answer(Answer {
@@ -508,6 +506,25 @@ impl Snapshot {
                     soa: None,
                 })
             }
+        }
+    }
+
+    /// Whether [`Snapshot::resolve`] would say [`Resolution::Forward`] (cheaper: no answer is
+    /// built).
+    pub fn is_forwarded(&self, name: &LowerName, qtype: RecordType, qclass: DNSClass) -> bool {
+        !self.zone.apex.zone_of(name) && self.reverse_ptr(name, qtype, qclass).is_none()
+    }
+
+    fn reverse_ptr(
+        &self,
+        name: &LowerName,
+        qtype: RecordType,
+        qclass: DNSClass,
+    ) -> Option<&[Record]> {
+        if qtype == RecordType::PTR && matches!(qclass, DNSClass::IN | DNSClass::ANY) {
+            self.reverse.get(name).map(Vec::as_slice)
+        } else {
+            None
         }
     }
 
