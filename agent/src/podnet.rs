@@ -81,11 +81,7 @@ impl NetConfig {
     /// cluster DNS with Kubernetes' search path, so `redis-leader`, `redis-leader.default` and
     /// the full name all resolve.
     pub fn resolv_conf(&self, namespace: &str) -> String {
-        let d = &self.domain;
-        format!(
-            "nameserver {}\nsearch {namespace}.svc.{d} svc.{d} {d}\noptions ndots:5\n",
-            self.dns
-        )
+        crate::dns::pod_resolv_conf(self.dns.into(), namespace, &self.domain)
     }
 }
 
