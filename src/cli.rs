@@ -406,7 +406,12 @@ pub fn error_message(err: &anyhow::Error) -> String {
 }
 
 fn init_tracing(role: bool) {
-    let default = if role { "info" } else { "warn" };
+    // hickory-server logs every DNS-over-TCP request at info.
+    let default = if role {
+        "info,hickory_server=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Logs go to stderr so command output on stdout stays clean for pipes.
