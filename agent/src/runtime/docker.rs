@@ -449,23 +449,31 @@ impl DockerRuntime {
             .cloned()
     }
 
-    /// The sandbox containers of this node, by pod uid (running or not).
-    async fn list_sandboxes(&self) -> Result<Vec<(String, String, bool)>, RuntimeError> {
-        let mut labels = vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_SANDBOX}=true"),
-        ];
+    /// This node's Berth containers (running or not), with one more label filter if given.
+    async fn list_labelled(
+        &self,
+        extra: Option<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
         if let Some(n) = &self.node {
             labels.push(format!("{LABEL_NODE}={n}"));
         }
+        labels.extend(extra);
         let filters = HashMap::from([("label".to_string(), labels)]);
-        let list = self
+        Ok(self
             .docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
                 ..Default::default()
             }))
+            .await?)
+    }
+
+    /// The sandbox containers of this node, by pod uid (running or not).
+    async fn list_sandboxes(&self) -> Result<Vec<(String, String, bool)>, RuntimeError> {
+        let list = self
+            .list_labelled(Some(format!("{LABEL_SANDBOX}=true")))
             .await?;
         Ok(list
             .into_iter()
@@ -1005,20 +1013,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        let mut filters = HashMap::new();
-        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
-        if let Some(n) = &self.node {
-            labels.push(format!("{LABEL_NODE}={n}"));
-        }
-        filters.insert("label".to_string(), labels);
-        let summaries = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await?;
+        let summaries = self.list_labelled(None).await?;
         let mut out = Vec::new();
         for s in summaries {
             if s.labels
