@@ -67,6 +67,32 @@ pub fn has_pod_network(pod: &Pod) -> bool {
         .is_some_and(|st| !st.pod_ip.is_empty() && st.pod_ip != st.host_ip)
 }
 
+/// The status a Service should have: for type LoadBalancer the addresses of the Ready nodes
+/// (sorted), which every node's proxy serves at the Service port; None for other types.
+pub fn load_balancer_status(svc: &Service, nodes: &[Node]) -> Option<ServiceStatus> {
+    if svc.spec.type_.as_deref() != Some("LoadBalancer") {
+        return None;
+    }
+    let mut ips: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.is_ready())
+        .filter_map(|n| n.address().map(str::to_string))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: ips
+                .into_iter()
+                .map(|ip| LoadBalancerIngress {
+                    ip,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    })
+}
+
 /// Does `svc` select `pod`: same namespace, and a selector (not empty: a Service without one
 /// has hand-managed Endpoints) whose every label the pod carries.
 pub fn selects(svc: &Service, pod: &Pod) -> bool {
@@ -266,6 +292,35 @@ mod tests {
             got,
             vec![("10.0.0.2".into(), 31001), ("10.42.0.7".into(), 8080)]
         );
+    }
+
+    #[test]
+    fn load_balancer_ingress_lists_the_ready_nodes_addresses() {
+        let mut svc = ServiceBuilder::new("web").port("http", 80, 8080).build();
+        let nodes = vec![
+            berth_testkit::NodeBuilder::new("b")
+                .address("10.0.0.2")
+                .ready()
+                .build(),
+            berth_testkit::NodeBuilder::new("a")
+                .address("10.0.0.1")
+                .ready()
+                .build(),
+            berth_testkit::NodeBuilder::new("c")
+                .address("10.0.0.3")
+                .build(),
+        ];
+        assert_eq!(load_balancer_status(&svc, &nodes), None);
+        svc.spec.type_ = Some("LoadBalancer".into());
+        let st = load_balancer_status(&svc, &nodes).expect("a status");
+        let ips: Vec<String> = st
+            .load_balancer
+            .expect("lb")
+            .ingress
+            .into_iter()
+            .map(|i| i.ip)
+            .collect();
+        assert_eq!(ips, vec!["10.0.0.1", "10.0.0.2"]);
     }
 
     #[test]

@@ -17,19 +17,31 @@ struct Ctx {
     client: Client,
     pods: Store<Pod>,
     endpoints: Store<Endpoints>,
+    nodes: Store<Node>,
 }
 
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (eps, ep_writer) = reflector::store::<Endpoints>();
+    let (nodes, node_writer) = reflector::store::<Node>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pods,
         endpoints: eps,
+        nodes,
     });
     let controller = Controller::<Service>::new(client, watcher::Config::default());
     let services = controller.store();
+    let lb_services = services.clone();
     controller
+        // A node's readiness or address changes every LoadBalancer Service's ingress.
+        .watches_with_store::<Node, _>(watcher::Config::default(), node_writer, move |_| {
+            lb_services
+                .filter(|s| s.spec.type_.as_deref() == Some("LoadBalancer"))
+                .iter()
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect()
+        })
         .owns_with_store::<Endpoints>(watcher::Config::default(), ep_writer)
         .watches_with_store::<Pod, _>(watcher::Config::default(), pod_writer, move |pod| {
             services
@@ -47,6 +59,24 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = svc.metadata.namespace.clone();
     let name = svc.metadata.name.clone();
+    let nodes: Vec<Node> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| n.as_ref().clone())
+        .collect();
+    if let Some(status) = endpoints::load_balancer_status(&svc, &nodes) {
+        if svc.status.as_ref() != Some(&status) {
+            let mut update = svc.as_ref().clone();
+            update.status = Some(status);
+            ctx.client.update_status(&update).await.map_err(Error::new(
+                "update status of",
+                Kind::Service,
+                &ns,
+                &name,
+            ))?;
+        }
+    }
     let pods: Vec<Pod> = ctx
         .pods
         .in_namespace(&ns)
