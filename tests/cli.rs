@@ -841,14 +841,25 @@ async fn headless_and_load_balancer_services_from_the_kubernetes_docs_apply_and_
     assert!(r.ok, "{r:?}");
     let r = berth(&target, &["get", "svc"]).await;
     assert!(r.ok, "{r:?}");
-    assert!(
+    let row = |name: &str| {
         r.out
-            .contains("frontend   LoadBalancer   10.43.0.1    80:30000/TCP"),
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    // NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE; a LoadBalancer's EXTERNAL-IP is the Ready
+    // nodes' addresses, or <pending> before the controller wrote them.
+    let frontend = row("frontend");
+    assert_eq!(
+        frontend[..3],
+        ["frontend", "LoadBalancer", "10.43.0.1"],
         "{r:?}"
     );
-    assert!(
-        r.out
-            .contains("nginx      ClusterIP      None         80/TCP"),
+    assert_eq!(frontend.get(4), Some(&"80:30000/TCP"), "{r:?}");
+    assert_eq!(
+        row("nginx")[..5],
+        ["nginx", "ClusterIP", "None", "<none>", "80/TCP"],
         "{r:?}"
     );
     let taken = write(

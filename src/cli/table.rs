@@ -397,9 +397,24 @@ pub fn service_ports(s: &Service) -> String {
 
 pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table {
     let mut t = if wide {
-        Table::new(&["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE", "SELECTOR"])
+        Table::new(&[
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR",
+        ])
     } else {
-        Table::new(&["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"])
+        Table::new(&[
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ])
     };
     for s in items {
         let mut row = vec![
@@ -416,6 +431,7 @@ pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table
                 .cluster_ip
                 .clone()
                 .unwrap_or_else(|| "<none>".to_string()),
+            external_ips(s),
             service_ports(s),
             age(s.metadata.creation_timestamp.as_ref(), now),
         ];
@@ -425,6 +441,35 @@ pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table
         t.rows.push(row);
     }
     t
+}
+
+/// kubectl's EXTERNAL-IP: a LoadBalancer's ingress addresses (`<pending>` until known).
+fn external_ips(s: &Service) -> String {
+    if s.spec.type_.as_deref() != Some("LoadBalancer") {
+        return "<none>".to_string();
+    }
+    let ips: Vec<String> = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .map(|lb| {
+            lb.ingress
+                .iter()
+                .map(|i| {
+                    if i.ip.is_empty() {
+                        i.hostname.clone()
+                    } else {
+                        i.ip.clone()
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if ips.is_empty() {
+        "<pending>".to_string()
+    } else {
+        ips.join(",")
+    }
 }
 
 /// kubectl's ENDPOINTS: up to three `ip:port`, then `+ N more...`.
@@ -1032,8 +1077,8 @@ web-2   0/1     CrashLoopBackOff   2          65s   10.0.0.5   node-1   10.0.0.5
         assert_eq!(
             t.render(),
             "\
-NAME   TYPE       CLUSTER-IP   PORT(S)               AGE
-web    NodePort   <none>       80:30080/TCP,53/UDP   10s
+NAME   TYPE       CLUSTER-IP   EXTERNAL-IP   PORT(S)               AGE
+web    NodePort   <none>       <none>        80:30080/TCP,53/UDP   10s
 "
         );
     }
