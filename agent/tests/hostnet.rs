@@ -730,10 +730,14 @@ fn missing_iptables_is_a_clear_error() {
 }
 
 /// Without CAP_NET_ADMIN every step fails with an error that says so. The checks run in a
-/// child process (this test binary, [`unprivileged_probe`]) started inside a namespace with
-/// CAP_NET_ADMIN dropped from its bounding set by `setpriv`.
+/// child process (this very test, re-run with BERTH_HOSTNET_PROBE=1: [`unprivileged_probe`])
+/// started inside a namespace with CAP_NET_ADMIN dropped from its bounding set by `setpriv`.
 #[test]
 fn without_cap_net_admin_every_error_says_it_needs_root() {
+    if std::env::var("BERTH_HOSTNET_PROBE").as_deref() == Ok("1") {
+        unprivileged_probe();
+        return;
+    }
     let n = Netns::new("noadmin");
     let exe = std::env::current_exe().expect("test binary path");
     let exe = exe.to_str().expect("utf-8 path");
@@ -749,9 +753,9 @@ fn without_cap_net_admin_every_error_says_it_needs_root() {
             "--inh-caps=-net_admin",
             exe,
             "--exact",
-            "unprivileged_probe",
+            "without_cap_net_admin_every_error_says_it_needs_root",
         ])
-        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .args(["--nocapture", "--test-threads=1"])
         .env("BERTH_HOSTNET_PROBE", "1")
         .output()
         .expect("run the probe");
@@ -764,13 +768,8 @@ fn without_cap_net_admin_every_error_says_it_needs_root() {
     println!("{stdout}");
 }
 
-/// Run by [`without_cap_net_admin_every_error_says_it_needs_root`]; a no-op otherwise.
-#[test]
-#[ignore = "started by without_cap_net_admin_every_error_says_it_needs_root"]
+/// The child side of [`without_cap_net_admin_every_error_says_it_needs_root`].
 fn unprivileged_probe() {
-    if std::env::var("BERTH_HOSTNET_PROBE").as_deref() != Ok("1") {
-        return;
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
