@@ -114,7 +114,8 @@ async fn apply_get_yaml_round_trip_scale_and_delete_against_a_real_server() {
     let r = berth(s, &["get", "svc", "web"]).await;
     assert!(r.ok, "{r:?}");
     assert!(
-        r.out.contains("web    NodePort   10.43.0.1    80:3"),
+        r.out
+            .contains("web    NodePort   10.43.0.1    <none>        80:3"),
         "{r:?}"
     );
     let r = berth(s, &["get", "deploy", "-A", "-o", "name"]).await;
