@@ -396,26 +396,16 @@ pub fn service_ports(s: &Service) -> String {
 }
 
 pub fn service_table(items: &[Service], now: DateTime<Utc>, wide: bool) -> Table {
-    let mut t = if wide {
-        Table::new(&[
-            "NAME",
-            "TYPE",
-            "CLUSTER-IP",
-            "EXTERNAL-IP",
-            "PORT(S)",
-            "AGE",
-            "SELECTOR",
-        ])
-    } else {
-        Table::new(&[
-            "NAME",
-            "TYPE",
-            "CLUSTER-IP",
-            "EXTERNAL-IP",
-            "PORT(S)",
-            "AGE",
-        ])
-    };
+    let columns = [
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+        "SELECTOR",
+    ];
+    let mut t = Table::new(&columns[..if wide { 7 } else { 6 }]);
     for s in items {
         let mut row = vec![
             s.metadata.name.clone(),

@@ -81,6 +81,32 @@ pub fn network_names(node: Option<&str>) -> (String, String) {
     }
 }
 
+/// Where a pod's resolv.conf is written (and bind-mounted from).
+fn resolv_conf_path(net: &PodNet, uid: &str) -> PathBuf {
+    net.state_dir.join("pods").join(uid).join("resolv.conf")
+}
+
+type Exposed = HashMap<String, HashMap<(), ()>>;
+type Bindings = HashMap<String, Option<Vec<DockerPortBinding>>>;
+
+/// The engine's exposed ports and port bindings publishing `ports` on every host address.
+fn published<'a>(ports: impl Iterator<Item = &'a PortBinding>) -> (Exposed, Bindings) {
+    let mut exposed = HashMap::new();
+    let mut bindings = HashMap::new();
+    for p in ports {
+        let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
+        exposed.insert(key.clone(), HashMap::new());
+        bindings.insert(
+            key,
+            Some(vec![DockerPortBinding {
+                host_ip: Some("0.0.0.0".to_string()),
+                host_port: Some(p.host_port.to_string()),
+            }]),
+        );
+    }
+    (exposed, bindings)
+}
+
 /// The label marking the engine networks Berth made.
 const LABEL_NETWORK: &str = "berth.pod-cidr";
 
@@ -552,19 +578,8 @@ impl DockerRuntime {
             Some(text) => Some(self.write_resolv_conf(net, uid, text)?),
             None => None,
         };
-        let mut exposed = HashMap::new();
-        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
-        for p in spec.pod_host_ports.iter().filter(|p| p.host_port != 0) {
-            let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
-            exposed.insert(key.clone(), HashMap::new());
-            bindings.insert(
-                key,
-                Some(vec![DockerPortBinding {
-                    host_ip: Some("0.0.0.0".to_string()),
-                    host_port: Some(p.host_port.to_string()),
-                }]),
-            );
-        }
+        let (exposed, bindings) =
+            published(spec.pod_host_ports.iter().filter(|p| p.host_port != 0));
         let mut labels: HashMap<String, String> = HashMap::new();
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_SANDBOX.into(), "true".into());
@@ -661,13 +676,13 @@ impl DockerRuntime {
         uid: &str,
         text: &str,
     ) -> Result<PathBuf, RuntimeError> {
+        let path = resolv_conf_path(net, uid);
         let dir = net.state_dir.join("pods").join(uid);
         let state = |source| RuntimeError::State {
             path: dir.display().to_string(),
             source,
         };
         std::fs::create_dir_all(&dir).map_err(state)?;
-        let path = dir.join("resolv.conf");
         let tmp = dir.join(".resolv.conf.tmp");
         std::fs::write(&tmp, text).map_err(state)?;
         std::fs::rename(&tmp, &path).map_err(state)?;
@@ -869,19 +884,7 @@ impl Runtime for DockerRuntime {
             Some(net) => Some((self.ensure_sandbox(net, spec).await?, net.clone())),
             None => None,
         };
-        let mut exposed = HashMap::new();
-        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
-        for p in spec.ports.iter().filter(|_| sandbox.is_none()) {
-            let key = format!("{}/{}", p.container_port, p.protocol.to_ascii_lowercase());
-            exposed.insert(key.clone(), HashMap::new());
-            bindings.insert(
-                key,
-                Some(vec![DockerPortBinding {
-                    host_ip: Some("0.0.0.0".to_string()),
-                    host_port: Some(p.host_port.to_string()),
-                }]),
-            );
-        }
+        let (exposed, bindings) = published(spec.ports.iter().filter(|_| sandbox.is_none()));
         let mut env: Vec<String> = port_env(&spec.ports, false)
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -902,11 +905,7 @@ impl Runtime for DockerRuntime {
                 binds: match (&sandbox, &spec.dns) {
                     (Some((_, net)), Some(_)) => Some(vec![format!(
                         "{}:/etc/resolv.conf:ro",
-                        net.state_dir
-                            .join("pods")
-                            .join(&spec.pod_uid)
-                            .join("resolv.conf")
-                            .display()
+                        resolv_conf_path(net, &spec.pod_uid).display()
                     )]),
                     _ => None,
                 },
