@@ -769,6 +769,22 @@ impl Cluster {
         self.rt
             .block_on(async move { http_get(addr, &path, Duration::from_secs(3)).await })
     }
+
+    /// `GET path` on `addr` from inside host `i` (its network namespace): for addresses only
+    /// the node itself reaches, such as a ClusterIP.
+    pub fn http_get_on(
+        &self,
+        i: usize,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<(u16, String), String> {
+        let path = path.to_string();
+        super::net::in_netns(&self.net.hosts[i].ns, move |rt| {
+            rt.block_on(async move { http_get(addr, &path, Duration::from_secs(3)).await })
+        })
+        .join()
+        .map_err(|_| "the client thread panicked".to_string())??
+    }
 }
 
 /// Is the Node's Ready condition True?

@@ -253,3 +253,23 @@ impl Drop for Net {
         Self::cleanup_leftovers(self.id);
     }
 }
+
+/// Run `f` on a new thread that has joined network namespace `ns` (`/var/run/netns/NS`):
+/// every socket it opens lives in that host, as a client on that machine would. The thread's
+/// own tokio runtime (current-thread) is handed to `f`.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, String>> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {path}: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("runtime in {path}: {e}"))?;
+        Ok(f(&rt))
+    })
+}

@@ -423,17 +423,52 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
         wait_answer(&c, i, SHOP_PORT, "v1", Duration::from_secs(5));
     }
 
+    // The same Service through its ClusterIP, from inside every node (where a pod or the host
+    // itself would call it): the VIP listener shares the nodePort's backend set, so it must
+    // switch in the same instant.
+    let shop: berth_proto::types::Service = c
+        .get_one("service", "shop")
+        .expect("get service shop")
+        .expect("service shop exists");
+    let vip: std::net::Ipv4Addr = shop
+        .spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .expect("shop has a ClusterIP");
+    let vip = SocketAddr::from((vip, 80));
+    for i in 0..3 {
+        wait_until(
+            &format!("{vip} on node{} to answer with v1", i + 1),
+            Duration::from_secs(20),
+            || {
+                let (status, body) = c.http_get_on(i, vip, "/")?;
+                match who_answered(&body) {
+                    Some((_, v)) if status == 200 && v == "v1" => Ok(()),
+                    _ => Err(format!("HTTP {status}: {body:?}")),
+                }
+            },
+        );
+    }
+
     let targets: Vec<SocketAddr> = (0..3)
         .map(|i| SocketAddr::from((c.ip(i), SHOP_PORT)))
         .collect();
-    let load = Load::start(&c.rt, targets, 200, Duration::from_secs(30));
+    let load = Load::start(&c.rt, targets, 150, Duration::from_secs(30));
+    let vip_load = Load::start_in_hosts(
+        (0..3).map(|i| (c.net.hosts[i].ns.clone(), vip)).collect(),
+        150,
+        Duration::from_secs(30),
+    );
     let began = Instant::now();
     wait_until(
         "2 s of load before promotion",
         Duration::from_secs(10),
         || {
-            let n = load.completed_since(began);
-            if n >= 400 {
+            let n = load
+                .completed_since(began)
+                .min(vip_load.completed_since(began));
+            if n >= 300 {
                 Ok(())
             } else {
                 Err(format!("{n} requests"))
@@ -451,8 +486,10 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
         "3 s of load after promotion",
         Duration::from_secs(10),
         || {
-            let n = load.completed_since(promoted);
-            if n >= 600 {
+            let n = load
+                .completed_since(promoted)
+                .min(vip_load.completed_since(promoted));
+            if n >= 450 {
                 Ok(())
             } else {
                 Err(format!("{n} requests"))
@@ -467,14 +504,21 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
     }
     let undone = Instant::now();
     wait_until("3 s of load after undo", Duration::from_secs(10), || {
-        let n = load.completed_since(undone);
-        if n >= 600 {
+        let n = load
+            .completed_since(undone)
+            .min(vip_load.completed_since(undone));
+        if n >= 450 {
             Ok(())
         } else {
             Err(format!("{n} requests"))
         }
     });
-    let samples = load.finish();
+    let node_port_samples = load.finish();
+    let vip_samples = vip_load.finish();
+    let through_vip = vip_samples.len();
+    let mut samples = node_port_samples;
+    samples.extend(vip_samples);
+    samples.sort_by_key(|s| s.started);
 
     let failed: Vec<_> = samples.iter().filter(|s| !s.ok).collect();
     let wrong_after_promote: Vec<_> = samples
@@ -490,8 +534,8 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
         .map(|l| (l.started - samples[0].started).as_secs_f64())
         .unwrap_or(0.0);
     eprintln!(
-        "blue-green: {} requests over {secs:.1}s ({:.0}/s), {} failed; promote switched every \
-         node in {:?}, undo in {:?}",
+        "blue-green: {} requests ({through_vip} through ClusterIP {vip}) over {secs:.1}s \
+         ({:.0}/s), {} failed; promote switched every node in {:?}, undo in {:?}",
         samples.len(),
         samples.len() as f64 / secs.max(0.001),
         failed.len(),

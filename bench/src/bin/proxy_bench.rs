@@ -1,9 +1,11 @@
 //! proxy-bench: the Berth Service proxy against its anchors, in one run on loopback.
 //!
 //! Same backend (nginx with one worker if installed, else the built-in Rust HTTP server on a
-//! one-worker runtime), same `wrk` settings, three targets: direct to the backend (the limit),
-//! through HAProxy (TCP mode, `nbthread 1`, config shaped like shared/anchors/haproxy.cfg) and
-//! through the Berth proxy (in-process, on a one-worker tokio runtime for fairness). Both
+//! one-worker runtime), same `wrk` settings, four targets: direct to the backend (the limit),
+//! through HAProxy (TCP mode, `nbthread 1`, config shaped like shared/anchors/haproxy.cfg),
+//! through the Berth proxy's node port (in-process, on a one-worker tokio runtime for
+//! fairness) and through the same Service's ClusterIP (`berth-vip`: the address held on an
+//! ifb interface of its own, as the agent holds VIPs on `berth-svc`, port 80). Both
 //! keep-alive and `Connection: close` (a new connection per request). Prints req/s and p99 for
 //! each and the ratios vs HAProxy and vs direct, plus the CPU time each proxy spent per request
 //! (scheduler accounting; steadier than req/s on a shared, noisy machine). Finally the proxy's
@@ -59,7 +61,7 @@ struct Args {
     /// Which connection modes to run.
     #[arg(long, value_enum, default_value_t = ModeChoice::Both)]
     mode: ModeChoice,
-    /// Run only these targets (direct, haproxy, berth); default all.
+    /// Run only these targets (direct, haproxy, berth, berth-vip); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Service ports configured for the backend-switch measurement (0: skip it).
@@ -218,7 +220,19 @@ fn run(args: &Args) -> Result<ExitCode> {
         None => None,
     };
 
-    let (berth_addr, berth_handle, _berth_rt) = start_berth(backend, args.proxy_workers)?;
+    let vip = Vip::add();
+    let vip_ip = match &vip {
+        Ok(v) => v.ip,
+        Err(e) => {
+            println!(
+                "ClusterIP: could not hold a VIP on an interface of its own ({e:#}); the \
+                 berth-vip row uses 127.0.0.2 instead (run as root for the real path)"
+            );
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        }
+    };
+    let vip_addr = SocketAddr::new(vip_ip, 80);
+    let (berth_addr, berth_handle, _berth_rt) = start_berth(backend, args.proxy_workers, vip_addr)?;
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let berth_rt = match args.proxy_workers {
@@ -230,7 +244,11 @@ fn run(args: &Args) -> Result<ExitCode> {
         None => "missing".to_string(),
     };
     println!(
-        "backend: {backend_desc} on {backend}; HAProxy: {haproxy_desc}; Berth proxy: in-process, {berth_rt}; {cpus} CPUs"
+        "backend: {backend_desc} on {backend}; HAProxy: {haproxy_desc}; Berth proxy: in-process, {berth_rt}, node port {berth_addr}, ClusterIP {vip_addr}{}; {cpus} CPUs",
+        match &vip {
+            Ok(v) => format!(" on {}", v.iface),
+            Err(_) => String::new(),
+        }
     );
 
     // Whose CPU time is charged to each target: the proxy process or thread (not the backend).
@@ -239,7 +257,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     let cpu_of = move |name: &str| -> Option<Duration> {
         match name {
             "haproxy" => procs::cpu_time(haproxy_pid?, None),
-            "berth" => procs::cpu_time(self_pid, Some("berth-proxy")),
+            "berth" | "berth-vip" => procs::cpu_time(self_pid, Some("berth-proxy")),
             _ => None,
         }
     };
@@ -247,6 +265,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         ("direct", Some(backend)),
         ("haproxy", haproxy_addr),
         ("berth", Some(berth_addr)),
+        ("berth-vip", Some(vip_addr)),
     ]
     .into_iter()
     .filter(|(name, _)| args.only.is_empty() || args.only.iter().any(|o| o == name))
@@ -303,12 +322,12 @@ fn run(args: &Args) -> Result<ExitCode> {
                 if args.verbose {
                     match &r {
                         Ok(m) => println!(
-                            "  round {round} {name:8} {:>9.0} req/s  p99 {:.2}ms  cpu/req {}",
+                            "  round {round} {name:10} {:>9.0} req/s  p99 {:.2}ms  cpu/req {}",
                             m.wrk.requests_per_sec,
                             m.wrk.p99.as_secs_f64() * 1e3,
                             fmt_cpu(m.cpu_per_req)
                         ),
-                        Err(e) => println!("  round {round} {name:8} failed: {e:#}"),
+                        Err(e) => println!("  round {round} {name:10} failed: {e:#}"),
                     }
                 }
                 if let Some(v) = runs[i].1.as_mut() {
@@ -440,6 +459,7 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 fn start_berth(
     backend: SocketAddr,
     workers: usize,
+    vip: SocketAddr,
 ) -> Result<(SocketAddr, ProxyHandle, RuntimeThread)> {
     let (proxy, handle) = Proxy::new(ProxyConfig::default());
     let flavor = match workers {
@@ -462,11 +482,14 @@ fn start_berth(
             port_name: "http".into(),
             node_port: port,
             listen_addrs: vec![LOCALHOST],
-            also_listen: Vec::new(),
+            also_listen: vec![vip],
             backends: vec![backend],
         };
         match control.block_on(handle.set_services(vec![svc])) {
-            Ok(()) => return Ok((SocketAddr::new(LOCALHOST, port), handle, rt)),
+            Ok(()) => {
+                wait_listening(vip)?;
+                return Ok((SocketAddr::new(LOCALHOST, port), handle, rt));
+            }
             Err(e) => last_err = Some(e),
         }
     }
@@ -474,6 +497,67 @@ fn start_berth(
         "could not start the Berth proxy: {}",
         last_err.map_or_else(|| "unknown".to_string(), |e| e.to_string())
     ))
+}
+
+/// The ClusterIP listeners are bound (and retried) by the proxy's own task, after
+/// `set_services` returns: wait until `addr` accepts.
+fn wait_listening(addr: SocketAddr) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("the Berth proxy never listened on {addr}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A Service VIP held the way the agent holds them (an address on an ifb interface, whose
+/// local route makes the kernel deliver it to the proxy's listener), on an interface of the
+/// bench's own so a running agent's `berth-svc` is never touched. Removed on drop.
+struct Vip {
+    iface: String,
+    ip: IpAddr,
+}
+
+impl Vip {
+    fn add() -> Result<Vip> {
+        let iface = format!("bbench{}", std::process::id() % 100_000);
+        // 198.18.0.0/15 is reserved for benchmarking (RFC 2544); one /32 per run.
+        let ip = Ipv4Addr::new(198, 18, 0, 1);
+        let ip_cmd = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .context("running ip(8)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(())
+        };
+        ip_cmd(&["link", "add", &iface, "type", "dummy"])
+            .or_else(|_| ip_cmd(&["link", "add", &iface, "type", "ifb"]))?;
+        let v = Vip {
+            iface: iface.clone(),
+            ip: IpAddr::V4(ip),
+        };
+        ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", &iface])?;
+        ip_cmd(&["link", "set", &iface, "up"])?;
+        Ok(v)
+    }
+}
+
+impl Drop for Vip {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.iface])
+            .output();
+    }
 }
 
 /// The proxy's counters once its connections have wound down (up to 5 s after the last run).
@@ -499,7 +583,7 @@ type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<Measured>>)>)>;
 fn print_table(rows: &Rows<'_>) {
     println!();
     println!(
-        "{:<11} {:<8} {:>10} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
+        "{:<11} {:<10} {:>10} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
         "mode",
         "target",
         "req/s",
@@ -523,9 +607,9 @@ fn print_table(rows: &Rows<'_>) {
         for (name, r) in results {
             match r {
                 None => println!(
-                    "{mode:<11} {name:<8} missing: {name} is not installed (apt-get install -y {name})"
+                    "{mode:<11} {name:<10} missing: {name} is not installed (apt-get install -y {name})"
                 ),
-                Some(Err(e)) => println!("{mode:<11} {name:<8} FAILED: {e:#}"),
+                Some(Err(e)) => println!("{mode:<11} {name:<10} FAILED: {e:#}"),
                 Some(Ok(m)) => {
                     let ratio = |base: &Option<Measured>, f: fn(&Measured) -> Option<f64>| {
                         base.as_ref()
@@ -533,7 +617,7 @@ fn print_table(rows: &Rows<'_>) {
                             .map_or("n/a".to_string(), |x| format!("{x:.2}x"))
                     };
                     println!(
-                        "{:<11} {:<8} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
+                        "{:<11} {:<10} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
                         mode,
                         name,
                         m.wrk.requests_per_sec,
