@@ -892,6 +892,7 @@ impl PodSync {
             .into_iter()
             .filter(|p| p.spec.node_name == self.cfg.node_name)
             .collect();
+        self.restart_lost_sandboxes(&desired, &observed).await;
         let now = Instant::now();
         let wall = chrono::Utc::now();
         self.rederive_ports(&desired, &observed);
@@ -1587,6 +1588,41 @@ impl PodSync {
         for e in due {
             if let Some(pod) = desired.iter().find(|p| p.metadata.uid == e.key.pod_uid) {
                 self.events.warning(&pod_ref(pod), "BackOff", e.message);
+            }
+        }
+    }
+
+    /// A pod whose sandbox stopped (killed, or the engine restarted it without its network)
+    /// has lost its address: its running containers sit in a dead network namespace. Stop
+    /// them, as the kubelet does on "SandboxChanged"; they are started again in a new
+    /// sandbox, with a new pod IP, by the usual restart path.
+    async fn restart_lost_sandboxes(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let lost = match self.runtime.lost_sandboxes().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the pod sandboxes (retried)");
+                return;
+            }
+        };
+        for uid in lost {
+            let Some(pod) = desired.iter().find(|p| p.metadata.uid == uid) else {
+                continue;
+            };
+            let running: Vec<&ContainerInfo> = observed
+                .iter()
+                .filter(|c| c.pod_uid == uid && matches!(c.state, RunState::Running { .. }))
+                .collect();
+            if running.is_empty() {
+                continue; // the next start makes a new sandbox
+            }
+            tracing::info!(pod = %pod.metadata.name, containers = running.len(), "pod sandbox lost; restarting the pod's containers in a new one");
+            self.events.normal(
+                &pod_ref(pod),
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.".to_string(),
+            );
+            for c in running {
+                self.spawn_stop(c.id.clone(), grace_of(pod), false);
             }
         }
     }

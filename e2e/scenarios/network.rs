@@ -2,8 +2,11 @@
 //! Docker engine. `web` (2 replicas) calls `http://api:8080/` by Service name; `api` calls its
 //! store through a headless Service (`store`, clusterIP None) by name and port; every pod has
 //! its own address from its node's pod CIDR and reaches pods on other hosts over host-gw
-//! routes. Calls through web's nodePort keep succeeding while a store pod, a whole node and the
-//! leader server are killed; a pod asking for a Service that was deleted gets NXDOMAIN.
+//! routes. Calls through web's nodePort keep succeeding while every API server is down (DNS and
+//! proxies serve their last state), across an agent's SIGKILL and restart (pods adopted with
+//! their IPs), when a pod's sandbox dies (new IP, the name follows), and while a store pod, a
+//! whole node and the leader server are killed; a pod asking for a deleted Service gets
+//! NXDOMAIN.
 
 use std::time::Duration;
 
@@ -184,6 +187,163 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
     // (headless, by name) succeeds every time.
     wait_until("the first call through", limit, || call(&c, 0));
     calls_succeed(&c, &[0, 1, 2], 30, "steady state");
+
+    // Every API server down: each node's DNS and proxy serve what they last saw, so calls by
+    // name keep succeeding. Then the servers come back from their data dirs.
+    for i in 0..3 {
+        c.kill9_server(i);
+    }
+    calls_succeed(&c, &[0, 1, 2], 30, "with every API server down");
+    for i in 0..3 {
+        c.restart_server(i);
+    }
+    wait_until(
+        "one leader among the restarted servers",
+        Duration::from_secs(30),
+        || c.agreed_leader(&[0, 1, 2]),
+    );
+    wait_until("the API answering again", Duration::from_secs(30), || {
+        c.get_list::<Pod>("pods").map(|_| ())
+    });
+
+    // The agent of node 1 is killed with SIGKILL and started again: it adopts its pods' sandboxes
+    // and containers as they are (same pod IPs, same containers, no restart).
+    let on_node1 = |c: &Cluster| -> Result<Vec<(String, String, i32, String)>, String> {
+        let pods: Vec<Pod> = c.get_list("pods")?;
+        let mut v: Vec<_> = pods
+            .into_iter()
+            .filter(|p| p.spec.node_name == "node1" && p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let st = p.status.clone().unwrap_or_default();
+                let restarts = st.container_statuses.iter().map(|s| s.restart_count).sum();
+                (
+                    p.metadata.uid.clone(),
+                    p.metadata.name.clone(),
+                    restarts,
+                    st.pod_ip,
+                )
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let before = on_node1(&c).expect("pods on node1");
+    assert!(!before.is_empty(), "no pods on node1");
+    let containers_before = c
+        .docker_on(0, &["ps", "-q", "--no-trunc"])
+        .expect("docker ps");
+    let hb = |c: &Cluster| -> Result<String, String> {
+        let n: berth_proto::types::Node = c
+            .get_one("node", "node1")?
+            .ok_or_else(|| "node1 not found".to_string())?;
+        Ok(format!(
+            "{:?}",
+            n.status.and_then(|s| s.last_heartbeat_time)
+        ))
+    };
+    let hb0 = hb(&c).expect("heartbeat");
+    c.kill9_agent(0);
+    c.restart_agent(0);
+    let mut seen = vec![hb0];
+    wait_until(
+        "two heartbeats from node1's restarted agent",
+        Duration::from_secs(30),
+        || {
+            let h = hb(&c)?;
+            if seen.last() != Some(&h) {
+                seen.push(h);
+            }
+            (seen.len() >= 3).then_some(()).ok_or(format!("{seen:?}"))
+        },
+    );
+    assert_eq!(
+        on_node1(&c).expect("pods on node1"),
+        before,
+        "node1's pods (uid, name, restarts, pod IP) changed across its agent's restart"
+    );
+    let mut a: Vec<&str> = containers_before.lines().collect();
+    let after = c
+        .docker_on(0, &["ps", "-q", "--no-trunc"])
+        .expect("docker ps");
+    let mut b: Vec<&str> = after.lines().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(
+        a, b,
+        "containers on node1 changed across its agent's restart"
+    );
+    calls_succeed(&c, &[0, 1, 2], 15, "after node1's agent restarted");
+
+    // A store pod's sandbox dies (its network namespace and address with it): the agent
+    // restarts the pod's containers in a new sandbox (the engine may hand out the same
+    // address again), and the name follows.
+    let (victim, node, _) = ready_pods(&c, "store").expect("store")[0].clone();
+    let host = node
+        .trim_start_matches("node")
+        .parse::<usize>()
+        .expect("node N")
+        - 1;
+    let restarts_of = |c: &Cluster| -> Result<i32, String> {
+        let p: Pod = c
+            .get_one("pod", &victim)?
+            .ok_or_else(|| format!("{victim} not found"))?;
+        Ok(p.status
+            .unwrap_or_default()
+            .container_statuses
+            .iter()
+            .map(|s| s.restart_count)
+            .sum())
+    };
+    let restarts = restarts_of(&c).expect("restarts");
+    let sandbox_filter = format!("name=_{victim}_POD_");
+    let sandbox = c
+        .docker_on(
+            host,
+            &["ps", "-q", "--no-trunc", "--filter", &sandbox_filter],
+        )
+        .expect("docker ps");
+    let sandbox = sandbox.trim().to_string();
+    assert!(!sandbox.is_empty(), "no sandbox of {victim} on {node}");
+    c.docker_on(host, &["kill", &sandbox]).expect("docker kill");
+    wait_until(
+        &format!("{victim} Ready again in a new sandbox, its containers restarted"),
+        limit,
+        || {
+            let now = c.docker_on(
+                host,
+                &["ps", "-q", "--no-trunc", "--filter", &sandbox_filter],
+            )?;
+            let now = now.trim();
+            if now.is_empty() || now == sandbox {
+                return Err(format!("sandbox {now:?} (was {sandbox})"));
+            }
+            let r = restarts_of(&c)?;
+            if r <= restarts {
+                return Err(format!("restarts {r} (were {restarts})"));
+            }
+            let p = ready_pods(&c, "store")?;
+            p.iter()
+                .any(|(n, _, ip)| *n == victim && !ip.is_empty())
+                .then_some(())
+                .ok_or(format!("{p:?}"))
+        },
+    );
+    let events = c.cli_ok(&["get", "events"]);
+    assert!(
+        events.contains("SandboxChanged"),
+        "no SandboxChanged event for {victim}: {events}"
+    );
+    wait_until(
+        "calls succeed after the store pod's new sandbox",
+        limit,
+        || (0..3).try_for_each(|h| call(&c, h)),
+    );
+    calls_succeed(
+        &c,
+        &[0, 1, 2],
+        15,
+        "after a store pod's sandbox was replaced",
+    );
 
     // Kill a store pod: the other one serves meanwhile, the replacement joins.
     let (victim, _, _) = ready_pods(&c, "store").expect("store")[0].clone();

@@ -744,6 +744,48 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn lost_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let Some(net) = &self.pod_net else {
+            return Ok(Vec::new());
+        };
+        let all = self.list_sandboxes().await?;
+        let running_ids: BTreeSet<&str> = all
+            .iter()
+            .filter(|(_, _, running)| *running)
+            .map(|(_, id, _)| id.as_str())
+            .collect();
+        let running_pods: BTreeSet<&str> = all
+            .iter()
+            .filter(|(_, _, running)| *running)
+            .map(|(uid, _, _)| uid.as_str())
+            .collect();
+        let mut lost = BTreeSet::new();
+        {
+            // Seen running before (cached), now stopped or gone.
+            let mut cache = net.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
+            cache.retain(|uid, s| {
+                let alive = running_ids.contains(s.id.as_str());
+                if !alive {
+                    lost.insert(uid.clone());
+                }
+                alive
+            });
+        }
+        // Stopped while no agent was watching (found after a restart). A stopped sandbox is
+        // of no further use (its address is gone), so it is removed: reported once.
+        for (uid, id, running) in &all {
+            if !running && !running_pods.contains(uid.as_str()) {
+                lost.insert(uid.clone());
+            }
+            if !running {
+                if let Err(error) = self.remove(id).await {
+                    tracing::debug!(sandbox = %id, %error, "removing a stopped pod sandbox");
+                }
+            }
+        }
+        Ok(lost.into_iter().collect())
+    }
+
     async fn remove_sandboxes(&self, keep: &BTreeSet<String>) -> Result<(), RuntimeError> {
         let Some(net) = &self.pod_net else {
             return Ok(());

@@ -466,6 +466,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn prepare_pod_network(&self) -> Result<bool, RuntimeError> {
         Ok(false)
     }
+    /// The pods whose sandbox this runtime made has stopped or vanished since it was last
+    /// seen running (the pod's address went with it). They are forgotten here, so the pod's
+    /// next container start makes a new sandbox; the caller restarts the pod's containers
+    /// (kubelet's "SandboxChanged").
+    async fn lost_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(Vec::new())
+    }
     /// Remove the pod sandboxes of every pod not in `keep` (their containers are gone).
     async fn remove_sandboxes(
         &self,

@@ -215,6 +215,14 @@ impl Runtime for MultiRuntime {
         Ok(any)
     }
 
+    async fn lost_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut lost = Vec::new();
+        for rt in &self.runtimes {
+            lost.extend(rt.lost_sandboxes().await?);
+        }
+        Ok(lost)
+    }
+
     async fn remove_sandboxes(
         &self,
         keep: &std::collections::BTreeSet<String>,
