@@ -732,6 +732,7 @@ pub fn container_spec(
         runtime_class: pod.spec.runtime_class_name.clone(),
         dns: None,
         pod_host_ports: Vec::new(),
+        host_port_ip: None,
     }
 }
 
@@ -1068,6 +1069,12 @@ impl PodSync {
                     .filter(|b| b.host_port != 0)
                     .cloned()
                     .collect();
+                spec.host_port_ip = self
+                    .cfg
+                    .node_address
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified());
                 if pod.spec.dns_policy.as_deref() != Some("Default") {
                     spec.dns = self
                         .cfg

@@ -33,6 +33,13 @@ fn manifests(image: &str) -> String {
     out += &deploy("store", 2, 7000, "/store", "data");
     out += &deploy("api", 2, 8080, "/www", "http");
     out += &deploy("web", 2, 8080, "/www", "http");
+    // On every node, a pod publishing hostPort 8080 — the api Service's port. Its hostPort is
+    // published on the node address only, so calls to the api ClusterIP:8080 (from pods and
+    // the node) still reach api, not this pod (which would answer 404 for /cgi-bin/api); a
+    // wildcard publish would not even bind beside the proxy's ClusterIP listener.
+    out += &format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: edge\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: edge\n  template:\n    metadata:\n      labels:\n        app: edge\n    spec:\n      containers:\n      - name: edge\n        image: {image}\n        imagePullPolicy: Never\n        command: [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/store\"]\n        ports:\n        - containerPort: 8080\n          hostPort: 8080\n        readinessProbe:\n          tcpSocket:\n            port: 8080\n          periodSeconds: 1\n---\n"
+    );
     out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: store\nspec:\n  clusterIP: None\n  selector:\n    app: store\n  ports:\n  - name: data\n    port: 7000\n---\n";
     out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\nspec:\n  type: ClusterIP\n  selector:\n    app: api\n  ports:\n  - name: http\n    port: 8080\n---\n";
     out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n    nodePort: 30080\n";
@@ -181,6 +188,36 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
                 c.sh_on(host, &["ip", "-4", "-o", "addr"])
             );
         }
+    }
+
+    wait_until("3 edge pods Ready", limit, || {
+        let p = ready_pods(&c, "edge")?;
+        (p.len() == 3).then_some(()).ok_or(format!("{p:?}"))
+    });
+    for i in 0..3 {
+        // The hostPort answers on the node address...
+        let (status, body) = c.http_get(c.ip(i), 8080, "/data").expect("hostPort 8080");
+        assert_eq!(
+            (status, body.trim()),
+            (200, "store-ok"),
+            "edge on host {}",
+            i + 1
+        );
+        // ...and the api ClusterIP at the same port, from the node itself, is still api.
+        let api_vip: std::net::SocketAddr =
+            format!("{api_ip}:8080").parse().expect("api ClusterIP");
+        let got = wait_until(
+            &format!("api's ClusterIP from host {}", i + 1),
+            Duration::from_secs(20),
+            || c.http_get_on(i, api_vip, "/cgi-bin/api"),
+        )
+        .0;
+        assert_eq!(
+            (got.0, got.1.trim()),
+            (200, "store-ok"),
+            "{api_vip} from host {} reached something other than api",
+            i + 1
+        );
     }
 
     // Steady state: through every host's nodePort, web -> api (ClusterIP by name) -> store

@@ -89,8 +89,13 @@ fn resolv_conf_path(net: &PodNet, uid: &str) -> PathBuf {
 type Exposed = HashMap<String, HashMap<(), ()>>;
 type Bindings = HashMap<String, Option<Vec<DockerPortBinding>>>;
 
-/// The engine's exposed ports and port bindings publishing `ports` on every host address.
-fn published<'a>(ports: impl Iterator<Item = &'a PortBinding>) -> (Exposed, Bindings) {
+/// The engine's exposed ports and port bindings publishing `ports` on `on` (None: every host
+/// address).
+fn published<'a>(
+    ports: impl Iterator<Item = &'a PortBinding>,
+    on: Option<std::net::IpAddr>,
+) -> (Exposed, Bindings) {
+    let host_ip = on.map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string());
     let mut exposed = HashMap::new();
     let mut bindings = HashMap::new();
     for p in ports {
@@ -99,7 +104,7 @@ fn published<'a>(ports: impl Iterator<Item = &'a PortBinding>) -> (Exposed, Bind
         bindings.insert(
             key,
             Some(vec![DockerPortBinding {
-                host_ip: Some("0.0.0.0".to_string()),
+                host_ip: Some(host_ip.clone()),
                 host_port: Some(p.host_port.to_string()),
             }]),
         );
@@ -578,8 +583,10 @@ impl DockerRuntime {
             Some(text) => Some(self.write_resolv_conf(net, uid, text)?),
             None => None,
         };
-        let (exposed, bindings) =
-            published(spec.pod_host_ports.iter().filter(|p| p.host_port != 0));
+        let (exposed, bindings) = published(
+            spec.pod_host_ports.iter().filter(|p| p.host_port != 0),
+            spec.host_port_ip,
+        );
         let mut labels: HashMap<String, String> = HashMap::new();
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_SANDBOX.into(), "true".into());
@@ -926,7 +933,7 @@ impl Runtime for DockerRuntime {
             Some(net) => Some((self.ensure_sandbox(net, spec).await?, net.clone())),
             None => None,
         };
-        let (exposed, bindings) = published(spec.ports.iter().filter(|_| sandbox.is_none()));
+        let (exposed, bindings) = published(spec.ports.iter().filter(|_| sandbox.is_none()), None);
         let mut env: Vec<String> = port_env(&spec.ports, false)
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))

@@ -88,6 +88,11 @@ pub struct ContainerSpec {
     /// (runtimes with a pod network; the others publish [`ContainerSpec::ports`]).
     #[serde(default)]
     pub pod_host_ports: Vec<PortBinding>,
+    /// The node address those hostPorts are published on. Not every local address: a
+    /// wildcard publish would also capture a ClusterIP (a local address on `berth-svc`) at the
+    /// same port for clients on the node. None: every address.
+    #[serde(default)]
+    pub host_port_ip: Option<std::net::IpAddr>,
 }
 
 impl ContainerSpec {
