@@ -469,6 +469,7 @@ pub async fn start(
             runtime: runtime.clone(),
             dns: dns.clone(),
             dns_listen,
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         },
         shutdown.clone(),
@@ -543,6 +544,7 @@ struct NodeNet {
     runtime: Arc<dyn Runtime>,
     dns: DnsSlot,
     dns_listen: Vec<SocketAddr>,
+    metrics: crate::metrics::AgentMetrics,
     shutdown: CancellationToken,
 }
 
@@ -601,6 +603,7 @@ async fn start_dns(net: &NodeNet, cfg: &crate::podnet::NetConfig) -> Result<(), 
         .await
         .map_err(|e| format!("cluster DNS not started: {}", berth_tls::error_chain(&e)))?;
     tracing::info!(?bound, domain = %cfg.domain, "cluster DNS listening");
+    net.metrics.set_dns(handle.registry().clone());
     net.dns.install(handle);
     Ok(())
 }

@@ -45,6 +45,8 @@ pub(crate) fn probe_failed(kind: &str) {
 pub struct AgentMetrics {
     registry: Registry,
     proxy: Arc<Mutex<Option<ProxyHandle>>>,
+    /// The cluster DNS server's counters, once it serves.
+    dns: Arc<Mutex<Option<Registry>>>,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -122,7 +124,14 @@ impl AgentMetrics {
         AgentMetrics {
             registry,
             proxy: Arc::new(Mutex::new(None)),
+            dns: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Include the cluster DNS server's metrics (`berth_agent_dns_queries_total`) from now on,
+    /// replacing an earlier server's.
+    pub fn set_dns(&self, registry: Registry) {
+        *self.dns.lock().unwrap_or_else(|e| e.into_inner()) = Some(registry);
     }
 
     /// Include the proxy's per-Service metrics from now on.
@@ -136,7 +145,12 @@ impl AgentMetrics {
 
     /// The exposition text of one scrape.
     pub async fn render(&self) -> String {
-        let mut text = berth_metrics::text::render(&[&self.registry, process_registry()]);
+        let dns = self.dns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut registries = vec![&self.registry, process_registry()];
+        if let Some(d) = &dns {
+            registries.push(d);
+        }
+        let mut text = berth_metrics::text::render(&registries);
         let proxy = self.proxy.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(h) = proxy {
             match tokio::time::timeout(Duration::from_secs(5), h.metrics()).await {
@@ -221,5 +235,56 @@ mod tests {
             .unwrap()
                 >= 1.0
         );
+    }
+
+    #[tokio::test]
+    async fn the_cluster_dns_counters_are_rendered_once_its_server_serves() {
+        use hickory_proto::op::{Message, Query};
+        use hickory_proto::rr::{Name, RecordType};
+        let m = AgentMetrics::new(PodCache::new());
+        let before = parse(&m.render().await).unwrap();
+        assert_eq!(
+            find(
+                &before,
+                "berth_agent_dns_queries_total",
+                &[("zone", "cluster"), ("rcode", "NXDOMAIN")]
+            ),
+            None
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cfg = crate::dns::DnsConfig {
+            domain: "cluster.local".into(),
+            upstreams: Vec::new(),
+            ttl: 5,
+            threads: 0,
+        };
+        let (handle, bound) =
+            crate::dns::serve(vec!["127.0.0.1:0".parse().unwrap()], cfg, stop.clone())
+                .await
+                .unwrap();
+        m.set_dns(handle.registry().clone());
+        let mut q = Message::query();
+        q.metadata.id = 9;
+        q.add_query(Query::query(
+            Name::from_ascii("nothing.default.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&q.to_vec().unwrap(), bound[0]).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("a DNS reply")
+            .unwrap();
+        let s = parse(&m.render().await).unwrap();
+        assert_eq!(
+            find(
+                &s,
+                "berth_agent_dns_queries_total",
+                &[("zone", "cluster"), ("rcode", "NXDOMAIN")]
+            ),
+            Some(1.0)
+        );
+        stop.cancel();
     }
 }
