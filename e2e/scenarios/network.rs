@@ -2,11 +2,12 @@
 //! Docker engine. `web` (2 replicas) calls `http://api:8080/` by Service name; `api` calls its
 //! store through a headless Service (`store`, clusterIP None) by name and port; every pod has
 //! its own address from its node's pod CIDR and reaches pods on other hosts over host-gw
-//! routes. Calls through web's nodePort keep succeeding while every API server is down (DNS and
-//! proxies serve their last state), across an agent's SIGKILL and restart (pods adopted with
-//! their IPs), when a pod's sandbox dies (new IP, the name follows), and while a store pod, a
-//! whole node and the leader server are killed; a pod asking for a deleted Service gets
-//! NXDOMAIN.
+//! routes. web is `type: LoadBalancer`, served on every node's address at port 80; a hostPort
+//! pod at the api Service's port never captures the api ClusterIP. Calls through web's
+//! nodePort keep succeeding while every API server is down (DNS and proxies serve their last
+//! state), across an agent's SIGKILL and restart (pods adopted with their IPs), when a pod's
+//! sandbox dies (the pod restarts in a new one), and while a store pod, a whole node and the
+//! leader server are killed; a pod asking for a deleted Service gets NXDOMAIN.
 
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ fn manifests(image: &str) -> String {
     );
     out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: store\nspec:\n  clusterIP: None\n  selector:\n    app: store\n  ports:\n  - name: data\n    port: 7000\n---\n";
     out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: api\nspec:\n  type: ClusterIP\n  selector:\n    app: api\n  ports:\n  - name: http\n    port: 8080\n---\n";
-    out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n    nodePort: 30080\n";
+    out += "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  type: LoadBalancer\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n    nodePort: 30080\n";
     out
 }
 
@@ -224,6 +225,35 @@ fn a_three_tier_app_finds_its_services_by_name_across_hosts_through_pod_node_and
     // (headless, by name) succeeds every time.
     wait_until("the first call through", limit, || call(&c, 0));
     calls_succeed(&c, &[0, 1, 2], 30, "steady state");
+    // web is `type: LoadBalancer`: every node serves it on its own address at the Service
+    // port, and the Service's status lists those addresses (k3s's service load balancer).
+    let mut hosts: Vec<String> = (0..3).map(|i| c.ip(i).to_string()).collect();
+    hosts.sort();
+    wait_until(
+        "web's status.loadBalancer.ingress to list the 3 nodes",
+        Duration::from_secs(20),
+        || {
+            let web: Service = c
+                .get_one("service", "web")?
+                .ok_or_else(|| "web not found".to_string())?;
+            let mut ingress: Vec<String> = web
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .map(|lb| lb.ingress.iter().map(|i| i.ip.clone()).collect())
+                .unwrap_or_default();
+            ingress.sort();
+            (ingress == hosts)
+                .then_some(())
+                .ok_or(format!("{ingress:?}"))
+        },
+    );
+    for i in 0..3 {
+        let (status, body) = c
+            .http_get(c.ip(i), 80, "/cgi-bin/web")
+            .unwrap_or_else(|e| panic!("web's load balancer on host {}: {e}", i + 1));
+        assert_eq!((status, body.trim()), (200, "store-ok"), "host {}", i + 1);
+    }
 
     // Every API server down: each node's DNS and proxy serve what they last saw, so calls by
     // name keep succeeding. Then the servers come back from their data dirs.
