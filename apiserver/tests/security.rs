@@ -598,8 +598,16 @@ async fn only_the_admin_may_read_the_join_token() {
 async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_reference() {
     let (cluster, mut admin) = seeded().await;
     for (kind, name, body) in [
-        ("Secret", "mysql-pass", json!({ "stringData": { "password": "hunter2" } })),
-        ("Secret", "other", json!({ "stringData": { "password": "x" } })),
+        (
+            "Secret",
+            "mysql-pass",
+            json!({ "stringData": { "password": "hunter2" } }),
+        ),
+        (
+            "Secret",
+            "other",
+            json!({ "stringData": { "password": "x" } }),
+        ),
         ("ConfigMap", "game", json!({ "data": { "mode": "fast" } })),
     ] {
         let mut v = json!({ "apiVersion": "v1", "kind": kind, "metadata": { "name": name, "namespace": "default" } });
@@ -624,9 +632,16 @@ async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_reference() {
     };
     let mut n1 = as_identity(&cluster, 0, &Identity::Node("n1".into())).await;
     let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
-    let s = n1.get(get("Secret", "mysql-pass")).await.unwrap().into_inner();
+    let s = n1
+        .get(get("Secret", "mysql-pass"))
+        .await
+        .unwrap()
+        .into_inner();
     let s: Value = serde_json::from_slice(&s.object).unwrap();
-    assert_eq!(s["data"]["password"], "aHVudGVyMg==", "stored as base64 data");
+    assert_eq!(
+        s["data"]["password"], "aHVudGVyMg==",
+        "stored as base64 data"
+    );
     n1.get(get("ConfigMap", "game")).await.unwrap();
     for (who, kind, name) in [
         (1, "Secret", "other"),
@@ -636,7 +651,11 @@ async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_reference() {
         let c = if who == 1 { &mut n1 } else { &mut n2 };
         let e = c.get(get(kind, name)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{kind} {name}: {e:?}");
-        assert!(e.message().contains("pods bound to it reference"), "{}", e.message());
+        assert!(
+            e.message().contains("pods bound to it reference"),
+            "{}",
+            e.message()
+        );
         assert!(!e.message().contains("hunter2"));
     }
     let e = n1
