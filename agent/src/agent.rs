@@ -415,6 +415,7 @@ pub async fn start(
     let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
     let services_env = sync_cfg.services.clone();
     sync_cfg.network = pod_network.clone();
+    sync_cfg.volumes = Some(crate::volumes::Volumes::new(data_dir.join("volumes")));
     sync_cfg.backoff = BackoffPolicy {
         base: Duration::from_millis(args.restart_backoff_ms.max(1)),
         ..BackoffPolicy::default()

@@ -44,5 +44,6 @@ pub mod proxy;
 pub mod pull;
 pub mod runtime;
 pub mod svcenv;
+pub mod volumes;
 
 pub use agent::{run, start, AgentArgs, AgentError, AgentHandle, RuntimeKind};

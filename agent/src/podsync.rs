@@ -733,6 +733,7 @@ pub fn container_spec(
         dns: None,
         pod_host_ports: Vec::new(),
         host_port_ip: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -756,6 +757,8 @@ pub struct SyncConfig {
     pub services: crate::svcenv::ServiceEnv,
     /// The node's pod network, for the resolv.conf of pods on it.
     pub network: crate::podnet::PodNetwork,
+    /// Where pod volumes live on this node (None: pods with volumes cannot start).
+    pub volumes: Option<crate::volumes::Volumes>,
 }
 
 impl SyncConfig {
@@ -768,6 +771,7 @@ impl SyncConfig {
             resync: Duration::from_secs(1),
             services: crate::svcenv::ServiceEnv::new(),
             network: crate::podnet::PodNetwork::new(),
+            volumes: None,
         }
     }
 }
@@ -795,10 +799,15 @@ pub struct PodSync {
     /// seen before may start during an outage in a namespace known to be without the policy).
     trust_policy: BTreeMap<String, bool>,
     last_sandbox_gc: Option<Instant>,
+    /// When configMap/secret volumes were last refreshed.
+    last_volume_pass: Option<Instant>,
 }
 
 /// How often pod sandboxes are checked for removal when nothing else changed.
 const SANDBOX_GC: Duration = Duration::from_secs(10);
+/// How often configMap/secret volume files are re-read (the kubelet: about a minute; an
+/// update shows up within this).
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 fn pod_ref(p: &Pod) -> PodRef {
     PodRef {
@@ -845,6 +854,7 @@ impl PodSync {
             trust_cache: BTreeMap::new(),
             trust_policy: BTreeMap::new(),
             last_sandbox_gc: None,
+            last_volume_pass: None,
         }
     }
 
@@ -933,6 +943,7 @@ impl PodSync {
         self.emit_backoff_events(&desired, &observed);
         self.cleanup(&desired, &observed);
         self.remove_sandboxes(&desired, &observed, changed).await;
+        self.maintain_volumes(&desired, &observed).await;
         self.events.flush(self.api.as_ref()).await;
         if more {
             return Some(Duration::ZERO);
@@ -1084,6 +1095,16 @@ impl PodSync {
                         .network
                         .get()
                         .map(|n| n.resolv_conf(&pod.metadata.namespace));
+                }
+            }
+            if !pod.spec.volumes.is_empty() {
+                match self.pod_mounts(pod, c).await {
+                    Ok(m) => spec.mounts = m,
+                    Err(message) => {
+                        self.events.warning(&pref, "FailedMount", message.clone());
+                        self.create_failed(&key, &pref, "CreateContainerConfigError", message, now);
+                        continue;
+                    }
                 }
             }
             match self.container_env(pod, c, networked, &spec).await {
@@ -1606,6 +1627,47 @@ impl PodSync {
                 self.events.warning(&pod_ref(pod), "BackOff", e.message);
             }
         }
+    }
+
+    /// The pod's volumes set up on the node and container `c`'s mounts of them.
+    async fn pod_mounts(
+        &self,
+        pod: &Pod,
+        c: &berth_proto::types::Container,
+    ) -> Result<Vec<crate::runtime::Mount>, String> {
+        let Some(vols) = &self.cfg.volumes else {
+            return Err("this agent has no data directory for pod volumes".into());
+        };
+        let prepared = vols.prepare(self.api.as_ref(), pod).await?;
+        crate::volumes::Volumes::mounts(c, &prepared)
+    }
+
+    /// Keep configMap/secret volume files current (every [`VOLUME_REFRESH`]) and remove the
+    /// volumes of pods that are gone.
+    async fn maintain_volumes(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        let Some(vols) = self.cfg.volumes.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .last_volume_pass
+            .is_some_and(|t| now - t < VOLUME_REFRESH)
+        {
+            return;
+        }
+        self.last_volume_pass = Some(now);
+        for pod in desired.iter().filter(|p| is_desired(p)) {
+            if crate::volumes::Volumes::has_projections(pod) {
+                vols.refresh(self.api.as_ref(), pod).await;
+            }
+        }
+        let keep: BTreeSet<String> = desired
+            .iter()
+            .filter(|p| is_desired(p))
+            .map(|p| p.metadata.uid.clone())
+            .chain(observed.iter().map(|c| c.pod_uid.clone()))
+            .collect();
+        vols.remove_others(&keep);
     }
 
     /// The container's `envFrom` and `env`, resolved (see [`crate::podenv`]); Err: why it

@@ -1109,6 +1109,197 @@ fn validate_env_source(e: &mut Errs, p: &FieldPath, v: &EnvVar) {
     }
 }
 
+/// A relative path inside a volume: not absolute, no `..` element (Kubernetes'
+/// validateLocalDescendingPath).
+fn local_path(e: &mut Errs, p: &FieldPath, path: &str) {
+    if path.is_empty() {
+        e.add(p, "must not be empty");
+    } else if path.starts_with('/') {
+        e.add(
+            p,
+            format!("{path:?} must be a relative path inside the volume"),
+        );
+    } else if path.split('/').any(|seg| seg == "..") {
+        e.add(
+            p,
+            format!("{path:?} must not contain '..' (it would leave the volume)"),
+        );
+    } else if path.contains('\0') {
+        e.add(p, "must not contain NUL");
+    }
+}
+
+fn file_mode(e: &mut Errs, p: &FieldPath, mode: Option<i32>) {
+    if let Some(m) = mode {
+        if !(0..=0o777).contains(&m) {
+            e.add(
+                p,
+                format!("{m} is not a file mode: use 0 to 0777 (octal; 420 is 0644)"),
+            );
+        }
+    }
+}
+
+fn key_items(e: &mut Errs, p: &FieldPath, items: &[KeyToPath]) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let ip = p.child("items").index(i);
+        if let Err(m) = check_config_key(&it.key) {
+            e.add(&ip.child("key"), m);
+        }
+        local_path(e, &ip.child("path"), &it.path);
+        file_mode(e, &ip.child("mode"), it.mode);
+        if let Some(j) = seen.insert(it.path.as_str(), i) {
+            e.add(
+                &ip.child("path"),
+                format!("{:?} is also items[{j}].path", it.path),
+            );
+        }
+    }
+}
+
+/// The hostPath types Kubernetes knows.
+pub const HOST_PATH_TYPES: &[&str] = &[
+    "",
+    "DirectoryOrCreate",
+    "Directory",
+    "FileOrCreate",
+    "File",
+    "Socket",
+    "CharDevice",
+    "BlockDevice",
+];
+
+fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
+    let vp = path.child("volumes");
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        let p = vp.index(i);
+        if v.name.is_empty() {
+            e.add(&p.child("name"), "is required");
+        } else if let Err(m) = check_dns1123_label(&v.name) {
+            e.add(&p.child("name"), m);
+        } else if let Some(j) = names.insert(v.name.as_str(), i) {
+            e.add(
+                &p.child("name"),
+                format!("duplicate volume {:?} (also volumes[{j}])", v.name),
+            );
+        }
+        let n = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.persistent_volume_claim.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            e.add(
+                &p,
+                "must set exactly one of emptyDir, hostPath, configMap, secret, persistentVolumeClaim",
+            );
+        }
+        if let Some(d) = &v.empty_dir {
+            if let Some(m) = &d.medium {
+                if !matches!(m.as_str(), "" | "Memory") {
+                    e.add(
+                        &p.child("emptyDir").child("medium"),
+                        format!("unsupported medium {m:?}: use \"\" (the node's disk) or Memory"),
+                    );
+                }
+            }
+            if let Some(q) = &d.size_limit {
+                if q.parsed().is_err() {
+                    e.add(
+                        &p.child("emptyDir").child("sizeLimit"),
+                        format!("{:?} is not a quantity (e.g. 64Mi)", q.0),
+                    );
+                }
+            }
+        }
+        if let Some(h) = &v.host_path {
+            let hp = p.child("hostPath");
+            if !h.path.starts_with('/') {
+                e.add(
+                    &hp.child("path"),
+                    format!("{:?} must be an absolute path", h.path),
+                );
+            }
+            if h.path.split('/').any(|seg| seg == "..") {
+                e.add(&hp.child("path"), "must not contain '..'");
+            }
+            if let Some(t) = &h.type_ {
+                if !HOST_PATH_TYPES.contains(&t.as_str()) {
+                    e.add(
+                        &hp.child("type"),
+                        format!(
+                            "unsupported hostPath type {t:?}: use one of {}",
+                            HOST_PATH_TYPES[1..].join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(c) = &v.config_map {
+            let cp = p.child("configMap");
+            if let Err(m) = check_dns1123_subdomain(&c.name) {
+                e.add(&cp.child("name"), m);
+            }
+            key_items(e, &cp, &c.items);
+            file_mode(e, &cp.child("defaultMode"), c.default_mode);
+        }
+        if let Some(s) = &v.secret {
+            let sp = p.child("secret");
+            if let Err(m) = check_dns1123_subdomain(&s.secret_name) {
+                e.add(&sp.child("secretName"), m);
+            }
+            key_items(e, &sp, &s.items);
+            file_mode(e, &sp.child("defaultMode"), s.default_mode);
+        }
+        if v.persistent_volume_claim.is_some() {
+            e.add(
+                &p.child("persistentVolumeClaim"),
+                "PersistentVolumeClaims are not supported by Berth yet: use a hostPath volume (type DirectoryOrCreate) on a pinned node for data that must survive the pod",
+            );
+        }
+    }
+    for (ci, c) in spec.containers.iter().enumerate() {
+        let cp = path.child("containers").index(ci);
+        let mut paths: HashMap<&str, usize> = HashMap::new();
+        for (mi, m) in c.volume_mounts.iter().enumerate() {
+            let mp = cp.child("volumeMounts").index(mi);
+            if !spec.volumes.iter().any(|v| v.name == m.name) {
+                e.add(
+                    &mp.child("name"),
+                    format!("no volume named {:?} in spec.volumes", m.name),
+                );
+            }
+            if !m.mount_path.starts_with('/') {
+                e.add(
+                    &mp.child("mountPath"),
+                    format!("{:?} must be an absolute path", m.mount_path),
+                );
+            } else if m.mount_path.contains(':') {
+                e.add(&mp.child("mountPath"), "must not contain ':'");
+            }
+            let norm = m.mount_path.trim_end_matches('/');
+            if let Some(j) = paths.insert(norm, mi) {
+                e.add(
+                    &mp.child("mountPath"),
+                    format!("{:?} is also volumeMounts[{j}].mountPath", m.mount_path),
+                );
+            }
+            if let Some(sp) = &m.sub_path {
+                if !sp.is_empty() {
+                    local_path(e, &mp.child("subPath"), sp);
+                }
+            }
+        }
+    }
+}
+
 fn validate_env_from(e: &mut Errs, p: &FieldPath, c: &Container) {
     for (j, f) in c.env_from.iter().enumerate() {
         let fp = p.child("envFrom").index(j);
@@ -1445,6 +1636,7 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
     if spec.containers.is_empty() {
         e.add(&cp, "at least one container is required");
     }
+    volumes(e, spec, path);
     if !spec.node_name.is_empty() {
         if let Err(m) = check_dns1123_subdomain(&spec.node_name) {
             e.add(

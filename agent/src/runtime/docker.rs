@@ -964,12 +964,23 @@ impl Runtime for DockerRuntime {
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
                 network_mode: sandbox.as_ref().map(|(id, _)| format!("container:{id}")),
-                binds: match (&sandbox, &spec.dns) {
-                    (Some((_, net)), Some(_)) => Some(vec![format!(
-                        "{}:/etc/resolv.conf:ro",
-                        resolv_conf_path(net, &spec.pod_uid).display()
-                    )]),
-                    _ => None,
+                binds: {
+                    let mut binds: Vec<String> = match (&sandbox, &spec.dns) {
+                        (Some((_, net)), Some(_)) => vec![format!(
+                            "{}:/etc/resolv.conf:ro",
+                            resolv_conf_path(net, &spec.pod_uid).display()
+                        )],
+                        _ => Vec::new(),
+                    };
+                    binds.extend(spec.mounts.iter().map(|m| {
+                        format!(
+                            "{}:{}{}",
+                            m.host_path.display(),
+                            m.container_path,
+                            if m.read_only { ":ro" } else { "" }
+                        )
+                    }));
+                    (!binds.is_empty()).then_some(binds)
                 },
                 memory: spec.memory_limit_bytes.map(|m| m as i64),
                 nano_cpus: spec.cpu_limit_millis.map(|m| (m as i64) * 1_000_000),

@@ -19,6 +19,7 @@ pub mod pause;
 pub mod process;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -93,6 +94,17 @@ pub struct ContainerSpec {
     /// same port for clients on the node. None: every address.
     #[serde(default)]
     pub host_port_ip: Option<std::net::IpAddr>,
+    /// The pod's volumes this container mounts (bind mounts from the node).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// A node path bind-mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 impl ContainerSpec {

@@ -273,6 +273,14 @@ impl Runtime for ProcessRuntime {
         if spec.command.is_empty() && spec.args.is_empty() {
             return Err(RuntimeError::NoCommand);
         }
+        if let Some(m) = spec.mounts.first() {
+            return Err(RuntimeError::Other(format!(
+                "container {} mounts volumes ({} at {}), which the process runtime cannot do yet (it runs pods without a mount namespace): run the pod on Docker (runtimeClassName: docker)",
+                spec.container_name,
+                m.host_path.display(),
+                m.container_path
+            )));
+        }
         let id = spec.instance_name();
         let dir = self.dir(&id);
         let workdir = dir.join("work");

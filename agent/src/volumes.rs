@@ -1,0 +1,528 @@
+//! Pod volumes on the node: `emptyDir` (a directory, or a tmpfs for `medium: Memory`),
+//! `hostPath` (checked per its `type`), and `configMap` / `secret` projections, under
+//! `DATA/volumes/POD-UID/NAME`, bind-mounted into the pod's containers.
+//!
+//! ConfigMap and Secret files are written the way the kubelet's atomic writer does: the files
+//! live in a timestamped `..TS` directory, `..data` is a symlink to it, and each top-level
+//! name is a symlink through `..data`. An update writes a new `..TS`, then renames a new
+//! `..data` over the old one, so a reader sees the old set or the new one, never a mix; a
+//! `subPath` mount resolves to the file itself and so never updates, as in Kubernetes.
+//! Values are never logged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use berth_proto::types::{Container, KeyToPath, Pod, Volume};
+
+use crate::api::NodeApi;
+use crate::runtime::Mount;
+
+/// One file of a projection: its bytes and mode.
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// The node's pod volumes, under one root (`DATA/volumes`).
+#[derive(Debug, Clone)]
+pub struct Volumes {
+    root: PathBuf,
+}
+
+impl Volumes {
+    pub fn new(root: PathBuf) -> Volumes {
+        Volumes { root }
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join(uid)
+    }
+
+    /// Make every volume of `pod` ready (create, check, project) and return each volume's
+    /// directory or file on the node. Err: kubelet's `MountVolume.SetUp failed ...` message.
+    pub async fn prepare(
+        &self,
+        api: &dyn NodeApi,
+        pod: &Pod,
+    ) -> Result<BTreeMap<String, PathBuf>, String> {
+        let mut out = BTreeMap::new();
+        for v in &pod.spec.volumes {
+            let path = self
+                .prepare_one(api, pod, v)
+                .await
+                .map_err(|e| format!("MountVolume.SetUp failed for volume {:?}: {e}", v.name))?;
+            out.insert(v.name.clone(), path);
+        }
+        Ok(out)
+    }
+
+    async fn prepare_one(
+        &self,
+        api: &dyn NodeApi,
+        pod: &Pod,
+        v: &Volume,
+    ) -> Result<PathBuf, String> {
+        let dir = self.pod_dir(&pod.metadata.uid).join(&v.name);
+        let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+        if let Some(ed) = &v.empty_dir {
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+                // Any container user may write an emptyDir (kubelet: 0777).
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                    .map_err(|e| io("chmod", &dir, e))?;
+            }
+            if ed.medium.as_deref() == Some("Memory") {
+                mount_tmpfs(&dir, ed.size_limit.as_ref())?;
+            }
+            return Ok(dir);
+        }
+        if let Some(h) = &v.host_path {
+            return host_path(&h.path, h.type_.as_deref().unwrap_or(""));
+        }
+        let ns = &pod.metadata.namespace;
+        let files = if let Some(c) = &v.config_map {
+            match api
+                .get_config_map(ns, &c.name)
+                .await
+                .map_err(|e| format!("reading configmap {:?}: {e}", c.name))?
+            {
+                Some(cm) => {
+                    let keys: Vec<String> = cm
+                        .data
+                        .keys()
+                        .chain(cm.binary_data.keys())
+                        .cloned()
+                        .collect();
+                    select(
+                        &keys,
+                        &c.items,
+                        c.default_mode,
+                        |k| cm.value(k),
+                        "ConfigMap",
+                        ns,
+                        &c.name,
+                    )?
+                }
+                None if c.optional == Some(true) => Files::new(),
+                None => return Err(format!("configmap {:?} not found", c.name)),
+            }
+        } else if let Some(s) = &v.secret {
+            match api
+                .get_secret(ns, &s.secret_name)
+                .await
+                .map_err(|e| format!("reading secret {:?}: {e}", s.secret_name))?
+            {
+                Some(sec) => {
+                    let keys: Vec<String> = sec.data.keys().cloned().collect();
+                    select(
+                        &keys,
+                        &s.items,
+                        s.default_mode,
+                        |k| sec.value(k),
+                        "Secret",
+                        ns,
+                        &s.secret_name,
+                    )?
+                }
+                None if s.optional == Some(true) => Files::new(),
+                None => return Err(format!("secret {:?} not found", s.secret_name)),
+            }
+        } else {
+            return Err("this kind of volume is not supported by Berth yet".into());
+        };
+        project(&dir, &files).map_err(|e| io("writing", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Does `pod` have a configMap or secret volume (refreshed while it runs)?
+    pub fn has_projections(pod: &Pod) -> bool {
+        pod.spec
+            .volumes
+            .iter()
+            .any(|v| v.config_map.is_some() || v.secret.is_some())
+    }
+
+    /// Re-project the configMap/secret volumes of a running pod (after an update of the
+    /// object); only volumes already set up are touched.
+    pub async fn refresh(&self, api: &dyn NodeApi, pod: &Pod) {
+        for v in &pod.spec.volumes {
+            if v.config_map.is_none() && v.secret.is_none() {
+                continue;
+            }
+            if !self
+                .pod_dir(&pod.metadata.uid)
+                .join(&v.name)
+                .join("..data")
+                .exists()
+            {
+                continue;
+            }
+            if let Err(e) = self.prepare_one(api, pod, v).await {
+                tracing::debug!(pod = %pod.metadata.name, volume = %v.name, error = %e, "refreshing a volume (retried)");
+            }
+        }
+    }
+
+    /// The bind mounts of container `c`, from the prepared volume paths. A `subPath` must stay
+    /// inside its volume, symlinks included (checked after resolving them).
+    pub fn mounts(
+        c: &Container,
+        prepared: &BTreeMap<String, PathBuf>,
+    ) -> Result<Vec<Mount>, String> {
+        let mut out = Vec::new();
+        for m in &c.volume_mounts {
+            let base = prepared
+                .get(&m.name)
+                .ok_or_else(|| format!("volume {:?} is not prepared", m.name))?;
+            let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                None => base.clone(),
+                Some(sub) => sub_path(base, sub).map_err(|e| {
+                    format!(
+                        "subPath {sub:?} of volume {:?} in container {}: {e}",
+                        m.name, c.name
+                    )
+                })?,
+            };
+            out.push(Mount {
+                host_path: host,
+                container_path: m.mount_path.clone(),
+                read_only: m.read_only == Some(true),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Remove the volumes of every pod not in `keep` (tmpfs unmounted first).
+    pub fn remove_others(&self, keep: &BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&uid) {
+                continue;
+            }
+            let dir = e.path();
+            if let Ok(vols) = std::fs::read_dir(&dir) {
+                for v in vols.flatten() {
+                    unmount_if_mounted(&v.path());
+                }
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::debug!(pod_uid = %uid, "pod volumes removed"),
+                Err(error) => {
+                    tracing::warn!(pod_uid = %uid, %error, "removing pod volumes (retried)")
+                }
+            }
+        }
+    }
+}
+
+/// The files of a projection: every key at its own name, or only `items` at their paths.
+fn select(
+    keys: &[String],
+    items: &[KeyToPath],
+    default_mode: Option<i32>,
+    value: impl Fn(&str) -> Option<Vec<u8>>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Files, String> {
+    let mode_of = |m: Option<i32>| m.or(default_mode).map_or(0o644, |m| (m as u32) & 0o777);
+    let mut files = Files::new();
+    if items.is_empty() {
+        for k in keys {
+            if let Some(v) = value(k) {
+                files.insert(k.clone(), (v, mode_of(None)));
+            }
+        }
+    } else {
+        for it in items {
+            let v = value(&it.key)
+                .ok_or_else(|| format!("couldn't find key {} in {kind} {ns}/{name}", it.key))?;
+            files.insert(it.path.clone(), (v, mode_of(it.mode)));
+        }
+    }
+    Ok(files)
+}
+
+/// Write `files` under `dir` atomically (see the module docs); unchanged content is left
+/// alone. Returns whether anything changed.
+fn project(dir: &Path, files: &Files) -> std::io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    let data = dir.join("..data");
+    if let Ok(current) = std::fs::read_link(&data) {
+        if same(&dir.join(&current), files) {
+            return Ok(false);
+        }
+    }
+    let stamp = format!(
+        "..{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let ts = dir.join(&stamp);
+    std::fs::create_dir(&ts)?;
+    std::fs::set_permissions(&ts, std::fs::Permissions::from_mode(0o755))?;
+    for (rel, (bytes, mode)) in files {
+        let p = ts.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, bytes)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+    }
+    let old = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&stamp, &tmp)?;
+    std::fs::rename(&tmp, &data)?;
+    // Top-level names point through ..data; names no longer projected go away.
+    let tops: BTreeSet<String> = files
+        .keys()
+        .filter_map(|k| k.split('/').next().map(str::to_string))
+        .collect();
+    for t in &tops {
+        let link = dir.join(t);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(t), &link)?;
+        }
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !tops.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if let Some(old) = old {
+        if old != Path::new(&stamp) {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    }
+    Ok(true)
+}
+
+/// Does the projected directory hold exactly `files`?
+fn same(ts: &Path, files: &Files) -> bool {
+    let mut found = 0usize;
+    for (rel, (bytes, mode)) in files {
+        let p = ts.join(rel);
+        match (std::fs::read(&p), std::fs::metadata(&p)) {
+            (Ok(b), Ok(m)) if b == *bytes && (m.permissions().mode() & 0o777) == *mode => {
+                found += 1
+            }
+            _ => return false,
+        }
+    }
+    count_files(ts) == found
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    count_files(&p)
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
+}
+
+/// `base/sub`, which must resolve (symlinks followed) to a path inside `base`.
+fn sub_path(base: &Path, sub: &str) -> Result<PathBuf, String> {
+    if Path::new(sub)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err("must be a relative path without '..'".into());
+    }
+    let root = base
+        .canonicalize()
+        .map_err(|e| format!("resolving the volume: {e}"))?;
+    let p = base.join(sub);
+    if !p.exists() && std::fs::symlink_metadata(&p).is_err() {
+        // Kubernetes creates a missing subPath directory.
+        std::fs::create_dir_all(&p).map_err(|e| format!("creating it: {e}"))?;
+    }
+    let real = p.canonicalize().map_err(|e| format!("resolving it: {e}"))?;
+    if !real.starts_with(&root) {
+        return Err("resolves outside its volume (through a symlink)".into());
+    }
+    Ok(real)
+}
+
+/// A hostPath volume, checked (or created) per its type.
+fn host_path(path: &str, ty: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let p = PathBuf::from(path);
+    let meta = std::fs::metadata(&p);
+    let wrong = |want: &str| format!("hostPath type check failed: {path} is not {want}");
+    match ty {
+        "" => {}
+        "DirectoryOrCreate" => {
+            if meta.is_err() {
+                std::fs::create_dir_all(&p).map_err(|e| format!("creating {path}: {e}"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("chmod {path}: {e}"))?;
+            } else if !p.is_dir() {
+                return Err(wrong("a directory"));
+            }
+        }
+        "FileOrCreate" => {
+            if meta.is_err() {
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| format!("creating {path}: {e}"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                    .map_err(|e| format!("chmod {path}: {e}"))?;
+            } else if !p.is_file() {
+                return Err(wrong("a file"));
+            }
+        }
+        _ => {
+            let m = meta.map_err(|e| format!("hostPath {path}: {e}"))?;
+            let ft = m.file_type();
+            let ok = match ty {
+                "Directory" => ft.is_dir(),
+                "File" => ft.is_file(),
+                "Socket" => ft.is_socket(),
+                "CharDevice" => ft.is_char_device(),
+                "BlockDevice" => ft.is_block_device(),
+                other => return Err(format!("unsupported hostPath type {other:?}")),
+            };
+            if !ok {
+                return Err(wrong(&format!("a {ty}")));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// A tmpfs on `dir` (once), sized by `sizeLimit`; needs CAP_SYS_ADMIN.
+fn mount_tmpfs(dir: &Path, size: Option<&berth_proto::types::Quantity>) -> Result<(), String> {
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let mut opts = "mode=0777".to_string();
+    if let Some(q) = size.and_then(|q| q.parsed().ok()) {
+        opts.push_str(&format!(",size={}", q.value()));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "mounting a tmpfs for emptyDir medium Memory on {}: {e} (the agent needs root, CAP_SYS_ADMIN)",
+            dir.display()
+        )
+    })
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|m| m == want)
+}
+
+fn unmount_if_mounted(dir: &Path) {
+    if is_mount_point(dir) {
+        if let Err(error) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %dir.display(), %error, "unmounting a pod tmpfs");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> Files {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.as_bytes().to_vec(), 0o644)))
+            .collect()
+    }
+
+    #[test]
+    fn a_projection_swaps_atomically_and_drops_removed_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cfg");
+        assert!(project(
+            &dir,
+            &files(&[("game.properties", "lives=3"), ("ui", "dark")])
+        )
+        .unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("game.properties")).unwrap(),
+            "lives=3"
+        );
+        assert!(std::fs::symlink_metadata(dir.join("ui"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Same content: nothing rewritten.
+        let before = std::fs::read_link(dir.join("..data")).unwrap();
+        assert!(!project(
+            &dir,
+            &files(&[("game.properties", "lives=3"), ("ui", "dark")])
+        )
+        .unwrap());
+        assert_eq!(std::fs::read_link(dir.join("..data")).unwrap(), before);
+        // An update: new content through the same path, removed key gone, old dir removed.
+        assert!(project(&dir, &files(&[("game.properties", "lives=5")])).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("game.properties")).unwrap(),
+            "lives=5"
+        );
+        assert!(std::fs::symlink_metadata(dir.join("ui")).is_err());
+        assert!(!dir.join(before).exists());
+    }
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        symlink("/etc", vol.join("escape")).unwrap();
+        assert!(sub_path(&vol, "escape/passwd")
+            .unwrap_err()
+            .contains("outside"));
+        assert!(sub_path(&vol, "../x").is_err());
+        let made = sub_path(&vol, "data/mysql").unwrap();
+        assert!(made.is_dir() && made.starts_with(vol.canonicalize().unwrap()));
+    }
+
+    #[test]
+    fn host_path_types_are_checked_or_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("d");
+        host_path(d.to_str().unwrap(), "DirectoryOrCreate").unwrap();
+        assert!(d.is_dir());
+        let f = tmp.path().join("f");
+        host_path(f.to_str().unwrap(), "FileOrCreate").unwrap();
+        assert!(f.is_file());
+        assert!(host_path(f.to_str().unwrap(), "Directory")
+            .unwrap_err()
+            .contains("is not a Directory"));
+        assert!(host_path(tmp.path().join("none").to_str().unwrap(), "File").is_err());
+    }
+}
