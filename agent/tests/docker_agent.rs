@@ -731,3 +731,203 @@ async fn docker_runtime_pulls_a_digest_reference_from_the_cluster_registry_and_f
     rt.pull(&qualified).await.unwrap();
     stop.cancel();
 }
+
+/// The Kubernetes docs' sidecar shape on Docker: the main container writes a log to a shared
+/// emptyDir and a sidecar tails it; the main container reads a ConfigMap volume (an update of
+/// the ConfigMap shows up in the mounted file while the pod runs) and a Secret volume with
+/// `defaultMode: 0400`; deleting the pod removes its volumes from the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pod_shares_an_empty_dir_with_a_sidecar_and_sees_config_map_updates() {
+    use berth_proto::types::{
+        ConfigMap, ConfigMapVolumeSource, EmptyDirVolumeSource, Secret, SecretVolumeSource, Volume,
+        VolumeMount,
+    };
+    let test = "docker_pod_shares_an_empty_dir_with_a_sidecar_and_sees_config_map_updates";
+    if !DockerRuntime::available(Duration::from_secs(5)).await {
+        berth_testkit::skip::skip_or_fail(
+            test,
+            "Docker engine not reachable (no answer within 5s)",
+        );
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let ns = format!("dv{}", std::process::id());
+    let _cleanup = Cleanup(ns.clone());
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_named_agent(&cluster, dir.path(), "docker-vol-node", "41300-41399").await;
+
+    let meta = |name: &str| ObjectMeta {
+        name: name.into(),
+        namespace: ns.clone(),
+        ..Default::default()
+    };
+    let mut cm = ConfigMap {
+        metadata: meta("app-config"),
+        ..Default::default()
+    };
+    cm.data.insert("greeting".into(), "hello".into());
+    client.create(&cm).await.unwrap();
+    let mut secret = Secret {
+        metadata: meta("db"),
+        ..Default::default()
+    };
+    secret
+        .string_data
+        .insert("password".into(), "hunter2".into());
+    client.create(&secret).await.unwrap();
+
+    let mut p = pod(
+        &ns,
+        "sidecar",
+        IMAGE,
+        "i=0; while true; do i=$((i+1)); echo \"line $i $(/bin/busybox cat /etc/app/greeting)\" >> /var/log/app.log; /bin/busybox sleep 0.3; done",
+    );
+    p.spec.node_name = "docker-vol-node".into();
+    let mount = |name: &str, path: &str, ro: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: ro.then_some(true),
+        sub_path: None,
+    };
+    p.spec.volumes = vec![
+        Volume {
+            name: "logs".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "conf".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: "app-config".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "creds".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: "db".into(),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    p.spec.containers[0].volume_mounts = vec![
+        mount("logs", "/var/log", false),
+        mount("conf", "/etc/app", true),
+        mount("creds", "/etc/creds", true),
+    ];
+    let mut sidecar = p.spec.containers[0].clone();
+    sidecar.name = "sidecar".into();
+    sidecar.args = vec![
+        "sh".into(),
+        "-c".into(),
+        "exec /bin/busybox tail -F /var/log/app.log".into(),
+    ];
+    sidecar.volume_mounts = vec![mount("logs", "/var/log", true)];
+    p.spec.containers.push(sidecar);
+    client.create(&p).await.unwrap();
+
+    common::wait_for(T, "both containers running", || async {
+        let st = status_of(&client, &ns, "sidecar").await?;
+        (st.container_statuses.len() == 2
+            && st
+                .container_statuses
+                .iter()
+                .all(|c| c.state.running.is_some()))
+        .then_some(())
+    })
+    .await;
+    let name_of = |c: &str| {
+        let names = docker(&[
+            "ps",
+            "--filter",
+            &format!("label=berth.pod-namespace={ns}"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        names
+            .lines()
+            .find(|n| n.contains(&format!("_{c}_")))
+            .unwrap_or_else(|| panic!("no {c} container in {names}"))
+            .to_string()
+    };
+    let (main, side) = (name_of("main"), name_of("sidecar"));
+    let sidecar_logs = |want: &'static str| {
+        let side = side.clone();
+        async move {
+            let out = tokio::process::Command::new("docker")
+                .args(["logs", &side])
+                .output()
+                .await
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(want).then_some(text)
+        }
+    };
+    common::wait_for(T, "the sidecar tails the main container's log", || {
+        sidecar_logs(" hello")
+    })
+    .await;
+    assert_eq!(
+        docker(&["exec", &main, "/bin/busybox", "cat", "/etc/creds/password"]),
+        "hunter2"
+    );
+    assert_eq!(
+        docker(&[
+            "exec",
+            &main,
+            "/bin/busybox",
+            "stat",
+            "-L",
+            "-c",
+            "%a",
+            "/etc/creds/password"
+        ]),
+        "400"
+    );
+    // Read-only where the manifest says so.
+    let w = std::process::Command::new("docker")
+        .args(["exec", &main, "/bin/busybox", "touch", "/etc/app/x"])
+        .output()
+        .unwrap();
+    assert!(!w.status.success(), "a readOnly mount was writable");
+
+    // The ConfigMap changes: the mounted file follows (the agent re-projects every 10 s).
+    let mut cm: ConfigMap = client.get(&ns, "app-config").await.unwrap();
+    cm.data.insert("greeting".into(), "updated".into());
+    client.update(&cm).await.unwrap();
+    common::wait_for(
+        Duration::from_secs(60),
+        "the update in the mounted file",
+        || sidecar_logs(" updated"),
+    )
+    .await;
+
+    let uid = client
+        .get::<Pod>(&ns, "sidecar")
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    let vols = dir.path().join("volumes").join(&uid);
+    assert!(vols.join("logs").join("app.log").exists());
+    client
+        .delete(berth_proto::Kind::Pod, &ns, "sidecar", None)
+        .await
+        .unwrap();
+    common::wait_for(T, "the pod's volumes removed from the node", || async {
+        (!vols.exists()).then_some(())
+    })
+    .await;
+    agent.stop_workloads().await;
+    cluster.shutdown().await.unwrap();
+}
