@@ -12,6 +12,7 @@ pub mod apply;
 pub mod build;
 pub mod cluster;
 pub mod config;
+pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod get;
@@ -155,6 +156,9 @@ pub enum Command {
     /// [--dry-run]
     #[command(after_help = apply::HELP)]
     Apply(WithConn<apply::ApplyArgs>),
+    /// Create a Secret or ConfigMap from literals and files: berth create secret generic NAME
+    /// --from-literal K=V, berth create configmap NAME --from-file PATH
+    Create(WithConn<create::CreateArgs>),
     /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
     Get(WithConn<get::GetArgs>),
     /// Show one object in detail, with its conditions and events.
@@ -353,6 +357,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Dev(args) => crate::roles::run_dev(args, shutdown).await,
         Command::DemoServer(args) => crate::demo::run(args, shutdown).await,
         Command::Apply(c) => apply::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Create(c) => create::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Get(c) => get::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Describe(c) => describe::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,

@@ -937,3 +937,106 @@ async fn config_maps_and_secrets_apply_list_and_describe_without_showing_secret_
     assert!(r.out.contains("password: aHVudGVyMg=="), "{r:?}");
     assert!(!r.out.contains("stringData"), "{r:?}");
 }
+
+/// kubectl's imperative shapes: `create secret generic` from literals and a file (the MySQL
+/// docs' `mysql-pass`), `create secret docker-registry`, `create configmap --from-file`; a
+/// second create is refused by name; no output or error shows a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_secret_and_configmap_from_literals_and_files_like_kubectl() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write(dir.path(), "ssh-key", "PRIVATE-hunter2");
+    let r = berth(
+        &target,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "mysql-pass",
+            "--from-literal=password=hunter2",
+            "--from-file",
+            &key_file,
+        ],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.out.trim(), "secret/mysql-pass created");
+    let r = berth(&target, &["describe", "secret", "mysql-pass"]).await;
+    assert!(
+        r.out.contains("password:  7 bytes") && r.out.contains("ssh-key:  15 bytes"),
+        "{r:?}"
+    );
+    let again = berth(
+        &target,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "mysql-pass",
+            "--from-literal=password=hunter2",
+        ],
+    )
+    .await;
+    assert!(!again.ok, "{again:?}");
+    assert!(
+        again.err.contains("secret/mysql-pass already exists"),
+        "{again:?}"
+    );
+    assert!(
+        !again.err.contains("hunter2") && !again.out.contains("hunter2"),
+        "{again:?}"
+    );
+    let bad = berth(
+        &target,
+        &["create", "secret", "generic", "x", "--from-literal=hunter2"],
+    )
+    .await;
+    assert!(!bad.ok && bad.err.contains("expected KEY=VALUE"), "{bad:?}");
+    assert!(!bad.err.contains("hunter2"), "{bad:?}");
+
+    let r = berth(
+        &target,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "--docker-server",
+            "registry.example:5000",
+            "--docker-username",
+            "ci",
+            "--docker-password",
+            "hunter2",
+        ],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(&target, &["get", "secrets"]).await;
+    assert!(
+        r.out
+            .lines()
+            .any(|l| l.starts_with("regcred") && l.contains("kubernetes.io/dockerconfigjson")),
+        "{r:?}"
+    );
+
+    let props = write(dir.path(), "game.properties", "enemies=aliens\nlives=3\n");
+    let r = berth(
+        &target,
+        &[
+            "create",
+            "configmap",
+            "game-config",
+            "--from-file",
+            &props,
+            "--from-literal=mode=fast",
+        ],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(&target, &["get", "configmap", "game-config", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    assert_eq!(v["data"]["game.properties"], "enemies=aliens\nlives=3\n");
+    assert_eq!(v["data"]["mode"], "fast");
+}
