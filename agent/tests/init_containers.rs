@@ -394,3 +394,55 @@ async fn post_start_runs_after_start_and_pre_stop_runs_before_sigterm() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_does_not_rerun_completed_init_containers_and_adopts_the_sidecar() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    let runs = marks.path().join("init-runs").display().to_string();
+    let first = start_agent(&cluster, data.path(), 65).await;
+    let mut sidecar = sh("proxy", "exec sleep 1000");
+    sidecar.restart_policy = Some("Always".into());
+    let p = pod(
+        "adopted",
+        vec![sh("once", &format!("echo ran >> {runs}")), sidecar],
+        vec![sh("app", "exec sleep 1000")],
+    );
+    client.create(&p).await.unwrap();
+    let get = |name: &'static str| {
+        let client = client.clone();
+        async move { client.get::<Pod>("default", name).await.ok() }
+    };
+    let before = common::wait_for(T, "pod Ready", || async {
+        get("adopted").await.filter(|p| p.is_ready())
+    })
+    .await;
+    first.stop().await;
+    let _second = start_agent(&cluster, data.path(), 65).await;
+    // Once a pod created after the restart runs, the new agent has planned "adopted" too.
+    client
+        .create(&pod("witness", vec![], vec![sh("app", "exec sleep 1000")]))
+        .await
+        .unwrap();
+    common::wait_for(T, "the witness running", || async {
+        get("witness")
+            .await
+            .filter(|p| app_status(p).is_some_and(|c| c.state.running.is_some()))
+    })
+    .await;
+    let after = get("adopted").await.unwrap();
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+    assert!(after.is_ready());
+    for (b, a) in init_statuses(&before).iter().zip(init_statuses(&after)) {
+        assert_eq!(a.restart_count, 0, "{}", a.name);
+        assert_eq!(a.container_id, b.container_id, "{} adopted", a.name);
+    }
+    assert_eq!(app_status(&after).map(|c| c.restart_count), Some(0));
+}
