@@ -49,6 +49,15 @@ pub fn describe(h: &LifecycleHandler) -> String {
     "<no handler>".to_string()
 }
 
+/// Where an httpGet hook connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookHost {
+    /// The node's loopback (the container shares the node's network).
+    Node,
+    /// The pod's own address; None: ask the runtime for it (a pod that just started).
+    Pod { pod_uid: String, ip: Option<String> },
+}
+
 /// Run one hook of container `id`, bounded by `timeout`; `Err` says why it failed.
 pub async fn run(
     rt: &dyn Runtime,
@@ -56,9 +65,21 @@ pub async fn run(
     c: &Container,
     h: &LifecycleHandler,
     ports: &[PortBinding],
-    host: Option<&str>,
+    host: &HookHost,
     timeout: Duration,
 ) -> Result<(), String> {
+    let host = match host {
+        HookHost::Node => None,
+        HookHost::Pod { ip: Some(ip), .. } => Some(ip.clone()),
+        HookHost::Pod { pod_uid, ip: None } if h.http_get.is_some() => {
+            match rt.pod_ip(pod_uid).await.filter(|ip| !ip.is_empty()) {
+                Some(ip) => Some(ip),
+                None => return Err("the pod has no IP address yet".to_string()),
+            }
+        }
+        HookHost::Pod { .. } => None,
+    };
+    let host = host.as_deref();
     if let Some(s) = &h.sleep {
         let d = Duration::from_secs(s.seconds.max(0) as u64);
         tokio::time::sleep(d.min(timeout)).await;

@@ -989,7 +989,7 @@ struct PreStop {
     handler: berth_proto::types::LifecycleHandler,
     container: Container,
     ports: Vec<crate::runtime::PortBinding>,
-    host: Option<String>,
+    host: crate::hooks::HookHost,
     pod: PodRef,
 }
 
@@ -1339,15 +1339,20 @@ impl PodSync {
 
     /// Where a hook's httpGet connects: the pod's own address on the pod network, else the
     /// node's loopback (the container shares the node's network).
-    fn hook_host(&self, pod: &Pod) -> Option<String> {
+    fn hook_host(&self, pod: &Pod) -> crate::hooks::HookHost {
         if !self.handler_has_pod_network(pod) {
-            return None;
+            return crate::hooks::HookHost::Node;
         }
-        self.last_written
+        let ip = self
+            .last_written
             .get(&pod.metadata.uid)
             .or(pod.status.as_ref())
             .map(|s| s.pod_ip.clone())
-            .filter(|ip| !ip.is_empty())
+            .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address);
+        crate::hooks::HookHost::Pod {
+            pod_uid: pod.metadata.uid.clone(),
+            ip,
+        }
     }
 
     /// Stop a container; with a preStop hook, the hook runs first and its time counts toward
@@ -1374,7 +1379,7 @@ impl PodSync {
                     &h.container,
                     &h.handler,
                     &h.ports,
-                    h.host.as_deref(),
+                    &h.host,
                     grace,
                 )
                 .await;
@@ -1437,23 +1442,15 @@ impl PodSync {
         let done = self.hook_done_tx.clone();
         let kick = self.kick.clone();
         self.stops.spawn(async move {
-            let r = crate::hooks::run(
-                rt.as_ref(),
-                &id,
-                &c,
-                &handler,
-                &ports,
-                host.as_deref(),
-                timeout,
-            )
-            .await
-            .map_err(|m| {
-                format!(
-                    "PostStartHook ({}) of container {} failed: {m}",
-                    crate::hooks::describe(&handler),
-                    c.name
-                )
-            });
+            let r = crate::hooks::run(rt.as_ref(), &id, &c, &handler, &ports, &host, timeout)
+                .await
+                .map_err(|m| {
+                    format!(
+                        "PostStartHook ({}) of container {} failed: {m}",
+                        crate::hooks::describe(&handler),
+                        c.name
+                    )
+                });
             let _ = done.send(HookDone {
                 id,
                 pod: pref,
