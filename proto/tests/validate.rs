@@ -824,3 +824,18 @@ spec:
     assert!(!p.spec.init_containers[1].is_sidecar());
     assert_eq!(rendered(validate_pod(&p)), Vec::<String>::new());
 }
+
+#[test]
+fn the_init_sidecar_example_manifest_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/init-sidecar.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let objs = berth_proto::manifest::parse_manifest(path, &text).unwrap();
+    assert_eq!(objs.len(), 1);
+    assert!(validate(&objs[0]).is_empty(), "{:?}", validate(&objs[0]));
+    let p: Pod = objs[0].to_typed().unwrap();
+    assert_eq!(p.spec.init_containers.len(), 3);
+    assert!(p.spec.init_containers[1].is_sidecar());
+}
