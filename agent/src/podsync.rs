@@ -13,6 +13,15 @@
 //! (`stopping`, read by [`plan`]); the stop tasks report back over a channel that the shell
 //! folds in ([`Memo::stop_finished`]) before it plans.
 //!
+//! Init containers ([`init_progress`], pure): plain ones run one at a time, in order, each to
+//! exit 0; a native sidecar (`restartPolicy: Always`) lets the next one start once it has
+//! started (startupProbe passed, postStart finished) and is restarted whenever it exits; the
+//! app containers start once all that is done. Init is over for good as soon as any app
+//! container exists in the runtime, so a restarted agent never re-runs it. Sidecars of a pod
+//! being torn down stop after its app containers, in reverse order. Lifecycle hooks run in
+//! tasks of the shell: postStart after a start (a failure kills the container), preStop
+//! inside the stop task, before the stop signal, within the grace period.
+//!
 //! Nothing local is trusted across an agent restart: restart counts are the attempt numbers in
 //! the workloads' labels, host ports come from labels and pod status, backoff is re-derived
 //! from the last exit time. Until the pod cache has had its first full list, no workload is

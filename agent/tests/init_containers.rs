@@ -41,6 +41,32 @@ async fn start_agent(cluster: &TestCluster, dir: &Path, seed: u16) -> AgentHandl
         .unwrap()
 }
 
+/// Kills every process working under `dir` (the process runtime's containers of one agent)
+/// when dropped, so no workload outlives its test, also on failure.
+struct KillUnder(std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let under =
+                std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0));
+            if under {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Dropped in field order: the agent's workloads are killed last.
 struct Env {
     _cluster: TestCluster,
     client: Client,
@@ -48,6 +74,7 @@ struct Env {
     _data: tempfile::TempDir,
     /// The dir the workloads write their marks in.
     marks: tempfile::TempDir,
+    _kill: KillUnder,
 }
 
 async fn env(seed: u16) -> Env {
@@ -61,6 +88,7 @@ async fn env(seed: u16) -> Env {
     let data = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, data.path(), seed).await;
     Env {
+        _kill: KillUnder(data.path().to_path_buf()),
         _cluster: cluster,
         client,
         _agent: agent,
@@ -405,6 +433,7 @@ async fn a_restarted_agent_does_not_rerun_completed_init_containers_and_adopts_t
     )
     .unwrap();
     let data = tempfile::tempdir().unwrap();
+    let _kill = KillUnder(data.path().to_path_buf());
     let marks = tempfile::tempdir().unwrap();
     let runs = marks.path().join("init-runs").display().to_string();
     let first = start_agent(&cluster, data.path(), 65).await;
