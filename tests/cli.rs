@@ -876,3 +876,64 @@ async fn headless_and_load_balancer_services_from_the_kubernetes_docs_apply_and_
         "{r:?}"
     );
 }
+
+/// The Kubernetes docs' ConfigMap (configuration/configmap, `game-demo`) and a Secret written
+/// with `stringData` apply unchanged, apply again as unchanged, list with kubectl's columns,
+/// and describe shows a Secret's keys and sizes but never its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_maps_and_secrets_apply_list_and_describe_without_showing_secret_values() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let target = Target::new(&cluster, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let docs = write(
+        dir.path(),
+        "config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: game-demo\ndata:\n  player_initial_lives: \"3\"\n  ui_properties_file_name: \"user-interface.properties\"\n  game.properties: |\n    enemy.types=aliens,monsters\n    player.maximum-lives=5\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: mysql-pass\ntype: Opaque\nstringData:\n  password: hunter2\n",
+    );
+    let r = berth(&target, &["apply", "-f", &docs]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out.contains("configmap/game-demo created")
+            && r.out.contains("secret/mysql-pass created"),
+        "{r:?}"
+    );
+    let r = berth(&target, &["apply", "-f", &docs]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out.contains("configmap/game-demo unchanged")
+            && r.out.contains("secret/mysql-pass unchanged"),
+        "{r:?}"
+    );
+    let r = berth(&target, &["get", "configmaps"]).await;
+    assert!(r.ok, "{r:?}");
+    let row: Vec<&str> = r
+        .out
+        .lines()
+        .find(|l| l.starts_with("game-demo"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row[..2], ["game-demo", "3"], "{r:?}");
+    let r = berth(&target, &["get", "secrets"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.starts_with("NAME"), "{r:?}");
+    let row: Vec<&str> = r
+        .out
+        .lines()
+        .find(|l| l.starts_with("mysql-pass"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row[..3], ["mysql-pass", "Opaque", "1"], "{r:?}");
+    let r = berth(&target, &["describe", "secret", "mysql-pass"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.contains("password:  7 bytes"), "{r:?}");
+    assert!(
+        !r.out.contains("hunter2") && !r.out.contains("aHVudGVyMg"),
+        "{r:?}"
+    );
+    // -o yaml gives the stored base64, as kubectl does, to the admin.
+    let r = berth(&target, &["get", "secret", "mysql-pass", "-o", "yaml"]).await;
+    assert!(r.ok, "{r:?}");
+    assert!(r.out.contains("password: aHVudGVyMg=="), "{r:?}");
+    assert!(!r.out.contains("stringData"), "{r:?}");
+}

@@ -833,6 +833,28 @@ impl NodeApi for ClientApi {
     async fn update_node_status(&self, node: &Node) -> Result<Node, ApiError> {
         self.client.update_status(node).await.map_err(map_err)
     }
+    async fn get_config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<berth_proto::types::ConfigMap>, ApiError> {
+        match self.client.get(namespace, name).await {
+            Ok(c) => Ok(Some(c)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+    async fn get_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<berth_proto::types::Secret>, ApiError> {
+        match self.client.get(namespace, name).await {
+            Ok(s) => Ok(Some(s)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
     async fn trust_snapshot(
         &self,
         namespace: &str,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_proto::trust::TrustSnapshot;
-use berth_proto::types::{Event, Node, Pod};
+use berth_proto::types::{ConfigMap, Event, Node, Pod, Secret};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,14 @@ pub trait NodeApi: Send + Sync + 'static {
         image: &str,
         node_digests: Option<&[String]>,
     ) -> Result<TrustSnapshot, ApiError>;
+    /// A ConfigMap a pod bound here references (None: it does not exist).
+    async fn get_config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ConfigMap>, ApiError>;
+    /// A Secret a pod bound here references (None: it does not exist).
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, ApiError>;
 }
 
 /// Pods bound to this node, keyed by uid.
@@ -130,6 +138,8 @@ struct MemoryState {
     node_status_writes: usize,
     rv: u64,
     trust: TrustSnapshot,
+    config_maps: BTreeMap<(String, String), ConfigMap>,
+    secrets: BTreeMap<(String, String), Secret>,
 }
 
 impl MemoryApi {
@@ -177,6 +187,16 @@ impl MemoryApi {
     }
     pub fn node_status_writes(&self) -> usize {
         self.lock().node_status_writes
+    }
+    /// Create or replace a ConfigMap the agent can read.
+    pub fn put_config_map(&self, c: ConfigMap) {
+        let key = (c.metadata.namespace.clone(), c.metadata.name.clone());
+        self.lock().config_maps.insert(key, c);
+    }
+    /// Create or replace a Secret the agent can read.
+    pub fn put_secret(&self, s: Secret) {
+        let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
+        self.lock().secrets.insert(key, s);
     }
     /// Change the trust objects (policies, tags, keys, signatures) the agent reads.
     pub fn edit_trust(&self, f: impl FnOnce(&mut TrustSnapshot)) {
@@ -252,5 +272,19 @@ impl NodeApi for MemoryApi {
     ) -> Result<TrustSnapshot, ApiError> {
         self.check()?;
         Ok(self.lock().trust.clone())
+    }
+    async fn get_config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ConfigMap>, ApiError> {
+        self.check()?;
+        let key = (namespace.to_string(), name.to_string());
+        Ok(self.lock().config_maps.get(&key).cloned())
+    }
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, ApiError> {
+        self.check()?;
+        let key = (namespace.to_string(), name.to_string());
+        Ok(self.lock().secrets.get(&key).cloned())
     }
 }

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod net;
 pub mod node;
+pub mod podenv;
 pub mod podnet;
 pub mod podsync;
 pub mod probe;

@@ -1518,6 +1518,9 @@ impl PodSync {
             };
             let ports = hostports::for_container(&pod.spec, &bindings, &c.name);
             let mut spec = container_spec(&self.cfg.node_name, pod, c, attempt, ports);
+            // The container's own variables, resolved now (ConfigMaps, Secrets, pod fields).
+            let base = spec.env.len() - c.env.len();
+            spec.env.truncate(base);
             if networked {
                 spec.pod_host_ports = bindings
                     .iter()
@@ -1538,13 +1541,19 @@ impl PodSync {
                         .map(|n| n.resolv_conf(&pod.metadata.namespace));
                 }
             }
+            match self.container_env(pod, c, networked, &spec).await {
+                Ok(own) => spec.env.extend(own),
+                Err(message) => {
+                    self.create_failed(&key, &pref, "CreateContainerConfigError", message, now);
+                    continue;
+                }
+            }
             // Service variables go before the container's own env, which wins on a clash.
             let svc_vars = self
                 .cfg
                 .services
                 .vars(&pod.metadata.namespace, &self.cfg.node_address);
-            let own = spec.env.len() - c.env.len();
-            spec.env.splice(own..own, svc_vars);
+            spec.env.splice(base..base, svc_vars);
             prepared.push((key, pref, spec));
         }
         let rt = self.runtime.clone();
@@ -2049,6 +2058,65 @@ impl PodSync {
                 self.events.warning(&pod_ref(pod), "BackOff", e.message);
             }
         }
+    }
+
+    /// The container's `envFrom` and `env`, resolved (see [`crate::podenv`]); Err: why it
+    /// cannot start yet (kubelet's CreateContainerConfigError message, never a value).
+    async fn container_env(
+        &mut self,
+        pod: &Pod,
+        c: &berth_proto::types::Container,
+        networked: bool,
+        spec: &ContainerSpec,
+    ) -> Result<Vec<(String, String)>, String> {
+        use crate::podenv::{resolve, Addresses, Sources};
+        let plain = c.env_from.is_empty() && c.env.iter().all(|e| e.value_from.is_none());
+        if plain {
+            return Ok(c
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect());
+        }
+        let sources = Sources::fetch(self.api.as_ref(), &pod.metadata.namespace, c)
+            .await
+            .map_err(|e| format!("reading the pod's ConfigMaps and Secrets: {e}"))?;
+        let wants_pod_ip = c.env.iter().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|s| s.field_ref.as_ref())
+                .is_some_and(|f| f.field_path.starts_with("status.podIP"))
+        });
+        let pod_ip = if !networked {
+            self.cfg.node_address.clone()
+        } else if let Some(ip) = self.runtime.pod_ip(&pod.metadata.uid).await {
+            ip
+        } else if wants_pod_ip {
+            self.runtime
+                .ensure_pod_sandbox(spec)
+                .await
+                .map_err(|e| format!("making the pod sandbox for status.podIP: {e}"))?
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let addrs = Addresses {
+            pod_ip: &pod_ip,
+            host_ip: &self.cfg.node_address,
+        };
+        let (env, skipped) = resolve(pod, c, &sources, &addrs).map_err(|e| e.0)?;
+        if !skipped.is_empty() {
+            self.events.warning(
+                &pod_ref(pod),
+                "InvalidEnvironmentVariableNames",
+                format!(
+                    "Keys [{}] from envFrom of container {} were skipped since they are considered invalid environment variable names.",
+                    skipped.join(", "),
+                    c.name
+                ),
+            );
+        }
+        Ok(env)
     }
 
     /// A pod whose sandbox stopped (killed, or the engine restarted it without its network)

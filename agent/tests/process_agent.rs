@@ -504,3 +504,145 @@ async fn agent_programs_its_proxy_from_services_and_endpoints() {
     assert_eq!(got, "from-backend\n");
     agent.stop().await;
 }
+
+/// A process pod whose environment comes from a ConfigMap, a Secret and its own fields: it
+/// waits with kubelet's CreateContainerConfigError while the ConfigMap is missing, then starts
+/// with the values once both exist; no event carries the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_takes_its_environment_from_a_config_map_a_secret_and_its_fields_once_they_exist() {
+    use berth_proto::types::{
+        ConfigMap, EnvFromSource, EnvVar, EnvVarSource, KeySelector, LocalObjectRef,
+        ObjectFieldSelector, Secret,
+    };
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let client = Client::new(
+        &[server.as_str()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&cluster, "node-env", dir.path(), 9).await;
+
+    let mut p = pod(
+        "cfg",
+        "node-env",
+        "echo \"mode=$MODE pass=$PASS node=$NODE ip=$IP lives=$GAME_lives\"; sleep 60",
+    );
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            api_version: String::new(),
+            field_path: path.into(),
+        }),
+        ..Default::default()
+    };
+    let c = &mut p.spec.containers[0];
+    c.env = vec![
+        EnvVar {
+            name: "MODE".into(),
+            value: String::new(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(KeySelector {
+                    name: "game".into(),
+                    key: "mode".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+        },
+        EnvVar {
+            name: "PASS".into(),
+            value: String::new(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(KeySelector {
+                    name: "mysql-pass".into(),
+                    key: "password".into(),
+                    optional: None,
+                }),
+                ..Default::default()
+            }),
+        },
+        EnvVar {
+            name: "NODE".into(),
+            value: String::new(),
+            value_from: Some(field("spec.nodeName")),
+        },
+        EnvVar {
+            name: "IP".into(),
+            value: String::new(),
+            value_from: Some(field("status.podIP")),
+        },
+    ];
+    c.env_from = vec![EnvFromSource {
+        prefix: "GAME_".into(),
+        config_map_ref: Some(LocalObjectRef {
+            name: "game".into(),
+            optional: None,
+        }),
+        secret_ref: None,
+    }];
+    client.create(&p).await.unwrap();
+
+    let waiting = common::wait_for(T, "CreateContainerConfigError", || async {
+        let p = get_pod(&client, "cfg").await?;
+        let w = p
+            .status?
+            .container_statuses
+            .first()?
+            .state
+            .waiting
+            .clone()?;
+        (w.reason == "CreateContainerConfigError").then_some(w)
+    })
+    .await;
+    assert!(
+        waiting.message.contains("configmap \"game\" not found"),
+        "{waiting:?}"
+    );
+
+    let mut game = ConfigMap::default();
+    game.metadata = ObjectMeta {
+        name: "game".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    game.data.insert("mode".into(), "fast".into());
+    game.data.insert("lives".into(), "3".into());
+    client.create(&game).await.unwrap();
+    let mut pass = Secret::default();
+    pass.metadata = ObjectMeta {
+        name: "mysql-pass".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    pass.string_data.insert("password".into(), "hunter2".into());
+    client.create(&pass).await.unwrap();
+
+    let line = common::wait_for(T, "the container's first line", || async {
+        let req = LogRequest {
+            namespace: "default".into(),
+            pod: "cfg".into(),
+            ..LogRequest::default()
+        };
+        let admin = cluster.admin_tls();
+        let mut logs = berth_agent::logs::fetch(&agent.agent_endpoint, &req, Some(&admin))
+            .await
+            .ok()?;
+        let mut text = Vec::new();
+        while let Some(chunk) = logs.next().await {
+            text.extend_from_slice(&chunk.ok()?);
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        text.contains("mode=").then_some(text)
+    })
+    .await;
+    assert!(
+        line.contains("mode=fast pass=hunter2 node=node-env ip=127.0.0.1 lives=3"),
+        "{line}"
+    );
+    let (events, _) = client.list::<Event>(Some("default"), "").await.unwrap();
+    for e in &events {
+        assert!(!e.message.contains("hunter2"), "{e:?}");
+    }
+    agent.stop().await;
+}

@@ -397,6 +397,37 @@ impl ApiService {
         }
     }
 
+    /// The node authorizer's graph check: node `node` may read ConfigMap/Secret `key` only
+    /// while a pod bound to it references it.
+    fn node_may_read(&self, who: &Caller, node: &str, key: &ObjectKey) -> Result<(), Status> {
+        let (pods, _) = self
+            .store
+            .list(Kind::Pod, Some(&key.namespace), &Selector::everything())
+            .map_err(|e| from_store(&e))?;
+        let referenced = pods.iter().any(|v| {
+            let Ok(p) = serde_json::from_value::<berth_proto::types::Pod>((**v).clone()) else {
+                return false;
+            };
+            if p.spec.node_name != node {
+                return false;
+            }
+            let (cms, secrets) = p.spec.referenced_config();
+            match key.kind {
+                Kind::ConfigMap => cms.contains(&key.name),
+                Kind::Secret => secrets.contains(&key.name),
+                _ => false,
+            }
+        });
+        if referenced {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{} may not get {} {}/{}: a node reads only the ConfigMaps and Secrets that pods bound to it reference",
+                who.identity, key.kind, key.namespace, key.name
+            )))
+        }
+    }
+
     async fn read_barrier(&self) -> Result<(), Status> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
@@ -674,8 +705,11 @@ impl Api for ApiService {
     ) -> Result<Response<pb::ObjectResponse>, Status> {
         let who = authenticate(&req)?;
         let key = parse_key(req.into_inner().key)?;
-        who.authorize(Verb::Get, Some(key.kind), &key.namespace, &key.name)?;
+        let bound = who.authorize(Verb::Get, Some(key.kind), &key.namespace, &key.name)?;
         self.read_barrier().await?;
+        if let Some(node) = bound {
+            self.node_may_read(&who, &node, &key)?;
+        }
         let obj = self.store.get(&key).map_err(|e| from_store(&e))?;
         Ok(Response::new(pb::ObjectResponse {
             object: to_json(&obj),

@@ -590,3 +590,82 @@ async fn only_the_admin_may_read_the_join_token() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+/// Kubernetes' node authorizer for configuration: a node gets a Secret or ConfigMap by name
+/// only while a pod bound to it references it, and never lists or watches Secrets; the admin
+/// reads them all.
+#[tokio::test]
+async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_reference() {
+    let (cluster, mut admin) = seeded().await;
+    for (kind, name, body) in [
+        (
+            "Secret",
+            "mysql-pass",
+            json!({ "stringData": { "password": "hunter2" } }),
+        ),
+        (
+            "Secret",
+            "other",
+            json!({ "stringData": { "password": "x" } }),
+        ),
+        ("ConfigMap", "game", json!({ "data": { "mode": "fast" } })),
+    ] {
+        let mut v = json!({ "apiVersion": "v1", "kind": kind, "metadata": { "name": name, "namespace": "default" } });
+        for (k, x) in body.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        create(&mut admin, &v).await.unwrap();
+    }
+    let mut web = pod("web", "n1");
+    web["spec"]["containers"][0]["env"] = json!([
+        { "name": "PASS", "valueFrom": { "secretKeyRef": { "name": "mysql-pass", "key": "password" } } }
+    ]);
+    web["spec"]["containers"][0]["envFrom"] = json!([{ "configMapRef": { "name": "game" } }]);
+    create(&mut admin, &web).await.unwrap();
+
+    let get = |kind: &str, name: &str| pb::GetRequest {
+        key: Some(pb::ObjectKey {
+            kind: kind.into(),
+            namespace: "default".into(),
+            name: name.into(),
+        }),
+    };
+    let mut n1 = as_identity(&cluster, 0, &Identity::Node("n1".into())).await;
+    let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
+    let s = n1
+        .get(get("Secret", "mysql-pass"))
+        .await
+        .unwrap()
+        .into_inner();
+    let s: Value = serde_json::from_slice(&s.object).unwrap();
+    assert_eq!(
+        s["data"]["password"], "aHVudGVyMg==",
+        "stored as base64 data"
+    );
+    n1.get(get("ConfigMap", "game")).await.unwrap();
+    for (who, kind, name) in [
+        (1, "Secret", "other"),
+        (2, "Secret", "mysql-pass"),
+        (2, "ConfigMap", "game"),
+    ] {
+        let c = if who == 1 { &mut n1 } else { &mut n2 };
+        let e = c.get(get(kind, name)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{kind} {name}: {e:?}");
+        assert!(
+            e.message().contains("pods bound to it reference"),
+            "{}",
+            e.message()
+        );
+        assert!(!e.message().contains("hunter2"));
+    }
+    let e = n1
+        .list(pb::ListRequest {
+            kind: "Secret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    admin.get(get("Secret", "other")).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}

@@ -407,7 +407,30 @@ fn check_document(
         Kind::ImageSignature => typed::<ImageSignature>(value, renames),
         Kind::ClusterImagePolicy => typed::<ClusterImagePolicy>(value, renames),
         Kind::ImagePolicy => typed::<ImagePolicy>(value, renames),
+        Kind::ConfigMap => typed::<ConfigMap>(value, renames),
+        Kind::Secret => typed::<Secret>(value, renames).map_err(redact_secret_errors),
     }
+}
+
+/// A Secret's schema errors name the field, never its value: serde's "invalid type: integer
+/// `12345`" would print a secret.
+fn redact_secret_errors(errs: Vec<FieldError>) -> Vec<FieldError> {
+    errs.into_iter()
+        .map(|e| {
+            // serde quotes the offending value in backticks ("invalid type: integer `12345`").
+            let quotes_value = e.message.contains('`')
+                || e.message.starts_with("invalid type")
+                || e.message.starts_with("invalid value");
+            if quotes_value {
+                FieldError::new(
+                    e.path,
+                    "must be a string (base64 under data, plain text under stringData); the value is not shown",
+                )
+            } else {
+                e
+            }
+        })
+        .collect()
 }
 
 fn kind_list() -> String {

@@ -23,10 +23,13 @@ pub enum Kind {
     ImageSignature,
     ClusterImagePolicy,
     ImagePolicy,
+    // Configuration (v1).
+    ConfigMap,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -43,6 +46,9 @@ impl Kind {
         Kind::ImageSignature,
         Kind::ClusterImagePolicy,
         Kind::ImagePolicy,
+        // Configuration.
+        Kind::ConfigMap,
+        Kind::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +69,8 @@ impl Kind {
             Kind::ImageSignature => "ImageSignature",
             Kind::ClusterImagePolicy => "ClusterImagePolicy",
             Kind::ImagePolicy => "ImagePolicy",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -116,6 +124,8 @@ impl Kind {
             Kind::ImageSignature => "imagesignatures",
             Kind::ClusterImagePolicy => "clusterimagepolicies",
             Kind::ImagePolicy => "imagepolicies",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -139,6 +149,8 @@ impl Kind {
             "imagesignature" | "imagesignatures" => Kind::ImageSignature,
             "clusterimagepolicy" | "clusterimagepolicies" => Kind::ClusterImagePolicy,
             "imagepolicy" | "imagepolicies" => Kind::ImagePolicy,
+            "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
+            "secret" | "secrets" => Kind::Secret,
             _ => return None,
         })
     }
@@ -156,7 +168,7 @@ impl Kind {
             // Image trust: no status.
             self,
             Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy | Kind::ImagePolicy
-        )
+        ) && !matches!(self, Kind::ConfigMap | Kind::Secret)
     }
 }
 
@@ -218,6 +230,8 @@ resource!(TrustKey, Kind::TrustKey);
 resource!(ImageSignature, Kind::ImageSignature);
 resource!(ClusterImagePolicy, Kind::ClusterImagePolicy);
 resource!(ImagePolicy, Kind::ImagePolicy);
+resource!(ConfigMap, Kind::ConfigMap);
+resource!(Secret, Kind::Secret);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -233,7 +247,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -296,6 +310,8 @@ impl DynObject {
             Kind::ImageSignature => normalize::<ImageSignature>(kind, value)?,
             Kind::ClusterImagePolicy => normalize::<ClusterImagePolicy>(kind, value)?,
             Kind::ImagePolicy => normalize::<ImagePolicy>(kind, value)?,
+            Kind::ConfigMap => normalize::<ConfigMap>(kind, value)?,
+            Kind::Secret => normalize_secret(value)?,
         };
         Ok(DynObject { kind, value })
     }
@@ -350,6 +366,28 @@ impl DynObject {
     pub fn status(&self) -> Option<&serde_json::Value> {
         self.value.get("status")
     }
+}
+
+/// A Secret as stored: `stringData` merged into `data` (base64), as the Kubernetes API server
+/// does; `stringData` wins on a clash. Schema errors never quote values.
+fn normalize_secret(value: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    use base64::Engine as _;
+    let mut s: Secret = serde_json::from_value(value).map_err(|e| DecodeError::Schema {
+        kind: Kind::Secret,
+        source: serde::de::Error::custom(format!(
+            "does not match the Secret schema (line {}, column {}); values are not shown",
+            e.line(),
+            e.column()
+        )),
+    })?;
+    for (k, v) in std::mem::take(&mut s.string_data) {
+        s.data
+            .insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+    }
+    serde_json::to_value(s.with_type_meta()).map_err(|source| DecodeError::Schema {
+        kind: Kind::Secret,
+        source,
+    })
 }
 
 fn normalize<T: Resource>(

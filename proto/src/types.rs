@@ -5,7 +5,7 @@
 //! ignored. Optional fields use `Option` or `#[serde(default)]` and are skipped when empty so
 //! that `get -o yaml` output is clean and applies back unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -159,6 +159,74 @@ pub struct EnvVar {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    /// Where the value comes from instead of `value` (a ConfigMap or Secret key, a field of
+    /// the pod, a resource of the container); resolved by the agent when the container starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+}
+
+/// `configMapKeyRef` / `secretKeyRef`: one key of a ConfigMap or Secret in the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeySelector {
+    #[serde(default)]
+    pub name: String,
+    pub key: String,
+    /// The container starts without the variable when the object or key is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectFieldSelector {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    pub field_path: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceFieldSelector {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    pub resource: String,
+    /// Output unit ("1", "1m", "1Mi", ...); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divisor: Option<String>,
+}
+
+/// `envFrom`: every key of a ConfigMap or Secret as a variable (with an optional prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFromSource {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<LocalObjectRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,6 +354,8 @@ pub struct Container {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -407,6 +477,36 @@ pub struct PodSpec {
     /// Default (the node's own resolvers). ClusterFirstWithHostNet is accepted as ClusterFirst.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_policy: Option<String>,
+}
+
+impl PodSpec {
+    /// The ConfigMaps and Secrets (names in the pod's namespace) the pod's containers use:
+    /// what a node may read for it (Kubernetes' node authorizer graph).
+    pub fn referenced_config(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut config_maps = BTreeSet::new();
+        let mut secrets = BTreeSet::new();
+        for c in &self.containers {
+            for e in &c.env {
+                if let Some(src) = &e.value_from {
+                    if let Some(r) = &src.config_map_key_ref {
+                        config_maps.insert(r.name.clone());
+                    }
+                    if let Some(r) = &src.secret_key_ref {
+                        secrets.insert(r.name.clone());
+                    }
+                }
+            }
+            for f in &c.env_from {
+                if let Some(r) = &f.config_map_ref {
+                    config_maps.insert(r.name.clone());
+                }
+                if let Some(r) = &f.secret_ref {
+                    secrets.insert(r.name.clone());
+                }
+            }
+        }
+        (config_maps, secrets)
+    }
 }
 
 /// The dnsPolicy values Berth accepts.
@@ -1314,4 +1414,100 @@ pub struct ImagePolicy {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: ImagePolicySpec,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration: ConfigMaps and Secrets (v1)
+
+/// `v1 ConfigMap`: non-secret configuration, as text (`data`) or base64 bytes (`binaryData`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMap {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// base64 of the bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+/// `v1 Secret`. `data` holds base64 of the bytes; `stringData` is write-only plain text, merged
+/// into `data` when stored (as the Kubernetes API server does).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Opaque (default), kubernetes.io/dockerconfigjson, kubernetes.io/tls, ...
+    #[serde(default, rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub string_data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+/// Never prints values: a Secret in a log line or an error shows its keys and sizes only.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: BTreeMap<&str, usize> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.len()))
+            .chain(self.string_data.iter().map(|(k, v)| (k.as_str(), v.len())))
+            .collect();
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("type", &self.type_)
+            .field("data (key: encoded bytes)", &sizes)
+            .finish()
+    }
+}
+
+impl Secret {
+    /// The Secret's type, Opaque when unset.
+    pub fn secret_type(&self) -> &str {
+        if self.type_.is_empty() {
+            "Opaque"
+        } else {
+            &self.type_
+        }
+    }
+
+    /// The decoded value of `key` (None: no such key, or not base64).
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.as_bytes().to_vec());
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.data.get(key)?)
+            .ok()
+    }
+}
+
+impl ConfigMap {
+    /// The bytes of `key`, from `data` or `binaryData` (None: no such key).
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        if let Some(v) = self.data.get(key) {
+            return Some(v.as_bytes().to_vec());
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(self.binary_data.get(key)?)
+            .ok()
+    }
 }

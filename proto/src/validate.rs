@@ -333,6 +333,8 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::ImageSignature => typed::<ImageSignature>(obj),
         Kind::ClusterImagePolicy => typed::<ClusterImagePolicy>(obj),
         Kind::ImagePolicy => typed::<ImagePolicy>(obj),
+        Kind::ConfigMap => typed::<ConfigMap>(obj),
+        Kind::Secret => typed::<Secret>(obj),
     }
 }
 
@@ -366,6 +368,8 @@ validate_impl!(TrustKey, validate_trust_key);
 validate_impl!(ImageSignature, validate_image_signature);
 validate_impl!(ClusterImagePolicy, validate_cluster_image_policy);
 validate_impl!(ImagePolicy, validate_image_policy);
+validate_impl!(ConfigMap, validate_config_map);
+validate_impl!(Secret, validate_secret);
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();
@@ -830,6 +834,304 @@ pub fn validate_cluster_image_policy(p: &ClusterImagePolicy) -> Vec<FieldError> 
     e.0
 }
 
+/// The most a ConfigMap's or Secret's data may hold (Kubernetes: 1 MiB).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// A ConfigMap or Secret key: becomes a file name, so `[-._a-zA-Z0-9]+`, not `.` or `..`, at
+/// most 253 characters (Kubernetes' IsConfigMapKey).
+pub fn check_config_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("a key must not be empty".into());
+    }
+    if key.len() > 253 {
+        return Err(format!("key {key:?} is longer than 253 characters"));
+    }
+    if key == "." || key == ".." {
+        return Err(format!("key {key:?} is not allowed (it names a directory)"));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "key {key:?} has {c:?}: keys consist of letters, digits, '-', '_' or '.' (they become file names)"
+        ));
+    }
+    Ok(())
+}
+
+fn base64_len(e: &mut Errs, path: &FieldPath, v: &str) -> usize {
+    use base64::Engine as _;
+    match base64::engine::general_purpose::STANDARD.decode(v) {
+        Ok(b) => b.len(),
+        Err(_) => {
+            // Never quote the value (it may be a secret).
+            e.add(
+                path,
+                "is not valid base64 (standard alphabet, with padding); the value is not shown",
+            );
+            0
+        }
+    }
+}
+
+pub fn validate_config_map(c: &ConfigMap) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &c.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let mut total = 0usize;
+    for (k, v) in &c.data {
+        if let Err(m) = check_config_key(k) {
+            e.add(&root.child("data").child(k), m);
+        }
+        total += v.len();
+    }
+    for (k, v) in &c.binary_data {
+        let p = root.child("binaryData").child(k);
+        if let Err(m) = check_config_key(k) {
+            e.add(&p, m);
+        }
+        if c.data.contains_key(k) {
+            e.add(
+                &p,
+                format!("key {k:?} is also in data: a key may be in only one of them"),
+            );
+        }
+        total += base64_len(&mut e, &p, v);
+    }
+    if total > MAX_CONFIG_BYTES {
+        e.add(
+            &root,
+            format!("holds {total} bytes of data; a ConfigMap may hold at most {MAX_CONFIG_BYTES} (1 MiB): mount large files from a volume instead"),
+        );
+    }
+    e.0
+}
+
+pub fn validate_secret(s: &Secret) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &s.metadata,
+        &root.child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    let mut total = 0usize;
+    let mut keys: Vec<&str> = Vec::new();
+    for (k, v) in &s.data {
+        let p = root.child("data").child(k);
+        if let Err(m) = check_config_key(k) {
+            e.add(&p, m);
+        }
+        total += base64_len(&mut e, &p, v);
+        keys.push(k);
+    }
+    for (k, v) in &s.string_data {
+        if let Err(m) = check_config_key(k) {
+            e.add(&root.child("stringData").child(k), m);
+        }
+        if !s.data.contains_key(k) {
+            total += v.len();
+            keys.push(k);
+        }
+    }
+    if total > MAX_CONFIG_BYTES {
+        e.add(
+            &root,
+            format!(
+                "holds {total} bytes of data; a Secret may hold at most {MAX_CONFIG_BYTES} (1 MiB)"
+            ),
+        );
+    }
+    let need = |e: &mut Errs, key: &str, ty: &str| {
+        if !keys.contains(&key) {
+            e.add(
+                &root.child("data"),
+                format!("a Secret of type {ty} needs the key {key:?}"),
+            );
+        }
+    };
+    match s.secret_type() {
+        "kubernetes.io/dockerconfigjson" => {
+            need(
+                &mut e,
+                ".dockerconfigjson",
+                "kubernetes.io/dockerconfigjson",
+            );
+            if let Some(b) = s.value(".dockerconfigjson") {
+                if serde_json::from_slice::<serde_json::Value>(&b)
+                    .ok()
+                    .and_then(|v| v.get("auths").cloned())
+                    .is_none()
+                {
+                    e.add(
+                        &root.child("data").child(".dockerconfigjson"),
+                        "must be a Docker config JSON object with \"auths\" (as docker login writes ~/.docker/config.json)",
+                    );
+                }
+            }
+        }
+        "kubernetes.io/dockercfg" => need(&mut e, ".dockercfg", "kubernetes.io/dockercfg"),
+        "kubernetes.io/tls" => {
+            need(&mut e, "tls.crt", "kubernetes.io/tls");
+            need(&mut e, "tls.key", "kubernetes.io/tls");
+        }
+        "kubernetes.io/basic-auth"
+            if !keys.contains(&"username") && !keys.contains(&"password") =>
+        {
+            e.add(
+                &root.child("data"),
+                "a Secret of type kubernetes.io/basic-auth needs \"username\" or \"password\"",
+            );
+        }
+        "kubernetes.io/ssh-auth" => need(&mut e, "ssh-privatekey", "kubernetes.io/ssh-auth"),
+        _ => {}
+    }
+    e.0
+}
+
+/// The pod fields `env[].valueFrom.fieldRef.fieldPath` may name (Kubernetes' downward API for
+/// environment variables).
+pub const ENV_FIELD_PATHS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+];
+
+/// Is `path` a fieldRef the agent can resolve (including `metadata.labels['k']` and
+/// `metadata.annotations['k']`)?
+pub fn env_field_path_ok(path: &str) -> bool {
+    if ENV_FIELD_PATHS.contains(&path) {
+        return true;
+    }
+    for prefix in ["metadata.labels['", "metadata.annotations['"] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            return rest.len() > 2 && rest.ends_with("']");
+        }
+    }
+    false
+}
+
+/// The container resources `resourceFieldRef.resource` may name.
+pub const ENV_RESOURCES: &[&str] = &[
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+];
+
+fn validate_env_source(e: &mut Errs, p: &FieldPath, v: &EnvVar) {
+    let Some(src) = &v.value_from else {
+        return;
+    };
+    let vp = p.child("valueFrom");
+    if !v.value.is_empty() {
+        e.add(&vp, "may not be set together with value: use one of them");
+    }
+    let n = [
+        src.config_map_key_ref.is_some(),
+        src.secret_key_ref.is_some(),
+        src.field_ref.is_some(),
+        src.resource_field_ref.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if n != 1 {
+        e.add(
+            &vp,
+            "must set exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
+        );
+    }
+    for (field, r) in [
+        ("configMapKeyRef", &src.config_map_key_ref),
+        ("secretKeyRef", &src.secret_key_ref),
+    ] {
+        if let Some(r) = r {
+            let rp = vp.child(field);
+            if r.name.is_empty() {
+                e.add(&rp.child("name"), "is required");
+            } else if let Err(m) = check_dns1123_subdomain(&r.name) {
+                e.add(&rp.child("name"), m);
+            }
+            if let Err(m) = check_config_key(&r.key) {
+                e.add(&rp.child("key"), m);
+            }
+        }
+    }
+    if let Some(f) = &src.field_ref {
+        if !env_field_path_ok(&f.field_path) {
+            e.add(
+                &vp.child("fieldRef").child("fieldPath"),
+                format!(
+                    "unsupported field {:?}: use one of {}, metadata.labels['KEY'], metadata.annotations['KEY']",
+                    f.field_path,
+                    ENV_FIELD_PATHS.join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(r) = &src.resource_field_ref {
+        if !ENV_RESOURCES.contains(&r.resource.as_str()) {
+            e.add(
+                &vp.child("resourceFieldRef").child("resource"),
+                format!(
+                    "unsupported resource {:?}: use one of {}",
+                    r.resource,
+                    ENV_RESOURCES.join(", ")
+                ),
+            );
+        }
+        if let Some(d) = &r.divisor {
+            if Quantity::parse(d).is_err() {
+                e.add(
+                    &vp.child("resourceFieldRef").child("divisor"),
+                    format!("{d:?} is not a quantity (e.g. 1, 1m, 1Mi)"),
+                );
+            }
+        }
+    }
+}
+
+fn validate_env_from(e: &mut Errs, p: &FieldPath, c: &Container) {
+    for (j, f) in c.env_from.iter().enumerate() {
+        let fp = p.child("envFrom").index(j);
+        let n = usize::from(f.config_map_ref.is_some()) + usize::from(f.secret_ref.is_some());
+        if n != 1 {
+            e.add(&fp, "must set exactly one of configMapRef, secretRef");
+        }
+        for (field, r) in [
+            ("configMapRef", &f.config_map_ref),
+            ("secretRef", &f.secret_ref),
+        ] {
+            if let Some(r) = r {
+                if let Err(m) = check_dns1123_subdomain(&r.name) {
+                    e.add(&fp.child(field).child("name"), m);
+                }
+            }
+        }
+        if f.prefix.contains('=') || f.prefix.contains('\0') {
+            e.add(&fp.child("prefix"), "must not contain '=' or NUL");
+        }
+    }
+}
+
 pub fn validate_image_policy(p: &ImagePolicy) -> Vec<FieldError> {
     let mut e = Errs::default();
     let path = FieldPath::root().child("metadata");
@@ -1258,7 +1560,9 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
                     ),
                 );
             }
+            validate_env_source(e, &ep, v);
         }
+        validate_env_from(e, &p, c);
         for (j, port) in c.ports.iter().enumerate() {
             let pp = p.child("ports").index(j);
             port_number(e, &pp.child("containerPort"), port.container_port);

@@ -118,8 +118,8 @@ fn unsupported_kind_and_api_version() {
         vec!["app.yaml:2: kind: unsupported kind \"Deploymnt\": did you mean Deployment?"]
     );
     assert_eq!(
-        errors("apiVersion: v1\nkind: ConfigMap\n"),
-        vec!["app.yaml:2: kind: unsupported kind \"ConfigMap\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy"]
+        errors("apiVersion: v1\nkind: Namespace\n"),
+        vec!["app.yaml:2: kind: unsupported kind \"Namespace\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret"]
     );
     assert_eq!(
         errors("apiVersion: extensions/v1beta1\nkind: Deployment\n"),
@@ -131,7 +131,7 @@ fn unsupported_kind_and_api_version() {
     );
     assert_eq!(
         errors("apiVersion: v1\nmetadata: {name: x}\n"),
-        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy"]
+        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret"]
     );
     assert_eq!(
         errors("- a\n- b\n"),
@@ -342,10 +342,12 @@ fn typed_to_yaml_and_back_is_unchanged() {
         EnvVar {
             name: "VERSION".into(),
             value: "1.10".into(),
+            value_from: None,
         },
         EnvVar {
             name: "DEBUG".into(),
             value: "true".into(),
+            value_from: None,
         },
     ];
     c.resources = Some(ResourceRequirements {

@@ -700,6 +700,35 @@ fn describe_event(out: &mut String, e: &Event) {
     kv(out, "Count", e.count);
 }
 
+/// kubectl's shape: the data keys and, under each, the text (a ConfigMap is not secret).
+fn describe_config_map(out: &mut String, c: &ConfigMap, rel: &Related, now: DateTime<Utc>) {
+    meta_lines(out, &c.metadata, true);
+    out.push_str("\nData\n====\n");
+    for (k, v) in &c.data {
+        out.push_str(&format!("{k}:\n----\n{v}\n\n"));
+    }
+    if !c.binary_data.is_empty() {
+        out.push_str("\nBinaryData\n====\n");
+        for k in c.binary_data.keys() {
+            let n = c.value(k).map_or(0, |b| b.len());
+            out.push_str(&format!("{k}: {n} bytes\n"));
+        }
+    }
+    events_section(out, &rel.events, now);
+}
+
+/// kubectl's shape: type and each key with its size, never a value.
+fn describe_secret(out: &mut String, s: &Secret, rel: &Related, now: DateTime<Utc>) {
+    meta_lines(out, &s.metadata, true);
+    kv(out, "Type", s.secret_type());
+    out.push_str("\nData\n====\n");
+    for k in s.data.keys() {
+        let n = s.value(k).map_or(0, |b| b.len());
+        out.push_str(&format!("{k}:  {n} bytes\n"));
+    }
+    events_section(out, &rel.events, now);
+}
+
 /// The text for one object and what relates to it.
 pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<String, String> {
     let mut out = String::new();
@@ -719,6 +748,8 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy | Kind::ImagePolicy => {
             describe_registry_object(&mut out, obj)
         }
+        Kind::ConfigMap => describe_config_map(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
+        Kind::Secret => describe_secret(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
     }
     Ok(out)
 }

@@ -728,6 +728,33 @@ pub fn image_policy_table(items: &[(&ObjectMeta, &ImagePolicySpec)], now: DateTi
     t
 }
 
+/// kubectl's `get configmaps`: NAME DATA AGE (DATA: keys in data and binaryData).
+pub fn config_map_table(items: &[ConfigMap], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "DATA", "AGE"]);
+    for c in items {
+        t.rows.push(vec![
+            c.metadata.name.clone(),
+            (c.data.len() + c.binary_data.len()).to_string(),
+            age(c.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
+/// kubectl's `get secrets`: NAME TYPE DATA AGE (never a value).
+pub fn secret_table(items: &[Secret], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "TYPE", "DATA", "AGE"]);
+    for s in items {
+        t.rows.push(vec![
+            s.metadata.name.clone(),
+            s.secret_type().to_string(),
+            s.data.len().to_string(),
+            age(s.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// `berth images`: every tag of the cluster registry with its digest, size and the nodes
 /// that have that digest (by the `repo@digest` names in Node `status.images`).
 pub fn images_table(tags: &[ImageTag], manifests: &[ImageManifest], nodes: &[Node]) -> Table {
@@ -906,6 +933,8 @@ pub fn rows(
                 .collect::<Vec<_>>();
             (image_policy_table(&rows, now), ns_of(objs))
         }
+        Kind::ConfigMap => (config_map_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::Secret => (secret_table(&typed(objs)?, now), ns_of(objs)),
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {

@@ -751,6 +751,19 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn ensure_pod_sandbox(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<Option<String>, RuntimeError> {
+        let Some(net) = &self.pod_net else {
+            return Ok(None);
+        };
+        self.ensure_sandbox(net, spec).await?;
+        Ok(Self::cached_sandbox(net, &spec.pod_uid)
+            .map(|s| s.ip)
+            .filter(|ip| !ip.is_empty()))
+    }
+
     async fn lost_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
         let Some(net) = &self.pod_net else {
             return Ok(Vec::new());

@@ -466,6 +466,15 @@ pub trait Runtime: Send + Sync + 'static {
     async fn pod_ip(&self, _pod_uid: &str) -> Option<String> {
         None
     }
+    /// Make the pod's sandbox now, before its first container (for a container whose
+    /// environment needs `status.podIP`), and return the pod's address; None: this runtime
+    /// gives pods no address of their own.
+    async fn ensure_pod_sandbox(
+        &self,
+        _spec: &ContainerSpec,
+    ) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
+    }
     /// Make the pod network ready now (the Docker bridge, so the node's DNS can listen on its
     /// gateway before the first pod); runtimes without one do nothing.
     async fn prepare_pod_network(&self) -> Result<bool, RuntimeError> {

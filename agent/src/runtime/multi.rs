@@ -215,6 +215,14 @@ impl Runtime for MultiRuntime {
         Ok(any)
     }
 
+    async fn ensure_pod_sandbox(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<Option<String>, RuntimeError> {
+        let (_, rt) = self.for_class(spec.runtime_class.as_deref())?;
+        rt.ensure_pod_sandbox(spec).await
+    }
+
     async fn lost_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
         let mut lost = Vec::new();
         for rt in &self.runtimes {
