@@ -485,7 +485,7 @@ impl PodSpec {
     pub fn referenced_config(&self) -> (BTreeSet<String>, BTreeSet<String>) {
         let mut config_maps = BTreeSet::new();
         let mut secrets = BTreeSet::new();
-        for c in &self.containers {
+        for c in self.init_containers.iter().chain(&self.containers) {
             for e in &c.env {
                 if let Some(src) = &e.value_from {
                     if let Some(r) = &src.config_map_key_ref {

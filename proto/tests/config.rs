@@ -134,3 +134,12 @@ fn pods_name_the_config_they_reference() {
     assert_eq!(cms.into_iter().collect::<Vec<_>>(), vec!["game-demo"]);
     assert_eq!(secrets.into_iter().collect::<Vec<_>>(), vec!["mysql-pass"]);
 }
+
+#[test]
+fn init_containers_config_references_count_too() {
+    let obj = one("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  initContainers:\n  - name: migrate\n    image: busybox\n    envFrom:\n    - secretRef:\n        name: db-admin\n  containers:\n  - name: c\n    image: busybox\n    envFrom:\n    - configMapRef:\n        name: game-demo\n");
+    let p: Pod = obj.to_typed().unwrap();
+    let (cms, secrets) = p.spec.referenced_config();
+    assert_eq!(cms.into_iter().collect::<Vec<_>>(), vec!["game-demo"]);
+    assert_eq!(secrets.into_iter().collect::<Vec<_>>(), vec!["db-admin"]);
+}
