@@ -600,19 +600,23 @@ async fn a_pod_takes_its_environment_from_a_config_map_a_secret_and_its_fields_o
         "{waiting:?}"
     );
 
-    let mut game = ConfigMap::default();
-    game.metadata = ObjectMeta {
-        name: "game".into(),
-        namespace: "default".into(),
+    let mut game = ConfigMap {
+        metadata: ObjectMeta {
+            name: "game".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     game.data.insert("mode".into(), "fast".into());
     game.data.insert("lives".into(), "3".into());
     client.create(&game).await.unwrap();
-    let mut pass = Secret::default();
-    pass.metadata = ObjectMeta {
-        name: "mysql-pass".into(),
-        namespace: "default".into(),
+    let mut pass = Secret {
+        metadata: ObjectMeta {
+            name: "mysql-pass".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     pass.string_data.insert("password".into(), "hunter2".into());
