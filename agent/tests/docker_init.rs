@@ -1,6 +1,7 @@
-//! Init containers on the Docker runtime: two busybox init containers run one after the
-//! other, each to completion, before the app container starts (read back from the
-//! containers' start and finish times), and the pod becomes Ready with initContainerStatuses.
+//! Init containers on the Docker runtime: two busybox init containers (with a native sidecar
+//! between them) run one after the other, each to completion, before the app container
+//! starts (read back from the containers' start and finish times), and the pod becomes Ready
+//! with initContainerStatuses; the sidecar, killed, is restarted beside the running app.
 //! Skipped outside CI when no Docker engine answers (berth_testkit::skip). Containers are
 //! removed even on failure.
 #![allow(clippy::unwrap_used)]
@@ -53,11 +54,19 @@ fn bb(name: &str, script: &str) -> Container {
     }
 }
 
+/// A native sidecar (`restartPolicy: Always`).
+fn sidecar() -> Container {
+    Container {
+        restart_policy: Some("Always".into()),
+        ..bb("proxy", "exec sleep 1000")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_init_containers_complete_in_order_before_the_app_starts() {
+async fn docker_init_containers_complete_in_order_before_the_app_starts_and_the_sidecar_restarts() {
     if !DockerRuntime::available(Duration::from_secs(5)).await {
         berth_testkit::skip::skip_or_fail(
-            "docker_init_containers_complete_in_order_before_the_app_starts",
+            "docker_init_containers_complete_in_order_before_the_app_starts_and_the_sidecar_restarts",
             "Docker engine not reachable (no answer within 5s)",
         );
         return;
@@ -99,7 +108,7 @@ async fn docker_init_containers_complete_in_order_before_the_app_starts() {
         spec: PodSpec {
             node_name: "docker-init-node".into(),
             termination_grace_period_seconds: Some(1),
-            init_containers: vec![bb("one", "sleep 1"), bb("two", "sleep 1")],
+            init_containers: vec![bb("one", "sleep 1"), sidecar(), bb("two", "sleep 1")],
             containers: vec![bb("app", "exec sleep 1000")],
             ..Default::default()
         },
@@ -118,6 +127,7 @@ async fn docker_init_containers_complete_in_order_before_the_app_starts() {
     let done: Vec<_> = st
         .init_container_statuses
         .iter()
+        .filter(|s| s.name != "proxy")
         .map(|s| {
             let t = s
                 .state
@@ -156,4 +166,31 @@ async fn docker_init_containers_complete_in_order_before_the_app_starts() {
         berth_proto::types::condition(&st.conditions, "Initialized").map(|c| c.status.clone()),
         Some("True".to_string())
     );
+
+    // The sidecar runs beside the app; killed, it is restarted and the app is not.
+    let proxy = st.init_container_statuses[1].clone();
+    assert!(proxy.state.running.is_some() && proxy.ready, "{proxy:?}");
+    let id = proxy
+        .container_id
+        .trim_start_matches("docker://")
+        .to_string();
+    let out = std::process::Command::new("docker")
+        .args(["kill", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = common::wait_for(T, "the sidecar restarted", || async {
+        let p = client.get::<Pod>(NS, "ordered").await.ok()?;
+        let st = p.status?;
+        let s = &st.init_container_statuses[1];
+        (s.restart_count == 1 && s.state.running.is_some()).then_some(st)
+    })
+    .await;
+    assert_eq!(after.container_statuses[0].restart_count, 0);
+    assert_eq!(after.init_container_statuses[0].restart_count, 0);
+    assert_eq!(after.init_container_statuses[2].restart_count, 0);
 }
