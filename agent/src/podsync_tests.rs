@@ -1586,3 +1586,81 @@ async fn a_deleted_pod_stops_its_app_containers_before_its_sidecars_in_reverse_o
     obs[1].state = exited(0);
     assert_eq!(stops(&obs), vec!["a-first-0"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle hooks in the shell (the fake runtime records exec and stop calls in order).
+
+fn hooked_pod() -> Pod {
+    let mut p = pod("h", &["app"]);
+    let exec = |cmd: &str| berth_proto::types::LifecycleHandler {
+        exec: Some(ExecAction {
+            command: vec![cmd.to_string()],
+        }),
+        ..Default::default()
+    };
+    p.spec.containers[0].lifecycle = Some(berth_proto::types::Lifecycle {
+        post_start: Some(exec("post")),
+        pre_stop: Some(exec("pre")),
+    });
+    p
+}
+
+fn position(calls: &[String], prefix: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no call {prefix:?} in {calls:?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_start_runs_after_the_start_and_pre_stop_before_the_stop_of_a_deleted_pod() {
+    let rt = FakeRuntime::new();
+    let mut h = harness(rt.clone());
+    h.cache.replace_all([hooked_pod()]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let id = rt.list().await.unwrap()[0].id.clone();
+    let calls = rt.calls();
+    assert!(
+        position(&calls, &format!("start {id}")) < position(&calls, &format!("exec {id} post"))
+    );
+    assert!(event_messages(&h, "FailedPostStartHook").is_empty());
+    // Deleted from the API: the agent still knows its preStop hook.
+    h.cache.replace_all([]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let calls = rt.calls();
+    assert!(
+        position(&calls, &format!("exec {id} pre")) < position(&calls, &format!("stop {id}")),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_start_hook_is_an_event_and_kills_the_container() {
+    let rt = FakeRuntime::new();
+    rt.set_exec_exit("app", 1);
+    let mut h = harness(rt.clone());
+    let mut p = hooked_pod();
+    if let Some(l) = p.spec.containers[0].lifecycle.as_mut() {
+        l.pre_stop = None;
+    }
+    h.cache.replace_all([p]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let id = rt.list().await.unwrap()[0].id.clone();
+    let msgs = event_messages(&h, "FailedPostStartHook");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].contains("exited with 1") && msgs[0].contains("app"),
+        "{msgs:?}"
+    );
+    assert!(
+        rt.calls().contains(&format!("stop {id}")),
+        "{:?}",
+        rt.calls()
+    );
+}
