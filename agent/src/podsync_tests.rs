@@ -1620,7 +1620,7 @@ async fn post_start_runs_after_the_start_and_pre_stop_before_the_stop_of_a_delet
     for _ in 0..3 {
         round(&mut h, Duration::from_millis(100)).await;
     }
-    let id = rt.list().await.unwrap()[0].id.clone();
+    let id = rt.list().await.expect("list")[0].id.clone();
     let calls = rt.calls();
     assert!(
         position(&calls, &format!("start {id}")) < position(&calls, &format!("exec {id} post"))
@@ -1651,7 +1651,7 @@ async fn a_failed_post_start_hook_is_an_event_and_kills_the_container() {
     for _ in 0..3 {
         round(&mut h, Duration::from_millis(100)).await;
     }
-    let id = rt.list().await.unwrap()[0].id.clone();
+    let id = rt.list().await.expect("list")[0].id.clone();
     let msgs = event_messages(&h, "FailedPostStartHook");
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     assert!(
