@@ -251,6 +251,7 @@ fn resource(
         pod.spec
             .containers
             .iter()
+            .chain(pod.spec.init_containers.iter())
             .find(|x| x.name == r.container_name)
             .ok_or_else(|| {
                 ConfigError(format!(

@@ -13,6 +13,15 @@
 //! (`stopping`, read by [`plan`]); the stop tasks report back over a channel that the shell
 //! folds in ([`Memo::stop_finished`]) before it plans.
 //!
+//! Init containers ([`init_progress`], pure): plain ones run one at a time, in order, each to
+//! exit 0; a native sidecar (`restartPolicy: Always`) lets the next one start once it has
+//! started (startupProbe passed, postStart finished) and is restarted whenever it exits; the
+//! app containers start once all that is done. Init is over for good as soon as any app
+//! container exists in the runtime, so a restarted agent never re-runs it. Sidecars of a pod
+//! being torn down stop after its app containers, in reverse order. Lifecycle hooks run in
+//! tasks of the shell: postStart after a start (a failure kills the container), preStop
+//! inside the stop task, before the stop signal, within the grace period.
+//!
 //! Nothing local is trusted across an agent restart: restart counts are the attempt numbers in
 //! the workloads' labels, host ports come from labels and pod status, backoff is re-derived
 //! from the last exit time. Until the pod cache has had its first full list, no workload is
@@ -95,6 +104,8 @@ pub struct Memo {
     /// Consecutive image trust refusals (ErrImageNotTrusted) per container: the re-check waits
     /// the crash-loop backoff of this count.
     pub trust_failures: BTreeMap<Key, u32>,
+    /// Runtime ids of containers whose postStart hook is running: not started yet.
+    pub post_starting: BTreeSet<String>,
 }
 
 /// The waiting reason of a container whose image is refused by image trust
@@ -224,6 +235,104 @@ fn grace_of(p: &Pod) -> Duration {
     )
 }
 
+/// Which list of the pod a container is in, and so how its exits are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `spec.containers`: restarted per the pod's restartPolicy.
+    App,
+    /// A plain init container: runs to completion; a failure is restarted unless the pod's
+    /// restartPolicy is Never.
+    Init,
+    /// An init container with `restartPolicy: Always`: restarted whenever it exits.
+    Sidecar,
+}
+
+impl Role {
+    pub fn of(c: &Container, init: bool) -> Role {
+        match (init, c.is_sidecar()) {
+            (false, _) => Role::App,
+            (true, true) => Role::Sidecar,
+            (true, false) => Role::Init,
+        }
+    }
+}
+
+fn restarts(pod: &Pod, role: Role, e: &ExitInfo) -> bool {
+    match role {
+        Role::App => should_restart(pod, e),
+        Role::Init => e.exit_code != 0 && restart_policy(pod) != "Never",
+        Role::Sidecar => true,
+    }
+}
+
+/// Where a pod's init sequence stands (Kubernetes' computeInitContainerActions, reduced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitProgress {
+    /// Every plain init container completed and every sidecar started (or the app
+    /// containers already exist: init is never re-run, also not by a restarted agent).
+    Done,
+    /// `initContainers[i]` is the first one not yet completed (or sidecar not yet started).
+    At(usize),
+    /// `initContainers[i]` failed and the pod's restartPolicy is Never: the pod failed.
+    Failed(usize),
+}
+
+/// The init progress of a pod, from the runtime's containers (pure).
+pub fn init_progress(
+    pod: &Pod,
+    attempts: &BTreeMap<Key, Vec<&ContainerInfo>>,
+    view: &dyn Fn(&str, &Container) -> ProbeView,
+    post_starting: &BTreeSet<String>,
+) -> InitProgress {
+    let uid = pod.metadata.uid.as_str();
+    if pod
+        .spec
+        .containers
+        .iter()
+        .any(|c| attempts.contains_key(&Key::new(uid, &c.name)))
+    {
+        return InitProgress::Done;
+    }
+    for (i, c) in pod.spec.init_containers.iter().enumerate() {
+        let latest = attempts
+            .get(&Key::new(uid, &c.name))
+            .and_then(|v| v.first());
+        match (Role::of(c, true), latest.map(|l| (&l.id, &l.state))) {
+            (Role::Sidecar, Some((id, RunState::Running { .. })))
+                if view(id, c).started && !post_starting.contains(id.as_str()) => {}
+            (Role::Init, Some((_, RunState::Exited(e)))) if e.exit_code == 0 => {}
+            (Role::Init, Some((_, RunState::Exited(e)))) if !restarts(pod, Role::Init, e) => {
+                return InitProgress::Failed(i)
+            }
+            _ => return InitProgress::At(i),
+        }
+    }
+    InitProgress::Done
+}
+
+/// Have all app containers of a pod terminated for good (its phase is Succeeded or Failed)?
+fn app_containers_done(pod: &Pod, attempts: &BTreeMap<Key, Vec<&ContainerInfo>>) -> bool {
+    !pod.spec.containers.is_empty()
+        && pod.spec.containers.iter().all(|c| {
+            attempts
+                .get(&Key::new(&pod.metadata.uid, &c.name))
+                .and_then(|v| v.first())
+                .is_some_and(|l| match &l.state {
+                    RunState::Exited(e) => !restarts(pod, Role::App, e),
+                    _ => false,
+                })
+        })
+}
+
+/// A container of the pod by name, app or init.
+pub fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    pod.spec
+        .containers
+        .iter()
+        .chain(pod.spec.init_containers.iter())
+        .find(|c| c.name == name)
+}
+
 /// Attempts of each container, newest first.
 pub fn by_key(observed: &[ContainerInfo]) -> BTreeMap<Key, Vec<&ContainerInfo>> {
     let mut m: BTreeMap<Key, Vec<&ContainerInfo>> = BTreeMap::new();
@@ -298,7 +407,27 @@ pub fn plan(
 
     for pod in desired.iter().filter(|p| is_desired(p)) {
         let uid = pod.metadata.uid.as_str();
-        for c in &pod.spec.containers {
+        let progress = init_progress(pod, &attempts, view, &memo.post_starting);
+        // The pod is over (init failed under Never, or every app container ended for good):
+        // sidecars are stopped and not restarted.
+        let over = matches!(progress, InitProgress::Failed(_))
+            || (progress == InitProgress::Done && app_containers_done(pod, &attempts));
+        let all = pod
+            .spec
+            .init_containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (Some(i), c))
+            .chain(pod.spec.containers.iter().map(|c| (None, c)));
+        for (init_index, c) in all {
+            let role = Role::of(c, init_index.is_some());
+            let may_start = match (role, progress, init_index) {
+                (Role::App, p, _) => p == InitProgress::Done,
+                (Role::Sidecar, _, _) if over => false,
+                (Role::Sidecar, InitProgress::Done, _) => true,
+                (_, InitProgress::At(at), Some(i)) => i <= at,
+                _ => false,
+            };
             let key = Key::new(uid, &c.name);
             let list: &[&ContainerInfo] = attempts.get(&key).map(|v| v.as_slice()).unwrap_or(&[]);
             if let Some((k, _)) = attempts.get_key_value(&key) {
@@ -324,6 +453,9 @@ pub fn plan(
                 .and_then(|e| e.retry_at.checked_duration_since(now))
                 .filter(|d| !d.is_zero());
             let Some(latest) = list.first() else {
+                if !may_start {
+                    continue;
+                }
                 match retry_wait {
                     Some(d) => out.requeue_in(d),
                     None => out.actions.push(Action::Start {
@@ -338,6 +470,18 @@ pub fn plan(
                 continue;
             }
             match &latest.state {
+                RunState::Running { .. } if role == Role::Sidecar && over => {
+                    out.actions.push(Action::Kill {
+                        id: latest.id.clone(),
+                        key: key.clone(),
+                        grace: grace_of(pod),
+                        message: format!(
+                            "Stopping sidecar container {}: the pod's containers have finished",
+                            c.name
+                        ),
+                    });
+                }
+                RunState::Running { .. } if memo.post_starting.contains(&latest.id) => {}
                 RunState::Running { .. } => {
                     let v = view(&latest.id, c);
                     let why = v
@@ -366,6 +510,9 @@ pub fn plan(
                     }
                 }
                 RunState::Created => {
+                    if !may_start {
+                        continue;
+                    }
                     // Created by an agent that died before starting it: create the same attempt
                     // again (runtimes replace a container of the same name).
                     match retry_wait {
@@ -378,7 +525,7 @@ pub fn plan(
                     }
                 }
                 RunState::Exited(e) => {
-                    if !should_restart(pod, e) {
+                    if !may_start || !restarts(pod, role, e) {
                         continue;
                     }
                     if let Some(d) = retry_wait {
@@ -402,6 +549,35 @@ pub fn plan(
     for (key, list) in &attempts {
         if handled.contains(key) && wanted.contains(key.pod_uid.as_str()) {
             continue;
+        }
+        // Sidecars of a pod being torn down stop after its app containers, in reverse order
+        // (Kubernetes 1.29+).
+        if let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) {
+            let sidecars: Vec<&str> = pod
+                .spec
+                .init_containers
+                .iter()
+                .filter(|c| c.is_sidecar())
+                .map(|c| c.name.as_str())
+                .collect();
+            if let Some(pos) = sidecars.iter().position(|n| *n == key.container) {
+                let later: BTreeSet<&str> = pod
+                    .spec
+                    .containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .chain(sidecars[pos + 1..].iter().copied())
+                    .collect();
+                let waits = attempts.iter().any(|(k, l)| {
+                    k.pod_uid == key.pod_uid
+                        && later.contains(k.container.as_str())
+                        && l.iter().any(|c| c.state.is_running())
+                });
+                if waits && list.iter().any(|c| c.state.is_running()) {
+                    out.requeue_in(Duration::from_millis(200));
+                    continue;
+                }
+            }
         }
         for c in list {
             if stopping.contains(&c.id) {
@@ -432,11 +608,22 @@ pub fn backoff_events(
     let attempts = by_key(observed);
     let mut out = Vec::new();
     for pod in desired.iter().filter(|p| is_desired(p)) {
-        for c in &pod.spec.containers {
+        let all = pod
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| (Role::of(c, true), c))
+            .chain(pod.spec.containers.iter().map(|c| (Role::App, c)));
+        for (role, c) in all {
             let key = Key::new(&pod.metadata.uid, &c.name);
             let Some(latest) = attempts.get(&key).and_then(|v| v.first()) else {
                 continue;
             };
+            if role != Role::App
+                && !matches!(&latest.state, RunState::Exited(e) if restarts(pod, role, e))
+            {
+                continue;
+            }
             let backing_off = matches!(latest.state, RunState::Exited(_))
                 && memo
                     .crash
@@ -514,112 +701,171 @@ pub struct StatusInputs<'a> {
     pub wall: Time,
 }
 
+/// One container's status, and whether it has started and ended for good (pure).
+struct OneStatus {
+    cs: ContainerStatus,
+    started: bool,
+    terminal: bool,
+    succeeded: bool,
+}
+
+fn container_status(
+    pod: &Pod,
+    c: &Container,
+    role: Role,
+    list: &[&ContainerInfo],
+    inp: &StatusInputs<'_>,
+    default_waiting: &str,
+) -> OneStatus {
+    let key = Key::new(&pod.metadata.uid, &c.name);
+    let latest = list.first();
+    let prev = list.get(1);
+    let prev_state = prev.and_then(|p| match &p.state {
+        RunState::Exited(e) => Some(ContainerState {
+            terminated: Some(terminated(e)),
+            ..Default::default()
+        }),
+        _ => None,
+    });
+    let create_err = inp.memo.create_errors.get(&key);
+    let mut cs = ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        restart_count: latest.map(|l| l.attempt as i32).unwrap_or(0),
+        container_id: latest
+            .map(|l| format!("{}://{}", l.runtime, l.id))
+            .unwrap_or_default(),
+        started: Some(false),
+        ..Default::default()
+    };
+    let (mut started, mut terminal, mut succeeded) = (false, false, true);
+    match latest.map(|l| &l.state) {
+        None | Some(RunState::Created) => {
+            cs.state = match create_err {
+                Some(e) => waiting(&e.reason, e.message.clone()),
+                None => waiting(default_waiting, String::new()),
+            };
+            cs.last_state = prev_state;
+        }
+        Some(RunState::Running { started_at }) => {
+            started = true;
+            let hook_running = latest.is_some_and(|l| inp.memo.post_starting.contains(&l.id));
+            let v = latest.map(|l| (inp.view)(&l.id, c)).unwrap_or_default();
+            cs.state = ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(*started_at),
+                }),
+                ..Default::default()
+            };
+            cs.ready = v.ready && !hook_running;
+            cs.started = Some(v.started && !hook_running);
+            cs.last_state = prev_state;
+        }
+        Some(RunState::Exited(e)) => {
+            started = true;
+            if restarts(pod, role, e) {
+                let crashes = inp
+                    .memo
+                    .crash
+                    .get(&key)
+                    .map(|c| c.backoff.crashes)
+                    .unwrap_or(1);
+                let backing_off = inp
+                    .memo
+                    .crash
+                    .get(&key)
+                    .and_then(|c| c.backoff.remaining(inp.now))
+                    .is_some();
+                cs.state = match create_err {
+                    Some(ce) => waiting(&ce.reason, ce.message.clone()),
+                    None if backing_off => waiting(
+                        "CrashLoopBackOff",
+                        format!(
+                            "back-off {} restarting failed container={} pod={}",
+                            humanize(inp.policy.delay(crashes)),
+                            c.name,
+                            pod.metadata.name
+                        ),
+                    ),
+                    None => waiting("ContainerCreating", String::new()),
+                };
+                cs.last_state = Some(ContainerState {
+                    terminated: Some(terminated(e)),
+                    ..Default::default()
+                });
+            } else {
+                terminal = true;
+                succeeded = e.exit_code == 0;
+                cs.state = ContainerState {
+                    terminated: Some(terminated(e)),
+                    ..Default::default()
+                };
+                cs.last_state = prev_state;
+            }
+        }
+    }
+    OneStatus {
+        cs,
+        started,
+        terminal,
+        succeeded,
+    }
+}
+
 /// The status this pod should have (pure).
 pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
     let uid = pod.metadata.uid.as_str();
     let old = pod.status.clone().unwrap_or_default();
     let attempts = by_key(inp.observed);
+    let progress = init_progress(pod, &attempts, inp.view, &inp.memo.post_starting);
+    // Kubernetes: containers not created yet wait in PodInitializing in a pod with init
+    // containers, ContainerCreating otherwise.
+    let default_waiting = if pod.spec.init_containers.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let list_of = |c: &Container| -> &[&ContainerInfo] {
+        attempts
+            .get(&Key::new(uid, &c.name))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+    };
+    let mut init_statuses = Vec::new();
+    let mut sidecars_ready = true;
+    for c in &pod.spec.init_containers {
+        let role = Role::of(c, true);
+        let one = container_status(pod, c, role, list_of(c), inp, default_waiting);
+        if role == Role::Sidecar {
+            sidecars_ready &= one.cs.ready;
+        }
+        init_statuses.push(one.cs);
+    }
     let mut statuses = Vec::new();
     let (mut all_ready, mut any_started, mut all_terminal, mut all_succeeded) =
         (true, false, true, true);
     for c in &pod.spec.containers {
-        let key = Key::new(uid, &c.name);
-        let list: &[&ContainerInfo] = attempts.get(&key).map(|v| v.as_slice()).unwrap_or(&[]);
-        let latest = list.first();
-        let prev = list.get(1);
-        let prev_state = prev.and_then(|p| match &p.state {
-            RunState::Exited(e) => Some(ContainerState {
-                terminated: Some(terminated(e)),
-                ..Default::default()
-            }),
-            _ => None,
-        });
-        let create_err = inp.memo.create_errors.get(&key);
-        let mut cs = ContainerStatus {
-            name: c.name.clone(),
-            image: c.image.clone(),
-            restart_count: latest.map(|l| l.attempt as i32).unwrap_or(0),
-            container_id: latest
-                .map(|l| format!("{}://{}", l.runtime, l.id))
-                .unwrap_or_default(),
-            started: Some(false),
-            ..Default::default()
-        };
-        let mut terminal = false;
-        match latest.map(|l| &l.state) {
-            None | Some(RunState::Created) => {
-                cs.state = match create_err {
-                    Some(e) => waiting(&e.reason, e.message.clone()),
-                    None => waiting("ContainerCreating", String::new()),
-                };
-                cs.last_state = prev_state;
-            }
-            Some(RunState::Running { started_at }) => {
-                any_started = true;
-                let v = latest.map(|l| (inp.view)(&l.id, c)).unwrap_or_default();
-                cs.state = ContainerState {
-                    running: Some(ContainerStateRunning {
-                        started_at: Some(*started_at),
-                    }),
-                    ..Default::default()
-                };
-                cs.ready = v.ready;
-                cs.started = Some(v.started);
-                cs.last_state = prev_state;
-            }
-            Some(RunState::Exited(e)) => {
-                any_started = true;
-                if should_restart(pod, e) {
-                    let crashes = inp
-                        .memo
-                        .crash
-                        .get(&key)
-                        .map(|c| c.backoff.crashes)
-                        .unwrap_or(1);
-                    let backing_off = inp
-                        .memo
-                        .crash
-                        .get(&key)
-                        .and_then(|c| c.backoff.remaining(inp.now))
-                        .is_some();
-                    cs.state = match create_err {
-                        Some(ce) => waiting(&ce.reason, ce.message.clone()),
-                        None if backing_off => waiting(
-                            "CrashLoopBackOff",
-                            format!(
-                                "back-off {} restarting failed container={} pod={}",
-                                humanize(inp.policy.delay(crashes)),
-                                c.name,
-                                pod.metadata.name
-                            ),
-                        ),
-                        None => waiting("ContainerCreating", String::new()),
-                    };
-                    cs.last_state = Some(ContainerState {
-                        terminated: Some(terminated(e)),
-                        ..Default::default()
-                    });
-                } else {
-                    terminal = true;
-                    all_succeeded &= e.exit_code == 0;
-                    cs.state = ContainerState {
-                        terminated: Some(terminated(e)),
-                        ..Default::default()
-                    };
-                    cs.last_state = prev_state;
-                }
-            }
-        }
-        all_ready &= cs.ready;
-        all_terminal &= terminal;
-        statuses.push(cs);
+        let one = container_status(pod, c, Role::App, list_of(c), inp, default_waiting);
+        any_started |= one.started;
+        all_terminal &= one.terminal;
+        all_succeeded &= one.succeeded;
+        all_ready &= one.cs.ready;
+        statuses.push(one.cs);
     }
+    let initialized = progress == InitProgress::Done;
+    if matches!(progress, InitProgress::Failed(_)) {
+        all_terminal = true;
+        all_succeeded = false;
+    }
+    all_ready &= sidecars_ready;
     let phase = if !pod.spec.containers.is_empty() && all_terminal {
         if all_succeeded {
             PodPhase::Succeeded
         } else {
             PodPhase::Failed
         }
+    } else if !initialized {
+        PodPhase::Pending
     } else if any_started {
         PodPhase::Running
     } else {
@@ -640,8 +886,12 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
         &mut conditions,
         &old.conditions,
         "Initialized",
-        true,
-        "",
+        initialized,
+        if initialized {
+            ""
+        } else {
+            "ContainersNotInitialized"
+        },
         inp.wall,
     );
     put_condition(
@@ -672,6 +922,7 @@ pub fn pod_status(pod: &Pod, inp: &StatusInputs<'_>) -> PodStatus {
             vec![berth_proto::types::PodIp { ip: pod_ip }]
         },
         start_time: old.start_time.or(Some(inp.wall)),
+        init_container_statuses: init_statuses,
         container_statuses: statuses,
         host_ports: hostports::to_status(&pod.spec, inp.ports),
         reason: String::new(),
@@ -738,9 +989,26 @@ pub fn container_spec(
 }
 
 enum StartOutcome {
-    Started,
+    Started(String),
     CreateFailed(RuntimeError),
     StartFailed(RuntimeError),
+}
+
+/// A preStop hook to run before a stop.
+struct PreStop {
+    handler: berth_proto::types::LifecycleHandler,
+    container: Container,
+    ports: Vec<crate::runtime::PortBinding>,
+    host: crate::hooks::HookHost,
+    pod: PodRef,
+}
+
+/// A postStart hook that finished.
+struct HookDone {
+    id: String,
+    pod: PodRef,
+    grace: Duration,
+    result: Result<(), String>,
 }
 
 /// Settings of the pod sync loop.
@@ -792,6 +1060,12 @@ pub struct PodSync {
     stop_done_tx: mpsc::UnboundedSender<String>,
     stop_done_rx: mpsc::UnboundedReceiver<String>,
     stops: TaskTracker,
+    /// postStart hook tasks report here; folded in by [`PodSync::collect_post_starts`].
+    hook_done_tx: mpsc::UnboundedSender<HookDone>,
+    hook_done_rx: mpsc::UnboundedReceiver<HookDone>,
+    /// The last spec seen of every pod with containers here: a pod deleted from the API
+    /// still has its preStop hooks run and its sidecars stopped last.
+    known: BTreeMap<String, Pod>,
     last_written: BTreeMap<String, PodStatus>,
     /// The last trust objects fetched per (namespace, image), used while the API is down.
     trust_cache: BTreeMap<(String, String), berth_proto::trust::TrustSnapshot>,
@@ -829,6 +1103,7 @@ impl PodSync {
     ) -> PodSync {
         let kick = pods.notifier();
         let (stop_done_tx, stop_done_rx) = mpsc::unbounded_channel();
+        let (hook_done_tx, hook_done_rx) = mpsc::unbounded_channel();
         let prober = Prober::new(
             runtime.clone(),
             kick.clone(),
@@ -850,6 +1125,9 @@ impl PodSync {
             stop_done_tx,
             stop_done_rx,
             stops: TaskTracker::new(),
+            hook_done_tx,
+            hook_done_rx,
+            known: BTreeMap::new(),
             last_written: BTreeMap::new(),
             trust_cache: BTreeMap::new(),
             trust_policy: BTreeMap::new(),
@@ -910,10 +1188,12 @@ impl PodSync {
         self.pull_backoffs(&desired, now);
         record_exits(&mut self.memo, &observed, &self.cfg.backoff, now, wall);
         self.collect_finished_stops();
+        self.collect_post_starts();
+        let planned = self.with_gone_pods(&desired, &observed, wall);
         let p = {
             let prober = &self.prober;
             let view = |id: &str, c: &Container| prober.view(id, c);
-            plan(&desired, &observed, &self.memo, &view, now)
+            plan(&planned, &observed, &self.memo, &view, now)
         };
         let changed = !p.actions.is_empty();
         let mut starts = Vec::new();
@@ -924,7 +1204,7 @@ impl PodSync {
                     container,
                     attempt,
                 } => starts.push((pod_uid, container, attempt)),
-                other => self.execute(other, &desired).await,
+                other => self.execute(other, &planned, &observed).await,
             }
         }
         // Start in waves so the statuses of the first ones are written before the rest start
@@ -989,7 +1269,44 @@ impl PodSync {
         }
     }
 
-    async fn execute(&mut self, a: Action, desired: &[Pod]) {
+    /// The desired pods plus, marked deleted, the last known spec of every pod that is gone
+    /// from the API but still has containers here (for [`plan`]'s teardown order and the
+    /// preStop hooks).
+    fn with_gone_pods(
+        &mut self,
+        desired: &[Pod],
+        observed: &[ContainerInfo],
+        wall: Time,
+    ) -> Vec<Pod> {
+        let here: BTreeSet<&str> = observed.iter().map(|c| c.pod_uid.as_str()).collect();
+        for p in desired {
+            if here.contains(p.metadata.uid.as_str())
+                && (!p.spec.init_containers.is_empty()
+                    || p.spec.containers.iter().any(|c| c.lifecycle.is_some()))
+            {
+                self.known.insert(p.metadata.uid.clone(), p.clone());
+            }
+        }
+        let live: BTreeSet<&str> = desired.iter().map(|p| p.metadata.uid.as_str()).collect();
+        self.known
+            .retain(|uid, _| here.contains(uid.as_str()) || live.contains(uid.as_str()));
+        let mut out = desired.to_vec();
+        for (uid, p) in &self.known {
+            if !live.contains(uid.as_str()) {
+                let mut gone = p.clone();
+                gone.metadata.deletion_timestamp = Some(wall);
+                out.push(gone);
+            }
+        }
+        out
+    }
+
+    async fn execute(&mut self, a: Action, desired: &[Pod], observed: &[ContainerInfo]) {
+        let pre_stop = |me: &Self, id: &str| {
+            let info = observed.iter().find(|c| c.id == id)?;
+            let pod = desired.iter().find(|p| p.metadata.uid == info.pod_uid)?;
+            me.pre_stop_of(pod, info)
+        };
         match a {
             Action::Start {
                 pod_uid,
@@ -1008,9 +1325,13 @@ impl PodSync {
                 if let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) {
                     self.events.normal(&pod_ref(pod), "Killing", message);
                 }
-                self.spawn_stop(id, grace, false);
+                let hook = pre_stop(self, &id);
+                self.spawn_stop_with(id, grace, false, hook);
             }
-            Action::StopOrphan { id, grace } => self.spawn_stop(id, grace, true),
+            Action::StopOrphan { id, grace } => {
+                let hook = pre_stop(self, &id);
+                self.spawn_stop_with(id, grace, true, hook)
+            }
             Action::Remove { id } => {
                 if let Err(e) = self.runtime.remove(&id).await {
                     tracing::warn!(container = %id, error = %e, "removing container");
@@ -1020,11 +1341,83 @@ impl PodSync {
     }
 
     fn spawn_stop(&mut self, id: String, grace: Duration, remove: bool) {
+        self.spawn_stop_with(id, grace, remove, None);
+    }
+
+    /// The preStop hook of the container `info` of `pod`, if it has one.
+    fn pre_stop_of(&self, pod: &Pod, info: &ContainerInfo) -> Option<PreStop> {
+        let c = find_container(pod, &info.container_name)?;
+        let handler = c.lifecycle.as_ref()?.pre_stop.clone()?;
+        Some(PreStop {
+            handler,
+            container: c.clone(),
+            ports: info.ports.clone(),
+            host: self.hook_host(pod),
+            pod: pod_ref(pod),
+        })
+    }
+
+    /// Where a hook's httpGet connects: the pod's own address on the pod network, else the
+    /// node's loopback (the container shares the node's network).
+    fn hook_host(&self, pod: &Pod) -> crate::hooks::HookHost {
+        if !self.handler_has_pod_network(pod) {
+            return crate::hooks::HookHost::Node;
+        }
+        let ip = self
+            .last_written
+            .get(&pod.metadata.uid)
+            .or(pod.status.as_ref())
+            .map(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address);
+        crate::hooks::HookHost::Pod {
+            pod_uid: pod.metadata.uid.clone(),
+            ip,
+        }
+    }
+
+    /// Stop a container; with a preStop hook, the hook runs first and its time counts toward
+    /// the grace period (at least 2 seconds are left for the stop signal, as the kubelet does).
+    fn spawn_stop_with(
+        &mut self,
+        id: String,
+        grace: Duration,
+        remove: bool,
+        pre_stop: Option<PreStop>,
+    ) {
         self.memo.stop_started(&id);
         let rt = self.runtime.clone();
         let done = self.stop_done_tx.clone();
         let kick = self.kick.clone();
+        let events = self.events.clone();
         self.stops.spawn(async move {
+            let mut grace = grace;
+            if let Some(h) = pre_stop {
+                let began = Instant::now();
+                let r = crate::hooks::run(
+                    rt.as_ref(),
+                    &id,
+                    &h.container,
+                    &h.handler,
+                    &h.ports,
+                    &h.host,
+                    grace,
+                )
+                .await;
+                if let Err(m) = r {
+                    events.warning(
+                        &h.pod,
+                        crate::hooks::Hook::PreStop.failed_reason(),
+                        format!(
+                            "PreStopHook ({}) of container {} failed: {m}",
+                            crate::hooks::describe(&h.handler),
+                            h.container.name
+                        ),
+                    );
+                }
+                grace = grace
+                    .saturating_sub(began.elapsed())
+                    .max(Duration::from_secs(2));
+            }
             if let Err(e) = rt.stop(&id, grace, None).await {
                 tracing::warn!(container = %id, error = %e, "stopping container");
             }
@@ -1039,6 +1432,68 @@ impl PodSync {
         });
     }
 
+    /// Run a started container's postStart hook in the background; until it finishes the
+    /// container does not count as started (the next init container waits). A failure is
+    /// folded in by [`PodSync::collect_post_starts`]: event and kill.
+    fn spawn_post_start(
+        &mut self,
+        desired: &[Pod],
+        key: &Key,
+        pref: PodRef,
+        id: String,
+        spec: &ContainerSpec,
+    ) {
+        let Some(pod) = desired.iter().find(|p| p.metadata.uid == key.pod_uid) else {
+            return;
+        };
+        let Some(c) = find_container(pod, &key.container) else {
+            return;
+        };
+        let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) else {
+            return;
+        };
+        self.memo.post_starting.insert(id.clone());
+        let rt = self.runtime.clone();
+        let c = c.clone();
+        let ports = spec.ports.clone();
+        let host = self.hook_host(pod);
+        let grace = grace_of(pod);
+        let timeout = grace.max(Duration::from_secs(DEFAULT_GRACE_SECONDS));
+        let done = self.hook_done_tx.clone();
+        let kick = self.kick.clone();
+        self.stops.spawn(async move {
+            let r = crate::hooks::run(rt.as_ref(), &id, &c, &handler, &ports, &host, timeout)
+                .await
+                .map_err(|m| {
+                    format!(
+                        "PostStartHook ({}) of container {} failed: {m}",
+                        crate::hooks::describe(&handler),
+                        c.name
+                    )
+                });
+            let _ = done.send(HookDone {
+                id,
+                pod: pref,
+                grace,
+                result: r,
+            });
+            kick.notify_one();
+        });
+    }
+
+    /// Fold in finished postStart hooks: a failed one gets its event and its container
+    /// killed (restarted per the pod's policy by the usual path).
+    fn collect_post_starts(&mut self) {
+        while let Ok(h) = self.hook_done_rx.try_recv() {
+            self.memo.post_starting.remove(&h.id);
+            if let Err(m) = h.result {
+                self.events
+                    .warning(&h.pod, crate::hooks::Hook::PostStart.failed_reason(), m);
+                self.spawn_stop(h.id, h.grace, false);
+            }
+        }
+    }
+
     /// Start containers: ports and specs are prepared in order, the runtime calls run
     /// concurrently (bounded; Docker create+start takes a while), results are applied in order.
     async fn start_all(&mut self, starts: Vec<(String, String, u32)>, desired: &[Pod]) {
@@ -1048,7 +1503,7 @@ impl PodSync {
             let Some(pod) = desired.iter().find(|p| p.metadata.uid == pod_uid) else {
                 continue;
             };
-            let Some(c) = pod.spec.containers.iter().find(|c| c.name == container) else {
+            let Some(c) = find_container(pod, &container) else {
                 continue;
             };
             let key = Key::new(&pod.metadata.uid, &c.name);
@@ -1130,7 +1585,7 @@ impl PodSync {
                     let outcome = match rt.create(&spec).await {
                         Err(e) => StartOutcome::CreateFailed(e),
                         Ok(id) => match rt.start(&id).await {
-                            Ok(()) => StartOutcome::Started,
+                            Ok(()) => StartOutcome::Started(id),
                             Err(e) => {
                                 let _ = rt.remove(&id).await;
                                 StartOutcome::StartFailed(e)
@@ -1157,12 +1612,13 @@ impl PodSync {
                         .normal(&pref, "Created", format!("Created container {name}"));
                     self.create_failed(&key, &pref, "RunContainerError", e.to_string(), now)
                 }
-                StartOutcome::Started => {
+                StartOutcome::Started(id) => {
                     self.events
                         .normal(&pref, "Created", format!("Created container {name}"));
                     self.events
                         .normal(&pref, "Started", format!("Started container {name}"));
                     self.memo.create_errors.remove(&key);
+                    self.spawn_post_start(desired, &key, pref, id, &spec);
                 }
             }
         }
@@ -1497,12 +1953,7 @@ impl PodSync {
             let Some(pod) = desired.iter().find(|p| p.metadata.uid == c.pod_uid) else {
                 continue;
             };
-            let Some(spec) = pod
-                .spec
-                .containers
-                .iter()
-                .find(|s| s.name == c.container_name)
-            else {
+            let Some(spec) = find_container(pod, &c.container_name) else {
                 continue;
             };
             // A pod on the pod network is probed at its own IP: wait until it is known.
@@ -1524,6 +1975,7 @@ impl PodSync {
             let reported = pod.status.as_ref().and_then(|s| {
                 s.container_statuses
                     .iter()
+                    .chain(s.init_container_statuses.iter())
                     .find(|cs| cs.name == c.container_name && cs.container_id == cid)
             });
             running.push(Probed {

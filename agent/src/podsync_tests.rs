@@ -1313,3 +1313,354 @@ async fn with_the_api_down_a_new_container_waits_for_the_trust_check_and_a_resta
         e.message
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Init containers and native sidecars.
+
+/// A pod with init containers (`+name` is a sidecar) before its app containers.
+fn init_pod(name: &str, inits: &[&str], apps: &[&str]) -> Pod {
+    let mut p = pod(name, apps);
+    p.spec.init_containers = inits
+        .iter()
+        .map(|n| Container {
+            name: n.trim_start_matches('+').to_string(),
+            image: "img".into(),
+            command: vec!["run".into()],
+            restart_policy: n.starts_with('+').then(|| "Always".to_string()),
+            ..Default::default()
+        })
+        .collect();
+    p
+}
+
+fn start(uid: &str, c: &str, attempt: u32) -> Action {
+    Action::Start {
+        pod_uid: uid.into(),
+        container: c.into(),
+        attempt,
+    }
+}
+
+fn starts_of(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { container, .. } => Some(container.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_start_one_at_a_time_in_order_then_the_app_containers() {
+    let p = init_pod("a", &["one", "two"], &["web", "log"]);
+    let t = Instant::now();
+    let m = Memo::default();
+    let ps = std::slice::from_ref(&p);
+    assert_eq!(
+        plan_of(ps, &[], &m, t).actions,
+        vec![start("uid-a", "one", 0)]
+    );
+    // Running: nothing else starts.
+    let obs = vec![info(&p, "one", 0, running())];
+    assert_eq!(plan_of(ps, &obs, &m, t), Plan::default());
+    // Completed: the next one.
+    let obs = vec![info(&p, "one", 0, exited(0))];
+    assert_eq!(
+        plan_of(ps, &obs, &m, t).actions,
+        vec![start("uid-a", "two", 0)]
+    );
+    // All completed: every app container at once, no init container again.
+    let obs = vec![info(&p, "one", 0, exited(0)), info(&p, "two", 0, exited(0))];
+    assert_eq!(starts_of(&plan_of(ps, &obs, &m, t)), vec!["web", "log"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_is_restarted_with_backoff_and_blocks_the_app() {
+    let p = init_pod("a", &["one", "two"], &["web"]);
+    let obs = vec![info(&p, "one", 0, exited(1))];
+    let mut memo = Memo::default();
+    let t0 = Instant::now();
+    record_exits(&mut memo, &obs, &BackoffPolicy::default(), t0, wall0());
+    let ps = std::slice::from_ref(&p);
+    let out = plan_of(ps, &obs, &memo, t0);
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(out.requeue, Some(Duration::from_secs(10)));
+    let later = plan_of(ps, &obs, &memo, t0 + Duration::from_secs(10));
+    assert_eq!(later.actions, vec![start("uid-a", "one", 1)]);
+    let s = status_of(&p, &obs, &memo, &default_view);
+    assert_eq!(s.phase, "Pending");
+    let w = s.init_container_statuses[0]
+        .state
+        .waiting
+        .as_ref()
+        .expect("waiting");
+    assert_eq!(w.reason, "CrashLoopBackOff");
+    assert_eq!(
+        s.init_container_statuses[1]
+            .state
+            .waiting
+            .as_ref()
+            .map(|w| w.reason.as_str()),
+        Some("PodInitializing")
+    );
+    assert_eq!(
+        s.container_statuses[0]
+            .state
+            .waiting
+            .as_ref()
+            .map(|w| w.reason.as_str()),
+        Some("PodInitializing")
+    );
+    let init = berth_proto::types::condition(&s.conditions, "Initialized").expect("cond");
+    assert_eq!(
+        (init.status.as_str(), init.reason.as_str()),
+        ("False", "ContainersNotInitialized")
+    );
+    // A BackOff event is due for the init container.
+    assert_eq!(backoff_events(ps, &obs, &memo, t0).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_restart_policy_never_a_failed_init_container_fails_the_pod() {
+    let mut p = init_pod("a", &["+proxy", "one"], &["web"]);
+    p.spec.restart_policy = Some("Never".into());
+    let obs = vec![
+        info(&p, "proxy", 0, running()),
+        info(&p, "one", 0, exited(2)),
+    ];
+    let ps = std::slice::from_ref(&p);
+    let out = plan_of(ps, &obs, &Memo::default(), Instant::now());
+    // Nothing starts; the sidecar is stopped.
+    assert!(starts_of(&out).is_empty());
+    assert!(
+        matches!(&out.actions[..], [Action::Kill { id, .. }] if id == "a-proxy-0"),
+        "{:?}",
+        out.actions
+    );
+    let s = status_of(&p, &obs, &Memo::default(), &default_view);
+    assert_eq!(s.phase, "Failed");
+    let t = s.init_container_statuses[1]
+        .state
+        .terminated
+        .as_ref()
+        .expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_str()), (2, "Error"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_lets_the_next_init_container_start_once_started_and_is_restarted_when_it_exits()
+{
+    let mut p = init_pod("a", &["+proxy", "one"], &["web"]);
+    p.spec.init_containers[0].startup_probe = Some(Probe::default());
+    let ps = std::slice::from_ref(&p);
+    let t = Instant::now();
+    let m = Memo::default();
+    assert_eq!(
+        plan_of(ps, &[], &m, t).actions,
+        vec![start("uid-a", "proxy", 0)]
+    );
+    // Running but its startup probe has not passed: the next one waits.
+    let obs = vec![info(&p, "proxy", 0, running())];
+    assert_eq!(plan_of(ps, &obs, &m, t), Plan::default());
+    let started = |_: &str, _: &Container| ProbeView {
+        started: true,
+        ready: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(ps, &obs, &m, &started, t).actions,
+        vec![start("uid-a", "one", 0)]
+    );
+    // A running postStart hook also holds it back.
+    let mut hooked = Memo::default();
+    hooked.post_starting.insert("a-proxy-0".into());
+    assert_eq!(plan(ps, &obs, &hooked, &started, t), Plan::default());
+    // Init done, app running: the sidecar exits and is restarted (it is not a completion).
+    let obs = vec![
+        info(&p, "proxy", 0, exited(0)),
+        info(&p, "one", 0, exited(0)),
+        info(&p, "web", 0, running()),
+    ];
+    assert_eq!(
+        plan(ps, &obs, &m, &started, t).actions,
+        vec![start("uid-a", "proxy", 1)]
+    );
+    // Its readiness counts toward the pod's.
+    let obs = vec![
+        info(&p, "proxy", 1, running()),
+        info(&p, "one", 0, exited(0)),
+        info(&p, "web", 0, running()),
+    ];
+    let not_ready = |_: &str, c: &Container| ProbeView {
+        started: true,
+        ready: c.name != "proxy",
+        ..Default::default()
+    };
+    let s = status_of(&p, &obs, &m, &not_ready);
+    assert_eq!(s.phase, "Running");
+    let cond = |s: &PodStatus, t: &str| {
+        berth_proto::types::condition(&s.conditions, t).map(|c| c.status.clone())
+    };
+    assert_eq!(cond(&s, "Initialized").as_deref(), Some("True"));
+    assert_eq!(cond(&s, "Ready").as_deref(), Some("False"));
+    let s = status_of(&p, &obs, &m, &started);
+    assert_eq!(cond(&s, "Ready").as_deref(), Some("True"));
+    assert_eq!(s.init_container_statuses[0].restart_count, 1);
+    assert_eq!(s.init_container_statuses[0].started, Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn existing_app_containers_mean_init_is_done_and_is_not_rerun() {
+    // A restarted agent whose init containers were removed (or whose runtime lost them):
+    // the app containers exist, so init is not run again.
+    let p = init_pod("a", &["one", "+proxy"], &["web"]);
+    let obs = vec![info(&p, "web", 0, running())];
+    let out = plan_of(
+        std::slice::from_ref(&p),
+        &obs,
+        &Memo::default(),
+        Instant::now(),
+    );
+    assert_eq!(
+        out.actions,
+        vec![start("uid-a", "proxy", 0)],
+        "only the sidecar comes back"
+    );
+    let s = status_of(&p, &obs, &Memo::default(), &default_view);
+    assert_eq!(s.phase, "Running");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_app_containers_finish_the_sidecars_are_stopped_and_not_restarted() {
+    let mut p = init_pod("a", &["+proxy"], &["job"]);
+    p.spec.restart_policy = Some("OnFailure".into());
+    let ps = std::slice::from_ref(&p);
+    let obs = vec![
+        info(&p, "proxy", 0, running()),
+        info(&p, "job", 0, exited(0)),
+    ];
+    let out = plan_of(ps, &obs, &Memo::default(), Instant::now());
+    assert!(
+        matches!(&out.actions[..], [Action::Kill { id, .. }] if id == "a-proxy-0"),
+        "{:?}",
+        out.actions
+    );
+    let obs = vec![
+        info(&p, "proxy", 0, exited(143)),
+        info(&p, "job", 0, exited(0)),
+    ];
+    assert_eq!(
+        plan_of(ps, &obs, &Memo::default(), Instant::now()),
+        Plan::default()
+    );
+    assert_eq!(
+        status_of(&p, &obs, &Memo::default(), &default_view).phase,
+        "Succeeded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pod_stops_its_app_containers_before_its_sidecars_in_reverse_order() {
+    let mut p = init_pod("a", &["+first", "+second"], &["web"]);
+    p.metadata.deletion_timestamp = Some(wall0());
+    let ps = std::slice::from_ref(&p);
+    let stops = |obs: &[ContainerInfo]| -> Vec<String> {
+        plan_of(ps, obs, &Memo::default(), Instant::now())
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StopOrphan { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut obs = vec![
+        info(&p, "first", 0, running()),
+        info(&p, "second", 0, running()),
+        info(&p, "web", 0, running()),
+    ];
+    assert_eq!(stops(&obs), vec!["a-web-0"]);
+    obs[2].state = exited(0);
+    assert_eq!(stops(&obs), vec!["a-second-0"]);
+    obs[1].state = exited(0);
+    assert_eq!(stops(&obs), vec!["a-first-0"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle hooks in the shell (the fake runtime records exec and stop calls in order).
+
+fn hooked_pod() -> Pod {
+    let mut p = pod("h", &["app"]);
+    let exec = |cmd: &str| berth_proto::types::LifecycleHandler {
+        exec: Some(ExecAction {
+            command: vec![cmd.to_string()],
+        }),
+        ..Default::default()
+    };
+    p.spec.containers[0].lifecycle = Some(berth_proto::types::Lifecycle {
+        post_start: Some(exec("post")),
+        pre_stop: Some(exec("pre")),
+    });
+    p
+}
+
+fn position(calls: &[String], prefix: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no call {prefix:?} in {calls:?}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_start_runs_after_the_start_and_pre_stop_before_the_stop_of_a_deleted_pod() {
+    let rt = FakeRuntime::new();
+    let mut h = harness(rt.clone());
+    h.cache.replace_all([hooked_pod()]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let id = rt.list().await.expect("list")[0].id.clone();
+    let calls = rt.calls();
+    assert!(
+        position(&calls, &format!("start {id}")) < position(&calls, &format!("exec {id} post"))
+    );
+    assert!(event_messages(&h, "FailedPostStartHook").is_empty());
+    // Deleted from the API: the agent still knows its preStop hook.
+    h.cache.replace_all([]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let calls = rt.calls();
+    assert!(
+        position(&calls, &format!("exec {id} pre")) < position(&calls, &format!("stop {id}")),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_post_start_hook_is_an_event_and_kills_the_container() {
+    let rt = FakeRuntime::new();
+    rt.set_exec_exit("app", 1);
+    let mut h = harness(rt.clone());
+    let mut p = hooked_pod();
+    if let Some(l) = p.spec.containers[0].lifecycle.as_mut() {
+        l.pre_stop = None;
+    }
+    h.cache.replace_all([p]);
+    for _ in 0..3 {
+        round(&mut h, Duration::from_millis(100)).await;
+    }
+    let id = rt.list().await.expect("list")[0].id.clone();
+    let msgs = event_messages(&h, "FailedPostStartHook");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].contains("exited with 1") && msgs[0].contains("app"),
+        "{msgs:?}"
+    );
+    assert!(
+        rt.calls().contains(&format!("stop {id}")),
+        "{:?}",
+        rt.calls()
+    );
+}

@@ -35,7 +35,11 @@ pub fn new_pod(rs: &ReplicaSet, name: &str) -> Pod {
     let t = &rs.spec.template;
     let mut spec = t.spec.clone();
     let pins = berth_proto::image::image_pins(&rs.metadata.annotations);
-    for c in &mut spec.containers {
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut())
+    {
         if let Some(p) = berth_proto::image::pinned_image(&pins, &c.name, &c.image) {
             c.image = p.to_string();
         }

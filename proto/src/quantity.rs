@@ -354,18 +354,75 @@ pub fn container_limits(c: &Container) -> Limits {
     }
 }
 
-/// The sum of a pod's container requests: what the scheduler reserves on a node.
+/// What the scheduler reserves on a node for a pod: the sum of its app containers' and
+/// sidecars' requests, or, if larger (per resource), the most any init container needs
+/// beside the sidecars started before it (Kubernetes' effective requests, 1.29+).
 pub fn pod_requests(spec: &PodSpec) -> Resources {
-    spec.containers
+    let mut running = spec
+        .containers
         .iter()
         .map(container_requests)
-        .fold(Resources::default(), Resources::saturating_add)
+        .fold(Resources::default(), Resources::saturating_add);
+    let mut sidecars = Resources::default();
+    let mut init_peak = Resources::default();
+    for c in &spec.init_containers {
+        let r = container_requests(c);
+        if c.is_sidecar() {
+            running = running.saturating_add(r);
+            sidecars = sidecars.saturating_add(r);
+        } else {
+            let need = r.saturating_add(sidecars);
+            init_peak = Resources {
+                milli_cpu: init_peak.milli_cpu.max(need.milli_cpu),
+                memory: init_peak.memory.max(need.memory),
+            };
+        }
+    }
+    Resources {
+        milli_cpu: running.milli_cpu.max(init_peak.milli_cpu),
+        memory: running.memory.max(init_peak.memory),
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_requests_count_sidecars_and_the_largest_init_container() {
+        let c = |name: &str, cpu: &str, mem: &str, sidecar: bool| Container {
+            name: name.into(),
+            restart_policy: sidecar.then(|| "Always".to_string()),
+            resources: Some(crate::types::ResourceRequirements {
+                requests: [
+                    ("cpu".to_string(), Quantity(cpu.into())),
+                    ("memory".to_string(), Quantity(mem.into())),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = PodSpec {
+            init_containers: vec![
+                c("big-cpu", "2", "10Mi", false),
+                c("proxy", "100m", "50Mi", true),
+                c("big-mem", "100m", "500Mi", false),
+            ],
+            containers: vec![c("app", "500m", "100Mi", false)],
+            ..Default::default()
+        };
+        let mi = 1024 * 1024;
+        // cpu: init peak 2000m > app 500m + sidecar 100m; memory: big-mem 500Mi beside the
+        // 50Mi sidecar > 150Mi.
+        assert_eq!(pod_requests(&spec), Resources::new(2000, 550 * mi));
+        let plain = PodSpec {
+            containers: vec![c("app", "500m", "100Mi", false)],
+            ..Default::default()
+        };
+        assert_eq!(pod_requests(&plain), Resources::new(500, 100 * mi));
+    }
 
     #[test]
     fn parses_cpu_forms_to_millicores() {

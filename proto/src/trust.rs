@@ -611,8 +611,8 @@ pub fn check_image_signed(
     })
 }
 
-/// The container images of a Pod, Deployment or ReplicaSet with their field paths
-/// (`spec.template.spec.containers[0].image`); nothing for other kinds.
+/// The container images (init containers first) of a Pod, Deployment or ReplicaSet with their
+/// field paths (`spec.template.spec.containers[0].image`); nothing for other kinds.
 pub fn images_of(obj: &DynObject) -> Vec<(String, String)> {
     let (spec, prefix) = match obj.kind {
         Kind::Pod => (obj.value.get("spec"), "spec"),
@@ -628,11 +628,15 @@ pub fn images_of(obj: &DynObject) -> Vec<(String, String)> {
     let Some(spec) = spec.and_then(|s| serde_json::from_value::<PodSpec>(s.clone()).ok()) else {
         return Vec::new();
     };
-    spec.containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("{prefix}.containers[{i}].image"), c.image.clone()))
-        .collect()
+    let list = |field: &'static str, cs: &[crate::types::Container]| -> Vec<(String, String)> {
+        cs.iter()
+            .enumerate()
+            .map(|(i, c)| (format!("{prefix}.{field}[{i}].image"), c.image.clone()))
+            .collect()
+    };
+    let mut out = list("initContainers", &spec.init_containers);
+    out.extend(list("containers", &spec.containers));
+    out
 }
 
 /// Admission: refuse `obj` (a Pod, or a Deployment/ReplicaSet by its pod template) when the
@@ -874,6 +878,36 @@ mod tests {
             "{e}"
         );
         admit(&snapshot_with_policy(false), &obj).unwrap();
+    }
+
+    #[test]
+    fn images_of_lists_init_containers_too_with_their_paths() {
+        let c = |name: &str, image: &str| crate::types::Container {
+            name: name.into(),
+            image: image.into(),
+            ..Default::default()
+        };
+        let pod = crate::types::Pod {
+            spec: PodSpec {
+                init_containers: vec![c("migrate", "tools:v1")],
+                containers: vec![c("app", "shop:v1")],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            images_of(&DynObject::from_typed(&pod)),
+            vec![
+                (
+                    "spec.initContainers[0].image".to_string(),
+                    "tools:v1".to_string()
+                ),
+                (
+                    "spec.containers[0].image".to_string(),
+                    "shop:v1".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -1265,8 +1265,19 @@ fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             );
         }
     }
-    for (ci, c) in spec.containers.iter().enumerate() {
-        let cp = path.child("containers").index(ci);
+    let all = spec
+        .init_containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("initContainers", i, c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ("containers", i, c)),
+        );
+    for (list, ci, c) in all {
+        let cp = path.child(list).index(ci);
         let mut paths: HashMap<&str, usize> = HashMap::new();
         for (mi, m) in c.volume_mounts.iter().enumerate() {
             let mp = cp.child("volumeMounts").index(mi);
@@ -1684,12 +1695,25 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
         toleration(e, t, &path.child("tolerations").index(i));
     }
 
-    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut names: HashMap<&str, (&str, usize)> = HashMap::new();
     // Ports are per pod: two containers cannot both listen on 8080/TCP.
-    let mut port_numbers: HashMap<(i32, &str), (usize, usize)> = HashMap::new();
-    let mut port_names: HashMap<&str, (usize, usize)> = HashMap::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let p = cp.index(i);
+    let mut port_numbers: HashMap<(i32, &str), (&str, usize, usize)> = HashMap::new();
+    let mut port_names: HashMap<&str, (&str, usize, usize)> = HashMap::new();
+    let icp = path.child("initContainers");
+    let all = spec
+        .init_containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("initContainers", i, c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ("containers", i, c)),
+        );
+    for (list, i, c) in all {
+        let init = list == "initContainers";
+        let p = if init { icp.index(i) } else { cp.index(i) };
         if c.name.is_empty() {
             e.add(&p.child("name"), "is required");
         } else {
@@ -1699,13 +1723,10 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
                     format!("invalid container name {:?}: {m}", c.name),
                 );
             }
-            if let Some(j) = names.insert(&c.name, i) {
+            if let Some((l, j)) = names.insert(&c.name, (list, i)) {
                 e.add(
                     &p.child("name"),
-                    format!(
-                        "duplicate container name {:?} (also containers[{j}])",
-                        c.name
-                    ),
+                    format!("duplicate container name {:?} (also {l}[{j}])", c.name),
                 );
             }
         }
@@ -1757,11 +1778,13 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
                 }
             }
             let proto = protocol(e, port.protocol.as_deref(), &pp.child("protocol"));
-            if let Some((ci, pj)) = port_numbers.insert((port.container_port, proto), (i, j)) {
+            if let Some((l, ci, pj)) =
+                port_numbers.insert((port.container_port, proto), (list, i, j))
+            {
                 e.add(
                     &pp.child("containerPort"),
                     format!(
-                        "duplicate port {}/{proto} (also containers[{ci}].ports[{pj}])",
+                        "duplicate port {}/{proto} (also {l}[{ci}].ports[{pj}])",
                         port.container_port
                     ),
                 );
@@ -1773,11 +1796,11 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
                         format!("invalid port name {:?}: {m}", port.name),
                     );
                 }
-                if let Some((ci, pj)) = port_names.insert(&port.name, (i, j)) {
+                if let Some((l, ci, pj)) = port_names.insert(&port.name, (list, i, j)) {
                     e.add(
                         &pp.child("name"),
                         format!(
-                            "duplicate port name {:?} (also containers[{ci}].ports[{pj}])",
+                            "duplicate port name {:?} (also {l}[{ci}].ports[{pj}])",
                             port.name
                         ),
                     );
@@ -1793,9 +1816,79 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             ("startupProbe", &c.startup_probe),
         ] {
             if let Some(pr) = probe_opt {
-                probe(e, pr, c, &p.child(field));
+                if init && !c.is_sidecar() {
+                    // Kubernetes: only restartable (sidecar) init containers may have probes.
+                    e.add(
+                        &p.child(field),
+                        "may not be set for init containers without restartPolicy: Always",
+                    );
+                } else {
+                    probe(e, pr, c, &p.child(field));
+                }
             }
         }
+        if let Some(rp) = &c.restart_policy {
+            if !init {
+                e.add(
+                    &p.child("restartPolicy"),
+                    format!("may only be set on init containers (got {rp:?}); use spec.restartPolicy for app containers"),
+                );
+            } else if rp != "Always" {
+                e.add(
+                    &p.child("restartPolicy"),
+                    format!("unsupported restart policy {rp:?}: only Always (a sidecar) is allowed on an init container"),
+                );
+            }
+        }
+        if let Some(l) = &c.lifecycle {
+            let lp = p.child("lifecycle");
+            if init && !c.is_sidecar() {
+                e.add(
+                    &lp,
+                    "may not be set for init containers without restartPolicy: Always",
+                );
+            } else {
+                for (field, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+                    if let Some(h) = h {
+                        lifecycle_handler(e, h, c, &lp.child(field));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lifecycle_handler(e: &mut Errs, h: &LifecycleHandler, c: &Container, path: &FieldPath) {
+    let n = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if n != 1 {
+        e.add(
+            path,
+            format!("must specify exactly one of exec, httpGet or sleep (found {n})"),
+        );
+    }
+    if let Some(x) = &h.exec {
+        if x.command.is_empty() {
+            e.add(&path.child("exec").child("command"), "must not be empty");
+        }
+    }
+    if let Some(s) = &h.sleep {
+        if s.seconds <= 0 {
+            e.add(
+                &path.child("sleep").child("seconds"),
+                format!("must be greater than 0 (got {})", s.seconds),
+            );
+        }
+    }
+    if let Some(g) = &h.http_get {
+        // The probe checks cover the port, scheme and path.
+        let as_probe = Probe {
+            http_get: Some(g.clone()),
+            ..Default::default()
+        };
+        probe(e, &as_probe, c, path);
     }
 }
 

@@ -134,3 +134,70 @@ fn pods_name_the_config_they_reference() {
     assert_eq!(cms.into_iter().collect::<Vec<_>>(), vec!["game-demo"]);
     assert_eq!(secrets.into_iter().collect::<Vec<_>>(), vec!["mysql-pass"]);
 }
+
+#[test]
+fn init_containers_config_references_count_too() {
+    let obj = one("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  initContainers:\n  - name: migrate\n    image: busybox\n    envFrom:\n    - secretRef:\n        name: db-admin\n  containers:\n  - name: c\n    image: busybox\n    envFrom:\n    - configMapRef:\n        name: game-demo\n");
+    let p: Pod = obj.to_typed().unwrap();
+    let (cms, secrets) = p.spec.referenced_config();
+    assert_eq!(cms.into_iter().collect::<Vec<_>>(), vec!["game-demo"]);
+    assert_eq!(secrets.into_iter().collect::<Vec<_>>(), vec!["db-admin"]);
+}
+
+/// The Kubernetes docs' sidecar Deployment (concepts/workloads/pods/sidecar-containers),
+/// unchanged: a native sidecar and the app share an emptyDir. Also an init container's
+/// volumeMounts are checked like an app container's.
+#[test]
+fn the_kubernetes_docs_sidecar_deployment_with_an_empty_dir_applies_unchanged() {
+    let obj = one(r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: myapp
+  labels:
+    app: myapp
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: myapp
+  template:
+    metadata:
+      labels:
+        app: myapp
+    spec:
+      containers:
+        - name: myapp
+          image: alpine:latest
+          command: ['sh', '-c', 'while true; do echo "logging" >> /opt/logs.txt; sleep 1; done']
+          volumeMounts:
+            - name: data
+              mountPath: /opt
+      initContainers:
+        - name: logshipper
+          image: alpine:latest
+          restartPolicy: Always
+          command: ['sh', '-c', 'tail -F /opt/logs.txt']
+          volumeMounts:
+            - name: data
+              mountPath: /opt
+      volumes:
+        - name: data
+          emptyDir: {}
+"#);
+    let d: Deployment = obj.to_typed().unwrap();
+    assert_eq!(d.spec.template.spec.volumes[0].name, "data");
+    let text = errors("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  initContainers:\n  - name: i\n    image: busybox\n    volumeMounts:\n    - name: nope\n      mountPath: /x\n  containers:\n  - name: c\n    image: busybox\n    volumeMounts:\n    - name: data\n      mountPath: /opt\n      subPath: ../etc\n  volumes:\n  - name: data\n    emptyDir: {}\n    hostPath:\n      path: /tmp\n").join("\n");
+    assert!(
+        text.contains("initContainers[0].volumeMounts[0].name")
+            && text.contains("no volume named \"nope\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("containers[0].volumeMounts[0].subPath") && text.contains("'..'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("volumes[0]") && text.contains("exactly one of emptyDir"),
+        "{text}"
+    );
+}

@@ -621,3 +621,221 @@ fn dyn_object_validation_dispatches_by_kind() {
         vec!["spec.ports: at least one port is required"]
     );
 }
+
+fn init(name: &str) -> Container {
+    Container {
+        name: name.into(),
+        image: "busybox:1.36".into(),
+        command: vec!["true".into()],
+        ..Default::default()
+    }
+}
+
+fn sidecar(name: &str) -> Container {
+    Container {
+        restart_policy: Some("Always".into()),
+        ..init(name)
+    }
+}
+
+fn exec_hook(cmd: &[&str]) -> LifecycleHandler {
+    LifecycleHandler {
+        exec: Some(ExecAction {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+const I0: &str = "spec.template.spec.initContainers[0]";
+
+#[test]
+fn init_containers_sidecars_and_lifecycle_rules_table() {
+    let cases: Vec<Case> = vec![
+        (
+            "two init containers and a sidecar are valid",
+            |d| {
+                let s = &mut d.spec.template.spec;
+                s.init_containers = vec![init("a"), sidecar("proxy"), init("b")];
+                s.init_containers[1].readiness_probe = Some(Probe {
+                    exec: Some(ExecAction {
+                        command: vec!["true".into()],
+                    }),
+                    ..Default::default()
+                });
+                s.init_containers[1].lifecycle = Some(Lifecycle {
+                    pre_stop: Some(LifecycleHandler {
+                        sleep: Some(SleepAction { seconds: 2 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            },
+            vec![],
+        ),
+        (
+            "init container name clashes with an app container",
+            |d| d.spec.template.spec.init_containers = vec![init("web")],
+            vec![format!(
+                "{C0}.name: duplicate container name \"web\" (also initContainers[0])"
+            )],
+        ),
+        (
+            "two init containers with one name",
+            |d| d.spec.template.spec.init_containers = vec![init("a"), init("a")],
+            vec![
+                "spec.template.spec.initContainers[1].name: duplicate container name \"a\" (also initContainers[0])".into(),
+            ],
+        ),
+        (
+            "init container without image",
+            |d| {
+                let mut c = init("a");
+                c.image.clear();
+                d.spec.template.spec.init_containers = vec![c];
+            },
+            vec![format!("{I0}.image: is required")],
+        ),
+        (
+            "restartPolicy other than Always on an init container",
+            |d| {
+                let mut c = init("a");
+                c.restart_policy = Some("OnFailure".into());
+                d.spec.template.spec.init_containers = vec![c];
+            },
+            vec![format!("{I0}.restartPolicy: unsupported restart policy \"OnFailure\": only Always (a sidecar) is allowed on an init container")],
+        ),
+        (
+            "restartPolicy on an app container",
+            |d| c0(d).restart_policy = Some("Always".into()),
+            vec![format!("{C0}.restartPolicy: may only be set on init containers (got \"Always\"); use spec.restartPolicy for app containers")],
+        ),
+        (
+            "probe on a plain init container",
+            |d| {
+                let mut c = init("a");
+                c.readiness_probe = Some(Probe {
+                    exec: Some(ExecAction {
+                        command: vec!["true".into()],
+                    }),
+                    ..Default::default()
+                });
+                d.spec.template.spec.init_containers = vec![c];
+            },
+            vec![format!("{I0}.readinessProbe: may not be set for init containers without restartPolicy: Always")],
+        ),
+        (
+            "lifecycle on a plain init container",
+            |d| {
+                let mut c = init("a");
+                c.lifecycle = Some(Lifecycle {
+                    post_start: Some(exec_hook(&["true"])),
+                    ..Default::default()
+                });
+                d.spec.template.spec.init_containers = vec![c];
+            },
+            vec![format!("{I0}.lifecycle: may not be set for init containers without restartPolicy: Always")],
+        ),
+        (
+            "hook with two handlers and a hook with none",
+            |d| {
+                let mut two = exec_hook(&["true"]);
+                two.sleep = Some(SleepAction { seconds: 1 });
+                c0(d).lifecycle = Some(Lifecycle {
+                    post_start: Some(two),
+                    pre_stop: Some(LifecycleHandler::default()),
+                });
+            },
+            vec![
+                format!("{C0}.lifecycle.postStart: must specify exactly one of exec, httpGet or sleep (found 2)"),
+                format!("{C0}.lifecycle.preStop: must specify exactly one of exec, httpGet or sleep (found 0)"),
+            ],
+        ),
+        (
+            "empty exec command, zero sleep, unknown named port in hooks",
+            |d| {
+                c0(d).lifecycle = Some(Lifecycle {
+                    post_start: Some(exec_hook(&[])),
+                    pre_stop: Some(LifecycleHandler {
+                        sleep: Some(SleepAction { seconds: 0 }),
+                        ..Default::default()
+                    }),
+                });
+                let mut s = sidecar("proxy");
+                s.lifecycle = Some(Lifecycle {
+                    post_start: Some(LifecycleHandler {
+                        http_get: Some(HttpGetAction {
+                            port: IntOrString::String("admin".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                d.spec.template.spec.init_containers = vec![s];
+            },
+            vec![
+                format!("{I0}.lifecycle.postStart.httpGet.port: port name \"admin\" does not name a port of container \"proxy\" (the container has no named ports)"),
+                format!("{C0}.lifecycle.postStart.exec.command: must not be empty"),
+                format!("{C0}.lifecycle.preStop.sleep.seconds: must be greater than 0 (got 0)"),
+            ],
+        ),
+    ];
+    for (name, mutate, want) in cases {
+        let mut d = deployment();
+        mutate(&mut d);
+        assert_eq!(rendered(validate_deployment(&d)), want, "case: {name}");
+    }
+}
+
+#[test]
+fn kubernetes_sidecar_manifest_parses_and_validates() {
+    let y = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: myapp}
+spec:
+  initContainers:
+    - name: logshipper
+      image: alpine:latest
+      restartPolicy: Always
+      command: ['sh', '-c', 'tail -F /opt/logs.txt']
+      startupProbe:
+        exec: {command: ["true"]}
+      lifecycle:
+        preStop:
+          exec: {command: ["sh", "-c", "sleep 1"]}
+    - name: init-db
+      image: busybox:1.36
+      command: ['sh', '-c', 'true']
+  containers:
+    - name: myapp
+      image: alpine:latest
+      command: ['sh', '-c', 'while true; do echo logging >> /opt/logs.txt; sleep 1; done']
+      lifecycle:
+        postStart:
+          httpGet: {path: /ready, port: 8080}
+        preStop:
+          sleep: {seconds: 3}
+"#;
+    let p: Pod = serde_yaml_ng::from_str(y).unwrap();
+    assert_eq!(p.spec.init_containers.len(), 2);
+    assert!(p.spec.init_containers[0].is_sidecar());
+    assert!(!p.spec.init_containers[1].is_sidecar());
+    assert_eq!(rendered(validate_pod(&p)), Vec::<String>::new());
+}
+
+#[test]
+fn the_init_sidecar_example_manifest_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/init-sidecar.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let objs = berth_proto::manifest::parse_manifest(path, &text).unwrap();
+    assert_eq!(objs.len(), 1);
+    assert!(validate(&objs[0]).is_empty(), "{:?}", validate(&objs[0]));
+    let p: Pod = objs[0].to_typed().unwrap();
+    assert_eq!(p.spec.init_containers.len(), 3);
+    assert!(p.spec.init_containers[1].is_sidecar());
+}

@@ -177,6 +177,28 @@ fn container_lines(out: &mut String, c: &Container, status: Option<&ContainerSta
     if !c.args.is_empty() {
         sub(out, "Args", c.args.join(" "));
     }
+    if let Some(rp) = &c.restart_policy {
+        sub(out, "Restart Policy", rp.clone());
+    }
+    if let Some(l) = &c.lifecycle {
+        let hook = |h: &LifecycleHandler| {
+            if let Some(x) = &h.exec {
+                format!("exec {}", x.command.join(" "))
+            } else if let Some(g) = &h.http_get {
+                format!("http-get {}:{}", g.path.as_deref().unwrap_or("/"), g.port)
+            } else if let Some(sl) = &h.sleep {
+                format!("sleep {}s", sl.seconds)
+            } else {
+                "<none>".to_string()
+            }
+        };
+        if let Some(h) = &l.post_start {
+            sub(out, "PostStart", hook(h));
+        }
+        if let Some(h) = &l.pre_stop {
+            sub(out, "PreStop", hook(h));
+        }
+    }
     let ports: Vec<String> = c
         .ports
         .iter()
@@ -441,6 +463,13 @@ fn describe_pod(out: &mut String, p: &Pod, rel: &Related, now: DateTime<Utc>) {
                 hp.protocol.as_deref().unwrap_or("TCP"),
                 hp.container_name
             );
+        }
+    }
+    if !p.spec.init_containers.is_empty() {
+        out.push_str("Init Containers:\n");
+        for c in &p.spec.init_containers {
+            let cs = st.init_container_statuses.iter().find(|s| s.name == c.name);
+            container_lines(out, c, cs);
         }
     }
     out.push_str("Containers:\n");
@@ -948,6 +977,71 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&image_id[2..]), "{text}");
+    }
+
+    #[test]
+    fn pod_lists_init_containers_with_sidecar_policy_and_hooks_before_containers() {
+        let c = |name: &str| Container {
+            name: name.into(),
+            image: "busybox:1.36".into(),
+            ..Default::default()
+        };
+        let mut proxy = c("proxy");
+        proxy.restart_policy = Some("Always".into());
+        let mut app = c("app");
+        app.lifecycle = Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: vec!["sh".into(), "-c".into(), "sleep 1".into()],
+                }),
+                ..Default::default()
+            }),
+            post_start: Some(LifecycleHandler {
+                sleep: Some(SleepAction { seconds: 2 }),
+                ..Default::default()
+            }),
+        });
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: "p".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            },
+            spec: PodSpec {
+                init_containers: vec![c("migrate"), proxy],
+                containers: vec![app],
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                init_container_statuses: vec![ContainerStatus {
+                    name: "migrate".into(),
+                    state: ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 0,
+                            reason: "Completed".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = describe(&DynObject::from_typed(&pod), &Related::default(), t0()).expect("d");
+        let init = text.find("Init Containers:\n  migrate:\n").expect(&text);
+        let proxy = text.find("  proxy:\n").expect(&text);
+        let apps = text.find("Containers:\n  app:\n").expect(&text);
+        assert!(init < proxy && proxy < apps, "{text}");
+        for want in [
+            "    Restart Policy:   Always\n",
+            "    PostStart:        sleep 2s\n",
+            "    PreStop:          exec sh -c sleep 1\n",
+            "Completed",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -284,8 +284,16 @@ pub fn replicaset_table(items: &[ReplicaSet], now: DateTime<Utc>, wide: bool) ->
     t
 }
 
-/// kubectl's pod STATUS column: Terminating, a container's waiting/terminated reason, or
-/// the phase.
+/// The name of an init container that is a native sidecar (`restartPolicy: Always`).
+fn is_sidecar(p: &Pod, name: &str) -> bool {
+    p.spec
+        .init_containers
+        .iter()
+        .any(|c| c.name == name && c.is_sidecar())
+}
+
+/// kubectl's pod STATUS column (printPod): Terminating, the init progress (`Init:N/M`,
+/// `Init:<reason>`), a container's waiting/terminated reason, or the phase.
 pub fn pod_status(p: &Pod) -> String {
     if p.metadata.deletion_timestamp.is_some() {
         return "Terminating".to_string();
@@ -295,6 +303,41 @@ pub fn pod_status(p: &Pod) -> String {
     };
     if !st.reason.is_empty() {
         return st.reason.clone();
+    }
+    let initialized = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Initialized" && c.status == "True");
+    let mut init_reason = None;
+    for (i, cs) in st.init_container_statuses.iter().enumerate() {
+        let t = cs.state.terminated.as_ref();
+        if t.is_some_and(|t| t.exit_code == 0) {
+            continue;
+        }
+        if is_sidecar(p, &cs.name) && cs.started == Some(true) {
+            continue;
+        }
+        init_reason = Some(if let Some(t) = t {
+            if !t.reason.is_empty() {
+                format!("Init:{}", t.reason)
+            } else {
+                match t.signal {
+                    Some(sig) if sig != 0 => format!("Init:Signal:{sig}"),
+                    _ => format!("Init:ExitCode:{}", t.exit_code),
+                }
+            }
+        } else {
+            match &cs.state.waiting {
+                Some(w) if !w.reason.is_empty() && w.reason != "PodInitializing" => {
+                    format!("Init:{}", w.reason)
+                }
+                _ => format!("Init:{i}/{}", p.spec.init_containers.len()),
+            }
+        });
+        break;
+    }
+    if let Some(r) = init_reason.filter(|_| !initialized) {
+        return r;
     }
     for cs in &st.container_statuses {
         if let Some(w) = &cs.state.waiting {
@@ -317,6 +360,56 @@ pub fn pod_status(p: &Pod) -> String {
     } else {
         st.phase.clone()
     }
+}
+
+/// kubectl's RESTARTS: every init container's while the pod initializes, then the
+/// sidecars' and the app containers'.
+pub fn pod_restarts(p: &Pod) -> i32 {
+    let Some(st) = &p.status else {
+        return 0;
+    };
+    let initializing = pod_status(p).starts_with("Init:");
+    let init: i32 = st
+        .init_container_statuses
+        .iter()
+        .filter(|c| initializing || is_sidecar(p, &c.name))
+        .map(|c| c.restart_count)
+        .sum();
+    if initializing {
+        return init;
+    }
+    init + st
+        .container_statuses
+        .iter()
+        .map(|c| c.restart_count)
+        .sum::<i32>()
+}
+
+/// kubectl's READY column (1.29+): ready app containers and started, ready sidecars, over
+/// the app containers plus the sidecars.
+pub fn pod_ready(p: &Pod) -> String {
+    let sidecars = p
+        .spec
+        .init_containers
+        .iter()
+        .filter(|c| c.is_sidecar())
+        .count();
+    let (app, init) = p
+        .status
+        .as_ref()
+        .map(|s| {
+            (
+                s.container_statuses.as_slice(),
+                s.init_container_statuses.as_slice(),
+            )
+        })
+        .unwrap_or_default();
+    let ready = app.iter().filter(|c| c.ready).count()
+        + init
+            .iter()
+            .filter(|c| is_sidecar(p, &c.name) && c.started == Some(true) && c.ready)
+            .count();
+    format!("{ready}/{}", p.spec.containers.len() + sidecars)
 }
 
 /// `host:port[,host:port]` of a pod's published ports.
@@ -348,16 +441,10 @@ pub fn pod_table(items: &[Pod], now: DateTime<Utc>, wide: bool) -> Table {
         Table::new(&["NAME", "READY", "STATUS", "RESTARTS", "AGE"])
     };
     for p in items {
-        let statuses = p
-            .status
-            .as_ref()
-            .map(|s| s.container_statuses.as_slice())
-            .unwrap_or_default();
-        let ready = statuses.iter().filter(|c| c.ready).count();
-        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let restarts = pod_restarts(p);
         let mut row = vec![
             p.metadata.name.clone(),
-            format!("{ready}/{}", p.spec.containers.len()),
+            pod_ready(p),
             pod_status(p),
             restarts.to_string(),
             age(p.metadata.creation_timestamp.as_ref(), now),
@@ -1050,6 +1137,181 @@ NAME    READY   STATUS             RESTARTS   AGE   IP         NODE     IP:PORTS
 web-1   1/1     Running            2          65s   10.0.0.5   node-1   10.0.0.5:31001
 web-2   0/1     CrashLoopBackOff   2          65s   10.0.0.5   node-1   10.0.0.5:31001
 "
+        );
+    }
+
+    /// `pod("x")` with init containers `one`, `+proxy` (a sidecar), `two`.
+    fn init_pod() -> Pod {
+        let mut p = pod("x");
+        let c = |name: &str, sidecar: bool| Container {
+            name: name.into(),
+            image: "busybox".into(),
+            restart_policy: sidecar.then(|| "Always".to_string()),
+            ..Default::default()
+        };
+        p.spec.init_containers = vec![c("one", false), c("proxy", true), c("two", false)];
+        p
+    }
+
+    fn set_init(p: &mut Pod, states: Vec<ContainerStatus>, initialized: bool) {
+        if let Some(st) = p.status.as_mut() {
+            st.init_container_statuses = states;
+            st.conditions = vec![Condition {
+                type_: "Initialized".into(),
+                status: if initialized { "True" } else { "False" }.into(),
+                ..Default::default()
+            }];
+        }
+    }
+
+    fn init_status(
+        name: &str,
+        state: ContainerState,
+        started: bool,
+        ready: bool,
+    ) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            state,
+            started: Some(started),
+            ready,
+            ..Default::default()
+        }
+    }
+
+    fn waiting_state(reason: &str) -> ContainerState {
+        ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: reason.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn terminated_state(code: i32, reason: &str) -> ContainerState {
+        ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                reason: reason.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn running_state() -> ContainerState {
+        ContainerState {
+            running: Some(Default::default()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_status_and_ready_show_init_progress_like_kubectl() {
+        let pending = || waiting_state("PodInitializing");
+        let cases: Vec<(&str, Vec<ContainerStatus>, bool, &str, &str)> = vec![
+            (
+                "first init container running",
+                vec![
+                    init_status("one", running_state(), true, false),
+                    init_status("proxy", pending(), false, false),
+                    init_status("two", pending(), false, false),
+                ],
+                false,
+                "Init:0/3",
+                "0/2",
+            ),
+            (
+                "first done, sidecar started",
+                vec![
+                    init_status("one", terminated_state(0, "Completed"), false, false),
+                    init_status("proxy", running_state(), true, true),
+                    init_status("two", running_state(), true, false),
+                ],
+                false,
+                "Init:2/3",
+                "1/2",
+            ),
+            (
+                "an init container failed",
+                vec![
+                    init_status("one", terminated_state(1, "Error"), false, false),
+                    init_status("proxy", pending(), false, false),
+                    init_status("two", pending(), false, false),
+                ],
+                false,
+                "Init:Error",
+                "0/2",
+            ),
+            (
+                "an init container in crash loop",
+                vec![
+                    init_status("one", waiting_state("CrashLoopBackOff"), false, false),
+                    init_status("proxy", pending(), false, false),
+                    init_status("two", pending(), false, false),
+                ],
+                false,
+                "Init:CrashLoopBackOff",
+                "0/2",
+            ),
+            (
+                "killed by a signal without a reason",
+                vec![ContainerStatus {
+                    name: "one".into(),
+                    state: ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: 137,
+                            signal: Some(9),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }],
+                false,
+                "Init:Signal:9",
+                "0/2",
+            ),
+        ];
+        for (name, states, initialized, want_status, want_ready) in cases {
+            let mut p = init_pod();
+            set_init(&mut p, states, initialized);
+            if let Some(st) = p.status.as_mut() {
+                st.container_statuses[0].ready = false;
+                st.container_statuses[0].state = waiting_state("PodInitializing");
+            }
+            assert_eq!(pod_status(&p), want_status, "case: {name}");
+            assert_eq!(pod_ready(&p), want_ready, "case: {name}");
+        }
+        // Init done, app not started yet: PodInitializing; then Running with the sidecar
+        // counted in READY and its restarts in RESTARTS.
+        let mut p = init_pod();
+        let mut proxy = init_status("proxy", running_state(), true, true);
+        proxy.restart_count = 3;
+        let mut one = init_status("one", terminated_state(0, "Completed"), false, false);
+        one.restart_count = 5;
+        set_init(
+            &mut p,
+            vec![
+                one,
+                proxy,
+                init_status("two", terminated_state(0, "Completed"), false, false),
+            ],
+            true,
+        );
+        let app_running = p.clone();
+        if let Some(st) = p.status.as_mut() {
+            st.container_statuses[0].ready = false;
+            st.container_statuses[0].state = waiting_state("PodInitializing");
+        }
+        assert_eq!(pod_status(&p), "PodInitializing");
+        assert_eq!(pod_ready(&app_running), "2/2");
+        assert_eq!(pod_status(&app_running), "Running");
+        assert_eq!(
+            pod_restarts(&app_running),
+            2 + 3,
+            "app + sidecar, not the completed init"
         );
     }
 

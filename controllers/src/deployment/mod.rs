@@ -217,6 +217,7 @@ pub fn cluster_tags(t: &PodTemplateSpec, registry_hosts: &[String]) -> Vec<(Stri
         .spec
         .containers
         .iter()
+        .chain(t.spec.init_containers.iter())
         .filter_map(|c| ImageRef::parse(&c.image).ok())
         .filter_map(|r| cluster_tag(&r, registry_hosts))
         .collect();
@@ -239,7 +240,8 @@ pub fn pin_images(
     mut digest_of: impl FnMut(&str, &str) -> Option<String>,
 ) {
     let mut pins = BTreeMap::new();
-    for c in &rs.spec.template.spec.containers {
+    let spec = &rs.spec.template.spec;
+    for c in spec.containers.iter().chain(spec.init_containers.iter()) {
         let Ok(r) = ImageRef::parse(&c.image) else {
             continue;
         };
