@@ -1357,18 +1357,23 @@ impl PodSync {
         })
     }
 
+    /// The pod's own address on the pod network as last written to its status (None: not
+    /// known yet).
+    fn written_pod_ip(&self, pod: &Pod) -> Option<String> {
+        self.last_written
+            .get(&pod.metadata.uid)
+            .or(pod.status.as_ref())
+            .map(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address)
+    }
+
     /// Where a hook's httpGet connects: the pod's own address on the pod network, else the
     /// node's loopback (the container shares the node's network).
     fn hook_host(&self, pod: &Pod) -> crate::hooks::HookHost {
         if !self.handler_has_pod_network(pod) {
             return crate::hooks::HookHost::Node;
         }
-        let ip = self
-            .last_written
-            .get(&pod.metadata.uid)
-            .or(pod.status.as_ref())
-            .map(|s| s.pod_ip.clone())
-            .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address);
+        let ip = self.written_pod_ip(pod);
         crate::hooks::HookHost::Pod {
             pod_uid: pod.metadata.uid.clone(),
             ip,
@@ -1958,13 +1963,7 @@ impl PodSync {
             };
             // A pod on the pod network is probed at its own IP: wait until it is known.
             let host = if self.handler_has_pod_network(pod) {
-                let ip = self
-                    .last_written
-                    .get(&pod.metadata.uid)
-                    .or(pod.status.as_ref())
-                    .map(|s| s.pod_ip.clone())
-                    .filter(|ip| !ip.is_empty() && *ip != self.cfg.node_address);
-                match ip {
+                match self.written_pod_ip(pod) {
                     Some(ip) => Some(ip),
                     None => continue,
                 }

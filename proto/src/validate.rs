@@ -1036,6 +1036,14 @@ pub const ENV_RESOURCES: &[&str] = &[
     "requests.ephemeral-storage",
 ];
 
+/// A union field (volume source, env source): exactly one member set.
+fn exactly_one(e: &mut Errs, p: &FieldPath, members: &[(&str, bool)]) {
+    if members.iter().filter(|(_, set)| *set).count() != 1 {
+        let names: Vec<&str> = members.iter().map(|(n, _)| *n).collect();
+        e.add(p, format!("must set exactly one of {}", names.join(", ")));
+    }
+}
+
 fn validate_env_source(e: &mut Errs, p: &FieldPath, v: &EnvVar) {
     let Some(src) = &v.value_from else {
         return;
@@ -1044,21 +1052,16 @@ fn validate_env_source(e: &mut Errs, p: &FieldPath, v: &EnvVar) {
     if !v.value.is_empty() {
         e.add(&vp, "may not be set together with value: use one of them");
     }
-    let n = [
-        src.config_map_key_ref.is_some(),
-        src.secret_key_ref.is_some(),
-        src.field_ref.is_some(),
-        src.resource_field_ref.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if n != 1 {
-        e.add(
-            &vp,
-            "must set exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
-        );
-    }
+    exactly_one(
+        e,
+        &vp,
+        &[
+            ("configMapKeyRef", src.config_map_key_ref.is_some()),
+            ("secretKeyRef", src.secret_key_ref.is_some()),
+            ("fieldRef", src.field_ref.is_some()),
+            ("resourceFieldRef", src.resource_field_ref.is_some()),
+        ],
+    );
     for (field, r) in [
         ("configMapKeyRef", &src.config_map_key_ref),
         ("secretKeyRef", &src.secret_key_ref),
@@ -1185,22 +1188,17 @@ fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
                 format!("duplicate volume {:?} (also volumes[{j}])", v.name),
             );
         }
-        let n = [
-            v.empty_dir.is_some(),
-            v.host_path.is_some(),
-            v.config_map.is_some(),
-            v.secret.is_some(),
-            v.persistent_volume_claim.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if n != 1 {
-            e.add(
-                &p,
-                "must set exactly one of emptyDir, hostPath, configMap, secret, persistentVolumeClaim",
-            );
-        }
+        exactly_one(
+            e,
+            &p,
+            &[
+                ("emptyDir", v.empty_dir.is_some()),
+                ("hostPath", v.host_path.is_some()),
+                ("configMap", v.config_map.is_some()),
+                ("secret", v.secret.is_some()),
+                ("persistentVolumeClaim", v.persistent_volume_claim.is_some()),
+            ],
+        );
         if let Some(d) = &v.empty_dir {
             if let Some(m) = &d.medium {
                 if !matches!(m.as_str(), "" | "Memory") {
@@ -1314,10 +1312,14 @@ fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
 fn validate_env_from(e: &mut Errs, p: &FieldPath, c: &Container) {
     for (j, f) in c.env_from.iter().enumerate() {
         let fp = p.child("envFrom").index(j);
-        let n = usize::from(f.config_map_ref.is_some()) + usize::from(f.secret_ref.is_some());
-        if n != 1 {
-            e.add(&fp, "must set exactly one of configMapRef, secretRef");
-        }
+        exactly_one(
+            e,
+            &fp,
+            &[
+                ("configMapRef", f.config_map_ref.is_some()),
+                ("secretRef", f.secret_ref.is_some()),
+            ],
+        );
         for (field, r) in [
             ("configMapRef", &f.config_map_ref),
             ("secretRef", &f.secret_ref),
