@@ -856,7 +856,8 @@ async fn docker_pod_shares_an_empty_dir_with_a_sidecar_and_sees_config_map_updat
         ]);
         names
             .lines()
-            .find(|n| n.contains(&format!("_{c}_")))
+            // berth_NS_POD_CONTAINER_ATTEMPT_UID8: the pod is named "sidecar" too.
+            .find(|n| n.contains(&format!("_sidecar_{c}_")))
             .unwrap_or_else(|| panic!("no {c} container in {names}"))
             .to_string()
     };
