@@ -810,6 +810,21 @@ fn map_err(e: ClientError) -> ApiError {
     }
 }
 
+impl ClientApi {
+    /// `namespace/name` of kind `T`; None when it does not exist.
+    async fn get_optional<T: berth_proto::Resource>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<T>, ApiError> {
+        match self.client.get::<T>(namespace, name).await {
+            Ok(o) => Ok(Some(o)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl NodeApi for ClientApi {
     async fn update_pod_status(&self, pod: &Pod) -> Result<Pod, ApiError> {
@@ -819,11 +834,7 @@ impl NodeApi for ClientApi {
         self.client.create(ev).await.map(|_| ()).map_err(map_err)
     }
     async fn get_node(&self, name: &str) -> Result<Option<Node>, ApiError> {
-        match self.client.get::<Node>("", name).await {
-            Ok(n) => Ok(Some(n)),
-            Err(ClientError::NotFound(_)) => Ok(None),
-            Err(e) => Err(map_err(e)),
-        }
+        self.get_optional("", name).await
     }
     async fn create_node(&self, node: &Node) -> Result<Node, ApiError> {
         self.client.create(node).await.map_err(map_err)
@@ -839,22 +850,14 @@ impl NodeApi for ClientApi {
         namespace: &str,
         name: &str,
     ) -> Result<Option<berth_proto::types::ConfigMap>, ApiError> {
-        match self.client.get(namespace, name).await {
-            Ok(c) => Ok(Some(c)),
-            Err(ClientError::NotFound(_)) => Ok(None),
-            Err(e) => Err(map_err(e)),
-        }
+        self.get_optional(namespace, name).await
     }
     async fn get_secret(
         &self,
         namespace: &str,
         name: &str,
     ) -> Result<Option<berth_proto::types::Secret>, ApiError> {
-        match self.client.get(namespace, name).await {
-            Ok(s) => Ok(Some(s)),
-            Err(ClientError::NotFound(_)) => Ok(None),
-            Err(e) => Err(map_err(e)),
-        }
+        self.get_optional(namespace, name).await
     }
     async fn trust_snapshot(
         &self,

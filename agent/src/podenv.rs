@@ -34,30 +34,9 @@ impl Sources {
         c: &Container,
     ) -> Result<Sources, ApiError> {
         let mut s = Sources::default();
-        let mut cms = Vec::new();
-        let mut secrets = Vec::new();
-        for e in &c.env {
-            if let Some(src) = &e.value_from {
-                if let Some(r) = &src.config_map_key_ref {
-                    cms.push(r.name.clone());
-                }
-                if let Some(r) = &src.secret_key_ref {
-                    secrets.push(r.name.clone());
-                }
-            }
-        }
-        for f in &c.env_from {
-            if let Some(r) = &f.config_map_ref {
-                cms.push(r.name.clone());
-            }
-            if let Some(r) = &f.secret_ref {
-                secrets.push(r.name.clone());
-            }
-        }
-        cms.sort();
-        cms.dedup();
-        secrets.sort();
-        secrets.dedup();
+        let mut cms = std::collections::BTreeSet::new();
+        let mut secrets = std::collections::BTreeSet::new();
+        c.env_config_refs(&mut cms, &mut secrets);
         for name in cms {
             let v = api.get_config_map(namespace, &name).await?;
             s.config_maps.insert(name, v);

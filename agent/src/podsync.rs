@@ -209,6 +209,17 @@ impl Plan {
     }
 }
 
+/// The uids of pods whose node state (host ports, sandboxes, volumes) must stay: wanted here,
+/// or with a container still in the runtime.
+fn live_pods(desired: &[Pod], observed: &[ContainerInfo]) -> BTreeSet<String> {
+    desired
+        .iter()
+        .filter(|p| is_desired(p))
+        .map(|p| p.metadata.uid.clone())
+        .chain(observed.iter().map(|c| c.pod_uid.clone()))
+        .collect()
+}
+
 /// Is a pod still wanted on this node?
 pub fn is_desired(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
@@ -2112,12 +2123,7 @@ impl PodSync {
                 vols.refresh(self.api.as_ref(), pod).await;
             }
         }
-        let keep: BTreeSet<String> = desired
-            .iter()
-            .filter(|p| is_desired(p))
-            .map(|p| p.metadata.uid.clone())
-            .chain(observed.iter().map(|c| c.pod_uid.clone()))
-            .collect();
+        let keep = live_pods(desired, observed);
         vols.remove_others(&keep);
     }
 
@@ -2228,26 +2234,16 @@ impl PodSync {
             return;
         }
         self.last_sandbox_gc = Some(now);
-        let keep: BTreeSet<String> = desired
-            .iter()
-            .filter(|p| is_desired(p))
-            .map(|p| p.metadata.uid.clone())
-            .chain(observed.iter().map(|c| c.pod_uid.clone()))
-            .collect();
+        let keep = live_pods(desired, observed);
         if let Err(e) = self.runtime.remove_sandboxes(&keep).await {
             tracing::warn!(error = %e, "removing pod sandboxes (retried)");
         }
     }
 
     fn cleanup(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
-        let live: BTreeSet<&str> = desired
-            .iter()
-            .filter(|p| is_desired(p))
-            .map(|p| p.metadata.uid.as_str())
-            .chain(observed.iter().map(|c| c.pod_uid.as_str()))
-            .collect();
+        let live = live_pods(desired, observed);
         for uid in self.ports.pods() {
-            if !live.contains(uid.as_str()) {
+            if !live.contains(&uid) {
                 self.ports.release(&uid);
             }
         }

@@ -575,30 +575,28 @@ pub struct PodSpec {
 }
 
 impl PodSpec {
+    /// Every container with the list it is in ("initContainers" or "containers") and its
+    /// index there: init containers first, in order, then the app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = (&'static str, usize, &Container)> {
+        self.init_containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ("initContainers", i, c))
+            .chain(
+                self.containers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ("containers", i, c)),
+            )
+    }
+
     /// The ConfigMaps and Secrets (names in the pod's namespace) the pod's containers use:
     /// what a node may read for it (Kubernetes' node authorizer graph).
     pub fn referenced_config(&self) -> (BTreeSet<String>, BTreeSet<String>) {
         let mut config_maps = BTreeSet::new();
         let mut secrets = BTreeSet::new();
         for c in self.init_containers.iter().chain(&self.containers) {
-            for e in &c.env {
-                if let Some(src) = &e.value_from {
-                    if let Some(r) = &src.config_map_key_ref {
-                        config_maps.insert(r.name.clone());
-                    }
-                    if let Some(r) = &src.secret_key_ref {
-                        secrets.insert(r.name.clone());
-                    }
-                }
-            }
-            for f in &c.env_from {
-                if let Some(r) = &f.config_map_ref {
-                    config_maps.insert(r.name.clone());
-                }
-                if let Some(r) = &f.secret_ref {
-                    secrets.insert(r.name.clone());
-                }
-            }
+            c.env_config_refs(&mut config_maps, &mut secrets);
         }
         for v in &self.volumes {
             if let Some(c) = &v.config_map {
@@ -609,6 +607,34 @@ impl PodSpec {
             }
         }
         (config_maps, secrets)
+    }
+}
+
+impl Container {
+    /// Add the ConfigMaps and Secrets this container's `env` and `envFrom` read.
+    pub fn env_config_refs(
+        &self,
+        config_maps: &mut BTreeSet<String>,
+        secrets: &mut BTreeSet<String>,
+    ) {
+        for e in &self.env {
+            if let Some(src) = &e.value_from {
+                if let Some(r) = &src.config_map_key_ref {
+                    config_maps.insert(r.name.clone());
+                }
+                if let Some(r) = &src.secret_key_ref {
+                    secrets.insert(r.name.clone());
+                }
+            }
+        }
+        for f in &self.env_from {
+            if let Some(r) = &f.config_map_ref {
+                config_maps.insert(r.name.clone());
+            }
+            if let Some(r) = &f.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
     }
 }
 

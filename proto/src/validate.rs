@@ -1263,17 +1263,7 @@ fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             );
         }
     }
-    let all = spec
-        .init_containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ("initContainers", i, c))
-        .chain(
-            spec.containers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ("containers", i, c)),
-        );
+    let all = spec.all_containers();
     for (list, ci, c) in all {
         let cp = path.child(list).index(ci);
         let mut paths: HashMap<&str, usize> = HashMap::new();
@@ -1702,17 +1692,7 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
     let mut port_numbers: HashMap<(i32, &str), (&str, usize, usize)> = HashMap::new();
     let mut port_names: HashMap<&str, (&str, usize, usize)> = HashMap::new();
     let icp = path.child("initContainers");
-    let all = spec
-        .init_containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ("initContainers", i, c))
-        .chain(
-            spec.containers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ("containers", i, c)),
-        );
+    let all = spec.all_containers();
     for (list, i, c) in all {
         let init = list == "initContainers";
         let p = if init { icp.index(i) } else { cp.index(i) };
