@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod object;
 pub mod quantity;
 pub mod selector;
+pub mod table;
 pub mod trust;
 pub mod types;
 pub mod validate;
