@@ -18,6 +18,7 @@ pub mod enums;
 pub mod image;
 pub mod manifest;
 pub mod object;
+pub mod patch;
 pub mod quantity;
 pub mod selector;
 pub mod table;
