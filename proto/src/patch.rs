@@ -721,20 +721,25 @@ fn check_patch_follows_order(
     name: &str,
 ) -> Result<()> {
     let key = merge_key(strategy);
-    let elems: Vec<&Value> = patch.iter().filter(|v| v.get(PATCH).is_none()).collect();
+    let elems: Vec<(usize, &Value)> = patch
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.get(PATCH).is_none())
+        .collect();
     let (mut p, mut o) = (0, 0);
     while p < elems.len() && o < order.len() {
+        let (i, elem) = elems[p];
         let same = match key {
-            Some(k) => match elems[p].get(k) {
+            Some(k) => match elem.get(k) {
                 Some(v) => has_key_value(&order[o], k, v),
                 None => {
                     return Err(PatchError::MissingMergeKey {
-                        path: list_path.index(p).show(),
+                        path: list_path.index(i).show(),
                         key: k,
                     })
                 }
             },
-            None => value_eq(elems[p], &order[o]),
+            None => value_eq(elem, &order[o]),
         };
         if same {
             p += 1;
@@ -1415,6 +1420,33 @@ mod tests {
             json!([{"key": "x"}])
         );
         assert_no_directives(&out);
+    }
+
+    #[test]
+    fn patched_deployment_still_decodes_as_a_berth_deployment() {
+        let out = apply(
+            Kind::Deployment,
+            patch_demo(),
+            json!({"spec": {
+                "replicas": 5,
+                "strategy": {"$retainKeys": ["type"], "type": "Recreate"},
+                "template": {"spec": {
+                    "$setElementOrder/containers": [{"name": "patch-demo-ctr"}, {"name": "log"}],
+                    "containers": [{"name": "log", "image": "busybox", "env": [{"name": "A", "value": "1"}]}]
+                }}
+            }}),
+        );
+        let d: crate::types::Deployment = serde_json::from_value(out).expect("decodes");
+        assert_eq!(d.spec.replicas, Some(5));
+        let names: Vec<_> = d
+            .spec
+            .template
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["patch-demo-ctr", "log"]);
     }
 
     #[test]
