@@ -17,6 +17,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod images;
+pub mod kubeconfig;
 pub mod logs;
 pub mod node;
 pub mod push;
@@ -181,6 +182,9 @@ pub enum Command {
     Cluster(WithConn<cluster::ClusterArgs>),
     /// The join token: berth token show (admin only).
     Token(WithConn<token::TokenArgs>),
+    /// Print a kubeconfig for kubectl and client libraries with this CLI's credential:
+    /// berth kubeconfig > ~/.kube/config
+    Kubeconfig(WithConn<kubeconfig::KubeconfigArgs>),
     /// Build an image with the local Docker engine and push it to the cluster registry:
     /// berth build -t NAME:TAG [-f Dockerfile] [--build-arg K=V] DIR [--push]
     Build(WithConn<build::BuildArgs>),
@@ -369,6 +373,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Kubeconfig(c) => kubeconfig::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(c) => build::run(&c.conn, c.args, io).await,
         Command::Push(c) => push::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Registry(c) => registry::run(&ctx(&c.conn)?, c.args, io).await,

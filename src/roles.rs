@@ -536,6 +536,20 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
             None => format!("HOME is not set: pass --server {addr} to the CLI"),
         }
     };
+    // kubectl and client libraries: the same admin credential as a kubeconfig.
+    let kubeconfig_path = dir.join("kubeconfig");
+    {
+        let admin = server.pki().admin_config(vec![addr.clone()])?;
+        let yaml = crate::cli::kubeconfig::kubeconfig_yaml(
+            "berth-dev",
+            &admin.servers,
+            &admin.certificate_authority,
+            &admin.client_certificate,
+            &admin.client_key,
+        )?;
+        berth_tls::write_private(&kubeconfig_path, yaml.as_bytes())
+            .with_context(|| format!("writing {}", kubeconfig_path.display()))?;
+    }
     println!(
         "berth dev is running{}\n\
          \n  API server   {addr}\
@@ -544,6 +558,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
          \n  metrics      {} (server), http://{}/metrics (agent)\
          \n  data         {}\
          \n  {config_note}\
+         \n  kubectl      export KUBECONFIG={}\
          \n\nTry:\
          \n  berth apply -f manifests/hello.yaml\
          \n  berth get pods\
@@ -558,6 +573,7 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
             .unwrap_or_else(|| "off".to_string()),
         agent.agent_endpoint,
         dir.display(),
+        kubeconfig_path.display(),
     );
 
     let res = tokio::select! {

@@ -13,9 +13,11 @@
 //! followers) -> commit -> `Store::apply` on every member -> watch events. Reads go through
 //! `read_index` then the local store.
 pub mod authz;
+pub mod kube;
 pub mod metrics;
 pub mod pki;
 pub mod raft;
+mod serve;
 pub mod server;
 pub mod service;
 pub mod status;

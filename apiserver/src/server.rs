@@ -151,8 +151,6 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Raft(#[from] RaftError),
-    #[error("serving gRPC failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -518,15 +516,18 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         watch_tasks.clone(),
     );
     let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
-    let router = tonic::transport::Server::builder()
-        .tls_config(pki.server_tls_config())?
-        .add_service(raft.raft_service())
+    let api = Arc::new(api);
+    let grpc = tonic::service::Routes::new(raft.raft_service())
         .add_service(crate::metrics::Instrumented::new(
-            ApiServer::new(api)
+            ApiServer::from_arc(api.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES)
                 .max_encoding_message_size(usize::MAX),
             grpc_metrics,
-        ));
+        ))
+        .prepare()
+        .into_axum_router();
+    let kube = Arc::new(crate::kube::KubeApi::new(api, advertise.clone()));
+    let tls = berth_tls::api_port_server_config(pki.ca.cert_pem(), &pki.server)?;
     let metrics_addr = match &args.metrics_listen {
         Some(listen) => {
             let registry = metrics.clone();
@@ -549,17 +550,11 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         }
         None => None,
     };
-    // Without TCP_NODELAY small responses wait for delayed ACKs (~40 ms per request).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
     {
         let token = shutdown.clone();
         tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-                .await
-                .map_err(ServerError::from)
+            crate::serve::serve(listener, tls, grpc, kube, token).await;
+            Ok(())
         });
     }
     tracing::info!(id, %addr, advertise = %advertise, "berth server listening");

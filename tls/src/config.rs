@@ -140,6 +140,19 @@ fn rustls_server(
     Ok(Arc::new(cfg))
 }
 
+/// The API port's rustls server (gRPC and the Kubernetes REST API on one listener): like
+/// [`api_server_tls_config`] — client certificates verified against the CA when offered,
+/// optional so a joiner can bootstrap — with ALPN `h2` (gRPC, kubectl) then `http/1.1`
+/// (curl, WebSocket upgrades).
+pub fn api_port_server_config(
+    ca_cert_pem: &str,
+    server: &Credential,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = Arc::unwrap_or_clone(rustls_server(ca_cert_pem, server, true)?);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// A rustls client that trusts only the CA and presents no certificate (a push-token client
 /// of the registry).
 pub fn ca_client_config(ca_cert_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {

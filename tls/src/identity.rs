@@ -55,6 +55,11 @@ impl fmt::Display for Identity {
     }
 }
 
+/// The identity a server's TLS layer verified for a connection, attached to each of its
+/// requests as an extension (see [`peer_identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer(pub Identity);
+
 /// The identity of a verified peer certificate chain (rustls' `peer_certificates()`).
 pub fn identity_of_peer(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity> {
     identity_of_cert(certs?.first()?).ok()
@@ -62,7 +67,14 @@ pub fn identity_of_peer(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity
 
 /// The identity of a request's verified client certificate (its subject common name), if the
 /// connection is TLS with a client certificate whose name is an [`Identity`].
+///
+/// A request served by Berth's own accept loop (the API port's shared gRPC + Kubernetes REST
+/// listener) carries the identity as a [`VerifiedPeer`] extension instead; extensions are set
+/// by the server only, never read from the wire.
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<Identity> {
+    if let Some(VerifiedPeer(id)) = req.extensions().get::<VerifiedPeer>() {
+        return Some(id.clone());
+    }
     let certs = req.peer_certs()?;
     let leaf = certs.first()?;
     identity_of_cert(leaf).ok()

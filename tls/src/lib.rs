@@ -34,14 +34,16 @@ mod verify;
 pub use admin::AdminConfig;
 pub use ca::{ClusterCa, Validity, CA_COMMON_NAME, CA_VALIDITY_DAYS, CERT_VALIDITY_DAYS};
 pub use config::{
-    api_server_tls_config, ca_client_config, client_tls_config, endpoint, mtls_client_config,
-    mtls_server_config, optional_mtls_server_config, server_tls_config, ClientTls,
+    api_port_server_config, api_server_tls_config, ca_client_config, client_tls_config, endpoint,
+    mtls_client_config, mtls_server_config, optional_mtls_server_config, server_tls_config,
+    ClientTls,
 };
 pub use credential::{CertRequest, Credential};
 pub use error::{error_chain, innermost_cause, TlsError};
 pub use files::{create_private_dir, write_private};
 pub use identity::{
-    identity_of_cert, identity_of_peer, peer_identity, Identity, NODE_PREFIX, SERVER_IDENTITY,
+    identity_of_cert, identity_of_peer, peer_identity, Identity, VerifiedPeer, NODE_PREFIX,
+    SERVER_IDENTITY,
 };
 pub use secret::Secret;
 pub use token::{JoinToken, TOKEN_PREFIX};
