@@ -1,0 +1,401 @@
+//! Real Kubernetes clients against Berth's Kubernetes REST API: kubectl (the machine's, 1.32)
+//! and the Python `kubernetes` client (PyPI), on an in-process three-member cluster with the
+//! scheduler, the controllers and hollow nodes (fake agents that mark bound pods Ready). The
+//! kubeconfig is the one `berth kubeconfig` writes, pointed at a follower, so every write also
+//! crosses the follower-to-leader forwarding path.
+//!
+//! Needs kubectl and python3 with the `kubernetes` package (fails under CI=true without them;
+//! .ci/run installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_apiserver::testing::{wait_until, TestCluster};
+use berth_client::{Client, ClientConfig};
+use berth_testkit::{HollowConfig, HollowNode};
+use tokio::io::AsyncBufReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const DOCS_NGINX: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    app: nginx
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 80
+";
+
+struct Env {
+    cluster: Option<TestCluster>,
+    nodes: Vec<HollowNode>,
+    shutdown: CancellationToken,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let cluster = TestCluster::start(3).await.expect("three-member cluster");
+        let shutdown = CancellationToken::new();
+        let mut loops = Vec::new();
+        for i in 0..cluster.len() {
+            let server = cluster.server(i).expect("member");
+            loops.push(
+                berth::roles::spawn_leader_loops(server, shutdown.clone()).expect("leader loops"),
+            );
+        }
+        let servers: Vec<String> = (0..cluster.len())
+            .map(|i| cluster.addr(i).to_string())
+            .collect();
+        let client =
+            Client::new(&servers, ClientConfig::with_tls(cluster.admin_tls())).expect("client");
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let cfg = HollowConfig {
+                address: format!("127.0.0.{}", i + 1),
+                heartbeat: Duration::from_millis(300),
+                ..Default::default()
+            };
+            nodes.push(
+                HollowNode::start(client.clone(), &format!("node-{i}"), cfg)
+                    .await
+                    .expect("hollow node"),
+            );
+        }
+        // kubectl talks to a follower: writes are forwarded to the leader.
+        let leader = cluster.leader().unwrap_or(0);
+        let follower = (leader + 1) % cluster.len();
+        let tls = cluster.admin_tls();
+        let yaml = berth::cli::kubeconfig::kubeconfig_yaml(
+            "berth",
+            &[cluster.addr(follower).to_string()],
+            &tls.ca_cert_pem,
+            &tls.credential.cert_pem,
+            &tls.credential.key_pem,
+        )
+        .expect("kubeconfig");
+        let dir = tempfile::tempdir().expect("tmp");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, yaml).expect("write kubeconfig");
+        Env {
+            cluster: Some(cluster),
+            nodes,
+            shutdown,
+            loops,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    async fn stop(mut self) {
+        for n in &mut self.nodes {
+            n.stop().await;
+        }
+        self.shutdown.cancel();
+        for l in self.loops.drain(..) {
+            let _ = l.await;
+        }
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await.expect("cluster shutdown");
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p
+    }
+
+    fn kubectl_cmd(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("kubectl");
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            // No ~/.kube/cache from other runs.
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Run kubectl; (exit success, stdout, stderr).
+    async fn kubectl_status(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(DEADLINE, self.kubectl_cmd(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish in {DEADLINE:?}"))
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Run kubectl, which must succeed; its stdout.
+    async fn kubectl(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl_status(args).await;
+        assert!(ok, "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}");
+        out
+    }
+}
+
+fn require_kubectl(test: &str) -> bool {
+    berth_testkit::skip::require(
+        test,
+        berth_testkit::skip::command_works("kubectl", &["version", "--client"]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_applies_rolls_out_scales_undoes_and_deletes_the_docs_nginx_deployment() {
+    if !require_kubectl(
+        "kubectl_applies_rolls_out_scales_undoes_and_deletes_the_docs_nginx_deployment",
+    ) {
+        return;
+    }
+    let env = Env::start().await;
+    let manifest = env.file("nginx.yaml", DOCS_NGINX);
+    let m = manifest.to_str().expect("path");
+
+    let out = env.kubectl(&["apply", "-f", m]).await;
+    assert!(
+        out.contains("deployment.apps/nginx-deployment created"),
+        "{out}"
+    );
+    assert!(out.contains("service/my-service created"), "{out}");
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "deploy/nginx-deployment",
+        "--timeout=60s",
+    ])
+    .await;
+    env.kubectl(&[
+        "rollout",
+        "status",
+        "deploy/nginx-deployment",
+        "--timeout=60s",
+    ])
+    .await;
+
+    // Tables: the same columns `berth get` prints; -o wide adds the priority-1 ones.
+    let out = env.kubectl(&["get", "deploy"]).await;
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("nginx-deployment   3/3"), "{out}");
+    let out = env
+        .kubectl(&["get", "pods", "-o", "wide", "-l", "app=nginx"])
+        .await;
+    assert!(out.contains("NODE"), "{out}");
+    assert_eq!(out.matches("Running").count(), 3, "{out}");
+    let out = env.kubectl(&["get", "all"]).await;
+    assert!(out.contains("service/my-service"), "{out}");
+    assert!(out.contains("deployment.apps/nginx-deployment"), "{out}");
+
+    // Apply again with an edit: a strategic merge patch; a new ReplicaSet rolls out.
+    let edited = DOCS_NGINX.replace("nginx:1.14.2", "nginx:1.16.1");
+    std::fs::write(&manifest, edited).expect("edit");
+    let out = env.kubectl(&["apply", "-f", m]).await;
+    assert!(
+        out.contains("deployment.apps/nginx-deployment configured"),
+        "{out}"
+    );
+    assert!(out.contains("service/my-service unchanged"), "{out}");
+    let out = env
+        .kubectl(&[
+            "rollout",
+            "status",
+            "deploy/nginx-deployment",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let out = env
+        .kubectl(&["get", "deploy", "nginx-deployment", "-o", "json"])
+        .await;
+    let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(d["metadata"]["generation"], 2, "{d}");
+    assert_eq!(d["status"]["observedGeneration"], 2, "{d}");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.16.1"
+    );
+
+    let out = env
+        .kubectl(&["rollout", "history", "deploy/nginx-deployment"])
+        .await;
+    assert!(out.contains("1 ") && out.contains("2 "), "{out}");
+    let out = env
+        .kubectl(&["rollout", "undo", "deploy/nginx-deployment"])
+        .await;
+    assert!(out.contains("rolled back"), "{out}");
+    env.kubectl(&[
+        "rollout",
+        "status",
+        "deploy/nginx-deployment",
+        "--timeout=60s",
+    ])
+    .await;
+    let image = env
+        .kubectl(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(image, "nginx:1.14.2");
+
+    // Scale through the scale subresource, seen by a watch.
+    let mut watch = env
+        .kubectl_cmd(&["get", "deploy", "nginx-deployment", "-w", "--no-headers"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("first watch line in time")
+        .expect("read")
+        .expect("a line");
+    assert!(first.starts_with("nginx-deployment"), "{first}");
+    let out = env
+        .kubectl(&["scale", "deploy/nginx-deployment", "--replicas=5"])
+        .await;
+    assert!(out.contains("scaled"), "{out}");
+    let saw_five = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("5/5") {
+                return l;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the watch shows 5/5 ready in time");
+    assert!(saw_five.starts_with("nginx-deployment"), "{saw_five}");
+    let _ = watch.kill().await;
+
+    let out = env
+        .kubectl(&["describe", "deploy", "nginx-deployment"])
+        .await;
+    assert!(out.contains("Replicas:"), "{out}");
+    assert!(out.contains("ScalingReplicaSet"), "{out}");
+    assert!(out.contains("NewReplicaSet:"), "{out}");
+
+    // Errors: an unknown field names its path; a missing object is NotFound.
+    let bad = env.file(
+        "bad.yaml",
+        &DOCS_NGINX.split("---").next().expect("deployment").replace(
+            "containerPort: 80",
+            "containerPort: 80\n          hostPortt: 8080",
+        ),
+    );
+    let (ok, _, err) = env
+        .kubectl_status(&["apply", "-f", bad.to_str().expect("path")])
+        .await;
+    assert!(!ok, "an invalid manifest was applied");
+    assert!(err.contains("hostPortt"), "{err}");
+    assert!(
+        err.contains("spec.template.spec.containers[0].ports[0]"),
+        "{err}"
+    );
+    let (ok, _, err) = env.kubectl_status(&["get", "deploy", "nope"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("Error from server (NotFound): deployments.apps \"nope\" not found"),
+        "{err}"
+    );
+
+    let out = env.kubectl(&["delete", "-f", m, "--timeout=60s"]).await;
+    assert!(
+        out.contains("deployment.apps \"nginx-deployment\" deleted"),
+        "{out}"
+    );
+    let (ok, _, err) = env
+        .kubectl_status(&["get", "deploy", "nginx-deployment"])
+        .await;
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_kubernetes_client_lists_watches_patches_and_deletes_deployments() {
+    let test = "the_python_kubernetes_client_lists_watches_patches_and_deletes_deployments";
+    if !berth_testkit::skip::require(
+        test,
+        berth_testkit::skip::command_works("python3", &["-c", "import kubernetes"]),
+    ) {
+        return;
+    }
+    let env = Env::start().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s_clients/python_client.py");
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the python client finished in time")
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("python client ok"),
+        "python client failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    // The writes went through the same store the gRPC API reads.
+    let cluster = env.cluster.as_ref().expect("cluster");
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .expect("client");
+    wait_until(DEADLINE, "py-web gone from the gRPC view too", || async {
+        match client
+            .get::<berth_proto::types::Deployment>("default", "py-web")
+            .await
+        {
+            Err(berth_client::ClientError::NotFound(_)) => Some(()),
+            _ => None,
+        }
+    })
+    .await
+    .expect("deleted");
+    env.stop().await;
+}
