@@ -461,6 +461,7 @@ async fn watch_signals(token: CancellationToken) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.command.is_role());
+    berth_tls::install_default_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

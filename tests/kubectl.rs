@@ -338,6 +338,73 @@ async fn kubectl_applies_rolls_out_scales_undoes_and_deletes_the_docs_nginx_depl
         "{err}"
     );
 
+    // The imperative commands send protobuf bodies (kubectl's typed clients).
+    let out = env
+        .kubectl(&[
+            "create",
+            "configmap",
+            "app-config",
+            "--from-literal=mode=fast",
+        ])
+        .await;
+    assert!(out.contains("configmap/app-config created"), "{out}");
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "app-secret",
+        "--from-literal=password=hunter2",
+    ])
+    .await;
+    let b64 = env
+        .kubectl(&[
+            "get",
+            "secret",
+            "app-secret",
+            "-o",
+            "jsonpath={.data.password}",
+        ])
+        .await;
+    assert_eq!(b64, "aHVudGVyMg==");
+    let out = env
+        .kubectl(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=2",
+            "--port=80",
+        ])
+        .await;
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    let out = env
+        .kubectl(&["expose", "deployment", "web", "--port=80"])
+        .await;
+    assert!(out.contains("service/web exposed"), "{out}");
+    env.kubectl(&["rollout", "status", "deploy/web", "--timeout=60s"])
+        .await;
+    let out = env
+        .kubectl(&[
+            "get",
+            "cm/app-config",
+            "deploy/web",
+            "svc/web",
+            "--no-headers",
+        ])
+        .await;
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("2/2"), "{out}");
+    let out = env
+        .kubectl(&[
+            "delete",
+            "deploy/web",
+            "svc/web",
+            "cm/app-config",
+            "secret/app-secret",
+        ])
+        .await;
+    assert_eq!(out.matches("deleted").count(), 4, "{out}");
+
     let out = env.kubectl(&["delete", "-f", m, "--timeout=60s"]).await;
     assert!(
         out.contains("deployment.apps \"nginx-deployment\" deleted"),

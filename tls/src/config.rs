@@ -226,5 +226,18 @@ pub fn client_tls_config(
 }
 
 pub(crate) fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    install_default_provider();
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Make ring the process-wide rustls provider (once), so clients built without Berth's own
+/// TLS settings (a plain-HTTP reqwest client, which still builds a rustls config) do not panic
+/// with "No provider set". Every Berth TLS config already names ring explicitly.
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::CryptoProvider::install_default(
+            rustls::crypto::ring::default_provider(),
+        );
+    });
 }

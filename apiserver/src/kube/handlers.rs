@@ -427,7 +427,7 @@ impl KubeApi {
         rp: &ResPath,
         body: bytes::Bytes,
     ) -> Result<Resp, KubeError> {
-        let opts = DeleteOptions::parse(&body)?;
+        let opts = DeleteOptions::parse(ctx, &body)?;
         let target = rp.target();
         if ctx.dry_run()? {
             // Nothing is deleted; answer with what would be.
@@ -479,7 +479,7 @@ impl KubeApi {
         rp: &ResPath,
         body: bytes::Bytes,
     ) -> Result<Resp, KubeError> {
-        DeleteOptions::parse(&body)?;
+        DeleteOptions::parse(ctx, &body)?;
         let dry_run = ctx.dry_run()?;
         let (objs, rev, _, _) = self.list_objects(ctx, rp).await?;
         let mut deleted = Vec::new();
@@ -802,16 +802,14 @@ struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    fn parse(body: &[u8]) -> Result<DeleteOptions, KubeError> {
+    fn parse(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, KubeError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DeleteOptions {
                 resource_version: 0,
                 uid: None,
             });
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| {
-            KubeError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
-        })?;
+        let v = decode_object(ctx, body)?;
         if v.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
             || v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
         {
@@ -923,10 +921,16 @@ mod tests {
 
     #[test]
     fn delete_options_give_preconditions_and_refuse_orphaning() {
-        let o = DeleteOptions::parse(br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background","preconditions":{"resourceVersion":"12","uid":"u"}}"#).unwrap();
+        let ctx = Ctx {
+            who: None,
+            query: Default::default(),
+            accept: String::new(),
+            content_type: "application/json".into(),
+        };
+        let o = DeleteOptions::parse(&ctx, br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background","preconditions":{"resourceVersion":"12","uid":"u"}}"#).unwrap();
         assert_eq!(o.resource_version, 12);
         assert_eq!(o.uid.as_deref(), Some("u"));
-        assert!(DeleteOptions::parse(br#"{"propagationPolicy":"Orphan"}"#).is_err());
-        assert_eq!(DeleteOptions::parse(b"").unwrap().resource_version, 0);
+        assert!(DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Orphan"}"#).is_err());
+        assert_eq!(DeleteOptions::parse(&ctx, b"").unwrap().resource_version, 0);
     }
 }

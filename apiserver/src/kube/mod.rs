@@ -22,6 +22,7 @@
 pub mod discovery;
 pub mod fields;
 mod handlers;
+pub mod protobuf;
 pub mod status;
 pub mod table;
 
@@ -316,7 +317,11 @@ async fn read_body(req: http::Request<Body>) -> Result<bytes::Bytes, KubeError> 
 /// Decode a JSON (or YAML) object body.
 fn decode_object(ctx: &Ctx, body: &[u8]) -> Result<Value, KubeError> {
     let ct = media_type(&ctx.content_type);
-    let v: Value = if ct == "application/yaml" {
+    let v: Value = if ct == protobuf::PROTOBUF {
+        protobuf::decode(body).map_err(|e| {
+            KubeError::bad_request(format!("the protobuf request body cannot be decoded: {e}"))
+        })?
+    } else if ct == "application/yaml" {
         serde_yaml_ng::from_slice(body).map_err(|e| {
             KubeError::bad_request(format!("the request body is not valid YAML: {e}"))
         })?
@@ -326,7 +331,8 @@ fn decode_object(ctx: &Ctx, body: &[u8]) -> Result<Value, KubeError> {
         })?
     } else {
         return Err(KubeError::unsupported_media(format!(
-            "the body of this request must be application/json or application/yaml, not {ct}"
+            "the body of this request must be application/json, application/yaml or \
+             application/vnd.kubernetes.protobuf, not {ct}"
         )));
     };
     if !v.is_object() {

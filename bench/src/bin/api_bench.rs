@@ -15,6 +15,12 @@
 //!
 //! Phases per system: saturation (all clients writing flat out), then "half load" (an open
 //! loop at 50% of that system's measured saturation rate) for p50/p99 at moderate load.
+//!
+//! The Kubernetes REST front door, on the same cluster in the same run (`--no-rest` skips it):
+//! the same Event creates as `POST /api/v1/namespaces/bench/events` (JSON over HTTP/2, the
+//! same mutual TLS; as many HTTP/2 connections as gRPC channels), the same watch fan-out as
+//! REST watch streams, and `kubectl get pods` on `--list-pods` pods (default 10,000) vs
+//! `berth get pods` (median wall time of 3 runs each; needs kubectl).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +60,12 @@ struct Args {
     /// Skip etcd (e.g. when etcd-server is not installed).
     #[arg(long)]
     no_etcd: bool,
+    /// Skip the Kubernetes REST API phases.
+    #[arg(long)]
+    no_rest: bool,
+    /// Pods for the `kubectl get pods` vs `berth get pods` phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    list_pods: usize,
 }
 
 #[derive(Default, Clone)]
@@ -115,6 +127,178 @@ impl Writer for BerthWriter {
         c.create(&ev).await?;
         Ok(())
     }
+}
+
+/// The same Event creates through the Kubernetes REST API: `POST .../events` with a JSON
+/// body over HTTP/2 (ALPN h2, mutual TLS with the admin credential), one HTTP/2 connection
+/// per client in `http` (reqwest multiplexes requests on it).
+#[derive(Clone)]
+struct RestWriter {
+    http: Arc<Vec<reqwest::Client>>,
+    base: Arc<String>,
+    payload: Arc<String>,
+    prefix: Arc<String>,
+    namespace: Arc<String>,
+}
+
+fn rest_client(creds: &Credentials) -> Result<reqwest::Client> {
+    let mut tls = (*berth_tls::mtls_client_config(&creds.tls)?).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http2_prior_knowledge()
+        .build()?)
+}
+
+impl Writer for RestWriter {
+    async fn write(&self, key: u64) -> Result<()> {
+        let http = &self.http[(key as usize) % self.http.len()];
+        let ns = self.namespace.as_str();
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{}-{key}", self.prefix), "namespace": ns},
+            "involvedObject": {"kind": "Pod", "namespace": ns, "name": "bench"},
+            "reason": "Bench",
+            "message": self.payload.as_str(),
+            "type": "Normal",
+        });
+        let r = http
+            .post(format!("{}/api/v1/namespaces/{ns}/events", self.base))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body)?)
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.bytes().await?;
+        if status != reqwest::StatusCode::CREATED {
+            bail!("POST answered {status}: {}", String::from_utf8_lossy(&text));
+        }
+        Ok(())
+    }
+}
+
+/// [`fanout`] through REST watch streams: `watchers` chunked JSON streams from `rev`, each
+/// counting ADDED lines until it has seen all `writes`.
+async fn rest_fanout(
+    creds: &Credentials,
+    endpoints: &[String],
+    watchers: usize,
+    writes: usize,
+    payload: &str,
+) -> Result<f64> {
+    let c = creds.client(endpoints)?;
+    let rev = c.cluster_status().await?.revision;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let http = rest_client(creds)?;
+    for i in 0..watchers {
+        let url = format!(
+            "https://{}/api/v1/namespaces/restfan/events?watch=true&resourceVersion={rev}",
+            endpoints[i % endpoints.len()]
+        );
+        let resp = http.get(url).send().await?;
+        if !resp.status().is_success() {
+            bail!("REST watch answered {}", resp.status());
+        }
+        let received = received.clone();
+        tasks.spawn(async move {
+            let mut n = 0usize;
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if line.starts_with(br#"{"type":"ADDED""#) {
+                        n += 1;
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if n >= writes {
+                    break;
+                }
+            }
+        });
+    }
+    let start = Instant::now();
+    let w = BerthWriter {
+        clients: Arc::new(vec![c.clone()]),
+        payload: Arc::new(payload.to_string()),
+        prefix: Arc::new("fan".into()),
+        namespace: Arc::new("restfan".into()),
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (w, next) = (w.clone(), next.clone());
+        writers.spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k as usize >= writes {
+                    break;
+                }
+                let _ = w.write(k).await;
+            }
+        });
+    }
+    while writers.join_next().await.is_some() {}
+    let _ = tokio::time::timeout(Duration::from_secs(120), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(received.load(Ordering::Relaxed) as f64 / secs)
+}
+
+/// `n` pending pods in namespace `list`, created in batches of 500 (one raft entry each).
+async fn create_pods(creds: &Credentials, endpoints: &[String], n: usize) -> Result<()> {
+    let c = creds.client(endpoints)?;
+    let mut k = 0;
+    while k < n {
+        let ops: Vec<berth_client::BatchOp> = (k..(k + 500).min(n))
+            .map(|i| {
+                let pod = berth_proto::DynObject::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("list-{i:05}"), "namespace": "list",
+                                 "labels": {"app": "list"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]},
+                }))?;
+                Ok(berth_client::BatchOp::Create(pod))
+            })
+            .collect::<Result<_>>()?;
+        k += ops.len();
+        for r in c.batch(ops).await? {
+            r?;
+        }
+    }
+    Ok(())
+}
+
+/// Median wall time of `runs` runs of `cmd` (which must succeed and print `expect_lines`
+/// lines or more).
+fn time_command(
+    mut make: impl FnMut() -> std::process::Command,
+    runs: usize,
+    expect_lines: usize,
+) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let mut cmd = make();
+        let start = Instant::now();
+        let out = cmd.output().context("running the list command")?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+        }
+        let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
+        if lines < expect_lines {
+            bail!("{cmd:?} printed {lines} lines, expected {expect_lines}");
+        }
+        times.push(took);
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
 }
 
 /// etcd through its HTTP/JSON gateway (`POST /v3/kv/put`): a pool of keep-alive HTTP/1.1
@@ -531,6 +715,101 @@ async fn main() -> Result<()> {
     )
     .await?;
 
+    // The Kubernetes REST front door of the same cluster.
+    let mut rest_rows = None;
+    if !args.no_rest {
+        let st = creds.client(&berth_eps)?.cluster_status().await?;
+        let leader = st
+            .members
+            .iter()
+            .find(|m| m.is_leader)
+            .map(|m| m.address.clone())
+            .unwrap_or_else(|| berth_eps[0].clone());
+        let rest = RestWriter {
+            http: Arc::new(
+                (0..conns)
+                    .map(|_| rest_client(&creds))
+                    .collect::<Result<_>>()?,
+            ),
+            base: Arc::new(format!("https://{leader}")),
+            payload: Arc::new(payload.clone()),
+            prefix: Arc::new("rsat".into()),
+            namespace: Arc::new("bench".into()),
+        };
+        eprintln!(
+            "rest: saturation with {} clients for {:?}",
+            args.clients, dur
+        );
+        let r_sat = saturate(rest.clone(), args.clients, dur).await;
+        let r_half = open_loop(
+            RestWriter {
+                prefix: Arc::new("rhalf".into()),
+                ..rest.clone()
+            },
+            0,
+            r_sat.rate() / 2.0,
+            dur,
+        )
+        .await;
+        eprintln!(
+            "rest: watch fan-out to {} watchers, {} writes",
+            args.watchers, args.fanout_writes
+        );
+        let r_fan = rest_fanout(
+            &creds,
+            &berth_eps,
+            args.watchers,
+            args.fanout_writes,
+            &payload,
+        )
+        .await?;
+        let mut lists = None;
+        if args.list_pods > 0 {
+            match find_tool("kubectl") {
+                None => eprintln!("kubectl not found: skipping the list phase (apt-get install kubernetes-client)"),
+                Some(kubectl) => {
+                    eprintln!("creating {} pods for the list phase", args.list_pods);
+                    create_pods(&creds, &berth_eps, args.list_pods).await?;
+                    let kubeconfig = dir.path().join("kubeconfig");
+                    let out = std::process::Command::new(&args.berth_bin)
+                        .args(["kubeconfig", "--config"])
+                        .arg(&creds.admin_config)
+                        .args(["--server", &leader])
+                        .output()?;
+                    if !out.status.success() {
+                        bail!("berth kubeconfig failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                    std::fs::write(&kubeconfig, &out.stdout)?;
+                    let n = args.list_pods;
+                    let k = time_command(
+                        || {
+                            let mut c = std::process::Command::new(&kubectl);
+                            c.args(["get", "pods", "-n", "list"])
+                                .env("KUBECONFIG", &kubeconfig)
+                                .env("KUBECACHEDIR", dir.path().join("kubecache"));
+                            c
+                        },
+                        3,
+                        n,
+                    )?;
+                    let b = time_command(
+                        || {
+                            let mut c = std::process::Command::new(&args.berth_bin);
+                            c.arg("--config")
+                                .arg(&creds.admin_config)
+                                .args(["--server", &leader, "get", "pods", "-n", "list"]);
+                            c
+                        },
+                        3,
+                        n,
+                    )?;
+                    lists = Some((k, b));
+                }
+            }
+        }
+        rest_rows = Some((r_sat, r_half, r_fan, lists));
+    }
+
     println!(
         "\nAPI writes: {} B values, {} clients, {} s per phase, 3 members each, fsync on\n",
         args.value_size, args.clients, args.seconds
@@ -554,5 +833,36 @@ async fn main() -> Result<()> {
         "\nwatch fan-out: {:.0} events/s delivered to {} watchers ({} writes)",
         fan, args.watchers, args.fanout_writes
     );
+    if let Some((r_sat, r_half, r_fan, lists)) = &rest_rows {
+        println!(
+            "\nKubernetes REST vs gRPC, same cluster, same run ({} clients, {} HTTP/2 connections \
+             / gRPC channels)\n",
+            args.clients, conns
+        );
+        println!(
+            "{:<26} {:>10} {:>9} {:>9} {:>8}",
+            "front door / phase", "writes/s", "p50 ms", "p99 ms", "errors"
+        );
+        println!("{}", row("grpc saturation", &b_sat));
+        println!("{}", row("rest saturation", r_sat));
+        println!("{}", row("grpc at 50% of its max", &b_half));
+        println!("{}", row("rest at 50% of its max", r_half));
+        println!(
+            "\nrest / grpc writes: {:.2}x (goal >= 0.8x); watch fan-out rest {:.0} vs grpc {:.0} events/s = {:.2}x",
+            r_sat.rate() / b_sat.rate(),
+            r_fan,
+            fan,
+            r_fan / fan
+        );
+        if let Some((k, b)) = lists {
+            println!(
+                "list {} pods: kubectl get pods {:.0} ms, berth get pods {:.0} ms (kubectl / berth {:.2}x; median of 3)",
+                args.list_pods,
+                k.as_secs_f64() * 1000.0,
+                b.as_secs_f64() * 1000.0,
+                k.as_secs_f64() / b.as_secs_f64()
+            );
+        }
+    }
     Ok(())
 }
