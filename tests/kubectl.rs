@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
 use berth_apiserver::testing::{wait_until, TestCluster};
 use berth_client::{Client, ClientConfig};
 use berth_testkit::{HollowConfig, HollowNode};
@@ -150,7 +152,14 @@ impl Env {
 
     /// Run kubectl; (exit success, stdout, stderr).
     async fn kubectl_status(&self, args: &[&str]) -> (bool, String, String) {
-        let out = tokio::time::timeout(DEADLINE, self.kubectl_cmd(args).output())
+        self.kubectl_with(&self.kubeconfig, args).await
+    }
+
+    /// Run kubectl with another kubeconfig; (exit success, stdout, stderr).
+    async fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = self.kubectl_cmd(args);
+        cmd.env("KUBECONFIG", kubeconfig);
+        let out = tokio::time::timeout(DEADLINE, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish in {DEADLINE:?}"))
             .expect("run kubectl");
@@ -464,5 +473,136 @@ async fn the_python_kubernetes_client_lists_watches_patches_and_deletes_deployme
     })
     .await
     .expect("deleted");
+    env.stop().await;
+}
+
+/// Pipelines authenticate with bearer tokens from `berth token create`: a read-only token
+/// reads but cannot write or read Secrets (403 Forbidden), a full token writes, the stored
+/// Secret holds only the token's hash, and a revoked token is refused (401 Unauthorized).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bearer_tokens_read_only_reads_full_writes_and_revoked_is_unauthorized() {
+    if !require_kubectl("bearer_tokens_read_only_reads_full_writes_and_revoked_is_unauthorized") {
+        return;
+    }
+    let env = Env::start().await;
+    let cluster = env.cluster.as_ref().expect("cluster");
+    // A follower serves the REST API: it checks the token against its own store.
+    let server = {
+        let leader = cluster.leader().unwrap_or(0);
+        cluster.addr((leader + 1) % cluster.len()).to_string()
+    };
+    let target = common::Target::new(cluster, &server);
+    let r = common::berth(
+        &target,
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci-ro",
+            "--ttl",
+            "1h",
+            "--read-only",
+            "--kubeconfig",
+        ],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.err.contains("read-only") && r.err.contains("shown only now"),
+        "{r:?}"
+    );
+    let ro = env.file("ro.kubeconfig", &r.out);
+    let r = common::berth(&target, &["token", "create", "--name", "ci", "--ttl", "1h"]).await;
+    assert!(r.ok, "{r:?}");
+    let token = r.out.trim().to_string();
+    assert!(token.starts_with("berth-token.ci."), "{r:?}");
+    let tls = cluster.admin_tls();
+    let full = env.file(
+        "full.kubeconfig",
+        &berth::cli::kubeconfig::token_kubeconfig_yaml(
+            "ci",
+            std::slice::from_ref(&server),
+            &tls.ca_cert_pem,
+            &token,
+        )
+        .expect("kubeconfig"),
+    );
+
+    // The token is known at once on the follower (it was written through the leader).
+    wait_until(DEADLINE, "the full token accepted", || async {
+        env.kubectl_with(&full, &["get", "deploy"])
+            .await
+            .0
+            .then_some(())
+    })
+    .await
+    .expect("the full token is accepted");
+    let (ok, out, err) = env
+        .kubectl_with(
+            &full,
+            &["create", "configmap", "from-ci", "--from-literal=k=v"],
+        )
+        .await;
+    assert!(ok, "a full token writes: {out}{err}");
+
+    let (ok, out, err) = env
+        .kubectl_with(&ro, &["get", "configmap", "from-ci", "-o", "name"])
+        .await;
+    assert!(
+        ok && out.contains("configmap/from-ci"),
+        "a read-only token reads: {out}{err}"
+    );
+    let (ok, _, err) = env
+        .kubectl_with(
+            &ro,
+            &["create", "configmap", "from-ro", "--from-literal=k=v"],
+        )
+        .await;
+    assert!(
+        !ok && err.contains("is forbidden") && err.contains("read-only"),
+        "{err}"
+    );
+    let (ok, _, err) = env.kubectl_with(&ro, &["get", "secrets", "-A"]).await;
+    assert!(
+        !ok && err.contains("forbidden"),
+        "a read-only token reads no Secrets: {err}"
+    );
+
+    // Only the hash is stored.
+    let stored = env
+        .kubectl(&[
+            "get",
+            "secret",
+            "-n",
+            "berth-system",
+            "api-token-ci",
+            "-o",
+            "json",
+        ])
+        .await;
+    let secret_part = token.rsplit('.').next().expect("secret part");
+    assert!(
+        !stored.contains(secret_part),
+        "the Secret must not hold the token: {stored}"
+    );
+
+    let r = common::berth(&target, &["token", "list"]).await;
+    assert!(
+        r.ok && r.out.contains("ci-ro") && r.out.contains("read-only"),
+        "{r:?}"
+    );
+    let r = common::berth(&target, &["token", "revoke", "ci"]).await;
+    assert!(r.ok, "{r:?}");
+    wait_until(DEADLINE, "the revoked token refused", || async {
+        // kubectl's words for a 401, with the server's message in parentheses.
+        let (ok, _, err) = env.kubectl_with(&full, &["get", "deploy"]).await;
+        (!ok && err.contains("must be logged in") && err.contains("revoked")).then_some(())
+    })
+    .await
+    .expect("a revoked token is refused");
+    let (ok, _, err) = env.kubectl_with(&ro, &["get", "deploy"]).await;
+    assert!(ok, "the other token still works: {err}");
+    let r = common::berth(&target, &["token", "revoke", "ci"]).await;
+    assert!(!r.ok && r.err.contains("no API token named"), "{r:?}");
     env.stop().await;
 }

@@ -14,6 +14,8 @@
 //! |                     | its own Node (and its status); update the status of Pods bound to |
 //! |                     | NAME; create Events. Nothing else: no Deployments, no other       |
 //! |                     | nodes' pods, no deletes, no membership, no Raft.                  |
+//! | `token:NAME`        | what the admin may, but no membership (REST bearer tokens)        |
+//! | `token:NAME:read-only` | get, list, watch every kind but Secrets                        |
 //!
 //! Refusals are PERMISSION_DENIED naming the identity and the action.
 //!
@@ -99,6 +101,9 @@ fn denied(who: &Identity, what: String, rule: &str) -> Status {
 const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes, events, registry servers, the ConfigMaps and Secrets its pods reference \
                          and the image trust objects, update its own Node and the status of pods bound to it, and create events";
 
+const READ_ONLY_TOKEN_RULE: &str =
+    "a read-only token may get, list and watch every kind but Secrets, and write nothing";
+
 fn describe(kind: Option<Kind>, namespace: &str, name: &str) -> String {
     let kind = kind
         .map(|k| k.to_string())
@@ -122,6 +127,21 @@ impl Caller {
     ) -> Result<Option<String>, Status> {
         let node = match &self.identity {
             Identity::Admin | Identity::Server => return Ok(None),
+            Identity::Token {
+                read_only: false, ..
+            } => return Ok(None),
+            Identity::Token {
+                read_only: true, ..
+            } => {
+                return match verb {
+                    Verb::Get | Verb::List | Verb::Watch if kind != Some(Kind::Secret) => Ok(None),
+                    _ => Err(denied(
+                        &self.identity,
+                        format!("{} {}", verb.as_str(), describe(kind, namespace, name)),
+                        READ_ONLY_TOKEN_RULE,
+                    )),
+                }
+            }
             Identity::Node(n) => n,
         };
         let what = || format!("{} {}", verb.as_str(), describe(kind, namespace, name));
@@ -171,7 +191,7 @@ impl Caller {
     pub fn authorize_membership(&self, action: &str) -> Result<(), Status> {
         match self.identity {
             Identity::Admin | Identity::Server => Ok(()),
-            Identity::Node(_) => Err(denied(
+            Identity::Node(_) | Identity::Token { .. } => Err(denied(
                 &self.identity,
                 action.to_string(),
                 "cluster membership is changed by servers and the admin only",

@@ -428,6 +428,28 @@ impl ApiService {
         }
     }
 
+    /// The identity an API bearer token (`berth token create`) grants, checked against its
+    /// Secret in this server's store (see [`berth_proto::apitoken`]). The error is for the
+    /// server's log: it names the token but never holds its secret.
+    pub(crate) fn bearer_identity(&self, token: &str) -> Result<berth_tls::Identity, String> {
+        use berth_proto::apitoken;
+        let name = apitoken::name_of(token).ok_or("not a Berth API token")?;
+        let key = crate::store::ObjectKey::new(
+            berth_proto::Kind::Secret,
+            apitoken::NAMESPACE,
+            &apitoken::secret_name(name),
+        );
+        let secret = self
+            .store
+            .get(&key)
+            .map_err(|_| format!("token {name}: unknown or revoked"))?;
+        let grant = apitoken::verify(token, &secret, chrono::Utc::now())?;
+        Ok(berth_tls::Identity::Token {
+            name: grant.name,
+            read_only: grant.read_only,
+        })
+    }
+
     async fn read_barrier(&self) -> Result<(), Status> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {

@@ -14,6 +14,7 @@
 //! errors) -> typed objects -> JSON bytes in a [`pb`] request -> the API server, which decodes
 //! the same types again ([`object::DynObject`]) and re-validates before anything is stored.
 
+pub mod apitoken;
 pub mod enums;
 pub mod image;
 pub mod manifest;

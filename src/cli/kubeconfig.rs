@@ -70,6 +70,20 @@ pub fn kubeconfig_yaml(
     serde_yaml_ng::to_string(&doc).context("encoding the kubeconfig")
 }
 
+/// A kubeconfig reaching `servers` with an API bearer token (`berth token create
+/// --kubeconfig`).
+pub fn token_kubeconfig_yaml(
+    name: &str,
+    servers: &[String],
+    ca_pem: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let yaml = kubeconfig_yaml(name, servers, ca_pem, "", "")?;
+    let mut doc: serde_json::Value = serde_yaml_ng::from_str(&yaml).context("kubeconfig")?;
+    doc["users"] = json!([{"name": name, "user": {"token": token}}]);
+    serde_yaml_ng::to_string(&doc).context("encoding the kubeconfig")
+}
+
 pub async fn run(ctx: &Ctx, a: KubeconfigArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     let Some(tls) = &ctx.client_config.tls else {
         anyhow::bail!(

@@ -20,7 +20,14 @@ pub enum Identity {
     Server,
     /// An agent: `system:node:NAME`.
     Node(String),
+    /// A pipeline's API bearer token (`berth token create`): `token:NAME`, or
+    /// `token:NAME:read-only`. Never in a certificate; a server sets it after checking the
+    /// token, and forwards it to the leader like any other caller.
+    Token { name: String, read_only: bool },
 }
+
+/// Prefix of token identities: `token:NAME[:read-only]`.
+pub const API_TOKEN_IDENTITY_PREFIX: &str = "token:";
 
 impl Identity {
     /// Parse `admin` or `system:node:NAME` (NAME non-empty, no further ':').
@@ -30,6 +37,18 @@ impl Identity {
         }
         if s == SERVER_IDENTITY {
             return Ok(Identity::Server);
+        }
+        if let Some(rest) = s.strip_prefix(API_TOKEN_IDENTITY_PREFIX) {
+            let (name, read_only) = match rest.strip_suffix(":read-only") {
+                Some(n) => (n, true),
+                None => (rest, false),
+            };
+            if !name.is_empty() && !name.contains(':') {
+                return Ok(Identity::Token {
+                    name: name.to_string(),
+                    read_only,
+                });
+            }
         }
         match s.strip_prefix(NODE_PREFIX) {
             Some(name) if !name.is_empty() && !name.contains(':') => {
@@ -51,6 +70,14 @@ impl fmt::Display for Identity {
             Identity::Admin => f.write_str("admin"),
             Identity::Server => f.write_str(SERVER_IDENTITY),
             Identity::Node(n) => write!(f, "{NODE_PREFIX}{n}"),
+            Identity::Token {
+                name,
+                read_only: false,
+            } => write!(f, "{API_TOKEN_IDENTITY_PREFIX}{name}"),
+            Identity::Token {
+                name,
+                read_only: true,
+            } => write!(f, "{API_TOKEN_IDENTITY_PREFIX}{name}:read-only"),
         }
     }
 }

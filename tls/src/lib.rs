@@ -42,8 +42,8 @@ pub use credential::{CertRequest, Credential};
 pub use error::{error_chain, innermost_cause, TlsError};
 pub use files::{create_private_dir, write_private};
 pub use identity::{
-    identity_of_cert, identity_of_peer, peer_identity, Identity, VerifiedPeer, NODE_PREFIX,
-    SERVER_IDENTITY,
+    identity_of_cert, identity_of_peer, peer_identity, Identity, VerifiedPeer,
+    API_TOKEN_IDENTITY_PREFIX, NODE_PREFIX, SERVER_IDENTITY,
 };
 pub use secret::Secret;
 pub use token::{JoinToken, TOKEN_PREFIX};

@@ -176,6 +176,22 @@ impl KubeApi {
                 .unwrap_or("")
                 .to_string()
         };
+        // No client certificate: a pipeline's bearer token, if it sent one.
+        let mut bearer_error = None;
+        let who = match who {
+            Some(w) => Some(w),
+            None => match bearer(req.headers()) {
+                Some(token) => match self.api.bearer_identity(token) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::info!(reason = %e, "kube api: bearer token refused");
+                        bearer_error = Some(e);
+                        None
+                    }
+                },
+                None => None,
+            },
+        };
         let ctx = Ctx {
             who,
             query: req
@@ -202,8 +218,14 @@ impl KubeApi {
             return Err(KubeError::new(
                 401,
                 "Unauthorized",
-                "no client certificate: this server requires a certificate from the cluster \
-                 CA; `berth kubeconfig` writes a kubeconfig with the admin credential",
+                if bearer_error.is_some() {
+                    "the bearer token is not valid (unknown, revoked, expired or mistyped): \
+                     create a new one with `berth token create --name NAME --ttl 24h`"
+                } else {
+                    "no client certificate or bearer token: this server requires a \
+                     certificate from the cluster CA or a token from `berth token create`; \
+                     `berth kubeconfig` writes a kubeconfig with the admin credential"
+                },
             ));
         }
         let method = req.method().clone();
@@ -285,6 +307,16 @@ impl KubeApi {
         }
         r
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The request body, bounded like a gRPC request.

@@ -132,7 +132,16 @@ impl KubeError {
             Code::InvalidArgument => (422, "Invalid", msg.clone()),
             Code::FailedPrecondition => (409, "Conflict", msg.clone()),
             Code::OutOfRange => (410, "Expired", msg.clone()),
-            Code::PermissionDenied => (403, "Forbidden", msg.clone()),
+            // Shaped as Kubernetes says it, so kubectl's output reads the same.
+            Code::PermissionDenied => (
+                403,
+                "Forbidden",
+                match (res.is_empty(), target.name.is_empty()) {
+                    (true, _) => msg.clone(),
+                    (false, true) => format!("{res} is forbidden: {msg}"),
+                    (false, false) => format!("{res} \"{}\" is forbidden: {msg}", target.name),
+                },
+            ),
             Code::Unauthenticated => (401, "Unauthorized", msg.clone()),
             Code::ResourceExhausted => (429, "TooManyRequests", msg.clone()),
             Code::Unavailable => (503, "ServiceUnavailable", msg.clone()),
