@@ -29,6 +29,10 @@ use crate::error::{
 /// The default API address, used when nothing else is configured.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7440";
 
+/// The largest response the client decodes (a list of every object of a kind is one
+/// message; the API server encodes without a limit).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// Timeouts and backoff for [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -349,7 +353,10 @@ impl Client {
             let mut all_refused = true;
             for _ in 0..round {
                 let (i, addr, channel) = self.pick();
-                let result = tokio::time::timeout_at(deadline, f(ApiClient::new(channel))).await;
+                // A list of every pod of a large cluster is one response (10,000 pods are ~4.3
+                // MB, past tonic's 4 MiB default): the answer of our own server is trusted.
+                let api = ApiClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+                let result = tokio::time::timeout_at(deadline, f(api)).await;
                 let status = match result {
                     Err(_elapsed) if op == Op::Write => {
                         return Err(ClientError::Timeout(format!(

@@ -95,6 +95,10 @@ pub fn from_status(status: &Status) -> ClientError {
             }
         }
         Code::InvalidArgument | Code::FailedPrecondition => ClientError::Invalid(message),
+        // tonic's own limit on a reply is OutOfRange too: that is not an expired watch.
+        Code::OutOfRange if message.contains("message length too large") => {
+            ClientError::Decode(message)
+        }
         Code::OutOfRange => ClientError::Expired(message),
         Code::Unavailable => ClientError::Unavailable { tried: message },
         Code::DeadlineExceeded => ClientError::Timeout(message),

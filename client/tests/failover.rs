@@ -341,3 +341,28 @@ async fn a_write_whose_answer_is_lost_in_flight_says_outcome_unknown_and_applyin
     assert_eq!(outcome, berth_client::Outcome::Unchanged);
     cluster.shutdown().await.unwrap();
 }
+
+/// A list is one reply: 5 pods of ~900 KiB each make a ~4.5 MB answer, past tonic's 4 MiB
+/// default limit (10,000 pods of a real cluster are about that size). The client decodes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_reply_larger_than_four_mib_is_decoded() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    cluster.wait_for_leader(T).await.unwrap();
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig {
+            deadline: T,
+            ..ClientConfig::with_tls(cluster.admin_tls())
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        let mut p = pod(&format!("big-{i}"));
+        p.metadata
+            .annotations
+            .insert("blob".into(), "x".repeat(900 * 1024));
+        client.create(&p).await.unwrap();
+    }
+    let (pods, _) = client.list::<Pod>(Some("default"), "").await.unwrap();
+    assert_eq!(pods.len(), 5);
+}
