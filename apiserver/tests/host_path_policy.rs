@@ -61,7 +61,7 @@ async fn host_paths_are_refused_by_the_default_policy_with_the_field_and_nothing
     let mut c = cluster.client(0).await.unwrap();
     let m = refused(&mut c, "etc", &["/srv/ok", "/etc/ssl"]).await;
     assert!(
-        m.contains("Pod default/etc is forbidden by the hostPath policy")
+        m.contains("Pod default/etc violates the hostPath policy")
             && m.contains("spec.volumes[1].hostPath.path: Forbidden: /etc/ssl is under /etc")
             && m.contains("--forbidden-host-paths"),
         "{m}"
