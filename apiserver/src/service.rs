@@ -487,16 +487,17 @@ impl ApiService {
         if matches!(verb, Verb::Create | Verb::Update | Verb::Apply) {
             crate::trust::admission(&self.store, &obj, verb != Verb::Create)
                 .map_err(|m| Status::failed_precondition(crate::status::bounded(m)))?;
-            let old = (verb != Verb::Create)
-                .then(|| {
-                    let key = ObjectKey::new(obj.kind, obj.namespace(), obj.name());
-                    let v = self.store.get(&key).ok()?;
-                    DynObject::from_value((*v).clone()).ok()
-                })
-                .flatten();
+            let old = || {
+                if verb == Verb::Create {
+                    return None;
+                }
+                let key = ObjectKey::new(obj.kind, obj.namespace(), obj.name());
+                let v = self.store.get(&key).ok()?;
+                DynObject::from_value((*v).clone()).ok()
+            };
             self.config
                 .host_paths
-                .admit(&obj, old.as_ref())
+                .admit(&obj, old)
                 .map_err(|m| Status::permission_denied(crate::status::bounded(m)))?;
         }
         Ok((obj.value, bound))

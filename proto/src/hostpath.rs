@@ -178,12 +178,17 @@ impl HostPathPolicy {
     /// hostPaths are those of the stored one passes (a policy tightened later does not block
     /// scaling what was admitted). Err: the message for the caller, naming the object, the
     /// field and the policy.
-    pub fn admit(&self, obj: &DynObject, old: Option<&DynObject>) -> Result<(), String> {
+    /// `old` is only read when `obj` has hostPaths (most writes have none).
+    pub fn admit(
+        &self,
+        obj: &DynObject,
+        old: impl FnOnce() -> Option<DynObject>,
+    ) -> Result<(), String> {
         let paths = Self::host_paths(obj);
         if paths.is_empty() {
             return Ok(());
         }
-        if old.is_some_and(|o| Self::host_paths(o) == paths) {
+        if old().is_some_and(|o| Self::host_paths(&o) == paths) {
             return Ok(());
         }
         let mut why = Vec::new();
@@ -282,17 +287,21 @@ mod tests {
     #[test]
     fn admission_names_the_object_the_field_and_the_policy() {
         let p = HostPathPolicy::default();
-        let err = p.admit(&pod(&["/srv/ok", "/etc/ssl"]), None).unwrap_err();
+        let err = p
+            .admit(&pod(&["/srv/ok", "/etc/ssl"]), || None)
+            .unwrap_err();
         assert!(
             err.starts_with("Pod default/web violates the hostPath policy: spec.volumes[1].hostPath.path: Forbidden: /etc/ssl is under /etc"),
             "{err}"
         );
         assert!(err.contains("--forbidden-host-paths"), "{err}");
-        assert!(p.admit(&pod(&["/srv/ok"]), None).is_ok());
+        assert!(p.admit(&pod(&["/srv/ok"]), || None).is_ok());
         // An update that keeps the stored object's hostPaths passes (policy tightened later).
         let old = pod(&["/etc/ssl"]);
-        assert!(p.admit(&pod(&["/etc/ssl"]), Some(&old)).is_ok());
-        assert!(p.admit(&pod(&["/etc/ssl", "/proc"]), Some(&old)).is_err());
+        assert!(p.admit(&pod(&["/etc/ssl"]), || Some(old.clone())).is_ok());
+        assert!(p
+            .admit(&pod(&["/etc/ssl", "/proc"]), || Some(old.clone()))
+            .is_err());
         let dep = DynObject::from_value(serde_json::json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "d", "namespace": "default"},
@@ -302,7 +311,7 @@ mod tests {
                          "volumes": [{"name": "s", "hostPath": {"path": "/var/run/docker.sock"}}]}}}
         }))
         .unwrap();
-        let err = p.admit(&dep, None).unwrap_err();
+        let err = p.admit(&dep, || None).unwrap_err();
         assert!(
             err.contains("spec.template.spec.volumes[0].hostPath.path: Forbidden"),
             "{err}"
