@@ -442,6 +442,11 @@ pub async fn run_dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Resu
     server_args.listen = args.listen.clone();
     server_args.init = true;
     server_args.metrics_listen = Some(args.metrics_listen.clone());
+    // Nothing of berth dev's state (the agent's certificates and volumes too) may be a hostPath.
+    let abs = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+    server_args
+        .forbidden_host_paths
+        .push(abs.display().to_string());
     server_args.cluster_cidr = args
         .cluster_cidr
         .parse()

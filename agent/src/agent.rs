@@ -111,6 +111,20 @@ pub struct AgentArgs {
     /// pod network's gateway (port 53) that pods use.
     #[arg(long, value_name = "HOST:PORT")]
     pub dns_listen: Vec<String>,
+    /// Node paths a hostPath volume may not resolve to, be under or contain (the API servers'
+    /// flag of the same name, checked again here after following symlinks; the agent's data
+    /// dir is added).
+    #[arg(
+        long,
+        value_name = "PATH,...",
+        value_delimiter = ',',
+        default_values_t = berth_proto::hostpath::DEFAULT_FORBIDDEN.iter().map(|s| s.to_string())
+    )]
+    pub forbidden_host_paths: Vec<String>,
+    /// When given, hostPath volumes must resolve to one of these paths or under them; `none`
+    /// forbids hostPath volumes on this node.
+    #[arg(long, value_name = "PATH,...|none", value_delimiter = ',')]
+    pub allowed_host_paths: Vec<String>,
 }
 
 /// The API server's default --cluster-cidr.
@@ -143,6 +157,11 @@ impl Default for AgentArgs {
             cluster_domain: "cluster.local".to_string(),
             pod_infra_image: None,
             dns_listen: Vec::new(),
+            forbidden_host_paths: berth_proto::hostpath::DEFAULT_FORBIDDEN
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -415,7 +434,19 @@ pub async fn start(
     let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
     let services_env = sync_cfg.services.clone();
     sync_cfg.network = pod_network.clone();
-    sync_cfg.volumes = Some(crate::volumes::Volumes::new(data_dir.join("volumes")));
+    let mut host_paths = berth_proto::hostpath::HostPathPolicy::new(
+        &args.forbidden_host_paths,
+        &args.allowed_host_paths,
+    );
+    host_paths.forbid(
+        &data_dir
+            .canonicalize()
+            .unwrap_or_else(|_| data_dir.clone())
+            .display()
+            .to_string(),
+    );
+    sync_cfg.volumes =
+        Some(crate::volumes::Volumes::new(data_dir.join("volumes")).with_host_paths(host_paths));
     sync_cfg.backoff = BackoffPolicy {
         base: Duration::from_millis(args.restart_backoff_ms.max(1)),
         ..BackoffPolicy::default()

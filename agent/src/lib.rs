@@ -43,6 +43,7 @@ pub mod probe;
 pub mod prober;
 pub mod proxy;
 pub mod pull;
+pub mod pullsecrets;
 pub mod runtime;
 pub mod svcenv;
 pub mod volumes;

@@ -119,6 +119,8 @@ pub struct Pulling {
     pub attempt: u32,
     /// The [`Puller`] pull id.
     pub id: u64,
+    /// The fingerprint of the pull's credentials (the pod's `imagePullSecrets`).
+    pub auth: u64,
 }
 
 /// Consecutive failed pulls of one container's image.
@@ -1676,7 +1678,7 @@ impl PodSync {
         let image = c.image.as_str();
         if let Some(p) = self.memo.pulling.get(key) {
             if p.image == image && p.attempt == attempt {
-                let Some(done) = self.puller.outcome(image, p.id) else {
+                let Some(done) = self.puller.outcome(image, p.auth, p.id) else {
                     return false; // still pulling
                 };
                 self.memo.pulling.remove(key);
@@ -1724,18 +1726,58 @@ impl PodSync {
                 return false;
             }
         }
-        let id = self.puller.request(image);
+        let keyring = self.pull_keyring(pod, pref).await;
+        let id = self.puller.request(image, &keyring);
         self.memo.pulling.insert(
             key.clone(),
             Pulling {
                 image: image.to_string(),
                 attempt,
                 id,
+                auth: keyring.fingerprint(),
             },
         );
         self.events
             .normal(pref, "Pulling", format!("Pulling image {image:?}"));
         false
+    }
+
+    /// The registry credentials of the pod's `imagePullSecrets`. As the kubelet does, a
+    /// Secret that cannot be read is left out with a warning event and the pull goes on (it
+    /// may then be refused by the registry); one that is not a Docker config says why.
+    async fn pull_keyring(&mut self, pod: &Pod, pref: &PodRef) -> crate::pullsecrets::Keyring {
+        let mut keyring = crate::pullsecrets::Keyring::default();
+        let mut missing = Vec::new();
+        for s in &pod.spec.image_pull_secrets {
+            match self.api.get_secret(&pod.metadata.namespace, &s.name).await {
+                Ok(Some(secret)) => {
+                    if let Err(why) = keyring.add_secret(&secret) {
+                        self.events.warning(
+                            pref,
+                            "FailedToRetrieveImagePullSecret",
+                            format!("Unable to use image pull secret: {why}"),
+                        );
+                    }
+                }
+                Ok(None) => missing.push(s.name.clone()),
+                Err(e) => {
+                    tracing::warn!(pod = %pod.metadata.name, secret = %s.name, error = %e, "reading an image pull secret");
+                    missing.push(s.name.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.events.warning(
+                pref,
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the \
+                     image may not succeed.",
+                    missing.join(", ")
+                ),
+            );
+        }
+        keyring
     }
 
     /// Does this pod's runtime handler give it its own address (the pod network)?

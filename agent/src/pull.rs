@@ -3,7 +3,9 @@
 //! The sync round asks [`Puller::request`] for an image and gets a pull id; containers needing
 //! an image whose pull is already in flight join it, so concurrent pods cause one pull. The
 //! pull runs in its own task (a big image takes minutes; the round must not wait), records its
-//! outcome and kicks the sync loop, which then reads it with [`Puller::outcome`].
+//! outcome and kicks the sync loop, which then reads it with [`Puller::outcome`]. Pulls with
+//! different credentials (the pods' `imagePullSecrets`) are never joined: a pod must not run
+//! an image it could not have pulled with its own secrets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::pullsecrets::Keyring;
 use crate::runtime::{Pulled, Runtime, RuntimeError};
 
 /// How a finished pull went.
@@ -38,7 +41,8 @@ struct ImagePulls {
 pub struct Puller {
     runtime: Arc<dyn Runtime>,
     kick: Arc<Notify>,
-    images: Arc<Mutex<HashMap<String, ImagePulls>>>,
+    /// Keyed by image and [`Keyring::fingerprint`].
+    images: Arc<Mutex<HashMap<(String, u64), ImagePulls>>>,
 }
 
 impl Puller {
@@ -50,15 +54,16 @@ impl Puller {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, ImagePulls>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, u64), ImagePulls>> {
         self.images.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A pull of `image` that starts no earlier than now: the one in flight, or a new one.
-    /// Returns its id, for [`Puller::outcome`].
-    pub fn request(&self, image: &str) -> u64 {
+    /// A pull of `image` with `keyring` that starts no earlier than now: the one in flight
+    /// (with the same credentials), or a new one. Returns its id, for [`Puller::outcome`].
+    pub fn request(&self, image: &str, keyring: &Keyring) -> u64 {
+        let key = (image.to_string(), keyring.fingerprint());
         let mut g = self.lock();
-        let e = g.entry(image.to_string()).or_default();
+        let e = g.entry(key.clone()).or_default();
         if let Some(id) = e.in_flight {
             return id;
         }
@@ -68,9 +73,11 @@ impl Puller {
         drop(g);
         let this = self.clone();
         let image = image.to_string();
+        let keyring = keyring.clone();
         tokio::spawn(async move {
             let t0 = Instant::now();
-            let result = this.runtime.pull(&image).await.map_err(|e| match e {
+            let pulled = this.runtime.pull_with(&image, &keyring).await;
+            let result = pulled.map_err(|e| match e {
                 RuntimeError::Pull { kind, message, .. } => format!("{kind}: {message}"),
                 other => other.to_string(),
             });
@@ -80,7 +87,7 @@ impl Puller {
             };
             {
                 let mut g = this.lock();
-                let e = g.entry(image).or_default();
+                let e = g.entry(key).or_default();
                 e.in_flight = None;
                 e.last = Some((id, done));
             }
@@ -89,20 +96,21 @@ impl Puller {
         id
     }
 
-    /// The outcome of pull `id` of `image` once it finished (None while it runs).
-    pub fn outcome(&self, image: &str, id: u64) -> Option<PullDone> {
+    /// The outcome of pull `id` of `image` with credentials `fingerprint` once it finished
+    /// (None while it runs).
+    pub fn outcome(&self, image: &str, fingerprint: u64, id: u64) -> Option<PullDone> {
         let g = self.lock();
-        match &g.get(image)?.last {
+        match &g.get(&(image.to_string(), fingerprint))?.last {
             Some((last, done)) if *last >= id => Some(done.clone()),
             _ => None,
         }
     }
 
-    /// Is a pull of `image` running?
+    /// Is a pull of `image` (with any credentials) running?
     pub fn pulling(&self, image: &str) -> bool {
         self.lock()
-            .get(image)
-            .is_some_and(|e| e.in_flight.is_some())
+            .iter()
+            .any(|((i, _), e)| i == image && e.in_flight.is_some())
     }
 }
 
@@ -150,21 +158,22 @@ mod tests {
         );
         let kick = Arc::new(Notify::new());
         let p = Puller::new(Arc::new(rt.clone()), kick.clone());
-        let a = p.request("web:1");
-        let b = p.request("web:1");
+        let none = Keyring::default();
+        let a = p.request("web:1", &none);
+        let b = p.request("web:1", &none);
         assert_eq!(a, b, "a second request joins the pull in flight");
-        assert!(p.outcome("web:1", a).is_none());
+        assert!(p.outcome("web:1", none.fingerprint(), a).is_none());
         assert!(p.pulling("web:1"));
         tokio::time::timeout(Duration::from_secs(10), kick.notified())
             .await
             .expect("the pull kicks the sync loop when it ends");
-        let done = p.outcome("web:1", a).expect("finished");
+        let done = p.outcome("web:1", none.fingerprint(), a).expect("finished");
         assert_eq!(done.result, Ok(Pulled { size: 34_000_000 }));
         assert_eq!(done.took, Duration::from_secs(3));
         assert_eq!(rt.pull_count("web:1"), 1);
-        let c = p.request("web:1");
+        let c = p.request("web:1", &none);
         assert!(c > a, "a request after the pull ended starts a new one");
-        assert!(p.outcome("web:1", c).is_none());
+        assert!(p.outcome("web:1", none.fingerprint(), c).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -182,10 +191,11 @@ mod tests {
         );
         let kick = Arc::new(Notify::new());
         let p = Puller::new(Arc::new(rt), kick.clone());
-        let id = p.request("ghost:9");
+        let none = Keyring::default();
+        let id = p.request("ghost:9", &none);
         kick.notified().await;
         assert_eq!(
-            p.outcome("ghost:9", id).unwrap().result,
+            p.outcome("ghost:9", none.fingerprint(), id).unwrap().result,
             Err("not found: manifest unknown".to_string())
         );
     }

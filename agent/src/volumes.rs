@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use berth_proto::hostpath::HostPathPolicy;
 use berth_proto::types::{Container, KeyToPath, Pod, Volume};
 
 use crate::api::NodeApi;
@@ -25,11 +26,22 @@ type Files = BTreeMap<String, (Vec<u8>, u32)>;
 #[derive(Debug, Clone)]
 pub struct Volumes {
     root: PathBuf,
+    /// Where hostPath volumes may point, checked on the path as written and as resolved.
+    host_paths: HostPathPolicy,
 }
 
 impl Volumes {
     pub fn new(root: PathBuf) -> Volumes {
-        Volumes { root }
+        Volumes {
+            root,
+            host_paths: HostPathPolicy::default(),
+        }
+    }
+
+    /// The node's hostPath policy (`--forbidden-host-paths`, `--allowed-host-paths`).
+    pub fn with_host_paths(mut self, policy: HostPathPolicy) -> Volumes {
+        self.host_paths = policy;
+        self
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -75,7 +87,11 @@ impl Volumes {
             return Ok(dir);
         }
         if let Some(h) = &v.host_path {
-            return host_path(&h.path, h.type_.as_deref().unwrap_or(""));
+            // Before anything is created (DirectoryOrCreate), then on the created path.
+            self.check_host_path(&h.path)?;
+            let p = host_path(&h.path, h.type_.as_deref().unwrap_or(""))?;
+            self.check_host_path(&h.path)?;
+            return Ok(p);
         }
         let ns = &pod.metadata.namespace;
         let files = if let Some(c) = &v.config_map {
@@ -212,6 +228,43 @@ impl Volumes {
                     tracing::warn!(pod_uid = %uid, %error, "removing pod volumes (retried)")
                 }
             }
+        }
+    }
+}
+
+impl Volumes {
+    /// Is hostPath `path` allowed, as written and as it resolves on this node (symlinks
+    /// followed; for a path not there yet, its deepest existing ancestor)?
+    fn check_host_path(&self, path: &str) -> Result<(), String> {
+        let policy = |p: &str, why: String| {
+            format!("hostPath {p} is refused by this node's hostPath policy: {why}")
+        };
+        if let Some(why) = self.host_paths.check(path) {
+            return Err(policy(path, why));
+        }
+        let resolved = resolve(Path::new(path));
+        let r = resolved.display().to_string();
+        if let Some(why) = self.host_paths.check(&r) {
+            return Err(policy(path, format!("it resolves to {r}, and {why}")));
+        }
+        Ok(())
+    }
+}
+
+/// `p` with symlinks resolved: the deepest existing ancestor canonicalized, the rest appended.
+fn resolve(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (cur.file_name().map(|n| n.to_os_string()), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                cur = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
         }
     }
 }
@@ -509,6 +562,27 @@ mod tests {
         assert!(sub_path(&vol, "../x").is_err());
         let made = sub_path(&vol, "data/mysql").unwrap();
         assert!(made.is_dir() && made.starts_with(vol.canonicalize().unwrap()));
+    }
+
+    #[test]
+    fn a_host_path_through_a_symlink_to_a_forbidden_place_is_refused_before_creating() {
+        let tmp = tempfile::tempdir().unwrap();
+        let link = tmp.path().join("innocent");
+        symlink("/etc", &link).unwrap();
+        let v = Volumes::new(tmp.path().join("volumes"));
+        let err = v
+            .check_host_path(&link.join("berth-new-dir").display().to_string())
+            .unwrap_err();
+        assert!(
+            err.contains("resolves to /etc/berth-new-dir") && err.contains("under /etc"),
+            "{err}"
+        );
+        assert!(!Path::new("/etc/berth-new-dir").exists());
+        v.check_host_path(&tmp.path().join("data").display().to_string())
+            .unwrap();
+        let none = Volumes::new(tmp.path().join("v2"))
+            .with_host_paths(HostPathPolicy::new(&["/etc"], &["none"]));
+        assert!(none.check_host_path("/srv").is_err());
     }
 
     #[test]

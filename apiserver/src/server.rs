@@ -89,6 +89,19 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Node paths a hostPath volume may not be, be under or contain (the server's data dir
+    /// is added). Give every server the same list.
+    #[arg(
+        long,
+        value_name = "PATH,...",
+        value_delimiter = ',',
+        default_values_t = crate::hostpaths::DEFAULT_FORBIDDEN.iter().map(|s| s.to_string())
+    )]
+    pub forbidden_host_paths: Vec<String>,
+    /// When given, hostPath volumes must be at or under one of these paths (PodSecurityPolicy's
+    /// allowedHostPaths); `none` forbids hostPath volumes (Pod Security's baseline level).
+    #[arg(long, value_name = "PATH,...|none", value_delimiter = ',')]
+    pub allowed_host_paths: Vec<String>,
 }
 
 impl ServerArgs {
@@ -110,6 +123,11 @@ impl ServerArgs {
             watch_history: crate::store::DEFAULT_HISTORY_LEN,
             raft_tick_ms: 100,
             metrics_listen: None,
+            forbidden_host_paths: crate::hostpaths::DEFAULT_FORBIDDEN
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -496,6 +514,10 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         let token = shutdown.clone();
         tasks.spawn(async move { node.run(token).await.map_err(ServerError::from) });
     }
+    let mut host_paths =
+        crate::hostpaths::HostPathPolicy::new(&args.forbidden_host_paths, &args.allowed_host_paths);
+    let abs_dir = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+    host_paths.forbid(&abs_dir.display().to_string());
     let api = ApiService::new(
         store.clone(),
         raft.clone(),
@@ -503,6 +525,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             node_ports: args.node_port_range,
             networks,
             bookmark_interval: Duration::from_millis(args.watch_bookmark_ms.max(10)),
+            host_paths,
         },
         pki.clone(),
         shutdown.clone(),

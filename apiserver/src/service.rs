@@ -59,6 +59,8 @@ pub struct ApiConfig {
     /// Where cluster IPs and node pod CIDRs are allocated from.
     pub networks: crate::store::networks::Networks,
     pub bookmark_interval: Duration,
+    /// Which node paths pods may mount as hostPath volumes (admission).
+    pub host_paths: crate::hostpaths::HostPathPolicy,
 }
 
 /// The `Api` implementation. Construct with [`ApiService::new`], mount with
@@ -485,6 +487,18 @@ impl ApiService {
         if matches!(verb, Verb::Create | Verb::Update | Verb::Apply) {
             crate::trust::admission(&self.store, &obj, verb != Verb::Create)
                 .map_err(|m| Status::failed_precondition(crate::status::bounded(m)))?;
+            let old = || {
+                if verb == Verb::Create {
+                    return None;
+                }
+                let key = ObjectKey::new(obj.kind, obj.namespace(), obj.name());
+                let v = self.store.get(&key).ok()?;
+                DynObject::from_value((*v).clone()).ok()
+            };
+            self.config
+                .host_paths
+                .admit(&obj, old)
+                .map_err(|m| Status::permission_denied(crate::status::bounded(m)))?;
         }
         Ok((obj.value, bound))
     }

@@ -16,6 +16,7 @@
 
 pub mod apitoken;
 pub mod enums;
+pub mod hostpath;
 pub mod image;
 pub mod manifest;
 pub mod object;

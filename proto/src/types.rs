@@ -572,6 +572,10 @@ pub struct PodSpec {
     /// Default (the node's own resolvers). ClusterFirstWithHostNet is accepted as ClusterFirst.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_policy: Option<String>,
+    /// Secrets (kubernetes.io/dockerconfigjson or /dockercfg, in the pod's namespace) whose
+    /// credentials the agent uses to pull this pod's images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectRef>,
 }
 
 impl PodSpec {
@@ -605,6 +609,9 @@ impl PodSpec {
             if let Some(s) = &v.secret {
                 secrets.insert(s.secret_name.clone());
             }
+        }
+        for s in &self.image_pull_secrets {
+            secrets.insert(s.name.clone());
         }
         (config_maps, secrets)
     }

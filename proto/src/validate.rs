@@ -1640,6 +1640,12 @@ fn pod_spec(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
         e.add(&cp, "at least one container is required");
     }
     volumes(e, spec, path);
+    for (i, s) in spec.image_pull_secrets.iter().enumerate() {
+        let sp = path.child("imagePullSecrets").index(i).child("name");
+        if let Err(m) = check_dns1123_subdomain(&s.name) {
+            e.add(&sp, m);
+        }
+    }
     if !spec.node_name.is_empty() {
         if let Err(m) = check_dns1123_subdomain(&spec.node_name) {
             e.add(

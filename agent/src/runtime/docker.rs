@@ -225,18 +225,60 @@ impl DockerRuntime {
         Ok(None)
     }
 
-    /// Pull `name:tag` (the engine's `POST /images/create`); Err((kind, message)).
+    /// Pull `name:tag` with each of `creds` in turn until one works (none: anonymously);
+    /// Err((kind, message)) of the last attempt, naming each secret tried (never its values).
     async fn engine_pull(
         &self,
         name: &str,
         tag: Option<String>,
+        creds: &[&crate::pullsecrets::RegistryAuth],
+    ) -> Result<(), Result<(PullFailure, String), RuntimeError>> {
+        if creds.is_empty() {
+            return self.engine_pull_once(name, tag, None).await;
+        }
+        let server = berth_proto::image::ImageRef::parse(name)
+            .ok()
+            .and_then(|r| r.domain)
+            .unwrap_or_else(|| "docker.io".to_string());
+        let mut errors = Vec::new();
+        let mut kind = PullFailure::Other;
+        for a in creds {
+            let c = bollard::auth::DockerCredentials {
+                username: Some(a.username.clone()).filter(|s| !s.is_empty()),
+                password: Some(a.password.clone()).filter(|s| !s.is_empty()),
+                email: Some(a.email.clone()).filter(|s| !s.is_empty()),
+                identitytoken: Some(a.identity_token.clone()).filter(|s| !s.is_empty()),
+                serveraddress: Some(server.clone()),
+                ..Default::default()
+            };
+            match self.engine_pull_once(name, tag.clone(), Some(c)).await {
+                Ok(()) => return Ok(()),
+                Err(Ok((k, m))) => {
+                    kind = k;
+                    errors.push(format!(
+                        "{m} (with the credentials for {:?} of secret {:?})",
+                        a.key, a.secret
+                    ));
+                }
+                Err(Err(e)) => return Err(Err(e)),
+            }
+        }
+        Err(Ok((kind, errors.join("; "))))
+    }
+
+    /// One pull of `name:tag` (the engine's `POST /images/create`); Err((kind, message)).
+    async fn engine_pull_once(
+        &self,
+        name: &str,
+        tag: Option<String>,
+        creds: Option<bollard::auth::DockerCredentials>,
     ) -> Result<(), Result<(PullFailure, String), RuntimeError>> {
         let opts = CreateImageOptions {
             from_image: Some(name.to_string()),
             tag,
             ..Default::default()
         };
-        let mut progress = self.docker.create_image(Some(opts), None, None);
+        let mut progress = self.docker.create_image(Some(opts), None, creds);
         while let Some(item) = progress.next().await {
             let message = match item {
                 Ok(_) => continue,
@@ -876,6 +918,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<Pulled, RuntimeError> {
+        self.pull_with(image, &crate::pullsecrets::Keyring::default())
+            .await
+    }
+
+    async fn pull_with(
+        &self,
+        image: &str,
+        keyring: &crate::pullsecrets::Keyring,
+    ) -> Result<Pulled, RuntimeError> {
         let failed = |kind: PullFailure, message: String| RuntimeError::Pull {
             image: image.to_string(),
             kind,
@@ -899,7 +950,8 @@ impl Runtime for DockerRuntime {
         let mut cluster_miss = None;
         if let (Some(reg), None) = (&self.cluster_registry, &r.domain) {
             let from = format!("{reg}/{}", r.repository);
-            match self.engine_pull(&from, tag.clone()).await {
+            let creds = keyring.lookup(Some(reg), &r.repository);
+            match self.engine_pull(&from, tag.clone(), &creds).await {
                 Ok(()) if r.digest.is_some() => return self.pulled_size(image, &failed).await,
                 Ok(()) => {
                     let t = tag.clone().unwrap_or_else(|| "latest".into());
@@ -921,7 +973,8 @@ impl Runtime for DockerRuntime {
                 Err(Err(e)) => return Err(e),
             }
         }
-        match self.engine_pull(&name.to_string(), tag).await {
+        let creds = keyring.lookup(r.domain.as_deref(), &r.repository);
+        match self.engine_pull(&name.to_string(), tag, &creds).await {
             Ok(()) => {}
             Err(Ok((kind, m))) => {
                 let m = match cluster_miss {

@@ -455,6 +455,15 @@ pub trait Runtime: Send + Sync + 'static {
     async fn pull(&self, _image: &str) -> Result<Pulled, RuntimeError> {
         Ok(Pulled::default())
     }
+    /// Pull `image` with the credentials of the pod's `imagePullSecrets` (those matching the
+    /// registry pulled from are tried in turn; none match: anonymously).
+    async fn pull_with(
+        &self,
+        image: &str,
+        _keyring: &crate::pullsecrets::Keyring,
+    ) -> Result<Pulled, RuntimeError> {
+        self.pull(image).await
+    }
     /// The manifest digests the node's copy of `image` is known under in the registry of its
     /// repository (Docker: the RepoDigests naming the same repository), for image trust.
     /// `None`: this runtime cannot tell (the pod's or the tag's digest is checked instead).

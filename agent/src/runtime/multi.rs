@@ -184,6 +184,17 @@ impl Runtime for MultiRuntime {
         }
     }
 
+    async fn pull_with(
+        &self,
+        image: &str,
+        keyring: &crate::pullsecrets::Keyring,
+    ) -> Result<Pulled, RuntimeError> {
+        match self.images() {
+            Some(rt) => rt.pull_with(image, keyring).await,
+            None => Ok(Pulled::default()),
+        }
+    }
+
     async fn image_digests(&self, image: &str) -> Result<Option<Vec<String>>, RuntimeError> {
         match self.images() {
             Some(rt) => rt.image_digests(image).await,

@@ -273,13 +273,8 @@ impl Runtime for ProcessRuntime {
         if spec.command.is_empty() && spec.args.is_empty() {
             return Err(RuntimeError::NoCommand);
         }
-        if let Some(m) = spec.mounts.first() {
-            return Err(RuntimeError::Other(format!(
-                "container {} mounts volumes ({} at {}), which the process runtime cannot do yet (it runs pods without a mount namespace): run the pod on Docker (runtimeClassName: docker)",
-                spec.container_name,
-                m.host_path.display(),
-                m.container_path
-            )));
+        if !spec.mounts.is_empty() {
+            check_mounts(spec)?;
         }
         let id = spec.instance_name();
         let dir = self.dir(&id);
@@ -339,10 +334,14 @@ impl Runtime for ProcessRuntime {
             .stderr(Stdio::from(err))
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
-            what: format!("{prog:?} in {}", cwd.display()),
-            source,
-        })?;
+        let mut child = if spec.mounts.is_empty() {
+            cmd.spawn().map_err(|source| RuntimeError::Spawn {
+                what: format!("{prog:?} in {}", cwd.display()),
+                source,
+            })?
+        } else {
+            spawn_with_mounts(cmd, spec, prog, &cwd).await?
+        };
         let pid = child.id().map(|p| p as i32);
         let ticks = pid.and_then(proc_start_ticks);
         self.children
@@ -635,6 +634,143 @@ fn workload_path() -> std::ffi::OsString {
             std::env::join_paths(paths).unwrap_or(base)
         }
         None => base,
+    }
+}
+
+/// Can the process runtime mount `spec`'s volumes? Each process pod with volumes runs in its
+/// own mount namespace (see [`spawn_with_mounts`]), and it shares the host's filesystem: a
+/// mountPath must already exist on the node (a directory for a directory volume, a file for a
+/// file), because creating it would change the host. Err: what to do instead.
+fn check_mounts(spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    for m in &spec.mounts {
+        let target = Path::new(&m.container_path);
+        let what = if !target.is_absolute() || target.parent().is_none() {
+            format!(
+                "mountPath {:?} must be an absolute path other than /",
+                m.container_path
+            )
+        } else {
+            let source_dir = m.host_path.is_dir();
+            let kind = |dir: bool| if dir { "directory" } else { "file" };
+            match std::fs::metadata(target) {
+                Ok(t) if t.is_dir() == source_dir => continue,
+                Ok(t) => format!(
+                    "mountPath {} is a {} on this node but the volume is a {}",
+                    m.container_path,
+                    kind(t.is_dir()),
+                    kind(source_dir)
+                ),
+                Err(_) => format!(
+                    "mountPath {} does not exist on this node: process pods share the node's \
+                     filesystem, so a mountPath must be an existing {} (what the node has \
+                     there is hidden from the pod, not changed)",
+                    m.container_path,
+                    kind(source_dir)
+                ),
+            }
+        };
+        return Err(mount_error(spec, &what));
+    }
+    Ok(())
+}
+
+fn mount_error(spec: &ContainerSpec, what: &str) -> RuntimeError {
+    RuntimeError::Other(format!(
+        "container {} mounts volumes, which the process runtime does in a private mount \
+         namespace: {what}. Or run the pod on Docker (runtimeClassName: docker)",
+        spec.container_name
+    ))
+}
+
+/// Spawn `cmd` in a new mount namespace holding the container's volume mounts: a fresh
+/// thread (never a pooled one, which would keep the namespace) calls `unshare(CLONE_NEWNS)`,
+/// which affects only that thread, makes every mount private (nothing propagates back to
+/// the host), bind-mounts each volume at its mountPath (remounted read-only when asked) and
+/// forks the process, which inherits the namespace; the thread then ends. The namespace and
+/// its mounts go away with the pod's last process; the host's mount table never changes.
+/// Needs CAP_SYS_ADMIN (root).
+async fn spawn_with_mounts(
+    mut cmd: tokio::process::Command,
+    spec: &ContainerSpec,
+    prog: &str,
+    cwd: &Path,
+) -> Result<tokio::process::Child, RuntimeError> {
+    use nix::mount::{mount, MsFlags};
+    let mounts = spec.mounts.clone();
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let what = format!(
+        "{prog:?} in {} (in its own mount namespace with the pod's volumes)",
+        cwd.display()
+    );
+    let thread = std::thread::Builder::new()
+        .name("berth-mountns".into())
+        .spawn(move || {
+            let r = (|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+                    if e == nix::errno::Errno::EPERM {
+                        Err(
+                            "creating a mount namespace needs root (CAP_SYS_ADMIN), which \
+                             this agent does not have: run the agent as root"
+                                .to_string(),
+                        )
+                    } else {
+                        Err(format!("unshare(CLONE_NEWNS): {e}"))
+                    }
+                })?;
+                mount(
+                    None::<&str>,
+                    "/",
+                    None::<&str>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(|e| Err(format!("making the mounts private: {e}")))?;
+                for m in &mounts {
+                    mount(
+                        Some(&m.host_path),
+                        m.container_path.as_str(),
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .map_err(|e| {
+                        Err(format!(
+                            "bind-mounting {} at {}: {e}",
+                            m.host_path.display(),
+                            m.container_path
+                        ))
+                    })?;
+                    if m.read_only {
+                        mount(
+                            None::<&str>,
+                            m.container_path.as_str(),
+                            None::<&str>,
+                            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                            None::<&str>,
+                        )
+                        .map_err(|e| {
+                            Err(format!("remounting {} read-only: {e}", m.container_path))
+                        })?;
+                    }
+                }
+                // The child's reaper is the runtime's (tokio::process needs its context).
+                let _rt = handle.enter();
+                cmd.spawn().map_err(Ok)
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|source| RuntimeError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    let r = rx.await;
+    let _ = thread.join();
+    match r {
+        Ok(Ok(child)) => Ok(child),
+        Ok(Err(Ok(source))) => Err(RuntimeError::Spawn { what, source }),
+        Ok(Err(Err(m))) => Err(mount_error(spec, &m)),
+        Err(_) => Err(mount_error(spec, "the mount namespace thread ended early")),
     }
 }
 
