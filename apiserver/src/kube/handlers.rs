@@ -18,7 +18,7 @@ use super::{decode_object, json_response, media_type, Ctx, KubeApi, ResPath, Res
 
 /// Attempts of a patch whose read-modify-write lost a race (client-go retries too, but a
 /// patch without a resourceVersion is not supposed to conflict at all).
-const PATCH_ATTEMPTS: usize = 5;
+pub(super) const PATCH_ATTEMPTS: usize = 5;
 
 /// Lines of a watch waiting for a slow client before the stream blocks the server's side.
 const WATCH_LINES: usize = 64;
@@ -65,7 +65,7 @@ fn object_of(bytes: &[u8]) -> Result<Value, KubeError> {
     })
 }
 
-fn resource_version(v: &Value) -> u64 {
+pub(super) fn resource_version(v: &Value) -> u64 {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
@@ -94,14 +94,19 @@ impl KubeApi {
         t
     }
 
-    fn grpc_err(&self, s: tonic::Status, target: &Target, body: Option<&Value>) -> KubeError {
+    pub(super) fn grpc_err(
+        &self,
+        s: tonic::Status,
+        target: &Target,
+        body: Option<&Value>,
+    ) -> KubeError {
         match (s.code(), body) {
             (tonic::Code::InvalidArgument, Some(b)) => KubeError::invalid(&s, target, b),
             _ => KubeError::from_grpc(&s, target),
         }
     }
 
-    fn respond_object(
+    pub(super) fn respond_object(
         &self,
         ctx: &Ctx,
         kind: Kind,
@@ -118,7 +123,7 @@ impl KubeApi {
         Ok(json_response(code, &v))
     }
 
-    async fn get_value(&self, ctx: &Ctx, rp: &ResPath) -> Result<Value, KubeError> {
+    pub(super) async fn get_value(&self, ctx: &Ctx, rp: &ResPath) -> Result<Value, KubeError> {
         let key = pb::ObjectKey {
             kind: rp.kind.as_str().to_string(),
             namespace: rp.namespace.clone().unwrap_or_default(),
@@ -215,7 +220,7 @@ impl KubeApi {
     }
 
     /// Fill in kind/apiVersion, check them and the namespace against the path.
-    fn check_body(&self, rp: &ResPath, body: &mut Value) -> Result<(), KubeError> {
+    pub(super) fn check_body(&self, rp: &ResPath, body: &mut Value) -> Result<(), KubeError> {
         let kind = rp.kind;
         match body.get("kind").and_then(Value::as_str) {
             None | Some("") => body["kind"] = kind.as_str().into(),
@@ -274,6 +279,7 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         let mut v = decode_object(ctx, &body)?;
         self.check_body(rp, &mut v)?;
+        super::apply::record(ctx, rp, None, &mut v)?;
         let target = self.target_of(rp, &v);
         let r = self
             .api
@@ -292,7 +298,12 @@ impl KubeApi {
 
     /// PUT of the object or its status: compare-and-swap on metadata.resourceVersion when the
     /// body has one (an update without one is unconditional, as Kubernetes allows).
-    async fn put_value(&self, ctx: &Ctx, rp: &ResPath, v: &Value) -> Result<Value, tonic::Status> {
+    pub(super) async fn put_value(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        v: &Value,
+    ) -> Result<Value, tonic::Status> {
         let req = pb::UpdateRequest {
             object: serde_json::to_vec(v).unwrap_or_default(),
             dry_run: ctx.dry_run().unwrap_or(false),
@@ -316,11 +327,28 @@ impl KubeApi {
         let mut v = decode_object(ctx, &body)?;
         self.check_body(rp, &mut v)?;
         let target = self.target_of(rp, &v);
-        let out = self
-            .put_value(ctx, rp, &v)
-            .await
-            .map_err(|s| self.grpc_err(s, &target, Some(&v)))?;
-        self.respond_object(ctx, rp.kind, StatusCode::OK, out)
+        // The stored object, to see what this update changes (managed fields); an update
+        // without a resourceVersion is pinned to the one read, and retried if that loses.
+        let pinned = resource_version(&v) != 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.get_value(ctx, rp).await?;
+            let mut next = v.clone();
+            if !pinned {
+                set_resource_version(&mut next, resource_version(&current));
+            }
+            super::apply::record(ctx, rp, Some(&current), &mut next)?;
+            match self.put_value(ctx, rp, &next).await {
+                Ok(out) => return self.respond_object(ctx, rp.kind, StatusCode::OK, out),
+                Err(s)
+                    if s.code() == tonic::Code::Aborted && !pinned && attempt < PATCH_ATTEMPTS =>
+                {
+                    continue
+                }
+                Err(s) => return Err(self.grpc_err(s, &target, Some(&next))),
+            }
+        }
     }
 
     /// JSON patch, merge patch or strategic merge patch, as read-modify-write with CAS: the
@@ -335,6 +363,9 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         ctx.dry_run()?;
         let ct = media_type(&ctx.content_type);
+        if ct == super::apply::APPLY_YAML {
+            return self.server_side_apply(ctx, rp, body).await;
+        }
         let target = rp.target();
         let patch = Patch::parse(&ct, &body)?;
         let scale = rp.sub.as_deref() == Some("scale");
@@ -366,11 +397,12 @@ impl KubeApi {
                     .with_target(&target));
                 }
             }
-            let to_write = if scale {
+            let mut to_write = if scale {
                 with_replicas(&current, &patched)?
             } else {
                 patched
             };
+            super::apply::record(ctx, rp, Some(&current), &mut to_write)?;
             let write_rp = ResPath {
                 sub: if scale { None } else { rp.sub.clone() },
                 ..rp.clone()
@@ -410,6 +442,7 @@ impl KubeApi {
         if wanted != 0 {
             set_resource_version(&mut next, wanted);
         }
+        super::apply::record(ctx, rp, Some(&current), &mut next)?;
         let write_rp = ResPath {
             sub: None,
             ..rp.clone()
@@ -745,11 +778,10 @@ impl Patch {
             "application/strategic-merge-patch+json" => Patch::Strategic(
                 serde_json::from_slice(body).map_err(|e| bad("strategic merge", e))?,
             ),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+            "application/apply-patch+cbor" => {
                 return Err(KubeError::unsupported_media(
-                    "server-side apply (application/apply-patch+yaml) is not supported by Berth \
-                     yet: use client-side `kubectl apply` (without --server-side), or a JSON, \
-                     merge or strategic merge patch",
+                    "server-side apply with a CBOR body is not supported by Berth: send the \
+                     configuration as application/apply-patch+yaml (YAML or JSON)",
                 ))
             }
             other => {
@@ -910,7 +942,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.apply(Kind::Deployment, &d).err().unwrap().code, 422);
         assert_eq!(
-            Patch::parse("application/apply-patch+yaml", b"{}")
+            Patch::parse("application/apply-patch+cbor", b"{}")
                 .err()
                 .unwrap()
                 .code,
@@ -926,6 +958,7 @@ mod tests {
             query: Default::default(),
             accept: String::new(),
             content_type: "application/json".into(),
+            user_agent: String::new(),
         };
         let o = DeleteOptions::parse(&ctx, br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background","preconditions":{"resourceVersion":"12","uid":"u"}}"#).unwrap();
         assert_eq!(o.resource_version, 12);
