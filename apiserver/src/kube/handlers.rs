@@ -12,6 +12,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 
+use super::cascade::Propagation;
 use super::fields::FieldSelector;
 use super::status::{KubeError, Target};
 use super::{decode_object, json_response, media_type, Ctx, KubeApi, ResPath, Resp};
@@ -462,11 +463,7 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         let opts = DeleteOptions::parse(ctx, &body)?;
         let target = rp.target();
-        if ctx.dry_run()? {
-            // Nothing is deleted; answer with what would be.
-            let v = self.get_value(ctx, rp).await?;
-            return Ok(json_response(StatusCode::OK, &v));
-        }
+        let dry_run = ctx.dry_run()? || opts.dry_run;
         if let Some(uid) = &opts.uid {
             let v = self.get_value(ctx, rp).await?;
             if meta_str(&v, "uid") != uid {
@@ -481,16 +478,89 @@ impl KubeApi {
                 .with_target(&target));
             }
         }
-        let out = self.delete_one(ctx, rp, opts.resource_version).await?;
+        let out = self
+            .delete_propagating(ctx, rp, opts.resource_version, dry_run, opts.propagation)
+            .await?;
         Ok(json_response(StatusCode::OK, &out))
     }
 
-    async fn delete_one(&self, ctx: &Ctx, rp: &ResPath, rv: u64) -> Result<Value, KubeError> {
+    /// Delete one object with its dependents as `propagation` says (see [`super::cascade`]).
+    async fn delete_propagating(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        rv: u64,
+        dry_run: bool,
+        propagation: Propagation,
+    ) -> Result<Value, KubeError> {
+        if dry_run || propagation == Propagation::Background {
+            return self.delete_one(ctx, rp, rv, dry_run).await;
+        }
+        let current = self.get_value(ctx, rp).await?;
+        let uid = meta_str(&current, "uid").to_string();
+        let ns = rp.namespace.clone().unwrap_or_default();
+        match propagation {
+            Propagation::Orphan => {
+                let n = self.orphan_dependents(ctx, rp, &uid).await?;
+                tracing::debug!(kind = %rp.kind, name = ?rp.name, orphaned = n, "delete: orphaned dependents");
+                self.delete_one(ctx, rp, rv, false).await
+            }
+            _ => {
+                let deps = self.all_dependents(ctx, rp.kind, &ns, &uid).await?;
+                let out = self.delete_one(ctx, rp, rv, false).await?;
+                self.wait_dependents_gone(ctx, &ns, &deps).await?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Delete one object; a dry run is checked as the delete would be (authorization,
+    /// preconditions) by a dry-run batch, and answers the object that would be deleted.
+    async fn delete_one(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        rv: u64,
+        dry_run: bool,
+    ) -> Result<Value, KubeError> {
         let key = pb::ObjectKey {
             kind: rp.kind.as_str().to_string(),
             namespace: rp.namespace.clone().unwrap_or_default(),
             name: rp.name.clone().unwrap_or_default(),
         };
+        if dry_run {
+            let op = pb::BatchOp {
+                op: Some(pb::batch_op::Op::Delete(pb::DeleteRequest {
+                    key: Some(key),
+                    resource_version: rv,
+                })),
+            };
+            let r = self
+                .api
+                .batch(self.req(
+                    ctx,
+                    pb::BatchRequest {
+                        ops: vec![op],
+                        atomic: true,
+                        dry_run: true,
+                    },
+                ))
+                .await
+                .map_err(|s| self.grpc_err(s, &rp.target(), None))?
+                .into_inner();
+            let Some(res) = r.results.into_iter().next() else {
+                return Err(KubeError::new(
+                    500,
+                    "InternalError",
+                    "the dry-run delete returned no result",
+                ));
+            };
+            if res.code != 0 {
+                let s = tonic::Status::new(tonic::Code::from_i32(res.code), res.message);
+                return Err(self.grpc_err(s, &rp.target(), None));
+            }
+            return object_of(&res.object);
+        }
         let r = self
             .api
             .delete(self.req(
@@ -512,21 +582,20 @@ impl KubeApi {
         rp: &ResPath,
         body: bytes::Bytes,
     ) -> Result<Resp, KubeError> {
-        DeleteOptions::parse(ctx, &body)?;
-        let dry_run = ctx.dry_run()?;
+        let opts = DeleteOptions::parse(ctx, &body)?;
+        let dry_run = ctx.dry_run()? || opts.dry_run;
         let (objs, rev, _, _) = self.list_objects(ctx, rp).await?;
         let mut deleted = Vec::new();
         for o in objs {
-            if dry_run {
-                deleted.push(o.value);
-                continue;
-            }
             let one = ResPath {
                 namespace: (!o.namespace().is_empty()).then(|| o.namespace().to_string()),
                 name: Some(o.name().to_string()),
                 ..rp.clone()
             };
-            match self.delete_one(ctx, &one, 0).await {
+            match self
+                .delete_propagating(ctx, &one, 0, dry_run, opts.propagation)
+                .await
+            {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -831,26 +900,41 @@ impl Patch {
 struct DeleteOptions {
     resource_version: u64,
     uid: Option<String>,
+    /// `dryRun: ["All"]` in the body (client-go sends it there, not in the query).
+    dry_run: bool,
+    propagation: Propagation,
 }
 
 impl DeleteOptions {
     fn parse(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, KubeError> {
+        let query_policy = Propagation::parse(ctx.q("propagationPolicy"))?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DeleteOptions {
                 resource_version: 0,
                 uid: None,
+                dry_run: false,
+                propagation: if ctx.flag("orphanDependents") {
+                    Propagation::Orphan
+                } else {
+                    query_policy
+                },
             });
         }
         let v = decode_object(ctx, body)?;
-        if v.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
-            || v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-        {
-            return Err(KubeError::bad_request(
-                "propagationPolicy Orphan is not supported: Berth deletes an object's dependents \
-                 (a Deployment's ReplicaSets and Pods) in the background; delete with \
-                 propagationPolicy Background or Foreground",
-            ));
-        }
+        let propagation = match (
+            v.get("propagationPolicy").and_then(Value::as_str),
+            v.get("orphanDependents").and_then(Value::as_bool),
+        ) {
+            (Some(p), Some(o)) if (p == "Orphan") != o => {
+                return Err(KubeError::bad_request(format!(
+                    "orphanDependents {o} contradicts propagationPolicy {p}: send only \
+                     propagationPolicy"
+                )))
+            }
+            (Some(p), _) => Propagation::parse(p)?,
+            (None, Some(true)) => Propagation::Orphan,
+            (None, _) => query_policy,
+        };
         let resource_version = match v
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
@@ -867,9 +951,21 @@ impl DeleteOptions {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
+        let dry_run = match v.get("dryRun") {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) if a.is_empty() => false,
+            Some(Value::Array(a)) if a.iter().all(|x| x == "All") => true,
+            Some(other) => {
+                return Err(KubeError::bad_request(format!(
+                    "invalid dryRun {other}: the only supported value is [\"All\"]"
+                )))
+            }
+        };
         Ok(DeleteOptions {
             resource_version,
             uid,
+            dry_run,
+            propagation,
         })
     }
 }
@@ -952,7 +1048,7 @@ mod tests {
     }
 
     #[test]
-    fn delete_options_give_preconditions_and_refuse_orphaning() {
+    fn delete_options_give_preconditions_propagation_and_dry_run() {
         let ctx = Ctx {
             who: None,
             query: Default::default(),
@@ -963,7 +1059,20 @@ mod tests {
         let o = DeleteOptions::parse(&ctx, br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background","preconditions":{"resourceVersion":"12","uid":"u"}}"#).unwrap();
         assert_eq!(o.resource_version, 12);
         assert_eq!(o.uid.as_deref(), Some("u"));
-        assert!(DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Orphan"}"#).is_err());
+        assert_eq!(o.propagation, Propagation::Background);
+        let o = DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Orphan","dryRun":["All"]}"#)
+            .unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        assert!(o.dry_run);
+        let o = DeleteOptions::parse(&ctx, br#"{"orphanDependents":true}"#).unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        assert!(DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Sideways"}"#).is_err());
+        assert!(DeleteOptions::parse(
+            &ctx,
+            br#"{"propagationPolicy":"Background","orphanDependents":true}"#
+        )
+        .is_err());
+        assert!(DeleteOptions::parse(&ctx, br#"{"dryRun":["Some"]}"#).is_err());
         assert_eq!(DeleteOptions::parse(&ctx, b"").unwrap().resource_version, 0);
     }
 }

@@ -20,6 +20,7 @@
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
 
 mod apply;
+mod cascade;
 pub mod discovery;
 pub mod fields;
 mod handlers;
