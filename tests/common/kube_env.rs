@@ -58,6 +58,10 @@ impl KubeEnv {
         self.cluster.as_ref().expect("cluster")
     }
 
+    pub fn cluster_mut(&mut self) -> &mut TestCluster {
+        self.cluster.as_mut().expect("cluster")
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         for l in self.loops.drain(..) {
