@@ -203,17 +203,10 @@ async fn kubectl_diff_and_server_dry_runs_store_nothing() {
     assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("-        image: nginx:1.27"), "{out}");
     assert!(out.contains("+        image: nginx:1.28"), "{out}");
-    // Server-side: the object was created by client-side apply, whose manager owns the image
-    // (a conflict, as in Kubernetes), so the diff forces.
+    // Server-side: the object was made by client-side apply, whose manager owns the image;
+    // a conflict on a field of its last-applied-configuration goes to the server-side
+    // applier (as Kubernetes migrates), so the diff shows the edit.
     let (code, out, err) = env.kubectl_code(&["diff", "--server-side", "-f", m]).await;
-    assert_eq!(code, 2, "{out}\n{err}");
-    assert!(
-        err.contains("conflict with \"kubectl-client-side-apply\""),
-        "{err}"
-    );
-    let (code, out, err) = env
-        .kubectl_code(&["diff", "--server-side", "--force-conflicts", "-f", m])
-        .await;
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("+        image: nginx:1.28"), "{out}");
 
@@ -221,14 +214,7 @@ async fn kubectl_diff_and_server_dry_runs_store_nothing() {
     let out = env.kubectl(&["apply", "--dry-run=server", "-f", m]).await;
     assert!(out.contains("(server dry run)"), "{out}");
     let out = env
-        .kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--dry-run=server",
-            "-f",
-            m,
-        ])
+        .kubectl(&["apply", "--server-side", "--dry-run=server", "-f", m])
         .await;
     assert!(out.contains("(server dry run)"), "{out}");
     env.kubectl(&["scale", "deploy/web", "--replicas=7", "--dry-run=server"])
@@ -249,6 +235,20 @@ async fn kubectl_diff_and_server_dry_runs_store_nothing() {
         "nginx:1.27"
     );
     assert_eq!(after["spec"]["replicas"], 2);
+
+    // Moving from client-side to server-side apply: the edit applies without a conflict and
+    // kubectl's Apply entry owns the image.
+    let out = env.kubectl(&["apply", "--server-side", "-f", m]).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let d = env.get_json(&["deploy", "web"]).await;
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
+    assert!(
+        managers(&d).contains(&("kubectl".into(), "Apply".into())),
+        "{d}"
+    );
     env.stop().await;
 }
 

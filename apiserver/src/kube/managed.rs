@@ -451,6 +451,19 @@ fn merge(live: Option<&Value>, applied: &Value, schema: FieldSchema, list: ListT
     }
 }
 
+/// The annotation client-side `kubectl apply` keeps its last applied configuration in.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields of the object's last client-side applied configuration (empty without one).
+fn last_applied_fields(kind: Kind, live: &Value) -> FieldSet {
+    live.pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .map(|v| fields_of(kind, &v))
+        .unwrap_or_default()
+}
+
 fn is_prefix(p: &[String], of: &[String]) -> bool {
     of.len() >= p.len() && of[..p.len()] == *p
 }
@@ -494,10 +507,12 @@ pub fn apply(
 
     let is_self = |m: &Manager| m.name == manager && m.operation == APPLY;
     let mut conflicts = Vec::new();
+    let mut conflicting = FieldSet::new();
     // Managers are told apart by name and operation: kubectl's updates (`kubectl scale`)
     // conflict with kubectl's applies, as in Kubernetes.
     for m in managers.iter().filter(|m| !is_self(m)) {
         for p in m.set.intersection(&changes) {
+            conflicting.insert(p.clone());
             conflicts.push(Conflict {
                 manager: m.name.clone(),
                 api_version: m.api_version.clone(),
@@ -506,7 +521,13 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() {
-        if !force {
+        // Moving from client-side apply: conflicts only on fields of the object's
+        // last-applied-configuration are resolved in the applier's favour (Kubernetes'
+        // lastAppliedManager), so `kubectl apply --server-side` takes over without --force.
+        let from_last_applied = live
+            .map(|l| last_applied_fields(kind, l))
+            .is_some_and(|allowed| conflicting.is_subset(&allowed));
+        if !force && !from_last_applied {
             return Err(conflicts);
         }
         for m in managers.iter_mut().filter(|m| !is_self(m)) {
@@ -874,6 +895,49 @@ mod tests {
                 ("kubectl".to_string(), APPLY.to_string())
             ]
         );
+    }
+
+    #[test]
+    fn conflicts_on_fields_of_the_last_client_side_apply_go_to_the_server_side_applier() {
+        let d = deploy(2, json!([{"name": "web", "image": "nginx"}]));
+        let mut csa = d.clone();
+        csa["metadata"]["annotations"] = json!({LAST_APPLIED: d.to_string()});
+        record_update(
+            Kind::Deployment,
+            None,
+            &mut csa,
+            "kubectl-client-side-apply",
+            t(),
+        );
+        let l = live(&csa, 2);
+        let edited = deploy(2, json!([{"name": "web", "image": "nginx:2"}]));
+        let out = apply(Kind::Deployment, Some(&l), &edited, "kubectl", false, t()).unwrap();
+        assert!(owns(
+            &out,
+            "kubectl",
+            ".spec.template.spec.containers[name=\"web\"].image"
+        ));
+        assert!(!owns(
+            &out,
+            "kubectl-client-side-apply",
+            ".spec.template.spec.containers[name=\"web\"].image"
+        ));
+        // A field outside the last applied configuration still conflicts.
+        let mut edit = l.clone();
+        edit["spec"]["paused"] = true.into();
+        record_update(Kind::Deployment, Some(&l), &mut edit, "kubectl-edit", t());
+        let mut unpause = edited.clone();
+        unpause["spec"]["paused"] = false.into();
+        let err = apply(
+            Kind::Deployment,
+            Some(&live(&edit, 3)),
+            &unpause,
+            "kubectl",
+            false,
+            t(),
+        )
+        .unwrap_err();
+        assert!(err.iter().any(|c| c.field == ".spec.paused"), "{err:?}");
     }
 
     #[test]
