@@ -178,6 +178,46 @@ fn field(ctx: Ctx, key: &str) -> (Ctx, ListStrategy) {
     }
 }
 
+/// How a list field merges, for callers outside this module (server-side apply's field sets
+/// use the same list identities as strategic merge patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListType {
+    /// Replaced as a whole.
+    Atomic,
+    /// Objects identified by this key field.
+    Map(&'static str),
+    /// Scalars identified by value.
+    Set,
+}
+
+/// Where a field sits in an object of a kind, as far as list merging cares: walk it with
+/// [`FieldSchema::field`] from [`FieldSchema::root`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSchema(Ctx);
+
+impl FieldSchema {
+    pub fn root(kind: Kind) -> FieldSchema {
+        FieldSchema(Ctx::Root(kind))
+    }
+
+    /// The schema of `key`'s value (for a list: of its elements) and how the value merges if
+    /// it is a list.
+    pub fn field(self, key: &str) -> (FieldSchema, ListType) {
+        let (ctx, strategy) = field(self.0, key);
+        let list = match strategy {
+            ListStrategy::Replace => ListType::Atomic,
+            ListStrategy::MergeByKey(k) => ListType::Map(k),
+            ListStrategy::MergeSet => ListType::Set,
+        };
+        (FieldSchema(ctx), list)
+    }
+
+    /// Whether this is object metadata (labels and annotations are maps, not structs).
+    pub fn is_metadata(self) -> bool {
+        self.0 == Ctx::Meta
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Field paths for error messages.
 

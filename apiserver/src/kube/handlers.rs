@@ -12,13 +12,14 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt as _;
 
+use super::cascade::Propagation;
 use super::fields::FieldSelector;
 use super::status::{KubeError, Target};
 use super::{decode_object, json_response, media_type, Ctx, KubeApi, ResPath, Resp};
 
 /// Attempts of a patch whose read-modify-write lost a race (client-go retries too, but a
 /// patch without a resourceVersion is not supposed to conflict at all).
-const PATCH_ATTEMPTS: usize = 5;
+pub(super) const PATCH_ATTEMPTS: usize = 5;
 
 /// Lines of a watch waiting for a slow client before the stream blocks the server's side.
 const WATCH_LINES: usize = 64;
@@ -65,7 +66,7 @@ fn object_of(bytes: &[u8]) -> Result<Value, KubeError> {
     })
 }
 
-fn resource_version(v: &Value) -> u64 {
+pub(super) fn resource_version(v: &Value) -> u64 {
     v.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
@@ -94,14 +95,19 @@ impl KubeApi {
         t
     }
 
-    fn grpc_err(&self, s: tonic::Status, target: &Target, body: Option<&Value>) -> KubeError {
+    pub(super) fn grpc_err(
+        &self,
+        s: tonic::Status,
+        target: &Target,
+        body: Option<&Value>,
+    ) -> KubeError {
         match (s.code(), body) {
             (tonic::Code::InvalidArgument, Some(b)) => KubeError::invalid(&s, target, b),
             _ => KubeError::from_grpc(&s, target),
         }
     }
 
-    fn respond_object(
+    pub(super) fn respond_object(
         &self,
         ctx: &Ctx,
         kind: Kind,
@@ -118,7 +124,7 @@ impl KubeApi {
         Ok(json_response(code, &v))
     }
 
-    async fn get_value(&self, ctx: &Ctx, rp: &ResPath) -> Result<Value, KubeError> {
+    pub(super) async fn get_value(&self, ctx: &Ctx, rp: &ResPath) -> Result<Value, KubeError> {
         let key = pb::ObjectKey {
             kind: rp.kind.as_str().to_string(),
             namespace: rp.namespace.clone().unwrap_or_default(),
@@ -215,7 +221,7 @@ impl KubeApi {
     }
 
     /// Fill in kind/apiVersion, check them and the namespace against the path.
-    fn check_body(&self, rp: &ResPath, body: &mut Value) -> Result<(), KubeError> {
+    pub(super) fn check_body(&self, rp: &ResPath, body: &mut Value) -> Result<(), KubeError> {
         let kind = rp.kind;
         match body.get("kind").and_then(Value::as_str) {
             None | Some("") => body["kind"] = kind.as_str().into(),
@@ -274,6 +280,7 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         let mut v = decode_object(ctx, &body)?;
         self.check_body(rp, &mut v)?;
+        super::apply::record(ctx, rp, None, &mut v)?;
         let target = self.target_of(rp, &v);
         let r = self
             .api
@@ -292,7 +299,12 @@ impl KubeApi {
 
     /// PUT of the object or its status: compare-and-swap on metadata.resourceVersion when the
     /// body has one (an update without one is unconditional, as Kubernetes allows).
-    async fn put_value(&self, ctx: &Ctx, rp: &ResPath, v: &Value) -> Result<Value, tonic::Status> {
+    pub(super) async fn put_value(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        v: &Value,
+    ) -> Result<Value, tonic::Status> {
         let req = pb::UpdateRequest {
             object: serde_json::to_vec(v).unwrap_or_default(),
             dry_run: ctx.dry_run().unwrap_or(false),
@@ -316,11 +328,28 @@ impl KubeApi {
         let mut v = decode_object(ctx, &body)?;
         self.check_body(rp, &mut v)?;
         let target = self.target_of(rp, &v);
-        let out = self
-            .put_value(ctx, rp, &v)
-            .await
-            .map_err(|s| self.grpc_err(s, &target, Some(&v)))?;
-        self.respond_object(ctx, rp.kind, StatusCode::OK, out)
+        // The stored object, to see what this update changes (managed fields); an update
+        // without a resourceVersion is pinned to the one read, and retried if that loses.
+        let pinned = resource_version(&v) != 0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.get_value(ctx, rp).await?;
+            let mut next = v.clone();
+            if !pinned {
+                set_resource_version(&mut next, resource_version(&current));
+            }
+            super::apply::record(ctx, rp, Some(&current), &mut next)?;
+            match self.put_value(ctx, rp, &next).await {
+                Ok(out) => return self.respond_object(ctx, rp.kind, StatusCode::OK, out),
+                Err(s)
+                    if s.code() == tonic::Code::Aborted && !pinned && attempt < PATCH_ATTEMPTS =>
+                {
+                    continue
+                }
+                Err(s) => return Err(self.grpc_err(s, &target, Some(&next))),
+            }
+        }
     }
 
     /// JSON patch, merge patch or strategic merge patch, as read-modify-write with CAS: the
@@ -335,6 +364,9 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         ctx.dry_run()?;
         let ct = media_type(&ctx.content_type);
+        if ct == super::apply::APPLY_YAML {
+            return self.server_side_apply(ctx, rp, body).await;
+        }
         let target = rp.target();
         let patch = Patch::parse(&ct, &body)?;
         let scale = rp.sub.as_deref() == Some("scale");
@@ -366,11 +398,12 @@ impl KubeApi {
                     .with_target(&target));
                 }
             }
-            let to_write = if scale {
+            let mut to_write = if scale {
                 with_replicas(&current, &patched)?
             } else {
                 patched
             };
+            super::apply::record(ctx, rp, Some(&current), &mut to_write)?;
             let write_rp = ResPath {
                 sub: if scale { None } else { rp.sub.clone() },
                 ..rp.clone()
@@ -410,6 +443,7 @@ impl KubeApi {
         if wanted != 0 {
             set_resource_version(&mut next, wanted);
         }
+        super::apply::record(ctx, rp, Some(&current), &mut next)?;
         let write_rp = ResPath {
             sub: None,
             ..rp.clone()
@@ -429,11 +463,7 @@ impl KubeApi {
     ) -> Result<Resp, KubeError> {
         let opts = DeleteOptions::parse(ctx, &body)?;
         let target = rp.target();
-        if ctx.dry_run()? {
-            // Nothing is deleted; answer with what would be.
-            let v = self.get_value(ctx, rp).await?;
-            return Ok(json_response(StatusCode::OK, &v));
-        }
+        let dry_run = ctx.dry_run()? || opts.dry_run;
         if let Some(uid) = &opts.uid {
             let v = self.get_value(ctx, rp).await?;
             if meta_str(&v, "uid") != uid {
@@ -448,16 +478,89 @@ impl KubeApi {
                 .with_target(&target));
             }
         }
-        let out = self.delete_one(ctx, rp, opts.resource_version).await?;
+        let out = self
+            .delete_propagating(ctx, rp, opts.resource_version, dry_run, opts.propagation)
+            .await?;
         Ok(json_response(StatusCode::OK, &out))
     }
 
-    async fn delete_one(&self, ctx: &Ctx, rp: &ResPath, rv: u64) -> Result<Value, KubeError> {
+    /// Delete one object with its dependents as `propagation` says (see [`super::cascade`]).
+    async fn delete_propagating(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        rv: u64,
+        dry_run: bool,
+        propagation: Propagation,
+    ) -> Result<Value, KubeError> {
+        if dry_run || propagation == Propagation::Background {
+            return self.delete_one(ctx, rp, rv, dry_run).await;
+        }
+        let current = self.get_value(ctx, rp).await?;
+        let uid = meta_str(&current, "uid").to_string();
+        let ns = rp.namespace.clone().unwrap_or_default();
+        match propagation {
+            Propagation::Orphan => {
+                let n = self.orphan_dependents(ctx, rp, &uid).await?;
+                tracing::debug!(kind = %rp.kind, name = ?rp.name, orphaned = n, "delete: orphaned dependents");
+                self.delete_one(ctx, rp, rv, false).await
+            }
+            _ => {
+                let deps = self.all_dependents(ctx, rp.kind, &ns, &uid).await?;
+                let out = self.delete_one(ctx, rp, rv, false).await?;
+                self.wait_dependents_gone(ctx, &ns, &deps).await?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Delete one object; a dry run is checked as the delete would be (authorization,
+    /// preconditions) by a dry-run batch, and answers the object that would be deleted.
+    async fn delete_one(
+        &self,
+        ctx: &Ctx,
+        rp: &ResPath,
+        rv: u64,
+        dry_run: bool,
+    ) -> Result<Value, KubeError> {
         let key = pb::ObjectKey {
             kind: rp.kind.as_str().to_string(),
             namespace: rp.namespace.clone().unwrap_or_default(),
             name: rp.name.clone().unwrap_or_default(),
         };
+        if dry_run {
+            let op = pb::BatchOp {
+                op: Some(pb::batch_op::Op::Delete(pb::DeleteRequest {
+                    key: Some(key),
+                    resource_version: rv,
+                })),
+            };
+            let r = self
+                .api
+                .batch(self.req(
+                    ctx,
+                    pb::BatchRequest {
+                        ops: vec![op],
+                        atomic: true,
+                        dry_run: true,
+                    },
+                ))
+                .await
+                .map_err(|s| self.grpc_err(s, &rp.target(), None))?
+                .into_inner();
+            let Some(res) = r.results.into_iter().next() else {
+                return Err(KubeError::new(
+                    500,
+                    "InternalError",
+                    "the dry-run delete returned no result",
+                ));
+            };
+            if res.code != 0 {
+                let s = tonic::Status::new(tonic::Code::from_i32(res.code), res.message);
+                return Err(self.grpc_err(s, &rp.target(), None));
+            }
+            return object_of(&res.object);
+        }
         let r = self
             .api
             .delete(self.req(
@@ -479,21 +582,20 @@ impl KubeApi {
         rp: &ResPath,
         body: bytes::Bytes,
     ) -> Result<Resp, KubeError> {
-        DeleteOptions::parse(ctx, &body)?;
-        let dry_run = ctx.dry_run()?;
+        let opts = DeleteOptions::parse(ctx, &body)?;
+        let dry_run = ctx.dry_run()? || opts.dry_run;
         let (objs, rev, _, _) = self.list_objects(ctx, rp).await?;
         let mut deleted = Vec::new();
         for o in objs {
-            if dry_run {
-                deleted.push(o.value);
-                continue;
-            }
             let one = ResPath {
                 namespace: (!o.namespace().is_empty()).then(|| o.namespace().to_string()),
                 name: Some(o.name().to_string()),
                 ..rp.clone()
             };
-            match self.delete_one(ctx, &one, 0).await {
+            match self
+                .delete_propagating(ctx, &one, 0, dry_run, opts.propagation)
+                .await
+            {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
@@ -745,11 +847,10 @@ impl Patch {
             "application/strategic-merge-patch+json" => Patch::Strategic(
                 serde_json::from_slice(body).map_err(|e| bad("strategic merge", e))?,
             ),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+            "application/apply-patch+cbor" => {
                 return Err(KubeError::unsupported_media(
-                    "server-side apply (application/apply-patch+yaml) is not supported by Berth \
-                     yet: use client-side `kubectl apply` (without --server-side), or a JSON, \
-                     merge or strategic merge patch",
+                    "server-side apply with a CBOR body is not supported by Berth: send the \
+                     configuration as application/apply-patch+yaml (YAML or JSON)",
                 ))
             }
             other => {
@@ -799,26 +900,41 @@ impl Patch {
 struct DeleteOptions {
     resource_version: u64,
     uid: Option<String>,
+    /// `dryRun: ["All"]` in the body (client-go sends it there, not in the query).
+    dry_run: bool,
+    propagation: Propagation,
 }
 
 impl DeleteOptions {
     fn parse(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, KubeError> {
+        let query_policy = Propagation::parse(ctx.q("propagationPolicy"))?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DeleteOptions {
                 resource_version: 0,
                 uid: None,
+                dry_run: false,
+                propagation: if ctx.flag("orphanDependents") {
+                    Propagation::Orphan
+                } else {
+                    query_policy
+                },
             });
         }
         let v = decode_object(ctx, body)?;
-        if v.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
-            || v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-        {
-            return Err(KubeError::bad_request(
-                "propagationPolicy Orphan is not supported: Berth deletes an object's dependents \
-                 (a Deployment's ReplicaSets and Pods) in the background; delete with \
-                 propagationPolicy Background or Foreground",
-            ));
-        }
+        let propagation = match (
+            v.get("propagationPolicy").and_then(Value::as_str),
+            v.get("orphanDependents").and_then(Value::as_bool),
+        ) {
+            (Some(p), Some(o)) if (p == "Orphan") != o => {
+                return Err(KubeError::bad_request(format!(
+                    "orphanDependents {o} contradicts propagationPolicy {p}: send only \
+                     propagationPolicy"
+                )))
+            }
+            (Some(p), _) => Propagation::parse(p)?,
+            (None, Some(true)) => Propagation::Orphan,
+            (None, _) => query_policy,
+        };
         let resource_version = match v
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
@@ -835,9 +951,21 @@ impl DeleteOptions {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
+        let dry_run = match v.get("dryRun") {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) if a.is_empty() => false,
+            Some(Value::Array(a)) if a.iter().all(|x| x == "All") => true,
+            Some(other) => {
+                return Err(KubeError::bad_request(format!(
+                    "invalid dryRun {other}: the only supported value is [\"All\"]"
+                )))
+            }
+        };
         Ok(DeleteOptions {
             resource_version,
             uid,
+            dry_run,
+            propagation,
         })
     }
 }
@@ -910,7 +1038,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.apply(Kind::Deployment, &d).err().unwrap().code, 422);
         assert_eq!(
-            Patch::parse("application/apply-patch+yaml", b"{}")
+            Patch::parse("application/apply-patch+cbor", b"{}")
                 .err()
                 .unwrap()
                 .code,
@@ -920,17 +1048,31 @@ mod tests {
     }
 
     #[test]
-    fn delete_options_give_preconditions_and_refuse_orphaning() {
+    fn delete_options_give_preconditions_propagation_and_dry_run() {
         let ctx = Ctx {
             who: None,
             query: Default::default(),
             accept: String::new(),
             content_type: "application/json".into(),
+            user_agent: String::new(),
         };
         let o = DeleteOptions::parse(&ctx, br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background","preconditions":{"resourceVersion":"12","uid":"u"}}"#).unwrap();
         assert_eq!(o.resource_version, 12);
         assert_eq!(o.uid.as_deref(), Some("u"));
-        assert!(DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Orphan"}"#).is_err());
+        assert_eq!(o.propagation, Propagation::Background);
+        let o = DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Orphan","dryRun":["All"]}"#)
+            .unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        assert!(o.dry_run);
+        let o = DeleteOptions::parse(&ctx, br#"{"orphanDependents":true}"#).unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        assert!(DeleteOptions::parse(&ctx, br#"{"propagationPolicy":"Sideways"}"#).is_err());
+        assert!(DeleteOptions::parse(
+            &ctx,
+            br#"{"propagationPolicy":"Background","orphanDependents":true}"#
+        )
+        .is_err());
+        assert!(DeleteOptions::parse(&ctx, br#"{"dryRun":["Some"]}"#).is_err());
         assert_eq!(DeleteOptions::parse(&ctx, b"").unwrap().resource_version, 0);
     }
 }

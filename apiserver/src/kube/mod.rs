@@ -19,9 +19,12 @@
 //! | `…/[namespaces/{ns}/]{plural}/{name}`                   | GET, PUT, PATCH, DELETE         |
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
 
+mod apply;
+mod cascade;
 pub mod discovery;
 pub mod fields;
 mod handlers;
+pub mod managed;
 pub mod protobuf;
 pub mod status;
 pub mod table;
@@ -52,6 +55,7 @@ pub(crate) struct Ctx {
     query: HashMap<String, String>,
     accept: String,
     content_type: String,
+    user_agent: String,
 }
 
 impl Ctx {
@@ -201,6 +205,7 @@ impl KubeApi {
                 .unwrap_or_default(),
             accept: header_str(header::ACCEPT),
             content_type: header_str(header::CONTENT_TYPE),
+            user_agent: header_str(header::USER_AGENT),
         };
         let path = req.uri().path().to_string();
         let route = parse_route(&path)?;

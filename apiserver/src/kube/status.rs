@@ -202,7 +202,10 @@ impl KubeError {
                 self.causes
                     .iter()
                     .map(|(field, message)| {
-                        let reason = if message.contains("unknown field") {
+                        // A Conflict with causes is server-side apply's (see kube::apply).
+                        let reason = if self.code == 409 {
+                            "FieldManagerConflict"
+                        } else if message.contains("unknown field") {
                             "FieldValueNotSupported"
                         } else {
                             "FieldValueInvalid"

@@ -276,6 +276,13 @@ impl<'a> Txn<'a> {
             labels: req_meta.labels,
             annotations: req_meta.annotations,
             owner_references: req_meta.owner_references,
+            // Server-side apply's record (the REST API maintains it); a writer that does not
+            // send one keeps the stored one.
+            managed_fields: if req_meta.managed_fields.is_empty() {
+                old_meta.managed_fields.clone()
+            } else {
+                req_meta.managed_fields
+            },
             ..old_meta
         };
         obj.set_meta(&meta);
