@@ -264,6 +264,31 @@ async fn poke(port: u16) {
     }
 }
 
+/// The status line the agent answers a port-forward upgrade presented with `tls`.
+async fn agent_status_line(env: &Env, tls: &berth_tls::ClientTls) -> String {
+    let endpoint = env.agent.agent_endpoint.clone();
+    let config = berth_tls::mtls_client_config(tls).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&endpoint).await.unwrap();
+    let host = endpoint.rsplit_once(':').unwrap().0.to_string();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /portForward/default/web?port=8080 HTTP/1.1\r\nHost: agent\r\n\
+          Connection: Upgrade\r\nUpgrade: berth-portforward\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(s)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    line
+}
+
 /// Wait for `child` to exit; its exit success and stderr.
 async fn finish(mut child: Child) -> (bool, String) {
     let mut stderr = child.stderr.take().unwrap();
@@ -413,6 +438,10 @@ async fn berth_port_forward_reaches_the_pod_by_named_port_and_reports_refused_po
             && stderr.contains("connection refused"),
         "{stderr}"
     );
+
+    // The agent relays for API servers only: the admin's own certificate is refused there.
+    let status = agent_status_line(&env, &env.cluster.admin_tls()).await;
+    assert!(status.contains("403"), "{status}");
 
     // A pod that does not exist: the CLI says so before listening.
     let pf = env.berth(&["port-forward", "nope", "8080"]);
