@@ -266,6 +266,8 @@ impl LogServer {
                 self.tls.clone(),
                 shutdown.clone(),
             );
+            // Port-forward streams are interactive: no Nagle delay on small writes.
+            let _ = sock.set_nodelay(true);
             async move {
                 let Some(acceptor) = tls else {
                     return serve(sock, Access::Full, runtime, pods, metrics, shutdown).await;
