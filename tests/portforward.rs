@@ -289,6 +289,34 @@ async fn agent_status_line(env: &Env, tls: &berth_tls::ClientTls) -> String {
     line
 }
 
+/// One HTTP/1.1 GET to the API server as the admin: (status line, body).
+async fn api_request(env: &Env, path: &str, headers: &str) -> (String, String) {
+    let addr = env.cluster.addr(0).to_string();
+    let config = berth_tls::mtls_client_config(&env.cluster.admin_tls()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let host = addr.rsplit_once(':').unwrap().0.to_string();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: api\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Wait for `child` to exit; its exit success and stderr.
 async fn finish(mut child: Child) -> (bool, String) {
     let mut stderr = child.stderr.take().unwrap();
@@ -442,6 +470,39 @@ async fn berth_port_forward_reaches_the_pod_by_named_port_and_reports_refused_po
     // The agent relays for API servers only: the admin's own certificate is refused there.
     let status = agent_status_line(&env, &env.cluster.admin_tls()).await;
     assert!(status.contains("403"), "{status}");
+
+    // The endpoint itself, as a client library meets it: a plain GET is told to upgrade, and a
+    // pod with no node cannot be forwarded to (both as Kubernetes Status errors).
+    let (status, body) =
+        api_request(&env, "/api/v1/namespaces/default/pods/web/portforward", "").await;
+    assert!(status.contains("400"), "{status}");
+    assert!(body.contains("Upgrade request required"), "{body}");
+    let client = Client::new(
+        &[env.cluster.addr(0).to_string().as_str()],
+        ClientConfig::with_tls(env.cluster.admin_tls()),
+    )
+    .unwrap();
+    let mut unscheduled = Pod::default();
+    unscheduled.metadata.name = "unscheduled".into();
+    unscheduled.metadata.namespace = "default".into();
+    unscheduled.spec.containers.push(Container {
+        name: "main".into(),
+        image: "none".into(),
+        command: vec!["sleep".into(), "60".into()],
+        ..Default::default()
+    });
+    client.create(&unscheduled).await.unwrap();
+    let (status, body) = api_request(
+        &env,
+        "/api/v1/namespaces/default/pods/unscheduled/portforward",
+        "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n",
+    )
+    .await;
+    assert!(status.contains("400"), "{status}");
+    assert!(
+        body.contains("pod unscheduled does not have a host assigned"),
+        "{body}"
+    );
 
     // A pod that does not exist: the CLI says so before listening.
     let pf = env.berth(&["port-forward", "nope", "8080"]);
