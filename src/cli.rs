@@ -20,6 +20,7 @@ pub mod images;
 pub mod kubeconfig;
 pub mod logs;
 pub mod node;
+pub mod portforward;
 pub mod push;
 pub mod registry;
 pub mod rollout;
@@ -170,6 +171,9 @@ pub enum Command {
     Scale(WithConn<scale::ScaleArgs>),
     /// Print a container's log: berth logs POD|deploy/NAME [-c C] [-f] [--tail N] [-p]
     Logs(WithConn<logs::LogsArgs>),
+    /// Forward local ports to a pod through the API server: berth port-forward POD|deploy/NAME
+    /// [LOCAL:]REMOTE... [--address localhost]
+    PortForward(WithConn<portforward::PortForwardArgs>),
     /// Manage a deployment's rollout: status, history, undo, restart, promote, abort.
     Rollout(WithConn<rollout::RolloutArgs>),
     /// Mark nodes unschedulable.
@@ -367,6 +371,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Logs(c) => logs::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::PortForward(c) => portforward::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Rollout(c) => rollout::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Cordon(c) => node::cordon(&ctx(&c.conn)?, c.args, io).await,
         Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,

@@ -39,6 +39,7 @@ pub mod node;
 pub mod podenv;
 pub mod podnet;
 pub mod podsync;
+pub mod portforward;
 pub mod probe;
 pub mod prober;
 pub mod proxy;

@@ -212,8 +212,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 /// What a connection may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
-    /// Logs and metrics (an admin or server certificate, or no TLS configured at all).
+    /// Logs and metrics (an admin certificate, or no TLS configured at all).
     Full,
+    /// Logs, metrics and port forwarding (an API server's certificate).
+    Server,
     /// Metrics only; logs answer 403 with this reason.
     MetricsOnly(&'static str),
 }
@@ -264,6 +266,8 @@ impl LogServer {
                 self.tls.clone(),
                 shutdown.clone(),
             );
+            // Port-forward streams are interactive: no Nagle delay on small writes.
+            let _ = sock.set_nodelay(true);
             async move {
                 let Some(acceptor) = tls else {
                     return serve(sock, Access::Full, runtime, pods, metrics, shutdown).await;
@@ -291,7 +295,8 @@ impl LogServer {
                 };
                 let who = berth_tls::identity_of_peer(tls.get_ref().1.peer_certificates());
                 let access = match who {
-                    Some(berth_tls::Identity::Admin | berth_tls::Identity::Server) => Access::Full,
+                    Some(berth_tls::Identity::Server) => Access::Server,
+                    Some(berth_tls::Identity::Admin) => Access::Full,
                     _ => Access::MetricsOnly(
                         "only admin and server certificates may read logs from this node",
                     ),
@@ -351,6 +356,16 @@ impl Handler {
         }
         if let Access::MetricsOnly(why) = self.access {
             return text_response(StatusCode::FORBIDDEN, why);
+        }
+        if crate::portforward::is_portforward_path(&req) {
+            if self.access != Access::Server {
+                return text_response(
+                    StatusCode::FORBIDDEN,
+                    "port forwarding is relayed by the API servers only: use `kubectl \
+                     port-forward` or `berth port-forward`",
+                );
+            }
+            return crate::portforward::respond(req, &self.pods, self.shutdown.clone()).await;
         }
         if req.method() != Method::GET {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");

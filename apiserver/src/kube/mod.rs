@@ -18,6 +18,7 @@
 //! | `…/[namespaces/{ns}/]{plural}`                          | GET list/watch, POST, DELETE    |
 //! | `…/[namespaces/{ns}/]{plural}/{name}`                   | GET, PUT, PATCH, DELETE         |
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/portforward`       | GET, POST upgrade ([`portforward`]) |
 
 mod apply;
 mod cascade;
@@ -25,7 +26,9 @@ pub mod discovery;
 pub mod fields;
 mod handlers;
 pub mod managed;
+pub mod portforward;
 pub mod protobuf;
+pub mod spdy;
 pub mod status;
 pub mod table;
 
@@ -147,6 +150,7 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Result<ResPath, K
         None => {}
         Some("status") if kind.has_status() => {}
         Some("scale") if discovery::has_scale(kind) => {}
+        Some("portforward") if kind == Kind::Pod && name.is_some() => {}
         Some(_) => return Err(KubeError::not_found_path()),
     }
     Ok(ResPath {
@@ -272,6 +276,9 @@ impl KubeApi {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         match (&method, rp.name.is_some(), rp.sub.as_deref()) {
+            (&Method::GET | &Method::POST, true, Some("portforward")) => {
+                self.portforward(req, ctx, rp).await
+            }
             (&Method::GET, false, _) if ctx.flag("watch") => self.watch(ctx, rp).await,
             (&Method::GET, false, _) => self.list(ctx, rp).await,
             (&Method::GET, true, Some("scale")) => self.get_scale(ctx, rp).await,
