@@ -2125,6 +2125,7 @@ impl PodSync {
         }
         let keep = live_pods(desired, observed);
         vols.remove_others(&keep);
+        vols.reclaim(self.api.as_ref()).await;
     }
 
     /// The container's `envFrom` and `env`, resolved (see [`crate::podenv`]); Err: why it
