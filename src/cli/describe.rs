@@ -822,7 +822,7 @@ fn describe_volume(
   Required Terms:
 ",
             );
-            for t in &sel.node_selector_terms {
+            for (i, t) in sel.node_selector_terms.iter().enumerate() {
                 let terms: Vec<String> = t
                     .match_expressions
                     .iter()
@@ -836,7 +836,7 @@ fn describe_volume(
                         )
                     })
                     .collect();
-                let _ = writeln!(out, "    Term 0:        {}", terms.join(", "));
+                let _ = writeln!(out, "    Term {i}:        {}", terms.join(", "));
             }
         }
     }
