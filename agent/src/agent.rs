@@ -445,8 +445,13 @@ pub async fn start(
             .display()
             .to_string(),
     );
-    sync_cfg.volumes =
-        Some(crate::volumes::Volumes::new(data_dir.join("volumes")).with_host_paths(host_paths));
+    let volumes_dir = data_dir.join("volumes");
+    let volumes_dir = std::path::absolute(&volumes_dir).unwrap_or(volumes_dir);
+    sync_cfg.volumes = Some(
+        crate::volumes::Volumes::new(volumes_dir.clone())
+            .with_host_paths(host_paths)
+            .with_node(&node_name),
+    );
     sync_cfg.backoff = BackoffPolicy {
         base: Duration::from_millis(args.restart_backoff_ms.max(1)),
         ..BackoffPolicy::default()
@@ -475,6 +480,11 @@ pub async fn start(
                 .iter()
                 .map(|h| h.name.to_string())
                 .collect(),
+            annotations: [(
+                berth_proto::storage::NODE_STORAGE_DIR.to_string(),
+                volumes_dir.join("pv").display().to_string(),
+            )]
+            .into(),
         },
         api,
         runtime: runtime.clone(),
@@ -889,6 +899,19 @@ impl NodeApi for ClientApi {
         name: &str,
     ) -> Result<Option<berth_proto::types::Secret>, ApiError> {
         self.get_optional(namespace, name).await
+    }
+    async fn get_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<berth_proto::storage::PersistentVolumeClaim>, ApiError> {
+        self.get_optional(namespace, name).await
+    }
+    async fn get_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<berth_proto::storage::PersistentVolume>, ApiError> {
+        self.get_optional("", name).await
     }
     async fn trust_snapshot(
         &self,

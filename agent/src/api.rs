@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use berth_proto::storage::{PersistentVolume, PersistentVolumeClaim};
 use berth_proto::trust::TrustSnapshot;
 use berth_proto::types::{ConfigMap, Event, Node, Pod, Secret};
 use tokio::sync::Notify;
@@ -55,6 +56,15 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> Result<Option<ConfigMap>, ApiError>;
     /// A Secret a pod bound here references (None: it does not exist).
     async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, ApiError>;
+    /// A PersistentVolumeClaim a pod bound here uses (None: it does not exist).
+    async fn get_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, ApiError>;
+    /// A PersistentVolume (None: it does not exist). A node may read the volumes of the claims
+    /// its pods use, and learn that any other is gone.
+    async fn get_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ApiError>;
 }
 
 /// Pods bound to this node, keyed by uid.
@@ -140,6 +150,8 @@ struct MemoryState {
     trust: TrustSnapshot,
     config_maps: BTreeMap<(String, String), ConfigMap>,
     secrets: BTreeMap<(String, String), Secret>,
+    claims: BTreeMap<(String, String), PersistentVolumeClaim>,
+    volumes: BTreeMap<String, PersistentVolume>,
 }
 
 impl MemoryApi {
@@ -197,6 +209,19 @@ impl MemoryApi {
     pub fn put_secret(&self, s: Secret) {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         self.lock().secrets.insert(key, s);
+    }
+    /// Create or replace a PersistentVolumeClaim the agent can read.
+    pub fn put_claim(&self, c: PersistentVolumeClaim) {
+        let key = (c.metadata.namespace.clone(), c.metadata.name.clone());
+        self.lock().claims.insert(key, c);
+    }
+    /// Create or replace a PersistentVolume the agent can read.
+    pub fn put_volume(&self, v: PersistentVolume) {
+        self.lock().volumes.insert(v.metadata.name.clone(), v);
+    }
+    /// Delete a PersistentVolume (as the binder does for a released Delete volume).
+    pub fn remove_volume(&self, name: &str) {
+        self.lock().volumes.remove(name);
     }
     /// Change the trust objects (policies, tags, keys, signatures) the agent reads.
     pub fn edit_trust(&self, f: impl FnOnce(&mut TrustSnapshot)) {
@@ -286,5 +311,18 @@ impl NodeApi for MemoryApi {
         self.check()?;
         let key = (namespace.to_string(), name.to_string());
         Ok(self.lock().secrets.get(&key).cloned())
+    }
+    async fn get_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, ApiError> {
+        self.check()?;
+        let key = (namespace.to_string(), name.to_string());
+        Ok(self.lock().claims.get(&key).cloned())
+    }
+    async fn get_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ApiError> {
+        self.check()?;
+        Ok(self.lock().volumes.get(name).cloned())
     }
 }

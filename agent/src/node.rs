@@ -110,6 +110,8 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// `status.runtimeHandlers`: the runtimes pods can pick, the default first.
     pub runtime_handlers: Vec<String>,
+    /// Annotations the agent owns on its Node (e.g. where it keeps provisioned volumes).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The Node as it should be now (pure). Keeps user-owned parts of `existing` (spec, other
@@ -133,6 +135,9 @@ pub fn desired_node(
         .insert(HOSTNAME_LABEL.to_string(), cfg.name.clone());
     for (k, v) in &cfg.labels {
         node.metadata.labels.insert(k.clone(), v.clone());
+    }
+    for (k, v) in &cfg.annotations {
+        node.metadata.annotations.insert(k.clone(), v.clone());
     }
     let old = node.status.clone().unwrap_or_default();
     let mut conditions = old.conditions.clone();
@@ -244,9 +249,13 @@ impl Heartbeat {
                     }
                     Err(e) => return Err(e),
                 },
-                Some(e) if e.metadata.labels != want.metadata.labels => {
+                Some(e)
+                    if e.metadata.labels != want.metadata.labels
+                        || e.metadata.annotations != want.metadata.annotations =>
+                {
                     let mut upd = e.clone();
                     upd.metadata.labels = want.metadata.labels.clone();
+                    upd.metadata.annotations = want.metadata.annotations.clone();
                     self.api.update_node(&upd).await?
                 }
                 Some(e) => e,
@@ -312,6 +321,7 @@ mod tests {
             agent_endpoint: "10.0.0.7:10250".into(),
             heartbeat: Duration::from_secs(2),
             runtime_handlers: vec!["docker".into(), "process".into()],
+            annotations: BTreeMap::new(),
         }
     }
 

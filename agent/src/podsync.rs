@@ -2143,7 +2143,18 @@ impl PodSync {
             return Err("this agent has no data directory for pod volumes".into());
         };
         let prepared = vols.prepare(self.api.as_ref(), pod).await?;
-        crate::volumes::Volumes::mounts(c, &prepared)
+        let mut mounts = crate::volumes::Volumes::mounts(c, &prepared)?;
+        // A claim mounted with `persistentVolumeClaim.readOnly` is read-only in every container.
+        for (m, vm) in mounts.iter_mut().zip(&c.volume_mounts) {
+            let read_only_claim = pod.spec.volumes.iter().any(|v| {
+                v.name == vm.name
+                    && v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|p| p.read_only == Some(true))
+            });
+            m.read_only |= read_only_claim;
+        }
+        Ok(mounts)
     }
 
     /// Keep configMap/secret volume files current (every [`VOLUME_REFRESH`]) and remove the
@@ -2167,6 +2178,7 @@ impl PodSync {
         }
         let keep = live_pods(desired, observed);
         vols.remove_others(&keep);
+        vols.reclaim(self.api.as_ref()).await;
     }
 
     /// The container's `envFrom` and `env`, resolved (see [`crate::podenv`]); Err: why it

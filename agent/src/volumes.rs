@@ -28,13 +28,20 @@ pub struct Volumes {
     root: PathBuf,
     /// Where hostPath volumes may point, checked on the path as written and as resolved.
     host_paths: HostPathPolicy,
+    /// This node's name: a PersistentVolume's nodeAffinity must allow it.
+    node: Option<String>,
 }
+
+/// Where provisioned PersistentVolumes live under the volumes root (`DATA/volumes/pv/NAME`);
+/// never a pod uid, so pod volume cleanup leaves it alone.
+const PV_DIR: &str = "pv";
 
 impl Volumes {
     pub fn new(root: PathBuf) -> Volumes {
         Volumes {
             root,
             host_paths: HostPathPolicy::default(),
+            node: None,
         }
     }
 
@@ -42,6 +49,113 @@ impl Volumes {
     pub fn with_host_paths(mut self, policy: HostPathPolicy) -> Volumes {
         self.host_paths = policy;
         self
+    }
+
+    /// Check PersistentVolumes' node affinity against this node.
+    pub fn with_node(mut self, node: &str) -> Volumes {
+        self.node = Some(node.to_string());
+        self
+    }
+
+    /// The directory of a volume provisioned by the local-path provisioner on this node.
+    pub fn provisioned_dir(&self, pv: &str) -> PathBuf {
+        self.root.join(PV_DIR).join(pv)
+    }
+
+    /// The directory of the PersistentVolume bound to claim `name` of `pod`'s namespace:
+    /// kubelet's checks (claim exists and is bound, volume exists and allows this node), then
+    /// the volume's directory: a provisioned one under `DATA/volumes/pv` (created on first
+    /// use, 0777 as k3s's local-path does), a hostPath (per its type) or a local path (must
+    /// be a directory).
+    async fn claim_dir(&self, api: &dyn NodeApi, pod: &Pod, name: &str) -> Result<PathBuf, String> {
+        let ns = &pod.metadata.namespace;
+        let claim = api
+            .get_claim(ns, name)
+            .await
+            .map_err(|e| format!("reading persistentvolumeclaim {name:?}: {e}"))?
+            .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+        if claim.spec.volume_name.is_empty() {
+            return Err(format!(
+                "persistentvolumeclaim {name:?} is not bound yet (its volume is provisioned once the pod is scheduled)"
+            ));
+        }
+        let pv_name = &claim.spec.volume_name;
+        let pv = api
+            .get_volume(pv_name)
+            .await
+            .map_err(|e| format!("reading persistentvolume {pv_name:?}: {e}"))?
+            .ok_or_else(|| format!("persistentvolume {pv_name:?} of claim {name:?} not found"))?;
+        if let Some(me) = &self.node {
+            let node = api
+                .get_node(me)
+                .await
+                .map_err(|e| format!("reading node {me:?}: {e}"))?
+                .unwrap_or_else(|| berth_proto::types::Node {
+                    metadata: berth_proto::types::ObjectMeta {
+                        name: me.clone(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+            if !pv.allows_node(&node) {
+                return Err(format!(
+                    "persistentvolume {pv_name:?} has a node affinity that does not allow node {me:?}"
+                ));
+            }
+        }
+        if pv.is_provisioned() {
+            let dir = self.provisioned_dir(pv_name);
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                    .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+                tracing::info!(volume = %pv_name, dir = %dir.display(), "provisioned a local-path volume directory");
+            }
+            return Ok(dir);
+        }
+        if let Some(h) = &pv.spec.host_path {
+            return host_path(&h.path, h.type_.as_deref().unwrap_or(""));
+        }
+        if let Some(l) = &pv.spec.local {
+            let p = PathBuf::from(&l.path);
+            if !p.is_dir() {
+                return Err(format!(
+                    "local volume {pv_name:?}: {} is not a directory on this node",
+                    l.path
+                ));
+            }
+            return Ok(p);
+        }
+        Err(format!(
+            "persistentvolume {pv_name:?} has no hostPath or local source"
+        ))
+    }
+
+    /// Remove the directories of provisioned volumes whose PersistentVolume is gone (the
+    /// binder deletes a released volume with reclaim policy Delete). Only a definite "not
+    /// found" removes anything; an unreachable API keeps everything.
+    pub async fn reclaim(&self, api: &dyn NodeApi) {
+        let Ok(entries) = std::fs::read_dir(self.root.join(PV_DIR)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match api.get_volume(&name).await {
+                Ok(None) => match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(volume = %name, "removed the directory of a deleted volume")
+                    }
+                    Err(error) => {
+                        tracing::warn!(volume = %name, %error, "removing a deleted volume's directory (retried)")
+                    }
+                },
+                Ok(Some(_)) => {}
+                Err(error) => {
+                    tracing::debug!(volume = %name, %error, "checking a provisioned volume (retried)")
+                }
+            }
+        }
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -92,6 +206,9 @@ impl Volumes {
             let p = host_path(&h.path, h.type_.as_deref().unwrap_or(""))?;
             self.check_host_path(&h.path)?;
             return Ok(p);
+        }
+        if let Some(c) = &v.persistent_volume_claim {
+            return self.claim_dir(api, pod, &c.claim_name).await;
         }
         let ns = &pod.metadata.namespace;
         let files = if let Some(c) = &v.config_map {
@@ -213,7 +330,7 @@ impl Volumes {
         };
         for e in entries.flatten() {
             let uid = e.file_name().to_string_lossy().into_owned();
-            if keep.contains(&uid) {
+            if keep.contains(&uid) || uid == PV_DIR {
                 continue;
             }
             let dir = e.path();
@@ -598,5 +715,41 @@ mod tests {
             .unwrap_err()
             .contains("is not a Directory"));
         assert!(host_path(tmp.path().join("none").to_str().unwrap(), "File").is_err());
+    }
+
+    #[tokio::test]
+    async fn provisioned_volumes_outlive_pods_and_go_only_once_their_volume_is_deleted() {
+        use berth_proto::storage::{PersistentVolume, PROVISIONED_BY, PROVISIONER};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vols = Volumes::new(dir.path().to_path_buf());
+        let pv_dir = vols.provisioned_dir("pvc-1");
+        std::fs::create_dir_all(&pv_dir).expect("mkdir");
+        std::fs::write(pv_dir.join("data"), "kept").expect("write");
+        std::fs::create_dir_all(dir.path().join("some-pod-uid").join("cache")).expect("mkdir");
+        // Pod volume cleanup (no pods left) never touches provisioned volumes.
+        vols.remove_others(&BTreeSet::new());
+        assert!(!dir.path().join("some-pod-uid").exists());
+        assert_eq!(
+            std::fs::read_to_string(pv_dir.join("data")).expect("read"),
+            "kept"
+        );
+        let api = crate::api::MemoryApi::new();
+        let mut pv = PersistentVolume::default();
+        pv.metadata.name = "pvc-1".into();
+        pv.metadata
+            .annotations
+            .insert(PROVISIONED_BY.into(), PROVISIONER.into());
+        api.put_volume(pv);
+        // The API unreachable, or the volume still there: kept.
+        api.set_down(true);
+        vols.reclaim(&api).await;
+        assert!(pv_dir.exists());
+        api.set_down(false);
+        vols.reclaim(&api).await;
+        assert!(pv_dir.exists());
+        // The binder deleted the volume (reclaim policy Delete): the directory goes.
+        api.remove_volume("pvc-1");
+        vols.reclaim(&api).await;
+        assert!(!pv_dir.exists());
     }
 }

@@ -98,7 +98,7 @@ fn denied(who: &Identity, what: String, rule: &str) -> Status {
     Status::permission_denied(format!("{who} may not {what}: {rule}"))
 }
 
-const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes, events, registry servers, the ConfigMaps and Secrets its pods reference \
+const NODE_RULE: &str = "a node may read pods, services, endpoints, nodes, events, registry servers, the ConfigMaps, Secrets, PersistentVolumeClaims and PersistentVolumes its pods reference \
                          and the image trust objects, update its own Node and the status of pods bound to it, and create events";
 
 const READ_ONLY_TOKEN_RULE: &str =
@@ -153,7 +153,18 @@ impl Caller {
             // Kubernetes' node authorizer: a node reads a ConfigMap or Secret only by name, and
             // only while a pod bound to it references it (checked against the store by the
             // caller, for `Ok(Some(node))`).
-            Verb::Get if matches!(kind, Kind::ConfigMap | Kind::Secret) => Ok(Some(node.clone())),
+            // The same for the PersistentVolumeClaims its pods use and their volumes.
+            Verb::Get
+                if matches!(
+                    kind,
+                    Kind::ConfigMap
+                        | Kind::Secret
+                        | Kind::PersistentVolumeClaim
+                        | Kind::PersistentVolume
+                ) =>
+            {
+                Ok(Some(node.clone()))
+            }
             Verb::Get | Verb::List | Verb::Watch => match kind {
                 Kind::Pod
                 | Kind::Service

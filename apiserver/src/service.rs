@@ -408,6 +408,9 @@ impl ApiService {
     /// The node authorizer's graph check: node `node` may read ConfigMap/Secret `key` only
     /// while a pod bound to it references it.
     fn node_may_read(&self, who: &Caller, node: &str, key: &ObjectKey) -> Result<(), Status> {
+        if key.kind == Kind::PersistentVolume {
+            return self.node_may_read_volume(who, node, &key.name);
+        }
         let (pods, _) = self
             .store
             .list(Kind::Pod, Some(&key.namespace), &Selector::everything())
@@ -423,6 +426,9 @@ impl ApiService {
             match key.kind {
                 Kind::ConfigMap => cms.contains(&key.name),
                 Kind::Secret => secrets.contains(&key.name),
+                Kind::PersistentVolumeClaim => {
+                    berth_proto::storage::pod_claims(&p.spec).any(|c| c == key.name)
+                }
                 _ => false,
             }
         });
@@ -434,6 +440,42 @@ impl ApiService {
                 who.identity, key.kind, key.namespace, key.name
             )))
         }
+    }
+
+    /// Node authorizer for a PersistentVolume: readable by a node while a pod bound to it uses
+    /// a claim bound to the volume. A volume that does not exist answers NotFound (the agent
+    /// removes a provisioned volume's directory once its volume is gone), which reveals only
+    /// that the name is unused.
+    fn node_may_read_volume(&self, who: &Caller, node: &str, name: &str) -> Result<(), Status> {
+        let pv_key = ObjectKey::new(Kind::PersistentVolume, "", name);
+        if let Err(crate::store::StoreError::NotFound { .. }) = self.store.get(&pv_key) {
+            return Ok(());
+        }
+        let (pods, _) = self
+            .store
+            .list(Kind::Pod, None, &Selector::everything())
+            .map_err(|e| from_store(&e))?;
+        for v in &pods {
+            let Ok(p) = serde_json::from_value::<berth_proto::types::Pod>((**v).clone()) else {
+                continue;
+            };
+            if p.spec.node_name != node {
+                continue;
+            }
+            for claim in berth_proto::storage::pod_claims(&p.spec) {
+                let ck = ObjectKey::new(Kind::PersistentVolumeClaim, &p.metadata.namespace, claim);
+                let Ok(c) = self.store.get(&ck) else {
+                    continue;
+                };
+                if c.pointer("/spec/volumeName").and_then(|v| v.as_str()) == Some(name) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(Status::permission_denied(format!(
+            "{} may not get PersistentVolume {name}: a node reads only the volumes of the claims that pods bound to it use",
+            who.identity
+        )))
     }
 
     /// The identity an API bearer token (`berth token create`) grants, checked against its

@@ -669,3 +669,74 @@ async fn a_node_reads_only_the_secrets_and_config_maps_its_pods_reference() {
     admin.get(get("Secret", "other")).await.unwrap();
     cluster.shutdown().await.unwrap();
 }
+
+/// The node authorizer for storage: a node gets a PersistentVolumeClaim only while a pod bound
+/// to it uses the claim, and a PersistentVolume only while such a claim is bound to it; a
+/// volume that does not exist answers NotFound (the agent's signal to remove a provisioned
+/// directory); nodes never list claims or volumes.
+#[tokio::test]
+async fn a_node_reads_only_the_claims_its_pods_use_and_their_volumes() {
+    let (cluster, mut admin) = seeded().await;
+    for v in [
+        json!({ "apiVersion": "v1", "kind": "PersistentVolume", "metadata": { "name": "pv-web" },
+                "spec": { "capacity": { "storage": "1Gi" }, "accessModes": ["ReadWriteOnce"],
+                          "hostPath": { "path": "/srv/web" } } }),
+        json!({ "apiVersion": "v1", "kind": "PersistentVolume", "metadata": { "name": "pv-other" },
+                "spec": { "capacity": { "storage": "1Gi" }, "accessModes": ["ReadWriteOnce"],
+                          "hostPath": { "path": "/srv/other" } } }),
+        json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": { "name": "web-data", "namespace": "default" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "volumeName": "pv-web",
+                          "resources": { "requests": { "storage": "1Gi" } } } }),
+        json!({ "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": { "name": "other", "namespace": "default" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "volumeName": "pv-other",
+                          "resources": { "requests": { "storage": "1Gi" } } } }),
+    ] {
+        create(&mut admin, &v).await.unwrap();
+    }
+    let mut web = pod("web", "n1");
+    web["spec"]["volumes"] =
+        json!([{ "name": "data", "persistentVolumeClaim": { "claimName": "web-data" } }]);
+    create(&mut admin, &web).await.unwrap();
+
+    let get = |kind: &str, ns: &str, name: &str| pb::GetRequest {
+        key: key(kind, ns, name),
+    };
+    let mut n1 = as_identity(&cluster, 0, &Identity::Node("n1".into())).await;
+    let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
+    n1.get(get("PersistentVolumeClaim", "default", "web-data"))
+        .await
+        .unwrap();
+    n1.get(get("PersistentVolume", "", "pv-web")).await.unwrap();
+    for (who, kind, ns, name) in [
+        (1, "PersistentVolumeClaim", "default", "other"),
+        (1, "PersistentVolume", "", "pv-other"),
+        (2, "PersistentVolumeClaim", "default", "web-data"),
+        (2, "PersistentVolume", "", "pv-web"),
+    ] {
+        let c = if who == 1 { &mut n1 } else { &mut n2 };
+        let e = c.get(get(kind, ns, name)).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "n{who} {kind} {name}: {e:?}"
+        );
+    }
+    let e = n2
+        .get(get("PersistentVolume", "", "pvc-gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    for kind in ["PersistentVolumeClaim", "PersistentVolume"] {
+        let e = n1
+            .list(pb::ListRequest {
+                kind: kind.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "list {kind}");
+    }
+    cluster.shutdown().await.unwrap();
+}

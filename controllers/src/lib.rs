@@ -9,6 +9,8 @@
 //! - [`endpoints`]: `node address : host port` of the pods each Service selects.
 //! - [`nodelifecycle`]: missed heartbeats -> Ready=Unknown + NoExecute taint -> pod eviction.
 //! - [`gc`]: objects whose owners are gone are deleted.
+//! - [`volume`]: PersistentVolumeClaims bound to volumes; `local-path` volumes provisioned on
+//!   the node of a claim's first pod; released volumes reclaimed.
 
 pub mod deployment;
 pub mod endpoints;
@@ -16,5 +18,6 @@ pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod run;
+pub mod volume;
 
 pub use run::{run_controllers, run_while_leader, Config, Error};

@@ -23,6 +23,7 @@ pub mod object;
 pub mod patch;
 pub mod quantity;
 pub mod selector;
+pub mod storage;
 pub mod table;
 pub mod trust;
 pub mod types;

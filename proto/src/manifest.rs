@@ -409,6 +409,10 @@ fn check_document(
         Kind::ImagePolicy => typed::<ImagePolicy>(value, renames),
         Kind::ConfigMap => typed::<ConfigMap>(value, renames),
         Kind::Secret => typed::<Secret>(value, renames).map_err(redact_secret_errors),
+        Kind::PersistentVolumeClaim => {
+            typed::<crate::storage::PersistentVolumeClaim>(value, renames)
+        }
+        Kind::PersistentVolume => typed::<crate::storage::PersistentVolume>(value, renames),
     }
 }
 

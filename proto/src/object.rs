@@ -2,6 +2,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::storage::{PersistentVolume, PersistentVolumeClaim};
 use crate::types::*;
 
 /// Every kind Berth stores.
@@ -26,10 +27,13 @@ pub enum Kind {
     // Configuration (v1).
     ConfigMap,
     Secret,
+    // Storage (v1).
+    PersistentVolumeClaim,
+    PersistentVolume,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -49,6 +53,9 @@ impl Kind {
         // Configuration.
         Kind::ConfigMap,
         Kind::Secret,
+        // Storage.
+        Kind::PersistentVolumeClaim,
+        Kind::PersistentVolume,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +78,8 @@ impl Kind {
             Kind::ImagePolicy => "ImagePolicy",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::PersistentVolume => "PersistentVolume",
         }
     }
 
@@ -101,7 +110,7 @@ impl Kind {
             // Image trust: keys, signatures and the cluster policy are cluster-scoped.
             self,
             Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy
-        )
+        ) && self != Kind::PersistentVolume
     }
 
     /// Kinds that users write; the rest are written by Berth's own loops (users may still
@@ -126,6 +135,8 @@ impl Kind {
             Kind::ImagePolicy => "imagepolicies",
             Kind::ConfigMap => "configmaps",
             Kind::Secret => "secrets",
+            Kind::PersistentVolumeClaim => "persistentvolumeclaims",
+            Kind::PersistentVolume => "persistentvolumes",
         }
     }
 
@@ -151,6 +162,10 @@ impl Kind {
             "imagepolicy" | "imagepolicies" => Kind::ImagePolicy,
             "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
             "secret" | "secrets" => Kind::Secret,
+            "persistentvolumeclaim" | "persistentvolumeclaims" | "pvc" => {
+                Kind::PersistentVolumeClaim
+            }
+            "persistentvolume" | "persistentvolumes" | "pv" => Kind::PersistentVolume,
             _ => return None,
         })
     }
@@ -232,6 +247,8 @@ resource!(ClusterImagePolicy, Kind::ClusterImagePolicy);
 resource!(ImagePolicy, Kind::ImagePolicy);
 resource!(ConfigMap, Kind::ConfigMap);
 resource!(Secret, Kind::Secret);
+resource!(PersistentVolumeClaim, Kind::PersistentVolumeClaim);
+resource!(PersistentVolume, Kind::PersistentVolume);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -247,7 +264,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -312,6 +329,8 @@ impl DynObject {
             Kind::ImagePolicy => normalize::<ImagePolicy>(kind, value)?,
             Kind::ConfigMap => normalize::<ConfigMap>(kind, value)?,
             Kind::Secret => normalize_secret(value)?,
+            Kind::PersistentVolumeClaim => normalize_claim(value)?,
+            Kind::PersistentVolume => normalize_volume(value)?,
         };
         Ok(DynObject { kind, value })
     }
@@ -388,6 +407,30 @@ fn normalize_secret(value: serde_json::Value) -> Result<serde_json::Value, Decod
         kind: Kind::Secret,
         source,
     })
+}
+
+/// A claim as stored: no class named means the default class, `local-path` (Kubernetes'
+/// DefaultStorageClass admission); `""` stays "no class".
+fn normalize_claim(value: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    let kind = Kind::PersistentVolumeClaim;
+    let mut c: PersistentVolumeClaim =
+        serde_json::from_value(value).map_err(|source| DecodeError::Schema { kind, source })?;
+    c.spec
+        .storage_class_name
+        .get_or_insert_with(|| crate::storage::LOCAL_PATH.to_string());
+    serde_json::to_value(c.with_type_meta()).map_err(|source| DecodeError::Schema { kind, source })
+}
+
+/// A volume as stored: Retain when no reclaim policy is named (Kubernetes' default for a
+/// volume created by hand).
+fn normalize_volume(value: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    let kind = Kind::PersistentVolume;
+    let mut v: PersistentVolume =
+        serde_json::from_value(value).map_err(|source| DecodeError::Schema { kind, source })?;
+    v.spec
+        .persistent_volume_reclaim_policy
+        .get_or_insert_with(|| "Retain".to_string());
+    serde_json::to_value(v.with_type_meta()).map_err(|source| DecodeError::Schema { kind, source })
 }
 
 fn normalize<T: Resource>(

@@ -741,6 +741,98 @@ pub fn config_map_table(items: &[ConfigMap], now: DateTime<Utc>) -> Table {
     t
 }
 
+/// kubectl's `get pvc`: NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS
+/// VOLUMEATTRIBUTESCLASS AGE (wide: VOLUMEMODE). Capacity and modes are the bound volume's.
+pub fn claim_table(
+    items: &[crate::storage::PersistentVolumeClaim],
+    now: DateTime<Utc>,
+    wide: bool,
+) -> Table {
+    let mut headers = vec![
+        "NAME",
+        "STATUS",
+        "VOLUME",
+        "CAPACITY",
+        "ACCESS MODES",
+        "STORAGECLASS",
+        "VOLUMEATTRIBUTESCLASS",
+        "AGE",
+    ];
+    if wide {
+        headers.push("VOLUMEMODE");
+    }
+    let mut t = Table::new(&headers);
+    for c in items {
+        let st = c.status.clone().unwrap_or_default();
+        let mut row = vec![
+            c.metadata.name.clone(),
+            c.phase().to_string(),
+            c.spec.volume_name.clone(),
+            st.capacity
+                .get("storage")
+                .map(|q| q.0.clone())
+                .unwrap_or_default(),
+            crate::storage::access_modes_short(&st.access_modes),
+            c.spec.storage_class_name.clone().unwrap_or_default(),
+            "<unset>".to_string(),
+            age(c.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            row.push(
+                c.spec
+                    .volume_mode
+                    .clone()
+                    .unwrap_or_else(|| "Filesystem".into()),
+            );
+        }
+        t.rows.push(row);
+    }
+    t
+}
+
+/// kubectl's `get pv`: NAME CAPACITY ACCESS MODES RECLAIM POLICY STATUS CLAIM STORAGECLASS
+/// VOLUMEATTRIBUTESCLASS REASON AGE.
+pub fn volume_table(items: &[crate::storage::PersistentVolume], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&[
+        "NAME",
+        "CAPACITY",
+        "ACCESS MODES",
+        "RECLAIM POLICY",
+        "STATUS",
+        "CLAIM",
+        "STORAGECLASS",
+        "VOLUMEATTRIBUTESCLASS",
+        "REASON",
+        "AGE",
+    ]);
+    for v in items {
+        t.rows.push(vec![
+            v.metadata.name.clone(),
+            v.spec
+                .capacity
+                .get("storage")
+                .map(|q| q.0.clone())
+                .unwrap_or_default(),
+            crate::storage::access_modes_short(&v.spec.access_modes),
+            v.reclaim_policy().to_string(),
+            v.phase().to_string(),
+            v.spec
+                .claim_ref
+                .as_ref()
+                .map(|r| format!("{}/{}", r.namespace, r.name))
+                .unwrap_or_default(),
+            v.spec.storage_class_name.clone(),
+            "<unset>".to_string(),
+            v.status
+                .as_ref()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
+            age(v.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// kubectl's `get secrets`: NAME TYPE DATA AGE (never a value).
 pub fn secret_table(items: &[Secret], now: DateTime<Utc>) -> Table {
     let mut t = Table::new(&["NAME", "TYPE", "DATA", "AGE"]);
@@ -935,6 +1027,8 @@ pub fn rows(
         }
         Kind::ConfigMap => (config_map_table(&typed(objs)?, now), ns_of(objs)),
         Kind::Secret => (secret_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::PersistentVolumeClaim => (claim_table(&typed(objs)?, now, wide), ns_of(objs)),
+        Kind::PersistentVolume => (volume_table(&typed(objs)?, now), ns_of(objs)),
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {

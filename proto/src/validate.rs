@@ -303,6 +303,7 @@ use crate::enums::{PodPhase, StrategyType, TaintEffect};
 use crate::object::{DynObject, Kind};
 use crate::quantity::ParsedQuantity;
 use crate::selector::Selector;
+use crate::storage::{PersistentVolume, PersistentVolumeClaim};
 use crate::types::*;
 
 /// Validate an object of any kind. Returns every problem found (empty = valid).
@@ -335,6 +336,8 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::ImagePolicy => typed::<ImagePolicy>(obj),
         Kind::ConfigMap => typed::<ConfigMap>(obj),
         Kind::Secret => typed::<Secret>(obj),
+        Kind::PersistentVolumeClaim => typed::<PersistentVolumeClaim>(obj),
+        Kind::PersistentVolume => typed::<PersistentVolume>(obj),
     }
 }
 
@@ -370,6 +373,34 @@ validate_impl!(ClusterImagePolicy, validate_cluster_image_policy);
 validate_impl!(ImagePolicy, validate_image_policy);
 validate_impl!(ConfigMap, validate_config_map);
 validate_impl!(Secret, validate_secret);
+validate_impl!(PersistentVolumeClaim, validate_persistent_volume_claim);
+validate_impl!(PersistentVolume, validate_persistent_volume);
+
+pub fn validate_persistent_volume_claim(c: &PersistentVolumeClaim) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    meta(
+        &mut e,
+        &c.metadata,
+        &FieldPath::root().child("metadata"),
+        NameRule::Subdomain,
+        true,
+    );
+    e.0.extend(crate::storage::validate_claim_spec(c));
+    e.0
+}
+
+pub fn validate_persistent_volume(v: &PersistentVolume) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    meta(
+        &mut e,
+        &v.metadata,
+        &FieldPath::root().child("metadata"),
+        NameRule::Subdomain,
+        false,
+    );
+    e.0.extend(crate::storage::validate_volume_spec(v));
+    e.0
+}
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();
@@ -1256,11 +1287,16 @@ fn volumes(e: &mut Errs, spec: &PodSpec, path: &FieldPath) {
             key_items(e, &sp, &s.items);
             file_mode(e, &sp.child("defaultMode"), s.default_mode);
         }
-        if v.persistent_volume_claim.is_some() {
-            e.add(
-                &p.child("persistentVolumeClaim"),
-                "PersistentVolumeClaims are not supported by Berth yet: use a hostPath volume (type DirectoryOrCreate) on a pinned node for data that must survive the pod",
-            );
+        if let Some(c) = &v.persistent_volume_claim {
+            let cp = p.child("persistentVolumeClaim").child("claimName");
+            if c.claim_name.is_empty() {
+                e.add(
+                    &cp,
+                    "is required (the name of a PersistentVolumeClaim in the pod's namespace)",
+                );
+            } else if let Err(m) = check_dns1123_subdomain(&c.claim_name) {
+                e.add(&cp, m);
+            }
         }
     }
     let all = spec.all_containers();

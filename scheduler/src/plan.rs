@@ -20,6 +20,7 @@ use berth_proto::PodPhase;
 
 use crate::schedule::{schedule_batch, Outcome};
 use crate::snapshot::Snapshot;
+use crate::volumes::VolumeState;
 
 /// One write of a pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +105,18 @@ pub fn plan_pass(
     max_batch: usize,
     now: Time,
 ) -> PassPlan {
+    plan_pass_with_volumes(pods, nodes, Arc::default(), assumed, max_batch, now)
+}
+
+/// [`plan_pass`] with the claims and volumes pods' PersistentVolumeClaims are checked against.
+pub fn plan_pass_with_volumes(
+    pods: &[Arc<Pod>],
+    nodes: Vec<Arc<Node>>,
+    volumes: Arc<VolumeState>,
+    assumed: &HashMap<String, String>,
+    max_batch: usize,
+    now: Time,
+) -> PassPlan {
     // Pods already bound are read in place; only assumed binds are copied.
     let mut assumed_bound: Vec<Pod> = Vec::new();
     let mut pending: Vec<Pod> = Vec::new();
@@ -140,7 +153,7 @@ pub fn plan_pass(
         .iter()
         .filter(|p| !needs_scheduling(p) && !assumed.contains_key(&p.metadata.uid))
         .map(|p| p.as_ref());
-    let snapshot = Snapshot::new(nodes, bound.chain(assumed_bound.iter()));
+    let snapshot = Snapshot::new(nodes, bound.chain(assumed_bound.iter())).with_volumes(volumes);
     let decisions = schedule_batch(&snapshot, &pending);
     out.batch = pending.len();
     for (d, pod) in decisions.iter().zip(&pending) {

@@ -25,6 +25,8 @@ pub enum Reason {
     TooManyPods,
     InsufficientCpu,
     InsufficientMemory,
+    /// A claim's volume (or the node its claim is used on) rules the node out.
+    VolumeNodeAffinityConflict,
 }
 
 impl std::fmt::Display for Reason {
@@ -43,6 +45,9 @@ impl std::fmt::Display for Reason {
             Reason::TooManyPods => f.write_str("Too many pods"),
             Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
             Reason::InsufficientMemory => f.write_str("Insufficient memory"),
+            Reason::VolumeNodeAffinityConflict => {
+                f.write_str("node(s) had volume node affinity conflict")
+            }
         }
     }
 }

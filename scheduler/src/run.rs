@@ -27,7 +27,10 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::{plan_pass, Write};
+use crate::plan::{plan_pass_with_volumes, Write};
+use crate::volumes::VolumeState;
+use berth_proto::storage::{PersistentVolume, PersistentVolumeClaim};
+use std::sync::Arc;
 
 /// Tuning of the scheduling loop.
 #[derive(Debug, Clone)]
@@ -73,6 +76,8 @@ struct Scheduler {
     config: Config,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
     assumed: HashMap<String, Assumed>,
     metrics: crate::metrics::SchedulerMetrics,
     /// Passes failed in a row (their retry delay doubles).
@@ -106,9 +111,11 @@ impl Scheduler {
             .iter()
             .map(|(uid, a)| (uid.clone(), a.node.clone()))
             .collect();
-        let plan = plan_pass(
+        let volumes = Arc::new(VolumeState::new(self.claims.state(), self.volumes.state()));
+        let plan = plan_pass_with_volumes(
             &self.pods.state(),
             self.nodes.state(),
+            volumes,
             &assumed,
             self.config.max_batch,
             now,
@@ -194,17 +201,55 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         ),
     )
     .boxed();
+    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
+    // A claim or volume change can make a waiting pod schedulable (its claim was created, or
+    // bound); those events only wake the loop.
+    let volume_events = futures::stream::select(
+        reflector::reflector(
+            claim_writer,
+            watcher::watcher_with(
+                watcher::ApiSource::<PersistentVolumeClaim>::new(
+                    client.clone(),
+                    watcher::Config::default(),
+                ),
+                Backoff::default(),
+            ),
+        )
+        .map(|ev| ev.err().map(|e| e.to_string()))
+        .boxed(),
+        reflector::reflector(
+            volume_writer,
+            watcher::watcher_with(
+                watcher::ApiSource::<PersistentVolume>::new(
+                    client.clone(),
+                    watcher::Config::default(),
+                ),
+                Backoff::default(),
+            ),
+        )
+        .map(|ev| ev.err().map(|e| e.to_string()))
+        .boxed(),
+    )
+    .map(|err| {
+        if let Some(e) = err {
+            tracing::warn!(error = %e, "volume watch failed; retrying");
+        }
+    });
     let changes = futures::stream::select(
-        pod_events.map(|ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-            }
-        }),
-        node_events.map(|ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "node watch failed; retrying");
-            }
-        }),
+        futures::stream::select(
+            pod_events.map(|ev| {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "pod watch failed; retrying");
+                }
+            }),
+            node_events.map(|ev| {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "node watch failed; retrying");
+                }
+            }),
+        ),
+        volume_events,
     );
     let batching = Batching {
         window: config.batch_window,
@@ -216,6 +261,8 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         config,
         pods,
         nodes,
+        claims,
+        volumes,
         assumed: HashMap::new(),
         metrics: crate::metrics::SchedulerMetrics::global(),
         failures: 0,
@@ -225,7 +272,10 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
 
 impl Pass for Scheduler {
     fn ready(&self) -> bool {
-        self.pods.is_ready() && self.nodes.is_ready()
+        self.pods.is_ready()
+            && self.nodes.is_ready()
+            && self.claims.is_ready()
+            && self.volumes.is_ready()
     }
 
     async fn run(&mut self) -> Option<Duration> {

@@ -6,6 +6,7 @@ use berth_proto::types::Pod;
 
 use crate::plugins::{filter, requests, score, Reason};
 use crate::snapshot::Snapshot;
+use crate::volumes;
 
 /// What happened to one pod. "Does not fit" is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,10 @@ pub fn feasible_nodes_to_find(num_nodes: usize) -> usize {
 fn pick(snapshot: &Snapshot, pod: &Pod, start: usize) -> (Result<usize, String>, usize) {
     let req = requests(pod);
     let n = snapshot.nodes.len();
+    let claims = match volumes::constraints(&snapshot.volumes, &snapshot.claim_nodes, pod) {
+        Ok(c) => c,
+        Err(why) => return (Err(format!("0/{n} nodes are available: {why}.")), 0),
+    };
     let to_find = feasible_nodes_to_find(n);
     let start = if to_find < n { start % n } else { 0 };
     let mut best: Option<(crate::plugins::Score, usize)> = None;
@@ -78,7 +83,14 @@ fn pick(snapshot: &Snapshot, pod: &Pod, start: usize) -> (Result<usize, String>,
         visited += 1;
         let i = (start + k) % n;
         let info = &snapshot.nodes[i];
-        match filter(pod, req, info) {
+        let fit = filter(pod, req, info).and_then(|()| {
+            if volumes::fits(&claims, &info.node) {
+                Ok(())
+            } else {
+                Err(vec![Reason::VolumeNodeAffinityConflict])
+            }
+        });
+        match fit {
             Ok(()) => {
                 feasible += 1;
                 let s = score(pod, req, info);
@@ -123,6 +135,8 @@ pub fn schedule_batch(snapshot: &Snapshot, pods: &[Pod]) -> Vec<Decision> {
             let outcome = match picked {
                 Ok(i) => {
                     snap.nodes[i].assume(pod);
+                    let node = snap.nodes[i].name().to_string();
+                    volumes::pin_claims(&mut snap.claim_nodes, pod, &node);
                     Outcome::Bind {
                         node: snap.nodes[i].name().to_string(),
                     }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use berth_proto::quantity::{pod_requests, Resources};
 use berth_proto::types::{Node, Pod, Quantity};
 
+use crate::volumes::{pin_claims, ClaimNodes, VolumeState};
+
 /// A fixed host port: (protocol, port).
 pub type HostPort = (String, i32);
 
@@ -113,6 +115,10 @@ fn occupies_node(pod: &Pod) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
+    /// Claims and volumes (shared, read-only).
+    pub volumes: Arc<VolumeState>,
+    /// The node each claim in use is used on (by bound pods).
+    pub claim_nodes: ClaimNodes,
 }
 
 impl Snapshot {
@@ -128,15 +134,27 @@ impl Snapshot {
             .enumerate()
             .map(|(i, n)| (n.name().to_string(), i))
             .collect();
+        let mut claim_nodes = ClaimNodes::new();
         for pod in pods {
             if !occupies_node(pod) {
                 continue;
             }
+            pin_claims(&mut claim_nodes, pod, &pod.spec.node_name);
             if let Some(&i) = index.get(&pod.spec.node_name) {
                 nodes[i].assume(pod);
             }
         }
-        Snapshot { nodes }
+        Snapshot {
+            nodes,
+            volumes: Arc::default(),
+            claim_nodes,
+        }
+    }
+
+    /// The claims and volumes pods' PersistentVolumeClaims are checked against.
+    pub fn with_volumes(mut self, volumes: Arc<VolumeState>) -> Self {
+        self.volumes = volumes;
+        self
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {

@@ -729,6 +729,147 @@ fn describe_secret(out: &mut String, s: &Secret, rel: &Related, now: DateTime<Ut
     events_section(out, &rel.events, now);
 }
 
+/// kubectl's shape for a claim: class, phase, volume, capacity, modes and the pods using it.
+fn describe_claim(
+    out: &mut String,
+    c: &berth_proto::storage::PersistentVolumeClaim,
+    rel: &Related,
+    now: DateTime<Utc>,
+) {
+    use berth_proto::storage::access_modes_short;
+    meta_lines(out, &c.metadata, true);
+    kv(out, "StorageClass", c.storage_class());
+    kv(out, "Status", c.phase());
+    kv(out, "Volume", &c.spec.volume_name);
+    let st = c.status.clone().unwrap_or_default();
+    kv(
+        out,
+        "Capacity",
+        st.capacity
+            .get("storage")
+            .map(|q| q.0.clone())
+            .unwrap_or_default(),
+    );
+    kv(out, "Access Modes", access_modes_short(&st.access_modes));
+    kv(
+        out,
+        "VolumeMode",
+        c.spec.volume_mode.as_deref().unwrap_or("Filesystem"),
+    );
+    let used_by: Vec<&str> = rel.pods.iter().map(|p| p.metadata.name.as_str()).collect();
+    kv(
+        out,
+        "Used By",
+        if used_by.is_empty() {
+            "<none>".to_string()
+        } else {
+            used_by.join(", ")
+        },
+    );
+    events_section(out, &rel.events, now);
+}
+
+/// kubectl's shape for a volume: class, phase, claim, policy, node affinity and source.
+fn describe_volume(
+    out: &mut String,
+    v: &berth_proto::storage::PersistentVolume,
+    rel: &Related,
+    now: DateTime<Utc>,
+) {
+    use berth_proto::storage::access_modes_short;
+    meta_lines(out, &v.metadata, false);
+    kv(out, "StorageClass", &v.spec.storage_class_name);
+    kv(out, "Status", v.phase());
+    kv(
+        out,
+        "Claim",
+        v.spec
+            .claim_ref
+            .as_ref()
+            .map(|r| format!("{}/{}", r.namespace, r.name))
+            .unwrap_or_default(),
+    );
+    kv(out, "Reclaim Policy", v.reclaim_policy());
+    kv(
+        out,
+        "Access Modes",
+        access_modes_short(&v.spec.access_modes),
+    );
+    kv(
+        out,
+        "VolumeMode",
+        v.spec.volume_mode.as_deref().unwrap_or("Filesystem"),
+    );
+    kv(
+        out,
+        "Capacity",
+        v.spec
+            .capacity
+            .get("storage")
+            .map(|q| q.0.clone())
+            .unwrap_or_default(),
+    );
+    match v
+        .spec
+        .node_affinity
+        .as_ref()
+        .and_then(|a| a.required.as_ref())
+    {
+        None => kv(out, "Node Affinity", "<none>"),
+        Some(sel) => {
+            out.push_str(
+                "Node Affinity:
+  Required Terms:
+",
+            );
+            for (i, t) in sel.node_selector_terms.iter().enumerate() {
+                let terms: Vec<String> = t
+                    .match_expressions
+                    .iter()
+                    .chain(&t.match_fields)
+                    .map(|r| {
+                        format!(
+                            "{} {} [{}]",
+                            r.key,
+                            r.operator.to_lowercase(),
+                            r.values.join(", ")
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "    Term {i}:        {}", terms.join(", "));
+            }
+        }
+    }
+    if let Some(st) = &v.status {
+        if !st.message.is_empty() {
+            kv(out, "Message", &st.message);
+        }
+    }
+    out.push_str(
+        "Source:
+",
+    );
+    if let Some(h) = &v.spec.host_path {
+        let _ = writeln!(
+            out,
+            "    Type:          HostPath (bare host directory volume)"
+        );
+        let _ = writeln!(out, "    Path:          {}", h.path);
+        let _ = writeln!(
+            out,
+            "    HostPathType:  {}",
+            h.type_.as_deref().unwrap_or("")
+        );
+    } else if let Some(l) = &v.spec.local {
+        let _ = writeln!(
+            out,
+            "    Type:  LocalVolume (a persistent volume backed by local storage on a node)"
+        );
+        let _ = writeln!(out, "    Path:  {}", l.path);
+    }
+    events_section(out, &rel.events, now);
+}
+
 /// The text for one object and what relates to it.
 pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<String, String> {
     let mut out = String::new();
@@ -750,6 +891,12 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         }
         Kind::ConfigMap => describe_config_map(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
         Kind::Secret => describe_secret(&mut out, &obj.to_typed().map_err(bad)?, rel, now),
+        Kind::PersistentVolumeClaim => {
+            describe_claim(&mut out, &obj.to_typed().map_err(bad)?, rel, now)
+        }
+        Kind::PersistentVolume => {
+            describe_volume(&mut out, &obj.to_typed().map_err(bad)?, rel, now)
+        }
     }
     Ok(out)
 }
@@ -800,6 +947,16 @@ async fn related(client: &Client, obj: &DynObject) -> anyhow::Result<Related> {
             rel.pods = pods
                 .into_iter()
                 .filter(|p| p.spec.node_name == obj.name())
+                .collect();
+        }
+        Kind::PersistentVolumeClaim => {
+            let (pods, _) = client.list::<Pod>(Some(ns), "").await?;
+            rel.pods = pods
+                .into_iter()
+                .filter(|p| {
+                    !p.is_terminal()
+                        && berth_proto::storage::pod_claims(&p.spec).any(|c| c == obj.name())
+                })
                 .collect();
         }
         _ => {}

@@ -52,6 +52,8 @@ fn short_names(kind: Kind) -> &'static [&'static str] {
         Kind::Node => &["no"],
         Kind::Event => &["ev"],
         Kind::ConfigMap => &["cm"],
+        Kind::PersistentVolumeClaim => &["pvc"],
+        Kind::PersistentVolume => &["pv"],
         _ => &[],
     }
 }

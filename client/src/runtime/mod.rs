@@ -77,6 +77,10 @@ macro_rules! object_for_resource {
 }
 
 object_for_resource!(Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event);
+object_for_resource!(
+    berth_proto::storage::PersistentVolumeClaim,
+    berth_proto::storage::PersistentVolume
+);
 
 impl Object for DynObject {
     fn object_ref(&self) -> ObjectRef {

@@ -10,6 +10,7 @@ mod endpoints;
 mod gc;
 mod nodelifecycle;
 mod replicaset;
+mod volume;
 
 use std::future::Future;
 use std::time::Duration;
@@ -107,12 +108,13 @@ fn requeue(after: Option<Duration>) -> Action {
 
 /// The names controller loops are supervised under (the `loop` label of
 /// `berth_controller_restarts_total`, and the name in their `ControllerRestarted` Events).
-pub const LOOP_NAMES: [&str; 5] = [
+pub const LOOP_NAMES: [&str; 6] = [
     "deployment",
     "replicaset",
     "endpoints",
     "node-lifecycle",
     "gc",
+    "persistentvolume-binder",
 ];
 
 /// Run every controller (Deployment, ReplicaSet, Endpoints, node lifecycle, GC) until
@@ -134,6 +136,7 @@ pub async fn run_controllers(client: Client, config: Config, shutdown: Cancellat
                             "replicaset" => replicaset::run(client, config, token).await,
                             "endpoints" => endpoints::run(client, config, token).await,
                             "node-lifecycle" => nodelifecycle::run(client, config, token).await,
+                            "persistentvolume-binder" => volume::run(client, config, token).await,
                             _ => gc::run(client, config, token).await,
                         }
                     }
