@@ -657,6 +657,21 @@ async fn namespace_flag_applies_gets_describes_and_deletes_in_that_namespace_onl
     let s = &Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
     let app = write(dir.path(), "app.yaml", APP);
+    // The namespace must exist first.
+    let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
+    assert!(
+        !r.ok
+            && r.err.contains("namespaces \"team-a\" not found")
+            && r.err.contains("berth create namespace team-a"),
+        "{r:?}"
+    );
+    let r = berth(s, &["create", "namespace", "team-a"]).await;
+    assert_eq!(r.out, "namespace/team-a created\n", "{r:?}");
+    let r = berth(s, &["get", "ns"]).await;
+    assert!(
+        r.ok && r.out.contains("team-a") && r.out.contains("Active"),
+        "{r:?}"
+    );
     let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.out, "deployment.apps/web created\nservice/web created\n");

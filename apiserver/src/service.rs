@@ -351,6 +351,7 @@ impl ApiService {
             now: chrono::Utc::now(),
             node_ports: self.config.node_ports,
             networks: self.config.networks,
+            check_namespaces: true,
         };
         if dry_run {
             return Ok(self.store.dry_run(cmd).results);

@@ -9,10 +9,12 @@
 //! - [`endpoints`]: `node address : host port` of the pods each Service selects.
 //! - [`nodelifecycle`]: missed heartbeats -> Ready=Unknown + NoExecute taint -> pod eviction.
 //! - [`gc`]: objects whose owners are gone are deleted.
+//! - [`namespace`]: system namespaces exist; a terminating namespace is emptied, then removed.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod run;

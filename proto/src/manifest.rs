@@ -409,6 +409,7 @@ fn check_document(
         Kind::ImagePolicy => typed::<ImagePolicy>(value, renames),
         Kind::ConfigMap => typed::<ConfigMap>(value, renames),
         Kind::Secret => typed::<Secret>(value, renames).map_err(redact_secret_errors),
+        Kind::Namespace => typed::<Namespace>(value, renames),
     }
 }
 

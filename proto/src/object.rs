@@ -26,10 +26,11 @@ pub enum Kind {
     // Configuration (v1).
     ConfigMap,
     Secret,
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -49,6 +50,7 @@ impl Kind {
         // Configuration.
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::Namespace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Kind {
             Kind::ImagePolicy => "ImagePolicy",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -101,7 +104,7 @@ impl Kind {
             // Image trust: keys, signatures and the cluster policy are cluster-scoped.
             self,
             Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy
-        )
+        ) && self != Kind::Namespace
     }
 
     /// Kinds that users write; the rest are written by Berth's own loops (users may still
@@ -126,6 +129,7 @@ impl Kind {
             Kind::ImagePolicy => "imagepolicies",
             Kind::ConfigMap => "configmaps",
             Kind::Secret => "secrets",
+            Kind::Namespace => "namespaces",
         }
     }
 
@@ -151,6 +155,7 @@ impl Kind {
             "imagepolicy" | "imagepolicies" => Kind::ImagePolicy,
             "configmap" | "configmaps" | "cm" => Kind::ConfigMap,
             "secret" | "secrets" => Kind::Secret,
+            "namespace" | "namespaces" | "ns" => Kind::Namespace,
             _ => return None,
         })
     }
@@ -232,6 +237,7 @@ resource!(ClusterImagePolicy, Kind::ClusterImagePolicy);
 resource!(ImagePolicy, Kind::ImagePolicy);
 resource!(ConfigMap, Kind::ConfigMap);
 resource!(Secret, Kind::Secret);
+resource!(Namespace, Kind::Namespace);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -247,7 +253,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, Namespace)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -312,6 +318,7 @@ impl DynObject {
             Kind::ImagePolicy => normalize::<ImagePolicy>(kind, value)?,
             Kind::ConfigMap => normalize::<ConfigMap>(kind, value)?,
             Kind::Secret => normalize_secret(value)?,
+            Kind::Namespace => normalize::<Namespace>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }

@@ -335,6 +335,7 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::ImagePolicy => typed::<ImagePolicy>(obj),
         Kind::ConfigMap => typed::<ConfigMap>(obj),
         Kind::Secret => typed::<Secret>(obj),
+        Kind::Namespace => typed::<Namespace>(obj),
     }
 }
 
@@ -370,6 +371,39 @@ validate_impl!(ClusterImagePolicy, validate_cluster_image_policy);
 validate_impl!(ImagePolicy, validate_image_policy);
 validate_impl!(ConfigMap, validate_config_map);
 validate_impl!(Secret, validate_secret);
+validate_impl!(Namespace, validate_namespace);
+
+/// A Namespace: a DNS-1123 label name (as Kubernetes requires), a known phase.
+pub fn validate_namespace(n: &Namespace) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &n.metadata,
+        &root.child("metadata"),
+        NameRule::Label,
+        false,
+    );
+    if !n.metadata.namespace.is_empty() {
+        e.add(
+            &root.child("metadata").child("namespace"),
+            format!(
+                "a Namespace is cluster-scoped: remove metadata.namespace ({:?})",
+                n.metadata.namespace
+            ),
+        );
+    }
+    if !matches!(n.status.phase.as_str(), "" | "Active" | "Terminating") {
+        e.add(
+            &root.child("status").child("phase"),
+            format!(
+                "unsupported value {:?}: supported values: \"Active\", \"Terminating\"",
+                n.status.phase
+            ),
+        );
+    }
+    e.0
+}
 
 pub fn validate_deployment(d: &Deployment) -> Vec<FieldError> {
     let mut e = Errs::default();

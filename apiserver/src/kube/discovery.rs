@@ -52,6 +52,7 @@ fn short_names(kind: Kind) -> &'static [&'static str] {
         Kind::Node => &["no"],
         Kind::Event => &["ev"],
         Kind::ConfigMap => &["cm"],
+        Kind::Namespace => &["ns"],
         _ => &[],
     }
 }

@@ -384,6 +384,7 @@ impl Store {
             self.config.max_object_bytes,
         );
         txn.networks = cmd.networks;
+        txn.check_namespaces = cmd.check_namespaces;
         Reply {
             results: txn.run_all(cmd.ops, cmd.atomic),
         }
@@ -415,6 +416,7 @@ impl Store {
                     txn.now = cmd.now;
                     txn.node_ports = cmd.node_ports;
                     txn.networks = cmd.networks;
+                    txn.check_namespaces = cmd.check_namespaces;
                     Reply {
                         results: txn.run_all(cmd.ops, cmd.atomic),
                     }
