@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::Transactional;
 
+pub(crate) use apply::resource_version_of;
 pub use berth_proto::selector::{Selector, SelectorError};
 pub use command::{ApplyOutcome, Command, Op, OpOutput, OpResult, Reply};
 pub use error::{normalize_namespace, ObjectKey, StoreError};
