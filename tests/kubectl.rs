@@ -660,6 +660,29 @@ async fn kubectl_namespaces_exist_refuse_content_when_missing_and_delete_everyth
         "team-x",
     ])
     .await;
+    // A strategic merge patch works on the plaintext; the Secret reads back as base64.
+    env.kubectl(&[
+        "patch",
+        "secret",
+        "s",
+        "-n",
+        "team-x",
+        "-p",
+        r#"{"data":{"k2":"djI="}}"#,
+    ])
+    .await;
+    let out = env
+        .kubectl(&[
+            "get",
+            "secret",
+            "s",
+            "-n",
+            "team-x",
+            "-o",
+            "jsonpath={.data.k} {.data.k2}",
+        ])
+        .await;
+    assert_eq!(out, "dg== djI=");
     wait_until(DEADLINE, "the Deployment's pods", || async {
         let out = env
             .kubectl(&["get", "pods", "-n", "team-x", "-o", "name"])

@@ -122,5 +122,24 @@ async fn secrets_are_ciphertext_on_disk_and_in_snapshots_and_every_member_reads_
         );
         assert_eq!(key_names_in(&stored), vec![Some("key1".to_string())]);
     }
+    // A watch on a follower carries the opened values to its (authorized) reader.
+    let mut c = cluster.client(follower).await.expect("client");
+    let mut stream = c
+        .watch(pb::WatchRequest {
+            kind: "Secret".into(),
+            namespace: "default".into(),
+            label_selector: String::new(),
+            from_revision: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let ev = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream")
+        .expect("event");
+    let obj: Value = serde_json::from_slice(&ev.object).expect("object");
+    assert_eq!(obj["data"]["password"], b64);
     cluster.shutdown().await.expect("shutdown");
 }
