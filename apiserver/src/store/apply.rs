@@ -185,6 +185,9 @@ impl<'a> Txn<'a> {
         prev: Option<&Value>,
         change: ChangeType,
     ) -> Result<Value, StoreError> {
+        if key.kind == Kind::Secret && change != ChangeType::Deleted {
+            self.check_secret_keys(&key, &object)?;
+        }
         let revision = self.revision + 1;
         set_resource_version(&mut object, revision);
         let size = serde_json::to_vec(&object).map(|b| b.len()).unwrap_or(0);
@@ -426,6 +429,48 @@ impl<'a> Txn<'a> {
             object,
             outcome: None,
         })
+    }
+
+    /// Secrets encryption's invariant, kept where it cannot race: a Secret's values are
+    /// sealed only with keys of the keyring, and the keyring never drops a key a stored Secret
+    /// still uses (see [`crate::encryption`]).
+    fn check_secret_keys(&self, key: &ObjectKey, object: &Value) -> Result<(), StoreError> {
+        use crate::encryption::{key_names_in, KEYRING_NAME, KEYRING_NAMESPACE};
+        let ring_key = ObjectKey::new(Kind::Secret, KEYRING_NAMESPACE, KEYRING_NAME);
+        let names = |v: &Value| -> BTreeSet<String> {
+            v["data"]
+                .as_object()
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        if *key == ring_key {
+            let keep = names(object);
+            for (k, v) in self.others(Kind::Secret, key) {
+                if let Some(n) = key_names_in(&v)
+                    .into_iter()
+                    .flatten()
+                    .find(|n| !keep.contains(n))
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "the secrets encryption keyring may not drop key {n:?}: {k} is still \
+                         encrypted with it; re-encrypt first (berth secrets-encryption rotate)"
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let used: BTreeSet<String> = key_names_in(object).into_iter().flatten().collect();
+        if used.is_empty() {
+            return Ok(());
+        }
+        let have = self.get(&ring_key).map(|r| names(&r)).unwrap_or_default();
+        match used.iter().find(|n| !have.contains(*n)) {
+            Some(n) => Err(StoreError::Invalid(format!(
+                "{key} was encrypted with key {n:?}, which is no longer in the secrets \
+                 encryption keyring (a rotation finished meanwhile): write it again"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// May a new object be created in namespace `ns`? It must exist (the system namespaces

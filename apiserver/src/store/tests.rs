@@ -1331,3 +1331,37 @@ fn system_namespaces_cannot_be_deleted_and_writes_keep_a_namespace_spec() {
     assert_eq!(out["spec"]["finalizers"], json!(["kubernetes"]));
     assert_eq!(out["metadata"]["labels"]["a"], "b");
 }
+
+#[test]
+fn sealed_secrets_use_only_keyring_keys_and_the_keyring_keeps_keys_in_use() {
+    let mut f = fixture();
+    let ring = |keys: Value| {
+        json!({"kind": "Secret", "metadata": {"name": "secrets-encryption-keys",
+            "namespace": "berth-system", "annotations": {
+                "secrets-encryption.berth.dev/write-key": "key1"}}, "data": keys})
+    };
+    let sealed = |name: &str, key: &str| {
+        json!({"kind": "Secret", "metadata": {"name": name},
+            "data": {"a": format!("k8s:enc:aesgcm:v1:{key}:AAAA")}})
+    };
+    // No keyring yet: a sealed value cannot be stored.
+    assert!(matches!(
+        f.create(sealed("s0", "key1")),
+        Err(StoreError::Invalid(_))
+    ));
+    f.create(ring(json!({"key1": "eA=="}))).unwrap();
+    f.create(sealed("s1", "key1")).unwrap();
+    let e = f.create(sealed("s2", "key9")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("key \"key9\", which is no longer in the"),
+        "{e}"
+    );
+    // Dropping key1 while s1 uses it is refused; after s1 moves to key2 it is allowed.
+    let e = f.apply_obj(ring(json!({"key2": "eA=="}))).unwrap_err();
+    assert!(e.to_string().contains("may not drop key \"key1\""), "{e}");
+    f.apply_obj(ring(json!({"key1": "eA==", "key2": "eA=="})))
+        .unwrap();
+    f.apply_obj(sealed("s1", "key2")).unwrap();
+    f.apply_obj(ring(json!({"key2": "eA=="}))).unwrap();
+}
