@@ -694,6 +694,24 @@ async fn namespace_flag_applies_gets_describes_and_deletes_in_that_namespace_onl
     assert!(!r.ok && r.err.contains("not found"), "{r:?}");
     let r = berth(s, &["get", "svc", "web", "-n", "team-a", "-o", "name"]).await;
     assert_eq!(r.out, "service/web\n", "{r:?}");
+    // Deleting the namespace marks it Terminating (no namespace controller runs here, so it
+    // stays so): new content is refused, the system namespaces cannot be deleted.
+    let r = berth(s, &["delete", "ns", "team-a"]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(s, &["get", "ns", "team-a"]).await;
+    assert!(r.ok && r.out.contains("Terminating"), "{r:?}");
+    let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
+    assert!(
+        !r.ok
+            && r.err.contains(
+                "unable to create new content in namespace team-a because it is being terminated"
+            ),
+        "{r:?}"
+    );
+    let r = berth(s, &["create", "namespace", "kube-system"]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(s, &["delete", "ns", "kube-system"]).await;
+    assert!(!r.ok && r.err.contains("may not be deleted"), "{r:?}");
     cluster.shutdown().await.unwrap();
 }
 
