@@ -25,6 +25,7 @@ pub mod push;
 pub mod registry;
 pub mod rollout;
 pub mod scale;
+pub mod secrets_encryption;
 pub mod table;
 pub mod token;
 pub mod trust;
@@ -186,6 +187,8 @@ pub enum Command {
     Cluster(WithConn<cluster::ClusterArgs>),
     /// The join token: berth token show (admin only).
     Token(WithConn<token::TokenArgs>),
+    /// Secrets encryption at rest: berth secrets-encryption status|rotate --data-dir DATA.
+    SecretsEncryption(WithConn<secrets_encryption::SecretsEncryptionArgs>),
     /// Print a kubeconfig for kubectl and client libraries with this CLI's credential:
     /// berth kubeconfig > ~/.kube/config
     Kubeconfig(WithConn<kubeconfig::KubeconfigArgs>),
@@ -378,6 +381,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::SecretsEncryption(c) => secrets_encryption::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Kubeconfig(c) => kubeconfig::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(c) => build::run(&c.conn, c.args, io).await,
         Command::Push(c) => push::run(&ctx(&c.conn)?, c.args, io).await,

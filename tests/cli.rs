@@ -657,6 +657,21 @@ async fn namespace_flag_applies_gets_describes_and_deletes_in_that_namespace_onl
     let s = &Target::new(&cluster, &server);
     let dir = tempfile::tempdir().unwrap();
     let app = write(dir.path(), "app.yaml", APP);
+    // The namespace must exist first.
+    let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
+    assert!(
+        !r.ok
+            && r.err.contains("namespaces \"team-a\" not found")
+            && r.err.contains("berth create namespace team-a"),
+        "{r:?}"
+    );
+    let r = berth(s, &["create", "namespace", "team-a"]).await;
+    assert_eq!(r.out, "namespace/team-a created\n", "{r:?}");
+    let r = berth(s, &["get", "ns"]).await;
+    assert!(
+        r.ok && r.out.contains("team-a") && r.out.contains("Active"),
+        "{r:?}"
+    );
     let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.out, "deployment.apps/web created\nservice/web created\n");
@@ -679,6 +694,24 @@ async fn namespace_flag_applies_gets_describes_and_deletes_in_that_namespace_onl
     assert!(!r.ok && r.err.contains("not found"), "{r:?}");
     let r = berth(s, &["get", "svc", "web", "-n", "team-a", "-o", "name"]).await;
     assert_eq!(r.out, "service/web\n", "{r:?}");
+    // Deleting the namespace marks it Terminating (no namespace controller runs here, so it
+    // stays so): new content is refused, the system namespaces cannot be deleted.
+    let r = berth(s, &["delete", "ns", "team-a"]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(s, &["get", "ns", "team-a"]).await;
+    assert!(r.ok && r.out.contains("Terminating"), "{r:?}");
+    let r = berth(s, &["apply", "-f", &app, "-n", "team-a"]).await;
+    assert!(
+        !r.ok
+            && r.err.contains(
+                "unable to create new content in namespace team-a because it is being terminated"
+            ),
+        "{r:?}"
+    );
+    let r = berth(s, &["create", "namespace", "kube-system"]).await;
+    assert!(r.ok, "{r:?}");
+    let r = berth(s, &["delete", "ns", "kube-system"]).await;
+    assert!(!r.ok && r.err.contains("may not be deleted"), "{r:?}");
     cluster.shutdown().await.unwrap();
 }
 
@@ -1039,4 +1072,76 @@ async fn create_secret_and_configmap_from_literals_and_files_like_kubectl() {
     let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
     assert_eq!(v["data"]["game.properties"], "enemies=aliens\nlives=3\n");
     assert_eq!(v["data"]["mode"], "fast");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_encryption_rotate_reencrypts_every_secret_and_drops_the_old_key() {
+    use berth_apiserver::encryption::{key_names_in, KEYRING_NAME, KEYRING_NAMESPACE};
+    use berth_apiserver::store::ObjectKey;
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server = cluster.addr(0).to_string();
+    let s = &Target::new(&cluster, &server);
+    let data_dir = cluster.server(0).unwrap().data_dir().display().to_string();
+    let r = berth(
+        s,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal",
+            "password=hunter2-rot",
+        ],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let key = ObjectKey::new(berth_proto::Kind::Secret, "default", "db");
+    let store = cluster.server(0).unwrap().store().clone();
+    assert_eq!(
+        key_names_in(&store.get(&key).unwrap()),
+        vec![Some("key1".to_string())]
+    );
+    let r = berth(
+        s,
+        &["secrets-encryption", "rotate", "--data-dir", &data_dir],
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.out.contains("write key: key2")
+            && r.out.contains("re-encrypted 1 Secrets")
+            && r.out.contains("dropped keys: key1"),
+        "{r:?}"
+    );
+    assert_eq!(
+        key_names_in(&store.get(&key).unwrap()),
+        vec![Some("key2".to_string())]
+    );
+    let ring = store
+        .get(&ObjectKey::new(
+            berth_proto::Kind::Secret,
+            KEYRING_NAMESPACE,
+            KEYRING_NAME,
+        ))
+        .unwrap();
+    let names: Vec<&String> = ring["data"].as_object().unwrap().keys().collect();
+    assert_eq!(names, vec!["key2"]);
+    let r = berth(
+        s,
+        &["secrets-encryption", "status", "--data-dir", &data_dir],
+    )
+    .await;
+    assert!(
+        r.out.contains("Write key: key2") && r.out.contains("Keys: key2"),
+        "{r:?}"
+    );
+    // Still readable, as base64, by the admin.
+    let r = berth(s, &["get", "secret", "db", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.out).unwrap();
+    use base64::Engine as _;
+    assert_eq!(
+        v["data"]["password"],
+        base64::engine::general_purpose::STANDARD.encode("hunter2-rot")
+    );
+    cluster.shutdown().await.unwrap();
 }

@@ -606,3 +606,121 @@ async fn bearer_tokens_read_only_reads_full_writes_and_revoked_is_unauthorized()
     assert!(!r.ok && r.err.contains("no API token named"), "{r:?}");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_namespaces_exist_refuse_content_when_missing_and_delete_everything_in_them() {
+    let test = "kubectl_namespaces_exist_refuse_content_when_missing_and_delete_everything_in_them";
+    if !require_kubectl(test) {
+        return;
+    }
+    let env = Env::start().await;
+    // default and berth-system exist from init (the namespace controller writes their objects).
+    wait_until(DEADLINE, "system namespaces listed", || async {
+        let (ok, out, _) = env.kubectl_status(&["get", "ns"]).await;
+        (ok && out.contains("default") && out.contains("berth-system") && out.contains("Active"))
+            .then_some(())
+    })
+    .await
+    .expect("system namespaces listed");
+    let (ok, _, err) = env
+        .kubectl_status(&[
+            "create",
+            "configmap",
+            "c",
+            "--from-literal=a=b",
+            "-n",
+            "team-x",
+        ])
+        .await;
+    assert!(
+        !ok && err.contains("namespaces \"team-x\" not found"),
+        "{err}"
+    );
+    let out = env.kubectl(&["create", "ns", "team-x"]).await;
+    assert_eq!(out.trim(), "namespace/team-x created");
+    let app = env.file("app.yaml", DOCS_NGINX);
+    env.kubectl(&["apply", "-f", app.to_str().expect("path"), "-n", "team-x"])
+        .await;
+    env.kubectl(&[
+        "create",
+        "configmap",
+        "c",
+        "--from-literal=a=b",
+        "-n",
+        "team-x",
+    ])
+    .await;
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=k=v",
+        "-n",
+        "team-x",
+    ])
+    .await;
+    // A strategic merge patch works on the plaintext; the Secret reads back as base64.
+    env.kubectl(&[
+        "patch",
+        "secret",
+        "s",
+        "-n",
+        "team-x",
+        "-p",
+        r#"{"data":{"k2":"djI="}}"#,
+    ])
+    .await;
+    let out = env
+        .kubectl(&[
+            "get",
+            "secret",
+            "s",
+            "-n",
+            "team-x",
+            "-o",
+            "jsonpath={.data.k} {.data.k2}",
+        ])
+        .await;
+    assert_eq!(out, "dg== djI=");
+    wait_until(DEADLINE, "the Deployment's pods", || async {
+        let out = env
+            .kubectl(&["get", "pods", "-n", "team-x", "-o", "name"])
+            .await;
+        (out.lines().count() == 3).then_some(())
+    })
+    .await
+    .expect("the Deployment's pods");
+    let (ok, _, err) = env.kubectl_status(&["delete", "ns", "default"]).await;
+    assert!(
+        !ok && err
+            .contains("namespaces \"default\" is forbidden: this namespace may not be deleted"),
+        "{err}"
+    );
+    // kubectl waits until the namespace is gone: everything in it went first.
+    let out = env.kubectl(&["delete", "ns", "team-x"]).await;
+    assert!(out.contains("namespace \"team-x\" deleted"), "{out}");
+    let (ok, _, err) = env.kubectl_status(&["get", "ns", "team-x"]).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    let cluster = env.cluster.as_ref().expect("cluster");
+    let client = Client::new(
+        &[cluster.addr(0).to_string()],
+        ClientConfig::with_tls(cluster.admin_tls()),
+    )
+    .expect("client");
+    for kind in [
+        berth_proto::Kind::Deployment,
+        berth_proto::Kind::ReplicaSet,
+        berth_proto::Kind::Pod,
+        berth_proto::Kind::Service,
+        berth_proto::Kind::ConfigMap,
+        berth_proto::Kind::Secret,
+    ] {
+        let (left, _) = client
+            .list_dyn(kind, Some("team-x"), "")
+            .await
+            .expect("list");
+        assert!(left.is_empty(), "{kind} left in team-x: {}", left.len());
+    }
+    env.stop().await;
+}

@@ -79,6 +79,13 @@ async fn start_named_agent(
         .unwrap()
 }
 
+/// Objects go into a namespace of their own, which must exist first.
+async fn create_namespace(c: &Client, ns: &str) {
+    let mut n = berth_proto::types::Namespace::default();
+    n.metadata.name = ns.to_string();
+    c.create(&n).await.expect("namespace created");
+}
+
 fn pod(ns: &str, name: &str, image: &str, script: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -151,6 +158,7 @@ async fn docker_pods_run_probe_restart_adopt_and_clean_up() {
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(&cluster, dir.path()).await;
     assert_eq!(agent.runtime, "docker");
@@ -332,6 +340,7 @@ async fn docker_agent_pulls_a_missing_image_from_the_cluster_registry_and_backs_
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     let registry =
         berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
@@ -531,6 +540,7 @@ async fn docker_agent_runs_a_pinned_digest_from_the_cluster_registry_after_its_t
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     let registry =
         berth_registry::Registry::in_store(client.clone(), &dir.path().join("registry")).unwrap();
@@ -760,6 +770,7 @@ async fn docker_pod_shares_an_empty_dir_with_a_sidecar_and_sees_config_map_updat
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    create_namespace(&client, &ns).await;
     let dir = tempfile::tempdir().unwrap();
     let agent = start_named_agent(&cluster, dir.path(), "docker-vol-node", "41300-41399").await;
 

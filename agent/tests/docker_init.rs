@@ -80,6 +80,9 @@ async fn docker_init_containers_complete_in_order_before_the_app_starts_and_the_
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    let mut ns = berth_proto::types::Namespace::default();
+    ns.metadata.name = NS.into();
+    client.create(&ns).await.expect("namespace created");
     let dir = tempfile::tempdir().unwrap();
     let args = AgentArgs {
         server: vec![server.clone()],

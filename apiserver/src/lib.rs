@@ -13,6 +13,7 @@
 //! followers) -> commit -> `Store::apply` on every member -> watch events. Reads go through
 //! `read_index` then the local store.
 pub mod authz;
+pub mod encryption;
 pub mod hostpaths;
 pub mod kube;
 pub mod metrics;

@@ -5,6 +5,8 @@
 //! ```text
 //! DATA/pki/ca.crt  ca.key      the cluster CA (every server holds its key, to sign joiners)
 //! DATA/pki/token               the join token, K10<CA sha256>::<secret>
+//! DATA/pki/secrets-encryption.key  the key wrapping the Secrets encryption keys (see
+//!                              [`crate::encryption`]); handed to joining servers like the CA key
 //! DATA/pki/server.crt .key     this server's certificate (system:server) + the CA, re-issued
 //!                              at every start for the current addresses
 //! DATA/admin.yaml              --init only: the admin's CLI config (servers, CA, admin cert)
@@ -20,6 +22,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use berth_proto::pb;
+
+use crate::encryption::Kek;
 use berth_tls::{
     AdminConfig, CertRequest, ClientTls, ClusterCa, Credential, Identity, JoinToken, TlsError,
 };
@@ -50,6 +54,8 @@ pub enum PkiError {
     NoToken,
     #[error("the join token is not valid: {0}")]
     BadToken(TlsError),
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::EncryptionError),
     #[error("bootstrapping TLS (joining via {target}) failed: {message}")]
     Bootstrap { target: String, message: String },
 }
@@ -61,6 +67,8 @@ pub struct ServerPki {
     pub token: JoinToken,
     /// This server's certificate chain and key (identity `system:server`).
     pub server: Credential,
+    /// The key wrapping the Secrets encryption keys ([`crate::encryption`]).
+    pub secrets_kek: Kek,
 }
 
 impl std::fmt::Debug for ServerPki {
@@ -104,7 +112,9 @@ impl ServerPki {
         let token = JoinToken::generate(&ca)?;
         ca.write(&dir)?;
         write_token(&dir, &token)?;
-        Self::finish(&dir, ca, token, addresses)
+        let kek = Kek::generate().map_err(encryption)?;
+        kek.write(&dir).map_err(encryption)?;
+        Self::finish(&dir, ca, token, kek, addresses)
     }
 
     /// Load the PKI of a restarting server, issuing a fresh server certificate for its
@@ -117,13 +127,15 @@ impl ServerPki {
         berth_tls::create_private_dir(&dir)?;
         let ca = ClusterCa::read(&dir)?;
         let token = read_token(&dir)?;
-        Self::finish(&dir, ca, token, addresses)
+        let kek = Kek::load_or_derive(&dir, ca.key_pem()).map_err(encryption)?;
+        Self::finish(&dir, ca, token, kek, addresses)
     }
 
     fn finish(
         dir: &Path,
         ca: ClusterCa,
         token: JoinToken,
+        secrets_kek: Kek,
         addresses: &[String],
     ) -> Result<ServerPki, PkiError> {
         let leaf = ca.issue_server(addresses)?;
@@ -136,6 +148,7 @@ impl ServerPki {
             ca: std::sync::Arc::new(ca),
             token,
             server,
+            secrets_kek,
         })
     }
 
@@ -167,12 +180,27 @@ impl ServerPki {
         write_token(&dir, &token)?;
         let server = csr.into_credential(resp.certificate_pem);
         server.write(&dir, "server")?;
+        // A cluster older than the key derives it from the CA key on every member.
+        let secrets_kek = if resp.secrets_encryption_key.is_empty() {
+            Kek::derive_from_ca_key(ca.key_pem())
+        } else {
+            Kek::from_base64(&resp.secrets_encryption_key).map_err(|m| PkiError::Bootstrap {
+                target: target.to_string(),
+                message: format!("the secrets encryption key sent is invalid: {m}"),
+            })?
+        };
+        secrets_kek.write(&dir).map_err(encryption)?;
         Ok(ServerPki {
             ca: std::sync::Arc::new(ca),
             token,
             server,
+            secrets_kek,
         })
     }
+}
+
+fn encryption(e: crate::encryption::EncryptionError) -> PkiError {
+    PkiError::Encryption(e)
 }
 
 fn write_token(dir: &Path, token: &JoinToken) -> Result<(), TlsError> {
@@ -300,6 +328,11 @@ pub fn answer_bootstrap(
         ca_certificate_pem: pki.ca.cert_pem().to_string(),
         ca_key_pem: if identity == Identity::Server {
             pki.ca.key_pem().to_string()
+        } else {
+            String::new()
+        },
+        secrets_encryption_key: if identity == Identity::Server {
+            pki.secrets_kek.to_base64()
         } else {
             String::new()
         },

@@ -33,6 +33,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{authenticate, Caller, Verb, ON_BEHALF_OF_METADATA};
+use crate::encryption::{is_keyring, SecretCodec};
 use crate::pki::ServerPki;
 use crate::raft::{MemberInfo, RaftError, RaftHandle};
 use crate::status::{from_raft, from_store, invalid, outcome_unknown, LEADER_METADATA};
@@ -73,6 +74,8 @@ pub struct ApiService {
     watches: TaskTracker,
     leaders: Mutex<HashMap<String, ApiClient<Channel>>>,
     pki: ServerPki,
+    /// Seals Secrets before they are proposed, opens them on the way out.
+    secrets: Arc<SecretCodec>,
 }
 
 /// Where a write goes when this member cannot propose it.
@@ -192,6 +195,31 @@ fn pb_members(members: &[MemberInfo], leader: Option<u64>) -> Vec<pb::Member> {
         .collect()
 }
 
+/// `v` as the client gets it: a Secret's values opened ([`crate::encryption`]).
+fn revealed(codec: &SecretCodec, store: &Store, v: &serde_json::Value) -> Result<Vec<u8>, Status> {
+    if v["kind"] != "Secret" {
+        return Ok(to_json(v));
+    }
+    codec.reveal(store, v).map(|v| to_json(&v)).map_err(|e| {
+        tracing::warn!(error = %e, "a stored Secret could not be decrypted");
+        Status::internal(crate::status::bounded(e.to_string()))
+    })
+}
+
+fn pb_event_revealed(
+    ev: &WatchEvent,
+    codec: &SecretCodec,
+    store: &Store,
+) -> Result<pb::WatchEvent, Status> {
+    let mut out = pb_event(ev);
+    if let Some(o) = ev.object.as_deref() {
+        if o["kind"] == "Secret" {
+            out.object = revealed(codec, store, o)?;
+        }
+    }
+    Ok(out)
+}
+
 fn pb_event(ev: &WatchEvent) -> pb::WatchEvent {
     let t = match ev.event_type {
         WatchEventType::Added => pb::EventType::Added,
@@ -237,6 +265,7 @@ impl ApiService {
             shutdown,
             watches: TaskTracker::new(),
             leaders: Mutex::new(HashMap::new()),
+            secrets: Arc::new(SecretCodec::new(pki.secrets_kek.clone())),
             pki,
         }
     }
@@ -353,16 +382,23 @@ impl ApiService {
         dry_run: bool,
         is_forwarded: bool,
     ) -> Result<Vec<OpResult>, Route> {
+        let ops = self.seal_ops(ops, is_forwarded).await?;
         let cmd = Command {
             ops,
             atomic,
             now: chrono::Utc::now(),
             node_ports: self.config.node_ports,
             networks: self.config.networks,
+            check_namespaces: true,
         };
         if dry_run {
             return Ok(self.store.dry_run(cmd).results);
         }
+        self.propose_cmd(cmd, is_forwarded).await
+    }
+
+    /// Propose one command, waiting out elections (NotLeader: forward, see [`Route`]).
+    async fn propose_cmd(&self, cmd: Command, is_forwarded: bool) -> Result<Vec<OpResult>, Route> {
         let data = cmd.encode();
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
@@ -380,6 +416,94 @@ impl ApiService {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(Route::Fail(from_raft(&e))),
+            }
+        }
+    }
+
+    /// `v` as its reader gets it: a Secret's values opened.
+    fn reveal(&self, v: &serde_json::Value) -> Result<Vec<u8>, Status> {
+        revealed(&self.secrets, &self.store, v)
+    }
+
+    /// Seal the values of every Secret in `ops` with the keyring's write key, so the Raft
+    /// log, the store and snapshots hold ciphertext only. Creates the keyring (on the leader)
+    /// the first time a Secret is written.
+    async fn seal_ops(&self, mut ops: Vec<Op>, is_forwarded: bool) -> Result<Vec<Op>, Route> {
+        fn secret_of(op: &mut Op) -> Option<&mut serde_json::Value> {
+            match op {
+                Op::Create { object, .. } | Op::Update { object } | Op::Apply { object, .. } => {
+                    (object["kind"] == "Secret" && !is_keyring(object)).then_some(object)
+                }
+                _ => None,
+            }
+        }
+        if !ops.iter_mut().any(|op| secret_of(op).is_some()) {
+            return Ok(ops);
+        }
+        let internal = |e: crate::encryption::EncryptionError| {
+            Route::Fail(Status::internal(crate::status::bounded(e.to_string())))
+        };
+        let ring = match self.secrets.keyring(&self.store).map_err(internal)? {
+            Some(r) => r,
+            None => self.create_keyring(is_forwarded).await?,
+        };
+        for op in &mut ops {
+            if let Some(obj) = secret_of(op) {
+                let key = ObjectKey::new(
+                    Kind::Secret,
+                    obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                    obj["metadata"]["name"].as_str().unwrap_or(""),
+                );
+                let prev = self.store.get(&key).ok();
+                crate::encryption::seal_secret(&ring, obj, prev.as_deref()).map_err(internal)?;
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Write the first keyring (`key1`). Only the leader does; a follower forwards the
+    /// whole request to it (the plaintext never reaches Raft unsealed).
+    async fn create_keyring(
+        &self,
+        is_forwarded: bool,
+    ) -> Result<Arc<crate::encryption::Keyring>, Route> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        let internal = |e: crate::encryption::EncryptionError| {
+            Route::Fail(Status::internal(crate::status::bounded(e.to_string())))
+        };
+        loop {
+            if let Some(r) = self.secrets.keyring(&self.store).map_err(internal)? {
+                return Ok(r);
+            }
+            if !self.raft.is_leader() {
+                self.on_not_leader(self.raft.not_leader_error(), is_forwarded, deadline)
+                    .await?;
+                continue;
+            }
+            let ring = crate::encryption::Keyring::new().map_err(internal)?;
+            let object = ring.to_secret(self.secrets.kek()).map_err(internal)?;
+            let cmd = Command {
+                ops: vec![Op::Create {
+                    object,
+                    uid: Self::new_uid(),
+                }],
+                atomic: false,
+                now: chrono::Utc::now(),
+                node_ports: self.config.node_ports,
+                networks: self.config.networks,
+                check_namespaces: true,
+            };
+            match self.propose_cmd(cmd, true).await?.into_iter().next() {
+                Some(Ok(_)) => {
+                    tracing::info!("created the secrets encryption keyring (key1)");
+                }
+                Some(Err(StoreError::AlreadyExists { .. })) => {}
+                Some(Err(e)) => return Err(Route::Fail(from_store(&e))),
+                None => {
+                    return Err(Route::Fail(Status::internal(
+                        "the store returned no result",
+                    )))
+                }
             }
         }
     }
@@ -493,6 +617,10 @@ impl ApiService {
             .store
             .get(&key)
             .map_err(|_| format!("token {name}: unknown or revoked"))?;
+        let secret = self
+            .secrets
+            .reveal(&self.store, &secret)
+            .map_err(|e| format!("token {name}: {e}"))?;
         let grant = apitoken::verify(token, &secret, chrono::Utc::now())?;
         Ok(berth_tls::Identity::Token {
             name: grant.name,
@@ -531,6 +659,13 @@ impl ApiService {
         let obj = self.decode_object(bytes)?;
         let meta = obj.meta();
         let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
+        if is_keyring(&obj.value) && who.identity != berth_tls::Identity::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} may not write the secrets encryption keyring: only the cluster admin may, \
+                 with `berth secrets-encryption rotate`",
+                who.identity
+            )));
+        }
         // Image trust admission (see crate::trust): after authorization, before raft.
         if matches!(verb, Verb::Create | Verb::Update | Verb::Apply) {
             crate::trust::admission(&self.store, &obj, verb != Verb::Create)
@@ -576,6 +711,15 @@ impl ApiService {
     fn op_delete(&self, who: &Caller, r: &pb::DeleteRequest) -> Result<Op, Status> {
         let key = parse_key(r.key.clone())?;
         who.authorize(Verb::Delete, Some(key.kind), &key.namespace, &key.name)?;
+        if key.kind == Kind::Secret
+            && key.namespace == crate::encryption::KEYRING_NAMESPACE
+            && key.name == crate::encryption::KEYRING_NAME
+        {
+            return Err(Status::permission_denied(
+                "the secrets encryption keyring may not be deleted: no Secret could be read \
+                 without it",
+            ));
+        }
         Ok(Op::Delete {
             key,
             resource_version: r.resource_version,
@@ -629,7 +773,7 @@ impl Api for ApiService {
             r.dry_run,
             |out| {
                 pb::ObjectResponse {
-                    object: to_json(&out.object),
+                    object: self.reveal(&out.object)?,
                 }
             }
         )
@@ -647,7 +791,7 @@ impl Api for ApiService {
             r.dry_run,
             |out| {
                 pb::ObjectResponse {
-                    object: to_json(&out.object),
+                    object: self.reveal(&out.object)?,
                 }
             }
         )
@@ -664,7 +808,7 @@ impl Api for ApiService {
             |who, r| self.op_update_status(&who, &r.object),
             r.dry_run,
             |out| pb::ObjectResponse {
-                object: to_json(&out.object),
+                object: self.reveal(&out.object)?,
             }
         )
     }
@@ -682,7 +826,7 @@ impl Api for ApiService {
             |out| {
                 let outcome = pb_outcome(out.outcome.unwrap_or(ApplyOutcome::Created));
                 pb::ApplyResponse {
-                    object: to_json(&out.object),
+                    object: self.reveal(&out.object)?,
                     outcome: outcome as i32,
                 }
             }
@@ -701,7 +845,7 @@ impl Api for ApiService {
             false,
             |out| {
                 pb::ObjectResponse {
-                    object: to_json(&out.object),
+                    object: self.reveal(&out.object)?,
                 }
             }
         )
@@ -762,11 +906,16 @@ impl Api for ApiService {
                         )),
                     },
                 };
+                let res = res.and_then(|out| {
+                    self.reveal(&out.object)
+                        .map(|b| (out, b))
+                        .map_err(|s| (s, false))
+                });
                 match res {
-                    Ok(out) => pb::BatchResult {
+                    Ok((out, object)) => pb::BatchResult {
                         code: 0,
                         message: String::new(),
-                        object: to_json(&out.object),
+                        object,
                         outcome: out.outcome.map(|o| pb_outcome(o) as i32),
                         rolled_back: false,
                     },
@@ -796,7 +945,7 @@ impl Api for ApiService {
         }
         let obj = self.store.get(&key).map_err(|e| from_store(&e))?;
         Ok(Response::new(pb::ObjectResponse {
-            object: to_json(&obj),
+            object: self.reveal(&obj)?,
         }))
     }
 
@@ -816,7 +965,10 @@ impl Api for ApiService {
             .list(kind, ns, &selector)
             .map_err(|e| from_store(&e))?;
         Ok(Response::new(pb::ListResponse {
-            objects: items.iter().map(|v| to_json(v)).collect(),
+            objects: items
+                .iter()
+                .map(|v| self.reveal(v))
+                .collect::<Result<_, _>>()?,
             revision,
         }))
     }
@@ -852,6 +1004,7 @@ impl Api for ApiService {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let shutdown = self.shutdown.clone();
         let interval = self.config.bookmark_interval;
+        let (codec, store) = (self.secrets.clone(), self.store.clone());
         self.watches.spawn(async move {
             // Send one item unless the client is gone or the server is stopping.
             let send = |item: Result<pb::WatchEvent, Status>| {
@@ -865,7 +1018,9 @@ impl Api for ApiService {
                 }
             };
             for ev in &initial {
-                if !send(Ok(pb_event(ev))).await {
+                let item = pb_event_revealed(ev, &codec, &store);
+                let failed = item.is_err();
+                if !send(item).await || failed {
                     return;
                 }
             }
@@ -890,7 +1045,9 @@ impl Api for ApiService {
                     r = watcher.next(WATCH_BATCH) => match r {
                         Ok(evs) => {
                             for ev in &evs {
-                                if !send(Ok(pb_event(ev))).await {
+                                let item = pb_event_revealed(ev, &codec, &store);
+                                let failed = item.is_err();
+                                if !send(item).await || failed {
                                     return;
                                 }
                             }

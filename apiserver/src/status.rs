@@ -13,6 +13,8 @@
 //! | `StoreError::NotApplied`                | FAILED_PRECONDITION | atomic batch: another op failed; `BatchResult.rolled_back` |
 //! | `StoreError::Expired`                   | OUT_OF_RANGE        | message starts with "Expired:"; relist |
 //! | `StoreError::Forbidden`                 | PERMISSION_DENIED   | node authorizer, at apply time |
+//! | `StoreError::NamespaceNotFound`         | NOT_FOUND           | `namespaces "x" not found: ...` |
+//! | `StoreError::NamespaceTerminating`      | PERMISSION_DENIED   | Kubernetes' message            |
 //! | authorization (`crate::authz`)          | PERMISSION_DENIED   | names the identity and action  |
 //! | no client certificate                   | UNAUTHENTICATED     | says which credential to use   |
 //! | `StoreError::Storage` / `BadCommand`    | INTERNAL            |                                |
@@ -55,7 +57,7 @@ pub const ACTUAL_RV_METADATA: &str = "berth-actual-resource-version";
 
 pub fn store_code(e: &StoreError) -> Code {
     match e {
-        StoreError::NotFound { .. } => Code::NotFound,
+        StoreError::NotFound { .. } | StoreError::NamespaceNotFound { .. } => Code::NotFound,
         StoreError::AlreadyExists { .. } => Code::AlreadyExists,
         StoreError::Conflict { .. } => Code::Aborted,
         StoreError::Invalid(_)
@@ -67,7 +69,9 @@ pub fn store_code(e: &StoreError) -> Code {
             Code::ResourceExhausted
         }
         StoreError::Expired { .. } => Code::OutOfRange,
-        StoreError::Forbidden(_) => Code::PermissionDenied,
+        StoreError::Forbidden(_) | StoreError::NamespaceTerminating { .. } => {
+            Code::PermissionDenied
+        }
         StoreError::Storage(_) | StoreError::BadCommand(_) => Code::Internal,
     }
 }

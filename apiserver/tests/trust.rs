@@ -184,6 +184,12 @@ async fn unsigned_images_are_refused_signed_admitted_and_refused_again_once_the_
 async fn a_namespace_policy_overrides_the_cluster_policy_both_ways() {
     let cluster = TestCluster::start(1).await.unwrap();
     let mut c = cluster.client(0).await.unwrap();
+    for ns in ["dev", "prod"] {
+        let obj = json!({"kind": "Namespace", "metadata": {"name": ns}});
+        create(&mut c, serde_json::to_vec(&obj).unwrap())
+            .await
+            .unwrap();
+    }
     // Cluster on, namespace dev off.
     apply(&mut c, cluster_policy(true)).await.unwrap();
     apply(&mut c, namespace_policy("dev", false)).await.unwrap();

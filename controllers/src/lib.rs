@@ -11,10 +11,12 @@
 //! - [`gc`]: objects whose owners are gone are deleted.
 //! - [`volume`]: PersistentVolumeClaims bound to volumes; `local-path` volumes provisioned on
 //!   the node of a claim's first pod; released volumes reclaimed.
+//! - [`namespace`]: system namespaces exist; a terminating namespace is emptied, then removed.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod run;

@@ -413,6 +413,7 @@ fn check_document(
             typed::<crate::storage::PersistentVolumeClaim>(value, renames)
         }
         Kind::PersistentVolume => typed::<crate::storage::PersistentVolume>(value, renames),
+        Kind::Namespace => typed::<Namespace>(value, renames),
     }
 }
 

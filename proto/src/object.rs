@@ -30,10 +30,12 @@ pub enum Kind {
     // Storage (v1).
     PersistentVolumeClaim,
     PersistentVolume,
+    // Namespaces (v1).
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Service,
@@ -56,6 +58,8 @@ impl Kind {
         // Storage.
         Kind::PersistentVolumeClaim,
         Kind::PersistentVolume,
+        // Namespaces.
+        Kind::Namespace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +84,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
             Kind::PersistentVolume => "PersistentVolume",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -111,6 +116,7 @@ impl Kind {
             self,
             Kind::TrustKey | Kind::ImageSignature | Kind::ClusterImagePolicy
         ) && self != Kind::PersistentVolume
+            && self != Kind::Namespace
     }
 
     /// Kinds that users write; the rest are written by Berth's own loops (users may still
@@ -137,6 +143,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::PersistentVolumeClaim => "persistentvolumeclaims",
             Kind::PersistentVolume => "persistentvolumes",
+            Kind::Namespace => "namespaces",
         }
     }
 
@@ -166,6 +173,7 @@ impl Kind {
                 Kind::PersistentVolumeClaim
             }
             "persistentvolume" | "persistentvolumes" | "pv" => Kind::PersistentVolume,
+            "namespace" | "namespaces" | "ns" => Kind::Namespace,
             _ => return None,
         })
     }
@@ -249,6 +257,7 @@ resource!(ConfigMap, Kind::ConfigMap);
 resource!(Secret, Kind::Secret);
 resource!(PersistentVolumeClaim, Kind::PersistentVolumeClaim);
 resource!(PersistentVolume, Kind::PersistentVolume);
+resource!(Namespace, Kind::Namespace);
 
 /// An object of any kind, as JSON, with typed access to the parts every kind shares. The API
 /// server stores these; it never needs to know a kind's spec fields beyond validation.
@@ -264,7 +273,7 @@ pub enum DecodeError {
     Json(#[from] serde_json::Error),
     #[error("object has no kind")]
     MissingKind,
-    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume)")]
+    #[error("unsupported kind {0:?} (supported: Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume, Namespace)")]
     UnknownKind(String),
     #[error("unsupported apiVersion {found:?} for kind {kind}: use {expected:?}")]
     ApiVersion {
@@ -331,6 +340,7 @@ impl DynObject {
             Kind::Secret => normalize_secret(value)?,
             Kind::PersistentVolumeClaim => normalize_claim(value)?,
             Kind::PersistentVolume => normalize_volume(value)?,
+            Kind::Namespace => normalize::<Namespace>(kind, value)?,
         };
         Ok(DynObject { kind, value })
     }

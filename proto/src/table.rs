@@ -847,6 +847,23 @@ pub fn secret_table(items: &[Secret], now: DateTime<Utc>) -> Table {
     t
 }
 
+/// kubectl's `get namespaces`: NAME STATUS AGE.
+pub fn namespace_table(items: &[Namespace], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "STATUS", "AGE"]);
+    for n in items {
+        let phase = match n.status.phase.as_str() {
+            "" => "Active",
+            p => p,
+        };
+        t.rows.push(vec![
+            n.metadata.name.clone(),
+            phase.to_string(),
+            age(n.metadata.creation_timestamp.as_ref(), now),
+        ]);
+    }
+    t
+}
+
 /// `berth images`: every tag of the cluster registry with its digest, size and the nodes
 /// that have that digest (by the `repo@digest` names in Node `status.images`).
 pub fn images_table(tags: &[ImageTag], manifests: &[ImageManifest], nodes: &[Node]) -> Table {
@@ -1029,6 +1046,7 @@ pub fn rows(
         Kind::Secret => (secret_table(&typed(objs)?, now), ns_of(objs)),
         Kind::PersistentVolumeClaim => (claim_table(&typed(objs)?, now, wide), ns_of(objs)),
         Kind::PersistentVolume => (volume_table(&typed(objs)?, now), ns_of(objs)),
+        Kind::Namespace => (namespace_table(&typed(objs)?, now), ns_of(objs)),
     };
     let mut table = table;
     if opts.show_labels && kind != Kind::Event {

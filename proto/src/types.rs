@@ -1673,3 +1673,56 @@ impl ConfigMap {
             .ok()
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces (v1)
+
+/// The finalizer the namespace controller removes once everything in a terminating namespace
+/// is gone (`spec.finalizers`, as in Kubernetes).
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// `v1 Namespace` (cluster-scoped). Deleting one marks it Terminating; the namespace
+/// controller deletes everything in it, removes its finalizer, then the Namespace itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NamespaceSpec,
+    #[serde(default)]
+    pub status: NamespaceStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceStatus {
+    /// `Active` or `Terminating`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+impl Namespace {
+    pub fn terminating(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some() || self.status.phase == "Terminating"
+    }
+}
+
+/// Namespaces every cluster has from init (the leader creates their objects; writes into
+/// them are accepted even before it has).
+pub const SYSTEM_NAMESPACES: [&str; 2] = ["default", "berth-system"];
+
+/// Namespaces that may not be deleted (Kubernetes' immortal ones plus Berth's own).
+pub const PROTECTED_NAMESPACES: [&str; 4] =
+    ["default", "berth-system", "kube-system", "kube-public"];

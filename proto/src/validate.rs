@@ -338,6 +338,7 @@ pub fn validate(obj: &DynObject) -> Vec<FieldError> {
         Kind::Secret => typed::<Secret>(obj),
         Kind::PersistentVolumeClaim => typed::<PersistentVolumeClaim>(obj),
         Kind::PersistentVolume => typed::<PersistentVolume>(obj),
+        Kind::Namespace => typed::<Namespace>(obj),
     }
 }
 
@@ -399,6 +400,40 @@ pub fn validate_persistent_volume(v: &PersistentVolume) -> Vec<FieldError> {
         false,
     );
     e.0.extend(crate::storage::validate_volume_spec(v));
+    e.0
+}
+
+validate_impl!(Namespace, validate_namespace);
+
+/// A Namespace: a DNS-1123 label name (as Kubernetes requires), a known phase.
+pub fn validate_namespace(n: &Namespace) -> Vec<FieldError> {
+    let mut e = Errs::default();
+    let root = FieldPath::root();
+    meta(
+        &mut e,
+        &n.metadata,
+        &root.child("metadata"),
+        NameRule::Label,
+        false,
+    );
+    if !n.metadata.namespace.is_empty() {
+        e.add(
+            &root.child("metadata").child("namespace"),
+            format!(
+                "a Namespace is cluster-scoped: remove metadata.namespace ({:?})",
+                n.metadata.namespace
+            ),
+        );
+    }
+    if !matches!(n.status.phase.as_str(), "" | "Active" | "Terminating") {
+        e.add(
+            &root.child("status").child("phase"),
+            format!(
+                "unsupported value {:?}: supported values: \"Active\", \"Terminating\"",
+                n.status.phase
+            ),
+        );
+    }
     e.0
 }
 

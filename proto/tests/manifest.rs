@@ -118,8 +118,8 @@ fn unsupported_kind_and_api_version() {
         vec!["app.yaml:2: kind: unsupported kind \"Deploymnt\": did you mean Deployment?"]
     );
     assert_eq!(
-        errors("apiVersion: v1\nkind: Namespace\n"),
-        vec!["app.yaml:2: kind: unsupported kind \"Namespace\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume"]
+        errors("apiVersion: v1\nkind: LimitRange\n"),
+        vec!["app.yaml:2: kind: unsupported kind \"LimitRange\": use one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume, Namespace"]
     );
     assert_eq!(
         errors("apiVersion: extensions/v1beta1\nkind: Deployment\n"),
@@ -131,7 +131,7 @@ fn unsupported_kind_and_api_version() {
     );
     assert_eq!(
         errors("apiVersion: v1\nmetadata: {name: x}\n"),
-        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume"]
+        vec!["app.yaml:1: kind: missing required field: set it to one of Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, ImageManifest, ImageTag, ImageBlob, RegistryServer, TrustKey, ImageSignature, ClusterImagePolicy, ImagePolicy, ConfigMap, Secret, PersistentVolumeClaim, PersistentVolume, Namespace"]
     );
     assert_eq!(
         errors("- a\n- b\n"),

@@ -1,5 +1,5 @@
 //! `berth create secret generic|docker-registry|tls NAME ...` and `berth create configmap
-//! NAME ...`: kubectl's imperative shapes (`--from-literal K=V`, `--from-file [K=]PATH`,
+//! NAME ...` and `berth create namespace NAME`: kubectl's imperative shapes (`--from-literal K=V`, `--from-file [K=]PATH`,
 //! `--from-env-file PATH`), validated like a manifest, never echoing a value.
 
 use std::collections::BTreeMap;
@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use base64::Engine as _;
 use berth_client::ClientError;
-use berth_proto::types::{ConfigMap, ObjectMeta, Secret};
-use berth_proto::validate::{validate_config_map, validate_secret};
+use berth_proto::types::{ConfigMap, Namespace, ObjectMeta, Secret};
+use berth_proto::validate::{validate_config_map, validate_namespace, validate_secret};
 use berth_proto::DynObject;
 use clap::{Args, Subcommand};
 
@@ -31,6 +31,14 @@ pub enum CreateWhat {
     /// A ConfigMap from literals, files or an env file.
     #[command(alias = "cm")]
     Configmap(FromArgs),
+    /// A Namespace: berth create namespace NAME [--dry-run].
+    #[command(alias = "ns")]
+    Namespace {
+        name: String,
+        /// Validate and print what would be created, without creating it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -183,6 +191,25 @@ fn meta(name: &str, c: &Common) -> ObjectMeta {
 pub async fn run(ctx: &Ctx, a: CreateArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
     let (obj, errors, common, what) = match a.what {
+        CreateWhat::Namespace { name, dry_run } => {
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let common = Common {
+                namespace: None,
+                dry_run,
+            };
+            (
+                DynObject::from_typed(&ns),
+                validate_namespace(&ns),
+                common,
+                "namespace",
+            )
+        }
         CreateWhat::Configmap(f) => {
             let mut cm = ConfigMap {
                 metadata: meta(&f.name, &f.common),
@@ -277,6 +304,9 @@ pub async fn run(ctx: &Ctx, a: CreateArgs, io: &mut Io<'_>) -> anyhow::Result<()
             let suffix = if common.dry_run { " (dry run)" } else { "" };
             writeln!(io.out, "{what}/{} created{suffix}", obj.name())?;
             Ok(())
+        }
+        Err(ClientError::AlreadyExists(_)) if what == "namespace" => {
+            bail!("namespace/{} already exists", obj.name())
         }
         Err(ClientError::AlreadyExists(_)) => bail!(
             "{what}/{} already exists in namespace {}: delete it first, or change it with berth apply",

@@ -870,6 +870,17 @@ fn describe_volume(
     events_section(out, &rel.events, now);
 }
 
+/// kubectl's shape: name, labels, annotations, status.
+fn describe_namespace(out: &mut String, n: &Namespace) {
+    meta_lines(out, &n.metadata, false);
+    let phase = if n.status.phase.is_empty() {
+        "Active"
+    } else {
+        &n.status.phase
+    };
+    kv(out, "Status", phase);
+}
+
 /// The text for one object and what relates to it.
 pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<String, String> {
     let mut out = String::new();
@@ -897,6 +908,7 @@ pub fn describe(obj: &DynObject, rel: &Related, now: DateTime<Utc>) -> Result<St
         Kind::PersistentVolume => {
             describe_volume(&mut out, &obj.to_typed().map_err(bad)?, rel, now)
         }
+        Kind::Namespace => describe_namespace(&mut out, &obj.to_typed().map_err(bad)?),
     }
     Ok(out)
 }

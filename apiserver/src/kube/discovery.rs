@@ -54,6 +54,7 @@ fn short_names(kind: Kind) -> &'static [&'static str] {
         Kind::ConfigMap => &["cm"],
         Kind::PersistentVolumeClaim => &["pvc"],
         Kind::PersistentVolume => &["pv"],
+        Kind::Namespace => &["ns"],
         _ => &[],
     }
 }

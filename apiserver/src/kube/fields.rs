@@ -36,6 +36,7 @@ fn kind_fields(kind: Kind) -> &'static [&'static str] {
             "type",
         ],
         Kind::Secret => &["type"],
+        Kind::Namespace => &["status.phase"],
         Kind::Node => &["spec.unschedulable"],
         Kind::ReplicaSet => &["status.replicas"],
         _ => &[],

@@ -148,6 +148,20 @@ impl KubeError {
             Code::DeadlineExceeded => (504, "Timeout", msg.clone()),
             _ => (500, "InternalError", msg.clone()),
         };
+        // The object's namespace does not exist: Kubernetes names the namespace, not the
+        // object (`namespaces "x" not found`), and so do its details.
+        if code == 404 && msg.starts_with("namespaces \"") {
+            let short = msg.split_once(": ").map_or(msg.as_str(), |(a, _)| a);
+            let ns = short
+                .trim_start_matches("namespaces \"")
+                .split('"')
+                .next()
+                .unwrap_or("");
+            return KubeError::new(404, "NotFound", short).with_target(&Target {
+                kind: Some(Kind::Namespace),
+                name: ns.to_string(),
+            });
+        }
         let mut e = KubeError::new(code, reason, message).with_target(target);
         if code == 429 || code == 503 {
             e.retry_after = Some(1);

@@ -9,7 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use berth_proto::types::{Labels, ObjectMeta, Service, ServiceSpec, Time};
+use berth_proto::types::{
+    Labels, ObjectMeta, Service, ServiceSpec, Time, NAMESPACE_FINALIZER, PROTECTED_NAMESPACES,
+    SYSTEM_NAMESPACES,
+};
 use berth_proto::{DynObject, Kind};
 use serde_json::Value;
 
@@ -28,6 +31,9 @@ pub(super) struct Txn<'a> {
     pub node_ports: NodePortRange,
     pub networks: super::networks::Networks,
     pub max_object_bytes: usize,
+    /// Refuse new objects in namespaces that do not exist or are terminating (set by
+    /// proposers that know Namespaces; entries written before them are applied as they were).
+    pub check_namespaces: bool,
 }
 
 /// The labels of a stored object.
@@ -110,6 +116,7 @@ impl<'a> Txn<'a> {
             node_ports,
             networks: super::networks::Networks::default(),
             max_object_bytes,
+            check_namespaces: false,
         }
     }
 
@@ -178,6 +185,9 @@ impl<'a> Txn<'a> {
         prev: Option<&Value>,
         change: ChangeType,
     ) -> Result<Value, StoreError> {
+        if key.kind == Kind::Secret && change != ChangeType::Deleted {
+            self.check_secret_keys(&key, &object)?;
+        }
         let revision = self.revision + 1;
         set_resource_version(&mut object, revision);
         let size = serde_json::to_vec(&object).map(|b| b.len()).unwrap_or(0);
@@ -211,6 +221,14 @@ impl<'a> Txn<'a> {
         let key = key_of(&obj);
         if self.get(&key).is_some() {
             return Err(StoreError::AlreadyExists { key });
+        }
+        if self.check_namespaces && key.kind.namespaced() {
+            self.namespace_accepts(&key.namespace)?;
+        }
+        if key.kind == Kind::Namespace {
+            // Server-owned, as Kubernetes' namespace strategy sets them.
+            obj.value["spec"] = serde_json::json!({ "finalizers": [NAMESPACE_FINALIZER] });
+            obj.value["status"] = serde_json::json!({ "phase": "Active" });
         }
         let mut meta = obj.meta();
         meta.namespace = key.namespace.clone();
@@ -287,6 +305,7 @@ impl<'a> Txn<'a> {
         };
         obj.set_meta(&meta);
         keep_status(&mut obj.value, &existing);
+        keep_namespace_spec(key.kind, &mut obj.value, &existing);
         let object = self
             .finish_change(&key, obj, &existing)?
             .unwrap_or_else(|| (*existing).clone());
@@ -367,6 +386,7 @@ impl<'a> Txn<'a> {
                 }
             }
         }
+        keep_namespace_spec(key.kind, &mut new, &existing);
         // A Pod's binding belongs to the scheduler: re-applying a manifest without
         // spec.nodeName must not unbind it.
         if key.kind == Kind::Pod {
@@ -403,10 +423,132 @@ impl<'a> Txn<'a> {
             .get(&key)
             .ok_or_else(|| StoreError::NotFound { key: key.clone() })?;
         precondition(&key, resource_version, &existing)?;
+        if key.kind == Kind::Namespace {
+            return self.delete_namespace(key, &existing);
+        }
         let object = self.commit(
             key,
             (*existing).clone(),
             Some(&existing),
+            ChangeType::Deleted,
+        )?;
+        Ok(OpOutput {
+            object,
+            outcome: None,
+        })
+    }
+
+    /// Secrets encryption's invariant, kept where it cannot race: a Secret's values are
+    /// sealed only with keys of the keyring, and the keyring never drops a key a stored Secret
+    /// still uses (see [`crate::encryption`]).
+    fn check_secret_keys(&self, key: &ObjectKey, object: &Value) -> Result<(), StoreError> {
+        use crate::encryption::{key_names_in, KEYRING_NAME, KEYRING_NAMESPACE};
+        let ring_key = ObjectKey::new(Kind::Secret, KEYRING_NAMESPACE, KEYRING_NAME);
+        let names = |v: &Value| -> BTreeSet<String> {
+            v["data"]
+                .as_object()
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        if *key == ring_key {
+            let keep = names(object);
+            for (k, v) in self.others(Kind::Secret, key) {
+                if let Some(n) = key_names_in(&v)
+                    .into_iter()
+                    .flatten()
+                    .find(|n| !keep.contains(n))
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "the secrets encryption keyring may not drop key {n:?}: {k} is still \
+                         encrypted with it; re-encrypt first (berth secrets-encryption rotate)"
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let used: BTreeSet<String> = key_names_in(object).into_iter().flatten().collect();
+        if used.is_empty() {
+            return Ok(());
+        }
+        let have = self.get(&ring_key).map(|r| names(&r)).unwrap_or_default();
+        match used.iter().find(|n| !have.contains(*n)) {
+            Some(n) => Err(StoreError::Invalid(format!(
+                "{key} was encrypted with key {n:?}, which is no longer in the secrets \
+                 encryption keyring (a rotation finished meanwhile): write it again"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// May a new object be created in namespace `ns`? It must exist (the system namespaces
+    /// always do) and not be terminating.
+    fn namespace_accepts(&self, ns: &str) -> Result<(), StoreError> {
+        let found = self.get(&ObjectKey::new(Kind::Namespace, "", ns));
+        match found {
+            None if SYSTEM_NAMESPACES.contains(&ns) => Ok(()),
+            None => Err(StoreError::NamespaceNotFound {
+                namespace: ns.to_string(),
+            }),
+            Some(v) if namespace_terminating(&v) => Err(StoreError::NamespaceTerminating {
+                namespace: ns.to_string(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Does any object live in namespace `ns`?
+    fn namespace_has_content(&self, ns: &str) -> bool {
+        Kind::ALL.iter().filter(|k| k.namespaced()).any(|&kind| {
+            let from = ObjectKey {
+                kind,
+                namespace: ns.to_string(),
+                name: String::new(),
+            };
+            let in_ns = |k: &ObjectKey| k.kind == kind && k.namespace == ns;
+            let in_base = self
+                .base
+                .range(from.clone()..)
+                .take_while(|(k, _)| in_ns(k))
+                .any(|(k, _)| !matches!(self.changes.get(k), Some(None)));
+            in_base
+                || self
+                    .changes
+                    .range(from..)
+                    .take_while(|(k, _)| in_ns(k))
+                    .any(|(_, v)| v.is_some())
+        })
+    }
+
+    /// Deleting a Namespace, as Kubernetes does: the protected ones are refused; an active
+    /// one is marked Terminating (deletionTimestamp, phase); a terminating one goes once
+    /// nothing is left in it (the namespace controller empties it and deletes it again).
+    fn delete_namespace(&mut self, key: ObjectKey, existing: &Arc<Value>) -> OpResult {
+        if PROTECTED_NAMESPACES.contains(&key.name.as_str()) {
+            return Err(StoreError::Forbidden(
+                "this namespace may not be deleted".to_string(),
+            ));
+        }
+        if !namespace_terminating(existing) {
+            let mut v = (**existing).clone();
+            v["metadata"]["deletionTimestamp"] =
+                serde_json::to_value(self.now).unwrap_or(Value::Null);
+            v["status"] = serde_json::json!({ "phase": "Terminating" });
+            let object = self.commit(key, v, Some(existing), ChangeType::Modified)?;
+            return Ok(OpOutput {
+                object,
+                outcome: None,
+            });
+        }
+        if self.namespace_has_content(&key.name) {
+            return Ok(OpOutput {
+                object: (**existing).clone(),
+                outcome: None,
+            });
+        }
+        let object = self.commit(
+            key,
+            (**existing).clone(),
+            Some(existing),
             ChangeType::Deleted,
         )?;
         Ok(OpOutput {
@@ -683,6 +825,23 @@ impl<'a> Txn<'a> {
             .map_err(|e| StoreError::Invalid(format!("{key}: invalid spec: {e}")))?;
         Ok(())
     }
+}
+
+/// A Namespace's spec (its finalizers) belongs to the server: writes keep the stored one.
+fn keep_namespace_spec(kind: Kind, new: &mut Value, existing: &Value) {
+    if kind == Kind::Namespace {
+        if let Some(n) = new.as_object_mut() {
+            match existing.get("spec") {
+                Some(s) => n.insert("spec".into(), s.clone()),
+                None => n.remove("spec"),
+            };
+        }
+    }
+}
+
+/// Is this stored Namespace being deleted?
+pub(crate) fn namespace_terminating(v: &Value) -> bool {
+    v["metadata"]["deletionTimestamp"].is_string() || v["status"]["phase"] == "Terminating"
 }
 
 /// Replace `new`'s status with `existing`'s (absent if it had none).

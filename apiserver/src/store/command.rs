@@ -28,6 +28,10 @@ pub struct Command {
     /// existed: the defaults).
     #[serde(default)]
     pub networks: super::networks::Networks,
+    /// Refuse creating objects in namespaces that do not exist or are terminating (false in
+    /// entries written before Namespaces existed, which are applied as they were then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check_namespaces: bool,
 }
 
 /// One write. Objects are JSON values of `berth_proto::types` (any kind).

@@ -123,6 +123,17 @@ pub enum StoreError {
     /// The caller may not make this change (checked when the entry is applied).
     #[error("{0}")]
     Forbidden(String),
+    /// A namespaced object was created in a namespace that does not exist.
+    #[error(
+        "namespaces \"{namespace}\" not found: create the namespace first (berth create \
+         namespace {namespace}, or a Namespace document before the objects in it)"
+    )]
+    NamespaceNotFound { namespace: String },
+    /// A namespaced object was created in a namespace being deleted (Kubernetes' words).
+    #[error(
+        "unable to create new content in namespace {namespace} because it is being terminated"
+    )]
+    NamespaceTerminating { namespace: String },
     /// The server's storage failed; the member needs attention.
     #[error("storage error: {0}")]
     Storage(String),

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sled::Transactional;
 
+pub(crate) use apply::resource_version_of;
 pub use berth_proto::selector::{Selector, SelectorError};
 pub use command::{ApplyOutcome, Command, Op, OpOutput, OpResult, Reply};
 pub use error::{normalize_namespace, ObjectKey, StoreError};
@@ -384,6 +385,7 @@ impl Store {
             self.config.max_object_bytes,
         );
         txn.networks = cmd.networks;
+        txn.check_namespaces = cmd.check_namespaces;
         Reply {
             results: txn.run_all(cmd.ops, cmd.atomic),
         }
@@ -415,6 +417,7 @@ impl Store {
                     txn.now = cmd.now;
                     txn.node_ports = cmd.node_ports;
                     txn.networks = cmd.networks;
+                    txn.check_namespaces = cmd.check_namespaces;
                     Reply {
                         results: txn.run_all(cmd.ops, cmd.atomic),
                     }

@@ -9,6 +9,8 @@ struct Fixture {
     db: sled::Db,
     store: Store,
     index: u64,
+    /// Commands carry `check_namespaces` (as the API service's do).
+    check_namespaces: bool,
 }
 
 fn fixture() -> Fixture {
@@ -24,6 +26,7 @@ fn fixture_with(config: StoreConfig) -> Fixture {
         db,
         store,
         index: 0,
+        check_namespaces: false,
     }
 }
 
@@ -42,6 +45,7 @@ impl Fixture {
             node_ports,
             networks: Default::default(),
             atomic: false,
+            check_namespaces: self.check_namespaces,
         };
         let reply = self.store.apply(self.index, &cmd.encode());
         Reply::decode(&reply).unwrap().results
@@ -564,6 +568,7 @@ fn already_applied_entries_are_skipped_on_replay() {
         now: now(),
         node_ports: NodePortRange::default(),
         networks: Default::default(),
+        check_namespaces: false,
         atomic: false,
     };
     assert!(f.store.apply(1, &cmd.encode()).is_empty());
@@ -714,6 +719,7 @@ fn dry_run_reports_the_result_without_committing() {
         now: now(),
         node_ports: NodePortRange::default(),
         networks: Default::default(),
+        check_namespaces: false,
         atomic: false,
     });
     assert_eq!(
@@ -881,6 +887,7 @@ fn atomic_apply(f: &mut Fixture, objects: Vec<Value>) -> Vec<OpResult> {
         now: now(),
         node_ports: NodePortRange::default(),
         networks: Default::default(),
+        check_namespaces: false,
         atomic: true,
     };
     Reply::decode(&f.store.apply(f.index, &cmd.encode()))
@@ -931,6 +938,7 @@ fn atomic_command_rolls_back_only_itself_within_a_batch_of_entries() {
             now: now(),
             node_ports: NodePortRange::default(),
             networks: Default::default(),
+            check_namespaces: false,
             atomic,
         }
         .encode()
@@ -988,6 +996,7 @@ fn atomic_dry_run_reports_every_error_and_commits_nothing() {
         now: now(),
         node_ports: NodePortRange::default(),
         networks: Default::default(),
+        check_namespaces: false,
         atomic: true,
     });
     assert!(matches!(
@@ -1183,7 +1192,7 @@ mod address_props {
                         continue;
                     }
                 };
-                let cmd = Command { ops: vec![op], atomic: false, now: now(), node_ports: NodePortRange::default(), networks: Default::default() };
+                let cmd = Command { ops: vec![op], atomic: false, now: now(), node_ports: NodePortRange::default(), networks: Default::default(), check_namespaces: false };
                 a.index += 1;
                 let _ = a.store.apply(a.index, &cmd.encode());
                 entries.push(cmd.encode());
@@ -1203,4 +1212,156 @@ mod address_props {
             prop_assert_eq!(addresses(&a.store), addresses(&b.store));
         }
     }
+}
+
+fn namespace(name: &str) -> Value {
+    json!({ "kind": "Namespace", "metadata": { "name": name } })
+}
+
+fn in_ns(mut v: Value, ns: &str) -> Value {
+    v["metadata"]["namespace"] = json!(ns);
+    v
+}
+
+#[test]
+fn creating_in_a_missing_namespace_is_refused_and_system_namespaces_always_accept() {
+    let mut f = fixture();
+    f.check_namespaces = true;
+    let err = f.create(in_ns(pod("a", json!({})), "team-a")).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::NamespaceNotFound {
+            namespace: "team-a".into()
+        }
+    );
+    assert!(
+        err.to_string()
+            .starts_with("namespaces \"team-a\" not found"),
+        "{err}"
+    );
+    // Server-side apply that would create is refused the same way.
+    assert!(matches!(
+        f.apply_obj(in_ns(pod("a", json!({})), "team-a")),
+        Err(StoreError::NamespaceNotFound { .. })
+    ));
+    // default and berth-system exist from init, even before their objects are written.
+    f.create(pod("a", json!({}))).unwrap();
+    f.create(in_ns(pod("a", json!({})), "berth-system"))
+        .unwrap();
+    let ns = f.create(namespace("team-a")).unwrap().object;
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    f.create(in_ns(pod("a", json!({})), "team-a")).unwrap();
+    // Entries written before Namespaces existed do not check (same result on every member).
+    f.check_namespaces = false;
+    f.create(in_ns(pod("a", json!({})), "legacy")).unwrap();
+}
+
+#[test]
+fn deleting_a_namespace_terminates_it_refuses_new_content_and_removes_it_once_empty() {
+    let mut f = fixture();
+    f.check_namespaces = true;
+    f.create(namespace("team-a")).unwrap();
+    f.create(in_ns(pod("a", json!({})), "team-a")).unwrap();
+    let del = |f: &mut Fixture, kind, ns: &str, name: &str| {
+        f.run(Op::Delete {
+            key: ObjectKey::new(kind, ns, name),
+            resource_version: 0,
+        })
+    };
+    let out = del(&mut f, Kind::Namespace, "", "team-a").unwrap().object;
+    assert_eq!(out["status"]["phase"], "Terminating");
+    assert!(out["metadata"]["deletionTimestamp"].is_string());
+    let stored = f
+        .store
+        .get(&ObjectKey::new(Kind::Namespace, "", "team-a"))
+        .unwrap();
+    assert_eq!(stored["status"]["phase"], "Terminating");
+    let err = f.create(in_ns(pod("b", json!({})), "team-a")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unable to create new content in namespace team-a because it is being terminated"
+    );
+    // Updating what is already there still works (status writes while it drains).
+    let mut p = (*f
+        .store
+        .get(&ObjectKey::new(Kind::Pod, "team-a", "a"))
+        .unwrap())
+    .clone();
+    p["metadata"]["labels"] = json!({"x": "y"});
+    f.run(Op::Update { object: p }).unwrap();
+    // Content left: deleting again keeps it.
+    del(&mut f, Kind::Namespace, "", "team-a").unwrap();
+    assert!(f
+        .store
+        .get(&ObjectKey::new(Kind::Namespace, "", "team-a"))
+        .is_ok());
+    del(&mut f, Kind::Pod, "team-a", "a").unwrap();
+    del(&mut f, Kind::Namespace, "", "team-a").unwrap();
+    assert!(matches!(
+        f.store.get(&ObjectKey::new(Kind::Namespace, "", "team-a")),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn system_namespaces_cannot_be_deleted_and_writes_keep_a_namespace_spec() {
+    let mut f = fixture();
+    f.check_namespaces = true;
+    for name in ["default", "berth-system", "kube-system"] {
+        f.create(namespace(name)).unwrap();
+        let err = f
+            .run(Op::Delete {
+                key: ObjectKey::new(Kind::Namespace, "", name),
+                resource_version: 0,
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Forbidden("this namespace may not be deleted".into())
+        );
+    }
+    // A re-applied manifest without spec keeps the finalizer.
+    let out = f
+        .apply_obj(
+            json!({ "kind": "Namespace", "metadata": { "name": "default", "labels": {"a": "b"} } }),
+        )
+        .unwrap()
+        .object;
+    assert_eq!(out["spec"]["finalizers"], json!(["kubernetes"]));
+    assert_eq!(out["metadata"]["labels"]["a"], "b");
+}
+
+#[test]
+fn sealed_secrets_use_only_keyring_keys_and_the_keyring_keeps_keys_in_use() {
+    let mut f = fixture();
+    let ring = |keys: Value| {
+        json!({"kind": "Secret", "metadata": {"name": "secrets-encryption-keys",
+            "namespace": "berth-system", "annotations": {
+                "secrets-encryption.berth.dev/write-key": "key1"}}, "data": keys})
+    };
+    let sealed = |name: &str, key: &str| {
+        json!({"kind": "Secret", "metadata": {"name": name},
+            "data": {"a": format!("k8s:enc:aesgcm:v1:{key}:AAAA")}})
+    };
+    // No keyring yet: a sealed value cannot be stored.
+    assert!(matches!(
+        f.create(sealed("s0", "key1")),
+        Err(StoreError::Invalid(_))
+    ));
+    f.create(ring(json!({"key1": "eA=="}))).unwrap();
+    f.create(sealed("s1", "key1")).unwrap();
+    let e = f.create(sealed("s2", "key9")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("key \"key9\", which is no longer in the"),
+        "{e}"
+    );
+    // Dropping key1 while s1 uses it is refused; after s1 moves to key2 it is allowed.
+    let e = f.apply_obj(ring(json!({"key2": "eA=="}))).unwrap_err();
+    assert!(e.to_string().contains("may not drop key \"key1\""), "{e}");
+    f.apply_obj(ring(json!({"key1": "eA==", "key2": "eA=="})))
+        .unwrap();
+    f.apply_obj(sealed("s1", "key2")).unwrap();
+    f.apply_obj(ring(json!({"key2": "eA=="}))).unwrap();
 }

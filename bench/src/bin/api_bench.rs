@@ -649,6 +649,16 @@ async fn main() -> Result<()> {
         args.berth_bin.display()
     );
     let (_berth, berth_eps, creds) = start_berth(&args.berth_bin, dir.path()).await?;
+    // The namespaces the writers and the list run use must exist (as in Kubernetes).
+    let c = creds.client(&berth_eps)?;
+    for ns in ["bench", "list"] {
+        let mut n = berth_proto::types::Namespace::default();
+        n.metadata.name = ns.into();
+        match c.create(&n).await {
+            Ok(_) | Err(berth_client::ClientError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let berth = BerthWriter {
         clients: Arc::new(
             (0..conns)

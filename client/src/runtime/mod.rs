@@ -23,7 +23,7 @@ pub mod reflector;
 pub mod supervise;
 pub mod watcher;
 
-use berth_proto::types::{Deployment, Endpoints, Event, Node, Pod, ReplicaSet, Service};
+use berth_proto::types::{Deployment, Endpoints, Event, Namespace, Node, Pod, ReplicaSet, Service};
 use berth_proto::{DynObject, Resource};
 
 /// Identifies an object of a known kind: namespace ("" for cluster-scoped) and name.
@@ -76,7 +76,7 @@ macro_rules! object_for_resource {
     )*};
 }
 
-object_for_resource!(Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event);
+object_for_resource!(Deployment, ReplicaSet, Service, Pod, Endpoints, Node, Event, Namespace);
 object_for_resource!(
     berth_proto::storage::PersistentVolumeClaim,
     berth_proto::storage::PersistentVolume

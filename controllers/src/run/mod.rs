@@ -8,6 +8,7 @@
 mod deployment;
 mod endpoints;
 mod gc;
+mod namespace;
 mod nodelifecycle;
 mod replicaset;
 mod volume;
@@ -108,16 +109,17 @@ fn requeue(after: Option<Duration>) -> Action {
 
 /// The names controller loops are supervised under (the `loop` label of
 /// `berth_controller_restarts_total`, and the name in their `ControllerRestarted` Events).
-pub const LOOP_NAMES: [&str; 6] = [
+pub const LOOP_NAMES: [&str; 7] = [
     "deployment",
     "replicaset",
     "endpoints",
     "node-lifecycle",
     "gc",
     "persistentvolume-binder",
+    "namespace",
 ];
 
-/// Run every controller (Deployment, ReplicaSet, Endpoints, node lifecycle, GC) until
+/// Run every controller (Deployment, ReplicaSet, Endpoints, node lifecycle, GC, Namespace) until
 /// `shutdown`, each supervised by `config.supervisor`: a loop that panics or returns is
 /// restarted on its own, and the others keep running. Meant to run only on the Raft leader
 /// (see [`run_while_leader`]).
@@ -137,6 +139,7 @@ pub async fn run_controllers(client: Client, config: Config, shutdown: Cancellat
                             "endpoints" => endpoints::run(client, config, token).await,
                             "node-lifecycle" => nodelifecycle::run(client, config, token).await,
                             "persistentvolume-binder" => volume::run(client, config, token).await,
+                            "namespace" => namespace::run(client, config, token).await,
                             _ => gc::run(client, config, token).await,
                         }
                     }

@@ -20,7 +20,7 @@ import sys
 
 ROOTS = [
     "api.core.v1.Pod", "api.core.v1.Service", "api.core.v1.Endpoints", "api.core.v1.Node",
-    "api.core.v1.Event", "api.core.v1.ConfigMap", "api.core.v1.Secret",
+    "api.core.v1.Event", "api.core.v1.ConfigMap", "api.core.v1.Secret", "api.core.v1.Namespace",
     "api.apps.v1.Deployment", "api.apps.v1.ReplicaSet", "api.autoscaling.v1.Scale",
     "apimachinery.pkg.apis.meta.v1.DeleteOptions", "apimachinery.pkg.runtime.Unknown",
 ]
