@@ -18,10 +18,12 @@
 //! | `…/[namespaces/{ns}/]{plural}`                          | GET list/watch, POST, DELETE    |
 //! | `…/[namespaces/{ns}/]{plural}/{name}`                   | GET, PUT, PATCH, DELETE         |
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/log`               | GET ([`podlog`])                |
 
 pub mod discovery;
 pub mod fields;
 mod handlers;
+mod podlog;
 pub mod protobuf;
 pub mod status;
 pub mod table;
@@ -143,6 +145,7 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Result<ResPath, K
         None => {}
         Some("status") if kind.has_status() => {}
         Some("scale") if discovery::has_scale(kind) => {}
+        Some(s) if kind == Kind::Pod && discovery::POD_SUBRESOURCES.iter().any(|p| p.0 == s) => {}
         Some(_) => return Err(KubeError::not_found_path()),
     }
     Ok(ResPath {
@@ -270,6 +273,8 @@ impl KubeApi {
             (&Method::GET, false, _) if ctx.flag("watch") => self.watch(ctx, rp).await,
             (&Method::GET, false, _) => self.list(ctx, rp).await,
             (&Method::GET, true, Some("scale")) => self.get_scale(ctx, rp).await,
+            (&Method::GET, true, Some("log")) => self.pod_log(ctx, rp).await,
+            (_, true, Some("log")) => Err(KubeError::method_not_allowed(&method, &path)),
             (&Method::GET, true, _) => self.get(ctx, rp).await,
             (&Method::POST, false, _) if rp.namespace.is_some() || !rp.kind.namespaced() => {
                 let body = read_body(req).await?;

@@ -1,0 +1,343 @@
+//! kubectl (the machine's, 1.32) reading pod logs and running commands in pods through
+//! Berth's Kubernetes REST API: `pods/log` (the API server streams from the pod's agent over
+//! mutual TLS) and `pods/exec` (WebSocket, v5.channel.k8s.io, proxied to the agent's exec
+//! endpoint). One API server with its scheduler and controllers, and real agents: the process
+//! runtime for logs, the Docker runtime (image berth-busybox:1, built by
+//! images/build-busybox.sh) for exec.
+//!
+//! Needs kubectl (and Docker for the exec tests): fails under CI=true without them.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_apiserver::testing::{wait_until, TestCluster};
+use berth_client::{Client, ClientConfig};
+use berth_proto::types::Pod;
+use tokio::io::AsyncBufReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Env {
+    cluster: Option<TestCluster>,
+    agent: Option<berth_agent::AgentHandle>,
+    client: Client,
+    shutdown: CancellationToken,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Env {
+    /// One server with its leader loops, an agent named `node` on `runtime`, and a kubeconfig
+    /// with the admin credential.
+    async fn start(node: &str, runtime: berth_agent::RuntimeKind, ports: &str) -> Env {
+        let cluster = TestCluster::start(1).await.expect("cluster");
+        let shutdown = CancellationToken::new();
+        let server = cluster.server(0).expect("member");
+        let loops =
+            vec![berth::roles::spawn_leader_loops(server, shutdown.clone()).expect("loops")];
+        let addr = cluster.addr(0).to_string();
+        let client = Client::new(
+            std::slice::from_ref(&addr),
+            ClientConfig::with_tls(cluster.admin_tls()),
+        )
+        .expect("client");
+        let dir = tempfile::tempdir().expect("tmp");
+        let agent = berth_agent::start(
+            berth_agent::AgentArgs {
+                server: vec![addr.clone()],
+                token: Some(berth_tls::Secret::new(cluster.token())),
+                name: Some(node.into()),
+                address: "127.0.0.1".into(),
+                data_dir: Some(dir.path().join("agent")),
+                runtime: Some(runtime),
+                capacity: Some("cpu=4,memory=4Gi".into()),
+                host_port_range: ports.into(),
+                listen: Some("127.0.0.1:0".into()),
+                no_proxy: true,
+                restart_backoff_ms: 300,
+                heartbeat_ms: 500,
+                ..Default::default()
+            },
+            CancellationToken::new(),
+        )
+        .await
+        .expect("agent");
+        let tls = cluster.admin_tls();
+        let yaml = berth::cli::kubeconfig::kubeconfig_yaml(
+            "berth",
+            &[addr],
+            &tls.ca_cert_pem,
+            &tls.credential.cert_pem,
+            &tls.credential.key_pem,
+        )
+        .expect("kubeconfig");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, yaml).expect("write kubeconfig");
+        Env {
+            cluster: Some(cluster),
+            agent: Some(agent),
+            client,
+            shutdown,
+            loops,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            // A stopped agent leaves workloads running by design: stop them explicitly.
+            a.stop_workloads().await;
+        }
+        self.shutdown.cancel();
+        for l in self.loops.drain(..) {
+            let _ = l.await;
+        }
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await.expect("cluster shutdown");
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write manifest");
+        p
+    }
+
+    fn kubectl_cmd(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("kubectl");
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Run kubectl; (exit code, stdout, stderr).
+    async fn kubectl_code(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::time::timeout(DEADLINE, self.kubectl_cmd(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish in {DEADLINE:?}"))
+            .expect("run kubectl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Run kubectl, which must succeed; its stdout.
+    async fn kubectl(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.kubectl_code(args).await;
+        assert_eq!(
+            code, 0,
+            "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}"
+        );
+        out
+    }
+
+    async fn wait_running(&self, name: &str) {
+        let client = self.client.clone();
+        let name = name.to_string();
+        wait_until(DEADLINE, &format!("pod {name} Running"), || {
+            let client = client.clone();
+            let name = name.clone();
+            async move {
+                client
+                    .get::<Pod>("default", &name)
+                    .await
+                    .ok()
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.phase == "Running")
+                    .then_some(())
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
+fn require_kubectl(test: &str) -> bool {
+    berth_testkit::skip::require(
+        test,
+        berth_testkit::skip::command_works("kubectl", &["version", "--client"]),
+    )
+}
+
+/// `kubectl logs -f ...` in the background; its stdout lines arrive on the receiver.
+fn follow(
+    env: &Env,
+    args: &[&str],
+) -> (tokio::process::Child, tokio::sync::mpsc::Receiver<String>) {
+    let mut cmd = env.kubectl_cmd(args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn kubectl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            if tx.send(l).await.is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+async fn expect_line(rx: &mut tokio::sync::mpsc::Receiver<String>, want: &str) {
+    let got = tokio::time::timeout(DEADLINE, async {
+        while let Some(l) = rx.recv().await {
+            if l == want {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "kubectl logs -f never printed {want:?}");
+}
+
+fn go_file(dir: &Path) -> String {
+    dir.join("go").display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_logs_reads_tails_follows_and_picks_containers_through_the_api_server() {
+    if !require_kubectl(
+        "kubectl_logs_reads_tails_follows_and_picks_containers_through_the_api_server",
+    ) {
+        return;
+    }
+    let env = Env::start("log-node", berth_agent::RuntimeKind::Process, "47900-47999").await;
+    let go = go_file(env.dir.path());
+    let pod = format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: talker
+spec:
+  nodeName: log-node
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: none
+    command: [sh, -c, 'echo one; echo two; echo three; while [ ! -f {go} ]; do sleep 0.1; done; echo four; exec sleep 60']
+  - name: side
+    image: none
+    command: [sh, -c, 'echo from-the-sidecar; exec sleep 60']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stuck
+spec:
+  nodeSelector: {{nowhere: yes-please}}
+  containers:
+  - name: main
+    image: none
+    command: [sleep, '60']
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: greeter
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: greeter}}
+  template:
+    metadata:
+      labels: {{app: greeter}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: none
+        command: [sh, -c, 'echo hello-from-the-deployment; exec sleep 60']
+"
+    );
+    let m = env.file("pods.yaml", &pod);
+    env.kubectl(&["apply", "-f", m.to_str().unwrap()]).await;
+    env.wait_running("talker").await;
+
+    // The first lines are in once the container is running; wait for all three.
+    wait_until(
+        DEADLINE,
+        "kubectl logs talker shows three lines",
+        || async {
+            (env.kubectl_code(&["logs", "talker", "-c", "main"]).await.1 == "one\ntwo\nthree\n")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        env.kubectl(&["logs", "talker", "-c", "main", "--tail=1"])
+            .await,
+        "three\n"
+    );
+    assert_eq!(
+        env.kubectl(&["logs", "talker", "-c", "side"]).await,
+        "from-the-sidecar\n"
+    );
+    assert_eq!(
+        env.kubectl(&["logs", "talker", "-c", "main", "--limit-bytes=5"])
+            .await,
+        "one\nt"
+    );
+
+    // -f: the stream is open before the container writes "four".
+    let (mut child, mut rx) = follow(&env, &["logs", "-f", "talker", "-c", "main"]);
+    expect_line(&mut rx, "three").await;
+    std::fs::write(&go, "").unwrap();
+    expect_line(&mut rx, "four").await;
+    child.kill().await.unwrap();
+
+    // Errors as Kubernetes words them.
+    let (code, _, err) = env.kubectl_code(&["logs", "talker", "-c", "nope"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("container nope is not valid for pod talker"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl_code(&["logs", "stuck"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("container \"main\" in pod \"stuck\" is waiting to start: ContainerCreating"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl_code(&["logs", "ghost"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("pods \"ghost\" not found"), "{err}");
+    let (code, _, err) = env
+        .kubectl_code(&["logs", "talker", "-c", "main", "--timestamps"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("timestamps is not supported"), "{err}");
+
+    // deploy/NAME: kubectl finds a pod of the deployment, then reads its log.
+    wait_until(DEADLINE, "kubectl logs deploy/greeter", || async {
+        (env.kubectl_code(&["logs", "deploy/greeter"]).await.1 == "hello-from-the-deployment\n")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Discovery names the subresource.
+    let out = env.kubectl(&["get", "--raw", "/api/v1"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let log = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/log")
+        .expect("pods/log in discovery");
+    assert_eq!(log["verbs"], serde_json::json!(["get"]));
+    env.stop().await;
+}
