@@ -341,3 +341,137 @@ spec:
     assert_eq!(log["verbs"], serde_json::json!(["get"]));
     env.stop().await;
 }
+
+/// Removes the Docker containers of agent `node`, even when the test panics.
+struct RemoveNodeContainers(&'static str);
+impl Drop for RemoveNodeContainers {
+    fn drop(&mut self) {
+        let filter = format!("label=berth.node={}", self.0);
+        if let Ok(out) = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f", id])
+                    .output();
+            }
+        }
+    }
+}
+
+const SHELL_POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: shell
+spec:
+  nodeName: exec-node
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: berth-busybox:1
+    imagePullPolicy: Never
+    command: [/bin/busybox, sh, -c, '/bin/busybox --install -s /bin && exec sleep 300']
+";
+
+/// kubectl with `input` on its stdin; (exit code, stdout, stderr).
+async fn kubectl_with_input(env: &Env, args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = env.kubectl_cmd(args);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kubectl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("kubectl exec -i finishes once its input ends")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_exec_runs_commands_in_a_docker_container_with_stdin_and_exit_codes() {
+    let test = "kubectl_exec_runs_commands_in_a_docker_container_with_stdin_and_exit_codes";
+    if !require_kubectl(test)
+        || !berth_testkit::skip::require(
+            test,
+            berth_testkit::skip::command_works("docker", &["info"]),
+        )
+    {
+        return;
+    }
+    berth_testkit::images::build_busybox();
+    let _cleanup = RemoveNodeContainers("exec-node");
+    let env = Env::start("exec-node", berth_agent::RuntimeKind::Docker, "48000-48099").await;
+    let m = env.file("shell.yaml", SHELL_POD);
+    env.kubectl(&["apply", "-f", m.to_str().unwrap()]).await;
+    env.wait_running("shell").await;
+
+    // Once the shell has installed busybox's applets, `echo` is a command like anywhere.
+    let last = std::sync::Mutex::new(String::new());
+    let r = wait_until(DEADLINE, "kubectl exec shell -- echo hi", || async {
+        let (code, out, err) = env
+            .kubectl_code(&["exec", "shell", "--", "echo", "hi"])
+            .await;
+        *last.lock().unwrap() = format!("exit {code}, stdout {out:?}, stderr {err:?}");
+        (out == "hi\n").then_some(())
+    })
+    .await;
+    assert!(r.is_ok(), "{r:?}; last try: {}", last.lock().unwrap());
+    let (code, out, err) = env
+        .kubectl_code(&["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2"])
+        .await;
+    assert_eq!((code, out.as_str()), (0, "out\n"), "{err}");
+    assert!(err.contains("err"), "stderr comes back on stderr: {err:?}");
+
+    // The exit code passes through kubectl.
+    let (code, _, err) = env
+        .kubectl_code(&["exec", "shell", "--", "sh", "-c", "exit 3"])
+        .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("command terminated with exit code 3"), "{err}");
+
+    // -i: the piped input reaches the command; its end closes the command's stdin.
+    let (code, out, err) = kubectl_with_input(
+        &env,
+        &["exec", "-i", "shell", "--", "sh", "-c", "cat; echo done"],
+        b"piped-in\nsecond\n",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "piped-in\nsecond\ndone\n"),
+        "{err}"
+    );
+
+    // Errors as Kubernetes words them.
+    let (code, _, err) = env
+        .kubectl_code(&["exec", "shell", "-c", "nope", "--", "true"])
+        .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("container nope is not valid for pod shell"),
+        "{err}"
+    );
+    let (code, _, err) = env.kubectl_code(&["exec", "ghost", "--", "true"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("pods \"ghost\" not found"), "{err}");
+
+    let out = env.kubectl(&["get", "--raw", "/api/v1"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let exec = v["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods/exec")
+        .expect("pods/exec in discovery");
+    assert_eq!(exec["verbs"], serde_json::json!(["create", "get"]));
+    env.stop().await;
+}

@@ -106,7 +106,10 @@ pub fn api_group(g: &str) -> Option<Value> {
 }
 
 /// Pod subresources served by their own modules (`podlog`, `exec`): name, kind, verbs.
-pub const POD_SUBRESOURCES: &[(&str, &str, &[&str])] = &[("log", "Pod", &["get"])];
+pub const POD_SUBRESOURCES: &[(&str, &str, &[&str])] = &[
+    ("log", "Pod", &["get"]),
+    ("exec", "PodExecOptions", &["create", "get"]),
+];
 
 /// `GET /api/v1` or `/apis/GROUP/v1`.
 pub fn resource_list(g: &str) -> Value {

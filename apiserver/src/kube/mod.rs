@@ -19,8 +19,10 @@
 //! | `…/[namespaces/{ns}/]{plural}/{name}`                   | GET, PUT, PATCH, DELETE         |
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
 //! | `/api/v1/namespaces/{ns}/pods/{name}/log`               | GET ([`podlog`])                |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/exec`              | GET, POST WebSocket ([`exec`])  |
 
 pub mod discovery;
+mod exec;
 pub mod fields;
 mod handlers;
 mod podlog;
@@ -274,6 +276,8 @@ impl KubeApi {
             (&Method::GET, false, _) => self.list(ctx, rp).await,
             (&Method::GET, true, Some("scale")) => self.get_scale(ctx, rp).await,
             (&Method::GET, true, Some("log")) => self.pod_log(ctx, rp).await,
+            (&Method::GET | &Method::POST, true, Some("exec")) => self.pod_exec(req, ctx, rp).await,
+            (_, true, Some("exec")) => Err(KubeError::method_not_allowed(&method, &path)),
             (_, true, Some("log")) => Err(KubeError::method_not_allowed(&method, &path)),
             (&Method::GET, true, _) => self.get(ctx, rp).await,
             (&Method::POST, false, _) if rp.namespace.is_some() || !rp.kind.namespaced() => {
