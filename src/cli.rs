@@ -15,6 +15,7 @@ pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
 pub mod images;
 pub mod kubeconfig;
@@ -78,6 +79,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if e.downcast_ref::<TimedOut>().is_some() {
             return exit::TIMED_OUT;
+        }
+        if let Some(exec::CommandExited(code)) = e.downcast_ref::<exec::CommandExited>() {
+            return *code;
         }
     }
     exit::FAILURE
@@ -170,6 +174,9 @@ pub enum Command {
     Scale(WithConn<scale::ScaleArgs>),
     /// Print a container's log: berth logs POD|deploy/NAME [-c C] [-f] [--tail N] [-p]
     Logs(WithConn<logs::LogsArgs>),
+    /// Run a command in a pod's container and exit with its exit code: berth exec POD [-c C]
+    /// [-i] [-t] -- COMMAND [ARG...]
+    Exec(WithConn<exec::ExecArgs>),
     /// Manage a deployment's rollout: status, history, undo, restart, promote, abort.
     Rollout(WithConn<rollout::RolloutArgs>),
     /// Mark nodes unschedulable.
@@ -367,6 +374,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Logs(c) => logs::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Exec(c) => exec::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Rollout(c) => rollout::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Cordon(c) => node::cordon(&ctx(&c.conn)?, c.args, io).await,
         Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,

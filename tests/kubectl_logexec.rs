@@ -464,6 +464,69 @@ async fn kubectl_exec_runs_commands_in_a_docker_container_with_stdin_and_exit_co
     assert_ne!(code, 0);
     assert!(err.contains("pods \"ghost\" not found"), "{err}");
 
+    // berth exec: the same pods/exec path, the binary's exit status is the command's.
+    let berth = |args: &[&str], input: &[u8]| {
+        let cluster = env.cluster.as_ref().unwrap();
+        let mut argv = vec![
+            "--server".to_string(),
+            cluster.addr(0).to_string(),
+            "--config".to_string(),
+            cluster.admin_config_path().display().to_string(),
+            "exec".to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let input = input.to_vec();
+        async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(&argv)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn berth");
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&input).await.unwrap();
+            drop(stdin);
+            let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+                .await
+                .expect("berth exec finishes")
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = berth(
+        &["shell", "--", "sh", "-c", "echo from-berth; echo e >&2"],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "from-berth\n", "e\n")
+    );
+    let (code, _, err) = berth(&["shell", "--", "sh", "-c", "exit 7"], b"").await;
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("command terminated with exit code 7"), "{err}");
+    let (code, out, err) = berth(&["-i", "shell", "--", "wc", "-l"], b"a\nb\nc\n").await;
+    assert_eq!((code, out.trim()), (0, "3"), "{err}");
+    let (code, out, err) = berth(&["-t", "shell", "--", "tty"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("/dev/pts/"),
+        "-t allocates a terminal: {out:?}"
+    );
+    let (code, _, err) = berth(&["shell", "-c", "nope", "--", "true"], b"").await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("container nope is not valid for pod shell"),
+        "{err}"
+    );
+
     let out = env.kubectl(&["get", "--raw", "/api/v1"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let exec = v["resources"]

@@ -44,7 +44,7 @@ pub fn pick_pod(mut pods: Vec<Pod>) -> Option<Pod> {
     pods.into_iter().next()
 }
 
-async fn resolve_pod(client: &Client, ns: &str, target: &str) -> anyhow::Result<Pod> {
+pub(super) async fn resolve_pod(client: &Client, ns: &str, target: &str) -> anyhow::Result<Pod> {
     let (kind, name) = if target.contains('/') {
         let (kind, names) = parse_kind_and_names(&[target.to_string()])?;
         (kind, names.into_iter().next().unwrap_or_default())
