@@ -527,6 +527,45 @@ async fn kubectl_exec_runs_commands_in_a_docker_container_with_stdin_and_exit_co
         "{err}"
     );
 
+    // The Python client (websocket-client, its own protocol list) on the same endpoint.
+    if berth_testkit::skip::require(
+        "kubectl_exec_runs_commands_in_a_docker_container_with_stdin_and_exit_codes (python)",
+        berth_testkit::skip::command_works("python3", &["-c", "import kubernetes"]),
+    ) {
+        let script = r#"
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config()
+v1 = client.CoreV1Api()
+out = stream(v1.connect_get_namespaced_pod_exec, "shell", "default",
+             command=["sh", "-c", "echo py-hi"], stderr=True, stdin=False, stdout=True, tty=False)
+print("out=" + out.strip())
+resp = stream(v1.connect_get_namespaced_pod_exec, "shell", "default",
+              command=["sh", "-c", "exit 5"], stderr=True, stdin=False, stdout=True, tty=False,
+              _preload_content=False)
+resp.run_forever(timeout=20)
+print("code=%s" % resp.returncode)
+"#;
+        let out = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new("python3")
+                .args(["-c", script])
+                .env("KUBECONFIG", &env.kubeconfig)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the python client finished in time")
+        .expect("run python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains("out=py-hi") && stdout.contains("code=5"),
+            "python exec failed:\nstdout: {stdout}\nstderr: {stderr}"
+        );
+    }
+
     let out = env.kubectl(&["get", "--raw", "/api/v1"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let exec = v["resources"]
