@@ -200,6 +200,45 @@ async fn docker_exec_streams_output_stdin_exit_codes_and_a_tty_locally_and_over_
         code.unwrap() >= 126,
         "a missing command exits 126/127 like docker exec"
     );
+    // A TTY session resized by the client: the command waits until its terminal has the
+    // size the client sent.
+    let config = berth_tls::mtls_client_config(&admin).unwrap();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sizes, resize) = tokio::sync::mpsc::channel(1);
+    sizes.send((100, 40)).await.unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = tokio::time::timeout(
+        T,
+        berth_agent::exec::run_client(
+            tls,
+            &format!(
+                "wss://{addr}/exec/exec-test/shell/main?command=sh&command=-c&command=\
+                 while+%5B+%22%24%28stty+size%29%22+%21%3D+%2240+100%22+%5D%3B+do+sleep+0.1%3B+done%3B+stty+size\
+                 &stdout=1&tty=1"
+            ),
+            http::HeaderMap::new(),
+            ClientIo {
+                stdin: None,
+                stdout: &mut out,
+                stderr: &mut err,
+                resize: Some(resize),
+            },
+        ),
+    )
+    .await
+    .expect("the resized session ends");
+    drop(sizes);
+    assert_eq!(code.unwrap(), 0);
+    assert!(
+        String::from_utf8_lossy(&out).contains("40 100"),
+        "{:?}",
+        String::from_utf8_lossy(&out)
+    );
     stop.cancel();
     let _ = tokio::time::timeout(T, task).await;
 }
