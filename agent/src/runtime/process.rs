@@ -992,4 +992,56 @@ mod tests {
             .await;
         assert!(matches!(slow, Err(RuntimeError::Timeout { .. })));
     }
+
+    #[tokio::test]
+    async fn exec_stream_attaches_stdin_and_output_with_the_container_env_and_exit_code() {
+        use crate::exec::{ExecFrame, ExecSpec};
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = ProcessRuntime::new(dir.path()).expect("runtime");
+        let id = rt.create(&spec("c", "sleep 5")).await.expect("create");
+        let mut session = rt
+            .exec_stream(
+                &id,
+                &ExecSpec {
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo $GREETING; cat; echo err >&2; exit 6".into(),
+                    ],
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false,
+                },
+            )
+            .await
+            .expect("exec");
+        let mut stdin = session.stdin.take().expect("stdin");
+        stdin.write_all(b"typed\n").await.expect("write");
+        stdin.shutdown().await.expect("flush stdin");
+        // A child's stdin closes when dropped (what the exec endpoint's stdin task does).
+        drop(stdin);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(f) = session.output.next().await {
+            match f {
+                ExecFrame::Stdout(b) => out.extend_from_slice(&b),
+                ExecFrame::Stderr(b) => err.extend_from_slice(&b),
+            }
+        }
+        assert_eq!(out, b"hi\ntyped\n");
+        assert_eq!(err, b"err\n");
+        assert_eq!(session.control.wait().await.expect("code"), 6);
+        let tty = ExecSpec {
+            command: vec!["true".into()],
+            stdout: true,
+            tty: true,
+            ..Default::default()
+        };
+        match rt.exec_stream(&id, &tty).await {
+            Err(RuntimeError::Other(m)) => assert!(m.contains("without -t"), "{m}"),
+            _ => panic!("a TTY was accepted by the process runtime"),
+        }
+    }
 }
