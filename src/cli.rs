@@ -15,6 +15,7 @@ pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod exec;
 pub mod get;
 pub mod images;
 pub mod kubeconfig;
@@ -80,6 +81,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if e.downcast_ref::<TimedOut>().is_some() {
             return exit::TIMED_OUT;
+        }
+        if let Some(exec::CommandExited(code)) = e.downcast_ref::<exec::CommandExited>() {
+            return *code;
         }
     }
     exit::FAILURE
@@ -175,6 +179,9 @@ pub enum Command {
     /// Forward local ports to a pod through the API server: berth port-forward POD|deploy/NAME
     /// [LOCAL:]REMOTE... [--address localhost]
     PortForward(WithConn<portforward::PortForwardArgs>),
+    /// Run a command in a pod's container and exit with its exit code: berth exec POD [-c C]
+    /// [-i] [-t] -- COMMAND [ARG...]
+    Exec(WithConn<exec::ExecArgs>),
     /// Manage a deployment's rollout: status, history, undo, restart, promote, abort.
     Rollout(WithConn<rollout::RolloutArgs>),
     /// Mark nodes unschedulable.
@@ -375,6 +382,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Logs(c) => logs::run(&ctx(&c.conn)?, c.args, io).await,
         Command::PortForward(c) => portforward::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Exec(c) => exec::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Rollout(c) => rollout::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Cordon(c) => node::cordon(&ctx(&c.conn)?, c.args, io).await,
         Command::Uncordon(c) => node::uncordon(&ctx(&c.conn)?, c.args, io).await,

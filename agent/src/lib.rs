@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod credentials;
 pub mod dns;
 pub mod events;
+pub mod exec;
 pub mod hooks;
 pub mod hostports;
 pub mod logs;

@@ -11,6 +11,9 @@
 //! ([`crate::metrics::AgentMetrics`]) when the server was given them
 //! ([`LogServer::with_metrics`]).
 //!
+//! `GET /exec/{namespace}/{pod}/{container}?command=...` (a WebSocket upgrade) runs a command
+//! in the container: see [`crate::exec`].
+//!
 //! Security ([`LogServer::with_tls`], which `berth agent` always sets): a connection whose
 //! first byte is a TLS handshake is served over mutual TLS with the node's certificate, and
 //! logs are given only to `admin` and `system:server` client certificates of the cluster CA
@@ -369,6 +372,10 @@ impl Handler {
         }
         if req.method() != Method::GET {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported");
+        }
+        if req.uri().path().starts_with("/exec/") {
+            let (runtime, pods) = (self.runtime.clone(), self.pods.clone());
+            return crate::exec::respond(req, runtime, pods, self.shutdown.clone()).await;
         }
         let target = req
             .uri()

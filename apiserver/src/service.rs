@@ -602,6 +602,16 @@ impl ApiService {
         )))
     }
 
+    /// What this server presents to other servers and to agents (`system:server`).
+    pub(crate) fn client_tls(&self) -> berth_tls::ClientTls {
+        self.pki.client_tls()
+    }
+
+    /// Cancelled when this server stops (long streams end then).
+    pub(crate) fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// The identity an API bearer token (`berth token create`) grants, checked against its
     /// Secret in this server's store (see [`berth_proto::apitoken`]). The error is for the
     /// server's log: it names the token but never holds its secret.

@@ -152,7 +152,8 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
-        // The agent's pods/portforward endpoint hands the connection over (HTTP Upgrade).
+        // The agent's exec and pods/portforward endpoints take the connection over (HTTP
+        // Upgrade).
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as DockerPortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, KillContainerOptions,
@@ -1235,6 +1235,14 @@ impl Runtime for DockerRuntime {
         })))
     }
 
+    async fn exec_stream(
+        &self,
+        id: &str,
+        spec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecSession, RuntimeError> {
+        self.exec_attached(id, spec).await
+    }
+
     async fn exec(
         &self,
         id: &str,
@@ -1275,6 +1283,105 @@ impl Runtime for DockerRuntime {
                 op: "exec",
                 after: timeout,
             })?
+    }
+}
+
+/// A Docker exec's resize and exit code.
+struct DockerExec {
+    docker: Docker,
+    exec_id: String,
+}
+
+#[async_trait::async_trait]
+impl crate::exec::ExecControl for DockerExec {
+    async fn resize(&self, width: u16, height: u16) -> Result<(), RuntimeError> {
+        self.docker
+            .resize_exec(&self.exec_id, ResizeExecOptions { height, width })
+            .await?;
+        Ok(())
+    }
+
+    async fn wait(&self) -> Result<i32, RuntimeError> {
+        // The output ends as the process exits; the engine records the code a moment later.
+        for _ in 0..50 {
+            let info = self.docker.inspect_exec(&self.exec_id).await?;
+            if info.running != Some(true) {
+                if let Some(code) = info.exit_code {
+                    return Ok(code as i32);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(RuntimeError::Other(format!(
+            "exec {} has not reported an exit code",
+            self.exec_id
+        )))
+    }
+}
+
+impl DockerRuntime {
+    /// `docker exec [-i] [-t] ID CMD...` with the streams attached.
+    pub(crate) async fn exec_attached(
+        &self,
+        id: &str,
+        spec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecSession, RuntimeError> {
+        use crate::exec::{ExecFrame, ExecSession};
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    attach_stdin: Some(spec.stdin),
+                    attach_stdout: Some(spec.stdout),
+                    attach_stderr: Some(spec.stderr),
+                    tty: Some(spec.tty),
+                    cmd: Some(spec.command.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => RuntimeError::NotFound { id: id.to_string() },
+                e => e.into(),
+            })?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: spec.tty,
+                    output_capacity: None,
+                }),
+            )
+            .await?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Other("docker exec did not attach".into()));
+        };
+        let output = output.filter_map(|item| {
+            futures::future::ready(match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(ExecFrame::Stdout(message))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(ExecFrame::Stderr(message)),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "docker exec output");
+                    None
+                }
+            })
+        });
+        Ok(ExecSession {
+            stdin: spec.stdin.then_some(input),
+            output: Box::pin(output),
+            control: Box::new(DockerExec {
+                docker: self.docker.clone(),
+                exec_id: exec.id,
+            }),
+        })
     }
 }
 

@@ -442,6 +442,19 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+    /// Start `spec.command` in container `id` with its streams attached, for `kubectl exec`
+    /// (see [`crate::exec`]).
+    async fn exec_stream(
+        &self,
+        id: &str,
+        spec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecSession, RuntimeError> {
+        let _ = (id, spec);
+        Err(RuntimeError::Other(format!(
+            "the {} runtime cannot run interactive commands",
+            self.name()
+        )))
+    }
     /// Does this runtime run images (and so follow imagePullPolicy)? The process runtime
     /// does not: it runs the container's `command` on the host.
     fn uses_images(&self) -> bool {

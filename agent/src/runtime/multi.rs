@@ -166,6 +166,14 @@ impl Runtime for MultiRuntime {
         self.by_id(id, |rt| rt.exec(id, cmd, timeout)).await
     }
 
+    async fn exec_stream(
+        &self,
+        id: &str,
+        spec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecSession, RuntimeError> {
+        self.by_id(id, |rt| rt.exec_stream(id, spec)).await
+    }
+
     fn uses_images(&self) -> bool {
         self.images().is_some()
     }

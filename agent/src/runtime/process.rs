@@ -556,6 +556,79 @@ impl Runtime for ProcessRuntime {
         Ok(Box::pin(futures::StreamExt::chain(first, rest)))
     }
 
+    async fn exec_stream(
+        &self,
+        id: &str,
+        spec: &crate::exec::ExecSpec,
+    ) -> Result<crate::exec::ExecSession, RuntimeError> {
+        use crate::exec::{ExecFrame, ExecSession};
+        if spec.tty {
+            return Err(RuntimeError::Other(
+                "the process runtime does not allocate terminals: run without -t (--tty)".into(),
+            ));
+        }
+        let st = self.read_state(id)?;
+        let Some((prog, rest)) = spec.command.split_first() else {
+            return Err(RuntimeError::Other("exec: empty command".into()));
+        };
+        let cwd = match &st.spec.working_dir {
+            Some(w) if Path::new(w).is_absolute() => PathBuf::from(w),
+            Some(w) => st.workdir.join(w),
+            None => st.workdir.clone(),
+        };
+        let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+        // The container's environment, as its own process got it (not isolated: a host
+        // process, like the container).
+        let mut child = tokio::process::Command::new(prog)
+            .args(rest)
+            .current_dir(&cwd)
+            .env_clear()
+            .env("PATH", workload_path())
+            .env("HOME", &st.workdir)
+            .envs(port_env(&st.spec.ports, true))
+            .envs(st.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(piped(spec.stdin))
+            .stdout(piped(spec.stdout))
+            .stderr(piped(spec.stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::Spawn {
+                what: format!("{prog:?}"),
+                source,
+            })?;
+        fn chunks<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+            r: Option<R>,
+            wrap: fn(bytes::Bytes) -> ExecFrame,
+        ) -> futures::stream::BoxStream<'static, ExecFrame> {
+            use futures::StreamExt as _;
+            let Some(r) = r else {
+                return futures::stream::empty().boxed();
+            };
+            futures::stream::unfold(r, move |mut r| async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((wrap(bytes::Bytes::from(buf)), r))
+                    }
+                }
+            })
+            .boxed()
+        }
+        let out = chunks(child.stdout.take(), ExecFrame::Stdout);
+        let err = chunks(child.stderr.take(), ExecFrame::Stderr);
+        let stdin = child
+            .stdin
+            .take()
+            .map(|w| Box::pin(w) as std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+        Ok(ExecSession {
+            stdin,
+            output: Box::pin(futures::stream::select(out, err)),
+            control: Box::new(HostExec(tokio::sync::Mutex::new(child))),
+        })
+    }
+
     async fn exec(
         &self,
         id: &str,
@@ -592,6 +665,33 @@ impl Runtime for ProcessRuntime {
             exit_code: out.status.code().unwrap_or(128),
             output,
         })
+    }
+}
+
+/// A host process started by `exec_stream`: killed when dropped (the client went away).
+struct HostExec(tokio::sync::Mutex<tokio::process::Child>);
+
+#[async_trait::async_trait]
+impl crate::exec::ExecControl for HostExec {
+    async fn resize(&self, _width: u16, _height: u16) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn wait(&self) -> Result<i32, RuntimeError> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = self
+            .0
+            .lock()
+            .await
+            .wait()
+            .await
+            .map_err(|source| RuntimeError::Spawn {
+                what: "exec".into(),
+                source,
+            })?;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
     }
 }
 
@@ -1027,5 +1127,57 @@ mod tests {
             )
             .await;
         assert!(matches!(slow, Err(RuntimeError::Timeout { .. })));
+    }
+
+    #[tokio::test]
+    async fn exec_stream_attaches_stdin_and_output_with_the_container_env_and_exit_code() {
+        use crate::exec::{ExecFrame, ExecSpec};
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = ProcessRuntime::new(dir.path()).expect("runtime");
+        let id = rt.create(&spec("c", "sleep 5")).await.expect("create");
+        let mut session = rt
+            .exec_stream(
+                &id,
+                &ExecSpec {
+                    command: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        "echo $GREETING; cat; echo err >&2; exit 6".into(),
+                    ],
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false,
+                },
+            )
+            .await
+            .expect("exec");
+        let mut stdin = session.stdin.take().expect("stdin");
+        stdin.write_all(b"typed\n").await.expect("write");
+        stdin.shutdown().await.expect("flush stdin");
+        // A child's stdin closes when dropped (what the exec endpoint's stdin task does).
+        drop(stdin);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(f) = session.output.next().await {
+            match f {
+                ExecFrame::Stdout(b) => out.extend_from_slice(&b),
+                ExecFrame::Stderr(b) => err.extend_from_slice(&b),
+            }
+        }
+        assert_eq!(out, b"hi\ntyped\n");
+        assert_eq!(err, b"err\n");
+        assert_eq!(session.control.wait().await.expect("code"), 6);
+        let tty = ExecSpec {
+            command: vec!["true".into()],
+            stdout: true,
+            tty: true,
+            ..Default::default()
+        };
+        match rt.exec_stream(&id, &tty).await {
+            Err(RuntimeError::Other(m)) => assert!(m.contains("without -t"), "{m}"),
+            _ => panic!("a TTY was accepted by the process runtime"),
+        }
     }
 }

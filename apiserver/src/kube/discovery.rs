@@ -108,6 +108,13 @@ pub fn api_group(g: &str) -> Option<Value> {
     })
 }
 
+/// Pod subresources served by their own modules (`podlog`, `exec`): name, kind, verbs.
+pub const POD_SUBRESOURCES: &[(&str, &str, &[&str])] = &[
+    ("log", "Pod", &["get"]),
+    ("exec", "PodExecOptions", &["create", "get"]),
+    ("portforward", "PodPortForwardOptions", &["create", "get"]),
+];
+
 /// `GET /api/v1` or `/apis/GROUP/v1`.
 pub fn resource_list(g: &str) -> Value {
     let gv = if g.is_empty() {
@@ -139,6 +146,17 @@ pub fn resource_list(g: &str) -> Value {
                 "kind": kind.as_str(),
                 "verbs": SUB_VERBS,
             }));
+        }
+        if kind == Kind::Pod {
+            for (sub, sub_kind, verbs) in POD_SUBRESOURCES {
+                resources.push(json!({
+                    "name": format!("pods/{sub}"),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": sub_kind,
+                    "verbs": verbs,
+                }));
+            }
         }
         if has_scale(kind) {
             resources.push(json!({
@@ -189,6 +207,15 @@ fn aggregated_group(g: &str) -> Value {
                 "responseKind": {"group": g, "version": "v1", "kind": kind.as_str()},
                 "verbs": SUB_VERBS,
             }));
+        }
+        if kind == Kind::Pod {
+            for (sub, sub_kind, verbs) in POD_SUBRESOURCES {
+                subs.push(json!({
+                    "subresource": sub,
+                    "responseKind": {"group": "", "version": "v1", "kind": sub_kind},
+                    "verbs": verbs,
+                }));
+            }
         }
         if has_scale(kind) {
             subs.push(json!({

@@ -19,13 +19,17 @@
 //! | `…/[namespaces/{ns}/]{plural}/{name}`                   | GET, PUT, PATCH, DELETE         |
 //! | `…/{name}/status`, `…/{name}/scale`                     | GET, PUT, PATCH                 |
 //! | `/api/v1/namespaces/{ns}/pods/{name}/portforward`       | GET, POST upgrade ([`portforward`]) |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/log`               | GET ([`podlog`])                |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/exec`              | GET, POST WebSocket ([`exec`])  |
 
 mod apply;
 mod cascade;
 pub mod discovery;
+mod exec;
 pub mod fields;
 mod handlers;
 pub mod managed;
+mod podlog;
 pub mod portforward;
 pub mod protobuf;
 pub mod spdy;
@@ -150,7 +154,7 @@ fn resource_path(group: &str, version: &str, rest: &[&str]) -> Result<ResPath, K
         None => {}
         Some("status") if kind.has_status() => {}
         Some("scale") if discovery::has_scale(kind) => {}
-        Some("portforward") if kind == Kind::Pod && name.is_some() => {}
+        Some(s) if kind == Kind::Pod && discovery::POD_SUBRESOURCES.iter().any(|p| p.0 == s) => {}
         Some(_) => return Err(KubeError::not_found_path()),
     }
     Ok(ResPath {
@@ -282,6 +286,10 @@ impl KubeApi {
             (&Method::GET, false, _) if ctx.flag("watch") => self.watch(ctx, rp).await,
             (&Method::GET, false, _) => self.list(ctx, rp).await,
             (&Method::GET, true, Some("scale")) => self.get_scale(ctx, rp).await,
+            (&Method::GET, true, Some("log")) => self.pod_log(ctx, rp).await,
+            (&Method::GET | &Method::POST, true, Some("exec")) => self.pod_exec(req, ctx, rp).await,
+            (_, true, Some("exec")) => Err(KubeError::method_not_allowed(&method, &path)),
+            (_, true, Some("log")) => Err(KubeError::method_not_allowed(&method, &path)),
             (&Method::GET, true, _) => self.get(ctx, rp).await,
             (&Method::POST, false, _) if rp.namespace.is_some() || !rp.kind.namespaced() => {
                 let body = read_body(req).await?;
