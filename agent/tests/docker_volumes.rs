@@ -164,6 +164,10 @@ async fn a_claims_data_outlives_pods_a_rollout_and_an_agent_restart_and_goes_wit
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    // Objects go into a namespace of their own, which must exist first.
+    let mut n = berth_proto::types::Namespace::default();
+    n.metadata.name = ns.clone();
+    client.create(&n).await.expect("namespace created");
     let loops = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(berth_controllers::run_controllers(

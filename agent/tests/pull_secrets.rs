@@ -273,6 +273,10 @@ async fn pods_pull_from_an_authenticated_registry_only_with_their_image_pull_sec
         ClientConfig::with_tls(cluster.admin_tls()),
     )
     .unwrap();
+    // Objects go into a namespace of their own, which must exist first.
+    let mut n = berth_proto::types::Namespace::default();
+    n.metadata.name = ns.clone();
+    client.create(&n).await.expect("namespace created");
     let agent_dir = tempfile::tempdir().unwrap();
     let agent = berth_agent::start(
         AgentArgs {

@@ -24,6 +24,13 @@ fn docs(path: &str) -> Vec<berth_proto::DynObject> {
 
 /// `kubectl apply -n NS -f FILE`: the objects as written, in namespace `ns`.
 async fn apply(client: &Client, path: &str, ns: &str) {
+    // `kubectl create namespace NS` first (a second file in the same one finds it there).
+    let mut n = berth_proto::types::Namespace::default();
+    n.metadata.name = ns.to_string();
+    match client.create(&n).await {
+        Ok(_) | Err(berth_client::ClientError::AlreadyExists(_)) => {}
+        Err(e) => panic!("creating namespace {ns}: {e}"),
+    }
     for mut obj in docs(path) {
         if obj.kind.namespaced() {
             obj.value["metadata"]["namespace"] = ns.into();
