@@ -210,7 +210,11 @@ async fn rest_fanout(
                 buf.extend_from_slice(&chunk);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if line.starts_with(br#"{"type":"ADDED""#) {
+                    // Key order is the encoder's: look for the field, not a prefix.
+                    if line
+                        .windows(br#""type":"ADDED""#.len())
+                        .any(|w| w == br#""type":"ADDED""#)
+                    {
                         n += 1;
                         received.fetch_add(1, Ordering::Relaxed);
                     }
@@ -616,6 +620,16 @@ async fn fanout(
         });
     }
     while writers.join_next().await.is_some() {}
+    // A refused write (say, a namespace that does not exist) would read as a 0 events/s
+    // fan-out: check that the writes landed.
+    let landed = c
+        .list_dyn(Kind::Event, Some("fanout"), "")
+        .await
+        .map(|(items, _)| items.len())
+        .unwrap_or(0);
+    if landed == 0 {
+        bail!("fan-out: none of the {writes} writes to namespace fanout landed");
+    }
     let deadline = Duration::from_secs(120);
     let _ = tokio::time::timeout(deadline, async {
         while tasks.join_next().await.is_some() {}
@@ -651,7 +665,7 @@ async fn main() -> Result<()> {
     let (_berth, berth_eps, creds) = start_berth(&args.berth_bin, dir.path()).await?;
     // The namespaces the writers and the list run use must exist (as in Kubernetes).
     let c = creds.client(&berth_eps)?;
-    for ns in ["bench", "list"] {
+    for ns in ["bench", "list", "fanout", "restfan"] {
         let mut n = berth_proto::types::Namespace::default();
         n.metadata.name = ns.into();
         match c.create(&n).await {
