@@ -503,12 +503,7 @@ pub async fn exec_via_api(
 ) -> Result<i32, ExecError> {
     let handshake = |m: String| ExecError::Handshake(format!("cannot reach {server}: {m}"));
     let config = berth_tls::mtls_client_config(tls).map_err(|e| handshake(e.to_string()))?;
-    let host = server
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(server);
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| handshake(format!("{host:?}: {e}")))?;
+    let name = berth_tls::server_name(server).map_err(|e| handshake(e.to_string()))?;
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(server)
             .await

@@ -466,12 +466,7 @@ pub async fn fetch(
             let invalid =
                 |m: String| connect_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, m));
             let config = berth_tls::mtls_client_config(tls).map_err(|e| invalid(e.to_string()))?;
-            let host = endpoint
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-                .unwrap_or(endpoint);
-            let name = rustls_config::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| invalid(format!("{host:?}: {e}")))?;
+            let name = berth_tls::server_name(endpoint).map_err(|e| invalid(e.to_string()))?;
             let stream = tokio::time::timeout(
                 Duration::from_secs(5),
                 tokio_rustls::TlsConnector::from(config).connect(name, tcp),

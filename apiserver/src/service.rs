@@ -275,12 +275,6 @@ impl ApiService {
         self.watches.clone()
     }
 
-    /// What streaming subresources (pods/portforward) need: the credential this server
-    /// presents to agents (`system:server`) and the token cancelled at shutdown.
-    pub(crate) fn streaming(&self) -> (berth_tls::ClientTls, CancellationToken) {
-        (self.pki.client_tls(), self.shutdown.clone())
-    }
-
     /// Decode, schema-check, validate and size-check an object from a request.
     fn decode_object(&self, bytes: &[u8]) -> Result<DynObject, Status> {
         let limit = self.store.config().max_object_bytes;

@@ -302,11 +302,7 @@ async fn connect_one(endpoint: &Endpoint, server: &str, remote: u16) -> anyhow::
     .map_err(|_| anyhow!("connecting to {server} timed out"))?
     .with_context(|| format!("connecting to {server}"))?;
     let _ = tcp.set_nodelay(true);
-    let host = server
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(server);
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let name = berth_tls::server_name(server)?;
     let tls = tokio_rustls::TlsConnector::from(endpoint.tls.clone())
         .connect(name, tcp)
         .await

@@ -164,6 +164,19 @@ pub fn ca_client_config(ca_cert_pem: &str) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(cfg))
 }
 
+/// The TLS server name to verify for a `HOST:PORT` address (an IPv6 host in brackets): what
+/// a client of an agent or an API server passes to `TlsConnector::connect`.
+pub fn server_name(addr: &str) -> Result<rustls::pki_types::ServerName<'static>, TlsError> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(addr);
+    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| TlsError::Invalid {
+        what: "server address".into(),
+        reason: format!("{host:?}: {e}"),
+    })
+}
+
 /// A rustls client that trusts only the CA and presents the credential.
 pub fn mtls_client_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let cfg = rustls::ClientConfig::builder_with_provider(ring_provider())

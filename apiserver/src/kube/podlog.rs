@@ -13,6 +13,7 @@
 //! Also here: what pods/log and pods/exec share — who may use them ([`authorize_pod_stream`])
 //! and reaching a pod's agent ([`agent_endpoint`], [`agent_request`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -163,6 +164,46 @@ pub(super) fn check_started(pod: &Value, container: &str, previous: bool) -> Res
 /// A TLS connection to an agent, as this server (`system:server`).
 pub(super) type AgentConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
+/// The node a pod is bound to, or Kubernetes' error for a pod that has none.
+pub(super) fn node_of(pod: &Value) -> Result<&str, KubeError> {
+    match pod.pointer("/spec/nodeName").and_then(Value::as_str) {
+        Some(node) if !node.is_empty() => Ok(node),
+        _ => Err(KubeError::bad_request(format!(
+            "pod {} does not have a host assigned",
+            pod.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ))),
+    }
+}
+
+/// An HTTP/1.1 connection to the agent at `endpoint` over mutual TLS (`config`: this
+/// server's credential), driven by its own task (with upgrades, for exec and port-forward)
+/// until the sender is dropped. The error says why, for the caller's message.
+pub(super) async fn agent_http1(
+    endpoint: &str,
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, String> {
+    let name = berth_tls::server_name(endpoint).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let sock: AgentConn = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "agent connection");
+        }
+    });
+    Ok(sender)
+}
+
 impl KubeApi {
     /// The pod as stored (read as the caller, so its authorization applies).
     pub(super) async fn pod_value(&self, ctx: &Ctx, rp: &ResPath) -> Result<Value, KubeError> {
@@ -188,15 +229,7 @@ impl KubeApi {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let node = pod
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if node.is_empty() {
-            return Err(KubeError::bad_request(format!(
-                "pod {pod_name} does not have a host assigned"
-            )));
-        }
+        let node = node_of(pod)?;
         let key = pb::ObjectKey {
             kind: berth_proto::Kind::Node.as_str().to_string(),
             namespace: String::new(),
@@ -246,34 +279,10 @@ impl KubeApi {
         };
         let tls = berth_tls::mtls_client_config(&self.api.client_tls())
             .map_err(|e| unreachable(e.to_string()))?;
-        let host = endpoint
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(endpoint);
-        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| unreachable(format!("{host:?}: {e}")))?;
-        let connect = async {
-            let tcp = tokio::net::TcpStream::connect(endpoint)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let sock: AgentConn = tokio::time::timeout(AGENT_CONNECT_TIMEOUT, connect)
+        let mut sender = tokio::time::timeout(AGENT_CONNECT_TIMEOUT, agent_http1(endpoint, tls))
             .await
             .map_err(|_| unreachable(format!("no connection within {AGENT_CONNECT_TIMEOUT:?}")))?
             .map_err(unreachable)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "agent connection");
-            }
-        });
         sender
             .send_request(req)
             .await

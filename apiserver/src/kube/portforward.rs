@@ -29,9 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use berth_proto::pb::{self, api_server::Api as _};
-use berth_proto::Kind;
-use berth_tls::{Identity, VerifiedPeer};
+use berth_tls::Identity;
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt as _, StreamExt as _};
 use http::{header, HeaderValue, StatusCode};
@@ -124,29 +122,9 @@ impl PodTarget {
 
     async fn dial_agent(&self, port: u16) -> Result<TokioIo<hyper::upgrade::Upgraded>, AgentError> {
         let unreachable = |e: &dyn std::fmt::Display| AgentError::Unreachable(e.to_string());
-        let tcp = tokio::net::TcpStream::connect(&self.agent)
+        let mut send = super::podlog::agent_http1(&self.agent, self.tls.clone())
             .await
-            .map_err(|e| unreachable(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let host = self
-            .agent
-            .rsplit_once(':')
-            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-            .unwrap_or(&self.agent);
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| unreachable(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "portforward: agent connection");
-            }
-        });
+            .map_err(AgentError::Unreachable)?;
         let path = format!(
             "/portForward/{}/{}?port={port}&uid={}",
             self.namespace, self.pod, self.uid
@@ -326,7 +304,7 @@ impl KubeApi {
             _ => Vec::new(),
         };
         let target = self.pod_target(ctx, rp, &namespace, &name).await?;
-        let (_, shutdown) = self.api.streaming();
+        let shutdown = self.api.shutdown_token();
         let on_upgrade = hyper::upgrade::on(&mut req);
         let mut resp = http::Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -410,32 +388,14 @@ impl KubeApi {
         namespace: &str,
         name: &str,
     ) -> Result<PodTarget, KubeError> {
-        let key = pb::ObjectKey {
-            kind: Kind::Pod.as_str().to_string(),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        };
-        let pod: Value = self
-            .api
-            .get(self.req(ctx, pb::GetRequest { key: Some(key) }))
-            .await
-            .map_err(|s| KubeError::from_grpc(&s, &rp.target()))
-            .and_then(|r| {
-                serde_json::from_slice(&r.into_inner().object)
-                    .map_err(|e| KubeError::new(500, "InternalError", e.to_string()))
-            })?;
+        let pod = self.pod_value(ctx, rp).await?;
         let s = |p: &str| {
             pod.pointer(p)
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string()
         };
-        let node = s("/spec/nodeName");
-        if node.is_empty() {
-            return Err(KubeError::bad_request(format!(
-                "pod {name} does not have a host assigned"
-            )));
-        }
+        super::podlog::node_of(&pod)?;
         let phase = s("/status/phase");
         if phase != "Running" {
             return Err(KubeError::bad_request(format!(
@@ -443,39 +403,8 @@ impl KubeApi {
                 if phase.is_empty() { "Pending" } else { &phase }
             )));
         }
-        // The Node is read as this server: callers who may forward ports need not read Nodes.
-        let mut nreq = tonic::Request::new(pb::GetRequest {
-            key: Some(pb::ObjectKey {
-                kind: Kind::Node.as_str().to_string(),
-                namespace: String::new(),
-                name: node.clone(),
-            }),
-        });
-        nreq.extensions_mut().insert(VerifiedPeer(Identity::Server));
-        let node_obj: Value = self
-            .api
-            .get(nreq)
-            .await
-            .ok()
-            .and_then(|r| serde_json::from_slice(&r.into_inner().object).ok())
-            .unwrap_or(Value::Null);
-        let agent = node_obj
-            .pointer("/status/agentEndpoint")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if agent.is_empty() {
-            return Err(KubeError::new(
-                503,
-                "ServiceUnavailable",
-                format!(
-                    "node {node:?} of pod {name} publishes no agent endpoint \
-                     (status.agentEndpoint): is its agent running?"
-                ),
-            ));
-        }
-        let (client, _) = self.api.streaming();
-        let tls = berth_tls::mtls_client_config(&client)
+        let agent = self.agent_endpoint(&pod).await?;
+        let tls = berth_tls::mtls_client_config(&self.api.client_tls())
             .map_err(|e| KubeError::new(500, "InternalError", e.to_string()))?;
         Ok(PodTarget {
             agent,
