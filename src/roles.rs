@@ -311,16 +311,22 @@ fn init_banner(
     addr: &str,
     admin: &std::path::Path,
     token_file: &std::path::Path,
-    token: Option<&str>,
+    token: Option<(&str, &str)>,
 ) -> String {
     let admin = admin.display();
+    let agent_file = token_file.with_file_name("agent-token");
+    let agent_file = agent_file.display();
     let token_file = token_file.display();
     let token_lines = match token {
-        Some(t) => format!("  Join token (secret; also in {token_file}):\n      {t}"),
+        Some((t, a)) => format!(
+            "  Server token (secret; joins servers and agents; also in {token_file}):\n      {t}\n\
+             \n  Agent token (secret; joins agents only; also in {agent_file}):\n      {a}"
+        ),
         None => format!(
-            "  Join token (secret; not printed because stdout is not a terminal): in \
-             {token_file} (readable by this user only)\n      read it with: berth --config \
-             {admin} token show   (admin only)"
+            "  Join tokens (secrets; not printed because stdout is not a terminal): the server \
+             token in {token_file}, the agent token in {agent_file} (readable by this user \
+             only)\n      read them with: berth --config {admin} token show server|agent   \
+             (admin only)"
         ),
     };
     format!(
@@ -328,8 +334,8 @@ fn init_banner(
          \n  Admin config (CLI):  {admin}\
          \n      berth --config {admin} get nodes   (or copy it to ~/.berth/config)\n\
          {token_lines}\
-         \n\nJoin servers:  BERTH_TOKEN=<token> berth server --join {addr} --listen HOST:PORT\
-         \nJoin agents:   BERTH_TOKEN=<token> berth agent --server {addr} --address IP"
+         \n\nJoin servers:  BERTH_TOKEN=<server token> berth server --join {addr} --listen HOST:PORT\
+         \nJoin agents:   BERTH_TOKEN=<agent token> berth agent --server {addr} --address IP"
     )
 }
 
@@ -343,8 +349,12 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
     );
     if server.created_pki() {
         let token_file = berth_apiserver::pki::pki_dir(server.data_dir()).join("token");
-        let token =
-            std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| server.join_token());
+        let tokens = (
+            server.join_token(),
+            server.agent_join_token().unwrap_or_default(),
+        );
+        let token = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            .then(|| (tokens.0.as_str(), tokens.1.as_str()));
         println!(
             "{}",
             init_banner(
@@ -352,7 +362,7 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
                 server.advertise_addr(),
                 &server.admin_config_path(),
                 &token_file,
-                token.as_deref()
+                token
             )
         );
     }

@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! DATA/pki/ca.crt  ca.key      the cluster CA (every server holds its key, to sign joiners)
-//! DATA/pki/token               the join token, K10<CA sha256>::<secret>
+//! DATA/pki/token               the server token, K10<CA sha256>::server:<secret> (joins
+//!                              servers and agents)
+//! DATA/pki/agent-token         --init only: the agent token, K10<CA sha256>::node:<secret>
+//!                              (joins agents only, never gets the CA key)
 //! DATA/pki/secrets-encryption.key  the key wrapping the Secrets encryption keys (see
 //!                              [`crate::encryption`]); handed to joining servers like the CA key
 //! DATA/pki/server.crt .key     this server's certificate (system:server) + the CA, re-issued
@@ -12,11 +15,15 @@
 //! DATA/admin.yaml              --init only: the admin's CLI config (servers, CA, admin cert)
 //! ```
 //!
-//! - `--init`: a new CA, token and admin config.
+//! - `--init`: a new CA, the two tokens and the admin config.
 //! - `--join HOST:PORT --token T`: [`bootstrap`] over a connection pinned to the token's CA
 //!   fingerprint: a CSR for a server certificate, answered with the certificate, the CA and
 //!   its key (only for the SERVER role; agents get just their certificate).
 //! - restart: load what is there.
+//!
+//! Which tokens admit a joiner is decided by the replicated store (the hashes in
+//! [`berth_proto::jointoken`]'s Secrets, so `berth token rotate` reaches every server); the
+//! files count only until those Secrets exist ([`StoredTokens`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +46,7 @@ pub fn admin_config_path(data_dir: &Path) -> PathBuf {
 }
 
 const TOKEN_FILE: &str = "token";
+const AGENT_TOKEN_FILE: &str = "agent-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -54,6 +62,11 @@ pub enum PkiError {
     NoToken,
     #[error("the join token is not valid: {0}")]
     BadToken(TlsError),
+    #[error(
+        "--agent-token: {0}; give the bare secret (printable characters, no spaces), the \
+         cluster CA fingerprint is added to it"
+    )]
+    BadAgentToken(String),
     #[error(transparent)]
     Encryption(#[from] crate::encryption::EncryptionError),
     #[error("bootstrapping TLS (joining via {target}) failed: {message}")]
@@ -64,7 +77,11 @@ pub enum PkiError {
 #[derive(Clone)]
 pub struct ServerPki {
     pub ca: std::sync::Arc<ClusterCa>,
+    /// The server token in DATA/pki/token (the one this server was created or joined with).
     pub token: JoinToken,
+    /// The agent token in DATA/pki/agent-token, on the `--init` server (none on joiners and
+    /// on data dirs from before the agent token).
+    pub agent_token: Option<JoinToken>,
     /// This server's certificate chain and key (identity `system:server`).
     pub server: Credential,
     /// The key wrapping the Secrets encryption keys ([`crate::encryption`]).
@@ -104,17 +121,38 @@ impl ServerPki {
             .all(|f| dir.join(f).exists())
     }
 
-    /// A new cluster: CA, token and a server certificate for `addresses`.
-    pub fn create(data_dir: &Path, addresses: &[String]) -> Result<ServerPki, PkiError> {
+    /// A new cluster: CA, server and agent tokens and a server certificate for `addresses`.
+    /// `agent_secret` (`--agent-token`) is the agent token's secret; random if `None`.
+    pub fn create(
+        data_dir: &Path,
+        addresses: &[String],
+        agent_secret: Option<&str>,
+    ) -> Result<ServerPki, PkiError> {
         let dir = pki_dir(data_dir);
         berth_tls::create_private_dir(&dir)?;
         let ca = ClusterCa::generate()?;
-        let token = JoinToken::generate(&ca)?;
+        let token = JoinToken::generate_for(ca.fingerprint(), "server:")?;
+        let agent = match agent_secret {
+            Some(s) => {
+                let s = s.trim();
+                if s.starts_with(berth_tls::TOKEN_PREFIX) {
+                    return Err(PkiError::BadAgentToken(
+                        "a whole K10 token cannot name a CA that does not exist yet".into(),
+                    ));
+                }
+                JoinToken::with_secret(ca.fingerprint(), &format!("node:{s}"))
+                    .map_err(|e| PkiError::BadAgentToken(e.to_string()))?
+            }
+            None => JoinToken::generate_for(ca.fingerprint(), "node:")?,
+        };
         ca.write(&dir)?;
-        write_token(&dir, &token)?;
+        write_token(&dir.join(TOKEN_FILE), &token)?;
+        write_token(&dir.join(AGENT_TOKEN_FILE), &agent)?;
         let kek = Kek::generate().map_err(encryption)?;
         kek.write(&dir).map_err(encryption)?;
-        Self::finish(&dir, ca, token, kek, addresses)
+        let mut pki = Self::finish(&dir, ca, token, kek, addresses)?;
+        pki.agent_token = Some(agent);
+        Ok(pki)
     }
 
     /// Load the PKI of a restarting server, issuing a fresh server certificate for its
@@ -126,9 +164,15 @@ impl ServerPki {
         let dir = pki_dir(data_dir);
         berth_tls::create_private_dir(&dir)?;
         let ca = ClusterCa::read(&dir)?;
-        let token = read_token(&dir)?;
+        let token = read_token(&dir.join(TOKEN_FILE))?;
+        let agent_token = match dir.join(AGENT_TOKEN_FILE).exists() {
+            true => Some(read_token(&dir.join(AGENT_TOKEN_FILE))?),
+            false => None,
+        };
         let kek = Kek::load_or_derive(&dir, ca.key_pem()).map_err(encryption)?;
-        Self::finish(&dir, ca, token, kek, addresses)
+        let mut pki = Self::finish(&dir, ca, token, kek, addresses)?;
+        pki.agent_token = agent_token;
+        Ok(pki)
     }
 
     fn finish(
@@ -147,6 +191,7 @@ impl ServerPki {
         Ok(ServerPki {
             ca: std::sync::Arc::new(ca),
             token,
+            agent_token: None,
             server,
             secrets_kek,
         })
@@ -177,7 +222,7 @@ impl ServerPki {
         let dir = pki_dir(data_dir);
         berth_tls::create_private_dir(&dir)?;
         ca.write(&dir)?;
-        write_token(&dir, &token)?;
+        write_token(&dir.join(TOKEN_FILE), &token)?;
         let server = csr.into_credential(resp.certificate_pem);
         server.write(&dir, "server")?;
         // A cluster older than the key derives it from the CA key on every member.
@@ -193,6 +238,7 @@ impl ServerPki {
         Ok(ServerPki {
             ca: std::sync::Arc::new(ca),
             token,
+            agent_token: None,
             server,
             secrets_kek,
         })
@@ -203,15 +249,17 @@ fn encryption(e: crate::encryption::EncryptionError) -> PkiError {
     PkiError::Encryption(e)
 }
 
-fn write_token(dir: &Path, token: &JoinToken) -> Result<(), TlsError> {
-    berth_tls::write_private(
-        &dir.join(TOKEN_FILE),
-        format!("{}\n", token.reveal()).as_bytes(),
-    )
+fn write_token(path: &Path, token: &JoinToken) -> Result<(), TlsError> {
+    berth_tls::write_private(path, format!("{}\n", token.reveal()).as_bytes())
 }
 
-fn read_token(dir: &Path) -> Result<JoinToken, PkiError> {
-    let path = dir.join(TOKEN_FILE);
+/// Where the `--init` server keeps the agent token.
+pub fn agent_token_path(data_dir: &Path) -> PathBuf {
+    pki_dir(data_dir).join(AGENT_TOKEN_FILE)
+}
+
+fn read_token(path: &Path) -> Result<JoinToken, PkiError> {
+    let path = path.to_path_buf();
     let text = std::fs::read_to_string(&path).map_err(|source| TlsError::Io {
         path: path.display().to_string(),
         source,
@@ -266,25 +314,74 @@ pub fn server_sans(advertise: &str, listen: &str, extra: &[String]) -> Vec<Strin
     out
 }
 
+/// The join token hashes the replicated store holds (`berth-system/join-token-server` and
+/// `-agent`, see [`berth_proto::jointoken`]); `None` where no Secret exists yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredTokens {
+    pub server: Option<String>,
+    pub agent: Option<String>,
+}
+
+impl StoredTokens {
+    pub fn get(&self, role: berth_proto::jointoken::TokenRole) -> Option<&str> {
+        match role {
+            berth_proto::jointoken::TokenRole::Server => self.server.as_deref(),
+            berth_proto::jointoken::TokenRole::Agent => self.agent.as_deref(),
+        }
+    }
+}
+
+/// Which roles `presented` may join as: (server token, agent token). The store's hashes
+/// decide; without one, this server's own token file stands in (a cluster from before the
+/// Secrets, or the moments before the leader writes them).
+fn token_roles(pki: &ServerPki, stored: &StoredTokens, presented: &JoinToken) -> (bool, bool) {
+    use berth_proto::jointoken::matches;
+    let same_ca = presented.ca_fingerprint() == pki.ca.fingerprint();
+    let text = presented.reveal();
+    let server = match &stored.server {
+        Some(h) => matches(&text, h),
+        None => pki.token.verify_secret(presented).is_ok(),
+    };
+    let agent = match &stored.agent {
+        Some(h) => matches(&text, h),
+        None => pki
+            .agent_token
+            .as_ref()
+            .is_some_and(|t| t.verify_secret(presented).is_ok()),
+    };
+    (same_ca && server, same_ca && agent)
+}
+
 /// Validate and authorize a [`pb::BootstrapRequest`] and sign it (the server side of
-/// [`bootstrap`]). The caller is authenticated by the token alone.
+/// [`bootstrap`]). The caller is authenticated by the token alone: the server token admits
+/// servers and agents, the agent token agents only (`stored`: the store's token hashes).
 pub fn answer_bootstrap(
     pki: &ServerPki,
+    stored: &StoredTokens,
     req: &pb::BootstrapRequest,
 ) -> Result<pb::BootstrapResponse, tonic::Status> {
     use tonic::Status;
     let presented = JoinToken::parse(&req.token).map_err(|e| {
         Status::unauthenticated(format!(
-            "join token refused: {e}; use the token printed by `berth server --init` (also in \
-             DATA/pki/token on every server)"
+            "join token refused: {e}; use the server or agent token printed by `berth server \
+             --init` (`berth token show server|agent`)"
         ))
     })?;
-    pki.token.verify_secret(&presented).map_err(|_| {
-        Status::unauthenticated(
-            "join token refused: it does not match this cluster's token; use the token printed \
-             by `berth server --init` (also in DATA/pki/token on every server)",
-        )
-    })?;
+    let (as_server, as_agent) = token_roles(pki, stored, &presented);
+    if !as_server && !as_agent {
+        return Err(Status::unauthenticated(
+            "join token refused: it is neither this cluster's server token nor its agent token \
+             (a token replaced by `berth token rotate` no longer works); use the current one \
+             (`berth token show server|agent`, admin only)",
+        ));
+    }
+    if req.role == pb::BootstrapRole::Server as i32 && !as_server {
+        return Err(Status::permission_denied(
+            "join token refused: this is the agent token, which joins agents only; a server \
+             joins with the server token (K10...::server:..., printed by `berth server --init`, \
+             `berth token show server`)",
+        ));
+    }
     if req.addresses.len() > 16 {
         return Err(Status::invalid_argument(format!(
             "bootstrap: {} addresses given, at most 16 are allowed",

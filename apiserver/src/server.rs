@@ -61,6 +61,17 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<berth_tls::Secret>,
+    /// With --init: the agent token's secret (k3s' --agent-token); the agent token
+    /// `K10<CA fingerprint>::node:SECRET` joins agents but never servers. Random if not given.
+    /// Later changes: `berth token rotate agent`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "BERTH_AGENT_TOKEN",
+        hide_env_values = true,
+        requires = "init"
+    )]
+    pub agent_token: Option<berth_tls::Secret>,
     /// Extra names or IPs for the server certificate (besides the listen and advertise
     /// addresses, 127.0.0.1 and localhost), e.g. a load balancer's.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
@@ -114,6 +125,7 @@ impl ServerArgs {
             init: false,
             join: None,
             token: None,
+            agent_token: None,
             tls_san: Vec::new(),
             node_port_range: NodePortRange::default(),
             service_cidr: crate::store::networks::Networks::default().service_cidr,
@@ -210,9 +222,13 @@ impl ServerHandle {
     pub fn client_tls(&self) -> berth_tls::ClientTls {
         self.pki.client_tls()
     }
-    /// The join token (contains the secret: print it for the user, never log it).
+    /// The server token (contains the secret: print it for the user, never log it).
     pub fn join_token(&self) -> String {
         self.pki.token.reveal()
+    }
+    /// The agent token, on the server that created the cluster (secret, like the above).
+    pub fn agent_join_token(&self) -> Option<String> {
+        self.pki.agent_token.as_ref().map(|t| t.reveal())
     }
     /// This member's data dir.
     pub fn data_dir(&self) -> &Path {
@@ -443,6 +459,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     let advertise = args.advertise.clone().unwrap_or_else(|| addr.to_string());
     let sans = crate::pki::server_sans(&advertise, &addr.to_string(), &args.tls_san);
 
+    let agent_secret = args.agent_token.as_ref().map(|s| s.expose());
     let mut pki = None;
     let (id, bootstrap) = match stored_id(&db, &db_path)? {
         Some(id) => {
@@ -450,12 +467,12 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             if !ServerPki::exists(&dir) && args.init && id == 1 {
                 // A cluster made before TLS: its creator makes a CA now.
                 tracing::warn!(data_dir = %dir.display(), "no PKI in the data dir; creating a new cluster CA");
-                pki = Some(init_pki(&dir, &sans, &advertise)?);
+                pki = Some(init_pki(&dir, &sans, &advertise, agent_secret)?);
             }
             (id, Bootstrap::Join { peers: Vec::new() })
         }
         None if args.init => {
-            pki = Some(init_pki(&dir, &sans, &advertise)?);
+            pki = Some(init_pki(&dir, &sans, &advertise, agent_secret)?);
             store_id(&db, &db_path, 1)?;
             (1, Bootstrap::NewCluster)
         }
@@ -540,6 +557,15 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     );
     let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let api = Arc::new(api);
+    {
+        // The join token hashes in the store (what `berth token rotate` replaces).
+        let api = api.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            api.seed_join_tokens(token).await;
+            Ok(())
+        });
+    }
     let grpc = tonic::service::Routes::new(raft.raft_service())
         .add_service(crate::metrics::Instrumented::new(
             ApiServer::from_arc(api.clone())
@@ -599,8 +625,13 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
 }
 
 /// `--init`: a new CA and token, and the admin's CLI config next to the data.
-fn init_pki(dir: &Path, sans: &[String], advertise: &str) -> Result<ServerPki, ServerError> {
-    let pki = ServerPki::create(dir, sans)?;
+fn init_pki(
+    dir: &Path,
+    sans: &[String],
+    advertise: &str,
+    agent_secret: Option<&str>,
+) -> Result<ServerPki, ServerError> {
+    let pki = ServerPki::create(dir, sans, agent_secret)?;
     pki.admin_config(vec![advertise.to_string()])?
         .write(&crate::pki::admin_config_path(dir))?;
     Ok(pki)

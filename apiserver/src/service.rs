@@ -596,6 +596,77 @@ impl ApiService {
         )))
     }
 
+    /// The join token hashes in this server's store (see [`berth_proto::jointoken`]).
+    pub(crate) fn stored_join_tokens(&self) -> crate::pki::StoredTokens {
+        use berth_proto::jointoken::{self, TokenRole};
+        let hash = |role: TokenRole| {
+            let key = ObjectKey::new(Kind::Secret, jointoken::NAMESPACE, role.secret_name());
+            let v = self.store.get(&key).ok()?;
+            match self.secrets.reveal(&self.store, &v) {
+                Ok(v) => jointoken::stored_hash(&v),
+                Err(e) => {
+                    tracing::warn!(error = %e, secret = role.secret_name(), "cannot read a join token Secret");
+                    None
+                }
+            }
+        };
+        crate::pki::StoredTokens {
+            server: hash(TokenRole::Server),
+            agent: hash(TokenRole::Agent),
+        }
+    }
+
+    /// While leading, write the Secrets holding the join token hashes if they are missing,
+    /// from this server's token files: the server token (DATA/pki/token; on a data dir from
+    /// before the two tokens, the one token) and, on the `--init` server, the agent token.
+    /// Ends once the server token's Secret exists (and the agent token's, where this server
+    /// has one); rotations replace them afterwards.
+    pub async fn seed_join_tokens(&self, shutdown: tokio_util::sync::CancellationToken) {
+        use berth_proto::jointoken::{self, TokenRole};
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let stored = self.stored_join_tokens();
+            let mut missing = Vec::new();
+            if stored.server.is_none() {
+                missing.push((TokenRole::Server, self.pki.token.reveal()));
+            }
+            if let (None, Some(t)) = (&stored.agent, &self.pki.agent_token) {
+                missing.push((TokenRole::Agent, t.reveal()));
+            }
+            if missing.is_empty() {
+                return;
+            }
+            if !self.raft.is_leader() {
+                continue;
+            }
+            for (role, text) in missing {
+                let op = Op::Create {
+                    object: jointoken::secret(role, &text, chrono::Utc::now()),
+                    uid: Self::new_uid(),
+                };
+                match self.write(vec![op], false, true).await {
+                    Ok(r) => match r.into_iter().next() {
+                        Some(Ok(_)) => {
+                            tracing::info!(token = role.as_str(), "stored the join token hash")
+                        }
+                        Some(Err(StoreError::AlreadyExists { .. })) | None => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, token = role.as_str(), "cannot store the join token hash")
+                        }
+                    },
+                    Err(Route::Fail(s)) => {
+                        tracing::debug!(error = %s.message(), "storing the join token hash")
+                    }
+                    Err(Route::Leader(..)) => {}
+                }
+            }
+        }
+    }
+
     /// What this server presents to other servers and to agents (`system:server`).
     pub(crate) fn client_tls(&self) -> berth_tls::ClientTls {
         self.pki.client_tls()
@@ -663,6 +734,12 @@ impl ApiService {
         let obj = self.decode_object(bytes)?;
         let meta = obj.meta();
         let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
+        if obj.kind == Kind::Secret
+            && berth_proto::jointoken::is_token_secret(&meta.namespace, &meta.name)
+            && who.identity != berth_tls::Identity::Admin
+        {
+            return Err(join_token_denied(&who.identity));
+        }
         if is_keyring(&obj.value) && who.identity != berth_tls::Identity::Admin {
             return Err(Status::permission_denied(format!(
                 "{} may not write the secrets encryption keyring: only the cluster admin may, \
@@ -716,6 +793,12 @@ impl ApiService {
         let key = parse_key(r.key.clone())?;
         who.authorize(Verb::Delete, Some(key.kind), &key.namespace, &key.name)?;
         if key.kind == Kind::Secret
+            && berth_proto::jointoken::is_token_secret(&key.namespace, &key.name)
+            && who.identity != berth_tls::Identity::Admin
+        {
+            return Err(join_token_denied(&who.identity));
+        }
+        if key.kind == Kind::Secret
             && key.namespace == crate::encryption::KEYRING_NAMESPACE
             && key.name == crate::encryption::KEYRING_NAME
         {
@@ -741,6 +824,13 @@ impl ApiService {
             None => Err(invalid("batch op has no operation")),
         }
     }
+}
+
+fn join_token_denied(who: &berth_tls::Identity) -> Status {
+    Status::permission_denied(format!(
+        "{who} may not write the join token Secrets: only the cluster admin may, with `berth \
+         token rotate server|agent`"
+    ))
 }
 
 /// Run one write rpc: build the op, propose, or forward the original request to the leader.
@@ -1156,7 +1246,8 @@ impl Api for ApiService {
         &self,
         req: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
-        crate::pki::answer_bootstrap(&self.pki, req.get_ref()).map(Response::new)
+        let stored = self.stored_join_tokens();
+        crate::pki::answer_bootstrap(&self.pki, &stored, req.get_ref()).map(Response::new)
     }
 
     async fn join_token(
@@ -1171,9 +1262,35 @@ impl Api for ApiService {
                 who.identity
             )));
         }
-        Ok(Response::new(pb::JoinTokenResponse {
-            token: self.pki.token.reveal(),
-        }))
+        use berth_proto::jointoken::TokenRole;
+        let r = req.into_inner();
+        let role = match r.role.as_str() {
+            "" => TokenRole::Server,
+            other => other.parse::<TokenRole>().map_err(invalid)?,
+        };
+        let local = match role {
+            TokenRole::Server => Some(&self.pki.token),
+            TokenRole::Agent => self.pki.agent_token.as_ref(),
+        };
+        let Some(local) = local else {
+            return Err(Status::not_found(
+                "this server has no agent token: only the server that created the cluster with \
+                 `berth server --init` keeps one (DATA/pki/agent-token), and data dirs from \
+                 before agent tokens have none; make one with `berth token rotate agent`",
+            ));
+        };
+        let text = local.reveal();
+        if let Some(h) = self.stored_join_tokens().get(role) {
+            if !berth_proto::jointoken::matches(&text, h) {
+                return Err(Status::failed_precondition(format!(
+                    "the {0} token was rotated: the cluster keeps only its hash and this server's \
+                     copy is the old one; the new token was printed once by `berth token rotate \
+                     {0}`; run that again for a new one",
+                    role.as_str()
+                )));
+            }
+        }
+        Ok(Response::new(pb::JoinTokenResponse { token: text }))
     }
 }
 

@@ -629,11 +629,19 @@ impl Client {
         .await
     }
 
-    /// The cluster's join token (admin only: other identities get PermissionDenied).
+    /// The cluster's server join token (admin only: other identities get PermissionDenied).
     pub async fn join_token(&self) -> Result<berth_tls::Secret, ClientError> {
+        self.join_token_for("server").await
+    }
+
+    /// The cluster's `server` or `agent` join token, as the answering server keeps it (admin
+    /// only; FailedPrecondition once it was rotated, NotFound where it has no agent token).
+    pub async fn join_token_for(&self, role: &str) -> Result<berth_tls::Secret, ClientError> {
+        let role = role.to_string();
         let resp = self
-            .call(Op::Read, |mut api| async move {
-                api.join_token(pb::JoinTokenRequest {}).await
+            .call(Op::Read, |mut api| {
+                let role = role.clone();
+                async move { api.join_token(pb::JoinTokenRequest { role }).await }
             })
             .await?;
         Ok(berth_tls::Secret::new(resp.token))

@@ -18,6 +18,7 @@ pub mod apitoken;
 pub mod enums;
 pub mod hostpath;
 pub mod image;
+pub mod jointoken;
 pub mod manifest;
 pub mod object;
 pub mod patch;

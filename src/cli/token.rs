@@ -1,7 +1,13 @@
-//! `berth token show`: print the cluster's join token, read from a server with the admin
-//! credential (node and server certificates are refused). `berth server --init` prints the
-//! token itself only on a terminal, so under systemd it never lands in the journal; this is
-//! how an admin gets it from anywhere the admin config works.
+//! `berth token show [server|agent]`: print one of the cluster's join tokens, read from a
+//! server with the admin credential (node and server certificates are refused). `berth server
+//! --init` prints the tokens itself only on a terminal, so under systemd they never land in
+//! the journal; this is how an admin gets them from anywhere the admin config works. The
+//! server token joins servers and agents, the agent token agents only (k3s' shape, see
+//! [`berth_proto::jointoken`]).
+//!
+//! `berth token rotate server|agent`: a new join token, printed once; the cluster stores only
+//! its hash (replacing the old one, which stops admitting joiners on every server); members
+//! keep their certificates.
 //!
 //! `berth token create --name ci --ttl 24h [--read-only]`: an API bearer token for pipelines
 //! (kubectl, client libraries: `Authorization: Bearer`), printed once. The CLI makes the token
@@ -21,8 +27,19 @@ pub struct TokenArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenCommand {
-    /// Print the join token (a secret: servers and agents join with it). Admin only.
-    Show,
+    /// Print a join token (a secret): `server` (default; joins servers and agents) or
+    /// `agent` (joins agents only). Admin only.
+    Show {
+        #[arg(value_name = "server|agent", default_value = "server")]
+        role: berth_proto::jointoken::TokenRole,
+    },
+    /// Replace the `server` or `agent` join token with a new one and print it (only now: the
+    /// cluster keeps its hash). The old token stops working on every server; members keep
+    /// their certificates. Admin only.
+    Rotate {
+        #[arg(value_name = "server|agent")]
+        role: berth_proto::jointoken::TokenRole,
+    },
     /// Create an API bearer token and print it (only now: it is stored hashed).
     Create(CreateArgs),
     /// List API tokens: name, scope, expiry.
@@ -52,15 +69,16 @@ pub struct CreateArgs {
 
 pub async fn run(ctx: &Ctx, a: TokenArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     match a.command {
-        TokenCommand::Show => {
+        TokenCommand::Show { role } => {
             let token = ctx
                 .client()?
-                .join_token()
+                .join_token_for(role.as_str())
                 .await
-                .context("cannot read the join token")?;
+                .with_context(|| format!("cannot read the {} token", role.as_str()))?;
             writeln!(io.out, "{}", token.expose())?;
             Ok(())
         }
+        TokenCommand::Rotate { role } => rotate(ctx, role, io).await,
         TokenCommand::Create(c) => create(ctx, c, io).await,
         TokenCommand::List => list(ctx, io).await,
         TokenCommand::Revoke { names } => {
@@ -86,6 +104,55 @@ pub async fn run(ctx: &Ctx, a: TokenArgs, io: &mut Io<'_>) -> anyhow::Result<()>
             Ok(())
         }
     }
+}
+
+async fn rotate(
+    ctx: &Ctx,
+    role: berth_proto::jointoken::TokenRole,
+    io: &mut Io<'_>,
+) -> anyhow::Result<()> {
+    use berth_proto::jointoken;
+    let ca = &ctx
+        .client_config
+        .tls
+        .as_ref()
+        .context(
+            "no cluster CA in the CLI config: use the admin config `berth server --init` wrote",
+        )?
+        .ca_cert_pem;
+    let fp = berth_tls::fingerprint_of_pem(ca).context("reading the CA in the CLI config")?;
+    let token = berth_tls::JoinToken::generate_for(fp, role.secret_prefix())?;
+    let obj = berth_proto::DynObject::from_value(jointoken::secret(
+        role,
+        &token.reveal(),
+        chrono::Utc::now(),
+    ))?;
+    let client = ctx.client()?;
+    match client.create_dyn(&obj, false).await {
+        Ok(_) => {}
+        // Replace it whatever its version: the newest rotation wins.
+        Err(berth_client::ClientError::AlreadyExists(_)) => {
+            client
+                .update_dyn(&obj, false)
+                .await
+                .with_context(|| format!("storing the new {} token", role.as_str()))?;
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("storing the new {} token", role.as_str()))
+        }
+    }
+    writeln!(io.out, "{}", token.reveal())?;
+    let who = match role {
+        jointoken::TokenRole::Server => "servers and agents",
+        jointoken::TokenRole::Agent => "agents",
+    };
+    writeln!(
+        io.err,
+        "{} token rotated: it is shown only now; new {who} join with it (BERTH_TOKEN), the old \
+         one is refused on every server, existing members keep their certificates",
+        role.as_str()
+    )?;
+    Ok(())
 }
 
 async fn create(ctx: &Ctx, c: CreateArgs, io: &mut Io<'_>) -> anyhow::Result<()> {

@@ -46,5 +46,5 @@ pub use identity::{
     API_TOKEN_IDENTITY_PREFIX, NODE_PREFIX, SERVER_IDENTITY,
 };
 pub use secret::Secret;
-pub use token::{JoinToken, TOKEN_PREFIX};
+pub use token::{fingerprint_of_pem, JoinToken, TOKEN_PREFIX};
 pub use verify::{verify_client_cert, verify_server_cert};

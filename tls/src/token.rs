@@ -28,15 +28,29 @@ impl fmt::Debug for JoinToken {
 impl JoinToken {
     /// A new token for `ca` with a random 256-bit secret.
     pub fn generate(ca: &ClusterCa) -> Result<JoinToken, TlsError> {
+        JoinToken::generate_for(ca.fingerprint(), "")
+    }
+
+    /// A new token naming the CA with `ca_fingerprint`, its secret `<user><random hex>`
+    /// (k3s: `server:` for the server token, `node:` for the agent token).
+    pub fn generate_for(ca_fingerprint: [u8; 32], user: &str) -> Result<JoinToken, TlsError> {
         use ring::rand::SecureRandom;
         let mut secret = [0u8; 32];
         ring::rand::SystemRandom::new()
             .fill(&mut secret)
             .map_err(|_| TlsError::Random)?;
-        Ok(JoinToken {
-            ca_fingerprint: ca.fingerprint(),
-            secret: hex(&secret),
-        })
+        JoinToken::with_secret(ca_fingerprint, &format!("{user}{}", hex(&secret)))
+    }
+
+    /// A token naming the CA with `ca_fingerprint` whose secret is `secret` (a user-chosen
+    /// one, like k3s' `--agent-token`); checked like a parsed one.
+    pub fn with_secret(ca_fingerprint: [u8; 32], secret: &str) -> Result<JoinToken, TlsError> {
+        JoinToken::parse(&format!("{TOKEN_PREFIX}{}::{secret}", hex(&ca_fingerprint)))
+    }
+
+    /// The part after `::` (contains the secret: never log it).
+    pub fn secret_part(&self) -> &str {
+        &self.secret
     }
 
     /// Parse the text form; errors say what is wrong without echoing the secret.
@@ -101,6 +115,12 @@ impl JoinToken {
             self.secret
         )
     }
+}
+
+/// SHA-256 of the first certificate in `pem` (what a join token names), e.g. of the CA
+/// certificate in an admin config.
+pub fn fingerprint_of_pem(pem: &str) -> Result<[u8; 32], TlsError> {
+    Ok(fingerprint_of(&first_cert_der(pem, "CA certificate")?))
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
