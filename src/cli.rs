@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod certificate;
 pub mod cluster;
 pub mod config;
 pub mod create;
@@ -192,8 +193,13 @@ pub enum Command {
     Drain(WithConn<node::DrainArgs>),
     /// Cluster membership and health.
     Cluster(WithConn<cluster::ClusterArgs>),
-    /// The join token: berth token show (admin only).
+    /// Join tokens and API tokens: berth token show|rotate server|agent, berth token
+    /// create|list|revoke (admin only).
     Token(WithConn<token::TokenArgs>),
+    /// Certificates the cluster issued and their expiry: berth certificate list.
+    Certificate(WithConn<certificate::CertificateArgs>),
+    /// Node credentials: berth node revoke NAME (admin only).
+    Node(WithConn<certificate::NodeArgs>),
     /// Secrets encryption at rest: berth secrets-encryption status|rotate --data-dir DATA.
     SecretsEncryption(WithConn<secrets_encryption::SecretsEncryptionArgs>),
     /// Print a kubeconfig for kubectl and client libraries with this CLI's credential:
@@ -389,6 +395,8 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Drain(c) => node::drain(&ctx(&c.conn)?, c.args, io).await,
         Command::Cluster(c) => cluster::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Certificate(c) => certificate::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Node(c) => certificate::node(&ctx(&c.conn)?, c.args, io).await,
         Command::SecretsEncryption(c) => secrets_encryption::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Kubeconfig(c) => kubeconfig::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(c) => build::run(&c.conn, c.args, io).await,

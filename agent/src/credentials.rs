@@ -68,6 +68,9 @@ pub async fn node_credentials(
         .map(JoinToken::parse)
         .transpose()
         .map_err(CredentialError::BadToken)?;
+    // The key of a stored certificate for this node, kept across renewals: the cluster
+    // refuses another key claiming a registered node's name.
+    let mut own_key = None;
     if let Some(tls) = stored(&dir) {
         let want = Identity::Node(node_name.to_string());
         let identity = tls.identity()?;
@@ -96,13 +99,19 @@ pub async fn node_credentials(
                 CredentialError::Expiring { dir: dir_s }
             });
         }
+        if identity == want {
+            own_key = Some(tls.credential.key_pem.clone());
+        }
         tracing::info!(
             node = node_name,
             "stored node certificate unusable; requesting a new one with the join token"
         );
     }
     let token = token.ok_or(CredentialError::NoToken { dir: dir_s })?;
-    let csr = CertRequest::generate()?;
+    let csr = match own_key {
+        Some(k) => CertRequest::for_key(&k).or_else(|_| CertRequest::generate())?,
+        None => CertRequest::generate()?,
+    };
     // The token itself is added by `bootstrap`.
     let req = pb::BootstrapRequest {
         role: pb::BootstrapRole::Node as i32,

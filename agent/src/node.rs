@@ -256,7 +256,17 @@ impl Heartbeat {
                     let mut upd = e.clone();
                     upd.metadata.labels = want.metadata.labels.clone();
                     upd.metadata.annotations = want.metadata.annotations.clone();
-                    self.api.update_node(&upd).await?
+                    match self.api.update_node(&upd).await {
+                        Ok(n) => n,
+                        // NodeRestriction: a node may not change its own labels once
+                        // registered; the admin does (`berth label node`). Run with the
+                        // labels the Node has.
+                        Err(ApiError::Other(m)) => {
+                            tracing::warn!(node = %self.cfg.name, error = %m, "cannot update the Node's labels; keeping the registered ones");
+                            e
+                        }
+                        Err(err) => return Err(err),
+                    }
                 }
                 Some(e) => e,
             };

@@ -17,6 +17,7 @@ pub mod encryption;
 pub mod hostpaths;
 pub mod kube;
 pub mod metrics;
+pub mod noderestriction;
 pub mod pki;
 pub mod raft;
 mod serve;

@@ -76,8 +76,13 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let who = berth_tls::identity_of_peer(tls.get_ref().1.peer_certificates());
-            connection(TokioIo::new(tls), who, peer, grpc, kube, shutdown).await
+            let certs = tls.get_ref().1.peer_certificates();
+            let who = berth_tls::identity_of_peer(certs);
+            let issued = certs
+                .and_then(|c| c.first())
+                .and_then(|c| berth_tls::CertInfo::of_der(c).ok())
+                .map(|i| i.issued);
+            connection(TokioIo::new(tls), who, issued, peer, grpc, kube, shutdown).await
         });
     }
     drop(listener);
@@ -93,6 +98,26 @@ pub(crate) async fn serve(
     }
 }
 
+/// UNAUTHENTICATED (gRPC) or 401 (REST) for a revoked certificate.
+fn refuse_revoked<B>(req: &http::Request<B>, message: String) -> axum::response::Response {
+    if is_grpc(req) {
+        return tonic::Status::unauthenticated(message).into_http::<axum::body::Body>();
+    }
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": "Unauthorized",
+        "code": 401,
+    });
+    http::Response::builder()
+        .status(http::StatusCode::UNAUTHORIZED)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
 fn is_grpc<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
@@ -103,6 +128,7 @@ fn is_grpc<B>(req: &http::Request<B>) -> bool {
 async fn connection<I>(
     io: TokioIo<I>,
     who: Option<berth_tls::Identity>,
+    issued: Option<std::time::SystemTime>,
     peer: SocketAddr,
     grpc: axum::Router,
     kube: Arc<KubeApi>,
@@ -119,7 +145,16 @@ async fn connection<I>(
         }
         let grpc = grpc.clone();
         let kube = kube.clone();
+        // The revocation list (`berth node revoke`), checked on every request so a revoked
+        // node's open connections (watches) stop too.
+        let revoked = match (&who, issued) {
+            (Some(w), Some(t)) => kube.revoked(w, t),
+            _ => None,
+        };
         async move {
+            if let Some(m) = revoked {
+                return Ok::<_, Infallible>(refuse_revoked(&req, m));
+            }
             let req = req.map(axum::body::Body::new);
             let resp = if is_grpc(&req) {
                 grpc.oneshot(req)

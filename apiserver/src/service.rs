@@ -596,6 +596,126 @@ impl ApiService {
         )))
     }
 
+    /// NodeRestriction for names: a certificate for node `name` goes only to the key recorded
+    /// for it while its Node exists (the node renewing), never to another machine claiming
+    /// the name; after `berth delete node` / `berth node revoke` the name is free again.
+    fn check_node_name_claim(&self, name: &str, csr_pem: &str) -> Result<(), Status> {
+        use berth_proto::certificates as certs;
+        if self
+            .store
+            .get(&ObjectKey::new(Kind::Node, "", name))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let Ok(rec) = self.store.get(&ObjectKey::new(
+            Kind::ConfigMap,
+            certs::NAMESPACE,
+            &certs::node_record_name(name),
+        )) else {
+            return Ok(());
+        };
+        let Some(known) = certs::data(&rec, certs::KEY_SHA256_KEY) else {
+            return Ok(());
+        };
+        let presented = berth_tls::csr_key_sha256(csr_pem)
+            .map_err(|e| invalid(format!("bootstrap: {e}")))?;
+        if presented != known {
+            return Err(Status::already_exists(format!(
+                "node name {name:?} is registered with another certificate: a second machine may \
+                 not take it (NodeRestriction); pick another --name, or if the machine was \
+                 rebuilt, remove the old one first (`berth node revoke {name}` or `berth delete \
+                 node {name}`)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record the certificate `cert_pem` (issued by this cluster) as `record_name` for `berth
+    /// certificate list` and name claims.
+    pub(crate) async fn record_certificate(
+        &self,
+        record_name: &str,
+        cert_pem: &str,
+    ) -> Result<(), Status> {
+        let info = berth_tls::CertInfo::of_pem(cert_pem)
+            .map_err(|e| Status::internal(format!("reading an issued certificate: {e}")))?;
+        let obj = berth_proto::certificates::record(
+            record_name,
+            &info.identity.to_string(),
+            info.issued.into(),
+            info.not_after.into(),
+            &info.key_sha256,
+        );
+        self.put_internal(obj).await
+    }
+
+    /// Create or replace `object` as this server (on the leader, or forwarded to it).
+    async fn put_internal(&self, object: serde_json::Value) -> Result<(), Status> {
+        let op = Op::Update {
+            object: object.clone(),
+        };
+        let first = match self.write(vec![op], false, false).await {
+            Ok(r) => one(r).map(|_| ()),
+            Err(Route::Fail(s)) => Err(s),
+            Err(Route::Leader(mut client, addr)) => with_leader_hint(
+                client
+                    .update(pb::UpdateRequest {
+                        object: to_json(&object),
+                        dry_run: false,
+                    })
+                    .await,
+                &addr,
+            )
+            .map(|_| ()),
+        };
+        match first {
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            other => return other,
+        }
+        let op = Op::Create {
+            object: object.clone(),
+            uid: Self::new_uid(),
+        };
+        match self.write(vec![op], false, false).await {
+            Ok(r) => one(r).map(|_| ()),
+            Err(Route::Fail(s)) => Err(s),
+            Err(Route::Leader(mut client, addr)) => with_leader_hint(
+                client
+                    .create(pb::CreateRequest {
+                        object: to_json(&object),
+                        dry_run: false,
+                    })
+                    .await,
+                &addr,
+            )
+            .map(|_| ()),
+        }
+    }
+
+    /// Why a request from `who` with a certificate issued at `issued` is refused, if node
+    /// `who` was revoked (`berth node revoke`) after that certificate was issued.
+    pub(crate) fn revoked(
+        &self,
+        who: &berth_tls::Identity,
+        issued: std::time::SystemTime,
+    ) -> Option<String> {
+        use berth_proto::certificates as certs;
+        let berth_tls::Identity::Node(name) = who else {
+            return None;
+        };
+        let list = self
+            .store
+            .get(&ObjectKey::new(Kind::ConfigMap, certs::NAMESPACE, certs::REVOKED))
+            .ok()?;
+        certs::is_revoked(&list, name, issued.into()).then(|| {
+            format!(
+                "the certificate of {who} was revoked (`berth node revoke {name}`): it is refused \
+                 on every server; join again with a token for a new one if the admin allows"
+            )
+        })
+    }
+
     /// The join token hashes in this server's store (see [`berth_proto::jointoken`]).
     pub(crate) fn stored_join_tokens(&self) -> crate::pki::StoredTokens {
         use berth_proto::jointoken::{self, TokenRole};
@@ -624,10 +744,18 @@ impl ApiService {
     pub async fn seed_join_tokens(&self, shutdown: tokio_util::sync::CancellationToken) {
         use berth_proto::jointoken::{self, TokenRole};
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut recorded = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if !recorded && self.raft.leader_id().is_some() {
+                let name = berth_proto::certificates::server_record_name(self.raft.status().id);
+                match self.record_certificate(&name, &self.pki.server.cert_pem).await {
+                    Ok(()) => recorded = true,
+                    Err(s) => tracing::debug!(error = %s.message(), "recording this server's certificate"),
+                }
             }
             let stored = self.stored_join_tokens();
             let mut missing = Vec::new();
@@ -638,7 +766,10 @@ impl ApiService {
                 missing.push((TokenRole::Agent, t.reveal()));
             }
             if missing.is_empty() {
-                return;
+                if recorded {
+                    return;
+                }
+                continue;
             }
             if !self.raft.is_leader() {
                 continue;
@@ -734,11 +865,29 @@ impl ApiService {
         let obj = self.decode_object(bytes)?;
         let meta = obj.meta();
         let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
+        if let (berth_tls::Identity::Node(_), Kind::Node, Verb::Create | Verb::Update | Verb::Apply) =
+            (&who.identity, obj.kind, verb)
+        {
+            let old = match verb {
+                Verb::Create => None,
+                _ => self
+                    .store
+                    .get(&ObjectKey::new(Kind::Node, "", &meta.name))
+                    .ok(),
+            };
+            crate::noderestriction::admit(old.as_deref(), &obj.value, verb == Verb::Apply)
+                .map_err(|m| Status::permission_denied(format!("{} {m}", who.identity)))?;
+        }
         if obj.kind == Kind::Secret
             && berth_proto::jointoken::is_token_secret(&meta.namespace, &meta.name)
             && who.identity != berth_tls::Identity::Admin
         {
             return Err(join_token_denied(&who.identity));
+        }
+        if obj.kind == Kind::ConfigMap
+            && berth_proto::certificates::is_protected(&meta.namespace, &meta.name)
+        {
+            certificates_write_allowed(&who.identity)?;
         }
         if is_keyring(&obj.value) && who.identity != berth_tls::Identity::Admin {
             return Err(Status::permission_denied(format!(
@@ -798,6 +947,11 @@ impl ApiService {
         {
             return Err(join_token_denied(&who.identity));
         }
+        if key.kind == Kind::ConfigMap
+            && berth_proto::certificates::is_protected(&key.namespace, &key.name)
+        {
+            certificates_write_allowed(&who.identity)?;
+        }
         if key.kind == Kind::Secret
             && key.namespace == crate::encryption::KEYRING_NAMESPACE
             && key.name == crate::encryption::KEYRING_NAME
@@ -823,6 +977,16 @@ impl ApiService {
             Some(B::Apply(r)) => self.op_apply(who, &r.object),
             None => Err(invalid("batch op has no operation")),
         }
+    }
+}
+
+fn certificates_write_allowed(who: &berth_tls::Identity) -> Result<(), Status> {
+    match who {
+        berth_tls::Identity::Admin | berth_tls::Identity::Server => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "{who} may not write the certificate records or the revocation list: servers keep \
+             them, the admin revokes with `berth node revoke NAME`"
+        ))),
     }
 }
 
@@ -1247,7 +1411,21 @@ impl Api for ApiService {
         req: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::BootstrapResponse>, Status> {
         let stored = self.stored_join_tokens();
-        crate::pki::answer_bootstrap(&self.pki, &stored, req.get_ref()).map(Response::new)
+        let r = req.get_ref();
+        let resp = crate::pki::answer_bootstrap(&self.pki, &stored, r)?;
+        if r.role == pb::BootstrapRole::Node as i32 {
+            self.check_node_name_claim(&r.name, &r.csr_pem)?;
+            // Best effort: a join must not fail on bookkeeping during an election.
+            if let Err(s) = self.record_certificate(
+                &berth_proto::certificates::node_record_name(&r.name),
+                &resp.certificate_pem,
+            )
+            .await
+            {
+                tracing::warn!(node = %r.name, error = %s.message(), "cannot record the node's certificate");
+            }
+        }
+        Ok(Response::new(resp))
     }
 
     async fn join_token(

@@ -465,7 +465,7 @@ async fn a_server_with_a_wrong_token_cannot_join() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("join token refused") && err.contains("does not match"),
+        err.contains("join token refused") && err.contains("neither this cluster's server token"),
         "{err}"
     );
     assert!(
@@ -572,7 +572,7 @@ async fn keys_token_and_admin_config_are_private_to_the_owner() {
 async fn only_the_admin_may_read_the_join_token() {
     let (cluster, mut admin) = seeded().await;
     let token = admin
-        .join_token(pb::JoinTokenRequest {})
+        .join_token(pb::JoinTokenRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -580,7 +580,7 @@ async fn only_the_admin_may_read_the_join_token() {
     assert_eq!(token, cluster.token());
     for id in [Identity::Node("node-a".into()), Identity::Server] {
         let mut c = as_identity(&cluster, 0, &id).await;
-        let err = c.join_token(pb::JoinTokenRequest {}).await.unwrap_err();
+        let err = c.join_token(pb::JoinTokenRequest::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{id:?}: {err:?}");
         assert!(
             err.message().contains("only the cluster admin") && !err.message().contains(&token),
@@ -738,5 +738,386 @@ async fn a_node_reads_only_the_claims_its_pods_use_and_their_volumes() {
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "list {kind}");
     }
+    cluster.shutdown().await.unwrap();
+}
+
+// ---- Day two: two join tokens, rotation, NodeRestriction, revocation -------------------
+
+async fn bootstrap_as(
+    cluster: &TestCluster,
+    i: usize,
+    token: &str,
+    role: pb::BootstrapRole,
+    name: &str,
+    csr: &berth_tls::CertRequest,
+) -> Result<pb::BootstrapResponse, String> {
+    let token = JoinToken::parse(token).map_err(|e| e.to_string())?;
+    berth_tls::pinned::bootstrap(
+        &[cluster.addr(i).to_string()],
+        &token,
+        pb::BootstrapRequest {
+            role: role as i32,
+            name: name.into(),
+            addresses: vec!["127.0.0.1".into()],
+            csr_pem: csr.csr_pem.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// A node's credential got through bootstrap with `token` at member `i`.
+async fn join_node(
+    cluster: &TestCluster,
+    i: usize,
+    token: &str,
+    name: &str,
+) -> Result<ClientTls, String> {
+    let csr = berth_tls::CertRequest::generate().unwrap();
+    let resp = bootstrap_as(cluster, i, token, pb::BootstrapRole::Node, name, &csr).await?;
+    Ok(ClientTls::new(
+        resp.ca_certificate_pem,
+        csr.into_credential(resp.certificate_pem),
+    ))
+}
+
+async fn get_object(
+    c: &mut ApiClient<Channel>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Value, tonic::Status> {
+    c.get(pb::GetRequest {
+        key: key(kind, ns, name),
+    })
+    .await
+    .map(|r| serde_json::from_slice(&r.into_inner().object).unwrap())
+}
+
+async fn update(c: &mut ApiClient<Channel>, v: &Value) -> Result<Value, tonic::Status> {
+    c.update(pb::UpdateRequest {
+        object: bytes(v),
+        dry_run: false,
+    })
+    .await
+    .map(|r| serde_json::from_slice(&r.into_inner().object).unwrap())
+}
+
+/// What `berth token rotate ROLE` does: a new token for the cluster CA, its hash stored.
+async fn rotate(
+    cluster: &TestCluster,
+    admin: &mut ApiClient<Channel>,
+    role: berth_proto::jointoken::TokenRole,
+) -> String {
+    let fp = berth_tls::fingerprint_of_pem(&cluster.admin_tls().ca_cert_pem).unwrap();
+    let token = JoinToken::generate_for(fp, role.secret_prefix()).unwrap().reveal();
+    let secret = berth_proto::jointoken::secret(role, &token, chrono::Utc::now());
+    match create(admin, &secret).await {
+        Ok(_) => {}
+        Err(s) if s.code() == Code::AlreadyExists => {
+            update(admin, &secret).await.unwrap();
+        }
+        Err(s) => panic!("{s:?}"),
+    }
+    token
+}
+
+async fn wait_for_token_secrets(admin: &mut ApiClient<Channel>) {
+    berth_apiserver::testing::wait_until(Duration::from_secs(10), "join token secrets", || {
+        let mut a = admin.clone();
+        async move {
+            for n in ["join-token-server", "join-token-agent"] {
+                get_object(&mut a, "Secret", "berth-system", n).await.ok()?;
+            }
+            Some(())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_agent_token_joins_agents_and_is_refused_for_a_server() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let server_token = cluster.token().to_string();
+    let agent_token = cluster.server(0).unwrap().agent_join_token().unwrap();
+    assert!(server_token.contains("::server:"), "k3s shape");
+    assert!(agent_token.contains("::node:"), "k3s shape");
+    assert_ne!(server_token, agent_token);
+
+    // An agent joins with either token and never gets the CA key.
+    for t in [&agent_token, &server_token] {
+        let csr = berth_tls::CertRequest::generate().unwrap();
+        let resp = bootstrap_as(&cluster, 0, t, pb::BootstrapRole::Node, "w1", &csr)
+            .await
+            .unwrap();
+        assert!(resp.ca_key_pem.is_empty() && resp.secrets_encryption_key.is_empty());
+    }
+    // A server bootstrap with the agent token is refused with the reason, also once the
+    // store holds the hashes.
+    let mut admin = cluster.client(0).await.unwrap();
+    for _ in 0..2 {
+        let csr = berth_tls::CertRequest::generate().unwrap();
+        let err = bootstrap_as(&cluster, 0, &agent_token, pb::BootstrapRole::Server, "", &csr)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("this is the agent token, which joins agents only"),
+            "{err}"
+        );
+        assert!(!err.contains(agent_token.split("::").nth(1).unwrap()), "{err}");
+        wait_for_token_secrets(&mut admin).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = ServerArgs::new(dir.path().join("s"));
+    args.listen = "127.0.0.1:0".into();
+    args.join = Some(cluster.addr(0).to_string());
+    args.token = Some(Secret::new(agent_token.clone()));
+    let err = berth_apiserver::start(args).await.err().unwrap().to_string();
+    assert!(err.contains("agent token"), "{err}");
+    let members = admin
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .len();
+    assert_eq!(members, 1, "the agent token made no member");
+    // `berth token show agent` (admin only) prints it.
+    let shown = admin
+        .join_token(pb::JoinTokenRequest {
+            role: "agent".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    assert_eq!(shown, agent_token);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_refused_on_every_server_and_members_keep_their_certificates() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let mut admin = cluster.client(0).await.unwrap();
+    wait_for_token_secrets(&mut admin).await;
+    let old_server = cluster.token().to_string();
+    let old_agent = cluster.server(0).unwrap().agent_join_token().unwrap();
+    let node_a = join_node(&cluster, 1, &old_agent, "node-a").await.unwrap();
+
+    // Only the admin writes the token Secrets.
+    let mut server = as_identity(&cluster, 0, &Identity::Server).await;
+    let fake = berth_proto::jointoken::secret(
+        berth_proto::jointoken::TokenRole::Server,
+        "K10x::server:mine",
+        chrono::Utc::now(),
+    );
+    assert_denied(
+        update(&mut server, &fake).await,
+        "system:server",
+        "join token Secrets",
+    );
+
+    use berth_proto::jointoken::TokenRole;
+    let new_server = rotate(&cluster, &mut admin, TokenRole::Server).await;
+    let new_agent = rotate(&cluster, &mut admin, TokenRole::Agent).await;
+    // Every server refuses the old tokens once it applied the rotation, and takes the new.
+    for i in 0..3 {
+        for old in [&old_server, &old_agent] {
+            berth_apiserver::testing::wait_until(
+                Duration::from_secs(10),
+                "the old token refused",
+                || async { join_node(&cluster, i, old, "node-b").await.err() },
+            )
+            .await
+            .unwrap();
+        }
+        let err = join_node(&cluster, i, &old_server, "node-b").await.unwrap_err();
+        assert!(err.contains("join token refused"), "{err}");
+        join_node(&cluster, i, &new_agent, "node-b").await.unwrap();
+        let csr = berth_tls::CertRequest::generate().unwrap();
+        let resp = bootstrap_as(&cluster, i, &new_server, pb::BootstrapRole::Server, "", &csr)
+            .await
+            .unwrap();
+        assert!(!resp.ca_key_pem.is_empty(), "the server token still gets the CA key");
+    }
+    // A member's certificate from before the rotation still works.
+    let mut a = client(cluster.addr(2), &node_a).await.unwrap();
+    create(&mut a, &node("node-a")).await.unwrap();
+    // The servers' token files are the old token now: `token show` says so.
+    let err = admin
+        .join_token(pb::JoinTokenRequest {
+            role: "server".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("rotated"), "{}", err.message());
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_may_not_change_its_own_labels_taints_or_unschedulable() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let mut admin = cluster.client(0).await.unwrap();
+    let mut n1 = as_identity(&cluster, 0, &Identity::Node("n1".into())).await;
+    let mut v = node("n1");
+    v["metadata"]["labels"] = json!({"kubernetes.io/hostname": "n1", "zone": "a"});
+    let registered = create(&mut n1, &v).await.unwrap();
+    // Registering with a label reserved for the admin is refused.
+    let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
+    let mut v2 = node("n2");
+    v2["metadata"]["labels"] = json!({"node-restriction.kubernetes.io/secure": "true"});
+    assert_denied(create(&mut n2, &v2).await, "system:node:n2", "node-restriction");
+
+    let before = revision(&mut admin).await;
+    for (what, change) in [
+        ("label \"zone\"", json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "b"}}})),
+        ("label \"trusted\"", json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "a", "trusted": "yes"}}})),
+        ("taints", json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}})),
+        ("spec.unschedulable", json!({"spec": {"unschedulable": true}})),
+    ] {
+        let mut u = registered.clone();
+        for (k, x) in change.as_object().unwrap() {
+            for (k2, x2) in x.as_object().unwrap() {
+                u[k][k2] = x2.clone();
+            }
+        }
+        assert_denied(update(&mut n1, &u).await, "system:node:n1", what);
+    }
+    assert_eq!(revision(&mut admin).await, before, "nothing was written");
+    // Its own kubelet-owned labels it keeps current.
+    let mut u = registered.clone();
+    u["metadata"]["labels"]["kubernetes.io/os"] = json!("linux");
+    update(&mut n1, &u).await.unwrap();
+    // The admin may change anything.
+    let mut u = get_object(&mut admin, "Node", "", "n1").await.unwrap();
+    u["metadata"]["labels"]["zone"] = json!("b");
+    u["spec"]["unschedulable"] = json!(true);
+    update(&mut admin, &u).await.unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_machine_may_not_claim_a_registered_node_name() {
+    let cluster = TestCluster::start(1).await.unwrap();
+    let token = cluster.token().to_string();
+    let csr = berth_tls::CertRequest::generate().unwrap();
+    let own_key = csr.key_pem.clone();
+    let resp = bootstrap_as(&cluster, 0, &token, pb::BootstrapRole::Node, "n1", &csr)
+        .await
+        .unwrap();
+    let tls = ClientTls::new(resp.ca_certificate_pem, csr.into_credential(resp.certificate_pem));
+    let mut n1 = client(cluster.addr(0), &tls).await.unwrap();
+    create(&mut n1, &node("n1")).await.unwrap();
+
+    // Another key asking for n1 while its Node exists: refused.
+    let other = berth_tls::CertRequest::generate().unwrap();
+    let err = bootstrap_as(&cluster, 0, &token, pb::BootstrapRole::Node, "n1", &other)
+        .await
+        .unwrap_err();
+    assert!(err.contains("registered with another certificate"), "{err}");
+    // The same machine renewing (its key) is not.
+    let renew = berth_tls::CertRequest::for_key(&own_key).unwrap();
+    bootstrap_as(&cluster, 0, &token, pb::BootstrapRole::Node, "n1", &renew)
+        .await
+        .unwrap();
+    // Once the admin deletes the Node, the name is free.
+    let mut admin = cluster.client(0).await.unwrap();
+    admin
+        .delete(pb::DeleteRequest {
+            key: key("Node", "", "n1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    bootstrap_as(&cluster, 0, &token, pb::BootstrapRole::Node, "n1", &other)
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_node_is_refused_on_every_server_and_may_rejoin_only_with_a_token() {
+    use berth_proto::certificates as certs;
+    let cluster = TestCluster::start(3).await.unwrap();
+    let token = cluster.token().to_string();
+    let tls = join_node(&cluster, 0, &token, "n1").await.unwrap();
+    let mut n1 = client(cluster.addr(1), &tls).await.unwrap();
+    create(&mut n1, &node("n1")).await.unwrap();
+    let mut admin = cluster.client(0).await.unwrap();
+    // The certificate is on record, with its expiry.
+    let rec = get_object(&mut admin, "ConfigMap", certs::NAMESPACE, "cert-node-n1")
+        .await
+        .unwrap();
+    assert_eq!(certs::data(&rec, certs::IDENTITY_KEY), Some("system:node:n1"));
+    assert!(certs::data(&rec, certs::EXPIRES_KEY).is_some());
+    // A node may not touch the revocation list.
+    let list = certs::revoke(None, "n2", chrono::Utc::now());
+    let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
+    assert!(create(&mut n2, &list).await.is_err());
+
+    // What `berth node revoke n1` does: the revocation, then the Node and its record.
+    let list = certs::revoke(None, "n1", chrono::Utc::now());
+    create(&mut admin, &list).await.unwrap();
+    for (kind, ns, name) in [("Node", "", "n1"), ("ConfigMap", certs::NAMESPACE, "cert-node-n1")] {
+        admin
+            .delete(pb::DeleteRequest {
+                key: key(kind, ns, name),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Every server refuses it, on its open connection too.
+    for i in 0..3 {
+        let mut c = client(cluster.addr(i), &tls).await.unwrap();
+        let s = berth_apiserver::testing::wait_until(
+            Duration::from_secs(10),
+            "the revoked node refused",
+            || {
+                let mut c = c.clone();
+                async move {
+                    c.list(pb::ListRequest {
+                        kind: "Pod".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .err()
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+        assert!(s.message().contains("revoked"), "{}", s.message());
+        assert!(create(&mut c, &node("n1")).await.is_err());
+    }
+    let err = n1
+        .list(pb::ListRequest {
+            kind: "Pod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Joining again with a token gives a certificate issued after the revocation.
+    let again = berth_apiserver::testing::wait_until(
+        Duration::from_secs(5),
+        "a new certificate after the revocation",
+        || async {
+            let tls = join_node(&cluster, 0, &token, "n1").await.ok()?;
+            let mut c = client(cluster.addr(0), &tls).await.ok()?;
+            c.list(pb::ListRequest {
+                kind: "Pod".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+        },
+    )
+    .await;
+    again.unwrap();
     cluster.shutdown().await.unwrap();
 }

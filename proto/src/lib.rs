@@ -15,6 +15,7 @@
 //! the same types again ([`object::DynObject`]) and re-validates before anything is stored.
 
 pub mod apitoken;
+pub mod certificates;
 pub mod enums;
 pub mod hostpath;
 pub mod image;

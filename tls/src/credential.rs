@@ -83,6 +83,20 @@ impl CertRequest {
         })
     }
 
+    /// A request for the key in `key_pem` (a node renewing keeps its key, which is how the
+    /// cluster tells it from another machine claiming its name).
+    pub fn for_key(key_pem: &str) -> Result<CertRequest, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::Invalid {
+            what: "private key".into(),
+            reason: e.to_string(),
+        })?;
+        let csr = CertificateParams::default().serialize_request(&key)?;
+        Ok(CertRequest {
+            key_pem: key_pem.to_string(),
+            csr_pem: csr.pem()?,
+        })
+    }
+
     /// The credential once the server has signed the request.
     pub fn into_credential(self, cert_pem: String) -> Credential {
         Credential {

@@ -20,6 +20,7 @@
 
 mod admin;
 mod ca;
+mod certinfo;
 mod config;
 mod credential;
 mod error;
@@ -38,6 +39,7 @@ pub use config::{
     install_default_provider, mtls_client_config, mtls_server_config, optional_mtls_server_config,
     server_name, server_tls_config, ClientTls,
 };
+pub use certinfo::{csr_key_sha256, CertInfo, BACKDATE};
 pub use credential::{CertRequest, Credential};
 pub use error::{error_chain, innermost_cause, TlsError};
 pub use files::{create_private_dir, write_private};

@@ -56,6 +56,13 @@ pub struct KubeApi {
     advertise: String,
 }
 
+impl KubeApi {
+    /// Why requests from `who` (a certificate issued at `issued`) are refused, if revoked.
+    pub(crate) fn revoked(&self, who: &Identity, issued: std::time::SystemTime) -> Option<String> {
+        self.api.revoked(who, issued)
+    }
+}
+
 /// What a handler needs to know about its request besides the body.
 pub(crate) struct Ctx {
     who: Option<Identity>,
