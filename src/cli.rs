@@ -21,6 +21,7 @@ pub mod get;
 pub mod images;
 pub mod kubeconfig;
 pub mod logs;
+pub mod membership;
 pub mod node;
 pub mod portforward;
 pub mod push;

@@ -147,7 +147,10 @@ mod tests {
             }),
             ("removes a label", {
                 let mut v = old.clone();
-                v["metadata"]["labels"].as_object_mut().unwrap().remove("zone");
+                v["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("zone");
                 v
             }),
             ("restricted label", {

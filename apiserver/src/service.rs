@@ -618,10 +618,10 @@ impl ApiService {
         let Some(known) = certs::data(&rec, certs::KEY_SHA256_KEY) else {
             return Ok(());
         };
-        let presented = berth_tls::csr_key_sha256(csr_pem)
-            .map_err(|e| invalid(format!("bootstrap: {e}")))?;
+        let presented =
+            berth_tls::csr_key_sha256(csr_pem).map_err(|e| invalid(format!("bootstrap: {e}")))?;
         if presented != known {
-            return Err(Status::already_exists(format!(
+            return Err(Status::permission_denied(format!(
                 "node name {name:?} is registered with another certificate: a second machine may \
                  not take it (NodeRestriction); pick another --name, or if the machine was \
                  rebuilt, remove the old one first (`berth node revoke {name}` or `berth delete \
@@ -706,7 +706,11 @@ impl ApiService {
         };
         let list = self
             .store
-            .get(&ObjectKey::new(Kind::ConfigMap, certs::NAMESPACE, certs::REVOKED))
+            .get(&ObjectKey::new(
+                Kind::ConfigMap,
+                certs::NAMESPACE,
+                certs::REVOKED,
+            ))
             .ok()?;
         certs::is_revoked(&list, name, issued.into()).then(|| {
             format!(
@@ -752,9 +756,14 @@ impl ApiService {
             }
             if !recorded && self.raft.leader_id().is_some() {
                 let name = berth_proto::certificates::server_record_name(self.raft.status().id);
-                match self.record_certificate(&name, &self.pki.server.cert_pem).await {
+                match self
+                    .record_certificate(&name, &self.pki.server.cert_pem)
+                    .await
+                {
                     Ok(()) => recorded = true,
-                    Err(s) => tracing::debug!(error = %s.message(), "recording this server's certificate"),
+                    Err(s) => {
+                        tracing::debug!(error = %s.message(), "recording this server's certificate")
+                    }
                 }
             }
             let stored = self.stored_join_tokens();
@@ -865,8 +874,11 @@ impl ApiService {
         let obj = self.decode_object(bytes)?;
         let meta = obj.meta();
         let bound = who.authorize(verb, Some(obj.kind), &meta.namespace, &meta.name)?;
-        if let (berth_tls::Identity::Node(_), Kind::Node, Verb::Create | Verb::Update | Verb::Apply) =
-            (&who.identity, obj.kind, verb)
+        if let (
+            berth_tls::Identity::Node(_),
+            Kind::Node,
+            Verb::Create | Verb::Update | Verb::Apply,
+        ) = (&who.identity, obj.kind, verb)
         {
             let old = match verb {
                 Verb::Create => None,
@@ -1397,12 +1409,68 @@ impl Api for ApiService {
         let is_fwd = forwarded(&req);
         let r = req.into_inner();
         let id = r.id;
+        let members = self.raft.status().members;
+        if members.len() == 1 && members[0].id == id {
+            return Err(Status::failed_precondition(format!(
+                "refusing to remove member {id}: it is the last member and the cluster would \
+                 have none; stop its server instead"
+            )));
+        }
         match self.on_leader(is_fwd, || self.raft.remove_member(id)).await {
             Ok(_) => Ok(Response::new(pb::Empty {})),
             Err(Route::Fail(s)) => Err(s),
             Err(Route::Leader(mut client, _)) => {
                 client.remove_member(mark_forwarded(r, &who)).await
             }
+        }
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let who = authenticate(&req)?;
+        who.authorize_membership("move the raft leader")?;
+        let is_fwd = forwarded(&req);
+        let r = req.into_inner();
+        let id = r.id;
+        if !self.raft.status().members.iter().any(|m| m.id == id) {
+            return Err(Status::not_found(format!(
+                "no cluster member {id} (`berth cluster status` lists them)"
+            )));
+        }
+        if self.raft.leader_id() == Some(id) {
+            return Ok(Response::new(pb::MoveLeaderResponse { leader_id: id }));
+        }
+        match self
+            .on_leader(is_fwd, || self.raft.transfer_leadership(Some(id)))
+            .await
+        {
+            Ok(_) => {}
+            Err(Route::Fail(s)) => return Err(s),
+            Err(Route::Leader(mut client, _)) => {
+                return client.move_leader(mark_forwarded(r, &who)).await
+            }
+        }
+        // The transfer takes about an election; answer once it shows here.
+        let mut leader = self.raft.leader_watch();
+        let moved = tokio::time::timeout(LEADER_WAIT, async {
+            loop {
+                if *leader.borrow_and_update() == Some(id) {
+                    return true;
+                }
+                if leader.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(Response::new(pb::MoveLeaderResponse { leader_id: id })),
+            _ => Err(Status::unavailable(format!(
+                "leadership did not move to member {id} in time (it may be behind or \
+                 unreachable: see `berth cluster status`); try again"
+            ))),
         }
     }
 
@@ -1416,11 +1484,12 @@ impl Api for ApiService {
         if r.role == pb::BootstrapRole::Node as i32 {
             self.check_node_name_claim(&r.name, &r.csr_pem)?;
             // Best effort: a join must not fail on bookkeeping during an election.
-            if let Err(s) = self.record_certificate(
-                &berth_proto::certificates::node_record_name(&r.name),
-                &resp.certificate_pem,
-            )
-            .await
+            if let Err(s) = self
+                .record_certificate(
+                    &berth_proto::certificates::node_record_name(&r.name),
+                    &resp.certificate_pem,
+                )
+                .await
             {
                 tracing::warn!(node = %r.name, error = %s.message(), "cannot record the node's certificate");
             }

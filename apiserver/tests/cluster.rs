@@ -466,3 +466,97 @@ async fn concurrent_writes_through_every_member_get_distinct_revisions() {
     }
     cluster.shutdown().await.unwrap();
 }
+
+/// `berth cluster move-leader` then `remove-member` while a writer keeps creating pods
+/// through every member: every write acknowledged is on the members that stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_member_under_load_loses_no_acknowledged_write() {
+    let cluster = TestCluster::start(3).await.unwrap();
+    let leader = cluster.wait_for_leader(T).await.unwrap();
+    let addrs: Vec<SocketAddr> = (0..3).map(|i| cluster.addr(i)).collect();
+    let tls = cluster.admin_tls();
+    let stop = CancellationToken::new();
+    let writer = {
+        let (stop, addrs, tls) = (stop.clone(), addrs.clone(), tls.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0.. {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let name = format!("load-{n}");
+                create_via(&addrs, &tls, &name).await;
+                acked.push(name);
+            }
+            acked
+        })
+    };
+    let ids: Vec<u64> = (0..3).map(|i| cluster.server(i).unwrap().id()).collect();
+    // Move leadership to a follower, then remove the old leader (now a follower).
+    let target = (leader + 1) % 3;
+    let mut c = cluster.client(leader).await.unwrap();
+    wait_until(T, "some writes before the change", || async {
+        (revision_of(&cluster, leader).await > 10).then_some(())
+    })
+    .await
+    .unwrap();
+    let moved = c
+        .move_leader(pb::MoveLeaderRequest { id: ids[target] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.leader_id, ids[target]);
+    let mut nc = cluster.client(target).await.unwrap();
+    nc.remove_member(pb::RemoveMemberRequest { id: ids[leader] })
+        .await
+        .unwrap();
+    let stays: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    wait_until(T, "the member list to shrink", || {
+        let mut nc = nc.clone();
+        async move {
+            let s = nc
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (s.members.len() == 2).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let after = revision_of(&cluster, target).await;
+    wait_until(T, "more writes after the removal", || async {
+        (revision_of(&cluster, target).await > after + 10).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "{} writes", acked.len());
+    let last = revision_of(&cluster, target).await;
+    for i in &stays {
+        wait_until(T, "the survivors to apply everything", || async {
+            (revision_of(&cluster, *i).await >= last).then_some(())
+        })
+        .await
+        .unwrap();
+        let mut c = cluster.client(*i).await.unwrap();
+        for name in &acked {
+            get_on(&mut c, name)
+                .await
+                .unwrap_or_else(|s| panic!("{name} acknowledged but missing on member {i}: {s:?}"));
+        }
+    }
+    // The last member is never removed.
+    let one = TestCluster::start(1).await.unwrap();
+    let mut c = one.client(0).await.unwrap();
+    let id = one.server(0).unwrap().id();
+    let err = c
+        .remove_member(pb::RemoveMemberRequest { id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("last member"), "{}", err.message());
+    one.shutdown().await.unwrap();
+    cluster.shutdown().await.unwrap();
+}

@@ -580,7 +580,10 @@ async fn only_the_admin_may_read_the_join_token() {
     assert_eq!(token, cluster.token());
     for id in [Identity::Node("node-a".into()), Identity::Server] {
         let mut c = as_identity(&cluster, 0, &id).await;
-        let err = c.join_token(pb::JoinTokenRequest::default()).await.unwrap_err();
+        let err = c
+            .join_token(pb::JoinTokenRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{id:?}: {err:?}");
         assert!(
             err.message().contains("only the cluster admin") && !err.message().contains(&token),
@@ -811,7 +814,9 @@ async fn rotate(
     role: berth_proto::jointoken::TokenRole,
 ) -> String {
     let fp = berth_tls::fingerprint_of_pem(&cluster.admin_tls().ca_cert_pem).unwrap();
-    let token = JoinToken::generate_for(fp, role.secret_prefix()).unwrap().reveal();
+    let token = JoinToken::generate_for(fp, role.secret_prefix())
+        .unwrap()
+        .reveal();
     let secret = berth_proto::jointoken::secret(role, &token, chrono::Utc::now());
     match create(admin, &secret).await {
         Ok(_) => {}
@@ -859,14 +864,24 @@ async fn the_agent_token_joins_agents_and_is_refused_for_a_server() {
     let mut admin = cluster.client(0).await.unwrap();
     for _ in 0..2 {
         let csr = berth_tls::CertRequest::generate().unwrap();
-        let err = bootstrap_as(&cluster, 0, &agent_token, pb::BootstrapRole::Server, "", &csr)
-            .await
-            .unwrap_err();
+        let err = bootstrap_as(
+            &cluster,
+            0,
+            &agent_token,
+            pb::BootstrapRole::Server,
+            "",
+            &csr,
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.contains("this is the agent token, which joins agents only"),
             "{err}"
         );
-        assert!(!err.contains(agent_token.split("::").nth(1).unwrap()), "{err}");
+        assert!(
+            !err.contains(agent_token.split("::").nth(1).unwrap()),
+            "{err}"
+        );
         wait_for_token_secrets(&mut admin).await;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -874,7 +889,11 @@ async fn the_agent_token_joins_agents_and_is_refused_for_a_server() {
     args.listen = "127.0.0.1:0".into();
     args.join = Some(cluster.addr(0).to_string());
     args.token = Some(Secret::new(agent_token.clone()));
-    let err = berth_apiserver::start(args).await.err().unwrap().to_string();
+    let err = berth_apiserver::start(args)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("agent token"), "{err}");
     let members = admin
         .cluster_status(pb::ClusterStatusRequest {})
@@ -933,14 +952,26 @@ async fn a_rotated_token_is_refused_on_every_server_and_members_keep_their_certi
             .await
             .unwrap();
         }
-        let err = join_node(&cluster, i, &old_server, "node-b").await.unwrap_err();
+        let err = join_node(&cluster, i, &old_server, "node-b")
+            .await
+            .unwrap_err();
         assert!(err.contains("join token refused"), "{err}");
         join_node(&cluster, i, &new_agent, "node-b").await.unwrap();
         let csr = berth_tls::CertRequest::generate().unwrap();
-        let resp = bootstrap_as(&cluster, i, &new_server, pb::BootstrapRole::Server, "", &csr)
-            .await
-            .unwrap();
-        assert!(!resp.ca_key_pem.is_empty(), "the server token still gets the CA key");
+        let resp = bootstrap_as(
+            &cluster,
+            i,
+            &new_server,
+            pb::BootstrapRole::Server,
+            "",
+            &csr,
+        )
+        .await
+        .unwrap();
+        assert!(
+            !resp.ca_key_pem.is_empty(),
+            "the server token still gets the CA key"
+        );
     }
     // A member's certificate from before the rotation still works.
     let mut a = client(cluster.addr(2), &node_a).await.unwrap();
@@ -969,14 +1000,30 @@ async fn a_node_may_not_change_its_own_labels_taints_or_unschedulable() {
     let mut n2 = as_identity(&cluster, 0, &Identity::Node("n2".into())).await;
     let mut v2 = node("n2");
     v2["metadata"]["labels"] = json!({"node-restriction.kubernetes.io/secure": "true"});
-    assert_denied(create(&mut n2, &v2).await, "system:node:n2", "node-restriction");
+    assert_denied(
+        create(&mut n2, &v2).await,
+        "system:node:n2",
+        "node-restriction",
+    );
 
     let before = revision(&mut admin).await;
     for (what, change) in [
-        ("label \"zone\"", json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "b"}}})),
-        ("label \"trusted\"", json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "a", "trusted": "yes"}}})),
-        ("taints", json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}})),
-        ("spec.unschedulable", json!({"spec": {"unschedulable": true}})),
+        (
+            "label \"zone\"",
+            json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "b"}}}),
+        ),
+        (
+            "label \"trusted\"",
+            json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1", "zone": "a", "trusted": "yes"}}}),
+        ),
+        (
+            "taints",
+            json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}}),
+        ),
+        (
+            "spec.unschedulable",
+            json!({"spec": {"unschedulable": true}}),
+        ),
     ] {
         let mut u = registered.clone();
         for (k, x) in change.as_object().unwrap() {
@@ -1008,7 +1055,10 @@ async fn a_second_machine_may_not_claim_a_registered_node_name() {
     let resp = bootstrap_as(&cluster, 0, &token, pb::BootstrapRole::Node, "n1", &csr)
         .await
         .unwrap();
-    let tls = ClientTls::new(resp.ca_certificate_pem, csr.into_credential(resp.certificate_pem));
+    let tls = ClientTls::new(
+        resp.ca_certificate_pem,
+        csr.into_credential(resp.certificate_pem),
+    );
     let mut n1 = client(cluster.addr(0), &tls).await.unwrap();
     create(&mut n1, &node("n1")).await.unwrap();
 
@@ -1051,7 +1101,10 @@ async fn a_revoked_node_is_refused_on_every_server_and_may_rejoin_only_with_a_to
     let rec = get_object(&mut admin, "ConfigMap", certs::NAMESPACE, "cert-node-n1")
         .await
         .unwrap();
-    assert_eq!(certs::data(&rec, certs::IDENTITY_KEY), Some("system:node:n1"));
+    assert_eq!(
+        certs::data(&rec, certs::IDENTITY_KEY),
+        Some("system:node:n1")
+    );
     assert!(certs::data(&rec, certs::EXPIRES_KEY).is_some());
     // A node may not touch the revocation list.
     let list = certs::revoke(None, "n2", chrono::Utc::now());
@@ -1061,7 +1114,10 @@ async fn a_revoked_node_is_refused_on_every_server_and_may_rejoin_only_with_a_to
     // What `berth node revoke n1` does: the revocation, then the Node and its record.
     let list = certs::revoke(None, "n1", chrono::Utc::now());
     create(&mut admin, &list).await.unwrap();
-    for (kind, ns, name) in [("Node", "", "n1"), ("ConfigMap", certs::NAMESPACE, "cert-node-n1")] {
+    for (kind, ns, name) in [
+        ("Node", "", "n1"),
+        ("ConfigMap", certs::NAMESPACE, "cert-node-n1"),
+    ] {
         admin
             .delete(pb::DeleteRequest {
                 key: key(kind, ns, name),

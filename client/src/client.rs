@@ -710,6 +710,24 @@ impl Client {
         .await
     }
 
+    /// Remove raft member `id` (admin; the server refuses the last member).
+    pub async fn remove_member(&self, id: u64) -> Result<(), ClientError> {
+        self.call(Op::Write, |mut api| async move {
+            api.remove_member(pb::RemoveMemberRequest { id }).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Hand raft leadership to member `id`; returns once it leads.
+    pub async fn move_leader(&self, id: u64) -> Result<u64, ClientError> {
+        self.call(Op::Write, |mut api| async move {
+            api.move_leader(pb::MoveLeaderRequest { id }).await
+        })
+        .await
+        .map(|r| r.leader_id)
+    }
+
     /// Ask one specific server for its view (no failover), e.g. for per-member health.
     pub async fn cluster_status_of(
         &self,

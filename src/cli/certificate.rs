@@ -92,7 +92,8 @@ async fn list(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("reading the revocation list"),
     };
     let now = chrono::Utc::now();
-    let mut t = berth_proto::table::Table::new(&["IDENTITY", "RECORD", "ISSUED", "EXPIRES", "STATUS"]);
+    let mut t =
+        berth_proto::table::Table::new(&["IDENTITY", "RECORD", "ISSUED", "EXPIRES", "STATUS"]);
     for o in items {
         let v = &o.value;
         let d = |k: &str| certs::data(v, k).unwrap_or_default().to_string();

@@ -19,6 +19,20 @@ pub struct ClusterArgs {
 pub enum ClusterCommand {
     /// Members, leader, term, commit/applied index, revision and health per member.
     Status,
+    /// Remove a member by ID or ADDRESS (admin). Refused when the members left would have
+    /// fewer healthy ones than their quorum (unless --force), and for the last member.
+    RemoveMember {
+        #[arg(value_name = "ID|ADDRESS")]
+        target: String,
+        /// Remove even if the members left are below quorum.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hand raft leadership to member ID (admin), e.g. before maintenance on the leader.
+    MoveLeader {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
 }
 
 /// What one member said about itself when asked directly.
@@ -101,6 +115,10 @@ pub fn render_status(
 pub async fn run(ctx: &Ctx, a: ClusterArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
     match a.command {
         ClusterCommand::Status => status(ctx, io).await,
+        ClusterCommand::RemoveMember { target, force } => {
+            super::membership::remove_member(ctx, &target, force, io).await
+        }
+        ClusterCommand::MoveLeader { id } => super::membership::move_leader(ctx, id, io).await,
     }
 }
 

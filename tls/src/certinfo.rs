@@ -38,14 +38,17 @@ fn at(secs: i64) -> SystemTime {
 impl CertInfo {
     /// Of a DER certificate.
     pub fn of_der(der: &CertificateDer<'_>) -> Result<CertInfo, TlsError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| invalid("certificate", e))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| invalid("certificate", e))?;
         let identity = crate::identity_of_cert(der)?;
         let v = cert.validity();
         Ok(CertInfo {
             identity,
             issued: at(v.not_before.timestamp()) + BACKDATE,
             not_after: at(v.not_after.timestamp()),
-            key_sha256: hex(&ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref()),
+            key_sha256: hex(
+                &ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref(),
+            ),
         })
     }
 

@@ -34,12 +34,12 @@ mod verify;
 
 pub use admin::AdminConfig;
 pub use ca::{ClusterCa, Validity, CA_COMMON_NAME, CA_VALIDITY_DAYS, CERT_VALIDITY_DAYS};
+pub use certinfo::{csr_key_sha256, CertInfo, BACKDATE};
 pub use config::{
     api_port_server_config, api_server_tls_config, ca_client_config, client_tls_config, endpoint,
     install_default_provider, mtls_client_config, mtls_server_config, optional_mtls_server_config,
     server_name, server_tls_config, ClientTls,
 };
-pub use certinfo::{csr_key_sha256, CertInfo, BACKDATE};
 pub use credential::{CertRequest, Credential};
 pub use error::{error_chain, innermost_cause, TlsError};
 pub use files::{create_private_dir, write_private};
