@@ -29,6 +29,7 @@ pub mod registry;
 pub mod rollout;
 pub mod scale;
 pub mod secrets_encryption;
+pub mod snapshot;
 pub mod table;
 pub mod token;
 pub mod trust;
@@ -201,6 +202,8 @@ pub enum Command {
     Certificate(WithConn<certificate::CertificateArgs>),
     /// Node credentials: berth node revoke NAME (admin only).
     Node(WithConn<certificate::NodeArgs>),
+    /// Back up the store: berth snapshot save FILE (admin), berth snapshot status FILE.
+    Snapshot(WithConn<snapshot::SnapshotArgs>),
     /// Secrets encryption at rest: berth secrets-encryption status|rotate --data-dir DATA.
     SecretsEncryption(WithConn<secrets_encryption::SecretsEncryptionArgs>),
     /// Print a kubeconfig for kubectl and client libraries with this CLI's credential:
@@ -398,6 +401,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Token(c) => token::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Certificate(c) => certificate::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Node(c) => certificate::node(&ctx(&c.conn)?, c.args, io).await,
+        Command::Snapshot(c) => snapshot::run(ctx(&c.conn), c.args, io).await,
         Command::SecretsEncryption(c) => secrets_encryption::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Kubeconfig(c) => kubeconfig::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Build(c) => build::run(&c.conn, c.args, io).await,

@@ -72,6 +72,15 @@ pub struct ServerArgs {
         requires = "init"
     )]
     pub agent_token: Option<berth_tls::Secret>,
+    /// With --init: a new one-member cluster holding the objects of a `berth snapshot save`
+    /// FILE (new CA and tokens; every object keeps its uid, spec and status, revisions are
+    /// new). A corrupt or truncated file is refused before anything is written.
+    #[arg(long, value_name = "FILE", requires = "init")]
+    pub restore: Option<PathBuf>,
+    /// With --restore: the snapshotted cluster's DATA/pki/secrets-encryption.key (from any of
+    /// its servers); needed when the snapshot holds Secrets, which stay encrypted with it.
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub restore_secrets_key: Option<PathBuf>,
     /// Extra names or IPs for the server certificate (besides the listen and advertise
     /// addresses, 127.0.0.1 and localhost), e.g. a load balancer's.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
@@ -126,6 +135,8 @@ impl ServerArgs {
             join: None,
             token: None,
             agent_token: None,
+            restore: None,
+            restore_secrets_key: None,
             tls_san: Vec::new(),
             node_port_range: NodePortRange::default(),
             service_cidr: crate::store::networks::Networks::default().service_cidr,
@@ -442,6 +453,11 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     };
     networks.check().map_err(ServerError::Args)?;
     let dir = data_dir(&args)?;
+    // A snapshot to restore is checked whole before anything is created.
+    let restore = match &args.restore {
+        Some(file) => Some(read_restore(file, args.restore_secrets_key.as_deref())?),
+        None => None,
+    };
     berth_tls::create_private_dir(&dir).map_err(ServerError::PrivateDataDir)?;
     let db_path = dir.join("db");
     let db = open_db(&db_path).await?;
@@ -472,7 +488,13 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
             (id, Bootstrap::Join { peers: Vec::new() })
         }
         None if args.init => {
-            pki = Some(init_pki(&dir, &sans, &advertise, agent_secret)?);
+            let mut created = init_pki(&dir, &sans, &advertise, agent_secret)?;
+            if let Some(kek) = restore.as_ref().and_then(|r| r.kek.clone()) {
+                kek.write(&crate::pki::pki_dir(&dir))
+                    .map_err(crate::pki::PkiError::from)?;
+                created.secrets_kek = kek;
+            }
+            pki = Some(created);
             store_id(&db, &db_path, 1)?;
             (1, Bootstrap::NewCluster)
         }
@@ -547,6 +569,17 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         pki.clone(),
         shutdown.clone(),
     );
+    if let Some(r) = &restore {
+        if id == 1 && created_pki {
+            let n = api
+                .restore_objects(&r.body)
+                .await
+                .map_err(|m| ServerError::Args(format!("--restore: {m}")))?;
+            tracing::info!(objects = n, revision = r.revision, "restored the snapshot");
+        } else {
+            tracing::warn!("--restore ignored: this data dir holds a cluster already");
+        }
+    }
     let watch_tasks = api.watch_tasks();
     let metrics = berth_metrics::Registry::new();
     crate::metrics::register_server_collector(
@@ -621,6 +654,55 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         pki,
         data_dir: dir,
         created_pki,
+    })
+}
+
+/// A checked `--restore` file: the store snapshot, its revision and the old cluster's KEK.
+struct Restore {
+    body: Vec<u8>,
+    revision: u64,
+    kek: Option<crate::encryption::Kek>,
+}
+
+fn read_restore(file: &Path, key: Option<&Path>) -> Result<Restore, ServerError> {
+    let bad = |m: String| ServerError::Args(format!("--restore {}: {m}", file.display()));
+    let bytes = std::fs::read(file).map_err(|e| bad(e.to_string()))?;
+    let (header, body) = berth_proto::snapshotfile::decode(&bytes).map_err(bad)?;
+    let holds_keyring = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["objects"]
+                .as_array()
+                .map(|o| o.iter().any(crate::encryption::is_keyring))
+        })
+        .unwrap_or(false);
+    let kek = match key {
+        Some(k) => {
+            let text = std::fs::read_to_string(k).map_err(|e| {
+                ServerError::Args(format!("--restore-secrets-key {}: {e}", k.display()))
+            })?;
+            Some(crate::encryption::Kek::from_base64(&text).map_err(|m| {
+                ServerError::Args(format!(
+                    "--restore-secrets-key {}: {m}; give the old cluster's \
+                     DATA/pki/secrets-encryption.key",
+                    k.display()
+                ))
+            })?)
+        }
+        None if holds_keyring => {
+            return Err(bad(
+                "the snapshot holds Secrets encrypted with its cluster's key: pass \
+                 --restore-secrets-key OLD_DATA/pki/secrets-encryption.key (from any server of \
+                 that cluster)"
+                    .into(),
+            ))
+        }
+        None => None,
+    };
+    Ok(Restore {
+        body: body.to_vec(),
+        revision: header.revision,
+        kek,
     })
 }
 

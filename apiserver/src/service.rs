@@ -720,6 +720,84 @@ impl ApiService {
         })
     }
 
+    /// `berth server --restore`: write the objects of a store snapshot into this new
+    /// one-member cluster through raft (so members that join later replicate them), keeping
+    /// each object's uid, labels, spec and status; revisions, creation times and generations
+    /// are this cluster's. The old cluster's join token hashes, certificate records and
+    /// revocations are left out (this cluster has its own CA and tokens); objects that exist
+    /// already (the built-in namespaces) are kept. Returns how many objects were written.
+    pub async fn restore_objects(&self, body: &[u8]) -> Result<usize, String> {
+        #[derive(serde::Deserialize)]
+        struct Snapshot {
+            objects: Vec<serde_json::Value>,
+        }
+        let snap: Snapshot = serde_json::from_slice(body)
+            .map_err(|e| format!("the snapshot's body is not a store snapshot: {e}"))?;
+        let ours = |v: &serde_json::Value| {
+            let kind = v["kind"].as_str().unwrap_or("");
+            let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = v["metadata"]["name"].as_str().unwrap_or("");
+            (kind == "Secret" && berth_proto::jointoken::is_token_secret(ns, name))
+                || (kind == "ConfigMap" && berth_proto::certificates::is_protected(ns, name))
+        };
+        // Namespaces first, the keyring before the Secrets it opens.
+        let mut objects: Vec<serde_json::Value> =
+            snap.objects.into_iter().filter(|v| !ours(v)).collect();
+        objects.sort_by_key(|v| match v["kind"].as_str() {
+            Some("Namespace") => 0,
+            _ if is_keyring(v) => 1,
+            _ => 2,
+        });
+        let deadline = Instant::now() + LEADER_WAIT * 3;
+        while !self.raft.is_leader() {
+            if Instant::now() >= deadline {
+                return Err("this server did not become the leader of its new cluster".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut written = 0;
+        for chunk in objects.chunks(500) {
+            let ops = chunk
+                .iter()
+                .map(|v| Op::Create {
+                    object: v.clone(),
+                    uid: v["metadata"]["uid"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(Self::new_uid),
+                })
+                .collect();
+            let cmd = Command {
+                ops,
+                atomic: false,
+                now: chrono::Utc::now(),
+                node_ports: self.config.node_ports,
+                networks: self.config.networks,
+                check_namespaces: false,
+            };
+            let results = match self.propose_cmd(cmd, true).await {
+                Ok(r) => r,
+                Err(Route::Fail(s)) => return Err(s.message().to_string()),
+                Err(Route::Leader(..)) => return Err("leadership moved during the restore".into()),
+            };
+            for (r, v) in results.into_iter().zip(chunk) {
+                match r {
+                    Ok(_) => written += 1,
+                    Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "restoring {} {}/{}: {e}",
+                            v["kind"].as_str().unwrap_or("?"),
+                            v["metadata"]["namespace"].as_str().unwrap_or(""),
+                            v["metadata"]["name"].as_str().unwrap_or("?")
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
     /// The join token hashes in this server's store (see [`berth_proto::jointoken`]).
     pub(crate) fn stored_join_tokens(&self) -> crate::pki::StoredTokens {
         use berth_proto::jointoken::{self, TokenRole};
@@ -1423,6 +1501,42 @@ impl Api for ApiService {
                 client.remove_member(mark_forwarded(r, &who)).await
             }
         }
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        use crate::raft::StateMachine as _;
+        let who = authenticate(&req)?;
+        if who.identity != berth_tls::Identity::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} may not take a snapshot of the store: only the cluster admin may (`berth \
+                 snapshot save`)",
+                who.identity
+            )));
+        }
+        // Everything committed before the request is in it.
+        self.read_barrier().await?;
+        let job = self.store.snapshot_job();
+        let body = tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| Status::internal(format!("snapshot: {e}")))?
+            .map_err(|e| Status::internal(format!("snapshot: {e}")))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in body.chunks(1 << 20) {
+                let c = pb::SnapshotChunk {
+                    data: chunk.to_vec(),
+                };
+                if tx.send(Ok(c)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn move_leader(

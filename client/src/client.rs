@@ -710,6 +710,21 @@ impl Client {
         .await
     }
 
+    /// A consistent snapshot of the store (admin only), as the server encodes it.
+    pub async fn snapshot(&self) -> Result<Vec<u8>, ClientError> {
+        let chunks = self
+            .call(Op::Read, |mut api| async move {
+                let mut s = api.snapshot(pb::SnapshotRequest {}).await?.into_inner();
+                let mut out = Vec::new();
+                while let Some(c) = s.message().await? {
+                    out.extend_from_slice(&c.data);
+                }
+                Ok(tonic::Response::new(out))
+            })
+            .await?;
+        Ok(chunks)
+    }
+
     /// Remove raft member `id` (admin; the server refuses the last member).
     pub async fn remove_member(&self, id: u64) -> Result<(), ClientError> {
         self.call(Op::Write, |mut api| async move {

@@ -25,6 +25,7 @@ pub mod object;
 pub mod patch;
 pub mod quantity;
 pub mod selector;
+pub mod snapshotfile;
 pub mod storage;
 pub mod table;
 pub mod trust;
