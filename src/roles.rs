@@ -354,7 +354,7 @@ pub async fn run_server(cmd: ServerCmd, shutdown: CancellationToken) -> anyhow::
             server.agent_join_token().unwrap_or_default(),
         );
         let token = std::io::IsTerminal::is_terminal(&std::io::stdout())
-            .then(|| (tokens.0.as_str(), tokens.1.as_str()));
+            .then_some((tokens.0.as_str(), tokens.1.as_str()));
         println!(
             "{}",
             init_banner(

@@ -117,6 +117,7 @@ pub async fn move_leader(ctx: &Ctx, id: u64, io: &mut Io<'_>) -> anyhow::Result<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

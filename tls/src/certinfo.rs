@@ -47,7 +47,7 @@ impl CertInfo {
             issued: at(v.not_before.timestamp()) + BACKDATE,
             not_after: at(v.not_after.timestamp()),
             key_sha256: hex(
-                &ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref(),
+                ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw).as_ref(),
             ),
         })
     }
