@@ -6,8 +6,8 @@
 //! DATA/pki/ca.crt  ca.key      the cluster CA (every server holds its key, to sign joiners)
 //! DATA/pki/token               the server token, K10<CA sha256>::server:<secret> (joins
 //!                              servers and agents)
-//! DATA/pki/agent-token         --init only: the agent token, K10<CA sha256>::node:<secret>
-//!                              (joins agents only, never gets the CA key)
+//! DATA/pki/agent-token         the agent token, K10<CA sha256>::node:<secret> (joins agents
+//!                              only, never gets the CA key); joining servers get it too
 //! DATA/pki/secrets-encryption.key  the key wrapping the Secrets encryption keys (see
 //!                              [`crate::encryption`]); handed to joining servers like the CA key
 //! DATA/pki/server.crt .key     this server's certificate (system:server) + the CA, re-issued
@@ -79,8 +79,8 @@ pub struct ServerPki {
     pub ca: std::sync::Arc<ClusterCa>,
     /// The server token in DATA/pki/token (the one this server was created or joined with).
     pub token: JoinToken,
-    /// The agent token in DATA/pki/agent-token, on the `--init` server (none on joiners and
-    /// on data dirs from before the agent token).
+    /// The agent token in DATA/pki/agent-token (none on data dirs from before the agent
+    /// token).
     pub agent_token: Option<JoinToken>,
     /// This server's certificate chain and key (identity `system:server`).
     pub server: Credential,
@@ -235,10 +235,23 @@ impl ServerPki {
             })?
         };
         secrets_kek.write(&dir).map_err(encryption)?;
+        // The agent token, so this server admits agents with it too (a cluster from before
+        // it sends none).
+        let agent_token = match resp.agent_token.as_str() {
+            "" => None,
+            t => {
+                let t = JoinToken::parse(t).map_err(|e| PkiError::Bootstrap {
+                    target: target.to_string(),
+                    message: format!("the agent token sent is invalid: {e}"),
+                })?;
+                write_token(&dir.join(AGENT_TOKEN_FILE), &t)?;
+                Some(t)
+            }
+        };
         Ok(ServerPki {
             ca: std::sync::Arc::new(ca),
             token,
-            agent_token: None,
+            agent_token,
             server,
             secrets_kek,
         })
@@ -332,8 +345,8 @@ impl StoredTokens {
 }
 
 /// Which roles `presented` may join as: (server token, agent token). The store's hashes
-/// decide; without one, this server's own token file stands in (a cluster from before the
-/// Secrets, or the moments before the leader writes them).
+/// decide once `berth token rotate` wrote them; until then this server's token files do
+/// (every server has the same ones: joiners get them through bootstrap).
 fn token_roles(pki: &ServerPki, stored: &StoredTokens, presented: &JoinToken) -> (bool, bool) {
     use berth_proto::jointoken::matches;
     let same_ca = presented.ca_fingerprint() == pki.ca.fingerprint();
@@ -432,6 +445,10 @@ pub fn answer_bootstrap(
             pki.secrets_kek.to_base64()
         } else {
             String::new()
+        },
+        agent_token: match (&identity, &pki.agent_token) {
+            (Identity::Server, Some(t)) => t.reveal(),
+            _ => String::new(),
         },
     })
 }

@@ -79,8 +79,12 @@ pub struct ServerArgs {
     pub restore: Option<PathBuf>,
     /// With --restore: the snapshotted cluster's DATA/pki/secrets-encryption.key (from any of
     /// its servers); needed when the snapshot holds Secrets, which stay encrypted with it.
-    #[arg(long, value_name = "FILE", requires = "restore")]
-    pub restore_secrets_key: Option<PathBuf>,
+    #[arg(
+        long = "restore-secrets-key",
+        value_name = "FILE",
+        requires = "restore"
+    )]
+    pub restore_kek: Option<PathBuf>,
     /// Extra names or IPs for the server certificate (besides the listen and advertise
     /// addresses, 127.0.0.1 and localhost), e.g. a load balancer's.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
@@ -136,7 +140,7 @@ impl ServerArgs {
             token: None,
             agent_token: None,
             restore: None,
-            restore_secrets_key: None,
+            restore_kek: None,
             tls_san: Vec::new(),
             node_port_range: NodePortRange::default(),
             service_cidr: crate::store::networks::Networks::default().service_cidr,
@@ -455,7 +459,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     let dir = data_dir(&args)?;
     // A snapshot to restore is checked whole before anything is created.
     let restore = match &args.restore {
-        Some(file) => Some(read_restore(file, args.restore_secrets_key.as_deref())?),
+        Some(file) => Some(read_restore(file, args.restore_kek.as_deref())?),
         None => None,
     };
     berth_tls::create_private_dir(&dir).map_err(ServerError::PrivateDataDir)?;
@@ -590,15 +594,6 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     );
     let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let api = Arc::new(api);
-    {
-        // The join token hashes in the store (what `berth token rotate` replaces).
-        let api = api.clone();
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            api.seed_join_tokens(token).await;
-            Ok(())
-        });
-    }
     let grpc = tonic::service::Routes::new(raft.raft_service())
         .add_service(crate::metrics::Instrumented::new(
             ApiServer::from_arc(api.clone())

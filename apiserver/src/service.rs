@@ -818,73 +818,6 @@ impl ApiService {
         }
     }
 
-    /// While leading, write the Secrets holding the join token hashes if they are missing,
-    /// from this server's token files: the server token (DATA/pki/token; on a data dir from
-    /// before the two tokens, the one token) and, on the `--init` server, the agent token.
-    /// Ends once the server token's Secret exists (and the agent token's, where this server
-    /// has one); rotations replace them afterwards.
-    pub async fn seed_join_tokens(&self, shutdown: tokio_util::sync::CancellationToken) {
-        use berth_proto::jointoken::{self, TokenRole};
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut recorded = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if !recorded && self.raft.leader_id().is_some() {
-                let name = berth_proto::certificates::server_record_name(self.raft.status().id);
-                match self
-                    .record_certificate(&name, &self.pki.server.cert_pem)
-                    .await
-                {
-                    Ok(()) => recorded = true,
-                    Err(s) => {
-                        tracing::debug!(error = %s.message(), "recording this server's certificate")
-                    }
-                }
-            }
-            let stored = self.stored_join_tokens();
-            let mut missing = Vec::new();
-            if stored.server.is_none() {
-                missing.push((TokenRole::Server, self.pki.token.reveal()));
-            }
-            if let (None, Some(t)) = (&stored.agent, &self.pki.agent_token) {
-                missing.push((TokenRole::Agent, t.reveal()));
-            }
-            if missing.is_empty() {
-                if recorded {
-                    return;
-                }
-                continue;
-            }
-            if !self.raft.is_leader() {
-                continue;
-            }
-            for (role, text) in missing {
-                let op = Op::Create {
-                    object: jointoken::secret(role, &text, chrono::Utc::now()),
-                    uid: Self::new_uid(),
-                };
-                match self.write(vec![op], false, true).await {
-                    Ok(r) => match r.into_iter().next() {
-                        Some(Ok(_)) => {
-                            tracing::info!(token = role.as_str(), "stored the join token hash")
-                        }
-                        Some(Err(StoreError::AlreadyExists { .. })) | None => {}
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, token = role.as_str(), "cannot store the join token hash")
-                        }
-                    },
-                    Err(Route::Fail(s)) => {
-                        tracing::debug!(error = %s.message(), "storing the join token hash")
-                    }
-                    Err(Route::Leader(..)) => {}
-                }
-            }
-        }
-    }
-
     /// What this server presents to other servers and to agents (`system:server`).
     pub(crate) fn client_tls(&self) -> berth_tls::ClientTls {
         self.pki.client_tls()
@@ -1430,6 +1363,12 @@ impl Api for ApiService {
             applied_index: s.applied,
             revision: self.store.revision(),
             members: pb_members(&s.members, s.leader_id),
+            certificate_expires: berth_tls::CertInfo::of_pem(&self.pki.server.cert_pem)
+                .map(|i| {
+                    chrono::DateTime::<chrono::Utc>::from(i.not_after)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                })
+                .unwrap_or_default(),
         }))
     }
 
@@ -1635,9 +1574,9 @@ impl Api for ApiService {
         };
         let Some(local) = local else {
             return Err(Status::not_found(
-                "this server has no agent token: only the server that created the cluster with \
-                 `berth server --init` keeps one (DATA/pki/agent-token), and data dirs from \
-                 before agent tokens have none; make one with `berth token rotate agent`",
+                "this server has no agent token (DATA/pki/agent-token): the cluster was made \
+                 before agent tokens, or this server joined before it had one; make one with \
+                 `berth token rotate agent`",
             ));
         };
         let text = local.reveal();

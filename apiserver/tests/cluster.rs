@@ -621,7 +621,7 @@ async fn a_snapshot_restores_into_a_new_cluster_with_every_object() {
         a.listen = "127.0.0.1:0".into();
         a.init = true;
         a.restore = Some(file.to_path_buf());
-        a.restore_secrets_key = key.then(|| old_key.clone());
+        a.restore_kek = key.then(|| old_key.clone());
         a
     };
     // Truncated: refused, nothing made.

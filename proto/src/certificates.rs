@@ -1,11 +1,10 @@
 //! The certificates the cluster knows, and the nodes it revoked, as the store keeps them
 //! (ConfigMaps in `berth-system`, written by servers and the admin only):
 //!
-//! - `cert-node-NAME`, `cert-server-ID`, `cert-admin` (label `berth.dev/certificate=true`): the
-//!   last certificate issued to that identity — `identity`, `issued`, `expires` (RFC 3339) and
-//!   `keySha256` (its public key's SHA-256). Servers write them when they sign a node's
-//!   request and when they start (their own serving certificate); `berth certificate list`
-//!   reads them. A node name whose Node exists is kept by the key recorded for it: another
+//! - `cert-node-NAME` (label `berth.dev/certificate=true`): the last certificate issued to
+//!   that node — `identity`, `issued`, `expires` (RFC 3339) and `keySha256` (its public key's
+//!   SHA-256). Servers write them when they sign a node's request; `berth certificate list`
+//!   reads them (servers report their own serving certificate in `ClusterStatus`). A node name whose Node exists is kept by the key recorded for it: another
 //!   key asking for a certificate under that name is refused.
 //! - `revoked-certificates`: `node.NAME` -> the revocation time (RFC 3339), written by
 //!   `berth node revoke NAME`. Every certificate for `system:node:NAME` issued at or before
@@ -28,13 +27,6 @@ pub const KEY_SHA256_KEY: &str = "keySha256";
 pub fn node_record_name(name: &str) -> String {
     format!("cert-node-{name}")
 }
-
-/// The record of member `id`'s serving certificate.
-pub fn server_record_name(id: u64) -> String {
-    format!("cert-server-{id}")
-}
-
-pub const ADMIN_RECORD: &str = "cert-admin";
 
 /// The revocation list's key for node `name`.
 pub fn revocation_key(node: &str) -> String {
@@ -114,8 +106,9 @@ mod tests {
 
     #[test]
     fn a_revoked_node_s_older_certificates_are_refused_and_newer_ones_not() {
-        let t = Utc::now();
-        let list = revoke(None, "n1", t);
+        // Certificates carry whole seconds, and so does the list.
+        let t = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        let list = revoke(None, "n1", t + chrono::Duration::milliseconds(700));
         assert!(is_revoked(&list, "n1", t - chrono::Duration::hours(2)));
         assert!(is_revoked(&list, "n1", t));
         assert!(!is_revoked(&list, "n1", t + chrono::Duration::seconds(1)));

@@ -5,12 +5,13 @@
 //! - the **agent** token `K10<CA fingerprint>::node:<secret>` joins agents only: presented for
 //!   a server bootstrap it is refused, so holding what an agent needs never makes a server.
 //!
-//! Only each token's SHA-256 is stored, in the Secret `berth-system/join-token-server` or
-//! `berth-system/join-token-agent` (type `berth.dev/join-token`), so a rotation
-//! (`berth token rotate server|agent`, admin only) reaches every server with the next applied
-//! entry: the old token stops working everywhere, members keep their certificates. Until a
-//! Secret exists (a data dir from before the two tokens), servers fall back to the token in
-//! their DATA/pki/token, which thereby counts as the server token.
+//! A rotation (`berth token rotate server|agent`, admin only) stores only the new token's
+//! SHA-256, in the Secret `berth-system/join-token-server` or `berth-system/join-token-agent`
+//! (type `berth.dev/join-token`), so it reaches every server with the next applied entry: the
+//! old token stops working everywhere, members keep their certificates. Until a token's first
+//! rotation, servers check it against their token files (DATA/pki/token and agent-token; a
+//! joining server receives both); on a data dir from before the two tokens, the one token is
+//! the server token.
 
 use serde_json::{json, Value};
 

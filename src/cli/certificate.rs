@@ -112,6 +112,26 @@ async fn list(ctx: &Ctx, io: &mut Io<'_>) -> anyhow::Result<()> {
             status(&expires, is_revoked, now),
         ]);
     }
+    // Each server's serving certificate, as the server itself reports it.
+    if let Ok(overview) = client.cluster_status().await {
+        for m in &overview.members {
+            let row = match client.cluster_status_of(&m.address).await {
+                Ok(s) if !s.certificate_expires.is_empty() => {
+                    let st = status(&s.certificate_expires, false, now);
+                    (s.certificate_expires, st)
+                }
+                Ok(_) => ("-".into(), "unknown (older server)".into()),
+                Err(e) => ("-".into(), format!("unreachable: {e}")),
+            };
+            t.rows.push(vec![
+                berth_tls::SERVER_IDENTITY.to_string(),
+                format!("(member {} at {})", m.id, m.address),
+                "-".into(),
+                row.0,
+                row.1,
+            ]);
+        }
+    }
     // The CLI's own credential (the admin certificate `berth server --init` wrote).
     if let Some(tls) = &ctx.client_config.tls {
         if let Ok(info) = berth_tls::CertInfo::of_pem(&tls.credential.cert_pem) {
