@@ -166,6 +166,7 @@ mod tests {
             commit_index: 40,
             applied_index: 40,
             revision: 31,
+            certificate_expires: String::new(),
             members: vec![
                 Member {
                     id: 1,
