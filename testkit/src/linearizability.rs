@@ -150,7 +150,9 @@ impl Specification for StoreSpec {
             Op::Delete { key, expect, out } => {
                 let matches = |v: Value| expect.is_none_or(|e| e == v);
                 match (out, cur(key)) {
-                    (Outcome::Ok | Outcome::Unknown, Some(v)) if matches(v) => (true, with(*key, None)),
+                    (Outcome::Ok | Outcome::Unknown, Some(v)) if matches(v) => {
+                        (true, with(*key, None))
+                    }
                     (Outcome::Conflict | Outcome::Unknown, Some(v)) if !matches(v) => {
                         (true, same())
                     }
@@ -204,7 +206,14 @@ fn to_history(ops: &[&Recorded]) -> History<Op> {
         .into_iter()
         .map(|(_, is_ret, i)| {
             let op = ops[i].op.clone();
-            (i, if is_ret { Action::Response(op) } else { Action::Call(op) })
+            (
+                i,
+                if is_ret {
+                    Action::Response(op)
+                } else {
+                    Action::Call(op)
+                },
+            )
         })
         .collect();
     History::from_actions(actions)
@@ -259,7 +268,10 @@ fn project(history: &[Recorded], key: Key) -> Vec<Recorded> {
 
 /// Run `f` on its own thread for at most `limit` (`None` past it; the thread is left to end
 /// with the process).
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("wgl-check".into())
