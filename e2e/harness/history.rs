@@ -39,8 +39,8 @@ struct Shared {
     history: Mutex<Vec<(usize, Recorded)>>,
     /// resourceVersion of every value acknowledged or read (value -> rv).
     rvs: Mutex<BTreeMap<Value, u64>>,
-    /// (invoked, returned, revision) of every successful list.
-    list_revisions: Mutex<Vec<(u64, u64, u64)>>,
+    /// (invoked, returned, revision, what it listed) of every successful list.
+    list_revisions: Mutex<Vec<ListSeen>>,
     next_value: AtomicU64,
     stop: AtomicBool,
 }
@@ -102,6 +102,9 @@ fn key_of(k: Key) -> ObjectKey {
     }
 }
 
+/// A successful list: (invoked, returned, revision, key -> value).
+pub type ListSeen = (u64, u64, u64, BTreeMap<Key, Value>);
+
 /// A write's outcome from a gRPC status: definite failures, else unknown.
 fn write_outcome(s: &tonic::Status) -> Outcome {
     match s.code() {
@@ -110,6 +113,18 @@ fn write_outcome(s: &tonic::Status) -> Outcome {
         tonic::Code::Aborted => Outcome::Conflict,
         _ => Outcome::Unknown,
     }
+}
+
+/// The server said it proposed nothing (`RaftError::NotLeader` / `Dropped`, see
+/// apiserver/src/raft/mod.rs): the write certainly did not happen and is left out of the
+/// history (a write that never happened constrains nothing). Transport errors, timeouts and
+/// everything else stay unknown.
+fn certainly_not_applied(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && (s
+            .message()
+            .starts_with("this server is not the raft leader")
+            || s.message().starts_with("the proposal was dropped"))
 }
 
 struct Client {
@@ -262,6 +277,10 @@ impl Client {
                         }
                         (op(Outcome::Ok), true, false)
                     }
+                    Ok(Err(s)) if certainly_not_applied(&s) => {
+                        self.conns.remove(&addr);
+                        return;
+                    }
                     Ok(Err(s)) => {
                         let out = write_outcome(&s);
                         if out != Outcome::Unknown {
@@ -293,6 +312,10 @@ impl Client {
                     Ok(Ok(_)) => {
                         self.seen.remove(&k);
                         (op(Outcome::Ok), true, false)
+                    }
+                    Ok(Err(s)) if certainly_not_applied(&s) => {
+                        self.conns.remove(&addr);
+                        return;
                     }
                     Ok(Err(s)) => {
                         let out = write_outcome(&s);
@@ -330,7 +353,7 @@ impl Client {
                             .list_revisions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .push((invoked, returned, resp.revision));
+                            .push((invoked, returned, resp.revision, out.clone()));
                         self.record(invoked, Some(returned), Op::List { out });
                         return;
                     }
@@ -498,8 +521,8 @@ pub struct Finished {
     pub keys: Key,
     /// value -> resourceVersion, for every value acknowledged or read.
     pub rvs: BTreeMap<Value, u64>,
-    /// (invoked, returned, revision) of every list.
-    pub list_revisions: Vec<(u64, u64, u64)>,
+    /// (invoked, returned, revision, what it listed) of every list.
+    pub list_revisions: Vec<ListSeen>,
     pub elapsed: Duration,
     /// The sequence number after the load's (for ops appended afterwards).
     pub next_seq: u64,
@@ -509,7 +532,11 @@ impl Finished {
     /// Lists that returned a lower revision than a list that had returned before they were
     /// invoked: the store's revision went backwards for a client.
     pub fn revision_regressions(&self) -> Vec<String> {
-        let mut by_return = self.list_revisions.clone();
+        let mut by_return: Vec<(u64, u64, u64)> = self
+            .list_revisions
+            .iter()
+            .map(|l| (l.0, l.1, l.2))
+            .collect();
         by_return.sort_by_key(|l| l.1);
         let prefix_max: Vec<u64> = by_return
             .iter()
@@ -519,7 +546,7 @@ impl Finished {
             })
             .collect();
         let mut out = Vec::new();
-        for &(inv, _, rev) in &self.list_revisions {
+        for &(inv, _, rev, _) in &self.list_revisions {
             // The highest revision of a list that returned before `inv`.
             let idx = by_return.partition_point(|l| l.1 < inv);
             if let Some(&max) = idx.checked_sub(1).and_then(|i| prefix_max.get(i)) {
@@ -582,5 +609,69 @@ impl Finished {
                 op,
             },
         ));
+    }
+}
+
+/// Lists that were not one consistent cut: replaying `changes` (revision -> (type, key,
+/// value), every change of the load's keys as the watch followers recorded them, checked on
+/// their own) up to a list's revision must give exactly what the list returned.
+/// Only lists at revisions in `[from, until]` (the followers' unbroken coverage) are checked.
+pub fn torn_lists(
+    lists: &[ListSeen],
+    changes: &BTreeMap<u64, (i32, Key, Value)>,
+    from: u64,
+    until: u64,
+) -> Vec<String> {
+    let deleted = berth_proto::pb::EventType::Deleted as i32;
+    let mut sorted: Vec<&ListSeen> = lists
+        .iter()
+        .filter(|l| l.2 >= from && l.2 <= until)
+        .collect();
+    sorted.sort_by_key(|l| l.2);
+    let mut state: BTreeMap<Key, Value> = BTreeMap::new();
+    let mut it = changes.range(from + 1..).peekable();
+    let mut out = Vec::new();
+    for (inv, _, rev, seen) in sorted {
+        while let Some((r, (t, k, v))) = it.peek() {
+            if *r > rev {
+                break;
+            }
+            if *t == deleted {
+                state.remove(k);
+            } else {
+                state.insert(*k, *v);
+            }
+            it.next();
+        }
+        if *seen != state {
+            out.push(format!(
+                "the list invoked at #{inv} at revision {rev} returned {seen:?}, the state at that revision was {state:?}"
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_that_mixes_two_revisions_is_not_one_cut() {
+        let added = berth_proto::pb::EventType::Added as i32;
+        let modified = berth_proto::pb::EventType::Modified as i32;
+        // rev 11: k0=1, rev 12: k1=2, rev 13: k0=3.
+        let changes: BTreeMap<u64, (i32, Key, Value)> = [
+            (11, (added, 0, 1)),
+            (12, (added, 1, 2)),
+            (13, (modified, 0, 3)),
+        ]
+        .into();
+        let list = |rev, items: &[(Key, Value)]| (1, 2, rev, items.iter().copied().collect());
+        let good = vec![list(12, &[(0, 1), (1, 2)]), list(13, &[(0, 3), (1, 2)])];
+        assert!(torn_lists(&good, &changes, 10, 13).is_empty());
+        // At revision 12 k0 was still 1: a list saying 3 there mixes two moments.
+        let bad = vec![list(12, &[(0, 3), (1, 2)])];
+        assert_eq!(torn_lists(&bad, &changes, 10, 13).len(), 1);
     }
 }

@@ -14,7 +14,10 @@
 //! - watch: ordered, unique, atomic, no gap, resumed across members after every break, a
 //!   resume from random recent revisions on a member that was never restarted delivers
 //!   exactly the recorded changes, and a watch from a compacted revision answers Expired;
-//! and prints one summary line per scenario (`PROOF ...`).
+//! - every list is one consistent cut: the changes the followers recorded, replayed up to the
+//!   list's revision, give exactly what it returned.
+//!
+//! Each scenario prints one summary line (`PROOF ...`).
 //!
 //! Short form (CI, part of `cargo nextest run --workspace`): a few faults of each kind.
 //! Long form: `BERTH_PROOF_LONG=1` (20 leader kills, every fault kind repeated, every crash
@@ -112,6 +115,8 @@ struct Run {
     restarted: Vec<bool>,
     fault_file: std::path::PathBuf,
     started: Instant,
+    /// The revision the load and the followers start from.
+    from: u64,
 }
 
 impl Run {
@@ -144,6 +149,7 @@ impl Run {
             restarted: vec![false; 3],
             fault_file,
             started: Instant::now(),
+            from: 0,
         };
         let addrs = run.addrs();
         let tls = run.c.admin_tls().clone();
@@ -152,6 +158,7 @@ impl Run {
             .rt
             .block_on(watchcheck::list_revision(&addrs[0], &tls))
             .unwrap_or_else(|e| panic!("list before the load: {e}"));
+        run.from = from;
         run.followers = (0..3)
             .map(|i| Follower::start(&run.c.rt, addrs.clone(), i, tls.clone(), from))
             .collect();
@@ -418,11 +425,21 @@ impl Run {
             },
         );
         let records: Vec<_> = self.followers.iter().map(|f| f.take()).collect();
+        // Lists as consistent cuts, against the changes the followers recorded from the start.
+        let mut changes = BTreeMap::new();
+        let mut covered = self.from;
+        for r in &records {
+            if let Some(first) = r.segments.first() {
+                changes.extend(first.events.iter().copied());
+                covered = covered.max(first.to);
+            }
+        }
+        let torn = history::torn_lists(&fin.list_revisions, &changes, self.from, covered);
         let mut wv = watchcheck::check(&records, &fin.rvs);
         self.check_resume_and_expired(&records, end_rev, &mut wv.violations);
 
         // Linearizability, epoch by epoch.
-        let whole_limit = Duration::from_secs(if long() { 20 } else { 30 });
+        let whole_limit = Duration::from_secs(10);
         let mut lin_ok = true;
         let mut details = Vec::new();
         let (mut checked_ops, mut unknown, mut lin_time) = (0, 0, Duration::ZERO);
@@ -447,9 +464,10 @@ impl Run {
             .iter()
             .map(|(k, n)| format!("{k} x{n}"))
             .collect();
-        let verdict = lin_ok && regressions.is_empty() && wv.violations.is_empty();
+        let verdict =
+            lin_ok && regressions.is_empty() && wv.violations.is_empty() && torn.is_empty();
         println!(
-            "PROOF {} | {:.0} s | ops {ops} ({:.0}/s achieved, {RATE}/s offered by {CLIENTS} clients): {acked_w} writes acknowledged, {failed_w} refused (exists/conflict/not found), {unknown_w} unknown, {reads} reads | faults: {} | linearizable: {} ({checked_ops} ops, {unknown} unknown writes, {}, {:.1} s) | list revision regressions: {} | watch: {} events, {} resumes, {} expired answers, {} relists, {} violations | final write acknowledged {:.1} s after healing | verdict: {} | seed {}",
+            "PROOF {} | {:.0} s | ops {ops} ({:.0}/s achieved, {RATE}/s offered by {CLIENTS} clients): {acked_w} writes acknowledged, {failed_w} refused (exists/conflict/not found), {unknown_w} unknown, {reads} reads | faults: {} | linearizable: {} ({checked_ops} ops, {unknown} unknown writes, {}, {:.1} s) | lists: {} revision regressions, {} not one cut of {} | watch: {} events, {} resumes, {} expired answers, {} relists, {} violations | final write acknowledged {:.1} s after healing | verdict: {} | seed {}",
             self.name,
             self.started.elapsed().as_secs_f64(),
             ops as f64 / fin.elapsed.as_secs_f64(),
@@ -458,6 +476,8 @@ impl Run {
             if whole { "per key and whole" } else { "per key" },
             lin_time.as_secs_f64(),
             regressions.len(),
+            torn.len(),
+            fin.list_revisions.len(),
             wv.events,
             wv.resumes,
             wv.expired_answers,
@@ -473,6 +493,12 @@ impl Run {
             self.name
         );
         assert!(regressions.is_empty(), "{}: {regressions:?}", self.name);
+        assert!(
+            torn.is_empty(),
+            "{}: lists that are not one consistent cut: {:?}",
+            self.name,
+            &torn[..torn.len().min(5)]
+        );
         assert!(
             wv.violations.is_empty(),
             "{}: watch violations: {:#?}",
