@@ -713,5 +713,23 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("node-port range"), "{err}");
+        // The hidden test flags of the fault-injection suite.
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--init",
+            "--raft-election-ticks",
+            "7",
+            "--raft-heartbeat-ticks",
+            "2",
+            "--test-fault-file",
+            "/tmp/faults",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.raft_election_ticks, 7);
+        assert_eq!(cli.server.raft_heartbeat_ticks, 2);
+        assert_eq!(
+            cli.server.test_fault_file.as_deref(),
+            Some(std::path::Path::new("/tmp/faults"))
+        );
     }
 }

@@ -980,3 +980,121 @@ fn crash_points_in_append_apply_snapshot_and_compaction_lose_nothing_acknowledge
     }
     run.finish();
 }
+
+/// An agent killed -9 and restarted 10 times while HTTP load crosses the other nodes'
+/// proxies to every hello pod: its workloads keep running (same pods, uids, restartCounts and
+/// processes), no pod's Ready status regresses at any sample, and no request fails.
+#[test]
+fn an_agent_killed_ten_times_under_load_restarts_no_workload_and_regresses_no_status() {
+    use super::workloads::{
+        apply, heartbeat, host_of_node, ready_pods, restart_counts, wait_answer, workload_pids,
+        HELLO_PORT,
+    };
+    let kills = if long() { 50 } else { 10 };
+    let Some(mut c) = Cluster::start(
+        "proof-agent",
+        43,
+        Opts {
+            agents: true,
+            ..Opts::default()
+        },
+    ) else {
+        return;
+    };
+    apply(&c, "hello.yaml");
+    let (pods, _) = wait_until("3 hello pods Ready", Duration::from_secs(45), || {
+        ready_pods(&c, "hello", 3)
+    });
+    let mut per_host: BTreeMap<usize, usize> = BTreeMap::new();
+    for p in &pods {
+        if let Some(h) = host_of_node(&p.spec.node_name) {
+            *per_host.entry(h).or_default() += 1;
+        }
+    }
+    let host = per_host
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(h, _)| *h)
+        .expect("a node with pods");
+    let node = format!("node{}", host + 1);
+    let before = restart_counts(&pods);
+    let pids_before = workload_pids(&mut c, host);
+    assert!(!pids_before.is_empty(), "no workload processes on {node}");
+    for i in 0..3 {
+        wait_answer(&c, i, HELLO_PORT, "v1", Duration::from_secs(20));
+    }
+    // Traffic through the nodes whose agent (and so proxy) stays up, to every pod.
+    let targets: Vec<std::net::SocketAddr> = (0..3)
+        .filter(|&i| i != host)
+        .map(|i| std::net::SocketAddr::from((c.ip(i), HELLO_PORT)))
+        .collect();
+    let load = crate::harness::load::Load::start(&c.rt, targets, 40, Duration::from_secs(600));
+    let started = Instant::now();
+    let mut regressions = Vec::new();
+    for k in 0..kills {
+        let hb0 = heartbeat(&c, &node).unwrap_or_default();
+        c.kill9_agent(host);
+        c.restart_agent(host);
+        let mut seen = vec![hb0];
+        wait_until(
+            &format!("two heartbeats from the agent restarted {} times", k + 1),
+            Duration::from_secs(30),
+            || {
+                // Sample the pods while waiting: any not Ready or changed is a regression.
+                match ready_pods(&c, "hello", 3) {
+                    Ok(p) if restart_counts(&p) == before => {}
+                    Ok(p) => {
+                        regressions.push(format!("after kill {}: {:?}", k + 1, restart_counts(&p)))
+                    }
+                    Err(e) => regressions.push(format!("after kill {}: {e}", k + 1)),
+                }
+                let hb = heartbeat(&c, &node)?;
+                if seen.last() != Some(&hb) {
+                    seen.push(hb);
+                }
+                if seen.len() >= 3 {
+                    Ok(())
+                } else {
+                    Err(format!("heartbeats seen: {seen:?}"))
+                }
+            },
+        );
+        let pids = workload_pids(&mut c, host);
+        assert_eq!(
+            pids,
+            pids_before,
+            "workload processes on {node} changed after kill {}",
+            k + 1
+        );
+    }
+    let samples = load.finish();
+    let failed: Vec<String> = samples
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| s.describe())
+        .collect();
+    println!(
+        "PROOF proof-agent | {:.0} s | agent of {node} killed -9 and restarted {kills} times | {} requests through the other nodes' proxies, {} failed | status regressions: {} | workload restarts: 0 (pids and restartCounts unchanged) | verdict: {}",
+        started.elapsed().as_secs_f64(),
+        samples.len(),
+        failed.len(),
+        regressions.len(),
+        if failed.is_empty() && regressions.is_empty() { "PASS" } else { "FAIL" },
+    );
+    assert!(
+        regressions.is_empty(),
+        "pod status regressions: {regressions:?}"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let after = ready_pods(&c, "hello", 3).expect("hello pods Ready");
+    assert_eq!(
+        restart_counts(&after),
+        before,
+        "pods changed across {kills} agent restarts"
+    );
+}

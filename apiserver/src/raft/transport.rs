@@ -528,3 +528,24 @@ impl Transport for MemTransport {
         Box::pin(async {})
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_stays_within_base_plus_minus_jitter_and_can_be_removed() {
+        let f = Faults::default();
+        assert_eq!(f.next_delay(), None);
+        f.set_delay(Some((Duration::from_millis(75), Duration::from_millis(50))));
+        for _ in 0..200 {
+            let d = f.next_delay().expect("a delay is set");
+            assert!(
+                d >= Duration::from_millis(25) && d <= Duration::from_millis(125),
+                "{d:?}"
+            );
+        }
+        f.set_delay(None);
+        assert_eq!(f.next_delay(), None);
+    }
+}
