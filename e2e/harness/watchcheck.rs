@@ -2,7 +2,8 @@
 //! ConfigMaps across server failures, and the checks on what they received.
 //!
 //! A [`Follower`] watches namespace `proof` from a revision on one server; when the stream
-//! ends or fails (server killed, partitioned member expired by a snapshot, ...) it resumes
+//! ends, fails or stays silent for 3 s (server killed, partitioned member expired by a
+//! snapshot, a connection a partition broke silently; bookmarks come every 200 ms) it resumes
 //! from the last revision it processed (events and bookmarks) on the NEXT server. Only when
 //! every server answers Expired does it relist (a new segment; counted). Everything is
 //! recorded, and [`check`] proves:
@@ -106,7 +107,14 @@ impl Follower {
                         Ok(resp) => {
                             let mut stream = resp.into_inner();
                             loop {
-                                match stream.message().await {
+                                // Bookmarks come every 200 ms: a stream silent for 3 s is dead
+                                // (e.g. its TCP connection was cut by a partition and its reset
+                                // dropped), so resume elsewhere, as a client with keepalives would.
+                                let next =
+                                    tokio::time::timeout(Duration::from_secs(3), stream.message())
+                                        .await;
+                                let Ok(next) = next else { break };
+                                match next {
                                     Ok(Some(ev)) => {
                                         expired_in_a_row = 0;
                                         let mut r = lock(&rec);
