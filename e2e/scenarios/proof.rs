@@ -583,8 +583,15 @@ impl Run {
             "proof-fill-ns.yaml",
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: proof-fill\n",
         );
-        self.c.cli_ok(&["apply", "-f", &fill]);
-        let ops = (0..WATCH_HISTORY + 50)
+        wait_until("the filler namespace", Duration::from_secs(60), || {
+            let out = self.c.cli(&["apply", "-f", &fill]);
+            if out.ok() {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        });
+        let ops: Vec<BatchOp> = (0..WATCH_HISTORY + 50)
             .map(|n| BatchOp {
                 op: Some(batch_op::Op::Create(CreateRequest {
                     object: serde_json::json!({
@@ -597,11 +604,14 @@ impl Run {
                 })),
             })
             .collect();
-        let addr = self.c.api_addr(0);
-        let end_rev = self
-            .c
-            .rt
-            .block_on(async {
+        // Retried on another server if it fails (a retry's creates of existing objects fail
+        // alone: the batch is not atomic).
+        let mut n = 0;
+        let (end_rev, _) = wait_until("the filler batch", Duration::from_secs(60), || {
+            n += 1;
+            let addr = self.c.api_addr(n % 3);
+            let ops = ops.clone();
+            self.c.rt.block_on(async {
                 let mut c = api_client(&addr, &tls).await?;
                 c.batch(BatchRequest {
                     ops,
@@ -609,10 +619,10 @@ impl Run {
                     dry_run: false,
                 })
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{addr}: {e}"))?;
                 watchcheck::list_revision(&addr, &tls).await
             })
-            .unwrap_or_else(|e| panic!("filler batch: {e}"));
+        });
         let rev = self.leader_revision();
         for i in 0..3 {
             self.wait_caught_up(i, rev, Duration::from_secs(30));
