@@ -14,6 +14,7 @@
 //! `read_index` then the local store.
 pub mod authz;
 pub mod encryption;
+pub mod failpoints;
 pub mod hostpaths;
 pub mod kube;
 pub mod metrics;

@@ -110,6 +110,18 @@ pub struct ServerArgs {
     /// Raft tick in milliseconds (election timeout is 10-20 ticks).
     #[arg(long, value_name = "MS", default_value_t = 100, hide = true)]
     pub raft_tick_ms: u64,
+    /// Election timeout in ticks (the randomized timeout is in [N, 1.5 N)); fault tests
+    /// randomize it per run.
+    #[arg(long, value_name = "TICKS", default_value_t = 10, hide = true)]
+    pub raft_election_ticks: usize,
+    /// Ticks between leader heartbeats (less than the election timeout).
+    #[arg(long, value_name = "TICKS", default_value_t = 1, hide = true)]
+    pub raft_heartbeat_ticks: usize,
+    /// Test only: a file polled every 100 ms that injects network faults into this member's
+    /// raft transport; `delay MS JITTER_MS` delays every batch to every peer, a missing or
+    /// empty file injects nothing (the fault-injection suite, e2e/scenarios/proof.rs).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub test_fault_file: Option<PathBuf>,
     /// Serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
@@ -149,6 +161,9 @@ impl ServerArgs {
             watch_bookmark_ms: 5_000,
             watch_history: crate::store::DEFAULT_HISTORY_LEN,
             raft_tick_ms: 100,
+            raft_election_ticks: 10,
+            raft_heartbeat_ticks: 1,
+            test_fault_file: None,
             metrics_listen: None,
             forbidden_host_paths: crate::hostpaths::DEFAULT_FORBIDDEN
                 .iter()
@@ -456,6 +471,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         ..crate::store::networks::Networks::default()
     };
     networks.check().map_err(ServerError::Args)?;
+    crate::failpoints::init();
     let dir = data_dir(&args)?;
     // A snapshot to restore is checked whole before anything is created.
     let restore = match &args.restore {
@@ -539,6 +555,14 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
     raft_cfg.compaction_threshold = args.snapshot_threshold.max(1);
     raft_cfg.snapshot_catchup_entries = (args.snapshot_threshold / 2).min(1_000);
     raft_cfg.tick = Duration::from_millis(args.raft_tick_ms.max(1));
+    raft_cfg.election_tick = args.raft_election_ticks.max(2);
+    raft_cfg.max_election_tick = raft_cfg.election_tick * 3 / 2 + 1;
+    raft_cfg.heartbeat_tick = args
+        .raft_heartbeat_ticks
+        .clamp(1, raft_cfg.election_tick - 1);
+    if let Some(file) = args.test_fault_file.clone() {
+        tokio::spawn(poll_fault_file(file, raft_cfg.faults.clone()));
+    }
     raft_cfg.tls = Some(pki.client_tls());
     let (node, raft) = RaftNode::new(raft_cfg, store.clone())?;
     if let Some(known) = raft.member_address(id).filter(|a| *a != advertise) {
@@ -714,6 +738,29 @@ fn init_pki(
     Ok(pki)
 }
 
+/// `--test-fault-file`: apply the file's faults to the raft transport every 100 ms (for the
+/// process's lifetime; test servers end with their process).
+async fn poll_fault_file(file: PathBuf, faults: crate::raft::Faults) {
+    let mut last = String::new();
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text != last {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let delay = match words.as_slice() {
+                ["delay", ms, jitter] => match (ms.parse::<u64>(), jitter.parse::<u64>()) {
+                    (Ok(ms), Ok(j)) => Some((Duration::from_millis(ms), Duration::from_millis(j))),
+                    _ => None,
+                },
+                _ => None,
+            };
+            tracing::warn!(file = %file.display(), ?delay, "test fault file changed: raft transport delay");
+            faults.set_delay(delay);
+            last = text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Run a server until `shutdown` is cancelled (or a server task fails).
 pub async fn run(args: ServerArgs, shutdown: CancellationToken) -> Result<(), ServerError> {
     let mut handle = start(args).await?;
@@ -774,5 +821,23 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("node-port range"), "{err}");
+        // The hidden test flags of the fault-injection suite.
+        let cli = Cli::try_parse_from([
+            "berth",
+            "--init",
+            "--raft-election-ticks",
+            "7",
+            "--raft-heartbeat-ticks",
+            "2",
+            "--test-fault-file",
+            "/tmp/faults",
+        ])
+        .unwrap();
+        assert_eq!(cli.server.raft_election_ticks, 7);
+        assert_eq!(cli.server.raft_heartbeat_ticks, 2);
+        assert_eq!(
+            cli.server.test_fault_file.as_deref(),
+            Some(std::path::Path::new("/tmp/faults"))
+        );
     }
 }

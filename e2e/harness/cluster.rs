@@ -210,6 +210,8 @@ pub struct Cluster {
     root: PathBuf,
     name: String,
     opts: Opts,
+    /// Extra flags for every `berth server` (e.g. randomized raft timings).
+    server_args: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -217,6 +219,16 @@ impl Cluster {
     /// Build the hosts and start the cluster for test `id`, or return `None` (after saying so)
     /// when network namespaces cannot be used here. In CI (`CI=true`) that is a failure.
     pub fn start(name: &str, id: u8, opts: Opts) -> Option<Cluster> {
+        Self::start_with_server_args(name, id, opts, Vec::new())
+    }
+
+    /// [`Cluster::start`], every server also given `server_args`.
+    pub fn start_with_server_args(
+        name: &str,
+        id: u8,
+        opts: Opts,
+        server_args: Vec<String>,
+    ) -> Option<Cluster> {
         let serial = serial();
         if !berth_testkit::skip::require(&format!("e2e test {name}"), netns_available()) {
             return None;
@@ -243,6 +255,7 @@ impl Cluster {
             dir: Some(dir),
             name: name.to_string(),
             opts,
+            server_args,
             _serial: serial,
         };
         c.opts = opts;
@@ -359,6 +372,7 @@ impl Cluster {
                 args.push("--join".to_string());
                 args.push(self.api_addr(0));
             }
+            args.extend(self.server_args.iter().cloned());
             if self.opts.registry {
                 args.push("--registry-listen".to_string());
                 args.push(format!("{}:{REGISTRY_PORT}", self.ip(i)));

@@ -1,11 +1,14 @@
 //! The e2e harness: hosts ([`net`]), processes ([`proc`]), the cluster and its CLI
-//! ([`cluster`]), a resuming watch ([`watch`]) and an HTTP load generator ([`load`]).
+//! ([`cluster`]), a resuming watch ([`watch`]) and an HTTP load generator ([`load`]);
+//! for the proof scenarios a recorded store load ([`history`]) and watch checks ([`watchcheck`]).
 
 pub mod cluster;
+pub mod history;
 pub mod load;
 pub mod net;
 pub mod proc;
 pub mod watch;
+pub mod watchcheck;
 
 pub use cluster::{wait_until, Cluster, Opts};
 

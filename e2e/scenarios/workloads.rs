@@ -12,7 +12,7 @@ use crate::harness::load::Load;
 use crate::harness::net::sh;
 use crate::harness::{repo_manifest, wait_until, Cluster, Opts};
 
-const HELLO_PORT: u16 = 30080;
+pub(super) const HELLO_PORT: u16 = 30080;
 const SHOP_PORT: u16 = 30090;
 const SHOP_PREVIEW_PORT: u16 = 30091;
 
@@ -27,7 +27,7 @@ fn app_pods(c: &Cluster, app: &str) -> Result<Vec<Pod>, String> {
 }
 
 /// Exactly `n` live pods of `app`, all Ready.
-fn ready_pods(c: &Cluster, app: &str, n: usize) -> Result<Vec<Pod>, String> {
+pub(super) fn ready_pods(c: &Cluster, app: &str, n: usize) -> Result<Vec<Pod>, String> {
     let pods = app_pods(c, app)?;
     let ready = pods.iter().filter(|p| p.is_ready()).count();
     if pods.len() == n && ready == n {
@@ -48,7 +48,7 @@ fn ready_pods(c: &Cluster, app: &str, n: usize) -> Result<Vec<Pod>, String> {
 }
 
 /// Host index of node `nodeN`.
-fn host_of_node(name: &str) -> Option<usize> {
+pub(super) fn host_of_node(name: &str) -> Option<usize> {
     name.strip_prefix("node")?
         .parse::<usize>()
         .ok()?
@@ -66,7 +66,7 @@ fn who_answered(body: &str) -> Option<(String, String)> {
 }
 
 /// Wait until node `i`'s proxy on `port` answers 200 with `version`; returns the answer.
-fn wait_answer(
+pub(super) fn wait_answer(
     c: &Cluster,
     i: usize,
     port: u16,
@@ -86,7 +86,7 @@ fn wait_answer(
     )
 }
 
-fn apply(c: &Cluster, manifest: &str) {
+pub(super) fn apply(c: &Cluster, manifest: &str) {
     c.cli_ok(&["apply", "-f", &repo_manifest(manifest)]);
 }
 
@@ -266,7 +266,7 @@ fn losing_a_node_reschedules_its_pods_within_15s_and_the_service_keeps_answering
 }
 
 /// Processes in host `i`'s namespace other than its server and agent: the workloads.
-fn workload_pids(c: &mut Cluster, i: usize) -> BTreeSet<u32> {
+pub(super) fn workload_pids(c: &mut Cluster, i: usize) -> BTreeSet<u32> {
     let skip: BTreeSet<u32> = [c.servers[i].pid(), c.agents[i].pid()]
         .into_iter()
         .flatten()
@@ -279,7 +279,7 @@ fn workload_pids(c: &mut Cluster, i: usize) -> BTreeSet<u32> {
         .collect()
 }
 
-fn restart_counts(pods: &[Pod]) -> BTreeMap<String, (String, i32)> {
+pub(super) fn restart_counts(pods: &[Pod]) -> BTreeMap<String, (String, i32)> {
     pods.iter()
         .map(|p| {
             let restarts = p
@@ -292,7 +292,7 @@ fn restart_counts(pods: &[Pod]) -> BTreeMap<String, (String, i32)> {
         .collect()
 }
 
-fn heartbeat(c: &Cluster, node: &str) -> Result<String, String> {
+pub(super) fn heartbeat(c: &Cluster, node: &str) -> Result<String, String> {
     let n: Node = c
         .get_one("node", node)?
         .ok_or_else(|| format!("node {node} not found"))?;

@@ -589,6 +589,7 @@ impl RaftNode {
         }
         let committed = rd.take_committed_entries();
         if !rd.entries().is_empty() {
+            fail::fail_point!("raft::append");
             self.raw.mut_store().append(rd.entries())?;
             must_flush = true;
         }
@@ -600,6 +601,7 @@ impl RaftNode {
         let flush = must_flush.then(|| start_flush(&self.db));
         self.apply_entries(committed)?;
         if let Some(flush) = flush {
+            fail::fail_point!("raft::append::fsync");
             finish_flush(flush).await?;
         }
         if !rd.persisted_messages().is_empty() {
@@ -654,6 +656,7 @@ impl RaftNode {
         // The raft log must durably say "snapshot at index" before the state machine moves
         // there; recovery restores from the stored snapshot if we crash in between.
         SledStorage::flush(&self.db).await?;
+        fail::fail_point!("raft::snapshot::apply");
         if let Some(state) = &payload.state {
             self.sm
                 .restore(index, state)
@@ -698,7 +701,9 @@ impl RaftNode {
             return Ok(());
         };
         let batch: Vec<(u64, &[u8])> = run.iter().map(|e| (e.index, &e.data[..])).collect();
+        fail::fail_point!("raft::apply");
         let replies = self.sm.apply_batch(&batch);
+        fail::fail_point!("raft::apply::done");
         let mut replies = replies.into_iter();
         let done: Vec<(u64, u64)> = run.iter().map(|e| (e.index, e.term)).collect();
         run.clear();
@@ -839,6 +844,7 @@ impl RaftNode {
             return Ok(());
         }
         let upto = index.saturating_sub(self.snapshot_catchup_entries);
+        fail::fail_point!("raft::compact");
         store.compact(upto)?;
         tracing::info!(
             id = self.id,

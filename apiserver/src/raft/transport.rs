@@ -79,6 +79,8 @@ struct FaultState {
     /// Directed links that drop everything.
     cut: HashSet<(u64, u64)>,
     drop_rate: f64,
+    /// Every batch a peer sender sends waits `base` +/- `jitter` first.
+    delay: Option<(Duration, Duration)>,
 }
 
 /// Shared fault switches for tests; cheap to clone (all clones share state). The default has
@@ -128,6 +130,24 @@ impl Faults {
     /// Drop each message independently with probability `p` (0.0..=1.0).
     pub fn set_drop_rate(&self, p: f64) {
         self.state().drop_rate = p.clamp(0.0, 1.0);
+    }
+
+    /// Delay every batch of messages by `base` +/- `jitter` (uniform), in the gRPC
+    /// transport's per-peer senders (order is kept, as on a slow TCP link); `None` removes it.
+    pub fn set_delay(&self, delay: Option<(Duration, Duration)>) {
+        self.state().delay = delay;
+    }
+
+    /// The delay the next batch waits, if a delay is set.
+    pub fn next_delay(&self) -> Option<Duration> {
+        let (base, jitter) = self.state().delay?;
+        let j = jitter.as_secs_f64();
+        let off = if j > 0.0 {
+            rand::thread_rng().gen_range(-j..=j)
+        } else {
+            0.0
+        };
+        Some(Duration::from_secs_f64((base.as_secs_f64() + off).max(0.0)))
     }
 
     /// Remove every fault.
@@ -315,6 +335,12 @@ impl PeerWorker {
             if kept.is_empty() {
                 continue;
             }
+            if let Some(d) = self.faults.next_delay() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
             if retry_at.is_some_and(|t| Instant::now() < t) {
                 // Still backing off: drop rather than queue stale traffic.
                 self.reporter.failed(self.to, &kept);
@@ -382,6 +408,9 @@ impl PeerWorker {
             messages: encoded,
             from_addr: self.from_addr.clone(),
         };
+        if has_snapshot {
+            fail::fail_point!("raft::snapshot::send");
+        }
         let limit = if has_snapshot {
             SNAPSHOT_SEND_TIMEOUT
         } else {
@@ -497,5 +526,26 @@ impl Transport for MemTransport {
 
     fn close(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delay_stays_within_base_plus_minus_jitter_and_can_be_removed() {
+        let f = Faults::default();
+        assert_eq!(f.next_delay(), None);
+        f.set_delay(Some((Duration::from_millis(75), Duration::from_millis(50))));
+        for _ in 0..200 {
+            let d = f.next_delay().expect("a delay is set");
+            assert!(
+                d >= Duration::from_millis(25) && d <= Duration::from_millis(125),
+                "{d:?}"
+            );
+        }
+        f.set_delay(None);
+        assert_eq!(f.next_delay(), None);
     }
 }
