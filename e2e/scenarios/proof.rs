@@ -525,6 +525,7 @@ impl Run {
             self.name,
             wv.relists
         );
+        let _ = std::fs::remove_file(&self.fault_file);
         if !details.is_empty() {
             println!(
                 "PROOF {} notes ({} epochs): {}",
