@@ -387,7 +387,11 @@ async fn a_crash_looping_rollout_reverts_by_itself_and_the_service_keeps_its_end
     let c = condition(&st.conditions, "Reverted").expect("Reverted");
     assert_eq!(c.reason, "CrashLoopBackOff");
     assert!(c.message.contains(&bad_rs), "{}", c.message);
-    assert!(c.message.contains("reverted to revision 1"), "{}", c.message);
+    assert!(
+        c.message.contains("reverted to revision 1"),
+        "{}",
+        c.message
+    );
     // The failed revision is marked for `rollout history`, and one Event says it.
     let rs: ReplicaSet = env.client.get("default", &bad_rs).await?;
     assert!(rs
@@ -404,8 +408,9 @@ async fn a_crash_looping_rollout_reverts_by_itself_and_the_service_keeps_its_end
     assert_eq!(reverts[0].count.max(1), 1, "{reverts:?}");
     // Every pod left runs the previous revision.
     let pods = env.pods().await?;
-    assert!(pods.iter().all(|p| p.spec.containers[0].image == "web:1"
-        || p.metadata.deletion_timestamp.is_some()));
+    assert!(pods
+        .iter()
+        .all(|p| p.spec.containers[0].image == "web:1" || p.metadata.deletion_timestamp.is_some()));
     env.stop().await
 }
 

@@ -98,7 +98,9 @@ fn unknown_field_suggests_the_closest_known_field_and_keeps_checking_inside() {
 
 #[test]
 fn auto_revert_is_a_checked_field_of_rolling_update() {
-    let with = |block: &str| GOOD_DEPLOYMENT.replace("  replicas: 2\n", &format!("  replicas: 2\n{block}"));
+    let with = |block: &str| {
+        GOOD_DEPLOYMENT.replace("  replicas: 2\n", &format!("  replicas: 2\n{block}"))
+    };
     let good = with(
         "  strategy:\n    rollingUpdate:\n      autoRevert: true\n      autoRevertFailedPods: 2\n      autoRevertFailedSeconds: 15\n",
     );

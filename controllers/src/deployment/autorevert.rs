@@ -106,7 +106,10 @@ pub fn unhealthy(p: &Pod) -> Option<Unhealthy> {
         None if restarted => "CrashLoopBackOff".to_string(),
         None => {
             let running = !st.container_statuses.is_empty()
-                && st.container_statuses.iter().all(|c| c.state.running.is_some());
+                && st
+                    .container_statuses
+                    .iter()
+                    .all(|c| c.state.running.is_some());
             if !running {
                 return None;
             }

@@ -102,7 +102,8 @@ fn settings_n(n: Option<i32>, secs: i64) -> Settings {
 
 #[test]
 fn detection_needs_n_pods_failing_for_m_seconds_or_the_deadline() {
-    let crash = |name: &str, created: i64| waiting(pod(name, "h", created, false), "CrashLoopBackOff", 2);
+    let crash =
+        |name: &str, created: i64| waiting(pod(name, "h", created, false), "CrashLoopBackOff", 2);
     let s = settings_n(Some(2), 30);
     // One pod failing long enough, one not yet: wait, and look again when the second one
     // reaches 30 s.
@@ -124,7 +125,12 @@ fn detection_needs_n_pods_failing_for_m_seconds_or_the_deadline() {
         })
     );
     // A ready pod never counts.
-    let (f, _) = detect(&s, &[crash("a", 900), pod("b", "h", 900, true)], false, at(NOW));
+    let (f, _) = detect(
+        &s,
+        &[crash("a", 900), pod("b", "h", 900, true)],
+        false,
+        at(NOW),
+    );
     assert_eq!(f, None);
     // No threshold: only the progress deadline fails a rollout.
     let none = settings_n(None, 30);
@@ -147,7 +153,10 @@ fn detection_needs_n_pods_failing_for_m_seconds_or_the_deadline() {
         crash("c", 901),
     ];
     assert_eq!(
-        detect(&s1, &mixed, false, at(NOW)).0.expect("failed").reason,
+        detect(&s1, &mixed, false, at(NOW))
+            .0
+            .expect("failed")
+            .reason,
         "CrashLoopBackOff"
     );
 }
@@ -158,7 +167,10 @@ fn a_readiness_blip_shorter_than_the_threshold_is_not_a_failure() {
     // Not ready for 10 s after being ready: not yet; ready again: nothing to judge.
     let blip = unready_since(pod("a", "h", 0, false), 990);
     assert_eq!(detect(&s, &[blip], false, at(NOW)).0, None);
-    assert_eq!(detect(&s, &[pod("a", "h", 0, true)], false, at(NOW)).0, None);
+    assert_eq!(
+        detect(&s, &[pod("a", "h", 0, true)], false, at(NOW)).0,
+        None
+    );
     // A pod that flaps (ready, crash, ready...) is caught the moment it is down again, even
     // though it was ready a second ago.
     let flapping = unready_since(restarted(pod("a", "h", 0, false), 4), 999);
@@ -320,7 +332,11 @@ fn a_crash_looping_revision_is_reverted_old_side_first_and_announced_once() {
     let c = condition(&st.conditions, REVERTED_CONDITION).expect("Reverted condition");
     assert_eq!(c.reason, "CrashLoopBackOff");
     assert!(c.message.contains("Rollout of revision 2"), "{}", c.message);
-    assert!(c.message.contains("reverted to revision 1"), "{}", c.message);
+    assert!(
+        c.message.contains("reverted to revision 1"),
+        "{}",
+        c.message
+    );
     assert!(c.message.contains(&format!("web-{h2}-0")), "{}", c.message);
     for t in 112..120 {
         w.settle(&h2, 100);
@@ -356,9 +372,10 @@ fn failed_state(
     auto_revert(&mut d, Some(1));
     let h2 = template_hash(&d.spec.template);
     let mut bad = rs_at(&d, &h2, 2, new, 0);
-    bad.metadata
-        .annotations
-        .insert(ROLLOUT_FAILED_ANNOTATION.into(), "CrashLoopBackOff: pods x".into());
+    bad.metadata.annotations.insert(
+        ROLLOUT_FAILED_ANNOTATION.into(),
+        "CrashLoopBackOff: pods x".into(),
+    );
     let sets = vec![rs_at(&d, "h1", 1, old, old), bad];
     (d, sets)
 }
@@ -382,9 +399,9 @@ fn the_previous_revision_comes_back_up_first_within_max_surge_then_the_failed_on
         for t in 0..want.len() {
             let p = plan_with_pods(&d, &sets, &[], at(100 + t as i64));
             assert!(
-                !p.actions
-                    .iter()
-                    .any(|a| matches!(a, Action::Event { reason, .. } if reason == REVERTED_REASON)),
+                !p.actions.iter().any(
+                    |a| matches!(a, Action::Event { reason, .. } if reason == REVERTED_REASON)
+                ),
                 "a marked revision is not announced again"
             );
             for a in &p.actions {

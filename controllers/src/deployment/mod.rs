@@ -457,15 +457,8 @@ pub fn plan_with_pods(d: &Deployment, owned: &[ReplicaSet], pods: &[Pod], now: T
         }
     }
 
-    let (status, deadline_requeue) = compute_status(
-        d,
-        &sets,
-        &hash,
-        &actions,
-        bg_status,
-        reverted.as_ref(),
-        now,
-    );
+    let (status, deadline_requeue) =
+        compute_status(d, &sets, &hash, &actions, bg_status, reverted.as_ref(), now);
     let requeue_after = match (requeue_after, deadline_requeue) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
