@@ -145,7 +145,9 @@ fn a_crash_looping_rollout_is_reverted_under_load_without_a_failed_request() {
         }
     });
 
+    let applied = Instant::now();
     let out = c.cli(&["apply", "-f", &bad, "--wait", "--timeout", "25s"]);
+    let apply_wait = applied.elapsed();
     assert_eq!(
         out.code,
         Some(7),
@@ -189,7 +191,8 @@ fn a_crash_looping_rollout_is_reverted_under_load_without_a_failed_request() {
         .filter(|s| s.ok && s.version() != Some("v1"))
         .collect();
     eprintln!(
-        "auto-revert: {} requests through 3 node proxies, {} failed, {} not from v1",
+        "auto-revert: {} requests through 3 node proxies, {} failed, {} not from v1; \
+         apply --wait exited 7 (reverted) after {apply_wait:?} (autoRevertFailedSeconds 2)",
         samples.len(),
         failed.len(),
         not_v1.len()

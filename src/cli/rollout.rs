@@ -838,7 +838,8 @@ mod tests {
             message: "paused".into(),
             auto,
         };
-        let cases: Vec<(StatusView, Option<Until>, Option<Result<(), u8>>)> = vec![
+        type Case = (StatusView, Option<Until>, Option<Result<(), u8>>);
+        let cases: Vec<Case> = vec![
             (StatusView::Waiting("w".into()), None, None),
             (StatusView::Done("d".into()), None, Some(Ok(()))),
             (

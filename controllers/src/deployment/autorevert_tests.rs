@@ -383,7 +383,8 @@ fn failed_state(
 #[test]
 fn the_previous_revision_comes_back_up_first_within_max_surge_then_the_failed_one_goes() {
     // (replicas, maxSurge, maxUnavailable, old, failed) -> sizes after each pass.
-    let cases: Vec<(i32, &str, &str, i32, i32, Vec<(i32, i32)>)> = vec![
+    type Case = (i32, &'static str, &'static str, i32, i32, Vec<(i32, i32)>);
+    let cases: Vec<Case> = vec![
         // Room in the surge: the old side is scaled up first, the failed one kept until then.
         (4, "1", "0", 2, 1, vec![(4, 1), (4, 0)]),
         (4, "2", "0", 1, 2, vec![(4, 2), (4, 0)]),

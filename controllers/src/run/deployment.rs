@@ -63,26 +63,30 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         .await;
 }
 
-/// The autoRevert Deployment that owns `pod` (through its ReplicaSet), if any.
+/// The autoRevert Deployment that owns `pod` (through its ReplicaSet), if any: two keyed
+/// cache lookups per pod event.
 fn deployment_of_pod(
     pod: &Pod,
     replica_sets: &Store<ReplicaSet>,
     deployments: &Store<Deployment>,
 ) -> Option<ObjectRef> {
+    let ns = &pod.metadata.namespace;
     let owner = pod
         .metadata
         .owner_references
         .iter()
         .find(|o| o.controller && o.kind == "ReplicaSet")?;
     let rs = replica_sets
-        .filter(|rs| rs.metadata.uid == owner.uid)
-        .into_iter()
-        .next()?;
-    let d_uid = rs.metadata.controller_uid()?.to_string();
+        .get(&ObjectRef::new(ns, &owner.name))
+        .filter(|rs| rs.metadata.uid == owner.uid)?;
+    let d_owner = rs
+        .metadata
+        .owner_references
+        .iter()
+        .find(|o| o.controller && o.kind == "Deployment")?;
     let d = deployments
-        .filter(|d| d.metadata.uid == d_uid)
-        .into_iter()
-        .next()?;
+        .get(&ObjectRef::new(ns, &d_owner.name))
+        .filter(|d| d.metadata.uid == d_owner.uid)?;
     deployment::autorevert::settings(&d)?;
     Some(ObjectRef::from_obj(d.as_ref()))
 }
@@ -114,12 +118,13 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let pods: Vec<Pod> = if deployment::autorevert::settings(&d).is_some() {
         let uids: Vec<&str> = owned.iter().map(|rs| rs.metadata.uid.as_str()).collect();
         ctx.pods
+            .in_namespace(&ns)
+            .iter()
             .filter(|p| {
                 p.metadata
                     .controller_uid()
                     .is_some_and(|u| uids.contains(&u))
             })
-            .iter()
             .map(|p| p.as_ref().clone())
             .collect()
     } else {
