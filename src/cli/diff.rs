@@ -87,8 +87,12 @@ fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<Change>) {
                 if IGNORED.contains(&p.as_str()) {
                     continue;
                 }
+                // A whole map added or removed is listed field by field (bookkeeping left out).
+                let empty = Value::Object(Default::default());
                 match (a.get(k), b.get(k)) {
                     (Some(x), Some(y)) => walk(&p, x, y, out),
+                    (Some(x @ Value::Object(_)), None) => walk(&p, x, &empty, out),
+                    (None, Some(y @ Value::Object(_))) => walk(&p, &empty, y, out),
                     (Some(x), None) => out.push(Change::Removed(p, x.clone())),
                     (None, Some(y)) => out.push(Change::Added(p, y.clone())),
                     (None, None) => {}
@@ -210,5 +214,20 @@ mod tests {
             ]
         );
         assert!(changes(&old, &old).is_empty());
+        // A new object: its fields, without the server's bookkeeping.
+        let got: Vec<String> = changes(&json!({}), &new)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "+ metadata.labels.app: \"web\"",
+                "+ metadata.labels.tier: \"front\"",
+                "+ metadata.name: \"web\"",
+                "+ spec.replicas: 3",
+                "+ spec.template.spec.containers: [{\"image\":\"web:2\",\"name\":\"app\"},{\"image\":\"s:1\",\"name\":\"side\"}]",
+            ]
+        );
     }
 }
