@@ -16,6 +16,7 @@ pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;
+pub mod diff;
 pub mod exec;
 pub mod get;
 pub mod images;
@@ -46,22 +47,96 @@ use tokio_util::sync::CancellationToken;
 
 /// The exit statuses of `berth`, as `--help` and the README list them.
 pub mod exit {
-    /// The command failed; stderr says why. `rollout status`: the rollout failed.
+    /// The command failed; stderr says why. `diff`: there are changes (not a failure).
     pub const FAILURE: u8 = 1;
+    /// `diff`: the manifests differ from the cluster (same number as [`FAILURE`], as in
+    /// `kubectl diff` and `diff(1)`; a failed `diff` exits [`USAGE`] or more).
+    pub const CHANGES: u8 = 1;
     /// The command line was wrong (unknown flag, missing argument).
     pub const USAGE: u8 = 2;
     /// A write's outcome is unknown: the leader changed while it was in flight. Every write
     /// is safe to repeat: run the command again.
     pub const OUTCOME_UNKNOWN: u8 = 3;
-    /// `rollout status --timeout`: the time ran out while the rollout was still going.
+    /// `rollout status --timeout`, `apply --wait --timeout`: the time ran out while the
+    /// rollout was still going.
     pub const TIMED_OUT: u8 = 4;
+    /// `rollout status`, `apply --wait`: the rollout failed (progress deadline exceeded, or
+    /// `apply --wait` saw a new pod crash-looping or failing to pull its image).
+    pub const ROLLOUT_FAILED: u8 = 5;
+    /// `rollout status --until complete`, `apply --wait`: a blue-green rollout is paused
+    /// awaiting `berth rollout promote` (no auto-promotion will come).
+    pub const PAUSED: u8 = 6;
+    /// `rollout status`, `apply --wait`: the rollout was aborted (blue-green) or reverted
+    /// (`autoRevert`): the previous revision serves.
+    pub const REVERTED: u8 = 7;
+
+    /// The exit status table, as `--help` and the README print it.
+    pub const TABLE: &[(u8, &str)] = &[
+        (0, "success; `diff`: no changes"),
+        (
+            FAILURE,
+            "failure, stderr says why; `diff`: the manifests differ from the cluster",
+        ),
+        (USAGE, "bad command line; `diff`: it failed"),
+        (
+            OUTCOME_UNKNOWN,
+            "outcome unknown: the leader changed while a write was in flight, it is safe to \
+             run the command again",
+        ),
+        (
+            TIMED_OUT,
+            "timed out (`--timeout` of `rollout status`, `apply --wait`) while the rollout was \
+             still going",
+        ),
+        (
+            ROLLOUT_FAILED,
+            "the rollout failed: progress deadline exceeded, or pods crash-looping or failing \
+             to pull their image (`apply --wait`)",
+        ),
+        (
+            PAUSED,
+            "paused awaiting `rollout promote` (`rollout status --until complete`, `apply \
+             --wait`)",
+        ),
+        (
+            REVERTED,
+            "the rollout was aborted or reverted (`autoRevert`): the previous revision serves",
+        ),
+    ];
 
     /// The `--help` footer.
-    pub const HELP: &str = "Exit status: 0 success; 1 failure (stderr says why; `rollout \
-status`: the rollout failed); 2 bad command line; 3 outcome unknown: the leader changed while \
-a write was in flight, it is safe to run the command again; 4 `rollout status --timeout` ran \
-out while the rollout was still going.";
+    pub const HELP: &str = "Exit status: 0 success (`diff`: no changes); 1 failure, stderr \
+says why (`diff`: changes); 2 bad command line (`diff`: it failed); 3 outcome unknown: the \
+leader changed while a write was in flight, it is safe to run the command again; 4 timed out \
+(`--timeout`) while the rollout was still going; 5 the rollout failed (progress deadline, \
+crash-looping pods, image pull errors); 6 paused awaiting `rollout promote`; 7 the rollout \
+was aborted or reverted.";
 }
+
+/// A command's end with a given exit status (see [`exit`]). `message` is printed as
+/// `error: ...` unless empty (`diff` found changes: the diff itself said it).
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Waiting for something ran out of time (`rollout status --timeout`): exit status
 /// [`exit::TIMED_OUT`].
@@ -79,6 +154,9 @@ impl std::error::Error for TimedOut {}
 /// The exit status for a failed command (see [`exit`]).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for e in err.chain() {
+        if let Some(Exit { code, .. }) = e.downcast_ref::<Exit>() {
+            return *code;
+        }
         if let Some(ClientError::OutcomeUnknown(_)) = e.downcast_ref::<ClientError>() {
             return exit::OUTCOME_UNKNOWN;
         }
@@ -171,6 +249,10 @@ pub enum Command {
     Create(WithConn<create::CreateArgs>),
     /// Show objects: berth get deploy [NAME] [-n NS | -A] [-l SEL] [-o yaml|json|wide|name] [-w]
     Get(WithConn<get::GetArgs>),
+    /// Show what `apply -f FILE` would change, field by field, as the server compares (exit 0
+    /// no changes, 1 changes, 2 or more it failed)
+    #[command(after_help = diff::HELP)]
+    Diff(WithConn<diff::DiffArgs>),
     /// Show one object in detail, with its conditions and events.
     Describe(WithConn<describe::DescribeArgs>),
     /// Delete objects by file or by KIND NAME...
@@ -387,6 +469,7 @@ pub async fn run(cli: Cli, io: &mut Io<'_>, shutdown: CancellationToken) -> anyh
         Command::Apply(c) => apply::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Create(c) => create::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Get(c) => get::run(&ctx(&c.conn)?, c.args, io).await,
+        Command::Diff(c) => diff::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Describe(c) => describe::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Delete(c) => delete::run(&ctx(&c.conn)?, c.args, io).await,
         Command::Scale(c) => scale::run(&ctx(&c.conn)?, c.args, io).await,
@@ -518,7 +601,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_message(&e));
+            let silent = e
+                .downcast_ref::<Exit>()
+                .is_some_and(|x| x.message.is_empty());
+            if !silent {
+                eprintln!("error: {}", error_message(&e));
+            }
             ExitCode::from(exit_code(&e))
         }
     }
@@ -624,6 +712,42 @@ mod tests {
         assert_eq!(exit_code(&anyhow!("anything else")), exit::FAILURE);
         let help = format!("{}", <Cli as clap::CommandFactory>::command().render_help());
         assert!(help.contains("3 outcome unknown"), "{help}");
+    }
+
+    #[test]
+    fn exit_status_table_is_distinct_documented_and_in_help() {
+        let codes: Vec<u8> = exit::TABLE.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            [
+                exit::FAILURE,
+                exit::USAGE,
+                exit::OUTCOME_UNKNOWN,
+                exit::TIMED_OUT,
+                exit::ROLLOUT_FAILED,
+                exit::PAUSED,
+                exit::REVERTED
+            ],
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        let help = format!("{}", <Cli as clap::CommandFactory>::command().render_help());
+        for needle in [
+            "5 the rollout failed",
+            "6 paused awaiting",
+            "7 the rollout was aborted or reverted",
+        ] {
+            assert!(help.contains(needle), "{needle:?} not in --help: {help}");
+        }
+        // The README's table is the same table.
+        let readme = include_str!("../README.md");
+        for (code, text) in exit::TABLE {
+            let row = format!("| {code} | {text} |");
+            assert!(readme.contains(&row), "README lacks the row {row:?}");
+        }
+        for code in [5u8, 6, 7] {
+            let e = anyhow::Error::new(Exit::new(code, "x")).context("while waiting");
+            assert_eq!(exit_code(&e), code);
+        }
     }
 
     #[test]

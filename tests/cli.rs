@@ -734,7 +734,7 @@ async fn set_deployment_status(cluster: &TestCluster, name: &str, status: serde_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_status_exits_1_when_the_rollout_failed_and_4_when_its_timeout_runs_out() {
+async fn rollout_status_exits_5_when_the_rollout_failed_and_4_when_its_timeout_runs_out() {
     let cluster = TestCluster::start(1).await.unwrap();
     let server = cluster.addr(0).to_string();
     let s = &Target::new(&cluster, &server);
@@ -764,7 +764,7 @@ async fn rollout_status_exits_1_when_the_rollout_failed_and_4_when_its_timeout_r
     .await;
     let r = berth(s, &["rollout", "status", "deploy/web", "--timeout", "30s"]).await;
     assert!(!r.ok, "{r:?}");
-    assert_eq!(r.code, cli::exit::FAILURE, "{r:?}");
+    assert_eq!(r.code, cli::exit::ROLLOUT_FAILED, "{r:?}");
     assert!(r.err.contains("exceeded its progress deadline"), "{r:?}");
     cluster.shutdown().await.unwrap();
 }

@@ -346,3 +346,52 @@ async fn kubectl_delete_cascade_orphan_keeps_replica_sets_and_foreground_waits_f
     .expect("pods collected");
     env.stop().await;
 }
+
+/// `spec.strategy.rollingUpdate.autoRevert` is part of Berth's Deployment schema: kubectl's
+/// client-side and server-side apply both store it (Berth publishes no OpenAPI schemas, so
+/// kubectl leaves validation to the server), and the server's strict validation refuses a
+/// misspelling instead of ignoring it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_applies_auto_revert_and_the_server_refuses_a_misspelling() {
+    if !require_kubectl("kubectl_applies_auto_revert_and_the_server_refuses_a_misspelling") {
+        return;
+    }
+    let env = KubeEnv::start().await;
+    let with = |block: &str| WEB.replace("  replicas: 2\n", &format!("  replicas: 2\n{block}"));
+    let good = with(
+        "  strategy:\n    type: RollingUpdate\n    rollingUpdate:\n      maxSurge: 1\n      \
+         autoRevert: true\n      autoRevertFailedPods: 1\n",
+    );
+    let m = env.file("web.yaml", &good);
+    let m = m.to_str().expect("path");
+    env.kubectl(&["apply", "-f", m]).await;
+    let d = env.get_json(&["deploy", "web"]).await;
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["autoRevert"], true,
+        "{d}"
+    );
+    let out = env
+        .kubectl(&["apply", "--server-side", "--force-conflicts", "-f", m])
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let d = env.get_json(&["deploy", "web"]).await;
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["autoRevertFailedPods"], 1,
+        "{d}"
+    );
+
+    let typo = env.file(
+        "typo.yaml",
+        &with("  strategy:\n    rollingUpdate:\n      autoRevrt: true\n"),
+    );
+    let t = typo.to_str().expect("path");
+    for args in [
+        vec!["apply", "-f", t],
+        vec!["apply", "--server-side", "--force-conflicts", "-f", t],
+    ] {
+        let (code, out, err) = env.kubectl_code(&args).await;
+        assert_ne!(code, 0, "{args:?} accepted a misspelt field: {out}");
+        assert!(err.contains("autoRevrt"), "{args:?}: {err}");
+    }
+    env.stop().await;
+}

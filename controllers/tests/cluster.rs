@@ -26,6 +26,15 @@ struct Env {
 
 impl Env {
     async fn start(nodes: usize, lifecycle: NodeLifecycleConfig) -> Result<Env> {
+        Env::start_with(nodes, lifecycle, Vec::new()).await
+    }
+
+    /// Like [`Env::start`], with hollow nodes on which pods of `crash_images` crash-loop.
+    async fn start_with(
+        nodes: usize,
+        lifecycle: NodeLifecycleConfig,
+        crash_images: Vec<String>,
+    ) -> Result<Env> {
         let cluster = TestCluster::start(1)
             .await
             .context("starting the API server")?;
@@ -56,6 +65,7 @@ impl Env {
                 cpu: "4".into(),
                 address: format!("127.0.0.{}", i + 1),
                 heartbeat: Duration::from_millis(300),
+                crash_images: crash_images.clone(),
                 ..Default::default()
             };
             hollow.push(HollowNode::start(client.clone(), &format!("node-{i}"), cfg).await?);
@@ -304,6 +314,103 @@ async fn rolling_update_stays_within_max_surge_and_max_unavailable() -> Result<(
         "{:?}",
         events.iter().map(|e| &e.message).collect::<Vec<_>>()
     );
+    env.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_rollout_reverts_by_itself_and_the_service_keeps_its_endpoints(
+) -> Result<()> {
+    let env = Env::start_with(2, NodeLifecycleConfig::default(), vec!["web:bad".into()]).await?;
+    let svc = ServiceBuilder::new("web").port("http", 80, 8080).build();
+    env.client.create(&svc).await?;
+    let mut d = DeploymentBuilder::new("web")
+        .replicas(3)
+        .image("web:1")
+        .port("http", 8080)
+        .rolling("1", "0")
+        .build();
+    let ru = d
+        .spec
+        .strategy
+        .as_mut()
+        .and_then(|s| s.rolling_update.as_mut())
+        .expect("rolling update");
+    ru.auto_revert = true;
+    ru.auto_revert_failed_pods = Some(1);
+    ru.auto_revert_failed_seconds = Some(1);
+    env.client.create(&d).await?;
+    env.wait_rolled_out("web", 3).await?;
+    let ready_endpoints = || async {
+        let ep: Endpoints = env.client.get("default", "web").await?;
+        Ok::<usize, anyhow::Error>(ep.subsets.iter().map(|s| s.addresses.len()).sum())
+    };
+    wait_until(DEADLINE, "3 endpoints", || async {
+        (ready_endpoints().await.ok()? == 3).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow!(e))?;
+
+    let bad = env
+        .edit_deployment("web", |d| {
+            d.spec.template.spec.containers[0].image = "web:bad".into()
+        })
+        .await?;
+    let bad_rs = format!("web-{}", template_hash(&bad.spec.template));
+    // Sample until reverted: the Service never has fewer ready endpoints than
+    // replicas - maxUnavailable (3), while the bad revision comes up and is taken back.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut min_seen = usize::MAX;
+    loop {
+        let n = ready_endpoints().await?;
+        min_seen = min_seen.min(n);
+        assert!(n >= 3, "the Service dropped to {n} ready endpoints");
+        let d = env.deployment("web").await?;
+        let st = d.status.clone().unwrap_or_default();
+        let reverted = condition(&st.conditions, "Reverted").is_some_and(|c| c.is_true());
+        let rs: ReplicaSet = env.client.get("default", &bad_rs).await?;
+        if reverted
+            && rs.spec.replicas == 0
+            && st.updated_replicas == 0
+            && st.available_replicas == 3
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reverted in time: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(min_seen >= 3);
+    let d = env.deployment("web").await?;
+    let st = d.status.expect("status");
+    let c = condition(&st.conditions, "Reverted").expect("Reverted");
+    assert_eq!(c.reason, "CrashLoopBackOff");
+    assert!(c.message.contains(&bad_rs), "{}", c.message);
+    assert!(
+        c.message.contains("reverted to revision 1"),
+        "{}",
+        c.message
+    );
+    // The failed revision is marked for `rollout history`, and one Event says it.
+    let rs: ReplicaSet = env.client.get("default", &bad_rs).await?;
+    assert!(rs
+        .metadata
+        .annotations
+        .get(berth_proto::enums::ROLLOUT_FAILED_ANNOTATION)
+        .is_some_and(|r| r.starts_with("CrashLoopBackOff: pods web-")));
+    let events = env.client.list::<Event>(Some("default"), "").await?.0;
+    let reverts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.reason == "RolloutReverted")
+        .collect();
+    assert_eq!(reverts.len(), 1, "{reverts:?}");
+    assert_eq!(reverts[0].count.max(1), 1, "{reverts:?}");
+    // Every pod left runs the previous revision.
+    let pods = env.pods().await?;
+    assert!(pods
+        .iter()
+        .all(|p| p.spec.containers[0].image == "web:1" || p.metadata.deletion_timestamp.is_some()));
     env.stop().await
 }
 

@@ -10,5 +10,6 @@ mod harness_selftest;
 mod network;
 mod proof;
 mod registry;
+mod release;
 mod security;
 mod workloads;

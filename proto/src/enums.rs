@@ -195,6 +195,12 @@ pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const PROMOTE_ANNOTATION: &str = "berth.io/promote";
 /// Deployment annotation `berth rollout abort` sets to drop a blue-green rollout's green side.
 pub const ABORT_ANNOTATION: &str = "berth.io/abort";
+/// ReplicaSet annotation the Deployment controller sets on a revision whose rollout failed and
+/// was reverted (`autoRevert`): `REASON: message`. `rollout history` shows it; the controller
+/// does not roll that template out again until it changes (`rollout restart` changes it).
+pub const ROLLOUT_FAILED_ANNOTATION: &str = "berth.io/rollout-failed";
+/// The Deployment condition that says a failed rollout was reverted (reason: why it failed).
+pub const REVERTED_CONDITION: &str = "Reverted";
 /// The label a Deployment's ReplicaSets and pods carry: the hash of their pod template.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 

@@ -898,6 +898,19 @@ pub struct RollingUpdateDeployment {
     pub max_surge: Option<IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+    /// Berth (after Nomad's `auto_revert`): when the rollout fails (progressDeadlineSeconds
+    /// passes without progress, or [`Self::auto_revert_failed_pods`] new pods fail), scale the
+    /// previous revision back up and the failed one to zero, within maxSurge/maxUnavailable.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto_revert: bool,
+    /// With autoRevert: fail the rollout as soon as this many new pods have been
+    /// crash-looping, failing to pull their image or failing readiness for
+    /// [`Self::auto_revert_failed_seconds`] (unset: only the progress deadline fails it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_revert_failed_pods: Option<i32>,
+    /// How long a new pod must keep failing before it counts (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_revert_failed_seconds: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1638,6 +1638,7 @@ fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
                 "may not be 0 when maxSurge is 0: the rollout could never progress",
             );
         }
+        auto_revert(e, ru, &rp);
     }
     match (&s.blue_green, ty) {
         (None, t) if t == StrategyType::BlueGreen => e.add(
@@ -1679,6 +1680,26 @@ fn strategy(e: &mut Errs, s: &DeploymentStrategy, path: &FieldPath) {
             }
         }
         (None, _) => {}
+    }
+}
+
+/// `autoRevert` and its failure threshold: the threshold only means something with autoRevert.
+fn auto_revert(e: &mut Errs, ru: &RollingUpdateDeployment, rp: &FieldPath) {
+    for (field, v, min) in [
+        ("autoRevertFailedPods", ru.auto_revert_failed_pods, 1),
+        ("autoRevertFailedSeconds", ru.auto_revert_failed_seconds, 0),
+    ] {
+        let Some(v) = v else { continue };
+        let p = rp.child(field);
+        if !ru.auto_revert {
+            e.add(
+                &p,
+                "may only be set with autoRevert: true (it is the threshold at which a failing \
+                 rollout is reverted)",
+            );
+        } else if v < min {
+            e.add(&p, format!("must be at least {min} (got {v})"));
+        }
     }
 }
 

@@ -97,6 +97,28 @@ fn unknown_field_suggests_the_closest_known_field_and_keeps_checking_inside() {
 }
 
 #[test]
+fn auto_revert_is_a_checked_field_of_rolling_update() {
+    let with = |block: &str| {
+        GOOD_DEPLOYMENT.replace("  replicas: 2\n", &format!("  replicas: 2\n{block}"))
+    };
+    let good = with(
+        "  strategy:\n    rollingUpdate:\n      autoRevert: true\n      autoRevertFailedPods: 2\n      autoRevertFailedSeconds: 15\n",
+    );
+    let objs = parse_manifest("app.yaml", &good).expect("valid");
+    let d: berth_proto::types::Deployment = objs[0].to_typed().expect("typed");
+    let ru = d.spec.strategy.and_then(|s| s.rolling_update).expect("ru");
+    assert!(ru.auto_revert);
+    assert_eq!(ru.auto_revert_failed_pods, Some(2));
+    let typo = with("  strategy:\n    rollingUpdate:\n      autoRevrt: true\n");
+    let errs = errors(&typo);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("spec.strategy.rollingUpdate.autoRevrt: unknown field \"autoRevrt\": did you mean \"autoRevert\"?"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn missing_required_field_points_at_the_parent() {
     let text =
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {app: web}\n";
@@ -378,6 +400,7 @@ fn typed_to_yaml_and_back_is_unchanged() {
         rolling_update: Some(RollingUpdateDeployment {
             max_surge: Some(IntOrString::String("25%".into())),
             max_unavailable: Some(IntOrString::Int(0)),
+            ..Default::default()
         }),
         blue_green: None,
     });

@@ -268,11 +268,41 @@ fn deployment_rules_table() {
                     rolling_update: Some(RollingUpdateDeployment {
                         max_surge: Some(IntOrString::String("0%".into())),
                         max_unavailable: Some(IntOrString::Int(0)),
+                        ..Default::default()
                     }),
                     blue_green: None,
                 })
             },
             vec!["spec.strategy.rollingUpdate.maxUnavailable: may not be 0 when maxSurge is 0: the rollout could never progress".into()],
+        ),
+        (
+            "auto-revert threshold without autoRevert",
+            |d| {
+                d.spec.strategy = Some(DeploymentStrategy {
+                    type_: None,
+                    rolling_update: Some(RollingUpdateDeployment {
+                        auto_revert_failed_seconds: Some(10),
+                        ..Default::default()
+                    }),
+                    blue_green: None,
+                })
+            },
+            vec!["spec.strategy.rollingUpdate.autoRevertFailedSeconds: may only be set with autoRevert: true (it is the threshold at which a failing rollout is reverted)".into()],
+        ),
+        (
+            "auto-revert after zero failed pods",
+            |d| {
+                d.spec.strategy = Some(DeploymentStrategy {
+                    type_: None,
+                    rolling_update: Some(RollingUpdateDeployment {
+                        auto_revert: true,
+                        auto_revert_failed_pods: Some(0),
+                        ..Default::default()
+                    }),
+                    blue_green: None,
+                })
+            },
+            vec!["spec.strategy.rollingUpdate.autoRevertFailedPods: must be at least 1 (got 0)".into()],
         ),
         (
             "bad surge and too large unavailable",
@@ -282,6 +312,7 @@ fn deployment_rules_table() {
                     rolling_update: Some(RollingUpdateDeployment {
                         max_surge: Some(IntOrString::String("lots".into())),
                         max_unavailable: Some(IntOrString::String("150%".into())),
+                        ..Default::default()
                     }),
                     blue_green: None,
                 })

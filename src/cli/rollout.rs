@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use berth_client::runtime::watcher::{self, Event};
 use berth_client::{Client, ClientError, Kind};
-use berth_proto::enums::{revision, ABORT_ANNOTATION, PROMOTE_ANNOTATION, TEMPLATE_HASH_LABEL};
+use berth_proto::enums::{
+    revision, ABORT_ANNOTATION, PROMOTE_ANNOTATION, REVERTED_CONDITION, ROLLOUT_FAILED_ANNOTATION,
+    TEMPLATE_HASH_LABEL,
+};
 use berth_proto::types::{condition, Deployment, ReplicaSet};
 use berth_proto::{BlueGreenPhase, StrategyType};
 use clap::{Args, Subcommand};
@@ -18,7 +21,7 @@ use futures::StreamExt;
 
 use super::get::NsArgs;
 use super::table::{self, Table};
-use super::{parse_duration, parse_kind_and_names, Ctx, Io};
+use super::{exit, parse_duration, parse_kind_and_names, Ctx, Exit, Io};
 
 /// The pod-template annotation `rollout restart` sets (the same key kubectl uses).
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
@@ -42,10 +45,17 @@ pub struct Target {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum RolloutCommand {
-    /// Wait until the rollout finishes (or needs a promotion), printing progress.
+    /// Wait until the rollout finishes (or needs a promotion), printing progress. Exit 0 done,
+    /// 4 timed out, 5 failed, 6 paused awaiting promotion (`--until complete`), 7 aborted or
+    /// reverted.
     Status {
         #[command(flatten)]
         target: Target,
+        /// Stop at `paused` (a blue-green rollout ready for promotion, or complete) or only
+        /// at `complete` (a pause that needs `rollout promote` exits 6). Default: stop at
+        /// either, exit 0.
+        #[arg(long, value_enum, value_name = "paused|complete")]
+        until: Option<Until>,
         /// Print the current state once instead of waiting.
         #[arg(long = "watch", default_value_t = true, action = clap::ArgAction::Set)]
         watch: bool,
@@ -82,15 +92,56 @@ pub enum RolloutCommand {
     },
 }
 
+/// Where `rollout status --until` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    /// Paused awaiting promotion, or complete.
+    Paused,
+    /// Complete only: a pause that needs `rollout promote` ends the wait with exit 6.
+    Complete,
+}
+
 /// Where a rollout stands, as `rollout status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusView {
     /// Still going; the message says what it waits for.
     Waiting(String),
-    /// Finished (or paused for a manual promotion): stop waiting, exit 0.
+    /// Finished: stop waiting, exit 0.
     Done(String),
-    /// Cannot finish without help: exit 1.
+    /// Blue-green, ready and paused for a promotion. `auto`: an auto-promotion will follow.
+    Paused { message: String, auto: bool },
+    /// Cannot finish without help (progress deadline exceeded): exit 5.
     Failed(String),
+    /// Aborted (blue-green) or reverted (`autoRevert`), back on the previous revision: exit 7.
+    Reverted(String),
+}
+
+impl StatusView {
+    /// What `rollout status --until` (None: the default) does with this view: None = keep
+    /// waiting, Some(Ok) = exit 0, Some(Err(code, message)).
+    pub fn outcome(&self, until: Option<Until>) -> Option<Result<(), (u8, String)>> {
+        match self {
+            StatusView::Waiting(_) => None,
+            StatusView::Done(_) => Some(Ok(())),
+            StatusView::Paused { auto: true, .. } if until == Some(Until::Complete) => None,
+            StatusView::Paused { message, .. } => match until {
+                Some(Until::Complete) => Some(Err((exit::PAUSED, message.clone()))),
+                _ => Some(Ok(())),
+            },
+            StatusView::Failed(m) => Some(Err((exit::ROLLOUT_FAILED, m.clone()))),
+            StatusView::Reverted(m) => Some(Err((exit::REVERTED, m.clone()))),
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            StatusView::Waiting(m)
+            | StatusView::Done(m)
+            | StatusView::Paused { message: m, .. }
+            | StatusView::Failed(m)
+            | StatusView::Reverted(m) => m,
+        }
+    }
 }
 
 /// kubectl's rollout status logic, plus the BlueGreen phases.
@@ -100,6 +151,25 @@ pub fn status_view(d: &Deployment) -> StatusView {
     if d.metadata.generation > st.observed_generation {
         return StatusView::Waiting("Waiting for deployment spec update to be observed...".into());
     }
+    let desired = d.spec.replicas.unwrap_or(1);
+    if let Some(c) = condition(&st.conditions, REVERTED_CONDITION).filter(|c| c.is_true()) {
+        // Reverted: done once the previous revision serves at full size again.
+        let back =
+            st.updated_replicas == 0 && st.replicas == desired && st.available_replicas >= desired;
+        return if back {
+            StatusView::Reverted(format!(
+                "deployment {name:?} rollout failed and was reverted ({}): {}",
+                c.reason, c.message
+            ))
+        } else {
+            StatusView::Waiting(format!(
+                "Waiting for deployment {name:?} revert to finish: the rollout failed ({}); {} \
+                 of {desired} replicas of the previous revision are available...",
+                c.reason,
+                (st.available_replicas).min(desired)
+            ))
+        };
+    }
     if let Some(c) = condition(&st.conditions, "Progressing") {
         if c.reason == "ProgressDeadlineExceeded" {
             return StatusView::Failed(format!(
@@ -107,7 +177,6 @@ pub fn status_view(d: &Deployment) -> StatusView {
             ));
         }
     }
-    let desired = d.spec.replicas.unwrap_or(1);
     let blue_green = is_blue_green(d);
     if blue_green {
         let phase = st
@@ -116,16 +185,25 @@ pub fn status_view(d: &Deployment) -> StatusView {
             .and_then(|b| b.phase.parse::<BlueGreenPhase>().ok());
         match phase {
             Some(BlueGreenPhase::Paused) => {
-                return StatusView::Done(format!(
-                    "deployment {name:?} is paused for promotion: the new revision is ready on \
-                     the preview service; run `berth rollout promote deploy/{name}` to switch \
-                     traffic (or `berth rollout abort deploy/{name}`)"
-                ))
+                let auto = d
+                    .spec
+                    .strategy
+                    .as_ref()
+                    .and_then(|s| s.blue_green.as_ref())
+                    .is_some_and(|bg| bg.auto_promotion_enabled.unwrap_or(true));
+                return StatusView::Paused {
+                    message: format!(
+                        "deployment {name:?} is paused for promotion: the new revision is ready \
+                         on the preview service; run `berth rollout promote deploy/{name}` to \
+                         switch traffic (or `berth rollout abort deploy/{name}`)"
+                    ),
+                    auto,
+                };
             }
             // Green was dropped (aborted by request, or not ready within the progress
             // deadline): traffic stays on the previous revision.
             Some(BlueGreenPhase::Degraded) => {
-                return StatusView::Failed(format!(
+                return StatusView::Reverted(format!(
                     "deployment {name:?} rollout was aborted: the new revision was dropped and \
                      traffic stays on the previous one; change the template to try again"
                 ))
@@ -204,6 +282,7 @@ pub fn history_table(sets: &[ReplicaSet]) -> Table {
             "TEMPLATE-HASH",
             "REPLICAS",
             "IMAGES",
+            "STATUS",
             "CHANGE-CAUSE",
         ]
         .iter()
@@ -227,6 +306,7 @@ pub fn history_table(sets: &[ReplicaSet]) -> Table {
                 .unwrap_or_default(),
             r.spec.replicas.to_string(),
             images.join(","),
+            revision_status(r),
             r.metadata
                 .annotations
                 .get(CHANGE_CAUSE_ANNOTATION)
@@ -235,6 +315,17 @@ pub fn history_table(sets: &[ReplicaSet]) -> Table {
         ]);
     }
     t
+}
+
+/// `failed (REASON)` for a revision whose rollout failed and was reverted, else `-`.
+pub fn revision_status(r: &ReplicaSet) -> String {
+    match r.metadata.annotations.get(ROLLOUT_FAILED_ANNOTATION) {
+        Some(record) => {
+            let reason = record.split_once(':').map(|(r, _)| r).unwrap_or(record);
+            format!("failed ({})", reason.trim())
+        }
+        None => "-".into(),
+    }
 }
 
 /// Pick the revision to roll back to: `to` if given, else the newest one older than the
@@ -305,20 +396,18 @@ pub async fn run(ctx: &Ctx, a: RolloutArgs, io: &mut Io<'_>) -> anyhow::Result<(
     match a.command {
         RolloutCommand::Status {
             target,
+            until,
             watch,
             wait_timeout,
         } => {
             let name = target_name(&target)?;
-            status(
-                ctx,
-                &client,
-                target.ns.namespace(),
-                &name,
+            let opts = WaitOpts {
                 watch,
-                wait_timeout,
-                io,
-            )
-            .await
+                timeout: wait_timeout,
+                until,
+                fail_fast: false,
+            };
+            status(ctx, &client, target.ns.namespace(), &name, opts, io).await
         }
         RolloutCommand::History { target } => {
             let name = target_name(&target)?;
@@ -447,44 +536,107 @@ async fn request(
     Ok(())
 }
 
+/// How [`wait_rollout`] waits.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitOpts {
+    /// Print the state once instead of waiting.
+    pub watch: bool,
+    /// Zero: wait forever.
+    pub timeout: Duration,
+    pub until: Option<Until>,
+    /// `apply --wait`: fail at once when a new pod crash-loops or cannot pull its image
+    /// (unless the Deployment reverts by itself: then wait for its verdict).
+    pub fail_fast: bool,
+}
+
 async fn status(
     ctx: &Ctx,
     client: &Client,
     ns: &str,
     name: &str,
-    watch: bool,
-    wait_timeout: Duration,
+    opts: WaitOpts,
     io: &mut Io<'_>,
 ) -> anyhow::Result<()> {
     let d: Deployment = client.get(ns, name).await.map_err(|e| match e {
         ClientError::NotFound(_) => anyhow!("{}", super::get::not_found(Kind::Deployment, name)),
         e => e.into(),
     })?;
+    wait_rollout(ctx, client, d, opts, io).await
+}
+
+/// A new pod that shows the revision is broken (crash loop, image errors): `apply --wait`
+/// fails on the first one without waiting for the progress deadline.
+pub fn broken_pod(p: &berth_proto::types::Pod) -> Option<String> {
+    let u = berth_controllers::deployment::autorevert::unhealthy(p)?;
+    if u.reason == "ReadinessFailing" {
+        return None;
+    }
+    let st = p.status.as_ref()?;
+    let detail = st
+        .init_container_statuses
+        .iter()
+        .chain(st.container_statuses.iter())
+        .find_map(|c| {
+            let w = c.state.waiting.as_ref().filter(|w| w.reason == u.reason)?;
+            Some(format!(
+                "container {:?}{}{}",
+                c.name,
+                if w.message.is_empty() { "" } else { ": " },
+                w.message
+            ))
+        })
+        .unwrap_or_default();
+    let hint = if u.reason == "CrashLoopBackOff" {
+        format!("see `berth logs {} -p`", p.metadata.name)
+    } else {
+        format!("see `berth describe pod {}`", p.metadata.name)
+    };
+    Some(format!(
+        "pod {} is {}{}{detail}; {hint}",
+        p.metadata.name,
+        u.reason,
+        if detail.is_empty() { "" } else { ", " }
+    ))
+}
+
+/// Wait for `d`'s rollout as `rollout status` and `apply --wait` do, ending with the exit
+/// status of [`StatusView::outcome`] (wrapped in [`Exit`]) or [`super::TimedOut`].
+pub async fn wait_rollout(
+    ctx: &Ctx,
+    client: &Client,
+    d: Deployment,
+    opts: WaitOpts,
+    io: &mut Io<'_>,
+) -> anyhow::Result<()> {
+    let ns = d.metadata.namespace.clone();
+    let name = d.metadata.name.clone();
     let mut last = String::new();
     let mut report =
         |d: &Deployment, io: &mut Io<'_>| -> anyhow::Result<Option<anyhow::Result<()>>> {
             let view = status_view(d);
-            let (msg, outcome) = match &view {
-                StatusView::Waiting(m) => (m.clone(), None),
-                StatusView::Done(m) => (m.clone(), Some(Ok(()))),
-                StatusView::Failed(m) => (m.clone(), Some(Err(anyhow!("{m}")))),
-            };
-            if msg != last && !matches!(view, StatusView::Failed(_)) {
+            let outcome = view.outcome(opts.until);
+            let msg = view.message().to_string();
+            let quiet = matches!(outcome, Some(Err(_)));
+            if msg != last && !quiet {
                 writeln!(io.out, "{msg}")?;
                 io.out.flush()?;
                 last = msg;
             }
-            Ok(outcome)
+            Ok(outcome.map(|o| o.map_err(|(code, m)| Exit::new(code, m).into())))
         };
     if let Some(outcome) = report(&d, io)? {
         return outcome;
     }
-    if !watch {
+    if !opts.watch {
         return Ok(());
     }
-    let config = watcher::Config::default().namespace(ns);
+    let config = watcher::Config::default().namespace(&ns);
     let mut events = watcher::watcher::<Deployment>(client.clone(), config);
-    let deadline = (!wait_timeout.is_zero()).then(|| tokio::time::Instant::now() + wait_timeout);
+    let deadline = (!opts.timeout.is_zero()).then(|| tokio::time::Instant::now() + opts.timeout);
+    let reverts = berth_controllers::deployment::autorevert::settings(&d).is_some();
+    let mut current = d;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = async {
             match deadline {
@@ -494,14 +646,25 @@ async fn status(
         };
         let ev = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tick.tick(), if opts.fail_fast && !reverts => {
+                if let Some(why) = new_pods_broken(client, &current).await? {
+                    return Err(Exit::new(
+                        exit::ROLLOUT_FAILED,
+                        format!("deployment {name:?} rollout failed: {why}"),
+                    )
+                    .into());
+                }
+                continue;
+            }
             ev = next => ev,
         };
         let objs = match ev {
             None => {
                 return Err(super::TimedOut(format!(
-                    "timed out after {wait_timeout:?} waiting for deployment {name:?} to roll \
-                     out; it is still going: wait longer (--timeout) or see `berth describe \
-                     deploy/{name}`"
+                    "timed out after {:?} waiting for deployment {name:?} to roll out; it is \
+                     still going: wait longer (--timeout) or see `berth describe \
+                     deploy/{name}`",
+                    opts.timeout
                 ))
                 .into())
             }
@@ -517,12 +680,30 @@ async fn status(
             Some(Some(Ok(Event::Deleted(_)))) => vec![],
             Some(Some(Ok(Event::Restarted(all)))) => all,
         };
-        for d in objs.iter().filter(|d| d.metadata.name == name) {
-            if let Some(outcome) = report(d, io).context("writing output")? {
+        for d in objs.into_iter().filter(|d| d.metadata.name == name) {
+            if let Some(outcome) = report(&d, io).context("writing output")? {
                 return outcome;
             }
+            current = d;
         }
     }
+}
+
+/// The first broken pod of `d`'s current template, if any.
+async fn new_pods_broken(client: &Client, d: &Deployment) -> anyhow::Result<Option<String>> {
+    let hash = berth_controllers::deployment::template_hash(&d.spec.template);
+    let (pods, _) = client
+        .list::<berth_proto::types::Pod>(
+            Some(&d.metadata.namespace),
+            &format!("{TEMPLATE_HASH_LABEL}={hash}"),
+        )
+        .await?;
+    let mut found: Vec<(String, String)> = pods
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone(), broken_pod(p)?)))
+        .collect();
+    found.sort();
+    Ok(found.into_iter().next().map(|(_, why)| why))
 }
 
 #[cfg(test)]
@@ -647,7 +828,95 @@ mod tests {
             ..Default::default()
         });
         assert!(
-            matches!(status_view(&d), StatusView::Done(m) if m.contains("rollout promote deploy/web"))
+            matches!(status_view(&d), StatusView::Paused { message, .. } if message.contains("rollout promote deploy/web"))
+        );
+    }
+
+    #[test]
+    fn until_decides_what_a_pause_means_and_each_end_has_its_exit_status() {
+        let paused = |auto| StatusView::Paused {
+            message: "paused".into(),
+            auto,
+        };
+        type Case = (StatusView, Option<Until>, Option<Result<(), u8>>);
+        let cases: Vec<Case> = vec![
+            (StatusView::Waiting("w".into()), None, None),
+            (StatusView::Done("d".into()), None, Some(Ok(()))),
+            (
+                StatusView::Done("d".into()),
+                Some(Until::Paused),
+                Some(Ok(())),
+            ),
+            (
+                StatusView::Done("d".into()),
+                Some(Until::Complete),
+                Some(Ok(())),
+            ),
+            (paused(false), None, Some(Ok(()))),
+            (paused(false), Some(Until::Paused), Some(Ok(()))),
+            (
+                paused(false),
+                Some(Until::Complete),
+                Some(Err(exit::PAUSED)),
+            ),
+            // An auto-promotion will follow: waiting for complete keeps waiting.
+            (paused(true), Some(Until::Complete), None),
+            (paused(true), Some(Until::Paused), Some(Ok(()))),
+            (
+                StatusView::Failed("f".into()),
+                None,
+                Some(Err(exit::ROLLOUT_FAILED)),
+            ),
+            (
+                StatusView::Reverted("r".into()),
+                Some(Until::Complete),
+                Some(Err(exit::REVERTED)),
+            ),
+        ];
+        for (view, until, want) in cases {
+            let got = view.outcome(until).map(|r| r.map_err(|(c, _)| c));
+            assert_eq!(got, want, "{view:?} --until {until:?}");
+        }
+    }
+
+    #[test]
+    fn a_reverted_rollout_waits_for_the_old_side_then_reports_reverted() {
+        let reverted = Condition {
+            type_: REVERTED_CONDITION.into(),
+            status: "True".into(),
+            reason: "CrashLoopBackOff".into(),
+            message: "Rollout of revision 2 failed".into(),
+            ..Default::default()
+        };
+        let d = deploy(
+            3,
+            DeploymentStatus {
+                replicas: 4,
+                updated_replicas: 1,
+                available_replicas: 2,
+                conditions: vec![reverted.clone()],
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(status_view(&d), StatusView::Waiting(m) if m.contains("revert to finish") && m.contains("CrashLoopBackOff")),
+            "{:?}",
+            status_view(&d)
+        );
+        let d = deploy(
+            3,
+            DeploymentStatus {
+                replicas: 3,
+                updated_replicas: 0,
+                available_replicas: 3,
+                conditions: vec![reverted],
+                ..Default::default()
+            },
+        );
+        assert!(
+            matches!(status_view(&d), StatusView::Reverted(m) if m.contains("reverted (CrashLoopBackOff)")),
+            "{:?}",
+            status_view(&d)
         );
     }
 
@@ -704,13 +973,18 @@ mod tests {
         };
         let mut other = rs(5, "x");
         other.metadata.owner_references[0].name = "api".into();
-        let owned = owned_revisions(&d, &[rs(2, "v2"), other, rs(1, "v1")]);
+        let mut failed = rs(2, "v2");
+        failed.metadata.annotations.insert(
+            ROLLOUT_FAILED_ANNOTATION.into(),
+            "CrashLoopBackOff: pods web-2-a".into(),
+        );
+        let owned = owned_revisions(&d, &[failed, other, rs(1, "v1")]);
         assert_eq!(
             history_table(&owned).render(),
             "\
-REVISION   TEMPLATE-HASH   REPLICAS   IMAGES   CHANGE-CAUSE
-1          h1              0          v1       <none>
-2          h2              0          v2       <none>
+REVISION   TEMPLATE-HASH   REPLICAS   IMAGES   STATUS                      CHANGE-CAUSE
+1          h1              0          v1       -                           <none>
+2          h2              0          v2       failed (CrashLoopBackOff)   <none>
 "
         );
     }

@@ -499,6 +499,7 @@ impl DeploymentBuilder {
             rolling_update: Some(RollingUpdateDeployment {
                 max_surge: Some(parse(max_surge)),
                 max_unavailable: Some(parse(max_unavailable)),
+                ..Default::default()
             }),
             blue_green: None,
         });

@@ -26,6 +26,9 @@ pub struct HollowConfig {
     pub heartbeat: Duration,
     /// How often bound pods are looked for (a poll keeps the fake simple).
     pub poll: Duration,
+    /// Pods whose first container runs one of these images crash-loop instead of becoming
+    /// Ready: Running, the container waiting in CrashLoopBackOff with restarts, Ready False.
+    pub crash_images: Vec<String>,
 }
 
 impl Default for HollowConfig {
@@ -36,6 +39,7 @@ impl Default for HollowConfig {
             address: "127.0.0.1".into(),
             heartbeat: Duration::from_millis(500),
             poll: Duration::from_millis(100),
+            crash_images: Vec::new(),
         }
     }
 }
@@ -175,6 +179,51 @@ async fn ready_pods(
                     protocol: port.protocol.clone(),
                 });
             }
+        }
+        let crashing = p
+            .spec
+            .containers
+            .first()
+            .is_some_and(|ctr| c.crash_images.contains(&ctr.image));
+        if crashing {
+            let st = p.status.get_or_insert_with(Default::default);
+            if st.container_statuses.iter().any(|s| s.restart_count > 0) {
+                continue;
+            }
+            st.phase = berth_proto::PodPhase::Running.into();
+            st.host_ip = c.address.clone();
+            st.start_time = Some(now);
+            set_condition(
+                &mut st.conditions,
+                Condition::new("PodScheduled", true, "", "", now),
+            );
+            set_condition(
+                &mut st.conditions,
+                Condition::new("Ready", false, "ContainersNotReady", "", now),
+            );
+            st.container_statuses = p
+                .spec
+                .containers
+                .iter()
+                .map(|ctr| ContainerStatus {
+                    name: ctr.name.clone(),
+                    image: ctr.image.clone(),
+                    restart_count: 1,
+                    state: ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: "back-off 10s restarting failed container".into(),
+                        }),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            match client.update_status(&p).await {
+                Ok(_) | Err(ClientError::Conflict { .. }) | Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
         }
         let st = p.status.get_or_insert_with(Default::default);
         st.phase = berth_proto::PodPhase::Running.into();

@@ -11,6 +11,7 @@
 //! Before it creates a new ReplicaSet the shell pins its cluster-registry tags to their current
 //! digests ([`pin_images`]): a revision runs the same bytes for its whole life, on every node.
 
+pub mod autorevert;
 pub mod bluegreen;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,12 @@ pub enum Action {
         type_: String,
         reason: String,
         message: String,
+    },
+    /// Record on a ReplicaSet that its rollout failed and was reverted
+    /// ([`berth_proto::enums::ROLLOUT_FAILED_ANNOTATION`] = `record`), see [`autorevert`].
+    MarkRevisionFailed {
+        name: String,
+        record: String,
     },
 }
 
@@ -276,6 +283,8 @@ struct Rs {
     ready: i32,
     available: i32,
     new: bool,
+    /// The failed-rollout record, when this revision was reverted ([`autorevert`]).
+    failed: Option<String>,
 }
 
 impl Rs {
@@ -292,12 +301,20 @@ impl Rs {
             ready: st.ready_replicas,
             available: st.available_replicas,
             new: false,
+            failed: autorevert::failed_record(rs),
         }
     }
 }
 
-/// Plan one pass for `d` given the ReplicaSets it controls.
+/// Plan one pass for `d` given the ReplicaSets it controls (without its pods: no early
+/// auto-revert detection, see [`plan_with_pods`]).
 pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
+    plan_with_pods(d, owned, &[], now)
+}
+
+/// Plan one pass for `d` given the ReplicaSets it controls and their pods (read only by
+/// [`autorevert`], to judge the new revision's pods).
+pub fn plan_with_pods(d: &Deployment, owned: &[ReplicaSet], pods: &[Pod], now: Time) -> Plan {
     let hash = template_hash(&d.spec.template);
     let replicas = desired_replicas(d);
     let mut actions = Vec::new();
@@ -327,6 +344,7 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
 
     let mut requeue_after = None;
     let mut bg_status = None;
+    let mut reverted = None;
     if d.spec.paused {
         // Paused: no rollout step. Scaling still applies when a single revision runs (a
         // paused rollout keeps its revisions' sizes as they are).
@@ -382,7 +400,15 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
                 requeue_after = out.requeue_after;
                 bg_status = Some(out.status);
             }
-            StrategyType::RollingUpdate => rolling(d, &mut sets, new_idx, replicas),
+            StrategyType::RollingUpdate => {
+                let out = autorevert::step(d, &mut sets, new_idx, pods, replicas, now);
+                actions.extend(out.actions);
+                requeue_after = out.requeue_after;
+                reverted = out.reverted;
+                if reverted.is_none() {
+                    rolling(d, &mut sets, new_idx, replicas);
+                }
+            }
         }
         for s in &sets {
             if !s.new && s.replicas != s.original {
@@ -431,7 +457,8 @@ pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
         }
     }
 
-    let (status, deadline_requeue) = compute_status(d, &sets, &hash, &actions, bg_status, now);
+    let (status, deadline_requeue) =
+        compute_status(d, &sets, &hash, &actions, bg_status, reverted.as_ref(), now);
     let requeue_after = match (requeue_after, deadline_requeue) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -565,6 +592,7 @@ fn compute_status(
     hash: &str,
     actions: &[Action],
     blue_green: Option<BlueGreenStatus>,
+    reverted: Option<&autorevert::Reverted>,
     now: Time,
 ) -> (DeploymentStatus, Option<Duration>) {
     let replicas = desired_replicas(d);
@@ -647,7 +675,28 @@ fn compute_status(
         .blue_green
         .as_ref()
         .and_then(|b| b.phase.parse::<BlueGreenPhase>().ok());
-    if d.spec.paused {
+    match reverted {
+        Some(r) => set_stable(&mut st.conditions, r.condition(now)),
+        None => st
+            .conditions
+            .retain(|c| c.type_ != berth_proto::enums::REVERTED_CONDITION),
+    }
+    if let Some(r) = reverted {
+        // The failed revision is not retried: no deadline runs until the template changes.
+        set_stable(
+            &mut st.conditions,
+            Condition::new(
+                "Progressing",
+                false,
+                autorevert::REVERTED_REASON,
+                &format!(
+                    "ReplicaSet \"{}\" failed ({}); reverted to ReplicaSet \"{}\".",
+                    r.failed_rs, r.record, r.stable_rs
+                ),
+                now,
+            ),
+        );
+    } else if d.spec.paused {
         set_stable(
             &mut st.conditions,
             Condition {
@@ -700,7 +749,11 @@ fn compute_status(
         || existing.as_ref().is_none_or(|e| {
             matches!(
                 e.reason.as_str(),
-                "NewReplicaSetAvailable" | "DeploymentPaused" | "RolloutPaused" | "RolloutAborted"
+                "NewReplicaSetAvailable"
+                    | "DeploymentPaused"
+                    | "RolloutPaused"
+                    | "RolloutAborted"
+                    | autorevert::REVERTED_REASON
             )
         })
     {

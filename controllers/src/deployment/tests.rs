@@ -56,6 +56,12 @@ impl World {
                 }
                 Action::RemoveAnnotation { key } => self.removed_annotations.push(key.clone()),
                 Action::Event { reason, .. } => self.events.push(reason.clone()),
+                Action::MarkRevisionFailed { name, record } => {
+                    self.get_mut(name).metadata.annotations.insert(
+                        berth_proto::enums::ROLLOUT_FAILED_ANNOTATION.into(),
+                        record.clone(),
+                    );
+                }
             }
         }
     }

@@ -22,20 +22,32 @@ use berth_proto::image::IMAGE_DIGESTS_ANNOTATION;
 struct Ctx {
     client: Client,
     replica_sets: Store<ReplicaSet>,
+    /// Pods, read only for Deployments with `autoRevert` (to judge the new revision's pods).
+    pods: Store<Pod>,
     registry_hosts: Vec<String>,
 }
 
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (replica_sets, writer) = reflector::store::<ReplicaSet>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        replica_sets,
+        replica_sets: replica_sets.clone(),
+        pods,
         registry_hosts: config.cluster_registry_hosts.clone(),
     });
     let controller = Controller::<Deployment>::new(client, watcher::Config::default());
     let deployments = controller.store();
+    let auto_revert_deployments = controller.store();
     controller
         .owns_with_store::<ReplicaSet>(watcher::Config::default(), writer)
+        // A pod of an autoRevert Deployment changing (crash-looping, failing readiness) may
+        // fail its rollout before the ReplicaSet's counts change: re-plan its Deployment.
+        .watches_with_store::<Pod, _>(watcher::Config::default(), pod_writer, move |pod| {
+            deployment_of_pod(pod, &replica_sets, &auto_revert_deployments)
+                .into_iter()
+                .collect()
+        })
         // A blue-green Service created (or re-applied without its revision pin) after the
         // Deployment must be pointed at the right revision: re-plan the Deployments naming it.
         .watches::<Service, _>(watcher::Config::default(), move |svc| {
@@ -49,6 +61,34 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         .shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .await;
+}
+
+/// The autoRevert Deployment that owns `pod` (through its ReplicaSet), if any: two keyed
+/// cache lookups per pod event.
+fn deployment_of_pod(
+    pod: &Pod,
+    replica_sets: &Store<ReplicaSet>,
+    deployments: &Store<Deployment>,
+) -> Option<ObjectRef> {
+    let ns = &pod.metadata.namespace;
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .find(|o| o.controller && o.kind == "ReplicaSet")?;
+    let rs = replica_sets
+        .get(&ObjectRef::new(ns, &owner.name))
+        .filter(|rs| rs.metadata.uid == owner.uid)?;
+    let d_owner = rs
+        .metadata
+        .owner_references
+        .iter()
+        .find(|o| o.controller && o.kind == "Deployment")?;
+    let d = deployments
+        .get(&ObjectRef::new(ns, &d_owner.name))
+        .filter(|d| d.metadata.uid == d_owner.uid)?;
+    deployment::autorevert::settings(&d)?;
+    Some(ObjectRef::from_obj(d.as_ref()))
 }
 
 fn names_service(d: &Deployment, svc: &Service) -> bool {
@@ -68,13 +108,29 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = d.metadata.namespace.clone();
-    let owned: Vec<ReplicaSet> = ctx
+    let mut owned: Vec<ReplicaSet> = ctx
         .replica_sets
         .filter(|rs| rs.metadata.controller_uid() == Some(d.metadata.uid.as_str()))
         .iter()
         .map(|rs| rs.as_ref().clone())
         .collect();
-    let mut plan = deployment::plan(&d, &owned, Utc::now());
+    // Only autoRevert reads pods: the others plan from the ReplicaSets' counts alone.
+    let pods: Vec<Pod> = if deployment::autorevert::settings(&d).is_some() {
+        let uids: Vec<&str> = owned.iter().map(|rs| rs.metadata.uid.as_str()).collect();
+        ctx.pods
+            .in_namespace(&ns)
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .controller_uid()
+                    .is_some_and(|u| uids.contains(&u))
+            })
+            .map(|p| p.as_ref().clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut plan = deployment::plan_with_pods(&d, &owned, &pods, Utc::now());
     let client = &ctx.client;
     for step in &mut plan.actions {
         if let Step::CreateReplicaSet(rs) = step {
@@ -162,6 +218,26 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 point_service(client, &ns, &service, &hash).await?;
             }
             Step::RemoveAnnotation { key } => remove_annotations.push(key),
+            Step::MarkRevisionFailed { name, record } => {
+                let Some(mut rs) = owned.iter().find(|r| r.metadata.name == name).cloned() else {
+                    continue;
+                };
+                rs.metadata.annotations.insert(
+                    berth_proto::enums::ROLLOUT_FAILED_ANNOTATION.into(),
+                    record.clone(),
+                );
+                let stored = client.update(&rs).await.map_err(Error::new(
+                    "mark failed",
+                    Kind::ReplicaSet,
+                    &ns,
+                    &name,
+                ))?;
+                // A scale of the same set later in this pass writes over this version.
+                if let Some(slot) = owned.iter_mut().find(|r| r.metadata.name == name) {
+                    *slot = stored;
+                }
+                tracing::warn!(deployment = %d.metadata.name, replicaset = %name, %record, "rollout failed; reverting");
+            }
             Step::Event {
                 type_,
                 reason,
