@@ -8,5 +8,6 @@ mod dev;
 mod harness_selftest;
 mod network;
 mod registry;
+mod release;
 mod security;
 mod workloads;
