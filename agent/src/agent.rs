@@ -432,6 +432,13 @@ pub async fn start(
 
     let events = EventSink::new(&node_name);
     let mut sync_cfg = SyncConfig::new(&node_name, &address.to_string());
+    // Drain before stop and the traffic-switch barrier: what this node's proxy has programmed,
+    // and the Endpoints and Nodes a terminating pod is drained against.
+    let traffic = crate::drain::TrafficView::new();
+    let progress = proxy::ProxyProgress::new().with_metrics(metrics.registry());
+    if !args.no_proxy {
+        sync_cfg.traffic = Some(traffic.clone());
+    }
     let services_env = sync_cfg.services.clone();
     sync_cfg.network = pod_network.clone();
     let mut host_paths = berth_proto::hostpath::HostPathPolicy::new(
@@ -488,6 +495,7 @@ pub async fn start(
         },
         api,
         runtime: runtime.clone(),
+        proxy: (!args.no_proxy).then(|| progress.subscribe()),
     };
     tasks.spawn(hb.run(shutdown.clone()));
 
@@ -513,6 +521,7 @@ pub async fn start(
             dns_listen,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            traffic: traffic.clone(),
         },
         shutdown.clone(),
     ));
@@ -527,6 +536,7 @@ pub async fn start(
             address,
             services_env,
             dns,
+            (progress, traffic),
             shutdown.clone(),
         ));
     }
@@ -588,6 +598,8 @@ struct NodeNet {
     dns_listen: Vec<SocketAddr>,
     metrics: crate::metrics::AgentMetrics,
     shutdown: CancellationToken,
+    /// Terminating pods are drained against the Nodes' proxy reports.
+    traffic: crate::drain::TrafficView,
 }
 
 /// The node's DNS server once it runs, and the last Services/Endpoints to give it (the server
@@ -691,6 +703,7 @@ async fn feed_nodes(client: Client, net: NodeNet, shutdown: CancellationToken) {
                 continue;
             }
         }
+        net.traffic.set_nodes(&nodes);
         let fingerprint: Vec<_> = nodes
             .values()
             .map(|n| {
@@ -788,9 +801,13 @@ async fn feed_proxy(
     node_addr: IpAddr,
     services_env: crate::svcenv::ServiceEnv,
     dns: DnsSlot,
+    (progress, traffic): (proxy::ProxyProgress, crate::drain::TrafficView),
     shutdown: CancellationToken,
 ) {
     let mut services = watcher::watcher::<Service>(client.clone(), watcher::Config::default());
+    // The newest Endpoints revision seen, and the Endpoints changed since the last report.
+    let mut revision = 0u64;
+    let mut changed: Vec<Endpoints> = Vec::new();
     let mut endpoints = watcher::watcher::<Endpoints>(client, watcher::Config::default());
     let mut svc: BTreeMap<(String, String), Service> = BTreeMap::new();
     let mut eps: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
@@ -807,9 +824,20 @@ async fn feed_proxy(
                 None => return,
             },
             ev = endpoints.next() => match ev {
-                Some(Ok(WatchEvent::Restarted(all))) => eps = all.into_iter().map(|e| (key(&e.metadata), e)).collect(),
-                Some(Ok(WatchEvent::Applied(e))) => { eps.insert(key(&e.metadata), e); }
-                Some(Ok(WatchEvent::Deleted(e))) => { eps.remove(&key(&e.metadata)); }
+                Some(Ok(WatchEvent::Restarted(all))) => {
+                    revision = revision.max(all.iter().map(|e| e.metadata.resource_version).max().unwrap_or(0));
+                    changed.extend(all.iter().cloned());
+                    eps = all.into_iter().map(|e| (key(&e.metadata), e)).collect();
+                }
+                Some(Ok(WatchEvent::Applied(e))) => {
+                    revision = revision.max(e.metadata.resource_version);
+                    changed.push(e.clone());
+                    eps.insert(key(&e.metadata), e);
+                }
+                Some(Ok(WatchEvent::Deleted(e))) => {
+                    revision = revision.max(e.metadata.resource_version);
+                    eps.remove(&key(&e.metadata));
+                }
                 Some(Err(e)) => { tracing::debug!(error = %e, "watching endpoints"); continue; }
                 None => return,
             },
@@ -831,10 +859,34 @@ async fn feed_proxy(
             .iter()
             .flat_map(|(k, s)| proxy::service_backends(s, eps.get(k), node_addr))
             .collect();
-        if let Err(e) = proxy.set_services(all).await {
+        let result = proxy.set_services(all).await;
+        if let Err(e) = &result {
             tracing::warn!(error = %e, "programming the proxy");
         }
+        // Ports that could not be bound are reported above, but every backend set is swapped.
+        if !matches!(result, Err(proxy::ProxyError::Stopped)) {
+            programmed(&progress, &traffic, revision, &eps, &mut changed);
+        }
     }
+}
+
+/// The userspace proxy's report that the plan at Endpoints `revision` is programmed (the
+/// nftables datapath reports through the same [`proxy::ProxyProgress::programmed`]).
+fn programmed(
+    progress: &proxy::ProxyProgress,
+    traffic: &crate::drain::TrafficView,
+    revision: u64,
+    eps: &BTreeMap<(String, String), Endpoints>,
+    changed: &mut Vec<Endpoints>,
+) {
+    traffic.set_endpoints(eps);
+    progress.programmed(
+        proxy::USERSPACE,
+        revision,
+        changed.iter(),
+        chrono::Utc::now(),
+    );
+    changed.clear();
 }
 
 /// [`NodeApi`] over the gRPC client.
@@ -868,6 +920,24 @@ impl ClientApi {
 
 #[async_trait::async_trait]
 impl NodeApi for ClientApi {
+    async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+    ) -> Result<(), ApiError> {
+        self.client
+            .delete_with_grace(
+                berth_client::Kind::Pod,
+                namespace,
+                name,
+                Some(resource_version),
+                Some(0),
+            )
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
     async fn update_pod_status(&self, pod: &Pod) -> Result<Pod, ApiError> {
         self.client.update_status(pod).await.map_err(map_err)
     }

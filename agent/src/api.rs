@@ -65,6 +65,13 @@ pub trait NodeApi: Send + Sync + 'static {
     /// A PersistentVolume (None: it does not exist). A node may read the volumes of the claims
     /// its pods use, and learn that any other is gone.
     async fn get_volume(&self, name: &str) -> Result<Option<PersistentVolume>, ApiError>;
+    /// The final delete of a pod this node stopped (grace 0, only at `resource_version`).
+    async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+    ) -> Result<(), ApiError>;
 }
 
 /// Pods bound to this node, keyed by uid.
@@ -146,6 +153,7 @@ struct MemoryState {
     events: Vec<Event>,
     nodes: BTreeMap<String, Node>,
     node_status_writes: usize,
+    deleted_pods: Vec<(String, String)>,
     rv: u64,
     trust: TrustSnapshot,
     config_maps: BTreeMap<(String, String), ConfigMap>,
@@ -200,6 +208,10 @@ impl MemoryApi {
     pub fn node_status_writes(&self) -> usize {
         self.lock().node_status_writes
     }
+    /// The pods the agent deleted for good (namespace, name), oldest first.
+    pub fn deleted_pods(&self) -> Vec<(String, String)> {
+        self.lock().deleted_pods.clone()
+    }
     /// Create or replace a ConfigMap the agent can read.
     pub fn put_config_map(&self, c: ConfigMap) {
         let key = (c.metadata.namespace.clone(), c.metadata.name.clone());
@@ -231,6 +243,18 @@ impl MemoryApi {
 
 #[async_trait::async_trait]
 impl NodeApi for MemoryApi {
+    async fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        _resource_version: u64,
+    ) -> Result<(), ApiError> {
+        self.check()?;
+        self.lock()
+            .deleted_pods
+            .push((namespace.to_string(), name.to_string()));
+        Ok(())
+    }
     async fn update_pod_status(&self, pod: &Pod) -> Result<Pod, ApiError> {
         self.check()?;
         let mut g = self.lock();

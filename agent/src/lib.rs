@@ -28,6 +28,7 @@ pub mod api;
 pub mod backoff;
 pub mod credentials;
 pub mod dns;
+pub mod drain;
 pub mod events;
 pub mod exec;
 pub mod hooks;

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use berth_proto::types::Quantity;
 use berth_proto::types::{
-    set_condition, Condition, ContainerImage, Node, NodeAddress, NodeStatus, NodeSystemInfo,
-    ObjectMeta, Time,
+    set_condition, Condition, ContainerImage, Node, NodeAddress, NodeProxyStatus, NodeStatus,
+    NodeSystemInfo, ObjectMeta, Time,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +123,18 @@ pub fn desired_node(
     existing: Option<&Node>,
     now: Time,
 ) -> Node {
+    desired_node_with_proxy(cfg, runtime_version, images, existing, None, now)
+}
+
+/// [`desired_node`] with the proxy's latest report as `status.proxy`.
+pub fn desired_node_with_proxy(
+    cfg: &NodeConfig,
+    runtime_version: Result<&str, &str>,
+    images: &[ContainerImage],
+    existing: Option<&Node>,
+    proxy: Option<NodeProxyStatus>,
+    now: Time,
+) -> Node {
     let mut node = existing.cloned().unwrap_or_else(|| Node {
         metadata: ObjectMeta {
             name: cfg.name.clone(),
@@ -186,6 +198,7 @@ pub fn desired_node(
             .map(|name| berth_proto::types::NodeRuntimeHandler { name: name.clone() })
             .collect(),
         last_heartbeat_time: Some(now),
+        proxy,
     });
     node
 }
@@ -214,7 +227,14 @@ pub struct Heartbeat {
     pub cfg: NodeConfig,
     pub api: Arc<dyn NodeApi>,
     pub runtime: Arc<dyn Runtime>,
+    /// The proxy's reports (None: no proxy on this node). A new report is written at once
+    /// (with the runtime facts of the last beat), at most every [`PROXY_REPORT_INTERVAL`].
+    pub proxy: Option<tokio::sync::watch::Receiver<Option<NodeProxyStatus>>>,
 }
+
+/// The shortest time between two proxy reports: changes in between are batched into one
+/// write of the newest revision.
+pub const PROXY_REPORT_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Heartbeat {
     async fn runtime_version(&self) -> Result<String, String> {
@@ -225,20 +245,39 @@ impl Heartbeat {
         }
     }
 
-    /// Create or refresh the Node (labels) and write its status once.
-    pub async fn beat(&self, registered: &mut Option<Node>) -> Result<(), ApiError> {
+    /// The runtime's version and images (slow: asked once per beat).
+    async fn facts(&self) -> (Result<String, String>, Vec<ContainerImage>) {
         let version = self.runtime_version().await;
-        let v = version.as_deref().map_err(|e| e.as_str());
         // Best effort: an engine that cannot list images is already reported through Ready.
         let images = match tokio::time::timeout(Duration::from_secs(5), self.runtime.images()).await
         {
             Ok(Ok(i)) => i,
             _ => Vec::new(),
         };
+        (version, images)
+    }
+
+    fn proxy_report(&self) -> Option<NodeProxyStatus> {
+        self.proxy.as_ref().and_then(|rx| rx.borrow().clone())
+    }
+
+    /// Create or refresh the Node (labels) and write its status once.
+    pub async fn beat(&self, registered: &mut Option<Node>) -> Result<(), ApiError> {
+        let facts = self.facts().await;
+        self.write(registered, &facts).await
+    }
+
+    /// Register if needed and write the status from `facts` and the proxy's latest report.
+    async fn write(
+        &self,
+        registered: &mut Option<Node>,
+        (version, images): &(Result<String, String>, Vec<ContainerImage>),
+    ) -> Result<(), ApiError> {
+        let v = version.as_deref().map_err(|e| e.as_str());
         let now = chrono::Utc::now();
         if registered.is_none() {
             let existing = self.api.get_node(&self.cfg.name).await?;
-            let want = desired_node(&self.cfg, v, &images, existing.as_ref(), now);
+            let want = desired_node(&self.cfg, v, images, existing.as_ref(), now);
             let node = match existing {
                 None => match self.api.create_node(&want).await {
                     Ok(n) => n,
@@ -274,7 +313,8 @@ impl Heartbeat {
             *registered = Some(node);
         }
         let base = registered.as_ref();
-        let mut want = desired_node(&self.cfg, v, &images, base, now);
+        let mut want =
+            desired_node_with_proxy(&self.cfg, v, images, base, self.proxy_report(), now);
         want.metadata.resource_version = 0;
         match self.api.update_node_status(&want).await {
             Ok(n) => {
@@ -293,8 +333,23 @@ impl Heartbeat {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut registered: Option<Node> = None;
         let mut failing = false;
+        let mut proxy = self.proxy.clone();
+        let mut facts = None;
+        let mut next_beat = tokio::time::Instant::now();
         loop {
-            match self.beat(&mut registered).await {
+            let now = tokio::time::Instant::now();
+            let result = if now >= next_beat || facts.is_none() {
+                next_beat = now + self.cfg.heartbeat;
+                let f = self.facts().await;
+                let r = self.write(&mut registered, &f).await;
+                facts = Some(f);
+                r
+            } else if let Some(f) = &facts {
+                self.write(&mut registered, f).await
+            } else {
+                Ok(())
+            };
+            match result {
                 Ok(()) => {
                     if failing {
                         tracing::info!("API reachable again; node status resumed");
@@ -308,9 +363,22 @@ impl Heartbeat {
                     failing = true;
                 }
             }
+            let report = async {
+                match proxy.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        // Batch what follows closely.
+                        tokio::time::sleep(PROXY_REPORT_INTERVAL).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.heartbeat) => {}
+                _ = tokio::time::sleep_until(next_beat) => {}
+                _ = report => {}
             }
         }
     }
@@ -396,6 +464,7 @@ mod tests {
     async fn heartbeat_registers_then_refreshes_status_and_survives_api_outage() {
         let api = MemoryApi::new();
         let hb = Heartbeat {
+            proxy: None,
             cfg: cfg(),
             api: Arc::new(api.clone()),
             runtime: Arc::new(FakeRuntime::new()),

@@ -106,6 +106,9 @@ pub struct Memo {
     pub trust_failures: BTreeMap<Key, u32>,
     /// Runtime ids of containers whose postStart hook is running: not started yet.
     pub post_starting: BTreeSet<String>,
+    /// Uids of terminating pods still being drained out of the Service proxies (see
+    /// [`crate::drain`]): their containers are not stopped yet.
+    pub draining: BTreeSet<String>,
 }
 
 /// The waiting reason of a container whose image is refused by image trust
@@ -561,6 +564,10 @@ pub fn plan(
     // Everything else is an orphan: its pod is gone, deleted, or no longer has that container.
     for (key, list) in &attempts {
         if handled.contains(key) && wanted.contains(key.pod_uid.as_str()) {
+            continue;
+        }
+        if memo.draining.contains(&key.pod_uid) {
+            out.requeue_in(Duration::from_millis(100));
             continue;
         }
         // Sidecars of a pod being torn down stop after its app containers, in reverse order
@@ -1040,6 +1047,9 @@ pub struct SyncConfig {
     pub network: crate::podnet::PodNetwork,
     /// Where pod volumes live on this node (None: pods with volumes cannot start).
     pub volumes: Option<crate::volumes::Volumes>,
+    /// The Endpoints and Nodes a terminating pod is drained against before it is stopped
+    /// (None: stopped at once, e.g. no API watch in a test).
+    pub traffic: Option<crate::drain::TrafficView>,
 }
 
 impl SyncConfig {
@@ -1053,6 +1063,7 @@ impl SyncConfig {
             services: crate::svcenv::ServiceEnv::new(),
             network: crate::podnet::PodNetwork::new(),
             volumes: None,
+            traffic: None,
         }
     }
 }
@@ -1088,6 +1099,12 @@ pub struct PodSync {
     last_sandbox_gc: Option<Instant>,
     /// When configMap/secret volumes were last refreshed.
     last_volume_pass: Option<Instant>,
+    /// Terminating pods being drained: since when, and the Endpoints revision to reach.
+    drains: BTreeMap<String, (Instant, Option<u64>)>,
+    /// Terminating pods drained (or given up on): their containers are being stopped.
+    drained: BTreeSet<String>,
+    /// Terminating pods whose final delete was sent (not sent again until it fails).
+    finalized: BTreeSet<String>,
 }
 
 /// How often pod sandboxes are checked for removal when nothing else changed.
@@ -1146,6 +1163,9 @@ impl PodSync {
             trust_policy: BTreeMap::new(),
             last_sandbox_gc: None,
             last_volume_pass: None,
+            drains: BTreeMap::new(),
+            drained: BTreeSet::new(),
+            finalized: BTreeSet::new(),
         }
     }
 
@@ -1203,6 +1223,7 @@ impl PodSync {
         self.collect_finished_stops();
         self.collect_post_starts();
         let planned = self.with_gone_pods(&desired, &observed, wall);
+        self.update_drains(&desired, now);
         let p = {
             let prober = &self.prober;
             let view = |id: &str, c: &Container| prober.view(id, c);
@@ -1234,6 +1255,7 @@ impl PodSync {
         self.sync_prober(&desired, &observed);
         self.write_statuses(&desired, &observed).await;
         self.emit_backoff_events(&desired, &observed);
+        self.finalize_terminated(&desired, &observed).await;
         self.cleanup(&desired, &observed);
         self.remove_sandboxes(&desired, &observed, changed).await;
         self.maintain_volumes(&desired, &observed).await;
@@ -1242,6 +1264,101 @@ impl PodSync {
             return Some(Duration::ZERO);
         }
         p.requeue
+    }
+
+    /// Drain before stop: decide which terminating pods may be stopped now (see
+    /// [`crate::drain`]); the others go into `memo.draining`, which [`plan`] leaves alone.
+    fn update_drains(&mut self, desired: &[Pod], now: Instant) {
+        let terminating: Vec<&Pod> = desired
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .collect();
+        let live: BTreeSet<&str> = terminating
+            .iter()
+            .map(|p| p.metadata.uid.as_str())
+            .collect();
+        self.drains.retain(|uid, _| live.contains(uid.as_str()));
+        self.drained.retain(|uid| live.contains(uid.as_str()));
+        self.finalized.retain(|uid| live.contains(uid.as_str()));
+        self.memo.draining.clear();
+        for pod in terminating {
+            let uid = pod.metadata.uid.clone();
+            if self.drained.contains(&uid) {
+                continue;
+            }
+            let Some(traffic) = &self.cfg.traffic else {
+                self.drained.insert(uid);
+                continue;
+            };
+            if pod.metadata.deletion_grace_period_seconds == Some(0) {
+                self.drained.insert(uid);
+                continue;
+            }
+            let (since, frozen) = self.drains.entry(uid.clone()).or_insert((now, None));
+            let (state, goal) = traffic.check(pod, *frozen);
+            if frozen.is_none() {
+                *frozen = goal;
+            }
+            let waited = now.saturating_duration_since(*since);
+            match state {
+                crate::drain::Drain::Drained => {
+                    tracing::info!(pod = %pod.metadata.name, namespace = %pod.metadata.namespace, waited_ms = waited.as_millis() as u64, "drained from every proxy; stopping");
+                    self.drained.insert(uid);
+                }
+                crate::drain::Drain::Waiting(why) if waited >= crate::drain::DRAIN_TIMEOUT => {
+                    self.events.warning(
+                        &pod_ref(pod),
+                        "DrainTimeout",
+                        format!(
+                            "Stopping after waiting {}s for the Service proxies: {why}",
+                            crate::drain::DRAIN_TIMEOUT.as_secs()
+                        ),
+                    );
+                    self.drained.insert(uid);
+                }
+                crate::drain::Drain::Waiting(_) => {
+                    self.memo.draining.insert(uid);
+                }
+            }
+        }
+    }
+
+    /// The kubelet's last step of a graceful deletion: a terminating pod none of whose
+    /// containers runs any more is deleted for good (grace 0, at the resourceVersion seen).
+    async fn finalize_terminated(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {
+        for pod in desired
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+        {
+            let uid = &pod.metadata.uid;
+            if !self.drained.contains(uid) || self.finalized.contains(uid) {
+                continue;
+            }
+            let running = observed.iter().any(|c| {
+                c.pod_uid == *uid && (c.state.is_running() || self.memo.stopping.contains(&c.id))
+            });
+            if running {
+                continue;
+            }
+            match self
+                .api
+                .delete_pod(
+                    &pod.metadata.namespace,
+                    &pod.metadata.name,
+                    pod.metadata.resource_version,
+                )
+                .await
+            {
+                Ok(()) | Err(ApiError::NotFound) => {
+                    self.finalized.insert(uid.clone());
+                }
+                // A newer version (e.g. our own status write): the next round uses it.
+                Err(ApiError::Conflict) => {}
+                Err(e) => {
+                    tracing::debug!(pod = %pod.metadata.name, error = %e, "final delete of a terminated pod; retrying");
+                }
+            }
+        }
     }
 
     fn rederive_ports(&mut self, desired: &[Pod], observed: &[ContainerInfo]) {

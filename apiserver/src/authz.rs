@@ -194,7 +194,12 @@ impl Caller {
                 Kind::Pod => Ok(Some(node.clone())),
                 _ => deny(),
             },
-            Verb::Delete => deny(),
+            // The kubelet's final delete of a pod it has stopped (graceful deletion); the
+            // caller checks the binding and requires a resourceVersion precondition.
+            Verb::Delete => match kind {
+                Kind::Pod => Ok(Some(node.clone())),
+                _ => deny(),
+            },
         }
     }
 

@@ -963,7 +963,11 @@ impl ApiService {
     }
     fn op_delete(&self, who: &Caller, r: &pb::DeleteRequest) -> Result<Op, Status> {
         let key = parse_key(r.key.clone())?;
-        who.authorize(Verb::Delete, Some(key.kind), &key.namespace, &key.name)?;
+        if let Some(node) =
+            who.authorize(Verb::Delete, Some(key.kind), &key.namespace, &key.name)?
+        {
+            self.node_may_delete(who, &node, &key, r.resource_version)?;
+        }
         if key.kind == Kind::Secret
             && berth_proto::jointoken::is_token_secret(&key.namespace, &key.name)
             && who.identity != berth_tls::Identity::Admin
@@ -987,7 +991,32 @@ impl ApiService {
         Ok(Op::Delete {
             key,
             resource_version: r.resource_version,
+            grace_period_seconds: r.grace_period_seconds,
         })
+    }
+
+    /// A node deletes only pods bound to it, at the resourceVersion it saw (a pod's binding
+    /// never changes, and the precondition makes the check hold when the write is applied).
+    fn node_may_delete(
+        &self,
+        who: &Caller,
+        node: &str,
+        key: &ObjectKey,
+        resource_version: u64,
+    ) -> Result<(), Status> {
+        let bound = self
+            .store
+            .get(key)
+            .ok()
+            .and_then(|v| v["spec"]["nodeName"].as_str().map(str::to_string));
+        if resource_version == 0 || bound.as_deref() != Some(node) {
+            return Err(Status::permission_denied(format!(
+                "{} may not delete {} {}/{}: a node deletes only pods bound to it, with a \
+                 resourceVersion precondition",
+                who.identity, key.kind, key.namespace, key.name
+            )));
+        }
+        Ok(())
     }
 
     fn op_of_batch(&self, who: &Caller, op: &pb::BatchOp) -> Result<Op, Status> {

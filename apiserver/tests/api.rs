@@ -210,6 +210,7 @@ async fn delete_returns_the_object_and_checks_the_precondition() {
     let created = create(&mut c, pod("a", json!({}))).await.unwrap();
     let err = c
         .delete(pb::DeleteRequest {
+            grace_period_seconds: None,
             key: key("Pod", "a"),
             resource_version: rv(&created) + 10,
         })
@@ -218,6 +219,7 @@ async fn delete_returns_the_object_and_checks_the_precondition() {
     assert_eq!(err.code(), Code::Aborted);
     let deleted = c
         .delete(pb::DeleteRequest {
+            grace_period_seconds: None,
             key: key("Pod", "a"),
             resource_version: rv(&created),
         })
@@ -227,6 +229,7 @@ async fn delete_returns_the_object_and_checks_the_precondition() {
     assert_eq!(parse(&deleted.object)["metadata"]["name"], "a");
     let err = c
         .delete(pb::DeleteRequest {
+            grace_period_seconds: None,
             key: key("Pod", "a"),
             resource_version: 0,
         })

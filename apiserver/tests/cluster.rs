@@ -211,6 +211,7 @@ async fn a_member_far_behind_catches_up_through_a_snapshot() {
         .unwrap();
     let deleted = c
         .delete(pb::DeleteRequest {
+            grace_period_seconds: None,
             key: Some(pb::ObjectKey {
                 kind: "Pod".into(),
                 namespace: String::new(),

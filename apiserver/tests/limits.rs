@@ -304,6 +304,7 @@ async fn hostile_keys_and_selectors_get_errors_not_crashes() {
         );
         let err = c
             .delete(pb::DeleteRequest {
+                grace_period_seconds: None,
                 key,
                 resource_version: 0,
             })

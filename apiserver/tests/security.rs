@@ -330,6 +330,7 @@ async fn a_node_reads_pods_and_updates_only_its_own_node_and_pods() {
     );
     assert_denied(
         c.delete(pb::DeleteRequest {
+            grace_period_seconds: None,
             key: key("Pod", "default", "p1"),
             resource_version: 0,
         })

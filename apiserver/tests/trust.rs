@@ -34,6 +34,7 @@ async fn apply(c: &mut ApiClient<Channel>, obj: Vec<u8>) -> Result<Value, tonic:
 
 async fn delete(c: &mut ApiClient<Channel>, kind: &str, ns: &str, name: &str) {
     c.delete(pb::DeleteRequest {
+        grace_period_seconds: None,
         key: Some(pb::ObjectKey {
             kind: kind.into(),
             namespace: ns.into(),

@@ -564,9 +564,24 @@ impl Client {
         name: &str,
         precondition: Option<u64>,
     ) -> Result<DynObject, ClientError> {
+        self.delete_with_grace(kind, namespace, name, precondition, None)
+            .await
+    }
+
+    /// [`Client::delete`] with a grace period for pods (Kubernetes' gracePeriodSeconds):
+    /// None: the pod's own; 0: removed at once (a force delete) instead of marked terminating.
+    pub async fn delete_with_grace(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        precondition: Option<u64>,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<DynObject, ClientError> {
         let req = pb::DeleteRequest {
             key: Some(key(kind, namespace, name)),
             resource_version: precondition.unwrap_or(0),
+            grace_period_seconds,
         };
         let resp = self
             .call(Op::Write, |mut api| {
@@ -864,6 +879,7 @@ fn batch_request(ops: Vec<BatchOp>, atomic: bool, dry_run: bool) -> pb::BatchReq
                 } => PbOp::Delete(pb::DeleteRequest {
                     key: Some(key(kind, &namespace, &name)),
                     resource_version: precondition.unwrap_or(0),
+                    grace_period_seconds: None,
                 }),
             }),
         })

@@ -6,6 +6,12 @@
 //! host port the agent published for the container port the Service's targetPort names (by
 //! number or by port name). Pods with the same resolved ports share a subset; ready pods go to
 //! `addresses`, the others to `notReadyAddresses`.
+//!
+//! A terminating pod (deletionTimestamp set) is left out at once, so that proxies stop sending
+//! it new connections before its node stops it (drain before stop). Only when the Service has
+//! no ready endpoint otherwise are terminating pods that still pass readiness kept as ready
+//! addresses (Kubernetes' "serving and terminating" fallback), so the last replicas keep
+//! serving until their replacements are ready.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +109,9 @@ pub fn selects(svc: &Service, pod: &Pod) -> bool {
 
 type PortKey = Vec<(String, i32, Option<String>)>;
 
+/// The annotation with the time of the change an Endpoints write reflects.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// The Endpoints object for `svc` (same name and namespace, owned by the Service), or `None`
 /// for a Service without a selector (its Endpoints are managed by hand).
 pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
@@ -111,10 +120,8 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
     }
     let mut subsets: BTreeMap<PortKey, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
+    let mut serving_terminating: Vec<(PortKey, EndpointAddress)> = Vec::new();
     for pod in pods.iter().filter(|p| selects(svc, p)) {
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
         let Some(st) = pod.status.as_ref() else {
             continue;
         };
@@ -152,11 +159,22 @@ pub fn plan(svc: &Service, pods: &[Pod]) -> Option<Endpoints> {
                 uid: pod.metadata.uid.clone(),
             }),
         };
+        if pod.metadata.deletion_timestamp.is_some() {
+            if pod.is_ready() {
+                serving_terminating.push((ports, addr));
+            }
+            continue;
+        }
         let entry = subsets.entry(ports).or_default();
         if pod.is_ready() {
             entry.0.push(addr);
         } else {
             entry.1.push(addr);
+        }
+    }
+    if subsets.values().all(|(ready, _)| ready.is_empty()) {
+        for (ports, addr) in serving_terminating {
+            subsets.entry(ports).or_default().0.push(addr);
         }
     }
     let key = |a: &EndpointAddress| {
@@ -388,9 +406,54 @@ mod tests {
                 .ready()
                 .deleting(berth_testkit::builders::at(1))
                 .build(),
+            PodBuilder::new("stays")
+                .label("app", "web")
+                .host_ip("h")
+                .published("", 8080, 3)
+                .ready()
+                .build(),
         ];
-        assert!(plan(&svc, &pods).expect("endpoints").subsets.is_empty());
+        let e = plan(&svc, &pods).expect("endpoints");
+        let listed: Vec<&str> = e
+            .subsets
+            .iter()
+            .flat_map(|s| s.addresses.iter().chain(&s.not_ready_addresses))
+            .filter_map(|a| a.target_ref.as_ref().map(|r| r.name.as_str()))
+            .collect();
+        assert_eq!(listed, vec!["stays"]);
         let no_selector = ServiceBuilder::new("ext").selector(&[]).build();
         assert!(plan(&no_selector, &pods).is_none());
+    }
+
+    #[test]
+    fn terminating_pods_still_ready_serve_only_when_nothing_else_is_ready() {
+        let svc = ServiceBuilder::new("web").port("", 80, 8080).build();
+        let bye = |name: &str, port, ready| {
+            let b = PodBuilder::new(name)
+                .label("app", "web")
+                .host_ip("h")
+                .published("", 8080, port)
+                .deleting(berth_testkit::builders::at(1));
+            if ready { b.ready() } else { b.not_ready() }.build()
+        };
+        let starting = PodBuilder::new("new")
+            .label("app", "web")
+            .host_ip("h")
+            .published("", 8080, 9)
+            .not_ready()
+            .build();
+        let pods = vec![bye("old", 1, true), bye("dead", 2, false), starting];
+        let e = plan(&svc, &pods).expect("endpoints");
+        let ready: Vec<&str> = e
+            .subsets
+            .iter()
+            .flat_map(|s| &s.addresses)
+            .filter_map(|a| a.target_ref.as_ref().map(|r| r.name.as_str()))
+            .collect();
+        assert_eq!(
+            ready,
+            vec!["old"],
+            "the serving terminating pod is the fallback"
+        );
     }
 }

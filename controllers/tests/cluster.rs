@@ -91,8 +91,12 @@ impl Env {
         Ok(())
     }
 
+    /// The pods not being deleted (terminating ones count toward no replica count; the hollow
+    /// nodes finish their deletion a poll later).
     async fn pods(&self) -> Result<Vec<Pod>> {
-        Ok(self.client.list::<Pod>(Some("default"), "").await?.0)
+        let mut pods = self.client.list::<Pod>(Some("default"), "").await?.0;
+        pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+        Ok(pods)
     }
 
     async fn deployment(&self, name: &str) -> Result<Deployment> {

@@ -4,6 +4,7 @@
 //! one host (Ctrl-C and resume); [`proof`] checks linearizability, watch guarantees and crash
 //! safety of the store under injected faults.
 
+mod autorevert;
 mod control_plane;
 mod dev;
 mod harness_selftest;

@@ -603,6 +603,7 @@ fn a_nodes_certificate_reads_pods_but_may_not_create_deployments_or_touch_other_
         expect_denied("listing Deployments", r, &identity_c, &[]);
         let r = client
             .delete(pb::DeleteRequest {
+                grace_period_seconds: None,
                 key: Some(ObjectKey {
                     kind: "Pod".into(),
                     namespace: ns_c.clone(),

@@ -569,6 +569,74 @@ pub fn endpoints_string(e: &Endpoints) -> String {
     }
 }
 
+/// How far each Ready node's proxy is with `e`: (node, programmed revision, lag). The lag is
+/// None when the node has programmed `e` (its revision is at least `e`'s resourceVersion),
+/// else the time since the change that triggered `e` (its last-change-trigger-time, or its
+/// write when unknown). Nodes without a proxy report are left out.
+pub fn endpoints_programmed(
+    e: &Endpoints,
+    nodes: &[Node],
+    now: DateTime<Utc>,
+) -> Vec<(String, u64, Option<chrono::Duration>)> {
+    let since = e
+        .metadata
+        .annotations
+        .get("endpoints.kubernetes.io/last-change-trigger-time")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let mut out: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.is_ready())
+        .filter_map(|n| {
+            let p = n.status.as_ref()?.proxy.as_ref()?;
+            let lag = (p.programmed_revision < e.metadata.resource_version).then(|| {
+                since
+                    .map(|t| now - t)
+                    .unwrap_or_else(chrono::Duration::zero)
+            });
+            Some((n.metadata.name.clone(), p.programmed_revision, lag))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// `berth get endpoints -o wide`'s PROGRAMMED column: `3/3` when every proxy has the
+/// Endpoints, else `2/3 (node-b +1.2s)` naming the laggards and how long they lag.
+pub fn programmed_string(e: &Endpoints, nodes: &[Node], now: DateTime<Utc>) -> String {
+    let per = endpoints_programmed(e, nodes, now);
+    if per.is_empty() {
+        return "<none>".into();
+    }
+    let done = per.iter().filter(|p| p.2.is_none()).count();
+    let behind: Vec<String> = per
+        .iter()
+        .filter_map(|(n, _, lag)| {
+            lag.map(|l| format!("{n} +{:.1}s", l.num_milliseconds().max(0) as f64 / 1000.0))
+        })
+        .collect();
+    if behind.is_empty() {
+        format!("{done}/{}", per.len())
+    } else {
+        format!("{done}/{} ({})", per.len(), behind.join(", "))
+    }
+}
+
+/// The endpoints table with the REVISION and PROGRAMMED columns of `-o wide`.
+pub fn endpoints_table_wide(items: &[Endpoints], nodes: &[Node], now: DateTime<Utc>) -> Table {
+    let mut t = Table::new(&["NAME", "ENDPOINTS", "AGE", "REVISION", "PROGRAMMED"]);
+    for e in items {
+        t.rows.push(vec![
+            e.metadata.name.clone(),
+            endpoints_string(e),
+            age(e.metadata.creation_timestamp.as_ref(), now),
+            e.metadata.resource_version.to_string(),
+            programmed_string(e, nodes, now),
+        ]);
+    }
+    t
+}
+
 pub fn endpoints_table(items: &[Endpoints], now: DateTime<Utc>) -> Table {
     let mut t = Table::new(&["NAME", "ENDPOINTS", "AGE"]);
     for e in items {
@@ -1496,6 +1564,35 @@ web    NodePort   <none>       <none>        80:30080/TCP,53/UDP   10s
         };
         assert_eq!(endpoints_string(&e), "a:80,b:80,c:80 + 1 more...");
         assert_eq!(endpoints_string(&Endpoints::default()), "<none>");
+    }
+
+    #[test]
+    fn programmed_column_counts_nodes_and_names_laggards_with_their_lag() {
+        let now = t0();
+        let node = |name: &str, rev: u64| {
+            let mut n = Node::default();
+            n.metadata.name = name.into();
+            n.status = Some(NodeStatus {
+                conditions: vec![Condition::new("Ready", true, "", "", now)],
+                proxy: Some(NodeProxyStatus {
+                    mode: "userspace".into(),
+                    programmed_revision: rev,
+                    programmed_time: None,
+                }),
+                ..Default::default()
+            });
+            n
+        };
+        let mut e = Endpoints::default();
+        e.metadata.resource_version = 50;
+        e.metadata.annotations.insert(
+            "endpoints.kubernetes.io/last-change-trigger-time".into(),
+            (now - chrono::Duration::milliseconds(1200)).to_rfc3339(),
+        );
+        let nodes = [node("a", 50), node("b", 49), node("c", 70)];
+        assert_eq!(programmed_string(&e, &nodes, now), "2/3 (b +1.2s)");
+        assert_eq!(programmed_string(&e, &nodes[..1], now), "1/1");
+        assert_eq!(programmed_string(&e, &[], now), "<none>");
     }
 
     #[test]

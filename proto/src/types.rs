@@ -115,6 +115,10 @@ pub struct ObjectMeta {
     pub creation_timestamp: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<Time>,
+    /// Seconds the object was given to stop when it was deleted (pods: set with
+    /// deletionTimestamp, which is then the time by which the pod is to be gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owner_references: Vec<OwnerReference>,
     /// Which field manager owns which fields (server-side apply), as Kubernetes records it.
@@ -984,6 +988,11 @@ pub struct BlueGreenStatus {
     /// changes again).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub aborted_selector: String,
+    /// When every Ready node's proxy had programmed the last switch (promotion, undo or
+    /// abort), or the switch barrier timed out; unset while the switch is still propagating.
+    /// The old side's scale-down delay runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_confirmed_at: Option<Time>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1297,6 +1306,25 @@ pub struct NodeStatus {
     pub images: Vec<ContainerImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
+    /// What this node's Service proxy has programmed (absent: the node runs no proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<NodeProxyStatus>,
+}
+
+/// A node's Service proxy, as reported by its agent (batched, not one write per change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeProxyStatus {
+    /// `userspace` or `nftables`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+    /// Every Endpoints change up to this store revision is programmed in the datapath: an
+    /// Endpoints object whose resourceVersion is at most this is what the node serves.
+    #[serde(default, with = "rv_string")]
+    pub programmed_revision: u64,
+    /// When that revision was programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programmed_time: Option<Time>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,26 @@ pub struct DeleteArgs {
     /// Succeed even if an object does not exist.
     #[arg(long)]
     pub ignore_not_found: bool,
+    /// Seconds a pod gets to stop (kubectl's flag); -1: the pod's own
+    /// terminationGracePeriodSeconds. 0 counts as 1 unless --force.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub grace_period: i64,
+    /// With --grace-period 0 (the default with --force): remove pods from the API at once,
+    /// without waiting for their node to drain and stop them (they may keep running there).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl DeleteArgs {
+    /// The grace period to send, as kubectl computes it.
+    fn grace(&self) -> Option<i64> {
+        match (self.grace_period, self.force) {
+            (g, true) if g <= 0 => Some(0),
+            (0, false) => Some(1),
+            (g, _) if g < 0 => None,
+            (g, _) => Some(g),
+        }
+    }
 }
 
 /// kubectl's confirmation line: `deployment.apps "web" deleted`.
@@ -95,9 +115,19 @@ pub async fn run(ctx: &Ctx, a: DeleteArgs, io: &mut Io<'_>) -> anyhow::Result<()
         }
     };
     let client = ctx.client()?;
+    if a.grace() == Some(0) {
+        writeln!(
+            io.err,
+            "Warning: Immediate deletion does not wait for confirmation that the running resource \
+             has been terminated. The resource may continue to run on the cluster indefinitely."
+        )?;
+    }
     let mut failed = 0;
     for (kind, ns, name) in &targets {
-        match client.delete(*kind, ns, name, None).await {
+        match client
+            .delete_with_grace(*kind, ns, name, None, a.grace())
+            .await
+        {
             Ok(_) => writeln!(io.out, "{}", deleted_line(*kind, name))?,
             Err(ClientError::NotFound(_)) if a.ignore_not_found => {}
             Err(ClientError::NotFound(_)) => {

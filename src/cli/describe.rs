@@ -32,6 +32,8 @@ pub struct Related {
     pub replicasets: Vec<ReplicaSet>,
     /// Node: pods bound to it.
     pub pods: Vec<Pod>,
+    /// Endpoints: the nodes, for what each node's proxy has programmed.
+    pub nodes: Vec<Node>,
 }
 
 fn kv(out: &mut String, key: &str, value: impl std::fmt::Display) {
@@ -566,6 +568,24 @@ fn describe_endpoints(out: &mut String, e: &Endpoints, rel: &Related, now: DateT
             );
         }
     }
+    kv(out, "Revision", e.metadata.resource_version);
+    let per = table::endpoints_programmed(e, &rel.nodes, now);
+    if per.is_empty() {
+        kv(out, "Programmed", "<no node reports its proxy>");
+    } else {
+        out.push_str(
+            "Programmed:
+  NODE                PROGRAMMED REVISION  LAG
+",
+        );
+        for (node, rev, lag) in per {
+            let lag = match lag {
+                None => "in sync".to_string(),
+                Some(l) => format!("{:.1}s behind", l.num_milliseconds().max(0) as f64 / 1000.0),
+            };
+            let _ = writeln!(out, "  {node:<20}{rev:<21}{lag}");
+        }
+    }
     events_section(out, &rel.events, now);
 }
 
@@ -935,6 +955,7 @@ async fn related(client: &Client, obj: &DynObject) -> anyhow::Result<Related> {
             .collect();
     }
     match obj.kind {
+        Kind::Endpoints => rel.nodes = client.list::<Node>(None, "").await?.0,
         Kind::Service => match client.get::<Endpoints>(ns, obj.name()).await {
             Ok(e) => rel.endpoints = Some(e),
             Err(ClientError::NotFound(_)) => {}

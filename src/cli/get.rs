@@ -258,7 +258,20 @@ pub async fn run(ctx: &Ctx, a: GetArgs, io: &mut Io<'_>) -> anyhow::Result<()> {
             }
         }
     }
-    if !objs.is_empty() {
+    if !objs.is_empty() && kind == Kind::Endpoints && a.output == Some(OutputFormat::Wide) {
+        // Per-node programming of each Endpoints (the traffic-switch barrier's view).
+        let (nodes, _) = client
+            .list::<berth_proto::types::Node>(None, "")
+            .await
+            .context("cannot list nodes")?;
+        let eps: Vec<berth_proto::types::Endpoints> = objs
+            .iter()
+            .map(|o| o.to_typed())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!("cannot show endpoints: {e}"))?;
+        let t = table::endpoints_table_wide(&eps, &nodes, chrono::Utc::now());
+        io.out.write_all(t.render().as_bytes())?;
+    } else if !objs.is_empty() {
         let single = names.len() == 1;
         io.out
             .write_all(render(kind, &objs, a.output, a.row_options(), single)?.as_bytes())?;

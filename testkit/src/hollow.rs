@@ -161,7 +161,25 @@ async fn ready_pods(
 ) -> Result<(), ClientError> {
     let (pods, _) = client.list::<Pod>(None, "").await?;
     for mut p in pods {
-        if p.spec.node_name != name || p.is_ready() || p.metadata.deletion_timestamp.is_some() {
+        if p.spec.node_name == name && p.metadata.deletion_timestamp.is_some() {
+            // A hollow pod has nothing to stop: finish its graceful deletion at once, as an
+            // agent does once the pod's containers are gone.
+            match client
+                .delete_with_grace(
+                    berth_proto::Kind::Pod,
+                    &p.metadata.namespace,
+                    &p.metadata.name,
+                    Some(p.metadata.resource_version),
+                    Some(0),
+                )
+                .await
+            {
+                Ok(_) | Err(ClientError::Conflict { .. }) | Err(ClientError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        if p.spec.node_name != name || p.is_ready() {
             continue;
         }
         let now = Utc::now();

@@ -55,6 +55,7 @@ mod conn;
 mod endpoints;
 mod listener;
 mod metrics;
+pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -73,6 +74,7 @@ use conn::ConnEnv;
 pub use endpoints::{cluster_ips, desired_services, service_backends};
 use metrics::ServiceCounters;
 pub use metrics::{proxy_families, render_prometheus, BackendMetrics, ServiceMetrics};
+pub use progress::{ProxyProgress, USERSPACE};
 
 /// Tunables of the proxy; `Default` gives production values.
 #[derive(Debug, Clone)]

@@ -479,17 +479,24 @@ impl KubeApi {
             }
         }
         let out = self
-            .delete_propagating(ctx, rp, opts.resource_version, dry_run, opts.propagation)
+            .delete_propagating(
+                ctx,
+                rp,
+                (opts.resource_version, opts.grace_period_seconds),
+                dry_run,
+                opts.propagation,
+            )
             .await?;
         Ok(json_response(StatusCode::OK, &out))
     }
 
-    /// Delete one object with its dependents as `propagation` says (see [`super::cascade`]).
+    /// Delete one object with its dependents as `propagation` says (see [`super::cascade`]);
+    /// `rv` is the resourceVersion precondition and the grace period (pods).
     async fn delete_propagating(
         &self,
         ctx: &Ctx,
         rp: &ResPath,
-        rv: u64,
+        rv: (u64, Option<i64>),
         dry_run: bool,
         propagation: Propagation,
     ) -> Result<Value, KubeError> {
@@ -520,7 +527,7 @@ impl KubeApi {
         &self,
         ctx: &Ctx,
         rp: &ResPath,
-        rv: u64,
+        (rv, grace_period_seconds): (u64, Option<i64>),
         dry_run: bool,
     ) -> Result<Value, KubeError> {
         let key = pb::ObjectKey {
@@ -533,6 +540,7 @@ impl KubeApi {
                 op: Some(pb::batch_op::Op::Delete(pb::DeleteRequest {
                     key: Some(key),
                     resource_version: rv,
+                    grace_period_seconds,
                 })),
             };
             let r = self
@@ -568,6 +576,7 @@ impl KubeApi {
                 pb::DeleteRequest {
                     key: Some(key),
                     resource_version: rv,
+                    grace_period_seconds,
                 },
             ))
             .await
@@ -593,7 +602,13 @@ impl KubeApi {
                 ..rp.clone()
             };
             match self
-                .delete_propagating(ctx, &one, 0, dry_run, opts.propagation)
+                .delete_propagating(
+                    ctx,
+                    &one,
+                    (0, opts.grace_period_seconds),
+                    dry_run,
+                    opts.propagation,
+                )
                 .await
             {
                 Ok(v) => deleted.push(v),
@@ -903,16 +918,27 @@ struct DeleteOptions {
     /// `dryRun: ["All"]` in the body (client-go sends it there, not in the query).
     dry_run: bool,
     propagation: Propagation,
+    /// `gracePeriodSeconds` (body or query): pods only; 0 with `--force` removes at once.
+    grace_period_seconds: Option<i64>,
 }
 
 impl DeleteOptions {
     fn parse(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, KubeError> {
         let query_policy = Propagation::parse(ctx.q("propagationPolicy"))?;
+        let query_grace = match ctx.q("gracePeriodSeconds") {
+            "" => None,
+            g => Some(g.parse::<i64>().map_err(|_| {
+                KubeError::bad_request(format!(
+                    "invalid gracePeriodSeconds {g:?}: want a whole number of seconds"
+                ))
+            })?),
+        };
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(DeleteOptions {
                 resource_version: 0,
                 uid: None,
                 dry_run: false,
+                grace_period_seconds: query_grace,
                 propagation: if ctx.flag("orphanDependents") {
                     Propagation::Orphan
                 } else {
@@ -961,11 +987,20 @@ impl DeleteOptions {
                 )))
             }
         };
+        let grace_period_seconds = match v.get("gracePeriodSeconds") {
+            None | Some(Value::Null) => query_grace,
+            Some(g) => Some(g.as_i64().ok_or_else(|| {
+                KubeError::bad_request(format!(
+                    "invalid gracePeriodSeconds {g}: want a whole number of seconds"
+                ))
+            })?),
+        };
         Ok(DeleteOptions {
             resource_version,
             uid,
             dry_run,
             propagation,
+            grace_period_seconds,
         })
     }
 }

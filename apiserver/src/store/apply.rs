@@ -173,7 +173,8 @@ impl<'a> Txn<'a> {
             Op::Delete {
                 key,
                 resource_version,
-            } => self.delete(key, resource_version),
+                grace_period_seconds,
+            } => self.delete(key, resource_version, grace_period_seconds),
         }
     }
 
@@ -235,6 +236,7 @@ impl<'a> Txn<'a> {
         meta.uid = uid.to_string();
         meta.creation_timestamp = Some(self.now);
         meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
         meta.generation = 1;
         meta.resource_version = 0;
         obj.set_meta(&meta);
@@ -414,7 +416,7 @@ impl<'a> Txn<'a> {
         })
     }
 
-    fn delete(&mut self, key: ObjectKey, resource_version: u64) -> OpResult {
+    fn delete(&mut self, key: ObjectKey, resource_version: u64, grace: Option<i64>) -> OpResult {
         let key = ObjectKey {
             namespace: normalize_namespace(key.kind, &key.namespace),
             ..key
@@ -426,6 +428,24 @@ impl<'a> Txn<'a> {
         if key.kind == Kind::Namespace {
             return self.delete_namespace(key, &existing);
         }
+        if key.kind == Kind::Pod {
+            match self.graceful_pod_delete(&existing, grace) {
+                PodDelete::Remove => {}
+                PodDelete::Keep => {
+                    return Ok(OpOutput {
+                        object: (*existing).clone(),
+                        outcome: None,
+                    })
+                }
+                PodDelete::Mark(v) => {
+                    let object = self.commit(key, v, Some(&existing), ChangeType::Modified)?;
+                    return Ok(OpOutput {
+                        object,
+                        outcome: None,
+                    });
+                }
+            }
+        }
         let object = self.commit(
             key,
             (*existing).clone(),
@@ -436,6 +456,43 @@ impl<'a> Txn<'a> {
             object,
             outcome: None,
         })
+    }
+
+    /// Graceful deletion of a Pod, as Kubernetes' pod strategy does it: a pod bound to a node
+    /// that exists, not finished, deleted with a grace period above 0 is only marked
+    /// (deletionTimestamp = now + grace, deletionGracePeriodSeconds = grace); its node drains
+    /// it out of every Service proxy, stops it within the grace period and then deletes it with
+    /// grace 0. A second delete may shorten the grace period, never lengthen it. Unbound or
+    /// finished pods, pods of a node that is gone and grace 0 are removed at once.
+    fn graceful_pod_delete(&self, existing: &Value, grace: Option<i64>) -> PodDelete {
+        let node = existing["spec"]["nodeName"].as_str().unwrap_or("");
+        let phase = existing["status"]["phase"].as_str().unwrap_or("");
+        if node.is_empty()
+            || matches!(phase, "Succeeded" | "Failed")
+            || self.get(&ObjectKey::new(Kind::Node, "", node)).is_none()
+        {
+            return PodDelete::Remove;
+        }
+        let grace = grace
+            .or_else(|| existing["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(DEFAULT_POD_GRACE_SECONDS)
+            .max(0);
+        if grace == 0 {
+            return PodDelete::Remove;
+        }
+        let until = self.now + chrono::Duration::seconds(grace);
+        let marked = existing["metadata"]["deletionTimestamp"].as_str();
+        if let Some(old) = marked.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+            if until >= old.with_timezone(&chrono::Utc) {
+                return PodDelete::Keep;
+            }
+        } else if marked.is_some() {
+            return PodDelete::Keep;
+        }
+        let mut v = existing.clone();
+        v["metadata"]["deletionTimestamp"] = serde_json::to_value(until).unwrap_or(Value::Null);
+        v["metadata"]["deletionGracePeriodSeconds"] = Value::from(grace);
+        PodDelete::Mark(v)
     }
 
     /// Secrets encryption's invariant, kept where it cannot race: a Secret's values are
@@ -828,6 +885,19 @@ impl<'a> Txn<'a> {
 }
 
 /// A Namespace's spec (its finalizers) belongs to the server: writes keep the stored one.
+/// What deleting a Pod does (see `Txn::graceful_pod_delete`).
+enum PodDelete {
+    /// Gone from the store now.
+    Remove,
+    /// Already terminating with an earlier deadline: unchanged.
+    Keep,
+    /// Marked terminating: this is the pod to store.
+    Mark(Value),
+}
+
+/// A pod's grace period when neither the delete nor its spec gives one (Kubernetes' 30 s).
+pub const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
+
 fn keep_namespace_spec(kind: Kind, new: &mut Value, existing: &Value) {
     if kind == Kind::Namespace {
         if let Some(n) = new.as_object_mut() {

@@ -57,10 +57,13 @@ pub enum Op {
         object: serde_json::Value,
         uid: String,
     },
-    /// `resource_version` 0 = unconditional.
+    /// `resource_version` 0 = unconditional. Pods bound to a node are deleted gracefully
+    /// (marked with metadata.deletionTimestamp) unless `grace_period_seconds` is 0.
     Delete {
         key: ObjectKey,
         resource_version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_period_seconds: Option<i64>,
     },
 }
 

@@ -341,6 +341,7 @@ fn delete_returns_the_object_and_honours_the_precondition() {
     let k = key(Kind::Pod, "", "a");
     let err = f
         .run(Op::Delete {
+            grace_period_seconds: None,
             key: k.clone(),
             resource_version: 7,
         })
@@ -355,6 +356,7 @@ fn delete_returns_the_object_and_honours_the_precondition() {
     ));
     let out = f
         .run(Op::Delete {
+            grace_period_seconds: None,
             key: k.clone(),
             resource_version: 1,
         })
@@ -365,6 +367,7 @@ fn delete_returns_the_object_and_honours_the_precondition() {
     assert!(matches!(f.store.get(&k), Err(StoreError::NotFound { .. })));
     assert!(matches!(
         f.run(Op::Delete {
+            grace_period_seconds: None,
             key: k,
             resource_version: 0
         }),
@@ -522,6 +525,7 @@ fn node_ports_are_allocated_uniquely_and_kept_across_updates() {
     assert!(matches!(err, StoreError::NodePortsExhausted { .. }));
     // Deleting a frees its ports.
     f.run(Op::Delete {
+        grace_period_seconds: None,
         key: key(Kind::Service, "", "a"),
         resource_version: 0,
     })
@@ -591,6 +595,7 @@ fn state_survives_reopen_from_sled() {
     f.create(pod("a", json!({"app": "web"}))).unwrap();
     f.create(pod("b", json!({}))).unwrap();
     f.run(Op::Delete {
+        grace_period_seconds: None,
         key: key(Kind::Pod, "", "b"),
         resource_version: 0,
     })
@@ -671,6 +676,7 @@ fn watch_sees_every_change_once_with_selector_transitions() {
     a3["metadata"]["labels"] = json!({"app": "web"});
     f.run(Op::Update { object: a3 }).unwrap();
     f.run(Op::Delete {
+        grace_period_seconds: None,
         key: key(Kind::Pod, "", "a"),
         resource_version: 0,
     })
@@ -800,7 +806,7 @@ mod properties {
                         }
                     }
                     Step::Delete { name: n } => {
-                        let _ = f.run(Op::Delete { key: key(Kind::Pod, "", &name(*n)), resource_version: 0 });
+                        let _ = f.run(Op::Delete { grace_period_seconds: None, key: key(Kind::Pod, "", &name(*n)), resource_version: 0 });
                     }
                 }
             }
@@ -1075,6 +1081,7 @@ fn cluster_ips_are_allocated_once_kept_immutable_and_freed_on_delete() {
     assert!(h["spec"]["ports"][0].get("nodePort").is_none(), "{h}");
     // Deleting a frees its address for the next Service.
     f.run(Op::Delete {
+        grace_period_seconds: None,
         key: key(Kind::Service, "default", "a"),
         resource_version: 0,
     })
@@ -1108,6 +1115,7 @@ fn nodes_get_a_pod_cidr_each_kept_across_re_registration_and_released_on_delete(
         "{err}"
     );
     f.run(Op::Delete {
+        grace_period_seconds: None,
         key: key(Kind::Node, "", "n1"),
         resource_version: 0,
     })
@@ -1184,8 +1192,8 @@ mod address_props {
                         object: json!({"kind": "Node", "metadata": {"name": format!("n{name}")}, "spec": {}}),
                         uid: format!("u{}", entries.len()),
                     },
-                    AddrStep::DeleteService { name } => Op::Delete { key: key(Kind::Service, "default", &format!("s{name}")), resource_version: 0 },
-                    AddrStep::DeleteNode { name } => Op::Delete { key: key(Kind::Node, "", &format!("n{name}")), resource_version: 0 },
+                    AddrStep::DeleteService { name } => Op::Delete { grace_period_seconds: None, key: key(Kind::Service, "default", &format!("s{name}")), resource_version: 0 },
+                    AddrStep::DeleteNode { name } => Op::Delete { grace_period_seconds: None, key: key(Kind::Node, "", &format!("n{name}")), resource_version: 0 },
                     AddrStep::Reopen => {
                         // A restart: the store reloads from sled and goes on.
                         a.store = Store::open(&a.db, StoreConfig::default()).unwrap();
@@ -1265,6 +1273,7 @@ fn deleting_a_namespace_terminates_it_refuses_new_content_and_removes_it_once_em
     f.create(in_ns(pod("a", json!({})), "team-a")).unwrap();
     let del = |f: &mut Fixture, kind, ns: &str, name: &str| {
         f.run(Op::Delete {
+            grace_period_seconds: None,
             key: ObjectKey::new(kind, ns, name),
             resource_version: 0,
         })
@@ -1312,6 +1321,7 @@ fn system_namespaces_cannot_be_deleted_and_writes_keep_a_namespace_spec() {
         f.create(namespace(name)).unwrap();
         let err = f
             .run(Op::Delete {
+                grace_period_seconds: None,
                 key: ObjectKey::new(Kind::Namespace, "", name),
                 resource_version: 0,
             })
@@ -1364,4 +1374,88 @@ fn sealed_secrets_use_only_keyring_keys_and_the_keyring_keeps_keys_in_use() {
         .unwrap();
     f.apply_obj(sealed("s1", "key2")).unwrap();
     f.apply_obj(ring(json!({"key2": "eA=="}))).unwrap();
+}
+
+fn bound_pod(name: &str, node: &str, grace: Option<i64>) -> Value {
+    let mut p = pod(name, json!({}));
+    p["metadata"]["namespace"] = json!("default");
+    p["spec"]["nodeName"] = json!(node);
+    if let Some(g) = grace {
+        p["spec"]["terminationGracePeriodSeconds"] = json!(g);
+    }
+    p
+}
+
+fn delete_pod(f: &mut Fixture, name: &str, grace: Option<i64>) -> OpResult {
+    f.run(Op::Delete {
+        key: key(Kind::Pod, "default", name),
+        resource_version: 0,
+        grace_period_seconds: grace,
+    })
+}
+
+#[test]
+fn deleting_a_bound_pod_marks_it_terminating_with_its_grace_period() {
+    let mut f = fixture();
+    f.create(json!({"kind": "Node", "metadata": {"name": "n1"}}))
+        .unwrap();
+    f.create(bound_pod("web", "n1", Some(20))).unwrap();
+    let out = delete_pod(&mut f, "web", None).unwrap().object;
+    let want = (now() + chrono::Duration::seconds(20))
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let got: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(out["metadata"]["deletionTimestamp"].clone()).unwrap();
+    assert_eq!(
+        got.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        want
+    );
+    assert_eq!(out["metadata"]["deletionGracePeriodSeconds"], 20);
+    let k = key(Kind::Pod, "default", "web");
+    assert!(
+        f.store.get(&k).is_ok(),
+        "still stored until its node finishes it"
+    );
+    // A second delete with the same or a longer grace period changes nothing.
+    let before = rv(&f.store.get(&k).unwrap());
+    delete_pod(&mut f, "web", Some(60)).unwrap();
+    assert_eq!(rv(&f.store.get(&k).unwrap()), before);
+    // A shorter one shortens it; grace 0 removes it (the node's final delete, or --force).
+    let out = delete_pod(&mut f, "web", Some(5)).unwrap().object;
+    assert_eq!(out["metadata"]["deletionGracePeriodSeconds"], 5);
+    delete_pod(&mut f, "web", Some(0)).unwrap();
+    assert!(matches!(f.store.get(&k), Err(StoreError::NotFound { .. })));
+}
+
+#[test]
+fn unbound_finished_and_orphaned_pods_are_deleted_at_once() {
+    let mut f = fixture();
+    f.create(json!({"kind": "Node", "metadata": {"name": "n1"}}))
+        .unwrap();
+    let mut unbound = bound_pod("unbound", "", None);
+    unbound["spec"].as_object_mut().unwrap().remove("nodeName");
+    f.create(unbound).unwrap();
+    f.create(bound_pod("lost", "gone-node", None)).unwrap();
+    f.create(bound_pod("done", "n1", None)).unwrap();
+    let mut done = f
+        .store
+        .get(&key(Kind::Pod, "default", "done"))
+        .unwrap()
+        .as_ref()
+        .clone();
+    done["status"] = json!({"phase": "Succeeded"});
+    f.run(Op::UpdateStatus {
+        object: done,
+        bound_node: None,
+    })
+    .unwrap();
+    for name in ["unbound", "lost", "done"] {
+        delete_pod(&mut f, name, None).unwrap();
+        assert!(
+            matches!(
+                f.store.get(&key(Kind::Pod, "default", name)),
+                Err(StoreError::NotFound { .. })
+            ),
+            "{name} is removed at once"
+        );
+    }
 }

@@ -7,6 +7,13 @@
 //! undo (the template set back to blue's) switches back at once. Abort (`berth.io/abort`, or
 //! green not ready within progressDeadlineSeconds) drops green and leaves traffic on blue.
 //!
+//! The traffic-switch barrier: a switch (promotion, undo, abort) is complete only once every
+//! Ready node's proxy has programmed the Service's Endpoints as switched ([`Switch`], from the
+//! shell: the Endpoints list only the new side's pods, and every node's
+//! `status.proxy.programmedRevision` reached their resourceVersion), or the barrier timed out
+//! (the laggards are named in an event). Only then does the old side's scale-down delay start
+//! (an aborted green's scale-down, for abort), so no proxy still sends to a side being removed.
+//!
 //! The state lives in `status.blueGreen` (phase, selectors, times): [`State::decode`] reads it,
 //! [`step`] moves it, [`State::encode`] writes it back. [`plan`] derives ReplicaSet sizes and
 //! Service pointers from the new state.
@@ -19,6 +26,17 @@ use berth_proto::BlueGreenPhase;
 use super::{desired_replicas, Action, ABORT_ANNOTATION, PROMOTE_ANNOTATION};
 
 pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i64 = 30;
+
+/// How long a switch waits for every node's proxy before the rollout goes on anyway.
+pub const DEFAULT_SWITCH_BARRIER_TIMEOUT_SECONDS: i64 = 30;
+
+/// Has a Service's switch to a revision reached every node's proxy?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switch {
+    Confirmed,
+    /// Not yet: why (the Endpoints still list other pods, or which nodes lag).
+    Pending(String),
+}
 
 /// Where a blue-green rollout stands. Hashes are pod-template hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,14 +58,24 @@ pub enum State {
         since: Time,
     },
     /// Traffic is on `active`; `previous` is kept at size until `scale_down_at` for undo.
+    /// `switched` is when every proxy had the switch (None: the barrier is still waiting; the
+    /// scale-down delay has not started).
     Promoting {
         active: String,
         previous: String,
         promoted_at: Time,
-        scale_down_at: Time,
+        switched: Option<Time>,
+        scale_down_at: Option<Time>,
     },
     /// Green (`aborted`) was dropped; traffic stays on `active` until the template changes.
-    Degraded { active: String, aborted: String },
+    /// Green keeps its pods until the preview Service's switch back to `active` reached every
+    /// proxy (`switched`), or the barrier timed out (from `since`).
+    Degraded {
+        active: String,
+        aborted: String,
+        since: Time,
+        switched: Option<Time>,
+    },
 }
 
 /// What [`step`] needs to know besides the state.
@@ -63,7 +91,17 @@ pub struct Inputs<'a> {
     pub auto_promotion_seconds: i64,
     pub scale_down_delay_seconds: i64,
     pub progress_deadline_seconds: i64,
+    /// The traffic-switch barrier of the active Service for a revision.
+    pub active_switch: &'a dyn Fn(&str) -> Switch,
+    /// The same for the preview Service (Confirmed when there is none).
+    pub preview_switch: &'a dyn Fn(&str) -> Switch,
+    pub barrier_timeout_seconds: i64,
     pub now: Time,
+}
+
+/// A switch that is always confirmed (no proxy reports: the barrier has nothing to wait for).
+pub fn always_switched(_: &str) -> Switch {
+    Switch::Confirmed
 }
 
 /// Side effects of a transition besides the new state.
@@ -101,11 +139,91 @@ fn promote(active: &str, green: &str, inp: &Inputs<'_>, fx: &mut Vec<Effect>) ->
         "Promoted",
         format!("active service switched from revision {active} to {green}"),
     ));
+    settle_promotion(green, active, inp.now, inp, fx)
+}
+
+/// Promoting with the barrier checked: once every proxy has `active`, the delay for
+/// `previous` starts (with no delay, straight to Healthy).
+fn settle_promotion(
+    active: &str,
+    previous: &str,
+    promoted_at: Time,
+    inp: &Inputs<'_>,
+    fx: &mut Vec<Effect>,
+) -> State {
+    let waited = (inp.now - promoted_at).num_milliseconds().max(0);
+    match (inp.active_switch)(active) {
+        Switch::Confirmed => fx.push(event(
+            "Normal",
+            "TrafficSwitched",
+            format!(
+                "every node's proxy serves revision {active} ({waited} ms after the switch); \
+                 revision {previous} scales down in {}s",
+                inp.scale_down_delay_seconds
+            ),
+        )),
+        Switch::Pending(_) if inp.now - promoted_at < secs(inp.barrier_timeout_seconds) => {
+            return State::Promoting {
+                active: active.into(),
+                previous: previous.into(),
+                promoted_at,
+                switched: None,
+                scale_down_at: None,
+            };
+        }
+        Switch::Pending(why) => fx.push(event(
+            "Warning",
+            "SwitchBarrierTimeout",
+            format!(
+                "not every node's proxy confirmed revision {active} within {}s ({why}); \
+                 revision {previous} scales down in {}s anyway",
+                inp.barrier_timeout_seconds, inp.scale_down_delay_seconds
+            ),
+        )),
+    }
+    if inp.scale_down_delay_seconds <= 0 {
+        return State::Healthy {
+            active: active.into(),
+        };
+    }
     State::Promoting {
-        active: green.to_string(),
-        previous: active.to_string(),
-        promoted_at: inp.now,
-        scale_down_at: inp.now + secs(inp.scale_down_delay_seconds),
+        active: active.into(),
+        previous: previous.into(),
+        promoted_at,
+        switched: Some(inp.now),
+        scale_down_at: Some(inp.now + secs(inp.scale_down_delay_seconds)),
+    }
+}
+
+/// Degraded with the barrier checked for the preview Service's switch back to `active`.
+fn settle_abort(
+    active: &str,
+    aborted: &str,
+    since: Time,
+    inp: &Inputs<'_>,
+    fx: &mut Vec<Effect>,
+) -> State {
+    let switched = match (inp.preview_switch)(active) {
+        Switch::Confirmed => Some(inp.now),
+        Switch::Pending(_) if inp.now - since < secs(inp.barrier_timeout_seconds) => None,
+        Switch::Pending(why) => {
+            fx.push(event(
+                "Warning",
+                "SwitchBarrierTimeout",
+                format!(
+                    "not every node's proxy confirmed the preview switch back to revision \
+                     {active} within {}s ({why}); revision {aborted} scales down anyway",
+                    inp.barrier_timeout_seconds
+                ),
+            ));
+            Some(inp.now)
+        }
+    };
+    State::Degraded {
+        active: active.into(),
+        aborted: aborted.into(),
+        since,
+        switched,
     }
 }
 
@@ -124,10 +242,7 @@ fn with_green(
             "RolloutAborted",
             format!("rollout of revision {green} aborted by user; traffic stays on {active}"),
         ));
-        return State::Degraded {
-            active: active.into(),
-            aborted: green.into(),
-        };
+        return settle_abort(active, green, inp.now, inp, fx);
     }
     if !(inp.ready)(green) {
         if (inp.now - since) > secs(inp.progress_deadline_seconds) {
@@ -139,10 +254,7 @@ fn with_green(
                     inp.progress_deadline_seconds
                 ),
             ));
-            return State::Degraded {
-                active: active.into(),
-                aborted: green.into(),
-            };
+            return settle_abort(active, green, inp.now, inp, fx);
         }
         return State::Progressing {
             active: active.into(),
@@ -224,41 +336,48 @@ pub fn step(state: &State, inp: &Inputs<'_>) -> (State, Vec<Effect>) {
             active,
             previous,
             promoted_at,
+            switched,
             scale_down_at,
         } => {
             if inp.current == previous.as_str() && (inp.ready)(previous) {
-                // Undo within the delay: blue is still at full size, switch straight back.
+                // Undo within the delay: blue is still at full size (no pod is created),
+                // switch straight back; the barrier runs again for the switch back.
                 fx.push(event(
                     "Normal",
                     "RolledBack",
                     format!("active service switched back from revision {active} to {previous}"),
                 ));
-                State::Promoting {
-                    active: previous.clone(),
-                    previous: active.clone(),
-                    promoted_at: inp.now,
-                    scale_down_at: inp.now + secs(inp.scale_down_delay_seconds),
-                }
+                settle_promotion(previous, active, inp.now, inp, &mut fx)
             } else if inp.current != active.as_str() {
                 retarget(active, inp, &mut fx)
-            } else if inp.now >= *scale_down_at {
-                State::Healthy {
-                    active: active.clone(),
-                }
             } else {
-                State::Promoting {
-                    active: active.clone(),
-                    previous: previous.clone(),
-                    promoted_at: *promoted_at,
-                    scale_down_at: *scale_down_at,
+                match scale_down_at {
+                    None => settle_promotion(active, previous, *promoted_at, inp, &mut fx),
+                    Some(t) if inp.now >= *t => State::Healthy {
+                        active: active.clone(),
+                    },
+                    Some(_) => State::Promoting {
+                        active: active.clone(),
+                        previous: previous.clone(),
+                        promoted_at: *promoted_at,
+                        switched: *switched,
+                        scale_down_at: *scale_down_at,
+                    },
                 }
             }
         }
-        State::Degraded { active, aborted } => {
-            if inp.current == aborted.as_str() {
-                state.clone()
-            } else {
+        State::Degraded {
+            active,
+            aborted,
+            since,
+            switched,
+        } => {
+            if inp.current != aborted.as_str() {
                 retarget(active, inp, &mut fx)
+            } else if switched.is_none() {
+                settle_abort(active, aborted, *since, inp, &mut fx)
+            } else {
+                state.clone()
             }
         }
     };
@@ -299,16 +418,23 @@ impl State {
                 since,
             },
             Some(BlueGreenPhase::Promoting) if !bg.previous_active_selector.is_empty() => {
+                let promoted_at = bg.promoted_at.unwrap_or(now);
                 State::Promoting {
                     active,
                     previous: bg.previous_active_selector.clone(),
-                    promoted_at: bg.promoted_at.unwrap_or(now),
-                    scale_down_at: bg.scale_down_at.unwrap_or(now),
+                    promoted_at,
+                    // Written before the barrier existed: the delay was already running.
+                    switched: bg
+                        .switch_confirmed_at
+                        .or(bg.scale_down_at.map(|_| promoted_at)),
+                    scale_down_at: bg.scale_down_at,
                 }
             }
             Some(BlueGreenPhase::Degraded) if !bg.aborted_selector.is_empty() => State::Degraded {
                 active,
                 aborted: bg.aborted_selector.clone(),
+                since,
+                switched: bg.switch_confirmed_at,
             },
             _ => State::Healthy { active },
         }
@@ -353,6 +479,7 @@ impl State {
                 active,
                 previous,
                 promoted_at,
+                switched,
                 scale_down_at,
             } => {
                 bg.active_selector = active.clone();
@@ -360,13 +487,21 @@ impl State {
                 bg.previous_active_selector = previous.clone();
                 bg.phase = BlueGreenPhase::Promoting.into();
                 bg.promoted_at = Some(*promoted_at);
-                bg.scale_down_at = Some(*scale_down_at);
+                bg.switch_confirmed_at = *switched;
+                bg.scale_down_at = *scale_down_at;
             }
-            State::Degraded { active, aborted } => {
+            State::Degraded {
+                active,
+                aborted,
+                since,
+                switched,
+            } => {
                 bg.active_selector = active.clone();
                 bg.preview_selector = active.clone();
                 bg.aborted_selector = aborted.clone();
                 bg.phase = BlueGreenPhase::Degraded.into();
+                bg.phase_since = Some(*since);
+                bg.switch_confirmed_at = *switched;
             }
         }
         if bg.phase_since.is_none() {
@@ -418,8 +553,21 @@ fn annotation_set(d: &Deployment, key: &str) -> bool {
         .is_some_and(|v| v != "false" && !v.is_empty())
 }
 
-/// Step the state machine and size the ReplicaSets (`sets` includes the current revision).
+/// Step the state machine and size the ReplicaSets (`sets` includes the current revision),
+/// with no traffic-switch barrier (every switch counts as confirmed at once).
 pub fn plan(d: &Deployment, current: &str, sets: &mut [SetView<'_>], now: Time) -> Out {
+    plan_with(d, current, sets, &always_switched, &always_switched, now)
+}
+
+/// [`plan`] with the traffic-switch barrier of the active and preview Services.
+pub fn plan_with(
+    d: &Deployment,
+    current: &str,
+    sets: &mut [SetView<'_>],
+    active_switch: &dyn Fn(&str) -> Switch,
+    preview_switch: &dyn Fn(&str) -> Switch,
+    now: Time,
+) -> Out {
     let replicas = desired_replicas(d);
     let cfg = d
         .spec
@@ -452,6 +600,9 @@ pub fn plan(d: &Deployment, current: &str, sets: &mut [SetView<'_>], now: Time) 
             .progress_deadline_seconds
             .map(i64::from)
             .unwrap_or(super::DEFAULT_PROGRESS_DEADLINE_SECONDS),
+        active_switch,
+        preview_switch,
+        barrier_timeout_seconds: DEFAULT_SWITCH_BARRIER_TIMEOUT_SECONDS,
         now,
     };
     let old_bg = d.status.as_ref().and_then(|s| s.blue_green.as_ref());
@@ -465,6 +616,10 @@ pub fn plan(d: &Deployment, current: &str, sets: &mut [SetView<'_>], now: Time) 
             State::Healthy { active } | State::Degraded { active, .. } => {
                 if s.hash == active {
                     replicas
+                } else if matches!(&next, State::Degraded { aborted, switched: None, .. } if s.hash == aborted)
+                {
+                    // Aborted green keeps its pods until no proxy sends preview traffic to it.
+                    *s.replicas
                 } else {
                     0
                 }
@@ -523,7 +678,22 @@ pub fn plan(d: &Deployment, current: &str, sets: &mut [SetView<'_>], now: Time) 
     }
 
     let requeue_after = match &next {
-        State::Promoting { scale_down_at, .. } => Some(until(*scale_down_at, now)),
+        State::Promoting {
+            scale_down_at: Some(t),
+            ..
+        } => Some(until(*t, now)),
+        State::Promoting { promoted_at, .. } => Some(until(
+            (*promoted_at + secs(inp.barrier_timeout_seconds)).min(now + secs(1)),
+            now,
+        )),
+        State::Degraded {
+            since,
+            switched: None,
+            ..
+        } => Some(until(
+            (*since + secs(inp.barrier_timeout_seconds)).min(now + secs(1)),
+            now,
+        )),
         State::Paused { since, .. } if inp.auto_promotion_enabled => {
             Some(until(*since + secs(inp.auto_promotion_seconds), now))
         }

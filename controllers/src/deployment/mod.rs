@@ -307,14 +307,46 @@ impl Rs {
 }
 
 /// Plan one pass for `d` given the ReplicaSets it controls (without its pods: no early
-/// auto-revert detection, see [`plan_with_pods`]).
+/// auto-revert detection, see [`plan_with_pods`]; no traffic-switch barrier).
 pub fn plan(d: &Deployment, owned: &[ReplicaSet], now: Time) -> Plan {
     plan_with_pods(d, owned, &[], now)
 }
 
 /// Plan one pass for `d` given the ReplicaSets it controls and their pods (read only by
-/// [`autorevert`], to judge the new revision's pods).
+/// [`autorevert`], to judge the new revision's pods), with no traffic-switch barrier.
 pub fn plan_with_pods(d: &Deployment, owned: &[ReplicaSet], pods: &[Pod], now: Time) -> Plan {
+    plan_full(
+        d,
+        owned,
+        pods,
+        &bluegreen::always_switched,
+        &bluegreen::always_switched,
+        now,
+    )
+}
+
+/// [`plan`] with the blue-green traffic-switch barrier of the active and preview Services
+/// (see [`bluegreen::Switch`]).
+pub fn plan_with(
+    d: &Deployment,
+    owned: &[ReplicaSet],
+    active_switch: &dyn Fn(&str) -> bluegreen::Switch,
+    preview_switch: &dyn Fn(&str) -> bluegreen::Switch,
+    now: Time,
+) -> Plan {
+    plan_full(d, owned, &[], active_switch, preview_switch, now)
+}
+
+/// One pass for `d`: its ReplicaSets, their pods (for [`autorevert`]) and the blue-green
+/// traffic-switch barrier of the active and preview Services.
+pub fn plan_full(
+    d: &Deployment,
+    owned: &[ReplicaSet],
+    pods: &[Pod],
+    active_switch: &dyn Fn(&str) -> bluegreen::Switch,
+    preview_switch: &dyn Fn(&str) -> bluegreen::Switch,
+    now: Time,
+) -> Plan {
     let hash = template_hash(&d.spec.template);
     let replicas = desired_replicas(d);
     let mut actions = Vec::new();
@@ -395,7 +427,14 @@ pub fn plan_with_pods(d: &Deployment, owned: &[ReplicaSet], pods: &[Pod], now: T
         match strategy {
             StrategyType::Recreate => recreate(&mut sets, new_idx, replicas),
             StrategyType::BlueGreen => {
-                let out = bluegreen::plan(d, &hash, &mut sets_view(&mut sets), now);
+                let out = bluegreen::plan_with(
+                    d,
+                    &hash,
+                    &mut sets_view(&mut sets),
+                    active_switch,
+                    preview_switch,
+                    now,
+                );
                 actions.extend(out.actions);
                 requeue_after = out.requeue_after;
                 bg_status = Some(out.status);
@@ -717,6 +756,31 @@ fn compute_status(
                 true,
                 "RolloutPaused",
                 &format!("ReplicaSet \"{rs_name}\" is ready and awaits promotion."),
+                now,
+            ),
+        );
+    } else if bg_phase == Some(BlueGreenPhase::Promoting) {
+        // The new side serves; the old one waits for the barrier and its scale-down delay,
+        // which is not a lack of progress: no deadline runs.
+        let waiting = st
+            .blue_green
+            .as_ref()
+            .is_some_and(|b| b.switch_confirmed_at.is_none());
+        set_stable(
+            &mut st.conditions,
+            Condition::new(
+                "Progressing",
+                true,
+                if waiting {
+                    "TrafficSwitching"
+                } else {
+                    "ScaleDownDelay"
+                },
+                &if waiting {
+                    format!("ReplicaSet \"{rs_name}\" is active; waiting for every node's proxy to switch to it.")
+                } else {
+                    format!("ReplicaSet \"{rs_name}\" is active; the previous revision is kept for its scale-down delay.")
+                },
                 now,
             ),
         );

@@ -5,7 +5,7 @@ use berth_testkit::builders::at;
 use berth_testkit::DeploymentBuilder;
 use proptest::prelude::*;
 
-use super::bluegreen::{step, Effect, Inputs, State};
+use super::bluegreen::{always_switched, step, Effect, Inputs, State, Switch};
 use super::*;
 
 /// The cluster as the controller sees it: ReplicaSets with spec and observed counts.
@@ -540,6 +540,9 @@ fn blue_green_step_is_pure_and_stable_when_nothing_changes() {
         auto_promotion_seconds: 0,
         scale_down_delay_seconds: 30,
         progress_deadline_seconds: 600,
+        active_switch: &always_switched,
+        preview_switch: &always_switched,
+        barrier_timeout_seconds: 30,
         now: at(0),
     };
     let s = State::Healthy { active: "a".into() };
@@ -566,6 +569,9 @@ fn bg_inputs<'a>(current: &'a str, ready: &'a dyn Fn(&str) -> bool, now: Time) -
         auto_promotion_seconds: 0,
         scale_down_delay_seconds: 3,
         progress_deadline_seconds: 600,
+        active_switch: &always_switched,
+        preview_switch: &always_switched,
+        barrier_timeout_seconds: 30,
         now,
     }
 }
@@ -577,7 +583,8 @@ fn blue_green_new_template_during_promoting_starts_a_new_green_and_pauses() {
         active: "v7".into(),
         previous: "v6".into(),
         promoted_at: at(10),
-        scale_down_at: at(13),
+        switched: Some(at(10)),
+        scale_down_at: Some(at(13)),
     };
     let not_ready = |h: &str| h != "v8";
     let now = at(10) + chrono::Duration::milliseconds(100);
@@ -613,7 +620,8 @@ fn blue_green_promote_request_left_over_from_last_promotion_does_not_promote_nex
         active: "v7".into(),
         previous: "v6".into(),
         promoted_at: at(10),
-        scale_down_at: at(13),
+        switched: Some(at(10)),
+        scale_down_at: Some(at(13)),
     };
     let not_ready = |h: &str| h != "v8";
     let now = at(10) + chrono::Duration::milliseconds(100);
@@ -651,6 +659,8 @@ fn blue_green_abort_request_left_over_from_degraded_does_not_abort_next_green() 
     let degraded = State::Degraded {
         active: "v6".into(),
         aborted: "v7".into(),
+        since: at(1),
+        switched: Some(at(1)),
     };
     let not_ready = |h: &str| h != "v8";
     let inp = Inputs {
@@ -941,4 +951,203 @@ fn pins_leave_the_template_hash_of_the_users_template() {
         .actions
         .iter()
         .all(|a| !matches!(a, Action::CreateReplicaSet(_))));
+}
+
+/// [`run`] with a traffic-switch barrier: the active Service's switch to a revision is
+/// confirmed only for the hashes in `confirmed` (the rest name node-2 as lagging).
+fn run_barrier(d: &mut Deployment, w: &mut World, confirmed: &[&str], now: Time) -> Plan {
+    let active = |h: &str| {
+        if confirmed.contains(&h) {
+            Switch::Confirmed
+        } else {
+            Switch::Pending("node(s) node-2 have not programmed Endpoints revision 42".into())
+        }
+    };
+    let p = plan_with(d, &w.sets, &active, &active, now);
+    w.apply(&p, now);
+    for k in &w.removed_annotations {
+        d.metadata.annotations.remove(k);
+    }
+    d.status = Some(p.status.clone());
+    p
+}
+
+/// A blue-green Deployment settled on blue, then green ready and paused; returns (blue, green).
+fn paused_green(d: &mut Deployment, w: &mut World) -> (String, String) {
+    let blue = template_hash(&d.spec.template);
+    run(d, w, at(0));
+    w.settle(2);
+    run(d, w, at(1));
+    d.spec.template.spec.containers[0].image = "app:2".into();
+    let green = template_hash(&d.spec.template);
+    run(d, w, at(10));
+    w.settle(2);
+    run(d, w, at(11));
+    assert_eq!(phase(d), "Paused");
+    (blue, green)
+}
+
+fn bg_status(d: &Deployment) -> BlueGreenStatus {
+    d.status
+        .as_ref()
+        .and_then(|s| s.blue_green.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn blue_green_scale_down_delay_starts_only_when_every_proxy_has_the_switch() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let (blue, green) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[], at(20));
+    assert_eq!(
+        w.services["web-active"], green,
+        "the switch is written at once"
+    );
+    assert_eq!(phase(&d), "Promoting");
+    assert_eq!(
+        bg_status(&d).scale_down_at,
+        None,
+        "no delay before the barrier"
+    );
+    // Long past the 30 s delay counted from the promotion, blue is still there: the barrier
+    // has not passed (and is within its own timeout).
+    run_barrier(&mut d, &mut w, &[], at(20) + chrono::Duration::seconds(29));
+    assert_eq!(replicas_of(&w, &blue), 2);
+    // Confirmed at 45: the delay runs from there.
+    run_barrier(&mut d, &mut w, &[&green], at(45));
+    let st = bg_status(&d);
+    assert_eq!(st.switch_confirmed_at, Some(at(45)));
+    assert_eq!(st.scale_down_at, Some(at(75)));
+    assert!(w.events.contains(&"TrafficSwitched".to_string()));
+    run_barrier(&mut d, &mut w, &[&green], at(74));
+    assert_eq!(replicas_of(&w, &blue), 2, "still inside the delay");
+    run_barrier(&mut d, &mut w, &[&green], at(76));
+    assert_eq!(phase(&d), "Healthy");
+    assert_eq!((replicas_of(&w, &blue), replicas_of(&w, &green)), (0, 2));
+}
+
+#[test]
+fn blue_green_barrier_timeout_goes_on_and_names_the_laggards() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let (_, _) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[], at(20));
+    let p = run_barrier(&mut d, &mut w, &[], at(51));
+    let warning = p.actions.iter().find_map(|a| match a {
+        Action::Event {
+            reason, message, ..
+        } if reason == "SwitchBarrierTimeout" => Some(message.clone()),
+        _ => None,
+    });
+    assert!(
+        warning.as_deref().is_some_and(|m| m.contains("node-2")),
+        "{warning:?}"
+    );
+    assert_eq!(bg_status(&d).scale_down_at, Some(at(81)));
+}
+
+#[test]
+fn blue_green_zero_scale_down_delay_scales_blue_down_right_after_the_barrier() {
+    let mut d = bg_deploy(false);
+    if let Some(bg) = d.spec.strategy.as_mut().and_then(|s| s.blue_green.as_mut()) {
+        bg.scale_down_delay_seconds = Some(0);
+    }
+    let mut w = World::default();
+    let (blue, green) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[], at(20));
+    assert_eq!(replicas_of(&w, &blue), 2, "not before the barrier");
+    run_barrier(&mut d, &mut w, &[&green], at(21));
+    assert_eq!(phase(&d), "Healthy");
+    assert_eq!((replicas_of(&w, &blue), replicas_of(&w, &green)), (0, 2));
+}
+
+#[test]
+fn blue_green_undo_inside_the_scale_down_delay_creates_zero_pods() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let (blue, green) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[&green], at(20));
+    assert!(bg_status(&d).scale_down_at.is_some());
+    let sizes = |w: &World| -> Vec<(String, i32)> {
+        w.sets
+            .iter()
+            .map(|s| (s.metadata.name.clone(), s.spec.replicas))
+            .collect()
+    };
+    let before = sizes(&w);
+    d.spec.template.spec.containers[0].image = "app:1".into();
+    let p = run_barrier(&mut d, &mut w, &[&green], at(25));
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateReplicaSet(_))),
+        "{:?}",
+        p.actions
+    );
+    assert_eq!(sizes(&w), before, "no set grows: no pod is created");
+    assert_eq!(w.services["web-active"], blue);
+    assert_eq!(
+        bg_status(&d).scale_down_at,
+        None,
+        "the switch back waits for the barrier"
+    );
+    run_barrier(&mut d, &mut w, &[&green, &blue], at(26));
+    assert_eq!(bg_status(&d).scale_down_at, Some(at(56)));
+    assert_eq!(sizes(&w), before);
+}
+
+#[test]
+fn blue_green_side_waiting_to_scale_down_is_not_held_to_the_progress_deadline() {
+    let mut d = bg_deploy(false);
+    if let Some(bg) = d.spec.strategy.as_mut().and_then(|s| s.blue_green.as_mut()) {
+        bg.scale_down_delay_seconds = Some(600);
+    }
+    let mut w = World::default();
+    let (_, green) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(PROMOTE_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[&green], at(20));
+    // 60 s progress deadline, long passed while blue waits out its 600 s delay.
+    run_barrier(&mut d, &mut w, &[&green], at(300));
+    let p = run_barrier(&mut d, &mut w, &[&green], at(400));
+    let c = condition(&p.status.conditions, "Progressing").expect("Progressing");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "ScaleDownDelay")
+    );
+}
+
+#[test]
+fn blue_green_abort_keeps_green_until_the_preview_switch_back_is_confirmed() {
+    let mut d = bg_deploy(false);
+    let mut w = World::default();
+    let (blue, green) = paused_green(&mut d, &mut w);
+    d.metadata
+        .annotations
+        .insert(ABORT_ANNOTATION.into(), "true".into());
+    run_barrier(&mut d, &mut w, &[], at(20));
+    assert_eq!(phase(&d), "Degraded");
+    assert_eq!(w.services["web-preview"], blue);
+    assert_eq!(
+        replicas_of(&w, &green),
+        2,
+        "green kept while proxies switch back"
+    );
+    run_barrier(&mut d, &mut w, &[&blue], at(21));
+    assert_eq!(replicas_of(&w, &green), 0);
+    assert_eq!(bg_status(&d).switch_confirmed_at, Some(at(21)));
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use berth_client::runtime::events::{self, EventType, Recorder};
 
 use super::{error_policy, requeue, Config, Error};
+use crate::deployment::bluegreen::Switch;
 use crate::deployment::{self, Action as Step, TEMPLATE_HASH_LABEL};
 use berth_proto::image::IMAGE_DIGESTS_ANNOTATION;
 
@@ -25,20 +26,123 @@ struct Ctx {
     /// Pods, read only for Deployments with `autoRevert` (to judge the new revision's pods).
     pods: Store<Pod>,
     registry_hosts: Vec<String>,
+    /// For the blue-green traffic-switch barrier: which pods the Services' Endpoints list,
+    /// and what every node's proxy has programmed.
+    traffic: Traffic,
+}
+
+struct Traffic {
+    services: Store<Service>,
+    endpoints: Store<Endpoints>,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+}
+
+impl Traffic {
+    /// Has Service `ns/name`'s switch to revision `hash` reached every Ready node's proxy?
+    /// Its Endpoints must list only pods of that revision, and every Ready node that reports
+    /// `status.proxy` must have programmed their resourceVersion.
+    fn switch(&self, ns: &str, name: &str, hash: &str) -> Switch {
+        if self.services.get(&ObjectRef::new(ns, name)).is_none() {
+            return Switch::Confirmed; // nothing to switch (the controller warns about it)
+        }
+        let Some(e) = self.endpoints.get(&ObjectRef::new(ns, name)) else {
+            return Switch::Pending(format!("Service {ns}/{name} has no Endpoints yet"));
+        };
+        let addresses: Vec<&EndpointAddress> =
+            e.subsets.iter().flat_map(|s| &s.addresses).collect();
+        if addresses.is_empty() {
+            return Switch::Pending(format!("Endpoints {ns}/{name} have no ready address yet"));
+        }
+        let other = addresses.iter().find(|a| {
+            let pod = a
+                .target_ref
+                .as_ref()
+                .and_then(|r| self.pods.get(&ObjectRef::new(ns, &r.name)));
+            pod.is_none_or(|p| {
+                p.metadata
+                    .labels
+                    .get(TEMPLATE_HASH_LABEL)
+                    .map(String::as_str)
+                    != Some(hash)
+            })
+        });
+        if let Some(a) = other {
+            let pod = a
+                .target_ref
+                .as_ref()
+                .map(|r| r.name.as_str())
+                .unwrap_or(&a.ip);
+            return Switch::Pending(format!(
+                "Endpoints {ns}/{name} still list {pod}, not of revision {hash}"
+            ));
+        }
+        let rv = e.metadata.resource_version;
+        let mut behind: Vec<String> = self
+            .nodes
+            .filter(|n| n.is_ready())
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.proxy.as_ref())
+                    .is_some_and(|p| p.programmed_revision < rv)
+            })
+            .map(|n| n.metadata.name.clone())
+            .collect();
+        if behind.is_empty() {
+            return Switch::Confirmed;
+        }
+        behind.sort();
+        Switch::Pending(format!(
+            "node(s) {} have not programmed Endpoints {ns}/{name} revision {rv}",
+            behind.join(", ")
+        ))
+    }
+}
+
+/// A blue-green Deployment whose last switch still waits for the proxies.
+fn barrier_pending(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| s.blue_green.as_ref())
+        .is_some_and(|b| {
+            b.switch_confirmed_at.is_none() && matches!(b.phase.as_str(), "Promoting" | "Degraded")
+        })
+}
+
+/// Seconds from a switch (promotion, undo, abort) until every node's proxy had it.
+fn barrier_histogram() -> berth_metrics::Histogram {
+    berth_metrics::global().histogram(
+        "berth_bluegreen_switch_barrier_seconds",
+        "Time from a blue-green switch (promotion, undo, abort) until every Ready node's proxy \
+         had programmed it (or the barrier timed out).",
+        &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    )
 }
 
 pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
     let (replica_sets, writer) = reflector::store::<ReplicaSet>();
+    let (services, services_w) = reflector::store::<Service>();
+    let (endpoints, endpoints_w) = reflector::store::<Endpoints>();
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (nodes, nodes_w) = reflector::store::<Node>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         replica_sets: replica_sets.clone(),
-        pods,
+        pods: pods.clone(),
         registry_hosts: config.cluster_registry_hosts.clone(),
+        traffic: Traffic {
+            services,
+            endpoints,
+            pods,
+            nodes,
+        },
     });
     let controller = Controller::<Deployment>::new(client, watcher::Config::default());
     let deployments = controller.store();
     let auto_revert_deployments = controller.store();
+    let (for_endpoints, for_nodes) = (deployments.clone(), deployments.clone());
     controller
         .owns_with_store::<ReplicaSet>(watcher::Config::default(), writer)
         // A pod of an autoRevert Deployment changing (crash-looping, failing readiness) may
@@ -50,9 +154,28 @@ pub async fn run(client: Client, config: Config, shutdown: CancellationToken) {
         })
         // A blue-green Service created (or re-applied without its revision pin) after the
         // Deployment must be pointed at the right revision: re-plan the Deployments naming it.
-        .watches::<Service, _>(watcher::Config::default(), move |svc| {
+        .watches_with_store::<Service, _>(watcher::Config::default(), services_w, move |svc| {
             deployments
                 .filter(|d| names_service(d, svc))
+                .iter()
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect()
+        })
+        // The traffic-switch barrier: Endpoints of the blue-green Services and the nodes'
+        // proxy reports move it on.
+        .watches_with_store::<Endpoints, _>(watcher::Config::default(), endpoints_w, move |e| {
+            for_endpoints
+                .filter(|d| {
+                    d.metadata.namespace == e.metadata.namespace
+                        && names_service_name(d, &e.metadata.name)
+                })
+                .iter()
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect()
+        })
+        .watches_with_store::<Node, _>(watcher::Config::default(), nodes_w, move |_| {
+            for_nodes
+                .filter(barrier_pending)
                 .iter()
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect()
@@ -92,15 +215,15 @@ fn deployment_of_pod(
 }
 
 fn names_service(d: &Deployment, svc: &Service) -> bool {
-    d.metadata.namespace == svc.metadata.namespace
-        && d.spec
-            .strategy
-            .as_ref()
-            .and_then(|s| s.blue_green.as_ref())
-            .is_some_and(|bg| {
-                bg.active_service == svc.metadata.name
-                    || bg.preview_service.as_deref() == Some(svc.metadata.name.as_str())
-            })
+    d.metadata.namespace == svc.metadata.namespace && names_service_name(d, &svc.metadata.name)
+}
+
+fn names_service_name(d: &Deployment, name: &str) -> bool {
+    d.spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.blue_green.as_ref())
+        .is_some_and(|bg| bg.active_service == name || bg.preview_service.as_deref() == Some(name))
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
@@ -130,7 +253,21 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     } else {
         Vec::new()
     };
-    let mut plan = deployment::plan_with_pods(&d, &owned, &pods, Utc::now());
+    let bg = d
+        .spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.blue_green.clone())
+        .unwrap_or_default();
+    let active_switch = |hash: &str| ctx.traffic.switch(&ns, &bg.active_service, hash);
+    let preview_switch = |hash: &str| match bg.preview_service.as_deref() {
+        Some(p) if !p.is_empty() => ctx.traffic.switch(&ns, p, hash),
+        _ => Switch::Confirmed,
+    };
+    let now = Utc::now();
+    let mut plan =
+        deployment::plan_full(&d, &owned, &pods, &active_switch, &preview_switch, now);
+    observe_barrier(&d, &plan.status);
     let client = &ctx.client;
     for step in &mut plan.actions {
         if let Step::CreateReplicaSet(rs) = step {
@@ -297,6 +434,29 @@ async fn pin_images(
         tracing::info!(replicaset = %rs.metadata.name, %pins, "pinned images to digests");
     }
     Ok(())
+}
+
+/// Observe the barrier latency when this pass confirms a switch.
+fn observe_barrier(d: &Deployment, new: &DeploymentStatus) {
+    let old = d.status.as_ref().and_then(|s| s.blue_green.as_ref());
+    let Some(new) = new.blue_green.as_ref() else {
+        return;
+    };
+    let (Some(confirmed), None) = (
+        new.switch_confirmed_at,
+        old.and_then(|o| o.switch_confirmed_at),
+    ) else {
+        return;
+    };
+    let from = match new.phase.as_str() {
+        "Promoting" => new.promoted_at,
+        _ => new.phase_since,
+    };
+    if let Some(from) = from {
+        let secs = (confirmed - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+        barrier_histogram().observe(secs);
+        tracing::info!(deployment = %d.metadata.name, barrier_ms = secs * 1e3, "traffic switch confirmed by every proxy");
+    }
 }
 
 fn recorder() -> Recorder {

@@ -86,6 +86,12 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let Some(mut desired) = endpoints::plan(&svc, &pods) else {
         return Ok(Action::await_change());
     };
+    // As Kubernetes' endpoints controller: when the change behind this write was seen, so that
+    // every proxy can measure how long programming it took.
+    desired.metadata.annotations.insert(
+        endpoints::LAST_CHANGE_TRIGGER_TIME.to_string(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    );
     match ctx.endpoints.get(&ObjectRef::new(&ns, &name)) {
         // AlreadyExists (the cache has not seen it yet) requeues; the next pass updates it.
         None => {
