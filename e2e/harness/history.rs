@@ -300,6 +300,7 @@ impl Client {
                     c.delete(DeleteRequest {
                         key: Some(key_of(k)),
                         resource_version: rv,
+                        grace_period_seconds: None,
                     }),
                 )
                 .await;
