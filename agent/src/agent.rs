@@ -569,7 +569,8 @@ pub async fn start(
             cluster_cidr: cluster_cidr.to_string().parse().ok(),
         };
         let programmed = PlanProgrammed::default();
-        let datapath = match select_datapath(args.proxy_mode, facts).await {
+        let owns_host_network = args.pod_network == "on";
+        let datapath = match select_datapath(args.proxy_mode, facts, owns_host_network).await {
             Ok(nft) => ServiceDatapath::nftables(nft, programmed),
             Err(fallback) => {
                 let (proxy, handle) = Proxy::new(ProxyConfig::default());
@@ -850,14 +851,19 @@ async fn program_nodes(net: &NodeNet, nodes: &BTreeMap<String, Node>) -> Result<
 
 /// The datapath for `--proxy-mode`: `Ok` is nftables (checked with a dry run); `Err(reason)`
 /// means userspace, with the reason nftables was wanted and not used (None: userspace was
-/// asked for). In userspace mode a Berth table a previous nftables-mode agent left is removed,
-/// so it cannot shadow the userspace listeners.
+/// asked for). In userspace mode an agent that manages the host's network (`--pod-network
+/// on`, the CLI default) removes a Berth table a previous nftables-mode agent left, so it
+/// cannot shadow the userspace listeners; in-process agents (tests) leave the host alone.
 async fn select_datapath(
     mode: Option<ProxyMode>,
     facts: NodeFacts,
+    owns_host_network: bool,
 ) -> Result<NftDatapath, Option<String>> {
     let nft = NftDatapath::new(facts);
     if mode == Some(ProxyMode::Userspace) {
+        if !owns_host_network {
+            return Err(None);
+        }
         if let Ok(true) = proxy::nft::remove_table(nft.program_path()).await {
             tracing::info!(
                 "removed the nftables Service table a previous agent left (--proxy-mode userspace)"
@@ -904,6 +910,7 @@ async fn feed_proxy(
     let mut vip_warned = false;
     let (mut services_listed, mut endpoints_listed) = (false, false);
     let mut failing: Option<String> = None;
+    let mut programmed_once = false;
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -954,6 +961,15 @@ async fn feed_proxy(
         }
         match datapath.program(&plan).await {
             Ok(()) => {
+                if !programmed_once {
+                    programmed_once = true;
+                    tracing::info!(
+                        mode = %datapath.mode(),
+                        revision = plan.revision,
+                        service_ports = plan.services.len(),
+                        "Service datapath programmed from the cluster state"
+                    );
+                }
                 if failing.take().is_some() {
                     tracing::info!(mode = %datapath.mode(), revision = plan.revision, "Service datapath programmed again");
                 }
