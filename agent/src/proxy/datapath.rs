@@ -249,3 +249,75 @@ impl ServiceDatapath {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::nft::NodeFacts;
+    use crate::proxy::{Proxy, ProxyConfig, ServiceBackends};
+
+    fn plan(revision: u64, node_port: u16) -> ProxyPlan {
+        ProxyPlan {
+            revision,
+            services: vec![ServiceBackends {
+                namespace: "default".into(),
+                name: "web".into(),
+                port_name: String::new(),
+                node_port,
+                listen_addrs: vec![crate::proxy::LOOPBACK],
+                also_listen: Vec::new(),
+                backends: vec!["127.0.0.1:9".parse().expect("addr")],
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_userspace_proxy_reports_the_revision_it_programmed() {
+        let (proxy, handle) = Proxy::new(ProxyConfig::default());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(proxy.run(stop.clone()));
+        let programmed = PlanProgrammed::default();
+        let mut watch = programmed.subscribe();
+        let mut d = ServiceDatapath::userspace(handle, programmed.clone());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        d.program(&plan(7, port)).await.expect("program");
+        assert_eq!(
+            programmed.current(),
+            Some(Programmed {
+                mode: ProxyMode::Userspace,
+                revision: 7
+            })
+        );
+        assert!(watch.has_changed().expect("watch"));
+        let families = d.stats().families(programmed.current());
+        let text = berth_metrics::text::render_families(families);
+        assert!(
+            text.contains("berth_agent_proxy_programmed_revision 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_agent_proxy_mode{mode=\"userspace\"} 1"),
+            "{text}"
+        );
+        stop.cancel();
+        task.await.expect("proxy task");
+    }
+
+    #[tokio::test]
+    async fn a_refused_nftables_plan_is_not_reported_as_programmed() {
+        let nft = NftDatapath::with_program("/nonexistent/nft", NodeFacts::default());
+        let programmed = PlanProgrammed::default();
+        let mut d = ServiceDatapath::nftables(nft, programmed.clone());
+        let err = d.program(&plan(3, 30080)).await.expect_err("no nft");
+        assert!(err.to_string().contains("previous rules stay"), "{err}");
+        assert_eq!(programmed.current(), None);
+        let text = berth_metrics::text::render_families(d.stats().families(None));
+        assert!(
+            text.contains("berth_agent_proxy_sync_failures_total 1"),
+            "{text}"
+        );
+    }
+}
