@@ -277,7 +277,7 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(proxy.run(stop.clone()));
         let programmed = PlanProgrammed::default();
-        let mut watch = programmed.subscribe();
+        let watch = programmed.subscribe();
         let mut d = ServiceDatapath::userspace(handle, programmed.clone());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
