@@ -23,7 +23,9 @@ use crate::hostports::{self, HostPorts};
 use crate::logs::{LogServer, LogsError};
 use crate::node::{self, Heartbeat, NodeConfig};
 use crate::podsync::{PodSync, SyncConfig};
-use crate::proxy::{self, Proxy, ProxyConfig, ProxyHandle};
+use crate::proxy::datapath::{PlanProgrammed, ProxyMode, ServiceDatapath};
+use crate::proxy::nft::{NftDatapath, NodeFacts};
+use crate::proxy::{self, Proxy, ProxyConfig, ProxyPlan};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::multi::MultiRuntime;
 use crate::runtime::process::ProcessRuntime;
@@ -79,6 +81,16 @@ pub struct AgentArgs {
     /// Do not run the Service proxy on this node.
     #[arg(long)]
     pub no_proxy: bool,
+    /// How this node serves Services (ClusterIPs, nodePorts, LoadBalancer ports): `nftables`
+    /// DNATs in the kernel (one Berth-owned table, `nft list table ip berth`), `userspace`
+    /// proxies each connection. Default: nftables where `nft` works, else userspace (with a
+    /// warning and the metric berth_agent_proxy_nftables_fallback).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub proxy_mode: Option<ProxyMode>,
+    /// Remove what the agent programs on this host (the nftables Service table, the ClusterIP
+    /// interface, the pod network's firewall chains) and exit; workloads are left alone.
+    #[arg(long)]
+    pub cleanup: bool,
     /// First crash-loop restart delay in milliseconds (doubles up to 5 min).
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub restart_backoff_ms: u64,
@@ -148,6 +160,10 @@ impl Default for AgentArgs {
             host_port_range: "20000-29999".to_string(),
             listen: None,
             no_proxy: false,
+            // In-process agents (tests, `berth dev`) may share a network namespace: the
+            // userspace proxy keeps them apart, a kernel table would be shared.
+            proxy_mode: Some(ProxyMode::Userspace),
+            cleanup: false,
             restart_backoff_ms: 10_000,
             heartbeat_ms: 2_000,
             token: None,
@@ -182,6 +198,8 @@ pub enum AgentError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Credentials(#[from] crate::credentials::CredentialError),
+    #[error("cleanup incomplete: {0}")]
+    Cleanup(String),
 }
 
 /// A running agent.
@@ -244,8 +262,37 @@ impl AgentHandle {
 
 /// Run the agent until `shutdown`.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> Result<(), AgentError> {
+    if args.cleanup {
+        return cleanup().await;
+    }
     start(args, shutdown).await?.wait().await;
     Ok(())
+}
+
+/// `berth agent --cleanup`: remove Berth's host plumbing (the nftables Service table, the
+/// ClusterIP interface, the firewall chains) from this host. Each step runs even when an
+/// earlier one failed; the first failure is returned.
+pub async fn cleanup() -> Result<(), AgentError> {
+    let mut problems = Vec::new();
+    match proxy::nft::remove_table(std::path::Path::new("nft")).await {
+        Ok(true) => tracing::info!("removed the nftables table {}", proxy::nft::TABLE),
+        Ok(false) => {}
+        Err(proxy::nft::NftError::Missing { .. }) => {}
+        Err(e) => problems.push(format!("nftables table: {e}")),
+    }
+    match crate::net::remove_vips_interface().await {
+        Ok(true) => tracing::info!("removed interface {}", crate::net::VIPS_INTERFACE),
+        Ok(false) => {}
+        Err(e) => problems.push(format!("ClusterIP interface: {e}")),
+    }
+    if let Err(e) = crate::net::teardown_firewall().await {
+        problems.push(format!("firewall chains: {e}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AgentError::Cleanup(problems.join("; ")))
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -527,12 +574,33 @@ pub async fn start(
     ));
 
     if !args.no_proxy {
-        let (proxy, handle) = Proxy::new(ProxyConfig::default());
-        metrics.set_proxy(handle.clone());
-        tasks.spawn(proxy.run(shutdown.clone()));
+        let facts = NodeFacts {
+            cluster_cidr: cluster_cidr.to_string().parse().ok(),
+        };
+        let programmed = PlanProgrammed::default();
+        let owns_host_network = args.pod_network == "on";
+        let datapath = match select_datapath(args.proxy_mode, facts, owns_host_network).await {
+            Ok(nft) => ServiceDatapath::nftables(nft, programmed),
+            Err(fallback) => {
+                let (proxy, handle) = Proxy::new(ProxyConfig::default());
+                metrics.set_proxy(handle.clone());
+                tasks.spawn(proxy.run(shutdown.clone()));
+                let d = ServiceDatapath::userspace(handle, programmed);
+                match fallback {
+                    Some(reason) => d.with_fallback_reason(reason),
+                    None => d,
+                }
+            }
+        };
+        tracing::info!(mode = %datapath.mode(), "Service datapath");
+        let (stats, programmed) = (datapath.stats(), datapath.programmed().clone());
+        metrics
+            .registry()
+            .add_collector(move || stats.families(programmed.current()));
         tasks.spawn(feed_proxy(
             client,
-            handle,
+            datapath,
+            node_name.clone(),
             address,
             services_env,
             dns,
@@ -794,10 +862,54 @@ async fn program_nodes(net: &NodeNet, nodes: &BTreeMap<String, Node>) -> Result<
     }
 }
 
-/// Feed the proxy every Service with its Endpoints, on every change of either.
+/// The datapath for `--proxy-mode`: `Ok` is nftables (checked with a dry run); `Err(reason)`
+/// means userspace, with the reason nftables was wanted and not used (None: userspace was
+/// asked for). In userspace mode an agent that manages the host's network (`--pod-network
+/// on`, the CLI default) removes a Berth table a previous nftables-mode agent left, so it
+/// cannot shadow the userspace listeners; in-process agents (tests) leave the host alone.
+async fn select_datapath(
+    mode: Option<ProxyMode>,
+    facts: NodeFacts,
+    owns_host_network: bool,
+) -> Result<NftDatapath, Option<String>> {
+    let nft = NftDatapath::new(facts);
+    if mode == Some(ProxyMode::Userspace) {
+        if !owns_host_network {
+            return Err(None);
+        }
+        if let Ok(true) = proxy::nft::remove_table(nft.program_path()).await {
+            tracing::info!(
+                "removed the nftables Service table a previous agent left (--proxy-mode userspace)"
+            );
+        }
+        return Err(None);
+    }
+    let checked = nft
+        .probe()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|()| NftDatapath::enable_forwarding());
+    match checked {
+        Ok(()) => Ok(nft),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "the nftables Service datapath is not available on this node; using the \
+                 userspace proxy (berth_agent_proxy_nftables_fallback=1)"
+            );
+            Err(Some(e))
+        }
+    }
+}
+
+/// Program the node's Service datapath with the plan for every Service and its Endpoints, on
+/// every change of either. Nothing is programmed before both watches have listed once: a
+/// restarted agent first rebuilds the whole plan, and until then the table (or nothing, in
+/// userspace mode) a previous agent left stays as it is.
 async fn feed_proxy(
     client: Client,
-    proxy: ProxyHandle,
+    mut datapath: ServiceDatapath,
+    node_name: String,
     node_addr: IpAddr,
     services_env: crate::svcenv::ServiceEnv,
     dns: DnsSlot,
@@ -805,19 +917,28 @@ async fn feed_proxy(
     shutdown: CancellationToken,
 ) {
     let mut services = watcher::watcher::<Service>(client.clone(), watcher::Config::default());
-    // The newest Endpoints revision seen, and the Endpoints changed since the last report.
+    // The newest Endpoints revision seen, and the Endpoints changed since the last report
+    // (the traffic-switch barrier: Node.status.proxy.programmedRevision).
     let mut revision = 0u64;
     let mut changed: Vec<Endpoints> = Vec::new();
-    let mut endpoints = watcher::watcher::<Endpoints>(client, watcher::Config::default());
+    let mut endpoints = watcher::watcher::<Endpoints>(client.clone(), watcher::Config::default());
     let mut svc: BTreeMap<(String, String), Service> = BTreeMap::new();
     let mut eps: BTreeMap<(String, String), Endpoints> = BTreeMap::new();
     let key = |m: &berth_proto::types::ObjectMeta| (m.namespace.clone(), m.name.clone());
     let mut vip_warned = false;
+    let (mut services_listed, mut endpoints_listed) = (false, false);
+    let mut failing: Option<String> = None;
+    let mut programmed_once = false;
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             ev = services.next() => match ev {
-                Some(Ok(WatchEvent::Restarted(all))) => svc = all.into_iter().map(|s| (key(&s.metadata), s)).collect(),
+                Some(Ok(WatchEvent::Restarted(all))) => {
+                    svc = all.into_iter().map(|s| (key(&s.metadata), s)).collect();
+                    services_listed = true;
+                }
                 Some(Ok(WatchEvent::Applied(s))) => { svc.insert(key(&s.metadata), s); }
                 Some(Ok(WatchEvent::Deleted(s))) => { svc.remove(&key(&s.metadata)); }
                 Some(Err(e)) => { tracing::debug!(error = %e, "watching services"); continue; }
@@ -828,6 +949,7 @@ async fn feed_proxy(
                     revision = revision.max(all.iter().map(|e| e.metadata.resource_version).max().unwrap_or(0));
                     changed.extend(all.iter().cloned());
                     eps = all.into_iter().map(|e| (key(&e.metadata), e)).collect();
+                    endpoints_listed = true;
                 }
                 Some(Ok(WatchEvent::Applied(e))) => {
                     revision = revision.max(e.metadata.resource_version);
@@ -841,6 +963,11 @@ async fn feed_proxy(
                 Some(Err(e)) => { tracing::debug!(error = %e, "watching endpoints"); continue; }
                 None => return,
             },
+            // A plan the datapath refused is tried again (a transient failure heals).
+            _ = retry.tick(), if failing.is_some() => {}
+        }
+        if !(services_listed && endpoints_listed) {
+            continue;
         }
         services_env.set(svc.values());
         let list: Vec<Service> = svc.values().cloned().collect();
@@ -855,37 +982,89 @@ async fn feed_proxy(
         } else {
             vip_warned = false;
         }
-        let all: Vec<_> = svc
-            .iter()
-            .flat_map(|(k, s)| proxy::service_backends(s, eps.get(k), node_addr))
-            .collect();
-        let result = proxy.set_services(all).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "programming the proxy");
+        let (plan, invalid) = ProxyPlan::build(svc.values(), eps.values(), node_addr);
+        for f in &invalid {
+            tracing::warn!("{f}");
         }
-        // Ports that could not be bound are reported above, but every backend set is swapped.
-        if !matches!(result, Err(proxy::ProxyError::Stopped)) {
-            programmed(&progress, &traffic, revision, &eps, &mut changed);
+        match datapath.program(&plan).await {
+            Ok(()) => {
+                let mode = datapath.mode().to_string();
+                programmed(&progress, &traffic, &mode, revision, &eps, &mut changed);
+                if !programmed_once {
+                    programmed_once = true;
+                    tracing::info!(
+                        mode = %datapath.mode(),
+                        revision = plan.revision,
+                        service_ports = plan.services.len(),
+                        "Service datapath programmed from the cluster state"
+                    );
+                }
+                if failing.take().is_some() {
+                    tracing::info!(mode = %datapath.mode(), revision = plan.revision, "Service datapath programmed again");
+                }
+            }
+            Err(e @ proxy::datapath::DatapathError::Nftables(_)) => {
+                let message = e.to_string();
+                tracing::warn!(error = %message, "programming the Service datapath");
+                if failing.as_deref() != Some(message.as_str()) {
+                    node_event(&client, &node_name, "ServiceRulesRejected", &message).await;
+                }
+                failing = Some(message);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "programming the proxy");
+                // Ports that could not be bound are reported, but every backend set is
+                // swapped: the plan is programmed as far as the barrier is concerned.
+                if matches!(
+                    e,
+                    proxy::datapath::DatapathError::Userspace(proxy::ProxyError::Apply { .. })
+                ) {
+                    let mode = datapath.mode().to_string();
+                    programmed(&progress, &traffic, &mode, revision, &eps, &mut changed);
+                }
+            }
         }
     }
 }
 
-/// The userspace proxy's report that the plan at Endpoints `revision` is programmed (the
-/// nftables datapath reports through the same [`proxy::ProxyProgress::programmed`]).
+/// A Warning event about this Node (best-effort: a failure is only logged).
+async fn node_event(client: &Client, node: &str, reason: &str, message: &str) {
+    use berth_client::runtime::events::{EventType, Recorder};
+    let uid = match client.get::<Node>("", node).await {
+        Ok(n) => n.metadata.uid,
+        Err(_) => String::new(),
+    };
+    let object = berth_proto::types::ObjectReference {
+        kind: "Node".to_string(),
+        namespace: String::new(),
+        name: node.to_string(),
+        uid,
+    };
+    let ev = Recorder::new("berth-agent").with_host(node).event(
+        object,
+        EventType::Warning,
+        reason,
+        message,
+        1,
+        chrono::Utc::now(),
+    );
+    if let Err(e) = client.create(&ev).await {
+        tracing::debug!(error = %e, reason, "cannot record the node event");
+    }
+}
+
+/// The datapath's report (either mode) that the plan at Endpoints `revision` is programmed:
+/// what the traffic-switch barrier and drain-before-stop wait for.
 fn programmed(
     progress: &proxy::ProxyProgress,
     traffic: &crate::drain::TrafficView,
+    mode: &str,
     revision: u64,
     eps: &BTreeMap<(String, String), Endpoints>,
     changed: &mut Vec<Endpoints>,
 ) {
     traffic.set_endpoints(eps);
-    progress.programmed(
-        proxy::USERSPACE,
-        revision,
-        changed.iter(),
-        chrono::Utc::now(),
-    );
+    progress.programmed(mode, revision, changed.iter(), chrono::Utc::now());
     changed.clear();
 }
 

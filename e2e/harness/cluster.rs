@@ -188,6 +188,8 @@ pub struct Opts {
     pub docker: bool,
     /// With `docker`: host 1 runs an engine too, and its agent uses it.
     pub docker_everywhere: bool,
+    /// `--proxy-mode` of every agent (None: the agent's default, nftables where nft works).
+    pub proxy_mode: Option<&'static str>,
 }
 
 /// The registry port of every server when [`Opts::registry`].
@@ -469,6 +471,10 @@ impl Cluster {
                     "process".to_string()
                 },
             ];
+            let mut args = args;
+            if let Some(mode) = self.opts.proxy_mode {
+                args.extend(["--proxy-mode".to_string(), mode.to_string()]);
+            }
             let mut p = Proc::new(
                 &format!("agent{}", i + 1),
                 &self.net.hosts[i].ns,

@@ -392,13 +392,158 @@ fn an_agent_killed_with_sigkill_comes_back_without_restarting_its_workloads() {
     }
 }
 
+/// In nftables mode the kernel forwards Service traffic by itself: killing the agent with
+/// SIGKILL leaves the table in place, and the restarted agent rebuilds it from the cluster
+/// state in one transaction, so no request fails at any point.
 #[test]
-fn blue_green_promote_and_undo_under_load_fail_no_request() {
-    let Some(c) = Cluster::start(
-        "blue-green",
-        5,
+fn nftables_service_traffic_keeps_flowing_while_the_agent_is_killed_and_restarted() {
+    let Some(mut c) = Cluster::start(
+        "agent-kill-nft",
+        173,
         Opts {
             agents: true,
+            proxy_mode: Some("nftables"),
+            ..Opts::default()
+        },
+    ) else {
+        return;
+    };
+    apply(&c, "hello.yaml");
+    wait_until("3 hello pods Ready", Duration::from_secs(45), || {
+        ready_pods(&c, "hello", 3)
+    });
+    for i in 0..3 {
+        wait_answer(&c, i, HELLO_PORT, "v1", Duration::from_secs(20));
+    }
+    let hello: berth_proto::types::Service = c
+        .get_one("service", "hello")
+        .expect("get service hello")
+        .expect("service hello exists");
+    let vip: std::net::Ipv4Addr = hello
+        .spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse().ok())
+        .expect("hello has a ClusterIP");
+    let vip = SocketAddr::from((vip, 80));
+    let host = 0;
+    wait_until(
+        &format!("{vip} on node1 to answer"),
+        Duration::from_secs(20),
+        || {
+            let (status, body) = c.http_get_on(host, vip, "/")?;
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(format!("HTTP {status}: {body:?}"))
+            }
+        },
+    );
+    let load = Load::start(
+        &c.rt,
+        vec![SocketAddr::from((c.ip(host), HELLO_PORT))],
+        100,
+        Duration::from_secs(30),
+    );
+    let vip_load = Load::start_in_hosts(
+        vec![(c.net.hosts[host].ns.clone(), vip)],
+        100,
+        Duration::from_secs(30),
+    );
+    let enough = |since: Instant, n: usize| {
+        let done = load
+            .completed_since(since)
+            .min(vip_load.completed_since(since));
+        if done >= n {
+            Ok(())
+        } else {
+            Err(format!("{done} requests"))
+        }
+    };
+    let began = Instant::now();
+    wait_until("1 s of load", Duration::from_secs(10), || {
+        enough(began, 100)
+    });
+
+    const PROGRAMMED: &str = "Service datapath programmed from the cluster state";
+    let programmed_before = c.agents[host].tail(100_000).matches(PROGRAMMED).count();
+    assert!(
+        programmed_before >= 1,
+        "node1's agent never logged {PROGRAMMED:?}"
+    );
+    c.kill9_agent(host);
+    let killed = Instant::now();
+    wait_until(
+        "3 s of load with node1's agent dead",
+        Duration::from_secs(15),
+        || enough(killed, 300),
+    );
+    assert!(!c.agents[host].is_running(), "the agent was not killed");
+    c.restart_agent(host);
+    let restarted = Instant::now();
+    wait_until(
+        "the restarted agent programs its table",
+        Duration::from_secs(30),
+        || {
+            let n = c.agents[host].tail(100_000).matches(PROGRAMMED).count();
+            if n > programmed_before {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    );
+    let reprogrammed = Instant::now();
+    wait_until(
+        "2 s of load after the restarted agent reprogrammed",
+        Duration::from_secs(15),
+        || enough(reprogrammed, 200),
+    );
+    let mut samples = load.finish();
+    samples.extend(vip_load.finish());
+    let down = samples
+        .iter()
+        .filter(|s| s.started >= killed && s.started < restarted)
+        .count();
+    let failed: Vec<_> = samples.iter().filter(|s| !s.ok).collect();
+    eprintln!(
+        "agent kill -9 (nftables): {} requests, {down} while the agent was dead, {} failed; \
+         the restarted agent reprogrammed after {:?}",
+        samples.len(),
+        failed.len(),
+        reprogrammed - restarted
+    );
+    assert!(down >= 300, "only {down} requests while the agent was dead");
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        failed
+            .iter()
+            .take(5)
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn blue_green_promote_and_undo_under_load_fail_no_request_with_nftables() {
+    blue_green("blue-green", 5, "nftables");
+}
+
+#[test]
+fn blue_green_promote_and_undo_under_load_fail_no_request_with_the_userspace_proxy() {
+    blue_green("blue-green-userspace", 171, "userspace");
+}
+
+/// Blue-green under load through every node's nodePort and ClusterIP, with the agents'
+/// Service datapath in `mode`.
+fn blue_green(name: &str, id: u8, mode: &'static str) {
+    let Some(c) = Cluster::start(
+        name,
+        id,
+        Opts {
+            agents: true,
+            proxy_mode: Some(mode),
             ..Opts::default()
         },
     ) else {
@@ -534,7 +679,7 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
         .map(|l| (l.started - samples[0].started).as_secs_f64())
         .unwrap_or(0.0);
     eprintln!(
-        "blue-green: {} requests ({through_vip} through ClusterIP {vip}) over {secs:.1}s \
+        "blue-green ({mode}): {} requests ({through_vip} through ClusterIP {vip}) over {secs:.1}s \
          ({:.0}/s), {} failed; promote switched every node in {:?}, undo in {:?}",
         samples.len(),
         samples.len() as f64 / secs.max(0.001),
@@ -574,12 +719,22 @@ fn blue_green_promote_and_undo_under_load_fail_no_request() {
 }
 
 #[test]
-fn multi_tier_web_reaches_api_and_store_through_service_environment_variables() {
+fn multi_tier_web_reaches_api_and_store_through_service_environment_variables_with_nftables() {
+    multi_tier("multi-tier", 10, "nftables");
+}
+
+#[test]
+fn multi_tier_web_reaches_api_and_store_through_service_environment_variables_in_userspace() {
+    multi_tier("multi-tier-userspace", 172, "userspace");
+}
+
+fn multi_tier(name: &str, id: u8, mode: &'static str) {
     let Some(c) = Cluster::start(
-        "multi-tier",
-        10,
+        name,
+        id,
         Opts {
             agents: true,
+            proxy_mode: Some(mode),
             ..Opts::default()
         },
     ) else {
@@ -616,7 +771,7 @@ fn multi_tier_web_reaches_api_and_store_through_service_environment_variables() 
             },
         );
         if i == 0 {
-            eprintln!("multi-tier answer through node1:\n{body}");
+            eprintln!("multi-tier ({mode}) answer through node1:\n{body}");
         }
     }
 }

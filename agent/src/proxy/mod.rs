@@ -52,9 +52,12 @@
 
 mod balancer;
 mod conn;
+pub mod datapath;
 mod endpoints;
 mod listener;
 mod metrics;
+pub mod nft;
+pub mod plan;
 pub mod progress;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,6 +77,7 @@ use conn::ConnEnv;
 pub use endpoints::{cluster_ips, desired_services, service_backends};
 use metrics::ServiceCounters;
 pub use metrics::{proxy_families, render_prometheus, BackendMetrics, ServiceMetrics};
+pub use plan::ProxyPlan;
 pub use progress::{ProxyProgress, USERSPACE};
 
 /// Tunables of the proxy; `Default` gives production values.
@@ -463,58 +467,9 @@ impl Proxy {
 
     /// Validates the desired set and applies it; returns what could not be applied.
     async fn apply(&mut self, services: Vec<ServiceBackends>) -> Vec<ServiceFailure> {
-        let mut failures = Vec::new();
-        let mut desired: BTreeMap<ServiceKey, ServiceBackends> = BTreeMap::new();
-        for svc in services {
-            let problem = if svc.node_port == 0 && svc.also_listen.is_empty() {
-                Some(ServiceProblem::NodePortZero)
-            } else if svc.listen_addrs.is_empty() && svc.also_listen.is_empty() {
-                Some(ServiceProblem::NoListenAddress)
-            } else if desired.contains_key(&svc.key()) {
-                Some(ServiceProblem::DuplicateService)
-            } else {
-                None
-            };
-            match problem {
-                Some(problem) => failures.push(ServiceFailure {
-                    service: svc.key(),
-                    node_port: svc.node_port,
-                    problem,
-                }),
-                None => {
-                    desired.insert(svc.key(), svc);
-                }
-            }
-        }
-        // One node port (or listen address), one Service port: the first by key wins,
-        // deterministically.
-        let mut port_owner: HashMap<u16, ServiceKey> = HashMap::new();
-        let mut addr_owner: HashMap<SocketAddr, ServiceKey> = HashMap::new();
-        desired.retain(|key, svc| {
-            let owner = (svc.node_port != 0)
-                .then(|| port_owner.get(&svc.node_port))
-                .flatten()
-                .or_else(|| svc.also_listen.iter().find_map(|a| addr_owner.get(a)));
-            match owner {
-                Some(owner) => {
-                    failures.push(ServiceFailure {
-                        service: key.clone(),
-                        node_port: svc.node_port,
-                        problem: ServiceProblem::NodePortTaken { by: owner.clone() },
-                    });
-                    false
-                }
-                None => {
-                    if svc.node_port != 0 {
-                        port_owner.insert(svc.node_port, key.clone());
-                    }
-                    for a in &svc.also_listen {
-                        addr_owner.insert(*a, key.clone());
-                    }
-                    true
-                }
-            }
-        });
+        // The same validation as the nftables datapath (plan.rs): one node port or address,
+        // one Service port, the first by key wins.
+        let (desired, mut failures) = plan::validate(services);
 
         // Close every listener that goes away or moves before binding anything, so a node
         // port can pass from one Service to another in one update.

@@ -5,7 +5,9 @@
 //! through HAProxy (TCP mode, `nbthread 1`, config shaped like shared/anchors/haproxy.cfg),
 //! through the Berth proxy's node port (in-process, on a one-worker tokio runtime for
 //! fairness) and through the same Service's ClusterIP (`berth-vip`: the address held on an
-//! ifb interface of its own, as the agent holds VIPs on `berth-svc`, port 80). Both
+//! ifb interface of its own, as the agent holds VIPs on `berth-svc`, port 80), and the same
+//! Service through the in-kernel nftables datapath (`nft`: 127.0.0.1:nodePort, `nft-vip`:
+//! the ClusterIP at port 8080; the agent's `table ip berth`, removed at exit). Both
 //! keep-alive and `Connection: close` (a new connection per request). Prints req/s and p99 for
 //! each and the ratios vs HAProxy and vs direct, plus the CPU time each proxy spent per request
 //! (scheduler accounting; steadier than req/s on a shared, noisy machine). Finally the proxy's
@@ -20,7 +22,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use berth_agent::proxy::{Proxy, ProxyConfig, ProxyHandle, ServiceBackends, ServiceMetrics};
+use berth_agent::proxy::{
+    nft, Proxy, ProxyConfig, ProxyHandle, ProxyPlan, ServiceBackends, ServiceMetrics,
+};
 use berth_bench::http_backend;
 use berth_bench::procs::{self, ChildGuard};
 use berth_bench::runtime_thread::{Flavor, RuntimeThread};
@@ -61,7 +65,7 @@ struct Args {
     /// Which connection modes to run.
     #[arg(long, value_enum, default_value_t = ModeChoice::Both)]
     mode: ModeChoice,
-    /// Run only these targets (direct, haproxy, berth, berth-vip); default all.
+    /// Run only these targets (direct, haproxy, berth, berth-vip, nft, nft-vip); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Service ports configured for the backend-switch measurement (0: skip it).
@@ -233,6 +237,16 @@ fn run(args: &Args) -> Result<ExitCode> {
     };
     let vip_addr = SocketAddr::new(vip_ip, 80);
     let (berth_addr, berth_handle, _berth_rt) = start_berth(backend, args.proxy_workers, vip_addr)?;
+    // The nftables datapath: the same Service programmed as the agent's table (DNAT in the
+    // kernel), reached at 127.0.0.1:nodePort and at the ClusterIP on port 8080 (port 80 of
+    // the VIP is the userspace proxy's).
+    let nft = match start_nft(backend, SocketAddr::new(vip_ip, NFT_VIP_PORT)) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            println!("nftables datapath: not measured: {e:#}");
+            None
+        }
+    };
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let berth_rt = match args.proxy_workers {
@@ -266,6 +280,8 @@ fn run(args: &Args) -> Result<ExitCode> {
         ("haproxy", haproxy_addr),
         ("berth", Some(berth_addr)),
         ("berth-vip", Some(vip_addr)),
+        ("nft", nft.as_ref().map(|n| n.node_port)),
+        ("nft-vip", nft.as_ref().map(|n| n.vip)),
     ]
     .into_iter()
     .filter(|(name, _)| args.only.is_empty() || args.only.iter().any(|o| o == name))
@@ -454,6 +470,66 @@ fn measure_switch(services: usize, switches: usize, workers: usize) -> Result<St
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const NFT_VIP_PORT: u16 = 8080;
+
+/// The Service programmed into the kernel as the agent's nftables table; the table is
+/// removed on drop.
+struct NftService {
+    node_port: SocketAddr,
+    vip: SocketAddr,
+}
+
+impl Drop for NftService {
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            let _ = rt.block_on(nft::remove_table(std::path::Path::new("nft")));
+        }
+    }
+}
+
+/// Programs one Service (node port on 127.0.0.1 and `vip`, endpoint `backend`) the way
+/// `berth agent --proxy-mode nftables` does. Refuses when a table is there already (an agent
+/// in nftables mode runs in this network namespace: its table is not the bench's to replace).
+fn start_nft(backend: SocketAddr, vip: SocketAddr) -> Result<NftService> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let program = std::path::Path::new("nft");
+    if rt.block_on(nft::list_table(program))?.is_some() {
+        anyhow::bail!(
+            "the table {} exists already (an agent in nftables mode runs here); stop it or run \
+             the bench in a network namespace of its own",
+            nft::TABLE
+        );
+    }
+    let port = procs::free_port()?;
+    let plan = ProxyPlan {
+        revision: 1,
+        services: vec![ServiceBackends {
+            namespace: "bench".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            node_port: port,
+            listen_addrs: vec![LOCALHOST],
+            also_listen: vec![vip],
+            backends: vec![backend],
+        }],
+    };
+    let mut datapath = nft::NftDatapath::new(nft::NodeFacts {
+        cluster_cidr: "10.42.0.0/16".parse().ok(),
+    });
+    let service = NftService {
+        node_port: SocketAddr::new(LOCALHOST, port),
+        vip,
+    };
+    rt.block_on(datapath.program(&plan))
+        .context("programming the nftables table (needs root and nft: apt-get install nftables)")?;
+    wait_listening(service.vip)?;
+    Ok(service)
+}
 
 /// Runs the Berth proxy on its own runtime and configures one Service to `backend`.
 fn start_berth(
@@ -583,7 +659,7 @@ type Rows<'a> = Vec<(&'a str, Vec<(&'a str, Option<Result<Measured>>)>)>;
 fn print_table(rows: &Rows<'_>) {
     println!();
     println!(
-        "{:<11} {:<10} {:>10} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
+        "{:<11} {:<10} {:>10} {:>10} {:>7} {:>13} {:>12} {:>12} {:>11} {:>12} {:>12}",
         "mode",
         "target",
         "req/s",
@@ -592,6 +668,7 @@ fn print_table(rows: &Rows<'_>) {
         "req/s÷HAProxy",
         "req/s÷direct",
         "p99÷HAProxy",
+        "p99÷direct",
         "proxy CPU/req",
         "CPU÷HAProxy"
     );
@@ -617,7 +694,7 @@ fn print_table(rows: &Rows<'_>) {
                             .map_or("n/a".to_string(), |x| format!("{x:.2}x"))
                     };
                     println!(
-                        "{:<11} {:<10} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>12} {:>12} {:>12}",
+                        "{:<11} {:<10} {:>10.0} {:>10} {:>7} {:>13} {:>12} {:>12} {:>11} {:>12} {:>12}",
                         mode,
                         name,
                         m.wrk.requests_per_sec,
@@ -626,6 +703,7 @@ fn print_table(rows: &Rows<'_>) {
                         ratio(&haproxy, |w| Some(w.wrk.requests_per_sec)),
                         ratio(&direct, |w| Some(w.wrk.requests_per_sec)),
                         ratio(&haproxy, |w| Some(w.wrk.p99.as_secs_f64())),
+                        ratio(&direct, |w| Some(w.wrk.p99.as_secs_f64())),
                         fmt_cpu(m.cpu_per_req),
                         ratio(&haproxy, |w| w.cpu_per_req.map(|c| c.as_secs_f64())),
                     );

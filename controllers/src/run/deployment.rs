@@ -265,8 +265,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         _ => Switch::Confirmed,
     };
     let now = Utc::now();
-    let mut plan =
-        deployment::plan_full(&d, &owned, &pods, &active_switch, &preview_switch, now);
+    let mut plan = deployment::plan_full(&d, &owned, &pods, &active_switch, &preview_switch, now);
     observe_barrier(&d, &plan.status);
     let client = &ctx.client;
     for step in &mut plan.actions {
