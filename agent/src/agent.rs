@@ -906,6 +906,7 @@ async fn select_datapath(
 /// every change of either. Nothing is programmed before both watches have listed once: a
 /// restarted agent first rebuilds the whole plan, and until then the table (or nothing, in
 /// userspace mode) a previous agent left stays as it is.
+#[allow(clippy::too_many_arguments)] // one task, its inputs spelled out
 async fn feed_proxy(
     client: Client,
     mut datapath: ServiceDatapath,
