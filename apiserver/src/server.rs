@@ -551,6 +551,7 @@ pub async fn start(args: ServerArgs) -> Result<ServerHandle, ServerError> {
         },
     )?);
     let mut raft_cfg = RaftConfig::new(id, advertise.clone(), db.clone());
+    raft_cfg.log_dir = Some(dir.join("raft-wal"));
     raft_cfg.bootstrap = bootstrap;
     raft_cfg.compaction_threshold = args.snapshot_threshold.max(1);
     raft_cfg.snapshot_catchup_entries = (args.snapshot_threshold / 2).min(1_000);

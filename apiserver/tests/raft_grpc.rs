@@ -52,9 +52,10 @@ impl GrpcCluster {
             .dirs
             .entry(id)
             .or_insert_with(|| tempfile::tempdir().unwrap());
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
         let sm = LogSm::open(&db);
         let mut cfg = RaftConfig::new(id, addr, db);
+        cfg.log_dir = Some(dir.path().join("raft-wal"));
         cfg.bootstrap = bootstrap;
         cfg.tick = Duration::from_millis(50);
         cfg.request_timeout = Duration::from_secs(5);

@@ -8,13 +8,15 @@
 //! # Main types
 //! - [`RaftNode`]: owns the raft-rs `RawNode`, the [`SledStorage`] and the inbox. Its
 //!   `run(shutdown)` is the ONE task that ticks, steps peer messages, proposes, and handles each
-//!   `Ready`: persist entries + hard state (one sled flush per Ready = group commit) -> send
+//!   `Ready`: persist entries + hard state (one WAL fsync per Ready = group commit) -> send
 //!   messages -> apply committed entries with [`StateMachine::apply_batch`] -> `advance`.
 //! - [`RaftHandle`]: cheap `Clone`; `propose`, `read_index`, `add_member`/`remove_member`,
 //!   `transfer_leadership`, `status`, `leader_watch`, `is_leader`, `member_address`,
 //!   `not_leader_error`, `raft_service` (the gRPC server).
-//! - [`SledStorage`]: `raft::Storage` over sled trees `raft_log` and `raft_meta` in the SAME
-//!   `sled::Db` as the object store (which uses other trees).
+//! - [`SledStorage`]: `raft::Storage`: the log and hard state in an append-only segmented
+//!   write-ahead log of its own (`wal.rs`, in `RaftConfig::log_dir`; one fsync per Ready),
+//!   snapshots as files beside it, conf state/members/applied in tree `raft_meta` of the
+//!   SAME `sled::Db` as the object store (not fsynced per Ready: the log is the durability).
 //! - [`Transport`]: how messages leave the node. [`GrpcTransport`] (the default: one task per
 //!   peer, bounded queue, lazy connect with backoff, batching) or [`MemNetwork`] (in-memory
 //!   simulation for tests). [`Faults`] drops/partitions traffic in both.
@@ -24,6 +26,7 @@
 //! let db = sled::open(data_dir)?;
 //! let store = Arc::new(Store::open(&db)?);              // implements StateMachine
 //! let mut cfg = RaftConfig::new(id, advertise_addr, db.clone());
+//! cfg.log_dir = Some(data_dir.join("raft-wal"));
 //! cfg.bootstrap = if init { Bootstrap::NewCluster } else { Bootstrap::Join { peers: vec![] } };
 //! let (node, raft) = RaftNode::new(cfg, store.clone())?;  // recovers from the data dir if any
 //! tasks.spawn(node.run(shutdown.clone()));                // Result<(), RaftError>
@@ -36,8 +39,9 @@
 //! // graceful leader shutdown: raft.transfer_leadership(None).await, then cancel
 //! ```
 //! sled note: never call `Db::flush_async` (sled 0.34 can lose the wake-up when several
-//! flushes race, spacejam/sled#1241); the raft task runs `Db::flush` on the blocking pool,
-//! which also makes the state machine's writes durable.
+//! flushes race, spacejam/sled#1241). The state machine's writes are made durable by sled's
+//! own periodic flush, by the snapshot job before the log is compacted, and at shutdown;
+//! after a crash the entries past what sled kept are applied again from the log.
 //! Bootstrapping: `--init` = [`Bootstrap::NewCluster`] (single member, its own address).
 //! `--join` = [`Bootstrap::Join`]: the node starts with an empty log and its given id (the one
 //! `add_member` returned on the leader) and waits for the leader's snapshot + appends; peer
@@ -71,6 +75,7 @@ mod logger;
 mod node;
 mod storage;
 mod transport;
+mod wal;
 
 use std::time::Duration;
 
@@ -191,8 +196,11 @@ pub struct RaftConfig {
     pub id: u64,
     /// The address other members dial to reach this node's `Raft` gRPC service (host:port).
     pub listen_addr: String,
-    /// The server's sled database; raft uses trees prefixed `raft_`.
+    /// The server's sled database; raft keeps its metadata in tree `raft_meta`.
     pub data: sled::Db,
+    /// The directory of the raft log (segments) and snapshots, e.g. `<data dir>/raft-wal`.
+    /// None keeps them in memory: nothing survives the process (tests only).
+    pub log_dir: Option<std::path::PathBuf>,
     /// What to do if `data` holds no raft state yet.
     pub bootstrap: Bootstrap,
     /// Take a state-machine snapshot and compact the log after this many entries have been
@@ -230,6 +238,7 @@ impl RaftConfig {
             id,
             listen_addr: listen_addr.into(),
             data,
+            log_dir: None,
             bootstrap: Bootstrap::NewCluster,
             compaction_threshold: 10_000,
             snapshot_catchup_entries: 1_000,

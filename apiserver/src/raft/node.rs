@@ -2,9 +2,10 @@
 //!
 //! Loop: wait for a tick or a command -> drain every command already queued (so proposals from
 //! many callers land in one Ready) -> handle the Ready: send (leader) -> install snapshot ->
-//! append entries + hard state -> start ONE sled flush (group commit) -> apply committed
-//! while it runs -> wait for the flush -> send persisted messages -> advance -> apply what
-//! the LightReady committed -> maybe compact.
+//! append entries + hard state -> start ONE write + fsync of the log (group commit) on the
+//! blocking pool -> apply committed while it runs -> wait for the fsync -> send persisted
+//! messages -> advance -> apply what the LightReady committed -> maybe compact.
+//! The state machine's sled writes are not fsynced here: the log is the durability.
 //!
 //! Proposals are tracked by the (index, term) their entry got when proposed: when that index
 //! is applied with the same term the proposer gets the state machine's reply; any other entry
@@ -27,6 +28,7 @@ use super::handle::{Command, Reply, Shared};
 use super::logger::raft_logger;
 use super::storage::{Members, SledStorage, SnapshotPayload};
 use super::transport::{GrpcTransport, PeerReporter, Transport};
+use super::wal::SyncDone;
 use super::{
     Bootstrap, MemberInfo, RaftConfig, RaftError, RaftHandle, RaftStatus, Role, StateMachine,
 };
@@ -86,21 +88,28 @@ enum Applied {
     ConfChangeRefused(String),
 }
 
-/// Start flushing `db` on the blocking pool at once (not on first poll).
-fn start_flush(db: &sled::Db) -> tokio::task::JoinHandle<sled::Result<usize>> {
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || db.flush())
+type SyncTask = (
+    tokio::task::JoinHandle<Result<SyncDone, RaftError>>,
+    Vec<std::path::PathBuf>,
+);
+
+/// Start writing (and fsyncing) the log's pending records on the blocking pool at once.
+fn start_sync(store: &mut SledStorage, fsync: bool) -> Result<Option<SyncTask>, RaftError> {
+    Ok(store.start_sync(fsync)?.map(|job| {
+        let removes = job.removes();
+        (tokio::task::spawn_blocking(move || job.run()), removes)
+    }))
 }
 
-async fn finish_flush(
-    flush: tokio::task::JoinHandle<sled::Result<usize>>,
-) -> Result<(), RaftError> {
-    match flush.await {
+async fn finish_sync(store: &mut SledStorage, (task, removes): SyncTask) -> Result<(), RaftError> {
+    match task.await {
         Ok(res) => {
-            res?;
+            store.finish_sync(res?, &removes);
             Ok(())
         }
-        Err(e) => Err(RaftError::Corrupt(format!("sled flush task failed: {e}"))),
+        Err(e) => Err(RaftError::Corrupt(format!(
+            "raft log write task failed: {e}"
+        ))),
     }
 }
 
@@ -162,7 +171,8 @@ impl RaftNode {
                 config.election_tick, config.heartbeat_tick
             )));
         }
-        let mut storage = SledStorage::open(config.data.clone(), sm.clone())?;
+        let mut storage =
+            SledStorage::open(config.data.clone(), config.log_dir.as_deref(), sm.clone())?;
         let mut addr_hints = HashMap::new();
         match storage.node_id() {
             Some(stored) if stored != config.id => {
@@ -192,6 +202,7 @@ impl RaftNode {
                 }
             },
         }
+        storage.sync_now()?;
         config.data.flush()?;
 
         // Recover the applied index: the larger of what the raft layer recorded (conf changes,
@@ -215,6 +226,7 @@ impl RaftNode {
         if storage.hard_state().commit < applied {
             storage.set_commit(applied)?;
         }
+        storage.sync_now()?;
 
         let raft_config = raft::Config {
             id: config.id,
@@ -319,7 +331,10 @@ impl RaftNode {
             self.publish_status();
         };
         self.transport.close().await;
-        // Make the last applied entries durable too (the Ready flushes cover the log).
+        if let Err(e) = self.raw.mut_store().sync_now() {
+            tracing::warn!(id = self.id, error = %e, "raft: final log sync failed");
+        }
+        // Make the last applied entries durable too (the Ready syncs cover the log).
         if let Err(e) = SledStorage::flush(&self.db).await {
             tracing::warn!(id = self.id, error = %e, "raft: final flush failed");
         }
@@ -596,13 +611,14 @@ impl RaftNode {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
-        // Start the fsync now and apply the already committed entries while it runs (they
-        // were persisted by earlier Readies and do not depend on this one's entries).
-        let flush = must_flush.then(|| start_flush(&self.db));
+        // Start the write + fsync now and apply the already committed entries while it runs
+        // (they were persisted by earlier Readies and do not depend on this one's entries).
+        // Records that need no fsync (a commit index) are written along without one.
+        let sync = start_sync(self.raw.mut_store(), must_flush)?;
         self.apply_entries(committed)?;
-        if let Some(flush) = flush {
+        if let Some(sync) = sync {
             fail::fail_point!("raft::append::fsync");
-            finish_flush(flush).await?;
+            finish_sync(self.raw.mut_store(), sync).await?;
         }
         if !rd.persisted_messages().is_empty() {
             self.send(rd.take_persisted_messages());
@@ -655,7 +671,9 @@ impl RaftNode {
         self.raw.mut_store().apply_snapshot(&snap, &payload)?;
         // The raft log must durably say "snapshot at index" before the state machine moves
         // there; recovery restores from the stored snapshot if we crash in between.
-        SledStorage::flush(&self.db).await?;
+        if let Some(sync) = start_sync(self.raw.mut_store(), true)? {
+            finish_sync(self.raw.mut_store(), sync).await?;
+        }
         fail::fail_point!("raft::snapshot::apply");
         if let Some(state) = &payload.state {
             self.sm
@@ -933,10 +951,11 @@ mod tests {
     #[tokio::test]
     async fn restart_finishes_a_snapshot_install_interrupted_by_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let wal = dir.path().join("raft-wal");
         let sm = Arc::new(RecordingSm::default());
         {
-            let mut st = SledStorage::open(db.clone(), sm.clone()).unwrap();
+            let mut st = SledStorage::open(db.clone(), Some(&wal), sm.clone()).unwrap();
             st.init_join(2).unwrap();
             let mut members = Members::default();
             members.addrs.insert(1, "a".into());
@@ -952,9 +971,11 @@ mod tests {
             snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
             snap.data = payload.encode().unwrap().into();
             st.apply_snapshot(&snap, &payload).unwrap();
+            st.sync_now().unwrap();
             db.flush().unwrap();
         }
         let mut cfg = RaftConfig::new(2, "b", db.clone());
+        cfg.log_dir = Some(wal);
         cfg.bootstrap = Bootstrap::Join { peers: vec![] };
         let net = MemNetwork::default();
         let (_node, handle) =

@@ -1,49 +1,39 @@
-//! `raft::Storage` over sled: the log, hard state, conf state, member list, applied index and
-//! the latest snapshot, all in trees prefixed `raft_` of the server's shared `sled::Db`.
+//! `raft::Storage`: the log and hard state in the segmented write-ahead log of [`super::wal`]
+//! (one fsync per Ready), snapshots as files next to it, and the slow-changing raft metadata
+//! in the server's shared `sled::Db` (tree `raft_meta`).
 //!
-//! Layout:
-//! - `raft_log`: key = index (u64 big-endian), value = term (u64 BE) ++ `eraftpb::Entry`
-//!   (the term prefix lets `term()` answer without decoding the entry).
-//! - `raft_meta`: `node_id`, `hard_state`, `conf_state`, `truncated` (index and term of the
-//!   last entry removed from the log, i.e. `first_index - 1`), `applied`, `members` (JSON),
-//!   `snapshot_meta`.
-//! - `raft_snapshot`: key = index (u64 BE), value = the snapshot payload ([`SnapshotPayload`]);
-//!   the one `snapshot_meta` names is the stored snapshot (others are pruned). A snapshot the
-//!   node takes itself is encoded and written here off the raft task, then named. It has a
-//!   tree of its own because sled rewrites a whole leaf node every few updates: kept next to
-//!   `hard_state`/`applied` (updated every Ready) a multi-MB snapshot was rewritten several
-//!   times per second (hundreds of MB/s of disk writes). Data dirs from before keep it as
-//!   `snapshot_data` in `raft_meta`, read as a fallback and removed by the next snapshot.
+//! `raft_meta`: `node_id`, `conf_state`, `applied`, `members` (JSON). They change only when
+//! entries are applied and are not fsynced per Ready: after a crash they may be behind the
+//! log, and the entries after them are applied again (the log is the durability). The log is
+//! compacted only behind a snapshot whose state was flushed to sled first.
 //!
-//! Writes are not flushed here: the raft task flushes the `Db` once per Ready (group commit).
+//! Data dirs of Berth versions that kept the log in sled (`raft_log`, `hard_state` in
+//! `raft_meta`) are refused with an error saying so (see [`SledStorage::open`]).
+//!
 //! Only the raft task mutates this storage (through `RawNode::mut_store`), except the
-//! snapshot job, which writes its own not-yet-named payload key in `raft_snapshot`.
+//! snapshot job, which writes its own not-yet-named snapshot file.
 
 // rust-protobuf messages are built by assigning fields of a default value.
 #![allow(clippy::field_reassign_with_default)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
-use protobuf::Message as _;
+use super::wal::{SnapshotFiles, SyncDone, SyncJob, Wal};
+use super::{RaftError, StateMachine};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use sled::transaction::Transactional as _;
 
-use super::{RaftError, StateMachine};
-
-const LOG_TREE: &str = "raft_log";
 const META_TREE: &str = "raft_meta";
-const SNAP_TREE: &str = "raft_snapshot";
+const OLD_LOG_TREE: &str = "raft_log";
 
 const K_NODE_ID: &[u8] = b"node_id";
-const K_HARD_STATE: &[u8] = b"hard_state";
+/// Only in data dirs of the old format (the hard state is in the log now).
+const K_OLD_HARD_STATE: &[u8] = b"hard_state";
 const K_CONF_STATE: &[u8] = b"conf_state";
-const K_TRUNCATED: &[u8] = b"truncated";
 const K_APPLIED: &[u8] = b"applied";
 const K_MEMBERS: &[u8] = b"members";
-const K_SNAP_META: &[u8] = b"snapshot_meta";
-const K_SNAP_DATA: &[u8] = b"snapshot_data";
 
 /// The replicated member list (applied from ConfChange entries; carried in snapshots).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -111,17 +101,16 @@ impl SnapshotPayload {
     }
 }
 
-/// `raft::Storage` persisted in sled. See the module docs for the layout.
+/// `raft::Storage` over the write-ahead log, snapshot files and sled metadata. See the
+/// module docs.
 pub struct SledStorage {
-    log: sled::Tree,
+    db: sled::Db,
     meta: sled::Tree,
-    snap: sled::Tree,
+    wal: Wal,
+    snaps: Arc<SnapshotFiles>,
     sm: Arc<dyn StateMachine>,
     node_id: Option<u64>,
-    hard_state: HardState,
     conf_state: ConfState,
-    truncated: (u64, u64),
-    last_index: u64,
     applied: u64,
     members: Members,
     snapshot_meta: SnapshotMetadata,
@@ -153,54 +142,66 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 }
 
 impl SledStorage {
-    /// Open (or create empty) raft storage in `db`. `sm` is used to build snapshots on demand
-    /// for followers that need one.
-    pub fn open(db: sled::Db, sm: Arc<dyn StateMachine>) -> Result<Self, RaftError> {
-        let log = db.open_tree(LOG_TREE)?;
+    /// Open (or create empty) raft storage: metadata in `db`, the log and snapshots in
+    /// `log_dir` (None: in memory, for tests). `sm` is used to build snapshots on demand for
+    /// followers that need one.
+    pub fn open(
+        db: sled::Db,
+        log_dir: Option<&Path>,
+        sm: Arc<dyn StateMachine>,
+    ) -> Result<Self, RaftError> {
         let meta = db.open_tree(META_TREE)?;
-        let snap = db.open_tree(SNAP_TREE)?;
-        let get_pb = |key: &[u8], what: &str| -> Result<Option<Vec<u8>>, RaftError> {
-            let _ = what;
-            Ok(meta.get(key)?.map(|v| v.to_vec()))
-        };
+        let old_log = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == OLD_LOG_TREE.as_bytes())
+            && !db.open_tree(OLD_LOG_TREE)?.is_empty();
+        if old_log || meta.contains_key(K_OLD_HARD_STATE)? {
+            return Err(RaftError::Config(format!(
+                "this data directory holds a raft log in the old format (inside the sled \
+                 database); this version of Berth keeps the log in {} and cannot read the old \
+                 one. Run the Berth version that wrote it, or move the data directory aside \
+                 and join this server again as a new member (berth server --join): it catches \
+                 up from the leader's snapshot",
+                log_dir.map_or("memory".to_string(), |d| d.display().to_string())
+            )));
+        }
         let node_id = meta.get(K_NODE_ID)?.map(|v| read_u64(&v)).transpose()?;
-        let hard_state = match get_pb(K_HARD_STATE, "hard state")? {
-            Some(b) => decode_pb(&b, "hard state")?,
-            None => HardState::default(),
+        let wal = match log_dir {
+            Some(dir) => {
+                if node_id.is_some() && !Wal::exists(dir) {
+                    return Err(RaftError::Config(format!(
+                        "the raft log directory {} is missing although this data directory \
+                         belongs to raft member {}; restore it, or move the data directory \
+                         aside and join this server again as a new member (berth server --join)",
+                        dir.display(),
+                        node_id.unwrap_or_default()
+                    )));
+                }
+                Wal::open(dir)?
+            }
+            None => Wal::in_memory(),
         };
-        let conf_state = match get_pb(K_CONF_STATE, "conf state")? {
+        let snaps = SnapshotFiles::new(log_dir.map(Path::to_path_buf));
+        let conf_state = match meta.get(K_CONF_STATE)? {
             Some(b) => decode_pb(&b, "conf state")?,
             None => ConfState::default(),
         };
-        let snapshot_meta = match get_pb(K_SNAP_META, "snapshot meta")? {
-            Some(b) => decode_pb(&b, "snapshot metadata")?,
-            None => SnapshotMetadata::default(),
-        };
-        let truncated = match meta.get(K_TRUNCATED)? {
-            Some(v) if v.len() == 16 => (read_u64(&v[..8])?, read_u64(&v[8..])?),
-            Some(_) => return Err(RaftError::Corrupt("truncated marker".to_string())),
-            None => (0, 0),
-        };
+        let snapshot_meta = snaps.latest_meta()?.unwrap_or_default();
         let applied = meta.get(K_APPLIED)?.map(|v| read_u64(&v)).transpose()?;
         let members = match meta.get(K_MEMBERS)? {
             Some(v) => serde_json::from_slice(&v)
                 .map_err(|e| RaftError::Corrupt(format!("member list: {e}")))?,
             None => Members::default(),
         };
-        let last_index = match log.last()? {
-            Some((k, _)) => read_u64(&k)?,
-            None => truncated.0,
-        };
         Ok(Self {
-            log,
+            db,
             meta,
-            snap,
+            wal,
+            snaps,
             sm,
             node_id,
-            hard_state,
             conf_state,
-            truncated,
-            last_index,
             applied: applied.unwrap_or(0),
             members,
             snapshot_meta,
@@ -214,7 +215,8 @@ impl SledStorage {
 
     /// Initialize a brand-new single-member cluster: a bootstrap snapshot at index 1, term 1
     /// whose only voter is `id`. Entries start at index 2, so every member added later catches
-    /// up by snapshot first (and so starts from the same state).
+    /// up by snapshot first (and so starts from the same state). Durable once
+    /// [`SledStorage::sync_now`] returned and the `Db` was flushed.
     pub(crate) fn bootstrap(&mut self, id: u64, address: &str) -> Result<(), RaftError> {
         let mut members = Members::default();
         members.addrs.insert(id, address.to_string());
@@ -231,10 +233,7 @@ impl SledStorage {
         };
         self.put_node_id(id)?;
         self.save_snapshot(meta, payload.encode()?)?;
-        self.truncated = (1, 1);
-        self.last_index = 1;
-        self.meta
-            .insert(K_TRUNCATED, truncated_bytes(self.truncated))?;
+        self.wal.reset(1, 1);
         let mut hs = HardState::default();
         hs.term = 1;
         hs.commit = 1;
@@ -256,49 +255,38 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Persist new log entries, replacing any conflicting suffix.
+    /// Persist new log entries, replacing any conflicting suffix (durable at the next sync).
     pub(crate) fn append(&mut self, entries: &[Entry]) -> Result<(), RaftError> {
-        let Some(first) = entries.first() else {
-            return Ok(());
-        };
-        if first.index <= self.truncated.0 {
-            return Err(RaftError::Corrupt(format!(
-                "append at index {} overlaps the compacted log (up to {})",
-                first.index, self.truncated.0
-            )));
-        }
-        if first.index > self.last_index + 1 {
-            return Err(RaftError::Corrupt(format!(
-                "append at index {} leaves a gap after last index {}",
-                first.index, self.last_index
-            )));
-        }
-        let mut batch = sled::Batch::default();
-        for idx in first.index..=self.last_index {
-            batch.remove(&u64_key(idx));
-        }
-        for e in entries {
-            let mut v = Vec::with_capacity(8 + e.compute_size() as usize);
-            v.extend_from_slice(&u64_key(e.term));
-            e.write_to_vec(&mut v)
-                .map_err(|err| RaftError::Corrupt(format!("encode entry: {err}")))?;
-            batch.insert(&u64_key(e.index), v);
-        }
-        self.log.apply_batch(batch)?;
-        self.last_index = entries.last().map_or(self.last_index, |e| e.index);
-        Ok(())
+        self.wal.append(entries)
     }
 
+    /// Durable at the next sync.
     pub(crate) fn set_hard_state(&mut self, hs: &HardState) -> Result<(), RaftError> {
-        self.meta.insert(K_HARD_STATE, encode_pb(hs)?)?;
-        self.hard_state = hs.clone();
+        if self.wal.hard_state() != hs {
+            self.wal.set_hard_state(hs)?;
+        }
         Ok(())
     }
 
     pub(crate) fn set_commit(&mut self, commit: u64) -> Result<(), RaftError> {
-        let mut hs = self.hard_state.clone();
+        let mut hs = self.wal.hard_state().clone();
         hs.commit = commit;
         self.set_hard_state(&hs)
+    }
+
+    /// Hand what was appended since the last sync to a job (run it off the raft task, then
+    /// give its outcome to [`SledStorage::finish_sync`]).
+    pub(crate) fn start_sync(&mut self, fsync: bool) -> Result<Option<SyncJob>, RaftError> {
+        self.wal.start_sync(fsync)
+    }
+
+    pub(crate) fn finish_sync(&mut self, done: SyncDone, removed: &[std::path::PathBuf]) {
+        self.wal.finish_sync(done, removed)
+    }
+
+    /// Write and fsync the log now (blocking; bootstrap, snapshot install and shutdown).
+    pub(crate) fn sync_now(&mut self) -> Result<(), RaftError> {
+        self.wal.sync_now()
     }
 
     pub(crate) fn set_conf_state(&mut self, cs: ConfState) -> Result<(), RaftError> {
@@ -343,32 +331,19 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Store `meta`/`data` as the latest snapshot (does not touch the log).
+    /// Store `meta`/`data` durably as the latest snapshot (does not touch the log).
     pub(crate) fn save_snapshot(
         &mut self,
         meta: SnapshotMetadata,
         data: Vec<u8>,
     ) -> Result<(), RaftError> {
-        let meta_bytes = encode_pb(&meta)?;
-        (&self.meta, &self.snap)
-            .transaction(|(m, s)| {
-                m.insert(K_SNAP_META, meta_bytes.as_slice())?;
-                // Where data dirs from before the `raft_snapshot` tree kept it.
-                m.remove(K_SNAP_DATA)?;
-                s.insert(&u64_key(meta.index), data.as_slice())?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => RaftError::from(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    RaftError::Corrupt("snapshot write aborted".to_string())
-                }
-            })?;
+        self.snaps.write(&meta, &data)?;
         self.snapshot_meta = meta;
         self.prune_snapshots()
     }
 
-    /// Install a snapshot received from the leader: it replaces the whole log.
+    /// Install a snapshot received from the leader: it replaces the whole log. The reset is
+    /// durable after the next sync (the caller syncs before restoring the state machine).
     pub(crate) fn apply_snapshot(
         &mut self,
         snap: &Snapshot,
@@ -377,12 +352,8 @@ impl SledStorage {
         let meta = snap.get_metadata().clone();
         let (index, term) = (meta.index, meta.term);
         self.save_snapshot(meta.clone(), snap.data.to_vec())?;
-        self.log.clear()?;
-        self.truncated = (index, term);
-        self.last_index = index;
-        self.meta
-            .insert(K_TRUNCATED, truncated_bytes(self.truncated))?;
-        let mut hs = self.hard_state.clone();
+        self.wal.reset(index, term);
+        let mut hs = self.wal.hard_state().clone();
         hs.term = hs.term.max(term);
         hs.commit = hs.commit.max(index);
         self.set_hard_state(&hs)?;
@@ -391,25 +362,19 @@ impl SledStorage {
         Ok(())
     }
 
-    /// Drop log entries up to and including `index` (must be <= applied).
+    /// Drop log entries up to and including `index` (at most the applied index): whole
+    /// segments go once the compaction record is durable.
     pub(crate) fn compact(&mut self, index: u64) -> Result<(), RaftError> {
-        if index <= self.truncated.0 {
+        if index <= self.wal.truncated().0 {
             return Ok(());
         }
-        let index = index.min(self.applied).min(self.last_index);
+        let index = index.min(self.applied).min(self.wal.last_index());
         let term = self.term_of(index)?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=u64_key(index)).keys() {
-            batch.remove(k?);
-        }
-        self.log.apply_batch(batch)?;
-        self.truncated = (index, term);
-        self.meta
-            .insert(K_TRUNCATED, truncated_bytes(self.truncated))?;
+        self.wal.compact(index, term);
         Ok(())
     }
 
-    /// Make every write so far durable (fsync). Runs `Db::flush` on the blocking pool:
+    /// Make every write to `db` so far durable (fsync). Runs `Db::flush` on the blocking pool:
     /// sled 0.34's `flush_async` can lose its wake-up when several databases flush at once
     /// (spacejam/sled#1241, #1308) and would hang the raft task.
     pub(crate) async fn flush(db: &sled::Db) -> Result<(), RaftError> {
@@ -424,7 +389,7 @@ impl SledStorage {
     }
 
     pub(crate) fn hard_state(&self) -> &HardState {
-        &self.hard_state
+        self.wal.hard_state()
     }
 
     pub(crate) fn conf_state(&self) -> &ConfState {
@@ -444,38 +409,38 @@ impl SledStorage {
     }
 
     pub(crate) fn last(&self) -> u64 {
-        self.last_index
+        self.wal.last_index()
     }
 
     /// The stored snapshot (metadata and payload bytes).
     pub(crate) fn stored_snapshot(&self) -> Result<Snapshot, RaftError> {
-        let mut snap = Snapshot::default();
-        snap.set_metadata(self.snapshot_meta.clone());
-        let index = u64_key(self.snapshot_meta.index);
-        if let Some(data) = match self.snap.get(index)? {
-            Some(data) => Some(data),
-            None => match self.snap.get(K_SNAP_DATA)? {
-                Some(data) => Some(data),
-                None => self.meta.get(K_SNAP_DATA)?,
-            },
-        } {
-            snap.data = data.to_vec().into();
+        if self.snapshot_meta.index == 0 {
+            let mut snap = Snapshot::default();
+            snap.set_metadata(self.snapshot_meta.clone());
+            return Ok(snap);
         }
-        Ok(snap)
+        self.snaps.read(self.snapshot_meta.index)?.ok_or_else(|| {
+            RaftError::Corrupt(format!(
+                "the snapshot at index {} is missing",
+                self.snapshot_meta.index
+            ))
+        })
     }
 
     fn term_of(&self, idx: u64) -> Result<u64, RaftError> {
-        if idx == self.truncated.0 {
-            return Ok(self.truncated.1);
+        let truncated = self.wal.truncated();
+        if idx == truncated.0 {
+            return Ok(truncated.1);
         }
-        match self.log.get(u64_key(idx))? {
-            Some(v) => read_u64(&v),
+        match self.wal.entry(idx) {
+            Some(e) => Ok(e.term),
             None => Err(RaftError::Corrupt(format!("log entry {idx} missing"))),
         }
     }
 
     /// Like [`SledStorage::build_snapshot`], but only captures here: the returned job encodes
-    /// the payload (run it off the raft task) for the returned metadata.
+    /// the payload, makes the state machine's `Db` durable and writes the snapshot file (run
+    /// it off the raft task) for the returned metadata.
     pub(crate) fn snapshot_job(&self) -> Result<(SnapshotMetadata, PayloadJob), RaftError> {
         let mut meta = SnapshotMetadata::default();
         meta.index = self.applied;
@@ -483,7 +448,7 @@ impl SledStorage {
         meta.set_conf_state(self.conf_state.clone());
         let members = self.members.clone();
         let state = self.sm.snapshot_job();
-        let (snap, key) = (self.snap.clone(), u64_key(meta.index));
+        let (snaps, db, job_meta) = (self.snaps.clone(), self.db.clone(), meta.clone());
         Ok((
             meta,
             Box::new(move || {
@@ -493,11 +458,11 @@ impl SledStorage {
                     state: Some(state),
                 }
                 .encode()?;
-                // Written and made durable here, off the raft task; it becomes THE stored
-                // snapshot only when `commit_snapshot` points `snapshot_meta` at it.
-                snap.insert(key, data)?;
-                snap.flush()?;
-                Ok(())
+                // The log behind the snapshot is dropped after this: everything applied up
+                // to it (state machine and raft metadata) must be durable first.
+                db.flush()?;
+                // It becomes THE stored snapshot only when `commit_snapshot` takes it.
+                snaps.write(&job_meta, &data)
             }),
         ))
     }
@@ -506,29 +471,19 @@ impl SledStorage {
     /// one was installed meanwhile. Returns whether it was taken.
     pub(crate) fn commit_snapshot(&mut self, meta: SnapshotMetadata) -> Result<bool, RaftError> {
         if meta.index <= self.snapshot_meta.index {
-            self.prune_snapshots()?;
+            if meta.index < self.snapshot_meta.index {
+                self.snaps.remove(meta.index)?;
+            }
             return Ok(false);
         }
-        let mut batch = sled::Batch::default();
-        batch.insert(K_SNAP_META, encode_pb(&meta)?);
-        batch.remove(K_SNAP_DATA);
-        self.meta.apply_batch(batch)?;
         self.snapshot_meta = meta;
         self.prune_snapshots()?;
         Ok(true)
     }
 
-    /// Drop snapshot payloads other than the stored one's (written after `snapshot_meta`,
-    /// so a recovered state never points at a removed payload).
+    /// Drop snapshot files other than the stored one's.
     fn prune_snapshots(&self) -> Result<(), RaftError> {
-        let keep = u64_key(self.snapshot_meta.index);
-        for k in self.snap.iter().keys() {
-            let k = k?;
-            if k.as_ref() != keep {
-                self.snap.remove(k)?;
-            }
-        }
-        Ok(())
+        self.snaps.prune(self.snapshot_meta.index)
     }
 
     /// Build a snapshot of the current applied state (conf state and members as applied).
@@ -553,13 +508,6 @@ impl SledStorage {
 /// Encodes a captured snapshot payload (see [`SledStorage::snapshot_job`]).
 pub(crate) type PayloadJob = Box<dyn FnOnce() -> Result<(), RaftError> + Send>;
 
-fn truncated_bytes((index, term): (u64, u64)) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    v.extend_from_slice(&u64_key(index));
-    v.extend_from_slice(&u64_key(term));
-    v
-}
-
 fn conf_contains(cs: &ConfState, id: u64) -> bool {
     cs.voters
         .iter()
@@ -571,7 +519,7 @@ fn conf_contains(cs: &ConfState, id: u64) -> bool {
 impl raft::Storage for SledStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(
-            self.hard_state.clone(),
+            self.wal.hard_state().clone(),
             self.conf_state.clone(),
         ))
     }
@@ -583,25 +531,15 @@ impl raft::Storage for SledStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.truncated.0 {
+        if low <= self.wal.truncated().0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > self.last_index + 1 {
+        if high > self.wal.last_index() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let max_size = max_size.into().unwrap_or(u64::MAX);
-        let mut out = Vec::with_capacity((high - low) as usize);
-        let mut size = 0u64;
-        for kv in self.log.range(u64_key(low)..u64_key(high)) {
-            let (_, v) = kv.map_err(store_err)?;
-            let body = v.get(8..).ok_or_else(|| store_err("short log record"))?;
-            let e = Entry::parse_from_bytes(body).map_err(store_err)?;
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e);
-        }
+        let out = self
+            .wal
+            .range(low, high, max_size.into().unwrap_or(u64::MAX));
         if out.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
@@ -609,27 +547,25 @@ impl raft::Storage for SledStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.truncated.0 {
-            return Ok(self.truncated.1);
+        let truncated = self.wal.truncated();
+        if idx == truncated.0 {
+            return Ok(truncated.1);
         }
-        if idx < self.truncated.0 {
+        if idx < truncated.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > self.last_index {
-            return Err(raft::Error::Store(StorageError::Unavailable));
-        }
-        match self.log.get(u64_key(idx)).map_err(store_err)? {
-            Some(v) => read_u64(&v).map_err(store_err),
+        match self.wal.entry(idx) {
+            Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.truncated.0 + 1)
+        Ok(self.wal.truncated().0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.wal.last_index())
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
@@ -638,12 +574,12 @@ impl raft::Storage for SledStorage {
         // build a fresh one from the applied state: it always includes every applied AddNode.
         let stored = &self.snapshot_meta;
         if stored.index >= request_index
-            && stored.index >= self.truncated.0
+            && stored.index >= self.wal.truncated().0
             && conf_contains(stored.get_conf_state(), to)
         {
             return self.stored_snapshot().map_err(store_err);
         }
-        if self.applied < request_index || self.applied < self.truncated.0 {
+        if self.applied < request_index || self.applied < self.wal.truncated().0 {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -689,14 +625,23 @@ mod tests {
     }
 
     fn open(db: &sled::Db) -> SledStorage {
-        SledStorage::open(db.clone(), Arc::new(NullSm::default())).unwrap()
+        SledStorage::open(db.clone(), None, Arc::new(NullSm::default())).unwrap()
+    }
+
+    fn open_at(db: &sled::Db, dir: &Path) -> SledStorage {
+        SledStorage::open(
+            db.clone(),
+            Some(&dir.join("wal")),
+            Arc::new(NullSm::default()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn bootstrap_then_append_truncates_conflicting_suffix_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut s = open(&db);
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let mut s = open_at(&db, dir.path());
         s.bootstrap(1, "a:1").unwrap();
         assert_eq!(s.first_index().unwrap(), 2);
         assert_eq!(s.last_index().unwrap(), 1);
@@ -710,12 +655,28 @@ mod tests {
             .entries(2, 4, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(got.iter().map(|e| e.term).collect::<Vec<_>>(), vec![1, 2]);
+        s.sync_now().unwrap();
         drop(s);
-        let s = open(&db);
+        let s = open_at(&db, dir.path());
         assert_eq!(s.node_id(), Some(1));
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1]);
         assert_eq!(s.members().addrs.get(&1).map(String::as_str), Some("a:1"));
+    }
+
+    #[test]
+    fn data_dir_of_the_old_sled_log_format_is_refused_with_a_clear_error() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("raft_meta")
+            .unwrap()
+            .insert(K_OLD_HARD_STATE, vec![0u8])
+            .unwrap();
+        let err = SledStorage::open(db, None, Arc::new(NullSm::default()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("old format"), "{err}");
+        assert!(err.contains("berth server --join"), "{err}");
     }
 
     #[test]

@@ -189,9 +189,11 @@ impl SimCluster {
             .dirs
             .entry(id)
             .or_insert_with(|| tempfile::tempdir().unwrap());
-        let db = sled::open(dir.path()).unwrap();
+        let log_dir = dir.path().join("raft-wal");
+        let db = sled::open(dir.path().join("db")).unwrap();
         let sm = LogSm::open(&db);
-        let cfg = self.config(id, db, bootstrap);
+        let mut cfg = self.config(id, db, bootstrap);
+        cfg.log_dir = Some(log_dir);
         let net = self.net.clone();
         let (node, handle) =
             RaftNode::with_transport(cfg, sm.clone(), |r| net.transport(id, r)).unwrap();
@@ -216,6 +218,42 @@ impl SimCluster {
         m.shutdown.cancel();
         m.task.await.unwrap().unwrap();
         drop(m.sm);
+    }
+
+    /// Crash member `id` like `kill -9`: its task is aborted mid-flight (no final log sync,
+    /// no sled flush on the raft side); its data dir is kept for a restart.
+    pub async fn crash(&mut self, id: u64) {
+        let m = self.members.remove(&id).unwrap();
+        self.net.unregister(id);
+        m.task.abort();
+        let _ = m.task.await;
+        drop(m.sm);
+    }
+
+    /// Append the first `keep` bytes of a well-formed record holding an entry to the tail
+    /// of member `id`'s last log segment: a write torn by a crash before its fsync returned.
+    pub fn tear_log_tail(&self, id: u64, keep: usize) {
+        let dir = self.dirs[&id].path().join("raft-wal");
+        let mut segs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segs.sort();
+        let last = segs.pop().expect("a log segment");
+        // len | crc | kind=entries | u32 len | garbage entry bytes.
+        let payload: Vec<u8> = [1u8, 40, 0, 0, 0]
+            .into_iter()
+            .chain(std::iter::repeat_n(0xAB, 40))
+            .collect();
+        let mut rec = (payload.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
+        rec.extend_from_slice(&payload);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &rec[..keep.min(rec.len())]).unwrap();
     }
 
     pub fn handle(&self, id: u64) -> &RaftHandle {
