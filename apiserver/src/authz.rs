@@ -290,6 +290,17 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_delete_a_pod_only_as_its_binding_allows() {
+        // The kubelet's final delete after a graceful stop: allowed here, with the pod's
+        // binding to this node (and a resourceVersion precondition) checked by the caller.
+        let n = node("n1");
+        let bound = n
+            .authorize(Verb::Delete, Some(Kind::Pod), "default", "web-1")
+            .expect("a node deletes its stopped pods");
+        assert_eq!(bound.as_deref(), Some("n1"));
+    }
+
+    #[test]
     fn a_node_is_refused_everything_else_with_a_clear_message() {
         let n = node("n1");
         let cases = [
@@ -299,7 +310,8 @@ mod tests {
             (Verb::UpdateStatus, Some(Kind::Node), "", "n2"),
             (Verb::Create, Some(Kind::Node), "", "n2"),
             (Verb::Update, Some(Kind::Pod), "default", "web-1"),
-            (Verb::Delete, Some(Kind::Pod), "default", "web-1"),
+            (Verb::Delete, Some(Kind::Service), "default", "web"),
+            (Verb::Delete, Some(Kind::Node), "", "n1"),
             (Verb::Get, Some(Kind::Deployment), "default", "web"),
             (Verb::List, Some(Kind::ReplicaSet), "", ""),
             (Verb::Watch, None, "", ""),

@@ -276,6 +276,12 @@ pub(super) fn workload_pids(c: &mut Cluster, i: usize) -> BTreeSet<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .filter(|p| !skip.contains(p))
+        // The agent's short-lived `nft -f` runs (nftables proxy mode) are not workloads.
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() != "nft")
+                .unwrap_or(false)
+        })
         .collect()
 }
 
