@@ -371,9 +371,14 @@ async fn a_crash_looping_rollout_reverts_by_itself_and_the_service_keeps_its_end
         let d = env.deployment("web").await?;
         let st = d.status.clone().unwrap_or_default();
         let reverted = condition(&st.conditions, "Reverted").is_some_and(|c| c.is_true());
-        let rs: ReplicaSet = env.client.get("default", &bad_rs).await?;
+        // The bad revision's ReplicaSet appears once the controller has seen the edit.
+        let rs: Option<ReplicaSet> = match env.client.get("default", &bad_rs).await {
+            Ok(rs) => Some(rs),
+            Err(berth_client::ClientError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
         if reverted
-            && rs.spec.replicas == 0
+            && rs.is_some_and(|rs| rs.spec.replicas == 0)
             && st.updated_replicas == 0
             && st.available_replicas == 3
         {
