@@ -930,6 +930,9 @@ async fn feed_proxy(
     let (mut services_listed, mut endpoints_listed) = (false, false);
     let mut failing: Option<String> = None;
     let mut programmed_once = false;
+    // The datapath records each plan it counts as programmed (in either mode); the barrier's
+    // report follows that record instead of judging the datapath's results again.
+    let mut plan_programmed = datapath.programmed().subscribe();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -987,10 +990,25 @@ async fn feed_proxy(
         for f in &invalid {
             tracing::warn!("{f}");
         }
-        match datapath.program(&plan).await {
+        let result = datapath.program(&plan).await;
+        if plan_programmed.has_changed().unwrap_or(false) {
+            // Also a userspace plan whose ports could not all be bound: every backend set
+            // was swapped.
+            let mode = plan_programmed
+                .borrow_and_update()
+                .map(|p| p.mode)
+                .unwrap_or(datapath.mode());
+            programmed(
+                &progress,
+                &traffic,
+                mode.as_str(),
+                revision,
+                &eps,
+                &mut changed,
+            );
+        }
+        match result {
             Ok(()) => {
-                let mode = datapath.mode().to_string();
-                programmed(&progress, &traffic, &mode, revision, &eps, &mut changed);
                 if !programmed_once {
                     programmed_once = true;
                     tracing::info!(
@@ -1012,18 +1030,7 @@ async fn feed_proxy(
                 }
                 failing = Some(message);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "programming the proxy");
-                // Ports that could not be bound are reported, but every backend set is
-                // swapped: the plan is programmed as far as the barrier is concerned.
-                if matches!(
-                    e,
-                    proxy::datapath::DatapathError::Userspace(proxy::ProxyError::Apply { .. })
-                ) {
-                    let mode = datapath.mode().to_string();
-                    programmed(&progress, &traffic, &mode, revision, &eps, &mut changed);
-                }
-            }
+            Err(e) => tracing::warn!(error = %e, "programming the proxy"),
         }
     }
 }
